@@ -1,0 +1,107 @@
+"""Forward hooks on declared stages, span-aware pooling, and an early stop.
+
+One forward pass captures every requested stage. Each hook pools its output at once
+(masked mean over the span, per sample, summing a sample's rows when it owns several, e.g.
+Ultravox chunks) so nothing of size (B, T, D) is kept. After the deepest requested stage
+has fired, the forward pass is stopped: layers above it and the LM head are never computed.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .api import MchError
+from .model import ModelPlugin, Pool, Prepared, resolve_module, stage_group, stage_sort_key
+
+
+class _StopForward(Exception):
+    pass
+
+
+def pool(hidden: torch.Tensor, spec: Pool | None, span: str, n: int) -> torch.Tensor:
+    """Masked mean of (R, T, D) (or (R, D)) into (n, D) float32, per owner sample."""
+    if hidden.dim() == 2:
+        hidden = hidden[:, None, :]
+    hidden = hidden.float()
+    R, T, _ = hidden.shape
+    if spec is None:
+        if R != n:
+            raise MchError(f"stage output has {R} rows for {n} samples and the model gave no pooling spec")
+        owner = torch.arange(n, device=hidden.device)
+        mask = torch.ones(R, T, dtype=torch.bool, device=hidden.device)
+    else:
+        owner = spec.owner.to(hidden.device)
+        mask = spec.masks.get(span)
+        if mask is None:
+            mask = spec.masks.get("all")
+        if mask is None:
+            mask = torch.ones(R, T, dtype=torch.bool)
+        mask = mask.to(hidden.device)
+        if mask.shape != (R, T):
+            raise MchError(f"span mask {tuple(mask.shape)} does not match stage output {(R, T)}")
+    if span == "last":
+        # keep only the last True position of each row
+        idx = torch.arange(T, device=hidden.device).expand(R, T)
+        last = torch.where(mask, idx, -1).max(dim=1).values
+        mask = idx == last[:, None]
+    w = mask.to(hidden.dtype)
+    sums = torch.einsum("rt,rtd->rd", w, hidden)
+    counts = w.sum(dim=1)
+    out = torch.zeros(n, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+    cnt = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+    out.index_add_(0, owner, sums)
+    cnt.index_add_(0, owner, counts)
+    if bool((cnt == 0).any()):
+        bad = torch.nonzero(cnt == 0).flatten().tolist()
+        raise MchError(f"span {span!r} covers no position for batch rows {bad}")
+    return out / cnt[:, None]
+
+
+def capture(plugin: ModelPlugin, prepared: Prepared, stages: Iterable[str], span: str,
+            view: str = "modal") -> dict[str, torch.Tensor]:
+    """Run one forward pass and return {stage: (n, D) float32 CPU tensor}."""
+    stage_map = plugin.stage_map(view)
+    stages = sorted(set(stages), key=stage_sort_key)
+    unknown = [s for s in stages if s not in stage_map]
+    if unknown:
+        raise MchError(
+            f"model {plugin.spec.name!r} has no stage {unknown[0]!r} in view {view!r}; "
+            f"it declares: {', '.join(sorted(stage_map, key=stage_sort_key))}"
+        )
+    assert plugin.module is not None
+    out: dict[str, torch.Tensor] = {}
+    remaining = set(stages)
+    handles = []
+
+    def make_hook(stage: str):
+        def hook(_module, _args, output):
+            h = output[0] if isinstance(output, (tuple, list)) else output
+            if hasattr(h, "last_hidden_state") and not isinstance(h, torch.Tensor):
+                h = h.last_hidden_state
+            group = stage_group(stage)
+            out[stage] = pool(h.detach(), prepared.pools.get(group), span, prepared.n).cpu()
+            remaining.discard(stage)
+            if not remaining:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for stage in stages:
+            module = resolve_module(plugin.module, stage_map[stage])
+            handles.append(module.register_forward_hook(make_hook(stage)))
+        with torch.inference_mode():
+            try:
+                plugin.forward(prepared)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    if remaining:
+        raise MchError(
+            f"model {plugin.spec.name!r}: stages {sorted(remaining)} never fired during the forward pass"
+        )
+    return out

@@ -1,0 +1,80 @@
+"""What an analysis sees: representations, labels, groups, and a lazy handle on the model.
+
+Analyses never extract by themselves and never load a model directly. What they need from
+the live model (GMI scores, gradients, ablation losses) goes through `ctx.cached(...)`,
+which stores arrays in the representation store; `ctx.model` loads the model only on first
+use, so a second run whose numbers are all cached never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from .api import Attribute, AnalysisOutput, MchError, Sample
+
+
+class Progress:
+    """A tiny progress interface so analyses don't depend on rich directly."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        yield lambda n=1: None
+
+
+@dataclass
+class AnalysisContext:
+    protocol: str
+    params: dict[str, Any]
+    seed: int
+    stages: list[str]
+    reps: Mapping[str, np.ndarray]           # stage -> (N, D) float array, row i = samples[i]
+    samples: list[Sample]
+    attributes: dict[str, Attribute]        # the attributes selected for this run
+    labels: dict[str, np.ndarray]           # attribute -> (N,) class names ("" = unlabelled)
+    groups: dict[str, np.ndarray]           # attribute -> (N,) group values of its group key
+    span: str = "modality"
+    previous: dict[str, AnalysisOutput] = field(default_factory=dict)  # earlier analyses, same run
+    progress: Progress = field(default_factory=Progress)
+    _model_loader: Callable[[], Any] | None = None
+    _cache: Callable[..., np.ndarray] | None = None
+    _text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None
+    _model: Any = None
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return [s.sample_id for s in self.samples]
+
+    @property
+    def model(self) -> Any:
+        """The loaded model plugin; loads it on first access."""
+        if self._model is None:
+            if self._model_loader is None:
+                raise MchError("this analysis needs the live model, but none is available in this context")
+            self._model = self._model_loader()
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    def cached(self, name: str, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Return the array stored under (name, key) for this run's model and samples, or
+        compute it (typically with `ctx.model`), store it and return it."""
+        if self._cache is None:
+            return np.asarray(compute())
+        return self._cache(name, key, compute)
+
+    def text_reps(self) -> Mapping[str, np.ndarray]:
+        """Representations of the text baseline (the paired text through the model's LLM),
+        extracted once and stored like the modal ones."""
+        if self._text_reps is None:
+            raise MchError("no text baseline is available for this run")
+        return self._text_reps()
+
+    def labelled(self, attribute: str) -> np.ndarray:
+        """Row indices whose label for `attribute` is set."""
+        return np.flatnonzero(self.labels[attribute] != "")

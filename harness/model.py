@@ -1,0 +1,165 @@
+"""The model-plugin base class and the prepared-batch type capture consumes.
+
+A model plugin owns everything model-specific: loading (checkpoint, revision, dtype,
+device, PEFT adapter), preprocessing into inputs plus token spans (`prepare`), the stage map
+(stage name -> module path, as data), and scoring continuations (`score`). The harness only
+hooks the modules the stage map names and pools them with the masks `prepare` returns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .api import MchError, ModelSpec, Sample
+
+STAGE_ORDER_GROUPS = ("encoder", "adapter", "llm")
+
+
+@dataclass
+class Pool:
+    """How to pool one group of stages (`encoder`, `adapter` or `llm`).
+
+    The hooked tensor has shape (R, T, D). `owner[r]` is the sample row r belongs to (R may
+    exceed the batch: Ultravox emits one row per 30 s chunk); `masks[span]` is a bool (R, T)
+    saying which positions the span covers. A missing span falls back to `all` = every
+    non-padding position given by masks['all'] (or every position if that is absent too)."""
+
+    owner: torch.Tensor
+    masks: dict[str, torch.Tensor]
+
+
+@dataclass
+class Prepared:
+    inputs: dict[str, Any]
+    pools: dict[str, Pool]
+    n: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Scores:
+    """log p(continuation | prompt) summed over the continuation's tokens, (B, K), and the
+    token count of each continuation, (K,) or (B, K)."""
+
+    logp: Any
+    n_tokens: Any
+
+
+def stage_group(stage: str) -> str:
+    return "llm" if stage.startswith("llm.") else stage
+
+
+def stage_sort_key(stage: str) -> tuple[int, int]:
+    if stage == "encoder":
+        return (0, 0)
+    if stage == "adapter":
+        return (1, 0)
+    if stage == "llm.final":
+        return (2, 10**9)
+    m = re.fullmatch(r"llm\.(\d+)", stage)
+    if m:
+        return (2, int(m.group(1)))
+    return (3, 0)
+
+
+def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    mod: Any = root
+    for part in path.split("."):
+        if part.isdigit() and isinstance(mod, (torch.nn.ModuleList, torch.nn.Sequential)):
+            idx = int(part)
+            if idx >= len(mod):
+                raise AttributeError(part)
+            mod = mod[idx]
+        else:
+            mod = getattr(mod, part)
+    if not isinstance(mod, torch.nn.Module):
+        raise AttributeError(path)
+    return mod
+
+
+class ModelPlugin:
+    """Base for model plugins. Subclasses implement `load`, `stage_map`, `prepare`, `score`.
+
+    `self.module` is the loaded `nn.Module` every stage path is relative to. `forward(inputs)`
+    runs it as far as capture needs (no LM head) and is what capture calls."""
+
+    modality = "speech"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        checkpoint: str | None = None,
+        revision: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        adapter: str | None = None,
+        trust_remote_code: bool = False,
+        **options: Any,
+    ) -> None:
+        self.spec = spec
+        self.checkpoint = checkpoint or spec.checkpoint
+        self.revision = revision if revision is not None else spec.revision
+        self.device = device
+        self.dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        self.adapter = adapter
+        self.trust_remote_code = trust_remote_code
+        self.options = {**spec.options, **options}
+        self.module: torch.nn.Module | None = None
+
+    # -- identity, recorded in every store key and result
+    def identity(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "checkpoint": self.checkpoint,
+            "revision": self.revision,
+            "adapter": self.adapter,
+            "dtype": self.dtype_name,
+        }
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[self.dtype_name]
+        except KeyError:
+            raise MchError(f"unknown --dtype {self.dtype_name!r}; use float32, bfloat16 or float16") from None
+
+    # -- to implement
+    def load(self) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def stage_map(self, view: str = "modal") -> dict[str, str]:
+        """Stage name -> module path relative to `self.module`, for `view` modal or text."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
+              protocol: str, view: str = "modal") -> Scores:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, prepared: Prepared) -> Any:
+        assert self.module is not None
+        return self.module(**prepared.inputs)
+
+    # -- shared helpers
+    def stages(self, view: str = "modal") -> list[str]:
+        return sorted(self.stage_map(view), key=stage_sort_key)
+
+    def validate_stage_map(self, view: str = "modal") -> None:
+        """Every declared stage must resolve in the loaded module tree: one clear error if not."""
+        if self.module is None:
+            raise MchError(f"model {self.spec.name!r} is not loaded")
+        for stage, path in self.stage_map(view).items():
+            try:
+                resolve_module(self.module, path)
+            except AttributeError:
+                raise MchError(
+                    f"model {self.spec.name!r}: stage {stage!r} maps to module path {path!r}, "
+                    f"which does not exist in the loaded model"
+                ) from None
