@@ -23,6 +23,16 @@ class MchError(Exception):
     """An error the user can fix. The CLI prints its message as one sentence, no traceback."""
 
 
+class SampleError(MchError):
+    """One sample cannot be used (corrupt file, missing annotation, label outside the classes).
+    Under `--on-error skip` the runner records it and goes on; otherwise it stops the run."""
+
+    def __init__(self, message: str, sample_id: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.sample_id = sample_id
+        self.path = path
+
+
 def load_entry(entry: str) -> Any:
     """Import `package.module:attr` lazily, with a clear error when it is wrong."""
     mod_name, _, attr = entry.partition(":")
