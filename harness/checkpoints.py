@@ -1,0 +1,77 @@
+"""Finding checkpoints offline and loading PEFT adapters safely.
+
+Shared by every model plugin: a checkpoint is a local directory or an HF id (+ revision)
+looked up in the local HF cache only (mch never downloads at run time unless the user
+sets MCH_ALLOW_DOWNLOAD=1); a missing one is one clear sentence naming what to pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .api import MchError
+
+
+def resolve_checkpoint(checkpoint: str, revision: str | None, model_name: str,
+                       allow_patterns: list[str] | None = None) -> Path:
+    """Local directory for `checkpoint` (a path, or an HF id found in the local HF cache)."""
+    p = Path(checkpoint).expanduser()
+    if p.exists():
+        return p
+    if checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1:
+        raise MchError(f"model {model_name!r}: checkpoint path {checkpoint} does not exist; "
+                       f"pass --checkpoint with a local directory holding the model")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local_only = os.environ.get("MCH_ALLOW_DOWNLOAD") != "1"
+        return Path(snapshot_download(checkpoint, revision=revision, local_files_only=local_only,
+                                      allow_patterns=allow_patterns))
+    except Exception:  # noqa: BLE001 - every hub failure means the same thing to the user
+        rev = f" at revision {revision}" if revision else ""
+        raise MchError(
+            f"model {model_name!r}: checkpoint {checkpoint}{rev} is not in the local Hugging Face cache "
+            f"and mch does not download at run time; download it (e.g. `huggingface-cli download {checkpoint}`) "
+            f"or pass --checkpoint /path/to/a/local/copy"
+        ) from None
+
+
+def load_lora_adapter(module: Any, adapter_dir: str | Path, merge: bool = True) -> Any:
+    """Apply a PEFT LoRA adapter directory to `module` (the LLM) and, by default, merge it so
+    every stage path stays valid. Refuses an adapter whose keys do not all match (the
+    reference silently loaded nothing)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    d = Path(adapter_dir)
+    cfg_path = d / "adapter_config.json"
+    weights = d / "adapter_model.safetensors"
+    if not cfg_path.exists() or not weights.exists():
+        raise MchError(f"--adapter {d}: expected a PEFT adapter directory with adapter_config.json and "
+                       f"adapter_model.safetensors")
+    from safetensors.torch import load_file
+
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise MchError(f"--adapter {d}: only LoRA adapters are supported, this one is {cfg.get('peft_type')}")
+    keep = {k: v for k, v in cfg.items() if k in LoraConfig.__dataclass_fields__ and k not in ("peft_type",)}
+    keep.pop("base_model_name_or_path", None)
+    keep.pop("revision", None)
+    try:
+        peft_model = get_peft_model(module, LoraConfig(**keep))
+    except ValueError as exc:
+        raise MchError(f"--adapter {d}: its target modules do not exist in this model ({exc})") from None
+    state = load_file(str(weights))
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    lora_keys = {k for k in peft_model.state_dict() if "lora_" in k}
+    missing = [k for k in getattr(result, "missing_keys", []) or [] if k in lora_keys]
+    if unexpected or missing or not state:
+        bad = (unexpected or missing or ["(empty adapter)"])[0]
+        raise MchError(f"--adapter {d}: its weights do not match this model ({len(unexpected)} unexpected, "
+                       f"{len(missing)} missing LoRA keys; first: {bad})")
+    if merge:
+        return peft_model.merge_and_unload()
+    return peft_model
