@@ -108,7 +108,10 @@ def _row_html(row: dict, metric_cols: list[Column], refs: list[str], show_other:
             ci = f'<span class="ci">{esc(format_cell(c, cell)[len(main):].strip())}</span>'
         cells.append(f'<td class="num" data-v="{esc(_sort_attr(c, row))}">{esc(main)}{ci}</td>')
     if show_other:
-        cells.append(f'<td class="other">{"<br>".join(esc(o) for o in row["other"]) or "—"}</td>')
+        other = [esc(o) for o in row["other"][:3]]
+        if len(row["other"]) > 3:
+            other.append(f'<span class="more">+{len(row["other"]) - 3} more: click the row</span>')
+        cells.append(f'<td class="other">{"<br>".join(other) or "—"}</td>')
     for c in TAIL_COLUMNS:
         cells.append(f'<td class="small" data-v="{esc(_sort_attr(c, row))}">{esc(text_value(row, c.key))}</td>')
     return f'<tr class="{esc(kind)}" {attrs} tabindex="0">' + "".join(cells) + "</tr>"
@@ -258,7 +261,7 @@ CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
 "Helvetica Neue",Arial,sans-serif}
-header,main,footer{max-width:1500px;margin:0 auto;padding:0 20px}
+header,main,footer{max-width:1800px;margin:0 auto;padding:0 20px}
 header{padding-top:22px}
 h1{font-size:24px;margin:0 0 6px}h1 .sub{font-weight:400;color:var(--muted);font-size:16px;margin-left:8px}
 h2{font-size:17px;margin:26px 0 6px}h3{font-size:14px;margin:0 0 6px}
@@ -278,20 +281,21 @@ background:var(--bg);color:var(--fg);min-width:120px}
 .count{margin-left:auto;color:var(--muted);font-size:12.5px}
 .table-wrap{overflow-x:auto;margin-top:10px;border:1px solid var(--line);border-radius:8px}
 table{border-collapse:collapse;width:100%}
-#lb th{position:sticky;top:0;background:var(--head);font-size:12px;text-align:left;border-bottom:1px solid var(--line);
-padding:0;white-space:nowrap}
+#lb th{background:var(--head);font-size:12px;text-align:left;border-bottom:1px solid var(--line);
+padding:0;vertical-align:bottom;min-width:4.5em}
 #lb th.num{text-align:right}
-#lb th button{all:unset;cursor:pointer;display:block;padding:8px 9px;width:100%;box-sizing:border-box}
+#lb th button{all:unset;cursor:pointer;display:block;padding:7px 8px;width:100%;box-sizing:border-box;line-height:1.25}
 #lb th.nosort{padding:8px 9px;color:var(--muted);font-weight:600}
 #lb th button:focus-visible{outline:2px solid var(--accent)}
 #lb th[aria-sort=ascending] button::after{content:" ▲";font-size:9px}
 #lb th[aria-sort=descending] button::after{content:" ▼";font-size:9px}
-#lb td{padding:6px 9px;border-bottom:1px solid var(--line);vertical-align:middle;white-space:nowrap}
+#lb td{padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:middle;white-space:nowrap}
 #lb td.num{text-align:right;font-variant-numeric:tabular-nums}
-#lb td.model{font-weight:600;white-space:normal;word-break:break-word;max-width:260px}
+#lb td.model{font-weight:600;white-space:normal;overflow-wrap:anywhere;min-width:9.5em;max-width:16em}
 #lb td .ci{display:block;font-size:10.5px;color:var(--muted)}
 #lb td.none{color:var(--muted)}
 #lb td.other{font-size:11.5px;color:var(--muted);white-space:nowrap}
+#lb td.other .more{font-style:italic}
 #lb td.small{font-size:11.5px;color:var(--muted);white-space:normal;max-width:140px;word-break:break-all}
 #lb tr.reported td{background:var(--rep-bg);font-style:italic}
 #lb tr.reported td:first-child{box-shadow:inset 3px 0 0 var(--rep)}
@@ -456,7 +460,7 @@ SCRIPT = r"""
         }
       }
       var line = el("polyline", {points: pts.map(function (c) { return x(depth(c.stage, n)) + "," + y(c[field]); }).join(" "),
-                                 fill: "none", stroke: color, "stroke-width": 2,
+                                 fill: "none", stroke: color, "stroke-width": 2, "data-row": r.id,
                                  "stroke-dasharray": r.kind === "reported" ? "6 4" : "none"}, svg);
       el("title", {}, line, label(r));
       pts.forEach(function (c) {
@@ -540,12 +544,14 @@ SCRIPT = r"""
     tr.addEventListener("keydown", function (ev) { if (ev.key === "Enter") tr.click(); });
   });
 
-  // Plot the first measured and the first reported row that have curves, side by side.
+  // On load, plot the measured and the reported row with the most stages, side by side.
   ["measured", "reported"].forEach(function (kind) {
-    var tr = Array.prototype.find.call(tbody.rows, function (t) {
-      return t.getAttribute("data-kind") === kind && t.querySelector("input.plot");
+    var best = null, most = 0;
+    Array.prototype.forEach.call(tbody.rows, function (t) {
+      var n = byId[t.getAttribute("data-id")].curves.length;
+      if (t.getAttribute("data-kind") === kind && t.querySelector("input.plot") && n > most) { best = t; most = n; }
     });
-    if (tr) tr.querySelector("input.plot").checked = true;
+    if (best) best.querySelector("input.plot").checked = true;
   });
   drawCharts();
 })();
