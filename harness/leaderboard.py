@@ -538,7 +538,8 @@ def table(
     dataset: Optional[str] = typer.Option(None, "--dataset"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="default or paper"),
     kind: Optional[str] = typer.Option(None, "--kind", help="measured or reported"),
-    sort: Optional[str] = typer.Option(None, "--sort", help="column key, optionally :asc or :desc (e.g. acc_final:desc)"),
+    sort: Optional[str] = typer.Option(None, "--sort", help="column key, optionally :asc or :desc (e.g. acc_final:desc); keys: "
+                                       + ", ".join(COLUMN_BY_KEY)),
     all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest per model/dataset/attribute/analysis/protocol"),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
 ) -> None:
