@@ -385,6 +385,8 @@ def format_cell(col: Column, cell: dict | None, with_ci: bool = True) -> str:
 def text_value(row: dict, key: str) -> str:
     if key == "attribute" and row.get("kind") and row.get(key) is None:
         return "(model-level)"
+    if key == "mch_version" and row.get("kind") == "reported":
+        return "—"  # entered by hand, not produced by mch
     v = row.get(key)
     return "—" if v in (None, "") else str(v)
 

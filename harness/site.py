@@ -428,7 +428,7 @@ SCRIPT = r"""
     for (var k = 0; k <= 4; k++) {
       var v = yMax * k / 4;
       el("line", {x1: L, x2: W - R, y1: y(v), y2: y(v), "class": "grid"}, svg);
-      el("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, svg, field === "accuracy" ? v.toFixed(2) : v.toFixed(2));
+      el("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, svg, v.toFixed(2));
     }
     el("line", {x1: L, x2: W - R, y1: y(0), y2: y(0), "class": "axis"}, svg);
     el("line", {x1: L, x2: L, y1: T, y2: y(0), "class": "axis"}, svg);
