@@ -1,0 +1,220 @@
+"""Code shared by mch's transformers-based model plugins (LLaVA, Qwen2-Audio, text baselines).
+
+What lives here: offline loading with one clear error, stage-path resolution against the
+module tree (never copied strings), right-padded collation with explicit position ids (so a
+pooled vector does not depend on its batch), text spans from tokenizer offsets, and
+continuation scoring on the exact decoder input (media already merged in), which reuses the
+prompt's KV cache for all K continuations (`mch.scoring.score_shared_prefix`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mch.api import MchError, Sample, SampleError
+from mch.checkpoints import load_lora_adapter, resolve_checkpoint
+from mch.model import ModelPlugin, Prepared, Scores, resolve_module
+from mch.scoring import left_pad, score_shared_prefix
+
+
+def exists(root: torch.nn.Module, path: str) -> bool:
+    try:
+        resolve_module(root, path)
+        return True
+    except AttributeError:
+        return False
+
+
+def locate(root: torch.nn.Module, candidates: Sequence[str], what: str, model_name: str) -> str:
+    """First of `candidates` that is a module of `root` (module layouts move between
+    transformers versions, e.g. CLIP's `vision_model` level disappeared in v5)."""
+    for c in candidates:
+        if exists(root, c):
+            return c
+    raise MchError(f"model {model_name!r}: cannot find the {what} in the loaded model (looked for "
+                   f"{', '.join(candidates)}); this transformers version lays the model out differently")
+
+
+def decoder_stage_paths(decoder_path: str, n_layers: int) -> dict[str, str]:
+    stages = {f"llm.{i}": f"{decoder_path}.layers.{i}" for i in range(n_layers)}
+    stages["llm.final"] = f"{decoder_path}.norm"
+    return stages
+
+
+def set_module(root: torch.nn.Module, path: str, new: torch.nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = resolve_module(root, parent_path) if parent_path else root
+    setattr(parent, name, new)
+
+
+def checkpoint_dir(plugin: ModelPlugin) -> Path:
+    return resolve_checkpoint(plugin.checkpoint, plugin.revision, plugin.spec.name)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any:
+    """`cls.from_pretrained(path)` offline, in the plugin's dtype; any failure is one MchError."""
+    try:
+        return cls.from_pretrained(str(path), dtype=plugin.torch_dtype, local_files_only=True,
+                                   trust_remote_code=plugin.trust_remote_code)
+    except MchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken checkpoint is a user error
+        raise MchError(f"model {plugin.spec.name!r}: cannot load {path} as a {what} checkpoint "
+                       f"({_one_line(exc)}); pass --checkpoint with a directory saved by {what}.save_pretrained "
+                       f"or a Hugging Face snapshot of {plugin.spec.checkpoint}") from None
+
+
+def load_processor(plugin: ModelPlugin, loader: Any, path: Path, what: str) -> Any:
+    try:
+        return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=plugin.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise MchError(f"model {plugin.spec.name!r}: cannot load the {what} from {path} ({_one_line(exc)}); "
+                       f"the checkpoint directory must hold the tokenizer and processor files of its release") from None
+
+
+def apply_adapter(plugin: ModelPlugin, root: torch.nn.Module, decoder_path: str) -> None:
+    """Merge a PEFT LoRA adapter (made on the LLM decoder stack at `decoder_path`) into it."""
+    if not plugin.adapter:
+        return
+    decoder = resolve_module(root, decoder_path)
+    try:
+        merged = load_lora_adapter(decoder, plugin.adapter, merge=True)
+    except RuntimeError as exc:  # size mismatch from load_state_dict
+        raise MchError(f"--adapter {plugin.adapter}: its weights do not fit this model's LLM "
+                       f"({_one_line(exc)[:200]})") from None
+    set_module(root, decoder_path, merged)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) ids and attention mask, padding on the right: with causal attention and explicit
+    positions, a real token never sees a pad, so pooled vectors do not depend on the batch."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    att = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        att[i, : len(s)] = 1
+    return ids, att
+
+
+def positions(att: torch.Tensor) -> torch.Tensor:
+    return (att.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def text_span(tokenizer: Any, prompt: str, start: int, end: int, sample_id: str) -> tuple[list[int], list[bool]]:
+    """Token ids of `prompt` (with the tokenizer's special tokens) and which tokens overlap the
+    characters [start, end) (the paired text placed where the media would be)."""
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    inside = [e > start and s < end and e > s for s, e in enc["offset_mapping"]]
+    if not any(inside):
+        raise SampleError(f"sample {sample_id}: its text tokenized to no tokens", sample_id=sample_id)
+    return ids, inside
+
+
+def require_text(sample: Sample) -> str:
+    text = (sample.text or "").strip()
+    if not text:
+        raise SampleError(f"sample {sample.sample_id} has no paired text, which the text view needs",
+                          sample_id=sample.sample_id)
+    return text
+
+
+def continuation_ids(tokenizer: Any, context: str, continuations: Sequence[str]) -> list[list[int]]:
+    """Token ids of each continuation (given a leading space) as they tokenize right after
+    `context`: the ids that extend the context's own tokens."""
+    base = tokenizer(context, add_special_tokens=False)["input_ids"]
+    out = []
+    for c in continuations:
+        full = tokenizer(context + " " + c.strip(), add_special_tokens=False)["input_ids"]
+        k = 0
+        while k < min(len(base), len(full)) and base[k] == full[k]:
+            k += 1
+        ids = list(full[k:])
+        if not ids:
+            raise MchError(f"continuation {c!r} tokenizes to nothing")
+        out.append(ids)
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def decoder_inputs(inner: torch.nn.Module, decoder: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """The embeddings the LLM decoder receives for `inputs` (media already scattered in),
+    caught at the decoder's entry; the decoder itself does not run."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def pre_hook(_m, args, kwargs):
+        seen["x"] = kwargs.get("inputs_embeds", args[0] if args else None)
+        raise _Stop
+
+    handle = decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        with contextlib.suppress(_Stop):
+            inner(**inputs)
+    finally:
+        handle.remove()
+    if seen.get("x") is None:
+        raise MchError("the LLM decoder was not called with input embeddings")
+    return seen["x"]
+
+
+class HFPluginMixin:
+    """Scoring and helpers shared by the plugins of this package. A subclass provides
+    `_prepare_inputs(samples, protocol, view, query)` -> (inputs dict, info), `decoder_path`,
+    `self.tokenizer`, `_score_context(protocol, view, query)`, and `inner_path` (the module
+    without LM head whose forward takes the inputs)."""
+
+    decoder_path: str = ""
+    inner_path: str = ""
+    batch_size_default = 8
+
+    def decoder(self) -> torch.nn.Module:
+        return resolve_module(self.module, self.decoder_path)  # type: ignore[attr-defined]
+
+    def inner(self) -> torch.nn.Module:
+        return resolve_module(self.module, self.inner_path) if self.inner_path else self.module  # type: ignore
+
+    def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal",
+                      protocol: str = "default") -> list[torch.Tensor]:
+        """Per-sample decoder input (P_i, D) for a scoring prompt: media (or text) + query."""
+        inputs, _ = self._prepare_inputs(samples, protocol, view, query)  # type: ignore[attr-defined]
+        with torch.inference_mode():
+            x = decoder_inputs(self.inner(), self.decoder(), inputs)
+        att = inputs["attention_mask"].bool()
+        return [x[i][att[i]] for i in range(x.shape[0])]
+
+    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
+              protocol: str, view: str = "modal") -> Scores:
+        if self.module is None:  # type: ignore[attr-defined]
+            raise MchError(f"model {self.spec.name!r} is not loaded")  # type: ignore[attr-defined]
+        conts = continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)  # type: ignore
+        bs = int(self.options.get("batch_size", self.batch_size_default))  # type: ignore[attr-defined]
+        rows, n_tok = [], None
+        for i in range(0, len(samples), bs):
+            chunk = samples[i: i + bs]
+            with torch.inference_mode():
+                x, m = left_pad(self.prompt_embeds(chunk, query, view, protocol))
+                logp, n_tok = score_shared_prefix(self.module, x, m, conts)  # type: ignore[attr-defined]
+            rows.append(logp)
+        logp = torch.cat(rows, 0) if rows else torch.zeros(0, len(conts))
+        if n_tok is None:
+            n_tok = torch.tensor([len(c) for c in conts])
+        return Scores(logp=logp.numpy(), n_tokens=n_tok.numpy())
+
+    def forward(self, prepared: Prepared) -> Any:
+        return self.inner()(**prepared.inputs)

@@ -1,0 +1,240 @@
+"""LLaVA-1.5 (`llava-hf/llava-1.5-7b-hf`) through transformers' `LlavaForConditionalGeneration`.
+
+Module tree (transformers 5) and the stages mapped onto it::
+
+    LlavaForConditionalGeneration
+    ├── model: LlavaModel                                   (forward() runs this: no LM head)
+    │   ├── vision_tower: CLIPVisionModel  (4.x: .vision_model level in between)
+    │   │   ├── pre_layrnorm
+    │   │   ├── encoder.layers.{0..23}
+    │   │   │     layers[k] for hidden_states[vision_feature_layer]   `encoder` (default protocol)
+    │   │   └── post_layernorm   (last layer's CLS only, 2-D)           `encoder` (paper protocol)
+    │   ├── multi_modal_projector  Linear-GELU-Linear                    `adapter`
+    │   └── language_model: LlamaModel
+    │       ├── embed_tokens                                            `adapter` (text view)
+    │       ├── layers.{0..31}                                          `llm.0` .. `llm.31`
+    │       └── norm                                                    `llm.final`
+    └── lm_head
+
+Encoder stage. Default: the patch tokens the projector really receives, i.e. the output of
+the vision block whose hidden state `vision_feature_layer` selects (-2: the penultimate
+block), span `modality` = the rows the `vision_feature_select_strategy` keeps (`default`
+drops CLS). Paper: the reference's hook, CLIP's `post_layernorm`, which only sees the last
+layer's CLS (2-D) and is not what LLaVA feeds its projector (reference §7.4).
+
+Prompts (one image per sample; the processor adds BOS and expands `<image>` to one token
+per patch, 576 at 336 px):
+
+    paper   "<image>\\nDescribe this image."                      (the reference, raw)
+    default "USER: <image>\\nDescribe this image. ASSISTANT:"     (LLaVA-1.5's conversation format)
+
+The default instruction can be changed with the model option `prompt`. Text view: the same
+string with the paired caption in place of `<image>`; span `modality` = the caption's
+tokens. Scoring (`score`, GMI): the protocol's prompt, a space, then the query; the
+continuations follow with a leading space. Images go through the checkpoint's image
+processor (its PIL variant when torchvision is missing: resize the shortest side, center
+crop, CLIP mean/std).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from mch.api import MchError, Sample, SampleError
+from mch.model import ModelPlugin, Pool, Prepared, resolve_module
+
+from ._hf_common import (
+    HFPluginMixin,
+    apply_adapter,
+    checkpoint_dir,
+    decoder_stage_paths,
+    load_pretrained,
+    load_processor,
+    locate,
+    positions,
+    require_text,
+    right_pad,
+    text_span,
+)
+
+PAPER_INSTRUCTION = "Describe this image."
+
+
+class Llava(HFPluginMixin, ModelPlugin):
+    modality = "vision"
+    views = ("modal", "text")
+    inner_path = "model"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paths: dict[str, str] | None = None
+        self._stage_protocol = "default"  # set by prepare(); picks the encoder hook
+        self.processor: Any = None
+        self.tokenizer: Any = None
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> None:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        path = checkpoint_dir(self)
+        self.processor = load_processor(self, AutoProcessor, path, "LLaVA processor")
+        self.tokenizer = self.processor.tokenizer
+        model = load_pretrained(self, LlavaForConditionalGeneration, path, "LlavaForConditionalGeneration")
+        self._paths = self._build_paths(model)
+        self.decoder_path = self._paths["decoder"]
+        apply_adapter(self, model, self.decoder_path)
+        self.module = model.to(self.device).eval()
+        self.config = model.config
+        self.image_token_id = int(model.config.image_token_id)
+        self.validate_stage_map("modal")
+        self.validate_stage_map("text")
+
+    def _build_paths(self, model: torch.nn.Module) -> dict[str, str]:
+        name = self.spec.name
+        cfg = model.config
+        if not isinstance(cfg.vision_feature_layer, int):
+            raise MchError(f"model {name!r}: vision_feature_layer {cfg.vision_feature_layer} concatenates several "
+                           f"layers; mch's encoder stage supports a single layer (LLaVA-1.5 uses -2)")
+        layers = locate(model, ["model.vision_tower.vision_model.encoder.layers", "model.vision_tower.encoder.layers"],
+                        "CLIP encoder layers", name)
+        vroot = layers[: -len(".encoder.layers")]
+        n_vis = len(resolve_module(model, layers))
+        idx = cfg.vision_feature_layer % (n_vis + 1)  # index into hidden_states (0 = embeddings)
+        decoder = locate(model, ["model.language_model", "language_model.model"], "language model", name)
+        paths = {
+            "encoder": f"{vroot}.pre_layrnorm" if idx == 0 else f"{layers}.{idx - 1}",
+            "encoder_paper": locate(model, [f"{vroot}.post_layernorm"], "CLIP post_layernorm", name),
+            "adapter": locate(model, ["model.multi_modal_projector", "multi_modal_projector"], "projector", name),
+            "decoder": decoder,
+            "embed": f"{decoder}.embed_tokens",
+        }
+        self.n_layers = len(resolve_module(model, f"{decoder}.layers"))
+        self.strategy = cfg.vision_feature_select_strategy
+        return paths
+
+    def _ensure_paths(self) -> dict[str, str]:
+        """Stage paths before the weights are loaded: from the checkpoint's config on the
+        meta device (same module tree, no memory)."""
+        if self._paths is None:
+            from transformers import AutoConfig, LlavaForConditionalGeneration
+
+            path = checkpoint_dir(self)
+            try:
+                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            except Exception as exc:  # noqa: BLE001
+                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None
+            with torch.device("meta"):
+                self._paths = self._build_paths(LlavaForConditionalGeneration(cfg))
+        return self._paths
+
+    def stage_map(self, view: str = "modal") -> dict[str, str]:
+        p = self._ensure_paths()
+        stages = decoder_stage_paths(p["decoder"], self.n_layers)
+        if view == "text":
+            stages["adapter"] = p["embed"]
+        elif view == "modal":
+            stages["encoder"] = p["encoder_paper"] if self._stage_protocol == "paper" else p["encoder"]
+            stages["adapter"] = p["adapter"]
+        else:
+            raise MchError(f"model {self.spec.name!r} has no view {view!r}; use modal or text")
+        return stages
+
+    def stage_dims(self, view: str = "modal") -> dict[str, int]:
+        d = self.config.text_config.hidden_size
+        dims = {s: d for s in self.stage_map(view)}
+        if view == "modal":
+            dims["encoder"] = self.config.vision_config.hidden_size
+        return dims
+
+    # ------------------------------------------------------------------ prompts
+    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
+                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+        """The prompt string and, in text view, the character span of the text in it."""
+        media = self.processor.image_token if view == "modal" else text
+        if protocol == "paper":
+            head, tail = "", f"\n{PAPER_INSTRUCTION}"
+        else:
+            head, tail = "USER: ", f"\n{self.options.get('prompt', PAPER_INSTRUCTION)} ASSISTANT:"
+        s = head + media + tail
+        if query:
+            s += " " + query
+        span = (len(head), len(head) + len(media)) if view == "text" else None
+        return s, span
+
+    def _score_context(self, protocol: str, view: str, query: str) -> str:
+        return self.render_prompt(protocol, "modal", query=query)[0]
+
+    # ------------------------------------------------------------------ inputs
+    def _image(self, s: Sample) -> Any:
+        from PIL import Image
+
+        img = s.media
+        if not isinstance(img, Image.Image):
+            raise SampleError(f"sample {s.sample_id}: model {self.spec.name!r} needs a PIL image, got "
+                              f"{type(img).__name__}", sample_id=s.sample_id)
+        return img.convert("RGB")
+
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str,
+                        query: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.module is None:
+            raise MchError(f"model {self.spec.name!r} is not loaded")
+        seqs, inside, pixels = [], [], []
+        for s in samples:
+            if view == "text":
+                prompt, (a, b) = self.render_prompt(protocol, "text", require_text(s), query)
+                ids, mask = text_span(self.tokenizer, prompt, a, b, s.sample_id)
+                seqs.append(ids)
+                inside.append(mask)
+            else:
+                prompt, _ = self.render_prompt(protocol, "modal", query=query)
+                enc = self.processor(images=[self._image(s)], text=[prompt], return_tensors="pt")
+                seqs.append(enc["input_ids"][0].tolist())
+                pixels.append(enc["pixel_values"])
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None or pad == self.image_token_id else pad
+        ids, att = right_pad(seqs, pad)
+        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": att, "position_ids": positions(att)}
+        if view == "modal":
+            inputs["pixel_values"] = torch.cat(pixels, 0).to(self.torch_dtype)
+            mod = (ids == self.image_token_id) & att.bool()
+        else:
+            mod = torch.zeros_like(att, dtype=torch.bool)
+            for i, m in enumerate(inside):
+                mod[i, : len(m)] = torch.tensor(m)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["use_cache"] = False
+        return inputs, {"modality_mask": mod, "attention_mask": att}
+
+    def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
+        inputs, info = self._prepare_inputs(samples, protocol, view)
+        mod, real = info["modality_mask"], info["attention_mask"].bool()
+        B = len(samples)
+        owner = torch.arange(B)
+        llm = Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})
+        pools = {"llm": llm}
+        if view == "text":
+            pools["adapter"] = llm
+        else:
+            self._stage_protocol = protocol
+            k = int(mod[0].sum())  # image tokens per image = projector rows
+            pools["adapter"] = Pool(owner, {"modality": torch.ones(B, k, dtype=torch.bool),
+                                            "all": torch.ones(B, k, dtype=torch.bool)})
+            if protocol == "paper":  # post_layernorm: one pooled CLS row per image
+                one = torch.ones(B, 1, dtype=torch.bool)
+                pools["encoder"] = Pool(owner, {"modality": one, "all": one})
+            else:
+                drop = 1 if self.strategy == "default" else 0
+                enc = torch.ones(B, k + drop, dtype=torch.bool)
+                sel = enc.clone()
+                sel[:, :drop] = False
+                pools["encoder"] = Pool(owner, {"modality": sel, "all": enc})
+        return Prepared(inputs=inputs, pools=pools, n=B,
+                        info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()})
+
+    def forward(self, prepared: Prepared) -> Any:
+        if prepared.info.get("view") == "modal" and prepared.info.get("protocol") != self._stage_protocol:
+            raise MchError(f"model {self.spec.name!r}: capture a prepared batch before preparing another one "
+                           f"with a different protocol (the encoder stage depends on the protocol)")
+        return super().forward(prepared)

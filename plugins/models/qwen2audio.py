@@ -1,0 +1,244 @@
+"""Qwen2-Audio (`Qwen/Qwen2-Audio-7B-Instruct`) through transformers' `Qwen2AudioForConditionalGeneration`.
+
+Module tree (transformers 5) and the stages mapped onto it::
+
+    Qwen2AudioForConditionalGeneration
+    ├── model: Qwen2AudioModel                             (forward() runs this: no LM head)
+    │   ├── audio_tower: Qwen2AudioEncoder   conv stem, layers, AvgPool1d(2)
+    │   │   └── layer_norm              (B, 750, 1280)               `encoder`
+    │   ├── multi_modal_projector       Linear 1280 -> 4096           `adapter`
+    │   └── language_model: Qwen2Model
+    │       ├── embed_tokens                                          `adapter` (text view)
+    │       ├── layers.{0..31}                                        `llm.0` .. `llm.31`
+    │       └── norm                                                  `llm.final`
+    └── lm_head
+
+The processor pads every clip to 30 s (3000 mel frames; longer audio is truncated), so the
+encoder and projector always emit 750 rows, of which only the first
+n = ((L - 1) // 2 + 1 - 2) // 2 + 1 (L = real mel frames, as the processor computes it)
+are scattered into the LLM as `<|AUDIO|>` tokens. Default pooling at `encoder`/`adapter`
+(span `modality`) uses only those n rows; span `all` (the paper protocol) averages all 750,
+padding included (reference §7.3). Audio is resampled to the feature extractor's rate
+(16 kHz) with `scipy.signal.resample_poly`.
+
+Prompt (both protocols; the paper's, and also the model's own chat format): the
+processor's chat template on one user turn with an audio item and the text "Describe this
+audio." (default protocol: the model option `prompt`), plus the generation prompt:
+
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n
+    Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\\nDescribe this audio.<|im_end|>\\n
+    <|im_start|>assistant\\n
+
+(one string; no BOS). Text view: the same string with the paired transcript in place of
+`<|AUDIO|>` (between the audio bos/eos markers); span `modality` = the transcript's tokens.
+Scoring: the prompt, then the query as the start of the assistant's answer; continuations
+follow with a leading space.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mch.api import MchError, Sample, SampleError
+from mch.model import ModelPlugin, Pool, Prepared, resolve_module
+
+from ._hf_common import (
+    HFPluginMixin,
+    apply_adapter,
+    checkpoint_dir,
+    decoder_stage_paths,
+    load_pretrained,
+    load_processor,
+    locate,
+    positions,
+    require_text,
+    right_pad,
+    text_span,
+)
+
+PAPER_INSTRUCTION = "Describe this audio."
+
+
+def audio_tokens(mel_frames: int) -> int:
+    """Rows of the encoder output that reach the LLM for L real mel frames (conv stride 2,
+    then average pooling by 2), as Qwen2AudioProcessor counts them."""
+    return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
+    if sr == target:
+        return wav
+    from scipy.signal import resample_poly
+
+    g = gcd(int(sr), int(target))
+    return resample_poly(wav, target // g, int(sr) // g).astype(np.float32)
+
+
+class Qwen2Audio(HFPluginMixin, ModelPlugin):
+    modality = "speech"
+    views = ("modal", "text")
+    inner_path = "model"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paths: dict[str, str] | None = None
+        self.processor: Any = None
+        self.tokenizer: Any = None
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> None:
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        path = checkpoint_dir(self)
+        self.processor = load_processor(self, AutoProcessor, path, "Qwen2-Audio processor")
+        self.tokenizer = self.processor.tokenizer
+        model = load_pretrained(self, Qwen2AudioForConditionalGeneration, path, "Qwen2AudioForConditionalGeneration")
+        self._paths = self._build_paths(model)
+        self.decoder_path = self._paths["decoder"]
+        apply_adapter(self, model, self.decoder_path)
+        self.module = model.to(self.device).eval()
+        self.config = model.config
+        self.audio_token_id = int(model.config.audio_token_id)
+        self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
+        self.validate_stage_map("modal")
+        self.validate_stage_map("text")
+
+    def _build_paths(self, model: torch.nn.Module) -> dict[str, str]:
+        name = self.spec.name
+        decoder = locate(model, ["model.language_model", "language_model.model"], "language model", name)
+        self.n_layers = len(resolve_module(model, f"{decoder}.layers"))
+        return {
+            "encoder": locate(model, ["model.audio_tower.layer_norm", "audio_tower.layer_norm"], "audio encoder", name),
+            "adapter": locate(model, ["model.multi_modal_projector", "multi_modal_projector"], "projector", name),
+            "decoder": decoder,
+            "embed": f"{decoder}.embed_tokens",
+        }
+
+    def _ensure_paths(self) -> dict[str, str]:
+        if self._paths is None:
+            from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+
+            path = checkpoint_dir(self)
+            try:
+                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            except Exception as exc:  # noqa: BLE001
+                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None
+            with torch.device("meta"):
+                self._paths = self._build_paths(Qwen2AudioForConditionalGeneration(cfg))
+        return self._paths
+
+    def stage_map(self, view: str = "modal") -> dict[str, str]:
+        p = self._ensure_paths()
+        stages = decoder_stage_paths(p["decoder"], self.n_layers)
+        if view == "text":
+            stages["adapter"] = p["embed"]
+        elif view == "modal":
+            stages.update(encoder=p["encoder"], adapter=p["adapter"])
+        else:
+            raise MchError(f"model {self.spec.name!r} has no view {view!r}; use modal or text")
+        return stages
+
+    def stage_dims(self, view: str = "modal") -> dict[str, int]:
+        dims = {s: self.config.text_config.hidden_size for s in self.stage_map(view)}
+        if view == "modal":
+            dims["encoder"] = self.config.audio_config.d_model
+        return dims
+
+    # ------------------------------------------------------------------ prompts
+    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
+                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+        """The prompt string and, in text view, the character span of the text in it."""
+        instruction = PAPER_INSTRUCTION if protocol == "paper" else self.options.get("prompt", PAPER_INSTRUCTION)
+        conv = [{"role": "user", "content": [{"type": "audio", "audio_url": "placeholder"},
+                                             {"type": "text", "text": instruction}]}]
+        s = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        if not isinstance(s, str):
+            s = s[0]
+        s += query
+        if view != "text":
+            return s, None
+        at = s.find(self.processor.audio_token)
+        if at < 0:
+            raise MchError(f"model {self.spec.name!r}: the chat template has no {self.processor.audio_token} slot")
+        assert text is not None
+        return s[:at] + text + s[at + len(self.processor.audio_token):], (at, at + len(text))
+
+    def _score_context(self, protocol: str, view: str, query: str) -> str:
+        return self.render_prompt(protocol, "modal", query=query)[0]
+
+    # ------------------------------------------------------------------ inputs
+    def _waveform(self, s: Sample) -> np.ndarray:
+        media = s.media
+        if not (isinstance(media, tuple) and len(media) == 2):
+            raise SampleError(f"sample {s.sample_id}: model {self.spec.name!r} needs (waveform, sample_rate), got "
+                              f"{type(media).__name__}", sample_id=s.sample_id)
+        wav, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
+        if wav.ndim != 1 or wav.size == 0:
+            raise SampleError(f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
+                              sample_id=s.sample_id)
+        return resample(wav, sr, self.sampling_rate)
+
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str,
+                        query: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.module is None:
+            raise MchError(f"model {self.spec.name!r} is not loaded")
+        seqs, inside, feats, fmasks, n_audio = [], [], [], [], []
+        for s in samples:
+            if view == "text":
+                prompt, (a, b) = self.render_prompt(protocol, "text", require_text(s), query)
+                ids, mask = text_span(self.tokenizer, prompt, a, b, s.sample_id)
+                seqs.append(ids)
+                inside.append(mask)
+                continue
+            prompt, _ = self.render_prompt(protocol, "modal", query=query)
+            enc = self.processor(text=prompt, audio=self._waveform(s), sampling_rate=self.sampling_rate,
+                                 return_tensors="pt")
+            ids = enc["input_ids"][0]
+            n = audio_tokens(int(enc["feature_attention_mask"].sum()))
+            if int((ids == self.audio_token_id).sum()) != n:
+                raise MchError(f"model {self.spec.name!r}: the processor expanded the audio to "
+                               f"{int((ids == self.audio_token_id).sum())} tokens, expected {n}")
+            if n < 2:  # a single audio token sends transformers down its legacy merge path
+                raise SampleError(f"sample {s.sample_id}: the clip is too short for Qwen2-Audio "
+                                  f"(under 0.1 s)", sample_id=s.sample_id)
+            seqs.append(ids.tolist())
+            feats.append(enc["input_features"])
+            fmasks.append(enc["feature_attention_mask"])
+            n_audio.append(n)
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None or pad == getattr(self, "audio_token_id", -1) else pad
+        ids, att = right_pad(seqs, pad)
+        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": att, "position_ids": positions(att)}
+        if view == "modal":
+            inputs["input_features"] = torch.cat(feats, 0).to(self.torch_dtype)
+            inputs["feature_attention_mask"] = torch.cat(fmasks, 0).long()
+            mod = (ids == self.audio_token_id) & att.bool()
+        else:
+            mod = torch.zeros_like(att, dtype=torch.bool)
+            for i, m in enumerate(inside):
+                mod[i, : len(m)] = torch.tensor(m)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["use_cache"] = False
+        return inputs, {"modality_mask": mod, "attention_mask": att, "n_audio": n_audio}
+
+    def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
+        inputs, info = self._prepare_inputs(samples, protocol, view)
+        mod, real = info["modality_mask"], info["attention_mask"].bool()
+        B = len(samples)
+        owner = torch.arange(B)
+        llm = Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})
+        pools = {"llm": llm}
+        if view == "text":
+            pools["adapter"] = llm
+        else:
+            rows = audio_tokens(inputs["input_features"].shape[-1])  # 750 for 3000 frames
+            real_rows = torch.arange(rows)[None, :] < torch.tensor(info["n_audio"])[:, None]
+            enc = Pool(owner, {"modality": real_rows, "all": torch.ones(B, rows, dtype=torch.bool)})
+            pools.update(encoder=enc, adapter=enc)
+        return Prepared(inputs=inputs, pools=pools, n=B,
+                        info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist(),
+                              "n_audio_tokens": info["n_audio"]})

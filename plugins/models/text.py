@@ -1,0 +1,152 @@
+"""The paper protocol's text-only baselines: `llama` (meta-llama/Llama-3.1-8B, base) and
+`vicuna` (lmsys/vicuna-7b-v1.5), as model plugins of modality `text`.
+
+Module tree (`AutoModelForCausalLM`, Llama family) and stages::
+
+    LlamaForCausalLM
+    ├── model: LlamaModel                  (forward() runs this: no LM head)
+    │   ├── embed_tokens                   `adapter` (the decoder input of the text)
+    │   ├── layers.{0..31}                 `llm.0` .. `llm.31`
+    │   └── norm                           `llm.final`
+    └── lm_head
+
+View `text` only. Input, exactly as the reference's script 02: the raw transcript/caption,
+tokenized with the model's own special tokens (BOS: `<|begin_of_text|>` for Llama-3.1,
+`<s>` for Vicuna), no template, truncated at 512 tokens. Span `modality` = the text's own
+tokens (BOS excluded); `all` = every token including BOS (the paper's pooling). Scoring:
+the text, a newline, then the query; continuations follow with a leading space.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from mch.api import MchError, Sample
+from mch.model import ModelPlugin, Pool, Prepared, resolve_module
+
+from ._hf_common import (
+    HFPluginMixin,
+    apply_adapter,
+    checkpoint_dir,
+    decoder_stage_paths,
+    load_pretrained,
+    load_processor,
+    locate,
+    positions,
+    require_text,
+    right_pad,
+)
+
+MAX_TOKENS = 512
+
+
+class TextBaseline(HFPluginMixin, ModelPlugin):
+    modality = "text"
+    views = ("text",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paths: dict[str, str] | None = None
+        self.tokenizer: Any = None
+
+    def load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = checkpoint_dir(self)
+        self.tokenizer = load_processor(self, AutoTokenizer, path, "tokenizer")
+        model = load_pretrained(self, AutoModelForCausalLM, path, "AutoModelForCausalLM")
+        self._paths = self._build_paths(model)
+        self.decoder_path = self.inner_path = self._paths["decoder"]
+        apply_adapter(self, model, self.decoder_path)
+        self.module = model.to(self.device).eval()
+        self.config = model.config
+        self.validate_stage_map("text")
+
+    def _build_paths(self, model: torch.nn.Module) -> dict[str, str]:
+        decoder = locate(model, ["model"], "decoder (model.layers)", self.spec.name)
+        self.n_layers = len(resolve_module(model, f"{decoder}.layers"))
+        return {"decoder": decoder, "embed": f"{decoder}.embed_tokens"}
+
+    def _ensure_paths(self) -> dict[str, str]:
+        if self._paths is None:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            path = checkpoint_dir(self)
+            try:
+                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            except Exception as exc:  # noqa: BLE001
+                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None
+            with torch.device("meta"):
+                self._paths = self._build_paths(AutoModelForCausalLM.from_config(cfg))
+        return self._paths
+
+    def _check_view(self, view: str) -> None:
+        if view != "text":
+            raise MchError(f"model {self.spec.name!r} is a text-only baseline: it has only the text view, not {view!r}")
+
+    def stage_map(self, view: str = "text") -> dict[str, str]:
+        self._check_view(view)
+        p = self._ensure_paths()
+        stages = decoder_stage_paths(p["decoder"], self.n_layers)
+        stages["adapter"] = p["embed"]
+        return stages
+
+    def stage_dims(self, view: str = "text") -> dict[str, int]:
+        return {s: self.config.hidden_size for s in self.stage_map(view)}
+
+    def render_prompt(self, protocol: str, view: str = "text", text: str | None = None, query: str = "") -> str:
+        self._check_view(view)
+        return (text or "") + (f"\n{query}" if query else "")
+
+    def _score_context(self, protocol: str, view: str, query: str) -> str:
+        return self.render_prompt(protocol, "text", "", query)
+
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str,
+                        query: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+        self._check_view(view)
+        if self.module is None:
+            raise MchError(f"model {self.spec.name!r} is not loaded")
+        seqs, content = [], []
+        for s in samples:
+            text = require_text(s)
+            if query:  # scoring: the text is truncated first so the query always fits
+                ids = self.tokenizer(text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+                ids = ids + self.tokenizer("\n" + query, add_special_tokens=False)["input_ids"]
+                special = [0] * len(ids)
+            else:
+                enc = self.tokenizer(text, truncation=True, max_length=MAX_TOKENS, return_special_tokens_mask=True)
+                ids, special = enc["input_ids"], enc["special_tokens_mask"]
+            seqs.append(ids)
+            content.append([not x for x in special])
+        pad = self.tokenizer.pad_token_id
+        ids, att = right_pad(seqs, 0 if pad is None else pad)
+        mod = torch.zeros_like(att, dtype=torch.bool)
+        for i, c in enumerate(content):
+            mod[i, : len(c)] = torch.tensor(c)
+        inputs = {"input_ids": ids, "attention_mask": att, "position_ids": positions(att)}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["use_cache"] = False
+        return inputs, {"modality_mask": mod, "attention_mask": att}
+
+    def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "text") -> Prepared:
+        inputs, info = self._prepare_inputs(samples, protocol, view)
+        mod, real = info["modality_mask"], info["attention_mask"].bool()
+        pool = Pool(torch.arange(len(samples)), {"modality": mod, "all": real, "text": real & ~mod})
+        return Prepared(inputs=inputs, pools={"llm": pool, "adapter": pool}, n=len(samples),
+                        info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()})
+
+    def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "text",
+                      protocol: str = "default") -> list[torch.Tensor]:
+        inputs, _ = self._prepare_inputs(samples, protocol, view, query)
+        emb = resolve_module(self.module, self._paths["embed"])  # type: ignore[index]
+        att = inputs["attention_mask"].bool()
+        with torch.inference_mode():
+            x = emb(inputs["input_ids"])
+        return [x[i][att[i]] for i in range(x.shape[0])]
+
+    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
+              protocol: str, view: str = "text") -> Any:
+        self._check_view(view)
+        return super().score(samples, query, continuations, protocol, view)
