@@ -19,6 +19,22 @@ SPANS = ("modality", "all", "text", "last")
 VIEWS = ("modal", "text")  # modal input, or the paired text through the same model's LLM
 
 
+def stage_sort_key(stage: str) -> tuple[int, int]:
+    """Forward order: encoder, adapter, llm.0 ... llm.N, llm.final."""
+    import re
+
+    if stage == "encoder":
+        return (0, 0)
+    if stage == "adapter":
+        return (1, 0)
+    if stage == "llm.final":
+        return (2, 10**9)
+    m = re.fullmatch(r"llm\.(\d+)", stage)
+    if m:
+        return (2, int(m.group(1)))
+    return (3, 0)
+
+
 class MchError(Exception):
     """An error the user can fix. The CLI prints its message as one sentence, no traceback."""
 

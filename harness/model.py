@@ -8,13 +8,12 @@ hooks the modules the stage map names and pools them with the masks `prepare` re
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
-from .api import MchError, ModelSpec, Sample
+from .api import MchError, ModelSpec, Sample, stage_sort_key  # noqa: F401 - re-exported
 
 STAGE_ORDER_GROUPS = ("encoder", "adapter", "llm")
 
@@ -51,19 +50,6 @@ class Scores:
 
 def stage_group(stage: str) -> str:
     return "llm" if stage.startswith("llm.") else stage
-
-
-def stage_sort_key(stage: str) -> tuple[int, int]:
-    if stage == "encoder":
-        return (0, 0)
-    if stage == "adapter":
-        return (1, 0)
-    if stage == "llm.final":
-        return (2, 10**9)
-    m = re.fullmatch(r"llm\.(\d+)", stage)
-    if m:
-        return (2, int(m.group(1)))
-    return (3, 0)
 
 
 def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:

@@ -1,0 +1,330 @@
+"""The `mch` command line (typer + rich).
+
+Light commands (`--help`, `list`, `plugins`, `leaderboard`) never import torch: plugin
+specs are plain data, and model/analysis code is imported only by `bench`, `extract` and
+`analyze`. A user error ends in one sentence and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .api import MchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode="rich",
+                  help="mch, the modality-collapse harness: how much non-text information multimodal LLMs "
+                       "keep accessible to their text decoder, layer by layer.")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _results_dir(out: Optional[Path]) -> Path:
+    return out or Path(os.environ.get("MCH_RESULTS", "results"))
+
+
+def _params(raw: List[str]) -> dict:
+    """`--param probe.n_seeds=3` -> {"probe": {"n_seeds": 3}}."""
+    import json
+
+    out: dict = {}
+    for item in raw:
+        key, sep, val = item.partition("=")
+        name, dot, pkey = key.partition(".")
+        if not sep or not dot or not pkey:
+            raise MchError(f"--param {item!r} must look like ANALYSIS.KEY=VALUE, e.g. probe.n_seeds=3")
+        try:
+            v = json.loads(val)
+        except ValueError:
+            v = val
+        out.setdefault(name, {})[pkey] = v
+    return out
+
+
+def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
+    if not values:
+        return None
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+
+
+def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
+            device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code):
+    from .runner import RunConfig
+
+    return RunConfig(model=model, dataset=dataset, analyses=_split_csv(analysis) or [],
+                     attributes=_split_csv(attribute), checkpoint=checkpoint, revision=revision, adapter=adapter,
+                     data_path=data_path, split=split, limit=limit, seed=seed, device=device, dtype=dtype,
+                     protocol=protocol, span=span, stages=_split_csv(stage), batch_size=batch_size,
+                     out_dir=_results_dir(out), store=store, on_error=on_error, params=_params(param or []),
+                     trust_remote_code=trust_remote_code)
+
+
+# Options shared by bench, extract and analyze.
+MODEL = typer.Option("toy", "--model", "-m", help="model plugin (see `mch list models`)")
+DATASET = typer.Option(None, "--dataset", "-d", help="attribute dataset (default: the model's; toy for toy)")
+ATTR = typer.Option(None, "--attribute", "-a", help="attributes to analyse (comma-separated; default all)")
+CKPT = typer.Option(None, "--checkpoint", help="HF id or local directory (default: the model's release)")
+REV = typer.Option(None, "--revision", help="checkpoint revision (HF commit or tag)")
+ADAPTER = typer.Option(None, "--adapter", help="PEFT LoRA adapter directory, merged into the LLM")
+DATAPATH = typer.Option(None, "--data-path", help="where the dataset lives (default $MCH_DATA/<name>)")
+SPLIT = typer.Option(None, "--split", help="dataset split (default: the dataset's)")
+LIMIT = typer.Option(None, "--limit", "-n", help="use the first N samples of the selection")
+SEED = typer.Option(0, "--seed", help="seed for selection and analyses")
+DEVICE = typer.Option("cpu", "--device", help="cpu or cuda")
+DTYPE = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default bf16 on cuda, fp32 on cpu)")
+PROTOCOL = typer.Option("default", "--protocol", help="default (corrected) or paper (the reference's choices)")
+SPAN = typer.Option(None, "--span", help="modality, all, text or last (default: modality; paper: all)")
+STAGE = typer.Option(None, "--stage", help="stages to capture (comma-separated; default every stage)")
+BATCH = typer.Option(16, "--batch-size", "-b", help="samples per forward pass")
+OUT = typer.Option(None, "--out", help="results directory (default ./results or $MCH_RESULTS)")
+STORE = typer.Option(None, "--store", help="representation store (default ~/.cache/mch/store or $MCH_STORE)")
+ONERR = typer.Option("stop", "--on-error", help="stop or skip (record and go on) on a bad sample")
+PARAM = typer.Option(None, "--param", help="analysis parameter, ANALYSIS.KEY=VALUE (repeatable)")
+TRC = typer.Option(False, "--trust-remote-code", help="allow Hub remote code (off by default)")
+QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
+
+
+def _runner_io(quiet: bool):
+    from .runner import RichProgress
+
+    def log(msg: str) -> None:
+        if not quiet:
+            err_console.print(f"[dim]mch:[/] {msg}")
+
+    return log, RichProgress(err_console, quiet)
+
+
+@app.command()
+def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
+          analysis: List[str] = typer.Option(["probe,gmi"], "--analysis", help="analyses (comma-separated)"),
+          attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
+          adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
+          limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE, dtype: Optional[str] = DTYPE,
+          protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
+          batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
+          on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
+          quiet: bool = QUIET):
+    """Extract (or reuse) representations, run analyses, write one result record per analysis.
+
+    With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
+    from .runner import run_bench
+
+    cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
+                  device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code)
+    log, progress = _runner_io(quiet)
+    p, written = run_bench(cfg, log, progress)
+    show_records([r for _, r in written])
+    for path, _ in written:
+        console.print(f"wrote [bold]{path}[/]")
+    if not p.loaded:
+        console.print("model not loaded: every representation and score came from the store")
+
+
+@app.command()
+def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Optional[str] = CKPT,
+            revision: Optional[str] = REV, adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH,
+            split: Optional[str] = SPLIT, limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE,
+            dtype: Optional[str] = DTYPE, protocol: str = PROTOCOL, span: Optional[str] = SPAN,
+            stage: Optional[List[str]] = STAGE, batch_size: int = BATCH, store: Optional[Path] = STORE,
+            on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
+            trust_remote_code: bool = TRC, quiet: bool = QUIET):
+    """Extract pooled representations into the store (resumable; no analysis)."""
+    from .runner import extract as do_extract, plan
+
+    cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
+                  dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code)
+    log, progress = _runner_io(quiet)
+    p = plan(cfg, log, progress)
+    entry = do_extract(p, "modal")
+    console.print(f"store entry: {entry.dir}")
+    if text:
+        console.print(f"text baseline: {do_extract(p, 'text').dir}")
+
+
+@app.command()
+def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
+            analysis: List[str] = typer.Option(["probe"], "--analysis", help="analyses (comma-separated)"),
+            attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
+            adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
+            limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE, dtype: Optional[str] = DTYPE,
+            protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
+            batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
+            param: Optional[List[str]] = PARAM, quiet: bool = QUIET):
+    """Run analyses on representations already in the store (`mch extract` first)."""
+    from .runner import analyze as do_analyze, plan, record_for, store_key
+    from .results import write_record
+    from .store import Store
+
+    cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
+                  device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False)
+    log, progress = _runner_io(quiet)
+    p = plan(cfg, log, progress)
+    entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])
+    if not entry.complete:
+        raise MchError(f"no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
+                       f"with the same options first")
+    recs = []
+    for name, outp, params, dur in do_analyze(p, entry):
+        rec = record_for(p, entry, name, outp, params, dur, 0.0)
+        console.print(f"wrote [bold]{write_record(rec, cfg.out_dir)}[/]")
+        recs.append(rec)
+    show_records(recs)
+
+
+def show_records(records: list) -> None:
+    """Per stage: probe accuracy (CI) and I_probe per attribute; then GMI per attribute."""
+    from .api import stage_sort_key as stage_key
+
+    probe = next((r for r in records if r["analysis"]["name"] == "probe"), None)
+    gmi = next((r for r in records if r["analysis"]["name"] == "gmi"), None)
+    if probe is None and gmi is None:
+        for r in records:
+            console.print(f"{r['analysis']['name']}: {len(r['metrics'])} metrics")
+        return
+    base = probe or gmi
+    attrs = base["dataset"]["attributes"]
+    title = f"{base['model']['name']} on {base['dataset']['name']} ({base['protocol']} protocol, n={base['dataset']['n']})"
+    table = Table(title=title, show_lines=False)
+    table.add_column("stage")
+    for a in attrs:
+        table.add_column(f"{a}\nacc [95% CI]", justify="right")
+        table.add_column(f"{a}\nI_probe bits", justify="right")
+
+    def get(rec, metric, stage, attr):
+        for m in rec["metrics"] if rec else []:
+            if m["metric"] == metric and m.get("stage") == stage and m.get("attribute") == attr:
+                return m
+        return None
+
+    if probe:
+        stages = sorted({m["stage"] for m in probe["metrics"] if m.get("stage")}, key=stage_key)
+        for st in stages:
+            row = [st]
+            for a in attrs:
+                acc = get(probe, "accuracy", st, a)
+                ip = get(probe, "i_probe_bits", st, a)
+                row.append("" if acc is None else f"{acc['value']:.3f} [{_f(acc['ci_low'])}, {_f(acc['ci_high'])}]")
+                row.append("" if ip is None else f"{ip['value']:.2f}")
+            table.add_row(*row)
+        row = ["chance (1/K | majority)"]
+        for a in attrs:
+            cu = get(probe, "chance_uniform", None, a) or get(probe, "chance_uniform", "adapter", a)
+            cm = get(probe, "chance_majority", None, a) or get(probe, "chance_majority", "adapter", a)
+            row += [f"{_f(cu and cu['value'])} | {_f(cm and cm['value'])}", ""]
+        table.add_row(*row, style="dim")
+    if gmi:
+        row = ["GMI through the decoder (bits)"]
+        for a in attrs:
+            g = get(gmi, "gmi_bits", "llm.final", a)
+            acc = get(gmi, "accessibility", "adapter", a)
+            row += ["" if g is None else f"{g['value']:.3f} [{_f(g['ci_low'])}, {_f(g['ci_high'])}]",
+                    "" if acc is None else f"acc. {acc['value']:.2f}"]
+        table.add_row(*row, style="bold")
+    console.print(table)
+    if gmi:
+        console.print("[dim]accessibility = GMI / I_probe at adapter (science.md 2)[/]")
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+list_app = typer.Typer(help="List registered models, datasets or analyses (no heavy imports).")
+app.add_typer(list_app, name="list")
+
+
+def _reg():
+    from .manager import get_registry
+
+    return get_registry()
+
+
+@list_app.command("models")
+def list_models():
+    """Model plugins with their modality and checkpoint."""
+    t = Table(title="models")
+    for c in ("name", "modality", "checkpoint", "revision", "aliases", "plugin", "description"):
+        t.add_column(c, overflow="fold")
+    for s in _reg().models.values():
+        t.add_row(s.name, s.modality, s.checkpoint, s.revision or "-", ", ".join(s.aliases), s.source, s.description)
+    console.print(t)
+
+
+@list_app.command("datasets")
+def list_datasets():
+    """Attribute datasets with their attributes and where they come from."""
+    t = Table(title="datasets")
+    for c in ("name", "modality", "attributes", "source", "plugin", "description"):
+        t.add_column(c, overflow="fold")
+    for s in _reg().datasets.values():
+        t.add_row(s.name, s.modality, ", ".join(s.attributes), s.source_hint, s.source, s.description)
+    console.print(t)
+
+
+@list_app.command("analyses")
+def list_analyses():
+    """Analyses and whether they need the live model."""
+    t = Table(title="analyses")
+    for c in ("name", "needs model", "plugin", "description"):
+        t.add_column(c, overflow="fold")
+    for s in _reg().analyses.values():
+        t.add_row(s.name, "yes" if s.needs_model else "no", s.source, s.description)
+    console.print(t)
+
+
+@app.command()
+def plugins():
+    """Installed plugins: what each contributes, or why it failed to load."""
+    t = Table(title="plugins (entry-point group 'mch')")
+    for c in ("name", "entry point", "distribution", "status", "contributes"):
+        t.add_column(c, overflow="fold")
+    for info in _reg().plugins:
+        status = "[green]loaded[/]" if info.loaded and not info.error else f"[red]failed[/]: {info.error}"
+        contrib = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.contributes.items())
+        t.add_row(info.name, info.value, info.dist or "-", status, contrib)
+    console.print(t)
+
+
+def _mount_optional() -> None:
+    """The leaderboard command group and plugin commands (mch_register_commands)."""
+    try:
+        from . import leaderboard
+
+        app.add_typer(leaderboard.app, name="leaderboard")
+    except ImportError:
+        pass
+    try:
+        from .manager import get_manager
+
+        get_manager().hook.mch_register_commands(app=app)
+    except MchError:
+        pass
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    try:
+        _mount_optional()
+        app(args=argv, prog_name="mch", standalone_mode=False)
+    except MchError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; extraction resumes where it stopped on the next run")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,335 @@
+"""One run: resolve plugins, extract (or reuse the store), run analyses, write records.
+
+    resolve model/dataset/analyses -> select samples -> store key
+      -> complete in the store?  yes: never load the model
+                                 no:  load, prepare + capture chunk by chunk (resumable)
+      -> each analysis reads the store (and the lazy model, if it needs one)
+      -> one validated result record per analysis
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
+from .context import AnalysisContext, Progress
+from .manager import get_registry
+from .results import build_record, config_hash, sample_ids_hash, write_record
+
+
+@dataclass
+class RunConfig:
+    model: str = "toy"
+    dataset: str | None = None
+    analyses: Sequence[str] = ("probe", "gmi")
+    attributes: Sequence[str] | None = None
+    checkpoint: str | None = None
+    revision: str | None = None
+    adapter: str | None = None
+    data_path: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str | None = None
+    protocol: str = "default"
+    span: str | None = None
+    stages: Sequence[str] | None = None
+    batch_size: int = 16
+    out_dir: Path = Path("results")
+    store: Path | None = None
+    on_error: str = "stop"
+    params: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+
+    @property
+    def effective_span(self) -> str:
+        return self.span or ("all" if self.protocol == "paper" else "modality")
+
+
+class RichProgress(Progress):
+    """Progress bars on a rich console (or nothing when quiet)."""
+
+    def __init__(self, console: Any | None, quiet: bool = False):
+        self.console = console
+        self.quiet = quiet or console is None
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        if self.quiet:
+            yield lambda n=1: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        with RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=self.console, transient=False) as p:
+            t = p.add_task(description, total=total)
+            yield lambda n=1: p.advance(t, n)
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    model_spec: Any
+    dataset_spec: Any
+    analysis_specs: list[Any]
+    dataset: Any
+    attributes: dict[str, Attribute]
+    samples: list[Sample]
+    plugin: Any  # the model plugin object (not loaded yet)
+    log: Callable[[str], None]
+    progress: Progress
+    loaded: bool = False
+
+    def ensure_loaded(self) -> Any:
+        if not self.loaded:
+            self.log(f"loading model [bold]{self.model_spec.name}[/] ({self.plugin.checkpoint}, "
+                     f"{self.plugin.dtype_name}, {self.plugin.device})")
+            t = time.time()
+            self.plugin.load()
+            self.loaded = True
+            self.log(f"model loaded in {time.time() - t:.1f}s")
+        return self.plugin
+
+
+def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> Plan:
+    from .api import PROTOCOLS, SPANS
+
+    if cfg.protocol not in PROTOCOLS:
+        raise MchError(f"unknown protocol {cfg.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if cfg.span is not None and cfg.span not in SPANS:
+        raise MchError(f"unknown span {cfg.span!r}; use one of {', '.join(SPANS)}")
+    if cfg.on_error not in ("stop", "skip"):
+        raise MchError("--on-error must be 'stop' or 'skip'")
+    if cfg.batch_size < 1:
+        raise MchError("--batch-size must be at least 1")
+    reg = get_registry()
+    mspec = reg.get("model", cfg.model)
+    aspecs = [reg.get("analysis", a) for a in cfg.analyses]
+    dname = cfg.dataset or mspec.options.get("default_dataset") or ("toy" if mspec.name == "toy" else None)
+    if dname is None:
+        raise MchError(f"model {mspec.name!r} needs --dataset (see `mch list datasets`)")
+    dspec = reg.get("dataset", dname)
+    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path)
+    attrs = ds.attributes(cfg.protocol)
+    if cfg.attributes:
+        unknown = [a for a in cfg.attributes if a not in attrs]
+        if unknown:
+            raise MchError(f"dataset {dspec.name!r} has no attribute {unknown[0]!r}; it has {', '.join(attrs)}")
+        attrs = {a: attrs[a] for a in cfg.attributes}
+    samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
+    if not samples:
+        raise MchError(f"dataset {dspec.name!r} gave no samples for split {cfg.split or 'default'!r}")
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise MchError(f"dataset {dspec.name!r} has duplicate sample ids")
+    for s in samples:
+        for a, attr in attrs.items():
+            lab = s.labels.get(a, "")
+            if lab and lab not in attr.classes:
+                raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
+                                  sample_id=s.sample_id)
+    plugin = load_entry(mspec.entry)(mspec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
+                                     dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code)
+    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+
+
+def store_key(p: Plan, view: str) -> dict[str, Any]:
+    cfg = p.cfg
+    ident = p.plugin.identity()
+    if cfg.adapter:
+        ident["adapter_sha256"] = _dir_hash(Path(cfg.adapter))
+    return {
+        "model": ident,
+        "dataset": {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
+                    "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples)},
+        "prompt": getattr(p.plugin, "prompt_id", lambda protocol, view: f"{protocol}/{view}")(cfg.protocol, view),
+        "view": view,
+        "span": cfg.effective_span,
+        "stages": sorted(cfg.stages) if cfg.stages else "all",
+        "protocol": cfg.protocol,
+        "dtype": p.plugin.dtype_name,
+    }
+
+
+def _dir_hash(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def extract(p: Plan, view: str = "modal") -> Any:
+    """Make sure the store entry for this plan and view is complete; return it."""
+    from .store import Store
+
+    cfg = p.cfg
+    chunk = cfg.batch_size * max(1, 256 // cfg.batch_size)
+    entry = Store(cfg.store).entry(store_key(p, view), [s.sample_id for s in p.samples], chunk_size=chunk)
+    if entry.complete:
+        p.log(f"{view} representations: cached in the store ({entry.dir})")
+        return entry
+    missing = entry.missing_chunks()
+    plugin = p.ensure_loaded()
+    from .capture import capture
+
+    stages = list(cfg.stages) if cfg.stages else plugin.stages(view)
+    todo = sum(len(entry.chunk_range(i)) for i in missing)
+    done_before = len(p.samples) - todo
+    if done_before:
+        p.log(f"resuming extraction: {done_before} samples already in the store")
+    bs = cfg.batch_size
+    with p.progress.task(f"extract {view} ({p.model_spec.name})", todo) as advance:
+        for i in missing:
+            rows_kept: list[int] = []
+            parts: dict[str, list[Any]] = {}
+            skipped: list[dict[str, Any]] = []
+            rng = list(entry.chunk_range(i))
+            for b in range(0, len(rng), bs):
+                idx = rng[b: b + bs]
+                batch, kept = [], []
+                for j in idx:
+                    s = p.samples[j]
+                    try:
+                        if view == "modal":
+                            _ = s.media
+                        elif not s.text:
+                            raise SampleError(f"sample {s.sample_id} has no paired text", sample_id=s.sample_id)
+                        batch.append(s)
+                        kept.append(j)
+                    except SampleError as exc:
+                        if cfg.on_error != "skip":
+                            raise
+                        skipped.append({"sample_id": s.sample_id, "reason": str(exc),
+                                        "path": getattr(exc, "path", None)})
+                if batch:
+                    prepared = plugin.prepare(batch, cfg.protocol, view)
+                    out = capture(plugin, prepared, stages, cfg.effective_span, view)
+                    for k, v in out.items():
+                        parts.setdefault(k, []).append(v.numpy())
+                    rows_kept += kept
+                    for s in batch:  # free decoded media: the store holds what we need
+                        s._media = None
+                advance(len(idx))
+            import numpy as np
+
+            arrays = {k: np.concatenate(v) for k, v in parts.items()}
+            if not arrays:
+                arrays = {s: np.zeros((0, 1), np.float32) for s in stages}
+            entry.write_chunk(i, rows_kept, arrays, skipped)
+    entry.finalize({"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
+                    "device": cfg.device})
+    p.log(f"{view} representations written to the store ({entry.dir})")
+    return entry
+
+
+def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+
+    labels = {a: np.array([s.labels.get(a, "") for s in samples], dtype=object) for a in p.attributes}
+    groups = {}
+    for a, attr in p.attributes.items():
+        vals = []
+        for s in samples:
+            if attr.group_key not in s.groups:
+                raise MchError(f"dataset {p.dataset_spec.name!r}: sample {s.sample_id} has no group "
+                               f"{attr.group_key!r} (the group key of attribute {a!r})")
+            vals.append(s.groups[attr.group_key])
+        groups[a] = np.array(vals, dtype=object)
+    return labels, groups
+
+
+def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, Any], float]]:
+    cfg = p.cfg
+    reps, rows = entry.read()
+    samples = [p.samples[int(i)] for i in rows]
+    labels, groups = _labels(p, samples)
+    text_entry: dict[str, Any] = {}
+
+    def text_reps():
+        if "e" not in text_entry:
+            te = extract(p, "text")
+            treps, trows = te.read()
+            if list(trows) != list(rows):  # keep modal and text rows paired
+                pos = {int(r): k for k, r in enumerate(trows)}
+                import numpy as np
+
+                keep = [pos.get(int(r)) for r in rows]
+                if any(k is None for k in keep):
+                    raise MchError("the text baseline lacks some samples the modal run has (no paired text?)")
+                treps = {s: np.asarray(v)[keep] for s, v in treps.items()}
+            text_entry["e"] = treps
+        return text_entry["e"]
+
+    outputs = []
+    previous: dict[str, AnalysisOutput] = {}
+    for aspec in p.analysis_specs:
+        analysis = load_entry(aspec.entry)(aspec)
+        params = {**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
+                  **cfg.params.get(aspec.name, {})}
+        ctx = AnalysisContext(protocol=cfg.protocol, params=params, seed=cfg.seed, stages=list(reps),
+                              reps=reps, samples=samples, attributes=p.attributes, labels=labels, groups=groups,
+                              span=cfg.effective_span, previous=previous, progress=p.progress,
+                              _model_loader=p.ensure_loaded if aspec.needs_model else None,
+                              _cache=entry.cached, _text_reps=text_reps)
+        if p.loaded:
+            ctx._model = p.plugin
+        p.log(f"running analysis [bold]{aspec.name}[/]")
+        t = time.time()
+        out = analysis.run(ctx)
+        previous[aspec.name] = out
+        outputs.append((aspec.name, out, params, time.time() - t))
+    return outputs
+
+
+def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float,
+               extract_s: float) -> dict[str, Any]:
+    cfg = p.cfg
+    man = entry.manifest()
+    config = {"model": p.plugin.identity(), "dataset": p.dataset_spec.name, "split": cfg.split, "limit": cfg.limit,
+              "seed": cfg.seed, "protocol": cfg.protocol, "span": cfg.effective_span, "analysis": name,
+              "params": params, "attributes": sorted(p.attributes)}
+    return build_record(
+        model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
+               "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
+               "device": cfg.device},
+        dataset={"name": p.dataset_spec.name, "split": cfg.split, "path": str(cfg.data_path) if cfg.data_path else None,
+                 "n": int(man.get("n_rows", len(p.samples))),
+                 "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
+                 "attributes": sorted(p.attributes),
+                 "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
+                 "skipped": man.get("skipped", [])},
+        analysis={"name": name, "params": params},
+        protocol=cfg.protocol,
+        extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,
+                    "batch_size": cfg.batch_size, "model_loaded": p.loaded},
+        seeds=[cfg.seed],
+        config_hash=config_hash(config),
+        duration_s=round(duration + extract_s, 3),
+        metrics=[m.as_dict() for m in out.metrics],
+        summary=out.summary,
+        notes=out.notes,
+    )
+
+
+def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None,
+              progress: Progress | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+    p = plan(cfg, log, progress)
+    t = time.time()
+    entry = extract(p, "modal")
+    extract_s = time.time() - t
+    written = []
+    for name, out, params, dur in analyze(p, entry):
+        rec = record_for(p, entry, name, out, params, dur, extract_s)
+        written.append((write_record(rec, cfg.out_dir), rec))
+    return p, written

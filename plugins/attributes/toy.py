@@ -1,0 +1,113 @@
+"""The toy world: a synthetic speech-like corpus whose truth is known.
+
+Each sample is a sequence of T frames (8-16 frames of 16 channels) generated from three
+independent factors:
+  - `content` (8 words): a per-word 4-step frame pattern. It is *text-describable*: the
+    sample's caption is "the word is <content> .".
+  - `speaker` (6 names): a constant per-speaker offset of every frame (timbre-like).
+  - `emotion` (4 moods): a per-mood modulation depth and rate (prosody-like).
+Speaker and emotion never appear in the caption, like speaker and emotion in a transcript.
+
+Splits: `train` (what the toy model's adapter and any LoRA are trained on) and `test` (what
+`mch bench` measures by default) come from disjoint seeds. Group keys: `emotion` and `content`
+are grouped by speaker (as CREMA-D emotion is grouped by actor); `speaker` by sample (no
+grouping, as the paper's speaker probes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from mch.api import Attribute, DatasetPlugin, MchError, Sample
+
+CONTENT = ["cat", "dog", "bird", "fish", "tree", "car", "boat", "house"]
+SPEAKERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
+EMOTIONS = {"angry": ["angry", "furious"], "happy": ["happy", "glad"],
+            "sad": ["sad", "gloomy"], "calm": ["calm", "relaxed"]}
+QUERIES = {"content": "the word is", "speaker": "the speaker is", "emotion": "the speaker sounds"}
+
+N_FRAMES = (8, 16)
+N_CHANNELS = 16
+SPLIT_SIZES = {"train": 3000, "test": 1200}
+WORLD_SEED = 1234
+
+
+def _world() -> dict[str, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(WORLD_SEED)
+    return {
+        "content": rng.normal(0, 1.0, size=(len(CONTENT), 4, N_CHANNELS)).astype("float32"),
+        "speaker": rng.normal(0, 0.7, size=(len(SPEAKERS), N_CHANNELS)).astype("float32"),
+        "emotion_dir": rng.normal(0, 1.0, size=(N_CHANNELS,)).astype("float32"),
+        "emotion_depth": np.array([2.0, 1.3, 0.2, 0.7], dtype="float32"),
+        "emotion_rate": np.array([3.0, 2.0, 0.5, 1.0], dtype="float32"),
+    }
+
+
+_WORLD: dict[str, Any] | None = None
+
+
+def frames_for(content: int, speaker: int, emotion: int, length: int, noise_seed: int):
+    """The frames of one sample, deterministic in its factors and seed."""
+    import numpy as np
+
+    global _WORLD
+    if _WORLD is None:
+        _WORLD = _world()
+    w = _WORLD
+    t = np.arange(length, dtype="float32")
+    x = w["content"][content][np.arange(length) % 4].copy()
+    x += w["speaker"][speaker][None, :]
+    mod = w["emotion_depth"][emotion] * np.sin(2 * np.pi * w["emotion_rate"][emotion] * t / length)
+    x += mod[:, None] * w["emotion_dir"][None, :]
+    x += np.random.default_rng(noise_seed).normal(0, 0.3, size=x.shape).astype("float32")
+    return x.astype("float32")
+
+
+def _seed(split: str, i: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"toy/{split}/{i}".encode()).digest()[:8], "little")
+
+
+def make_sample(split: str, i: int) -> Sample:
+    import numpy as np
+
+    rng = np.random.default_rng(_seed(split, i))
+    c, s, e = (int(rng.integers(len(CONTENT))), int(rng.integers(len(SPEAKERS))),
+               int(rng.integers(len(EMOTIONS))))
+    length = int(rng.integers(N_FRAMES[0], N_FRAMES[1] + 1))
+    noise_seed = int(rng.integers(2**31))
+    sid = f"toy-{split}-{i:05d}"
+    labels = {"content": CONTENT[c], "speaker": SPEAKERS[s], "emotion": list(EMOTIONS)[e]}
+    return Sample(sample_id=sid, text=f"the word is {CONTENT[c]} .", labels=labels,
+                  groups={"speaker": SPEAKERS[s], "sample": sid},
+                  loader=lambda: frames_for(c, s, e, length, noise_seed), meta={"n_frames": length})
+
+
+class ToyWorld(DatasetPlugin):
+    name = "toy"
+    modality = "speech"
+
+    def attributes(self, protocol: str) -> dict[str, Attribute]:
+        rule = {"default": "the generating factor", "paper": "the generating factor"}
+        return {
+            "content": Attribute("content", list(CONTENT), {c: [c] for c in CONTENT}, QUERIES["content"],
+                                 group_key="speaker", text_describable=True,
+                                 description="the word the sample carries (in its caption)", label_rule=rule),
+            "speaker": Attribute("speaker", list(SPEAKERS), {s: [s] for s in SPEAKERS}, QUERIES["speaker"],
+                                 group_key="sample", description="who produced the sample (not in the caption)",
+                                 label_rule=rule),
+            "emotion": Attribute("emotion", list(EMOTIONS), {k: list(v) for k, v in EMOTIONS.items()},
+                                 QUERIES["emotion"], group_key="speaker",
+                                 description="the mood of the sample (not in the caption)", label_rule=rule),
+        }
+
+    def samples(self, split: str | None, limit: int | None, seed: int, protocol: str) -> list[Sample]:
+        split = split or "test"
+        if split not in SPLIT_SIZES:
+            raise MchError(f"dataset 'toy' has splits {sorted(SPLIT_SIZES)}, not {split!r}")
+        n = SPLIT_SIZES[split] if limit is None else min(int(limit), SPLIT_SIZES[split])
+        if n <= 0:
+            raise MchError("dataset 'toy' selection is empty: --limit must be at least 1")
+        return [make_sample(split, i) for i in range(n)]
