@@ -129,6 +129,16 @@ class ModelPlugin:
               protocol: str, view: str = "modal") -> Scores:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
+        """Per-sample mean next-token cross-entropy (nats), shape (B,), for causal tests.
+
+        `default`: on the content tokens (the paired transcript/caption placed after the
+        modal prompt), logits aligned to labels for this architecture; `paper`: over the
+        prompt's own input ids, as the reference did. Analyses edit the decoder input by a
+        forward hook on the module at `stage_map()["adapter"]`; with `grad=True` the graph is
+        kept so they can differentiate with respect to that module's output."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def forward(self, prepared: Prepared) -> Any:
         assert self.module is not None
         return self.module(**prepared.inputs)

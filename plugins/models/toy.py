@@ -189,6 +189,41 @@ class ToyModel(ModelPlugin):
             return self.module(**x)
         return self.module.llm.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
 
+    def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
+        assert self.module is not None
+        tok = self.tokenizer
+        frames, fmask = self._frames(samples)
+        prompt = tok.encode(EXTRACT_PROMPT)
+        seqs, tgt = [], []
+        for s, n in zip(samples, fmask.sum(1).tolist()):
+            pre = [tok.bos_id] + [tok.audio_id] * int(n) + prompt
+            if protocol == "paper":  # the reference: the prompt's own ids are the labels
+                seqs.append(pre)
+                tgt.append(pre)
+            else:
+                cap = tok.encode(s.text)
+                seqs.append(pre + cap)
+                tgt.append([-100] * len(pre) + cap)
+        L = max(map(len, seqs))
+        ids = torch.full((len(seqs), L), tok.pad_id)
+        labels = torch.full((len(seqs), L), -100)
+        for i, (q, t) in enumerate(zip(seqs, tgt)):
+            ids[i, : len(q)] = torch.tensor(q)
+            labels[i, : len(t)] = torch.tensor(t)
+        att = (ids != tok.pad_id).long()
+        ids, labels, att = ids.to(self.device), labels.to(self.device), att.to(self.device)
+        ctx = torch.enable_grad() if grad else torch.inference_mode()
+        with ctx:
+            emb = self.module.embed(frames.to(self.device, self.torch_dtype), ids, ids == tok.audio_id,
+                                    fmask.to(self.device))
+            logits = self.module.llm(inputs_embeds=emb, attention_mask=att).logits.float()
+            # position t predicts token t+1
+            lp = torch.log_softmax(logits[:, :-1], dim=-1)
+            lab = labels[:, 1:]
+            valid = lab != -100
+            nll = -torch.gather(lp, -1, lab.clamp(min=0)[..., None]).squeeze(-1) * valid
+            return nll.sum(1) / valid.sum(1).clamp(min=1)
+
     def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal") -> list[torch.Tensor]:
         """Per-sample decoder input for a GMI prompt: <bos> + modality (or text) + query."""
         assert self.module is not None
