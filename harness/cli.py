@@ -328,3 +328,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+
+
+if __name__ == "__main__":
+    main()
