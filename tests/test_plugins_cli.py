@@ -1,0 +1,135 @@
+"""The plugin system and the light CLI: entry points, defensive loading, registry validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_mch
+
+
+def _install_plugin(tmp_path: Path, name: str, module_src: str, ep_name: str | None = None) -> dict:
+    """A throwaway installed distribution: a module plus a dist-info carrying an entry point in
+    group `mch`, on PYTHONPATH. Returns the env to run mch with."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / f"{name}.py").write_text(textwrap.dedent(module_src))
+    dist = site / f"{name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[mch]\n{ep_name or name} = {name}\n")
+    (dist / "RECORD").write_text("")
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+EXTERNAL = """
+from mch.hookspecs import hookimpl
+from mch.api import Analysis, AnalysisOutput, AnalysisSpec, Metric
+
+class MeanNorm(Analysis):
+    '''Mean L2 norm of the pooled vectors at each stage.'''
+    def run(self, ctx):
+        import numpy as np
+        return AnalysisOutput(metrics=[Metric("mean_norm", float(np.linalg.norm(np.asarray(ctx.reps[s]), axis=1).mean()), stage=s)
+                                       for s in ctx.stages])
+
+@hookimpl
+def mch_register_analyses(register):
+    register(AnalysisSpec(name="meannorm", entry="mch_ext_plugin:MeanNorm", description="external test analysis"))
+
+@hookimpl
+def mch_register_commands(app):
+    @app.command("hello-ext")
+    def hello():
+        print("hello from an external plugin")
+"""
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = ("import sys, mch.cli as c; c._mount_optional();\n"
+            "try:\n    c.app(args=['--help'], prog_name='mch', standalone_mode=False)\nexcept SystemExit: pass\n"
+            "c.app(args=['list', 'models'], prog_name='mch', standalone_mode=False)\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "bench" in out.stdout and "toy" in out.stdout
+    assert out.stdout.strip().endswith("NO-TORCH")
+
+
+def test_list_and_plugins_show_builtins():
+    out = run_mch("list", "analyses", check=True).stdout
+    assert "probe" in out and "gmi" in out
+    out = run_mch("plugins", check=True).stdout
+    assert "builtin" in out and "loaded" in out
+
+
+def test_external_plugin_through_entry_point(tmp_path):
+    env = _install_plugin(tmp_path, "mch_ext_plugin", EXTERNAL)
+    out = run_mch("list", "analyses", env=env, check=True).stdout
+    assert "meannorm" in out
+    assert "hello from an external plugin" in run_mch("hello-ext", env=env, check=True).stdout
+    res = run_mch("bench", "--analysis", "meannorm", "--limit", "24", "--quiet", "--out", str(tmp_path / "r"),
+                  env=env, check=True)
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*.json")]
+    assert len(recs) == 1 and recs[0]["analysis"]["name"] == "meannorm", res.stdout
+    stages = {m["stage"] for m in recs[0]["metrics"]}
+    assert {"encoder", "adapter", "llm.final"} <= stages
+    assert all(m["value"] > 0 for m in recs[0]["metrics"])
+
+
+def test_broken_plugin_is_reported_and_breaks_nothing(tmp_path):
+    env = _install_plugin(tmp_path, "mch_broken_plugin", "raise ImportError('needs a library that is not here')\n")
+    out = run_mch("plugins", env=env, check=True).stdout
+    assert "mch_broken_plugin" in out and "failed" in out and "not here" in out
+    assert "toy" in run_mch("list", "models", env=env, check=True).stdout
+
+
+def test_load_plugins_allow_list(tmp_path):
+    env = _install_plugin(tmp_path, "mch_ext_plugin", EXTERNAL)
+    env["MCH_LOAD_PLUGINS"] = "builtin"
+    assert "meannorm" not in run_mch("list", "analyses", env=env, check=True).stdout
+    env["MCH_LOAD_PLUGINS"] = "mch_ext_plugin"
+    out = run_mch("list", "analyses", env=env, check=True).stdout
+    assert "meannorm" in out and "probe" not in out
+
+
+def test_misspelled_hook_is_caught(tmp_path):
+    src = "from mch.hookspecs import hookimpl\n@hookimpl\ndef mch_register_model(register):\n    pass\n"
+    env = _install_plugin(tmp_path, "mch_typo_plugin", src)
+    res = run_mch("list", "models", env=env)
+    assert res.returncode == 2
+    assert "mch_register_model" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_malformed_registry_names_line_and_key(tmp_path):
+    bad = (ROOT / "registry.yaml").read_text().replace("needs_model: false", "needs_model: maybe", 1)
+    path = tmp_path / "registry.yaml"
+    path.write_text(bad)
+    line = next(i for i, ln in enumerate(bad.splitlines(), 1) if "needs_model: maybe" in ln)
+    res = run_mch("list", "models", env={"MCH_REGISTRY": str(path)})
+    assert res.returncode == 2
+    assert f"line {line}" in res.stderr and "needs_model" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["bench", "--model", "lava"], "did you mean 'llava'"),
+    (["bench", "--analysis", "probee"], "did you mean 'probe'"),
+    (["bench", "--dataset", "toyy"], "did you mean 'toy'"),
+    (["bench", "--stage", "llm.99", "--limit", "4"], "no stage 'llm.99'"),
+    (["bench", "--limit", "0"], "empty"),
+    (["bench", "--attribute", "colour", "--limit", "4"], "no attribute 'colour'"),
+    (["bench", "--protocol", "papr"], "unknown protocol"),
+])
+def test_user_errors_are_one_sentence(args, needle, tmp_path):
+    res = run_mch(*args, "--out", str(tmp_path / "r"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
