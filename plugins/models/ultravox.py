@@ -396,7 +396,8 @@ class Ultravox(ModelPlugin):
         wanted = list(module.state_dict().keys())
         known_prefixes = ("audio_tower.", "multi_modal_projector.", "language_model.")
         wanted_set = set(wanted)
-        stray = [k for k in own if k not in wanted_set and not k.startswith("audio_tower.model.decoder")]
+        # rotary frequencies are recomputed, never loaded (older saves include them)
+        stray = [k for k in own if k not in wanted_set and not k.endswith("rotary_emb.inv_freq")]
         if stray:
             hint = "" if stray[0].startswith(known_prefixes) else " (not an Ultravox weight name)"
             raise MchError(f"model {name!r}: checkpoint {self.root} has a weight {stray[0]!r} that this "
@@ -463,10 +464,16 @@ class Ultravox(ModelPlugin):
         roots = [self.root]
         if not ((self.root / "tokenizer.json").exists() or (self.root / "tokenizer_config.json").exists()):
             roots = [self._base_dir("text")]
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # it warns that config.json's model_type is not a tokenizer's
         try:
             tok = AutoTokenizer.from_pretrained(str(roots[0]), local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any tokenizer failure is the same to the user
             raise MchError(f"model {self.spec.name!r}: cannot load the tokenizer from {roots[0]} ({exc})") from None
+        finally:
+            hf_logging.set_verbosity(level)
         if tok.eos_token is None:
             raise MchError(f"model {self.spec.name!r}: the tokenizer in {roots[0]} has no EOS token, which Ultravox "
                            f"uses for its audio slots")
@@ -491,12 +498,17 @@ class Ultravox(ModelPlugin):
         from mch.checkpoints import load_lora_adapter
 
         assert self.module is not None
-        if not (d / "adapter_config.json").exists() and (d / "model.safetensors").exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                _lora_to_peft_dir(d, Path(tmp))
-                self.module.language_model = load_lora_adapter(self.module.language_model, tmp, merge=True)
-        else:
-            self.module.language_model = load_lora_adapter(self.module.language_model, d, merge=True)
+        try:
+            if not (d / "adapter_config.json").exists() and (d / "model.safetensors").exists():
+                with tempfile.TemporaryDirectory() as tmp:
+                    _lora_to_peft_dir(d, Path(tmp))
+                    self.module.language_model = load_lora_adapter(self.module.language_model, tmp, merge=True)
+            else:
+                self.module.language_model = load_lora_adapter(self.module.language_model, d, merge=True)
+        except RuntimeError as exc:  # shape mismatches surface from load_state_dict
+            first = str(exc).strip().splitlines()
+            detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+            raise MchError(f"--adapter {d}: its weights do not fit this model's LLM ({detail[:200]})") from None
         self.module.requires_grad_(False)
 
     # -- stages

@@ -1,0 +1,400 @@
+"""The Ultravox plugin on tiny checkpoints built here in the release's on-disk format."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mch.api import MchError, ModelSpec, Sample, SampleError
+from mch.capture import capture
+from mch.model import resolve_module
+from mch.plugins.models.tiny import LLAMA31_CHAT_TEMPLATE, make_tiny_ultravox
+from mch.plugins.models.ultravox import Ultravox
+
+# extraction-and-labels.md §3.1: the stock Llama-3.1-Instruct template around a bare <|audio|> turn
+PAPER_PROMPT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+                "<|start_header_id|>user<|end_header_id|>\n\n<|audio|><|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+DEFAULT_PROMPT = PAPER_PROMPT.replace("<|audio|>", "Describe this audio.\n\n<|audio|>")
+
+LENGTHS = [11201, 20801, 32000]  # 71, 131 and 200 mel frames (odd lengths exercise the conv edge)
+TEXTS = ["the quick brown fox", "it's eleven o'clock", "don't forget a jacket"]
+
+
+def spec(checkpoint) -> ModelSpec:
+    return ModelSpec(name="ultravox", entry="mch.plugins.models.ultravox:Ultravox", modality="speech",
+                     checkpoint=str(checkpoint))
+
+
+def load(checkpoint, **kw) -> Ultravox:
+    m = Ultravox(spec(checkpoint), **kw)
+    m.load()
+    return m
+
+
+def clip(n: int, seed: int, sr: int = 16000) -> tuple[np.ndarray, int]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / sr
+    wave = 0.3 * np.sin(2 * np.pi * (180 + 40 * seed) * t) + 0.05 * rng.standard_normal(n)
+    return wave.astype(np.float32), sr
+
+
+def sample(i: int, n: int, text: str = "", sr: int = 16000) -> Sample:
+    return Sample(f"s{i}", text, {}, {}, _media=clip(n, i, sr))
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ultravox")
+    return {"split": make_tiny_ultravox(root / "split", layout="split"),
+            "full": make_tiny_ultravox(root / "full", layout="full"), "root": root}
+
+
+@pytest.fixture(scope="session")
+def model(ckpts) -> Ultravox:
+    return load(ckpts["split"])
+
+
+@pytest.fixture(scope="session")
+def samples():
+    return [sample(i, n, t) for i, (n, t) in enumerate(zip(LENGTHS, TEXTS))]
+
+
+def n_tokens(n_samples: int) -> int:
+    return math.ceil(math.ceil(n_samples / 160) / 16)
+
+
+# --------------------------------------------------------------------------- stages and spans
+
+
+@pytest.mark.parametrize("view", ["modal", "text"])
+def test_every_stage_fires_once_with_its_width(model, samples, view):
+    counts, widths = {}, {}
+    handles = []
+    for stage, path in model.stage_map(view).items():
+        def hook(_m, _a, out, stage=stage):
+            h = out[0] if isinstance(out, tuple) else out
+            counts[stage] = counts.get(stage, 0) + 1
+            widths[stage] = h.shape[-1]
+        handles.append(resolve_module(model.module, path).register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model.forward(model.prepare(samples, "default", view))
+    finally:
+        for h in handles:
+            h.remove()
+    expected = {s: 64 for s in model.stage_map(view)}
+    if view == "modal":
+        expected["encoder"] = 32
+        assert set(model.stages("modal")) == {"encoder", "adapter", "llm.0", "llm.1", "llm.final"}
+    assert counts == {s: 1 for s in expected}
+    assert widths == expected
+    pooled = capture(model, model.prepare(samples, "default", view), model.stages(view), "modality", view)
+    assert {s: tuple(v.shape) for s, v in pooled.items()} == {s: (3, d) for s, d in expected.items()}
+
+
+def test_modality_span_is_exactly_where_the_audio_goes(model, samples):
+    p = model.prepare(samples, "default")
+    mask = p.pools["llm"].masks["modality"]
+    seen = {}
+    lm = model.module.language_model.model
+    h = lm.register_forward_pre_hook(lambda _m, _a, kw: seen.update(emb=kw["inputs_embeds"]), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model.forward(p)
+    finally:
+        h.remove()
+    plain = lm.embed_tokens(p.inputs["input_ids"])
+    written = (seen["emb"] != plain).any(-1)
+    assert torch.equal(written, mask)
+    ids = p.inputs["input_ids"]
+    n_prefix = len(model.tokenizer(DEFAULT_PROMPT.split("<|audio|>")[0], add_special_tokens=False)["input_ids"])
+    for i, s in enumerate(samples):
+        pos = torch.nonzero(mask[i]).flatten().tolist()
+        assert pos == list(range(n_prefix, n_prefix + n_tokens(LENGTHS[i])))
+        real = ids[i][p.inputs["attention_mask"][i].bool()].tolist()
+        text = model.tokenizer.decode([t for j, t in enumerate(real) if j not in set(pos)])
+        assert text == DEFAULT_PROMPT.replace("<|audio|>", "")
+        enc = p.pools["encoder"].masks["modality"][i]
+        assert int(enc.sum()) == math.ceil(math.ceil(LENGTHS[i] / 160) / 2)
+        assert int(p.pools["adapter"].masks["modality"][i].sum()) == n_tokens(LENGTHS[i])
+    assert torch.equal(p.pools["llm"].masks["text"], p.pools["llm"].masks["all"] & ~mask)
+
+
+def test_text_view_spans_the_text_tokens(model, samples):
+    p = model.prepare(samples, "default", "text")
+    for i, s in enumerate(samples):
+        ids = p.inputs["input_ids"][i]
+        assert model.tokenizer.decode(ids[p.pools["llm"].masks["modality"][i]].tolist()) == s.text
+        n = int(p.inputs["attention_mask"][i].sum())
+        assert model.tokenizer.decode(ids[:n].tolist()) == DEFAULT_PROMPT.replace("<|audio|>", s.text)
+    assert p.pools["adapter"] is p.pools["llm"]
+    q = model.prepare(samples, "paper", "text")
+    for i, s in enumerate(samples):
+        n = int(q.inputs["attention_mask"][i].sum())
+        assert q.inputs["input_ids"][i, 0] == model.tokenizer.bos_token_id
+        assert model.tokenizer.decode(q.inputs["input_ids"][i, 1:n].tolist()) == s.text
+    with pytest.raises(SampleError):
+        model.prepare([Sample("x", "", {}, {}, _media=clip(4000, 0))], "default", "text")
+
+
+@pytest.mark.parametrize("span,protocol", [("modality", "default"), ("all", "default"), ("text", "default"),
+                                           ("last", "default"), ("all", "paper")])
+def test_pooled_vectors_do_not_depend_on_batch_or_padding(model, samples, span, protocol):
+    stages = model.stages("modal")
+    batch = capture(model, model.prepare(samples, protocol), stages, span)
+    flipped = capture(model, model.prepare(samples[::-1], protocol), stages, span)
+    for i, s in enumerate(samples):
+        alone = capture(model, model.prepare([s], protocol), stages, span)
+        for st in stages:
+            torch.testing.assert_close(batch[st][i], alone[st][0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(flipped[st][len(samples) - 1 - i], alone[st][0], atol=1e-5, rtol=1e-5)
+
+
+def test_text_view_pooling_does_not_depend_on_batch(model, samples):
+    stages = model.stages("text")
+    batch = capture(model, model.prepare(samples, "default", "text"), stages, "modality", "text")
+    for i, s in enumerate(samples):
+        alone = capture(model, model.prepare([s], "default", "text"), stages, "modality", "text")
+        for st in stages:
+            torch.testing.assert_close(batch[st][i], alone[st][0], atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def test_paper_prompt_renders_byte_for_byte(model, samples):
+    assert model.tokenizer.chat_template == LLAMA31_CHAT_TEMPLATE
+    assert model.render_prompt("paper") == PAPER_PROMPT
+    assert model.render_prompt("default") == DEFAULT_PROMPT
+    p = model.prepare(samples[:1], "paper")
+    ids = p.inputs["input_ids"][0].tolist()
+    mask = p.pools["llm"].masks["modality"][0].tolist()
+    assert all(t == model.tokenizer.eos_token_id for t, m in zip(ids, mask) if m)
+    start = mask.index(True)
+    rest = ids[:start] + model.tokenizer("<|audio|>", add_special_tokens=False)["input_ids"] + \
+        [t for t, m in zip(ids[start:], mask[start:]) if not m]
+    assert model.tokenizer.decode(rest) == PAPER_PROMPT
+    # paper: every position, BOS and template included; one sample per forward in the reference
+    assert torch.equal(p.pools["llm"].masks["all"], torch.ones_like(p.pools["llm"].masks["all"]))
+
+
+# --------------------------------------------------------------------------- long audio
+
+
+def test_long_audio_default_pools_all_chunks_paper_keeps_chunk_one(model):
+    n = 35 * 16000  # 3500 mel frames: a 3000-frame chunk and a 500-frame one
+    s = sample(7, n)
+    d = model.prepare([s], "default")
+    assert d.pools["encoder"].owner.tolist() == [0, 0]
+    assert int(d.pools["llm"].masks["modality"].sum()) == 188 + 32
+    assert d.info["n_chunks"] == [2]
+    pooled_d = capture(model, d, ["encoder", "adapter"], "modality")
+    p = model.prepare([s], "paper")
+    assert int(p.pools["llm"].masks["modality"].sum()) == 188 + 32  # the LLM sees both chunks
+    pooled_p = capture(model, p, ["encoder", "adapter", "llm.final"], "all")
+
+    feats = torch.from_numpy(model._features(clip(n, 7)[0]))
+    assert feats.shape[1] == 3500
+    tower, proj = model.module.audio_tower, model.module.multi_modal_projector
+    with torch.inference_mode():
+        c1 = tower(feats[None, :, :3000]).last_hidden_state[0]          # chunk 1 alone, 1500 frames
+        c2 = tower(feats[None, :, 3000:]).last_hidden_state[0]          # chunk 2 alone, unpadded: 250 frames
+        a1, a2 = proj(c1[None])[0], proj(c2[None])[0]
+    assert c2.shape[0] == 250 and a1.shape[0] == 188 and a2.shape[0] == 32
+    # paper (§7 item 11): chunk 1 only
+    torch.testing.assert_close(pooled_p["encoder"][0], c1.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled_p["adapter"][0], a1.mean(0), atol=1e-5, rtol=1e-5)
+    # default: every real frame and token of both chunks
+    torch.testing.assert_close(pooled_d["encoder"][0], torch.cat([c1, c2]).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled_d["adapter"][0], torch.cat([a1, a2]).mean(0), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(pooled_d["encoder"][0], pooled_p["encoder"][0], atol=1e-3)
+    # a long clip batched with a short one keeps its numbers
+    both = capture(model, model.prepare([sample(1, 20801), s], "default"), ["encoder", "adapter"], "modality")
+    torch.testing.assert_close(both["encoder"][1], pooled_d["encoder"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both["adapter"][1], pooled_d["adapter"][0], atol=1e-5, rtol=1e-5)
+
+
+def test_resamples_to_16khz(model):
+    s = sample(3, 44100, sr=44100)  # 1 s at 44.1 kHz
+    p = model.prepare([s], "default")
+    assert int(p.pools["llm"].masks["modality"].sum()) == n_tokens(16000)
+    with pytest.raises(SampleError):
+        model.prepare([Sample("bad", "", {}, {}, _media=np.zeros((10, 16), np.float32))], "default")
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def manual_logp(model: Ultravox, s: Sample, query: str, cont: list[int], view: str) -> float:
+    """The full sequence through the HF causal LM, log-softmax, gather."""
+    tok, m = model.tokenizer, model.module
+    before, after = DEFAULT_PROMPT.split("<|audio|>")
+    pre = tok(before, add_special_tokens=False)["input_ids"]
+    post = tok(after + query, add_special_tokens=False)["input_ids"]
+    emb = m.language_model.get_input_embeddings()
+    with torch.inference_mode():
+        if view == "text":
+            mid = emb(torch.tensor(tok(s.text, add_special_tokens=False)["input_ids"]))
+        else:  # the clip alone through the tower (batch 1, unpadded), then the projector
+            feats = torch.from_numpy(model._features(s.media[0]))[None]
+            mid = m.multi_modal_projector(m.audio_tower(feats).last_hidden_state)[0]
+        x = torch.cat([emb(torch.tensor(pre)), mid, emb(torch.tensor(post + cont))])[None]
+        logits = m.language_model(inputs_embeds=x).logits[0].float()
+    logp = torch.log_softmax(logits, -1)
+    P = x.shape[1] - len(cont)
+    return float(sum(logp[P - 1 + j, t] for j, t in enumerate(cont)))
+
+
+@pytest.mark.parametrize("view", ["modal", "text"])
+def test_score_agrees_with_a_manual_forward_pass(model, samples, view):
+    query, conts = "The speaker sounds", ["angry", "happy", "calm or surprised"]
+    sc = model.score(samples, query, conts, "default", view)
+    assert sc.logp.shape == (3, 3)
+    ids = model.continuation_ids(conts)
+    assert len(ids[2]) > 1
+    assert sc.n_tokens.tolist() == [len(c) for c in ids]
+    for i, s in enumerate(samples):
+        for k, c in enumerate(ids):
+            assert sc.logp[i, k] == pytest.approx(manual_logp(model, s, query, c, view), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_split_and_full_layouts_load_the_same_model(ckpts, model, samples):
+    full = load(ckpts["full"])
+    stages = model.stages("modal")
+    a = capture(model, model.prepare(samples, "default"), stages, "modality")
+    b = capture(full, full.prepare(samples, "default"), stages, "modality")
+    for st in stages:
+        torch.testing.assert_close(a[st], b[st], atol=1e-6, rtol=1e-6)
+
+
+def test_v04_projector_has_rmsnorm_after_the_second_linear(ckpts, samples):
+    from safetensors.torch import load_file
+
+    d = make_tiny_ultravox(ckpts["root"] / "v04", layout="full", projector_ln_mid=False)
+    m = load(d)
+    proj = m.module.multi_modal_projector
+    assert isinstance(proj.ln_mid, torch.nn.Identity)
+    w = load_file(str(d / "model.safetensors"))["multi_modal_projector.ln_post.weight"]
+    torch.testing.assert_close(proj.ln_post.weight.detach(), w)
+    out = capture(m, m.prepare(samples[:1], "default"), ["adapter"], "modality")
+    assert out["adapter"].shape == (1, 64)
+
+
+def test_missing_checkpoint_is_one_clear_error(ckpts, tmp_path, monkeypatch):
+    with pytest.raises(MchError, match="does not exist"):
+        load(tmp_path / "nowhere")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(MchError, match="local Hugging Face cache"):
+        load("fixie-ai/ultravox-v0_6-llama-3_1-8b")
+    # the base LLM the config names is missing
+    d = tmp_path / "uv"
+    shutil.copytree(ckpts["split"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["text_model_id"] = "meta-llama/Llama-3.1-8B-Instruct"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MchError, match="text_model="):
+        load(d)
+    # ... and an option points it at a local copy
+    m = load(d, text_model=str(ckpts["split"].parent / "llama"))
+    assert m.n_layers == 2
+
+
+def test_wrong_weights_are_refused(ckpts, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "uv"
+    shutil.copytree(ckpts["full"], d)
+    state = load_file(str(d / "model.safetensors"))
+    state.pop("multi_modal_projector.linear_1.weight")
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(MchError, match="multi_modal_projector.linear_1.weight"):
+        load(d)
+    state = load_file(str(ckpts["full"] / "model.safetensors"))
+    state["multi_modal_projector.extra.weight"] = torch.zeros(2)
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(MchError, match="extra"):
+        load(d)
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def make_peft_adapter(llm_dir: Path, out: Path, r: int = 4, alpha: int = 8, seed: int = 1, **cfg_kw) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    llm = LlamaForCausalLM.from_pretrained(str(llm_dir))
+    pm = get_peft_model(llm, LoraConfig(r=r, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                        init_lora_weights=False, **cfg_kw))
+    pm.save_pretrained(str(out))
+    return out
+
+
+def test_lora_adapter_loads_and_merges(ckpts, model, samples, tmp_path):
+    from peft import PeftModel
+
+    llama = ckpts["split"].parent / "llama"
+    adir = make_peft_adapter(llama, tmp_path / "lora")
+    merged = load(ckpts["split"], adapter=str(adir))
+    stages = ["llm.0", "llm.final"]
+    got = capture(merged, merged.prepare(samples, "default"), stages, "modality")
+    base = capture(model, model.prepare(samples, "default"), stages, "modality")
+    assert not torch.allclose(got["llm.final"], base["llm.final"], atol=1e-3)
+    # the same adapter unmerged (PEFT's own forward) gives the same numbers
+    ref = load(ckpts["split"])
+    PeftModel.from_pretrained(ref.module.language_model, str(adir))
+    want = capture(ref, ref.prepare(samples, "default"), stages, "modality")
+    for st in stages:
+        torch.testing.assert_close(got[st], want[st], atol=1e-5, rtol=1e-5)
+
+    # an adapter made for another model is refused
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = tmp_path / "other_llm"
+    LlamaForCausalLM(LlamaConfig(vocab_size=420, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(str(other))
+    bad = make_peft_adapter(other, tmp_path / "bad_lora")
+    with pytest.raises(MchError):
+        load(ckpts["split"], adapter=str(bad))
+
+
+def test_reference_lora_file_is_accepted(ckpts, samples, tmp_path):
+    """The reference saves the LoRA tensors of the wrapped model (keys with "lora") to
+    DIR/model.safetensors (r 16, alpha 32, q/k/v/o)."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    ref = load(ckpts["split"])
+    torch.manual_seed(2)
+    # LoRA layers are injected in place: ref's own module tree now runs the unmerged adapter
+    pm = get_peft_model(ref.module.language_model, LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False))
+    # keys as the wrapped Ultravox model's state dict names them
+    state = {f"language_model.{k}": v.contiguous() for k, v in pm.state_dict().items() if "lora" in k}
+    assert next(iter(state)).startswith("language_model.base_model.model.model.layers.0.")
+    d = tmp_path / "ultravox_emotion_lora"
+    d.mkdir()
+    save_file(state, str(d / "model.safetensors"))
+    stages = ["llm.final"]
+    want = capture(ref, ref.prepare(samples, "default"), stages, "modality")
+    got_model = load(ckpts["split"], adapter=str(d))
+    got = capture(got_model, got_model.prepare(samples, "default"), stages, "modality")
+    torch.testing.assert_close(got["llm.final"], want["llm.final"], atol=1e-5, rtol=1e-5)
+    (d / "model.safetensors").unlink()
+    save_file({"x.weight": torch.zeros(2)}, str(d / "model.safetensors"))
+    with pytest.raises(MchError, match="no LoRA"):
+        load(ckpts["split"], adapter=str(d))
