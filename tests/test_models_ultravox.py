@@ -50,6 +50,15 @@ def sample(i: int, n: int, text: str = "", sr: int = 16000) -> Sample:
     return Sample(f"s{i}", text, {}, {}, _media=clip(n, i, sr))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny ops: a second thread only spins (5x the CPU time on the shared 2-core machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ultravox")
@@ -165,6 +174,15 @@ def test_text_view_pooling_does_not_depend_on_batch(model, samples):
         alone = capture(model, model.prepare([s], "default", "text"), stages, "modality", "text")
         for st in stages:
             torch.testing.assert_close(batch[st][i], alone[st][0], atol=1e-5, rtol=1e-5)
+
+
+def test_contract(model):
+    from mch.testing import assert_model_plugin_contract, tiny_samples
+
+    report = assert_model_plugin_contract(model, samples=tiny_samples("speech", n=3))
+    assert report.views == ["modal", "text"]
+    assert report.widths["modal"]["encoder"] == 32 and report.widths["modal"]["llm.final"] == 64
+    assert report.max_batch_diff < 1e-5
 
 
 # --------------------------------------------------------------------------- prompts

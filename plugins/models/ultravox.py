@@ -523,6 +523,10 @@ class Ultravox(ModelPlugin):
             stages["adapter"] = "multi_modal_projector"
         return stages
 
+    def stage_dims(self, view: str = "modal") -> dict[str, int]:
+        """Width D of each stage's output."""
+        return {st: self.widths["encoder"] if st == "encoder" else self.widths["llm"] for st in self.stage_map(view)}
+
     # -- prompts
     def render_prompt(self, protocol: str, view: str = "modal") -> str:
         """The prompt string with `<|audio|>` where the audio (or, in the text view, the
