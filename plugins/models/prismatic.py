@@ -506,6 +506,7 @@ class PrismaticModel(ModelPlugin):
     """`prismatic_dinov2` and `prismatic_siglip`: the TRI-ML release format, loaded here."""
 
     modality = "vision"
+    views = ("modal", "text")
 
     # -- loading
     def _name(self) -> str:
@@ -834,55 +835,64 @@ class PrismaticModel(ModelPlugin):
             arrays.append(self.transform(img))
         return torch.from_numpy(np.stack(arrays))
 
-    def _layouts(self, samples: Sequence[Sample], protocol: str, view: str, query: str | None
-                 ) -> list[tuple[list[int], list[int]]]:
+    def _layouts(self, samples: Sequence[Sample], protocol: str, view: str, query: str | None,
+                 suffixes: Sequence[Sequence[int]] | None = None) -> list[tuple[list[int], list[int]]]:
         """Per sample: LLM token ids (patch slots = -1) and the role of each position
-        (0 = template/BOS, 1 = modality, i.e. patches or the paired text)."""
+        (0 = template/BOS, 1 = modality, i.e. patches or the paired text, 2 = suffix, the answer
+        a loss scores), optionally with `suffixes[i]` appended after the prompt."""
         bos = self.tokenizer.bos_token_id
         tail = self.prompt_text(protocol) + (" " + query.strip() if query and query.strip() else "")
         out = []
-        if view == "modal":
-            t = self._ids(tail, bos=True)
-            assert t[0] == bos, "checked at load time: the tokenizer adds BOS"
-            n = self.num_patches
-            for _ in samples:
-                out.append(([t[0]] + [-1] * n + t[1:], [0] + [1] * n + [0] * (len(t) - 1)))
-            return out
-        for s in samples:
-            text = self._text_ids(s)
-            if protocol == "paper":  # raw text with BOS, no template
-                q = self._ids(query.strip(), bos=False) if query and query.strip() else []
-                out.append(([bos] + text + q, [0] + [1] * len(text) + [0] * len(q)))
-            else:
+        for i, s in enumerate(samples):
+            if view == "modal":
                 t = self._ids(tail, bos=True)
-                out.append(([bos] + text + t[1:], [0] + [1] * len(text) + [0] * (len(t) - 1)))
+                assert t[0] == bos, "checked at load time: the tokenizer adds BOS"
+                n = self.num_patches
+                seq, role = [t[0]] + [-1] * n + t[1:], [0] + [1] * n + [0] * (len(t) - 1)
+            elif protocol == "paper":  # raw text with BOS, no template
+                text = self._text_ids(s)
+                q = self._ids(query.strip(), bos=False) if query and query.strip() else []
+                seq, role = [bos] + text + q, [0] + [1] * len(text) + [0] * len(q)
+            else:
+                text = self._text_ids(s)
+                t = self._ids(tail, bos=True)
+                seq, role = [bos] + text + t[1:], [0] + [1] * len(text) + [0] * (len(t) - 1)
+            if suffixes is not None:
+                seq, role = seq + list(suffixes[i]), role + [2] * len(suffixes[i])
+            out.append((seq, role))
         return out
 
-    # -- capture
-    def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
-        if self.module is None:
-            raise MchError(f"model {self._name()!r} is not loaded")
-        self._check(protocol, view)
-        layouts = self._layouts(samples, protocol, view, None)
+    def _batch(self, layouts: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        """Left-padded (B, L) ids (pad at patch slots), attention mask, positions, role and
+        labels (the token id at each position, -100 at patches and padding)."""
         B, L = len(layouts), max(len(ids) for ids, _ in layouts)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((B, L), pad, dtype=torch.long)
         att = torch.zeros(B, L, dtype=torch.long)
-        mod = torch.zeros(B, L, dtype=torch.bool)
+        role = torch.full((B, L), -1, dtype=torch.long)
         labels = torch.full((B, L), IGNORE, dtype=torch.long)
-        for i, (seq, role) in enumerate(layouts):
+        for i, (seq, r) in enumerate(layouts):
             s = L - len(seq)  # left padding: every prompt ends in the last column
             t = torch.tensor(seq)
-            ids[i, s:] = t.clamp(min=0).masked_fill(t < 0, pad)
+            ids[i, s:] = t.masked_fill(t < 0, pad)
             att[i, s:] = 1
-            mod[i, s:] = torch.tensor(role) == 1
+            role[i, s:] = torch.tensor(r)
             labels[i, s:] = t.masked_fill(t < 0, IGNORE)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
-        real = att.bool()
+        return {"input_ids": ids, "attention_mask": att, "position_ids": (att.cumsum(-1) - 1).clamp(min=0),
+                "role": role, "labels": labels}
+
+    # -- capture
+    def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
+        self._require_loaded()
+        self._check(protocol, view)
+        b = self._batch(self._layouts(samples, protocol, view, None))
+        B = len(samples)
+        mod = b["role"] == 1
+        real = b["attention_mask"].bool()
         owner = torch.arange(B)
         llm_pool = Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})
         dev = self.device
-        inputs: dict[str, Any] = {"input_ids": ids.to(dev), "attention_mask": att.to(dev), "position_ids": pos.to(dev)}
+        inputs: dict[str, Any] = {k: b[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids")}
         pools = {"llm": llm_pool}
         if view == "modal":
             inputs["pixel_values"] = self._pixels(samples).to(dev, self.torch_dtype)
@@ -891,7 +901,7 @@ class PrismaticModel(ModelPlugin):
             pools["encoder"] = pools["adapter"] = Pool(owner, {"modality": ones, "all": ones})
         else:
             pools["adapter"] = llm_pool
-        info = {"view": view, "protocol": protocol, "labels": labels,
+        info = {"view": view, "protocol": protocol, "labels": b["labels"],
                 "prompt": self.prompt_text(protocol) if (view == "modal" or protocol == "default") else ""}
         return Prepared(inputs=inputs, pools=pools, n=B, info=info)
 
@@ -899,29 +909,45 @@ class PrismaticModel(ModelPlugin):
         assert self.module is not None
         return self.module(**prepared.inputs)
 
-    # -- scoring
+    def prompt_id(self, protocol: str, view: str) -> str:
+        """What identifies the prompt in store keys (known before the model loads)."""
+        message = PAPER_MESSAGE if protocol == "paper" else str(self.options.get("message", PAPER_MESSAGE))
+        return f"{protocol}/{view}/vicuna_v15/{message}"
+
+    def lora_target(self) -> str:
+        return "llm_backbone.llm"  # where --adapter is merged (the LlamaForCausalLM)
+
+    def _require_loaded(self) -> None:
+        if self.module is None:
+            raise MchError(f"model {self._name()!r} is not loaded")
+
+    # -- scoring and losses
     def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal",
-                      protocol: str = "default") -> list[torch.Tensor]:
+                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
         """Per-sample decoder input (P_i, D) of a scoring prompt: [BOS, patches (or the text),
-        prompt, query], i.e. exactly what the LLM receives."""
-        assert self.module is not None
+        prompt, query], i.e. exactly what the LLM receives. With `grad`, the graph through the
+        vision backbone and projector is kept."""
+        self._require_loaded()
         self._check(protocol, view)
         layouts = self._layouts(samples, protocol, view, query)
-        emb = self.module.lm.get_input_embeddings()
-        patches = None
-        if view == "modal":
-            patches = self.module.project(self._pixels(samples).to(self.device, self.torch_dtype))
-        out = []
-        for i, (seq, _role) in enumerate(layouts):
-            t = torch.tensor(seq, device=self.device)
-            e = emb(t.clamp(min=0))
-            if patches is not None:
-                e = e.masked_scatter((t < 0)[:, None], patches[i].to(e.dtype))
-            out.append(e)
+        with torch.enable_grad() if grad else torch.no_grad():
+            emb = self.module.lm.get_input_embeddings()
+            patches = None
+            if view == "modal":
+                patches = self.module.project(self._pixels(samples).to(self.device, self.torch_dtype))
+            out = []
+            for i, (seq, _role) in enumerate(layouts):
+                t = torch.tensor(seq, device=self.device)
+                e = emb(t.clamp(min=0))
+                if patches is not None:
+                    e = e.masked_scatter((t < 0)[:, None], patches[i].to(e.dtype))
+                out.append(e)
         return out
 
     def continuation_ids(self, context: str, continuations: Sequence[str]) -> list[list[int]]:
         """Ids of each continuation (with a leading space) as it tokenizes right after `context`."""
+        if not context:
+            return [self._ids(c.strip(), bos=False) for c in continuations]
         base = self._ids(context, bos=False)
         out = []
         for c in continuations:
@@ -932,26 +958,68 @@ class PrismaticModel(ModelPlugin):
             out.append(full[len(base):])
         return out
 
+    def _score_context(self, protocol: str, view: str, query: str) -> str:
+        """The text the continuations follow (in the paper text view: the raw text, then the query)."""
+        q = query.strip()
+        if view == "text" and protocol == "paper":
+            return q
+        return self.prompt_text(protocol) + (" " + q if q else "")
+
+    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
+                    protocol: str, view: str = "modal", grad: bool = False) -> Any:
+        from mch.model import ScoreParts
+
+        self._require_loaded()
+        self._check(protocol, view)
+        conts = self.continuation_ids(self._score_context(protocol, view, query), continuations)
+        return ScoreParts(self.module.lm, self.prompt_embeds(samples, query, view, protocol, grad=grad), conts)
+
     def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
               view: str = "modal") -> Scores:
         from mch.scoring import left_pad, score_shared_prefix
 
-        if self.module is None:
-            raise MchError(f"model {self._name()!r} is not loaded")
+        self._require_loaded()
         self._check(protocol, view)
-        q = query.strip()
-        # the text the continuations follow (in the paper text view: the raw text, then the query)
-        context = q if (view == "text" and protocol == "paper") else \
-            self.prompt_text(protocol) + (" " + q if q else "")
-        conts = self.continuation_ids(context, continuations) if context else \
-            [self._ids(c.strip(), bos=False) for c in continuations]
+        conts = self.continuation_ids(self._score_context(protocol, view, query), continuations)
         bs = int(self.options.get("batch_size", 8))
         rows = []
-        n_tok = torch.tensor([len(c) for c in conts])
         for i in range(0, len(samples), bs):
             with torch.inference_mode():
                 x, m = left_pad(self.prompt_embeds(samples[i: i + bs], query, view, protocol))
-                logp, n_tok = score_shared_prefix(self.module.lm, x, m, conts)
+                logp, _ = score_shared_prefix(self.module.lm, x, m, conts)
             rows.append(logp)
         logp = torch.cat(rows, 0) if rows else torch.zeros(0, len(conts))
-        return Scores(logp=logp.numpy(), n_tokens=n_tok.numpy())
+        return Scores(logp=logp.numpy(), n_tokens=np.array([len(c) for c in conts]))
+
+    def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> Any:
+        """Logits and aligned targets for the causal tests, on Prismatic's layout
+        [BOS, patches, prompt (, answer)]: `logits[:, p]` predicts `targets[:, p]`.
+        `default`: the paired text as the assistant's answer after the modal prompt, scored on
+        its own tokens. `paper`: the prompt's own input ids (the reference's quantity), each
+        scored at its position in the multimodal sequence (the reference read the logits of the
+        BOS and patch positions instead, B2); patch positions are not scored."""
+        from mch.model import LossTerms
+
+        self._require_loaded()
+        self._check(protocol, "modal")
+        if protocol == "paper":
+            b = self._batch(self._layouts(samples, "paper", "modal", None))
+            targets = b["labels"]
+        else:
+            context = self.prompt_text("default")
+            suffixes = []
+            for s in samples:
+                text = (s.text or "").strip()
+                if not text:
+                    raise SampleError(f"sample {s.sample_id} has no paired text, which the content-token loss needs",
+                                      sample_id=s.sample_id)
+                suffixes.append(self.continuation_ids(context, [text])[0])
+            b = self._batch(self._layouts(samples, "default", "modal", None, suffixes))
+            targets = b["labels"].masked_fill(b["role"] != 2, IGNORE)
+        dev = self.device
+        with torch.enable_grad() if grad else torch.inference_mode():
+            emb = self.module.embed(b["input_ids"].to(dev), self._pixels(samples).to(dev, self.torch_dtype),
+                                    (b["role"] == 1).to(dev))
+            logits = self.module.lm(inputs_embeds=emb, attention_mask=b["attention_mask"].to(dev),
+                                    position_ids=b["position_ids"].to(dev)).logits
+        return LossTerms(logits[:, :-1], targets[:, 1:].to(dev))

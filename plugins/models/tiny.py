@@ -483,10 +483,10 @@ def _make_tiny_prismatic(out_dir: str | Path, family: str, seed: int, vision_in_
     vocab = -(-(len(tok) + 1) // 64) * 64
     trained = LlamaConfig(**{**llm_cfg.to_dict(), "vocab_size": vocab})
     llm = LlamaForCausalLM(trained)
-    projector = {"0.weight": torch.randn(64, dim, generator=gen) * dim ** -0.5,
-                 "0.bias": torch.randn(64, generator=gen) * 0.1,
-                 "2.weight": torch.randn(64, 64, generator=gen) * 0.125,
-                 "2.bias": torch.randn(64, generator=gen) * 0.1}
+    projector = {"projector.0.weight": torch.randn(64, dim, generator=gen) * dim ** -0.5,
+                 "projector.0.bias": torch.randn(64, generator=gen) * 0.1,
+                 "projector.2.weight": torch.randn(64, 64, generator=gen) * 0.125,
+                 "projector.2.bias": torch.randn(64, generator=gen) * 0.1}
     model: dict[str, Any] = {"projector": projector,
                              "llm_backbone": {f"llm.{k}": v.detach().clone() for k, v in llm.state_dict().items()}}
     if vision_in_checkpoint:
