@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 from mch.api import MchError, Sample, SampleError
 from mch.checkpoints import load_lora_adapter, resolve_checkpoint
 from mch.model import ModelPlugin, Prepared, Scores, resolve_module
 from mch.scoring import left_pad, score_shared_prefix
+
+if TYPE_CHECKING:
+    from mch.model import LossTerms, ScoreParts
 
 
 def exists(root: torch.nn.Module, path: str) -> bool:
@@ -132,13 +136,13 @@ def require_text(sample: Sample) -> str:
     return text
 
 
-def continuation_ids(tokenizer: Any, context: str, continuations: Sequence[str]) -> list[list[int]]:
-    """Token ids of each continuation (given a leading space) as they tokenize right after
-    `context`: the ids that extend the context's own tokens."""
+def continuation_ids(tokenizer: Any, context: str, continuations: Sequence[str], sep: str = " ") -> list[list[int]]:
+    """Token ids of each continuation (after `sep`, a leading space by default) as they
+    tokenize right after `context`: the ids that extend the context's own tokens."""
     base = tokenizer(context, add_special_tokens=False)["input_ids"]
     out = []
     for c in continuations:
-        full = tokenizer(context + " " + c.strip(), add_special_tokens=False)["input_ids"]
+        full = tokenizer(context + sep + c.strip(), add_special_tokens=False)["input_ids"]
         k = 0
         while k < min(len(base), len(full)) and base[k] == full[k]:
             k += 1
@@ -174,13 +178,16 @@ def decoder_inputs(inner: torch.nn.Module, decoder: torch.nn.Module, inputs: dic
 
 
 class HFPluginMixin:
-    """Scoring and helpers shared by the plugins of this package. A subclass provides
-    `_prepare_inputs(samples, protocol, view, query)` -> (inputs dict, info), `decoder_path`,
-    `self.tokenizer`, `_score_context(protocol, view, query)`, and `inner_path` (the module
-    without LM head whose forward takes the inputs)."""
+    """Scoring, losses and helpers shared by the plugins of this package. A subclass provides
+    `_prepare_inputs(samples, protocol, view, query="", suffix=None)` -> (inputs, info) with
+    right-padded `input_ids`/`attention_mask` (per-sample `suffix` token ids appended after
+    the prompt), `render_prompt`, `_score_context(protocol, view, query)`, `self.tokenizer`,
+    `decoder_path` (the LLM decoder stack, where LoRA adapters go) and `inner_path` (the
+    module without LM head whose forward takes the inputs)."""
 
     decoder_path: str = ""
     inner_path: str = ""
+    answer_sep = " "  # between the prompt and the content (loss) in the default protocol
     batch_size_default = 8
 
     def decoder(self) -> torch.nn.Module:
@@ -189,32 +196,76 @@ class HFPluginMixin:
     def inner(self) -> torch.nn.Module:
         return resolve_module(self.module, self.inner_path) if self.inner_path else self.module  # type: ignore
 
+    def lora_target(self) -> str:
+        if not self.decoder_path:
+            self.stage_map(self.views[0])  # type: ignore[attr-defined]
+        return self.decoder_path
+
+    def prompt_id(self, protocol: str, view: str) -> str:
+        """What identifies the prompt in store keys (known before the model loads)."""
+        return f"{protocol}/{view}/{self._instruction(protocol)}"  # type: ignore[attr-defined]
+
     def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal",
-                      protocol: str = "default") -> list[torch.Tensor]:
+                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
         """Per-sample decoder input (P_i, D) for a scoring prompt: media (or text) + query."""
         inputs, _ = self._prepare_inputs(samples, protocol, view, query)  # type: ignore[attr-defined]
-        with torch.inference_mode():
+        with torch.enable_grad() if grad else torch.no_grad():
             x = decoder_inputs(self.inner(), self.decoder(), inputs)
         att = inputs["attention_mask"].bool()
         return [x[i][att[i]] for i in range(x.shape[0])]
 
+    def _continuations(self, protocol: str, view: str, query: str, continuations: Sequence[str]) -> list[list[int]]:
+        return continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)  # type: ignore
+
+    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
+                    protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
+        from mch.model import ScoreParts
+
+        self._require_loaded()
+        conts = self._continuations(protocol, view, query, continuations)
+        return ScoreParts(self.module, self.prompt_embeds(samples, query, view, protocol, grad=grad), conts)  # type: ignore
+
     def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
               protocol: str, view: str = "modal") -> Scores:
-        if self.module is None:  # type: ignore[attr-defined]
-            raise MchError(f"model {self.spec.name!r} is not loaded")  # type: ignore[attr-defined]
-        conts = continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)  # type: ignore
+        self._require_loaded()
+        conts = self._continuations(protocol, view, query, continuations)
         bs = int(self.options.get("batch_size", self.batch_size_default))  # type: ignore[attr-defined]
-        rows, n_tok = [], None
+        rows = []
         for i in range(0, len(samples), bs):
-            chunk = samples[i: i + bs]
             with torch.inference_mode():
-                x, m = left_pad(self.prompt_embeds(chunk, query, view, protocol))
-                logp, n_tok = score_shared_prefix(self.module, x, m, conts)  # type: ignore[attr-defined]
+                x, m = left_pad(self.prompt_embeds(samples[i: i + bs], query, view, protocol))
+                logp, _ = score_shared_prefix(self.module, x, m, conts)  # type: ignore[attr-defined]
             rows.append(logp)
         logp = torch.cat(rows, 0) if rows else torch.zeros(0, len(conts))
-        if n_tok is None:
-            n_tok = torch.tensor([len(c) for c in conts])
-        return Scores(logp=logp.numpy(), n_tokens=n_tok.numpy())
+        return Scores(logp=logp.numpy(), n_tokens=np.array([len(c) for c in conts]))
+
+    def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
+        """Next-token logits and targets for causal tests (position t predicts token t+1).
+        default: the paired text as the answer after the modal prompt, scored on its tokens;
+        paper: the reference's quantity, labels = the prompt's own input ids at every position."""
+        from mch.model import LossTerms
+
+        self._require_loaded()
+        view = self.views[0]  # type: ignore[attr-defined]
+        if protocol == "paper":
+            inputs, _ = self._prepare_inputs(samples, "paper", view)  # type: ignore[attr-defined]
+            targets = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        else:
+            context = self._score_context("default", view, "")  # type: ignore[attr-defined]
+            suffix = [continuation_ids(self.tokenizer, context, [require_text(s)], sep=self.answer_sep)[0]  # type: ignore
+                      for s in samples]
+            inputs, _ = self._prepare_inputs(samples, "default", view, suffix=suffix)  # type: ignore[attr-defined]
+            targets = torch.full_like(inputs["input_ids"], -100)
+            lengths = inputs["attention_mask"].sum(1).tolist()
+            for i, (n, suf) in enumerate(zip(lengths, suffix)):
+                targets[i, n - len(suf): n] = torch.tensor(suf, device=targets.device)
+        with torch.enable_grad() if grad else torch.inference_mode():
+            logits = self.module(**inputs).logits  # type: ignore[attr-defined]
+        return LossTerms(logits[:, :-1], targets[:, 1:])
+
+    def _require_loaded(self) -> None:
+        if self.module is None:  # type: ignore[attr-defined]
+            raise MchError(f"model {self.spec.name!r} is not loaded")  # type: ignore[attr-defined]
 
     def forward(self, prepared: Prepared) -> Any:
         return self.inner()(**prepared.inputs)

@@ -129,13 +129,16 @@ class Llava(HFPluginMixin, ModelPlugin):
                 self._paths = self._build_paths(LlavaForConditionalGeneration(cfg))
         return self._paths
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str | None = None) -> dict[str, str]:
+        """The encoder stage depends on the protocol; capture() asks without one, so the
+        protocol of the last prepared modal batch is used (forward() checks they agree)."""
         p = self._ensure_paths()
+        protocol = protocol or self._stage_protocol
         stages = decoder_stage_paths(p["decoder"], self.n_layers)
         if view == "text":
             stages["adapter"] = p["embed"]
         elif view == "modal":
-            stages["encoder"] = p["encoder_paper"] if self._stage_protocol == "paper" else p["encoder"]
+            stages["encoder"] = p["encoder_paper"] if protocol == "paper" else p["encoder"]
             stages["adapter"] = p["adapter"]
         else:
             raise MchError(f"model {self.spec.name!r} has no view {view!r}; use modal or text")
@@ -156,12 +159,15 @@ class Llava(HFPluginMixin, ModelPlugin):
         if protocol == "paper":
             head, tail = "", f"\n{PAPER_INSTRUCTION}"
         else:
-            head, tail = "USER: ", f"\n{self.options.get('prompt', PAPER_INSTRUCTION)} ASSISTANT:"
+            head, tail = "USER: ", f"\n{self._instruction(protocol)} ASSISTANT:"
         s = head + media + tail
         if query:
             s += " " + query
         span = (len(head), len(head) + len(media)) if view == "text" else None
         return s, span
+
+    def _instruction(self, protocol: str) -> str:
+        return PAPER_INSTRUCTION if protocol == "paper" else str(self.options.get("prompt", PAPER_INSTRUCTION))
 
     def _score_context(self, protocol: str, view: str, query: str) -> str:
         return self.render_prompt(protocol, "modal", query=query)[0]
@@ -176,8 +182,8 @@ class Llava(HFPluginMixin, ModelPlugin):
                               f"{type(img).__name__}", sample_id=s.sample_id)
         return img.convert("RGB")
 
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str,
-                        query: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
+                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
         seqs, inside, pixels = [], [], []
@@ -192,6 +198,8 @@ class Llava(HFPluginMixin, ModelPlugin):
                 enc = self.processor(images=[self._image(s)], text=[prompt], return_tensors="pt")
                 seqs.append(enc["input_ids"][0].tolist())
                 pixels.append(enc["pixel_values"])
+        if suffix is not None:  # e.g. the paired text as the answer, for losses
+            seqs = [list(q) + list(x) for q, x in zip(seqs, suffix)]
         pad = self.tokenizer.pad_token_id
         pad = 0 if pad is None or pad == self.image_token_id else pad
         ids, att = right_pad(seqs, pad)

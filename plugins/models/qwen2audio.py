@@ -82,6 +82,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
     modality = "speech"
     views = ("modal", "text")
     inner_path = "model"
+    answer_sep = ""  # the answer starts right after "<|im_start|>assistant\n"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -152,7 +153,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
     def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
                       query: str = "") -> tuple[str, tuple[int, int] | None]:
         """The prompt string and, in text view, the character span of the text in it."""
-        instruction = PAPER_INSTRUCTION if protocol == "paper" else self.options.get("prompt", PAPER_INSTRUCTION)
+        instruction = self._instruction(protocol)
         conv = [{"role": "user", "content": [{"type": "audio", "audio_url": "placeholder"},
                                              {"type": "text", "text": instruction}]}]
         s = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
@@ -166,6 +167,9 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             raise MchError(f"model {self.spec.name!r}: the chat template has no {self.processor.audio_token} slot")
         assert text is not None
         return s[:at] + text + s[at + len(self.processor.audio_token):], (at, at + len(text))
+
+    def _instruction(self, protocol: str) -> str:
+        return PAPER_INSTRUCTION if protocol == "paper" else str(self.options.get("prompt", PAPER_INSTRUCTION))
 
     def _score_context(self, protocol: str, view: str, query: str) -> str:
         return self.render_prompt(protocol, "modal", query=query)[0]
@@ -182,8 +186,8 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
                               sample_id=s.sample_id)
         return resample(wav, sr, self.sampling_rate)
 
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str,
-                        query: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
+                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
         seqs, inside, feats, fmasks, n_audio = [], [], [], [], []
@@ -209,6 +213,8 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             feats.append(enc["input_features"])
             fmasks.append(enc["feature_attention_mask"])
             n_audio.append(n)
+        if suffix is not None:  # e.g. the paired text as the answer, for losses
+            seqs = [list(q) + list(x) for q, x in zip(seqs, suffix)]
         pad = self.tokenizer.pad_token_id
         pad = 0 if pad is None or pad == getattr(self, "audio_token_id", -1) else pad
         ids, att = right_pad(seqs, pad)

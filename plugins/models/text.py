@@ -19,7 +19,7 @@ the text, a newline, then the query; continuations follow with a leading space.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -30,6 +30,7 @@ from ._hf_common import (
     HFPluginMixin,
     apply_adapter,
     checkpoint_dir,
+    continuation_ids,
     decoder_stage_paths,
     load_pretrained,
     load_processor,
@@ -38,6 +39,9 @@ from ._hf_common import (
     require_text,
     right_pad,
 )
+
+if TYPE_CHECKING:
+    from mch.model import LossTerms, ScoreParts
 
 MAX_TOKENS = 512
 
@@ -96,15 +100,20 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
     def stage_dims(self, view: str = "text") -> dict[str, int]:
         return {s: self.config.hidden_size for s in self.stage_map(view)}
 
-    def render_prompt(self, protocol: str, view: str = "text", text: str | None = None, query: str = "") -> str:
+    def render_prompt(self, protocol: str, view: str = "text", text: str | None = None,
+                      query: str = "") -> tuple[str, tuple[int, int] | None]:
         self._check_view(view)
-        return (text or "") + (f"\n{query}" if query else "")
+        t = text or ""
+        return t + (f"\n{query}" if query else ""), (0, len(t))
+
+    def _instruction(self, protocol: str) -> str:
+        return f"raw text with BOS, no template, truncated at {MAX_TOKENS} tokens"
 
     def _score_context(self, protocol: str, view: str, query: str) -> str:
-        return self.render_prompt(protocol, "text", "", query)
+        return self.render_prompt(protocol, "text", "", query)[0]
 
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str,
-                        query: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
+                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         self._check_view(view)
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
@@ -137,12 +146,40 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         return Prepared(inputs=inputs, pools={"llm": pool, "adapter": pool}, n=len(samples),
                         info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()})
 
+    def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
+        """The text's own tokens after BOS (its content, and the prompt's own ids: both
+        protocols agree for a text-only model)."""
+        from mch.model import LossTerms
+
+        if self.module is None:
+            raise MchError(f"model {self.spec.name!r} is not loaded")
+        with torch.enable_grad() if grad else torch.inference_mode():
+            inputs, _ = self._prepare_inputs(samples, protocol, "text")
+            logits = self.module(**inputs).logits[:, :-1]
+            targets = inputs["input_ids"][:, 1:].masked_fill(inputs["attention_mask"][:, 1:] == 0, -100)
+        return LossTerms(logits, targets)
+
+    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
+                    view: str = "text", grad: bool = False) -> ScoreParts:
+        from mch.model import ScoreParts
+
+        self._check_view(view)
+        if self.module is None:
+            raise MchError(f"model {self.spec.name!r} is not loaded")
+        conts = continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)
+        inputs, _ = self._prepare_inputs(samples, protocol, view, query)
+        emb = resolve_module(self.module, self._paths["embed"])  # type: ignore[index]
+        with torch.enable_grad() if grad else torch.no_grad():
+            x = emb(inputs["input_ids"])
+        att = inputs["attention_mask"].bool()
+        return ScoreParts(self.module, [x[i][att[i]] for i in range(x.shape[0])], conts)
+
     def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "text",
-                      protocol: str = "default") -> list[torch.Tensor]:
+                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
         inputs, _ = self._prepare_inputs(samples, protocol, view, query)
         emb = resolve_module(self.module, self._paths["embed"])  # type: ignore[index]
         att = inputs["attention_mask"].bool()
-        with torch.inference_mode():
+        with torch.enable_grad() if grad else torch.no_grad():
             x = emb(inputs["input_ids"])
         return [x[i][att[i]] for i in range(x.shape[0])]
 
