@@ -278,7 +278,11 @@ def _make_config(d: dict[str, Any], default_type: str) -> Any:
     model_type = d.pop("model_type", default_type)
     for k in ("_name_or_path", "transformers_version", "_attn_implementation_autoset"):
         d.pop(k, None)
-    return AutoConfig.for_model(model_type, **d)
+    try:
+        return AutoConfig.for_model(model_type, **d)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MchError(f"model 'ultravox': cannot build a {model_type!r} config from the checkpoint "
+                       f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def _lora_to_peft_dir(src: Path, dst: Path) -> None:
@@ -393,6 +397,9 @@ class Ultravox(ModelPlugin):
 
         name = self.spec.name
         own = _weight_index(self.root)
+        if not own:
+            raise MchError(f"model {name!r}: {self.root} holds no safetensors weights (model.safetensors or an "
+                           f"index of shards); pass --checkpoint with an Ultravox release directory")
         wanted = list(module.state_dict().keys())
         known_prefixes = ("audio_tower.", "multi_modal_projector.", "language_model.")
         wanted_set = set(wanted)
@@ -482,8 +489,13 @@ class Ultravox(ModelPlugin):
     def _load_feature_extractor(self, n_mels: int) -> Any:
         from transformers import WhisperFeatureExtractor
 
-        for d in [self.root] + ([self._base_dir("audio")] if self.config.get("audio_model_id")
-                                or self.options.get("audio_model") else []):
+        dirs = [self.root]
+        if self.config.get("audio_model_id") or self.options.get("audio_model"):
+            try:
+                dirs.append(self._base_dir("audio"))
+            except MchError:
+                pass  # weights and config were in the checkpoint; Whisper's defaults are the same
+        for d in dirs:
             if (d / "preprocessor_config.json").exists():
                 fe = WhisperFeatureExtractor.from_pretrained(str(d))
                 break
