@@ -39,6 +39,8 @@ class AnalysisContext:
     span: str = "modality"
     previous: dict[str, AnalysisOutput] = field(default_factory=dict)  # earlier analyses, same run
     progress: Progress = field(default_factory=Progress)
+    run_config: Any = None   # the runner's RunConfig (an analysis that re-runs the runner, e.g. lora, reads it)
+    dataset: Any = None      # the DatasetPlugin (e.g. lora draws its training split from it)
     _model_loader: Callable[[], Any] | None = None
     _cache: Callable[..., np.ndarray] | None = None
     _text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None

@@ -40,6 +40,42 @@ class Prepared:
 
 
 @dataclass
+class LossTerms:
+    """What a decoder loss is computed from: logits at the positions the loss scores, aligned
+    with their targets (`logits[b, p]` is the distribution that predicts `targets[b, p]`;
+    -100 = position not scored). Kept whole so analyses can also compare distributions (KL)."""
+
+    logits: torch.Tensor   # (B, P, V)
+    targets: torch.Tensor  # (B, P) long
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.targets != -100
+
+    def token_nll(self) -> torch.Tensor:
+        """(B, P) float32 negative log-likelihood of each target, 0 where not scored."""
+        lp = torch.log_softmax(self.logits.float(), dim=-1)
+        nll = -torch.gather(lp, -1, self.targets.clamp(min=0)[..., None]).squeeze(-1)
+        return nll * self.valid
+
+    def mean_nll(self) -> torch.Tensor:
+        """(B,) mean cross-entropy (nats) over each row's scored positions."""
+        return self.token_nll().sum(1) / self.valid.sum(1).clamp(min=1)
+
+
+@dataclass
+class ScoreParts:
+    """What continuation scoring runs on: `lm`, a causal LM accepting `inputs_embeds`,
+    `attention_mask`, `position_ids` (returns `.logits`); `prefixes[i]` (P_i, D), the exact
+    decoder input of sample i's prompt (media merged in); `continuations[k]`, the token ids of
+    continuation k as they follow that prompt."""
+
+    lm: torch.nn.Module
+    prefixes: list[torch.Tensor]
+    continuations: list[list[int]]
+
+
+@dataclass
 class Scores:
     """log p(continuation | prompt) summed over the continuation's tokens, (B, K), and the
     token count of each continuation, (K,) or (B, K)."""
@@ -136,8 +172,25 @@ class ModelPlugin:
         modal prompt), logits aligned to labels for this architecture; `paper`: over the
         prompt's own input ids, as the reference did. Analyses edit the decoder input by a
         forward hook on the module at `stage_map()["adapter"]`; with `grad=True` the graph is
-        kept so they can differentiate with respect to that module's output."""
+        kept so they can differentiate with respect to that module's output.
+        Computed from `loss_terms`, which a plugin implements."""
+        return self.loss_terms(samples, protocol, grad).mean_nll()
+
+    def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
+        """The logits and aligned targets `loss` averages over (see `loss`)."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
+                    protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
+        """The decoder inputs `score` runs on (prompt + query per sample, continuation ids), as
+        ordinary tensors (no inference mode) so a caller may train through the LM (LoRA) or,
+        with `grad=True`, differentiate through the prompt's encoder and adapter."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def lora_target(self) -> str:
+        """Path (relative to `self.module`) of the LLM module a PEFT `--adapter` is applied
+        to; an adapter trained on this module loads back through `--adapter`."""
+        raise MchError(f"model {self.spec.name!r} does not support LoRA adapters")
 
     def forward(self, prepared: Prepared) -> Any:
         assert self.module is not None

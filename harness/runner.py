@@ -45,6 +45,7 @@ class RunConfig:
     on_error: str = "stop"
     params: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
+    sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
 
     @property
     def effective_span(self) -> str:
@@ -123,6 +124,9 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
             raise MchError(f"dataset {dspec.name!r} has no attribute {unknown[0]!r}; it has {', '.join(attrs)}")
         attrs = {a: attrs[a] for a in cfg.attributes}
     samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
+    if cfg.sample_ids is not None:
+        keep = set(cfg.sample_ids)
+        samples = [s for s in samples if s.sample_id in keep]
     if not samples:
         raise MchError(f"dataset {dspec.name!r} gave no samples for split {cfg.split or 'default'!r}")
     ids = [s.sample_id for s in samples]
@@ -280,6 +284,7 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
         ctx = AnalysisContext(protocol=cfg.protocol, params=params, seed=cfg.seed, stages=list(reps),
                               reps=reps, samples=samples, attributes=p.attributes, labels=labels, groups=groups,
                               span=cfg.effective_span, previous=previous, progress=p.progress,
+                              run_config=cfg, dataset=p.dataset,
                               _model_loader=p.ensure_loaded if aspec.needs_model else None,
                               _cache=entry.cached, _text_reps=text_reps)
         if p.loaded:

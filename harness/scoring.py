@@ -85,3 +85,35 @@ def score_full(lm: torch.nn.Module, prefix_embeds: torch.Tensor, prefix_mask: to
         logp = torch.log_softmax(logits[:, P - 1: P - 1 + len(c)], dim=-1)
         res[:, k] = torch.gather(logp, -1, ids[None, :, None].expand(B, -1, 1)).squeeze(-1).sum(-1).cpu()
     return res, torch.tensor([len(c) for c in continuations])
+
+
+def continuation_logits(lm: torch.nn.Module, prefixes: Sequence[torch.Tensor],
+                        continuations: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row i's continuation after row i's prefix in one forward pass, differentiable (for
+    losses and training, where each row has its own target). Returns logits (B, Lc, V), where
+    `logits[i, t]` predicts `targets[i, t]`, and targets (B, Lc) with -100 past each
+    continuation's end."""
+    if len(prefixes) != len(continuations):
+        raise ValueError("one continuation per prefix is needed")
+    if any(len(c) == 0 for c in continuations):
+        raise ValueError("a continuation tokenized to nothing")
+    x, m = left_pad(prefixes)
+    B, P = m.shape
+    Lc = max(len(c) for c in continuations)
+    ids = torch.zeros(B, Lc, dtype=torch.long, device=x.device)
+    cmask = torch.zeros(B, Lc, dtype=torch.long, device=x.device)
+    for i, c in enumerate(continuations):
+        ids[i, : len(c)] = torch.tensor(list(c), device=x.device)
+        cmask[i, : len(c)] = 1
+    emb = lm.get_input_embeddings()(ids).to(x.dtype)
+    full = torch.cat([x, emb], 1)
+    fmask = torch.cat([m, cmask], 1)
+    # only the last Lc + 1 positions' logits are needed: [P-1, P+Lc-1)
+    kw = dict(inputs_embeds=full, attention_mask=fmask, position_ids=_positions(fmask), use_cache=False)
+    try:
+        logits = lm(**kw, logits_to_keep=Lc + 1).logits
+    except TypeError:  # an LM without logits_to_keep
+        logits = lm(**kw).logits
+    start = logits.shape[1] - (Lc + 1)  # 0 when only the kept positions came back, else P - 1
+    logits = logits[:, start: start + Lc]
+    return logits, ids.masked_fill(cmask == 0, -100)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mch.api import MchError, Sample
-from mch.model import ModelPlugin, Pool, Prepared, Scores
+from mch.model import LossTerms, ModelPlugin, Pool, Prepared, ScoreParts, Scores
 from mch.scoring import left_pad, score_shared_prefix
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy"
@@ -189,7 +189,9 @@ class ToyModel(ModelPlugin):
             return self.module(**x)
         return self.module.llm.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
 
-    def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
+    def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
+        """`loss`'s logits and targets: the caption after <bos> <audio>xT "describe this
+        sound" (default), or the prompt's own ids (paper); position t predicts token t+1."""
         assert self.module is not None
         tok = self.tokenizer
         frames, fmask = self._frames(samples)
@@ -216,13 +218,18 @@ class ToyModel(ModelPlugin):
         with ctx:
             emb = self.module.embed(frames.to(self.device, self.torch_dtype), ids, ids == tok.audio_id,
                                     fmask.to(self.device))
-            logits = self.module.llm(inputs_embeds=emb, attention_mask=att).logits.float()
-            # position t predicts token t+1
-            lp = torch.log_softmax(logits[:, :-1], dim=-1)
-            lab = labels[:, 1:]
-            valid = lab != -100
-            nll = -torch.gather(lp, -1, lab.clamp(min=0)[..., None]).squeeze(-1) * valid
-            return nll.sum(1) / valid.sum(1).clamp(min=1)
+            logits = self.module.llm(inputs_embeds=emb, attention_mask=att).logits
+            return LossTerms(logits[:, :-1], labels[:, 1:])
+
+    def lora_target(self) -> str:
+        return "llm"
+
+    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
+                    view: str = "modal", grad: bool = False) -> ScoreParts:
+        assert self.module is not None
+        with torch.enable_grad() if grad else torch.no_grad():
+            prefixes = self.prompt_embeds(samples, query, view)
+        return ScoreParts(self.module.llm, prefixes, [self.tokenizer.encode(c) for c in continuations])
 
     def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal") -> list[torch.Tensor]:
         """Per-sample decoder input for a GMI prompt: <bos> + modality (or text) + query."""
