@@ -416,3 +416,70 @@ def test_reference_lora_file_is_accepted(ckpts, samples, tmp_path):
     save_file({"x.weight": torch.zeros(2)}, str(d / "model.safetensors"))
     with pytest.raises(MchError, match="no LoRA"):
         load(ckpts["split"], adapter=str(d))
+
+
+# --------------------------------------------------------------------------- causal-test losses
+
+
+def manual_sequence(model: Ultravox, s: Sample, template: str, tail: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """Decoder input and token ids of one clip alone: template ids with the projector output
+    in place of the audio placeholders (EOS ids), then `tail`."""
+    tok, m = model.tokenizer, model.module
+    before, after = template.split("<|audio|>")
+    pre, post = tok(before, add_special_tokens=False)["input_ids"], tok(after, add_special_tokens=False)["input_ids"]
+    emb = m.language_model.get_input_embeddings()
+    with torch.inference_mode():
+        feats = torch.from_numpy(model._features(s.media[0]))[None]
+        audio = m.multi_modal_projector(m.audio_tower(feats).last_hidden_state)[0]
+        ids = pre + [tok.eos_token_id] * audio.shape[0] + post + tail
+        x = emb(torch.tensor(ids))
+        x[len(pre): len(pre) + audio.shape[0]] = audio
+    return x, ids
+
+
+@pytest.mark.parametrize("protocol", ["default", "paper"])
+def test_loss_terms_align_logits_with_targets(model, samples, protocol):
+    terms = model.loss_terms(samples, protocol)
+    got = terms.mean_nll()
+    tok = model.tokenizer
+    for i, s in enumerate(samples):
+        answer = tok(s.text, add_special_tokens=False)["input_ids"] if protocol == "default" else []
+        template = DEFAULT_PROMPT if protocol == "default" else PAPER_PROMPT
+        x, ids = manual_sequence(model, s, template, answer)
+        with torch.inference_mode():
+            logp = torch.log_softmax(model.module.language_model(inputs_embeds=x[None]).logits[0].float(), -1)
+        first = len(ids) - len(answer) if protocol == "default" else 1  # scored targets start here
+        nll = [-logp[t - 1, ids[t]] for t in range(first, len(ids))]
+        assert int(terms.valid[i].sum()) == len(nll)
+        assert float(got[i]) == pytest.approx(float(torch.stack(nll).mean()), abs=1e-4)
+
+
+def test_loss_gradient_reaches_the_adapter_output(model, samples):
+    leaf = {}
+
+    def hook(_m, _a, out):  # as the gradient analysis does: the adapter output becomes a leaf
+        leaf["z"] = out.detach().requires_grad_(True)
+        return leaf["z"]
+
+    h = resolve_module(model.module, model.stage_map()["adapter"]).register_forward_hook(hook)
+    try:
+        model.loss(samples[:2], "default", grad=True).sum().backward()
+    finally:
+        h.remove()
+    g = leaf["z"].grad
+    assert g is not None and g.shape[-1] == 64
+    mask = model.prepare(samples[:2], "default").pools["adapter"].masks["modality"]
+    assert float(g[mask].abs().sum()) > 0 and float(g[~mask].abs().sum()) == 0  # only real tokens reach the LLM
+
+
+def test_score_parts_are_what_score_runs_on(model, samples):
+    from mch.scoring import left_pad, score_shared_prefix
+
+    conts = ["angry", "calm or surprised"]
+    parts = model.score_parts(samples, "The speaker sounds", conts, "default")
+    assert parts.lm is model.module.language_model and parts.continuations == model.continuation_ids(conts)
+    logp, _ = score_shared_prefix(parts.lm, *left_pad(parts.prefixes), parts.continuations)
+    np.testing.assert_allclose(logp.numpy(), model.score(samples, "The speaker sounds", conts, "default").logp,
+                               atol=1e-5)
+    assert model.lora_target() == "language_model"
+    assert model.prompt_id("paper", "modal") != model.prompt_id("default", "modal")

@@ -601,8 +601,10 @@ class Ultravox(ModelPlugin):
         return out
 
     # -- batches
-    def _build(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "") -> dict[str, Any]:
-        """Token ids, audio chunks and every index the pools and the embedding merge need."""
+    def _build(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
+               answers: Sequence[list[int]] | None = None) -> dict[str, Any]:
+        """Token ids, audio chunks and every index the pools and the embedding merge need;
+        `answers[i]` (token ids) follow sample i's prompt when given."""
         if protocol not in ("default", "paper"):
             raise MchError(f"unknown protocol {protocol!r}; use default or paper")
         if view not in ("modal", "text"):
@@ -632,7 +634,11 @@ class Ultravox(ModelPlugin):
                     n_tok += -(-real // (ENCODER_STRIDE * self.stack_factor))
                 seqs.append(pre + [eos] * n_tok + post)
                 spans.append((len(pre), n_tok))
-        return {"seqs": seqs, "spans": spans, "chunks": chunks, "owner": owner_rows}
+        answer_spans = []
+        for i, a in enumerate(answers or []):
+            answer_spans.append((len(seqs[i]), len(a)))
+            seqs[i] = seqs[i] + list(a)
+        return {"seqs": seqs, "spans": spans, "chunks": chunks, "owner": owner_rows, "answers": answer_spans}
 
     def _tensors(self, built: dict[str, Any], protocol: str) -> tuple[dict[str, Any], dict[str, Pool]]:
         seqs, spans = built["seqs"], built["spans"]
@@ -718,18 +724,74 @@ class Ultravox(ModelPlugin):
         assert self.module is not None
         return self.module(**prepared.inputs, lm_head=True).logits
 
-    # -- scoring
+    def prompt_id(self, protocol: str, view: str) -> str:
+        """What identifies the prompt in store keys (known before the model loads)."""
+        if view == "text" and protocol == "paper":
+            return "paper/text/bos+text"
+        content = AUDIO_PLACEHOLDER if protocol == "paper" else self.options.get("user_template", DEFAULT_USER_TEMPLATE)
+        return f"{protocol}/{view}/chat-template/{content}"
+
+    def lora_target(self) -> str:
+        return "language_model"  # the causal LM `--adapter` is merged into
+
+    # -- scoring and losses
     def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal",
-                      protocol: str = "default") -> list[torch.Tensor]:
+                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
         """Per-sample decoder input (P_i, D) of a GMI prompt: template with the audio (or
-        text) merged in, then the query."""
+        text) merged in, then the query. With `grad` the graph through the audio tower and
+        projector is kept."""
         assert self.module is not None
         built = self._build(samples, protocol, view, query=query)
         inputs, _ = self._tensors(built, protocol)
         inputs = self._to_device(inputs)
-        emb = self.module.embed(**inputs)
+        with torch.enable_grad() if grad else torch.no_grad():
+            emb = self.module.embed(**inputs)
         lens = inputs["attention_mask"].sum(-1).tolist()
         return [emb[i, : int(n)] for i, n in enumerate(lens)]
+
+    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
+                    view: str = "modal", grad: bool = False) -> Any:
+        from mch.model import ScoreParts
+
+        assert self.module is not None
+        return ScoreParts(self.module.language_model, self.prompt_embeds(samples, query, view, protocol, grad=grad),
+                          self.continuation_ids(continuations))
+
+    def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
+        """Per-sample mean next-token cross-entropy (nats) over `loss_terms`' targets, (B,)."""
+        return self.loss_terms(samples, protocol, grad).mean_nll()
+
+    def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> Any:
+        """Logits and aligned targets for the causal tests (`logits[:, p]` predicts
+        `targets[:, p]`). `default`: the paired text as the assistant's answer after the
+        modal prompt, scored on its own tokens only. `paper`: the reference's quantity, every
+        next input id of the bare `<|audio|>` prompt, the EOS placeholders of the audio span
+        included (analyses-causal-lora-tables.md §1.4)."""
+        from mch.model import LossTerms
+
+        if self.module is None:
+            raise MchError(f"model {self.spec.name!r} is not loaded")
+        answers = None
+        if protocol == "default":
+            answers = []
+            for s in samples:
+                text = (s.text or "").strip()
+                if not text:
+                    raise SampleError(f"sample {s.sample_id} has no paired text, which the content-token loss needs",
+                                      sample_id=s.sample_id)
+                answers.append(self._ids(text))
+        built = self._build(samples, protocol, "modal", answers=answers)
+        inputs, _ = self._tensors(built, protocol)
+        targets = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        if answers is not None:
+            keep = torch.zeros_like(targets, dtype=torch.bool)
+            for i, (start, n) in enumerate(built["answers"]):
+                keep[i, start: start + n] = True
+            targets = targets.masked_fill(~keep, -100)
+        inputs = self._to_device(inputs)
+        with torch.enable_grad() if grad else torch.inference_mode():
+            logits = self.module(**inputs, lm_head=True).logits
+        return LossTerms(logits[:, :-1], targets[:, 1:].to(logits.device))
 
     def continuation_ids(self, continuations: Sequence[str]) -> list[list[int]]:
         out = []
