@@ -320,3 +320,23 @@ def test_voxceleb1_corrupt_file(copy_of):
     sid = f"{f.parent.parent.name}/{f.parent.name}/{f.stem}"
     err = load_error(samples[sid])
     assert err.sample_id == sid and err.path == str(f)
+
+
+def test_attributes_follow_the_split_chosen_later(corpora, tmp_path):
+    """The runner asks for attributes before it picks the split: the objects it holds are
+    updated when samples() moves to another split, and a lone split is the default."""
+    dev = synth.make("librispeech", tmp_path / "dev", speakers=2, chapters=1, utterances=2, split="dev-clean",
+                     engine="numpy", seed=9)
+    root = shutil.copytree(corpora["librispeech"], tmp_path / "both")
+    shutil.copytree(dev / "dev-clean", root / "dev-clean")
+    ds = LibriSpeech(spec("librispeech"), path=str(root))
+    held = ds.attributes("default")
+    speaker = held["speaker"]
+    test_speakers = list(speaker.classes)
+    samples = ds.samples("dev-clean", None, 0, "default")
+    dev_speakers = sorted({s.labels["speaker"] for s in samples})
+    assert dev_speakers != test_speakers and speaker.classes == dev_speakers
+    assert all(s.labels["lexical"] in held["lexical"].classes for s in samples if s.labels["lexical"])
+    only_dev = LibriSpeech(spec("librispeech"), path=str(dev))
+    assert only_dev.current_split() == "dev-clean"
+    assert only_dev.attributes("default")["speaker"].classes == dev_speakers

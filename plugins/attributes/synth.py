@@ -277,7 +277,7 @@ def synth_espeak(text: str, voice: Voice, pros: Prosody, sr: int, seed: int) -> 
         raise MchError("engine 'espeak' needs espeak-ng on PATH (apt-get install espeak-ng); use engine 'numpy'")
     pitch = int(np.clip(50 * (voice.f0 * pros.f0 / 140.0) ** 0.8, 0, 99))
     speed = int(np.clip(165 * voice.rate * pros.rate, 80, 400))
-    amp = int(np.clip(100 * pros.gain, 10, 200))
+    amp = 100  # loudness is set after synthesis, as for the numpy engine
     try:
         out = subprocess.run([exe, "-v", f"en-us+{voice.espeak}", "-p", str(pitch), "-s", str(speed), "-a", str(amp),
                               "--stdout", text], capture_output=True, timeout=60, check=True).stdout
@@ -286,9 +286,11 @@ def synth_espeak(text: str, voice: Voice, pros: Prosody, sr: int, seed: int) -> 
         raise MchError(f"espeak-ng failed on {text!r}: {exc}") from None
     if y.ndim > 1:
         y = y.mean(axis=1)
-    y = resample(y, rate, sr)
+    y = resample(y, rate, sr).astype(np.float64)
+    speech = np.abs(y) > 0.02 * (np.abs(y).max() + 1e-9)
+    y = y * (0.06 * pros.gain / (np.sqrt(np.mean(y[speech] ** 2)) + 1e-9))  # same loudness rule as numpy
     rng = np.random.default_rng(seed)
-    y = y + 3e-4 * rng.standard_normal(len(y)).astype(np.float32)
+    y = y + 3e-4 * rng.standard_normal(len(y))
     return np.clip(y, -0.99, 0.99).astype(np.float32)
 
 
@@ -954,15 +956,18 @@ def make(name: str, out_dir: str | os.PathLike, **kw: Any) -> Path:
     (default 0) makes it reproducible."""
     if name not in GENERATORS:
         raise MchError(f"unknown synthetic corpus {name!r}; choose one of {', '.join(GENERATORS)}")
+    import inspect
+
+    try:
+        inspect.signature(GENERATORS[name]).bind(Path("."), **kw)
+    except TypeError as exc:
+        raise MchError(f"synthetic corpus {name!r}: {exc} (see synth.make_{name})") from None
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MchError(f"{out} already exists and is not an empty directory; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     try:
         info = GENERATORS[name](out, **kw)
-    except TypeError as exc:
-        shutil.rmtree(out, ignore_errors=True)
-        raise MchError(f"synthetic corpus {name!r}: {exc}") from None
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
