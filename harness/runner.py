@@ -46,6 +46,7 @@ class RunConfig:
     params: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
+    chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
 
     @property
     def effective_span(self) -> str:
@@ -178,7 +179,10 @@ def extract(p: Plan, view: str = "modal") -> Any:
     from .store import Store
 
     cfg = p.cfg
-    chunk = cfg.batch_size * max(1, 256 // cfg.batch_size)
+    import os
+
+    want = cfg.chunk_size or int(os.environ.get("MCH_CHUNK_SIZE", "256"))
+    chunk = cfg.batch_size * max(1, want // cfg.batch_size)  # whole batches: resumed runs batch alike
     entry = Store(cfg.store).entry(store_key(p, view), [s.sample_id for s in p.samples], chunk_size=chunk)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")

@@ -24,7 +24,7 @@ def _isolated(tmp_path, monkeypatch):
 def run_mch(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run the `mch` CLI in a subprocess, as a user would."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "mch.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=timeout)
     if check and proc.returncode != 0:

@@ -172,7 +172,7 @@ class ToyModel(ModelPlugin):
             pools["adapter"] = pools["llm"]
             inputs = {"input_ids": ids, "attention_mask": att}
         else:
-            enc_pool = Pool(owner, {"modality": fmask, "all": torch.ones_like(fmask)})
+            enc_pool = Pool(owner, {"modality": fmask, "all": fmask})  # batch padding never enters a mean
             pools.update(encoder=enc_pool, adapter=enc_pool)
             inputs = {"frames": frames, "frame_mask": fmask, "input_ids": ids, "audio_mask": ids == tok.audio_id,
                       "attention_mask": att}
