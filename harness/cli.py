@@ -245,37 +245,40 @@ def _reg():
     return get_registry()
 
 
-@list_app.command("models")
-def list_models():
-    """Model plugins with their modality and checkpoint."""
-    t = Table(title="models")
-    for c in ("name", "modality", "checkpoint", "revision", "aliases", "plugin", "description"):
+LONG = typer.Option(False, "--long", "-l", help="also show descriptions")
+
+
+def _table(title: str, cols: list, rows: list, long: bool) -> None:
+    t = Table(title=title)
+    for c in cols + (["description"] if long else []):
         t.add_column(c, overflow="fold")
-    for s in _reg().models.values():
-        t.add_row(s.name, s.modality, s.checkpoint, s.revision or "-", ", ".join(s.aliases), s.source, s.description)
+    for r in rows:
+        t.add_row(*(r if long else r[:-1]))
     console.print(t)
+
+
+@list_app.command("models")
+def list_models(long: bool = LONG):
+    """Model plugins with their modality and checkpoint."""
+    _table("models", ["name", "modality", "checkpoint", "revision", "aliases", "plugin"],
+           [[s.name, s.modality, s.checkpoint, s.revision or "-", ", ".join(s.aliases), s.source, s.description]
+            for s in _reg().models.values()], long)
 
 
 @list_app.command("datasets")
-def list_datasets():
+def list_datasets(long: bool = LONG):
     """Attribute datasets with their attributes and where they come from."""
-    t = Table(title="datasets")
-    for c in ("name", "modality", "attributes", "source", "plugin", "description"):
-        t.add_column(c, overflow="fold")
-    for s in _reg().datasets.values():
-        t.add_row(s.name, s.modality, ", ".join(s.attributes), s.source_hint, s.source, s.description)
-    console.print(t)
+    _table("datasets", ["name", "modality", "attributes", "source", "plugin"],
+           [[s.name, s.modality, ", ".join(s.attributes), s.source_hint, s.source, s.description]
+            for s in _reg().datasets.values()], long)
 
 
 @list_app.command("analyses")
-def list_analyses():
+def list_analyses(long: bool = LONG):
     """Analyses and whether they need the live model."""
-    t = Table(title="analyses")
-    for c in ("name", "needs model", "plugin", "description"):
-        t.add_column(c, overflow="fold")
-    for s in _reg().analyses.values():
-        t.add_row(s.name, "yes" if s.needs_model else "no", s.source, s.description)
-    console.print(t)
+    _table("analyses", ["name", "needs model", "plugin"],
+           [[s.name, "yes" if s.needs_model else "no", s.source, s.description] for s in _reg().analyses.values()],
+           long)
 
 
 @app.command()
