@@ -75,6 +75,17 @@ def test_truncated_wav_and_flac(tmp_path):
     assert "truncated" in str(pytest.raises(SampleError, C.read_audio, tmp_path / "cut.wav", "cut").value)
 
 
+def test_streamed_wav_with_unknown_size_reads(tmp_path):
+    """Tools writing to a pipe (espeak-ng --stdout) put a huge placeholder in the data size."""
+    sf.write(tmp_path / "s.wav", _tone(), 16000, subtype="PCM_16")
+    b = bytearray((tmp_path / "s.wav").read_bytes())
+    i = b.index(b"data")
+    b[i + 4:i + 8] = (0x7FFFF000).to_bytes(4, "little")
+    (tmp_path / "s.wav").write_bytes(bytes(b))
+    wave, sr = C.read_audio(tmp_path / "s.wav", "s")
+    assert sr == 16000 and len(wave) == 8000
+
+
 def test_corrupt_and_missing_audio(tmp_path):
     p = tmp_path / "g.wav"
     p.write_bytes(b"definitely not audio" * 50)

@@ -60,7 +60,7 @@ def _check_wav_complete(path: str, sample_id: str) -> None:
             cid, clen = hdr[:4], int.from_bytes(hdr[4:8], order)
             if cid == b"data":
                 avail = size - (pos + 8)
-                if clen != 0xFFFFFFFF and clen > avail:
+                if clen < 0x7FFF0000 and clen > avail:  # larger: a streamed file's "unknown" size
                     raise sample_error(sample_id, path, f"the WAV file is truncated (its header declares "
                                                         f"{clen} data bytes, {avail} are present)")
                 return
