@@ -1,0 +1,51 @@
+"""Small helpers the analyses share: parameter checks and stage lookups, each failing with
+one clear `MchError` sentence."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mch.api import MchError, stage_sort_key
+
+
+def check_params(analysis: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """A misspelled `--param` must not be silently ignored."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise MchError(f"analysis {analysis!r} has no parameter {unknown[0]!r}; "
+                       f"it takes: {', '.join(sorted(defaults))}")
+
+
+def as_list(value: Any) -> list[str]:
+    """`"a,b"` or `["a", "b"]` -> ["a", "b"]; None -> []."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def need_stage(analysis: str, reps: Mapping[str, Any], stage: str, what: str = "modal") -> Any:
+    if stage not in reps:
+        have = ", ".join(sorted(reps, key=stage_sort_key)) or "none"
+        raise MchError(f"analysis {analysis!r} needs stage {stage!r} of the {what} representations; "
+                       f"this run has: {have}")
+    return reps[stage]
+
+
+def middle_llm_stage(stages: list[str]) -> str | None:
+    """llm.{L//2} of the stages present (llm.16 for a 32-layer decoder), or None."""
+    layers = sorted(int(s.split(".")[1]) for s in stages if s.startswith("llm.") and s[4:].isdigit())
+    if not layers:
+        return None
+    mid = f"llm.{(layers[-1] + 1) // 2}"
+    return mid if mid in stages else f"llm.{layers[len(layers) // 2]}"
+
+
+def paper_text_stage(text_stages: list[str]) -> str:
+    """The reference's text hook: llm_hidden_16 if present, else llm_final (scripts 06/07)."""
+    for s in ("llm.16", "llm.final"):
+        if s in text_stages:
+            return s
+    raise MchError("the paper protocol compares against the text baseline's llm.16 or llm.final; "
+                   "the text representations of this run have neither")
