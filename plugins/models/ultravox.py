@@ -36,6 +36,9 @@ system block with "Cutting Knowledge Date: December 2023" / "Today Date: 26 Jul 
   audio are the same for every sample.
 - GMI (`score`): the same prompt, then the query as the start of the assistant's answer,
   then each continuation with a leading space.
+- Causal-test losses (`loss_terms`): `default` scores the paired text as the assistant's
+  answer after the default prompt, on its own tokens; `paper` scores every next input id of
+  the bare prompt, the EOS placeholders of the audio span included, as the reference did.
 - Text view: `default` = the same template with the paired text in place of `<|audio|>`
   (span `modality` = the text's own tokens); `paper` = BOS + the raw text, no template
   (the reference's text-baseline format, here through this model's own LLM).
@@ -563,14 +566,15 @@ class Ultravox(ModelPlugin):
         if not (isinstance(media, (tuple, list)) and len(media) == 2):
             raise SampleError(f"model {self.spec.name!r}: sample {s.sample_id} is not speech (expected a "
                               f"(waveform, sample_rate) pair)", sample_id=s.sample_id)
-        wave, sr = media
-        wave = np.asarray(wave, dtype=np.float32)
+        try:
+            wave, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
+        except (TypeError, ValueError):
+            wave, sr = np.zeros((0, 0), np.float32), 0
         if wave.ndim == 2 and 1 in wave.shape:
             wave = wave.reshape(-1)
-        if wave.ndim != 1 or not np.isfinite(wave).all() or int(sr) <= 0:
+        if wave.ndim != 1 or not np.isfinite(wave).all() or sr <= 0:
             raise SampleError(f"sample {s.sample_id}: expected a finite mono waveform and a positive sample rate, "
-                              f"got shape {wave.shape} at {sr} Hz", sample_id=s.sample_id)
-        sr = int(sr)
+                              f"got an array of shape {wave.shape} at {media[1]!r} Hz", sample_id=s.sample_id)
         if sr != SAMPLE_RATE:
             from scipy.signal import resample_poly
 
