@@ -66,6 +66,10 @@ def _one_line(exc: BaseException) -> str:
 
 def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any:
     """`cls.from_pretrained(path)` offline, in the plugin's dtype; any failure is one MchError."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # mch prints its own progress
     try:
         return cls.from_pretrained(str(path), dtype=plugin.torch_dtype, local_files_only=True,
                                    trust_remote_code=plugin.trust_remote_code)
@@ -75,6 +79,9 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
         raise MchError(f"model {plugin.spec.name!r}: cannot load {path} as a {what} checkpoint "
                        f"({_one_line(exc)}); pass --checkpoint with a directory saved by {what}.save_pretrained "
                        f"or a Hugging Face snapshot of {plugin.spec.checkpoint}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_processor(plugin: ModelPlugin, loader: Any, path: Path, what: str) -> Any:
