@@ -118,13 +118,14 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
         raise MchError(f"model {mspec.name!r} needs --dataset (see `mch list datasets`)")
     dspec = reg.get("dataset", dname)
     ds = load_entry(dspec.entry)(dspec, path=cfg.data_path)
+    samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
+    # attributes after samples: a dataset's classes may follow the split it listed
     attrs = ds.attributes(cfg.protocol)
     if cfg.attributes:
         unknown = [a for a in cfg.attributes if a not in attrs]
         if unknown:
             raise MchError(f"dataset {dspec.name!r} has no attribute {unknown[0]!r}; it has {', '.join(attrs)}")
         attrs = {a: attrs[a] for a in cfg.attributes}
-    samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
     if cfg.sample_ids is not None:
         keep = set(cfg.sample_ids)
         samples = [s for s in samples if s.sample_id in keep]
