@@ -48,14 +48,16 @@ model_id, vision_backbone_id, llm_backbone_id, arch_specifier, image_resize_stra
 optionally "vision_backbone": ...}}), a local copy of the `TRI-ML/prismatic-vlms` repository
 (the run is its `<variant>/` folder; option `variant`, e.g. "dinov2-224px+7b"), or that HF id
 in the local cache. Besides the run, a user must have locally:
-- the LLM's config.json and tokenizer (not its weights): option `llm` (a directory or HF id),
-  else `<run>/llm/`, else `lmsys/vicuna-7b-v1.5` in the HF cache. Prismatic adds a `<PAD>`
+- the LLM's config.json and tokenizer (not its weights): model option `llm` (a directory or HF
+  id), else `<run>/llm/` (a copy or a symlink; the CLI has no model-option flag), else
+  `lmsys/vicuna-7b-v1.5` in the HF cache. Prismatic adds a `<PAD>`
   token; the vocabulary size is read from the checkpoint's embedding matrix.
 - the vision weights, unless the checkpoint holds `vision_backbone`: option `vision` = a
   timm-format file (`.safetensors`, `.bin`; open_clip's `visual.trunk.` prefix is accepted)
   or directory (timm hub layout: `model.safetensors` or `open_clip_pytorch_model.bin`, with
   timm's `config.json`), or an HF-format directory (`Dinov2WithRegistersModel` /
-  `SiglipVisionModel`, e.g. `facebook/dinov2-with-registers-large`); else `<run>/vision/`;
+  `SiglipVisionModel`, e.g. `facebook/dinov2-with-registers-large`); else `<run>/vision`
+  (a file, a directory or a symlink to either);
   else the timm hub repository in the HF cache (`timm/vit_large_patch14_reg4_dinov2.lvd142m`;
   `timm/ViT-SO400M-14-SigLIP` or `timm/vit_so400m_patch14_siglip_224.webli`).
 The SigLIP featurizer uses exact GELU whatever the source: Prismatic ran timm 0.9's
@@ -565,8 +567,9 @@ class PrismaticModel(ModelPlugin):
             return resolve_checkpoint(source, revision, self._name(), allow_patterns=patterns)
         except MchError:
             raise MchError(f"model {self._name()!r}: {what} {source} is not available locally and mch does not "
-                           f"download at run time; download it (`huggingface-cli download {source}`) or pass the "
-                           f"model option {option}=/path/to/a/local/copy") from None
+                           f"download at run time; download it (`huggingface-cli download {source}`), or put a "
+                           f"local copy (or a link to one) at <run directory>/{option}, or set the model option "
+                           f"{option}=PATH") from None
 
     def _load_llm(self, run: Path, cfg: dict, state: dict[str, torch.Tensor]) -> tuple[nn.Module, Any]:
         from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
@@ -577,8 +580,8 @@ class PrismaticModel(ModelPlugin):
             src = str(run / "llm")
         if src is None:
             if llm_id not in LLM_BACKBONES:
-                raise MchError(f"model {self._name()!r}: unknown llm_backbone_id {llm_id!r}; pass the model option "
-                               f"llm=/path/to/its/config-and-tokenizer")
+                raise MchError(f"model {self._name()!r}: unknown llm_backbone_id {llm_id!r}; put its config.json and "
+                               f"tokenizer at {run}/llm or set the model option llm=PATH")
             src = LLM_BACKBONES[llm_id]
         path = self._resolve_dir(src, self.options.get("llm_revision"), LLM_FILES,
                                  f"the config and tokenizer of the LLM ({llm_id})", "llm")
@@ -673,8 +676,8 @@ class PrismaticModel(ModelPlugin):
             hubs = " or ".join(info.hub_ids) if info else "its timm weights"
             raise MchError(f"model {self._name()!r}: the vision backbone weights ({hubs}) are not available locally "
                            f"and mch does not download at run time; download them (`huggingface-cli download "
-                           f"{info.hub_ids[0] if info else '<timm repo>'}`) or pass the model option "
-                           f"vision=/path/to/timm-or-HF-weights")
+                           f"{info.hub_ids[0] if info else '<timm repo>'}`), or put a local copy (timm or HF format, "
+                           f"or a link to one) at {run}/vision, or set the model option vision=PATH")
         pcfg = timm_cfg.get("pretrained_cfg", {}) if isinstance(timm_cfg, dict) else {}
         mean = tuple(pcfg.get("mean", mean))
         std = tuple(pcfg.get("std", std))
