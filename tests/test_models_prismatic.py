@@ -570,3 +570,16 @@ def test_bench_end_to_end_on_a_generated_coco(runs, tmp_path):
     _plan, written = run_bench(cfg)
     assert [rec["analysis"]["name"] for _, rec in written] == ["modes", "distances"]
     assert all(path.exists() for path, _ in written)
+
+
+def test_timm_key_map_uses_every_key(runs):
+    from mch.plugins.models.prismatic import timm_to_hf
+
+    sd = _timm_sd(runs["dinov2"], "dinov2")
+    _, hf = timm_to_hf("dinov2", {**sd, "mask_token": torch.ones(1, 1, 32)}, 2, 56)
+    assert torch.equal(hf["embeddings.mask_token"], torch.ones(1, 32))
+    assert hf["embeddings.position_embeddings"].shape == (1, 1 + 16, 32)  # 6x6 resampled to 4x4, + CLS slot
+    with pytest.raises(MchError, match="do not belong"):
+        timm_to_hf("dinov2", {**sd, "head.weight": torch.zeros(2, 32)}, 2, 56)
+    with pytest.raises(MchError, match="missing"):
+        timm_to_hf("siglip", {k: v for k, v in _timm_sd(runs["siglip"], "siglip").items() if k != "norm.weight"}, 3, 42)

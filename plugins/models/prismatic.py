@@ -272,7 +272,9 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
         out[e + "cls_token"] = cls
         pos = resample_pos(take("pos_embed"), grid)
         out[e + "position_embeddings"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
-        out[e + "mask_token"] = torch.zeros(1, dim, dtype=proj.dtype)
+        # only masked-image pre-training reads the mask token; keep one if the file has it
+        out[e + "mask_token"] = take("mask_token").reshape(1, dim) if "mask_token" in sd \
+            else torch.zeros(1, dim, dtype=proj.dtype)
         out[e + "register_tokens"] = sd["reg_token"] if n_reg else torch.zeros(1, 0, dim, dtype=proj.dtype)
         for i in range(depth):
             b, h = f"blocks.{i}.", f"encoder.layer.{i}."
@@ -591,8 +593,10 @@ class PrismaticModel(ModelPlugin):
                 tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True,
                                                     model_max_length=int(cfg.get("llm_max_length", 2048)))
         except Exception as exc:  # noqa: BLE001
+            hint = ("; Vicuna ships only a SentencePiece tokenizer.model, which needs `pip install sentencepiece "
+                    "protobuf`") if any(w in str(exc).lower() for w in ("sentencepiece", "protobuf")) else ""
             raise MchError(f"model {self._name()!r}: cannot read the LLM config and tokenizer in {path} "
-                           f"({_one_line(exc)})") from None
+                           f"({_one_line(exc)}){hint}") from None
         # Prismatic's LLaMa-2 backbones add a <PAD> token (and pad the embeddings to a multiple of 64)
         if tok.pad_token is None or tok.pad_token != PAD_TOKEN:
             tok.add_special_tokens({"pad_token": PAD_TOKEN})
