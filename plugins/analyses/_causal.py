@@ -1,0 +1,252 @@
+"""What the causal tests (`ablation`, `swap`, `gradient`, science.md §5) share: the TA/MS
+eigenmodes of the pooled adapter outputs (§4), the choice of samples, and forward hooks on
+the adapter output that always come off again.
+
+Every intervention goes through `edit_adapter`: a forward hook on the module at
+`stage_map("modal")["adapter"]` that replaces its output z (R, T, D) by f(z) for every
+modality token, removed in a `finally`, so the model is unchanged after each intervention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from mch.api import MchError, Sample
+
+PAPER_SEED = 42  # the reference's numpy default_rng(42) (random modes, swap donors)
+
+
+# --------------------------------------------------------------------------- eigenmodes
+
+
+@dataclass
+class Modes:
+    """Eigenpairs (λ_k, u_k) of Σ_M (pooled adapter outputs), descending, with their
+    alignment α_k (see `compute_modes`) and the MS/TA split at `threshold`."""
+
+    mean: np.ndarray        # (d,) mean of the pooled adapter outputs
+    eigvals: np.ndarray     # (K,)
+    vectors: np.ndarray     # (d, K), column k = u_k
+    alpha: np.ndarray       # (K,) as used for the split (trace-normalised when alpha_scale == "trace")
+    alpha_raw: np.ndarray   # (K,) u_kᵀ Σ_T u_k / λ_k
+    ms: np.ndarray          # (K,) bool: modality-specific
+    total_variance: float   # tr Σ_M (all d directions)
+    text_total_variance: float
+    rows: np.ndarray        # (N, d) the modal rows Σ_M came from (variance along any direction)
+    text_stage: str
+    threshold: float
+    alpha_scale: str
+
+    @property
+    def ta(self) -> np.ndarray:
+        return ~self.ms
+
+    @property
+    def kept_variance(self) -> float:
+        return float(self.eigvals.sum())
+
+    def variance_along(self, Q: np.ndarray) -> np.ndarray:
+        """uᵀ Σ_M u for each column u of Q."""
+        P = (self.rows - self.mean) @ Q
+        return (P * P).sum(0) / max(len(self.rows) - 1, 1)
+
+    def split_summary(self) -> dict[str, Any]:
+        return {"text_stage": self.text_stage, "threshold": self.threshold, "alpha_scale": self.alpha_scale,
+                "n_modes": int(len(self.eigvals)), "n_ms_modes": int(self.ms.sum()), "n_ta_modes": int(self.ta.sum()),
+                "ms_variance_fraction": float(self.eigvals[self.ms].sum() / self.kept_variance)
+                if self.kept_variance > 0 else None,
+                "kept_variance": self.kept_variance, "total_variance": self.total_variance,
+                "text_total_variance": self.text_total_variance}
+
+
+def text_stage_for(ctx: Any, protocol: str, override: str | None, quirk_final: bool = False) -> str:
+    """Which text-baseline stage gives Σ_T. default: `adapter` (the LLM's input embeddings
+    of the paired text, the same space as the modal adapter output); paper: the reference's
+    llm_hidden_16 (else llm_final; `_params.paper_text_stage`), or llm.final for script 11's
+    quirk (B3)."""
+    from ._params import paper_text_stage
+
+    if override:
+        return str(override)
+    if protocol != "paper":
+        return "adapter"
+    if quirk_final:
+        return "llm.final"
+    return paper_text_stage(list(ctx.text_reps()))
+
+
+def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None, threshold: float,
+                  alpha_scale: str = "none") -> Modes:
+    """The eigenmodes of `_linalg.modes` (science.md §4), as the causal tests use them.
+
+    paper: the top `n_modes` (100) modes, all-zero rows dropped, MS = α < τ (scripts 11-13;
+    in float64, where 12/13 used float32, W9). default: the kept (non-null) modes, MS = α ≤ τ.
+    `alpha_scale="trace"` splits on α̃_k = α_k · tr Σ_M / tr Σ_T, the text law's share of its
+    variance along u_k over the modal law's share: α is a ratio of variances of two laws
+    whose overall scales differ (pooled text embeddings vs projector outputs, W1), and with
+    raw α an overall norm mismatch alone can label every mode MS."""
+    from ._linalg import modes as eigenmodes
+
+    if "adapter" not in ctx.reps:
+        raise MchError("the causal tests need the `adapter` stage in the store; extract it (no --stages filter)")
+    if alpha_scale not in ("none", "trace"):
+        raise MchError(f"alpha_scale must be 'none' or 'trace', not {alpha_scale!r}")
+    X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
+    treps = ctx.text_reps()
+    if text_stage not in treps:
+        raise MchError(f"the text baseline has no stage {text_stage!r}; it has {', '.join(sorted(treps))} "
+                       f"(choose one with --param text_stage=STAGE)")
+    T = np.asarray(treps[text_stage], dtype=np.float64)
+    if X.shape[1] != T.shape[1]:
+        raise MchError(f"the adapter output is {X.shape[1]}-d but the text stage {text_stage!r} is "
+                       f"{T.shape[1]}-d; choose a text stage of the decoder's width with --param text_stage=STAGE")
+    if protocol == "paper":
+        X = X[np.any(X != 0, axis=1)]
+        T = T[np.any(T != 0, axis=1)]
+    m = eigenmodes(X, T, protocol=protocol, tau=threshold, vectors=True)
+    k = min(int(n_modes or 100), m.n_modes) if protocol == "paper" else min(int(n_modes or m.n_modes), m.n_modes)
+    lam, U, raw = m.eigenvalues[:k], m.eigenvectors[:, :k], m.alpha[:k]
+    alpha = raw * (m.total_variance / m.text_total_variance) if alpha_scale == "trace" and m.text_total_variance > 0 \
+        else raw
+    ms = alpha < threshold if protocol == "paper" else alpha <= threshold
+    return Modes(mean=np.asarray(m.mean, dtype=np.float64), eigvals=lam, vectors=U, alpha=alpha, alpha_raw=raw, ms=ms,
+                 total_variance=float(m.total_variance), text_total_variance=float(m.text_total_variance), rows=X,
+                 text_stage=text_stage, threshold=float(threshold), alpha_scale=alpha_scale)
+
+
+def digest(*arrays: np.ndarray) -> str:
+    """Short content hash of arrays (cache keys of model-derived numbers)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.round(np.asarray(a, dtype=np.float64), 10))
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def select_samples(ctx: Any, n: int | None, protocol: str, need_text: bool) -> np.ndarray:
+    """Rows of ctx.samples to intervene on. paper: the first n in loader order (the
+    reference); default: a seeded random subset. The default loss scores the paired text,
+    so samples without one are left out."""
+    rows = np.arange(len(ctx.samples))
+    if need_text:
+        rows = np.array([i for i in rows if (ctx.samples[i].text or "").strip()], dtype=int)
+        if len(rows) == 0:
+            raise MchError("the default loss scores each sample's paired text (content tokens), and no sample has "
+                           "one; use --protocol paper (prompt tokens) or a dataset with transcripts/captions")
+    if n is not None and len(rows) > int(n):
+        if protocol == "paper":
+            rows = rows[: int(n)]
+        else:
+            rows = np.sort(np.random.default_rng(ctx.seed).choice(rows, size=int(n), replace=False))
+    return rows
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    size = max(1, int(size))
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+def ids_digest(samples: Sequence[Sample]) -> str:
+    return hashlib.sha256("\0".join(s.sample_id for s in samples).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def adapter_module(model: Any) -> Any:
+    from mch.model import resolve_module
+
+    path = model.stage_map("modal")["adapter"]
+    try:
+        return resolve_module(model.module, path)
+    except AttributeError:
+        raise MchError(f"model {model.spec.name!r}: adapter stage path {path!r} does not resolve") from None
+
+
+@contextlib.contextmanager
+def edit_adapter(model: Any, fn: Callable[[Any], Any]) -> Iterator[None]:
+    """Replace the adapter output z by fn(z) while inside; the hook always comes off."""
+    module = adapter_module(model)
+
+    def hook(_module, _args, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]),) + tuple(output[1:])
+        return fn(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def frozen(module: Any) -> Iterator[None]:
+    """No parameter requires grad while inside (a gradient with respect to an activation then
+    builds no parameter graph); the flags are restored after."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def adapter_pool(model: Any, batch: Sequence[Sample], protocol: str) -> Any:
+    """The adapter stage's Pool (row owner, span masks) for this batch: which rows and
+    positions of the adapter output are each sample's modality tokens."""
+    return model.prepare(batch, protocol, "modal").pools.get("adapter")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def bootstrap(stat: Callable[[np.ndarray], float], n: int, seed: int, n_boot: int = 2000,
+              level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of stat(rows) over n rows resampled with replacement (paired: the same
+    rows for every array the statistic reads)."""
+    if n < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, size=n)) for _ in range(int(n_boot))], dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+def mean_ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = bootstrap(lambda idx: x[idx].mean(), len(x), seed, n_boot)
+    return float(x.mean()), lo, hi
+
+
+def ratio_of_means_pct(num: np.ndarray, den: np.ndarray, seed: int, n_boot: int = 2000
+                       ) -> tuple[float, float, float]:
+    """100·mean(num)/mean(den) (the reference's pct change: a ratio of means) and its paired
+    bootstrap CI."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+
+    def f(idx: np.ndarray) -> float:
+        d = den[idx].mean()
+        return 100.0 * num[idx].mean() / d if d != 0 else float("nan")
+
+    lo, hi = bootstrap(f, len(num), seed, n_boot)
+    return f(np.arange(len(num))), lo, hi
+
+
+def finite(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
