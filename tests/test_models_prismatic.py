@@ -338,13 +338,24 @@ def test_vision_weights_from_hf_dir_or_checkpoint_give_the_same_features(models,
     hf_dir = tmp_path / "hf_vision"
     base.module.vision_backbone.featurizer.save_pretrained(hf_dir)
     via_hf = load(runs["dinov2"], "dinov2", vision=str(hf_dir))
+    # ... also at its pretraining size (6x6 positions, like facebook/dinov2-with-registers-large at 518 px),
+    # resampled at load time as timm resamples its own weights
+    from transformers import Dinov2WithRegistersModel
+
+    from mch.plugins.models.prismatic import timm_to_hf
+
+    cfg84, sd84 = timm_to_hf("dinov2", _timm_sd(runs["dinov2"], "dinov2"), 2, 84)
+    native = Dinov2WithRegistersModel(cfg84)
+    native.load_state_dict(sd84)
+    native.save_pretrained(tmp_path / "hf_native")
+    via_native = load(runs["dinov2"], "dinov2", vision=str(tmp_path / "hf_native"))
     # a timm-format file given directly
     via_file = load(runs["dinov2"], "dinov2", vision=str(runs["dinov2"] / "vision" / "model.safetensors"))
     # the weights inside the checkpoint as `vision_backbone` (vision/ keeps only timm's config.json)
     run2 = make_tiny_prismatic_dinov2(tmp_path / "run2", vision_in_checkpoint=True)
     (run2 / "vision" / "model.safetensors").unlink()
     via_ckpt = load(run2, "dinov2")
-    for other in (via_hf, via_file, via_ckpt):
+    for other in (via_hf, via_native, via_file, via_ckpt):
         with torch.inference_mode():
             torch.testing.assert_close(other.module.vision_backbone(px), want, atol=1e-5, rtol=1e-5)
 
