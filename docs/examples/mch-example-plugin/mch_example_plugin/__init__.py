@@ -1,0 +1,1 @@
+"""An external mch plugin: PaliGemma as a model plugin (see docs/contributing-a-model.md)."""

@@ -1,0 +1,100 @@
+"""The contributor guide's example works as written: the external package under
+docs/examples/mch-example-plugin installs, mch finds it through the `mch` entry-point group,
+it passes the contract check, and `mch bench` runs it end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_mch
+
+EXAMPLE = ROOT / "docs" / "examples" / "mch-example-plugin"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread only spins on the shared machine
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """`pip install` the example (a copy: setuptools builds in the source tree) into a target dir."""
+    root = tmp_path_factory.mktemp("example")
+    src = root / "src"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    target = root / "site"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--no-index", "--target", str(target), str(src)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    sys.path.insert(0, str(target))
+    yield target
+    sys.path.remove(str(target))
+    for name in [m for m in sys.modules if m.startswith("mch_example_plugin")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def tiny(installed, tmp_path_factory):
+    from mch_example_plugin.tiny import make_tiny_paligemma
+
+    return make_tiny_paligemma(tmp_path_factory.mktemp("tiny_paligemma"))
+
+
+def _env(installed: Path, tmp_path: Path) -> dict:
+    return {"PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")]),
+            "MCH_DATA": str(tmp_path / "data")}
+
+
+def test_the_guide_names_every_file_of_the_example():
+    guide = (ROOT / "docs" / "contributing-a-model.md").read_text()
+    for f in ("pyproject.toml", "mch_example_plugin/hooks.py", "mch_example_plugin/paligemma.py",
+              "mch_example_plugin/tiny.py", "tests/test_paligemma.py"):
+        assert (EXAMPLE / f).exists() and f in guide
+    assert "assert_model_plugin_contract" in guide and '[project.entry-points.mch]' in guide
+
+
+def test_mch_finds_the_installed_plugin(installed, tmp_path):
+    out = run_mch("list", "models", env=_env(installed, tmp_path), check=True).stdout
+    assert "paligemma" in out
+    plugins = run_mch("plugins", env=_env(installed, tmp_path), check=True).stdout
+    assert "paligemma_example" in plugins
+
+
+def test_contract_check(installed, tiny):
+    from mch.testing import assert_model_plugin_contract, load_plugin, tiny_samples
+    from mch_example_plugin import hooks
+
+    specs = []
+    hooks.mch_register_models(register=specs.append)
+    plugin = load_plugin(specs[0], str(tiny))
+    report = assert_model_plugin_contract(plugin, samples=tiny_samples("vision", 3))
+    assert report.views == ["modal", "text"] and report.max_batch_diff <= 1e-5
+    assert report.widths["modal"]["encoder"] == 32
+
+
+def test_bench_end_to_end_in_a_subprocess(installed, tiny, tmp_path):
+    env = _env(installed, tmp_path)
+    common = ["--model", "paligemma", "--checkpoint", str(tiny), "--dataset", "synth-coco", "--limit", "6",
+              "--store", str(tmp_path / "store"), "--quiet"]
+    if importlib.util.find_spec("mch.plugins.analyses.probe") is None:
+        # the probe analysis is not in this checkout yet: run the same path up to the store
+        run_mch("extract", *common, "--text", env=env, check=True)
+        manifests = [json.loads(p.read_text()) for p in (tmp_path / "store").rglob("manifest.json")]
+        assert len(manifests) == 2 and all(m.get("complete") for m in manifests)
+        pytest.skip("the probe analysis is not in this checkout yet (extraction ran end to end)")
+    run_mch("bench", *common, "--analysis", "probe", "--out", str(tmp_path / "results"), env=env, check=True)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
+    assert records and all(r["model"]["name"] == "paligemma" for r in records)
