@@ -47,6 +47,16 @@ def _params(raw: List[str]) -> dict:
     return out
 
 
+def _options(raw: List[str]) -> dict:
+    out = {}
+    for item in raw:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise MchError(f"--model-option {item!r} must look like KEY=VALUE, e.g. llm=/models/vicuna-7b")
+        out[key] = val
+    return out
+
+
 def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
     if not values:
         return None
@@ -54,7 +64,8 @@ def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
 
 
 def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
-            device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code):
+            device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
+            model_option=None):
     from .runner import RunConfig
 
     return RunConfig(model=model, dataset=dataset, analyses=_split_csv(analysis) or [],
@@ -62,7 +73,7 @@ def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, 
                      data_path=data_path, split=split, limit=limit, seed=seed, device=device, dtype=dtype,
                      protocol=protocol, span=span, stages=_split_csv(stage), batch_size=batch_size,
                      out_dir=_results_dir(out), store=store, on_error=on_error, params=_params(param or []),
-                     trust_remote_code=trust_remote_code)
+                     trust_remote_code=trust_remote_code, model_options=_options(model_option or []))
 
 
 # Options shared by bench, extract and analyze.
@@ -86,6 +97,7 @@ OUT = typer.Option(None, "--out", help="results directory (default ./results or 
 STORE = typer.Option(None, "--store", help="representation store (default ~/.cache/mch/store or $MCH_STORE)")
 ONERR = typer.Option("stop", "--on-error", help="stop or skip (record and go on) on a bad sample")
 PARAM = typer.Option(None, "--param", help="analysis parameter, ANALYSIS.KEY=VALUE (repeatable)")
+MOPT = typer.Option(None, "--model-option", help="model plugin option KEY=VALUE (repeatable; see the plugin's docs)")
 TRC = typer.Option(False, "--trust-remote-code", help="allow Hub remote code (off by default)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
 
@@ -109,14 +121,15 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
           protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
           batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
           on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
-          quiet: bool = QUIET):
+          model_option: Optional[List[str]] = MOPT, quiet: bool = QUIET):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
     With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
     from .runner import run_bench
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
-                  device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code)
+                  device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
+                  model_option)
     log, progress = _runner_io(quiet)
     p, written = run_bench(cfg, log, progress)
     show_records([r for _, r in written])
@@ -133,12 +146,12 @@ def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Op
             dtype: Optional[str] = DTYPE, protocol: str = PROTOCOL, span: Optional[str] = SPAN,
             stage: Optional[List[str]] = STAGE, batch_size: int = BATCH, store: Optional[Path] = STORE,
             on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
-            trust_remote_code: bool = TRC, quiet: bool = QUIET):
+            trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT, quiet: bool = QUIET):
     """Extract pooled representations into the store (resumable; no analysis)."""
     from .runner import extract as do_extract, plan
 
     cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
-                  dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code)
+                  dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option)
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = do_extract(p, "modal")
@@ -155,14 +168,14 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
             limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE, dtype: Optional[str] = DTYPE,
             protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
             batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
-            param: Optional[List[str]] = PARAM, quiet: bool = QUIET):
+            param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT, quiet: bool = QUIET):
     """Run analyses on representations already in the store (`mch extract` first)."""
     from .runner import analyze as do_analyze, plan, record_for, store_key
     from .results import write_record
     from .store import Store
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
-                  device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False)
+                  device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option)
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])

@@ -45,6 +45,7 @@ class RunConfig:
     on_error: str = "stop"
     params: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
+    model_options: dict[str, Any] = field(default_factory=dict)  # plugin options, e.g. prismatic llm=DIR
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
     chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
 
@@ -141,13 +142,16 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
                 raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
                                   sample_id=s.sample_id)
     plugin = load_entry(mspec.entry)(mspec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
-                                     dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code)
+                                     dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code,
+                                     **cfg.model_options)
     return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
 
 
 def store_key(p: Plan, view: str) -> dict[str, Any]:
     cfg = p.cfg
     ident = p.plugin.identity()
+    if cfg.model_options:
+        ident["options"] = dict(sorted(cfg.model_options.items()))
     if cfg.adapter:
         ident["adapter_sha256"] = _dir_hash(Path(cfg.adapter))
     return {
