@@ -136,12 +136,27 @@ def _keep(lam: np.ndarray, n: int, d: int, rel_tol: float) -> tuple[np.ndarray, 
 
 
 def modes(modal: Any, text: Any, protocol: str = "default", tau: float = 0.5, rel_tol: float = 1e-6,
-          n_boot: int = 0, seed: int = 0, vectors: bool = True, scores: bool = False) -> Modes:
+          n_boot: int = 0, seed: int = 0, vectors: bool = True, scores: bool = False,
+          alpha_scale: str = "none") -> Modes:
     """Eigenmodes of the modal covariance, α against the text covariance (module docstring).
 
     `modal` (N, d) and `text` (N_T, d) may be memory-mapped float32; they are read in blocks.
     `n_boot` > 0 (default protocol, paired rows N_T == N) adds bootstrap replicates drawn by
-    `bootstrap_counts(N, n_boot, seed)`. `scores=True` also returns X_c u_k (N, m)."""
+    `bootstrap_counts(N, n_boot, seed)`. `scores=True` also returns X_c u_k (N, m).
+    `alpha_scale="trace"` multiplies α by tr Σ_M / tr Σ_T (in every replicate too): α is a
+    ratio of two laws' variances, so an overall scale difference between them (pooled token
+    embeddings vs adapter outputs) shifts every α; science.md's α is the unscaled one."""
+    if alpha_scale not in ("none", "trace"):
+        raise MchError(f"alpha_scale must be 'none' or 'trace', not {alpha_scale!r}")
+    m = _modes(modal, text, protocol, tau, rel_tol, n_boot, seed, vectors, scores)
+    if alpha_scale == "trace" and m.text_total_variance > 0:
+        m.alpha = m.alpha * (m.total_variance / m.text_total_variance)
+        if m.boot:
+            m.boot["alpha"] = m.boot["alpha"] * (m.boot["total_variance"] / m.boot["text_total_variance"])[:, None]
+    return m
+
+
+def _modes(modal, text, protocol, tau, rel_tol, n_boot, seed, vectors, scores) -> Modes:
     if modal.ndim != 2 or text.ndim != 2:
         raise MchError("modes needs two 2-D arrays (rows = samples)")
     if modal.shape[1] != text.shape[1]:
@@ -319,10 +334,20 @@ def _paper(X, Y, tau, vectors, want_scores) -> Modes:
 # --------------------------------------------------------------------------- summaries
 
 
-def ci(reps: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of bootstrap replicates (NaN replicates ignored)."""
+def ci(point: Any, reps: np.ndarray, level: float = 0.95, lower: float | None = None,
+       upper: float | None = None) -> tuple[Any, Any]:
+    """Bootstrap interval around `point` from the replicates' spread (axis 0, NaNs ignored):
+    point − quantiles of (θ* − mean θ*), reflected, clipped to [lower, upper].
+
+    Resampling rows with replacement adds noise to class means and variances, which moves
+    the replicates of scatter-based numbers away from the estimate; centring the replicates
+    on their own mean keeps that shift out of the interval and uses only their spread."""
     a = (1 - level) / 2 * 100
-    lo, hi = np.nanpercentile(reps, [a, 100 - a], axis=axis)
+    dev = reps - np.nanmean(reps, axis=0)
+    q_lo, q_hi = np.nanpercentile(dev, [a, 100 - a], axis=0)
+    lo, hi = point - q_hi, point - q_lo
+    if lower is not None or upper is not None:
+        lo, hi = np.clip(lo, lower, upper), np.clip(hi, lower, upper)
     return lo, hi
 
 
@@ -368,6 +393,7 @@ def mode_summary(m: Modes) -> dict[str, tuple[float, float | None, float | None]
         lo = hi = None
         if m.boot:
             r = np.asarray(reps[k], dtype=float).reshape(-1)
-            lo, hi = (float(x) for x in ci(r))
+            frac = "frac" in k
+            lo, hi = (float(x) for x in ci(float(v), r, lower=0.0, upper=1.0 if frac else None))
         out[k] = (float(v), lo, hi)
     return out

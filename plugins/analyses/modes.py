@@ -63,7 +63,7 @@ def compute_modes(name: str, ctx: Any, *, vectors: bool = True, scores: bool = F
     with ctx.progress.task(f"{name}: eigenmodes at {p['stage']}", None):
         m = modes(X, Y, protocol=ctx.protocol, tau=float(p["tau"]), rel_tol=float(p.get("rel_tol", 1e-6)),
                   n_boot=int(p.get("n_boot", 0)) if ctx.protocol == "default" else 0, seed=int(ctx.seed),
-                  vectors=vectors, scores=scores)
+                  vectors=vectors, scores=scores, alpha_scale=str(p.get("alpha_scale", "none")))
     return m, text_stage
 
 
@@ -75,7 +75,7 @@ class ModeAlignment(Analysis):
         if protocol == "paper":
             return {"stage": "adapter", "text_stage": None, "tau": 0.5, "report_modes": 100}
         return {"stage": "adapter", "text_stage": None, "tau": 0.5, "rel_tol": 1e-6, "n_boot": 200,
-                "report_modes": 100}
+                "report_modes": 100, "alpha_scale": "none"}
 
     def run(self, ctx: Any) -> AnalysisOutput:
         check_params(self.name, ctx.params, self.default_params(ctx.protocol))
@@ -112,9 +112,10 @@ class ModeAlignment(Analysis):
         metrics.append(Metric("rank", float(m.rank), stage=stage, n=m.n_rows))
         for name, (v, lo, hi) in nums.items():
             metrics.append(Metric(name, v, stage=stage, ci_low=lo, ci_high=hi, n=m.n_rows))
-        lo, hi = ci(m.boot["alpha"]) if m.boot else (np.full(m.n_modes, np.nan),) * 2
+        lo, hi = ci(m.alpha, m.boot["alpha"], lower=0.0) if m.boot else (np.full(m.n_modes, np.nan),) * 2
         cum = np.cumsum(m.eigenvalues) / m.total_variance
         summary.update(n_kept=m.n_modes, rel_tol=float(ctx.params["rel_tol"]), n_boot=int(ctx.params["n_boot"]),
+                       alpha_scale=ctx.params["alpha_scale"],
                        total_variance=m.total_variance, text_total_variance=m.text_total_variance,
                        modes=[{"mode_index": i, "eigenvalue": float(m.eigenvalues[i]),
                                "alignment_score": float(m.alpha[i]), "ci_low": float(lo[i]), "ci_high": float(hi[i]),
@@ -122,6 +123,7 @@ class ModeAlignment(Analysis):
                                "cumulative_variance_of_trace": float(cum[i])} for i in range(k)])
         notes = [f"kept {m.n_modes} of {m.dim} modes (λ > {ctx.params['rel_tol']}·λ_max and k < rank {m.rank}); "
                  f"text baseline at {text_stage} (the paired text through this model's LLM)",
-                 "CIs: paired row bootstrap with the eigenbasis held fixed",
+                 "CIs: paired row bootstrap with the eigenbasis held fixed; intervals are the replicates' spread "
+                 "around the estimate",
                  f"summary.modes holds the first {k} of {m.n_modes} kept modes"]
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)

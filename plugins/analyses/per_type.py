@@ -1,0 +1,390 @@
+"""`per_type`: where each attribute's class-separating variance sits, TA or MS (science.md §4).
+
+For every attribute, on the pooled decoder-input vectors (`adapter`) and the eigenmodes of
+`_linalg.modes` (the same run's samples: basis and attribute come from one dataset):
+
+- `var_frac_MS`, `var_frac_TA`: shares of the between-class scatter
+  S_B = Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ along MS and TA modes, tr(U_MSᵀ S_B U_MS) / tr(S_B);
+- `weighted_alpha` = Σ_k c_k α_k with c_k = u_kᵀ S_B u_k / tr(S_B);
+- `W1_TA_matched`, `W1_MS_matched`: mean W1 between class pairs after projecting on the TA
+  (resp. MS) modes and reducing both to the same dimension; `ratio_MS_TA_var`,
+  `ratio_MS_TA_w1`;
+- `delta_tau` = retention_ratio(encoder) − retention_ratio(llm.final), read from the `probe`
+  analysis run earlier in the same run (absent otherwise).
+
+`default`: kept (non-null) modes only; fractions are over the scatter inside the kept modes
+(`var_frac_outside` is the share of tr S_B outside them, ≈ 0 when basis and attribute come
+from one dataset); CIs from the same paired row bootstrap as `modes` (the α split is
+recomputed in every replicate); class-pair W1 with the same number of rows per class for
+every pair (half the smallest class, at most `w1_max_per_class`), both subspaces reduced
+by PCA to k = min(n_TA, n_MS, pca_dim), CI over `w1_reps` fresh subsamples.
+
+`paper`: the reference's script 06 on this run's vectors: one `default_rng(42)` shared by
+Part A (naive W1^τ on the raw adapter vectors, PCA 256, ≤ 20 class pairs, ≤ 500 rows per
+class) and Part B (all d modes, λ clipped at 1e-10, text at llm.16/llm.final, uncentred
+projections, W1 matched to min(n_MS, 256)), and its Spearman fields. Rows without a label
+are dropped (the reference dropped only its "__NONE__" lexical rows).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from mch.api import Analysis, AnalysisOutput, MchError, Metric
+
+from ._linalg import _blocks, _cols, bootstrap_counts, ci, modes
+from ._params import as_list, check_params
+from .modes import load_pair
+
+FIELDS = ("var_frac_MS", "var_frac_TA", "weighted_alpha", "W1_TA_matched", "W1_MS_matched", "ratio_MS_TA_var",
+          "ratio_MS_TA_w1", "delta_tau")
+CORRELATIONS = (("var_frac_MS_vs_abs_delta", "var_frac_MS", True), ("ratio_var_vs_abs_delta", "ratio_MS_TA_var", True),
+                ("ratio_w1_vs_abs_delta", "ratio_MS_TA_w1", True),
+                ("weighted_alpha_vs_signed_delta", "weighted_alpha", False),
+                ("weighted_alpha_vs_abs_delta", "weighted_alpha", True),
+                ("var_frac_MS_vs_signed_delta", "var_frac_MS", False))
+
+
+def delta_tau_from_probe(ctx: Any) -> dict[str, float]:
+    """Δτ per attribute from an earlier `probe` in the same run: its `delta_tau` metric, or
+    retention_ratio(encoder) − retention_ratio(llm.final)."""
+    out: dict[str, float] = {}
+    prev = ctx.previous.get("probe")
+    if prev is None:
+        return out
+    ret: dict[tuple[str, str], list[float]] = {}
+    for m in prev.metrics:
+        if m.attribute is None or m.value is None:
+            continue
+        if m.metric == "delta_tau":
+            out[m.attribute] = float(m.value)
+        elif m.metric == "retention_ratio" and m.stage in ("encoder", "llm.final"):
+            ret.setdefault((m.attribute, m.stage), []).append(float(m.value))
+    for a in {k[0] for k in ret}:
+        if a not in out and (a, "encoder") in ret and (a, "llm.final") in ret:
+            out[a] = float(np.mean(ret[(a, "encoder")]) - np.mean(ret[(a, "llm.final")]))
+    return out
+
+
+def _attributes(ctx: Any) -> list[str]:
+    asked = as_list(ctx.params.get("attributes"))
+    for a in asked:
+        if a not in ctx.attributes:
+            raise MchError(f"per_type: attribute {a!r} is not in this run (it has {', '.join(ctx.attributes)})")
+    return asked or list(ctx.attributes)
+
+
+# --------------------------------------------------------------------------- W1 between classes
+
+
+def _w1(X: np.ndarray, Y: np.ndarray) -> float:
+    import ot
+    from scipy.spatial.distance import cdist
+
+    M = cdist(X, Y, metric="euclidean")
+    return float(ot.emd2(np.ones(len(X)) / len(X), np.ones(len(Y)) / len(Y), M))
+
+
+def _pca(Z: np.ndarray, k: int) -> np.ndarray:
+    """Scores of the top-k principal components of the rows of Z (exact SVD)."""
+    Zc = Z - Z.mean(0)
+    if k >= Zc.shape[1]:
+        return Zc
+    U, S, _ = np.linalg.svd(Zc, full_matrices=False)
+    return U[:, :k] * S[:k]
+
+
+def class_pairs(classes: np.ndarray, max_pairs: int, rng: np.random.Generator) -> list[tuple[Any, Any]]:
+    """All pairs for ≤ 6 classes, else `max_pairs` random pairs (the reference's rule)."""
+    allp = list(combinations(classes, 2))
+    if len(classes) <= 6:
+        return allp
+    idx = rng.choice(len(allp), size=min(max_pairs, len(allp)), replace=False)
+    return [allp[i] for i in idx]
+
+
+def matched_w1(coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_class: int, reps: int,
+               max_pairs: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Mean class-pair W1 in each subspace of `coords` (name -> (n, dim) coordinates), every
+    pair with `per_class` rows per class and PCA to k dims fitted on the pair; one value
+    per replicate (fresh subsamples), the same subsamples for every subspace."""
+    classes, counts = np.unique(labels, return_counts=True)
+    ok = classes[counts >= 2 * per_class] if reps > 1 else classes[counts >= per_class]
+    pairs = class_pairs(ok, max_pairs, rng)
+    out = {name: np.full(reps, np.nan) for name in coords}
+    if not pairs:
+        return out
+    members = {c: np.flatnonzero(labels == c) for c in ok}
+    for r in range(reps):
+        vals: dict[str, list[float]] = {name: [] for name in coords}
+        for c1, c2 in pairs:
+            i1 = rng.choice(members[c1], per_class, replace=False)
+            i2 = rng.choice(members[c2], per_class, replace=False)
+            for name, Z in coords.items():
+                P = _pca(np.concatenate([Z[i1], Z[i2]]), k)
+                vals[name].append(_w1(P[:per_class], P[per_class:]))
+        for name in coords:
+            out[name][r] = float(np.mean(vals[name]))
+    return out
+
+
+# --------------------------------------------------------------------------- paper (script 06)
+
+
+def _ref_subsample(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return X if len(X) <= n else X[rng.choice(len(X), size=n, replace=False)]
+
+
+def _ref_w1(X: np.ndarray, Y: np.ndarray, pca_dim: int) -> float:
+    from sklearn.decomposition import PCA
+
+    comb = np.concatenate([X, Y]).astype(np.float64)
+    k = min(pca_dim, comb.shape[1], comb.shape[0])
+    if k < 1:
+        return float("nan")
+    if k < comb.shape[1]:
+        pca = PCA(n_components=k, random_state=0).fit(comb)
+        X, Y = pca.transform(X), pca.transform(Y)
+    return _w1(np.asarray(X, np.float64), np.asarray(Y, np.float64))
+
+
+def ref_interclass_w1(X: np.ndarray, labels: np.ndarray, pca_dim: int, n_subsample: int,
+                      rng: np.random.Generator, max_pairs: int = 20) -> float:
+    """The reference's compute_w1_interclass, consuming `rng` in its order."""
+    uniq = np.unique(labels)
+    if len(uniq) < 2:
+        return float("nan")
+    if len(uniq) <= 6:
+        pairs = list(combinations(uniq, 2))
+    else:
+        allp = [(a, b) for i, a in enumerate(uniq) for b in uniq[i + 1:]]
+        pairs = [allp[i] for i in rng.choice(len(allp), size=min(max_pairs, len(allp)), replace=False)]
+    vals = []
+    for a, b in pairs:
+        X1, X2 = X[labels == a], X[labels == b]
+        if len(X1) < 5 or len(X2) < 5:
+            continue
+        n_sub = min(n_subsample // 2, len(X1), len(X2))
+        vals.append(_ref_w1(_ref_subsample(X1, n_sub, rng), _ref_subsample(X2, n_sub, rng), pca_dim))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+    from scipy.stats import spearmanr
+
+    r = spearmanr(x, y)
+    rho, p = float(r[0]), float(r[1])
+    return (None if np.isnan(rho) else rho), (None if np.isnan(p) else p)
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+class PerType(Analysis):
+    name = "per_type"
+    needs_model = False
+
+    def default_params(self, protocol: str) -> dict[str, Any]:
+        if protocol == "paper":
+            return {"stage": "adapter", "text_stage": None, "attributes": None, "alpha_threshold": 0.5,
+                    "pca_dim": 256, "n_subsample": 1000, "seed": 42}
+        return {"stage": "adapter", "text_stage": None, "attributes": None, "tau": 0.5, "rel_tol": 1e-6,
+                "n_boot": 200, "w1_max_per_class": 200, "w1_reps": 10, "max_pairs": 20, "pca_dim": 256,
+                "alpha_scale": "none"}
+
+    def run(self, ctx: Any) -> AnalysisOutput:
+        check_params(self.name, ctx.params, self.default_params(ctx.protocol))
+        if ctx.protocol == "paper":
+            return self._paper(ctx)
+        return self._default(ctx)
+
+    # -- default
+    def _default(self, ctx: Any) -> AnalysisOutput:
+        p = ctx.params
+        stage = p["stage"]
+        X, Y, text_stage = load_pair(self.name, ctx, stage, p.get("text_stage"))
+        n_boot = int(p["n_boot"])
+        m = modes(X, Y, protocol="default", tau=float(p["tau"]), rel_tol=float(p["rel_tol"]), n_boot=n_boot,
+                  seed=int(ctx.seed), vectors=False, scores=True, alpha_scale=str(p["alpha_scale"]))
+        P = m.scores                                               # (N, k): X_c u_k
+        counts = bootstrap_counts(m.n_rows, n_boot, int(ctx.seed)) if n_boot else None  # the rows `modes` drew
+        ta, ms = m.ta, m.ms
+        n_ta, n_ms = int(ta.sum()), int(ms.sum())
+        k_w1 = min(n_ta, n_ms, int(p["pca_dim"]))
+        deltas = delta_tau_from_probe(ctx)
+        rng = np.random.default_rng(ctx.seed)
+        metrics: list[Metric] = []
+        table: dict[str, dict[str, Any]] = {}
+        for a in _attributes(ctx):
+            rows = ctx.labelled(a)
+            y = ctx.labels[a][rows]
+            classes, cnt = np.unique(y, return_counts=True)
+            if len(classes) < 2:
+                table[a] = {"skipped": "fewer than 2 labelled classes"}
+                continue
+            Pa = P[rows]
+            onehot = (y[:, None] == classes[None, :]).astype(np.float64)   # (n, C)
+
+            def scatter(w: np.ndarray) -> np.ndarray:
+                """Per-mode between-class scatter u_kᵀ S_B u_k under row weights w (..., n)."""
+                nc = w @ onehot                                          # (..., C)
+                sums = np.swapaxes(w[..., :, None] * onehot, -1, -2) @ Pa  # (..., C, k)
+                mu_c = sums / np.maximum(nc, 1e-12)[..., None]
+                mu = sums.sum(-2) / nc.sum(-1)[..., None]
+                return (nc[..., None] * (mu_c - mu[..., None, :]) ** 2).sum(-2)
+
+            dk = scatter(np.ones(len(rows)))
+            tr_kept = dk.sum()
+            tr_full = self._trace_sb(X, rows, y, classes)
+            res = {"var_frac_MS": dk[ms].sum() / tr_kept, "var_frac_TA": dk[ta].sum() / tr_kept,
+                   "var_frac_outside": 1 - tr_kept / tr_full if tr_full > 0 else float("nan"),
+                   "weighted_alpha": float((dk * m.alpha).sum() / tr_kept)}
+            res["ratio_MS_TA_var"] = res["var_frac_MS"] / res["var_frac_TA"] if res["var_frac_TA"] > 1e-10 \
+                else float("nan")
+            cis: dict[str, tuple[float, float]] = {}
+            if counts is not None:
+                reps = {f: np.empty(n_boot) for f in ("var_frac_MS", "var_frac_TA", "weighted_alpha",
+                                                        "ratio_MS_TA_var")}
+                for s in _blocks(n_boot, 25):
+                    db = scatter(counts[s][:, rows])                            # (b, k)
+                    al = m.boot["alpha"][s]
+                    tab = al > m.tau
+                    tot = db.sum(1)
+                    fm, ft = (db * ~tab).sum(1) / tot, (db * tab).sum(1) / tot
+                    reps["var_frac_MS"][s], reps["var_frac_TA"][s] = fm, ft
+                    reps["weighted_alpha"][s] = (db * al).sum(1) / tot
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        reps["ratio_MS_TA_var"][s] = np.where(ft > 1e-10, fm / ft, np.nan)
+                cis = {f: tuple(float(x) for x in ci(res[f], r, lower=0.0, upper=1.0 if "frac" in f else None))
+                       for f, r in reps.items()}
+            if n_ta and n_ms:
+                per_class = int(min(p["w1_max_per_class"], max(2, cnt.min() // 2)))
+                w = matched_w1({"TA": Pa[:, ta], "MS": Pa[:, ms]}, y, k_w1, per_class, int(p["w1_reps"]),
+                               int(p["max_pairs"]), rng)
+                for name in ("TA", "MS"):
+                    v = w[name]
+                    res[f"W1_{name}_matched"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                    if np.isfinite(v).sum() > 1:
+                        cis[f"W1_{name}_matched"] = tuple(float(x) for x in np.nanpercentile(v, [2.5, 97.5]))
+                rw = w["MS"] / w["TA"]
+                res["ratio_MS_TA_w1"] = res["W1_MS_matched"] / res["W1_TA_matched"]
+                if np.isfinite(rw).sum() > 1:
+                    cis["ratio_MS_TA_w1"] = tuple(float(x) for x in np.nanpercentile(rw, [2.5, 97.5]))
+                res["w1_rows_per_class"] = per_class
+            if a in deltas:
+                res["delta_tau"] = deltas[a]
+            table[a] = res
+            for f in (*FIELDS, "var_frac_outside"):
+                if f in res:
+                    lo, hi = cis.get(f, (None, None))
+                    metrics.append(Metric(f, float(res[f]), stage=stage, attribute=a, ci_low=lo, ci_high=hi,
+                                          n=int(len(rows))))
+        summary = {"stage": stage, "text_stage": text_stage, "alpha_scale": p["alpha_scale"],
+                   "alpha_threshold": m.tau, "n_text_aligned_modes": n_ta,
+                   "n_modality_specific_modes": n_ms, "n_modes_kept": m.n_modes, "w1_target_dim": k_w1,
+                   "attributes": table}
+        notes = ["basis and attributes come from this run's samples (one dataset); fractions are over the "
+                 "between-class scatter inside the kept modes, var_frac_outside is the rest",
+                 "CIs: the paired row bootstrap of `modes` (TA/MS split redone per replicate); W1: spread over "
+                 "fresh equal-size class subsamples"]
+        if not deltas:
+            notes.append("delta_tau needs `probe` earlier in the same run (--analysis probe,per_type)")
+        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+
+    @staticmethod
+    def _trace_sb(X: Any, rows: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
+        """tr S_B in the full space, from the class means (no d×d matrix)."""
+        tot = 0.0
+        for s in _blocks(X.shape[1]):
+            Z = _cols(X, s)[rows]
+            mu = Z.mean(0)
+            for c in classes:
+                sel = y == c
+                tot += sel.sum() * float(((Z[sel].mean(0) - mu) ** 2).sum())
+        return tot
+
+    # -- paper
+    def _paper(self, ctx: Any) -> AnalysisOutput:
+        p = ctx.params
+        stage = p["stage"]
+        rng = np.random.default_rng(int(p["seed"]))
+        pca_dim, n_sub = int(p["pca_dim"]), int(p["n_subsample"])
+        attrs = _attributes(ctx)
+        deltas = delta_tau_from_probe(ctx)
+        Xall = np.asarray(ctx.reps[stage])
+        nonzero = np.any(Xall != 0, axis=1)
+
+        def typed(a: str) -> tuple[np.ndarray, np.ndarray] | None:
+            keep = nonzero & (ctx.labels[a] != "")
+            if keep.sum() < 20:
+                return None
+            return Xall[keep].astype(np.float64), ctx.labels[a][keep].astype(str)
+
+        # Part A: naive W1^τ on the raw vectors
+        naive = {}
+        for a in attrs:
+            t = typed(a)
+            naive[a] = float("nan") if t is None else ref_interclass_w1(t[0], t[1], pca_dim, n_sub, rng)
+        # Part B: the directional analysis
+        X, Y, text_stage = load_pair(self.name, ctx, stage, p.get("text_stage"))
+        m = modes(X, Y, protocol="paper", tau=float(p["alpha_threshold"]), vectors=True)
+        ta, ms = m.alpha > m.tau, m.alpha <= m.tau
+        n_ta, n_ms = int(ta.sum()), int(ms.sum())
+        V = m.eigenvectors
+        rows: dict[str, dict[str, float]] = {}
+        target = min(n_ms, pca_dim)
+        if n_ms:
+            for a in attrs:
+                t = typed(a)
+                if t is None:
+                    rows[a] = {f: float("nan") for f in FIELDS[:-1]}
+                    rows[a]["delta_tau"] = deltas.get(a, float("nan"))
+                    continue
+                Xt, lab = t
+                mu = Xt.mean(0)
+                proj = np.zeros(V.shape[1])                           # u_kᵀ S_B u_k for every mode
+                tr = 0.0                                              # tr S_B
+                for c in np.unique(lab):
+                    sel = lab == c
+                    diff = Xt[sel].mean(0) - mu
+                    proj += sel.sum() * (diff @ V) ** 2
+                    tr += sel.sum() * float(diff @ diff)
+                if tr < 1e-15:
+                    fm = ft = wa = float("nan")
+                else:
+                    fm, ft = float(proj[ms].sum() / tr), float(proj[ta].sum() / tr)
+                    wa = float(((proj / tr) * m.alpha).sum())
+                w_ta = ref_interclass_w1(Xt @ V[:, ta], lab, target, n_sub, rng)
+                w_ms = ref_interclass_w1(Xt @ V[:, ms], lab, target, n_sub, rng)
+                rows[a] = {"var_frac_MS": fm, "var_frac_TA": ft, "weighted_alpha": wa, "W1_TA_matched": w_ta,
+                           "W1_MS_matched": w_ms,
+                           "ratio_MS_TA_var": fm / ft if ft > 1e-10 else float("nan"),
+                           "ratio_MS_TA_w1": w_ms / w_ta if w_ta > 0 else float("nan"),
+                           "delta_tau": deltas.get(a, float("nan"))}
+        metrics = [Metric("W1_tau", v, stage=stage, attribute=a) for a, v in naive.items()]
+        for a, r in rows.items():
+            metrics += [Metric(f, r[f], stage=stage, attribute=a) for f in FIELDS]
+        summary: dict[str, Any] = {"stage": stage, "text_stage": text_stage,
+                                   "naive": [{"info_type": a, "W1_tau": naive[a],
+                                              "delta_tau": deltas.get(a, float("nan"))} for a in attrs],
+                                   "directional": [{"info_type": a, **r} for a, r in rows.items()]}
+        if rows:
+            summary.update(alpha_threshold=m.tau, n_text_aligned_modes=n_ta, n_modality_specific_modes=n_ms,
+                           w1_target_dim=target)
+            for name, field, absolute in CORRELATIONS:
+                pts = [(r[field], abs(r["delta_tau"]) if absolute else r["delta_tau"]) for r in rows.values()
+                       if np.isfinite(r[field]) and np.isfinite(r["delta_tau"])]
+                if len(pts) >= 3:
+                    summary[f"rho_{name}"], summary[f"p_{name}"] = _spearman(*map(list, zip(*pts)))
+            pts = [(naive[a], deltas[a]) for a in attrs if a in deltas and np.isfinite(naive[a])]
+            if len(pts) >= 3:
+                summary["rho_naive_w1_vs_delta"], summary["p_naive_w1_vs_delta"] = _spearman(*map(list, zip(*pts)))
+        notes = ["paper protocol: the reference's script 06 on this run's vectors (one dataset, so its type = dataset "
+                 "confound does not arise; all d modes, so null modes enter var_frac_TA and weighted_alpha)",
+                 "Spearman over at most a handful of attributes, as the reference; no CIs"]
+        if not deltas:
+            notes.append("delta_tau needs `probe` earlier in the same run (--analysis probe,per_type)")
+        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)

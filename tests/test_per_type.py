@@ -1,0 +1,169 @@
+"""Per-type analysis: planted TA / MS class structure, the reference's script 06, the toy."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+from mch.api import AnalysisSpec, Attribute, Sample
+from mch.context import AnalysisContext
+from mch.plugins.analyses.per_type import PerType
+
+SPEC = AnalysisSpec(name="per_type", entry="mch.plugins.analyses.per_type:PerType")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
+def world(n=400, d=30, seed=0):
+    """Text varies (variance 2) in dims 0-19 only. Modal: noise with a different variance in
+    every dim (no degenerate eigenvalues), plus class means of attribute `said` along dims 0-1
+    (text-aligned) and of `hidden` along dims 20-21 (no text variance there: modality-specific)."""
+    rng = np.random.default_rng(seed)
+    said = rng.integers(0, 4, n)
+    hidden = rng.integers(0, 4, n)
+    centres = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], float)
+    X = rng.normal(size=(n, d)) * (0.3 + 0.5 * np.arange(d) / d)
+    X[:, 0:2] += centres[said]
+    X[:, 20:22] += 1.4 * centres[hidden]
+    Y = np.zeros((n, d))
+    Y[:, :20] = np.sqrt(2.0) * rng.normal(size=(n, 20))
+    labels = {"said": np.array([f"s{i}" for i in said], dtype=object),
+              "hidden": np.array([f"h{i}" for i in hidden], dtype=object)}
+    return X.astype(np.float32), Y.astype(np.float32), labels
+
+
+def context(X, Y, labels, protocol="default", **params):
+    analysis = PerType(SPEC)
+    attrs = {a: Attribute(a, sorted(set(v)), {c: [c] for c in set(v)}, "q", group_key="g") for a, v in labels.items()}
+    samples = [Sample(sample_id=f"x{i}", text="", labels={}, groups={}) for i in range(len(X))]
+    groups = {a: np.array(["g"] * len(X), dtype=object) for a in labels}
+    ctx = AnalysisContext(protocol=protocol, params={**analysis.default_params(protocol), **params}, seed=0,
+                          stages=["adapter"], reps={"adapter": X}, samples=samples, attributes=attrs, labels=labels,
+                          groups=groups, _text_reps=lambda: {"adapter": Y, "llm.final": Y})
+    return analysis, ctx
+
+
+def metrics_of(out):
+    return {(m.metric, m.attribute): m for m in out.metrics}
+
+
+def test_planted_classes_land_in_the_planted_subspace():
+    X, Y, labels = world()
+    analysis, ctx = context(X, Y, labels, n_boot=100, w1_reps=4)
+    m = metrics_of(analysis.run(ctx))
+    assert m[("var_frac_MS", "hidden")].value > 0.95
+    assert m[("var_frac_TA", "said")].value > 0.95
+    assert m[("var_frac_MS", "hidden")].ci_low > 0.9 and m[("var_frac_TA", "said")].ci_low > 0.9
+    assert m[("weighted_alpha", "hidden")].value < 0.1 < 1.0 < m[("weighted_alpha", "said")].value
+    assert m[("W1_MS_matched", "hidden")].value > m[("W1_TA_matched", "hidden")].value
+    assert m[("W1_TA_matched", "said")].value > m[("W1_MS_matched", "said")].value
+    assert abs(m[("var_frac_outside", "hidden")].value) < 1e-6
+    assert all(mm.ci_low <= mm.value <= mm.ci_high for (name, _), mm in m.items()
+               if name in ("var_frac_MS", "weighted_alpha") and mm.ci_low is not None)
+
+
+def _reference_script06(X, Y, labels, attrs, seed=42, pca_dim=256, n_subsample=1000, thr=0.5):
+    """Script 06 (Parts A and B) written out directly with d×d matrices and its RNG order."""
+    import ot
+    from scipy.spatial.distance import cdist
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+
+    def w1(A, B, k):
+        c = np.concatenate([A, B])
+        k = min(k, c.shape[1], c.shape[0])
+        if k < c.shape[1]:
+            p = PCA(n_components=k, random_state=0).fit(c)
+            A, B = p.transform(A), p.transform(B)
+        return ot.emd2(np.ones(len(A)) / len(A), np.ones(len(B)) / len(B), cdist(A, B))
+
+    def interclass(Z, lab, k):
+        u = np.unique(lab)
+        pairs = list(combinations(u, 2)) if len(u) <= 6 else None
+        if pairs is None:
+            allp = [(a, b) for i, a in enumerate(u) for b in u[i + 1:]]
+            pairs = [allp[i] for i in rng.choice(len(allp), size=min(20, len(allp)), replace=False)]
+        vals = []
+        for a, b in pairs:
+            A, B = Z[lab == a], Z[lab == b]
+            n = min(n_subsample // 2, len(A), len(B))
+            A = A if len(A) <= n else A[rng.choice(len(A), n, replace=False)]
+            B = B if len(B) <= n else B[rng.choice(len(B), n, replace=False)]
+            vals.append(w1(A, B, k))
+        return float(np.mean(vals))
+
+    X = X.astype(np.float64)
+    naive = {a: interclass(X, labels[a].astype(str), pca_dim) for a in attrs}
+    Xc, Yc = X - X.mean(0), Y.astype(np.float64) - Y.astype(np.float64).mean(0)
+    ev, V = np.linalg.eigh(Xc.T @ Xc / (len(X) - 1))
+    idx = np.argsort(ev)[::-1]
+    ev, V = ev[idx], V[:, idx]
+    alpha = np.diag(V.T @ (Yc.T @ Yc / (len(Y) - 1)) @ V) / np.maximum(ev, 1e-10)
+    ta, ms = alpha > thr, alpha <= thr
+    out = {}
+    for a in attrs:
+        lab = labels[a].astype(str)
+        mu = X.mean(0)
+        SB = sum((lab == c).sum() * np.outer(X[lab == c].mean(0) - mu, X[lab == c].mean(0) - mu)
+                 for c in np.unique(lab))
+        tr = np.trace(SB)
+        c_k = np.diag(V.T @ SB @ V) / tr
+        out[a] = {"var_frac_MS": np.trace(V[:, ms].T @ SB @ V[:, ms]) / tr,
+                  "var_frac_TA": np.trace(V[:, ta].T @ SB @ V[:, ta]) / tr,
+                  "weighted_alpha": float((c_k * alpha).sum()),
+                  "W1_TA_matched": interclass(X @ V[:, ta], lab, min(ms.sum(), pca_dim)),
+                  "W1_MS_matched": interclass(X @ V[:, ms], lab, min(ms.sum(), pca_dim))}
+    return naive, out
+
+
+def test_paper_reproduces_script06():
+    X, Y, labels = world(n=160, d=24, seed=1)
+    labels["many"] = np.array([f"m{i % 8}" for i in range(len(X))], dtype=object)  # > 6 classes: random pairs
+    analysis, ctx = context(X, Y, labels, protocol="paper", text_stage="adapter")
+    out = analysis.run(ctx)
+    m = metrics_of(out)
+    naive, ref = _reference_script06(X, Y, labels, list(labels))
+    for a in labels:
+        assert m[("W1_tau", a)].value == pytest.approx(naive[a], rel=1e-9)
+        for f, v in ref[a].items():
+            assert m[(f, a)].value == pytest.approx(v, rel=1e-7, abs=1e-12), (a, f)
+    assert {"alpha_threshold", "n_text_aligned_modes", "n_modality_specific_modes", "w1_target_dim"} <= set(out.summary)
+
+
+def test_delta_tau_is_read_from_an_earlier_probe():
+    from mch.api import AnalysisOutput, Metric
+
+    X, Y, labels = world(n=200)
+    analysis, ctx = context(X, Y, labels, n_boot=20, w1_reps=2)
+    ctx.previous["probe"] = AnalysisOutput(metrics=[
+        Metric("retention_ratio", 0.8, stage="encoder", attribute="hidden"),
+        Metric("retention_ratio", 0.3, stage="llm.final", attribute="hidden"),
+        Metric("delta_tau", 0.05, attribute="said")])
+    m = metrics_of(analysis.run(ctx))
+    assert m[("delta_tau", "hidden")].value == pytest.approx(0.5)
+    assert m[("delta_tau", "said")].value == pytest.approx(0.05)
+
+
+def test_on_the_toy_ms_directions_carry_the_hidden_factors(tmp_path):
+    """The toy decoder only ever read text about `content`: the between-class scatter of the
+    hidden factors (speaker, emotion) sits in modality-specific directions."""
+    from mch.runner import RunConfig, run_bench
+
+    _, written = run_bench(RunConfig(model="toy", analyses=["per_type"], limit=150, store=tmp_path / "s",
+                                     out_dir=tmp_path / "r", params={"per_type": {"n_boot": 100, "w1_reps": 3}}))
+    rec = written[0][1]
+    m = {(x["metric"], x["attribute"]): x for x in rec["metrics"]}
+    for a in ("speaker", "emotion"):
+        assert m[("var_frac_MS", a)]["value"] > 0.9
+        assert m[("var_frac_MS", a)]["ci_low"] > 0.9
+        assert m[("W1_MS_matched", a)]["value"] > m[("W1_TA_matched", a)]["value"]
+    assert rec["summary"]["n_modality_specific_modes"] > 0
