@@ -170,3 +170,26 @@ def test_unknown_param_and_missing_text_are_clear_errors(toy_runs, tmp_path):
     with pytest.raises(MchError, match="content tokens"):
         select_samples(ctx, 3, "default", need_text=True)
     assert list(select_samples(ctx, 3, "paper", need_text=False)) == [0, 1, 2]
+
+
+def test_raw_alpha_labels_nearly_all_toy_variance_ms(toy_runs):
+    """Why the default splits on the trace-normalised α: the pooled text embeddings have
+    ~1/150 of the adapter outputs' total variance, so with the raw α nearly every mode is
+    MS, including the directions the decoder reads."""
+    from types import SimpleNamespace
+
+    from mch.plugins.analyses._causal import compute_modes
+    from mch.runner import store_key
+    from mch.store import Store
+
+    plan = toy_runs[0]
+    ids = [x.sample_id for x in plan.samples]
+    st = Store(plan.cfg.store)
+    ctx = SimpleNamespace(reps=st.entry(store_key(plan, "modal"), ids).read()[0],
+                          text_reps=lambda: st.entry(store_key(plan, "text"), ids).read()[0])
+    raw = compute_modes(ctx, "default", "adapter", None, 0.5, "none")
+    scaled = compute_modes(ctx, "default", "adapter", None, 0.5, "trace")
+    assert raw.total_variance > 50 * raw.text_total_variance
+    assert raw.split_summary()["ms_variance_fraction"] > 0.99
+    assert 0.2 < scaled.split_summary()["ms_variance_fraction"] < 0.9
+    assert np.allclose(scaled.alpha, raw.alpha * raw.total_variance / raw.text_total_variance)

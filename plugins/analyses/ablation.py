@@ -17,6 +17,10 @@ target variance goes). Conditions:
 v = min(V_MS, V_TA), the largest variance both subspaces can give: ms_all's variance whenever
 the TA modes hold at least as much (then ms_variance_matched is ms_all), so the MS / TA /
 random conditions always compare equal variance removed.
+MS/TA: the modes of `_causal.compute_modes`; under default the split uses the trace-normalised
+α̃ = α · tr Σ_M / tr Σ_T (param alpha_scale: "trace"; "none" = the raw α, the paper's choice),
+because an overall scale mismatch between the pooled adapter outputs and the text embeddings
+(W1) otherwise labels nearly every mode MS (on the toy: 99.9% of the variance).
 The variance a condition removes is that of the pooled adapter outputs: Σ_k (1-(1-c_k)^2) u_kᵀΣ_M u_k,
 reported over the kept modes' variance (paper: the top-100 eigenvalues, `*_var_fraction`) and over
 trace Σ_M. Loss: the model's `loss` (default: content tokens; paper: prompt tokens). Per-sample
