@@ -204,9 +204,8 @@ class HFPluginMixin:
         return resolve_module(self.module, self.inner_path) if self.inner_path else self.module  # type: ignore
 
     def lora_target(self) -> str:
-        if not self.decoder_path:
-            self.stage_map(self.views[0])  # type: ignore[attr-defined]
-        return self.decoder_path
+        """The LLM decoder stack: where `--adapter` LoRAs are merged (known before load too)."""
+        return self.decoder_path or self._ensure_paths()["decoder"]  # type: ignore[attr-defined]
 
     def prompt_id(self, protocol: str, view: str) -> str:
         """What identifies the prompt in store keys (known before the model loads)."""

@@ -208,7 +208,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
                                f"{int((ids == self.audio_token_id).sum())} tokens, expected {n}")
             if n < 2:  # a single audio token sends transformers down its legacy merge path
                 raise SampleError(f"sample {s.sample_id}: the clip is too short for Qwen2-Audio "
-                                  f"(under 0.1 s)", sample_id=s.sample_id)
+                                  f"(it needs at least 7 mel frames, about 0.07 s)", sample_id=s.sample_id)
             seqs.append(ids.tolist())
             feats.append(enc["input_features"])
             fmasks.append(enc["feature_attention_mask"])
