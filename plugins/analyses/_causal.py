@@ -86,16 +86,14 @@ def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None,
 
     paper: the top `n_modes` (100) modes, all-zero rows dropped, MS = α < τ (scripts 11-13;
     in float64, where 12/13 used float32, W9). default: the kept (non-null) modes, MS = α ≤ τ.
-    `alpha_scale="trace"` splits on α̃_k = α_k · tr Σ_M / tr Σ_T, the text law's share of its
-    variance along u_k over the modal law's share: α is a ratio of variances of two laws
-    whose overall scales differ (pooled text embeddings vs projector outputs, W1), and with
-    raw α an overall norm mismatch alone can label every mode MS."""
+    `alpha_scale="trace"` (`_linalg.modes`) splits on α̃_k = α_k · tr Σ_M / tr Σ_T, the text
+    law's share of its variance along u_k over the modal law's share: α is a ratio of variances
+    of two laws whose overall scales differ (pooled text embeddings vs projector outputs, W1),
+    and with raw α an overall norm mismatch alone can label every mode MS."""
     from ._linalg import modes as eigenmodes
 
     if "adapter" not in ctx.reps:
         raise MchError("the causal tests need the `adapter` stage in the store; extract it (no --stages filter)")
-    if alpha_scale not in ("none", "trace"):
-        raise MchError(f"alpha_scale must be 'none' or 'trace', not {alpha_scale!r}")
     X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
     treps = ctx.text_reps()
     if text_stage not in treps:
@@ -108,11 +106,10 @@ def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None,
     if protocol == "paper":
         X = X[np.any(X != 0, axis=1)]
         T = T[np.any(T != 0, axis=1)]
-    m = eigenmodes(X, T, protocol=protocol, tau=threshold, vectors=True)
+    m = eigenmodes(X, T, protocol=protocol, tau=threshold, vectors=True, alpha_scale=alpha_scale)
     k = min(int(n_modes or 100), m.n_modes) if protocol == "paper" else min(int(n_modes or m.n_modes), m.n_modes)
-    lam, U, raw = m.eigenvalues[:k], m.eigenvectors[:, :k], m.alpha[:k]
-    alpha = raw * (m.total_variance / m.text_total_variance) if alpha_scale == "trace" and m.text_total_variance > 0 \
-        else raw
+    lam, U, alpha = m.eigenvalues[:k], m.eigenvectors[:, :k], m.alpha[:k]
+    raw = m.text_variance[:k] / (np.maximum(lam, 1e-10) if protocol == "paper" else lam)
     ms = alpha < threshold if protocol == "paper" else alpha <= threshold
     return Modes(mean=np.asarray(m.mean, dtype=np.float64), eigvals=lam, vectors=U, alpha=alpha, alpha_raw=raw, ms=ms,
                  total_variance=float(m.total_variance), text_total_variance=float(m.text_total_variance), rows=X,
