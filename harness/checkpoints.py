@@ -64,7 +64,11 @@ def load_lora_adapter(module: Any, adapter_dir: str | Path, merge: bool = True) 
     except ValueError as exc:
         raise MchError(f"--adapter {d}: its target modules do not exist in this model ({exc})") from None
     state = load_file(str(weights))
-    result = set_peft_model_state_dict(peft_model, state)
+    try:
+        result = set_peft_model_state_dict(peft_model, state)
+    except RuntimeError as exc:  # shape mismatches surface as RuntimeError from load_state_dict
+        first = str(exc).strip().splitlines()[-1][:200]
+        raise MchError(f"--adapter {d}: its weights do not fit this model ({first})") from None
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     lora_keys = {k for k in peft_model.state_dict() if "lora_" in k}
     missing = [k for k in getattr(result, "missing_keys", []) or [] if k in lora_keys]
