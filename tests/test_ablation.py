@@ -4,7 +4,6 @@ paper, and the model left as it was."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

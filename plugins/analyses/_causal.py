@@ -213,36 +213,39 @@ def adapter_pool(model: Any, batch: Sequence[Sample], protocol: str) -> Any:
 def bootstrap(stat: Callable[[np.ndarray], float], n: int, seed: int, n_boot: int = 2000,
               level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of stat(rows) over n rows resampled with replacement (paired: the same
-    rows for every array the statistic reads)."""
+    rows for every array the statistic reads), through `_stats.bootstrap`."""
+    from ._stats import bootstrap as boot, percentile_ci
+
     if n < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    vals = np.array([stat(rng.integers(0, n, size=n)) for _ in range(int(n_boot))], dtype=np.float64)
-    vals = vals[np.isfinite(vals)]
-    if len(vals) == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+    lo, hi = percentile_ci(boot(lambda idx: np.array([stat(i) for i in idx]), n, int(n_boot), seed), level)
+    return (float("nan"), float("nan")) if lo is None else (lo, hi)
 
 
 def mean_ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
+    from ._stats import bootstrap as boot, percentile_ci
+
     x = np.asarray(x, dtype=np.float64)
-    lo, hi = bootstrap(lambda idx: x[idx].mean(), len(x), seed, n_boot)
-    return float(x.mean()), lo, hi
+    if len(x) < 2:
+        return float(x.mean()) if len(x) else float("nan"), float("nan"), float("nan")
+    lo, hi = percentile_ci(boot(lambda idx: x[idx].mean(1), len(x), int(n_boot), seed))
+    return float(x.mean()), lo if lo is not None else float("nan"), hi if hi is not None else float("nan")
 
 
 def ratio_of_means_pct(num: np.ndarray, den: np.ndarray, seed: int, n_boot: int = 2000
                        ) -> tuple[float, float, float]:
     """100·mean(num)/mean(den) (the reference's pct change: a ratio of means) and its paired
     bootstrap CI."""
+    from ._stats import bootstrap as boot, percentile_ci
+
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-
-    def f(idx: np.ndarray) -> float:
-        d = den[idx].mean()
-        return 100.0 * num[idx].mean() / d if d != 0 else float("nan")
-
-    lo, hi = bootstrap(f, len(num), seed, n_boot)
-    return f(np.arange(len(num))), lo, hi
+    point = 100.0 * num.mean() / den.mean() if den.mean() != 0 else float("nan")
+    if len(num) < 2:
+        return point, float("nan"), float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reps = boot(lambda idx: 100.0 * num[idx].mean(1) / den[idx].mean(1), len(num), int(n_boot), seed)
+    lo, hi = percentile_ci(reps)
+    return point, lo if lo is not None else float("nan"), hi if hi is not None else float("nan")
 
 
 def finite(x: float) -> float | None:

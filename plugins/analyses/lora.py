@@ -1,0 +1,389 @@
+"""`lora`: the fix, a LoRA on the LLM trained to make one attribute accessible, then measured
+again (science.md §6; the reference's script 14, analyses-causal-lora-tables.md §5).
+
+1. Split. default: the attribute's groups (its group key: actor, speaker, ...) are
+   partitioned at random (run seed) into train / validation / evaluation groups; training
+   and validation samples come from the dataset's `train_split` when it has one (the toy:
+   `train`), else from the run's samples; evaluation = the run's samples of the evaluation
+   groups. No group is on two sides, so no clip, actor or speaker the LoRA saw is measured
+   (the reference leaked ~87% of its clips into the probe split, B6). paper: the
+   reference's split, a balanced random validation set of `eval_per_class` samples per
+   class (rng 42) and training on the rest of the run's samples, re-measured on all of them.
+2. Train. PEFT LoRA (q/k/v/o projections, r 16, alpha 32, dropout 0.05) on the module
+   `model.lora_target()` names (where `--adapter` is applied when loading), everything else
+   frozen. Objective: forced choice through the model's own GMI prompt (`score_parts`: the
+   media, then the attribute's query) with the class's canonical verbalizer as the answer;
+   cross-entropy on the answer tokens only. AdamW (lr 1e-4, weight decay 0.01), gradient
+   clipping 1.0, batches of 8; validation loss after every epoch, early stopping (patience 2),
+   the best-validation checkpoint saved as a PEFT adapter directory (`<dir>/best`, what
+   `--adapter` loads) and the one evaluated (the reference reported its last epoch, B5; under
+   paper the last epoch's validation accuracy is reported as `post_training_generation_eval`,
+   as it did). `<dir>/last` holds the latest state (adapter, optimizer, position) every
+   `save_every` steps and at each epoch's end: an interrupted run resumes from it.
+3. Measure. The runner runs `rerun` (probe, gmi) twice on the evaluation samples, same store:
+   with the base model and with `--adapter <dir>/best` (re-extraction); the LoRA run's
+   records are written like any run's. Reported per (stage, attribute), for the trained
+   attribute and every other one: lora_delta_accuracy (probe) and lora_delta_gmi_bits (GMI),
+   with an approximate 95% CI from the two runs' CIs (independent-normal combination).
+The live model is left as it was: the LoRA layers are removed (not merged) after training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mch.api import Analysis, AnalysisOutput, MchError, Metric, Sample
+
+from ._params import as_list, check_params
+
+PAPER_SEED = 42
+COMPARED = (("probe", "accuracy", "lora_delta_accuracy"), ("gmi", "gmi_bits", "lora_delta_gmi_bits"))
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Lora(Analysis):
+    name = "lora"
+    needs_model = True
+
+    def default_params(self, protocol: str) -> dict[str, Any]:
+        p = {"attribute": "emotion", "r": 16, "alpha": 32, "dropout": 0.05,
+             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1e-4, "weight_decay": 0.01,
+             "batch_size": 8, "max_epochs": 5, "patience": 2, "max_grad_norm": 1.0, "query": None,
+             "train_split": "train", "n_train": None, "val_fraction": 0.17, "eval_fraction": 0.33,
+             "eval_per_class": 167, "save_every": 200, "adapter_dir": None, "rerun": ["probe", "gmi"],
+             "write_records": True}
+        if protocol == "paper":
+            p["train_split"] = None
+        return p
+
+    # ------------------------------------------------------------------ run
+    def run(self, ctx: Any) -> AnalysisOutput:
+        p = ctx.params
+        check_params(self.name, p, self.default_params(ctx.protocol))
+        attr_name = str(p["attribute"])
+        if attr_name not in ctx.attributes:
+            raise MchError(f"lora trains attribute {attr_name!r}, which this run does not have (it has "
+                           f"{', '.join(ctx.attributes)}); pass --param attribute=NAME")
+        if ctx.run_config is None or ctx.dataset is None:
+            raise MchError("lora re-runs the runner and needs the run's configuration; run it through `mch bench`")
+        if ctx.run_config.adapter:
+            raise MchError("lora trains a LoRA on the base model; run it without --adapter")
+        attr = ctx.attributes[attr_name]
+        query = str(p["query"]) if p.get("query") else self._query(ctx, attr)
+        split = self._split(ctx, attr)
+        cfg_key = {k: p[k] for k in ("attribute", "r", "alpha", "dropout", "target_modules", "lr", "weight_decay",
+                                     "batch_size", "max_epochs", "patience", "max_grad_norm")}
+        cfg_key.update(query=query, protocol=ctx.protocol, seed=ctx.seed,
+                       model=ctx.run_config.model, checkpoint=ctx.run_config.checkpoint,
+                       train=_hash([s.sample_id for s in split["train"]]),
+                       val=_hash([s.sample_id for s in split["val"]]))
+        out_dir = Path(p["adapter_dir"]) if p.get("adapter_dir") else \
+            Path(ctx.run_config.out_dir) / "adapters" / f"{ctx.run_config.model}__{attr_name}__{_hash(cfg_key)}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "split.json").write_text(json.dumps(
+            {"attribute": attr_name, "group_key": attr.group_key, "protocol": ctx.protocol, "seed": ctx.seed,
+             **{k: [s.sample_id for s in v] for k, v in split.items()}}, indent=1))
+        t0 = time.time()
+        state = self._train(ctx, attr, query, split, cfg_key, out_dir)
+        train_s = time.time() - t0
+        base, tuned = self._measure(ctx, split["eval"], out_dir / "best")
+        return self._output(ctx, attr_name, query, split, state, base, tuned, out_dir, train_s)
+
+    @staticmethod
+    def _query(ctx: Any, attr: Any) -> str:
+        """The query the gmi analysis would use for this attribute in this run (its `queries`
+        param: registry options, then --param gmi.queries), else the attribute's own."""
+        from mch.manager import get_registry
+
+        queries: dict[str, Any] = {}
+        try:
+            queries.update(get_registry().get("analysis", "gmi").options.get("params", {}).get("queries", {}) or {})
+        except MchError:
+            pass
+        queries.update((getattr(ctx.run_config, "params", {}) or {}).get("gmi", {}).get("queries", {}) or {})
+        return str(queries.get(attr.name, attr.query))
+
+    # ------------------------------------------------------------------ split
+    def _split(self, ctx: Any, attr: Any) -> dict[str, list[Sample]]:
+        p, name = ctx.params, attr.name
+        labelled = lambda ss: [s for s in ss if s.labels.get(name, "") in attr.classes]  # noqa: E731
+        if ctx.protocol == "paper":  # the reference: balanced random validation set, the rest trains
+            pool = labelled(ctx.samples)
+            rng = np.random.default_rng(PAPER_SEED)
+            val_ids: set[str] = set()
+            for c in attr.classes:
+                members = [s.sample_id for s in pool if s.labels[name] == c]
+                k = min(int(p["eval_per_class"]), max(len(members) // 5, 1 if members else 0))
+                val_ids.update(rng.choice(members, size=k, replace=False).tolist() if k else [])
+            val = [s for s in pool if s.sample_id in val_ids]
+            train = [s for s in pool if s.sample_id not in val_ids]
+            return self._check_split({"train": train, "val": val, "eval": list(ctx.samples)}, name)
+        pool = list(ctx.samples)
+        if p.get("train_split"):
+            try:
+                pool = ctx.dataset.samples(str(p["train_split"]), p.get("n_train"), ctx.seed, ctx.protocol)
+            except MchError:
+                pool = list(ctx.samples)  # the dataset has no such split: split the run's samples
+            else:
+                run_split = getattr(ctx.run_config, "split", None)
+                if run_split == p["train_split"]:
+                    raise MchError(f"lora: the run measures split {run_split!r}, the same split it would train on; "
+                                   f"run on another split or pass --param train_split=")
+        key = attr.group_key
+        groups = sorted({s.groups[key] for s in list(pool) + list(ctx.samples) if key in s.groups})
+        if len(groups) < 3:
+            raise MchError(f"lora needs at least 3 values of the group key {key!r} of {name!r} (train, validation and "
+                           f"evaluation groups must differ), got {len(groups)}")
+        rng = np.random.default_rng(ctx.seed)
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        n_eval = max(1, round(float(p["eval_fraction"]) * len(groups)))
+        n_val = max(1, round(float(p["val_fraction"]) * len(groups)))
+        if n_eval + n_val >= len(groups):
+            n_eval, n_val = 1, 1
+        g_eval, g_val = set(order[:n_eval]), set(order[n_eval: n_eval + n_val])
+        train = [s for s in labelled(pool) if s.groups.get(key) not in g_eval | g_val]
+        val = [s for s in labelled(pool) if s.groups.get(key) in g_val]
+        ev = [s for s in ctx.samples if s.groups.get(key) in g_eval]
+        return self._check_split({"train": train, "val": val, "eval": ev}, name)
+
+    @staticmethod
+    def _check_split(split: dict[str, list[Sample]], name: str) -> dict[str, list[Sample]]:
+        for k, v in split.items():
+            if not v:
+                raise MchError(f"lora: the {k} part of the split has no sample labelled for {name!r}; use more samples "
+                               f"(--limit) or other split fractions")
+        return split
+
+    # ------------------------------------------------------------------ training
+    def _train(self, ctx: Any, attr: Any, query: str, split: dict[str, list[Sample]], cfg_key: dict[str, Any],
+               out_dir: Path) -> dict[str, Any]:
+        done = out_dir / "done.json"
+        if done.exists():
+            state = json.loads(done.read_text())
+            if state.get("config") == cfg_key and (out_dir / "best" / "adapter_model.safetensors").exists():
+                return state
+        import torch
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        from mch.model import resolve_module
+
+        p = ctx.params
+        model = ctx.model
+        lm = resolve_module(model.module, model.lora_target())
+        flags = [(q, q.requires_grad) for q in model.module.parameters()]
+        answers = [attr.verbalizers[c][0] for c in attr.classes]
+        cls = {c: i for i, c in enumerate(attr.classes)}
+        peft_cfg = LoraConfig(r=int(p["r"]), lora_alpha=int(p["alpha"]), lora_dropout=float(p["dropout"]),
+                              target_modules=as_list(p["target_modules"]), bias="none")
+        for q, _ in flags:
+            q.requires_grad_(False)
+        torch.manual_seed(ctx.seed)  # LoRA's random init: the same run gives the same adapter
+        try:
+            pm = get_peft_model(lm, peft_cfg)
+        except ValueError as exc:
+            for q, f in flags:
+                q.requires_grad_(f)
+            raise MchError(f"lora: target modules {as_list(p['target_modules'])} not found in the LLM ({exc})") from None
+        try:
+            return self._fit(ctx, model, pm, lm, query, answers, cls, attr.name, split, cfg_key, out_dir,
+                             set_peft_model_state_dict)
+        finally:
+            pm.unload()  # the LoRA layers out again, without merging: the live model is as before
+            lm.eval()
+            for q, f in flags:
+                q.requires_grad_(f)
+
+    def _fit(self, ctx, model, pm, lm, query, answers, cls, name, split, cfg_key, out_dir, set_state) -> dict[str, Any]:
+        import torch
+        from safetensors.torch import load_file
+
+        p = ctx.params
+        params = [q for q in pm.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+        bs, train, val = int(p["batch_size"]), split["train"], split["val"]
+        steps_per_epoch = math.ceil(len(train) / bs)
+        st: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_val_loss": None, "best_epoch": None,
+                              "bad_epochs": 0, "config": cfg_key}
+        last = out_dir / "last"
+        if (last / "trainer_state.json").exists():  # resume
+            saved = json.loads((last / "trainer_state.json").read_text())
+            if saved.get("config") == cfg_key:
+                set_state(pm, load_file(str(last / "adapter_model.safetensors")))
+                opt.load_state_dict(torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True))
+                st = saved
+        dev = next(lm.parameters()).device
+
+        def batch_loss(batch: Sequence[Sample]) -> Any:
+            from mch.scoring import continuation_logits
+
+            parts = model.score_parts(batch, query, answers, ctx.protocol, "modal")
+            conts = [parts.continuations[cls[s.labels[name]]] for s in batch]
+            logits, targets = continuation_logits(parts.lm, parts.prefixes, conts)
+            return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten().to(dev),
+                                                     ignore_index=-100, reduction="sum"), int((targets != -100).sum())
+
+        def evaluate() -> dict[str, Any]:
+            """Validation loss and forced-choice accuracy (argmax over the classes' answers)."""
+            lm.eval()
+            tot, n = 0.0, 0
+            per = {c: {"correct": 0, "total": 0} for c in cls}
+            with torch.no_grad():
+                for i in range(0, len(val), bs):
+                    b = val[i: i + bs]
+                    loss, k = batch_loss(b)
+                    tot, n = tot + float(loss), n + k
+                    pred = np.asarray(model.score(b, query, answers, ctx.protocol, "modal").logp).argmax(1)
+                    for pr, s in zip(pred, b):
+                        c = s.labels[name]
+                        per[c]["total"] += 1
+                        per[c]["correct"] += int(int(pr) == cls[c])
+            correct = sum(v["correct"] for v in per.values())
+            return {"val_loss": tot / max(n, 1), "val_accuracy": correct / max(len(val), 1), "per_class": per}
+
+        def save(dir_: Path, with_opt: bool) -> None:
+            tmp = dir_.with_name(dir_.name + ".tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            pm.save_pretrained(str(tmp), save_embedding_layers=False)  # "auto" looks the base model up online
+            if with_opt:
+                torch.save(opt.state_dict(), tmp / "optimizer.pt")
+                (tmp / "trainer_state.json").write_text(json.dumps(st, indent=1))
+            if dir_.exists():
+                import shutil
+
+                shutil.rmtree(dir_)
+            tmp.rename(dir_)
+
+        if st["epoch"] == 0 and st["step"] == 0 and not st["history"]:
+            # before any step: the base model's numbers
+            st["history"].append({"epoch": 0, "train_loss": None, **evaluate()})
+        while st["epoch"] < int(p["max_epochs"]) and st["bad_epochs"] < int(p["patience"]):
+            epoch = st["epoch"]
+            order = np.random.default_rng(ctx.seed * 1000 + epoch).permutation(len(train))
+            lm.train()
+            run_loss, run_n = st.get("run_loss", 0.0), st.get("run_n", 0)
+            with ctx.progress.task(f"lora {name} epoch {epoch + 1}/{p['max_epochs']}", steps_per_epoch) as advance:
+                advance(st["step"])
+                while st["step"] < steps_per_epoch:
+                    idx = order[st["step"] * bs: (st["step"] + 1) * bs]
+                    loss, k = batch_loss([train[i] for i in idx])
+                    opt.zero_grad(set_to_none=True)
+                    (loss / max(k, 1)).backward()
+                    torch.nn.utils.clip_grad_norm_(params, float(p["max_grad_norm"]))
+                    opt.step()
+                    run_loss, run_n = run_loss + loss.item(), run_n + k
+                    st["step"] += 1
+                    st["run_loss"], st["run_n"] = run_loss, run_n
+                    advance(1)
+                    if int(p["save_every"]) and st["step"] % int(p["save_every"]) == 0:
+                        save(last, True)
+            ev = evaluate()
+            v_loss = ev["val_loss"]
+            st["history"].append({"epoch": epoch + 1, "train_loss": run_loss / max(run_n, 1), **ev})
+            if st["best_val_loss"] is None or v_loss < st["best_val_loss"]:
+                st.update(best_val_loss=v_loss, best_epoch=epoch + 1, bad_epochs=0)
+                save(out_dir / "best", False)
+            else:
+                st["bad_epochs"] += 1
+            st.update(epoch=epoch + 1, step=0, run_loss=0.0, run_n=0)
+            save(last, True)
+        st["n_train"], st["n_val"] = len(train), len(val)
+        (out_dir / "done.json").write_text(json.dumps(st, indent=1))
+        return st
+
+    # ------------------------------------------------------------------ measuring
+    def _measure(self, ctx: Any, ev: list[Sample], adapter: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """probe/gmi (`rerun`) on the evaluation samples: base model, then with the adapter."""
+        from mch.runner import analyze, extract, plan, record_for, write_record
+
+        cfg = ctx.run_config
+        rerun = as_list(ctx.params["rerun"])
+        if "lora" in rerun:
+            raise MchError("lora cannot re-run itself; --param rerun lists the analyses to measure again")
+        sub = dataclasses.replace(cfg, analyses=tuple(rerun), sample_ids=[s.sample_id for s in ev], adapter=None)
+        results = []
+        for adapter_dir in (None, adapter):
+            c = dataclasses.replace(sub, adapter=str(adapter_dir) if adapter_dir else None)
+            pl = plan(c, progress=ctx.progress)
+            if adapter_dir is None and ctx.model_loaded:  # the live model is this very model: no second load
+                pl.plugin, pl.loaded = ctx.model, True
+            t = time.time()
+            entry = extract(pl, "modal")
+            ex = time.time() - t
+            outs = analyze(pl, entry)
+            if adapter_dir is not None and bool(ctx.params["write_records"]):
+                for name, out, params, dur in outs:
+                    write_record(record_for(pl, entry, name, out, params, dur, ex), Path(c.out_dir))
+            results.append({name: out for name, out, _, _ in outs})
+            del pl
+        return results[0], results[1]
+
+    # ------------------------------------------------------------------ output
+    def _output(self, ctx, attr_name, query, split, st, base, tuned, out_dir, train_s) -> AnalysisOutput:
+        metrics: list[Metric] = []
+        table: dict[str, list[dict[str, Any]]] = {}
+        z = 1.959964
+        for analysis, metric, out_name in COMPARED:
+            if analysis not in base or analysis not in tuned:
+                continue
+            before = {(m.stage, m.attribute): m for m in base[analysis].metrics if m.metric == metric}
+            after = {(m.stage, m.attribute): m for m in tuned[analysis].metrics if m.metric == metric}
+            rows = []
+            for key in sorted(set(before) & set(after), key=lambda k: (str(k[1]), str(k[0]))):
+                b, a = before[key], after[key]
+                if b.value is None or a.value is None:
+                    continue
+                d = a.value - b.value
+                lo = hi = None
+                if None not in (b.ci_low, b.ci_high, a.ci_low, a.ci_high):
+                    se = math.hypot((b.ci_high - b.ci_low) / (2 * z), (a.ci_high - a.ci_low) / (2 * z))
+                    lo, hi = d - z * se, d + z * se
+                metrics.append(Metric(out_name, d, key[0], key[1], lo, hi, a.n))
+                rows.append({"stage": key[0], "attribute": key[1], "before": b.value, "after": a.value, "delta": d,
+                             "ci_low": lo, "ci_high": hi, "before_ci": [b.ci_low, b.ci_high],
+                             "after_ci": [a.ci_low, a.ci_high], "trained": key[1] == attr_name})
+            table[out_name] = rows
+        metrics.append(Metric("lora_best_val_loss", st["best_val_loss"], None, attr_name, None, None, st.get("n_val")))
+        metrics.append(Metric("lora_best_epoch", float(st["best_epoch"] or 0), None, attr_name, None, None,
+                              st.get("n_train")))
+        hist = st["history"]
+        best = next((h for h in hist if h["epoch"] == st["best_epoch"]), None)
+        summary: dict[str, Any] = {
+            "attribute": attr_name, "query": query, "adapter": str(out_dir / "best"), "split_file": str(out_dir / "split.json"),
+            "n_train": len(split["train"]), "n_val": len(split["val"]), "n_eval": len(split["eval"]),
+            "best_epoch": st["best_epoch"], "best_val_loss": st["best_val_loss"], "history": hist,
+            "train_seconds": round(train_s, 2), "changes": table,
+            "val_accuracy_base": hist[0]["val_accuracy"] if hist else None,
+            "val_accuracy_best": best["val_accuracy"] if best else None,
+        }
+        notes = [f"evaluated on {len(split['eval'])} samples; LoRA trained on {len(split['train'])} "
+                 f"(validation {len(split['val'])})",
+                 "CIs of the changes combine the two runs' CIs as independent normals (approximate)"]
+        if ctx.protocol == "paper":
+            summary["baseline_generation_eval"] = _gen_eval(hist[0], split["val"], attr_name) if hist else None
+            summary["post_training_generation_eval"] = _gen_eval(hist[-1], split["val"], attr_name) if hist else None
+            val_ids = {s.sample_id for s in split["val"]}
+            summary["eval_split"] = {"val_idx": [i for i, s in enumerate(ctx.samples) if s.sample_id in val_ids],
+                                     "n_total": len(ctx.samples), "eval_per_emotion": int(ctx.params["eval_per_class"]),
+                                     "seed": PAPER_SEED}
+            notes.append("paper: the reference's split (balanced random validation set, re-measured on every sample, "
+                         "training clips included, B6); post_training_generation_eval is the last epoch's forced-choice "
+                         "validation accuracy (the reference's B5), the evaluated adapter is the best epoch's")
+        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+
+
+def _gen_eval(h: dict[str, Any], val: list[Sample], name: str) -> dict[str, Any]:
+    """The reference's generation-eval fields, from forced-choice validation accuracy."""
+    per = h.get("per_class", {})
+    return {"accuracy": h["val_accuracy"], "correct": sum(v["correct"] for v in per.values()), "total": len(val),
+            "skipped": 0, "per_emotion": per, "epoch": h["epoch"]}
