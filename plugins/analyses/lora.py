@@ -94,6 +94,7 @@ class Lora(Analysis):
         (out_dir / "split.json").write_text(json.dumps(
             {"attribute": attr_name, "group_key": attr.group_key, "protocol": ctx.protocol, "seed": ctx.seed,
              **{k: [s.sample_id for s in v] for k, v in split.items()}}, indent=1))
+        self.written: list[str] = []
         t0 = time.time()
         state = self._train(ctx, attr, query, split, cfg_key, out_dir)
         train_s = time.time() - t0
@@ -323,7 +324,8 @@ class Lora(Analysis):
             outs = analyze(pl, entry)
             if adapter_dir is not None and bool(ctx.params["write_records"]):
                 for name, out, params, dur in outs:
-                    write_record(record_for(pl, entry, name, out, params, dur, ex), Path(c.out_dir))
+                    self.written.append(str(write_record(record_for(pl, entry, name, out, params, dur, ex),
+                                                         Path(c.out_dir))))
             results.append({name: out for name, out, _, _ in outs})
             del pl
         return results[0], results[1]
@@ -366,8 +368,10 @@ class Lora(Analysis):
             "val_accuracy_base": hist[0]["val_accuracy"] if hist else None,
             "val_accuracy_best": best["val_accuracy"] if best else None,
         }
+        summary["records"] = list(self.written)
         notes = [f"evaluated on {len(split['eval'])} samples; LoRA trained on {len(split['train'])} "
                  f"(validation {len(split['val'])})",
+                 *[f"wrote {w} (with the adapter)" for w in self.written],
                  "CIs of the changes combine the two runs' CIs as independent normals (approximate)"]
         if ctx.protocol == "paper":
             summary["baseline_generation_eval"] = _gen_eval(hist[0], split["val"], attr_name) if hist else None
