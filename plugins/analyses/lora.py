@@ -327,7 +327,8 @@ class Lora(Analysis):
                     self.written.append(str(write_record(record_for(pl, entry, name, out, params, dur, ex),
                                                          Path(c.out_dir))))
             results.append({name: out for name, out, _, _ in outs})
-            del pl
+            del pl, entry
+            _free_memory()
         return results[0], results[1]
 
     # ------------------------------------------------------------------ output
@@ -384,6 +385,20 @@ class Lora(Analysis):
                          "training clips included, B6); post_training_generation_eval is the last epoch's forced-choice "
                          "validation accuracy (the reference's B5), the evaluated adapter is the best epoch's")
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+
+
+def _free_memory() -> None:
+    """Drop a finished run's model before the next one loads (two 7B copies fit, three may not)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
 
 
 def _gen_eval(h: dict[str, Any], val: list[Sample], name: str) -> dict[str, Any]:
