@@ -79,6 +79,14 @@ class Modes:
         return self.eigenvectors[:, mask]
 
 
+def one_blas_thread() -> Any:
+    """Context for loops of many small matrix operations: waking BLAS threads for each tiny
+    product costs more than it saves (and much more on a shared, busy machine)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 def _blocks(n: int, block: int = BLOCK) -> Iterator[slice]:
     for j in range(0, n, block):
         yield slice(j, min(j + block, n))
@@ -200,18 +208,16 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
         G = dsyrk(1.0, _cols(X, s, mx).T, beta=1.0, c=G, trans=1, overwrite_c=1)
     ev, W = eigh(G, lower=False, overwrite_a=True, check_finite=False, driver="evr")
     del G
-    order = np.argsort(ev)[::-1]
-    ev, W = ev[order], W[:, order]
-    lam = ev / (N - 1)
+    lam = ev[::-1] / (N - 1)                          # eigh is ascending; descending views, no copy
     keep, rank = _keep(lam, N, d, rel_tol)
-    W = np.ascontiguousarray(W[:, keep])
-    lam = lam[keep]
+    m = int(keep.sum())                               # the kept modes are a prefix of the descending order
+    W = np.ascontiguousarray(W[:, ::-1][:, :m])
+    lam = lam[:m].copy()
     sv = np.sqrt(lam * (N - 1))                       # singular values of X_c
     # C = Y_c X_cᵀ gives the text projections without any d-sized matrix: Y_c u_k = C w_k / s_k
     C = np.zeros((NT, N), order="F")
     for s in _blocks(d):
         C = dgemm(1.0, _cols(Y, s, my).T, _cols(X, s, mx).T, beta=1.0, c=C, trans_a=1, overwrite_c=1)
-    m = W.shape[1]
     tv = np.empty(m)
     counts = bootstrap_counts(N, n_boot, seed) if n_boot else None
     boot_lam = np.empty((n_boot, m)) if n_boot else None

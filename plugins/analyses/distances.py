@@ -55,16 +55,21 @@ def pooled_gram(X: Any, Y: Any) -> np.ndarray:
     n = X.shape[0] + Y.shape[0]
     d = X.shape[1]
     mean = (column_mean(X) * X.shape[0] + column_mean(Y) * Y.shape[0]) / n
-    G = np.zeros((n, n))
+    from scipy.linalg.blas import dgemm
+
+    G = np.zeros((n, n), order="F")
     for s in _blocks(d):
         Z = np.concatenate([_cols(X, s), _cols(Y, s)]) - mean[s]
-        G += Z @ Z.T
-    return G
+        G = dgemm(1.0, Z.T, Z.T, beta=1.0, c=G, trans_a=1, overwrite_c=1)  # in place, no n×n temporary
+    return G.T  # symmetric: the transpose of the F-ordered buffer is a C-ordered view, no copy
 
 
 def sq_dists_from_gram(G: np.ndarray) -> np.ndarray:
-    g = np.diag(G)
-    D2 = g[:, None] + g[None, :] - 2 * G
+    """‖z_i − z_j‖² from the Gram matrix, built in one n×n buffer."""
+    g = np.diag(G).copy()
+    D2 = G * -2.0
+    D2 += g[:, None]
+    D2 += g[None, :]
     np.maximum(D2, 0, out=D2)
     np.fill_diagonal(D2, 0)
     return D2
@@ -199,8 +204,9 @@ def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boo
         sigma2 = float(np.median(D2[iu]))
         if sigma2 <= 0:
             sigma2 = 1.0
-        K = np.exp(-D2 / (2 * sigma2))
-        del D2
+        K = D2                                      # the kernel overwrites the distances in place
+        K *= -1.0 / (2 * sigma2)
+        np.exp(K, out=K)
         point = float(mmd2_many(K, own, 1 - own)[0])
         A, B = null_masks(n_perm, rng)
         null = np.concatenate([mmd2_many(K, A[i:i + 50], B[i:i + 50]) for i in range(0, n_perm, 50)])

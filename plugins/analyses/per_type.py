@@ -35,7 +35,7 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
-from ._linalg import _blocks, _cols, bootstrap_counts, ci, modes
+from ._linalg import _blocks, _cols, bootstrap_counts, ci, modes, one_blas_thread
 from ._params import as_list, check_params
 from .modes import load_pair
 
@@ -89,12 +89,17 @@ def _w1(X: np.ndarray, Y: np.ndarray) -> float:
 
 
 def _pca(Z: np.ndarray, k: int) -> np.ndarray:
-    """Scores of the top-k principal components of the rows of Z (exact SVD)."""
+    """Scores of the top-k principal components of the rows of Z, from the small Gram matrix
+    of the pair (rows << dims here). With k at or above the pair's rank this is an isometry,
+    so W1 is unchanged."""
+    from scipy.linalg import eigh
+
     Zc = Z - Z.mean(0)
-    if k >= Zc.shape[1]:
+    n = Zc.shape[0]
+    if k >= min(n - 1, Zc.shape[1]):
         return Zc
-    U, S, _ = np.linalg.svd(Zc, full_matrices=False)
-    return U[:, :k] * S[:k]
+    ev, V = eigh(Zc @ Zc.T, subset_by_index=[n - k, n - 1], check_finite=False)
+    return V[:, ::-1] * np.sqrt(np.clip(ev[::-1], 0, None))
 
 
 def class_pairs(classes: np.ndarray, max_pairs: int, rng: np.random.Generator) -> list[tuple[Any, Any]]:
@@ -118,6 +123,12 @@ def matched_w1(coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_cl
     if not pairs:
         return out
     members = {c: np.flatnonzero(labels == c) for c in ok}
+    with one_blas_thread():
+        _fill(out, coords, members, pairs, k, per_class, reps, rng)
+    return out
+
+
+def _fill(out, coords, members, pairs, k, per_class, reps, rng) -> None:
     for r in range(reps):
         vals: dict[str, list[float]] = {name: [] for name in coords}
         for c1, c2 in pairs:
@@ -128,7 +139,6 @@ def matched_w1(coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_cl
                 vals[name].append(_w1(P[:per_class], P[per_class:]))
         for name in coords:
             out[name][r] = float(np.mean(vals[name]))
-    return out
 
 
 # --------------------------------------------------------------------------- paper (script 06)
@@ -226,17 +236,17 @@ class PerType(Analysis):
                 table[a] = {"skipped": "fewer than 2 labelled classes"}
                 continue
             Pa = P[rows]
-            onehot = (y[:, None] == classes[None, :]).astype(np.float64)   # (n, C)
+            members = [np.flatnonzero(y == c) for c in classes]
 
             def scatter(w: np.ndarray) -> np.ndarray:
-                """Per-mode between-class scatter u_kᵀ S_B u_k under row weights w (..., n)."""
-                nc = w @ onehot                                          # (..., C)
-                sums = np.swapaxes(w[..., :, None] * onehot, -1, -2) @ Pa  # (..., C, k)
+                """Per-mode between-class scatter u_kᵀ S_B u_k under row weights w (b, n)."""
+                nc = np.stack([w[:, i].sum(1) for i in members], 1)                  # (b, C)
+                sums = np.stack([w[:, i] @ Pa[i] for i in members], 1)              # (b, C, k)
                 mu_c = sums / np.maximum(nc, 1e-12)[..., None]
-                mu = sums.sum(-2) / nc.sum(-1)[..., None]
-                return (nc[..., None] * (mu_c - mu[..., None, :]) ** 2).sum(-2)
+                mu = sums.sum(1) / nc.sum(1)[:, None]
+                return (nc[..., None] * (mu_c - mu[:, None, :]) ** 2).sum(1)
 
-            dk = scatter(np.ones(len(rows)))
+            dk = scatter(np.ones((1, len(rows))))[0]
             tr_kept = dk.sum()
             tr_full = self._trace_sb(X, rows, y, classes)
             res = {"var_frac_MS": dk[ms].sum() / tr_kept, "var_frac_TA": dk[ta].sum() / tr_kept,
