@@ -29,14 +29,14 @@ def records(tmp_path_factory):
 
 
 def test_hidden_factors_are_present_at_the_adapter(records):
+    """Speaker is nearly perfectly decodable; emotion, probed on held-out speakers (grouped
+    splits), at least 1.5x chance with its CI well clear of chance."""
     probe = records["probe"]
-    for attr in ("speaker", "emotion"):
+    for attr, min_acc, min_bits in (("speaker", 0.9, 1.5), ("emotion", 1.5 * 0.25, 0.1)):
         acc = _metric(probe, "accuracy", "adapter", attr)
-        chance = _metric(probe, "chance_uniform", None, attr)["value"] if any(
-            m["metric"] == "chance_uniform" and m.get("stage") is None and m["attribute"] == attr
-            for m in probe["metrics"]) else _metric(probe, "chance_uniform", "adapter", attr)["value"]
-        assert acc["ci_low"] > chance + 0.25, (attr, acc, chance)
-        assert _metric(probe, "i_probe_bits", "adapter", attr)["value"] > 0.5
+        assert _metric(probe, "chance_uniform", None, attr)["value"] == pytest.approx(1 / (6 if attr == "speaker" else 4))
+        assert acc["ci_low"] > min_acc, (attr, acc)
+        assert _metric(probe, "i_probe_bits", "adapter", attr)["value"] > min_bits
 
 
 def test_hidden_factors_are_not_accessible_to_the_decoder(records):

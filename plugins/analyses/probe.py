@@ -1,252 +1,614 @@
-"""Linear probes: information present per (stage, attribute) (science.md §1).
+"""Linear probes: the information present per (stage, attribute) (science.md §1).
 
-`default`: splits grouped by the attribute's group key (5 seeds), regularisation chosen by
-inner grouped cross-validation on the training part only from `C_GRID` (owned here, never by
-a plugin: the SUPERB fairness rule), lbfgs run to convergence (reported), accuracy with a
-bootstrap 95% CI over test predictions, balanced accuracy, macro-F1, both chance levels, the
-held-out cross-entropy and I_probe = H(Y) - CE in bits (a lower bound on I(Y; h)).
+`default` protocol, per attribute and stage:
+  * rows: labelled samples of classes with >= 2 members (the reference drops singletons);
+  * features: the stage's pooled vectors z-scored over all samples of the run (mean and
+    std use no label, so they cannot leak one; a zero-variance feature keeps scale 1);
+  * splits: a 5-fold stratified k-fold whose folds keep the attribute's groups whole,
+    seeded by the run's seed (each sample is tested exactly once); a group key that cannot
+    give such folds falls back to a stratified k-fold, said in `summary` and `notes`;
+  * model: multinomial logistic regression, objective mean cross-entropy + lam/2 ||W||^2
+    (intercept free; sklearn's C = 1 / (lam n_train)), lam chosen per outer fold from
+    `LAMBDA_GRID` by nested cross-validation on that fold's training part only (the other
+    four folds, held out in turn: 4-fold inner CV, group-disjoint whenever the outer folds
+    are), minimising held-out cross-entropy;
+  * metrics from the pooled held-out predictions: `accuracy` (bootstrap 95% CI over test
+    samples), `balanced_accuracy`, `macro_f1`, `cross_entropy_bits`, `i_probe_bits` =
+    H(Y) - CE (H(Y) the entropy of the label prior of the probed rows), `retention_ratio`;
+    `chance_uniform` = 1/K and `chance_majority` (the held-out accuracy of predicting each
+    training part's majority class) per attribute; and the attribute-level `retained_pct`,
+    `final_over_chance`, `delta_tau` (science.md §1) with the chance level of
+    `retention_chance` (default: majority; the paper's is 1/K).
 
-`paper`: the reference procedure exactly (analyses-probes-geometry.md §1): 5
-StratifiedShuffleSplit 80/20 splits with random_state 42, scaler fitted on train, lbfgs
-max_iter 100, C = 1/(1e-4 n_train), chance 1/K; its summary fields and retention numbers.
+How the default fit is made fast without changing the model it finds:
+  * Exact PCA form. The penalised optimum W lies in the span of the training rows
+    (representer theorem), so fitting in the coordinates of the stage's principal axes
+    (all axes with nonzero variance over the run's samples, which hold every training
+    row) gives the same model as fitting the D-dimensional z-scored vectors, at rank
+    <= min(N, D) instead of D. One eigendecomposition per stage serves every attribute,
+    fold and lam. (tests: the probabilities equal sklearn's on the raw z-scored vectors.)
+  * Preconditioning. In those axes the data Hessian is close to diag(s_j^2 / n) (x) H_c,
+    H_c the mean softmax Hessian over classes; L-BFGS runs in the variables that make
+    that block identity (a change of variables: the same optimum).
+  * Path and pairs. lam runs from strong to weak with warm starts; the inner fits of outer
+    folds i and j share one fit (trained on the folds other than i and j); the walk stops
+    for a fold once its inner CV cross-entropy has risen `patience` grid steps past its
+    best (the CV curve is U-shaped; `patience` large evaluates the whole grid).
+  * Convergence is certified, not assumed: a fit stops when ||grad||^2 / (2 lam) <= `tol`,
+    an upper bound (nats) on how far its penalised objective is above the optimum
+    (lam-strong convexity in W). Work runs in float32 and finishes in float64 when
+    float32 rounding stops the line search. Every fit's evaluations and bound are reported.
+
+`paper` protocol: the reference's script 03 exactly (analyses-probes-geometry.md §1): the
+reference's label filters, classes coded in sorted order (rank order for `lexical`, whose
+classes the dataset lists in top-50 rank order), StratifiedShuffleSplit(n_splits=5,
+train_size=0.8, random_state=42), StandardScaler fitted on train, LogisticRegression(lbfgs,
+C = 1/(1e-4 n_train), max_iter=100) on float32, chance 1/K; its summary fields per
+(stage, attribute) and the four retention numbers under their own names. The same fits
+also give a held-out cross-entropy, so `i_probe_bits` is reported (the reference has none).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-from mch.api import Analysis, AnalysisOutput, Metric, stage_sort_key
+from mch.api import Analysis, AnalysisOutput, MchError, Metric, stage_sort_key
 
-C_GRID = (0.001, 0.01, 0.1, 1.0)  # inverse L2 strength on z-scored features, chosen by inner CV
-LOG2 = np.log(2.0)
+from ._params import check_params
+from ._stats import (LN2, Folds, bootstrap_classification, confusion, encode_labels, entropy_bits,
+                     grouped_folds, percentile_ci, prior, scores_from_confusion)
 
+# The regularisation grid, owned by the harness (never by a model or dataset plugin, so
+# every model is probed alike: the SUPERB fairness rule). lam is the per-sample L2 weight on
+# z-scored features: objective = mean CE + lam/2 ||W||^2. Half-decades from 1 (weights near
+# zero) to 1e-5 (nearly unpenalised); the reference's fixed 1e-4 is on the grid.
+LAMBDA_GRID: tuple[float, ...] = tuple(float(10.0 ** (-k / 2)) for k in range(11))
 
-def encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rows with a label, classes with >= 2 members, encoded in sorted order (the reference's
-    LabelEncoder order). Returns (row indices, codes, class names)."""
-    rows = np.flatnonzero(labels != "")
-    vals = labels[rows].astype(str)
-    names, counts = np.unique(vals, return_counts=True)
-    keep = set(names[counts >= 2])
-    mask = np.array([v in keep for v in vals], dtype=bool)
-    rows, vals = rows[mask], vals[mask]
-    classes = sorted(set(vals))
-    index = {c: i for i, c in enumerate(classes)}
-    return rows, np.array([index[v] for v in vals], dtype=np.int64), classes
-
-
-def entropy_bits(y: np.ndarray, k: int) -> float:
-    p = np.bincount(y, minlength=k) / len(y)
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
-
-
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 1000,
-                 stat=np.mean) -> tuple[float, float]:
-    """Percentile 95% CI of `stat` over resampled rows of `values`."""
-    if len(values) == 0:
-        return (float("nan"), float("nan"))
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    boots = stat(values[idx], axis=1) if stat is np.mean else np.array([stat(values[i]) for i in idx])
-    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+DEFAULT_PARAMS = {
+    "n_splits": 5,            # outer folds (every sample tested once)
+    "patience": 1,            # grid steps past the best inner CV cross-entropy before the walk stops
+    "tol": 1e-5,              # convergence: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
+    "max_iter": 10000,        # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
+    "n_bootstrap": 1000,      # resamples of test predictions for the CIs
+    "retention_chance": "majority",  # chance level c of the retention numbers: majority or uniform
+    "min_samples": 20,        # fewer labelled rows: the attribute is skipped (the reference's 20)
+}
+PAPER_PARAMS = {
+    "n_splits": 5,
+    "train_size": 0.8,
+    "random_state": 42,
+    "weight_decay": 1e-4,     # C = 1 / (weight_decay * n_train)
+    "max_iter": 100,
+    "class_order": "auto",    # auto: rank order for lexical, sorted otherwise; or sorted / declared
+    "n_bootstrap": 1000,
+}
 
 
-def _zscore(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.preprocessing import StandardScaler
-
-    sc = StandardScaler().fit(xtr)
-    return sc.transform(xtr), sc.transform(xte)
+# --------------------------------------------------------------------------- the solver
 
 
-def _fit(x, y, C, max_iter, warm=None):
-    from sklearn.linear_model import LogisticRegression
-
-    m = LogisticRegression(C=C, max_iter=max_iter, tol=1e-4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m.fit(x, y)
-    converged = bool(np.all(m.n_iter_ < max_iter))
-    return m, converged
-
-
-def grouped_splits(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int,
-                   test_size: float = 0.2) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """Group-disjoint train/test splits whose training part holds every class; falls back to
-    stratified splits (and says so) when the groups cannot give that."""
-    from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
-
-    k = int(y.max()) + 1
-    n_groups = len(np.unique(groups))
-    if n_groups >= 5 and n_groups < len(y):
-        out = []
-        gss = GroupShuffleSplit(n_splits=n_splits * 20, test_size=test_size, random_state=seed)
-        for tr, te in gss.split(y, y, groups):
-            if len(np.unique(y[tr])) == k and len(te) > 0:
-                out.append((tr, te))
-            if len(out) == n_splits:
-                return out, "grouped"
-    sss = StratifiedShuffleSplit(n_splits=n_splits, test_size=test_size, random_state=seed)
-    return list(sss.split(np.zeros(len(y)), y)), ("stratified" if n_groups >= len(y) else "stratified-fallback")
+@dataclass
+class SoftmaxFit:
+    W: np.ndarray          # (r, k) weights in the fitting coordinates
+    b: np.ndarray          # (k,) intercepts
+    n_evals: int
+    grad_norm: float
+    gap_bound: float       # ||grad||^2 / (2 lam): nats above the optimum, at most
+    converged: bool
 
 
-def _choose_C(x, y, groups, seed, max_iter) -> tuple[float, bool]:
-    """Inner grouped 3-fold CV on the training part: the C with the best held-out log-loss."""
-    from sklearn.model_selection import GroupKFold, StratifiedKFold
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # a ufunc, not BLAS: on a loaded machine a threaded BLAS call waits for a time slice
+    return float(np.multiply(a, b).sum())
 
-    k = int(y.max()) + 1
-    n_groups = len(np.unique(groups))
-    if 3 <= n_groups < len(y):
-        folds = list(GroupKFold(n_splits=3).split(x, y, groups))
+
+def lbfgs(fg: Callable[[np.ndarray], tuple[float, np.ndarray, float]], x: np.ndarray, target: float,
+          max_iter: int, memory: int = 10) -> tuple[np.ndarray, int, int, float]:
+    """Minimise a smooth convex function with L-BFGS (two-loop recursion, Armijo
+    backtracking with quadratic interpolation). `fg(x)` returns (f, gradient, the norm the
+    stopping rule reads). Stops at norm <= target, after `max_iter` iterations, or when a
+    line search cannot decrease f (rounding): returns (x, iterations, evaluations, norm)."""
+    f, g, gn = fg(x)
+    evals, it = 1, 0
+    S: list[np.ndarray] = []
+    Y: list[np.ndarray] = []
+    R: list[float] = []
+    while gn > target and it < max_iter:
+        q = g.copy()
+        alphas = []
+        for s_, y_, r_ in zip(reversed(S), reversed(Y), reversed(R)):
+            a = r_ * _dot(s_, q)
+            alphas.append(a)
+            q -= a * y_
+        q *= _dot(S[-1], Y[-1]) / _dot(Y[-1], Y[-1]) if S else 1.0 / max(np.sqrt(_dot(g, g)), 1.0)
+        for s_, y_, r_, a in zip(S, Y, R, reversed(alphas)):
+            q += (a - r_ * _dot(y_, q)) * s_
+        d = -q
+        slope = _dot(g, d)
+        if slope >= 0:  # not a descent direction: restart from steepest descent
+            S, Y, R = [], [], []
+            d, slope = -g, -_dot(g, g)
+        t = 1.0
+        while True:
+            xn = x + t * d
+            fn, gn_vec, gnn = fg(xn)
+            evals += 1
+            if fn <= f + 1e-4 * t * slope:
+                break
+            denom = 2.0 * (fn - f - slope * t)
+            t = float(np.clip(-slope * t * t / denom, 0.1 * t, 0.5 * t)) if denom > 0 else 0.5 * t
+            if t < 1e-10:
+                return x, it, evals, gn  # no decrease left at this precision
+        s_, y_ = xn - x, gn_vec - g
+        sy = _dot(s_, y_)
+        if sy > 1e-12 * _dot(y_, y_):
+            S.append(s_)
+            Y.append(y_)
+            R.append(1.0 / sy)
+            if len(S) > memory:
+                S.pop(0), Y.pop(0), R.pop(0)
+        x, f, g, gn = xn, fn, gn_vec, gnn
+        it += 1
+    return x, it, evals, gn
+
+
+def _objective(Z: np.ndarray, y: np.ndarray, lam: float, Sc: np.ndarray, Q: np.ndarray):
+    """Mean CE + lam/2 ||W||^2 and its gradient in the preconditioned variables u, where
+    W = (Sc * u) Q^T; arithmetic on Z's dtype, accumulation in float64. Also returns the
+    gradient norm in the original variables (W, b), which the stopping rule reads."""
+    n, r = Z.shape
+    k = Sc.shape[1]
+    rows = np.arange(n)
+    dt = Z.dtype
+
+    def f(x: np.ndarray) -> tuple[float, np.ndarray, float]:
+        u = x[: r * k].reshape(r, k)
+        b = x[r * k:]
+        W = (Sc * u) @ Q.T
+        A = Z @ W.astype(dt, copy=False)
+        A += b.astype(dt)
+        m = A.max(axis=1, keepdims=True)
+        E = np.exp(A - m)
+        s = E.sum(axis=1, keepdims=True)
+        lse = np.log(s[:, 0].astype(np.float64)) + m[:, 0]
+        loss = float(np.mean(lse - A[rows, y]) + 0.5 * lam * _dot(W, W))
+        E /= s
+        E[rows, y] -= 1  # P - Y
+        gW = (Z.T @ E).astype(np.float64) / n + lam * W
+        gb = E.sum(axis=0, dtype=np.float64) / n
+        gn = float(np.sqrt(_dot(gW, gW) + _dot(gb, gb)))
+        return loss, np.concatenate([((gW @ Q) * Sc).ravel(), gb]), gn
+
+    return f
+
+
+def fit_softmax(Z32: np.ndarray, y: np.ndarray, k: int, lam: float, init: tuple | None = None,
+                tol: float = 1e-5, max_iter: int = 10000, z64: Callable[[], np.ndarray] | None = None) -> SoftmaxFit:
+    """Minimise mean CE + lam/2 ||W||^2 over (W, b) for codes y in 0..k-1 (all present).
+
+    `Z32` is the float32 design; `z64()` (optional) gives the same in float64 for the
+    finish, only if float32 rounding stops the line search; `init` = (W, b) warm start."""
+    n, r = Z32.shape
+    W0, b0 = (np.zeros((r, k)), np.zeros(k)) if init is None else init
+    A0 = Z32 @ W0.astype(np.float32) + b0.astype(np.float32)
+    P0 = np.exp(A0 - A0.max(1, keepdims=True)).astype(np.float64)
+    P0 /= P0.sum(1, keepdims=True)
+    Hc = np.diag(P0.mean(0)) - (P0.T @ P0) / n  # mean softmax Hessian over classes
+    L, Q = np.linalg.eigh(Hc)
+    colsq = np.square(Z32, dtype=np.float32).sum(0, dtype=np.float64)
+    Sc = 1.0 / np.sqrt(colsq[:, None] * np.clip(L, 0, None)[None, :] / n + lam)
+    x = np.concatenate([((W0 @ Q) / Sc).ravel(), b0])
+    target = np.sqrt(2.0 * lam * tol)
+    iters, evals, gn = 0, 0, np.inf
+    for Z in (Z32, None):
+        if Z is None:
+            Z = z64() if z64 is not None else Z32.astype(np.float64)
+        x, it, ev, gn = lbfgs(_objective(Z, y, lam, Sc, Q), x, target, max_iter - iters)
+        iters, evals = iters + it, evals + ev
+        if gn <= target or iters >= max_iter:
+            break
+    u = x[: r * k].reshape(r, k)
+    return SoftmaxFit((Sc * u) @ Q.T, x[r * k:].copy(), evals, gn, gn * gn / (2 * lam), bool(gn <= target))
+
+
+def log_softmax(Z: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    A = (Z @ W.astype(Z.dtype)).astype(np.float64) + b
+    A -= A.max(1, keepdims=True)
+    return A - np.log(np.exp(A).sum(1, keepdims=True))
+
+
+# --------------------------------------------------------------------------- default protocol
+
+
+@dataclass
+class Basis:
+    """A stage's vectors z-scored over the run's samples, in principal-axis coordinates."""
+
+    Z32: np.ndarray
+    Z64: np.ndarray
+    dim: int       # D of the pooled vectors
+    rank: int      # axes kept (nonzero variance)
+
+
+def stage_basis(X: np.ndarray) -> Basis:
+    """z-score the (N, D) vectors over their rows and rotate them onto the principal axes
+    with nonzero variance: Z = X_z V (or U s when D > N), Z Z^T = X_z X_z^T."""
+    X = np.asarray(X, dtype=np.float32)
+    n, d = X.shape
+    mu = X.mean(0, dtype=np.float64)
+    sd = X.std(0, dtype=np.float64)
+    sd[sd == 0] = 1.0  # StandardScaler's rule for a constant feature
+    Xz = ((X - mu.astype(np.float32)) / sd.astype(np.float32)).astype(np.float32)
+    if d <= n:
+        C = Xz.astype(np.float64).T @ Xz.astype(np.float64)
+        w, V = np.linalg.eigh(C)
+        keep = w > max(w[-1], 0) * 1e-10
+        Z64 = Xz.astype(np.float64) @ V[:, keep][:, ::-1]
     else:
-        folds = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=seed).split(x, y))
-    scores = {}
-    all_conv = True
-    for C in C_GRID:
-        loss = []
-        for tr, va in folds:
-            if len(np.unique(y[tr])) < 2:
+        G = (Xz @ Xz.T).astype(np.float64)  # N x N Gram; float32 products, the vectors' precision
+        del Xz
+        w, U = np.linalg.eigh(G)
+        del G
+        keep = w > max(w[-1], 0) * 1e-9
+        Z64 = U[:, keep][:, ::-1] * np.sqrt(w[keep][::-1])
+    return Basis(Z64.astype(np.float32), Z64, d, int(keep.sum()))
+
+
+@dataclass
+class FitLog:
+    n_fits: int = 0
+    n_converged: int = 0
+    n_evals: int = 0
+    max_evals: int = 0
+    max_gap: float = 0.0
+
+    def add(self, fit: SoftmaxFit) -> None:
+        self.n_fits += 1
+        self.n_converged += fit.converged
+        self.n_evals += fit.n_evals
+        self.max_evals = max(self.max_evals, fit.n_evals)
+        self.max_gap = max(self.max_gap, fit.gap_bound)
+
+
+def _local(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Classes present in y and y recoded onto them."""
+    cls = np.unique(y)
+    code = np.full(k, -1)
+    code[cls] = np.arange(len(cls))
+    return cls, code[y]
+
+
+def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, folds: Folds,
+                    grid: tuple[float, ...], patience: int, tol: float, max_iter: int,
+                    log: FitLog) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
+    """Held-out log-probabilities (n, k) of every row from its outer fold's model, the lam
+    each outer fold chose, and each fold's inner CV curve [(lam, CE nats)]."""
+    F = folds.n_splits
+    n, r = Z32.shape
+    pairs = [(i, j) for i in range(F) for j in range(i + 1, F)]
+    pair_rows = {p: np.flatnonzero((folds.fold != p[0]) & (folds.fold != p[1])) for p in pairs}
+    test_rows = [folds.test(i) for i in range(F)]
+    warm: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    best = [np.inf] * F
+    best_lam: list[float] = [grid[0]] * F
+    best_init: list[tuple[np.ndarray, np.ndarray] | None] = [None] * F
+    stale = [0] * F
+    active = [True] * F
+    curves: list[list[tuple[float, float]]] = [[] for _ in range(F)]
+    for lam in grid:
+        if not any(active):
+            break
+        nll = np.zeros(F)
+        cnt = np.zeros(F)
+        Wsum = [np.zeros((r, k)) for _ in range(F)]
+        bsum = [np.zeros(k) for _ in range(F)]
+        csum = [np.zeros(k) for _ in range(F)]
+        for p in pairs:
+            if not (active[p[0]] or active[p[1]]):
                 continue
-            xtr, xva = _zscore(x[tr], x[va])
-            m, conv = _fit(xtr, y[tr], C, max_iter)
-            all_conv &= conv
-            p = np.full((len(va), k), 1e-12)
-            p[:, m.classes_] = np.clip(m.predict_proba(xva), 1e-12, 1)
-            loss.append(-np.log(p[np.arange(len(va)), y[va]]).mean())
-        scores[C] = np.mean(loss) if loss else np.inf
-    return min(scores, key=scores.get), all_conv
+            rows = pair_rows[p]
+            cls, yl = _local(y[rows], k)
+            if len(cls) < 2:
+                continue
+            fit = fit_softmax(Z32[rows], yl, len(cls), lam, warm.get(p), tol, max_iter, lambda rows=rows: Z64[rows])
+            log.add(fit)
+            warm[p] = (fit.W, fit.b)
+            for o, v in ((p[0], p[1]), (p[1], p[0])):
+                if not active[o]:
+                    continue
+                vr = test_rows[v]
+                seen = np.isin(y[vr], cls)  # rows of a class this fit never saw carry no lam signal
+                vr = vr[seen]
+                if len(vr):
+                    lp = log_softmax(Z32[vr], fit.W, fit.b)
+                    nll[o] -= lp[np.arange(len(vr)), np.searchsorted(cls, y[vr])].sum()
+                    cnt[o] += len(vr)
+                Wsum[o][:, cls] += fit.W
+                bsum[o][cls] += fit.b
+                csum[o][cls] += 1
+        for o in range(F):
+            if not active[o] or cnt[o] == 0:
+                continue
+            ce = nll[o] / cnt[o]
+            curves[o].append((lam, float(ce)))
+            if ce < best[o]:
+                best[o], best_lam[o], stale[o] = ce, lam, 0
+                c = np.maximum(csum[o], 1)
+                best_init[o] = (Wsum[o] / c, bsum[o] / c)
+            else:
+                stale[o] += 1
+                if stale[o] >= patience:
+                    active[o] = False
+    logp = np.full((n, k), np.nan)
+    for o in range(F):
+        tr = folds.train(o)
+        fit = fit_softmax(Z32[tr], y[tr], k, best_lam[o], best_init[o], tol, max_iter, lambda tr=tr: Z64[tr])
+        log.add(fit)
+        te = test_rows[o]
+        logp[te] = log_softmax(Z32[te], fit.W, fit.b)
+    return logp, best_lam, curves
 
 
-def probe_default(x: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int, params: dict, seed: int) -> dict:
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    rng = np.random.default_rng(seed)
-    splits, mode = grouped_splits(y, groups, params["n_seeds"], seed)
-    correct, ce, bal, f1, conv, Cs = [], [], [], [], [], []
-    C = None
-    for i, (tr, te) in enumerate(splits):
-        if C is None or params["select_C_every_seed"]:
-            C, cconv = _choose_C(x[tr], y[tr], groups[tr], seed + i, params["max_iter"])
-        xtr, xte = _zscore(x[tr], x[te])
-        m, c = _fit(xtr, y[tr], C, params["max_iter"])
-        conv.append(c)
-        Cs.append(C)
-        p = np.full((len(te), k), 1e-12)
-        p[:, m.classes_] = np.clip(m.predict_proba(xte), 1e-12, 1)
-        pred = p.argmax(1)
-        correct.append(pred == y[te])
-        ce.append(-np.log(p[np.arange(len(te)), y[te]]) / LOG2)
-        bal.append(balanced_accuracy_score(y[te], pred))
-        f1.append(f1_score(y[te], pred, average="macro", zero_division=0))
-    correct_all, ce_all = np.concatenate(correct), np.concatenate(ce)
-    h = entropy_bits(y, k)
-    acc = float(np.mean([c.mean() for c in correct]))
-    ce_mean = float(np.mean([c.mean() for c in ce]))
-    lo, hi = bootstrap_ci(correct_all.astype(float), rng)
-    ce_lo, ce_hi = bootstrap_ci(ce_all, rng)
-    return {"accuracy": acc, "accuracy_ci": (lo, hi), "balanced_accuracy": float(np.mean(bal)),
-            "macro_f1": float(np.mean(f1)), "cross_entropy_bits": ce_mean, "cross_entropy_ci": (ce_lo, ce_hi),
-            "i_probe_bits": h - ce_mean, "i_probe_ci": (h - ce_hi, h - ce_lo), "label_entropy_bits": h,
-            "converged": bool(all(conv)), "C": Cs, "split_mode": mode, "n_test": int(len(correct_all))}
+def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_boot: int,
+                    seed: int) -> dict[str, Any]:
+    """Pooled held-out scores with bootstrap CIs over the test rows."""
+    pred = logp.argmax(1)
+    nll_bits = -logp[np.arange(len(y)), y] / LN2
+    point = scores_from_confusion(confusion(y, pred, k))
+    point = {key: float(v) for key, v in point.items()}
+    point["cross_entropy_bits"] = float(nll_bits.mean())
+    point["i_probe_bits"] = h_bits - point["cross_entropy_bits"]
+    reps = bootstrap_classification(y, pred, nll_bits, k, n_boot, seed)
+    reps["i_probe_bits"] = h_bits - reps["cross_entropy_bits"]
+    cis = {key: percentile_ci(v) for key, v in reps.items()}
+    return {"point": point, "ci": cis}
 
 
-def probe_paper(x: np.ndarray, y: np.ndarray, k: int) -> dict:
-    """The reference's script 03, line for line."""
+# --------------------------------------------------------------------------- paper protocol
+
+
+def paper_probe(X: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
+                weight_decay: float, max_iter: int) -> list[dict[str, Any]]:
+    """The reference's per-split procedure on float32 vectors: one dict per split."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.model_selection import StratifiedShuffleSplit
     from sklearn.preprocessing import StandardScaler
 
-    n = len(y)
-    n_train = int(np.floor(0.8 * n))
-    C = 1.0 / (1e-4 * n_train)
-    accs, f1s = [], []
-    sss = StratifiedShuffleSplit(n_splits=5, train_size=0.8, random_state=42)
-    for tr, te in sss.split(x, y):
-        sc = StandardScaler().fit(x[tr])
-        m = LogisticRegression(solver="lbfgs", C=C, max_iter=100)
+    X = np.asarray(X, dtype=np.float32)
+    k = int(y.max()) + 1
+    out = []
+    for tr, te in splits:
+        scaler = StandardScaler().fit(X[tr])
+        clf = LogisticRegression(solver="lbfgs", C=1.0 / (weight_decay * len(tr)), max_iter=max_iter)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m.fit(sc.transform(x[tr]), y[tr])
-        pred = m.predict(sc.transform(x[te]))
-        accs.append(accuracy_score(y[te], pred))
-        f1s.append(f1_score(y[te], pred, average="macro", zero_division=0))
-    chance = 1.0 / k
-    ret = [(a - chance) / (1 - chance) for a in accs]
-    return {"accuracies": accs, "mean_accuracy": float(np.mean(accs)), "std_accuracy": float(np.std(accs, ddof=1)),
-            "mean_retention": float(np.mean(ret)), "std_retention": float(np.std(ret, ddof=1)),
-            "mean_f1": float(np.mean(f1s)), "chance": chance, "n_classes": k, "n_train": n_train,
-            "n_test": n - n_train}
+            warnings.simplefilter("ignore")  # the reference silences ConvergenceWarning
+            clf.fit(scaler.transform(X[tr]), y[tr])
+        xte = scaler.transform(X[te])
+        pred = clf.predict(xte)
+        proba = np.zeros((len(te), k))
+        proba[:, clf.classes_] = clf.predict_proba(xte)
+        with np.errstate(divide="ignore"):
+            nll_bits = -np.log2(proba[np.arange(len(te)), y[te]])
+        out.append({"accuracy": float(accuracy_score(y[te], pred)),
+                    "f1_macro": float(f1_score(y[te], pred, average="macro", zero_division=0)),
+                    "n_iter": int(np.max(clf.n_iter_)), "pred": pred, "nll_bits": nll_bits,
+                    "n_train": int(len(tr)), "n_test": int(len(te))})
+    return out
+
+
+def paper_splits(y: np.ndarray, n_splits: int, train_size: float, random_state: int):
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    sss = StratifiedShuffleSplit(n_splits=n_splits, train_size=train_size, random_state=random_state)
+    return list(sss.split(np.zeros((len(y), 1)), y))
+
+
+def paper_encode(labels: np.ndarray, attribute: Any, class_order: str):
+    """The reference's label filters (script 03): lexical needs >= 5 distinct words and >= 50
+    labelled rows; other types >= 20 labels; classes with < 2 members dropped; >= 20 rows
+    left. Returns (Encoded, reason skipped or None)."""
+    labels = np.asarray(labels).astype(str)
+    labelled = labels[labels != ""]
+    lexical = attribute.name == "lexical"
+    if lexical and (len(np.unique(labelled)) < 5 or len(labelled) < 50):
+        return None, f"{len(np.unique(labelled))} distinct words in {len(labelled)} labelled rows (needs 5 and 50)"
+    if not lexical and len(labelled) < 20:
+        return None, f"{len(labelled)} labelled rows (needs 20)"
+    if class_order == "declared" or (class_order == "auto" and lexical):
+        enc = encode_labels(labels, order=list(attribute.classes))
+    elif class_order in ("sorted", "auto"):
+        enc = encode_labels(labels)
+    else:
+        raise MchError(f"probe parameter class_order must be auto, sorted or declared, not {class_order!r}")
+    if len(enc.rows) < 20 or len(enc.classes) < 2:
+        return None, f"{len(enc.rows)} rows in {len(enc.classes)} classes after dropping singleton classes"
+    return enc, None
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def _retention(acc: float | None, c: float) -> float | None:
+    return None if acc is None else (acc - c) / (1 - c)
+
+
+def attribute_level(attr: str, c: float, acc: dict[str, float]) -> list[Metric]:
+    """The retention numbers across stages, each under its own name (science.md §1)."""
+    out = []
+    a_en, a_ad, a_fi = acc.get("encoder"), acc.get("adapter"), acc.get("llm.final")
+    if a_ad is not None and a_fi is not None:
+        # the reference returns NaN when the adapter is within 0.001 of chance
+        out.append(Metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, None, attr))
+    if a_fi is not None:
+        out.append(Metric("final_over_chance", a_fi / c, None, attr))
+    if a_en is not None and a_fi is not None:
+        out.append(Metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), None, attr))
+    return out
 
 
 class Probe(Analysis):
+    """Linear probes per (stage, attribute); see the module docstring for both protocols."""
+
     name = "probe"
+    needs_model = False
 
     def default_params(self, protocol: str) -> dict[str, Any]:
-        if protocol == "paper":
-            return {"min_samples": 20}
-        return {"n_seeds": 5, "max_iter": 2000, "select_C_every_seed": False, "min_samples": 20}
+        return dict(PAPER_PARAMS if protocol == "paper" else DEFAULT_PARAMS)
 
     def run(self, ctx) -> AnalysisOutput:
-        params = ctx.params
-        out = AnalysisOutput(summary={"protocol": ctx.protocol, "per_stage": {}})
-        stages = sorted(ctx.stages, key=stage_sort_key)
-        acc_at: dict[tuple[str, str], float] = {}
-        with ctx.progress.task("probe", len(stages) * len(ctx.attributes)) as advance:
-            for attr in ctx.attributes:
-                rows, y, classes = encode(ctx.labels[attr])
-                k = len(classes)
-                if len(rows) < params["min_samples"] or k < 2:
-                    out.notes.append(f"{attr}: skipped ({len(rows)} labelled rows, {k} classes)")
-                    advance(len(stages))
-                    continue
-                chance = 1.0 / k
-                majority = float(np.bincount(y).max() / len(y))
-                out.metrics += [Metric("chance_uniform", chance, None, attr, n=len(rows)),
-                                Metric("chance_majority", majority, None, attr, n=len(rows))]
-                groups = np.asarray(ctx.groups[attr])[rows]
-                for stage in stages:
-                    x = np.asarray(ctx.reps[stage][rows], dtype=np.float64)
-                    if ctx.protocol == "paper":
-                        r = probe_paper(x, y, k)
-                        acc_at[(stage, attr)] = r["mean_accuracy"]
-                        out.metrics += [Metric("accuracy", r["mean_accuracy"], stage, attr, n=r["n_test"]),
-                                        Metric("std_accuracy", r["std_accuracy"], stage, attr),
-                                        Metric("retention_ratio", r["mean_retention"], stage, attr),
-                                        Metric("f1_macro", r["mean_f1"], stage, attr)]
-                    else:
-                        r = probe_default(x, y, groups, k, params, ctx.seed)
-                        acc_at[(stage, attr)] = r["accuracy"]
-                        lo, hi = r["accuracy_ci"]
-                        n = r["n_test"]
-                        out.metrics += [
-                            Metric("accuracy", r["accuracy"], stage, attr, lo, hi, n),
-                            Metric("balanced_accuracy", r["balanced_accuracy"], stage, attr, n=n),
-                            Metric("macro_f1", r["macro_f1"], stage, attr, n=n),
-                            Metric("cross_entropy_bits", r["cross_entropy_bits"], stage, attr, *r["cross_entropy_ci"], n),
-                            Metric("i_probe_bits", r["i_probe_bits"], stage, attr, *r["i_probe_ci"], n),
-                            Metric("retention_ratio", (r["accuracy"] - chance) / (1 - chance), stage, attr,
-                                   (lo - chance) / (1 - chance), (hi - chance) / (1 - chance), n),
-                        ]
-                        if not r["converged"]:
-                            out.notes.append(f"{attr} at {stage}: lbfgs did not converge in {params['max_iter']} iterations")
-                    out.summary["per_stage"].setdefault(attr, {})[stage] = {
-                        k2: v for k2, v in r.items() if k2 not in ("accuracies",)}
+        params = {**self.default_params(ctx.protocol), **ctx.params}
+        check_params(self.name, params, self.default_params(ctx.protocol))
+        stages = sorted((s for s in ctx.stages if s in ctx.reps), key=stage_sort_key)
+        if not stages:
+            raise MchError("the probe has no stage to read: the run extracted no representations")
+        if ctx.protocol == "paper":
+            return self._run_paper(ctx, params, stages)
+        return self._run_default(ctx, params, stages)
+
+    # ------------------------------------------------------------------ default
+    def _run_default(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
+        if p["retention_chance"] not in ("majority", "uniform"):
+            raise MchError(f"probe parameter retention_chance must be majority or uniform, not {p['retention_chance']!r}")
+        out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
+                                      "objective": "mean cross-entropy + lam/2 ||W||^2 on z-scored vectors",
+                                      "standardisation": "over all samples of the run (no labels used)",
+                                      "retention_chance": p["retention_chance"], "attributes": {}})
+        plan = {}
+        for attr, spec in ctx.attributes.items():
+            enc = encode_labels(ctx.labels[attr], order=list(spec.classes))
+            info: dict[str, Any] = {"classes": enc.classes, "n": int(len(enc.rows)),
+                                    "n_unlabelled": enc.n_unlabelled, "dropped_classes": enc.dropped}
+            out.summary["attributes"][attr] = info
+            if enc.dropped:
+                out.notes.append(f"{attr}: dropped {len(enc.dropped)} classes with a single member")
+            if len(enc.rows) < max(p["min_samples"], 2 * p["n_splits"]) or len(enc.classes) < 2:
+                info["skipped"] = f"{len(enc.rows)} usable rows in {len(enc.classes)} classes"
+                out.notes.append(f"{attr}: skipped ({info['skipped']})")
+                continue
+            groups = ctx.groups.get(attr)
+            folds = grouped_folds(enc.y, None if groups is None else np.asarray(groups)[enc.rows],
+                                  p["n_splits"], ctx.seed)
+            k = len(enc.classes)
+            # chance levels: 1/K, and the held-out accuracy of each training part's majority class
+            maj_hits = sum(int(np.sum(enc.y[folds.test(i)] == np.bincount(enc.y[folds.train(i)], minlength=k).argmax()))
+                           for i in range(folds.n_splits))
+            chance = {"uniform": 1.0 / k, "majority": maj_hits / len(enc.y)}
+            h = entropy_bits(prior(enc.y, k))
+            info.update({"n_classes": k, "split": "grouped" if folds.grouped else "stratified",
+                         "split_detail": folds.reason, "label_entropy_bits": h,
+                         "chance_uniform": chance["uniform"], "chance_majority": chance["majority"], "stages": {}})
+            if not folds.grouped:
+                out.notes.append(f"{attr}: splits are not grouped by {ctx.attributes[attr].group_key!r} "
+                                 f"({folds.reason})")
+            out.metrics += [Metric("chance_uniform", chance["uniform"], None, attr, n=len(enc.y)),
+                            Metric("chance_majority", chance["majority"], None, attr, n=len(enc.y))]
+            plan[attr] = (enc, folds, chance, h, info)
+        accs: dict[str, dict[str, float]] = {a: {} for a in plan}
+        unconverged = []
+        with ctx.progress.task("probe", len(stages) * len(plan)) as advance:
+            for stage in stages:
+                if not plan:
+                    break
+                basis = stage_basis(ctx.reps[stage])
+                for attr, (enc, folds, chance, h, info) in plan.items():
+                    k = len(enc.classes)
+                    log = FitLog()
+                    every = len(enc.rows) == len(basis.Z32)  # rows are sorted: all rows means no copy
+                    z32 = basis.Z32 if every else basis.Z32[enc.rows]
+                    z64 = basis.Z64 if every else basis.Z64[enc.rows]
+                    logp, lams, curves = nested_cv_probe(z32, z64, enc.y, k, folds,
+                                                         LAMBDA_GRID, int(p["patience"]), float(p["tol"]),
+                                                         int(p["max_iter"]), log)
+                    r = heldout_metrics(enc.y, logp, k, h, int(p["n_bootstrap"]), ctx.seed)
+                    pt, ci, n = r["point"], r["ci"], len(enc.y)
+                    c = chance[p["retention_chance"]]
+                    acc_lo, acc_hi = ci["accuracy"]
+                    out.metrics += [
+                        Metric("accuracy", pt["accuracy"], stage, attr, acc_lo, acc_hi, n),
+                        Metric("balanced_accuracy", pt["balanced_accuracy"], stage, attr, *ci["balanced_accuracy"], n),
+                        Metric("macro_f1", pt["macro_f1"], stage, attr, *ci["macro_f1"], n),
+                        Metric("cross_entropy_bits", pt["cross_entropy_bits"], stage, attr,
+                               *ci["cross_entropy_bits"], n),
+                        Metric("i_probe_bits", pt["i_probe_bits"], stage, attr, *ci["i_probe_bits"], n),
+                        Metric("retention_ratio", _retention(pt["accuracy"], c), stage, attr,
+                               _retention(acc_lo, c), _retention(acc_hi, c), n),
+                    ]
+                    accs[attr][stage] = pt["accuracy"]
+                    info["stages"][stage] = {
+                        "lambda": lams, "inner_cv": curves, "rank": basis.rank, "dim": basis.dim,
+                        "fits": log.n_fits, "converged": log.n_converged == log.n_fits,
+                        "n_unconverged": log.n_fits - log.n_converged, "max_evals": log.max_evals,
+                        "total_evals": log.n_evals, "max_gap_bound_nats": log.max_gap}
+                    if log.n_converged < log.n_fits:
+                        unconverged.append(f"{attr}@{stage}")
                     advance(1)
-                self._attribute_level(out, attr, chance, acc_at)
+                del basis
+        for attr, (enc, folds, chance, h, info) in plan.items():
+            out.metrics += attribute_level(attr, chance[p["retention_chance"]], accs[attr])
+        out.summary["converged"] = not unconverged
+        if unconverged:
+            out.notes.append(f"some fits reached max_iter={p['max_iter']} before the convergence bound: "
+                             + ", ".join(unconverged))
         return out
 
-    @staticmethod
-    def _attribute_level(out: AnalysisOutput, attr: str, chance: float, acc_at: dict) -> None:
-        """The four retention numbers, each under its own name (science.md §1)."""
-        a_ad, a_fi, a_en = (acc_at.get((s, attr)) for s in ("adapter", "llm.final", "encoder"))
-        if a_ad is not None and a_fi is not None:
-            retained = 100 * (a_fi - chance) / (a_ad - chance) if a_ad - chance > 1e-3 else None
-            out.metrics.append(Metric("retained_pct", retained, None, attr))
-        if a_fi is not None:
-            out.metrics.append(Metric("final_over_chance", a_fi / chance, None, attr))
-        if a_en is not None and a_fi is not None:
-            rr = lambda a: (a - chance) / (1 - chance)  # noqa: E731
-            out.metrics.append(Metric("delta_tau", rr(a_en) - rr(a_fi), None, attr))
+    # ------------------------------------------------------------------ paper
+    def _run_paper(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
+        out = AnalysisOutput(summary={"protocol": "paper", "attributes": {}})
+        plan = {}
+        for attr, spec in ctx.attributes.items():
+            enc, why = paper_encode(ctx.labels[attr], spec, p["class_order"])
+            if enc is None:
+                out.summary["attributes"][attr] = {"skipped": why}
+                out.notes.append(f"{attr}: skipped as the reference would ({why})")
+                continue
+            splits = paper_splits(enc.y, int(p["n_splits"]), float(p["train_size"]), int(p["random_state"]))
+            k = len(enc.classes)
+            out.summary["attributes"][attr] = {"classes": enc.classes, "n": int(len(enc.rows)), "n_classes": k,
+                                               "dropped_classes": enc.dropped, "chance": 1.0 / k, "stages": {}}
+            out.metrics.append(Metric("chance_uniform", 1.0 / k, None, attr, n=len(enc.y)))
+            plan[attr] = (enc, splits)
+        accs: dict[str, dict[str, float]] = {a: {} for a in plan}
+        with ctx.progress.task("probe (paper)", len(stages) * len(plan)) as advance:
+            for stage in stages:
+                for attr, (enc, splits) in plan.items():
+                    X = np.asarray(ctx.reps[stage][enc.rows], dtype=np.float32)
+                    k = len(enc.classes)
+                    chance = 1.0 / k
+                    per = paper_probe(X, enc.y, splits, float(p["weight_decay"]), int(p["max_iter"]))
+                    a = np.array([s["accuracy"] for s in per])
+                    f1 = np.array([s["f1_macro"] for s in per])
+                    ret = (a - chance) / (1 - chance)
+                    ce = np.array([s["nll_bits"].mean() for s in per])
+                    h = entropy_bits(prior(enc.y, k))
+                    # extra: CIs from resampling each split's test rows (the reference has none)
+                    reps = [bootstrap_classification(enc.y[te], s["pred"], s["nll_bits"], k, int(p["n_bootstrap"]),
+                                                     ctx.seed + i) for i, ((_, te), s) in enumerate(zip(splits, per))]
+                    acc_ci = percentile_ci(np.mean([r["accuracy"] for r in reps], axis=0))
+                    ce_rep = np.mean([r["cross_entropy_bits"] for r in reps], axis=0)
+                    n_test = per[0]["n_test"]
+                    out.metrics += [
+                        Metric("accuracy", float(a.mean()), stage, attr, *acc_ci, n_test),
+                        Metric("std_accuracy", float(a.std(ddof=1)), stage, attr),
+                        Metric("macro_f1", float(f1.mean()), stage, attr, n=n_test),
+                        Metric("retention_ratio", float(ret.mean()), stage, attr,
+                               _retention(acc_ci[0], chance), _retention(acc_ci[1], chance), n_test),
+                        Metric("cross_entropy_bits", float(ce.mean()), stage, attr, *percentile_ci(ce_rep), n_test),
+                        Metric("i_probe_bits", float(h - ce.mean()), stage, attr, *percentile_ci(h - ce_rep), n_test),
+                    ]
+                    accs[attr][stage] = float(a.mean())
+                    out.summary["attributes"][attr]["stages"][stage] = {
+                        "accuracies": a.tolist(), "f1_macro": f1.tolist(), "retention": ret.tolist(),
+                        "mean_accuracy": float(a.mean()), "std_accuracy": float(a.std(ddof=1)),
+                        "mean_retention": float(ret.mean()), "std_retention": float(ret.std(ddof=1)),
+                        "mean_f1": float(f1.mean()), "chance": chance, "n_classes": k,
+                        "n_train": per[0]["n_train"], "n_test": n_test,
+                        "n_iter": [s["n_iter"] for s in per],
+                        "converged": all(s["n_iter"] < int(p["max_iter"]) for s in per)}
+                    advance(1)
+        for attr, (enc, _) in plan.items():
+            out.metrics += attribute_level(attr, 1.0 / len(enc.classes), accs[attr])
+        return out

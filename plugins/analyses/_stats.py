@@ -1,0 +1,198 @@
+"""Statistics helpers the analyses share: entropy in bits, label encoding, grouped folds,
+confusion-based scores and percentile bootstraps over rows (vectorised, seeded).
+
+Everything here is plain numpy (sklearn only for fold assignment), deterministic for a
+given seed, and free of plugin knowledge.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+LN2 = float(np.log(2.0))
+
+
+# --------------------------------------------------------------------------- entropy, labels
+
+
+def entropy_bits(p: np.ndarray) -> float:
+    """Shannon entropy (bits) of a probability vector; zero entries contribute nothing."""
+    p = np.asarray(p, dtype=np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def prior(y: np.ndarray, k: int) -> np.ndarray:
+    """Empirical label prior P(y) of integer codes 0..k-1."""
+    return np.bincount(y, minlength=k).astype(np.float64) / len(y)
+
+
+@dataclass
+class Encoded:
+    """Integer-coded labels of the rows kept for an analysis."""
+
+    rows: np.ndarray            # indices into the run's samples
+    y: np.ndarray               # codes 0..K-1
+    classes: list[str]          # code -> class name
+    dropped: dict[str, int] = field(default_factory=dict)  # class name -> members, dropped as too rare
+    n_unlabelled: int = 0
+
+
+def encode_labels(labels: np.ndarray, order: Sequence[str] | None = None, min_count: int = 2) -> Encoded:
+    """Drop unlabelled rows ("") and classes with fewer than `min_count` members (the
+    reference drops singletons), then code classes in `order` (the names given, others
+    appended in sorted order) or, when `order` is None, in sorted order (LabelEncoder's)."""
+    labels = np.asarray(labels).astype(str)
+    labelled = np.flatnonzero(labels != "")
+    names, counts = np.unique(labels[labelled], return_counts=True)
+    keep = {n for n, c in zip(names, counts) if c >= min_count}
+    dropped = {str(n): int(c) for n, c in zip(names, counts) if c < min_count}
+    rows = labelled[np.isin(labels[labelled], list(keep))] if keep else labelled[:0]
+    if order is None:
+        classes = sorted(keep)
+    else:
+        classes = [c for c in order if c in keep] + sorted(keep - set(order))
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.fromiter((index[v] for v in labels[rows]), dtype=np.int64, count=len(rows))
+    return Encoded(rows, y, classes, dropped, int(len(labels) - len(labelled)))
+
+
+# --------------------------------------------------------------------------- folds
+
+
+@dataclass
+class Folds:
+    """`fold[i]` = the outer fold of row i (each row is tested exactly once)."""
+
+    fold: np.ndarray
+    n_splits: int
+    grouped: bool
+    reason: str  # why the split is (not) grouped, for the record
+
+    def test(self, i: int) -> np.ndarray:
+        return np.flatnonzero(self.fold == i)
+
+    def train(self, i: int) -> np.ndarray:
+        return np.flatnonzero(self.fold != i)
+
+
+def _every_train_part_has_every_class(fold: np.ndarray, y: np.ndarray, n_splits: int) -> bool:
+    k = int(y.max()) + 1
+    return all(len(np.unique(y[fold != i])) == k for i in range(n_splits))
+
+
+def grouped_folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) -> Folds:
+    """Stratified k-fold whose folds keep each group whole (sklearn's StratifiedGroupKFold,
+    shuffled with `seed`). Falls back to a stratified k-fold (and says why) when the group
+    key cannot give a usable split: fewer groups than folds, a class found in fewer than
+    two groups, or a training part that would miss a class."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    n = len(y)
+    reason = ""
+    if groups is None:
+        reason = "no group key"
+    else:
+        groups = np.asarray(groups).astype(str)
+        n_groups = len(np.unique(groups))
+        per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
+        if n_groups < n_splits:
+            reason = f"only {n_groups} groups for {n_splits} folds"
+        elif min(per_class) < 2:
+            reason = f"{sum(p < 2 for p in per_class)} classes occur in a single group"
+        else:
+            fold = np.empty(n, dtype=np.int64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "least populated class" warnings: checked below
+                splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+                for i, (_, te) in enumerate(splitter.split(np.zeros(n), y, groups)):
+                    fold[te] = i
+            if _every_train_part_has_every_class(fold, y, n_splits):
+                why = "one sample per group" if n_groups == n else f"{n_groups} groups"
+                return Folds(fold, n_splits, True, why)
+            reason = "a group-disjoint training part would miss a class"
+    fold = np.empty(n, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, (_, te) in enumerate(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(n), y)):
+            fold[te] = i
+    return Folds(fold, n_splits, False, f"stratified fallback: {reason}")
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+
+def scores_from_confusion(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 from (..., K, K) confusion counts (rows =
+    truth). Classes absent from the truth are left out of balanced accuracy; macro-F1
+    averages over classes present in truth or prediction, F1 = 0 where undefined
+    (sklearn's zero_division=0)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    true_n = conf.sum(-1)
+    pred_n = conf.sum(-2)
+    total = true_n.sum(-1)
+    present = true_n > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, tp / np.where(present, true_n, 1), 0.0)
+        bal = recall.sum(-1) / present.sum(-1)
+        denom = true_n + pred_n
+        f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0)
+        macro_f1 = f1.sum(-1) / (denom > 0).sum(-1)
+    return {"accuracy": tp.sum(-1) / total, "balanced_accuracy": bal, "macro_f1": macro_f1}
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
+    r = np.asarray(replicates, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if len(r) == 0:
+        return None, None
+    a = (1 - level) / 2 * 100
+    return float(np.percentile(r, a)), float(np.percentile(r, 100 - a))
+
+
+def bootstrap_rows(n: int, n_boot: int, seed: int, chunk: int = 128):
+    """Yield (B_chunk, n) index arrays of rows resampled with replacement; `n_boot` rows in
+    all, generated in chunks so memory stays at chunk * n."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        yield rng.integers(0, n, size=(b, n))
+        done += b
+
+
+def bootstrap(stat: Callable[[np.ndarray], Any], n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Replicates of `stat(idx)` for resampled row indices; `stat` takes a (B, n) index
+    array and returns (B,) or (B, m) values (vectorise it over the first axis)."""
+    parts = [np.asarray(stat(idx), dtype=np.float64) for idx in bootstrap_rows(n, n_boot, seed)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0,))
+
+
+def bootstrap_classification(y: np.ndarray, pred: np.ndarray, nll_bits: np.ndarray, k: int, n_boot: int,
+                             seed: int) -> dict[str, np.ndarray]:
+    """Bootstrap replicates (over rows) of accuracy, balanced accuracy, macro-F1 and mean
+    cross-entropy in bits, one pass over shared resamples."""
+    cell = y * k + pred
+    out: dict[str, list[np.ndarray]] = {"accuracy": [], "balanced_accuracy": [], "macro_f1": [],
+                                        "cross_entropy_bits": []}
+    for idx in bootstrap_rows(len(y), n_boot, seed):
+        b = idx.shape[0]
+        flat = (cell[idx] + (np.arange(b) * k * k)[:, None]).ravel()
+        conf = np.bincount(flat, minlength=b * k * k).reshape(b, k, k)
+        s = scores_from_confusion(conf)
+        for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+            out[key].append(s[key])
+        out["cross_entropy_bits"].append(nll_bits[idx].mean(axis=1))
+    return {key: np.concatenate(v) if v else np.zeros(0) for key, v in out.items()}

@@ -1,0 +1,331 @@
+"""The probe analysis against known answers (science.md §1, §7).
+
+- The default fit is the same model sklearn finds on the z-scored vectors.
+- Gaussian classes with a mutual information known by Monte Carlo: I_probe matches it.
+- Grouped splits keep groups whole, and fall back (and say so) when they cannot.
+- `--protocol paper` reproduces a direct sklearn implementation of the reference exactly.
+- The retention numbers follow their definitions; records built from the output validate.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mch.api import AnalysisSpec, Attribute, MchError, Sample
+from mch.context import AnalysisContext
+from mch.plugins.analyses import probe as P
+from mch.plugins.analyses._stats import grouped_folds
+from mch.results import build_record, validate
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Small fits on a shared machine: a threaded BLAS call can wait a time slice for its
+    second thread; one thread keeps these tests fast (the plugin and the direct reference
+    implementation run under the same limit)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+def make_probe() -> P.Probe:
+    return P.Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
+
+
+def context(reps: dict, labels: dict, groups: dict | None = None, protocol: str = "default", params=None,
+            classes: dict | None = None, seed: int = 0) -> AnalysisContext:
+    n = len(next(iter(labels.values())))
+    groups = groups or {a: np.array([f"g{i}" for i in range(n)], dtype=object) for a in labels}
+    attrs = {}
+    for a, lab in labels.items():
+        cls = (classes or {}).get(a) or sorted({str(v) for v in lab if v != ""})
+        attrs[a] = Attribute(a, cls, {c: [c] for c in cls}, "q", group_key="g")
+    probe = make_probe()
+    return AnalysisContext(protocol=protocol, params={**probe.default_params(protocol), **(params or {})}, seed=seed,
+                           stages=list(reps), reps=reps,
+                           samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
+                           attributes=attrs, labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
+                           groups=groups)
+
+
+def metric(out, name, stage, attr):
+    found = [m for m in out.metrics if m.metric == name and m.stage == stage and m.attribute == attr]
+    assert len(found) == 1, (name, stage, attr, found)
+    return found[0]
+
+
+# --------------------------------------------------------------------------- the solver
+
+
+def objective(Xz, y, W, b, lam):
+    from scipy.special import logsumexp
+
+    A = Xz @ W + b
+    return float(np.mean(logsumexp(A, 1) - A[np.arange(len(y)), y]) + 0.5 * lam * np.sum(W * W))
+
+
+@pytest.mark.parametrize("n,d,k", [(150, 240, 3), (300, 30, 3)])
+def test_default_fit_is_sklearns_model(n, d, k):
+    """PCA coordinates + preconditioning change the variables, not the optimum: the fit
+    reaches sklearn's objective on the D-dimensional z-scored vectors, and predicts the same."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, k, n)
+    X = (rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.6 + 0.3 * rng.standard_normal((k, d))[y] + 5)
+    X = X.astype(np.float32)
+    Xz = (X - X.mean(0, dtype=np.float64)) / X.std(0, dtype=np.float64)
+    basis = P.stage_basis(X)
+    assert basis.rank == min(n - 1, d)
+    np.testing.assert_allclose(basis.Z64 @ basis.Z64.T, Xz @ Xz.T, atol=1e-4 * np.abs(Xz @ Xz.T).max())
+    tr, te = np.arange(int(0.8 * n)), np.arange(int(0.8 * n), n)
+    for lam in (1e-1, 1e-3):
+        sk = LogisticRegression(C=1 / (lam * len(tr)), tol=1e-10, max_iter=100000).fit(Xz[tr], y[tr])
+        fit = P.fit_softmax(basis.Z32[tr], y[tr], k, lam, tol=1e-11, z64=lambda: basis.Z64[tr])
+        assert fit.converged and fit.gap_bound <= 1e-11
+        ours = objective(basis.Z64[tr], y[tr], fit.W, fit.b, lam)
+        theirs = objective(Xz[tr], y[tr], sk.coef_.T, sk.intercept_, lam)
+        assert ours <= theirs + 1e-9  # never worse than sklearn at its tightest
+        assert theirs - ours < 1e-6
+        # same predictions: tolerance from the (tiny) objective slack, sqrt(2 gap / lam) per unit norm
+        lp = P.log_softmax(basis.Z64[te], fit.W, fit.b)
+        np.testing.assert_allclose(lp, sk.predict_log_proba(Xz[te]), atol=5e-3 if lam < 1e-2 else 5e-4)
+
+
+def test_unconverged_fits_are_reported():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    X = rng.standard_normal((200, 20)).astype(np.float32) + y[:, None] * 0.3
+    out = make_probe().run(context({"adapter": X}, {"a": np.array([f"c{v}" for v in y])}, params={"max_iter": 2}))
+    assert out.summary["converged"] is False
+    assert out.summary["attributes"]["a"]["stages"]["adapter"]["n_unconverged"] > 0
+    assert any("max_iter=2" in note for note in out.notes)
+
+
+# --------------------------------------------------------------------------- known information
+
+
+def gaussian_world(n, means, sigma, rng):
+    k, d = means.shape
+    y = rng.integers(0, k, n)
+    return means[y] + sigma * rng.standard_normal((n, d)), y
+
+
+def true_mi_bits(means, sigma, rng, m=400_000):
+    """I(Y;X) = H(Y) - E[-log2 p(y|x)] for equiprobable isotropic Gaussian classes, by Monte
+    Carlo with the true posterior (standard error ~1e-3 bits)."""
+    from scipy.special import log_softmax
+
+    X, y = gaussian_world(m, means, sigma, rng)
+    logit = -((X[:, None, :] - means[None]) ** 2).sum(-1) / (2 * sigma ** 2)
+    return float(np.log2(len(means)) + np.mean(log_softmax(logit, axis=1)[np.arange(m), y]) / np.log(2))
+
+
+@pytest.mark.parametrize("spread", [0.8, 1.6])
+def test_i_probe_recovers_known_mutual_information(spread):
+    """Shared-covariance Gaussian classes have a linear-softmax posterior, so the probe's
+    cross-entropy approaches H(Y|X): I_probe must meet the Monte-Carlo truth within its CI
+    (allowing the lower bound's small estimation slack below it), while a probe on
+    shuffled labels must find none."""
+    rng = np.random.default_rng(7)
+    means = spread * np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.0]]) * 2
+    truth = true_mi_bits(means, 1.0, rng)
+    X, y = gaussian_world(3000, means, 1.0, rng)
+    # extra noise dimensions: the probe must not be fooled by them
+    X = np.concatenate([X, rng.standard_normal((len(X), 5))], 1).astype(np.float32)
+    labels = np.array([f"k{v}" for v in y], dtype=object)
+    out = make_probe().run(context({"adapter": X}, {"a": labels}))
+    ip = metric(out, "i_probe_bits", "adapter", "a")
+    slack = 0.03  # held-out CE of 5 folds x 9 dims x 3 logits fitted on 2400 rows: ~0.01 bits
+    assert ip.ci_low - slack <= truth <= ip.ci_high + 0.01, (truth, ip)
+    assert abs(ip.value - truth) < 0.05, (truth, ip.value)
+    assert out.summary["converged"]
+    shuffled = make_probe().run(context({"adapter": X}, {"a": rng.permutation(labels)}))
+    assert metric(shuffled, "i_probe_bits", "adapter", "a").value < 0.02
+
+
+def test_metrics_are_consistent_with_their_definitions():
+    rng = np.random.default_rng(3)
+    means = np.array([[0, 0], [2, 0], [0, 2.0]])
+    X, y = gaussian_world(600, means, 1.0, rng)
+    y[:300] = 0  # imbalanced: majority chance differs from 1/K
+    X[:300] = means[0] + rng.standard_normal((300, 2))
+    labels = np.array([f"c{v}" for v in y], dtype=object)
+    reps = {s: (X + 0.1 * i * rng.standard_normal(X.shape)).astype(np.float32)
+            for i, s in enumerate(["encoder", "adapter", "llm.final"])}
+    out = make_probe().run(context(reps, {"a": labels}))
+    info = out.summary["attributes"]["a"]
+    c_uni, c_maj = metric(out, "chance_uniform", None, "a").value, metric(out, "chance_majority", None, "a").value
+    assert c_uni == pytest.approx(1 / 3) and 0.55 < c_maj < 0.8
+    acc = {s: metric(out, "accuracy", s, "a").value for s in reps}
+    for s in reps:
+        a = metric(out, "accuracy", s, "a")
+        assert a.ci_low <= a.value <= a.ci_high and a.n == 600
+        assert metric(out, "retention_ratio", s, "a").value == pytest.approx((a.value - c_maj) / (1 - c_maj))
+        i = metric(out, "i_probe_bits", s, "a").value
+        ce = metric(out, "cross_entropy_bits", s, "a").value
+        assert i == pytest.approx(info["label_entropy_bits"] - ce)
+        assert 0 < metric(out, "balanced_accuracy", s, "a").value <= 1
+    assert metric(out, "retained_pct", None, "a").value == pytest.approx(
+        100 * (acc["llm.final"] - c_maj) / (acc["adapter"] - c_maj))
+    assert metric(out, "final_over_chance", None, "a").value == pytest.approx(acc["llm.final"] / c_maj)
+    rr = lambda v: (v - c_maj) / (1 - c_maj)  # noqa: E731
+    assert metric(out, "delta_tau", None, "a").value == pytest.approx(rr(acc["encoder"]) - rr(acc["llm.final"]))
+
+
+def test_retention_numbers_by_hand():
+    m = {x.metric: x.value for x in P.attribute_level("a", 0.25, {"encoder": 0.85, "adapter": 0.75, "llm.final": 0.5})}
+    assert m["retained_pct"] == pytest.approx(50.0)          # 100 (0.5 - .25) / (0.75 - .25)
+    assert m["final_over_chance"] == pytest.approx(2.0)
+    assert m["delta_tau"] == pytest.approx(0.8 - 1 / 3)      # (0.85-.25)/.75 - (0.5-.25)/.75
+    near = {x.metric: x.value for x in P.attribute_level("a", 0.25, {"adapter": 0.2505, "llm.final": 0.5})}
+    assert near["retained_pct"] is None                       # adapter within 0.001 of chance
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_grouped_folds_keep_groups_whole_and_fall_back():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 10)
+    y = rng.integers(0, 4, 400)
+    f = grouped_folds(y, groups.astype(str), 5, seed=0)
+    assert f.grouped
+    for g in range(40):
+        assert len(np.unique(f.fold[groups == g])) == 1
+    # speaker identity as its own group key: every class lives in one group -> stratified
+    spk = np.repeat(np.arange(8), 25)
+    f2 = grouped_folds(spk, spk.astype(str), 5, seed=0)
+    assert not f2.grouped and "single group" in f2.reason
+    for i in range(5):
+        assert set(np.unique(spk[f2.train(i)])) == set(range(8))
+
+
+def test_probe_records_the_split_and_drops_singletons():
+    rng = np.random.default_rng(0)
+    n = 300
+    spk = rng.integers(0, 5, n)
+    labels = np.array([f"s{v}" for v in spk], dtype=object)
+    labels[:7] = ""          # unlabelled
+    labels[7] = "lonely"     # a singleton class
+    X = (rng.standard_normal((n, 6)) + spk[:, None]).astype(np.float32)
+    out = make_probe().run(context({"adapter": X}, {"spk": labels}, groups={"spk": labels.copy()},
+                                   classes={"spk": [f"s{i}" for i in range(5)] + ["lonely"]}))
+    info = out.summary["attributes"]["spk"]
+    assert info["split"] == "stratified" and info["dropped_classes"] == {"lonely": 1}
+    assert info["n"] == n - 8 and info["n_unlabelled"] == 7
+    assert any("not grouped" in note for note in out.notes) and any("single member" in note for note in out.notes)
+
+
+# --------------------------------------------------------------------------- paper protocol
+
+
+def reference_script_03(X, labels, lexical_order=None):
+    """A direct sklearn implementation of the reference's procedure, written from
+    analyses-probes-geometry.md §1, independent of the plugin's code."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.preprocessing import LabelEncoder, StandardScaler
+
+    labels = np.asarray(labels).astype(str)
+    keep = labels != ""
+    if lexical_order is not None:   # class index = rank in the top-50 list
+        rank = {w: i for i, w in enumerate(lexical_order)}
+        codes = np.array([rank[v] for v in labels[keep]])
+    else:
+        codes = LabelEncoder().fit_transform(labels[keep])
+    Xk = X[keep].astype(np.float32)
+    vals, counts = np.unique(codes, return_counts=True)
+    ok = np.isin(codes, vals[counts >= 2])
+    Xk, y = Xk[ok], LabelEncoder().fit_transform(codes[ok])
+    n_train = int(np.floor(0.8 * len(y)))
+    accs, f1s = [], []
+    for tr, te in StratifiedShuffleSplit(n_splits=5, train_size=0.8, random_state=42).split(Xk, y):
+        sc = StandardScaler().fit(Xk[tr])
+        clf = LogisticRegression(solver="lbfgs", C=1.0 / (1e-4 * n_train), max_iter=100)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(sc.transform(Xk[tr]), y[tr])
+        pred = clf.predict(sc.transform(Xk[te]))
+        accs.append(float(np.mean(pred == y[te])))
+        f1s.append(float(f1_score(y[te], pred, average="macro", zero_division=0)))
+    return accs, f1s, len(np.unique(y))
+
+
+def test_paper_protocol_matches_the_reference_procedure_exactly():
+    rng = np.random.default_rng(5)
+    n, d = 230, 24
+    spk = rng.integers(0, 7, n)
+    words = np.array(["the", "a", "and", "of", "he", "she"])
+    w = rng.integers(0, 6, n)
+    emo = np.array(["angry", "sad", "happy"])[rng.integers(0, 3, n)].astype(object)
+    emo[:5] = ""
+    emo[5] = "rare"  # a singleton class: dropped by the reference's filter
+    reps = {s: (rng.standard_normal((n, d)) + 0.8 * (i + 1) * (spk[:, None] == np.arange(d) % 7)
+                + 0.6 * (w[:, None] == np.arange(d) % 6)).astype(np.float32)
+            for i, s in enumerate(["adapter", "llm.final"])}
+    lex_order = ["the", "and", "a", "he", "of", "she"]  # frequency rank, not sorted
+    labels = {"speaker": np.array([f"spk{v}" for v in spk], dtype=object),
+              "lexical": words[w].astype(object), "emotion": emo}
+    out = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order}))
+    for attr in labels:
+        for stage, X in reps.items():
+            accs, f1s, k = reference_script_03(X, labels[attr], lex_order if attr == "lexical" else None)
+            st = out.summary["attributes"][attr]["stages"][stage]
+            assert st["accuracies"] == accs, (attr, stage)  # identical, not close
+            assert st["f1_macro"] == f1s
+            assert st["n_classes"] == k and st["chance"] == 1 / k
+            assert st["mean_accuracy"] == pytest.approx(np.mean(accs))
+            assert st["std_accuracy"] == pytest.approx(np.std(accs, ddof=1))
+            assert st["mean_retention"] == pytest.approx((np.mean(accs) - 1 / k) / (1 - 1 / k))
+            assert metric(out, "accuracy", stage, attr).value == pytest.approx(np.mean(accs))
+        acc = {s: np.mean(out.summary["attributes"][attr]["stages"][s]["accuracies"]) for s in reps}
+        c = out.summary["attributes"][attr]["chance"]
+        assert metric(out, "final_over_chance", None, attr).value == pytest.approx(acc["llm.final"] / c)
+    # the rank order matters: coding lexical alphabetically gives other splits
+    alpha, _, _ = reference_script_03(reps["adapter"], labels["lexical"])
+    ranked = out.summary["attributes"]["lexical"]["stages"]["adapter"]["accuracies"]
+    assert alpha != ranked
+
+
+def test_paper_protocol_skips_what_the_reference_skips():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 8)).astype(np.float32)
+    labels = {"lexical": np.array(["the", "a", "of", "he"] * 15, dtype=object),   # 4 distinct words < 5
+              "emotion": np.array(["x", "y"] * 9 + [""] * 42, dtype=object)}       # 18 labels < 20
+    out = make_probe().run(context({"adapter": X}, labels, protocol="paper"))
+    assert not [m for m in out.metrics if m.attribute in labels]
+    assert "distinct words" in out.summary["attributes"]["lexical"]["skipped"]
+    assert "labelled rows" in out.summary["attributes"]["emotion"]["skipped"]
+
+
+# --------------------------------------------------------------------------- records and errors
+
+
+@pytest.mark.parametrize("protocol", ["default", "paper"])
+def test_a_schema_valid_record_is_built_from_the_output(protocol):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 120)
+    X = (rng.standard_normal((120, 10)) + y[:, None]).astype(np.float32)
+    ctx = context({"adapter": X, "llm.final": X + 0.5 * rng.standard_normal(X.shape).astype(np.float32)},
+                  {"a": np.array([f"c{v}" for v in y], dtype=object)}, protocol=protocol)
+    out = make_probe().run(ctx)
+    rec = build_record(model={"name": "m", "modality": "speech", "checkpoint": "x"},
+                       dataset={"name": "d", "n": 120, "sample_ids_sha256": None},
+                       analysis={"name": "probe", "params": ctx.params}, protocol=protocol, extraction={},
+                       seeds=[0], config_hash="0", duration_s=1.0, metrics=[m.as_dict() for m in out.metrics],
+                       summary=out.summary, notes=out.notes)
+    validate(rec)
+    assert {"accuracy", "i_probe_bits", "retention_ratio", "chance_uniform"} <= {m["metric"] for m in rec["metrics"]}
+
+
+def test_a_misspelled_parameter_is_one_clear_error():
+    X = np.zeros((30, 2), dtype=np.float32)
+    ctx = context({"adapter": X}, {"a": np.array(["x", "y"] * 15, dtype=object)}, params={"n_split": 3})
+    with pytest.raises(MchError, match="no parameter 'n_split'"):
+        make_probe().run(ctx)
