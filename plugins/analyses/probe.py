@@ -36,8 +36,9 @@ How the default fit is made fast without changing the model it finds:
     best (the CV curve is U-shaped; `patience` large evaluates the whole grid).
   * Convergence is certified, not assumed: a fit stops when ||grad||^2 / (2 lam) <= `tol`,
     an upper bound (nats) on how far its penalised objective is above the optimum
-    (lam-strong convexity in W). Work runs in float32 and finishes in float64 when
-    float32 rounding stops the line search. Every fit's evaluations and bound are reported.
+    (lam-strong convexity in W); the inner fits, which only rank lam, use `inner_tol`.
+    Work runs in float32 and finishes in float64 when float32 rounding stops the line
+    search. Every fit's evaluations and bound are reported.
 
 `paper` protocol: the reference's script 03 exactly (analyses-probes-geometry.md §1): the
 reference's label filters, classes coded in sorted order (rank order for `lexical`, whose
@@ -71,7 +72,8 @@ LAMBDA_GRID: tuple[float, ...] = tuple(float(10.0 ** (-k / 2)) for k in range(11
 DEFAULT_PARAMS = {
     "n_splits": 5,            # outer folds (every sample tested once)
     "patience": 1,            # grid steps past the best inner CV cross-entropy before the walk stops
-    "tol": 1e-5,              # convergence: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
+    "tol": 1e-5,              # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
+    "inner_tol": 1e-4,        # the same bound for the inner fits, which only rank lam
     "max_iter": 10000,        # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
     "n_bootstrap": 1000,      # resamples of test predictions for the CIs
     "retention_chance": "majority",  # chance level c of the retention numbers: majority or uniform
@@ -284,7 +286,8 @@ def _local(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, folds: Folds,
                     grid: tuple[float, ...], patience: int, tol: float, max_iter: int,
-                    log: FitLog) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
+                    log: FitLog, inner_tol: float | None = None
+                    ) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
     """Held-out log-probabilities (n, k) of every row from its outer fold's model, the lam
     each outer fold chose, and each fold's inner CV curve [(lam, CE nats)]."""
     F = folds.n_splits
@@ -314,7 +317,8 @@ def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, fol
             cls, yl = _local(y[rows], k)
             if len(cls) < 2:
                 continue
-            fit = fit_softmax(Z32[rows], yl, len(cls), lam, warm.get(p), tol, max_iter, lambda rows=rows: Z64[rows])
+            fit = fit_softmax(Z32[rows], yl, len(cls), lam, warm.get(p), inner_tol or tol, max_iter,
+                              lambda rows=rows: Z64[rows])
             log.add(fit)
             warm[p] = (fit.W, fit.b)
             for o, v in ((p[0], p[1]), (p[1], p[0])):
@@ -522,7 +526,7 @@ class Probe(Analysis):
                     z64 = basis.Z64 if every else basis.Z64[enc.rows]
                     logp, lams, curves = nested_cv_probe(z32, z64, enc.y, k, folds,
                                                          LAMBDA_GRID, int(p["patience"]), float(p["tol"]),
-                                                         int(p["max_iter"]), log)
+                                                         int(p["max_iter"]), log, float(p["inner_tol"]))
                     r = heldout_metrics(enc.y, logp, k, h, int(p["n_bootstrap"]), ctx.seed)
                     pt, ci, n = r["point"], r["ci"], len(enc.y)
                     c = chance[p["retention_chance"]]
