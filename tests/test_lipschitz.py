@@ -185,3 +185,64 @@ def test_toy_paper_protocol_fields(tmp_path):
         assert k in s, k
     assert s["n_computed"] == 12 and s["L_D_product_95"] == pytest.approx(s["L_log_p95"] * s["D_diameter"])
     assert {"all_finite", "variation_ok", "L_D_in_range"} <= set(s["checks"])
+
+
+# --------------------------------------------------------------------------- tiny paper architectures
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    import wave
+
+    from mch.plugins.attributes import synth
+    from mch.plugins.models import tiny
+
+    root = tmp_path_factory.mktemp("tiny_mine")
+    ck = {"llava": tiny.make_tiny_llava(root / "llava"),
+          "prismatic_dinov2": tiny.make_tiny_prismatic_dinov2(root / "dinov2"),
+          "qwen2audio": tiny.make_tiny_qwen2audio(root / "qwen2audio"),
+          "ultravox": tiny.make_tiny_ultravox(root / "ultravox")}
+    coco = synth.make("coco", root / "coco", images=40)
+    crema = synth.make("cremad", root / "crema", actors=4, sentences=2, engine="numpy")
+    wav = sorted((crema / "AudioWAV").glob("*.wav"))[0]  # > 30 s: two Ultravox chunks for one sample
+    with wave.open(str(wav)) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    with wave.open(str(wav), "wb") as w:
+        w.setparams(params)
+        w.writeframes(frames * int(np.ceil(31 * params.framerate / params.nframes)))
+    return {"ck": ck, "coco": coco, "crema": crema}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,protocol", [("llava", "default"), ("prismatic_dinov2", "default"),
+                                            ("qwen2audio", "default"), ("ultravox", "default"),
+                                            ("ultravox", "paper"), ("llava", "paper")])
+def test_my_analyses_on_tiny_paper_architectures(tiny_world, model, protocol, tmp_path):
+    """modes, per_type, distances, lipschitz and bound run on every model layout (patch tokens,
+    30 s padded audio, multi-chunk audio) and write valid records; under paper the first
+    samples include the two-chunk clip, so the gradient rows are mapped to their sample."""
+    from mch.runner import RunConfig, run_bench
+
+    speech = model in ("qwen2audio", "ultravox")
+    analyses = ["modes", "per_type", "distances", "lipschitz", "bound"]
+    if protocol == "paper":
+        params = {"distances": {"n_bootstrap": 3}, "lipschitz": {"n_samples": 4, "n_fd": 2},
+                  "bound": {"n_samples": 4, "path_points": 3, "n_boot": 50}}
+    else:
+        params = {"modes": {"n_boot": 20}, "per_type": {"n_boot": 20, "w1_reps": 2},
+                  "distances": {"n_perm": 10, "n_boot": 10, "w1_n_perm": 3, "w1_n_boot": 3, "n_directions": 8},
+                  "lipschitz": {"n_samples": 6, "batch_size": 3, "n_fd": 2, "n_boot": 50},
+                  "bound": {"n_samples": 6, "batch_size": 3, "path_points": 3, "n_boot": 50}}
+    _, written = run_bench(RunConfig(model=model, checkpoint=str(tiny_world["ck"][model]),
+                                     dataset="cremad" if speech else "coco",
+                                     data_path=str(tiny_world["crema" if speech else "coco"]), analyses=analyses,
+                                     limit=40, batch_size=4, protocol=protocol, params=params,
+                                     out_dir=tmp_path / "r", store=tmp_path / "s"))
+    recs = {rec["analysis"]["name"]: rec for _, rec in written}
+    assert list(recs) == analyses
+    lip = {m["metric"]: m["value"] for m in recs["lipschitz"]["metrics"]}
+    key = "L_log_max" if protocol == "paper" else "L_seq_max"
+    assert np.isfinite(lip[key]) and lip[key] > 0
+    assert lip["fd_rel_error_seq_median"] < 0.1
+    b = {m["metric"]: m["value"] for m in recs["bound"]["metrics"]}
+    assert b["bound_held_paired"] == 1.0

@@ -395,6 +395,9 @@ class PerType(Analysis):
         notes = ["paper protocol: the reference's script 06 on this run's vectors (one dataset, so its type = dataset "
                  "confound does not arise; all d modes, so null modes enter var_frac_TA and weighted_alpha)",
                  "Spearman over at most a handful of attributes, as the reference; no CIs"]
+        if not n_ms:
+            notes.append("no modality-specific mode (every α above the threshold): like the reference, no "
+                         "directional table")
         if not deltas:
             notes.append("delta_tau needs `probe` earlier in the same run (--analysis probe,per_type)")
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
