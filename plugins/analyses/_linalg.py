@@ -114,11 +114,14 @@ def column_mean(X: Any) -> np.ndarray:
 def bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     """(B, n) row multiplicities of `n_boot` with-replacement resamples of n rows. The same
     (n, n_boot, seed) always gives the same resamples, so analyses can share them."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
+    from ._stats import bootstrap_rows
+
     counts = np.zeros((n_boot, n))
-    for b in range(n_boot):
-        counts[b] = np.bincount(idx[b], minlength=n)
+    b = 0
+    for idx in bootstrap_rows(n, n_boot, seed):
+        for row in idx:
+            counts[b] = np.bincount(row, minlength=n)
+            b += 1
     return counts
 
 
@@ -231,17 +234,18 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     del C
     total, boot_total = _traces(X, mx, counts)
     ttotal, boot_ttotal = _traces(Y, my, counts)
+    del counts
     sc = W * sv if want_scores else None
     U = None
     if vectors:
         W /= sv                                     # u_k = X_cᵀ w_k / s_k
         U = np.empty((d, m))
-        for s in _blocks(d):
+        for s in _blocks(d, BLOCK // 2):            # W and U are the peak here: small blocks beside them
             U[s] = _cols(X, s, mx).T @ W
     out = Modes(eigenvalues=lam, eigenvectors=U, alpha=tv / lam, text_variance=tv, mean=mx, total_variance=total,
                 text_total_variance=ttotal, rank=rank, dim=d, n_rows=N, n_text_rows=NT, protocol="default",
                 tau=tau, scores=sc)
-    if counts is not None:
+    if n_boot:
         out.boot = _boot_dict(boot_lam, boot_tv, boot_total, boot_ttotal)
     return out
 

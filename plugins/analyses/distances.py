@@ -200,8 +200,9 @@ def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boo
     own[0, :nx] = 1
     if "MMD2" in metrics:
         D2 = sq_dists_from_gram(G)
-        iu = np.triu_indices(n, 1)
-        sigma2 = float(np.median(D2[iu]))
+        upper = D2[np.triu(np.ones((n, n), dtype=bool), 1)]   # a bool mask: no index arrays of n² ints
+        sigma2 = float(np.median(upper, overwrite_input=True))
+        del upper
         if sigma2 <= 0:
             sigma2 = 1.0
         K = D2                                      # the kernel overwrites the distances in place

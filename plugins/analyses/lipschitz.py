@@ -198,18 +198,20 @@ def batched(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 def describe(values: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, float | None, float | None]]:
     """mean, median, p95, p99 with bootstrap percentile CIs over samples; max without one."""
+    from ._stats import bootstrap, percentile_ci
+
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return {}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_boot, v.size))
-    bs = v[idx]
-    out = {}
-    for name, f in (("mean", lambda a: a.mean(-1)), ("median", lambda a: np.median(a, -1)),
-                    ("p95", lambda a: np.percentile(a, 95, axis=-1)), ("p99", lambda a: np.percentile(a, 99, axis=-1))):
-        lo, hi = np.percentile(f(bs), [2.5, 97.5]) if n_boot else (None, None)
-        out[name] = (float(f(v)), None if lo is None else float(lo), None if hi is None else float(hi))
+    stats = (("mean", lambda a: a.mean(-1)), ("median", lambda a: np.median(a, -1)),
+             ("p95", lambda a: np.percentile(a, 95, axis=-1)), ("p99", lambda a: np.percentile(a, 99, axis=-1)))
+    reps = bootstrap(lambda idx: np.stack([f(v[idx]) for _, f in stats], 1), v.size, n_boot, seed) \
+        if n_boot else None
+    out: dict[str, tuple[float, float | None, float | None]] = {}
+    for j, (name, f) in enumerate(stats):
+        lo, hi = percentile_ci(reps[:, j]) if reps is not None else (None, None)
+        out[name] = (float(f(v)), lo, hi)
     out["max"] = (float(v.max()), None, None)
     return out
 

@@ -111,11 +111,12 @@ def class_pairs(classes: np.ndarray, max_pairs: int, rng: np.random.Generator) -
     return [allp[i] for i in idx]
 
 
-def matched_w1(coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_class: int, reps: int,
-               max_pairs: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Mean class-pair W1 in each subspace of `coords` (name -> (n, dim) coordinates), every
-    pair with `per_class` rows per class and PCA to k dims fitted on the pair; one value
-    per replicate (fresh subsamples), the same subsamples for every subspace."""
+def matched_w1(P: np.ndarray, coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_class: int,
+               reps: int, max_pairs: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Mean class-pair W1 in each subspace of `coords` (name -> the columns of the mode
+    coordinates P that span it), every pair with `per_class` rows per class and PCA to k dims
+    fitted on the pair; one value per replicate (fresh subsamples), the same subsamples for
+    every subspace."""
     classes, counts = np.unique(labels, return_counts=True)
     ok = classes[counts >= 2 * per_class] if reps > 1 else classes[counts >= per_class]
     pairs = class_pairs(ok, max_pairs, rng)
@@ -124,19 +125,20 @@ def matched_w1(coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_cl
         return out
     members = {c: np.flatnonzero(labels == c) for c in ok}
     with one_blas_thread():
-        _fill(out, coords, members, pairs, k, per_class, reps, rng)
+        _fill(out, P, coords, members, pairs, k, per_class, reps, rng)
     return out
 
 
-def _fill(out, coords, members, pairs, k, per_class, reps, rng) -> None:
+def _fill(out, P, coords, members, pairs, k, per_class, reps, rng) -> None:
     for r in range(reps):
         vals: dict[str, list[float]] = {name: [] for name in coords}
         for c1, c2 in pairs:
             i1 = rng.choice(members[c1], per_class, replace=False)
             i2 = rng.choice(members[c2], per_class, replace=False)
-            for name, Z in coords.items():
-                P = _pca(np.concatenate([Z[i1], Z[i2]]), k)
-                vals[name].append(_w1(P[:per_class], P[per_class:]))
+            pair = P[np.concatenate([i1, i2])]
+            for name, cols in coords.items():
+                S = _pca(pair[:, cols], k)
+                vals[name].append(_w1(S[:per_class], S[per_class:]))
         for name in coords:
             out[name][r] = float(np.mean(vals[name]))
 
@@ -235,7 +237,7 @@ class PerType(Analysis):
             if len(classes) < 2:
                 table[a] = {"skipped": "fewer than 2 labelled classes"}
                 continue
-            Pa = P[rows]
+            Pa = P if len(rows) == len(P) else P[rows]   # no copy when every row is labelled
             members = [np.flatnonzero(y == c) for c in classes]
 
             def scatter(w: np.ndarray) -> np.ndarray:
@@ -272,8 +274,8 @@ class PerType(Analysis):
                        for f, r in reps.items()}
             if n_ta and n_ms:
                 per_class = int(min(p["w1_max_per_class"], max(2, cnt.min() // 2)))
-                w = matched_w1({"TA": Pa[:, ta], "MS": Pa[:, ms]}, y, k_w1, per_class, int(p["w1_reps"]),
-                               int(p["max_pairs"]), rng)
+                w = matched_w1(Pa, {"TA": np.flatnonzero(ta), "MS": np.flatnonzero(ms)}, y, k_w1, per_class,
+                               int(p["w1_reps"]), int(p["max_pairs"]), rng)
                 for name in ("TA", "MS"):
                     v = w[name]
                     res[f"W1_{name}_matched"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
