@@ -194,6 +194,7 @@ class HFPluginMixin:
 
     decoder_path: str = ""
     inner_path: str = ""
+    hf_class = "AutoModelForCausalLM"  # transformers class whose module tree the stage paths live in
     answer_sep = " "  # between the prompt and the content (loss) in the default protocol
     batch_size_default = 8
 
@@ -202,6 +203,24 @@ class HFPluginMixin:
 
     def inner(self) -> torch.nn.Module:
         return resolve_module(self.module, self.inner_path) if self.inner_path else self.module  # type: ignore
+
+    def _ensure_paths(self) -> dict[str, str]:
+        """Stage paths before the weights are loaded: the module tree built from the
+        checkpoint's config on the meta device (no memory)."""
+        if self._paths is None:  # type: ignore[has-type]
+            import transformers
+            from transformers import AutoConfig
+
+            path = checkpoint_dir(self)  # type: ignore[arg-type]
+            try:
+                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            except Exception as exc:  # noqa: BLE001
+                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None  # type: ignore[attr-defined]
+            cls = getattr(transformers, self.hf_class)
+            with torch.device("meta"):
+                model = cls.from_config(cfg) if self.hf_class.startswith("Auto") else cls(cfg)
+                self._paths = self._build_paths(model)  # type: ignore[attr-defined]
+        return self._paths
 
     def lora_target(self) -> str:
         """The LLM decoder stack: where `--adapter` LoRAs are merged (known before load too)."""

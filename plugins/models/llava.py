@@ -63,6 +63,7 @@ PAPER_INSTRUCTION = "Describe this image."
 
 
 class Llava(HFPluginMixin, ModelPlugin):
+    hf_class = "LlavaForConditionalGeneration"
     modality = "vision"
     views = ("modal", "text")
     inner_path = "model"
@@ -113,21 +114,6 @@ class Llava(HFPluginMixin, ModelPlugin):
         self.n_layers = len(resolve_module(model, f"{decoder}.layers"))
         self.strategy = cfg.vision_feature_select_strategy
         return paths
-
-    def _ensure_paths(self) -> dict[str, str]:
-        """Stage paths before the weights are loaded: from the checkpoint's config on the
-        meta device (same module tree, no memory)."""
-        if self._paths is None:
-            from transformers import AutoConfig, LlavaForConditionalGeneration
-
-            path = checkpoint_dir(self)
-            try:
-                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            except Exception as exc:  # noqa: BLE001
-                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None
-            with torch.device("meta"):
-                self._paths = self._build_paths(LlavaForConditionalGeneration(cfg))
-        return self._paths
 
     def stage_map(self, view: str = "modal", protocol: str | None = None) -> dict[str, str]:
         """The encoder stage depends on the protocol; capture() asks without one, so the

@@ -79,6 +79,7 @@ def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
 
 
 class Qwen2Audio(HFPluginMixin, ModelPlugin):
+    hf_class = "Qwen2AudioForConditionalGeneration"
     modality = "speech"
     views = ("modal", "text")
     inner_path = "model"
@@ -118,19 +119,6 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             "decoder": decoder,
             "embed": f"{decoder}.embed_tokens",
         }
-
-    def _ensure_paths(self) -> dict[str, str]:
-        if self._paths is None:
-            from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
-
-            path = checkpoint_dir(self)
-            try:
-                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            except Exception as exc:  # noqa: BLE001
-                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None
-            with torch.device("meta"):
-                self._paths = self._build_paths(Qwen2AudioForConditionalGeneration(cfg))
-        return self._paths
 
     def stage_map(self, view: str = "modal") -> dict[str, str]:
         p = self._ensure_paths()

@@ -73,19 +73,6 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         self.n_layers = len(resolve_module(model, f"{decoder}.layers"))
         return {"decoder": decoder, "embed": f"{decoder}.embed_tokens"}
 
-    def _ensure_paths(self) -> dict[str, str]:
-        if self._paths is None:
-            from transformers import AutoConfig, AutoModelForCausalLM
-
-            path = checkpoint_dir(self)
-            try:
-                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            except Exception as exc:  # noqa: BLE001
-                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None
-            with torch.device("meta"):
-                self._paths = self._build_paths(AutoModelForCausalLM.from_config(cfg))
-        return self._paths
-
     def _check_view(self, view: str) -> None:
         if view != "text":
             raise MchError(f"model {self.spec.name!r} is a text-only baseline: it has only the text view, not {view!r}")
