@@ -180,7 +180,7 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
     p = plan(cfg, log, progress)
     entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])
     if not entry.complete:
-        raise MchError(f"no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
+        raise MchError("no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
                        f"with the same options first")
     recs = []
     for name, outp, params, dur in do_analyze(p, entry):

@@ -4,7 +4,6 @@ it passes the contract check, and `mch bench` runs it end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -89,12 +88,6 @@ def test_bench_end_to_end_in_a_subprocess(installed, tiny, tmp_path):
     env = _env(installed, tmp_path)
     common = ["--model", "paligemma", "--checkpoint", str(tiny), "--dataset", "synth-coco", "--limit", "6",
               "--store", str(tmp_path / "store"), "--quiet"]
-    if importlib.util.find_spec("mch.plugins.analyses.probe") is None:
-        # the probe analysis is not in this checkout yet: run the same path up to the store
-        run_mch("extract", *common, "--text", env=env, check=True)
-        manifests = [json.loads(p.read_text()) for p in (tmp_path / "store").rglob("manifest.json")]
-        assert len(manifests) == 2 and all(m.get("complete") for m in manifests)
-        pytest.skip("the probe analysis is not in this checkout yet (extraction ran end to end)")
     run_mch("bench", *common, "--analysis", "probe", "--out", str(tmp_path / "results"), env=env, check=True)
     records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
     assert records and all(r["model"]["name"] == "paligemma" for r in records)

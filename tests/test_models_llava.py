@@ -203,7 +203,6 @@ def test_lora_adapter_merges_and_a_mismatched_one_is_refused(ckpt, plugin, tmp_p
 
 def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     """`mch extract`/`mch bench` on the tiny checkpoint and the offline COCO-layout corpus."""
-    import importlib.util
 
     from mch.cli import main
     from mch.runner import RunConfig, extract, plan
@@ -217,8 +216,6 @@ def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
         assert len(rows) == 6 and set(reps) == set(p.plugin.stages(view))
         assert all(np.isfinite(np.asarray(v)).all() and v.shape[0] == 6 for v in reps.values())
     assert reps["llm.final"].shape == (6, 64)
-    if importlib.util.find_spec("mch.plugins.analyses.probe") is None:
-        pytest.skip("the probe analysis is not in this checkout yet")
     main(["bench", "--model", "llava", "--checkpoint", str(ckpt), "--dataset", "synth-coco", "--limit", "6",
           "--analysis", "probe", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "results"), "--quiet"])
     assert list((tmp_path / "results").rglob("*.json"))

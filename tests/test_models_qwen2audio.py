@@ -207,7 +207,6 @@ def test_lora_adapter_merges_and_a_mismatched_one_is_refused(ckpt, plugin, tmp_p
 
 def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     """`mch extract`/`mch bench` on the tiny checkpoint and the offline CREMA-D-layout corpus."""
-    import importlib.util
 
     from mch.cli import main
     from mch.runner import RunConfig, extract, plan
@@ -219,8 +218,6 @@ def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     reps, rows = extract(p, "modal").read()
     assert len(rows) == 4 and reps["encoder"].shape == (4, 32) and reps["llm.final"].shape == (4, 64)
     assert np.isfinite(np.asarray(reps["adapter"])).all()
-    if importlib.util.find_spec("mch.plugins.analyses.probe") is None:
-        pytest.skip("the probe analysis is not in this checkout yet")
     main(["bench", "--model", "qwen2audio", "--checkpoint", str(ckpt), "--dataset", "synth-cremad", "--limit", "12",
           "--analysis", "probe", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "results"), "--quiet"])
     assert list((tmp_path / "results").rglob("*.json"))
