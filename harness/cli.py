@@ -181,7 +181,7 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
     entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])
     if not entry.complete:
         raise MchError("no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
-                       f"with the same options first")
+                       "with the same options first")
     recs = []
     for name, outp, params, dur in do_analyze(p, entry):
         rec = record_for(p, entry, name, outp, params, dur, 0.0)
