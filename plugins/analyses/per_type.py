@@ -17,7 +17,8 @@ For every attribute, on the pooled decoder-input vectors (`adapter`) and the eig
 from one dataset); CIs from the same paired row bootstrap as `modes` (the α split is
 recomputed in every replicate); class-pair W1 with the same number of rows per class for
 every pair (half the smallest class, at most `w1_max_per_class`), both subspaces reduced
-by PCA to k = min(n_TA, n_MS, pca_dim), CI over `w1_reps` fresh subsamples.
+by PCA to k = min(n_TA, n_MS, pca_dim) fitted on the pair's rows, CI over `w1_reps` fresh
+subsamples.
 
 `paper`: the reference's script 06 on this run's vectors: one `default_rng(42)` shared by
 Part A (naive W1^τ on the raw adapter vectors, PCA 256, ≤ 20 class pairs, ≤ 500 rows per
@@ -88,18 +89,20 @@ def _w1(X: np.ndarray, Y: np.ndarray) -> float:
     return float(ot.emd2(np.ones(len(X)) / len(X), np.ones(len(Y)) / len(Y), M))
 
 
-def _pca(Z: np.ndarray, k: int) -> np.ndarray:
-    """Scores of the top-k principal components of the rows of Z, from the small Gram matrix
-    of the pair (rows << dims here). With k at or above the pair's rank this is an isometry,
-    so W1 is unchanged."""
+def pair_basis(Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mean, loadings (dims, k)) of the top-k principal components of the rows of Z, from
+    their Gram matrix (rows << dims here); loadings None when k reaches the rank of Z, where
+    the projection would be an isometry and W1 is unchanged without it."""
     from scipy.linalg import eigh
 
-    Zc = Z - Z.mean(0)
+    mu = Z.mean(0)
+    Zc = Z - mu
     n = Zc.shape[0]
     if k >= min(n - 1, Zc.shape[1]):
-        return Zc
+        return mu, None
     ev, V = eigh(Zc @ Zc.T, subset_by_index=[n - k, n - 1], check_finite=False)
-    return V[:, ::-1] * np.sqrt(np.clip(ev[::-1], 0, None))
+    s = np.sqrt(np.clip(ev, 1e-300, None))
+    return mu, (Zc.T @ V) / s
 
 
 def class_pairs(classes: np.ndarray, max_pairs: int, rng: np.random.Generator) -> list[tuple[Any, Any]]:
@@ -114,9 +117,9 @@ def class_pairs(classes: np.ndarray, max_pairs: int, rng: np.random.Generator) -
 def matched_w1(P: np.ndarray, coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_class: int,
                reps: int, max_pairs: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Mean class-pair W1 in each subspace of `coords` (name -> the columns of the mode
-    coordinates P that span it), every pair with `per_class` rows per class and PCA to k dims
-    fitted on the pair; one value per replicate (fresh subsamples), the same subsamples for
-    every subspace."""
+    coordinates P that span it), every pair with `per_class` rows per class after PCA to k
+    dims fitted on all rows of the two classes; one value per replicate (fresh subsamples),
+    the same subsamples for every subspace."""
     classes, counts = np.unique(labels, return_counts=True)
     ok = classes[counts >= 2 * per_class] if reps > 1 else classes[counts >= per_class]
     pairs = class_pairs(ok, max_pairs, rng)
@@ -130,6 +133,13 @@ def matched_w1(P: np.ndarray, coords: dict[str, np.ndarray], labels: np.ndarray,
 
 
 def _fill(out, P, coords, members, pairs, k, per_class, reps, rng) -> None:
+    # the PCA basis of each class pair and subspace is fitted once, on all rows of the two
+    # classes; the replicates only redraw the rows
+    bases = {}
+    for c1, c2 in pairs:
+        rows = np.concatenate([members[c1], members[c2]])
+        for name, cols in coords.items():
+            bases[(c1, c2, name)] = pair_basis(P[np.ix_(rows, cols)], k)
     for r in range(reps):
         vals: dict[str, list[float]] = {name: [] for name in coords}
         for c1, c2 in pairs:
@@ -137,7 +147,10 @@ def _fill(out, P, coords, members, pairs, k, per_class, reps, rng) -> None:
             i2 = rng.choice(members[c2], per_class, replace=False)
             pair = P[np.concatenate([i1, i2])]
             for name, cols in coords.items():
-                S = _pca(pair[:, cols], k)
+                mu, L = bases[(c1, c2, name)]
+                S = pair[:, cols] - mu
+                if L is not None:
+                    S = S @ L
                 vals[name].append(_w1(S[:per_class], S[per_class:]))
         for name in coords:
             out[name][r] = float(np.mean(vals[name]))
