@@ -1,0 +1,271 @@
+"""Analysis speed and memory: mch against plain implementations of the reference, same run.
+
+    python benchmarks/analyses.py                  # every section
+    python benchmarks/analyses.py --only modes     # one section (see SECTIONS)
+    python benchmarks/analyses.py --quick          # small sizes, a smoke run
+
+Each section is one function `bench_<name>(args) -> list of result lines`, registered in
+SECTIONS; the helpers below (synthetic vectors on disk, a measured run in a fresh process)
+are shared. Every measured call runs in its own spawned process, so its peak memory is its
+own: `rss` is the growth of the resident set over the timed call (it includes the
+memory-mapped vectors' pages as they are read), `traced` the tracemalloc peak of a second,
+untimed run (every numpy buffer, LAPACK work arrays allocated through numpy included).
+Targets compare `traced` with the size of the vectors the call reads.
+
+Sections
+- modes (issue 5): `_linalg.modes` / the `modes` analysis against a Python-loop
+  implementation of the reference's script 07 on N = 2620 x d = 4096 synthetic vectors.
+  Target: >= 10x faster (default protocol), peak memory < 2x the vectors read. The paper
+  protocol (all d modes of the d x d covariance, as the reference) is timed too.
+  `per_type` and `distances` report their time and peak memory on the same vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def synthetic_vectors(path: Path, n: int, d: int, seed: int = 0) -> dict[str, Path]:
+    """Write a modal/text pair of pooled-vector-like float32 matrices (.npy, memory-mappable).
+
+    Modal: a decaying spectrum over 400 latent directions plus isotropic noise, with a large
+    mean offset (as adapter outputs have); text: a different law that shares half of those
+    directions. Labels: a 40-class and a 6-class attribute carried by modal directions."""
+    rng = np.random.default_rng(seed)
+    k = 400
+    basis = np.linalg.qr(rng.standard_normal((d, k)))[0].astype(np.float32)
+    spec = (1.0 / np.sqrt(1 + np.arange(k))).astype(np.float32)
+    spk = rng.integers(0, 40, n)
+    emo = rng.integers(0, 6, n)
+    out = {}
+    for name, shared in (("modal", None), ("text", True)):
+        Z = rng.standard_normal((n, k)).astype(np.float32) * spec
+        if shared is None:
+            Z[:, 5:25] += rng.standard_normal((40, 20)).astype(np.float32)[spk] * 0.5
+            Z[:, 60:70] += rng.standard_normal((6, 10)).astype(np.float32)[emo] * 0.5
+            B = basis
+            offset = 3.0
+        else:
+            B = np.concatenate([basis[:, : k // 2], np.linalg.qr(rng.standard_normal((d, k // 2)))[0]], 1)
+            B = B.astype(np.float32)
+            offset = 0.5
+        X = Z @ B.T + 0.05 * rng.standard_normal((n, d)).astype(np.float32) + offset
+        p = path / f"{name}.npy"
+        np.save(p, X.astype(np.float32))
+        out[name] = p
+    np.save(path / "labels.npy", np.stack([spk, emo]))
+    out["labels"] = path / "labels.npy"
+    return out
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+WARM = ("scipy.linalg", "scipy.spatial.distance", "scipy.stats", "sklearn.decomposition", "ot",
+        "mch.plugins.analyses.modes", "mch.plugins.analyses.per_type", "mch.plugins.analyses.distances")
+
+
+def _child(fn: Callable[..., Any], args: tuple, q: Any, trace: bool) -> None:
+    import importlib
+    import resource
+    import tracemalloc
+
+    for mod in WARM:  # imports are not what is measured
+        importlib.import_module(mod)
+    base = _rss_kb()
+    if trace:
+        tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        res = fn(*args)
+        err = None
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        res, err = None, f"{type(exc).__name__}: {exc}"
+    dt = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1] if trace else None
+    if trace:
+        tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    q.put({"seconds": dt, "traced_mb": None if peak is None else peak / 2**20, "rss_mb": max(rss, 0) / 1024,
+           "result": res, "error": err})
+
+
+def _spawn(fn: Callable[..., Any], args: tuple, trace: bool) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(fn, args, q, trace))
+    p.start()
+    out = q.get()
+    p.join()
+    if out["error"]:
+        raise RuntimeError(out["error"])
+    return out
+
+
+def measured(fn: Callable[..., Any], *args: Any, trace: bool = True) -> dict[str, Any]:
+    """Run fn(*args) in a fresh spawned process for its time and resident-set growth, and
+    (trace=True) once more under tracemalloc for its traced peak (tracemalloc slows code that
+    allocates many small arrays, so it never runs during the timed call)."""
+    out = _spawn(fn, args, False)
+    if trace:
+        out["traced_mb"] = _spawn(fn, args, True)["traced_mb"]
+    return out
+
+
+def mb(n_bytes: float) -> float:
+    return n_bytes / 2**20
+
+
+# --------------------------------------------------------------------------- modes section
+
+
+def reference_modes_loop(modal: str, text: str) -> dict[str, Any]:
+    """The reference's script 07 as written: float64 copies, d x d covariances, numpy eigh,
+    and a Python loop over every mode for α."""
+    Xm = np.load(modal).astype(np.float64)
+    Xt = np.load(text).astype(np.float64)
+    Xm = Xm[np.any(Xm != 0, axis=1)]
+    Xt = Xt[np.any(Xt != 0, axis=1)]
+
+    def cov(X):
+        Xc = X - X.mean(axis=0, keepdims=True)
+        return (Xc.T @ Xc) / (len(Xc) - 1)
+
+    cov_m, cov_t = cov(Xm), cov(Xt)
+    ev, V = np.linalg.eigh(cov_m)
+    idx = np.argsort(ev)[::-1]
+    ev, V = ev[idx], V[:, idx]
+    t = time.perf_counter()
+    alpha = np.zeros(len(ev))
+    for k in range(len(ev)):
+        u = V[:, k]
+        alpha[k] = (u @ cov_t @ u) / max(ev[k], 1e-10)
+    loop_s = time.perf_counter() - t
+    # the same α step vectorised (what mch does), on the same eigenvectors, for the step's own ratio
+    t = time.perf_counter()
+    Yc = Xt - Xt.mean(axis=0)
+    vec = ((Yc @ V) ** 2).sum(0) / (len(Yc) - 1) / np.maximum(ev, 1e-10)
+    vec_s = time.perf_counter() - t
+    return {"eigenvalues": ev, "alpha": alpha, "alpha_loop_s": loop_s, "alpha_vectorised_s": vec_s,
+            "alpha_step_same": bool(np.allclose(vec, alpha, rtol=1e-6, atol=1e-9))}
+
+
+def mch_modes(modal: str, text: str, protocol: str, n_boot: int) -> dict[str, Any]:
+    from mch.plugins.analyses._linalg import modes
+
+    m = modes(np.load(modal, mmap_mode="r"), np.load(text, mmap_mode="r"), protocol=protocol, n_boot=n_boot,
+              seed=0, vectors=True)
+    return {"eigenvalues": m.eigenvalues, "alpha": m.alpha, "n_modes": m.n_modes}
+
+
+def _context(files: dict[str, Path], params: dict[str, Any], protocol: str = "default") -> Any:
+    from mch.api import Attribute, Sample
+    from mch.context import AnalysisContext
+
+    X = np.load(files["modal"], mmap_mode="r")
+    Y = np.load(files["text"], mmap_mode="r")
+    lab = np.load(files["labels"])
+    labels = {"speaker": np.array([f"s{i}" for i in lab[0]], dtype=object),
+              "emotion": np.array([f"e{i}" for i in lab[1]], dtype=object)}
+    attrs = {a: Attribute(a, sorted(set(v)), {c: [c] for c in set(v)}, "q", group_key="g") for a, v in labels.items()}
+    n = X.shape[0]
+    return AnalysisContext(protocol=protocol, params=params, seed=0, stages=["adapter"], reps={"adapter": X},
+                           samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
+                           attributes=attrs, labels=labels, groups={a: np.array(["g"] * n, dtype=object)
+                                                                    for a in labels},
+                           _text_reps=lambda: {"adapter": Y})
+
+
+def run_analysis(name: str, files: dict[str, Path], overrides: dict[str, Any]) -> dict[str, Any]:
+    from mch.api import AnalysisSpec, load_entry
+
+    entry = {"modes": "mch.plugins.analyses.modes:ModeAlignment", "per_type": "mch.plugins.analyses.per_type:PerType",
+             "distances": "mch.plugins.analyses.distances:Distances"}[name]
+    a = load_entry(entry)(AnalysisSpec(name=name, entry=entry))
+    out = a.run(_context(files, {**a.default_params("default"), **overrides}))
+    return {"n_metrics": len(out.metrics)}
+
+
+def bench_modes(args: argparse.Namespace) -> list[str]:
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = synthetic_vectors(Path(tmp), args.n, args.d)
+        read = mb(2 * args.n * args.d * 4)
+        lines.append(f"modes: N = {args.n}, d = {args.d}; the two float32 matrices read: {read:.0f} MiB")
+        ref = measured(reference_modes_loop, str(files["modal"]), str(files["text"]), trace=args.trace_reference)
+        runs = {
+            "default, no bootstrap": measured(mch_modes, str(files["modal"]), str(files["text"]), "default", 0),
+            "default, 200 bootstrap": measured(mch_modes, str(files["modal"]), str(files["text"]), "default", 200),
+            "paper (all d modes)": measured(mch_modes, str(files["modal"]), str(files["text"]), "paper", 0),
+        }
+        traced = f"traced {ref['traced_mb']:7.0f} MiB ({ref['traced_mb'] / read:4.1f}x read)   " \
+            if ref["traced_mb"] is not None else ""
+        lines.append(f"  reference (Python loop over {args.d} modes): {ref['seconds']:8.1f} s   {traced}"
+                     f"rss +{ref['rss_mb']:.0f} MiB")
+        rr = ref["result"]
+        lines.append(f"    of which the alpha loop: {rr['alpha_loop_s']:.1f} s; the same step vectorised: "
+                     f"{rr['alpha_vectorised_s']:.1f} s ({rr['alpha_loop_s'] / rr['alpha_vectorised_s']:.0f}x, "
+                     f"{'identical' if rr['alpha_step_same'] else 'DIFFERENT'} alpha)")
+        ra, rev = rr["alpha"], rr["eigenvalues"]
+        for label, r in runs.items():
+            res = r["result"]
+            k = res["n_modes"]
+            same = np.allclose(res["alpha"][:k], ra[:k], rtol=1e-6, atol=1e-9) and \
+                np.allclose(res["eigenvalues"], rev[:k], rtol=1e-8, atol=1e-12 * rev[0])
+            lines.append(f"  mch {label:<24}: {r['seconds']:8.1f} s   traced {r['traced_mb']:7.0f} MiB "
+                         f"({r['traced_mb'] / read:4.1f}x read)   rss +{r['rss_mb']:.0f} MiB   "
+                         f"speed-up {ref['seconds'] / r['seconds']:5.1f}x   modes {k}   "
+                         f"alpha {'identical' if same else 'DIFFERENT'} on them")
+        for name, over in (("modes", {}), ("per_type", {}), ("distances", {"stages": "adapter"})):
+            r = measured(run_analysis, name, files, over)
+            lines.append(f"  analysis {name:<10} (default params): {r['seconds']:8.1f} s   traced "
+                         f"{r['traced_mb']:7.0f} MiB ({r['traced_mb'] / read:4.1f}x read)   rss +{r['rss_mb']:.0f} MiB")
+        t = runs["default, 200 bootstrap"]
+        lines.append(f"  target: default >= 10x the reference: {ref['seconds'] / t['seconds']:.1f}x "
+                     f"({'met' if ref['seconds'] / t['seconds'] >= 10 else 'NOT met'}); peak < 2x read: "
+                     f"{t['traced_mb'] / read:.2f}x ({'met' if t['traced_mb'] < 2 * read else 'NOT met'})")
+    return lines
+
+
+# --------------------------------------------------------------------------- driver
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {"modes": bench_modes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default=None, help=f"one of: {', '.join(SECTIONS)}")
+    ap.add_argument("--n", type=int, default=2620)
+    ap.add_argument("--d", type=int, default=4096)
+    ap.add_argument("--quick", action="store_true", help="N = 400, d = 512")
+    ap.add_argument("--trace-reference", action="store_true", help="also trace the reference's memory (slow)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.d = 400, 512
+    names = [args.only] if args.only else list(SECTIONS)
+    for name in names:
+        if name not in SECTIONS:
+            sys.exit(f"unknown section {name!r}; sections: {', '.join(SECTIONS)}")
+        for line in SECTIONS[name](args):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
