@@ -14,11 +14,11 @@
     are), minimising held-out cross-entropy;
   * metrics from the pooled held-out predictions: `accuracy` (bootstrap 95% CI over test
     samples), `balanced_accuracy`, `macro_f1`, `cross_entropy_bits`, `i_probe_bits` =
-    H(Y) - CE (H(Y) the entropy of the label prior of the probed rows), `retention_ratio`;
-    `chance_uniform` = 1/K and `chance_majority` (the held-out accuracy of predicting each
-    training part's majority class) per attribute; and the attribute-level `retained_pct`,
-    `final_over_chance`, `delta_tau` (science.md §1) with the chance level of
-    `retention_chance` (default: majority; the paper's is 1/K).
+    H(Y) - CE (H(Y) the entropy of the label prior of the probed rows; it can fall below 0
+    when held-out groups shift the label mix), `retention_ratio`; `chance_uniform` = 1/K
+    and `chance_majority` (the majority class rate) per attribute; and the attribute-level
+    `retained_pct`, `final_over_chance`, `delta_tau` (science.md §1) with the chance level
+    of `retention_chance` (default: majority; the paper's is 1/K).
 
 How the default fit is made fast without changing the model it finds:
   * Exact PCA form. The penalised optimum W lies in the span of the training rows
@@ -448,7 +448,7 @@ def attribute_level(attr: str, c: float, acc: dict[str, float]) -> list[Metric]:
         # the reference returns NaN when the adapter is within 0.001 of chance
         out.append(Metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, None, attr))
     if a_fi is not None:
-        out.append(Metric("final_over_chance", a_fi / c, None, attr))
+        out.append(Metric("final_over_chance", a_fi / c if c > 0 else None, None, attr))
     if a_en is not None and a_fi is not None:
         out.append(Metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), None, attr))
     return out
@@ -497,10 +497,8 @@ class Probe(Analysis):
             folds = grouped_folds(enc.y, None if groups is None else np.asarray(groups)[enc.rows],
                                   p["n_splits"], ctx.seed)
             k = len(enc.classes)
-            # chance levels: 1/K, and the held-out accuracy of each training part's majority class
-            maj_hits = sum(int(np.sum(enc.y[folds.test(i)] == np.bincount(enc.y[folds.train(i)], minlength=k).argmax()))
-                           for i in range(folds.n_splits))
-            chance = {"uniform": 1.0 / k, "majority": maj_hits / len(enc.y)}
+            # chance levels: 1/K, and the majority class rate of the probed rows
+            chance = {"uniform": 1.0 / k, "majority": float(np.bincount(enc.y, minlength=k).max() / len(enc.y))}
             h = entropy_bits(prior(enc.y, k))
             info.update({"n_classes": k, "split": "grouped" if folds.grouped else "stratified",
                          "split_detail": folds.reason, "label_entropy_bits": h,
