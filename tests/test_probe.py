@@ -83,7 +83,7 @@ def test_default_fit_is_sklearns_model(n, d, k):
     assert basis.rank == min(n - 1, d)
     np.testing.assert_allclose(basis.Z64 @ basis.Z64.T, Xz @ Xz.T, atol=1e-4 * np.abs(Xz @ Xz.T).max())
     tr, te = np.arange(int(0.8 * n)), np.arange(int(0.8 * n), n)
-    for lam in (1e-1, 1e-3):
+    for lam in (1e-1, 1e-2):
         sk = LogisticRegression(C=1 / (lam * len(tr)), tol=1e-10, max_iter=100000).fit(Xz[tr], y[tr])
         fit = P.fit_softmax(basis.Z32[tr], y[tr], k, lam, tol=1e-11, z64=lambda: basis.Z64[tr])
         assert fit.converged and fit.gap_bound <= 1e-11
@@ -93,7 +93,7 @@ def test_default_fit_is_sklearns_model(n, d, k):
         assert theirs - ours < 1e-6
         # same predictions: tolerance from the (tiny) objective slack, sqrt(2 gap / lam) per unit norm
         lp = P.log_softmax(basis.Z64[te], fit.W, fit.b)
-        np.testing.assert_allclose(lp, sk.predict_log_proba(Xz[te]), atol=5e-3 if lam < 1e-2 else 5e-4)
+        np.testing.assert_allclose(lp, sk.predict_log_proba(Xz[te]), atol=2e-3 if lam < 1e-1 else 5e-4)
 
 
 def test_unconverged_fits_are_reported():
@@ -203,6 +203,22 @@ def test_grouped_folds_keep_groups_whole_and_fall_back():
     assert not f2.grouped and "single group" in f2.reason
     for i in range(5):
         assert set(np.unique(spk[f2.train(i)])) == set(range(8))
+
+
+def test_inner_cv_pairs_validate_each_outer_fold_on_its_neighbours():
+    two = P.inner_pairs(5, 2)
+    assert len(two) == 5 and all(sum(i in p for p in two) == 2 for i in range(5))
+    assert len(P.inner_pairs(5, 4)) == 10  # every pair: 4-fold inner CV
+    with pytest.raises(MchError, match="inner_folds"):
+        P.inner_pairs(5, 3)
+    # both choices give an inner CV that never reads the outer fold's own labels, and agree
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 400)
+    X = (rng.standard_normal((400, 5)) + 0.8 * np.eye(3, 5)[y]).astype(np.float32)
+    lab = np.array([f"c{v}" for v in y], dtype=object)
+    a2, a4 = (metric(make_probe().run(context({"adapter": X}, {"a": lab}, params={"inner_folds": m})),
+                     "i_probe_bits", "adapter", "a").value for m in (2, 4))
+    assert abs(a2 - a4) < 0.02
 
 
 def test_probe_records_the_split_and_drops_singletons():
