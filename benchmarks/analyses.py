@@ -369,25 +369,27 @@ def bench_probe(args: argparse.Namespace) -> list[str]:
         read = mb(n_st * args.n * args.d * 4)
         lines.append(f"probe: N = {args.n}, d = {args.d}, {n_st} stages x 2 attributes (speaker: 40 classes, "
                      f"emotion: 6) x 5 splits; the float32 vectors read: {read:.0f} MiB")
+        load = lambda: "load %.1f" % os.getloadavg()[0]  # noqa: E731 - timings on a shared machine need it
         ref = measured(reference_probes, files)
         it = ref["result"]["iters"]
         lines.append(f"  reference (sklearn, script 03)  : {ref['seconds']:8.1f} s   traced {ref['traced_mb']:6.0f} MiB "
                      f"({ref['traced_mb'] / read:4.2f}x read)   lbfgs at its 100-iteration cap in "
-                     f"{sum(i >= 100 for i in it)}/{len(it)} fits")
-        paper = measured(mch_probe, files, "paper")
-        same = all(paper["result"]["accuracies"][k] == v for k, v in ref["result"]["accuracies"].items())
-        lines.append(f"  mch probe --protocol paper      : {paper['seconds']:8.1f} s   traced "
-                     f"{paper['traced_mb']:6.0f} MiB ({paper['traced_mb'] / read:4.2f}x read)   speed-up "
-                     f"{ref['seconds'] / paper['seconds']:4.2f}x   accuracies {'identical' if same else 'DIFFERENT'}")
+                     f"{sum(i >= 100 for i in it)}/{len(it)} fits   [{load()}]")
         dflt = measured(mch_probe, files, "default")
         r = dflt["result"]
         lines.append(f"  mch probe (default)             : {dflt['seconds']:8.1f} s   traced "
                      f"{dflt['traced_mb']:6.0f} MiB ({dflt['traced_mb'] / read:4.2f}x read)   speed-up "
                      f"{ref['seconds'] / dflt['seconds']:4.2f}x   {r['fits']} fits (nested CV included), "
-                     f"{r['unconverged']} unconverged, max bound {r['max_gap']:.1e} nats, splits {r['split']}")
+                     f"{r['unconverged']} unconverged, max bound {r['max_gap']:.1e} nats, splits {r['split']}   [{load()}]")
+        paper = measured(mch_probe, files, "paper")
+        same = all(paper["result"]["accuracies"][k] == v for k, v in ref["result"]["accuracies"].items())
+        lines.append(f"  mch probe --protocol paper      : {paper['seconds']:8.1f} s   traced "
+                     f"{paper['traced_mb']:6.0f} MiB ({paper['traced_mb'] / read:4.2f}x read)   speed-up "
+                     f"{ref['seconds'] / paper['seconds']:4.2f}x   accuracies {'identical' if same else 'DIFFERENT'}   "
+                     f"[{load()}]")
         for (stage, attr), acc in sorted(r["accuracy"].items(), key=lambda kv: (kv[0][1], kv[0][0])):
             lines.append(f"    {attr:8s} {stage:10s} default acc {acc:.3f}  I_probe {r['i_probe'][(stage, attr)]:.2f} bits"
-                         f"  lam {r['lambda'][(attr, stage)]}   reference (ungrouped) acc "
+                         f"  lam {' '.join(f'{v:.0e}' for v in r['lambda'][(attr, stage)])}   reference (ungrouped) acc "
                          f"{np.mean(ref['result']['accuracies'][(stage, attr)]):.3f}")
         ok_paper = same and paper["seconds"] <= ref["seconds"] * 1.05
         speed = ref["seconds"] / dflt["seconds"]
