@@ -208,9 +208,12 @@ def test_grouped_folds_keep_groups_whole_and_fall_back():
 def test_inner_cv_pairs_validate_each_outer_fold_on_its_neighbours():
     two = P.inner_pairs(5, 2)
     assert len(two) == 5 and all(sum(i in p for p in two) == 2 for i in range(5))
-    assert len(P.inner_pairs(5, 4)) == 10  # every pair: 4-fold inner CV
+    assert P.inner_pairs(5, 4) == P.inner_pairs(5, None) and len(P.inner_pairs(5)) == 10  # every pair
+    assert P.inner_pairs(4) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # odd n_splits - 1 too
     with pytest.raises(MchError, match="inner_folds"):
         P.inner_pairs(5, 3)
+    with pytest.raises(MchError, match="n_splits >= 3"):
+        P.inner_pairs(2)
     # both choices give an inner CV that never reads the outer fold's own labels, and agree
     rng = np.random.default_rng(4)
     y = rng.integers(0, 3, 400)

@@ -9,10 +9,9 @@
     give such folds falls back to a stratified k-fold, said in `summary` and `notes`;
   * model: multinomial logistic regression, objective mean cross-entropy + lam/2 ||W||^2
     (intercept free; sklearn's C = 1 / (lam n_train)), lam chosen per outer fold from
-    `LAMBDA_GRID` by nested cross-validation on that fold's training part only (each of the
-    `inner_folds` folds next to it held out in turn from the rest of that part, so the
-    inner CV is group-disjoint whenever the outer folds are), minimising held-out
-    cross-entropy;
+    `LAMBDA_GRID` by nested cross-validation on that fold's training part only (each of its
+    other folds held out in turn from the rest of that part, so the inner CV is
+    group-disjoint whenever the outer folds are), minimising held-out cross-entropy;
   * metrics from the pooled held-out predictions: `accuracy` (bootstrap 95% CI over test
     samples), `balanced_accuracy`, `macro_f1`, `cross_entropy_bits`, `i_probe_bits` =
     H(Y) - CE (H(Y) the entropy of the label prior of the probed rows; it can fall below 0
@@ -32,8 +31,10 @@ How the default fit is made fast without changing the model it finds:
     H_c the mean softmax Hessian over classes; L-BFGS runs in the variables that make
     that block identity (a change of variables: the same optimum).
   * Path and pairs. lam runs from strong to weak with warm starts; the inner fits of outer
-    folds i and j share one fit (trained on the folds other than i and j: with 5 folds and
-    inner_folds = 2 that is 5 fits per lam for all five inner CVs, 10 with 4); the walk stops
+    folds i and j share one fit (trained on the folds other than i and j: with 5 folds that
+    is 10 fits per lam for all five 4-fold inner CVs; `inner_folds = 2` validates each outer
+    fold on its 2 neighbouring folds only, 5 fits per lam, faster but a noisier choice of
+    lam: on the toy world it picked lam = 1e-3 for one fold and a negative I_probe); the walk stops
     for a fold once its inner CV cross-entropy has risen `patience` grid steps past its
     best (the CV curve is U-shaped; `patience` large evaluates the whole grid).
   * Convergence is certified, not assumed: a fit stops when ||grad||^2 / (2 lam) <= `tol`,
@@ -73,7 +74,7 @@ LAMBDA_GRID: tuple[float, ...] = tuple(float(10.0 ** (-k / 2)) for k in range(11
 
 DEFAULT_PARAMS = {
     "n_splits": 5,            # outer folds (every sample tested once)
-    "inner_folds": 2,         # inner CV: the 2 (or 4) folds next to each outer fold validate lam
+    "inner_folds": None,      # inner CV folds per outer fold: None = all n_splits - 1; or an even number of neighbours
     "patience": 1,            # grid steps past the best inner CV cross-entropy before the walk stops
     "tol": 1e-5,              # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
     "inner_tol": 1e-4,        # the same bound for the inner fits, which only rank lam
@@ -287,10 +288,16 @@ def _local(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return cls, code[y]
 
 
-def inner_pairs(n_splits: int, inner_folds: int) -> list[tuple[int, int]]:
+def inner_pairs(n_splits: int, inner_folds: int | None = None) -> list[tuple[int, int]]:
     """Fold pairs (i, j) to fit on the folds other than i and j: outer fold i validates lam
-    on the `inner_folds` folds nearest to it (i +- 1, i +- 2, ...), and the fit without i
-    and j serves both i (validated on j) and j (validated on i)."""
+    on every other fold (None, or n_splits - 1) or on the `inner_folds` folds nearest to it
+    (i +- 1, i +- 2, ...); the fit without i and j serves both i (validated on j) and j
+    (validated on i)."""
+    if n_splits < 3:
+        raise MchError(f"the default probe needs n_splits >= 3 (its inner CV fits on the folds other "
+                       f"than the outer test fold and a validation fold), not {n_splits}")
+    if inner_folds is None or inner_folds == n_splits - 1:
+        return [(i, j) for i in range(n_splits) for j in range(i + 1, n_splits)]
     if inner_folds % 2 or not 2 <= inner_folds <= n_splits - 1:
         raise MchError(f"probe parameter inner_folds must be even and between 2 and n_splits - 1 = "
                        f"{n_splits - 1}, not {inner_folds}")
@@ -300,7 +307,7 @@ def inner_pairs(n_splits: int, inner_folds: int) -> list[tuple[int, int]]:
 
 def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, folds: Folds,
                     grid: tuple[float, ...], patience: int, tol: float, max_iter: int,
-                    log: FitLog, inner_tol: float | None = None, inner_folds: int = 2
+                    log: FitLog, inner_tol: float | None = None, inner_folds: int | None = None
                     ) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
     """Held-out log-probabilities (n, k) of every row from its outer fold's model, the lam
     each outer fold chose, and each fold's inner CV curve [(lam, CE nats)]."""
@@ -489,6 +496,8 @@ class Probe(Analysis):
 
     # ------------------------------------------------------------------ default
     def _run_default(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
+        inner_folds = None if p["inner_folds"] is None else int(p["inner_folds"])
+        inner_pairs(int(p["n_splits"]), inner_folds)  # bad fold counts fail before any work
         if p["retention_chance"] not in ("majority", "uniform"):
             raise MchError(f"probe parameter retention_chance must be majority or uniform, not {p['retention_chance']!r}")
         out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
@@ -539,7 +548,7 @@ class Probe(Analysis):
                     logp, lams, curves = nested_cv_probe(z32, z64, enc.y, k, folds,
                                                          LAMBDA_GRID, int(p["patience"]), float(p["tol"]),
                                                          int(p["max_iter"]), log, float(p["inner_tol"]),
-                                                         int(p["inner_folds"]))
+                                                         inner_folds)
                     r = heldout_metrics(enc.y, logp, k, h, int(p["n_bootstrap"]), ctx.seed)
                     pt, ci, n = r["point"], r["ci"], len(enc.y)
                     c = chance[p["retention_chance"]]
