@@ -121,6 +121,20 @@ def test_gram_and_covariance_paths_agree():
     np.testing.assert_allclose(g.eigenvalues[:k], c.eigenvalues[:k], rtol=0.05)
 
 
+def test_gram_path_with_and_without_eigenvectors_agrees():
+    """With eigenvectors the text variances come from Y_c U, without them from Y_c X_cᵀ W:
+    the same numbers, bootstrap replicates included."""
+    rng = np.random.default_rng(5)
+    X = (rng.normal(size=(50, 80)) @ np.diag(np.linspace(3, 0.1, 80))).astype(np.float32)
+    Y = rng.normal(size=(50, 80)).astype(np.float32)
+    a = modes(X, Y, n_boot=30, seed=2, vectors=True)
+    b = modes(X, Y, n_boot=30, seed=2, vectors=False)
+    assert a.eigenvectors.shape == (80, a.n_modes) and b.eigenvectors is None
+    np.testing.assert_allclose(a.alpha, b.alpha, rtol=1e-9)
+    for key in ("eigenvalues", "text_variance", "alpha"):
+        np.testing.assert_allclose(a.boot[key], b.boot[key], rtol=1e-8)
+
+
 def test_alpha_scale_trace_rescales_every_alpha():
     X, Y, _ = planted(n=120, d=16)
     a = modes(X, 0.1 * Y)

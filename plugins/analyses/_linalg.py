@@ -198,6 +198,26 @@ def _traces(X: Any, mean: np.ndarray, counts: np.ndarray | None) -> tuple[float,
     return tot / (n - 1), rep
 
 
+def _projected_variances(Y: Any, my: np.ndarray, U: np.ndarray, counts: np.ndarray | None
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """u_kᵀ Σ_Y u_k for every column of U, and its replicate under each bootstrap row
+    weighting, reading Y in row blocks."""
+    NT, m = Y.shape[0], U.shape[1]
+    tv = np.zeros(m)
+    s1 = s2 = None
+    if counts is not None:
+        s1, s2 = np.zeros((counts.shape[0], m)), np.zeros((counts.shape[0], m))
+    for s in _blocks(NT, BLOCK):
+        PT = _rows(Y, s, my) @ U
+        PT2 = PT * PT
+        tv += PT2.sum(0)
+        if counts is not None:
+            s1 += counts[:, s] @ PT
+            s2 += counts[:, s] @ PT2
+    boot = None if counts is None else (s2 - s1 * s1 / NT) / (NT - 1)
+    return tv / (NT - 1), boot
+
+
 def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     from scipy.linalg import eigh
     from scipy.linalg.blas import dgemm, dsyrk
@@ -209,7 +229,8 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     G = np.zeros((N, N), order="F")
     for s in _blocks(d):
         G = dsyrk(1.0, _cols(X, s, mx).T, beta=1.0, c=G, trans=1, overwrite_c=1)
-    ev, W = eigh(G, lower=False, overwrite_a=True, check_finite=False, driver="evr")
+    # divide and conquer: all eigenpairs, faster than MRRR (evr) at these sizes
+    ev, W = eigh(G, lower=False, overwrite_a=True, check_finite=False, driver="evd")
     del G
     lam = ev[::-1] / (N - 1)                          # eigh is ascending; descending views, no copy
     keep, rank = _keep(lam, N, d, rel_tol)
@@ -217,31 +238,37 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     W = np.ascontiguousarray(W[:, ::-1][:, :m])
     lam = lam[:m].copy()
     sv = np.sqrt(lam * (N - 1))                       # singular values of X_c
-    # C = Y_c X_cᵀ gives the text projections without any d-sized matrix: Y_c u_k = C w_k / s_k
-    C = np.zeros((NT, N), order="F")
-    for s in _blocks(d):
-        C = dgemm(1.0, _cols(Y, s, my).T, _cols(X, s, mx).T, beta=1.0, c=C, trans_a=1, overwrite_c=1)
-    tv = np.empty(m)
     counts = bootstrap_counts(N, n_boot, seed) if n_boot else None
     boot_lam = np.empty((n_boot, m)) if n_boot else None
-    boot_tv = np.empty((n_boot, m)) if n_boot else None
-    for s in _blocks(m, 256):
-        PT = (C @ W[:, s]) / sv[s]
-        tv[s] = (PT * PT).sum(0) / (NT - 1)
-        if counts is not None:
-            boot_tv[:, s] = _weighted_var(counts, PT)
+    if counts is not None:
+        for s in _blocks(m, 256):
             boot_lam[:, s] = _weighted_var(counts, W[:, s] * sv[s])
-    del C
-    total, boot_total = _traces(X, mx, counts)
-    ttotal, boot_ttotal = _traces(Y, my, counts)
-    del counts
     sc = W * sv if want_scores else None
     U = None
     if vectors:
-        W /= sv                                     # u_k = X_cᵀ w_k / s_k
+        # u_k = X_cᵀ w_k / s_k, then the text projections Y_c u_k from row blocks of Y
+        W /= sv
         U = np.empty((d, m))
         for s in _blocks(d, BLOCK // 2):            # W and U are the peak here: small blocks beside them
             U[s] = _cols(X, s, mx).T @ W
+        del W
+        tv, boot_tv = _projected_variances(Y, my, U, counts)
+    else:
+        # without U: C = Y_c X_cᵀ gives Y_c u_k = C w_k / s_k, no d-sized matrix
+        C = np.zeros((NT, N), order="F")
+        for s in _blocks(d):
+            C = dgemm(1.0, _cols(Y, s, my).T, _cols(X, s, mx).T, beta=1.0, c=C, trans_a=1, overwrite_c=1)
+        tv = np.empty(m)
+        boot_tv = np.empty((n_boot, m)) if n_boot else None
+        for s in _blocks(m, 256):
+            PT = (C @ W[:, s]) / sv[s]
+            tv[s] = (PT * PT).sum(0) / (NT - 1)
+            if counts is not None:
+                boot_tv[:, s] = _weighted_var(counts, PT)
+        del C
+    total, boot_total = _traces(X, mx, counts)
+    ttotal, boot_ttotal = _traces(Y, my, counts)
+    del counts
     out = Modes(eigenvalues=lam, eigenvectors=U, alpha=tv / lam, text_variance=tv, mean=mx, total_variance=total,
                 text_total_variance=ttotal, rank=rank, dim=d, n_rows=N, n_text_rows=NT, protocol="default",
                 tau=tau, scores=sc)
@@ -270,17 +297,11 @@ def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     lam = lam[keep]
     m = U.shape[1]
     counts = bootstrap_counts(N, n_boot, seed) if n_boot else None
-    tv = np.zeros(m)
-    s1m = s2m = s1t = s2t = None
+    tv, boot_tv = _projected_variances(Y, my, U, counts)
+    s1m = s2m = None
     if counts is not None:
-        s1m, s2m, s1t, s2t = (np.zeros((n_boot, m)) for _ in range(4))
+        s1m, s2m = np.zeros((n_boot, m)), np.zeros((n_boot, m))
     sc = np.empty((N, m)) if want_scores else None
-    for s in _blocks(NT, 4 * BLOCK):
-        PT = _rows(Y, s, my) @ U
-        tv += (PT * PT).sum(0)
-        if counts is not None:
-            s1t += counts[:, s] @ PT
-            s2t += counts[:, s] @ (PT * PT)
     if counts is not None or want_scores:
         for s in _blocks(N, 4 * BLOCK):
             PM = _rows(X, s, mx) @ U
@@ -289,7 +310,6 @@ def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
             if counts is not None:
                 s1m += counts[:, s] @ PM
                 s2m += counts[:, s] @ (PM * PM)
-    tv /= NT - 1
     total, boot_total = _traces(X, mx, counts)
     ttotal, boot_ttotal = _traces(Y, my, counts)
     out = Modes(eigenvalues=lam, eigenvectors=U if vectors else None, alpha=tv / lam, text_variance=tv, mean=mx,
@@ -297,7 +317,6 @@ def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
                 protocol="default", tau=tau, scores=sc)
     if counts is not None:
         boot_lam = (s2m - s1m * s1m / N) / (N - 1)
-        boot_tv = (s2t - s1t * s1t / N) / (N - 1)
         out.boot = _boot_dict(boot_lam, boot_tv, boot_total, boot_ttotal)
     return out
 
