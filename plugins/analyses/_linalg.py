@@ -243,7 +243,7 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     if counts is not None:
         for s in _blocks(m, 256):
             boot_lam[:, s] = _weighted_var(counts, W[:, s] * sv[s])
-    sc = W * sv if want_scores else None
+    sc = W * sv if want_scores and vectors else None
     U = None
     if vectors:
         # u_k = X_cᵀ w_k / s_k, then the text projections Y_c u_k from row blocks of Y
@@ -266,6 +266,9 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
             if counts is not None:
                 boot_tv[:, s] = _weighted_var(counts, PT)
         del C
+        if want_scores:  # X_c u_k = s_k w_k, in place: W is not needed any more
+            W *= sv
+            sc = W
     total, boot_total = _traces(X, mx, counts)
     ttotal, boot_ttotal = _traces(Y, my, counts)
     del counts

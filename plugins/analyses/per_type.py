@@ -133,27 +133,25 @@ def matched_w1(P: np.ndarray, coords: dict[str, np.ndarray], labels: np.ndarray,
 
 
 def _fill(out, P, coords, members, pairs, k, per_class, reps, rng) -> None:
-    # the PCA basis of each class pair and subspace is fitted once, on all rows of the two
-    # classes; the replicates only redraw the rows
-    bases = {}
-    for c1, c2 in pairs:
+    # every replicate's rows are drawn first (the draw order is replicate, then pair); then
+    # each class pair's PCA bases are fitted once, on all rows of the two classes, used for
+    # all its replicates and dropped, so only one pair's bases are held at a time
+    draws = [[(rng.choice(members[c1], per_class, replace=False), rng.choice(members[c2], per_class, replace=False))
+              for c1, c2 in pairs] for _ in range(reps)]
+    vals = {name: np.empty((reps, len(pairs))) for name in coords}
+    for j, (c1, c2) in enumerate(pairs):
         rows = np.concatenate([members[c1], members[c2]])
-        for name, cols in coords.items():
-            bases[(c1, c2, name)] = pair_basis(P[np.ix_(rows, cols)], k)
-    for r in range(reps):
-        vals: dict[str, list[float]] = {name: [] for name in coords}
-        for c1, c2 in pairs:
-            i1 = rng.choice(members[c1], per_class, replace=False)
-            i2 = rng.choice(members[c2], per_class, replace=False)
-            pair = P[np.concatenate([i1, i2])]
+        bases = {name: pair_basis(P[np.ix_(rows, cols)], k) for name, cols in coords.items()}
+        for r in range(reps):
+            pair = P[np.concatenate(draws[r][j])]
             for name, cols in coords.items():
-                mu, L = bases[(c1, c2, name)]
+                mu, L = bases[name]
                 S = pair[:, cols] - mu
                 if L is not None:
                     S = S @ L
-                vals[name].append(_w1(S[:per_class], S[per_class:]))
-        for name in coords:
-            out[name][r] = float(np.mean(vals[name]))
+                vals[name][r, j] = _w1(S[:per_class], S[per_class:])
+    for name in coords:
+        out[name][:] = vals[name].mean(1)
 
 
 # --------------------------------------------------------------------------- paper (script 06)
@@ -273,7 +271,8 @@ class PerType(Analysis):
             if counts is not None:
                 reps = {f: np.empty(n_boot) for f in ("var_frac_MS", "var_frac_TA", "weighted_alpha",
                                                         "ratio_MS_TA_var")}
-                for s in _blocks(n_boot, 25):
+                # replicates in blocks whose (b, classes, modes) temporaries stay near 8 MB
+                for s in _blocks(n_boot, max(1, 2**20 // (len(classes) * Pa.shape[1]))):
                     db = scatter(counts[s][:, rows])                            # (b, k)
                     al = m.boot["alpha"][s]
                     tab = al > m.tau
