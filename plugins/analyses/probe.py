@@ -55,6 +55,8 @@ also give a held-out cross-entropy, so `i_probe_bits` is reported (the reference
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,6 +64,7 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric, stage_sort_key
 
+from ._linalg import one_blas_thread
 from ._params import check_params
 from ._stats import (LN2, Folds, bootstrap_classification, confusion, encode_labels, entropy_bits,
                      grouped_folds, percentile_ci, prior, scores_from_confusion)
@@ -82,6 +85,7 @@ DEFAULT_PARAMS = {
     "n_bootstrap": 1000,      # resamples of test predictions for the CIs
     "retention_chance": "majority",  # chance level c of the retention numbers: majority or uniform
     "min_samples": 20,        # fewer labelled rows: the attribute is skipped (the reference's 20)
+    "n_jobs": None,           # threads for the fits (None: every usable core); results do not depend on it
 }
 PAPER_PARAMS = {
     "n_splits": 5,
@@ -91,6 +95,7 @@ PAPER_PARAMS = {
     "max_iter": 100,
     "class_order": "auto",    # auto: rank order for lexical, sorted otherwise; or sorted / declared
     "n_bootstrap": 1000,
+    "n_jobs": 1,              # 1: the reference's arithmetic exactly; more: splits run concurrently
 }
 
 
@@ -305,12 +310,31 @@ def inner_pairs(n_splits: int, inner_folds: int | None = None) -> list[tuple[int
                    for d in range(1, inner_folds // 2 + 1)})
 
 
+def n_workers(n_jobs: int | None) -> int:
+    """Worker threads for the probe's fits: `n_jobs`, or every core this process may use."""
+    import os
+
+    if n_jobs is None:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if int(n_jobs) < 1:
+        raise MchError(f"probe parameter n_jobs must be a positive number of threads or null, not {n_jobs}")
+    return int(n_jobs)
+
+
+def _map(pool: Any, fn: Callable, items: list) -> list:
+    return list(pool.map(fn, items)) if pool is not None else [fn(i) for i in items]
+
+
 def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, folds: Folds,
                     grid: tuple[float, ...], patience: int, tol: float, max_iter: int,
-                    log: FitLog, inner_tol: float | None = None, inner_folds: int | None = None
-                    ) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
+                    log: FitLog, inner_tol: float | None = None, inner_folds: int | None = None,
+                    pool: Any = None) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
     """Held-out log-probabilities (n, k) of every row from its outer fold's model, the lam
-    each outer fold chose, and each fold's inner CV curve [(lam, CE nats)]."""
+    each outer fold chose, and each fold's inner CV curve [(lam, CE nats)].
+
+    The fits of one lam step (and the outer fits) are independent: with `pool` (a thread
+    pool) they run concurrently; callers hold BLAS at one thread, so every fit's arithmetic,
+    and the result, is the same whatever the number of workers."""
     F = folds.n_splits
     n, r = Z32.shape
     pairs = inner_pairs(F, inner_folds)
@@ -323,6 +347,27 @@ def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, fol
     stale = [0] * F
     active = [True] * F
     curves: list[list[tuple[float, float]]] = [[] for _ in range(F)]
+
+    def inner(job: tuple[tuple[int, int], float]) -> tuple | None:
+        """One pair's fit at lam and its validation sums for each of the two outer folds."""
+        p, lam = job
+        rows = pair_rows[p]
+        cls, yl = _local(y[rows], k)
+        if len(cls) < 2:
+            return None
+        fit = fit_softmax(Z32[rows], yl, len(cls), lam, warm.get(p), inner_tol or tol, max_iter,
+                          lambda rows=rows: Z64[rows])
+        val = {}
+        for o, v in ((p[0], p[1]), (p[1], p[0])):
+            vr = test_rows[v]
+            vr = vr[np.isin(y[vr], cls)]  # rows of a class this fit never saw carry no lam signal
+            nll = 0.0
+            if len(vr):
+                lp = log_softmax(Z32[vr], fit.W, fit.b)
+                nll = -lp[np.arange(len(vr)), np.searchsorted(cls, y[vr])].sum()
+            val[o] = (nll, len(vr))
+        return p, cls, fit, val
+
     for lam in grid:
         if not any(active):
             break
@@ -331,27 +376,18 @@ def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, fol
         Wsum = [np.zeros((r, k)) for _ in range(F)]
         bsum = [np.zeros(k) for _ in range(F)]
         csum = [np.zeros(k) for _ in range(F)]
-        for p in pairs:
-            if not (active[p[0]] or active[p[1]]):
+        jobs = [(p, lam) for p in pairs if active[p[0]] or active[p[1]]]
+        for res in _map(pool, inner, jobs):  # in pair order: the sums do not depend on scheduling
+            if res is None:
                 continue
-            rows = pair_rows[p]
-            cls, yl = _local(y[rows], k)
-            if len(cls) < 2:
-                continue
-            fit = fit_softmax(Z32[rows], yl, len(cls), lam, warm.get(p), inner_tol or tol, max_iter,
-                              lambda rows=rows: Z64[rows])
+            p, cls, fit, val = res
             log.add(fit)
             warm[p] = (fit.W, fit.b)
-            for o, v in ((p[0], p[1]), (p[1], p[0])):
+            for o in p:
                 if not active[o]:
                     continue
-                vr = test_rows[v]
-                seen = np.isin(y[vr], cls)  # rows of a class this fit never saw carry no lam signal
-                vr = vr[seen]
-                if len(vr):
-                    lp = log_softmax(Z32[vr], fit.W, fit.b)
-                    nll[o] -= lp[np.arange(len(vr)), np.searchsorted(cls, y[vr])].sum()
-                    cnt[o] += len(vr)
+                nll[o] += val[o][0]
+                cnt[o] += val[o][1]
                 Wsum[o][:, cls] += fit.W
                 bsum[o][cls] += fit.b
                 csum[o][cls] += 1
@@ -368,10 +404,13 @@ def nested_cv_probe(Z32: np.ndarray, Z64: np.ndarray, y: np.ndarray, k: int, fol
                 stale[o] += 1
                 if stale[o] >= patience:
                     active[o] = False
-    logp = np.full((n, k), np.nan)
-    for o in range(F):
+
+    def outer(o: int) -> SoftmaxFit:
         tr = folds.train(o)
-        fit = fit_softmax(Z32[tr], y[tr], k, best_lam[o], best_init[o], tol, max_iter, lambda tr=tr: Z64[tr])
+        return fit_softmax(Z32[tr], y[tr], k, best_lam[o], best_init[o], tol, max_iter, lambda tr=tr: Z64[tr])
+
+    logp = np.full((n, k), np.nan)
+    for o, fit in enumerate(_map(pool, outer, list(range(F)))):
         log.add(fit)
         te = test_rows[o]
         logp[te] = log_softmax(Z32[te], fit.W, fit.b)
@@ -396,33 +435,29 @@ def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_bo
 # --------------------------------------------------------------------------- paper protocol
 
 
-def paper_probe(X: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
-                weight_decay: float, max_iter: int) -> list[dict[str, Any]]:
-    """The reference's per-split procedure on float32 vectors: one dict per split."""
+def paper_split(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, weight_decay: float,
+                max_iter: int) -> dict[str, Any]:
+    """The reference's procedure on one split of float32 vectors: scaler on train, lbfgs."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.preprocessing import StandardScaler
 
-    X = np.asarray(X, dtype=np.float32)
     k = int(y.max()) + 1
-    out = []
-    for tr, te in splits:
-        scaler = StandardScaler().fit(X[tr])
-        clf = LogisticRegression(solver="lbfgs", C=1.0 / (weight_decay * len(tr)), max_iter=max_iter)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the reference silences ConvergenceWarning
-            clf.fit(scaler.transform(X[tr]), y[tr])
-        xte = scaler.transform(X[te])
-        pred = clf.predict(xte)
-        proba = np.zeros((len(te), k))
-        proba[:, clf.classes_] = clf.predict_proba(xte)
-        with np.errstate(divide="ignore"):
-            nll_bits = -np.log2(proba[np.arange(len(te)), y[te]])
-        out.append({"accuracy": float(accuracy_score(y[te], pred)),
-                    "f1_macro": float(f1_score(y[te], pred, average="macro", zero_division=0)),
-                    "n_iter": int(np.max(clf.n_iter_)), "pred": pred, "nll_bits": nll_bits,
-                    "n_train": int(len(tr)), "n_test": int(len(te))})
-    return out
+    scaler = StandardScaler().fit(X[tr])
+    clf = LogisticRegression(solver="lbfgs", C=1.0 / (weight_decay * len(tr)), max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reference silences ConvergenceWarning
+        clf.fit(scaler.transform(X[tr]), y[tr])
+    xte = scaler.transform(X[te])
+    pred = clf.predict(xte)
+    proba = np.zeros((len(te), k))
+    proba[:, clf.classes_] = clf.predict_proba(xte)
+    with np.errstate(divide="ignore"):
+        nll_bits = -np.log2(proba[np.arange(len(te)), y[te]])
+    return {"accuracy": float(accuracy_score(y[te], pred)),
+            "f1_macro": float(f1_score(y[te], pred, average="macro", zero_division=0)),
+            "n_iter": int(np.max(clf.n_iter_)), "pred": pred, "nll_bits": nll_bits,
+            "n_train": int(len(tr)), "n_test": int(len(te))}
 
 
 def paper_splits(y: np.ndarray, n_splits: int, train_size: float, random_state: int):
@@ -534,6 +569,23 @@ class Probe(Analysis):
             plan[attr] = (enc, folds, chance, h, info)
         accs: dict[str, dict[str, float]] = {a: {} for a in plan}
         unconverged = []
+        # the fits' skinny products run faster on one BLAS thread each, several fits at a time,
+        # than one fit on several BLAS threads (measured: benchmarks/analyses.py)
+        workers = n_workers(p["n_jobs"])
+        out.summary["threads"] = workers
+        with ExitStack() as stack:
+            pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
+            self._fit_stages(ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out)
+        for attr, (enc, folds, chance, h, info) in plan.items():
+            out.metrics += attribute_level(attr, chance[p["retention_chance"]], accs[attr])
+        out.summary["converged"] = not unconverged
+        if unconverged:
+            out.notes.append(f"some fits reached max_iter={p['max_iter']} before the convergence bound: "
+                             + ", ".join(unconverged))
+        return out
+
+    def _fit_stages(self, ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out) -> None:
+        """The nested-CV probes of every (stage, attribute) in `plan`, into `out` and `accs`."""
         with ctx.progress.task("probe", len(stages) * len(plan)) as advance:
             for stage in stages:
                 if not plan:
@@ -545,10 +597,11 @@ class Probe(Analysis):
                     every = len(enc.rows) == len(basis.Z32)  # rows are sorted: all rows means no copy
                     z32 = basis.Z32 if every else basis.Z32[enc.rows]
                     z64 = basis.Z64 if every else basis.Z64[enc.rows]
-                    logp, lams, curves = nested_cv_probe(z32, z64, enc.y, k, folds,
-                                                         LAMBDA_GRID, int(p["patience"]), float(p["tol"]),
-                                                         int(p["max_iter"]), log, float(p["inner_tol"]),
-                                                         inner_folds)
+                    with one_blas_thread():
+                        logp, lams, curves = nested_cv_probe(z32, z64, enc.y, k, folds,
+                                                             LAMBDA_GRID, int(p["patience"]), float(p["tol"]),
+                                                             int(p["max_iter"]), log, float(p["inner_tol"]),
+                                                             inner_folds, pool)
                     r = heldout_metrics(enc.y, logp, k, h, int(p["n_bootstrap"]), ctx.seed)
                     pt, ci, n = r["point"], r["ci"], len(enc.y)
                     c = chance[p["retention_chance"]]
@@ -573,13 +626,6 @@ class Probe(Analysis):
                         unconverged.append(f"{attr}@{stage}")
                     advance(1)
                 del basis
-        for attr, (enc, folds, chance, h, info) in plan.items():
-            out.metrics += attribute_level(attr, chance[p["retention_chance"]], accs[attr])
-        out.summary["converged"] = not unconverged
-        if unconverged:
-            out.notes.append(f"some fits reached max_iter={p['max_iter']} before the convergence bound: "
-                             + ", ".join(unconverged))
-        return out
 
     # ------------------------------------------------------------------ paper
     def _run_paper(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
@@ -598,43 +644,65 @@ class Probe(Analysis):
             out.metrics.append(Metric("chance_uniform", 1.0 / k, None, attr, n=len(enc.y)))
             plan[attr] = (enc, splits)
         accs: dict[str, dict[str, float]] = {a: {} for a in plan}
-        with ctx.progress.task("probe (paper)", len(stages) * len(plan)) as advance:
+        # n_jobs = 1: the splits one after another with the process's BLAS threads, as a plain
+        # sklearn script runs them. n_jobs > 1: one stage's splits of every attribute run
+        # concurrently, each on one BLAS thread (faster for these skinny products; float32
+        # BLAS rounding then differs from a multi-threaded run in the coefficients' last bits)
+        workers = n_workers(p["n_jobs"])
+        out.summary["threads"] = workers
+        wd, mi = float(p["weight_decay"]), int(p["max_iter"])
+        with ExitStack() as stack:
+            pool = None
+            if workers > 1:
+                pool = stack.enter_context(ThreadPoolExecutor(workers))
+                stack.enter_context(one_blas_thread())
+            advance = stack.enter_context(ctx.progress.task(
+                "probe (paper)", len(stages) * sum(len(sp) for _, sp in plan.values())))
             for stage in stages:
-                for attr, (enc, splits) in plan.items():
-                    X = np.asarray(ctx.reps[stage][enc.rows], dtype=np.float32)
-                    k = len(enc.classes)
-                    chance = 1.0 / k
-                    per = paper_probe(X, enc.y, splits, float(p["weight_decay"]), int(p["max_iter"]))
-                    a = np.array([s["accuracy"] for s in per])
-                    f1 = np.array([s["f1_macro"] for s in per])
-                    ret = (a - chance) / (1 - chance)
-                    ce = np.array([s["nll_bits"].mean() for s in per])
-                    h = entropy_bits(prior(enc.y, k))
-                    # extra: CIs from resampling each split's test rows (the reference has none)
-                    reps = [bootstrap_classification(enc.y[te], s["pred"], s["nll_bits"], k, int(p["n_bootstrap"]),
-                                                     ctx.seed + i) for i, ((_, te), s) in enumerate(zip(splits, per))]
-                    acc_ci = percentile_ci(np.mean([r["accuracy"] for r in reps], axis=0))
-                    ce_rep = np.mean([r["cross_entropy_bits"] for r in reps], axis=0)
-                    n_test = per[0]["n_test"]
-                    out.metrics += [
-                        Metric("accuracy", float(a.mean()), stage, attr, *acc_ci, n_test),
-                        Metric("std_accuracy", float(a.std(ddof=1)), stage, attr),
-                        Metric("macro_f1", float(f1.mean()), stage, attr, n=n_test),
-                        Metric("retention_ratio", float(ret.mean()), stage, attr,
-                               _retention(acc_ci[0], chance), _retention(acc_ci[1], chance), n_test),
-                        Metric("cross_entropy_bits", float(ce.mean()), stage, attr, *percentile_ci(ce_rep), n_test),
-                        Metric("i_probe_bits", float(h - ce.mean()), stage, attr, *percentile_ci(h - ce_rep), n_test),
-                    ]
-                    accs[attr][stage] = float(a.mean())
-                    out.summary["attributes"][attr]["stages"][stage] = {
-                        "accuracies": a.tolist(), "f1_macro": f1.tolist(), "retention": ret.tolist(),
-                        "mean_accuracy": float(a.mean()), "std_accuracy": float(a.std(ddof=1)),
-                        "mean_retention": float(ret.mean()), "std_retention": float(ret.std(ddof=1)),
-                        "mean_f1": float(f1.mean()), "chance": chance, "n_classes": k,
-                        "n_train": per[0]["n_train"], "n_test": n_test,
-                        "n_iter": [s["n_iter"] for s in per],
-                        "converged": all(s["n_iter"] < int(p["max_iter"]) for s in per)}
-                    advance(1)
+                self._paper_stage(ctx, p, stage, plan, accs, pool, wd, mi, out, advance)
         for attr, (enc, _) in plan.items():
             out.metrics += attribute_level(attr, 1.0 / len(enc.classes), accs[attr])
         return out
+
+    def _paper_stage(self, ctx, p, stage, plan, accs, pool, wd, mi, out, advance) -> None:
+        """The reference's probes of every attribute at one stage, into `out` and `accs`."""
+        Xs = {attr: np.asarray(ctx.reps[stage][enc.rows], dtype=np.float32) for attr, (enc, _) in plan.items()}
+        jobs = [(attr, tr, te) for attr, (_, splits) in plan.items() for tr, te in splits]
+        fits = []
+        fit = lambda j: paper_split(Xs[j[0]], plan[j[0]][0].y, j[1], j[2], wd, mi)  # noqa: E731
+        for f in (pool.map(fit, jobs) if pool is not None else map(fit, jobs)):  # in order, as each ends
+            fits.append(f)
+            advance(1)
+        for attr, (enc, splits) in plan.items():
+            k = len(enc.classes)
+            chance = 1.0 / k
+            per = [f for (a, _, _), f in zip(jobs, fits) if a == attr]
+            a = np.array([s["accuracy"] for s in per])
+            f1 = np.array([s["f1_macro"] for s in per])
+            ret = (a - chance) / (1 - chance)
+            ce = np.array([s["nll_bits"].mean() for s in per])
+            h = entropy_bits(prior(enc.y, k))
+            # extra: CIs from resampling each split's test rows (the reference has none)
+            reps = [bootstrap_classification(enc.y[te], s["pred"], s["nll_bits"], k, int(p["n_bootstrap"]),
+                                             ctx.seed + i) for i, ((_, te), s) in enumerate(zip(splits, per))]
+            acc_ci = percentile_ci(np.mean([r["accuracy"] for r in reps], axis=0))
+            ce_rep = np.mean([r["cross_entropy_bits"] for r in reps], axis=0)
+            n_test = per[0]["n_test"]
+            out.metrics += [
+                Metric("accuracy", float(a.mean()), stage, attr, *acc_ci, n_test),
+                Metric("std_accuracy", float(a.std(ddof=1)), stage, attr),
+                Metric("macro_f1", float(f1.mean()), stage, attr, n=n_test),
+                Metric("retention_ratio", float(ret.mean()), stage, attr,
+                       _retention(acc_ci[0], chance), _retention(acc_ci[1], chance), n_test),
+                Metric("cross_entropy_bits", float(ce.mean()), stage, attr, *percentile_ci(ce_rep), n_test),
+                Metric("i_probe_bits", float(h - ce.mean()), stage, attr, *percentile_ci(h - ce_rep), n_test),
+            ]
+            accs[attr][stage] = float(a.mean())
+            out.summary["attributes"][attr]["stages"][stage] = {
+                "accuracies": a.tolist(), "f1_macro": f1.tolist(), "retention": ret.tolist(),
+                "mean_accuracy": float(a.mean()), "std_accuracy": float(a.std(ddof=1)),
+                "mean_retention": float(ret.mean()), "std_retention": float(ret.std(ddof=1)),
+                "mean_f1": float(f1.mean()), "chance": chance, "n_classes": k,
+                "n_train": per[0]["n_train"], "n_test": n_test,
+                "n_iter": [s["n_iter"] for s in per],
+                "converged": all(s["n_iter"] < int(p["max_iter"]) for s in per)}
