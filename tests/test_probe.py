@@ -224,6 +224,24 @@ def test_inner_cv_pairs_validate_each_outer_fold_on_its_neighbours():
     assert abs(a2 - a4) < 0.02
 
 
+def test_default_results_do_not_depend_on_the_number_of_threads():
+    rng = np.random.default_rng(8)
+    n = 300
+    y = rng.integers(0, 4, n)
+    g = rng.integers(0, 30, n)
+    X = (rng.standard_normal((n, 12)) + 0.7 * np.eye(4, 12)[y]).astype(np.float32)
+    lab = {"a": np.array([f"c{v}" for v in y], dtype=object)}
+    grp = {"a": np.array([f"g{v}" for v in g], dtype=object)}
+    one, three = (make_probe().run(context({"adapter": X, "llm.final": X[:, ::-1].copy()}, lab, grp,
+                                           params={"n_jobs": j, "n_bootstrap": 50})) for j in (1, 3))
+    assert one.summary["threads"] == 1 and three.summary["threads"] == 3
+    assert [(m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in one.metrics] == \
+        [(m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in three.metrics]
+    assert one.summary["attributes"]["a"]["stages"] == three.summary["attributes"]["a"]["stages"]
+    with pytest.raises(MchError, match="n_jobs"):
+        make_probe().run(context({"adapter": X}, lab, grp, params={"n_jobs": 0}))
+
+
 def test_probe_records_the_split_and_drops_singletons():
     rng = np.random.default_rng(0)
     n = 300
@@ -292,6 +310,13 @@ def test_paper_protocol_matches_the_reference_procedure_exactly():
     labels = {"speaker": np.array([f"spk{v}" for v in spk], dtype=object),
               "lexical": words[w].astype(object), "emotion": emo}
     out = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order}))
+    # concurrent splits (one BLAS thread each, as the reference runs under this file's fixture)
+    par = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order},
+                                   params={"n_jobs": 2}))
+    assert par.summary["threads"] == 2 and out.summary["threads"] == 1
+    for attr in labels:
+        for stage in reps:
+            assert par.summary["attributes"][attr]["stages"][stage] == out.summary["attributes"][attr]["stages"][stage]
     for attr in labels:
         for stage, X in reps.items():
             accs, f1s, k = reference_script_03(X, labels[attr], lex_order if attr == "lexical" else None)
