@@ -238,8 +238,34 @@ def test_default_results_do_not_depend_on_the_number_of_threads():
     assert [(m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in one.metrics] == \
         [(m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in three.metrics]
     assert one.summary["attributes"]["a"]["stages"] == three.summary["attributes"]["a"]["stages"]
-    with pytest.raises(MchError, match="n_jobs"):
-        make_probe().run(context({"adapter": X}, lab, grp, params={"n_jobs": 0}))
+    for bad in (0, "auto", 1.5):
+        with pytest.raises(MchError, match="n_jobs"):
+            make_probe().run(context({"adapter": X}, lab, grp, params={"n_jobs": bad}))
+    with pytest.raises(MchError, match="inner_folds"):
+        make_probe().run(context({"adapter": X}, lab, grp, params={"inner_folds": "all"}))
+
+
+def test_worker_threads_run_their_fits_on_one_blas_thread(monkeypatch):
+    """Whatever BLAS threading the process has, each concurrent fit runs on one BLAS thread
+    (its arithmetic then does not depend on n_jobs)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    fit, split = P.fit_softmax, P.paper_split
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    monkeypatch.setattr(P, "fit_softmax", lambda *a, **k: (seen.append(blas_threads()), fit(*a, **k))[1])
+    monkeypatch.setattr(P, "paper_split", lambda *a, **k: (seen.append(blas_threads()), split(*a, **k))[1])
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 120)
+    X = (rng.standard_normal((120, 6)) + np.eye(3, 6)[y]).astype(np.float32)
+    lab = {"a": np.array([f"c{v}" for v in y], dtype=object)}
+    with threadpool_limits(2, user_api="blas"):
+        for protocol in ("default", "paper"):
+            make_probe().run(context({"adapter": X}, lab, protocol=protocol, params={"n_jobs": 2, "n_bootstrap": 20}))
+    assert seen and all(s == {1} for s in seen), seen
 
 
 def test_probe_records_the_split_and_drops_singletons():
@@ -309,11 +335,13 @@ def test_paper_protocol_matches_the_reference_procedure_exactly():
     lex_order = ["the", "and", "a", "he", "of", "she"]  # frequency rank, not sorted
     labels = {"speaker": np.array([f"spk{v}" for v in spk], dtype=object),
               "lexical": words[w].astype(object), "emotion": emo}
+    filters = list(warnings.filters)
     out = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order}))
     # concurrent splits (one BLAS thread each, as the reference runs under this file's fixture)
     par = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order},
                                    params={"n_jobs": 2}))
     assert par.summary["threads"] == 2 and out.summary["threads"] == 1
+    assert warnings.filters == filters  # silenced during the fits only, and thread-safely
     for attr in labels:
         for stage in reps:
             assert par.summary["attributes"][attr]["stages"][stage] == out.summary["attributes"][attr]["stages"][stage]

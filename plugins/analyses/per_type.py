@@ -271,8 +271,8 @@ class PerType(Analysis):
             if counts is not None:
                 reps = {f: np.empty(n_boot) for f in ("var_frac_MS", "var_frac_TA", "weighted_alpha",
                                                         "ratio_MS_TA_var")}
-                # replicates in blocks whose (b, classes, modes) temporaries stay near 8 MB
-                for s in _blocks(n_boot, max(1, 2**20 // (len(classes) * Pa.shape[1]))):
+                # replicates in blocks whose (b, classes, modes) and (b, rows) temporaries stay near 8 MB
+                for s in _blocks(n_boot, max(1, 2**20 // max(len(classes) * Pa.shape[1], len(rows)))):
                     db = scatter(counts[s][:, rows])                            # (b, k)
                     al = m.boot["alpha"][s]
                     tab = al > m.tau

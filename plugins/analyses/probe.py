@@ -38,9 +38,10 @@ How the default fit is made fast without changing the model it finds:
     for a fold once its inner CV cross-entropy has risen `patience` grid steps past its
     best (the CV curve is U-shaped; `patience` large evaluates the whole grid).
   * Threads. The fits of one lam step, and the outer fits, are independent: they run on
-    `n_jobs` worker threads (default: every usable core), each on one BLAS thread, which is
-    faster for these skinny products than one fit on several BLAS threads. Every fit's
-    arithmetic is the same whatever `n_jobs` is, and so is the result (tested).
+    `n_jobs` worker threads (default: the usable cores, at most 4), each on one BLAS thread,
+    which is faster for these skinny products than one fit on several BLAS threads. Every
+    fit's arithmetic is the same whatever `n_jobs` is, and so is the result (tested). Each
+    running fit holds a copy of its training rows: peak memory grows with `n_jobs`.
   * Convergence is certified, not assumed: a fit stops when ||grad||^2 / (2 lam) <= `tol`,
     an upper bound (nats) on how far its penalised objective is above the optimum
     (lam-strong convexity in W); the inner fits, which only rank lam, use `inner_tol`.
@@ -93,7 +94,7 @@ DEFAULT_PARAMS = {
     "n_bootstrap": 1000,      # resamples of test predictions for the CIs
     "retention_chance": "majority",  # chance level c of the retention numbers: majority or uniform
     "min_samples": 20,        # fewer labelled rows: the attribute is skipped (the reference's 20)
-    "n_jobs": None,           # threads for the fits (None: every usable core); results do not depend on it
+    "n_jobs": None,           # threads for the fits (None: usable cores, at most 4); results do not depend on it
 }
 PAPER_PARAMS = {
     "n_splits": 5,
@@ -318,14 +319,20 @@ def inner_pairs(n_splits: int, inner_folds: int | None = None) -> list[tuple[int
                    for d in range(1, inner_folds // 2 + 1)})
 
 
-def n_workers(n_jobs: int | None) -> int:
-    """Worker threads for the probe's fits: `n_jobs`, or every core this process may use."""
+MAX_DEFAULT_JOBS = 4  # each concurrent fit holds a copy of its training rows
+
+
+def n_workers(n_jobs: Any) -> int:
+    """Worker threads for the probe's fits: `n_jobs`, or the usable cores (at most
+    MAX_DEFAULT_JOBS: memory grows by one copy of the training rows per thread)."""
     import os
 
     if n_jobs is None:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    if int(n_jobs) < 1:
-        raise MchError(f"probe parameter n_jobs must be a positive number of threads or null, not {n_jobs}")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cores, MAX_DEFAULT_JOBS))
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, float, str)) or not str(n_jobs).isdigit() \
+            or int(n_jobs) < 1:
+        raise MchError(f"probe parameter n_jobs must be a positive number of threads or null, not {n_jobs!r}")
     return int(n_jobs)
 
 
@@ -443,20 +450,22 @@ def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_bo
 # --------------------------------------------------------------------------- paper protocol
 
 
-def paper_split(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, weight_decay: float,
-                max_iter: int) -> dict[str, Any]:
-    """The reference's procedure on one split of float32 vectors: scaler on train, lbfgs."""
+def paper_split(X: np.ndarray, rows: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                weight_decay: float, max_iter: int) -> dict[str, Any]:
+    """The reference's procedure on one split: scaler on train, lbfgs. `X` holds the stage's
+    float32 vectors, `rows` the probed rows (y[i] labels X[rows[i]]), `tr`/`te` index y. The
+    caller silences warnings (the reference does; `catch_warnings` is not thread-safe)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.preprocessing import StandardScaler
 
     k = int(y.max()) + 1
-    scaler = StandardScaler().fit(X[tr])
+    xtr = X[rows[tr]]
+    scaler = StandardScaler().fit(xtr)
     clf = LogisticRegression(solver="lbfgs", C=1.0 / (weight_decay * len(tr)), max_iter=max_iter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the reference silences ConvergenceWarning
-        clf.fit(scaler.transform(X[tr]), y[tr])
-    xte = scaler.transform(X[te])
+    clf.fit(scaler.transform(xtr), y[tr])
+    del xtr
+    xte = scaler.transform(X[rows[te]])
     pred = clf.predict(xte)
     proba = np.zeros((len(te), k))
     proba[:, clf.classes_] = clf.predict_proba(xte)
@@ -539,6 +548,8 @@ class Probe(Analysis):
 
     # ------------------------------------------------------------------ default
     def _run_default(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
+        if p["inner_folds"] is not None and not str(p["inner_folds"]).isdigit():
+            raise MchError(f"probe parameter inner_folds must be null or an even number, not {p['inner_folds']!r}")
         inner_folds = None if p["inner_folds"] is None else int(p["inner_folds"])
         inner_pairs(int(p["n_splits"]), inner_folds)  # bad fold counts fail before any work
         if p["retention_chance"] not in ("majority", "uniform"):
@@ -579,7 +590,7 @@ class Probe(Analysis):
         unconverged = []
         # the fits' skinny products run faster on one BLAS thread each, several fits at a time,
         # than one fit on several BLAS threads (measured: benchmarks/analyses.py)
-        workers = n_workers(p["n_jobs"])
+        workers = min(n_workers(p["n_jobs"]), len(inner_pairs(int(p["n_splits"]), inner_folds)))
         out.summary["threads"] = workers
         with ExitStack() as stack:
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
@@ -660,10 +671,12 @@ class Probe(Analysis):
         out.summary["threads"] = workers
         wd, mi = float(p["weight_decay"]), int(p["max_iter"])
         with ExitStack() as stack:
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")  # the reference silences ConvergenceWarning
             pool = None
             if workers > 1:
-                pool = stack.enter_context(ThreadPoolExecutor(workers))
                 stack.enter_context(one_blas_thread())
+                pool = stack.enter_context(ThreadPoolExecutor(workers))
             advance = stack.enter_context(ctx.progress.task(
                 "probe (paper)", len(stages) * sum(len(sp) for _, sp in plan.values())))
             for stage in stages:
@@ -674,11 +687,11 @@ class Probe(Analysis):
 
     def _paper_stage(self, ctx, p, stage, plan, accs, pool, wd, mi, out, advance) -> None:
         """The reference's probes of every attribute at one stage, into `out` and `accs`."""
-        Xs = {attr: np.asarray(ctx.reps[stage][enc.rows], dtype=np.float32) for attr, (enc, _) in plan.items()}
+        X = np.asarray(ctx.reps[stage], dtype=np.float32)  # a float32 store is read in place, not copied
         jobs = [(attr, tr, te) for attr, (_, splits) in plan.items() for tr, te in splits]
         fits = []
-        fit = lambda j: paper_split(Xs[j[0]], plan[j[0]][0].y, j[1], j[2], wd, mi)  # noqa: E731
-        for f in (pool.map(fit, jobs) if pool is not None else map(fit, jobs)):  # in order, as each ends
+        fit = lambda j: paper_split(X, plan[j[0]][0].rows, plan[j[0]][0].y, j[1], j[2], wd, mi)  # noqa: E731
+        for f in (pool.map(fit, jobs) if pool is not None else map(fit, jobs)):  # in submission order
             fits.append(f)
             advance(1)
         for attr, (enc, splits) in plan.items():
