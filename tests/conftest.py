@@ -21,6 +21,28 @@ def _isolated(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models on two shared cores: a second torch thread only spins against the other
+    jobs (up to 10x slower). Modules opt in with `pytestmark = usefixtures(...)`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def blas_one_thread():
+    """Small numpy/scipy fits: a threaded BLAS call waits on its second thread (and the plugin
+    and a direct reference implementation then run under the same limit)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def run_mch(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run the `mch` CLI in a subprocess, as a user would."""

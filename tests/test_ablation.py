@@ -15,13 +15,7 @@ from mch.plugins.analyses.ablation import CONDITIONS, directions, make_edit
 from mch.runner import RunConfig, run_bench
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two shared cores: several threads per process oversubscribe them (10x slower)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def synthetic_modes(d: int = 6, seed: int = 0) -> Modes:

@@ -22,12 +22,7 @@ SPEECH = ("qwen2audio", "ultravox")
 MODELS = ("llava", "prismatic_dinov2", "prismatic_siglip", "qwen2audio", "ultravox")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

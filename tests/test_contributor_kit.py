@@ -12,19 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import ROOT, run_mch
 
 EXAMPLE = ROOT / "docs" / "examples" / "mch-example-plugin"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: a second thread only spins on the shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ from mch.plugins.analyses.distances import (compare, linear_cka, mmd2_many, pape
 SMALL = dict(n_perm=100, n_boot=100, w1_max_n=120, w1_n_perm=30, w1_n_boot=30, n_directions=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
 
 def test_two_samples_of_one_law_are_not_told_apart():

@@ -17,15 +17,7 @@ from mch.plugins.analyses.lipschitz import Lipschitz, decoder_gradients, diamete
 D = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread", "blas_one_thread")
 
 
 class LinearDecoder(ModelPlugin):

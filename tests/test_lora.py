@@ -20,12 +20,7 @@ from mch.runner import RunConfig, run_bench
 FAST = {"lr": 3e-3, "max_epochs": 2, "n_train": 600, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def toy_ctx(limit: int = 300, **params):

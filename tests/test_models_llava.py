@@ -19,13 +19,7 @@ SPEC = ModelSpec(name="llava", entry="mch.plugins.models.llava:Llava", modality=
 N_PATCHES = 9  # 42 px / patch 14 -> 3 x 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matrices: a second OpenMP thread only spins on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -39,13 +39,7 @@ def load(path: Path, family: str, **kw) -> PrismaticModel:
     return m
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matrices: several OpenMP threads only wait on each other (35 ms vs 0.4 ms per op on 2 busy cores)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="session")

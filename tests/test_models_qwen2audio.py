@@ -21,13 +21,7 @@ PAPER_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|i
                 "<|im_start|>assistant\n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matrices: a second OpenMP thread only spins on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,7 @@ VICUNA = ModelSpec(name="vicuna", entry="mch.plugins.models.text:TextBaseline", 
                    checkpoint="lmsys/vicuna-7b-v1.5")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: a second thread only spins on the shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,7 @@ import pytest
 from mch.plugins.analyses._linalg import bootstrap_counts, mode_summary, modes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two shared cores: multithreaded BLAS only spins against the other jobs
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
 
 def reference_loop(X, Y, eps=1e-10):

@@ -14,12 +14,7 @@ from mch.plugins.analyses.per_type import PerType
 SPEC = AnalysisSpec(name="per_type", entry="mch.plugins.analyses.per_type:PerType")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
 
 def world(n=400, d=30, seed=0):

@@ -21,15 +21,7 @@ from mch.plugins.analyses._stats import grouped_folds
 from mch.results import build_record, validate
 
 
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    """Small fits on a shared machine: a threaded BLAS call can wait a time slice for its
-    second thread; one thread keeps these tests fast (the plugin and the direct reference
-    implementation run under the same limit)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
 
 def make_probe() -> P.Probe:

@@ -13,12 +13,7 @@ from mch.plugins.analyses.swap import kl_per_sample, swap_edit
 from mch.runner import RunConfig, run_bench
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_swap_edit_moves_only_the_subspace_mean():

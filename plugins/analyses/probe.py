@@ -551,7 +551,7 @@ class Probe(Analysis):
         if p["inner_folds"] is not None and not str(p["inner_folds"]).isdigit():
             raise MchError(f"probe parameter inner_folds must be null or an even number, not {p['inner_folds']!r}")
         inner_folds = None if p["inner_folds"] is None else int(p["inner_folds"])
-        inner_pairs(int(p["n_splits"]), inner_folds)  # bad fold counts fail before any work
+        n_pairs = len(inner_pairs(int(p["n_splits"]), inner_folds))  # bad fold counts fail before any work
         if p["retention_chance"] not in ("majority", "uniform"):
             raise MchError(f"probe parameter retention_chance must be majority or uniform, not {p['retention_chance']!r}")
         out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
@@ -590,7 +590,7 @@ class Probe(Analysis):
         unconverged = []
         # the fits' skinny products run faster on one BLAS thread each, several fits at a time,
         # than one fit on several BLAS threads (measured: benchmarks/analyses.py)
-        workers = min(n_workers(p["n_jobs"]), len(inner_pairs(int(p["n_splits"]), inner_folds)))
+        workers = min(n_workers(p["n_jobs"]), n_pairs)  # at most n_pairs fits run at once
         out.summary["threads"] = workers
         with ExitStack() as stack:
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
