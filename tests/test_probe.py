@@ -73,18 +73,19 @@ def test_default_fit_is_sklearns_model(n, d, k):
     Xz = (X - X.mean(0, dtype=np.float64)) / X.std(0, dtype=np.float64)
     basis = P.stage_basis(X)
     assert basis.rank == min(n - 1, d)
-    np.testing.assert_allclose(basis.Z64 @ basis.Z64.T, Xz @ Xz.T, atol=1e-4 * np.abs(Xz @ Xz.T).max())
+    Z64 = basis.Z32.astype(np.float64)  # the problem the fit solves is the one these values define
+    np.testing.assert_allclose(Z64 @ Z64.T, Xz @ Xz.T, atol=1e-4 * np.abs(Xz @ Xz.T).max())
     tr, te = np.arange(int(0.8 * n)), np.arange(int(0.8 * n), n)
     for lam in (1e-1, 1e-2):
         sk = LogisticRegression(C=1 / (lam * len(tr)), tol=1e-10, max_iter=100000).fit(Xz[tr], y[tr])
-        fit = P.fit_softmax(basis.Z32[tr], y[tr], k, lam, tol=1e-11, z64=lambda: basis.Z64[tr])
+        fit = P.fit_softmax(basis.Z32[tr], y[tr], k, lam, tol=1e-11)
         assert fit.converged and fit.gap_bound <= 1e-11
-        ours = objective(basis.Z64[tr], y[tr], fit.W, fit.b, lam)
+        ours = objective(Z64[tr], y[tr], fit.W, fit.b, lam)
         theirs = objective(Xz[tr], y[tr], sk.coef_.T, sk.intercept_, lam)
         assert ours <= theirs + 1e-9  # never worse than sklearn at its tightest
         assert theirs - ours < 1e-6
         # same predictions: tolerance from the (tiny) objective slack, sqrt(2 gap / lam) per unit norm
-        lp = P.log_softmax(basis.Z64[te], fit.W, fit.b)
+        lp = P.log_softmax(Z64[te], fit.W, fit.b)
         np.testing.assert_allclose(lp, sk.predict_log_proba(Xz[te]), atol=2e-3 if lam < 1e-1 else 5e-4)
 
 
@@ -243,13 +244,13 @@ def test_worker_threads_run_their_fits_on_one_blas_thread(monkeypatch):
     from threadpoolctl import threadpool_info, threadpool_limits
 
     seen = []
-    fit, split = P.fit_softmax, P.paper_split
+    fit, split = P.fit_many, P.paper_split
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    monkeypatch.setattr(P, "fit_softmax", lambda *a, **k: (seen.append(blas_threads()), fit(*a, **k))[1])
-    monkeypatch.setattr(P, "paper_split", lambda *a, **k: (seen.append(blas_threads()), split(*a, **k))[1])
+    monkeypatch.setattr(P, "fit_many", lambda *a, **k: (seen.append(("default", blas_threads())), fit(*a, **k))[1])
+    monkeypatch.setattr(P, "paper_split", lambda *a, **k: (seen.append(("paper", blas_threads())), split(*a, **k))[1])
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 120)
     X = (rng.standard_normal((120, 6)) + np.eye(3, 6)[y]).astype(np.float32)
@@ -257,7 +258,7 @@ def test_worker_threads_run_their_fits_on_one_blas_thread(monkeypatch):
     with threadpool_limits(2, user_api="blas"):
         for protocol in ("default", "paper"):
             make_probe().run(context({"adapter": X}, lab, protocol=protocol, params={"n_jobs": 2, "n_bootstrap": 20}))
-    assert seen and all(s == {1} for s in seen), seen
+    assert {p for p, _ in seen} == {"default", "paper"} and all(s == {1} for _, s in seen), seen
 
 
 def test_probe_records_the_split_and_drops_singletons():

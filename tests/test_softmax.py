@@ -1,0 +1,110 @@
+"""The probe's batched solver (plugins/analyses/_softmax.py) against direct answers.
+
+- The compact L-BFGS direction is the two-loop recursion's direction.
+- Fits run in one lockstep batch equal the same fits run alone, and sklearn's optimum.
+- A fit whose training blocks miss a class is the fit on the classes it has.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mch.plugins.analyses import _softmax as S
+
+pytestmark = pytest.mark.usefixtures("blas_one_thread")
+
+
+def two_loop(g, pairs):
+    """The textbook two-loop recursion (Nocedal & Wright, algorithm 7.4)."""
+    q = g.copy()
+    alphas = []
+    for s, y in reversed(pairs):
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    s, y = pairs[-1]
+    q *= (s @ y) / (y @ y)
+    for (s, y), a in zip(pairs, reversed(alphas)):
+        q += (a - (y @ q) / (s @ y)) * s
+    return q
+
+
+@pytest.mark.parametrize("n_pairs", [1, 4, 7])
+def test_compact_direction_is_the_two_loop_direction(n_pairs):
+    rng = np.random.default_rng(n_pairs)
+    n, memory = 300, 5
+    A = rng.standard_normal((n, n))
+    H = A @ A.T / n + np.eye(n)  # a convex quadratic's Hessian: y = H s
+    pairs = []
+    hist = S._Pairs(n, memory)
+    for _ in range(n_pairs):
+        s = rng.standard_normal(n)
+        y = H @ s
+        pairs.append((s.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64)))
+        hist.push(s, y, float(s @ y), float(y @ y))
+    g = rng.standard_normal(n)
+    want = two_loop(g, pairs[-memory:])
+    np.testing.assert_allclose(hist.direction(g), want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
+    hist.clear()
+    np.testing.assert_allclose(hist.direction(g), g / max(np.linalg.norm(g), 1.0))
+
+
+def world(n=240, r=30, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    Z = (rng.standard_normal((n, r)) * np.arange(1, r + 1) ** -0.5 + 0.6 * rng.standard_normal((k, r))[y])
+    block = rng.integers(0, 4, n)
+    return Z.astype(np.float32), y, block
+
+
+def objective(Z, y, W, b, lam):
+    from scipy.special import logsumexp
+
+    W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)  # sklearn's may be float32
+    A = Z.astype(np.float64) @ W + b
+    return float(np.mean(logsumexp(A, 1) - A[np.arange(len(y)), y]) + 0.5 * lam * np.sum(W * W))
+
+
+def test_a_lockstep_batch_gives_each_fit_its_own_optimum():
+    """Three fits on different fold sets, in one batch, in batches of one, and alone
+    (each reaching the same optimum as sklearn on its rows)."""
+    from sklearn.linear_model import LogisticRegression
+
+    Z, y, block = world()
+    design = S.Design(Z, block, y, 4)
+    problems = [S.Problem((0, 1, 2), 1e-2, 1e-12), S.Problem((1, 2, 3), 1e-1, 1e-12), S.Problem((0, 3), 3e-2, 1e-12)]
+    together = S.fit_many(design, problems, 10000)
+    for p, fit in zip(problems, together):
+        assert fit.converged and fit.gap_bound <= 1e-12
+        alone = S.fit_many(design, [p], 10000)[0]
+        rows = np.isin(block, p.blocks)
+        sk = LogisticRegression(C=1 / (p.lam * rows.sum()), tol=1e-12, max_iter=100000).fit(Z[rows], y[rows])
+        f_sk = objective(Z[rows], y[rows], sk.coef_.T, sk.intercept_, p.lam)
+        for W, b in ((fit.W, fit.b), (alone.W, alone.b)):
+            ours = objective(Z[rows], y[rows], W, b, p.lam)
+            assert ours <= f_sk + 1e-11 and f_sk - ours < 1e-8
+        # two fits within the bound: ||W - W*||^2 <= 2 gap / lam each
+        np.testing.assert_allclose(fit.W, alone.W, atol=2 * np.sqrt(2e-12 / p.lam))
+    S.BATCH_BYTES, saved = 1, S.BATCH_BYTES  # batches of one fit each
+    try:
+        small = S.fit_many(design, problems, 10000)
+    finally:
+        S.BATCH_BYTES = saved
+    for p, a, b_ in zip(problems, together, small):
+        np.testing.assert_allclose(a.W, b_.W, atol=2 * np.sqrt(2e-12 / p.lam))
+
+
+def test_a_fit_missing_a_class_is_the_fit_on_the_classes_it_has():
+    Z, y, block = world(k=5, seed=3)
+    y[(y == 4) & np.isin(block, (0, 1))] = 0  # class 4 only in blocks 2 and 3
+    design = S.Design(Z, block, y, 5)
+    fit = S.fit_many(design, [S.Problem((0, 1), 3e-2, 1e-12)], 10000)[0]
+    assert fit.converged and list(fit.present) == [True] * 4 + [False]
+    assert np.all(fit.W[:, 4] == 0)
+    rows = np.isin(block, (0, 1))
+    local = S.fit_many(S.Design(Z[rows], np.zeros(rows.sum(), int), y[rows], 4), [S.Problem((0,), 3e-2, 1e-12)],
+                       10000)[0]
+    np.testing.assert_allclose(fit.W[:, :4], local.W, atol=2 * np.sqrt(2e-12 / 3e-2))
+    lp = S.heldout_logp(design, [fit], [(2, 3)])[0]
+    assert np.all(np.isneginf(lp[2][:, 4])) and np.allclose(np.exp(lp[2][:, :4]).sum(1), 1)
