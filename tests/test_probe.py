@@ -217,7 +217,10 @@ def test_inner_cv_pairs_validate_each_outer_fold_on_its_neighbours():
     assert abs(a2 - a4) < 0.02
 
 
-def test_default_results_do_not_depend_on_the_number_of_threads():
+def test_default_results_do_not_depend_on_the_number_of_threads(monkeypatch):
+    from mch.plugins.analyses import _softmax
+
+    monkeypatch.setattr(_softmax, "POOL_MIN_WORK", 0)  # small data runs inline otherwise: force the threads
     rng = np.random.default_rng(8)
     n = 300
     y = rng.integers(0, 4, n)

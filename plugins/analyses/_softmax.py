@@ -35,6 +35,8 @@ import numpy as np
 CHUNK_ROWS = 256           # rows per task: wide enough for near-peak products, enough tasks to share
 LBFGS_MEMORY = 10          # curvature pairs kept per fit (stored in float32: they only shape the direction)
 BATCH_BYTES = 256 << 20    # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
+POOL_MIN_WORK = 1 << 25    # multiply-adds per round below which tasks run inline: handing them to
+                           # threads costs more (same arithmetic either way: results do not change)
 
 
 @dataclass
@@ -206,6 +208,11 @@ def _map(pool: Any, fn: Callable, items: Sequence) -> list:
     return list(pool.map(fn, items)) if pool is not None else [fn(i) for i in items]
 
 
+def _worth(pool: Any, design: "Design", n_fits: int) -> Any:
+    """`pool` when a round over `n_fits` fits is big enough to share out, else None."""
+    return pool if design.Z.shape[0] * design.rank * design.k * n_fits >= POOL_MIN_WORK else None
+
+
 def _chunk_products(design: Design, dtype: Any, users: list[list[int]], Ws: list[np.ndarray],
                     bias: np.ndarray, stats: bool) -> Callable[[int], tuple]:
     """The task for chunk c: logits of every fit training on the chunk's block, their loss
@@ -332,7 +339,8 @@ def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[
     dtype = fits[0].dtype
     Ws = [np.concatenate([fits[i].W for i in u], axis=1).astype(dtype) if u else None for u in users]
     bias = np.stack([f.bias() for f in fits]).astype(dtype)
-    res = _map(pool, _chunk_products(design, dtype, users, Ws, bias, stats), range(len(design.chunks)))
+    res = _map(_worth(pool, design, len(fits)), _chunk_products(design, dtype, users, Ws, bias, stats),
+               range(len(design.chunks)))
     parts: list[list[tuple[int, int, tuple]]] = [[] for _ in fits]
     for c, out in enumerate(res):
         if out is None:
@@ -356,6 +364,7 @@ def fit_many(design: Design, problems: Sequence[Problem], max_iter: int, pool: A
 
 def _fit_batch(design: Design, problems: Sequence[Problem], max_iter: int, pool: Any) -> list[SoftmaxFit]:
     fits = [_Fit(design, p, max_iter) for p in problems]
+    pool = _worth(pool, design, len(fits))
     parts = _evaluate(design, fits, pool, stats=True)
     _map(pool, lambda i: fits[i].start(design, parts[i]), range(len(fits)))
     while True:
@@ -388,7 +397,7 @@ def heldout_logp(design: Design, fits: Sequence[SoftmaxFit], blocks: Sequence[Se
         A -= np.log(np.exp(A).sum(2, keepdims=True))
         return A
 
-    res = _map(pool, task, range(len(design.chunks)))
+    res = _map(_worth(pool, design, len(fits)), task, range(len(design.chunks)))
     out: list[dict[int, np.ndarray]] = [{} for _ in fits]
     for j in range(design.n_blocks):
         cs = [c for c, ch in enumerate(design.chunks) if ch[0] == j]
