@@ -208,6 +208,19 @@ def _map(pool: Any, fn: Callable, items: Sequence) -> list:
     return list(pool.map(fn, items)) if pool is not None else [fn(i) for i in items]
 
 
+def _stack(design: Design, Ws: Sequence[np.ndarray], blocks: Sequence[Sequence[int]],
+           dtype: Any) -> tuple[list[list[int]], list[np.ndarray | None]]:
+    """Per block: the fits that read it (`blocks[i]` are fit i's) and their weights side by
+    side, (r, users * k) on `dtype`: the right operand of the block's one product."""
+    users = [[i for i, b in enumerate(blocks) if j in b] for j in range(design.n_blocks)]
+    return users, [np.concatenate([Ws[i] for i in u], axis=1).astype(dtype) if u else None for u in users]
+
+
+def _masked(b: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Intercepts with -inf for the classes a fit never saw (probability 0, no gradient)."""
+    return b + np.where(present, 0.0, -np.inf)
+
+
 def _worth(pool: Any, design: "Design", n_fits: int) -> Any:
     """`pool` when a round over `n_fits` fits is big enough to share out, else None."""
     return pool if design.Z.shape[0] * design.rank * design.k * n_fits >= POOL_MIN_WORK else None
@@ -261,15 +274,11 @@ class _Fit:
         W0, b0 = (np.zeros((r, k)), np.zeros(k)) if p.init is None else p.init
         self.W, self.b = np.asarray(W0, dtype=np.float64), np.asarray(b0, dtype=np.float64).copy()
         self.b[~self.present] = 0.0
-        self.mask = np.where(self.present, 0.0, -np.inf)
         self.dtype: Any = design.Z.dtype
         self.iters = self.evals = 0
         self.gen: Step | None = None
         self.result: SoftmaxFit | None = None
         self.target = float(np.sqrt(2.0 * p.lam * p.tol))
-
-    def bias(self) -> np.ndarray:
-        return self.b + self.mask
 
     def _value(self, design: Design, parts: list[tuple[int, int, tuple]]) -> tuple[float, np.ndarray, np.ndarray]:
         """Objective and gradient in (W, b) from the chunk results, summed in chunk order."""
@@ -335,12 +344,10 @@ class _Fit:
 def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[list[tuple[int, int, tuple]]]:
     """One round: the products of every chunk for `fits` (all of one dtype). Returns, per fit,
     its chunk results [(chunk, slot, result)] in chunk order."""
-    users: list[list[int]] = [[i for i, f in enumerate(fits) if j in f.p.blocks] for j in range(design.n_blocks)]
     dtype = fits[0].dtype
-    Ws = [np.concatenate([fits[i].W for i in u], axis=1).astype(dtype) if u else None for u in users]
-    bias = np.stack([f.bias() for f in fits]).astype(dtype)
-    res = _map(_worth(pool, design, len(fits)), _chunk_products(design, dtype, users, Ws, bias, stats),
-               range(len(design.chunks)))
+    users, Ws = _stack(design, [f.W for f in fits], [f.p.blocks for f in fits], dtype)
+    bias = np.stack([_masked(f.b, f.present) for f in fits]).astype(dtype)
+    res = _map(pool, _chunk_products(design, dtype, users, Ws, bias, stats), range(len(design.chunks)))
     parts: list[list[tuple[int, int, tuple]]] = [[] for _ in fits]
     for c, out in enumerate(res):
         if out is None:
@@ -360,6 +367,12 @@ def fit_many(design: Design, problems: Sequence[Problem], max_iter: int, pool: A
     for lo in range(0, len(problems), size):
         out += _fit_batch(design, problems[lo:lo + size], max_iter, pool)
     return out
+
+
+def fit_one(Z: np.ndarray, y: np.ndarray, k: int, lam: float, init: tuple | None = None,
+            tol: float = 1e-5, max_iter: int = 10000) -> SoftmaxFit:
+    """One fit on all rows of `Z` (codes y in 0..k-1); `init` = (W, b)."""
+    return fit_many(Design(Z, np.zeros(len(y), dtype=int), y, k), [Problem((0,), lam, tol, init)], max_iter)[0]
 
 
 def _fit_batch(design: Design, problems: Sequence[Problem], max_iter: int, pool: Any) -> list[SoftmaxFit]:
@@ -383,9 +396,8 @@ def heldout_logp(design: Design, fits: Sequence[SoftmaxFit], blocks: Sequence[Se
     """Log-probabilities (float64, absent classes -inf) of each fit on the rows of its
     `blocks`: per fit, {block: (rows of the block, k)}."""
     k = design.k
-    users = [[i for i, b in enumerate(blocks) if j in b] for j in range(design.n_blocks)]
-    Ws = [np.concatenate([fits[i].W for i in u], axis=1).astype(design.Z.dtype) if u else None for u in users]
-    bias = np.stack([f.b + np.where(f.present, 0.0, -np.inf) for f in fits])
+    users, Ws = _stack(design, [f.W for f in fits], blocks, design.Z.dtype)
+    bias = np.stack([_masked(f.b, f.present) for f in fits])
 
     def task(c: int) -> np.ndarray | None:
         j, lo, hi = design.chunks[c]

@@ -119,23 +119,6 @@ PAPER_PARAMS = {
 }
 
 
-# --------------------------------------------------------------------------- the solver
-
-
-def fit_softmax(Z32: np.ndarray, y: np.ndarray, k: int, lam: float, init: tuple | None = None,
-                tol: float = 1e-5, max_iter: int = 10000) -> SoftmaxFit:
-    """One fit of mean CE + lam/2 ||W||^2 over (W, b) on all rows of `Z32` (codes y in
-    0..k-1); `init` = (W, b)."""
-    design = Design(Z32, np.zeros(len(y), dtype=int), y, k)
-    return fit_many(design, [Problem((0,), lam, tol, init)], max_iter)[0]
-
-
-def log_softmax(Z: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    A = (Z @ W.astype(Z.dtype)).astype(np.float64) + b
-    A -= A.max(1, keepdims=True)
-    return A - np.log(np.exp(A).sum(1, keepdims=True))
-
-
 # --------------------------------------------------------------------------- default protocol
 
 
