@@ -335,15 +335,33 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+    except Exception as exc:  # usage errors arrive here in non-standalone mode
+        code = _usage_exit(exc)
+        if code is None:
+            raise
+        sys.exit(code)
+
+
+def _usage_exit(exc: Exception) -> Optional[int]:
+    """Show a command-line usage error (unknown option, bad value) as click does, without a
+    traceback, and return its exit code; None for anything else. Recent typer releases carry
+    their own copy of click, whose exceptions are not click's classes: both are recognised."""
+    import typer
+
+    abort: tuple = (typer.Abort,)
+    usage: tuple = ()
+    try:
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        abort, usage = abort + (click.exceptions.Abort,), (click.exceptions.ClickException,)
+    except ImportError:  # typer without click
+        pass
+    if isinstance(exc, abort):
+        return 1
+    if isinstance(exc, usage) or (callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)):
+        exc.show()
+        return int(exc.exit_code)
+    return None
 
 
 if __name__ == "__main__":

@@ -127,6 +127,8 @@ def test_malformed_registry_names_line_and_key(tmp_path):
     (["bench", "--limit", "0"], "empty"),
     (["bench", "--attribute", "colour", "--limit", "4"], "no attribute 'colour'"),
     (["bench", "--protocol", "papr"], "unknown protocol"),
+    (["bench", "--no-such-option"], "No such option"),  # usage errors: typer's own click copy too
+    (["bench", "--limit", "abc"], "integer"),
 ])
 def test_user_errors_are_one_sentence(args, needle, tmp_path):
     res = run_mch(*args, "--out", str(tmp_path / "r"))
