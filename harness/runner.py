@@ -114,9 +114,9 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     reg = get_registry()
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
-    dname = cfg.dataset or mspec.options.get("default_dataset") or ("toy" if mspec.name == "toy" else None)
+    dname = cfg.dataset or mspec.options.get("default_dataset")  # the registry's options: {default_dataset: ...}
     if dname is None:
-        raise MchError(f"model {mspec.name!r} needs --dataset (see `mch list datasets`)")
+        raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
     dspec = reg.get("dataset", dname)
     ds = load_entry(dspec.entry)(dspec, path=cfg.data_path)
     samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)

@@ -135,3 +135,15 @@ def test_user_errors_are_one_sentence(args, needle, tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_paper_models_default_to_their_dataset(tmp_path):
+    """`mch bench --model llava --analysis gmi` reads the model's default dataset (registry
+    options: default_dataset); offline, without the data, one error says what to pass."""
+    env = {"MCH_DATA": str(tmp_path / "data")}
+    res = run_mch("bench", "--model", "llava", "--analysis", "gmi", "--out", str(tmp_path / "r"), env=env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "dataset 'coco'" in res.stderr and "--data-path" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_mch("bench", "--model", "llama", "--analysis", "probe", "--out", str(tmp_path / "r"), env=env)
+    assert res.returncode == 2 and "pass --dataset" in res.stderr
