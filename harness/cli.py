@@ -78,7 +78,7 @@ def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, 
 
 # Options shared by bench, extract and analyze.
 MODEL = typer.Option("toy", "--model", "-m", help="model plugin (see `mch list models`)")
-DATASET = typer.Option(None, "--dataset", "-d", help="attribute dataset (default: the model's; toy for toy)")
+DATASET = typer.Option(None, "--dataset", "-d", help="attribute dataset (default: the model's default_dataset in the registry)")
 ATTR = typer.Option(None, "--attribute", "-a", help="attributes to analyse (comma-separated; default all)")
 CKPT = typer.Option(None, "--checkpoint", help="HF id or local directory (default: the model's release)")
 REV = typer.Option(None, "--revision", help="checkpoint revision (HF commit or tag)")
@@ -326,20 +326,32 @@ def _mount_optional() -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         _mount_optional()
-        app(args=argv, prog_name="mch", standalone_mode=False)
+        # non-standalone: typer returns the code of a typer.Exit (Ctrl-C becomes Exit(130) in
+        # recent typer) instead of exiting, and raises usage errors for us to show
+        rc = app(args=argv, prog_name="mch", standalone_mode=False)
     except MchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:
-        err_console.print("interrupted; extraction resumes where it stopped on the next run")
-        sys.exit(130)
+        _interrupted()
     except SystemExit:
         raise
     except Exception as exc:  # usage errors arrive here in non-standalone mode
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # older click turns Ctrl-C into Abort
+            _interrupted()
         code = _usage_exit(exc)
         if code is None:
             raise
         sys.exit(code)
+    if rc == 130:
+        _interrupted()
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        sys.exit(rc)
+
+
+def _interrupted() -> None:
+    err_console.print("interrupted; extraction resumes where it stopped on the next run")
+    sys.exit(130)
 
 
 def _usage_exit(exc: Exception) -> Optional[int]:

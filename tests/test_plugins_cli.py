@@ -147,3 +147,21 @@ def test_paper_models_default_to_their_dataset(tmp_path):
     assert "Traceback" not in res.stderr
     res = run_mch("bench", "--model", "llama", "--analysis", "probe", "--out", str(tmp_path / "r"), env=env)
     assert res.returncode == 2 and "pass --dataset" in res.stderr
+
+
+def test_exit_codes_survive_typer(tmp_path, monkeypatch, capsys):
+    """typer returns, rather than raises, the code of a typer.Exit in non-standalone mode (and
+    turns Ctrl-C into Exit(130)): a failed command must still exit non-zero."""
+    res = run_mch("leaderboard", "--results", str(tmp_path / "missing"))
+    assert res.returncode == 1 and "does not exist" in res.stderr
+
+    from mch import cli, runner
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_bench", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 130
+    assert "interrupted" in capsys.readouterr().err

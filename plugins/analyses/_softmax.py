@@ -173,13 +173,14 @@ class _Pairs:
 
 
 def _upper_solve(R: np.ndarray, b: np.ndarray, trans: int) -> np.ndarray:
-    """R^-1 b (trans 0) or R^-T b (trans 1) for the upper triangle R of `R` (trtrs never reads
-    the lower one): LAPACK's trtrs, the routine scipy's solve_triangular calls, without its
-    per-call validation (two calls per L-BFGS step: on small probes that validation was a
-    fifth of the solver's time)."""
+    """R^-1 b (trans 0) or R^-T b (trans 1) for the upper triangle of the C-ordered `R` (the
+    lower one is never read): the LAPACK call scipy's solve_triangular makes for a C-ordered
+    matrix (trtrs on the Fortran view R^T, lower, the transpose flag flipped: the same
+    arithmetic), without its per-call validation (two calls per L-BFGS step: on small probes
+    that validation was a fifth of the solver's time)."""
     from scipy.linalg.lapack import dtrtrs
 
-    x, info = dtrtrs(R, b, lower=0, trans=trans)
+    x, info = dtrtrs(np.ascontiguousarray(R).T, b, lower=1, trans=1 - trans)
     if info != 0:
         raise np.linalg.LinAlgError(f"singular curvature matrix (trtrs info {info})")
     return x
