@@ -30,7 +30,7 @@ def _results_dir(out: Optional[Path]) -> Path:
 
 
 def _params(raw: List[str]) -> dict:
-    """`--param probe.n_seeds=3` -> {"probe": {"n_seeds": 3}}."""
+    """`--param probe.n_splits=10` -> {"probe": {"n_splits": 10}}."""
     import json
 
     out: dict = {}
@@ -38,7 +38,7 @@ def _params(raw: List[str]) -> dict:
         key, sep, val = item.partition("=")
         name, dot, pkey = key.partition(".")
         if not sep or not dot or not pkey:
-            raise MchError(f"--param {item!r} must look like ANALYSIS.KEY=VALUE, e.g. probe.n_seeds=3")
+            raise MchError(f"--param {item!r} must look like ANALYSIS.KEY=VALUE, e.g. probe.n_splits=10")
         try:
             v = json.loads(val)
         except ValueError:

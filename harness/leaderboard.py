@@ -505,7 +505,7 @@ def submit(path: Path, entries_dir: Path, replace: bool = False) -> tuple[Path, 
 
 def _fail(exc: MchError) -> None:
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(2)  # a user error: the CLI-wide code
 
 
 def collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool) -> list[dict]:

@@ -114,6 +114,7 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     reg = get_registry()
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
+    check_params(cfg.params, aspecs, cfg.protocol)
     dname = cfg.dataset or mspec.options.get("default_dataset")  # the registry's options: {default_dataset: ...}
     if dname is None:
         raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
@@ -145,6 +146,23 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
                                      dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code,
                                      **cfg.model_options)
     return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+
+
+def check_params(params: dict[str, dict[str, Any]], aspecs: list[Any], protocol: str) -> None:
+    """Every `--param ANALYSIS.KEY` names an analysis of this run and a parameter it declares,
+    checked before any work: found later, a typo would cost the extraction, and `bench` writes
+    its records only once every analysis has run. (An analysis that declares no parameters is
+    left to check its own.)"""
+    run = {a.name: a for a in aspecs}
+    for name, given in params.items():
+        if name not in run:
+            raise MchError(f"--param {name}.{next(iter(given), 'KEY')}=...: analysis {name!r} is not in this run "
+                           f"(it runs {', '.join(run) or 'none'}); add it with --analysis or correct the name")
+        takes = load_entry(run[name].entry)(run[name]).default_params(protocol)
+        unknown = sorted(set(given) - set(takes))
+        if takes and unknown:
+            raise MchError(f"analysis {name!r} has no parameter {unknown[0]!r} under the {protocol} protocol; "
+                           f"it takes: {', '.join(sorted(takes))}")
 
 
 def store_key(p: Plan, view: str) -> dict[str, Any]:

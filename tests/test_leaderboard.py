@@ -207,11 +207,11 @@ def test_cli_errors_are_one_sentence_not_a_traceback(tmp_path):
                          (["--protocol", "fancy"], "--protocol must be one of default, paper"),
                          (["--attribute", "colour"], "no leaderboard row has attribute 'colour'")):
         res = invoke("--results", str(tmp_path), "--no-entries", *args)
-        assert res.exit_code == 1
+        assert res.exit_code == 2
         assert expect in res.output and "Traceback" not in res.output
         assert not isinstance(res.exception, MchError)  # handled, ended by typer.Exit
     res = invoke("--results", str(tmp_path / "missing"))
-    assert res.exit_code == 1 and "does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output
 
 
 def test_all_runs_flag(tmp_path):
@@ -247,7 +247,7 @@ def test_submit_canonical_name_duplicates_and_replace(tmp_path):
     # Same (model, revision, dataset, protocol, analysis), a later run: a duplicate.
     src2 = write(tmp_path / "res2", make_record(model="My/Model", revision="abc123", created="2026-12-01T00:00:00+00:00"))
     res = invoke("submit", str(src2), "--entries", str(entries))
-    assert res.exit_code == 1 and "duplicates" in res.output and "--replace" in res.output
+    assert res.exit_code == 2 and "duplicates" in res.output and "--replace" in res.output
     res = invoke("submit", str(src2), "--entries", str(entries), "--replace")
     assert res.exit_code == 0 and "replaced" in res.output
     assert json.loads(target.read_text())["created_at"] == "2026-12-01T00:00:00+00:00"
@@ -283,7 +283,7 @@ def test_submit_rejects_invalid_records_naming_the_first_offending_field(tmp_pat
     p = tmp_path / "r.json"
     p.write_text(json.dumps(rec))
     res = invoke("submit", str(p), "--entries", str(tmp_path / "entries"))
-    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
     assert field in res.output, res.output
     assert not (tmp_path / "entries").exists()
 
@@ -292,12 +292,12 @@ def test_submit_rejects_malformed_json_and_missing_files(tmp_path):
     p = tmp_path / "r.json"
     p.write_text('{"schema_version": 1,\n "kind": }')
     res = invoke("submit", str(p), "--entries", str(tmp_path / "e"))
-    assert res.exit_code == 1 and "not valid JSON: line 2" in res.output
+    assert res.exit_code == 2 and "not valid JSON: line 2" in res.output
     p.write_text("[1, 2]")
     res = invoke("submit", str(p), "--entries", str(tmp_path / "e"))
-    assert res.exit_code == 1 and "expected a JSON object" in res.output
+    assert res.exit_code == 2 and "expected a JSON object" in res.output
     res = invoke("submit", str(tmp_path / "nope.json"), "--entries", str(tmp_path / "e"))
-    assert res.exit_code == 1 and "does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output
 
 
 # --------------------------------------------------------------------------- site

@@ -129,6 +129,8 @@ def test_malformed_registry_names_line_and_key(tmp_path):
     (["bench", "--protocol", "papr"], "unknown protocol"),
     (["bench", "--no-such-option"], "No such option"),  # usage errors: typer's own click copy too
     (["bench", "--limit", "abc"], "integer"),
+    (["bench", "--param", "gmi.nosuch=1"], "has no parameter 'nosuch'"),  # before any extraction
+    (["bench", "--param", "modes.tau=0.4"], "analysis 'modes' is not in this run"),
 ])
 def test_user_errors_are_one_sentence(args, needle, tmp_path):
     res = run_mch(*args, "--out", str(tmp_path / "r"))
@@ -153,7 +155,7 @@ def test_exit_codes_survive_typer(tmp_path, monkeypatch, capsys):
     """typer returns, rather than raises, the code of a typer.Exit in non-standalone mode (and
     turns Ctrl-C into Exit(130)): a failed command must still exit non-zero."""
     res = run_mch("leaderboard", "--results", str(tmp_path / "missing"))
-    assert res.returncode == 1 and "does not exist" in res.stderr
+    assert res.returncode == 2 and "does not exist" in res.stderr
 
     from mch import cli, runner
 

@@ -81,7 +81,7 @@ def text_stage_for(ctx: Any, protocol: str, override: str | None, quirk_final: b
 
 
 def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None, threshold: float,
-                  alpha_scale: str = "none") -> Modes:
+                  alpha_scale: str = "none", analysis: str = "ANALYSIS") -> Modes:
     """The eigenmodes of `_linalg.modes` (science.md §4), as the causal tests use them.
 
     paper: the top `n_modes` (100) modes, all-zero rows dropped, MS = α < τ (scripts 11-13;
@@ -93,16 +93,16 @@ def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None,
     from ._linalg import modes as eigenmodes
 
     if "adapter" not in ctx.reps:
-        raise MchError("the causal tests need the `adapter` stage in the store; extract it (no --stages filter)")
+        raise MchError("the causal tests need the `adapter` stage in the store; extract it (no --stage filter)")
     X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
     treps = ctx.text_reps()
     if text_stage not in treps:
         raise MchError(f"the text baseline has no stage {text_stage!r}; it has {', '.join(sorted(treps))} "
-                       f"(choose one with --param text_stage=STAGE)")
+                       f"(choose one with --param {analysis}.text_stage=STAGE)")
     T = np.asarray(treps[text_stage], dtype=np.float64)
     if X.shape[1] != T.shape[1]:
         raise MchError(f"the adapter output is {X.shape[1]}-d but the text stage {text_stage!r} is "
-                       f"{T.shape[1]}-d; choose a text stage of the decoder's width with --param text_stage=STAGE")
+                       f"{T.shape[1]}-d; choose a text stage of the decoder's width with --param {analysis}.text_stage=STAGE")
     if protocol == "paper":
         X = X[np.any(X != 0, axis=1)]
         T = T[np.any(T != 0, axis=1)]

@@ -139,7 +139,8 @@ class Ablation(Analysis):
         conds = as_list(p["conditions"])
         seed = int(p["random_seed"]) if p.get("random_seed") is not None else int(ctx.seed)
         stage = text_stage_for(ctx, protocol, p.get("text_stage"))
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]))
+        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]),
+                              analysis=self.name)
         dirs = [directions(c, modes, seed) for c in conds]
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]

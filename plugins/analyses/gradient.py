@@ -53,7 +53,8 @@ class Gradient(Analysis):
         p, protocol = ctx.params, ctx.protocol
         check_params(self.name, p, self.default_params(protocol))
         stage = text_stage_for(ctx, protocol, p.get("text_stage"), quirk_final=True)
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]))
+        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]),
+                              analysis=self.name)
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]
         token_sum = protocol != "paper"

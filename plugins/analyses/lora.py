@@ -74,7 +74,7 @@ class Lora(Analysis):
         attr_name = str(p["attribute"])
         if attr_name not in ctx.attributes:
             raise MchError(f"lora trains attribute {attr_name!r}, which this run does not have (it has "
-                           f"{', '.join(ctx.attributes)}); pass --param attribute=NAME")
+                           f"{', '.join(ctx.attributes)}); pass --param lora.attribute=NAME")
         if ctx.run_config is None or ctx.dataset is None:
             raise MchError("lora re-runs the runner and needs the run's configuration; run it through `mch bench`")
         if ctx.run_config.adapter:
@@ -140,7 +140,7 @@ class Lora(Analysis):
                 run_split = getattr(ctx.run_config, "split", None)
                 if run_split == p["train_split"]:
                     raise MchError(f"lora: the run measures split {run_split!r}, the same split it would train on; "
-                                   f"run on another split or pass --param train_split=")
+                                   f"run on another split or pass --param lora.train_split=SPLIT (another split)")
         key = attr.group_key
         groups = sorted({s.groups[key] for s in list(pool) + list(ctx.samples) if key in s.groups})
         if len(groups) < 3:

@@ -71,10 +71,11 @@ class Swap(Analysis):
         attr = str(p["attribute"])
         if attr not in ctx.labels:
             raise MchError(f"swap groups samples by attribute {attr!r}, which this run does not have "
-                           f"(it has {', '.join(ctx.labels) or 'none'}); pass --param attribute=NAME")
+                           f"(it has {', '.join(ctx.labels) or 'none'}); pass --param swap.attribute=NAME")
         labels = ctx.labels[attr]
         stage = text_stage_for(ctx, protocol, p.get("text_stage"))
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]))
+        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]),
+                              analysis=self.name)
         X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
         speakers = sorted({str(x) for x in labels if x != ""})
         if len(speakers) < 2:
