@@ -75,7 +75,8 @@ TEXT_COLUMNS = [
 METRIC_COLUMNS = [
     Column("acc_adapter", "Acc @adapter", "accuracy", "adapter", help="probe accuracy at the adapter output, 95% CI"),
     Column("acc_final", "Acc @final", "accuracy", "llm.final", help="probe accuracy at llm.final, 95% CI"),
-    Column("chance", "Chance", "chance_uniform", "*", help="uniform chance 1/K"),
+    Column("chance", "Chance", "chance_retention", "*",
+           help="the chance level c of Retained % (mch's default protocol: the majority rate; paper: 1/K)"),
     Column("retained_pct", "Retained %", "retained_pct", "*", "{:.0f}",
            help="100·(acc_final − c)/(acc_adapter − c)"),
     Column("i_probe_adapter", "I_probe @adapter", "i_probe_bits", "adapter", "{:.2f}",
@@ -94,6 +95,9 @@ METRIC_COLUMNS = [
     Column("lora_dgmi", "LoRA ΔGMI", "lora_delta_gmi_bits", "*", "{:+.2f}",
            help="change of GMI (bits) after the attribute LoRA"),
 ]
+# a column's stand-in metric for records without its own: the paper's reported entries carry
+# only 1/K, which is also the c of their retention numbers
+FALLBACK = {"chance_retention": "chance_uniform"}
 TAIL_COLUMNS = [Column("revision", "Revision"), Column("mch_version", "mch")]
 COLUMNS = TEXT_COLUMNS + METRIC_COLUMNS + TAIL_COLUMNS
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
@@ -267,7 +271,7 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         curves.append({"stage": st,
                        "accuracy": acc and acc.get("value"), "ci_low": acc and acc.get("ci_low"),
                        "ci_high": acc and acc.get("ci_high"), "i_probe_bits": ip and ip.get("value")})
-    chance = _pick(metrics, "chance_uniform", "*")
+    chance = _pick(metrics, "chance_retention", "*") or _pick(metrics, "chance_uniform", "*")
     row = {
         "id": hashlib.sha256(json.dumps([group, attr], default=str).encode()).hexdigest()[:12],
         "kind": group[0], "model": group[1], "dataset": group[2], "attribute": attr, "protocol": group[3],
@@ -285,7 +289,8 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         "versions": newest["provenance"].get("versions", {}),
         "notes": _uniq(n for r in recs for n in (r.get("notes") or []) + ([r["model"]["note"]] if r["model"].get("note") else [])),
         "files": _uniq(_relpath(p[0].path) for p in pieces),
-        "values": {c.key: _cell(_pick(metrics, c.metric, c.stage)) for c in METRIC_COLUMNS},
+        "values": {c.key: _cell(_pick(metrics, c.metric, c.stage) or _pick(metrics, FALLBACK.get(c.metric, ""), c.stage))
+                   for c in METRIC_COLUMNS},
         "curves": curves,
         "chance": chance.get("value") if chance else None,
         "metrics": sorted(metrics, key=lambda m: (m["metric"], stage_order(m.get("stage")))),
@@ -303,7 +308,9 @@ def other_metrics(row: dict) -> list[str]:
     """Short 'name[@stage] value' strings for the metrics no column shows: those of no stage
     (e.g. delta_tau), and every metric of a model-level row. Per-stage probe numbers are left
     to the curves and the page's details."""
-    shown = {c.metric for c in METRIC_COLUMNS if row["values"].get(c.key)}
+    have = {m["metric"] for m in row["metrics"]}
+    shown = {c.metric if c.metric in have else FALLBACK.get(c.metric) for c in METRIC_COLUMNS
+             if row["values"].get(c.key)}
     out = []
     for m in row["metrics"]:
         if m.get("value") is None or m["metric"] in shown or m["metric"] in _CURVE_METRICS:

@@ -70,6 +70,21 @@ def rows_of(*dirs) -> list[dict]:
 # --------------------------------------------------------------------------- aggregation
 
 
+def test_chance_column_is_the_c_of_retained_pct(tmp_path):
+    """Retained % and Chance in one row use one chance level: the record's chance_retention
+    (mch's default: the majority rate), else 1/K (the paper's reported entries)."""
+    m = probe_metrics("speaker", [0.6] * 7, [1.0] * 7, 0.25)
+    m += [{"metric": "chance_majority", "value": 0.4, "stage": None, "attribute": "speaker"},
+          {"metric": "chance_retention", "value": 0.4, "stage": None, "attribute": "speaker"}]
+    write(tmp_path, make_record(metrics=m))
+    write(tmp_path, make_record(model="other", metrics=probe_metrics("speaker", [0.6] * 7, [1.0] * 7, 0.25)))
+    rows = {r["model"]: r for r in rows_of(tmp_path)}
+    assert rows["toyfix"]["values"]["chance"]["value"] == 0.4 and rows["toyfix"]["chance"] == 0.4
+    assert "chance_uniform 0.25" in rows["toyfix"]["other"]  # the other level stays visible
+    assert rows["other"]["values"]["chance"]["value"] == 0.25
+    assert not any(o.startswith("chance_uniform") for o in rows["other"]["other"])
+
+
 def test_latest_run_wins_and_all_runs_keeps_every_run(tmp_path):
     old = make_record(created="2026-11-01T10:00:00+00:00",
                       metrics=probe_metrics("speaker", [0.5] * 7, [0.1] * 7, 0.25))

@@ -156,6 +156,7 @@ def test_metrics_are_consistent_with_their_definitions():
     info = out.summary["attributes"]["a"]
     c_uni, c_maj = metric(out, "chance_uniform", None, "a").value, metric(out, "chance_majority", None, "a").value
     assert c_uni == pytest.approx(1 / 3) and 0.55 < c_maj < 0.8
+    assert metric(out, "chance_retention", None, "a").value == c_maj  # the c the retention numbers use
     acc = {s: metric(out, "accuracy", s, "a").value for s in reps}
     for s in reps:
         a = metric(out, "accuracy", s, "a")

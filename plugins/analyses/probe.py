@@ -18,7 +18,8 @@
     when held-out groups shift the label mix), `retention_ratio`; `chance_uniform` = 1/K
     and `chance_majority` (the majority class rate) per attribute; and the attribute-level
     `retained_pct`, `final_over_chance`, `delta_tau` (science.md §1) with the chance level
-    of `retention_chance` (default: majority; the paper's is 1/K).
+    of `retention_chance` (default: majority; the paper's is 1/K), reported as
+    `chance_retention`.
 
 How the default fit is made fast without changing the model it finds:
   * Exact PCA form. The penalised optimum W lies in the span of the training rows
@@ -361,8 +362,9 @@ def _retention(acc: float | None, c: float) -> float | None:
 
 
 def attribute_level(attr: str, c: float, acc: dict[str, float]) -> list[Metric]:
-    """The retention numbers across stages, each under its own name (science.md §1)."""
-    out = []
+    """The retention numbers across stages, each under its own name (science.md §1), and the
+    chance level c they use (`chance_retention`), so that a reader sees the c of each number."""
+    out = [Metric("chance_retention", c, None, attr)]
     a_en, a_ad, a_fi = acc.get("encoder"), acc.get("adapter"), acc.get("llm.final")
     if a_ad is not None and a_fi is not None:
         # the reference returns NaN when the adapter is within 0.001 of chance
