@@ -47,12 +47,12 @@ def _params(raw: List[str]) -> dict:
     return out
 
 
-def _options(raw: List[str]) -> dict:
+def _options(raw: List[str], flag: str = "--model-option", example: str = "llm=/models/vicuna-7b") -> dict:
     out = {}
     for item in raw:
         key, sep, val = item.partition("=")
         if not sep or not key:
-            raise MchError(f"--model-option {item!r} must look like KEY=VALUE, e.g. llm=/models/vicuna-7b")
+            raise MchError(f"{flag} {item!r} must look like KEY=VALUE, e.g. {example}")
         out[key] = val
     return out
 
@@ -65,7 +65,7 @@ def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
             device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-            model_option=None):
+            model_option=None, data_option=None):
     from .runner import RunConfig
 
     return RunConfig(model=model, dataset=dataset, analyses=_split_csv(analysis) or [],
@@ -73,7 +73,8 @@ def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, 
                      data_path=data_path, split=split, limit=limit, seed=seed, device=device, dtype=dtype,
                      protocol=protocol, span=span, stages=_split_csv(stage), batch_size=batch_size,
                      out_dir=_results_dir(out), store=store, on_error=on_error, params=_params(param or []),
-                     trust_remote_code=trust_remote_code, model_options=_options(model_option or []))
+                     trust_remote_code=trust_remote_code, model_options=_options(model_option or []),
+                     dataset_options=_options(data_option or [], "--data-option", "sample_rate=16000"))
 
 
 # Options shared by bench, extract and analyze.
@@ -98,6 +99,7 @@ STORE = typer.Option(None, "--store", help="representation store (default ~/.cac
 ONERR = typer.Option("stop", "--on-error", help="stop or skip (record and go on) on a bad sample")
 PARAM = typer.Option(None, "--param", help="analysis parameter, ANALYSIS.KEY=VALUE (repeatable)")
 MOPT = typer.Option(None, "--model-option", help="model plugin option KEY=VALUE (repeatable; see the plugin's docs)")
+DOPT = typer.Option(None, "--data-option", help="dataset plugin option KEY=VALUE (repeatable; docs/datasets.md)")
 TRC = typer.Option(False, "--trust-remote-code", help="allow Hub remote code (off by default)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
 
@@ -121,7 +123,8 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
           protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
           batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
           on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
-          model_option: Optional[List[str]] = MOPT, quiet: bool = QUIET):
+          model_option: Optional[List[str]] = MOPT,
+          data_option: Optional[List[str]] = DOPT, quiet: bool = QUIET):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
     With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
@@ -129,7 +132,7 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-                  model_option)
+                  model_option, data_option)
     log, progress = _runner_io(quiet)
     p, written = run_bench(cfg, log, progress)
     show_records([r for _, r in written])
@@ -146,12 +149,14 @@ def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Op
             dtype: Optional[str] = DTYPE, protocol: str = PROTOCOL, span: Optional[str] = SPAN,
             stage: Optional[List[str]] = STAGE, batch_size: int = BATCH, store: Optional[Path] = STORE,
             on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
-            trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT, quiet: bool = QUIET):
+            trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT,
+            data_option: Optional[List[str]] = DOPT, quiet: bool = QUIET):
     """Extract pooled representations into the store (resumable; no analysis)."""
     from .runner import extract as do_extract, plan
 
     cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
-                  dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option)
+                  dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option,
+                  data_option)
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = do_extract(p, "modal")
@@ -168,14 +173,16 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
             limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE, dtype: Optional[str] = DTYPE,
             protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
             batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
-            param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT, quiet: bool = QUIET):
+            param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT,
+            data_option: Optional[List[str]] = DOPT, quiet: bool = QUIET):
     """Run analyses on representations already in the store (`mch extract` first)."""
     from .runner import analyze as do_analyze, plan, record_for, store_key
     from .results import write_record
     from .store import Store
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
-                  device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option)
+                  device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
+                  data_option)
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])

@@ -46,6 +46,7 @@ class RunConfig:
     params: dict[str, Any] = field(default_factory=dict)
     trust_remote_code: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)  # plugin options, e.g. prismatic llm=DIR
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # dataset plugin options, e.g. download=true
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
     chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
 
@@ -119,7 +120,7 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     if dname is None:
         raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
     dspec = reg.get("dataset", dname)
-    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path)
+    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path, **cfg.dataset_options)
     samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
     # attributes after samples: a dataset's classes may follow the split it listed
     attrs = ds.attributes(cfg.protocol)
@@ -175,7 +176,9 @@ def store_key(p: Plan, view: str) -> dict[str, Any]:
     return {
         "model": ident,
         "dataset": {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
-                    "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples)},
+                    "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
+                    # options can change a sample's content under the same id (e.g. sample_rate)
+                    **({"options": dict(sorted(cfg.dataset_options.items()))} if cfg.dataset_options else {})},
         "prompt": getattr(p.plugin, "prompt_id", lambda protocol, view: f"{protocol}/{view}")(cfg.protocol, view),
         "view": view,
         "span": cfg.effective_span,
@@ -331,6 +334,8 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
     config = {"model": p.plugin.identity(), "dataset": p.dataset_spec.name, "split": cfg.split, "limit": cfg.limit,
               "seed": cfg.seed, "protocol": cfg.protocol, "span": cfg.effective_span, "analysis": name,
               "params": params, "attributes": sorted(p.attributes)}
+    if cfg.dataset_options:
+        config["dataset_options"] = dict(sorted(cfg.dataset_options.items()))
     return build_record(
         model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
                "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
@@ -340,7 +345,8 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
                  "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
                  "attributes": sorted(p.attributes),
                  "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
-                 "skipped": man.get("skipped", [])},
+                 "skipped": man.get("skipped", []),
+                 **({"options": dict(sorted(cfg.dataset_options.items()))} if cfg.dataset_options else {})},
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
         extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,

@@ -131,6 +131,7 @@ def test_malformed_registry_names_line_and_key(tmp_path):
     (["bench", "--limit", "abc"], "integer"),
     (["bench", "--param", "gmi.nosuch=1"], "has no parameter 'nosuch'"),  # before any extraction
     (["bench", "--param", "modes.tau=0.4"], "analysis 'modes' is not in this run"),
+    (["bench", "--data-option", "sample_rate"], "--data-option 'sample_rate' must look like KEY=VALUE"),
 ])
 def test_user_errors_are_one_sentence(args, needle, tmp_path):
     res = run_mch(*args, "--out", str(tmp_path / "r"))
@@ -167,3 +168,14 @@ def test_exit_codes_survive_typer(tmp_path, monkeypatch, capsys):
         cli.main(["bench", "--out", str(tmp_path / "r")])
     assert exc.value.code == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_data_option_reaches_the_dataset_and_keys_the_store(tmp_path):
+    """`--data-option` is passed to the dataset plugin and, since it can change a sample's
+    content under the same id, becomes part of the store key (absent when not given)."""
+    from mch.runner import RunConfig, plan, store_key
+
+    p = plan(RunConfig(limit=8, store=tmp_path, dataset_options={"sample_rate": "8000"}))
+    assert p.dataset.options["sample_rate"] == "8000"
+    assert store_key(p, "modal")["dataset"]["options"] == {"sample_rate": "8000"}
+    assert "options" not in store_key(plan(RunConfig(limit=8, store=tmp_path)), "modal")["dataset"]

@@ -7,7 +7,8 @@ Sources, in order:
 - a directory written by `datasets.Dataset.save_to_disk` with the `librispeech_asr` columns
   (`audio`, `text`, `speaker_id`, `chapter_id`, `id`);
 - a Hugging Face `datasets` id (e.g. `openslr/librispeech_asr`), read from the local cache
-  only unless the option `download=true` is given: offline, a missing cache is one clear error.
+  only unless the option `download=true` is given (`--data-option download=true`): offline,
+  a missing cache is one clear error.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ class LibriSpeech(Corpus):
                 raise MchError(f"dataset {self.data_name!r}: {self._hf_id!r} is neither a local directory nor a "
                                f"Hugging Face dataset (config {config!r}, split {hf_split!r}) in the local cache "
                                f"({why}); pass --data-path DIR with a LibriSpeech directory, or download it "
-                               f"first (option download=true, online)") from None
+                               f"first (--data-option download=true, online)") from None
         need = {"audio", "text", "speaker_id", "chapter_id", "id"}
         missing = need - set(ds.column_names)
         if missing:
