@@ -115,7 +115,7 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     reg = get_registry()
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
-    check_params(cfg.params, aspecs, cfg.protocol)
+    check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
     dname = cfg.dataset or mspec.options.get("default_dataset")  # the registry's options: {default_dataset: ...}
     if dname is None:
         raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
@@ -149,17 +149,17 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
 
 
-def check_params(params: dict[str, dict[str, Any]], aspecs: list[Any], protocol: str) -> None:
-    """Every `--param ANALYSIS.KEY` names an analysis of this run and a parameter it declares,
-    checked before any work: found later, a typo would cost the extraction, and `bench` writes
-    its records only once every analysis has run. (An analysis that declares no parameters is
-    left to check its own.)"""
-    run = {a.name: a for a in aspecs}
+def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str) -> None:
+    """Every `--param ANALYSIS.KEY` names a registered analysis, and for the analyses in `run`
+    a parameter they declare, checked before any work: found later, a typo would cost the
+    extraction, and `bench` writes its records only once every analysis has run. Parameters
+    of an analysis outside the run are allowed (lora re-measures with other analyses' params,
+    which those check when they run); so are any of an analysis that declares none."""
     for name, given in params.items():
+        spec = reg.get("analysis", name)  # an unknown name fails here, with a suggestion
         if name not in run:
-            raise MchError(f"--param {name}.{next(iter(given), 'KEY')}=...: analysis {name!r} is not in this run "
-                           f"(it runs {', '.join(run) or 'none'}); add it with --analysis or correct the name")
-        takes = load_entry(run[name].entry)(run[name]).default_params(protocol)
+            continue
+        takes = load_entry(spec.entry)(spec).default_params(protocol)
         unknown = sorted(set(given) - set(takes))
         if takes and unknown:
             raise MchError(f"analysis {name!r} has no parameter {unknown[0]!r} under the {protocol} protocol; "

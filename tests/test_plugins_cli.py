@@ -130,7 +130,7 @@ def test_malformed_registry_names_line_and_key(tmp_path):
     (["bench", "--no-such-option"], "No such option"),  # usage errors: typer's own click copy too
     (["bench", "--limit", "abc"], "integer"),
     (["bench", "--param", "gmi.nosuch=1"], "has no parameter 'nosuch'"),  # before any extraction
-    (["bench", "--param", "modes.tau=0.4"], "analysis 'modes' is not in this run"),
+    (["bench", "--param", "probee.n_splits=3"], "did you mean 'probe'"),
     (["bench", "--data-option", "sample_rate"], "--data-option 'sample_rate' must look like KEY=VALUE"),
 ])
 def test_user_errors_are_one_sentence(args, needle, tmp_path):
