@@ -296,9 +296,11 @@ def list_datasets(long: bool = LONG):
 @list_app.command("analyses")
 def list_analyses(long: bool = LONG):
     """Analyses and whether they need the live model."""
-    _table("analyses", ["name", "needs model", "plugin"],
+    _table("analyses", ["name", "needs live model", "plugin"],
            [[s.name, "yes" if s.needs_model else "no", s.source, s.description] for s in _reg().analyses.values()],
            long)
+    console.print("An analysis that compares with the text baseline reads its representations from the "
+                  "store; when they are not there, the run extracts them with the model first.")
 
 
 @app.command()
