@@ -303,6 +303,31 @@ def list_analyses(long: bool = LONG):
                   "store; when they are not there, the run extracts them with the model first.")
 
 
+@list_app.command("params")
+def list_params(analysis: Optional[List[str]] = typer.Argument(None, help="analyses (default: all)"),
+                protocol: str = typer.Option("default", "--protocol", help="default or paper")):
+    """The parameters each analysis takes under a protocol, with their defaults (set them with
+    --param ANALYSIS.KEY=VALUE; the analysis's module docstring says what each means)."""
+    import json
+
+    from .api import PROTOCOLS, load_entry
+
+    if protocol not in PROTOCOLS:
+        raise MchError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    reg = _reg()
+    specs = [reg.get("analysis", a) for a in (_split_csv(analysis) or list(reg.analyses))]
+    t = Table(title=f"analysis parameters ({protocol} protocol)")
+    for c in ("analysis", "parameter", "default"):
+        t.add_column(c, overflow="fold")
+    for spec in specs:
+        params = {**load_entry(spec.entry)(spec).default_params(protocol), **spec.options.get("params", {})}
+        for i, (k, v) in enumerate(sorted(params.items())):
+            t.add_row(spec.name if i == 0 else "", k, json.dumps(v))
+        if not params:
+            t.add_row(spec.name, "-", "")
+    console.print(t)
+
+
 @app.command()
 def plugins():
     """Installed plugins: what each contributes, or why it failed to load."""

@@ -179,3 +179,12 @@ def test_data_option_reaches_the_dataset_and_keys_the_store(tmp_path):
     assert p.dataset.options["sample_rate"] == "8000"
     assert store_key(p, "modal")["dataset"]["options"] == {"sample_rate": "8000"}
     assert "options" not in store_key(plan(RunConfig(limit=8, store=tmp_path)), "modal")["dataset"]
+
+
+def test_list_params_shows_each_protocols_parameters():
+    res = run_mch("list", "params", "probe", check=True)
+    assert "inner_tol" in res.stdout and "weight_decay" not in res.stdout
+    res = run_mch("list", "params", "probe", "--protocol", "paper", check=True)
+    assert "weight_decay" in res.stdout and "inner_tol" not in res.stdout
+    res = run_mch("list", "params", "probee")
+    assert res.returncode == 2 and "did you mean 'probe'" in res.stderr

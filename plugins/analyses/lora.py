@@ -103,17 +103,9 @@ class Lora(Analysis):
 
     @staticmethod
     def _query(ctx: Any, attr: Any) -> str:
-        """The query the gmi analysis would use for this attribute in this run (its `queries`
-        param: registry options, then --param gmi.queries), else the attribute's own."""
-        from mch.manager import get_registry
-
-        queries: dict[str, Any] = {}
-        try:
-            queries.update(get_registry().get("analysis", "gmi").options.get("params", {}).get("queries", {}) or {})
-        except MchError:
-            pass
-        queries.update((getattr(ctx.run_config, "params", {}) or {}).get("gmi", {}).get("queries", {}) or {})
-        return str(queries.get(attr.name, attr.query))
+        """The query the gmi analysis uses for this attribute: the attribute's own (gmi has no
+        query parameter; `--param lora.query=...` overrides it for the LoRA alone)."""
+        return str(attr.query)
 
     # ------------------------------------------------------------------ split
     def _split(self, ctx: Any, attr: Any) -> dict[str, list[Sample]]:
