@@ -65,7 +65,7 @@ def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
             device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-            model_option=None, data_option=None):
+            model_option=None, data_option=None, text_checkpoint=None, text_revision=None):
     from .runner import RunConfig
 
     return RunConfig(model=model, dataset=dataset, analyses=_split_csv(analysis) or [],
@@ -74,7 +74,8 @@ def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, 
                      protocol=protocol, span=span, stages=_split_csv(stage), batch_size=batch_size,
                      out_dir=_results_dir(out), store=store, on_error=on_error, params=_params(param or []),
                      trust_remote_code=trust_remote_code, model_options=_options(model_option or []),
-                     dataset_options=_options(data_option or [], "--data-option", "sample_rate=16000"))
+                     dataset_options=_options(data_option or [], "--data-option", "sample_rate=16000"),
+                     text_checkpoint=text_checkpoint, text_revision=text_revision)
 
 
 # Options shared by bench, extract and analyze.
@@ -100,6 +101,9 @@ ONERR = typer.Option("stop", "--on-error", help="stop or skip (record and go on)
 PARAM = typer.Option(None, "--param", help="analysis parameter, ANALYSIS.KEY=VALUE (repeatable)")
 MOPT = typer.Option(None, "--model-option", help="model plugin option KEY=VALUE (repeatable; see the plugin's docs)")
 DOPT = typer.Option(None, "--data-option", help="dataset plugin option KEY=VALUE (repeatable; docs/datasets.md)")
+TCKPT = typer.Option(None, "--text-checkpoint",
+                     help="paper protocol: the separate text-only model's checkpoint (default: its release)")
+TREV = typer.Option(None, "--text-revision", help="paper protocol: the text-only model's revision")
 TRC = typer.Option(False, "--trust-remote-code", help="allow Hub remote code (off by default)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
 
@@ -124,7 +128,8 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
           batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
           on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
           model_option: Optional[List[str]] = MOPT,
-          data_option: Optional[List[str]] = DOPT, quiet: bool = QUIET):
+          data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
+          text_revision: Optional[str] = TREV, quiet: bool = QUIET):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
     With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
@@ -132,7 +137,7 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-                  model_option, data_option)
+                  model_option, data_option, text_checkpoint, text_revision)
     log, progress = _runner_io(quiet)
     p, written = run_bench(cfg, log, progress)
     show_records([r for _, r in written])
@@ -150,19 +155,20 @@ def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Op
             stage: Optional[List[str]] = STAGE, batch_size: int = BATCH, store: Optional[Path] = STORE,
             on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
             trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT,
-            data_option: Optional[List[str]] = DOPT, quiet: bool = QUIET):
+            data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
+            text_revision: Optional[str] = TREV, quiet: bool = QUIET):
     """Extract pooled representations into the store (resumable; no analysis)."""
-    from .runner import extract as do_extract, plan
+    from .runner import extract as do_extract, plan, text_plan
 
     cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
                   dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option,
-                  data_option)
+                  data_option, text_checkpoint, text_revision)
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = do_extract(p, "modal")
     console.print(f"store entry: {entry.dir}")
     if text:
-        console.print(f"text baseline: {do_extract(p, 'text').dir}")
+        console.print(f"text baseline: {do_extract(text_plan(p), 'text').dir}")
 
 
 @app.command()
@@ -174,7 +180,8 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
             protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
             batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
             param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT,
-            data_option: Optional[List[str]] = DOPT, quiet: bool = QUIET):
+            data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
+            text_revision: Optional[str] = TREV, quiet: bool = QUIET):
     """Run analyses on representations already in the store (`mch extract` first)."""
     from .runner import analyze as do_analyze, plan, record_for, store_key
     from .results import write_record
@@ -182,7 +189,7 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
-                  data_option)
+                  data_option, text_checkpoint, text_revision)
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])

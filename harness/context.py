@@ -44,6 +44,7 @@ class AnalysisContext:
     _model_loader: Callable[[], Any] | None = None
     _cache: Callable[..., np.ndarray] | None = None
     _text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None
+    text_source: str = "the model's own text view"  # which model makes text_reps(), in words
     _model: Any = None
 
     @property

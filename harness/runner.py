@@ -47,6 +47,8 @@ class RunConfig:
     trust_remote_code: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)  # plugin options, e.g. prismatic llm=DIR
     dataset_options: dict[str, Any] = field(default_factory=dict)  # dataset plugin options, e.g. download=true
+    text_checkpoint: str | None = None  # paper protocol: the separate text-only model's checkpoint
+    text_revision: str | None = None
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
     chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
 
@@ -89,13 +91,23 @@ class Plan:
     log: Callable[[str], None]
     progress: Progress
     loaded: bool = False
+    text_plan: "Plan | None" = None   # paper protocol: the separate text-only model's plan (text_plan())
+    checkpoint_flag: str = "--checkpoint"  # the flag that sets this plan's checkpoint (for errors)
 
     def ensure_loaded(self) -> Any:
         if not self.loaded:
             self.log(f"loading model [bold]{self.model_spec.name}[/] ({self.plugin.checkpoint}, "
                      f"{self.plugin.dtype_name}, {self.plugin.device})")
             t = time.time()
-            self.plugin.load()
+            try:
+                self.plugin.load()
+            except MchError as exc:
+                if self.checkpoint_flag == "--checkpoint":
+                    raise
+                # the text-only model of the paper protocol: its checkpoint has its own flag
+                why = str(exc).replace("--checkpoint", self.checkpoint_flag)
+                raise MchError(f"the paper protocol's text baseline: {why} (or run with --protocol default, "
+                               f"whose text baseline is the model's own)") from None
             self.loaded = True
             self.log(f"model loaded in {time.time() - t:.1f}s")
         return self.plugin
@@ -200,6 +212,35 @@ def _dir_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def text_plan(p: Plan) -> Plan:
+    """The plan whose model makes the text baseline (science.md, Text baseline): under the
+    paper protocol, the separate text-only checkpoint the model's registry entry names as
+    `text_baseline` (the reference's Llama-3.1-8B base or Vicuna-7B, raw text with BOS);
+    otherwise, and for a model that names none, the model's own text view."""
+    name = p.model_spec.text_baseline
+    if p.cfg.protocol != "paper" or not name:
+        return p
+    if p.text_plan is None:
+        import dataclasses
+
+        tspec = get_registry().get("model", name)
+        cfg = dataclasses.replace(p.cfg, model=tspec.name, checkpoint=p.cfg.text_checkpoint,
+                                  revision=p.cfg.text_revision, adapter=None, model_options={})
+        plugin = load_entry(tspec.entry)(tspec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
+                                         dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        p.text_plan = dataclasses.replace(p, cfg=cfg, model_spec=tspec, plugin=plugin, loaded=False,
+                                          checkpoint_flag="--text-checkpoint")
+    return p.text_plan
+
+
+def text_source(p: Plan) -> str:
+    """Which model made the text baseline, in words (for the analyses' notes)."""
+    t = text_plan(p)
+    if t is p:
+        return f"{p.model_spec.name}'s own text view"
+    return f"{t.model_spec.name} ({t.plugin.checkpoint}), the separate text-only model the paper protocol uses"
+
+
 def extract(p: Plan, view: str = "modal") -> Any:
     """Make sure the store entry for this plan and view is complete; return it."""
     from .store import Store
@@ -292,7 +333,7 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
 
     def text_reps():
         if "e" not in text_entry:
-            te = extract(p, "text")
+            te = extract(text_plan(p), "text")
             treps, trows = te.read()
             if list(trows) != list(rows):  # keep modal and text rows paired
                 pos = {int(r): k for k, r in enumerate(trows)}
@@ -316,7 +357,7 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
                               span=cfg.effective_span, previous=previous, progress=p.progress,
                               run_config=cfg, dataset=p.dataset,
                               _model_loader=p.ensure_loaded if aspec.needs_model else None,
-                              _cache=entry.cached, _text_reps=text_reps)
+                              _cache=entry.cached, _text_reps=text_reps, text_source=text_source(p))
         if p.loaded:
             ctx._model = p.plugin
         p.log(f"running analysis [bold]{aspec.name}[/]")

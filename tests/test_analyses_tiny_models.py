@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from mch.runner import RunConfig, run_bench
+from mch.manager import get_registry
+from mch.runner import RunConfig, run_bench, text_plan
 
 ANALYSES = ["probe", "gmi", "ablation", "swap", "gradient", "lora"]
 CAUSAL = ["ablation", "swap", "gradient"]
@@ -35,7 +36,9 @@ def world(tmp_path_factory):
           "prismatic_dinov2": tiny.make_tiny_prismatic_dinov2(root / "dinov2"),
           "prismatic_siglip": tiny.make_tiny_prismatic_siglip(root / "siglip"),
           "qwen2audio": tiny.make_tiny_qwen2audio(root / "qwen2audio"),
-          "ultravox": tiny.make_tiny_ultravox(root / "ultravox")}
+          "ultravox": tiny.make_tiny_ultravox(root / "ultravox"),
+          # the paper protocol's separate text-only models (registry text_baseline)
+          "llama": tiny.make_tiny_llama(root / "llama"), "vicuna": tiny.make_tiny_vicuna(root / "vicuna")}
     coco = synth.make("coco", root / "coco", images=40)
     crema = synth.make("cremad", root / "crema", actors=4, sentences=2, engine="numpy")
     # one clip longer than 30 s: Ultravox cuts it into two chunks (Qwen2-Audio truncates it)
@@ -60,9 +63,11 @@ def config(world, model: str, analyses, out: Path, protocol: str = "default") ->
         "gradient": {"n_samples": 6, "batch_size": 3, "n_boot": 50},
         "lora": {"attribute": attr, "max_epochs": 1, "batch_size": 4, "lr": 1e-3, "save_every": 0},
     }
+    text = get_registry().get("model", model).text_baseline
     return RunConfig(model=model, checkpoint=str(world["ck"][model]), dataset="cremad" if speech else "coco",
                      data_path=str(world["crema"] if speech else world["coco"]), analyses=analyses, limit=40,
-                     batch_size=4, protocol=protocol, params=params, out_dir=out / "results", store=out / "store")
+                     batch_size=4, protocol=protocol, params=params, out_dir=out / "results", store=out / "store",
+                     text_checkpoint=str(world["ck"][text]))
 
 
 def check_records(written, analyses):
@@ -94,6 +99,9 @@ def test_causal_tests_run_on_patch_layout_and_chunked_audio(world, model, tmp_pa
     for protocol in ("default", "paper"):
         plan, written = run_bench(config(world, model, CAUSAL, tmp_path / protocol, protocol))
         check_records(written, CAUSAL)
+        # the text baseline: the model's own text view (default), the separate text-only model (paper)
+        want = get_registry().get("model", model).text_baseline if protocol == "paper" else model
+        assert text_plan(plan).model_spec.name == want
     if model == "ultravox":  # the long clip was among the samples, as two chunks
         long = [s for s in plan.samples if s.media[0].size > 30 * s.media[1]]
         assert long and plan.plugin.prepare(long[:1], "default").info["n_chunks"] == [2]
@@ -129,3 +137,16 @@ def test_loss_matches_a_forward_pass_built_by_hand(world, model):
             P = parts.prefixes[i].shape[0]
             manual = torch.nn.functional.cross_entropy(logits[P - 1: P - 1 + len(tgt)], tgt)
             assert torch.allclose(loss[i], manual, rtol=1e-4, atol=1e-5), (model, i, float(loss[i]), float(manual))
+
+
+def test_paper_text_baseline_without_its_checkpoint_says_what_to_pass(world, tmp_path, monkeypatch):
+    """Offline, the paper protocol's text-only model (Llama-3.1-8B base for ultravox) is not in
+    the cache: one sentence naming --text-checkpoint, after the modal extraction."""
+    from mch.api import MchError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("MCH_ALLOW_DOWNLOAD", raising=False)
+    cfg = config(world, "ultravox", ["modes"], tmp_path, "paper")
+    cfg.text_checkpoint = None
+    with pytest.raises(MchError, match="text baseline.*meta-llama/Llama-3.1-8B.*--text-checkpoint"):
+        run_bench(cfg)

@@ -447,6 +447,6 @@ class Distances(Analysis):
         notes = ["paper protocol: the reference's script 05 (hooks shared with its text file: llm_hidden_16, "
                  "llm_final; with-replacement bootstrap CIs, biased away from zero; CKA on independently "
                  "subsampled rows, so its pairing is lost)",
-                 "text vectors: this model's own text view, where the reference used a separate text-only checkpoint",
+                 f"text vectors: {ctx.text_source}",
                  "PCA: sklearn's default solver with a fixed random_state (the reference left it unseeded)"]
         return AnalysisOutput(metrics=metrics, summary={"stages": stages, "rows": table}, notes=notes)

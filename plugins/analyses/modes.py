@@ -12,10 +12,10 @@ and the causal analyses.
   not the sampling variability of the modes themselves).
 - `paper`: the reference's script 07 on the same vectors: all d modes, λ clipped at 1e-10,
   all-zero rows dropped, and the text vectors taken at llm.16 (else llm.final) as the
-  reference took its text file's llm_hidden_16. Pairing under mch: the reference's text
-  file came from a separate text-only checkpoint (Llama-3.1-8B base); in one mch run the
-  text representations are the paired text through this model's own LLM (its text view),
-  so the paper numbers here use the reference's layer choice on mch's text baseline.
+  reference took its text file's llm_hidden_16. The text vectors come, as the reference's
+  did, from the separate text-only checkpoint the model's registry entry names
+  (`text_baseline`: Llama-3.1-8B base, Vicuna-7B; `--text-checkpoint`); a model that names
+  none (the toy) uses its own text view. The record's notes say which.
   Its summary fields keep the reference names (total_modes, n_alpha_gt_0.5, ...).
 """
 
@@ -102,7 +102,7 @@ class ModeAlignment(Analysis):
                      f"N = {m.n_rows} rows and d = {m.dim} there are {max(m.dim - m.rank, 0)} null modes whose α "
                      f"is text variance / 1e-10 (the reference's defect, kept on purpose)",
                      f"text vectors at {text_stage}: the reference's layer choice (llm_hidden_16, else llm_final), "
-                     f"taken from this model's own text view; the reference used a separate text-only checkpoint",
+                     f"from {ctx.text_source}",
                      f"summary.results holds the first {k} of {m.n_modes} modes"]
             return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
 
