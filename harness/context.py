@@ -45,6 +45,7 @@ class AnalysisContext:
     _cache: Callable[..., np.ndarray] | None = None
     _text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None
     text_source: str = "the model's own text view"  # which model makes text_reps(), in words
+    _own_text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None
     _model: Any = None
 
     @property
@@ -72,11 +73,19 @@ class AnalysisContext:
         return self._cache(name, key, compute)
 
     def text_reps(self) -> Mapping[str, np.ndarray]:
-        """Representations of the text baseline (the paired text through the model's LLM),
-        extracted once and stored like the modal ones."""
+        """Representations of the protocol's text baseline (default: the paired text through the
+        model's own LLM; paper: through the separate text-only model, `text_source`), extracted
+        once and stored like the modal ones, rows paired with `reps`."""
         if self._text_reps is None:
             raise MchError("no text baseline is available for this run")
         return self._text_reps()
+
+    def own_text_reps(self) -> Mapping[str, np.ndarray]:
+        """The paired text through this model's own LLM under either protocol: what an analysis
+        that feeds text vectors back into this model's decoder needs (bound)."""
+        if self._own_text_reps is None:
+            return self.text_reps()
+        return self._own_text_reps()
 
     def labelled(self, attribute: str) -> np.ndarray:
         """Row indices whose label for `attribute` is set."""

@@ -112,6 +112,24 @@ class Plan:
             self.log(f"model loaded in {time.time() - t:.1f}s")
         return self.plugin
 
+    def release(self) -> None:
+        """Drop the loaded weights (a fresh, unloaded plugin object takes their place)."""
+        import gc
+
+        spec, cfg = self.model_spec, self.cfg
+        self.plugin = load_entry(spec.entry)(spec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
+                                             dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                             **cfg.model_options)
+        self.loaded = False
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
 
 def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> Plan:
     from .api import PROTOCOLS, SPANS
@@ -128,6 +146,9 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
     check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
+    if (cfg.text_checkpoint or cfg.text_revision) and (cfg.protocol != "paper" or not mspec.text_baseline):
+        log(f"--text-checkpoint/--text-revision unused: only the paper protocol of a model whose registry entry "
+            f"names a text_baseline reads them ({mspec.name}: {mspec.text_baseline or 'none'})")
     dname = cfg.dataset or mspec.options.get("default_dataset")  # the registry's options: {default_dataset: ...}
     if dname is None:
         raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
@@ -331,9 +352,15 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
     labels, groups = _labels(p, samples)
     text_entry: dict[str, Any] = {}
 
-    def text_reps():
-        if "e" not in text_entry:
-            te = extract(text_plan(p), "text")
+    def paired_text(own: bool = False):
+        """The text baseline's representations, rows paired with the modal ones: the protocol's
+        baseline (text_plan), or with `own` the model's own text view."""
+        key = "own" if own else "baseline"
+        if key not in text_entry:
+            tp = p if own else text_plan(p)
+            te = extract(tp, "text")
+            if tp is not p and tp.loaded:  # the text-only model is done: free it before the analyses load the MLLM
+                tp.release()
             treps, trows = te.read()
             if list(trows) != list(rows):  # keep modal and text rows paired
                 pos = {int(r): k for k, r in enumerate(trows)}
@@ -343,8 +370,8 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
                 if any(k is None for k in keep):
                     raise MchError("the text baseline lacks some samples the modal run has (no paired text?)")
                 treps = {s: np.asarray(v)[keep] for s, v in treps.items()}
-            text_entry["e"] = treps
-        return text_entry["e"]
+            text_entry[key] = treps
+        return text_entry[key]
 
     outputs = []
     previous: dict[str, AnalysisOutput] = {}
@@ -357,7 +384,8 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
                               span=cfg.effective_span, previous=previous, progress=p.progress,
                               run_config=cfg, dataset=p.dataset,
                               _model_loader=p.ensure_loaded if aspec.needs_model else None,
-                              _cache=entry.cached, _text_reps=text_reps, text_source=text_source(p))
+                              _cache=entry.cached, _text_reps=paired_text, text_source=text_source(p),
+                              _own_text_reps=lambda: paired_text(own=True))
         if p.loaded:
             ctx._model = p.plugin
         p.log(f"running analysis [bold]{aspec.name}[/]")
@@ -377,6 +405,11 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
               "params": params, "attributes": sorted(p.attributes)}
     if cfg.dataset_options:
         config["dataset_options"] = dict(sorted(cfg.dataset_options.items()))
+    tp = text_plan(p)
+    text_model = None if tp is p else {"name": tp.model_spec.name, "checkpoint": str(tp.plugin.checkpoint),
+                                       "revision": tp.plugin.revision}
+    if text_model:
+        config["text_model"] = text_model
     return build_record(
         model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
                "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
@@ -391,7 +424,8 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
         extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,
-                    "batch_size": cfg.batch_size, "model_loaded": p.loaded},
+                    "batch_size": cfg.batch_size, "model_loaded": p.loaded,
+                    **({"text_model": text_model} if text_model else {})},
         seeds=[cfg.seed],
         config_hash=config_hash(config),
         duration_s=round(duration + extract_s, 3),

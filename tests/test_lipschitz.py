@@ -193,7 +193,8 @@ def tiny_world(tmp_path_factory):
     ck = {"llava": tiny.make_tiny_llava(root / "llava"),
           "prismatic_dinov2": tiny.make_tiny_prismatic_dinov2(root / "dinov2"),
           "qwen2audio": tiny.make_tiny_qwen2audio(root / "qwen2audio"),
-          "ultravox": tiny.make_tiny_ultravox(root / "ultravox")}
+          "ultravox": tiny.make_tiny_ultravox(root / "ultravox"),
+          "llama": tiny.make_tiny_llama(root / "llama")}  # the paper protocol's text-only model
     coco = synth.make("coco", root / "coco", images=40)
     crema = synth.make("cremad", root / "crema", actors=4, sentences=2, engine="numpy")
     wav = sorted((crema / "AudioWAV").glob("*.wav"))[0]  # > 30 s: two Ultravox chunks for one sample
@@ -229,9 +230,13 @@ def test_my_analyses_on_tiny_paper_architectures(tiny_world, model, protocol, tm
                                      dataset="cremad" if speech else "coco",
                                      data_path=str(tiny_world["crema" if speech else "coco"]), analyses=analyses,
                                      limit=40, batch_size=4, protocol=protocol, params=params,
-                                     out_dir=tmp_path / "r", store=tmp_path / "s"))
+                                     out_dir=tmp_path / "r", store=tmp_path / "s",
+                                     text_checkpoint=str(tiny_world["ck"]["llama"])))
     recs = {rec["analysis"]["name"]: rec for _, rec in written}
     assert list(recs) == analyses
+    if protocol == "paper":  # modes and distances read the text-only model; bound, this model's own view
+        assert recs["modes"]["extraction"]["text_model"]["name"] == "llama"
+        assert any("llama" in n for n in recs["modes"]["notes"])
     lip = {m["metric"]: m["value"] for m in recs["lipschitz"]["metrics"]}
     key = "L_log_max" if protocol == "paper" else "L_seq_max"
     assert np.isfinite(lip[key]) and lip[key] > 0

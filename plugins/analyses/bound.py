@@ -71,7 +71,9 @@ class Bound(Analysis):
             raise MchError("bound: path_points must be at least 2 (the two ends of each segment)")
         rows = select_rows(len(ctx.samples), int(p["n_samples"]), ctx.protocol, ctx.seed)
         zm = np.asarray(need_stage(self.name, ctx.reps, "adapter"), dtype=np.float64)[rows]
-        zt = np.asarray(need_stage(self.name, ctx.text_reps(), "adapter", "text"), dtype=np.float64)[rows]
+        # the text's decoder input in this model's own embedding space (under paper too: the
+        # separate text-only model's embeddings would be foreign to this decoder)
+        zt = np.asarray(need_stage(self.name, ctx.own_text_reps(), "adapter", "text"), dtype=np.float64)[rows]
         if zm.shape != zt.shape:
             raise MchError(f"bound: modal and text decoder inputs differ in shape ({zm.shape} vs {zt.shape})")
         delta = zt - zm

@@ -41,7 +41,8 @@ system block with "Cutting Knowledge Date: December 2023" / "Today Date: 26 Jul 
   the bare prompt, the EOS placeholders of the audio span included, as the reference did.
 - Text view: `default` = the same template with the paired text in place of `<|audio|>`
   (span `modality` = the text's own tokens); `paper` = BOS + the raw text, no template
-  (the reference's text-baseline format, here through this model's own LLM).
+  (the reference's text-baseline format through this model's own LLM; the paper protocol's
+  text baseline itself comes from the separate text-only model, the runner's `text_plan`).
 
 Pooling: `default` pools every chunk of a long clip together (the pool's owner maps each
 chunk row to its clip); `paper` keeps the reference's stored vector for clips over 30 s,
