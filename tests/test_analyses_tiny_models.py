@@ -56,7 +56,7 @@ def config(world, model: str, analyses, out: Path, protocol: str = "default") ->
     speech = model in SPEECH
     attr = "emotion" if speech else "super_category"
     params = {
-        "probe": {"n_splits": 2, "n_bootstrap": 50, "min_samples": 8},
+        "probe": {"n_splits": 3, "n_bootstrap": 50, "min_samples": 8},
         "gmi": {"n_bootstrap": 50},
         "ablation": {"n_samples": 6, "batch_size": 3, "n_boot": 50},
         "swap": {"n_samples": 6, "batch_size": 3, "n_boot": 50, "attribute": "speaker" if speech else attr},

@@ -400,3 +400,14 @@ def test_a_misspelled_parameter_is_one_clear_error():
     ctx = context({"adapter": X}, {"a": np.array(["x", "y"] * 15, dtype=object)}, params={"n_split": 3})
     with pytest.raises(MchError, match="no parameter 'n_split'"):
         make_probe().run(ctx)
+
+
+def test_classes_too_small_for_the_folds_are_a_skip_not_a_crash():
+    """24 rows in 12 classes of 2: no stratified split into 5 folds exists (sklearn raised a
+    ValueError inside lora's re-measurement); the attribute is skipped with its reason."""
+    rng = np.random.default_rng(0)
+    labels = np.array([f"c{i // 2}" for i in range(24)], dtype=object)
+    out = make_probe().run(context({"adapter": rng.standard_normal((24, 8)).astype(np.float32)}, {"a": labels},
+                                   params={"min_samples": 10}))
+    assert "a class of 5" in out.summary["attributes"]["a"]["skipped"]
+    assert not [m for m in out.metrics if m.metric == "accuracy"]

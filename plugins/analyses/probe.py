@@ -415,8 +415,11 @@ class Probe(Analysis):
             out.summary["attributes"][attr] = info
             if enc.dropped:
                 out.notes.append(f"{attr}: dropped {len(enc.dropped)} classes with a single member")
-            if len(enc.rows) < max(p["min_samples"], 2 * p["n_splits"]) or len(enc.classes) < 2:
-                info["skipped"] = f"{len(enc.rows)} usable rows in {len(enc.classes)} classes"
+            largest = int(np.bincount(enc.y).max()) if len(enc.y) else 0
+            if len(enc.rows) < max(p["min_samples"], 2 * p["n_splits"]) or len(enc.classes) < 2 \
+                    or largest < int(p["n_splits"]):  # no stratified split into n_splits folds exists
+                info["skipped"] = (f"{len(enc.rows)} usable rows in {len(enc.classes)} classes, the largest with "
+                                   f"{largest} (needs {p['min_samples']} rows and a class of {p['n_splits']})")
                 out.notes.append(f"{attr}: skipped ({info['skipped']})")
                 continue
             groups = ctx.groups.get(attr)
