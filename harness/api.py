@@ -179,6 +179,14 @@ class DatasetPlugin:
         raise NotImplementedError  # pragma: no cover - abstract
 
 
+def check_param_keys(analysis: str, given: Any, takes: Any) -> None:
+    """A misspelled `--param` must not be silently ignored: every key of `given` must be one
+    the analysis declares (`takes`, its default parameters)."""
+    unknown = sorted(set(given) - set(takes))
+    if unknown:
+        raise MchError(f"analysis {analysis!r} has no parameter {unknown[0]!r}; it takes: {', '.join(sorted(takes))}")
+
+
 class Analysis:
     """Base for analyses. `needs_model` says whether `run` may touch `ctx.model` (a lazy
     handle: the model is only loaded if something is not cached). `default_params(protocol)`

@@ -80,7 +80,8 @@ def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, 
 
 # Options shared by bench, extract and analyze.
 MODEL = typer.Option("toy", "--model", "-m", help="model plugin (see `mch list models`)")
-DATASET = typer.Option(None, "--dataset", "-d", help="attribute dataset (default: the model's default_dataset in the registry)")
+DATASET = typer.Option(None, "--dataset", "-d",
+                       help="attribute dataset (default: the model's default_dataset in the registry)")
 ATTR = typer.Option(None, "--attribute", "-a", help="attributes to analyse (comma-separated; default all)")
 CKPT = typer.Option(None, "--checkpoint", help="HF id or local directory (default: the model's release)")
 REV = typer.Option(None, "--revision", help="checkpoint revision (HF commit or tag)")
@@ -398,20 +399,11 @@ def _interrupted() -> None:
 def _usage_exit(exc: Exception) -> Optional[int]:
     """Show a command-line usage error (unknown option, bad value) as click does, without a
     traceback, and return its exit code; None for anything else. Recent typer releases carry
-    their own copy of click, whose exceptions are not click's classes: both are recognised."""
-    import typer
-
-    abort: tuple = (typer.Abort,)
-    usage: tuple = ()
-    try:
-        import click
-
-        abort, usage = abort + (click.exceptions.Abort,), (click.exceptions.ClickException,)
-    except ImportError:  # typer without click
-        pass
-    if isinstance(exc, abort):
+    their own copy of click, whose classes are not click's: a usage error is recognised by
+    what both have (`show` and an integer `exit_code`), an abort by its class name."""
+    if type(exc).__name__ == "Abort":
         return 1
-    if isinstance(exc, usage) or (callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)):
+    if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
         exc.show()
         return int(exc.exit_code)
     return None

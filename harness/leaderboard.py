@@ -271,7 +271,8 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         curves.append({"stage": st,
                        "accuracy": acc and acc.get("value"), "ci_low": acc and acc.get("ci_low"),
                        "ci_high": acc and acc.get("ci_high"), "i_probe_bits": ip and ip.get("value")})
-    chance = _pick(metrics, "chance_retention", "*") or _pick(metrics, "chance_uniform", "*")
+    values = {c.key: _cell(_pick(metrics, c.metric, c.stage) or _pick(metrics, FALLBACK.get(c.metric, ""), c.stage))
+              for c in METRIC_COLUMNS}
     row = {
         "id": hashlib.sha256(json.dumps([group, attr], default=str).encode()).hexdigest()[:12],
         "kind": group[0], "model": group[1], "dataset": group[2], "attribute": attr, "protocol": group[3],
@@ -289,10 +290,9 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         "versions": newest["provenance"].get("versions", {}),
         "notes": _uniq(n for r in recs for n in (r.get("notes") or []) + ([r["model"]["note"]] if r["model"].get("note") else [])),
         "files": _uniq(_relpath(p[0].path) for p in pieces),
-        "values": {c.key: _cell(_pick(metrics, c.metric, c.stage) or _pick(metrics, FALLBACK.get(c.metric, ""), c.stage))
-                   for c in METRIC_COLUMNS},
+        "values": values,
         "curves": curves,
-        "chance": chance.get("value") if chance else None,
+        "chance": values["chance"] and values["chance"]["value"],  # the Chance column's c
         "metrics": sorted(metrics, key=lambda m: (m["metric"], stage_order(m.get("stage")))),
     }
     row["other"] = other_metrics(row)

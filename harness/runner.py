@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
+from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, check_param_keys, load_entry
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
@@ -51,6 +51,11 @@ class RunConfig:
     text_revision: str | None = None
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
     chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
+
+    @property
+    def dataset_options_record(self) -> dict[str, Any]:
+        """{"options": sorted dataset options} for store keys and records; {} when none were given."""
+        return {"options": dict(sorted(self.dataset_options.items()))} if self.dataset_options else {}
 
     @property
     def effective_span(self) -> str:
@@ -116,10 +121,7 @@ class Plan:
         """Drop the loaded weights (a fresh, unloaded plugin object takes their place)."""
         import gc
 
-        spec, cfg = self.model_spec, self.cfg
-        self.plugin = load_entry(spec.entry)(spec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
-                                             dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                             **cfg.model_options)
+        self.plugin = model_plugin(self.model_spec, self.cfg)
         self.loaded = False
         gc.collect()
         try:
@@ -176,10 +178,14 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
             if lab and lab not in attr.classes:
                 raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
                                   sample_id=s.sample_id)
-    plugin = load_entry(mspec.entry)(mspec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
-                                     dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code,
-                                     **cfg.model_options)
-    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, model_plugin(mspec, cfg), log, progress or Progress())
+
+
+def model_plugin(spec: Any, cfg: RunConfig) -> Any:
+    """The model plugin object of `spec` as `cfg` configures it (not loaded)."""
+    return load_entry(spec.entry)(spec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
+                                  dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code,
+                                  **cfg.model_options)
 
 
 def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str) -> None:
@@ -193,10 +199,8 @@ def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], pr
         if name not in run:
             continue
         takes = load_entry(spec.entry)(spec).default_params(protocol)
-        unknown = sorted(set(given) - set(takes))
-        if takes and unknown:
-            raise MchError(f"analysis {name!r} has no parameter {unknown[0]!r} under the {protocol} protocol; "
-                           f"it takes: {', '.join(sorted(takes))}")
+        if takes:
+            check_param_keys(name, given, takes)
 
 
 def store_key(p: Plan, view: str) -> dict[str, Any]:
@@ -210,8 +214,7 @@ def store_key(p: Plan, view: str) -> dict[str, Any]:
         "model": ident,
         "dataset": {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
                     "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-                    # options can change a sample's content under the same id (e.g. sample_rate)
-                    **({"options": dict(sorted(cfg.dataset_options.items()))} if cfg.dataset_options else {})},
+                    **cfg.dataset_options_record},  # options can change a sample under the same id
         "prompt": getattr(p.plugin, "prompt_id", lambda protocol, view: f"{protocol}/{view}")(cfg.protocol, view),
         "view": view,
         "span": cfg.effective_span,
@@ -247,10 +250,8 @@ def text_plan(p: Plan) -> Plan:
         tspec = get_registry().get("model", name)
         cfg = dataclasses.replace(p.cfg, model=tspec.name, checkpoint=p.cfg.text_checkpoint,
                                   revision=p.cfg.text_revision, adapter=None, model_options={})
-        plugin = load_entry(tspec.entry)(tspec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
-                                         dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-        p.text_plan = dataclasses.replace(p, cfg=cfg, model_spec=tspec, plugin=plugin, loaded=False,
-                                          checkpoint_flag="--text-checkpoint")
+        p.text_plan = dataclasses.replace(p, cfg=cfg, model_spec=tspec, plugin=model_plugin(tspec, cfg),
+                                          loaded=False, checkpoint_flag="--text-checkpoint")
     return p.text_plan
 
 
@@ -404,7 +405,7 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
               "seed": cfg.seed, "protocol": cfg.protocol, "span": cfg.effective_span, "analysis": name,
               "params": params, "attributes": sorted(p.attributes)}
     if cfg.dataset_options:
-        config["dataset_options"] = dict(sorted(cfg.dataset_options.items()))
+        config["dataset_options"] = cfg.dataset_options_record["options"]
     tp = text_plan(p)
     text_model = None if tp is p else {"name": tp.model_spec.name, "checkpoint": str(tp.plugin.checkpoint),
                                        "revision": tp.plugin.revision}
@@ -419,8 +420,7 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
                  "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
                  "attributes": sorted(p.attributes),
                  "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
-                 "skipped": man.get("skipped", []),
-                 **({"options": dict(sorted(cfg.dataset_options.items()))} if cfg.dataset_options else {})},
+                 "skipped": man.get("skipped", []), **cfg.dataset_options_record},
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
         extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,

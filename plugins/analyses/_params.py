@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from mch.api import MchError, stage_sort_key
+from mch.api import MchError, check_param_keys, stage_sort_key
 
 
 def check_params(analysis: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-    """A misspelled `--param` must not be silently ignored."""
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise MchError(f"analysis {analysis!r} has no parameter {unknown[0]!r}; "
-                       f"it takes: {', '.join(sorted(defaults))}")
+    """A misspelled `--param` must not be silently ignored (the runner makes the same check
+    before any work; this one covers analyses run directly)."""
+    check_param_keys(analysis, params, defaults)
 
 
 def as_list(value: Any) -> list[str]:
