@@ -196,3 +196,114 @@ def bootstrap_classification(y: np.ndarray, pred: np.ndarray, nll_bits: np.ndarr
             out[key].append(s[key])
         out["cross_entropy_bits"].append(nll_bits[idx].mean(axis=1))
     return {key: np.concatenate(v) if v else np.zeros(0) for key, v in out.items()}
+
+
+# --------------------------------------------------------------------------- groups (science.md §8)
+#
+# Shared by every analysis that resamples or permutes: one definition of a group bootstrap,
+# a group-preserving label permutation and group halves, so that numbers computed from the
+# same rows (and ratios of them) come from the same draws.
+
+
+def group_codes(groups: np.ndarray | None, n: int | None = None) -> tuple[np.ndarray, int]:
+    """Integer group codes 0..G-1 of each row (first-appearance order); None: every row its own
+    group (then `n` rows)."""
+    if groups is None:
+        if n is None:
+            raise ValueError("group_codes needs groups or n")
+        return np.arange(n, dtype=np.int64), int(n)
+    g = np.asarray(groups).astype(str)
+    _, first, codes = np.unique(g, return_index=True, return_inverse=True)
+    # renumber by first appearance, so the codes do not depend on the group names' sort order
+    order = np.argsort(np.argsort(first))
+    return order[codes].astype(np.int64), int(len(first))
+
+
+def resample_seed(seed: int, *names: str) -> int:
+    """A seed for the shared resamples of (run seed, names...): every analysis that resamples
+    the same attribute's groups draws the same resamples (science.md §8)."""
+    import hashlib
+
+    h = hashlib.sha256(("\x1f".join([str(int(seed)), *map(str, names)])).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+@dataclass
+class GroupResamples:
+    """B group-bootstrap resamples of G groups: `counts[b, g]` = how often group g was drawn.
+
+    A row's weight in resample b is its group's count, so a statistic that is a weighted mean
+    over rows (accuracy, mean cross-entropy, a GMI term) is evaluated on every resample with
+    one product; any subset of rows (an analysis's labelled rows) reuses the same draws."""
+
+    counts: np.ndarray  # (B, G) int32
+
+    @property
+    def n_boot(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.counts.shape[1])
+
+    def weights(self, codes: np.ndarray) -> np.ndarray:
+        """(B, n) float64 row weights for rows whose group codes are `codes`."""
+        return self.counts[:, np.asarray(codes, dtype=np.int64)].astype(np.float64)
+
+    def weighted_mean(self, values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(B,) or (B, m) weighted means of per-row `values` ((n,) or (n, m)) on every resample;
+        NaN where a resample drew none of these rows."""
+        w = self.weights(codes)
+        tot = w.sum(1)
+        v = np.asarray(values, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if v.ndim == 1:
+                return (w @ v) / tot
+            return (w @ v) / tot[:, None]
+
+
+def group_resamples(n_groups: int, n_boot: int, seed: int) -> GroupResamples:
+    """`n_boot` resamples of `n_groups` groups drawn with replacement (seeded)."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((int(n_boot), int(n_groups)), dtype=np.int32)
+    for b in range(int(n_boot)):
+        counts[b] = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
+    return GroupResamples(counts)
+
+
+def permute_labels_by_group(y: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Labels permuted across groups with the group structure kept (science.md §1, §2):
+    the groups are shuffled (group g receives the labels of group pi(g)), and the row of rank
+    r inside g takes the label of the row of rank r mod |pi(g)| inside pi(g). A label that is
+    constant within groups gets a shuffled group -> label map; with one row per group it is a
+    plain permutation of the rows' labels; a group's label mix moves with it."""
+    y = np.asarray(y)
+    codes = np.asarray(codes, dtype=np.int64)
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    members = [np.flatnonzero(codes == g) for g in range(n_groups)]
+    pi = rng.permutation(n_groups)
+    out = np.empty_like(y)
+    for g in range(n_groups):
+        src = members[pi[g]]
+        dst = members[g]
+        if len(dst) == 0:
+            continue
+        out[dst] = y[src[np.arange(len(dst)) % len(src)]]
+    return out
+
+
+def group_halves(codes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint row sets, each a union of whole groups holding about half the rows (for
+    cross-fitting, science.md §4); groups assigned in a seeded random order, each to the half
+    with fewer rows so far."""
+    codes = np.asarray(codes, dtype=np.int64)
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    sizes = np.bincount(codes, minlength=n_groups)
+    side = np.zeros(n_groups, dtype=np.int8)
+    filled = [0, 0]
+    for g in np.random.default_rng(seed).permutation(n_groups):
+        h = 0 if filled[0] <= filled[1] else 1
+        side[g] = h
+        filled[h] += int(sizes[g])
+    row_side = side[codes]
+    return np.flatnonzero(row_side == 0), np.flatnonzero(row_side == 1)
