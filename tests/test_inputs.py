@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import run_mch
-from mch.api import MchError, Param, check_options, check_values, param_table
+from mch import api
+from mch.api import MchError
 
 
 def _no_work(tmp_path: Path) -> None:
@@ -36,9 +37,9 @@ def _fails(res, *needles: str) -> None:
 
 
 def test_types_come_from_the_default_and_declarations_add_ranges():
-    t = param_table({"n": 5, "tol": 1e-5, "name": "sum", "flag": True, "items": ["a", "b"], "any": None,
+    t = api.param_table({"n": 5, "tol": 1e-5, "name": "sum", "flag": True, "items": ["a", "b"], "any": None,
                      "signed": -1.0},
-                    {"n": Param(int, ge=2), "name": Param(str, choices=("sum", "mean"))})
+                    {"n": api.Param(int, ge=2), "name": api.Param(str, choices=("sum", "mean"))})
     where = "analysis 'x' parameter"
     assert t["n"].check(3, where) == 3 and t["n"].check(4.0, where) == 4 and t["n"].check("7", where) == 7
     for bad in ("abc", 1, 2.5, True, None, [3]):
@@ -64,11 +65,11 @@ def test_unions_nullables_patterns_and_item_ranges():
     from mch.plugins.analyses._params import STAGE, TEXT_STAGE
 
     w = "x"
-    u = Param((int, list), items=str, ge=1, le=3)
+    u = api.Param((int, list), items=str, ge=1, le=3)
     assert u.check(2, w) == 2 and u.check(["a", "b"], w) == ["a", "b"]
     with pytest.raises(MchError, match="an integer or a list of strings"):
         u.check(4, w)
-    counts = Param(list, items=int, ge=0, nullable=True).resolved()
+    counts = api.Param(list, items=int, ge=0, nullable=True).resolved()
     assert counts.check([0, 3], w) == [0, 3] and counts.check(None, w) is None
     with pytest.raises(MchError, match=r"\(-1 is out of range\)"):
         counts.check([1, -1], w)
@@ -79,20 +80,20 @@ def test_unions_nullables_patterns_and_item_ranges():
         with pytest.raises(MchError, match="a stage name"):
             STAGE.resolved().check(bad, w)
     with pytest.raises(MchError, match="must be a string, not null"):
-        Param(str).resolved().check(None, w)
+        api.Param(str).resolved().check(None, w)
     with pytest.raises(MchError, match="has no parameter 'n_split'; it takes: n_splits"):
-        check_values("analysis 'probe'", {"n_split": 3}, param_table({"n_splits": 5}))
+        api.check_values("analysis 'probe'", {"n_split": 3}, api.param_table({"n_splits": 5}))
 
 
 def test_options_are_checked_against_the_plugin_declaration():
-    assert check_options("model", "m", None, {"anything": 1}) == {"anything": 1}  # undeclared: unchecked
-    takes = {"batch_size": Param(int, ge=1)}
-    assert check_options("model", "m", takes, {"batch_size": "4", "default_dataset": "coco"}) == \
+    assert api.check_options("model", "m", None, {"anything": 1}) == {"anything": 1}  # undeclared: unchecked
+    takes = {"batch_size": api.Param(int, ge=1)}
+    assert api.check_options("model", "m", takes, {"batch_size": "4", "default_dataset": "coco"}) == \
         {"batch_size": 4, "default_dataset": "coco"}
     with pytest.raises(MchError, match="model 'm' has no option 'batchsize'; it takes: batch_size, default_dataset"):
-        check_options("model", "m", takes, {"batchsize": 4})
+        api.check_options("model", "m", takes, {"batchsize": 4})
     with pytest.raises(MchError, match="dataset 'd' has no option 'x'; it takes: none"):
-        check_options("dataset", "d", {}, {"x": 1})
+        api.check_options("dataset", "d", {}, {"x": 1})
 
 
 def _analyses():
@@ -116,8 +117,8 @@ def test_every_analysis_parameter_has_a_type_and_its_defaults_pass():
         for protocol in ("default", "paper"):
             defaults = analysis.default_params(protocol)
             seen |= set(defaults)
-            table = param_table(defaults, declared)
-            checked = check_values(f"analysis {name!r}", defaults, table)
+            table = api.param_table(defaults, declared)
+            checked = api.check_values(f"analysis {name!r}", defaults, table)
             assert json.dumps(checked, sort_keys=True) == json.dumps(defaults, sort_keys=True), name
             for key, p in table.items():
                 assert p.types, f"{name}.{key} (default {defaults[key]!r}) has no type: declare one"
