@@ -162,11 +162,11 @@ def test_probe_preflight_matches_the_runs_skip_rule():
     from mch.plugins.analyses.probe import DEFAULT_PARAMS, Probe
 
     probe = Probe(AnalysisSpec("probe", "mch.plugins.analyses.probe:Probe"))
-    samples, attrs, labels = _samples({"a": [3, 3, 34], "b": [20, 20]})
+    samples, attrs, labels = _samples({"a": [20, 20, 5], "b": [1, 44]})  # b: one class once kept
     p = dict(DEFAULT_PARAMS)
-    probe.preflight({**p, "n_splits": 20}, "default", samples, attrs)  # b: 40 rows, largest 20
-    with pytest.raises(MchError, match=r"n_splits=21 .* the largest class has 34"):
-        probe.preflight({**p, "n_splits": 21}, "default", samples, attrs)
+    probe.preflight({**p, "n_splits": 20}, "default", samples, attrs)  # a: 45 rows >= 40, a class of 20
+    with pytest.raises(MchError, match=r"n_splits=21 .* the largest class has 44"):
+        probe.preflight({**p, "n_splits": 21}, "default", samples, attrs)  # 45 rows >= 42, no class of 21
     probe.preflight({**p, "n_splits": 1000}, "paper", samples, attrs)  # paper: shuffle splits, any number
     with pytest.raises(MchError, match="n_splits >= 3"):
         probe.preflight({**p, "n_splits": 2}, "default", samples, attrs)
@@ -174,18 +174,21 @@ def test_probe_preflight_matches_the_runs_skip_rule():
     probe.preflight({**p, "n_splits": 1000}, "default", tiny, tattrs)  # too few for any setting: the run says why
 
     rng = np.random.default_rng(0)
-    reps = {"adapter": rng.normal(size=(40, 4)).astype(np.float32)}
-    for min_samples, probed in ((40, True), (41, False)):
-        params = {**p, "n_splits": 3, "min_samples": min_samples, "n_bootstrap": 10}
+    reps = {"adapter": rng.normal(size=(45, 4)).astype(np.float32)}
+    for min_samples, n_splits, probed in ((45, 3, True), (46, 3, False), (10, 20, True)):
+        params = {**p, "n_splits": n_splits, "min_samples": min_samples, "n_bootstrap": 10}
         raised = False
         try:
             probe.preflight(params, "default", samples, attrs)
         except MchError:
             raised = True
+        if n_splits > 3:  # 20 folds with nested CV: the preflight alone
+            assert not raised
+            continue
         ctx = AnalysisContext(protocol="default", params=params, seed=0, stages=["adapter"], reps=reps,
                               samples=samples, attributes=attrs,
                               labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
-                              groups={a: np.array([str(i) for i in range(40)], dtype=object) for a in attrs})
+                              groups={a: np.array([str(i) for i in range(45)], dtype=object) for a in attrs})
         out = probe.run(ctx)
         ran = [a for a, info in out.summary["attributes"].items() if "skipped" not in info]
         assert (ran != []) == probed and raised == (not probed), (min_samples, ran, raised)
