@@ -197,7 +197,7 @@ def test_probe_preflight_matches_the_runs_skip_rule():
 # --------------------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("args,needles", [
+BAD_INPUT = [
     (["--device", "tpu"], ["unknown --device 'tpu'; use cpu, cuda or cuda:N"]),
     (["--device", "cuda:x"], ["unknown --device 'cuda:x'"]),
     (["--seed", "-1"], ["--seed must be an integer from 0 to 2**32 - 1", "not -1"]),
@@ -218,12 +218,63 @@ def test_probe_preflight_matches_the_runs_skip_rule():
     (["--model", "llava", "--model-option", "batch_size=0"], ["model 'llava' option batch_size must be an integer >= 1"]),
     (["--model", "llava", "--model-option", "prompt_text=hi"], ["model 'llava' has no option 'prompt_text'; it takes: "
                                                                 "batch_size, default_dataset, prompt"]),
-])
-def test_bad_input_is_one_sentence_before_any_work(args, needles, tmp_path):
-    res = run_mch("bench", *args, "--limit", "40", "--out", str(tmp_path / "r"),
-                  env={"MCH_STORE": str(tmp_path / "store"), "MCH_DATA": str(tmp_path / "data")})
-    _fails(res, *needles)
-    _no_work(tmp_path)
+]
+
+
+@pytest.mark.parametrize("args,needles", BAD_INPUT)
+def test_bad_input_is_one_sentence_before_any_work(args, needles, cli_batch):
+    _fails(cli_batch(["bench", *args, "--limit", "40"]), *needles)
+
+
+@pytest.fixture(scope="module")
+def cli_batch(tmp_path_factory):
+    """The bad-input cases above, run by one `mch` process (cli.main once per case, as the
+    console script does; one torch import instead of one per case), checked to have done no
+    work at the end."""
+    cases = [["bench", *a, "--limit", "40"] for a, _ in BAD_INPUT]
+    tmp = tmp_path_factory.mktemp("bad_input")
+    results = dict(zip(map(tuple, cases), run_many(cases, tmp)))
+    yield lambda argv: results[tuple(argv)]
+    _no_work(tmp)
+
+
+class _Res:
+    def __init__(self, d: dict):
+        self.returncode, self.stdout, self.stderr = d["rc"], d["stdout"], d["stderr"]
+
+
+def run_many(cases: list[list[str]], tmp: Path) -> list[_Res]:
+    """Run `mch ARGS` for each case in one subprocess; rc, stdout and stderr per case (an
+    exception that escapes cli.main is printed as the interpreter would: a traceback)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = textwrap.dedent("""
+        import contextlib, io, json, sys, traceback
+        from mch import cli
+        out = []
+        for i, argv in enumerate(json.load(sys.stdin)):
+            o, e = io.StringIO(), io.StringIO()
+            rc = 0
+            with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+                try:
+                    cli.main(argv + ["--out", f"{sys.argv[1]}/r{i}"])
+                except SystemExit as exc:
+                    rc = exc.code if isinstance(exc.code, int) else 1
+                except BaseException:
+                    traceback.print_exc()
+                    rc = 1
+            cli._mount_optional = lambda: None  # mounted once, as in one process of the console script
+            out.append({"rc": rc, "stdout": o.getvalue(), "stderr": e.getvalue()})
+        print(json.dumps(out))
+    """)
+    env = {**os.environ, "COLUMNS": "250", "MCH_STORE": str(tmp / "store"), "MCH_DATA": str(tmp / "data")}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp / "r")], input=json.dumps(cases), text=True,
+                          capture_output=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return [_Res(d) for d in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 def test_device_cuda_without_a_gpu_is_one_sentence(tmp_path):
