@@ -278,7 +278,8 @@ class Param:
     def describe(self) -> str:
         """What a value must be, in words: 'an integer >= 2', 'one of sum, mean'."""
         if self.choices is not None and list not in self.types:
-            text = "one of " + ", ".join(map(str, self.choices))
+            names = [str(c) for c in self.choices]
+            text = " or ".join(names) if len(names) <= 2 else "one of " + ", ".join(names)
         else:
             words = []
             for t in self.types or (None,):
@@ -324,15 +325,17 @@ class Param:
         import re
 
         values = list(v) if isinstance(v, list) else [v]
+        # choices name a list's items; for (int, list) they do not apply to the integer
+        choose = self.choices is not None and (isinstance(v, list) or list not in self.types)
         for x in values:
-            if self.choices is not None and x not in self.choices:
+            if choose and x not in self.choices:  # type: ignore[operator]
                 return "" if not isinstance(v, list) else f" ({x!r} is not one of them)"
             if isinstance(x, (int, float)) and not isinstance(x, bool):
                 if (self.ge is not None and not x >= self.ge) or (self.gt is not None and not x > self.gt) or \
                         (self.le is not None and not x <= self.le) or (self.lt is not None and not x < self.lt):
                     return "" if not isinstance(v, list) else f" ({x!r} is out of range)"
             if self.pattern and isinstance(x, str) and not re.fullmatch(self.pattern, x):
-                return "" if not isinstance(v, list) else f" ({x!r} is not)"
+                return "" if not isinstance(v, list) else f" ({x!r} does not match)"
         return None
 
 

@@ -201,10 +201,13 @@ def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], pr
                  ) -> dict[str, dict[str, Any]]:
     """Every `--param ANALYSIS.KEY=VALUE` names a registered analysis and a parameter it
     declares, with a value of its type and range (`mch.api.Param`), checked before any work:
-    found later, a typo would cost the extraction. Parameters of an analysis outside the run
-    are checked too (lora re-measures with other analyses' params); an analysis that declares
-    no parameters takes any. The registry's `params` of the analyses in the run are checked
-    alike. Returns the values in their declared types."""
+    found later, a typo would cost the extraction. An analysis outside the run (lora
+    re-measures with other analyses' params) may also be given the parameters of the other
+    protocol, checked when it runs; a key no protocol knows is an error. An analysis that
+    declares no parameters takes any. The registry's `params` of the analyses in the run are
+    checked alike. Returns the values in their declared types."""
+    from .api import PROTOCOLS
+
     out: dict[str, dict[str, Any]] = {}
     for name in list(params) + [a for a in run if a not in params]:
         spec = reg.get("analysis", name)  # an unknown name fails here, with a suggestion
@@ -217,8 +220,14 @@ def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], pr
             continue
         takes = param_table(defaults, getattr(analysis, "param_specs", None))
         check_values(f"analysis {name!r}", spec.options.get("params", {}), takes)
-        if name in params:
-            out[name] = check_values(f"analysis {name!r}", given, takes)
+        if name not in params:
+            continue
+        later = {}
+        if name not in run:
+            known = {k for pr in PROTOCOLS for k in analysis.default_params(pr)}
+            later = {k: v for k, v in given.items() if k not in takes and k in known}
+        checked = check_values(f"analysis {name!r}", {k: v for k, v in given.items() if k not in later}, takes)
+        out[name] = {**checked, **later}
     return out
 
 
