@@ -353,6 +353,17 @@ def test_data_make_out_that_cannot_be_written(tmp_path):
     _fails(run_mch("data", "make", "coco", "--out", str(afile), "-p", "images=1"), "is not an empty directory")
 
 
+def test_a_generated_corpus_that_cannot_be_written(tmp_path):
+    from mch.plugins.attributes import synth
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MchError, match=r"cannot write to .*afile \(where synthetic corpora are generated"):
+        synth.ensure("coco", tmp_path / "afile" / "synth-coco", images=1)
+    with pytest.raises(MchError, match="parameter images must be an integer >= 1, not 0"):
+        synth.ensure("coco", tmp_path / "data" / "synth-coco", images=0)
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through a read-only directory's permission bits")
 def test_data_make_out_read_only(tmp_path):
     ro = tmp_path / "ro"

@@ -1039,7 +1039,7 @@ def ensure(name: str, out_dir: str | os.PathLike, **kw: Any) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if m is None or m.get("created_by") != "mch.plugins.attributes.synth":
             raise MchError(f"{out} exists and is not an mch synthetic corpus; move it or set MCH_DATA elsewhere")
-    writable_dir(out.parent, "the data directory ($MCH_DATA)")
+    writable_dir(out.parent, "where synthetic corpora are generated: $MCH_DATA or ~/.cache/mch/data")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         make(name, tmp / "corpus", **kw)
