@@ -29,31 +29,38 @@ def _results_dir(out: Optional[Path]) -> Path:
     return out or Path(os.environ.get("MCH_RESULTS", "results"))
 
 
-def _params(raw: List[str]) -> dict:
-    """`--param probe.n_splits=10` -> {"probe": {"n_splits": 10}}."""
+def _json_value(val: str):
+    """A command-line VALUE as JSON (10, 0.5, true, [1, 2], {"a": 1}, "x"); anything that is
+    not JSON is the string itself. The plugin's declared type then checks it."""
     import json
 
+    try:
+        return json.loads(val)
+    except ValueError:
+        return val
+
+
+def _params(raw: List[str]) -> dict:
+    """`--param probe.n_splits=10` -> {"probe": {"n_splits": 10}}."""
     out: dict = {}
     for item in raw:
         key, sep, val = item.partition("=")
         name, dot, pkey = key.partition(".")
         if not sep or not dot or not pkey:
             raise MchError(f"--param {item!r} must look like ANALYSIS.KEY=VALUE, e.g. probe.n_splits=10")
-        try:
-            v = json.loads(val)
-        except ValueError:
-            v = val
-        out.setdefault(name, {})[pkey] = v
+        out.setdefault(name, {})[pkey] = _json_value(val)
     return out
 
 
 def _options(raw: List[str], flag: str = "--model-option", example: str = "llm=/models/vicuna-7b") -> dict:
+    """`--model-option KEY=VALUE` / `--data-option KEY=VALUE`, VALUE parsed as `--param`'s is
+    (so `--data-option 'synth={"actors": 8}'` gives a dict)."""
     out = {}
     for item in raw:
         key, sep, val = item.partition("=")
         if not sep or not key:
             raise MchError(f"{flag} {item!r} must look like KEY=VALUE, e.g. {example}")
-        out[key] = val
+        out[key] = _json_value(val)
     return out
 
 
@@ -90,7 +97,7 @@ DATAPATH = typer.Option(None, "--data-path", help="where the dataset lives (defa
 SPLIT = typer.Option(None, "--split", help="dataset split (default: the dataset's)")
 LIMIT = typer.Option(None, "--limit", "-n", help="use the first N samples of the selection")
 SEED = typer.Option(0, "--seed", help="seed for selection and analyses")
-DEVICE = typer.Option("cpu", "--device", help="cpu or cuda")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N")
 DTYPE = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default bf16 on cuda, fp32 on cpu)")
 PROTOCOL = typer.Option("default", "--protocol", help="default (corrected) or paper (the reference's choices)")
 SPAN = typer.Option(None, "--span", help="modality, all, text or last (default: modality; paper: all)")
@@ -314,25 +321,63 @@ def list_analyses(long: bool = LONG):
 @list_app.command("params")
 def list_params(analysis: Optional[List[str]] = typer.Argument(None, help="analyses (default: all)"),
                 protocol: str = typer.Option("default", "--protocol", help="default or paper")):
-    """The parameters each analysis takes under a protocol, with their defaults (set them with
-    --param ANALYSIS.KEY=VALUE; the analysis's module docstring says what each means)."""
+    """The parameters each analysis takes under a protocol, with their defaults and the type and
+    range a value must have (set them with --param ANALYSIS.KEY=VALUE; the analysis's module
+    docstring says what each means)."""
     import json
 
-    from .api import PROTOCOLS, load_entry
+    from .api import PROTOCOLS, load_entry, param_table
 
     if protocol not in PROTOCOLS:
         raise MchError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     reg = _reg()
     specs = [reg.get("analysis", a) for a in (_split_csv(analysis) or list(reg.analyses))]
     t = Table(title=f"analysis parameters ({protocol} protocol)")
-    for c in ("analysis", "parameter", "default"):
+    for c in ("analysis", "parameter", "default", "type and range"):
         t.add_column(c, overflow="fold")
     for spec in specs:
-        params = {**load_entry(spec.entry)(spec).default_params(protocol), **spec.options.get("params", {})}
+        obj = load_entry(spec.entry)(spec)
+        params = {**obj.default_params(protocol), **spec.options.get("params", {})}
+        types = param_table(params, getattr(obj, "param_specs", None))
         for i, (k, v) in enumerate(sorted(params.items())):
-            t.add_row(spec.name if i == 0 else "", k, json.dumps(v))
+            t.add_row(spec.name if i == 0 else "", k, json.dumps(v), types[k].describe())
         if not params:
-            t.add_row(spec.name, "-", "")
+            t.add_row(spec.name, "-", "", "")
+    console.print(t)
+
+
+@list_app.command("options")
+def list_options(name: Optional[List[str]] = typer.Argument(None, help="models or datasets (default: all)")):
+    """The options each model and dataset plugin takes (set them with --model-option or
+    --data-option KEY=VALUE, or in the registry entry's `options:`), with their types. Imports
+    the plugin modules (torch for the models)."""
+    from .api import MODEL_OPTIONS, load_entry
+
+    reg = _reg()
+    wanted = _split_csv(name)
+    for n in wanted or []:  # an unknown name: one sentence with a suggestion
+        if n not in reg.datasets:
+            reg.get("model", n)
+    wanted = [reg.aliases.get(n, n) for n in wanted or []]
+    rows = []
+    for kind, table in (("model", reg.models), ("dataset", reg.datasets)):
+        for spec in table.values():
+            if wanted and spec.name not in wanted:
+                continue
+            declared = getattr(load_entry(spec.entry), "option_specs", None)
+            if declared is None:
+                rows.append((kind, spec.name, "(not declared: passed unchecked)", "", ""))
+                continue
+            declared = {**MODEL_OPTIONS, **declared} if kind == "model" else declared
+            if not declared:
+                rows.append((kind, spec.name, "-", "", ""))
+            for i, (k, p) in enumerate(sorted(declared.items())):
+                rows.append((kind if i == 0 else "", spec.name if i == 0 else "", k, p.resolved().describe(), p.help))
+    t = Table(title="model and dataset options")
+    for c in ("kind", "name", "option", "type", "meaning"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*r)
     console.print(t)
 
 

@@ -55,12 +55,35 @@ class Registry:
         table = self._table(kind)
         key = name if name in table else (self.aliases.get(name) if kind == "model" else None)
         if key is None or key not in table:
+            failed = self.failed_plugin(name)
+            if failed is not None:
+                raise MchError(f"{kind} {name!r} is not registered: plugin {failed.name!r} failed to load "
+                               f"({first_line(failed.error)}); `mch plugins` shows every plugin and its error")
             choices = list(table) + (list(self.aliases) if kind == "model" else [])
             close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(sorted(table)) or "none"
-            raise MchError(f"unknown {kind} {name!r}{hint} (known: {known}; see `mch list {kind_plural(kind)}`)")
+            broken = [p.name for p in self.plugins if p.error]
+            also = (f"; plugin{'s' if len(broken) > 1 else ''} {', '.join(repr(b) for b in broken)} failed to load, "
+                    f"see `mch plugins`") if broken else ""
+            raise MchError(f"unknown {kind} {name!r}{hint} (known: {known}; see `mch list {kind_plural(kind)}`{also})")
         return table[key]
+
+    def failed_plugin(self, name: str) -> "PluginInfo | None":
+        """The plugin that failed to load and most likely provides `name`: its entry-point name
+        or distribution is `name`, or contains it (a plugin `mch-qwen2vl` for a model
+        `qwen2vl`)."""
+        norm = lambda s: s.lower().replace("-", "_")  # noqa: E731
+        for p in self.plugins:
+            if p.error and not p.contributes:
+                names = [norm(p.name), norm(p.dist or ""), norm(p.value.partition(":")[0])]
+                if any(norm(name) == n or (len(name) >= 3 and norm(name) in n) for n in names if n):
+                    return p
+        return None
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "no message"
 
 
 def kind_plural(kind: str) -> str:
@@ -104,7 +127,9 @@ def build(extra_plugins: list[Any] | None = None) -> tuple[pluggy.PluginManager,
             if trace:
                 traceback.print_exc()
             if strict:
-                raise
+                raise MchError(f"plugin {ep.name!r} ({ep.value}) failed to load: {first_line(info.error)} "
+                               f"(MCH_STRICT_PLUGINS is set; unset it to skip the plugin, or set MCH_TRACE_PLUGINS=1 "
+                               f"for the traceback)") from None
     for i, obj in enumerate(extra_plugins or []):
         name = getattr(obj, "__name__", f"extra{i}")
         pm.register(obj, name=name)

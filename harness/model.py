@@ -9,11 +9,11 @@ hooks the modules the stage map names and pools them with the masks `prepare` re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
-from .api import MchError, ModelSpec, Sample, stage_sort_key  # noqa: F401 - re-exported
+from .api import MchError, ModelSpec, Param, Sample, check_options, stage_sort_key  # noqa: F401 - re-exported
 
 STAGE_ORDER_GROUPS = ("encoder", "adapter", "llm")
 
@@ -110,6 +110,11 @@ class ModelPlugin:
     runs it as far as capture needs (no LM head) and is what capture calls."""
 
     modality = "speech"
+    # the options this model takes (registry `options:`, --model-option), checked before any
+    # work; None: undeclared, passed unchecked. Every model also takes `default_dataset`.
+    option_specs: ClassVar[dict[str, Param] | None] = None
+    # the only datasets this model can read (None: any dataset of its modality)
+    datasets: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,
@@ -129,7 +134,7 @@ class ModelPlugin:
         self.dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         self.adapter = adapter
         self.trust_remote_code = trust_remote_code
-        self.options = {**spec.options, **options}
+        self.options = check_options("model", spec.name, self.option_specs, {**spec.options, **options})
         self.module: torch.nn.Module | None = None
 
     # -- identity, recorded in every store key and result

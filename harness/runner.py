@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, check_param_keys, load_entry
+from .api import (AnalysisOutput, Attribute, MchError, Sample, SampleError, check_options,
+                  check_values, load_entry, param_table)
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
@@ -144,10 +145,11 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
         raise MchError("--on-error must be 'stop' or 'skip'")
     if cfg.batch_size < 1:
         raise MchError("--batch-size must be at least 1")
+    check_flags(cfg)
     reg = get_registry()
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
-    check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
+    cfg.params = check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
     if (cfg.text_checkpoint or cfg.text_revision) and (cfg.protocol != "paper" or not mspec.text_baseline):
         log(f"--text-checkpoint/--text-revision unused: only the paper protocol of a model whose registry entry "
             f"names a text_baseline reads them ({mspec.name}: {mspec.text_baseline or 'none'})")
@@ -155,7 +157,10 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     if dname is None:
         raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
     dspec = reg.get("dataset", dname)
-    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path, **cfg.dataset_options)
+    check_model_and_dataset(mspec, dspec, cfg)
+    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path, **cfg.dataset_options)  # checks its options
+    opts = getattr(ds, "options", {})
+    cfg.dataset_options = {k: opts.get(k, v) for k, v in cfg.dataset_options.items()}  # in their declared types
     samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
     # attributes after samples: a dataset's classes may follow the split it listed
     attrs = ds.attributes(cfg.protocol)
@@ -178,6 +183,10 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
             if lab and lab not in attr.classes:
                 raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
                                   sample_id=s.sample_id)
+    for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
+        analysis = load_entry(aspec.entry)(aspec)
+        analysis.preflight({**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
+                            **cfg.params.get(aspec.name, {})}, cfg.protocol, samples, attrs)
     return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, model_plugin(mspec, cfg), log, progress or Progress())
 
 
@@ -188,19 +197,99 @@ def model_plugin(spec: Any, cfg: RunConfig) -> Any:
                                   **cfg.model_options)
 
 
-def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str) -> None:
-    """Every `--param ANALYSIS.KEY` names a registered analysis, and for the analyses in `run`
-    a parameter they declare, checked before any work: found later, a typo would cost the
-    extraction, and `bench` writes its records only once every analysis has run. Parameters
-    of an analysis outside the run are allowed (lora re-measures with other analyses' params,
-    which those check when they run); so are any of an analysis that declares none."""
-    for name, given in params.items():
+def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str
+                 ) -> dict[str, dict[str, Any]]:
+    """Every `--param ANALYSIS.KEY=VALUE` names a registered analysis and a parameter it
+    declares, with a value of its type and range (`mch.api.Param`), checked before any work:
+    found later, a typo would cost the extraction. An analysis outside the run (lora
+    re-measures with other analyses' params) may also be given the parameters of the other
+    protocol, checked when it runs; a key no protocol knows is an error. An analysis that
+    declares no parameters takes any. The registry's `params` of the analyses in the run are
+    checked alike. Returns the values in their declared types."""
+    from .api import PROTOCOLS
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in list(params) + [a for a in run if a not in params]:
         spec = reg.get("analysis", name)  # an unknown name fails here, with a suggestion
-        if name not in run:
+        given = params.get(name, {})
+        analysis = load_entry(spec.entry)(spec)
+        defaults = analysis.default_params(protocol)
+        if not defaults:
+            if given:
+                out[name] = dict(given)
             continue
-        takes = load_entry(spec.entry)(spec).default_params(protocol)
-        if takes:
-            check_param_keys(name, given, takes)
+        takes = param_table(defaults, getattr(analysis, "param_specs", None))
+        check_values(f"analysis {name!r}", spec.options.get("params", {}), takes)
+        if name not in params:
+            continue
+        later = {}
+        if name not in run:
+            known = {k for pr in PROTOCOLS for k in analysis.default_params(pr)}
+            later = {k: v for k, v in given.items() if k not in takes and k in known}
+        checked = check_values(f"analysis {name!r}", {k: v for k, v in given.items() if k not in later}, takes)
+        out[name] = {**checked, **later}
+    return out
+
+
+DEVICES = "cpu, cuda or cuda:N"
+
+
+def check_flags(cfg: RunConfig) -> None:
+    """--seed, --limit, --dtype and --device, before any work (a missing GPU found at load
+    time would come after the dataset was read, or generated)."""
+    import operator
+
+    try:
+        seed = None if isinstance(cfg.seed, bool) else operator.index(cfg.seed)
+    except TypeError:
+        seed = None
+    if seed is None or not 0 <= seed < 2**32:
+        raise MchError(f"--seed must be an integer from 0 to 2**32 - 1 (numpy and sklearn seeds), not {cfg.seed!r}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise MchError(f"--limit must be at least 1, not {cfg.limit}: the selection would be empty")
+    if cfg.dtype is not None and cfg.dtype not in ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+        raise MchError(f"unknown --dtype {cfg.dtype!r}; use float32, bfloat16 or float16")
+    check_device(cfg.device)
+
+
+def check_device(device: str) -> None:
+    import re
+
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", str(device))
+    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise MchError(f"unknown --device {device!r}; use {DEVICES}")
+    if m.group(1) == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise MchError(f"--device {device} asks for a GPU, but {why} (torch {torch.__version__}); "
+                       f"use --device cpu")
+    n = torch.cuda.device_count()
+    if m.group(2) is not None and int(m.group(2)) >= n:
+        raise MchError(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                       f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+
+
+def check_model_and_dataset(mspec: Any, dspec: Any, cfg: RunConfig) -> None:
+    """The model can read the dataset (modality, and models or datasets that only read each
+    other, like the toy organism and its world), and takes the options it is given."""
+    mcls, dcls = load_entry(mspec.entry), load_entry(dspec.entry)
+    only = getattr(mcls, "datasets", None)
+    if only is not None and dspec.name not in only:
+        raise MchError(f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "
+                       f"{', '.join(repr(d) for d in only)}, not {dspec.name!r}")
+    readers = getattr(dcls, "models", None)
+    if readers is not None and mspec.name not in readers:
+        raise MchError(f"dataset {dspec.name!r} is read only by model{'s' if len(readers) > 1 else ''} "
+                       f"{', '.join(repr(m) for m in readers)}, not {mspec.name!r}")
+    if mspec.modality != "text" and dspec.modality != mspec.modality:
+        raise MchError(f"model {mspec.name!r} reads {mspec.modality} and dataset {dspec.name!r} is {dspec.modality}; "
+                       f"choose a {mspec.modality} dataset (`mch list datasets`)")
+    cfg.model_options = {k: v for k, v in check_options(
+        "model", mspec.name, getattr(mcls, "option_specs", None),
+        {**mspec.options, **cfg.model_options}).items() if k in cfg.model_options}
 
 
 def store_key(p: Plan, view: str) -> dict[str, Any]:

@@ -120,9 +120,21 @@ def make_edit(d: Directions, mean: np.ndarray, mean_preserving: bool, device: An
     return fn
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import TEXT_STAGE, Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "ablation",
+    conditions=Param(list, items=str, choices=CONDITIONS), n_samples=Param(int, ge=1, nullable=True),
+    n_modes=Param(int, ge=1, nullable=True), alpha_scale=Param(str, choices=("none", "trace")), text_stage=TEXT_STAGE,
+    batch_size=Param(int, ge=1), random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True), n_boot=Param(int, ge=1),
+)
+
+
 class Ablation(Analysis):
     name = "ablation"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":

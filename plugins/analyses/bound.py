@@ -55,9 +55,17 @@ def _previous(ctx: Any) -> dict[str, float]:
     return out
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import Param, declare  # noqa: E402
+
+PARAM_SPECS = declare("bound", n_samples=Param(int, ge=1), batch_size=Param(int, ge=1), path_points=Param(int, ge=2),
+                      n_boot=Param(int, ge=1))
+
+
 class Bound(Analysis):
     name = "bound"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         return {"n_samples": 200, "batch_size": 1 if protocol == "paper" else 8, "path_points": 5,

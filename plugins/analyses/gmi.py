@@ -52,6 +52,12 @@ DEFAULT_PARAMS = {
     "s_max": 1e4,             # upper end of the search over s
 }
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import Param, declare  # noqa: E402
+
+PARAM_SPECS = declare("gmi", batch_size=Param(int, ge=1), normalize=Param(str, choices=("sum", "mean")),
+                      n_bootstrap=Param(int, ge=1), s_max=Param(float, gt=0))
+
 
 # --------------------------------------------------------------------------- the numbers
 
@@ -160,6 +166,7 @@ class GMI(Analysis):
 
     name = "gmi"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         return dict(DEFAULT_PARAMS)

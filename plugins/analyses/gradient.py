@@ -36,9 +36,21 @@ def _stats(proj: np.ndarray, ms: np.ndarray, alpha: np.ndarray) -> tuple[float, 
     return g_ms, g_ta, ratio, corr
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import TEXT_STAGE, Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "gradient",
+    n_samples=Param(int, ge=1, nullable=True), n_modes=Param(int, ge=1, nullable=True),
+    alpha_scale=Param(str, choices=("none", "trace")), text_stage=TEXT_STAGE, batch_size=Param(int, ge=1),
+    n_boot=Param(int, ge=1),
+)
+
+
 class Gradient(Analysis):
     name = "gradient"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         return {"n_samples": 200, "n_modes": 100 if protocol == "paper" else None, "threshold": 0.5,

@@ -52,9 +52,23 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "lora",
+    r=Param(int, ge=1), alpha=Param(int, ge=1), dropout=Param(float, ge=0, lt=1), target_modules=Param(list, items=str),
+    lr=Param(float, gt=0), batch_size=Param(int, ge=1), max_epochs=Param(int, ge=1), max_grad_norm=Param(float, gt=0),
+    query=Param(str, nullable=True), train_split=Param(str, nullable=True), n_train=Param(int, ge=1, nullable=True),
+    val_fraction=Param(float, gt=0, lt=1), eval_fraction=Param(float, gt=0, lt=1), eval_per_class=Param(int, ge=1),
+    adapter_dir=Param(str, nullable=True), rerun=Param(list, items=str),
+)
+
+
 class Lora(Analysis):
     name = "lora"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         p = {"attribute": "emotion", "r": 16, "alpha": 32, "dropout": 0.05,

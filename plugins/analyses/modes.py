@@ -67,9 +67,18 @@ def compute_modes(name: str, ctx: Any, *, vectors: bool = True, scores: bool = F
     return m, text_stage
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import STAGE, TEXT_STAGE, Param, declare  # noqa: E402
+
+PARAM_SPECS = declare("modes", stage=STAGE, text_stage=TEXT_STAGE, rel_tol=Param(float, ge=0, lt=1),
+                      n_boot=Param(int, ge=1), report_modes=Param(int, ge=1),
+                      alpha_scale=Param(str, choices=("none", "trace")))
+
+
 class ModeAlignment(Analysis):
     name = "modes"
     needs_model = False
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":

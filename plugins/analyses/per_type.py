@@ -206,9 +206,22 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | Non
 # --------------------------------------------------------------------------- the analysis
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import STAGE, TEXT_STAGE, Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "per_type",
+    stage=STAGE, text_stage=TEXT_STAGE, attributes=Param(list, items=str, nullable=True), pca_dim=Param(int, ge=1),
+    n_subsample=Param(int, ge=2), seed=Param(int, ge=0, le=2**32 - 1), rel_tol=Param(float, ge=0, lt=1),
+    n_boot=Param(int, ge=1), w1_max_per_class=Param(int, ge=2), w1_reps=Param(int, ge=1), max_pairs=Param(int, ge=1),
+    alpha_scale=Param(str, choices=("none", "trace")),
+)
+
+
 class PerType(Analysis):
     name = "per_type"
     needs_model = False
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":

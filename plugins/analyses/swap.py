@@ -54,9 +54,21 @@ def kl_per_sample(base: Any, other: Any) -> np.ndarray:
     return (kl.sum(1) / base.valid.sum(1).clamp(min=1)).cpu().numpy()
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import TEXT_STAGE, Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "swap",
+    n_samples=Param(int, ge=1, nullable=True), n_modes=Param(int, ge=1, nullable=True),
+    alpha_scale=Param(str, choices=("none", "trace")), text_stage=TEXT_STAGE, batch_size=Param(int, ge=1),
+    random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True), n_boot=Param(int, ge=1),
+)
+
+
 class Swap(Analysis):
     name = "swap"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         return {"attribute": "speaker", "n_samples": 200, "n_modes": 100 if protocol == "paper" else None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from mch.api import PROTOCOLS, Attribute, DatasetPlugin, DatasetSpec, MchError, Sample, SampleError
+from mch.api import PROTOCOLS, Attribute, DatasetPlugin, DatasetSpec, MchError, Param, Sample, SampleError
 
 # --------------------------------------------------------------------------- errors
 
@@ -354,6 +354,15 @@ class Corpus(DatasetPlugin):
     name = "corpus"
     modality = "speech"
     layout = ""
+    option_specs = {
+        "split": Param(str, help="the split used when none is passed"),
+        "synth": Param(dict, nullable=True, help="generator arguments (`mch data make`): generate the corpus on first use"),
+    }
+    # the speech corpora's own options (docs/datasets.md)
+    SPEECH_OPTIONS = {
+        "sample_rate": Param(int, ge=0, help="resample to this rate (0: keep the file's)"),
+        "native_rate": Param(int, ge=0, help="the rate a file must have (0: any)"),
+    }
     default_split: str | None = None
     stratify: str | None = None
     synth_kind: str | None = None  # the synth.make name that writes this layout

@@ -61,6 +61,7 @@ def sentence_verbalizers(codes: list[str]) -> dict[str, list[str]]:
 class CremaD(Corpus):
     name = "cremad"
     modality = "speech"
+    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS}
     layout = "a CREMA-D AudioWAV directory of {actor}_{sentence}_{emotion}_{level}.wav files (16 kHz)"
     default_split = "all"
     stratify = "emotion"

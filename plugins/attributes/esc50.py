@@ -54,6 +54,7 @@ ESC10 = ("dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby",
 class ESC50(Corpus):
     name = "esc50"
     modality = "speech"
+    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS}
     layout = "an ESC-50 checkout with audio/*.wav (44.1 kHz) and meta/esc50.csv"
     default_split = "all"
     stratify = "acoustic"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from mch.api import Attribute, MchError
+from mch.api import Attribute, MchError, Param
 
 from ._common import Corpus, Record, ordered_classes, read_image, read_json
 
@@ -33,6 +33,8 @@ TYPE_VERBALIZERS = {
 class GQA(Corpus):
     name = "gqa"
     modality = "vision"
+    option_specs = {**Corpus.option_specs,
+                    "questions": Param(str, help="another question file, e.g. val_all_questions.json")}
     layout = "a GQA directory holding images/*.jpg and {split}_balanced_questions.json (or questions1.2/)"
     default_split = "val"
     stratify = "question_type"

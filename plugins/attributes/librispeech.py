@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
-from mch.api import Attribute, MchError
+from mch.api import Attribute, MchError, Param
 
 from ._common import Corpus, Record, int_option, lexical_attribute, lexical_labels, ordered_classes, read_audio
 
@@ -77,6 +77,11 @@ def _hub_offline(offline: bool) -> Iterator[None]:
 class LibriSpeech(Corpus):
     name = "librispeech"
     modality = "speech"
+    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS,
+                    "download": Param(bool, help="a Hugging Face id may be downloaded (default: local cache only)"),
+                    "hf_config": Param(str, help="the Hugging Face dataset config"),
+                    "hf_split": Param(str, help="the Hugging Face split"),
+                    "revision": Param(str, help="the Hugging Face dataset revision")}
     layout = ("a LibriSpeech directory holding test-clean/{speaker}/{chapter}/*.flac and "
               "{speaker}-{chapter}.trans.txt (or a Hugging Face datasets id / save_to_disk directory)")
     default_split = "test-clean"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from mch.api import Attribute, DatasetPlugin, MchError, Sample
+from mch.api import Attribute, DatasetPlugin, MchError, Param, Sample
 
 CONTENT = ["cat", "dog", "bird", "fish", "tree", "car", "boat", "house"]
 SPEAKERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
@@ -88,6 +88,8 @@ def make_sample(split: str, i: int) -> Sample:
 class ToyWorld(DatasetPlugin):
     name = "toy"
     modality = "speech"
+    option_specs = {"split": Param(str, choices=tuple(SPLIT_SIZES), help="the split used when none is passed")}
+    models = ("toy",)  # frames of 16 channels, which only the toy model reads
 
     def attributes(self, protocol: str) -> dict[str, Attribute]:
         rule = {"default": "the generating factor", "paper": "the generating factor"}
@@ -104,7 +106,7 @@ class ToyWorld(DatasetPlugin):
         }
 
     def samples(self, split: str | None, limit: int | None, seed: int, protocol: str) -> list[Sample]:
-        split = split or "test"
+        split = split or self.options.get("split") or "test"
         if split not in SPLIT_SIZES:
             raise MchError(f"dataset 'toy' has splits {sorted(SPLIT_SIZES)}, not {split!r}")
         n = SPLIT_SIZES[split] if limit is None else min(int(limit), SPLIT_SIZES[split])

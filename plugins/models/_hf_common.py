@@ -184,6 +184,13 @@ def decoder_inputs(inner: torch.nn.Module, decoder: torch.nn.Module, inputs: dic
     return seen["x"]
 
 
+# The options every plugin of this package takes (each declares its own `option_specs`
+# from this; mch.api.Param).
+from mch.api import Param  # noqa: E402
+
+HF_OPTIONS = {"batch_size": Param(int, ge=1, help="samples per score() call (GMI), default 8")}
+
+
 class HFPluginMixin:
     """Scoring, losses and helpers shared by the plugins of this package. A subclass provides
     `_prepare_inputs(samples, protocol, view, query="", suffix=None)` -> (inputs, info) with

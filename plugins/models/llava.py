@@ -62,9 +62,13 @@ from ._hf_common import (
 PAPER_INSTRUCTION = "Describe this image."
 
 
+from ._hf_common import HF_OPTIONS, Param  # noqa: E402 - option declarations
+
+
 class Llava(HFPluginMixin, ModelPlugin):
     hf_class = "LlavaForConditionalGeneration"
     modality = "vision"
+    option_specs = {**HF_OPTIONS, "prompt": Param(str, help="the default protocol's instruction after the image")}
     views = ("modal", "text")
     inner_path = "model"
 

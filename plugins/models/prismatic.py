@@ -506,10 +506,23 @@ def _load_tensors(path: Path, trust: bool, what: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the plugin
 
 
+from mch.api import Param  # noqa: E402 - option declarations
+
+
 class PrismaticModel(ModelPlugin):
     """`prismatic_dinov2` and `prismatic_siglip`: the TRI-ML release format, loaded here."""
 
     modality = "vision"
+    option_specs = {
+        "variant": Param(str, help="the run directory in the release, e.g. dinov2-224px+7b"),
+        "vision_family": Param(str, choices=("dinov2", "siglip"), help="the vision backbone the run must use"),
+        "llm": Param(str, help="Vicuna-7B-v1.5 config + tokenizer: local directory or cached HF id"),
+        "llm_revision": Param(str, help="revision of `llm`"),
+        "vision": Param(str, help="the timm backbone checkpoint: local directory or cached HF id"),
+        "vision_revision": Param(str, help="revision of `vision`"),
+        "message": Param(str, help="the default protocol's user message"),
+        "batch_size": Param(int, ge=1, help="samples per score() call (GMI), default 8"),
+    }
     views = ("modal", "text")
 
     # -- loading

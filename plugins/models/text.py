@@ -46,8 +46,12 @@ if TYPE_CHECKING:
 MAX_TOKENS = 512
 
 
+from ._hf_common import HF_OPTIONS, Param  # noqa: E402 - option declarations
+
+
 class TextBaseline(HFPluginMixin, ModelPlugin):
     modality = "text"
+    option_specs = dict(HF_OPTIONS)
     views = ("text",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -100,6 +100,8 @@ def default_config(vocab_size: int) -> dict[str, Any]:
 
 class ToyModel(ModelPlugin):
     modality = "speech"
+    option_specs: dict = {}   # takes none
+    datasets = ("toy",)       # it reads the toy world's frames, nothing else
 
     def load(self) -> None:
         from safetensors.torch import load_file

@@ -321,8 +321,17 @@ def _lora_to_peft_dir(src: Path, dst: Path) -> None:
 # --------------------------------------------------------------------------- plugin
 
 
+from mch.api import Param  # noqa: E402 - option declarations
+
+
 class Ultravox(ModelPlugin):
     """mch model plugin for Ultravox checkpoints (v0.4 to v0.6 projector layouts)."""
+
+    option_specs = {
+        "audio_model": Param(str, help="local copy of the Whisper checkpoint the config names (audio_model_id)"),
+        "text_model": Param(str, help="local copy of the LLM checkpoint the config names (text_model_id)"),
+        "user_template": Param(str, help="the default protocol's user message; <|audio|> marks the audio"),
+    }
 
     modality = "speech"
 

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mch.api import MchError, Sample, SampleError
+from mch.api import MchError, Param, Sample, SampleError
 from mch.checkpoints import load_lora_adapter, resolve_checkpoint
 from mch.model import ModelPlugin, Pool, Prepared, Scores
 
@@ -40,6 +40,8 @@ DECODER = "model.language_model"
 class PaliGemma(ModelPlugin):
     modality = "vision"
     views = ("modal", "text")
+    # the options it takes (--model-option KEY=VALUE), checked before any work
+    option_specs = {"prompt": Param(str, help="PaliGemma's task prefix, default 'caption en'")}
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
