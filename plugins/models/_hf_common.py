@@ -87,10 +87,23 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
             hf_logging.enable_progress_bar()
 
 
+def needs_torchvision(exc: BaseException) -> bool:
+    """A processor that failed because it includes a video processor, which transformers 5
+    builds only with torchvision (ImportError loading one; AttributeError '_extra_content' on
+    the torchvision-less VIDEO_PROCESSOR_MAPPING when a processor checks its arguments)."""
+    text = str(exc)
+    return "torchvision" in text.lower() or "_extra_content" in text
+
+
 def load_processor(plugin: ModelPlugin, loader: Any, path: Path, what: str) -> Any:
     try:
         return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=bool(plugin.trust_remote_code))
     except Exception as exc:  # noqa: BLE001
+        if needs_torchvision(exc):
+            raise MchError(f"model {plugin.spec.name!r}: the {what} in {path} includes a video processor, which "
+                           f"transformers builds only with torchvision, and torchvision is not usable here; install "
+                           f"a torchvision that matches torch, or load the image processor (AutoImageProcessor picks "
+                           f"its PIL variant) and the tokenizer separately (docs/contributing-a-model.md)") from None
         raise MchError(f"model {plugin.spec.name!r}: cannot load the {what} from {path} ({_one_line(exc)}); "
                        f"the checkpoint directory must hold the tokenizer and processor files of its release") from None
 
