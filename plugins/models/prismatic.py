@@ -795,7 +795,7 @@ class PrismaticModel(ModelPlugin):
     def _use_rope(self, protocol: str) -> None:
         """Put the protocol's rotary frequencies in place (see `load`); every entry point that
         runs the LLM calls it first (a run uses one protocol)."""
-        if protocol == self._rope_protocol or self.module is None:
+        if self.module is None or protocol == getattr(self, "_rope_protocol", None):
             return
         for name, variants in self._rope.items():
             owner, _, buf = name.rpartition(".")

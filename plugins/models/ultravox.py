@@ -609,13 +609,16 @@ class Ultravox(ModelPlugin):
         notes = ["the released Ultravox computation at batch 1, implemented by mch (the checkpoint's remote code "
                  "never runs); clips over 30 s run as 30 s chunks, continuation chunks zero-padded to 30 s as the "
                  "release's processor makes them"]
-        try:
-            from mch.checkpoints import resolve_checkpoint
+        cfg = getattr(self, "config", None)
+        if cfg is None:  # not loaded (the store had the vectors): read config.json alone
+            try:
+                from mch.checkpoints import resolve_checkpoint
 
-            block = _read_config(resolve_checkpoint(self.checkpoint, self.revision, self.spec.name)).get(
-                "audio_latency_block_size")
-        except MchError:
-            block = None
+                cfg = _read_config(resolve_checkpoint(self.checkpoint, self.revision, self.spec.name,
+                                                      allow_patterns=["config.json"]))
+            except MchError:
+                cfg = {}
+        block = cfg.get("audio_latency_block_size")
         if block is not None:
             notes.append(f"audio_latency_block_size {block}: the release's streaming mask on the encoder, applied")
         if protocol == "paper":
