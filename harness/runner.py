@@ -503,7 +503,7 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
     return build_record(
         model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
                "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
-               "device": cfg.device},
+               "device": cfg.device, **model_fidelity(p)},
         dataset={"name": p.dataset_spec.name, "split": cfg.split, "path": str(cfg.data_path) if cfg.data_path else None,
                  "n": int(man.get("n_rows", len(p.samples))),
                  "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
@@ -522,6 +522,14 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         summary=out.summary,
         notes=out.notes,
     )
+
+
+def model_fidelity(p: Plan) -> dict[str, Any]:
+    """The model plugin's own notes on where its computation follows or departs from the
+    released model's code (optional `fidelity(protocol)` method), for the record's model."""
+    notes = getattr(p.plugin, "fidelity", None)
+    out = [str(n) for n in notes(p.cfg.protocol)] if callable(notes) else []
+    return {"fidelity": out} if out else {}
 
 
 def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None,

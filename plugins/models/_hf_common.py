@@ -61,7 +61,10 @@ def checkpoint_dir(plugin: ModelPlugin) -> Path:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    if "trust_remote_code" in str(exc):  # transformers refused the checkpoint's own code
+        line += "; it needs its own Python code, which mch runs only with --trust-remote-code"
+    return line
 
 
 def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any:
@@ -72,7 +75,7 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
     hf_logging.disable_progress_bar()  # mch prints its own progress
     try:
         return cls.from_pretrained(str(path), dtype=plugin.torch_dtype, local_files_only=True,
-                                   trust_remote_code=plugin.trust_remote_code)
+                                   trust_remote_code=bool(plugin.trust_remote_code))
     except MchError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken checkpoint is a user error
@@ -84,10 +87,23 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
             hf_logging.enable_progress_bar()
 
 
+def needs_torchvision(exc: BaseException) -> bool:
+    """A processor that failed because it includes a video processor, which transformers 5
+    builds only with torchvision (ImportError loading one; AttributeError '_extra_content' on
+    the torchvision-less VIDEO_PROCESSOR_MAPPING when a processor checks its arguments)."""
+    text = str(exc)
+    return "torchvision" in text.lower() or "_extra_content" in text
+
+
 def load_processor(plugin: ModelPlugin, loader: Any, path: Path, what: str) -> Any:
     try:
-        return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=plugin.trust_remote_code)
+        return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=bool(plugin.trust_remote_code))
     except Exception as exc:  # noqa: BLE001
+        if needs_torchvision(exc):
+            raise MchError(f"model {plugin.spec.name!r}: the {what} in {path} includes a video processor, which "
+                           f"transformers builds only with torchvision, and torchvision is not usable here; install "
+                           f"a torchvision that matches torch, or load the image processor (AutoImageProcessor picks "
+                           f"its PIL variant) and the tokenizer separately (docs/contributing-a-model.md)") from None
         raise MchError(f"model {plugin.spec.name!r}: cannot load the {what} from {path} ({_one_line(exc)}); "
                        f"the checkpoint directory must hold the tokenizer and processor files of its release") from None
 
@@ -219,13 +235,14 @@ class HFPluginMixin:
             from transformers import AutoConfig
 
             path = checkpoint_dir(self)  # type: ignore[arg-type]
+            trust = bool(self.trust_remote_code)  # type: ignore[attr-defined]  # never None: None prompts on stdin
             try:
-                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
             except Exception as exc:  # noqa: BLE001
-                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None  # type: ignore[attr-defined]
+                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({_one_line(exc)})") from None  # type: ignore[attr-defined]
             cls = getattr(transformers, self.hf_class)
             with torch.device("meta"):
-                model = cls.from_config(cfg) if self.hf_class.startswith("Auto") else cls(cfg)
+                model = cls.from_config(cfg, trust_remote_code=trust) if self.hf_class.startswith("Auto") else cls(cfg)
                 self._paths = self._build_paths(model)  # type: ignore[attr-defined]
         return self._paths
 
