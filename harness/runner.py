@@ -192,7 +192,7 @@ def model_plugin(spec: Any, cfg: RunConfig) -> Any:
 def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str) -> None:
     """Every `--param ANALYSIS.KEY` names a registered analysis, and for the analyses in `run`
     a parameter they declare, checked before any work: found later, a typo would cost the
-    extraction, and `bench` writes its records only once every analysis has run. Parameters
+    extraction and the analyses before the one that reads it. Parameters
     of an analysis outside the run are allowed (lora re-measures with other analyses' params,
     which those check when they run); so are any of an analysis that declares none."""
     for name, given in params.items():

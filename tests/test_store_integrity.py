@@ -118,6 +118,11 @@ def test_records_carry_the_fingerprints(tmp_path):
     assert "media_fingerprint" not in rec["dataset"]  # the toy world makes its samples in code
     man = json.loads(next((tmp_path / "s").rglob("manifest.json")).read_text())
     assert man["key"]["model"]["checkpoint_fingerprint"] == rec["model"]["checkpoint_fingerprint"]
+    from mch.results import schema_errors
+
+    bad = json.loads(json.dumps(rec))
+    bad["model"]["checkpoint_fingerprint"], bad["dataset"]["media_fingerprint"] = 5, ["x"]
+    assert len(schema_errors(bad)) == 2  # declared fields, with types
 
 
 # --------------------------------------------------------------------------- media files
