@@ -174,6 +174,54 @@ def test_media_file_edited_or_truncated_in_place_is_extracted_again(llava_coco, 
     assert rec.media_files == [str(image)]  # what the dataset says the media is read from
 
 
+def _publish(repo: Path, src: Path, commit: str) -> None:
+    """`src`'s files as a Hugging Face cache snapshot of `repo` at `commit` (blobs named by
+    their content's hash, snapshot links into them, refs/main at the commit)."""
+    import hashlib
+
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for f in sorted(src.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_checkpoint_updated_to_a_new_revision_is_extracted_again(llava_coco, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from mch.plugins.models import tiny
+    from mch.plugins.models.llava import Llava
+    from mch.runner import plugin_fingerprint
+
+    ckpt, coco = llava_coco
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--org--tiny-llava"
+    _publish(repo, ckpt, "a" * 40)
+    cfg = RunConfig(model="llava", dataset="coco", checkpoint="org/tiny-llava", data_path=str(coco),
+                    store=tmp_path / "s", stages=["llm.final"], batch_size=4, analyses=[])
+    p = plan(cfg)
+    first = extract(p)
+    fp1 = first.key["model"]["checkpoint_fingerprint"]
+    assert p.loaded and fp1.startswith("sha256:")  # from the blob names: the same on any machine
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub2"))  # another machine's download
+    _publish(tmp_path / "hub2" / "models--org--tiny-llava", ckpt, "a" * 40)
+    assert plugin_fingerprint(plan(cfg).plugin) == fp1
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with monkeypatch.context() as m:
+        m.setattr(Llava, "load", lambda self: (_ for _ in ()).throw(AssertionError("model loaded")))
+        assert extract(plan(cfg)).hash == first.hash
+    _publish(repo, tiny.make_tiny_llava(tmp_path / "v2", seed=1), "b" * 40)  # main moves to a new revision
+    p3 = plan(cfg)
+    second = extract(p3)
+    assert p3.loaded and second.hash != first.hash
+    assert not np.allclose(np.asarray(second.read()[0]["llm.final"]), np.asarray(first.read()[0]["llm.final"]))
+
+
 # --------------------------------------------------------------------------- one writer per entry
 
 
@@ -185,7 +233,7 @@ def test_two_concurrent_extractions_load_the_model_once(tmp_path):
     """Two `mch extract` on one store key, started together: one extracts, the other waits
     for it (or finds the entry complete) and reuses it; no duplicated work, no crash."""
     env = {**os.environ, "MCH_STORE": str(tmp_path / "s"), "MCH_CHUNK_SIZE": "8", "COLUMNS": "250"}
-    procs = [subprocess.Popen(_extract_cmd(120), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen(_extract_cmd(96), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     err = "".join(e for _, e in outs)
@@ -193,7 +241,7 @@ def test_two_concurrent_extractions_load_the_model_once(tmp_path):
     assert err.count("loading model") == 1, err
     assert "cannot finalize" not in err and "Traceback" not in err
     entry = next((tmp_path / "s").rglob("manifest.json")).parent
-    assert json.loads((entry / "manifest.json").read_text())["n_rows"] == 120
+    assert json.loads((entry / "manifest.json").read_text())["n_rows"] == 96
 
 
 def _toy_entry(tmp_path):
@@ -420,40 +468,56 @@ def test_written_files_honour_the_umask(tmp_path):
 # --------------------------------------------------------------------------- mch store
 
 
-def test_store_list_and_rm(tmp_path):
+def _mch_here(capsys, *args: str) -> tuple[int, str, str]:
+    """`mch ARGS` in this process (what a subprocess would print, without its start-up cost)."""
+    from mch import cli
+
+    try:
+        cli.main(list(args))
+        rc = 0
+    except SystemExit as exc:
+        rc = int(exc.code or 0)
+    out = capsys.readouterr()
+    return rc, out.out, " ".join(out.err.split())
+
+
+def test_store_list_and_rm(tmp_path, monkeypatch, capsys):
     env = {"MCH_STORE": str(tmp_path / "s"), "COLUMNS": "80"}
-    assert "no entries" in run_mch("store", "list", env=env, check=True).stdout
+    monkeypatch.setenv("MCH_STORE", str(tmp_path / "s"))
+    assert "no entries" in _mch_here(capsys, "store", "list")[1]
     extract(plan(RunConfig(limit=16, store=tmp_path / "s", analyses=[])))
     p = plan(RunConfig(limit=24, store=tmp_path / "s", analyses=[]))
     extract(p, "modal")
     extract(p, "text")
-    res = run_mch("store", "list", env=env, check=True)
+    res = run_mch("store", "list", env=env, check=True)  # 80 columns, stdout not a terminal
     keys = sorted(d.name for d in (tmp_path / "s" / "toy").iterdir())
     assert len(keys) == 3 and all(k in res.stdout for k in keys)
     assert "toy on toy (modal view)" in res.stdout and "(text view)" in res.stdout
     assert "complete · 16 samples" in res.stdout and "checkpoint builtin:toy (sha256:" in res.stdout
     assert str(tmp_path / "s") in res.stdout  # a long path stays on one line, for grep
-    info = json.loads(run_mch("store", "list", "--json", env=env, check=True).stdout)
+    info = json.loads(_mch_here(capsys, "store", "list", "--json")[1])
     assert sorted(i["key"] for i in info) == keys and all(i["complete"] for i in info)
     assert {i["n"] for i in info} == {16, 24} and all(i["size_bytes"] > 0 for i in info)
 
-    res = run_mch("store", "rm", keys[0][:8], env=env, check=True)
-    assert f"removed {keys[0]}" in res.stdout and not (tmp_path / "s" / "toy" / keys[0]).exists()
-    for args, needle in [(["rm"], "say which store entries"), (["rm", "zzzz"], "has no entry 'zzzz'"),
+    rc, out, _ = _mch_here(capsys, "store", "rm", keys[0][:8])
+    assert rc == 0 and f"removed {keys[0]}" in out and not (tmp_path / "s" / "toy" / keys[0]).exists()
+    res = run_mch("store", "rm", "zzzz", env=env)
+    assert res.returncode == 2 and "has no entry 'zzzz'" in " ".join(res.stderr.split())
+    assert "Traceback" not in res.stderr
+    for args, needle in [(["rm"], "say which store entries"),
                          (["rm", "--model", "llava"], "no entries of model 'llava'; it holds toy")]:
-        res = run_mch("store", *args, env=env)
-        assert res.returncode == 2 and needle in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
+        rc, _, err = _mch_here(capsys, "store", *args)
+        assert rc == 2 and needle in err, err
 
     from mch.fsio import locked
 
     busy = tmp_path / "s" / "toy" / keys[1]
     with locked(busy / "lock", "test"):  # as if another process were writing it
-        res = run_mch("store", "rm", "--model", "toy", env=env)
-    err = " ".join(res.stderr.split())
-    assert res.returncode == 2 and "another mch process is writing" in err and f"pid {os.getpid()}" in err
+        rc, _, err = _mch_here(capsys, "store", "rm", "--model", "toy")
+    assert rc == 2 and "another mch process is writing" in err and f"pid {os.getpid()}" in err
     assert busy.exists() and not (tmp_path / "s" / "toy" / keys[2]).exists()
-    run_mch("store", "rm", "--all", env=env, check=True)
-    assert "no entries" in run_mch("store", "list", env=env, check=True).stdout
+    assert _mch_here(capsys, "store", "rm", "--all")[0] == 0
+    assert "no entries" in _mch_here(capsys, "store", "list")[1]
 
 
 def test_makefile_clean_store_has_a_recipe():
