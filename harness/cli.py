@@ -212,10 +212,11 @@ def _keeping_records(run, cfg, log, progress):
         if written:
             done = [rec["analysis"]["name"] for _, rec in written]
             err_console.print("records written before the stop: "
-                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written)), soft_wrap=True)
+                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written)),
+                              soft_wrap=True, markup=False, highlight=False)
             left = [a for a in (cfg.analyses or []) if a not in done]
             if left:
-                err_console.print(f"not written: {', '.join(left)}")
+                err_console.print(f"not written: {', '.join(left)}", markup=False, highlight=False)
         raise
 
 

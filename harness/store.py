@@ -250,8 +250,11 @@ class Store:
     def complete_like(self, key: dict[str, Any], ignore: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Path]:
         """Complete entries whose key equals `key` once `ignore` has removed what may differ."""
         want = json.dumps(ignore(json.loads(json.dumps(key, default=str))), sort_keys=True)
+        model_dir = self.root / safe_name(str(key.get("model", {}).get("name", "model")))
         out = []
         for d in self.entry_dirs():
+            if d.parent != model_dir:
+                continue
             try:
                 man = json.loads((d / "manifest.json").read_text())
                 if man.get("complete") and json.dumps(ignore(man["key"]), sort_keys=True) == want:
