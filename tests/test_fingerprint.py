@@ -107,6 +107,11 @@ def test_media_fingerprint(tmp_path, monkeypatch):
     assert fp.media_fingerprint([("a", []), ("b", [])]) is None  # media made in code
     a = fp.media_fingerprint(pairs)
     assert a.startswith("stat:") and fp.media_fingerprint(pairs) == a
+    st0 = files[0].stat()
+    os.utime(files[0], ns=(st0.st_atime_ns, st0.st_mtime_ns + 10**9))  # rewritten: a new mtime
+    assert fp.media_fingerprint(pairs) != a
+    os.utime(files[0], ns=(st0.st_atime_ns, st0.st_mtime_ns))
+    assert fp.media_fingerprint(pairs) == a
     st = files[1].stat()
     files[1].write_bytes(b"\1" * 50)  # truncated in place
     assert fp.media_fingerprint(pairs) != a
