@@ -96,7 +96,8 @@ class Attribute:
 @dataclass
 class Sample:
     """One input. `media` is loaded on first access through `loader` so that listing a corpus
-    never reads every file; `labels[attribute]` is a class name, `groups[key]` a group value."""
+    never reads every file; `labels[attribute]` is a class name, `groups[key]` a group value;
+    `meta["path"]` (or `meta["media_files"]`, a list) names the file(s) the media comes from."""
 
     sample_id: str
     text: str
@@ -111,6 +112,16 @@ class Sample:
         if self._media is None and self.loader is not None:
             self._media = self.loader()
         return self._media
+
+    @property
+    def media_files(self) -> list[str]:
+        """The files `media` is read from: `meta["media_files"]` when the dataset sets it, else
+        `meta["path"]`; none when the media is made in code. The runner fingerprints them (size
+        and mtime) into the store key, so a file edited in place is extracted again."""
+        files = self.meta.get("media_files")
+        if files is None:
+            files = [self.meta["path"]] if self.meta.get("path") else []
+        return [str(f) for f in files]
 
 
 # --------------------------------------------------------------------------- specs

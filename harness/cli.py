@@ -147,7 +147,7 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
                   device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
                   model_option, data_option, text_checkpoint, text_revision)
     log, progress = _runner_io(quiet)
-    p, written = run_bench(cfg, log, progress)
+    p, written = _keeping_records(run_bench, cfg, log, progress)
     show_records([r for _, r in written])
     for path, _ in written:
         console.print(f"wrote [bold]{path}[/]")
@@ -191,25 +191,40 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
             text_revision: Optional[str] = TREV, quiet: bool = QUIET):
     """Run analyses on representations already in the store (`mch extract` first)."""
-    from .runner import analyze as do_analyze, plan, record_for, store_key
-    from .results import write_record
-    from .store import Store
+    from .runner import run_analyze
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
                   data_option, text_checkpoint, text_revision)
     log, progress = _runner_io(quiet)
-    p = plan(cfg, log, progress)
-    entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])
-    if not entry.complete:
-        raise MchError("no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
-                       "with the same options first")
-    recs = []
-    for name, outp, params, dur in do_analyze(p, entry):
-        rec = record_for(p, entry, name, outp, params, dur, 0.0)
-        console.print(f"wrote [bold]{write_record(rec, cfg.out_dir)}[/]")
-        recs.append(rec)
-    show_records(recs)
+    _, written = _keeping_records(run_analyze, cfg, log, progress)
+    for path, _ in written:
+        console.print(f"wrote [bold]{path}[/]")
+    show_records([r for _, r in written])
+
+
+def _keeping_records(run, cfg, log, progress):
+    """`run` (run_bench or run_analyze) writes each record as its analysis ends; when it stops
+    early (an error, Ctrl-C), say which records were written and which analyses were not,
+    then let the error through."""
+    written = []
+
+    def on_record(path, rec):
+        written.append((path, rec))
+        log(f"{rec['analysis']['name']}: record written to {path}")
+
+    try:
+        return run(cfg, log, progress, on_record=on_record)
+    except BaseException:
+        if written:
+            done = [rec["analysis"]["name"] for _, rec in written]
+            err_console.print("records written before the stop: "
+                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written)),
+                              soft_wrap=True, markup=False, highlight=False)
+            left = [a for a in (cfg.analyses or []) if a not in done]
+            if left:
+                err_console.print(f"not written: {', '.join(left)}", markup=False, highlight=False)
+        raise
 
 
 def show_records(records: list) -> None:
@@ -272,6 +287,10 @@ def _f(x) -> str:
 
 list_app = typer.Typer(help="List registered models, datasets or analyses (no heavy imports).")
 app.add_typer(list_app, name="list")
+
+from .store_cli import app as store_app  # noqa: E402 - `mch store list|rm`
+
+app.add_typer(store_app, name="store")
 
 
 def _reg():

@@ -147,6 +147,16 @@ class ModelPlugin:
             "dtype": self.dtype_name,
         }
 
+    def checkpoint_paths(self) -> list[Any]:
+        """The local directories (or files) this plugin reads weights, configs and tokenizers
+        from: the resolved `checkpoint` (a local directory or its Hugging Face cache snapshot).
+        The runner fingerprints them into the store key, so weights rebuilt in place are
+        extracted again. Override to add what else `load` reads (base checkpoints a config
+        names, `builtin:` weights); raise MchError when the checkpoint is not here."""
+        from .checkpoints import resolve_checkpoint
+
+        return [resolve_checkpoint(str(self.checkpoint), self.revision, self.spec.name)]
+
     @property
     def torch_dtype(self) -> torch.dtype:
         try:

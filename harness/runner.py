@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,17 +294,31 @@ def check_model_and_dataset(mspec: Any, dspec: Any, cfg: RunConfig) -> None:
 
 
 def store_key(p: Plan, view: str) -> dict[str, Any]:
+    """What the stored vectors depend on. Fingerprints of the files read (mch.fingerprint) make
+    the key change when the checkpoint's weights or configs, an adapter, a model option's
+    directory, a sample's media file (modal view) or a paired text (text view) change."""
+    from .fingerprint import media_fingerprint, texts_sha256
+
     cfg = p.cfg
     ident = p.plugin.identity()
+    ident["checkpoint_fingerprint"] = plugin_fingerprint(p.plugin)
     if cfg.model_options:
         ident["options"] = dict(sorted(cfg.model_options.items()))
+        local = {k: _path_fingerprint(v) for k, v in sorted(cfg.model_options.items()) if _is_local_path(v)}
+        if local:
+            ident["option_fingerprints"] = local
     if cfg.adapter:
-        ident["adapter_sha256"] = _dir_hash(Path(cfg.adapter))
+        ident["adapter_fingerprint"] = _path_fingerprint(cfg.adapter)
+    dataset = {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
+               "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
+               **cfg.dataset_options_record}  # options can change a sample under the same id
+    if view == "text":
+        dataset["texts_sha256"] = texts_sha256(s.text for s in p.samples)
+    else:
+        dataset["media_fingerprint"] = media_fingerprint((s.sample_id, s.media_files) for s in p.samples)
     return {
         "model": ident,
-        "dataset": {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
-                    "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-                    **cfg.dataset_options_record},  # options can change a sample under the same id
+        "dataset": dataset,
         "prompt": getattr(p.plugin, "prompt_id", lambda protocol, view: f"{protocol}/{view}")(cfg.protocol, view),
         "view": view,
         "span": cfg.effective_span,
@@ -313,16 +328,72 @@ def store_key(p: Plan, view: str) -> dict[str, Any]:
     }
 
 
-def _dir_hash(path: Path) -> str:
-    import hashlib
+MISSING = "missing"  # the checkpoint fingerprint of a checkpoint that is not on this machine
 
-    h = hashlib.sha256()
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    for f in files:
-        if f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+
+def plugin_fingerprint(plugin: Any) -> str:
+    """The fingerprint of the files a model plugin loads (its `checkpoint_paths()`), or
+    "missing" when its checkpoint is not available here."""
+    from .checkpoints import resolve_checkpoint
+    from .fingerprint import checkpoint_fingerprint
+
+    try:
+        if hasattr(plugin, "checkpoint_paths"):
+            paths = plugin.checkpoint_paths()
+        else:  # a plugin that does not derive from ModelPlugin
+            paths = [resolve_checkpoint(str(plugin.checkpoint), plugin.revision, plugin.spec.name)]
+    except MchError:
+        return MISSING
+    if not paths or not Path(str(paths[0])).expanduser().exists():
+        return MISSING
+    return checkpoint_fingerprint(paths)
+
+
+def _is_local_path(value: Any) -> bool:
+    return isinstance(value, (str, Path)) and bool(str(value)) and Path(str(value)).expanduser().exists()
+
+
+def _path_fingerprint(path: Any) -> str:
+    from .fingerprint import checkpoint_fingerprint
+
+    return checkpoint_fingerprint([Path(str(path))])
+
+
+def _without_checkpoint_fingerprint(key: dict[str, Any]) -> dict[str, Any]:
+    key = dict(key)
+    key["model"] = {k: v for k, v in key.get("model", {}).items() if k != "checkpoint_fingerprint"}
+    return key
+
+
+def stored_entry(p: Plan, view: str) -> Any:
+    """This plan's store entry for `view` (complete or not). When the checkpoint is not on this
+    machine, its fingerprint cannot be taken: a complete entry extracted from the same
+    checkpoint name is used if there is exactly one, and the log says so."""
+    from .store import Store
+
+    cfg = p.cfg
+    want = cfg.chunk_size or int(os.environ.get("MCH_CHUNK_SIZE", "256"))
+    chunk = cfg.batch_size * max(1, want // cfg.batch_size)  # whole batches: resumed runs batch alike
+    store = Store(cfg.store)
+    key = store_key(p, view)
+    entry = store.entry(key, [s.sample_id for s in p.samples], chunk_size=chunk)
+    entry.log = p.log
+    if entry.complete or key["model"]["checkpoint_fingerprint"] != MISSING:
+        return entry
+    found = store.complete_like(key, _without_checkpoint_fingerprint)
+    if len(found) > 1:
+        raise MchError(f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
+                       f"{len(found)} extractions of it from different files ({', '.join(d.name for d in found)}); "
+                       f"make the checkpoint available, or remove the ones not wanted with `mch store rm KEY`")
+    if found:
+        import json
+
+        old = store.entry(json.loads((found[0] / "manifest.json").read_text())["key"], entry.sample_ids, chunk)
+        old.log = p.log
+        p.log(f"checkpoint {p.plugin.checkpoint} is not on this machine: using store entry {old.hash}, extracted "
+              f"from its files with fingerprint {old.key['model'].get('checkpoint_fingerprint')}")
+        return old
+    return entry
 
 
 def text_plan(p: Plan) -> Plan:
@@ -353,22 +424,34 @@ def text_source(p: Plan) -> str:
 
 
 def extract(p: Plan, view: str = "modal") -> Any:
-    """Make sure the store entry for this plan and view is complete; return it."""
-    from .store import Store
-
+    """Make sure the store entry for this plan and view is complete; return it. The entry's
+    lock is taken before the model is loaded: a second process on the same key waits, then
+    reuses what the first wrote."""
     cfg = p.cfg
-    import os
-
-    want = cfg.chunk_size or int(os.environ.get("MCH_CHUNK_SIZE", "256"))
-    chunk = cfg.batch_size * max(1, want // cfg.batch_size)  # whole batches: resumed runs batch alike
-    entry = Store(cfg.store).entry(store_key(p, view), [s.sample_id for s in p.samples], chunk_size=chunk)
+    entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
         return entry
-    missing = entry.missing_chunks()
-    plugin = p.ensure_loaded()
+    if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
+        p.ensure_loaded()  # the plugin's own sentence on the missing checkpoint, before the store is touched
+    with entry.writing():
+        if entry.complete:
+            p.log(f"{view} representations: written by another mch process meanwhile ({entry.dir})")
+            return entry
+        _fill(p, entry, view)
+    p.log(f"{view} representations written to the store ({entry.dir})")
+    return entry
+
+
+def _fill(p: Plan, entry: Any, view: str) -> None:
+    """Extract the chunks `entry` lacks and finalize it (under its lock)."""
+    import numpy as np
+
     from .capture import capture
 
+    cfg = p.cfg
+    missing = entry.missing_chunks()
+    plugin = p.ensure_loaded()
     stages = list(cfg.stages) if cfg.stages else plugin.stages(view)
     todo = sum(len(entry.chunk_range(i)) for i in missing)
     done_before = len(p.samples) - todo
@@ -407,16 +490,12 @@ def extract(p: Plan, view: str = "modal") -> Any:
                     for s in batch:  # free decoded media: the store holds what we need
                         s._media = None
                 advance(len(idx))
-            import numpy as np
-
             arrays = {k: np.concatenate(v) for k, v in parts.items()}
             if not arrays:
                 arrays = {s: np.zeros((0, 1), np.float32) for s in stages}
             entry.write_chunk(i, rows_kept, arrays, skipped)
     entry.finalize({"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
                     "device": cfg.device})
-    p.log(f"{view} representations written to the store ({entry.dir})")
-    return entry
 
 
 def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -436,6 +515,13 @@ def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, A
 
 
 def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, Any], float]]:
+    """Every analysis of the plan on `entry`: [(name, output, params, seconds)]."""
+    return list(iter_analyses(p, entry))
+
+
+def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, dict[str, Any], float]]:
+    """The analyses of the plan one at a time, each yielded as soon as it has finished (so its
+    record can be written before the next one starts)."""
     cfg = p.cfg
     reps, rows = entry.read()
     samples = [p.samples[int(i)] for i in rows]
@@ -463,7 +549,6 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
             text_entry[key] = treps
         return text_entry[key]
 
-    outputs = []
     previous: dict[str, AnalysisOutput] = {}
     for aspec in p.analysis_specs:
         analysis = load_entry(aspec.entry)(aspec)
@@ -482,8 +567,7 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
         t = time.time()
         out = analysis.run(ctx)
         previous[aspec.name] = out
-        outputs.append((aspec.name, out, params, time.time() - t))
-    return outputs
+        yield aspec.name, out, params, time.time() - t
 
 
 def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float,
@@ -497,19 +581,24 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         config["dataset_options"] = cfg.dataset_options_record["options"]
     tp = text_plan(p)
     text_model = None if tp is p else {"name": tp.model_spec.name, "checkpoint": str(tp.plugin.checkpoint),
-                                       "revision": tp.plugin.revision}
+                                       "revision": tp.plugin.revision,
+                                       "checkpoint_fingerprint": plugin_fingerprint(tp.plugin)}
+    # fingerprints of the files the stored vectors came from, as the entry's key holds them
+    kmodel, kdata = entry.key.get("model", {}), entry.key.get("dataset", {})
+    fingerprints = {k: kmodel[k] for k in ("checkpoint_fingerprint", "adapter_fingerprint") if kmodel.get(k)}
+    media = {"media_fingerprint": kdata["media_fingerprint"]} if kdata.get("media_fingerprint") else {}
     if text_model:
         config["text_model"] = text_model
     return build_record(
         model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
                "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
-               "device": cfg.device, **model_fidelity(p)},
+               "device": cfg.device, **fingerprints, **model_fidelity(p)},
         dataset={"name": p.dataset_spec.name, "split": cfg.split, "path": str(cfg.data_path) if cfg.data_path else None,
                  "n": int(man.get("n_rows", len(p.samples))),
                  "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
                  "attributes": sorted(p.attributes),
                  "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
-                 "skipped": man.get("skipped", []), **cfg.dataset_options_record},
+                 "skipped": man.get("skipped", []), **cfg.dataset_options_record, **media},
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
         extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,
@@ -532,14 +621,48 @@ def model_fidelity(p: Plan) -> dict[str, Any]:
     return {"fidelity": out} if out else {}
 
 
-def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None,
-              progress: Progress | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+def check_results_dir(out_dir: Path) -> None:
+    """The results directory exists (or can be made) and takes a file: checked before any
+    work, so a bad --out or $MCH_RESULTS never costs an extraction."""
+    from .fsio import ensure_writable_dir
+
+    ensure_writable_dir(out_dir, "results directory", "pass --out (or set MCH_RESULTS) with a writable directory")
+
+
+OnRecord = Callable[[Path, dict[str, Any]], None]
+
+
+def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | None) -> list[tuple[Path, dict]]:
+    """Run the analyses, writing each one's record as soon as it has finished: a failure or
+    Ctrl-C in a later analysis keeps the earlier records."""
+    written = []
+    for name, out, params, dur in iter_analyses(p, entry):
+        rec = record_for(p, entry, name, out, params, dur, extract_s)
+        path = write_record(rec, p.cfg.out_dir)
+        written.append((path, rec))
+        if on_record is not None:
+            on_record(path, rec)
+    return written
+
+
+def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+              on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+    """Extract (or reuse), then run the analyses; each record is written as its analysis ends
+    (`on_record(path, record)` is called then). Returns the plan and [(path, record)]."""
+    check_results_dir(cfg.out_dir)
     p = plan(cfg, log, progress)
     t = time.time()
     entry = extract(p, "modal")
-    extract_s = time.time() - t
-    written = []
-    for name, out, params, dur in analyze(p, entry):
-        rec = record_for(p, entry, name, out, params, dur, extract_s)
-        written.append((write_record(rec, cfg.out_dir), rec))
-    return p, written
+    return p, _write_each(p, entry, time.time() - t, on_record)
+
+
+def run_analyze(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+                on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+    """Like `run_bench`, on an extraction already complete in the store (never extracts)."""
+    check_results_dir(cfg.out_dir)
+    p = plan(cfg, log, progress)
+    entry = stored_entry(p, "modal")
+    if not entry.complete:
+        raise MchError("no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
+                       "with the same options first")
+    return p, _write_each(p, entry, 0.0, on_record)

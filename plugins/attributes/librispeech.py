@@ -212,12 +212,15 @@ class LibriSpeech(Corpus):
                 raise sample_error(uid, a.get("path"), "the dataset row has no audio bytes or path")
             return read_audio(src, uid, expected_rate=native, target_rate=target, display_path=a.get("path") or uid)
 
+        # the Arrow files hold the audio bytes: their size and mtime fingerprint every row
+        arrow = [f["filename"] for f in getattr(ds, "cache_files", None) or [] if f.get("filename")]
         records = []
         for i, uid in enumerate(rows["id"]):
             spk, chap = str(rows["speaker_id"][i]), str(rows["chapter_id"][i])
             rec = Record(str(uid), str(rows["text"][i] or ""), {"speaker": spk, "lexical": ""},
                          {"speaker": spk, "chapter": f"{spk}-{chap}", "utterance": str(uid)},
-                         partial(load, i, str(uid)), path=f"{getattr(self, '_hf_id', None) or self.root()}[{i}]")
+                         partial(load, i, str(uid)), path=f"{getattr(self, '_hf_id', None) or self.root()}[{i}]",
+                         meta={"media_files": arrow})
             if not rec.text:
                 rec.fail("its transcript is empty")
             records.append(rec)

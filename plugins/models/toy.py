@@ -103,10 +103,13 @@ class ToyModel(ModelPlugin):
     option_specs: dict = {}   # takes none
     datasets = ("toy",)       # it reads the toy world's frames, nothing else
 
+    def checkpoint_paths(self) -> list[Path]:
+        return [WEIGHTS if self.checkpoint == "builtin:toy" else Path(self.checkpoint)]
+
     def load(self) -> None:
         from safetensors.torch import load_file
 
-        path = WEIGHTS if self.checkpoint == "builtin:toy" else Path(self.checkpoint)
+        path = self.checkpoint_paths()[0]
         if not (path / "model.safetensors").exists():
             raise MchError(f"model 'toy': no model.safetensors in {path}; pass --checkpoint with a directory "
                            f"written by `python -m mch.plugins.models.toy train --out DIR`")

@@ -389,6 +389,25 @@ class Ultravox(ModelPlugin):
     modality = "speech"
 
     # -- loading
+    def checkpoint_paths(self) -> list[Path]:
+        """The checkpoint and the base checkpoints its config names, when they are here: a
+        release checkpoint holds the projector and reads the LLM and Whisper from those."""
+        from mch.checkpoints import resolve_checkpoint
+
+        paths = [resolve_checkpoint(self.checkpoint, self.revision, self.spec.name)]
+        try:
+            cfg = json.loads((paths[0] / "config.json").read_text())
+        except (OSError, ValueError):
+            return paths
+        for kind in ("audio", "text"):
+            ident = self.options.get(f"{kind}_model") or (cfg.get(f"{kind}_model_id") if isinstance(cfg, dict) else None)
+            if ident:
+                try:
+                    paths.append(resolve_checkpoint(str(ident), None, self.spec.name))
+                except MchError:
+                    pass  # not here: the load says so if it needs it
+        return paths
+
     def load(self) -> None:
         from mch.checkpoints import resolve_checkpoint
 
