@@ -88,11 +88,14 @@ class ScoreParts:
     """What continuation scoring runs on: `lm`, a causal LM accepting `inputs_embeds`,
     `attention_mask`, `position_ids` (returns `.logits`); `prefixes[i]` (P_i, D), the exact
     decoder input of sample i's prompt (media merged in); `continuations[k]`, the token ids of
-    continuation k as they follow that prompt."""
+    continuation k as they follow that prompt; `positions[i]`, prompt i's own position ids,
+    (P_i,) or (A, P_i) for a model with A position axes (M-RoPE), when they are not 0..P_i-1
+    (pass them to `mch.scoring`'s functions)."""
 
     lm: torch.nn.Module
     prefixes: list[torch.Tensor]
     continuations: list[list[int]]
+    positions: list[torch.Tensor] | None = None
 
 
 @dataclass
