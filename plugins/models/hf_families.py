@@ -40,6 +40,7 @@ class Family:
     placeholder: str = "image_token"        # processor attribute (or "=literal") of the template's media marker
     prompt: str = "{media}{instruction}"    # used when the processor has no chat template
     media_arg: str = "images"               # the processor's keyword for the media
+    media_nested: bool = False              # pass media as one list per sample ([[image], [image], ...])
     rows: str = "tokens"                    # adapter/encoder rows per sample: "tokens" (in proportion to the
                                             # modality tokens) or "anyres" (LLaVA-NeXT tiles, from image_sizes)
     positions: str = "1d"                   # "1d" or "mrope" (the model's own multi-axis ids)
@@ -81,10 +82,11 @@ FAMILIES: tuple[Family, ...] = (
            note="Pixtral encoder (all images in one sequence); the projector merges 2x2 patches; "
                 "[IMG_BREAK]/[IMG_END] tokens are text"),
     Family("internvl", ("InternVLForConditionalGeneration",), "vision",
-           encoder=("model.multi_modal_projector:input",), adapter=_PROJ, placeholder="=<image>",
+           encoder=("model.multi_modal_projector:input",), adapter=_PROJ,
            note="the projector receives pixel-shuffled (2x2 -> channels) ViT features"),
     Family("gemma3", ("Gemma3ForConditionalGeneration",), "vision",
            encoder=("model.multi_modal_projector:input",), adapter=_PROJ, decoder_input_complete=False,
+           media_nested=True,
            note="the projector average-pools the SigLIP patches to 256 tokens; image tokens attend to each "
                 "other both ways (token_type_ids)"),
     Family("paligemma", ("PaliGemmaForConditionalGeneration",), "vision",

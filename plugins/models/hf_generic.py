@@ -293,10 +293,14 @@ class HFModel(HFPluginMixin, ModelPlugin):
         if view == "modal":
             prompt = self.render_prompt(protocol, "modal", query=query)[0]
             media = [self._media(s) for s in samples]
-            kw: dict[str, Any] = {self.family.media_arg: media}
+            kw: dict[str, Any] = {self.family.media_arg: [[x] for x in media] if self.family.media_nested else media}
             if self.family.modality == "speech":
                 kw["sampling_rate"] = self.sampling_rate
-            enc = dict(self.processor(text=[prompt] * len(samples), return_tensors="pt", padding=True, **kw))
+            enc = dict(self.processor(text=[prompt] * len(samples), return_tensors="pt", padding=True,
+                                      padding_side="right", **kw))
+            att = enc["attention_mask"]
+            if bool((att[:, 1:] > att[:, :-1]).any()):  # some processors default to left padding
+                raise MchError(f"model {self.spec.name!r}: the processor did not pad on the right")
             inside = None
         elif view == "text":
             seqs, inside = [], []
@@ -393,20 +397,18 @@ class HFModel(HFPluginMixin, ModelPlugin):
         for i in range(0, len(samples), bs):
             inputs, info = self._prepare_inputs(samples[i: i + bs], protocol, view, query)
             att = inputs["attention_mask"]
-            last = att.sum(1) - 1
-            keep = torch.unique(last)
+            last = att.sum(1) - 1  # right padding: each prompt's last real token
             seen: dict[str, Any] = {}
             with torch.inference_mode():
                 with Trace(self.module, {"dec": f"{self.decoder_path}:input"},
                            fn=lambda f: seen.setdefault("pos", f.kwargs.get("position_ids"))):
-                    out = self.module(**{**inputs, "use_cache": True}, logits_to_keep=keep)
-                first = out.logits[torch.arange(len(last)), torch.searchsorted(keep, last)]
+                    out = self.module(**{**inputs, "use_cache": True}, logits_to_keep=last[:, None])
+                first = out.logits[:, 0]
                 pos = seen.get("pos")
-                if pos is None:  # the decoder counted 0..n-1 itself
-                    start, axes = att.sum(1), None
-                else:
-                    start = next_positions(pos, att)
-                    axes = pos.shape[0] if pos.dim() == 3 else None
+                if pos is None:  # the decoder counted 0..P-1 itself
+                    pos = torch.arange(att.shape[1], device=att.device).expand_as(att)
+                start = next_positions(pos, att)
+                axes = pos.shape[0] if pos.dim() == 3 else None
                 logp, _ = score_after_prefix(self.module, first, cache_of(out), att, start, conts, axes)
             rows.append(logp)
         logp = torch.cat(rows, 0) if rows else torch.zeros(0, len(conts))
