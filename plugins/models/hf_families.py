@@ -101,6 +101,15 @@ FAMILIES: tuple[Family, ...] = (
            note="Idefics3's layout"),
 )
 
+_SPEECH = dict(token_id=("audio_token_id", "audio_token_index"), placeholder="audio_token", media_arg="audio")
+
+FAMILIES += (
+    Family("qwen2_5_omni", ("Qwen2_5OmniThinkerForConditionalGeneration",), "speech",
+           encoder=("model.audio_tower.proj:input",), adapter=("model.audio_tower.proj",), positions="mrope", **_SPEECH,
+           note="the thinker: Whisper-style audio tower whose last `proj` maps into the LLM width (the adapter); "
+                "clips padded to 30 s, only real frames reach the tower's output; time-aligned M-RoPE"),
+)
+
 BY_ARCHITECTURE: dict[str, Family] = {a: f for f in FAMILIES for a in f.architectures}
 
 

@@ -90,6 +90,20 @@ def _torchvision_usable() -> bool:
         return False
 
 
+def _named_processor_class(path: Path) -> str | None:
+    """The processor class the checkpoint's own files name (as AutoProcessor reads them)."""
+    import json
+
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        try:
+            cls = json.loads((path / name).read_text()).get("processor_class")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(cls, str):
+            return cls
+    return None
+
+
 def load_processor_any(name: str, path: Path, model_type: str, trust_remote_code: bool = False) -> Any:
     """The checkpoint's processor, offline. A processor class with a video processor is built
     without it when torchvision is missing (a stand-in raises if video is ever passed); image
@@ -98,7 +112,7 @@ def load_processor_any(name: str, path: Path, model_type: str, trust_remote_code
     from transformers import AutoProcessor
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    cls_name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    cls_name = _named_processor_class(path) or PROCESSOR_MAPPING_NAMES.get(model_type)
     cls = getattr(transformers, cls_name, None) if isinstance(cls_name, str) else None
     try:
         if cls is not None and not _torchvision_usable() and any("video" in a for a in cls.get_attributes()):
@@ -403,7 +417,8 @@ class HFModel(HFPluginMixin, ModelPlugin):
                 with Trace(self.module, {"dec": f"{self.decoder_path}:input"},
                            fn=lambda f: seen.setdefault("pos", f.kwargs.get("position_ids"))):
                     out = self.module(**{**inputs, "use_cache": True}, logits_to_keep=last[:, None])
-                first = out.logits[:, 0]
+                logits = out.logits  # some models (the Omni thinker) ignore logits_to_keep
+                first = logits[:, 0] if logits.shape[1] == 1 else logits[torch.arange(len(last)), last]
                 pos = seen.get("pos")
                 if pos is None:  # the decoder counted 0..P-1 itself
                     pos = torch.arange(att.shape[1], device=att.device).expand_as(att)

@@ -41,12 +41,17 @@ def _save(out: Path, model: Any, tokenizer: Any, parts: dict[str, Any], processo
     out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
-    for part in parts.values():
+    nested: dict[str, Any] = {}
+    if len(parts) == 1:  # one sub-processor: preprocessor_config.json, as transformers 4 saved releases
+        (part,) = parts.values()
         part.save_pretrained(out)
         cfg_file = out / "preprocessor_config.json"
         cfg = json.loads(cfg_file.read_text())
         cfg["processor_class"] = processor_class
         cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
+    else:  # several: nested in processor_config.json, as transformers 5 saves them
+        nested = {name: part.to_dict() for name, part in parts.items()}
+        processor_kwargs = {**(processor_kwargs or {}), **nested}
     if chat_template is not None:
         (out / "chat_template.jinja").write_text(chat_template)
     if processor_kwargs:
@@ -373,7 +378,53 @@ def _idefics3(out: Path, seed: int, smol: bool = False) -> Path:
                  "Idefics3Processor", template, processor_kwargs={"image_seq_len": 4})
 
 
+def _qwen2_5_omni(out: Path, seed: int) -> Path:
+    """The Qwen2.5-Omni thinker (`Qwen2_5OmniThinkerForConditionalGeneration`): Whisper-style
+    audio tower (2x avg pool, then `proj` into the LLM width), a vision tower it does not use
+    here, Qwen2 decoder with time-aligned M-RoPE; 128-bin Whisper features, clips padded to 30 s."""
+    import torch
+    import transformers
+    from transformers import WhisperFeatureExtractor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
+                "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"]
+    tok = bpe_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                        extra_special_tokens={"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>",
+                                              "audio_eos_token": "<|audio_eos|>", "image_token": "<|IMAGE|>",
+                                              "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
+                                              "vision_eos_token": "<|vision_eos|>"})
+    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
+                                 return_attention_mask=True)
+    ip = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=28 * 28 * 6, patch_size=14, merge_size=2,
+                                  temporal_patch_size=2)
+    ids = _ids(tok, "<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>", "<|audio_bos|>", "<|audio_eos|>", "<|vision_bos|>",
+               "<|vision_eos|>", "<|im_start|>")
+    audio = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+                 output_dim=64, n_window=50, max_source_positions=1500)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                  fullatt_block_indexes=[0], window_size=56)
+    text = dict(TEXT, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    cfg = transformers.Qwen2_5OmniThinkerConfig(audio_config=audio, vision_config=vision, text_config=text,
+                                                audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"],
+                                                video_token_index=ids["<|VIDEO|>"],
+                                                audio_start_token_id=ids["<|audio_bos|>"],
+                                                audio_end_token_id=ids["<|audio_eos|>"],
+                                                vision_start_token_id=ids["<|vision_bos|>"],
+                                                vision_end_token_id=ids["<|vision_eos|>"],
+                                                user_token_id=ids["<|im_start|>"])
+    torch.manual_seed(seed)
+    video = {**ip.to_dict(), "video_processor_type": "Qwen2VLVideoProcessor"}
+    video.pop("image_processor_type", None)
+    return _save(out, transformers.Qwen2_5OmniThinkerForConditionalGeneration(cfg), tok,
+                 {"feature_extractor": fe, "image_processor": ip}, "Qwen2_5OmniProcessor",
+                 chatml(audio="<|audio_bos|><|AUDIO|><|audio_eos|>", image="<|vision_bos|><|IMAGE|><|vision_eos|>"),
+                 video=video)
+
+
 BUILDERS: dict[str, Callable[[Path, int], Path]] = {
+    "qwen2_5_omni": _qwen2_5_omni,
     "aya_vision": _aya_vision,
     "mistral3": _mistral3,
     "internvl": _internvl,
