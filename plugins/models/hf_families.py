@@ -47,6 +47,7 @@ class Family:
     decoder_input_complete: bool = True     # False: the decoder reads more than its input embeddings
                                             # (bidirectional media attention, deepstack), so score_parts is refused
     instruction: str = ""                   # default instruction ("" = Describe this image/audio.)
+    requires: tuple[str, ...] = ()          # modules transformers' processor needs beyond mch's dependencies
     note: str = ""                          # what differs from the picture above
 
 
@@ -79,8 +80,10 @@ FAMILIES: tuple[Family, ...] = (
            note="the projector pixel-shuffles 2x2 patches, then a SwiGLU MLP"),
     Family("mistral3", ("Mistral3ForConditionalGeneration",), "vision",
            encoder=("model.multi_modal_projector:input",), adapter=_PROJ,
+           requires=("torchvision",),
            note="Pixtral encoder (all images in one sequence); the projector merges 2x2 patches; "
-                "[IMG_BREAK]/[IMG_END] tokens are text"),
+                "[IMG_BREAK]/[IMG_END] tokens are text; transformers 5.25's PixtralProcessor imports the "
+                "torchvision image processor even to use the PIL one"),
     Family("internvl", ("InternVLForConditionalGeneration",), "vision",
            encoder=("model.multi_modal_projector:input",), adapter=_PROJ,
            note="the projector receives pixel-shuffled (2x2 -> channels) ViT features"),
@@ -98,7 +101,7 @@ FAMILIES: tuple[Family, ...] = (
            note="image split into tiles + a global view; the connector pixel-shuffles each tile's patches"),
     Family("smolvlm", ("SmolVLMForConditionalGeneration",), "vision",
            encoder=("model.connector:input",), adapter=("model.connector",), decoder=("model.text_model",),
-           note="Idefics3's layout"),
+           requires=("num2words",), note="Idefics3's layout; its processor needs num2words"),
 )
 
 _SPEECH = dict(token_id=("audio_token_id", "audio_token_index"), placeholder="audio_token", media_arg="audio")

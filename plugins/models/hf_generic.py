@@ -57,6 +57,7 @@ from .hf_families import FAMILIES, Family, family_for
 if TYPE_CHECKING:
     from mch.model import ScoreParts
 
+NO_CHECKPOINT = "(--checkpoint)"  # the registry's generic `hf` entry: the user names the checkpoint
 DEFAULT_INSTRUCTION = {"vision": "Describe this image.", "speech": "Describe this audio."}
 
 
@@ -157,6 +158,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         super().__init__(*args, **kwargs)
         self._paths: dict[str, str] | None = None
         self._family: Family | None = None
+        self.modality = self.spec.modality  # until the checkpoint's family says
         self.processor: Any = None
         self.tokenizer: Any = None
 
@@ -164,6 +166,9 @@ class HFModel(HFPluginMixin, ModelPlugin):
     def _read_config(self) -> Any:
         from transformers import AutoConfig
 
+        if self.checkpoint == NO_CHECKPOINT:
+            raise MchError(f"model {self.spec.name!r} needs --checkpoint (a local directory or a Hugging Face id of a "
+                           f"transformers checkpoint whose architecture is in mch's family table)")
         path = checkpoint_dir(self)
         try:
             return AutoConfig.from_pretrained(str(path), local_files_only=True,
@@ -203,10 +208,22 @@ class HFModel(HFPluginMixin, ModelPlugin):
         return self._ensure_paths()["decoder"]
 
     # ------------------------------------------------------------------ loading
+    def missing_requirements(self) -> list[str]:
+        import importlib.util
+
+        def usable(mod: str) -> bool:
+            return _torchvision_usable() if mod == "torchvision" else importlib.util.find_spec(mod) is not None
+
+        return [mod for mod in self.family.requires if not usable(mod)]
+
     def load(self) -> None:
         import transformers
 
         fam = self.family
+        missing = self.missing_requirements()
+        if missing:
+            raise MchError(f"model {self.spec.name!r} ({fam.name}): transformers' processor for it needs "
+                           f"{', '.join(missing)}, which is not installed (pip install {' '.join(missing)})")
         cfg = self._read_config()
         path = checkpoint_dir(self)
         self.processor = load_processor_any(self.spec.name, path, cfg.model_type, self.trust_remote_code)
