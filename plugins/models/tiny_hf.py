@@ -134,7 +134,7 @@ def _glm4v(out: Path, seed: int) -> Path:
                 "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]
     tok = bpe_tokenizer(specials, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                         extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"})
-    ip = Glm4vImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 6}, patch_size=14,
+    ip = Glm4vImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 8}, patch_size=14,
                                 merge_size=2, temporal_patch_size=2)
     ids = _ids(tok, "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
                "<|end_of_video|>")
