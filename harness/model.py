@@ -40,6 +40,19 @@ class Pool:
         w = torch.as_tensor(weights, dtype=torch.long)
         return cls(owner=torch.arange(len(w)), masks={}, split=w)
 
+    def for_output(self, hidden: torch.Tensor) -> "Pool":
+        """This pool laid out for one stage output `hidden` (R, T, D) or (R, D): a proportional
+        pool becomes an ordinary one (owner per row, every position real); others come back
+        as they are. For code that reads `owner`/`masks` against a hooked tensor."""
+        if self.split is None:
+            return self
+        R, T = hidden.shape[0], (hidden.shape[1] if hidden.dim() == 3 else 1)
+        flat = self.split_owner(R * T).view(R, T)
+        if bool((flat != flat[:, :1]).any()):
+            raise MchError(f"a stage output of shape {tuple(hidden.shape)} has rows shared by two samples")
+        ones = torch.ones(R, T, dtype=torch.bool)
+        return Pool(flat[:, 0].clone(), {"modality": ones, "all": ones})
+
     def split_owner(self, rows: int) -> torch.Tensor:
         """Owner of each of `rows` flattened rows under `proportional` (one clear error if the
         rows cannot be split that way)."""
