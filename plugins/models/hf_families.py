@@ -38,7 +38,7 @@ class Family:
     inner: str = "model"
     token_id: tuple[str, ...] = ("image_token_id", "image_token_index")  # config attributes
     placeholder: str = "image_token"        # processor attribute (or "=literal") of the template's media marker
-    prompt: str = "{media}{instruction}"    # used when the processor has no chat template
+    prompt: str = "{media}{instruction}"    # used when the processor has no chat template (base models)
     media_arg: str = "images"               # the processor's keyword for the media
     media_nested: bool = False              # pass media as one list per sample ([[image], [image], ...])
     rows: str = "tokens"                    # adapter/encoder rows per sample: "tokens" (in proportion to the
@@ -92,10 +92,6 @@ FAMILIES: tuple[Family, ...] = (
            media_nested=True,
            note="the projector average-pools the SigLIP patches to 256 tokens; image tokens attend to each "
                 "other both ways (token_type_ids)"),
-    Family("paligemma", ("PaliGemmaForConditionalGeneration",), "vision",
-           encoder=("model.multi_modal_projector:input",), adapter=_PROJ, decoder_input_complete=False,
-           prompt="{media}{instruction}\n", instruction="caption en",
-           note="prefix LM: image and prompt attend both ways; no chat template"),
     Family("idefics3", ("Idefics3ForConditionalGeneration",), "vision",
            encoder=("model.connector:input",), adapter=("model.connector",), decoder=("model.text_model",),
            note="image split into tiles + a global view; the connector pixel-shuffles each tile's patches"),

@@ -437,6 +437,9 @@ class HFModel(HFPluginMixin, ModelPlugin):
                 logits = out.logits  # some models (the Omni thinker) ignore logits_to_keep
                 first = logits[:, 0] if logits.shape[1] == 1 else logits[torch.arange(len(last)), last]
                 pos = seen.get("pos")
+                if view == "modal" and self.family.positions == "mrope" and (pos is None or pos.dim() != 3):
+                    raise MchError(f"model {self.spec.name!r}: the decoder did not receive the model's M-RoPE "
+                                   f"position ids; this transformers version computes them elsewhere")
                 if pos is None:  # the decoder counted 0..P-1 itself
                     pos = torch.arange(att.shape[1], device=att.device).expand_as(att)
                 start = next_positions(pos, att)
