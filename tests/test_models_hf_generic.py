@@ -184,9 +184,17 @@ def manual_logp(m: HFModel, s: Sample, query: str, cont: str, view: str) -> floa
 # --------------------------------------------------------------------------- per family
 
 
-def test_every_family_with_a_builder_is_tested_and_at_least_ten_work():
+def test_every_family_with_a_builder_is_tested_registered_and_at_least_ten_work():
+    from mch.manager import get_registry
+
     assert len(TESTED) >= 10
-    assert set(TESTED) <= set(REGISTRY_NAME)
+    assert set(BUILDERS) == {f.name for f in FAMILIES} and set(BUILDERS) <= set(REGISTRY_NAME)
+    reg = get_registry()
+    for family, name in REGISTRY_NAME.items():
+        spec = reg.get("model", name)
+        assert spec.entry == "mch.plugins.models.hf_generic:HFModel"
+        assert spec.modality == next(f.modality for f in FAMILIES if f.name == family)
+        assert spec.options.get("default_dataset") in ("coco", "librispeech")
 
 
 @pytest.mark.parametrize("family", TESTED)

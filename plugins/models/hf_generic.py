@@ -45,7 +45,6 @@ from ._hf_common import (
     _one_line,
     apply_adapter,
     checkpoint_dir,
-    continuation_ids,
     decoder_call,
     load_pretrained,
     locate,

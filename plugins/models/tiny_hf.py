@@ -87,7 +87,8 @@ def _qwen_vl(out: Path, seed: int, version: str) -> Path:
     ids = _ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    text = dict(TEXT, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    text = dict(TEXT, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
     vision: dict[str, Any] = dict(depth=2, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
                                   temporal_patch_size=2)
@@ -138,7 +139,8 @@ def _glm4v(out: Path, seed: int) -> Path:
                                 merge_size=2, temporal_patch_size=2)
     ids = _ids(tok, "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
                "<|end_of_video|>")
-    text = dict(TEXT, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    text = dict(TEXT, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                                  "partial_rotary_factor": 1.0})
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, image_size=56,
@@ -404,7 +406,8 @@ def _qwen2_5_omni(out: Path, seed: int) -> Path:
                  output_dim=64, n_window=50, max_source_positions=1500)
     vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                   fullatt_block_indexes=[0], window_size=56)
-    text = dict(TEXT, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    text = dict(TEXT, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
     cfg = transformers.Qwen2_5OmniThinkerConfig(audio_config=audio, vision_config=vision, text_config=text,
                                                 audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"],
