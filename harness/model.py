@@ -29,6 +29,39 @@ class Pool:
 
     owner: torch.Tensor
     masks: dict[str, torch.Tensor]
+    split: torch.Tensor | None = None
+
+    @classmethod
+    def proportional(cls, weights: Sequence[int] | torch.Tensor) -> "Pool":
+        """A pool for a stage whose output, flattened to rows (every dim but the last), holds
+        each sample's rows in batch order, as many as `weights[i]` times a common factor
+        (e.g. projector rows per modality token: 1 in LLaVA, 4 before a 2x2 patch merger).
+        Every row is real: spans `modality` and `all` both take them all."""
+        w = torch.as_tensor(weights, dtype=torch.long)
+        return cls(owner=torch.arange(len(w)), masks={}, split=w)
+
+    def for_output(self, hidden: torch.Tensor) -> "Pool":
+        """This pool laid out for one stage output `hidden` (R, T, D) or (R, D): a proportional
+        pool becomes an ordinary one (owner per row, every position real); others come back
+        as they are. For code that reads `owner`/`masks` against a hooked tensor."""
+        if self.split is None:
+            return self
+        R, T = hidden.shape[0], (hidden.shape[1] if hidden.dim() == 3 else 1)
+        flat = self.split_owner(R * T).view(R, T)
+        if bool((flat != flat[:, :1]).any()):
+            raise MchError(f"a stage output of shape {tuple(hidden.shape)} has rows shared by two samples")
+        ones = torch.ones(R, T, dtype=torch.bool)
+        return Pool(flat[:, 0].clone(), {"modality": ones, "all": ones})
+
+    def split_owner(self, rows: int) -> torch.Tensor:
+        """Owner of each of `rows` flattened rows under `proportional` (one clear error if the
+        rows cannot be split that way)."""
+        assert self.split is not None
+        total = int(self.split.sum())
+        if total <= 0 or rows % total or bool((self.split <= 0).any()):
+            raise MchError(f"a stage output of {rows} rows cannot be split over samples in proportion to "
+                           f"{self.split.tolist()}")
+        return torch.repeat_interleave(torch.arange(len(self.split)), self.split * (rows // total))
 
 
 @dataclass
@@ -68,11 +101,14 @@ class ScoreParts:
     """What continuation scoring runs on: `lm`, a causal LM accepting `inputs_embeds`,
     `attention_mask`, `position_ids` (returns `.logits`); `prefixes[i]` (P_i, D), the exact
     decoder input of sample i's prompt (media merged in); `continuations[k]`, the token ids of
-    continuation k as they follow that prompt."""
+    continuation k as they follow that prompt; `positions[i]`, prompt i's own position ids,
+    (P_i,) or (A, P_i) for a model with A position axes (M-RoPE), when they are not 0..P_i-1
+    (pass them to `mch.scoring`'s functions)."""
 
     lm: torch.nn.Module
     prefixes: list[torch.Tensor]
     continuations: list[list[int]]
+    positions: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -84,11 +120,27 @@ class Scores:
     n_tokens: Any
 
 
+def stage_map_of(plugin: "ModelPlugin", view: str, protocol: str) -> dict[str, str]:
+    """`plugin.stage_map(view, protocol)`; a plugin written before the protocol argument
+    (one stage map for both protocols) is called with the view alone."""
+    import inspect
+
+    try:
+        takes = "protocol" in inspect.signature(plugin.stage_map).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        takes = True
+    return plugin.stage_map(view, protocol) if takes else plugin.stage_map(view)
+
+
 def stage_group(stage: str) -> str:
     return "llm" if stage.startswith("llm.") else stage
 
 
 def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The module at a dotted `path` of `root`; a trailing `:input` (a hook point on the
+    module's input, see `mch.hooks`) is ignored."""
+    if path.endswith(":input"):
+        path = path[: -len(":input")]
     mod: Any = root
     for part in path.split("."):
         if part.isdigit() and isinstance(mod, (torch.nn.ModuleList, torch.nn.Sequential)):
@@ -169,8 +221,9 @@ class ModelPlugin:
     def load(self) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
-        """Stage name -> module path relative to `self.module`, for `view` modal or text."""
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
+        """Stage name -> hook point relative to `self.module` for `view` (modal or text) under
+        `protocol`: a module path (its output) or `path:input` (its first input)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
@@ -219,7 +272,8 @@ class ModelPlugin:
         """Every declared stage must resolve in the loaded module tree: one clear error if not."""
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
-        for stage, path in self.stage_map(view).items():
+        points = {(st, p) for protocol in ("default", "paper") for st, p in stage_map_of(self, view, protocol).items()}
+        for stage, path in sorted(points):
             try:
                 resolve_module(self.module, path)
             except AttributeError:

@@ -95,6 +95,7 @@ class Gradient(Analysis):
                     (g,) = torch.autograd.grad(loglik.sum(), leaf["z"], allow_unused=True)
                     if g is None:  # the loss never read the adapter output
                         g = torch.zeros_like(leaf["z"])
+                    pool = pool.for_output(g) if pool is not None else None  # proportional pools: rows of g
                     gbar = pool_rows(g, pool, ctx.span, n)  # token mean per sample
                     if token_sum:
                         mask = pool.masks.get(ctx.span, pool.masks.get("all")) if pool is not None else None

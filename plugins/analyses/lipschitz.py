@@ -74,6 +74,7 @@ def _layout(model: Any, batch: Sequence[Sample], protocol: str, span: str, z: An
     T = z.shape[1] if z.dim() == 3 else 1
     pool = model.prepare(batch, protocol, "modal").pools.get("adapter")
     if pool is not None:
+        pool = pool.for_output(z)  # a proportional pool: laid out on z's rows
         mask = pool.masks.get(span)
         if mask is None:
             mask = pool.masks.get("all")

@@ -236,7 +236,7 @@ class Lora(Analysis):
 
             parts = model.score_parts(batch, query, answers, ctx.protocol, "modal")
             conts = [parts.continuations[cls[s.labels[name]]] for s in batch]
-            logits, targets = continuation_logits(parts.lm, parts.prefixes, conts)
+            logits, targets = continuation_logits(parts.lm, parts.prefixes, conts, parts.positions)
             return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten().to(dev),
                                                      ignore_index=-100, reduction="sum"), int((targets != -100).sum())
 

@@ -37,9 +37,10 @@ def swap_edit(P: Any, targets: Any, pool: Any, span: str, n: int) -> Any:
 
     def fn(z: Any) -> Any:
         zf = z.float()
-        own = pool_rows(zf, pool, span, n) @ P                       # (n, D): m_i
-        shift = (targets - own)[pool.owner.to(zf.device)] if pool is not None else targets - own
-        return (zf + shift[:, None, :]).to(z.dtype)
+        rows = pool.for_output(zf) if pool is not None else None    # proportional pools: rows of z
+        own = pool_rows(zf, rows, span, n) @ P                       # (n, D): m_i
+        shift = (targets - own)[rows.owner.to(zf.device)] if rows is not None else targets - own
+        return (zf + (shift[:, None, :] if zf.dim() == 3 else shift)).to(z.dtype)
 
     return fn
 

@@ -9,7 +9,6 @@ prompt's KV cache for all K continuations (`mch.scoring.score_shared_prefix`).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -18,6 +17,7 @@ import torch
 
 from mch.api import MchError, Sample, SampleError
 from mch.checkpoints import load_lora_adapter, resolve_checkpoint
+from mch.hooks import Trace
 from mch.model import ModelPlugin, Prepared, Scores, resolve_module
 from mch.scoring import left_pad, score_shared_prefix
 
@@ -176,28 +176,25 @@ def continuation_ids(tokenizer: Any, context: str, continuations: Sequence[str],
     return out
 
 
-class _Stop(Exception):
-    pass
+def decoder_call(inner: torch.nn.Module, decoder_path: str, inputs: dict[str, Any],
+                 root: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The embeddings the LLM decoder (at `decoder_path` of `root`, default `inner`) receives
+    for `inputs` (media already scattered in), and the keyword arguments it is called with
+    (position ids as the model computes them, e.g. M-RoPE's), caught at the decoder's entry;
+    the decoder itself does not run."""
+    seen: dict[str, Any] = {}
+    with Trace(root if root is not None else inner, {"x": f"{decoder_path}:input"},
+               fn=lambda f: seen.update(x=f.x, kwargs=f.kwargs), stop=True):
+        inner(**inputs)
+    if seen.get("x") is None:
+        raise MchError("the LLM decoder was not called with input embeddings")
+    return seen["x"], seen["kwargs"]
 
 
 def decoder_inputs(inner: torch.nn.Module, decoder: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """The embeddings the LLM decoder receives for `inputs` (media already scattered in),
-    caught at the decoder's entry; the decoder itself does not run."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def pre_hook(_m, args, kwargs):
-        seen["x"] = kwargs.get("inputs_embeds", args[0] if args else None)
-        raise _Stop
-
-    handle = decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        with contextlib.suppress(_Stop):
-            inner(**inputs)
-    finally:
-        handle.remove()
-    if seen.get("x") is None:
-        raise MchError("the LLM decoder was not called with input embeddings")
-    return seen["x"]
+    """The embeddings the LLM decoder receives for `inputs` (see `decoder_call`)."""
+    path = next(name for name, m in inner.named_modules() if m is decoder)
+    return decoder_call(inner, path, inputs)[0]
 
 
 # The options every plugin of this package takes (each declares its own `option_specs`

@@ -124,7 +124,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             "embed": f"{decoder}.embed_tokens",
         }
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         p = self._ensure_paths()
         stages = decoder_stage_paths(p["decoder"], self.n_layers)
         if view == "text":

@@ -75,7 +75,7 @@ class PaliGemma(ModelPlugin):
         return AutoConfig.from_pretrained(str(path), local_files_only=True,
                                           trust_remote_code=bool(self.trust_remote_code)).text_config
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         n = self._text_config().num_hidden_layers
         stages = {f"llm.{i}": f"{DECODER}.layers.{i}" for i in range(n)}
         stages["llm.final"] = f"{DECODER}.norm"
