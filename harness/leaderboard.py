@@ -473,8 +473,9 @@ def render_table(rows: list[dict], console: Any, sources: list[str] | None = Non
 
     cols = visible_metric_columns(rows)
     show_other = any(r["other"] for r in rows)
-    grid = Grid([Col(COLUMN_BY_KEY[k].label, no_wrap=k in ("model", "kind", "protocol")) for k in TERMINAL_KEYS]
-                + [Col(c.label, "right", True) for c in cols] + ([Col("Other")] if show_other else [])
+    grid = Grid([Col(COLUMN_BY_KEY[k].label, no_wrap=k in ("model", "kind", "protocol"),
+                     max_width=40 if k == "checkpoint" else None) for k in TERMINAL_KEYS]
+                + [Col(c.label, "right", True) for c in cols] + ([Col("Other", max_width=40)] if show_other else [])
                 + [Col("mch")],
                 title="mch leaderboard: information present (probes) vs accessible to the decoder (GMI)",
                 key_cols=len(TERMINAL_KEYS), sparse=True)

@@ -26,6 +26,7 @@ class Col:
     header: str
     justify: str = "left"
     no_wrap: bool = False  # names a user greps for, numbers
+    max_width: Optional[int] = None  # a long free-text column folds within this width
 
 
 @dataclass
@@ -66,7 +67,7 @@ def _table(grid: Grid) -> Any:
 
     t = Table(title=grid.title or None, box=box.SIMPLE_HEAVY, header_style="bold", title_justify="left")
     for c in grid.columns:
-        t.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, overflow="fold")
+        t.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, overflow="fold", max_width=c.max_width)
     for cells, style in zip(grid.rows, grid.styles or [None] * len(grid.rows)):
         # Text(...): names from records are shown literally, never parsed as rich markup
         t.add_row(*(Text(MISSING if v is None else str(v)) for v in cells), style=style)
@@ -80,17 +81,15 @@ def natural_width(console: Any, renderable: Any) -> int:
 
 
 def fits(console: Any, grid: Grid) -> bool:
-    return not bounded() or natural_width(console, _table(grid)) <= console.width
+    return console.width >= UNBOUNDED or natural_width(console, _table(grid)) <= console.width
 
 
 def emit(console: Any, grid: Grid, stacked: Optional[bool] = None) -> None:
-    """Draw `grid`: a table if it fits (or `stacked=False`), else the stacked layout."""
+    """Draw `grid` on `console`: a table if it fits (or `stacked=False`), else the stacked
+    layout. A console of width UNBOUNDED (stdout_console in a pipe) always gets the table."""
     table = _table(grid)
     width = natural_width(console, table)
-    if not bounded():
-        console.print(table, width=max(width, 1), soft_wrap=False)
-        return
-    if stacked is False or (stacked is None and width <= console.width):
+    if stacked is False or console.width >= UNBOUNDED or (stacked is None and width <= console.width):
         console.print(table)
         return
     emit_stacked(console, grid)
