@@ -163,7 +163,7 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
     p, written = run_bench(cfg, log, progress)
     machine = _machine_output(written, as_json, as_csv, p.loaded)
     if not machine:
-        show_records([r for _, r in written], [path for path, _ in written])
+        show_records([r for _, r in written])
     # with --json/--csv stdout holds only the numbers: the rest goes to stderr
     say = err_console if machine else console
     for path, _ in written:
@@ -236,10 +236,10 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
         say.print(Text.assemble("wrote ", (str(path), "bold")), soft_wrap=True)
         written.append((path, rec))
     if not _machine_output(written, as_json, as_csv, p.loaded):
-        show_records([r for _, r in written], [path for path, _ in written])
+        show_records([r for _, r in written])
 
 
-def show_records(records: list, paths: Optional[list] = None) -> None:
+def show_records(records: list) -> None:
     """The run's tables (mch.report): probe, GMI, each other analysis's headline metrics,
     skipped attributes and samples with their reason."""
     from .report import show_records as show
@@ -251,7 +251,7 @@ def show_records(records: list, paths: Optional[list] = None) -> None:
         heads = {n: s.options.get("headline") for n, s in reg.analyses.items() if s.options.get("headline")}
     except MchError:
         pass
-    show(records, stdout_console(), heads, paths)
+    show(records, stdout_console(), heads)
 
 
 def _machine_output(written: list, as_json: bool, as_csv: bool, loaded: Optional[bool]) -> bool:

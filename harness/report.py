@@ -80,6 +80,8 @@ def skipped_attributes(rec: dict) -> dict[str, str]:
         if not why:
             notes = [n for n in rec.get("notes") or [] if n.startswith(f"{a}:") or n.startswith(f"{a} ")]
             why = notes[0][len(a) + 1:].strip() if notes else None
+            if why and why.startswith("skipped (") and why.endswith(")"):  # "attr: skipped (reason)"
+                why = why[len("skipped ("):-1]
         out[a] = why or "no metric for this attribute (see the record's notes)"
     return out
 
@@ -201,8 +203,7 @@ def headline_grid(rec: dict, headline: Optional[list[str]]) -> tuple[Grid, int]:
     return g, rest
 
 
-def show_records(records: list[dict], console: Any, headlines: Optional[dict[str, list[str]]] = None,
-                 paths: Optional[list[Any]] = None) -> None:
+def show_records(records: list[dict], console: Any, headlines: Optional[dict[str, list[str]]] = None) -> None:
     """Print the tables of one run's records (see the module docstring)."""
     from rich.text import Text
 
