@@ -79,3 +79,17 @@ def load_lora_adapter(module: Any, adapter_dir: str | Path, merge: bool = True) 
     if merge:
         return peft_model.merge_and_unload()
     return peft_model
+
+
+# A random-weight checkpoint built for tests (mch.plugins.models.tiny) says so in its
+# config.json; records then carry model.smoke and the leaderboard never shows it as a model.
+SMOKE_KEY = "mch_smoke_test"
+
+
+def is_smoke_checkpoint(checkpoint: Any) -> bool:
+    """Whether `checkpoint` is a local directory whose config.json carries SMOKE_KEY."""
+    try:
+        cfg = Path(str(checkpoint)).expanduser() / "config.json"
+        return cfg.is_file() and bool(json.loads(cfg.read_text()).get(SMOKE_KEY))
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -2,9 +2,12 @@
 
 Result records (measured by mch, or `"kind": "reported"` numbers published elsewhere, entered
 with `provenance.source`) are the source of truth; this module turns them into rows of one
-(kind, model, dataset, attribute, protocol) each, with the known metrics in columns and every
-other metric row kept for the page and `--json`. `mch.site` renders the same rows as a static
-page. Measured and reported records never merge into one row.
+(kind, model, checkpoint, dataset, attribute, protocol) each, with the known metrics in
+columns and every other metric row kept for the page and `--json`. `mch.site` renders the
+same rows as a static page. Measured and reported records never merge into one row, nor do
+runs of different checkpoints (path or HF id, revision, adapter, and the checkpoint's
+fingerprint when the record has one). Smoke runs (random-weight checkpoints, `model.smoke`)
+are left out unless asked for, and are labelled "smoke" then.
 
 Light on purpose: no torch, no numpy; rich is imported only to draw.
 """
@@ -16,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -68,6 +70,8 @@ class Column:
 TEXT_COLUMNS = [
     Column("kind", "Kind", help="measured by mch, or reported in the paper"),
     Column("model", "Model"),
+    Column("checkpoint", "Checkpoint", help="the weights measured: local path (last two parts) or HF id, @revision; "
+                                          "#hash tells apart checkpoints that would read the same"),
     Column("dataset", "Dataset"),
     Column("attribute", "Attribute"),
     Column("protocol", "Protocol"),
@@ -219,13 +223,47 @@ def _recency(item: Loaded) -> tuple[str, str]:
     return (item.record["created_at"], item.path.name)
 
 
-def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
-    """Rows of one (kind, model, dataset, attribute, protocol).
+def checkpoint_identity(rec: dict) -> tuple:
+    """What makes two records measure the same weights: checkpoint (path or HF id), revision,
+    adapter, the checkpoint's fingerprint when the record has one, and whether it is a smoke
+    run. Part of every row's identity: different weights never share a row."""
+    m = rec["model"]
+    fp = m.get("checkpoint_fingerprint")
+    if fp is not None and not isinstance(fp, str):
+        fp = json.dumps(fp, sort_keys=True, default=str)
+    return (m.get("checkpoint"), m.get("revision"), m.get("adapter"), fp, bool(m.get("smoke")))
 
-    By default only the latest record (by `created_at`) per (kind, model, dataset, attribute,
-    analysis, protocol) counts, and the analyses of one row merge (probe + gmi + …). With
-    `all_runs` every record gives its own rows. Metrics of no attribute (ablation, swap, …)
-    form a model-level row (attribute None) of their own, never mixed into an attribute's."""
+
+def short_checkpoint(checkpoint: str | None, revision: str | None = None, adapter: str | None = None,
+                     max_len: int = 36) -> str:
+    """A checkpoint as a table cell: an HF id whole, a local path by its last two parts,
+    '@' + revision (a commit hash to 7 characters), '+ adapter NAME' for a LoRA adapter."""
+    if not checkpoint:
+        return "—"
+    s = str(checkpoint)
+    if s.startswith(("/", "~", ".")) or s.count("/") > 1 or "\\" in s:
+        parts = [x for x in re.split(r"[\\/]+", s) if x]
+        if len(parts) > 2:
+            s = "…/" + "/".join(parts[-2:])
+    if len(s) > max_len:
+        s = s[: max_len // 2 - 1] + "…" + s[-(max_len // 2):]
+    if revision:
+        s += "@" + (revision[:7] if re.fullmatch(r"[0-9a-f]{40}", revision) else revision)
+    if adapter:
+        a = str(adapter)
+        name = Path(a).name if " " not in a and re.search(r"[\\/]", a) else a
+        s += " + adapter " + (name if len(name) <= 24 else name[:23] + "…")
+    return s
+
+
+def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
+    """Rows of one (kind, model, checkpoint, dataset, attribute, protocol).
+
+    By default only the latest record (by `created_at`) per (kind, model, checkpoint, dataset,
+    attribute, analysis, protocol) counts, and the analyses of one row merge (probe + gmi +
+    …). With `all_runs` every record gives its own rows. Metrics of no attribute (ablation,
+    swap, …) form a model-level row (attribute None) of their own, never mixed into an
+    attribute's."""
     # (row group, attribute) -> [(loaded, metric rows for that attribute)]
     parts: dict[tuple, dict[Any, list[tuple[Loaded, list[dict]]]]] = {}
     latest: dict[tuple, tuple[Loaded, list[dict]]] = {}
@@ -236,7 +274,7 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             by_attr.setdefault(m.get("attribute"), []).append({**m, "analysis": r["analysis"]["name"]})
         if not by_attr:
             by_attr[None] = []
-        group = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"])
+        group = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"], checkpoint_identity(r))
         if all_runs:
             group = group + (_relpath(item.path),)
             for attr, ms in by_attr.items():
@@ -247,15 +285,28 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             if key not in latest or _recency(item) > _recency(latest[key][0]):
                 latest[key] = (item, ms)
     for key, val in latest.items():
-        parts.setdefault(key[:4], {}).setdefault(key[4], []).append(val)
+        parts.setdefault(key[:5], {}).setdefault(key[5], []).append(val)
 
     rows = []
     for group, attrs in parts.items():
         for attr, pieces in attrs.items():
             rows.append(_make_row(group, attr, pieces, all_runs))
-    rows.sort(key=lambda r: (r["kind"] != "measured", r["model"], r["dataset"], r["attribute"] is None, str(r["attribute"]),
-                             r["protocol"], r.get("run") or ""))
+    _label_checkpoints(rows)
+    rows.sort(key=lambda r: (r["kind"] != "measured", r["smoke"], r["model"], r["checkpoint_label"], r["dataset"],
+                             r["attribute"] is None, str(r["attribute"]), r["protocol"], r.get("run") or ""))
     return rows
+
+
+def _label_checkpoints(rows: list[dict]) -> None:
+    """`checkpoint_label` of each row: short_checkpoint, plus '#' and 6 hex digits of the
+    identity where two checkpoints of one model would otherwise read the same."""
+    seen: dict[tuple, set] = {}
+    for r in rows:
+        r["checkpoint_label"] = short_checkpoint(r["checkpoint"], r["revision"], r["adapter"])
+        seen.setdefault((r["model"], r["checkpoint_label"]), set()).add(r["checkpoint_id"])
+    for r in rows:
+        if len(seen[(r["model"], r["checkpoint_label"])]) > 1:
+            r["checkpoint_label"] += " #" + r["checkpoint_id"][:6]
 
 
 def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[dict]]], all_runs: bool) -> dict:
@@ -273,13 +324,14 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
                        "ci_high": acc and acc.get("ci_high"), "i_probe_bits": ip and ip.get("value")})
     values = {c.key: _cell(_pick(metrics, c.metric, c.stage) or _pick(metrics, FALLBACK.get(c.metric, ""), c.stage))
               for c in METRIC_COLUMNS}
+    ckpt, revision, adapter, fingerprint, smoke = group[4]
     row = {
         "id": hashlib.sha256(json.dumps([group, attr], default=str).encode()).hexdigest()[:12],
         "kind": group[0], "model": group[1], "dataset": group[2], "attribute": attr, "protocol": group[3],
         "modality": newest["model"].get("modality"),
-        "checkpoint": ", ".join(_uniq(r["model"].get("checkpoint") for r in recs)),
-        "revision": ", ".join(_uniq(r["model"].get("revision") for r in recs)) or None,
-        "adapter": ", ".join(_uniq(r["model"].get("adapter") for r in recs)) or None,
+        "checkpoint": ckpt, "revision": revision, "adapter": adapter, "checkpoint_fingerprint": fingerprint,
+        "checkpoint_id": hashlib.sha256(json.dumps(group[4], default=str).encode()).hexdigest()[:12],
+        "smoke": smoke,
         "split": ", ".join(_uniq(r["dataset"].get("split") for r in recs)) or None,
         "n": max((r["dataset"].get("n", 0) for r in recs), default=None),
         "analyses": sorted(_uniq(r["analysis"]["name"] for r in recs)),
@@ -392,6 +444,10 @@ def format_cell(col: Column, cell: dict | None, with_ci: bool = True) -> str:
 def text_value(row: dict, key: str) -> str:
     if key == "attribute" and row.get("kind") and row.get(key) is None:
         return "(model-level)"
+    if key == "checkpoint" and row.get("checkpoint_label"):
+        return row["checkpoint_label"]
+    if key == "kind" and row.get("smoke"):
+        return "smoke"  # a random-weight checkpoint: never a model's measurement
     if key == "mch_version" and row.get("kind") == "reported":
         return "—"  # entered by hand, not produced by mch
     v = row.get(key)
@@ -403,42 +459,46 @@ def visible_metric_columns(rows: list[dict]) -> list[Column]:
     return [c for c in METRIC_COLUMNS if any(r["values"].get(c.key) for r in rows)]
 
 
+# the terminal's columns: the row's identity first (the heading of a stacked block), the
+# revision is inside the checkpoint cell
+TERMINAL_KEYS = ["model", "checkpoint", "dataset", "attribute", "protocol", "kind"]
+
+
 def render_table(rows: list[dict], console: Any, sources: list[str] | None = None) -> None:
-    from rich import box
-    from rich.table import Table
+    """The leaderboard in the terminal: a table when it fits the width, else one block per
+    row (mch.tables); every value either way."""
     from rich.text import Text
 
+    from .tables import Col, Grid, emit
+
     cols = visible_metric_columns(rows)
-    table = Table(title="mch leaderboard: information present (probes) vs accessible to the decoder (GMI)",
-                  box=box.SIMPLE_HEAVY, show_lines=False, header_style="bold")
-    for c in TEXT_COLUMNS:
-        table.add_column(c.label, no_wrap=c.key in ("kind", "protocol"))
-    for c in cols:
-        table.add_column(c.label, justify="right")
     show_other = any(r["other"] for r in rows)
-    if show_other:
-        table.add_column("Other", overflow="fold", max_width=40)
-    for c in TAIL_COLUMNS:
-        table.add_column(c.label, overflow="fold")
+    grid = Grid([Col(COLUMN_BY_KEY[k].label, no_wrap=k in ("model", "kind", "protocol"),
+                     max_width=40 if k == "checkpoint" else None) for k in TERMINAL_KEYS]
+                + [Col(c.label, "right", True) for c in cols] + ([Col("Other", max_width=40)] if show_other else [])
+                + [Col("mch")],
+                title="mch leaderboard: information present (probes) vs accessible to the decoder (GMI)",
+                key_cols=len(TERMINAL_KEYS), sparse=True)
     refs: list[str] = []
     for r in rows:
-        kind = r["kind"]
-        if kind == "reported" and r["sources"]:
+        cells: list[str | None] = [text_value(r, k) for k in TERMINAL_KEYS]
+        if r["kind"] == "reported" and r["sources"]:
             refs.extend(s for s in r["sources"] if s not in refs)
-            kind = f"reported[{','.join(str(refs.index(s) + 1) for s in r['sources'])}]"
-        # Text(...) so that names are shown literally, never parsed as rich markup.
-        cells = [Text(kind)] + [Text(text_value(r, c.key)) for c in TEXT_COLUMNS[1:]]
-        cells += [Text(format_cell(c, r["values"].get(c.key))) for c in cols]
+            cells[-1] = f"reported[{','.join(str(refs.index(s) + 1) for s in r['sources'])}]"
+        cells += [None if r["values"].get(c.key) is None else format_cell(c, r["values"].get(c.key)) for c in cols]
         if show_other:
-            cells.append(Text("; ".join(r["other"][:4]) + (f"; … (+{len(r['other']) - 4})" if len(r["other"]) > 4 else "")))
-        cells += [Text(text_value(r, c.key)) for c in TAIL_COLUMNS]
-        table.add_row(*cells, style="italic" if r["kind"] == "reported" else None)
-    console.print(table)
+            cells.append("; ".join(r["other"][:4]) + (f"; … (+{len(r['other']) - 4})" if len(r["other"]) > 4 else ""))
+        cells.append(text_value(r, "mch_version"))
+        grid.add(cells, style="italic" if r["kind"] == "reported" else ("yellow" if r.get("smoke") else None))
+    emit(console, grid)
     for i, s in enumerate(refs, 1):
         console.print(Text(f"[{i}] {s}", style="dim"))
     if any(r["kind"] == "reported" for r in rows):
         console.print(Text("reported = numbers published by the paper, entered with their source; "
                            "measured = result records produced by mch.", style="dim"))
+    if any(r.get("smoke") for r in rows):
+        console.print(Text("smoke = a run on a random-weight checkpoint (built by mch.plugins.models.tiny): it tests "
+                           "the code path and measures no model.", style="dim"))
 
 
 def rows_to_json(rows: list[dict]) -> str:
@@ -452,13 +512,14 @@ def rows_to_json(rows: list[dict]) -> str:
 
 def entry_key(rec: dict) -> tuple:
     """Duplicate identity of a leaderboard entry: (kind, model, revision, dataset, protocol,
-    analysis). `kind` is part of it so a measured run never replaces a reported number."""
+    analysis, checkpoint identity). `kind` is part of it so a measured run never replaces a
+    reported number; the checkpoint so one checkpoint's run never replaces another's."""
     return (rec["kind"], rec["model"]["name"], rec["model"].get("revision"), rec["dataset"]["name"],
-            rec["protocol"], rec["analysis"]["name"])
+            rec["protocol"], rec["analysis"]["name"], checkpoint_identity(rec))
 
 
 def canonical_name(rec: dict) -> str:
-    kind, model, revision, dataset, protocol, analysis = entry_key(rec)
+    kind, model, revision, dataset, protocol, analysis, _ = entry_key(rec)
     parts = [model, revision or "norev", dataset, analysis, protocol] + (["reported"] if kind == "reported" else [])
     return "__".join(safe_name(p) for p in parts) + ".json"
 
@@ -488,19 +549,25 @@ def submit(path: Path, entries_dir: Path, replace: bool = False) -> tuple[Path, 
     """Validate `path` and copy it to `entries_dir` under its canonical name. Returns the new
     path and the entry it replaced (or None)."""
     rec = check_entry(path)
+    if rec["model"].get("smoke"):
+        raise MchError(f"{path} is a smoke run on a random-weight checkpoint (model.smoke): it measures no model, "
+                       f"so it is not a leaderboard entry")
     key = entry_key(rec)
     entries_dir = Path(entries_dir)
     existing, _ = load_records([entries_dir]) if entries_dir.is_dir() else ([], [])
     dupes = [e for e in existing if entry_key(e.record) == key]
     if dupes and not replace:
-        raise MchError(f"{path} duplicates {_relpath(dupes[0].path)} (same kind, model, revision, dataset, "
-                       f"protocol and analysis); pass --replace to replace it")
+        raise MchError(f"{path} duplicates {_relpath(dupes[0].path)} (same kind, model, checkpoint, revision, "
+                       f"dataset, protocol and analysis); pass --replace to replace it")
     target = entries_dir / canonical_name(rec)
     if target.exists() and not any(d.path.resolve() == target.resolve() for d in dupes):
         # Same canonical name from a different key (names are sanitised): keep both.
         h = hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:8]
         target = target.with_name(f"{target.stem}-{h}.json")
     atomic_write_json(target, rec)
+    if not load_records([target])[0]:  # what `mch leaderboard` reads, or submit must not say "added"
+        target.unlink()
+        raise MchError(f"{path}: the entry written as {target.name} would not be read back; not added")
     for d in dupes:
         if d.path.resolve() != target.resolve():
             d.path.unlink()
@@ -515,7 +582,21 @@ def _fail(exc: MchError) -> None:
     raise typer.Exit(2)  # a user error: the CLI-wide code
 
 
-def collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool) -> list[dict]:
+def collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool,
+            smoke: bool = True) -> list[dict]:
+    """The rows of the records found; without `smoke`, smoke-run rows are left out and a line
+    on stderr says how many."""
+    rows = _collect(results, entries, no_entries, all_runs)
+    if smoke:
+        return rows
+    n = sum(bool(r.get("smoke")) for r in rows)
+    if n:
+        typer.echo(f"note: {n} row{'s' if n != 1 else ''} of smoke runs (random-weight checkpoints) left out; "
+                   f"--smoke shows them", err=True)
+    return [r for r in rows if not r.get("smoke")]
+
+
+def _collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool) -> list[dict]:
     dirs = list(results) if results else default_results_dirs()
     for d in results or []:
         if not Path(d).exists():
@@ -534,6 +615,7 @@ app = typer.Typer(name="leaderboard", add_completion=False, no_args_is_help=Fals
                   help="The per-model accessibility leaderboard: terminal table, static site, submissions.")
 
 _RESULTS_HELP = "results directory (repeatable; default ./results or $MCH_RESULTS)"
+SMOKE = typer.Option(False, "--smoke", help="also show smoke runs (random-weight checkpoints), labelled 'smoke'")
 
 
 @app.callback(invoke_without_command=True)
@@ -549,8 +631,9 @@ def table(
     kind: Optional[str] = typer.Option(None, "--kind", help="measured or reported"),
     sort: Optional[str] = typer.Option(None, "--sort", help="column key, optionally :asc or :desc (e.g. acc_final:desc); keys: "
                                        + ", ".join(COLUMN_BY_KEY)),
-    all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest per model/dataset/attribute/analysis/protocol"),
+    all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest per model/checkpoint/dataset/attribute/analysis/protocol"),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
+    smoke: bool = SMOKE,
 ) -> None:
     """Print the leaderboard table from the results directory and leaderboard/entries/."""
     if ctx.invoked_subcommand is not None:
@@ -558,7 +641,7 @@ def table(
     try:
         if protocol and any(p.strip() not in PROTOCOLS for p in protocol.split(",")):
             raise MchError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-        rows = collect(results, entries, no_entries, all_runs)
+        rows = collect(results, entries, no_entries, all_runs, smoke)
         rows = filter_rows(rows, attribute=attribute, modality=modality, dataset=dataset, protocol=protocol, kind=kind)
         rows = sort_rows(rows, sort)
     except MchError as exc:
@@ -569,9 +652,9 @@ def table(
     if not rows:
         typer.echo("no leaderboard entries found; run `mch bench` (results go to ./results) or pass --results DIR")
         return
-    from rich.console import Console
+    from .tables import stdout_console
 
-    render_table(rows, Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None))
+    render_table(rows, stdout_console())
 
 
 @app.command()
@@ -581,12 +664,13 @@ def build(
     entries: Optional[Path] = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
     no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
     all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest"),
+    smoke: bool = SMOKE,
 ) -> None:
     """Build the static leaderboard site: one offline index.html (data, JS and CSS inline)."""
     from .site import build_site
 
     try:
-        rows = collect(results, entries, no_entries, all_runs)
+        rows = collect(results, entries, no_entries, all_runs, smoke)
         path = build_site(rows, Path(out))
     except MchError as exc:
         _fail(exc)

@@ -191,13 +191,18 @@ class ModelPlugin:
 
     # -- identity, recorded in every store key and result
     def identity(self) -> dict[str, Any]:
-        return {
+        from .checkpoints import is_smoke_checkpoint
+
+        ident = {
             "name": self.spec.name,
             "checkpoint": self.checkpoint,
             "revision": self.revision,
             "adapter": self.adapter,
             "dtype": self.dtype_name,
         }
+        if is_smoke_checkpoint(self.checkpoint):  # random weights built for tests (checkpoints.SMOKE_KEY)
+            ident["smoke"] = True
+        return ident
 
     def checkpoint_paths(self) -> list[Any]:
         """The local directories (or files) this plugin reads weights, configs and tokenizers

@@ -427,7 +427,6 @@ def extract(p: Plan, view: str = "modal") -> Any:
     """Make sure the store entry for this plan and view is complete; return it. The entry's
     lock is taken before the model is loaded: a second process on the same key waits, then
     reuses what the first wrote."""
-    cfg = p.cfg
     entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
@@ -592,7 +591,8 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
     return build_record(
         model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
                "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
-               "device": cfg.device, **fingerprints, **model_fidelity(p)},
+               "device": cfg.device, **fingerprints, **model_fidelity(p),
+               **({"smoke": True} if config["model"].get("smoke") else {})},
         dataset={"name": p.dataset_spec.name, "split": cfg.split, "path": str(cfg.data_path) if cfg.data_path else None,
                  "n": int(man.get("n_rows", len(p.samples))),
                  "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),

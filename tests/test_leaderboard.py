@@ -38,13 +38,15 @@ def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float
 
 def make_record(model="toyfix", dataset="toy", analysis="probe", protocol="default", metrics=None,
                 created="2026-11-01T10:00:00+00:00", kind="measured", modality="speech", revision="r1",
-                source=None, note=None):
+                source=None, note=None, checkpoint="builtin:toy", smoke=False, fingerprint=None, adapter=None):
     if metrics is None:
         metrics = probe_metrics("speaker", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
                                 [1.5, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2], 0.25)
     rec = build_record(
-        model={"name": model, "modality": modality, "checkpoint": "builtin:toy", "revision": revision,
-               **({"note": note} if note else {})},
+        model={"name": model, "modality": modality, "checkpoint": checkpoint, "revision": revision,
+               **({"note": note} if note else {}), **({"smoke": True} if smoke else {}),
+               **({"checkpoint_fingerprint": fingerprint} if fingerprint else {}),
+               **({"adapter": adapter} if adapter else {})},
         dataset={"name": dataset, "split": "test", "n": 400, "sample_ids_sha256": "ab" * 32},
         analysis={"name": analysis, "params": {}}, protocol=protocol,
         extraction={"span": "modality", "stages": STAGES}, seeds=[0], config_hash="c0ffee", duration_s=1.5,
