@@ -14,8 +14,9 @@ from typing import Any
 
 from mch.api import Attribute, MchError
 
-from ._common import (Corpus, Record, content_tokens, int_option, lexical_attribute, lexical_labels,
-                      ordered_classes, read_audio)
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._lexical import content_tokens, lexical_attribute, lexical_labels
+from ._media import read_audio
 
 # The corpus's emotion codes and the label strings the reference loader stored.
 EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sadness"}
@@ -65,7 +66,6 @@ class CremaD(Corpus):
     layout = "a CREMA-D AudioWAV directory of {actor}_{sentence}_{emotion}_{level}.wav files (16 kHz)"
     default_split = "all"
     stratify = "emotion"
-    synth_kind = "cremad"
 
     def _find_root(self, path: Path) -> Path:
         for cand in (path / "AudioWAV", path):
