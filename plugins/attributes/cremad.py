@@ -90,17 +90,18 @@ class CremaD(Corpus):
             rec = Record(sid, "", {"emotion": "", "speaker": "", "lexical": ""},
                          {"actor": "", "sentence": "", "utterance": sid},
                          partial(read_audio, f, sid, expected_rate=native, target_rate=target), path=str(f))
-            m = FILE_RE.match(sid)
-            if not m:
+            try:
+                name = parse_name(sid)
+            except MchError:
                 rec.fail("the file name does not follow {actor}_{sentence}_{emotion}_{level}.wav, "
                          "so it has no labels")
                 records.append(rec)
                 continue
-            actor, sent, emo, level = m.groups()
-            rec.labels["emotion"] = EMOTIONS.get(emo, emo)  # an unknown code fails the class check
+            actor, sent, level = name["actor"], name["sentence"], name["level_code"]
+            rec.labels["emotion"] = name["emotion"]  # an unknown code fails the class check
             rec.labels["speaker"] = actor
             rec.groups.update(actor=actor, sentence=sent)
-            rec.meta.update(level=LEVELS.get(level, level), emotion_code=emo)
+            rec.meta.update(level=name["level"], emotion_code=name["emotion_code"])
             if sent in SENTENCES:
                 rec.text = SENTENCES[sent]
             else:
@@ -152,9 +153,12 @@ class CremaD(Corpus):
 
 
 def parse_name(stem: str) -> dict[str, Any]:
-    """`1001_DFA_ANG_XX` -> {'actor': '1001', 'sentence': 'DFA', 'emotion': 'anger', 'level': 'unspecified'}."""
+    """The one reader of CREMA-D file names: `1001_DFA_ANG_XX` -> {'actor': '1001', 'sentence':
+    'DFA', 'emotion': 'anger', 'level': 'unspecified', 'emotion_code': 'ANG', 'level_code': 'XX'}
+    (an unknown code is kept as its own label)."""
     m = FILE_RE.match(stem)
     if not m:
         raise MchError(f"{stem!r} is not a CREMA-D file name ({{actor}}_{{sentence}}_{{emotion}}_{{level}})")
     actor, sent, emo, level = m.groups()
-    return {"actor": actor, "sentence": sent, "emotion": EMOTIONS.get(emo, emo), "level": LEVELS.get(level, level)}
+    return {"actor": actor, "sentence": sent, "emotion": EMOTIONS.get(emo, emo), "level": LEVELS.get(level, level),
+            "emotion_code": emo, "level_code": level}
