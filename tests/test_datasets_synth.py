@@ -162,7 +162,6 @@ def test_commands_list_and_make(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    assert commands.CORPORA == synth.DESCRIPTIONS
     app = typer.Typer()
     app.command("noop")(lambda: None)
     commands.mch_register_commands(app)
