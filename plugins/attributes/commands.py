@@ -5,7 +5,7 @@
     mch data make coco --out /tmp/coco --param counts=[7,1,12] --param width=320
 
 Registered through its own entry point (`data` in the `mch` group). Import-light: typer and
-the writers' table; the generators' numpy, scipy and PIL are imported when a command runs.
+the corpora's names; the writers (numpy, scipy, PIL) are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import Any
 
 from mch.hookspecs import hookimpl
 
-# what `mch data list` shows: the writers import numpy, scipy and PIL only when they run
-from .synth.writers import DESCRIPTIONS as CORPORA
+from ._synth_names import DESCRIPTIONS as CORPORA  # what `mch data list` shows
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:

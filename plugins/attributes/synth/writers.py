@@ -12,22 +12,13 @@ from typing import Any, Callable
 
 from mch.api import MchError, Param
 
+from .._synth_names import DESCRIPTIONS
 from .scenes import SCENE_CATEGORIES, make_coco, make_gqa
 from .sounds import SOUND_CLASSES, make_esc50
 from .speech import make_cremad, make_librispeech, make_voxceleb1
 
 MANIFEST = "mch_synth.json"
 CREATED_BY = "mch.plugins.attributes.synth"  # the manifest's mark: `ensure` replaces only what it wrote
-
-DESCRIPTIONS = {
-    "cremad": "CREMA-D layout: synthetic actors x sentences x emotions (16 kHz WAV)",
-    "esc50": "ESC-50 layout: synthetic sound classes in 5 folds (44.1 kHz WAV + meta/esc50.csv)",
-    "librispeech": "LibriSpeech layout: synthetic readers, chapters and transcripts (16 kHz FLAC)",
-    "voxceleb1": "VoxCeleb1 layout: synthetic speakers x videos x utterances (16 kHz WAV + vox1_meta.csv)",
-    "coco": "COCO layout: rendered scenes with known objects (val2017 JPEG + instances/captions JSON)",
-    "gqa": "GQA layout: rendered scenes with questions and answers (images + val_balanced_questions.json)",
-}
-
 
 GENERATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "cremad": make_cremad, "esc50": make_esc50, "librispeech": make_librispeech, "voxceleb1": make_voxceleb1,
