@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +21,11 @@ from .api import (AnalysisOutput, Attribute, MchError, Sample, SampleError, chec
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
+
+# What a run does, for whoever listens (the CLI shows it on stderr; a library caller configures
+# logging, or passes its own `log`). Plain text: styling is the listener's.
+_logger = logging.getLogger("mch.runner")
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -64,27 +69,6 @@ class RunConfig:
         return self.span or ("all" if self.protocol == "paper" else "modality")
 
 
-class RichProgress(Progress):
-    """Progress bars on a rich console (or nothing when quiet)."""
-
-    def __init__(self, console: Any | None, quiet: bool = False):
-        self.console = console
-        self.quiet = quiet or console is None
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self.quiet:
-            yield lambda n=1: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        with RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=self.console, transient=False) as p:
-            t = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(t, n)
-
-
 @dataclass
 class Plan:
     cfg: RunConfig
@@ -95,7 +79,7 @@ class Plan:
     attributes: dict[str, Attribute]
     samples: list[Sample]
     plugin: Any  # the model plugin object (not loaded yet)
-    log: Callable[[str], None]
+    log: Log
     progress: Progress
     loaded: bool = False
     text_plan: "Plan | None" = None   # paper protocol: the separate text-only model's plan (text_plan())
@@ -103,7 +87,7 @@ class Plan:
 
     def ensure_loaded(self) -> Any:
         if not self.loaded:
-            self.log(f"loading model [bold]{self.model_spec.name}[/] ({self.plugin.checkpoint}, "
+            self.log(f"loading model {self.model_spec.name} ({self.plugin.checkpoint}, "
                      f"{self.plugin.dtype_name}, {self.plugin.device})")
             t = time.time()
             try:
@@ -135,7 +119,7 @@ class Plan:
             pass
 
 
-def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> Plan:
+def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None) -> Plan:
     from .api import PROTOCOLS, SPANS
 
     if cfg.protocol not in PROTOCOLS:
@@ -559,14 +543,36 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
                               run_config=cfg, dataset=p.dataset,
                               _model_loader=p.ensure_loaded if aspec.needs_model else None,
                               _cache=entry.cached, _text_reps=paired_text, text_source=text_source(p),
-                              _own_text_reps=lambda: paired_text(own=True))
+                              _own_text_reps=lambda: paired_text(own=True),
+                              _rerun=lambda *args: rerun(p, *args))
         if p.loaded:
             ctx._model = p.plugin
-        p.log(f"running analysis [bold]{aspec.name}[/]")
+        p.log(f"running analysis {aspec.name}")
         t = time.time()
         out = analysis.run(ctx)
         previous[aspec.name] = out
         yield aspec.name, out, params, time.time() - t
+
+
+def rerun(p: Plan, analyses: Sequence[str], sample_ids: Sequence[str], adapter: str | None = None,
+          write_records: bool = False, model: Any = None) -> tuple[dict[str, AnalysisOutput], list[Path]]:
+    """`analyses` again on `sample_ids` of this run, with the PEFT `adapter` merged or without
+    (`AnalysisContext.rerun`): a plan over the same configuration and store, silent; `model`, the
+    run's loaded model, is reused when there is no adapter. Returns {name: output} and the paths
+    of the records written (with `write_records`)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(p.cfg, analyses=tuple(analyses), sample_ids=list(sample_ids), adapter=adapter)
+    sub = plan(cfg, log=lambda s: None, progress=p.progress)
+    if adapter is None and model is not None:  # the live model is this very model: no second load
+        sub.plugin, sub.loaded = model, True
+    t = time.time()
+    entry = extract(sub, "modal")
+    ex = time.time() - t
+    outs = analyze(sub, entry)
+    written = [write_record(record_for(sub, entry, name, out, params, dur, ex), Path(cfg.out_dir))
+               for name, out, params, dur in outs] if write_records else []
+    return {name: out for name, out, _, _ in outs}, written
 
 
 def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float,
@@ -645,7 +651,7 @@ def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | Non
     return written
 
 
-def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
               on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Extract (or reuse), then run the analyses; each record is written as its analysis ends
     (`on_record(path, record)` is called then). Returns the plan and [(path, record)]."""
@@ -656,7 +662,7 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progr
     return p, _write_each(p, entry, time.time() - t, on_record)
 
 
-def run_analyze(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+def run_analyze(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
                 on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Like `run_bench`, on an extraction already complete in the store (never extracts)."""
     check_results_dir(cfg.out_dir)
