@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .api import MchError
+from .api import MchError, stage_sort_key
 from .entries import (REPO_ROOT, STAGE_RE, Loaded, canonical_name, check_entry,  # noqa: F401 - re-exported: the
                       checkpoint_identity, default_entries_dir, default_results_dirs,  # leaderboard's API
                       entry_key, load_records, relpath, submit)
@@ -92,16 +92,8 @@ COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 
 
 def stage_order(stage: str | None) -> tuple[int, int, str]:
-    """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else."""
-    if stage == "encoder":
-        return (0, 0, "")
-    if stage == "adapter":
-        return (1, 0, "")
-    if stage == "llm.final":
-        return (3, 0, "")
-    if stage and stage.startswith("llm.") and stage[4:].isdigit():
-        return (2, int(stage[4:]), "")
-    return (4, 0, str(stage))
+    """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else (by name)."""
+    return (*stage_sort_key(stage or ""), str(stage))
 
 
 
