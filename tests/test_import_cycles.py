@@ -148,6 +148,29 @@ def test_the_mch_package_has_no_import_cycle():
     assert not new, "import cycles: " + "; ".join(" -> ".join(c) for c in new)
 
 
+# The run's orchestration and the command line: a plugin gets what it needs through its
+# context (mch.context) or a core function, never from these.
+ORCHESTRATOR = ("mch.runner", "mch.cli", "mch.terminal", "mch.leaderboard_cli", "mch.store_cli")
+# analysis -> analysis imports being moved to the analyses' shared modules (issue 15, on branch
+# i14-split); delete each when that lands
+KNOWN_ANALYSIS_IMPORTS = {("mch.plugins.analyses.bound", "mch.plugins.analyses.lipschitz"),
+                          ("mch.plugins.analyses.per_type", "mch.plugins.analyses.modes")}
+
+
+def test_plugins_never_import_the_orchestrator_and_analyses_never_import_each_other():
+    graph = import_graph(modules(PACKAGES))
+    assert "mch.runner" in graph and "mch.plugins.analyses.lora" in graph
+    reaching = sorted((m, t) for m, ts in graph.items() if m.startswith("mch.plugins.") for t in ts
+                      if t in ORCHESTRATOR)
+    assert not reaching, reaching
+
+    def analysis(m: str) -> bool:  # an analysis module, not a shared one (_stats, _linalg, ...)
+        return m.startswith("mch.plugins.analyses.") and not m.rpartition(".")[2].startswith("_")
+
+    between = {(m, t) for m, ts in graph.items() if analysis(m) for t in ts if analysis(t)}
+    assert not between - KNOWN_ANALYSIS_IMPORTS, sorted(between - KNOWN_ANALYSIS_IMPORTS)
+
+
 def _tree(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
     for rel, text in files.items():
         f = tmp_path / rel
