@@ -8,21 +8,13 @@ use, so a second run whose numbers are all cached never loads it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .api import Attribute, AnalysisOutput, MchError, Sample
-
-
-class Progress:
-    """A tiny progress interface so analyses don't depend on rich directly."""
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        yield lambda n=1: None
+from .progress import Progress
 
 
 @dataclass

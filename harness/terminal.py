@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.highlighter import ReprHighlighter
 from rich.text import Text
 
-from .context import Progress
+from .progress import Progress
 
 err_console = Console(stderr=True)
 

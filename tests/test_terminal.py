@@ -56,3 +56,12 @@ def test_a_user_error_is_one_line_of_text_with_exit_code_2():
     code, err = _main("bench", "--model", name, env={"COLUMNS": "60"})
     assert code == 2
     assert err.startswith(f"error: unknown model '{name}'") and err.count("\n") == 1, err
+
+
+def test_the_cli_and_its_drawing_import_no_numpy():
+    import subprocess
+
+    code = ("import sys, mch.cli, mch.terminal, mch.leaderboard_cli; "
+            "print(sorted(m for m in ('numpy', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
