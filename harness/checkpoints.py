@@ -15,6 +15,17 @@ from typing import Any
 from .api import MchError
 
 
+def one_line(exc: BaseException, max_len: int | None = None) -> str:
+    """An exception raised while loading, as one line for an MchError: its type and the first
+    line of its message (cut to `max_len`), and what to do when transformers refused a
+    checkpoint's own code."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:max_len]
+    if "trust_remote_code" in str(exc):
+        line += "; it needs its own Python code, which mch runs only with --trust-remote-code"
+    return line
+
+
 def resolve_checkpoint(checkpoint: str, revision: str | None, model_name: str,
                        allow_patterns: list[str] | None = None) -> Path:
     """Local directory for `checkpoint` (a path, or an HF id found in the local HF cache)."""

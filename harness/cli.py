@@ -17,12 +17,12 @@ from rich.console import Console
 from rich.text import Text
 
 from .api import MchError
+from .terminal import err_console, exit_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode="rich",
                   help="mch, the modality-collapse harness: how much non-text information multimodal LLMs "
                        "keep accessible to their text decoder, layer by layer.")
 console = Console(stderr=False)
-err_console = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -134,13 +134,13 @@ CSV_OUT = typer.Option(False, "--csv", help="print the numbers as CSV on stdout,
 
 
 def _runner_io(quiet: bool):
-    from .runner import RichProgress
+    """The run's log (stdlib logging, shown on stderr unless quiet) and its progress bars."""
+    import logging
 
-    def log(msg: str) -> None:
-        if not quiet:
-            err_console.print(f"[dim]mch:[/] {msg}")
+    from .terminal import RichProgress, show_log
 
-    return log, RichProgress(err_console, quiet)
+    show_log(err_console, quiet)
+    return logging.getLogger("mch.cli").info, RichProgress(err_console, quiet)
 
 
 @app.command()
@@ -422,9 +422,9 @@ def plugins():
 def _mount_optional() -> None:
     """The leaderboard command group and plugin commands (mch_register_commands)."""
     try:
-        from . import leaderboard
+        from . import leaderboard_cli
 
-        app.add_typer(leaderboard.app, name="leaderboard")
+        app.add_typer(leaderboard_cli.app, name="leaderboard")
     except ImportError:
         pass
     try:
@@ -442,8 +442,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         # recent typer) instead of exiting, and raises usage errors for us to show
         rc = app(args=argv, prog_name="mch", standalone_mode=False)
     except MchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+        exit_error(exc)
     except KeyboardInterrupt:
         _interrupted()
     except SystemExit:

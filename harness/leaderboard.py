@@ -1,15 +1,15 @@
-"""The leaderboard of per-model accessibility: aggregation, the terminal table, submissions.
+"""The leaderboard's rows: result records aggregated per model, checkpoint, dataset, attribute.
 
-Result records (measured by mch, or `"kind": "reported"` numbers published elsewhere, entered
-with `provenance.source`) are the source of truth; this module turns them into rows of one
-(kind, model, checkpoint, dataset, attribute, protocol) each, with the known metrics in
-columns and every other metric row kept for the page and `--json`. `mch.site` renders the
-same rows as a static page. Measured and reported records never merge into one row, nor do
-runs of different checkpoints (path or HF id, revision, adapter, and the checkpoint's
-fingerprint when the record has one). Smoke runs (random-weight checkpoints, `model.smoke`)
-are left out unless asked for, and are labelled "smoke" then.
+This module turns result records (`mch.entries.load_records`) into rows of one (kind, model,
+checkpoint, dataset, attribute, protocol) each, with the known metrics in columns and every
+other metric row kept for the page and `--json`; it filters and sorts them and writes each
+cell as text. Renderers draw the same rows: `mch.leaderboard_table` in the terminal,
+`mch.site` as a static page; `mch.leaderboard_cli` holds the commands. Measured and reported
+records never merge into one row, nor do runs of different checkpoints (path or HF id,
+revision, adapter, and the checkpoint's fingerprint when the record has one). Smoke runs
+(random-weight checkpoints, `model.smoke`) are labelled "smoke".
 
-Light on purpose: no torch, no numpy; rich is imported only to draw.
+Light on purpose: no torch, no numpy, no UI (rich and typer are the renderers' and commands').
 """
 
 from __future__ import annotations
@@ -17,32 +17,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
-import typer
-
-from .api import MchError, PROTOCOLS
-from .results import SCHEMA_VERSION, atomic_write_json, safe_name, schema_errors
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGE_RE = re.compile(r"^(encoder|adapter|llm\.final|llm\.(0|[1-9][0-9]*))$")
-
-
-def default_entries_dir() -> Path:
-    """`leaderboard/entries/` of the source tree (editable install), else of the cwd."""
-    for base in (REPO_ROOT, Path.cwd()):
-        d = base / "leaderboard" / "entries"
-        if d.is_dir():
-            return d
-    return Path.cwd() / "leaderboard" / "entries"
-
-
-def default_results_dirs() -> list[Path]:
-    return [Path(os.environ.get("MCH_RESULTS") or "results")]
+from .api import MchError, stage_sort_key
+from .entries import Loaded, checkpoint_identity, relpath
+# what moved to mch.entries is still found here, where callers have always looked for it
+from .entries import (REPO_ROOT, STAGE_RE, canonical_name, check_entry, default_entries_dir,  # noqa: F401
+                      default_results_dirs, entry_key, load_records, submit)
+from .results import SCHEMA_VERSION
 
 
 # --------------------------------------------------------------------------- columns
@@ -108,74 +93,9 @@ COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 
 
 def stage_order(stage: str | None) -> tuple[int, int, str]:
-    """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else."""
-    if stage == "encoder":
-        return (0, 0, "")
-    if stage == "adapter":
-        return (1, 0, "")
-    if stage == "llm.final":
-        return (3, 0, "")
-    if stage and stage.startswith("llm.") and stage[4:].isdigit():
-        return (2, int(stage[4:]), "")
-    return (4, 0, str(stage))
+    """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else (by name)."""
+    return (*stage_sort_key(stage or ""), str(stage))
 
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class Loaded:
-    path: Path
-    record: dict
-
-
-def _is_record_like(obj: Any) -> bool:
-    return isinstance(obj, dict) and "schema_version" in obj and "metrics" in obj
-
-
-def load_records(dirs: Iterable[Path]) -> tuple[list[Loaded], list[str]]:
-    """Valid records under files/directories, and one warning per record-like file that is
-    not valid (JSON files that are not records at all are ignored)."""
-    out: list[Loaded] = []
-    warnings: list[str] = []
-    seen: set[Path] = set()
-    for d in dirs:
-        d = Path(d)
-        files = sorted(d.rglob("*.json")) if d.is_dir() else ([d] if d.is_file() else [])
-        for f in files:
-            rf = f.resolve()
-            if rf in seen or f.name.startswith("."):
-                continue
-            seen.add(rf)
-            try:
-                rec = json.loads(f.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                warnings.append(f"{f}: not readable JSON ({exc})")
-                continue
-            if not _is_record_like(rec):
-                continue
-            errs = _entry_errors(rec)
-            if errs:
-                warnings.append(f"{f}: skipped, {errs[0]}")
-                continue
-            out.append(Loaded(f, rec))
-    return out, warnings
-
-
-def _entry_errors(rec: Any) -> list[str]:
-    """Schema errors first, then the checks the schema cannot express."""
-    if isinstance(rec, dict) and rec.get("schema_version") != SCHEMA_VERSION:
-        return [f"schema_version: {rec.get('schema_version')!r} is not the supported version {SCHEMA_VERSION}"]
-    errs = schema_errors(rec)
-    if errs:
-        return errs
-    if rec["kind"] == "reported" and not str(rec["provenance"].get("source", "")).strip():
-        errs.append("provenance/source: a reported entry must name where its numbers come from")
-    for i, m in enumerate(rec["metrics"]):
-        st = m.get("stage")
-        if st is not None and not STAGE_RE.match(st):
-            errs.append(f"metrics/{i}/stage: {st!r} is not a stage (encoder, adapter, llm.N, llm.final)")
-    return errs
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -209,29 +129,9 @@ def _uniq(xs: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _relpath(p: Path) -> str:
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        try:
-            return str(p.resolve().relative_to(REPO_ROOT))
-        except ValueError:
-            return str(p)
-
-
 def _recency(item: Loaded) -> tuple[str, str]:
     return (item.record["created_at"], item.path.name)
 
-
-def checkpoint_identity(rec: dict) -> tuple:
-    """What makes two records measure the same weights: checkpoint (path or HF id), revision,
-    adapter, the checkpoint's fingerprint when the record has one, and whether it is a smoke
-    run. Part of every row's identity: different weights never share a row."""
-    m = rec["model"]
-    fp = m.get("checkpoint_fingerprint")
-    if fp is not None and not isinstance(fp, str):
-        fp = json.dumps(fp, sort_keys=True, default=str)
-    return (m.get("checkpoint"), m.get("revision"), m.get("adapter"), fp, bool(m.get("smoke")))
 
 
 def short_checkpoint(checkpoint: str | None, revision: str | None = None, adapter: str | None = None,
@@ -276,7 +176,7 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             by_attr[None] = []
         group = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"], checkpoint_identity(r))
         if all_runs:
-            group = group + (_relpath(item.path),)
+            group = group + (relpath(item.path),)
             for attr, ms in by_attr.items():
                 parts.setdefault(group, {}).setdefault(attr, []).append((item, ms))
             continue
@@ -341,7 +241,7 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         "sources": _uniq(r["provenance"].get("source") for r in recs),
         "versions": newest["provenance"].get("versions", {}),
         "notes": _uniq(n for r in recs for n in (r.get("notes") or []) + ([r["model"]["note"]] if r["model"].get("note") else [])),
-        "files": _uniq(_relpath(p[0].path) for p in pieces),
+        "files": _uniq(relpath(p[0].path) for p in pieces),
         "values": values,
         "curves": curves,
         "chance": values["chance"] and values["chance"]["value"],  # the Chance column's c
@@ -459,234 +359,8 @@ def visible_metric_columns(rows: list[dict]) -> list[Column]:
     return [c for c in METRIC_COLUMNS if any(r["values"].get(c.key) for r in rows)]
 
 
-# the terminal's columns: the row's identity first (the heading of a stacked block), the
-# revision is inside the checkpoint cell
-TERMINAL_KEYS = ["model", "checkpoint", "dataset", "attribute", "protocol", "kind"]
-
-
-def render_table(rows: list[dict], console: Any, sources: list[str] | None = None) -> None:
-    """The leaderboard in the terminal: a table when it fits the width, else one block per
-    row (mch.tables); every value either way."""
-    from rich.text import Text
-
-    from .tables import Col, Grid, emit
-
-    cols = visible_metric_columns(rows)
-    show_other = any(r["other"] for r in rows)
-    grid = Grid([Col(COLUMN_BY_KEY[k].label, no_wrap=k in ("model", "kind", "protocol"),
-                     max_width=40 if k == "checkpoint" else None) for k in TERMINAL_KEYS]
-                + [Col(c.label, "right", True) for c in cols] + ([Col("Other", max_width=40)] if show_other else [])
-                + [Col("mch")],
-                title="mch leaderboard: information present (probes) vs accessible to the decoder (GMI)",
-                key_cols=len(TERMINAL_KEYS), sparse=True)
-    refs: list[str] = []
-    for r in rows:
-        cells: list[str | None] = [text_value(r, k) for k in TERMINAL_KEYS]
-        if r["kind"] == "reported" and r["sources"]:
-            refs.extend(s for s in r["sources"] if s not in refs)
-            cells[-1] = f"reported[{','.join(str(refs.index(s) + 1) for s in r['sources'])}]"
-        cells += [None if r["values"].get(c.key) is None else format_cell(c, r["values"].get(c.key)) for c in cols]
-        if show_other:
-            cells.append("; ".join(r["other"][:4]) + (f"; … (+{len(r['other']) - 4})" if len(r["other"]) > 4 else ""))
-        cells.append(text_value(r, "mch_version"))
-        grid.add(cells, style="italic" if r["kind"] == "reported" else ("yellow" if r.get("smoke") else None))
-    emit(console, grid)
-    for i, s in enumerate(refs, 1):
-        console.print(Text(f"[{i}] {s}", style="dim"))
-    if any(r["kind"] == "reported" for r in rows):
-        console.print(Text("reported = numbers published by the paper, entered with their source; "
-                           "measured = result records produced by mch.", style="dim"))
-    if any(r.get("smoke") for r in rows):
-        console.print(Text("smoke = a run on a random-weight checkpoint (built by mch.plugins.models.tiny): it tests "
-                           "the code path and measures no model.", style="dim"))
-
 
 def rows_to_json(rows: list[dict]) -> str:
     return json.dumps({"schema_version": SCHEMA_VERSION, "columns": [
         {"key": c.key, "label": c.label, "metric": c.metric, "stage": c.stage, "help": c.help} for c in COLUMNS],
         "rows": rows}, indent=1)
-
-
-# --------------------------------------------------------------------------- submit
-
-
-def entry_key(rec: dict) -> tuple:
-    """Duplicate identity of a leaderboard entry: (kind, model, revision, dataset, protocol,
-    analysis, checkpoint identity). `kind` is part of it so a measured run never replaces a
-    reported number; the checkpoint so one checkpoint's run never replaces another's."""
-    return (rec["kind"], rec["model"]["name"], rec["model"].get("revision"), rec["dataset"]["name"],
-            rec["protocol"], rec["analysis"]["name"], checkpoint_identity(rec))
-
-
-def canonical_name(rec: dict) -> str:
-    kind, model, revision, dataset, protocol, analysis, _ = entry_key(rec)
-    parts = [model, revision or "norev", dataset, analysis, protocol] + (["reported"] if kind == "reported" else [])
-    return "__".join(safe_name(p) for p in parts) + ".json"
-
-
-def check_entry(path: Path) -> dict:
-    """Read and validate one result file; a problem is an MchError naming the first
-    offending field."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise MchError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MchError(f"cannot read {path}: {exc}") from None
-    try:
-        rec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MchError(f"{path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    if not isinstance(rec, dict):
-        raise MchError(f"{path} is not a result record: expected a JSON object, found {type(rec).__name__}")
-    errs = _entry_errors(rec)
-    if errs:
-        raise MchError(f"{path} is not a valid result record: {errs[0]}")
-    return rec
-
-
-def submit(path: Path, entries_dir: Path, replace: bool = False) -> tuple[Path, Path | None]:
-    """Validate `path` and copy it to `entries_dir` under its canonical name. Returns the new
-    path and the entry it replaced (or None)."""
-    rec = check_entry(path)
-    if rec["model"].get("smoke"):
-        raise MchError(f"{path} is a smoke run on a random-weight checkpoint (model.smoke): it measures no model, "
-                       f"so it is not a leaderboard entry")
-    key = entry_key(rec)
-    entries_dir = Path(entries_dir)
-    existing, _ = load_records([entries_dir]) if entries_dir.is_dir() else ([], [])
-    dupes = [e for e in existing if entry_key(e.record) == key]
-    if dupes and not replace:
-        raise MchError(f"{path} duplicates {_relpath(dupes[0].path)} (same kind, model, checkpoint, revision, "
-                       f"dataset, protocol and analysis); pass --replace to replace it")
-    target = entries_dir / canonical_name(rec)
-    if target.exists() and not any(d.path.resolve() == target.resolve() for d in dupes):
-        # Same canonical name from a different key (names are sanitised): keep both.
-        h = hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:8]
-        target = target.with_name(f"{target.stem}-{h}.json")
-    atomic_write_json(target, rec)
-    if not load_records([target])[0]:  # what `mch leaderboard` reads, or submit must not say "added"
-        target.unlink()
-        raise MchError(f"{path}: the entry written as {target.name} would not be read back; not added")
-    for d in dupes:
-        if d.path.resolve() != target.resolve():
-            d.path.unlink()
-    return target, (dupes[0].path if dupes else None)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _fail(exc: MchError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)  # a user error: the CLI-wide code
-
-
-def collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool,
-            smoke: bool = True) -> list[dict]:
-    """The rows of the records found; without `smoke`, smoke-run rows are left out and a line
-    on stderr says how many."""
-    rows = _collect(results, entries, no_entries, all_runs)
-    if smoke:
-        return rows
-    n = sum(bool(r.get("smoke")) for r in rows)
-    if n:
-        typer.echo(f"note: {n} row{'s' if n != 1 else ''} of smoke runs (random-weight checkpoints) left out; "
-                   f"--smoke shows them", err=True)
-    return [r for r in rows if not r.get("smoke")]
-
-
-def _collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool) -> list[dict]:
-    dirs = list(results) if results else default_results_dirs()
-    for d in results or []:
-        if not Path(d).exists():
-            raise MchError(f"results directory {d} does not exist")
-    if not no_entries:
-        if entries is not None and not Path(entries).is_dir():
-            raise MchError(f"entries directory {entries} does not exist")
-        dirs.append(entries or default_entries_dir())
-    loaded, warnings = load_records(dirs)
-    for w in warnings:
-        typer.echo(f"warning: {w}", err=True)
-    return aggregate(loaded, all_runs=all_runs)
-
-
-app = typer.Typer(name="leaderboard", add_completion=False, no_args_is_help=False,
-                  help="The per-model accessibility leaderboard: terminal table, static site, submissions.")
-
-_RESULTS_HELP = "results directory (repeatable; default ./results or $MCH_RESULTS)"
-SMOKE = typer.Option(False, "--smoke", help="also show smoke runs (random-weight checkpoints), labelled 'smoke'")
-
-
-@app.callback(invoke_without_command=True)
-def table(
-    ctx: typer.Context,
-    results: Optional[list[Path]] = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
-    no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
-    attribute: Optional[str] = typer.Option(None, "--attribute", help="only this attribute (comma-separated: any of them)"),
-    modality: Optional[str] = typer.Option(None, "--modality", help="speech or vision"),
-    dataset: Optional[str] = typer.Option(None, "--dataset"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="default or paper"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="measured or reported"),
-    sort: Optional[str] = typer.Option(None, "--sort", help="column key, optionally :asc or :desc (e.g. acc_final:desc); keys: "
-                                       + ", ".join(COLUMN_BY_KEY)),
-    all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest per model/checkpoint/dataset/attribute/analysis/protocol"),
-    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
-    smoke: bool = SMOKE,
-) -> None:
-    """Print the leaderboard table from the results directory and leaderboard/entries/."""
-    if ctx.invoked_subcommand is not None:
-        return
-    try:
-        if protocol and any(p.strip() not in PROTOCOLS for p in protocol.split(",")):
-            raise MchError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-        rows = collect(results, entries, no_entries, all_runs, smoke)
-        rows = filter_rows(rows, attribute=attribute, modality=modality, dataset=dataset, protocol=protocol, kind=kind)
-        rows = sort_rows(rows, sort)
-    except MchError as exc:
-        _fail(exc)
-    if as_json:
-        typer.echo(rows_to_json(rows))
-        return
-    if not rows:
-        typer.echo("no leaderboard entries found; run `mch bench` (results go to ./results) or pass --results DIR")
-        return
-    from .tables import stdout_console
-
-    render_table(rows, stdout_console())
-
-
-@app.command()
-def build(
-    out: Path = typer.Option(..., "--out", help="output directory; index.html is written there"),
-    results: Optional[list[Path]] = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
-    no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
-    all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest"),
-    smoke: bool = SMOKE,
-) -> None:
-    """Build the static leaderboard site: one offline index.html (data, JS and CSS inline)."""
-    from .site import build_site
-
-    try:
-        rows = collect(results, entries, no_entries, all_runs, smoke)
-        path = build_site(rows, Path(out))
-    except MchError as exc:
-        _fail(exc)
-    n_m = sum(r["kind"] == "measured" for r in rows)
-    typer.echo(f"wrote {path} ({len(rows)} rows: {n_m} measured, {len(rows) - n_m} reported)")
-
-
-@app.command("submit")
-def submit_cmd(
-    result: Path = typer.Argument(..., help="a result record (JSON) written by mch, or a reported entry"),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="where entries live (default leaderboard/entries/)"),
-    replace: bool = typer.Option(False, "--replace", help="replace an existing entry with the same identity"),
-) -> None:
-    """Validate a result record and copy it into leaderboard/entries/ under its canonical name."""
-    try:
-        target, replaced = submit(result, entries or default_entries_dir(), replace=replace)
-    except MchError as exc:
-        _fail(exc)
-    typer.echo(f"added {_relpath(target)}" + (f" (replaced {_relpath(replaced)})" if replaced else ""))

@@ -9,18 +9,25 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .api import (AnalysisOutput, Attribute, MchError, Sample, SampleError, check_options,
-                  check_values, load_entry, param_table)
+from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
+from .checks import (DEVICES, check_device, check_flags, check_model_and_dataset,  # noqa: F401 - re-exported
+                     check_params, check_results_dir)
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
+from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerprint, store_key
+
+# What a run does, for whoever listens (the CLI shows it on stderr; a library caller configures
+# logging, or passes its own `log`). Plain text: styling is the listener's.
+_logger = logging.getLogger("mch.runner")
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -64,27 +71,6 @@ class RunConfig:
         return self.span or ("all" if self.protocol == "paper" else "modality")
 
 
-class RichProgress(Progress):
-    """Progress bars on a rich console (or nothing when quiet)."""
-
-    def __init__(self, console: Any | None, quiet: bool = False):
-        self.console = console
-        self.quiet = quiet or console is None
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self.quiet:
-            yield lambda n=1: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        with RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=self.console, transient=False) as p:
-            t = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(t, n)
-
-
 @dataclass
 class Plan:
     cfg: RunConfig
@@ -95,7 +81,7 @@ class Plan:
     attributes: dict[str, Attribute]
     samples: list[Sample]
     plugin: Any  # the model plugin object (not loaded yet)
-    log: Callable[[str], None]
+    log: Log
     progress: Progress
     loaded: bool = False
     text_plan: "Plan | None" = None   # paper protocol: the separate text-only model's plan (text_plan())
@@ -103,7 +89,7 @@ class Plan:
 
     def ensure_loaded(self) -> Any:
         if not self.loaded:
-            self.log(f"loading model [bold]{self.model_spec.name}[/] ({self.plugin.checkpoint}, "
+            self.log(f"loading model {self.model_spec.name} ({self.plugin.checkpoint}, "
                      f"{self.plugin.dtype_name}, {self.plugin.device})")
             t = time.time()
             try:
@@ -135,7 +121,7 @@ class Plan:
             pass
 
 
-def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> Plan:
+def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None) -> Plan:
     from .api import PROTOCOLS, SPANS
 
     if cfg.protocol not in PROTOCOLS:
@@ -196,173 +182,6 @@ def model_plugin(spec: Any, cfg: RunConfig) -> Any:
     return load_entry(spec.entry)(spec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
                                   dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code,
                                   **cfg.model_options)
-
-
-def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str
-                 ) -> dict[str, dict[str, Any]]:
-    """Every `--param ANALYSIS.KEY=VALUE` names a registered analysis and a parameter it
-    declares, with a value of its type and range (`mch.api.Param`), checked before any work:
-    found later, a typo would cost the extraction. An analysis outside the run (lora
-    re-measures with other analyses' params) may also be given the parameters of the other
-    protocol, checked when it runs; a key no protocol knows is an error. An analysis that
-    declares no parameters takes any. The registry's `params` of the analyses in the run are
-    checked alike. Returns the values in their declared types."""
-    from .api import PROTOCOLS
-
-    out: dict[str, dict[str, Any]] = {}
-    for name in list(params) + [a for a in run if a not in params]:
-        spec = reg.get("analysis", name)  # an unknown name fails here, with a suggestion
-        given = params.get(name, {})
-        analysis = load_entry(spec.entry)(spec)
-        defaults = analysis.default_params(protocol)
-        if not defaults:
-            if given:
-                out[name] = dict(given)
-            continue
-        takes = param_table(defaults, getattr(analysis, "param_specs", None))
-        check_values(f"analysis {name!r}", spec.options.get("params", {}), takes)
-        if name not in params:
-            continue
-        later = {}
-        if name not in run:
-            known = {k for pr in PROTOCOLS for k in analysis.default_params(pr)}
-            later = {k: v for k, v in given.items() if k not in takes and k in known}
-        checked = check_values(f"analysis {name!r}", {k: v for k, v in given.items() if k not in later}, takes)
-        out[name] = {**checked, **later}
-    return out
-
-
-DEVICES = "cpu, cuda or cuda:N"
-
-
-def check_flags(cfg: RunConfig) -> None:
-    """--seed, --limit, --dtype and --device, before any work (a missing GPU found at load
-    time would come after the dataset was read, or generated)."""
-    import operator
-
-    try:
-        seed = None if isinstance(cfg.seed, bool) else operator.index(cfg.seed)
-    except TypeError:
-        seed = None
-    if seed is None or not 0 <= seed < 2**32:
-        raise MchError(f"--seed must be an integer from 0 to 2**32 - 1 (numpy and sklearn seeds), not {cfg.seed!r}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise MchError(f"--limit must be at least 1, not {cfg.limit}: the selection would be empty")
-    if cfg.dtype is not None and cfg.dtype not in ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
-        raise MchError(f"unknown --dtype {cfg.dtype!r}; use float32, bfloat16 or float16")
-    check_device(cfg.device)
-
-
-def check_device(device: str) -> None:
-    import re
-
-    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", str(device))
-    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
-        raise MchError(f"unknown --device {device!r}; use {DEVICES}")
-    if m.group(1) == "cpu":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise MchError(f"--device {device} asks for a GPU, but {why} (torch {torch.__version__}); "
-                       f"use --device cpu")
-    n = torch.cuda.device_count()
-    if m.group(2) is not None and int(m.group(2)) >= n:
-        raise MchError(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
-                       f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
-
-
-def check_model_and_dataset(mspec: Any, dspec: Any, cfg: RunConfig) -> None:
-    """The model can read the dataset (modality, and models or datasets that only read each
-    other, like the toy organism and its world), and takes the options it is given."""
-    mcls, dcls = load_entry(mspec.entry), load_entry(dspec.entry)
-    only = getattr(mcls, "datasets", None)
-    if only is not None and dspec.name not in only:
-        raise MchError(f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "
-                       f"{', '.join(repr(d) for d in only)}, not {dspec.name!r}")
-    readers = getattr(dcls, "models", None)
-    if readers is not None and mspec.name not in readers:
-        raise MchError(f"dataset {dspec.name!r} is read only by model{'s' if len(readers) > 1 else ''} "
-                       f"{', '.join(repr(m) for m in readers)}, not {mspec.name!r}")
-    if mspec.modality != "text" and dspec.modality != mspec.modality:
-        raise MchError(f"model {mspec.name!r} reads {mspec.modality} and dataset {dspec.name!r} is {dspec.modality}; "
-                       f"choose a {mspec.modality} dataset (`mch list datasets`)")
-    cfg.model_options = {k: v for k, v in check_options(
-        "model", mspec.name, getattr(mcls, "option_specs", None),
-        {**mspec.options, **cfg.model_options}).items() if k in cfg.model_options}
-
-
-def store_key(p: Plan, view: str) -> dict[str, Any]:
-    """What the stored vectors depend on. Fingerprints of the files read (mch.fingerprint) make
-    the key change when the checkpoint's weights or configs, an adapter, a model option's
-    directory, a sample's media file (modal view) or a paired text (text view) change."""
-    from .fingerprint import media_fingerprint, texts_sha256
-
-    cfg = p.cfg
-    ident = p.plugin.identity()
-    ident["checkpoint_fingerprint"] = plugin_fingerprint(p.plugin)
-    if cfg.model_options:
-        ident["options"] = dict(sorted(cfg.model_options.items()))
-        local = {k: _path_fingerprint(v) for k, v in sorted(cfg.model_options.items()) if _is_local_path(v)}
-        if local:
-            ident["option_fingerprints"] = local
-    if cfg.adapter:
-        ident["adapter_fingerprint"] = _path_fingerprint(cfg.adapter)
-    dataset = {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
-               "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-               **cfg.dataset_options_record}  # options can change a sample under the same id
-    if view == "text":
-        dataset["texts_sha256"] = texts_sha256(s.text for s in p.samples)
-    else:
-        dataset["media_fingerprint"] = media_fingerprint((s.sample_id, s.media_files) for s in p.samples)
-    return {
-        "model": ident,
-        "dataset": dataset,
-        "prompt": getattr(p.plugin, "prompt_id", lambda protocol, view: f"{protocol}/{view}")(cfg.protocol, view),
-        "view": view,
-        "span": cfg.effective_span,
-        "stages": sorted(cfg.stages) if cfg.stages else "all",
-        "protocol": cfg.protocol,
-        "dtype": p.plugin.dtype_name,
-    }
-
-
-MISSING = "missing"  # the checkpoint fingerprint of a checkpoint that is not on this machine
-
-
-def plugin_fingerprint(plugin: Any) -> str:
-    """The fingerprint of the files a model plugin loads (its `checkpoint_paths()`), or
-    "missing" when its checkpoint is not available here."""
-    from .checkpoints import resolve_checkpoint
-    from .fingerprint import checkpoint_fingerprint
-
-    try:
-        if hasattr(plugin, "checkpoint_paths"):
-            paths = plugin.checkpoint_paths()
-        else:  # a plugin that does not derive from ModelPlugin
-            paths = [resolve_checkpoint(str(plugin.checkpoint), plugin.revision, plugin.spec.name)]
-    except MchError:
-        return MISSING
-    if not paths or not Path(str(paths[0])).expanduser().exists():
-        return MISSING
-    return checkpoint_fingerprint(paths)
-
-
-def _is_local_path(value: Any) -> bool:
-    return isinstance(value, (str, Path)) and bool(str(value)) and Path(str(value)).expanduser().exists()
-
-
-def _path_fingerprint(path: Any) -> str:
-    from .fingerprint import checkpoint_fingerprint
-
-    return checkpoint_fingerprint([Path(str(path))])
-
-
-def _without_checkpoint_fingerprint(key: dict[str, Any]) -> dict[str, Any]:
-    key = dict(key)
-    key["model"] = {k: v for k, v in key.get("model", {}).items() if k != "checkpoint_fingerprint"}
-    return key
 
 
 def stored_entry(p: Plan, view: str) -> Any:
@@ -559,14 +378,36 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
                               run_config=cfg, dataset=p.dataset,
                               _model_loader=p.ensure_loaded if aspec.needs_model else None,
                               _cache=entry.cached, _text_reps=paired_text, text_source=text_source(p),
-                              _own_text_reps=lambda: paired_text(own=True))
+                              _own_text_reps=lambda: paired_text(own=True),
+                              _rerun=lambda *args: rerun(p, *args))
         if p.loaded:
             ctx._model = p.plugin
-        p.log(f"running analysis [bold]{aspec.name}[/]")
+        p.log(f"running analysis {aspec.name}")
         t = time.time()
         out = analysis.run(ctx)
         previous[aspec.name] = out
         yield aspec.name, out, params, time.time() - t
+
+
+def rerun(p: Plan, analyses: Sequence[str], sample_ids: Sequence[str], adapter: str | None = None,
+          write_records: bool = False, model: Any = None) -> tuple[dict[str, AnalysisOutput], list[Path]]:
+    """`analyses` again on `sample_ids` of this run, with the PEFT `adapter` merged or without
+    (`AnalysisContext.rerun`): a plan over the same configuration and store, silent; `model`, the
+    run's loaded model, is reused when there is no adapter. Returns {name: output} and the paths
+    of the records written (with `write_records`)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(p.cfg, analyses=tuple(analyses), sample_ids=list(sample_ids), adapter=adapter)
+    sub = plan(cfg, log=lambda s: None, progress=p.progress)
+    if adapter is None and model is not None:  # the live model is this very model: no second load
+        sub.plugin, sub.loaded = model, True
+    t = time.time()
+    entry = extract(sub, "modal")
+    ex = time.time() - t
+    outs = analyze(sub, entry)
+    written = [write_record(record_for(sub, entry, name, out, params, dur, ex), Path(cfg.out_dir))
+               for name, out, params, dur in outs] if write_records else []
+    return {name: out for name, out, _, _ in outs}, written
 
 
 def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float,
@@ -621,14 +462,6 @@ def model_fidelity(p: Plan) -> dict[str, Any]:
     return {"fidelity": out} if out else {}
 
 
-def check_results_dir(out_dir: Path) -> None:
-    """The results directory exists (or can be made) and takes a file: checked before any
-    work, so a bad --out or $MCH_RESULTS never costs an extraction."""
-    from .fsio import ensure_writable_dir
-
-    ensure_writable_dir(out_dir, "results directory", "pass --out (or set MCH_RESULTS) with a writable directory")
-
-
 OnRecord = Callable[[Path, dict[str, Any]], None]
 
 
@@ -645,7 +478,7 @@ def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | Non
     return written
 
 
-def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
               on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Extract (or reuse), then run the analyses; each record is written as its analysis ends
     (`on_record(path, record)` is called then). Returns the plan and [(path, record)]."""
@@ -656,7 +489,7 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progr
     return p, _write_each(p, entry, time.time() - t, on_record)
 
 
-def run_analyze(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+def run_analyze(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
                 on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Like `run_bench`, on an extraction already complete in the store (never extracts)."""
     check_results_dir(cfg.out_dir)

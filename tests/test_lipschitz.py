@@ -32,8 +32,14 @@ class LinearDecoder(ModelPlugin):
         nn.init.normal_(self.module.adapter.weight)
         self.w = torch.tensor(w, dtype=torch.float32)
 
+    def load(self):  # the module is built in __init__
+        pass
+
     def stage_map(self, view="modal"):
         return {"adapter": "adapter"}
+
+    def score(self, samples, query, continuations, protocol, view="modal"):
+        raise NotImplementedError("a test double for the decoder loss: it scores no continuation")
 
     def _frames(self, samples):
         T = max(len(s.media) for s in samples)
