@@ -430,6 +430,7 @@ def extract(p: Plan, view: str = "modal") -> Any:
     entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
+        save_labels(p, entry)
         return entry
     if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
         p.ensure_loaded()  # the plugin's own sentence on the missing checkpoint, before the store is touched
@@ -439,7 +440,28 @@ def extract(p: Plan, view: str = "modal") -> Any:
             return entry
         _fill(p, entry, view)
     p.log(f"{view} representations written to the store ({entry.dir})")
+    save_labels(p, entry)
     return entry
+
+
+def save_labels(p: Plan, entry: Any) -> None:
+    """Keep the samples' labels, groups and texts beside their vectors (`mch.store.load`,
+    `mch export-store`), once per entry and attribute set; a read-only store goes without."""
+    have = entry.read_labels() or {}
+    if set(p.attributes) <= set(have.get("labels") or {}) and have.get("texts") is not None:
+        return
+    if len(p.samples) != len(entry.sample_ids):  # not this plan's samples (never expected)
+        return
+    try:
+        labels, groups = _labels(p, p.samples)
+    except MchError:
+        return
+    try:
+        entry.write_labels({"labels": {a: v.tolist() for a, v in labels.items()},
+                            "groups": {a: v.tolist() for a, v in groups.items()},
+                            "texts": [s.text for s in p.samples], "protocol": p.cfg.protocol})
+    except (OSError, MchError) as exc:
+        p.log(f"labels not kept beside the vectors ({exc})")
 
 
 def _fill(p: Plan, entry: Any, view: str) -> None:
@@ -610,7 +632,17 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         metrics=[m.as_dict() for m in out.metrics],
         summary=out.summary,
         notes=out.notes,
+        run_config=_resolved_config(p),
     )
+
+
+def _resolved_config(p: Plan) -> dict[str, Any]:
+    """The run config that reproduces this run (the model and dataset as resolved)."""
+    import dataclasses
+
+    from .configs import resolved
+
+    return resolved(dataclasses.replace(p.cfg, model=p.model_spec.name, dataset=p.dataset_spec.name))
 
 
 def model_fidelity(p: Plan) -> dict[str, Any]:
@@ -640,9 +672,23 @@ def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | Non
         rec = record_for(p, entry, name, out, params, dur, extract_s)
         path = write_record(rec, p.cfg.out_dir)
         written.append((path, rec))
+        record_written(rec, path, p.log)
         if on_record is not None:
             on_record(path, rec)
     return written
+
+
+def record_written(record: dict[str, Any], path: Path, log: Callable[[str], None] = lambda s: None) -> None:
+    """Call every plugin's `mch_record_written(record, path)` (hookspecs). The record is on disk
+    already: a plugin that fails is reported in the log and the run goes on."""
+    from .manager import get_manager
+
+    hook = get_manager().hook.mch_record_written
+    for impl in hook.get_hookimpls():
+        try:
+            impl.function(record=record, path=path)
+        except Exception as exc:  # noqa: BLE001 - a logging plugin must not cost the run
+            log(f"plugin {impl.plugin_name!r}: mch_record_written failed ({type(exc).__name__}: {exc})")
 
 
 def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
