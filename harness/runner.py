@@ -147,7 +147,9 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     if cfg.batch_size < 1:
         raise MchError("--batch-size must be at least 1")
     check_flags(cfg)
-    reg = get_registry()
+    from .reference import with_imports
+
+    reg = with_imports(get_registry(), cfg)  # names brought in by `mch import-reference` (in this store)
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
     cfg.params = check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
@@ -184,11 +186,22 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
             if lab and lab not in attr.classes:
                 raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
                                   sample_id=s.sample_id)
+    plugin = model_plugin(mspec, cfg)
     for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
         analysis = load_entry(aspec.entry)(aspec)
-        analysis.preflight({**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
-                            **cfg.params.get(aspec.name, {})}, cfg.protocol, samples, attrs)
-    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, model_plugin(mspec, cfg), log, progress or Progress())
+        analysis.preflight(analysis_params(analysis, aspec, cfg, plugin), cfg.protocol, samples, attrs)
+    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+
+
+def analysis_params(analysis: Any, aspec: Any, cfg: RunConfig, plugin: Any) -> dict[str, Any]:
+    """An analysis's parameters: its defaults for the protocol, the registry's `params`, the
+    model plugin's `analysis_defaults(protocol)` for the parameters the analysis takes (a
+    model whose vectors lack a stage the defaults assume, e.g. imported reference files), then
+    the user's `--param`."""
+    defaults = analysis.default_params(cfg.protocol)
+    own = getattr(plugin, "analysis_defaults", None)
+    from_model = {k: v for k, v in (own(cfg.protocol) if callable(own) else {}).items() if k in defaults}
+    return {**defaults, **aspec.options.get("params", {}), **from_model, **cfg.params.get(aspec.name, {})}
 
 
 def model_plugin(spec: Any, cfg: RunConfig) -> Any:
@@ -300,6 +313,9 @@ def store_key(p: Plan, view: str) -> dict[str, Any]:
     from .fingerprint import media_fingerprint, texts_sha256
 
     cfg = p.cfg
+    fixed = getattr(p.plugin, "stored_key", None)
+    if callable(fixed):  # vectors that exist only in the store (mch import-reference): their own key
+        return fixed(view)
     ident = p.plugin.identity()
     ident["checkpoint_fingerprint"] = plugin_fingerprint(p.plugin)
     if cfg.model_options:
@@ -309,7 +325,7 @@ def store_key(p: Plan, view: str) -> dict[str, Any]:
             ident["option_fingerprints"] = local
     if cfg.adapter:
         ident["adapter_fingerprint"] = _path_fingerprint(cfg.adapter)
-    dataset = {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
+    dataset = {"name": p.dataset_spec.name, "path": _key_path(cfg.data_path),
                "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
                **cfg.dataset_options_record}  # options can change a sample under the same id
     if view == "text":
@@ -326,6 +342,16 @@ def store_key(p: Plan, view: str) -> dict[str, Any]:
         "protocol": cfg.protocol,
         "dtype": p.plugin.dtype_name,
     }
+
+
+def _key_path(path: Any) -> str | None:
+    """--data-path as the store key holds it: an existing path in one spelling (absolute,
+    resolved), so `data/`, `./data` and `data` find the same entry; anything else (an HF id)
+    as given."""
+    if not path:
+        return None
+    p = Path(str(path)).expanduser()
+    return str(p.resolve()) if p.exists() else str(path)
 
 
 MISSING = "missing"  # the checkpoint fingerprint of a checkpoint that is not on this machine
@@ -418,6 +444,9 @@ def text_plan(p: Plan) -> Plan:
 def text_source(p: Plan) -> str:
     """Which model made the text baseline, in words (for the analyses' notes)."""
     t = text_plan(p)
+    own = getattr(p.plugin, "text_view_source", None)
+    if t is p and callable(own):  # a plugin whose text view is not its own LLM (imported files)
+        return str(own())
     if t is p:
         return f"{p.model_spec.name}'s own text view"
     return f"{t.model_spec.name} ({t.plugin.checkpoint}), the separate text-only model the paper protocol uses"
@@ -447,6 +476,8 @@ def extract(p: Plan, view: str = "modal") -> Any:
 def save_labels(p: Plan, entry: Any) -> None:
     """Keep the samples' labels, groups and texts beside their vectors (`mch.store.load`,
     `mch export-store`), once per entry and attribute set; a read-only store goes without."""
+    if callable(getattr(p.plugin, "stored_key", None)):  # imported: the file's own columns are kept
+        return
     have = entry.read_labels() or {}
     if set(p.attributes) <= set(have.get("labels") or {}) and have.get("texts") is not None:
         return
@@ -545,6 +576,11 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
     record can be written before the next one starts)."""
     cfg = p.cfg
     reps, rows = entry.read()
+    if cfg.stages:  # an entry may hold more stages than asked (imported files): analyse those asked
+        missing = [s for s in cfg.stages if s not in reps]
+        if missing:
+            raise MchError(f"--stage {missing[0]}: the stored representations have stages {', '.join(reps)}")
+        reps = {s: reps[s] for s in cfg.stages}
     samples = [p.samples[int(i)] for i in rows]
     labels, groups = _labels(p, samples)
     text_entry: dict[str, Any] = {}
@@ -573,8 +609,7 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
     previous: dict[str, AnalysisOutput] = {}
     for aspec in p.analysis_specs:
         analysis = load_entry(aspec.entry)(aspec)
-        params = {**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
-                  **cfg.params.get(aspec.name, {})}
+        params = analysis_params(analysis, aspec, cfg, p.plugin)
         ctx = AnalysisContext(protocol=cfg.protocol, params=params, seed=cfg.seed, stages=list(reps),
                               reps=reps, samples=samples, attributes=p.attributes, labels=labels, groups=groups,
                               span=cfg.effective_span, previous=previous, progress=p.progress,
