@@ -222,8 +222,10 @@ def analyze(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DAT
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
             text_revision: Optional[str] = TREV, quiet: bool = QUIET, as_json: bool = JSON_OUT,
             as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
-    """Run analyses on representations already in the store (`mch extract` first, or `mch
-    import-reference` for the reference implementation's HDF5 files)."""
+    """Run analyses on representations already in the store.
+
+    `mch extract` puts them there, or `mch import-reference` for the reference
+    implementation's HDF5 files."""
     from .runner import run_analyze
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,

@@ -75,9 +75,11 @@ def export(paths: List[Path] = typer.Argument(..., help="results directories or 
            out: Path = typer.Option(..., "--out", "-o", help="file to write"),
            all_records: bool = typer.Option(False, "--all", help="every record's rows (default: the newest record "
                                                                   "of each model/checkpoint/dataset/analysis/protocol)")):
-    """The result records as one table: one row per (model, checkpoint, dataset, analysis,
-    protocol, stage, attribute, metric) with value, ci_low, ci_high, n (then smoke,
-    created_at, record): what `mch.load_results(...).to_frame()` gives."""
+    """Result records as one table (csv, parquet or jsonl).
+
+    One row per (model, checkpoint, dataset, analysis, protocol, stage, attribute, metric)
+    with value, ci_low, ci_high, n (then smoke, created_at, record): what
+    `mch.load_results(...).to_frame()` gives."""
     from .python_api import load_results, write_table
 
     if fmt not in ("csv", "parquet", "jsonl"):
@@ -179,10 +181,11 @@ def import_reference(modal: Path = typer.Argument(..., help="the reference's scr
                      replace: bool = typer.Option(False, "--replace", help="replace an earlier import of these "
                                                                            "names from another file"),
                      store: Optional[Path] = STORE):
-    """Bring the reference implementation's HDF5 files into the store, so that `mch analyze
-    --model NAME --dataset NAME --analysis probe,modes,per_type,distances [--protocol paper]`
-    runs on them (one import serves both protocols and any --stage subset; the file's row
-    order and label columns are kept)."""
+    """Bring the reference implementation's HDF5 files into the store.
+
+    Then `mch analyze --model NAME --dataset NAME --analysis probe,modes,per_type,distances
+    [--protocol paper]` runs on them: one import serves both protocols and any --stage
+    subset; the file's row order and label columns are kept."""
     from .reference import import_reference as do_import
 
     def log(msg: str) -> None:
