@@ -25,6 +25,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_config": ("mch.python_api", "load_config"),
     "Results": ("mch.python_api", "Results"),
     "RunConfig": ("mch.runner", "RunConfig"),
+    "import_reference": ("mch.reference", "import_reference"),
     # plugin authors
     "hookimpl": ("mch.hookspecs", "hookimpl"),
     "hookspec": ("mch.hookspecs", "hookspec"),

@@ -79,8 +79,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def _names(value: Any) -> list[str] | None:
     if value is None:
         return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [x.strip() for x in items if str(x).strip()]
+    items = [value] if isinstance(value, str) else list(value)
+    return [x.strip() for item in items for x in str(item).split(",") if x.strip()]  # "a,b" as the flags take it
 
 
 def run_config_fields(config: Mapping[str, Any]) -> dict[str, Any]:

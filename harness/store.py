@@ -344,6 +344,8 @@ class Store:
                         checkpoint_fingerprint=model.get("checkpoint_fingerprint"), dataset=data.get("name"),
                         split=data.get("split"), view=key.get("view"), n=len(man["sample_ids"]),
                         complete=bool(man.get("complete")), n_rows=man.get("n_rows"), stages=man.get("stages", []))
+            if key.get("imported"):  # `mch import-reference`: the file the vectors came from
+                info["imported_from"] = (man.get("info") or {}).get("imported_from")
             if info["complete"]:
                 info["state"] = "complete"
             else:
