@@ -110,7 +110,7 @@ def bench(model: str | None = None, dataset: str | None = None, analyses: Sequen
     from .runner import run_bench
 
     cfg = _run_config(model, dataset, analyses if analyses is not None else None, config, options)
-    p, written = run_bench(cfg, _log, _progress(progress))
+    p, written = _keeping(run_bench, cfg, progress)
     return Results(written, model_loaded=p.loaded)
 
 
@@ -121,8 +121,20 @@ def analyze(model: str | None = None, dataset: str | None = None, analyses: Sequ
     from .runner import run_analyze
 
     cfg = _run_config(model, dataset, analyses if analyses is not None else ["probe"], config, options)
-    p, written = run_analyze(cfg, _log, _progress(progress))
+    p, written = _keeping(run_analyze, cfg, progress)
     return Results(written, model_loaded=p.loaded)
+
+
+def _keeping(run: Any, cfg: Any, progress: bool) -> Any:
+    """`run` (run_bench or run_analyze); when it stops early, the records written before the
+    stop are named in the log (they are on disk: `mch.load_results` reads them)."""
+    written: list[Path] = []
+    try:
+        return run(cfg, _log, _progress(progress), on_record=lambda path, rec: written.append(path))
+    except BaseException:
+        if written:
+            logger.warning("records written before the stop: %s", ", ".join(map(str, written)))
+        raise
 
 
 def extract(model: str | None = None, dataset: str | None = None, *, text: bool = False,
