@@ -347,7 +347,10 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
             notes.append(f"text file pairs {len(trows)} of {len(ids)} samples ({missing} without text)")
 
     prev = entry.manifest() if entry.complete else None
-    if prev is not None and (prev.get("imported", {}).get("text") or {}).get("sha256") == tsha:
+    prev_text = ((prev or {}).get("imported") or {}).get("text") or {}
+    # the same modal file again: unchanged unless a (different) text file comes with it; an
+    # import without --text keeps the text baseline imported before
+    if prev is not None and (text is None or prev_text.get("sha256") == tsha):
         for d, _ in stale:
             _remove(st, d, log)
         report = _report(model, dataset, entry.hash, prev["imported"], notes, len(ids))

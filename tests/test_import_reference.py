@@ -188,6 +188,7 @@ def test_path_spelling_and_reimport(files, tmp_path):
     odd = Path(str(modal.parent) + "/./") / ".." / modal.parent.name / modal.name
     again = _import(odd, Path(str(text.parent) + "//" + text.name))
     assert again.unchanged and again.modal_key == first.modal_key and again.text_key == first.text_key
+    assert _import(modal).text_key == first.text_key  # without --text: the text baseline stays
     # another file under the same names needs --replace
     other, _ = make_reference_files(tmp_path / "other", n=60, seed=9)
     from mch.api import MchError
