@@ -394,6 +394,11 @@ class StoredVectors:
         self.labels: dict[str, np.ndarray] = {a: take(v) for a, v in (info.get("labels") or {}).items()}
         self.groups: dict[str, np.ndarray] = {a: take(v) for a, v in (info.get("groups") or {}).items()}
         self.columns: dict[str, np.ndarray] = {a: take(v) for a, v in (info.get("columns") or {}).items()}
+        if not self.labels and self.columns:  # imported: the attributes read straight from their columns
+            from .reference import attribute_columns  # (lexical depends on the protocol's rule: not here)
+
+            self.labels = {a: self.columns[c] for a, c in attribute_columns(info["columns"]).items()
+                           if a != "lexical"}
         self.texts: list[str] | None = [info["texts"][int(i)] for i in rows] if info.get("texts") else None
         self.skipped: list[dict[str, Any]] = man.get("skipped", [])
 

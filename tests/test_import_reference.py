@@ -142,6 +142,7 @@ def test_round_trip_and_one_import_serves_everything(files, tmp_path):
         np.testing.assert_array_equal(np.asarray(v["llm.16"]), f["llm_hidden_16"][:155])
         np.testing.assert_array_equal(np.asarray(v["encoder"]), f["encoder_output"][:155])
         assert list(v.columns["emotion"]) == [x.decode() for x in f["emotion"][:155]]
+        assert list(v.labels["speaker"]) == [x.decode() for x in f["speaker_id"][:155]]
     assert isinstance(v["adapter"], np.memmap)
     t = mch.store.load(rep.text_key)
     with h5py.File(text, "r") as f:
