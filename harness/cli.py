@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .api import MchError
+from .io_cli import CONFIG, apply_config
 from .terminal import err_console, exit_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode="rich",
@@ -144,7 +145,7 @@ def _runner_io(quiet: bool):
 
 
 @app.command()
-def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
+def bench(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET,
           analysis: List[str] = typer.Option(["probe,gmi"], "--analysis", help="analyses (comma-separated)"),
           attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
           adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
@@ -155,7 +156,7 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
           model_option: Optional[List[str]] = MOPT,
           data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
           text_revision: Optional[str] = TREV, quiet: bool = QUIET, as_json: bool = JSON_OUT,
-          as_csv: bool = CSV_OUT):
+          as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
     With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
@@ -166,6 +167,7 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
                   model_option, data_option, text_checkpoint, text_revision)
+    cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
     p, written = _keeping_records(run_bench, cfg, log, progress)
     machine = _machine_output(written, as_json, as_csv, p.loaded)
@@ -180,7 +182,7 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
 
 
 @app.command()
-def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Optional[str] = CKPT,
+def extract(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Optional[str] = CKPT,
             revision: Optional[str] = REV, adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH,
             split: Optional[str] = SPLIT, limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE,
             dtype: Optional[str] = DTYPE, protocol: str = PROTOCOL, span: Optional[str] = SPAN,
@@ -188,13 +190,14 @@ def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Op
             on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
             trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, quiet: bool = QUIET):
+            text_revision: Optional[str] = TREV, quiet: bool = QUIET, config: Optional[Path] = CONFIG):
     """Extract pooled representations into the store (resumable; no analysis)."""
     from .runner import extract as do_extract, plan, text_plan
 
     cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
                   dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option,
                   data_option, text_checkpoint, text_revision)
+    cfg = apply_config(ctx, config, cfg, skip=("analyses", "attributes", "params", "out_dir"))
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = do_extract(p, "modal")
@@ -208,7 +211,7 @@ def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Op
 
 
 @app.command()
-def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
+def analyze(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET,
             analysis: List[str] = typer.Option(["probe"], "--analysis", help="analyses (comma-separated)"),
             attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
             adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
@@ -218,13 +221,17 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
             param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
             text_revision: Optional[str] = TREV, quiet: bool = QUIET, as_json: bool = JSON_OUT,
-            as_csv: bool = CSV_OUT):
-    """Run analyses on representations already in the store (`mch extract` first)."""
+            as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
+    """Run analyses on representations already in the store.
+
+    `mch extract` puts them there, or `mch import-reference` for the reference
+    implementation's HDF5 files."""
     from .runner import run_analyze
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
                   data_option, text_checkpoint, text_revision)
+    cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
     if as_json and as_csv:
         raise MchError("--json and --csv print the same numbers two ways; pass one of them")
@@ -294,6 +301,10 @@ app.add_typer(list_app, name="list")
 from .store_cli import app as store_app  # noqa: E402 - `mch store list|rm`
 
 app.add_typer(store_app, name="store")
+
+from . import io_cli  # noqa: E402 - `mch export`, `mch export-store`, `mch import-reference`
+
+io_cli.mount(app)
 
 
 def _reg():

@@ -6,6 +6,13 @@ thing you contribute. Registering is cheap and must not import heavy code: specs
 class to load as a `"package.module:Class"` string, imported only when the thing is used.
 The plugin manager (`mch.manager`) calls each plugin's implementation through pluggy, one
 plugin at a time, so what a plugin registers (or the error it raises) is attributed to it.
+`mch_record_written` is an event: it fires after each result record is written.
+
+    import mch
+
+    @mch.hookimpl
+    def mch_record_written(record, path):
+        ...
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import typer
 
     from .api import AnalysisSpec, DatasetSpec, ModelSpec
@@ -75,4 +84,22 @@ def mch_register_commands(app: typer.Typer) -> None:
 
     Called when the CLI starts, before the command line is parsed. Keep imports inside the
     command functions so ``mch --help`` stays fast. The return value is ignored.
+    """
+
+
+@hookspec
+def mch_record_written(record: dict, path: Path) -> None:
+    """React to a result record that was just written: the place for loggers and uploaders
+    (W&B, MLflow, a Hub push) that live outside mch's core.
+
+    :param record:
+        The record as written (validated against ``schemas/result.schema.json``); treat it
+        as read-only.
+    :param path:
+        The file it was written to.
+
+    Called once per record, as soon as its analysis ends (``mch bench``, ``mch analyze``,
+    ``mch.bench(...)``). The return value is ignored. The record is already on disk when the
+    hook runs: an exception raised here is reported in the run's log and the run goes on (a
+    failing upload never costs a measurement). Example: docs/examples/mch-csv-log.
     """

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
 from .checks import (DEVICES, check_device, check_flags, check_model_and_dataset,  # noqa: F401 - re-exported
                      check_params, check_results_dir)
+from .configs import RunConfig  # noqa: F401 - re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
@@ -28,47 +29,6 @@ from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerpr
 # logging, or passes its own `log`). Plain text: styling is the listener's.
 _logger = logging.getLogger("mch.runner")
 Log = Callable[[str], None]
-
-
-@dataclass
-class RunConfig:
-    model: str = "toy"
-    dataset: str | None = None
-    analyses: Sequence[str] = ("probe", "gmi")
-    attributes: Sequence[str] | None = None
-    checkpoint: str | None = None
-    revision: str | None = None
-    adapter: str | None = None
-    data_path: str | None = None
-    split: str | None = None
-    limit: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str | None = None
-    protocol: str = "default"
-    span: str | None = None
-    stages: Sequence[str] | None = None
-    batch_size: int = 16
-    out_dir: Path = Path("results")
-    store: Path | None = None
-    on_error: str = "stop"
-    params: dict[str, Any] = field(default_factory=dict)
-    trust_remote_code: bool = False
-    model_options: dict[str, Any] = field(default_factory=dict)  # plugin options, e.g. prismatic llm=DIR
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # dataset plugin options, e.g. download=true
-    text_checkpoint: str | None = None  # paper protocol: the separate text-only model's checkpoint
-    text_revision: str | None = None
-    sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
-    chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
-
-    @property
-    def dataset_options_record(self) -> dict[str, Any]:
-        """{"options": sorted dataset options} for store keys and records; {} when none were given."""
-        return {"options": dict(sorted(self.dataset_options.items()))} if self.dataset_options else {}
-
-    @property
-    def effective_span(self) -> str:
-        return self.span or ("all" if self.protocol == "paper" else "modality")
 
 
 @dataclass
@@ -133,7 +93,9 @@ def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = No
     if cfg.batch_size < 1:
         raise MchError("--batch-size must be at least 1")
     check_flags(cfg)
-    reg = get_registry()
+    from .reference import with_imports
+
+    reg = with_imports(get_registry(), cfg)  # names brought in by `mch import-reference` (in this store)
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
     cfg.params = check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
@@ -170,11 +132,22 @@ def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = No
             if lab and lab not in attr.classes:
                 raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
                                   sample_id=s.sample_id)
+    plugin = model_plugin(mspec, cfg)
     for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
         analysis = load_entry(aspec.entry)(aspec)
-        analysis.preflight({**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
-                            **cfg.params.get(aspec.name, {})}, cfg.protocol, samples, attrs)
-    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, model_plugin(mspec, cfg), log, progress or Progress())
+        analysis.preflight(analysis_params(analysis, aspec, cfg, plugin), cfg.protocol, samples, attrs)
+    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+
+
+def analysis_params(analysis: Any, aspec: Any, cfg: RunConfig, plugin: Any) -> dict[str, Any]:
+    """An analysis's parameters: its defaults for the protocol, the registry's `params`, the
+    model plugin's `analysis_defaults(protocol)` for the parameters the analysis takes (a
+    model whose vectors lack a stage the defaults assume, e.g. imported reference files), then
+    the user's `--param`."""
+    defaults = analysis.default_params(cfg.protocol)
+    own = getattr(plugin, "analysis_defaults", None)
+    from_model = {k: v for k, v in (own(cfg.protocol) if callable(own) else {}).items() if k in defaults}
+    return {**defaults, **aspec.options.get("params", {}), **from_model, **cfg.params.get(aspec.name, {})}
 
 
 def model_plugin(spec: Any, cfg: RunConfig) -> Any:
@@ -237,6 +210,9 @@ def text_plan(p: Plan) -> Plan:
 def text_source(p: Plan) -> str:
     """Which model made the text baseline, in words (for the analyses' notes)."""
     t = text_plan(p)
+    own = getattr(p.plugin, "text_view_source", None)
+    if t is p and callable(own):  # a plugin whose text view is not its own LLM (imported files)
+        return str(own())
     if t is p:
         return f"{p.model_spec.name}'s own text view"
     return f"{t.model_spec.name} ({t.plugin.checkpoint}), the separate text-only model the paper protocol uses"
@@ -249,6 +225,7 @@ def extract(p: Plan, view: str = "modal") -> Any:
     entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
+        save_labels(p, entry)
         return entry
     if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
         p.ensure_loaded()  # the plugin's own sentence on the missing checkpoint, before the store is touched
@@ -258,7 +235,30 @@ def extract(p: Plan, view: str = "modal") -> Any:
             return entry
         _fill(p, entry, view)
     p.log(f"{view} representations written to the store ({entry.dir})")
+    save_labels(p, entry)
     return entry
+
+
+def save_labels(p: Plan, entry: Any) -> None:
+    """Keep the samples' labels, groups and texts beside their vectors (`mch.store.load`,
+    `mch export-store`), once per entry and attribute set; a read-only store goes without."""
+    if callable(getattr(p.plugin, "stored_key", None)):  # imported: the file's own columns are kept
+        return
+    have = entry.read_labels() or {}
+    if set(p.attributes) <= set(have.get("labels") or {}) and have.get("texts") is not None:
+        return
+    if len(p.samples) != len(entry.sample_ids):  # not this plan's samples (never expected)
+        return
+    try:
+        labels, groups = _labels(p, p.samples)
+    except MchError:
+        return
+    try:
+        entry.write_labels({"labels": {a: v.tolist() for a, v in labels.items()},
+                            "groups": {a: v.tolist() for a, v in groups.items()},
+                            "texts": [s.text for s in p.samples], "protocol": p.cfg.protocol})
+    except (OSError, MchError) as exc:
+        p.log(f"labels not kept beside the vectors ({exc})")
 
 
 def _fill(p: Plan, entry: Any, view: str) -> None:
@@ -342,6 +342,11 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
     record can be written before the next one starts)."""
     cfg = p.cfg
     reps, rows = entry.read()
+    if cfg.stages:  # an entry may hold more stages than asked (imported files): analyse those asked
+        missing = [s for s in cfg.stages if s not in reps]
+        if missing:
+            raise MchError(f"--stage {missing[0]}: the stored representations have stages {', '.join(reps)}")
+        reps = {s: reps[s] for s in cfg.stages}
     samples = [p.samples[int(i)] for i in rows]
     labels, groups = _labels(p, samples)
     text_entry: dict[str, Any] = {}
@@ -370,8 +375,7 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
     previous: dict[str, AnalysisOutput] = {}
     for aspec in p.analysis_specs:
         analysis = load_entry(aspec.entry)(aspec)
-        params = {**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
-                  **cfg.params.get(aspec.name, {})}
+        params = analysis_params(analysis, aspec, cfg, p.plugin)
         ctx = AnalysisContext(protocol=cfg.protocol, params=params, seed=cfg.seed, stages=list(reps),
                               reps=reps, samples=samples, attributes=p.attributes, labels=labels, groups=groups,
                               span=cfg.effective_span, previous=previous, progress=p.progress,
@@ -451,7 +455,17 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         metrics=[m.as_dict() for m in out.metrics],
         summary=out.summary,
         notes=out.notes,
+        run_config=_resolved_config(p),
     )
+
+
+def _resolved_config(p: Plan) -> dict[str, Any]:
+    """The run config that reproduces this run (the model and dataset as resolved)."""
+    import dataclasses
+
+    from .configs import resolved
+
+    return resolved(dataclasses.replace(p.cfg, model=p.model_spec.name, dataset=p.dataset_spec.name))
 
 
 def model_fidelity(p: Plan) -> dict[str, Any]:
@@ -473,9 +487,23 @@ def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | Non
         rec = record_for(p, entry, name, out, params, dur, extract_s)
         path = write_record(rec, p.cfg.out_dir)
         written.append((path, rec))
+        record_written(rec, path, p.log)
         if on_record is not None:
             on_record(path, rec)
     return written
+
+
+def record_written(record: dict[str, Any], path: Path, log: Callable[[str], None] = lambda s: None) -> None:
+    """Call every plugin's `mch_record_written(record, path)` (hookspecs). The record is on disk
+    already: a plugin that fails is reported in the log and the run goes on."""
+    from .manager import get_manager
+
+    hook = get_manager().hook.mch_record_written
+    for impl in hook.get_hookimpls():
+        try:
+            impl.function(record=record, path=path)
+        except Exception as exc:  # noqa: BLE001 - a logging plugin must not cost the run
+            log(f"plugin {impl.plugin_name!r}: mch_record_written failed ({type(exc).__name__}: {exc})")
 
 
 def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,

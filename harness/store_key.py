@@ -17,6 +17,9 @@ def store_key(p: Any, view: str) -> dict[str, Any]:
     from .fingerprint import media_fingerprint, texts_sha256
 
     cfg = p.cfg
+    fixed = getattr(p.plugin, "stored_key", None)
+    if callable(fixed):  # vectors that exist only in the store (mch import-reference): their own key
+        return fixed(view)
     ident = p.plugin.identity()
     ident["checkpoint_fingerprint"] = plugin_fingerprint(p.plugin)
     if cfg.model_options:
@@ -26,7 +29,7 @@ def store_key(p: Any, view: str) -> dict[str, Any]:
             ident["option_fingerprints"] = local
     if cfg.adapter:
         ident["adapter_fingerprint"] = _path_fingerprint(cfg.adapter)
-    dataset = {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
+    dataset = {"name": p.dataset_spec.name, "path": _key_path(cfg.data_path),
                "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
                **cfg.dataset_options_record}  # options can change a sample under the same id
     if view == "text":
@@ -46,6 +49,16 @@ def store_key(p: Any, view: str) -> dict[str, Any]:
 
 
 MISSING = "missing"  # the checkpoint fingerprint of a checkpoint that is not on this machine
+
+
+def _key_path(path: Any) -> str | None:
+    """--data-path as the store key holds it: an existing path in one spelling (absolute,
+    resolved), so `data/`, `./data` and `data` find the same entry; anything else (an HF id)
+    as given."""
+    if not path:
+        return None
+    p = Path(str(path)).expanduser()
+    return str(p.resolve()) if p.exists() else str(path)
 
 
 def plugin_fingerprint(plugin: Any) -> str:
