@@ -251,3 +251,26 @@ def test_functional_split_reads_the_directions_the_gradients_use():
     G2 = np.concatenate([G, 0.1 * rng.normal(size=(n, 1)) * w2])
     assert functional_split(G2, U, lam, mass=0.5).n_read == 1
     assert functional_split(G2, U, lam, mass=0.9999).n_read == 2
+
+
+def test_the_five_analyses_of_a_run_share_one_split(tmp_path):
+    """modes, per_type, ablation, swap and gradient on the toy in one run: one split record."""
+    import torch
+
+    from mch.runner import RunConfig, run_bench
+
+    torch.set_num_threads(1)
+    params = {"modes": {"n_boot": 20}, "per_type": {"n_boot": 20, "n_perm": 20, "w1_reps": 1},
+              "ablation": {"n_samples": 8, "n_boot": 50, "conditions": ["ms_all"]},
+              "swap": {"n_samples": 8, "n_boot": 50}, "gradient": {"n_samples": 8, "n_boot": 50}}
+    _, written = run_bench(RunConfig(model="toy", analyses=["modes", "per_type", "ablation", "swap", "gradient"],
+                                     limit=120, store=tmp_path / "s", out_dir=tmp_path / "r", params=params))
+    splits = {rec["analysis"]["name"]: rec["summary"]["split"] for _, rec in written}
+    assert len(splits) == 5
+    first = splits["modes"]
+    assert all(s == first for s in splits.values())
+    assert first["split_rule"] == "null" and first["n_rows"] == 120 and first["stage"] == "adapter"
+    # a different parameter is named, and gives another split record
+    _, other = run_bench(RunConfig(model="toy", analyses=["modes"], limit=120, store=tmp_path / "s",
+                                   out_dir=tmp_path / "r", params={"modes": {"n_boot": 0, "split_rule": "tau"}}))
+    assert other[0][1]["summary"]["split"]["split_rule"] == "tau" and other[0][1]["summary"]["split"] != first
