@@ -150,15 +150,7 @@ class Direction:
 
     def vectors(self, X: Any) -> np.ndarray:
         """The eigenvectors u_k (d, m), orthonormal (built on demand: d×m floats)."""
-        if self._basis[0] == "cov":
-            return self._basis[1]
-        _, W, sv, mu = self._basis
-        d = X.shape[1]
-        U = np.empty((d, W.shape[1]))
-        Ws = W / sv
-        for s in _blocks(d, BLOCK // 2):
-            U[s] = (_cols(X, s)[self.fit] - mu[s]).T @ Ws
-        return U
+        return _basis_vectors(X, self.fit, self._basis)
 
     def numbers(self) -> dict[str, float]:
         return _numbers(self.lam, self.tv, self.alpha, self.ms, self.total, self.text_total)
@@ -375,6 +367,19 @@ def _fit_basis(X: Any, rows: np.ndarray, mu: np.ndarray, rel_tol: float) -> tupl
     return ("cov", U), lam[:m].copy(), rank
 
 
+def _basis_vectors(X: Any, fit: np.ndarray, basis: tuple[Any, ...]) -> np.ndarray:
+    """The eigenvectors (d, m) of a basis: U itself, or X̃_fitᵀ W / s from the Gram route."""
+    if basis[0] == "cov":
+        return basis[1]
+    _, W, sv, mu = basis
+    d = X.shape[1]
+    U = np.empty((d, W.shape[1]))
+    Ws = W / sv
+    for s in _blocks(d, BLOCK // 2):
+        U[s] = (_cols(X, s)[fit] - mu[s]).T @ Ws
+    return U
+
+
 def _project(Z: Any, rows: np.ndarray, mean: np.ndarray, X: Any, fit: np.ndarray, basis: tuple[Any, ...]
              ) -> np.ndarray:
     """(Z[rows] − mean) U: rows of Z (modal or text) in the mode coordinates of `basis`, the
@@ -449,38 +454,42 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
     give every weighted modal trace, ‖Σ w_i x̃_i‖² = wᵀGw), the modal cross-product X̃_B X̃_Aᵀ
     (both directions' modal coordinates) and the two text cross-products."""
     from scipy.linalg import eigh
-    from scipy.linalg.blas import dsyrk
+    from scipy.linalg.blas import dgemm, dsymm, dsyrk
 
     d = X.shape[1]
     na, nb = len(A), len(B)
+    # Fortran order throughout: BLAS accumulates into them in place, eigh overwrites them in place
     Ga, Gb = np.zeros((na, na), order="F"), np.zeros((nb, nb), order="F")
-    Cba, Dba, Dab = np.zeros((nb, na)), np.zeros((nb, na)), np.zeros((na, nb))
-    sq = {k: 0.0 for k in ("xa", "xb", "ya", "yb")}
+    Cba, Dba, Dab = (np.zeros(shape, order="F") for shape in ((nb, na), (nb, na), (na, nb)))
+    sq = {k: np.zeros(n) for k, n in (("xa", na), ("xb", nb), ("ya", na), ("yb", nb))}
     ysum = [None if w is None else np.zeros(w.shape[0]) for w in wb]     # ‖Σ w_i ỹ_i‖² of the eval rows
     for s in _blocks(d):
-        Xb, Yb = _cols(X, s), _cols(Y, s)
+        Xb = _cols(X, s)
         xa, xb = Xb[A] - mu_a[s], Xb[B] - mu_b[s]
+        del Xb
+        Yb = _cols(Y, s)
         ya, yb = Yb[A] - nu_a[s], Yb[B] - nu_b[s]
-        del Xb, Yb
-        Ga = dsyrk(1.0, xa.T, beta=1.0, c=Ga, trans=1, overwrite_c=1)
+        del Yb
+        Ga = dsyrk(1.0, xa.T, beta=1.0, c=Ga, trans=1, overwrite_c=1)          # upper triangle
         Gb = dsyrk(1.0, xb.T, beta=1.0, c=Gb, trans=1, overwrite_c=1)
-        Cba += xb @ xa.T
-        Dba += yb @ xa.T
-        Dab += ya @ xb.T
+        Cba = dgemm(1.0, xb.T, xa.T, beta=1.0, c=Cba, trans_a=1, overwrite_c=1)  # += xb xaᵀ
+        Dba = dgemm(1.0, yb.T, xa.T, beta=1.0, c=Dba, trans_a=1, overwrite_c=1)
+        Dab = dgemm(1.0, ya.T, xb.T, beta=1.0, c=Dab, trans_a=1, overwrite_c=1)
         for k, v in (("xa", xa), ("xb", xb), ("ya", ya), ("yb", yb)):
-            sq[k] = sq[k] + (v * v).sum(1)
+            sq[k] += np.einsum("ij,ij->i", v, v)
         for i, (w, y) in enumerate(((wb[0], yb), (wb[1], ya))):
             if w is not None:
                 S = w @ y
-                ysum[i] += (S * S).sum(1)
-    Ga, Gb = np.triu(Ga) + np.triu(Ga, 1).T, np.triu(Gb) + np.triu(Gb, 1).T    # dsyrk fills the upper triangle
+                ysum[i] += np.einsum("ij,ij->i", S, S)
+        del xa, xb, ya, yb
 
     def quad(G: np.ndarray, W: np.ndarray) -> np.ndarray:
-        return ((W @ G) * W).sum(1)
+        """wᵀGw for every row w of W, from G's upper triangle."""
+        return np.einsum("ij,ij->i", dsymm(1.0, G, W, side=1, lower=0), W)
 
     out = []
-    for G, Gq, sqx, sqy, nl, w, ys in ((Ga, Gb, sq["xb"], sq["yb"], nulls[0], wb[0], ysum[0]),
-                                       (Gb, Ga, sq["xa"], sq["ya"], nulls[1], wb[1], ysum[1])):
+    for Gq, sqx, sqy, nl, w, ys in ((Gb, sq["xb"], sq["yb"], nulls[0], wb[0], ysum[0]),
+                                    (Ga, sq["xa"], sq["ya"], nulls[1], wb[1], ysum[1])):
         n_e = len(sqx)
         ing: dict[str, Any] = {"total": float(sqx.sum() / (n_e - 1)), "text_total": float(sqy.sum() / (n_e - 1))}
         if nl is not None:       # the null's modal traces, from the evaluation half's Gram matrix
@@ -490,17 +499,31 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
         ing["null_w"], ing["boot_w"] = nl, w
         out.append(ing)
     bases = []
-    for G in (Ga, Gb):
+    grams = [Ga, Gb]
+    del Ga, Gb
+    for i in range(2):
+        G, grams[i] = grams[i], None
         n = G.shape[0]
         ev, W = eigh(G, lower=False, overwrite_a=True, check_finite=False, driver="evr")
+        del G                                   # each Gram matrix goes as soon as it is decomposed
         lam = ev[::-1] / (n - 1)
         m, rank = _keep(lam, n, d, rel_tol)
         W = np.ascontiguousarray(W[:, ::-1][:, :m])
         bases.append((W, np.sqrt(lam[:m] * (n - 1)), lam[:m].copy(), rank))
-    del Ga, Gb
     (Wa, sa, la, ra), (Wb, sb, lb, rb) = bases
-    out[0].update(P=(Cba @ Wa) / sa, Q=(Dba @ Wa) / sa, fit_lam=la, rank=ra, basis=("gram", Wa, sa, mu_a))
-    out[1].update(P=(Cba.T @ Wb) / sb, Q=(Dab @ Wb) / sb, fit_lam=lb, rank=rb, basis=("gram", Wb, sb, mu_b))
+
+    def coords(M: np.ndarray, W: np.ndarray, sv: np.ndarray) -> np.ndarray:
+        out = M @ W
+        out /= sv
+        return out
+
+    out[0].update(P=coords(Cba, Wa, sa), fit_lam=la, rank=ra, basis=("gram", Wa, sa, mu_a))
+    out[1].update(P=coords(Cba.T, Wb, sb), fit_lam=lb, rank=rb, basis=("gram", Wb, sb, mu_b))
+    del Cba
+    out[0]["Q"] = coords(Dba, Wa, sa)
+    del Dba
+    out[1]["Q"] = coords(Dab, Wb, sb)
+    del Dab
     return out
 
 
@@ -780,11 +803,7 @@ def whitening_basis(X: Any, rel_tol: float = 1e-6) -> tuple[np.ndarray, np.ndarr
     rows = np.arange(X.shape[0])
     (mu,) = _means(X, [rows])
     basis, lam, _ = _fit_basis(X, rows, mu, rel_tol)
-    if basis[0] == "cov":
-        return basis[1], lam
-    d = Direction(fit=rows, eval=rows, fit_eigenvalues=lam, lam=lam, tv=lam, total=0.0, text_total=0.0, alpha=lam,
-                  threshold=lam, ms=np.zeros(len(lam), bool), rank=0, _basis=basis)
-    return d.vectors(X), lam
+    return _basis_vectors(X, rows, basis), lam
 
 
 def functional_split(G: np.ndarray, U: np.ndarray, lam: np.ndarray, mass: float = 0.9) -> FunctionalSplit:

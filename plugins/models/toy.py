@@ -373,8 +373,6 @@ def train(out_dir: str | Path, text_steps: int = 1200, adapter_steps: int = 1200
     import numpy as np
     from safetensors.torch import save_file
 
-    from mch.plugins.attributes import toy as world
-
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(0)
