@@ -145,14 +145,17 @@ def register(app: Any) -> None:
         log = (lambda s: None) if quiet else (lambda s: err.print(f"[dim]mch:[/] {s}"))
         out_dir = out or Path(os.environ.get("MCH_RESULTS", "results"))
         res = run_family(names, limit, out_dir, store, seed, log, RichProgress(err, quiet))
-        t = Table(title=f"toy validation bench ({limit} samples per organism)")
-        cols = (("organism", "organism", None), ("emo capt.", "emotion_captions", "{:.0%}"),
-                ("emotion GMI", "emotion_gmi_bits", "{:.3f}"), ("emotion TA", "emotion_ta_share", "{:.2f}"),
-                ("emotion read", "emotion_read_share", "{:.2f}"), ("content TA", "content_ta_share", "{:.2f}"),
-                ("content read", "content_read_share", "{:.2f}"), ("gap", "logscore_gap", "{:.3f}"),
-                ("L.W1", "L_W1", "{:.3f}"), ("gap/L.W1", "tightness", "{:.3f}"), ("W1 excess", "w1_excess", "{:.3f}"))
+        from rich import box
+
+        t = Table(title=f"toy validation bench ({limit} samples per organism)", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="emotion: GMI (bits), TA share (covariance split), read share (functional split); "
+                          "bound: gap, L.W1, ratio = gap/(L.W1), W1 exc = W1 above its null; CIs: --json")
+        cols = (("organism", "organism", None), ("capt.", "emotion_captions", "{:.0%}"),
+                ("GMI", "emotion_gmi_bits", "{:.3f}"), ("TA", "emotion_ta_share", "{:.2f}"),
+                ("read", "emotion_read_share", "{:.2f}"), ("gap", "logscore_gap", "{:.2f}"),
+                ("L.W1", "L_W1", "{:.0f}"), ("ratio", "tightness", "{:.3f}"), ("W1 exc", "w1_excess", "{:.2f}"))
         for head, _, _ in cols:
-            t.add_column(head, justify="left" if head == "organism" else "right")
+            t.add_column(head, justify="left" if head == "organism" else "right", no_wrap=True)
         for r in res["rows"]:
             t.add_row(*[("-" if r.get(k) is None else (fmt.format(r[k]) if fmt else str(r[k]))) for _, k, fmt in cols])
         Console().print(t)
