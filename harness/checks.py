@@ -95,9 +95,12 @@ def check_model_and_dataset(mspec: Any, dspec: Any, cfg: Any) -> None:
         raise MchError(f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "
                        f"{', '.join(repr(d) for d in only)}, not {dspec.name!r}")
     readers = getattr(dcls, "models", None)
-    if readers is not None and mspec.name not in readers:
-        raise MchError(f"dataset {dspec.name!r} is read only by model{'s' if len(readers) > 1 else ''} "
-                       f"{', '.join(repr(m) for m in readers)}, not {mspec.name!r}")
+    # readers name registry entries or plugin classes ("module:Class"), so every checkpoint of
+    # one plugin (the toy's validation family) reads its world
+    if readers is not None and mspec.name not in readers and mspec.entry not in readers:
+        raise MchError(f"dataset {dspec.name!r} is read only by "
+                       f"{', '.join(f'the models of plugin {m}' if ':' in m else repr(m) for m in readers)}, "
+                       f"not {mspec.name!r}")
     if mspec.modality != "text" and dspec.modality != mspec.modality:
         raise MchError(f"model {mspec.name!r} reads {mspec.modality} and dataset {dspec.name!r} is {dspec.modality}; "
                        f"choose a {mspec.modality} dataset (`mch list datasets`)")
