@@ -101,7 +101,9 @@ def stage_order(stage: str | None) -> tuple[int, int, str]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _pick(metrics: list[dict], metric: str, stage: str | None) -> dict | None:
+def pick_metric(metrics: list[dict], metric: str, stage: str | None) -> dict | None:
+    """The row of `metric` at `stage`; stage "*" takes stage None, else llm.final, else the
+    one stage the metric has (the leaderboard's cells and the bench table read it alike)."""
     rows = [m for m in metrics if m["metric"] == metric]
     if not rows:
         return None
@@ -217,12 +219,12 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
                            if m["metric"] in ("accuracy", "i_probe_bits") and m.get("stage")}, key=stage_order)
     curves = []
     for st in curve_stages:
-        acc = _pick(metrics, "accuracy", st)
-        ip = _pick(metrics, "i_probe_bits", st)
+        acc = pick_metric(metrics, "accuracy", st)
+        ip = pick_metric(metrics, "i_probe_bits", st)
         curves.append({"stage": st,
                        "accuracy": acc and acc.get("value"), "ci_low": acc and acc.get("ci_low"),
                        "ci_high": acc and acc.get("ci_high"), "i_probe_bits": ip and ip.get("value")})
-    values = {c.key: _cell(_pick(metrics, c.metric, c.stage) or _pick(metrics, FALLBACK.get(c.metric, ""), c.stage))
+    values = {c.key: _cell(pick_metric(metrics, c.metric, c.stage) or pick_metric(metrics, FALLBACK.get(c.metric, ""), c.stage))
               for c in METRIC_COLUMNS}
     ckpt, revision, adapter, fingerprint, smoke = group[4]
     row = {

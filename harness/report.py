@@ -18,6 +18,7 @@ import json
 from typing import Any, Iterable, Optional
 
 from .api import stage_sort_key
+from .leaderboard import pick_metric
 from .tables import MISSING, Col, Grid, emit, fits
 
 # The `--json` output's own version: bump when a field changes meaning or goes away.
@@ -50,18 +51,10 @@ def with_ci(m: Optional[dict], digits: int = 3) -> Optional[str]:
 
 
 def _find(rec: Optional[dict], metric: str, attr: Optional[str], stage: Any = "*") -> Optional[dict]:
-    """The metric row of `rec`; stage "*" takes stage None, else llm.final, else its only row."""
+    """The metric row of `rec` for attribute `attr` (the leaderboard's rule for which stage)."""
     if rec is None:
         return None
-    rows = [m for m in rec["metrics"] if m["metric"] == metric and m.get("attribute") == attr]
-    if stage != "*":
-        hit = [m for m in rows if m.get("stage") == stage]
-        return hit[-1] if hit else None
-    for want in (None, "llm.final"):
-        hit = [m for m in rows if m.get("stage") == want]
-        if hit:
-            return hit[-1]
-    return rows[-1] if len(rows) == 1 else None
+    return pick_metric([m for m in rec["metrics"] if m.get("attribute") == attr], metric, stage)
 
 
 def skipped_attributes(rec: dict) -> dict[str, str]:

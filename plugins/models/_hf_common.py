@@ -329,3 +329,15 @@ class HFPluginMixin(abc.ABC):
 
     def forward(self, prepared: Prepared) -> Any:
         return self.inner()(**prepared.inputs)
+
+
+def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
+    """`wav` at `target` Hz (polyphase, as the audio plugins' processors expect)."""
+    if sr == target:
+        return wav
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(int(sr), int(target))
+    return resample_poly(wav, target // g, int(sr) // g).astype(np.float32)

@@ -29,7 +29,6 @@ they differ in the span the runner pools (paper: `all`).
 
 from __future__ import annotations
 
-from math import gcd
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -41,6 +40,7 @@ from mch.hooks import Trace
 from mch.model import ModelPlugin, Pool, Prepared, Scores, resolve_module
 
 from ._hf_common import (
+    resample,
     HFPluginMixin,
     _one_line,
     apply_adapter,
@@ -135,13 +135,6 @@ def load_processor_any(name: str, path: Path, model_type: str, trust_remote_code
                        f"checkpoint directory must hold the tokenizer and processor files of its release") from None
 
 
-def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
-    if sr == target:
-        return wav
-    from scipy.signal import resample_poly
-
-    g = gcd(int(sr), int(target))
-    return resample_poly(wav, target // g, int(sr) // g).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- the plugin

@@ -37,7 +37,6 @@ follow with a leading space.
 
 from __future__ import annotations
 
-from math import gcd
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,6 +46,7 @@ from mch.api import MchError, Sample, SampleError
 from mch.model import ModelPlugin, Pool, Prepared, resolve_module
 
 from ._hf_common import (
+    resample,
     HFPluginMixin,
     apply_adapter,
     checkpoint_dir,
@@ -69,13 +69,6 @@ def audio_tokens(mel_frames: int) -> int:
     return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
 
 
-def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
-    if sr == target:
-        return wav
-    from scipy.signal import resample_poly
-
-    g = gcd(int(sr), int(target))
-    return resample_poly(wav, target // g, int(sr) // g).astype(np.float32)
 
 
 from ._hf_common import HF_OPTIONS, Param  # noqa: E402 - option declarations
