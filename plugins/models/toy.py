@@ -170,7 +170,8 @@ class ToyModel(ModelPlugin):
         self.validate_stage_map("modal")
         self.validate_stage_map("text")
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
+        """The same hook points under both protocols."""
         n = getattr(self, "n_layers", 4)
         stages = {f"llm.{i}": f"llm.model.layers.{i}" for i in range(n)}
         stages["llm.final"] = "llm.model.norm"

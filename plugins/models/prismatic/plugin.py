@@ -115,7 +115,8 @@ class PrismaticModel(PrismaticLoader):
         return {**super().identity(), "computation": "prismatic-release-2"}
 
     # -- stages
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
+        """The same hook points under both protocols."""
         n = getattr(self, "n_layers", 32)
         stages = {f"llm.{i}": f"llm_backbone.llm.model.layers.{i}" for i in range(n)}
         stages["llm.final"] = "llm_backbone.llm.model.norm"

@@ -112,7 +112,8 @@ class Ultravox(UltravoxLoader):
         return notes
 
     # -- stages
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
+        """The same hook points under both protocols (`paper` pools chunk 1 of a long clip, in `prepare`)."""
         n = getattr(self, "n_layers", 32)
         stages = {f"llm.{i}": f"language_model.model.layers.{i}" for i in range(n)}
         stages["llm.final"] = "language_model.model.norm"
