@@ -12,6 +12,7 @@ from torch import nn
 from mch.api import PROTOCOLS, VIEWS, MchError, Param, Sample, SampleError
 from mch.model import Pool, Prepared, Scores
 
+from .._hf_common import decoder_stage_paths
 from .loading import PrismaticLoader, _load_tensors, _one_line
 from .modeling import LLMBackbone, PrismaticVLM, make_projector
 from .prompt import PAPER_MESSAGE, vicuna_v15_prompt
@@ -117,9 +118,7 @@ class PrismaticModel(PrismaticLoader):
     # -- stages
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         """The same hook points under both protocols."""
-        n = getattr(self, "n_layers", 32)
-        stages = {f"llm.{i}": f"llm_backbone.llm.model.layers.{i}" for i in range(n)}
-        stages["llm.final"] = "llm_backbone.llm.model.norm"
+        stages = decoder_stage_paths("llm_backbone.llm.model", getattr(self, "n_layers", 32))
         if view == "text":
             stages["adapter"] = "llm_backbone.llm.model.embed_tokens"
         else:

@@ -11,6 +11,7 @@ import torch
 from mch.api import MchError, Param, Sample, SampleError
 from mch.model import Pool, Prepared, Scores
 
+from .._hf_common import decoder_stage_paths
 from .loading import UltravoxLoader, _latency_block, _positive, _read_config
 from .modeling import ENCODER_STRIDE, ProjectorShape, UltravoxModel
 from .transforms import log_mel, mel_chunks, waveform
@@ -114,9 +115,7 @@ class Ultravox(UltravoxLoader):
     # -- stages
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         """The same hook points under both protocols (`paper` pools chunk 1 of a long clip, in `prepare`)."""
-        n = getattr(self, "n_layers", 32)
-        stages = {f"llm.{i}": f"language_model.model.layers.{i}" for i in range(n)}
-        stages["llm.final"] = "language_model.model.norm"
+        stages = decoder_stage_paths("language_model.model", getattr(self, "n_layers", 32))
         if view == "text":
             stages["adapter"] = "language_model.model.embed_tokens"
         else:
