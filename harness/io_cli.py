@@ -152,7 +152,8 @@ def _safetensors(vec: Any, path: Path) -> None:
 
 
 def _hdf5(vec: Any, path: Path) -> None:
-    from .reference import ATTRIBUTE_COLUMNS, write_reference_file
+    from .reference import write_reference_file
+    from .reference_layout import ATTRIBUTE_COLUMNS
 
     columns = {k: [str(x) for x in v] for k, v in vec.columns.items()}
     if not columns:  # an mch extraction: its attributes under the reference's column names

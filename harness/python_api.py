@@ -36,7 +36,7 @@ KEY_COLUMNS = ["model", "checkpoint", "dataset", "analysis", "protocol", "stage"
 VALUE_COLUMNS = ["value", "ci_low", "ci_high", "n"]
 EXTRA_COLUMNS = ["smoke", "created_at", "record"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS + EXTRA_COLUMNS
-from .extras import EXTRAS, need  # noqa: F401 - re-exported
+from .extras import need
 
 
 def plain(message: str) -> str:

@@ -350,7 +350,8 @@ def test_data_make_out_that_cannot_be_written(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     _fails(run_mch("data", "make", "coco", "--out", str(afile / "sub"), "-p", "images=1"),
-           f"cannot write to {afile / 'sub'} (--out): a file is in the way")
+           f"the --out directory {afile / 'sub'} is under {afile}, which is a file, not a directory; "
+           f"choose a writable --out")
     _fails(run_mch("data", "make", "coco", "--out", str(afile), "-p", "images=1"), "is not an empty directory")
 
 
@@ -358,7 +359,8 @@ def test_a_generated_corpus_that_cannot_be_written(tmp_path):
     from mch.plugins.attributes import synth
 
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(MchError, match=r"cannot write to .*afile \(where synthetic corpora are generated"):
+    with pytest.raises(MchError, match=r"directory where synthetic corpora are generated \(\$MCH_DATA or "
+                                       r"~/.cache/mch/data\) .*afile is a file, not a directory; set MCH_DATA"):
         synth.ensure("coco", tmp_path / "afile" / "synth-coco", images=1)
     with pytest.raises(MchError, match="parameter images must be an integer >= 1, not 0"):
         synth.ensure("coco", tmp_path / "data" / "synth-coco", images=0)
@@ -371,7 +373,7 @@ def test_data_make_out_read_only(tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        _fails(run_mch("data", "make", "coco", "--out", str(ro / "c"), "-p", "images=1"), "cannot write to")
+        _fails(run_mch("data", "make", "coco", "--out", str(ro / "c"), "-p", "images=1"), "is not writable")
     finally:
         ro.chmod(0o700)
 

@@ -90,6 +90,18 @@ def test_every_builtin_and_the_example_plugin_can_be_created():
         sys.path.remove(str(EXAMPLE))
 
 
+def test_every_builtin_model_declares_its_stage_map_per_protocol():
+    """`stage_map(view, protocol)` is the interface (mch.model.stage_map_of keeps calling a
+    third-party plugin written before the protocol argument with the view alone)."""
+    reg = get_registry()
+    classes = {load_entry(spec.entry) for spec in reg.models.values()}
+    assert {c.__name__ for c in classes} >= {"ToyModel", "Ultravox", "PrismaticModel", "TextBaseline", "Llava"}
+    for cls in classes:
+        params = inspect.signature(cls.stage_map).parameters
+        assert list(params)[:3] == ["self", "view", "protocol"], (cls.__name__, list(params))
+        assert params["protocol"].default == "default", cls.__name__
+
+
 def test_a_run_with_an_incomplete_model_plugin_stops_before_any_work(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from conftest import run_mch

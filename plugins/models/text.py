@@ -80,7 +80,8 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         if view != "text":
             raise MchError(f"model {self.spec.name!r} is a text-only baseline: it has only the text view, not {view!r}")
 
-    def stage_map(self, view: str = "text") -> dict[str, str]:
+    def stage_map(self, view: str = "text", protocol: str = "default") -> dict[str, str]:
+        """The same hook points under both protocols."""
         self._check_view(view)
         p = self._ensure_paths()
         stages = decoder_stage_paths(p["decoder"], self.n_layers)

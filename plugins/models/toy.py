@@ -44,6 +44,8 @@ from mch.api import MchError, Sample
 from mch.model import LossTerms, ModelPlugin, Pool, Prepared, ScoreParts, Scores
 from mch.scoring import left_pad, score_shared_prefix
 
+from ._hf_common import decoder_stage_paths
+
 WEIGHTS_ROOT = Path(__file__).parent / "weights"
 WEIGHTS = WEIGHTS_ROOT / "toy"
 
@@ -170,10 +172,9 @@ class ToyModel(ModelPlugin):
         self.validate_stage_map("modal")
         self.validate_stage_map("text")
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
-        n = getattr(self, "n_layers", 4)
-        stages = {f"llm.{i}": f"llm.model.layers.{i}" for i in range(n)}
-        stages["llm.final"] = "llm.model.norm"
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
+        """The same hook points under both protocols."""
+        stages = decoder_stage_paths("llm.model", getattr(self, "n_layers", 4))
         if view == "text":
             stages["adapter"] = "llm.model.embed_tokens"
         else:

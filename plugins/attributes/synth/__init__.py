@@ -25,7 +25,7 @@ loaders reading a corpus generated on first use).
 """
 
 from .writers import (CREATED_BY, DESCRIPTIONS, GENERATOR_PARAMS, GENERATORS, MANIFEST, check_args, ensure, make,
-                      read_manifest, writable_dir)
+                      read_manifest)
 
 __all__ = ["CREATED_BY", "DESCRIPTIONS", "GENERATOR_PARAMS", "GENERATORS", "MANIFEST", "check_args", "ensure", "make",
-           "read_manifest", "writable_dir"]
+           "read_manifest"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mch.api import MchError, Param
+from mch.fsio import ensure_writable_dir
 
 from .._synth_names import DESCRIPTIONS
 from .scenes import SCENE_CATEGORIES, make_coco, make_gqa
@@ -72,7 +73,7 @@ def make(name: str, out_dir: str | os.PathLike, **kw: Any) -> Path:
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MchError(f"{out} already exists and is not an empty directory; choose a new --out")
-    writable_dir(out, "--out")
+    ensure_writable_dir(out, "--out directory", "choose a writable --out")
     try:
         info = GENERATORS[name](out, **kw)
     except BaseException:
@@ -82,20 +83,6 @@ def make(name: str, out_dir: str | os.PathLike, **kw: Any) -> Path:
                 "description": DESCRIPTIONS[name], **info}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return out
-
-
-def writable_dir(path: Path, what: str) -> None:
-    """Create `path` (and its parents) and prove it writable by writing a file (permission bits
-    do not stop root, so only trying tells), or one sentence naming it."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".mch-write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        why = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else \
-            (exc.strerror or str(exc)).lower()
-        raise MchError(f"cannot write to {path} ({what}): {why}; choose a writable directory") from None
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -117,7 +104,8 @@ def ensure(name: str, out_dir: str | os.PathLike, **kw: Any) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if m is None or m.get("created_by") != CREATED_BY:
             raise MchError(f"{out} exists and is not an mch synthetic corpus; move it or set MCH_DATA elsewhere")
-    writable_dir(out.parent, "where synthetic corpora are generated: $MCH_DATA or ~/.cache/mch/data")
+    ensure_writable_dir(out.parent, "directory where synthetic corpora are generated ($MCH_DATA or "
+                        "~/.cache/mch/data)", "set MCH_DATA to a writable directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         make(name, tmp / "corpus", **kw)
