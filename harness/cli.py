@@ -72,7 +72,8 @@ def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
             device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-            model_option=None, data_option=None, text_checkpoint=None, text_revision=None):
+            model_option=None, data_option=None, text_checkpoint=None, text_revision=None, device_map=None,
+            max_memory=None):
     from .runner import RunConfig
 
     return RunConfig(model=model, dataset=dataset, analyses=_split_csv(analysis) or [],
@@ -82,7 +83,8 @@ def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, 
                      out_dir=_results_dir(out), store=store, on_error=on_error, params=_params(param or []),
                      trust_remote_code=trust_remote_code, model_options=_options(model_option or []),
                      dataset_options=_options(data_option or [], "--data-option", "sample_rate=16000"),
-                     text_checkpoint=text_checkpoint, text_revision=text_revision)
+                     text_checkpoint=text_checkpoint, text_revision=text_revision, device_map=device_map,
+                     max_memory=max_memory)
 
 
 # Options shared by bench, extract and analyze.
@@ -97,7 +99,11 @@ DATAPATH = typer.Option(None, "--data-path", help="where the dataset lives (defa
 SPLIT = typer.Option(None, "--split", help="dataset split (default: the dataset's)")
 LIMIT = typer.Option(None, "--limit", "-n", help="use the first N samples of the selection")
 SEED = typer.Option(0, "--seed", help="seed for selection and analyses")
-DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun, cuda = each process's own GPU)")
+DEVMAP = typer.Option(None, "--device-map",
+                      help="split the model over devices (accelerate): auto, balanced, balanced_low_0 or sequential")
+MAXMEM = typer.Option(None, "--max-memory", help="with --device-map: the most each device may hold, e.g. "
+                                                 "0=70GiB,1=70GiB,cpu=200GiB")
 DTYPE = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default bf16 on cuda, fp32 on cpu)")
 PROTOCOL = typer.Option("default", "--protocol", help="default (corrected) or paper (the reference's choices)")
 SPAN = typer.Option(None, "--span", help="modality, all, text or last (default: modality; paper: all)")
@@ -117,7 +123,10 @@ QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
 
 
 def _runner_io(quiet: bool):
+    from . import dist
     from .runner import RichProgress
+
+    quiet = quiet or not dist.is_main()  # one rank speaks for a data-parallel job (errors still print)
 
     def log(msg: str) -> None:
         if not quiet:
@@ -137,17 +146,22 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
           on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
           model_option: Optional[List[str]] = MOPT,
           data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-          text_revision: Optional[str] = TREV, quiet: bool = QUIET):
+          text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
+          max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
-    With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
+    With no arguments: the built-in toy model organism on the toy world, probe + gmi. Under
+    torchrun / accelerate launch every rank extracts its share; rank 0 runs the analyses."""
+    from . import dist
     from .runner import run_bench
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-                  model_option, data_option, text_checkpoint, text_revision)
+                  model_option, data_option, text_checkpoint, text_revision, device_map, max_memory)
     log, progress = _runner_io(quiet)
     p, written = _keeping_records(run_bench, cfg, log, progress)
+    if not dist.is_main():
+        return
     show_records([r for _, r in written])
     for path, _ in written:
         console.print(f"wrote [bold]{path}[/]")
@@ -164,19 +178,26 @@ def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Op
             on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
             trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, quiet: bool = QUIET):
-    """Extract pooled representations into the store (resumable; no analysis)."""
+            text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
+            max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET):
+    """Extract pooled representations into the store (resumable; no analysis). Under torchrun /
+    accelerate launch each rank extracts its share of the chunks; rank 0 finalizes."""
+    from . import dist
     from .runner import extract as do_extract, plan, text_plan
 
     cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
                   dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option,
-                  data_option, text_checkpoint, text_revision)
+                  data_option, text_checkpoint, text_revision, device_map, max_memory)
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = do_extract(p, "modal")
+    tentry = do_extract(text_plan(p), "text") if text else None
+    dist.finish()
+    if not dist.is_main():
+        return
     console.print(f"store entry: {entry.dir}")
-    if text:
-        console.print(f"text baseline: {do_extract(text_plan(p), 'text').dir}")
+    if tentry is not None:
+        console.print(f"text baseline: {tentry.dir}")
 
 
 @app.command()
@@ -189,13 +210,18 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
             batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
             param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, quiet: bool = QUIET):
-    """Run analyses on representations already in the store (`mch extract` first)."""
+            text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
+            max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET):
+    """Run analyses on representations already in the store (`mch extract` first). Under a
+    launcher, rank 0 runs them and the other ranks exit at once."""
+    from . import dist
     from .runner import run_analyze
 
+    if not dist.is_main():
+        return
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
-                  data_option, text_checkpoint, text_revision)
+                  data_option, text_checkpoint, text_revision, device_map, max_memory)
     log, progress = _runner_io(quiet)
     _, written = _keeping_records(run_analyze, cfg, log, progress)
     for path, _ in written:
@@ -431,12 +457,24 @@ def _mount_optional() -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     try:
+        _main(argv)
+    finally:
+        from . import dist
+
+        dist.shutdown()
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
+    try:
         _mount_optional()
         # non-standalone: typer returns the code of a typer.Exit (Ctrl-C becomes Exit(130) in
         # recent typer) instead of exiting, and raises usage errors for us to show
         rc = app(args=argv, prog_name="mch", standalone_mode=False)
     except MchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        from .dist import ranks
+
+        r = ranks()
+        err_console.print(f"[bold red]error{f' (rank {r.rank})' if r.world > 1 else ''}:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()

@@ -53,6 +53,8 @@ class RunConfig:
     text_revision: str | None = None
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
     chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
+    device_map: str | None = None  # split the model over devices: auto, balanced, balanced_low_0, sequential
+    max_memory: Any = None         # "0=70GiB,cpu=200GiB" (or a dict): the most each device may hold
 
     @property
     def dataset_options_record(self) -> dict[str, Any]:
@@ -193,9 +195,18 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
 
 def model_plugin(spec: Any, cfg: RunConfig) -> Any:
     """The model plugin object of `spec` as `cfg` configures it (not loaded)."""
-    return load_entry(spec.entry)(spec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
-                                  dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code,
-                                  **cfg.model_options)
+    from . import dist, placement
+
+    cls = load_entry(spec.entry)
+    split = {}
+    if cfg.device_map is not None:
+        if not getattr(cls, "supports_device_map", False):
+            raise MchError(f"model {spec.name!r} loads on one device and cannot be split by --device-map; "
+                           f"drop --device-map (and --max-memory)")
+        split = {"device_map": cfg.device_map, "max_memory": placement.parse_max_memory(cfg.max_memory)}
+    return cls(spec, checkpoint=cfg.checkpoint, revision=cfg.revision,
+               device=placement.rank_device(cfg.device, dist.ranks()), dtype=cfg.dtype, adapter=cfg.adapter,
+               trust_remote_code=cfg.trust_remote_code, **split, **cfg.model_options)
 
 
 def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str
@@ -236,8 +247,8 @@ DEVICES = "cpu, cuda or cuda:N"
 
 
 def check_flags(cfg: RunConfig) -> None:
-    """--seed, --limit, --dtype and --device, before any work (a missing GPU found at load
-    time would come after the dataset was read, or generated)."""
+    """--seed, --limit, --dtype, --device, --device-map and --max-memory, before any work (a
+    missing GPU found at load time would come after the dataset was read, or generated)."""
     import operator
 
     try:
@@ -251,6 +262,18 @@ def check_flags(cfg: RunConfig) -> None:
     if cfg.dtype is not None and cfg.dtype not in ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         raise MchError(f"unknown --dtype {cfg.dtype!r}; use float32, bfloat16 or float16")
     check_device(cfg.device)
+    from . import dist, placement
+
+    r = dist.ranks()
+    placement.check(cfg.device, cfg.device_map, cfg.max_memory, r)
+    if cfg.device == "cuda" and r.local_world > 1 and cfg.device_map is None:
+        import torch
+
+        n = torch.cuda.device_count()
+        if r.local_world > n:
+            raise MchError(f"{r.local_world} processes on this node and {n} visible GPU{'s' * (n != 1)}: with "
+                           f"--device cuda each process takes its own GPU (cuda:LOCAL_RANK); start at most {n} "
+                           f"per node, or name one GPU for all with --device cuda:N")
 
 
 def check_device(device: str) -> None:
@@ -277,6 +300,9 @@ def check_model_and_dataset(mspec: Any, dspec: Any, cfg: RunConfig) -> None:
     """The model can read the dataset (modality, and models or datasets that only read each
     other, like the toy organism and its world), and takes the options it is given."""
     mcls, dcls = load_entry(mspec.entry), load_entry(dspec.entry)
+    if cfg.device_map is not None and not getattr(mcls, "supports_device_map", False):
+        raise MchError(f"model {mspec.name!r} loads on one device and cannot be split by --device-map; "
+                       f"drop --device-map (and --max-memory)")
     only = getattr(mcls, "datasets", None)
     if only is not None and dspec.name not in only:
         raise MchError(f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "
@@ -426,8 +452,12 @@ def text_source(p: Plan) -> str:
 def extract(p: Plan, view: str = "modal") -> Any:
     """Make sure the store entry for this plan and view is complete; return it. The entry's
     lock is taken before the model is loaded: a second process on the same key waits, then
-    reuses what the first wrote."""
-    cfg = p.cfg
+    reuses what the first wrote. Under a launcher (torchrun, accelerate launch) every rank
+    calls this and extracts its share of the chunks (`mch.dist`)."""
+    from . import dist
+
+    if dist.active():
+        return _extract_ranks(p, view)
     entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
@@ -443,23 +473,95 @@ def extract(p: Plan, view: str = "modal") -> Any:
     return entry
 
 
+def _extract_ranks(p: Plan, view: str) -> Any:
+    """`extract` as one rank of a data-parallel job (module docstring of `mch.dist`): rank 0
+    takes the entry's lock for the whole job (a second job waits, or stops with
+    MCH_STORE_WAIT=0) and says which chunks are missing; each rank extracts its share; rank 0
+    finalizes. Every step ends with all ranks agreeing, so an error anywhere stops them all
+    with one sentence, and chunks already written stay for the next run."""
+    import contextlib
+
+    from . import dist
+
+    r = dist.ranks()
+    entry = dist.agree(lambda: stored_entry(p, view), "finding the store entry")
+    keys = dist.gather((entry.hash, entry.chunk_size, len(entry.sample_ids), dist.host()))
+    if any(k[:3] != keys[0][:3] for k in keys):
+        bad = next(i for i, k in enumerate(keys) if k[:3] != keys[0][:3])
+        raise MchError(f"rank {bad} (on {keys[bad][3]}) computes store entry {keys[bad][0]} and rank 0 "
+                       f"(on {keys[0][3]}) {keys[0][0]}: every rank must see the same checkpoint files, dataset and "
+                       f"options (on several nodes: one shared copy, or MCH_FINGERPRINT=full for identical copies)")
+    with contextlib.ExitStack() as held:
+        def decide() -> tuple[str, list[int]]:
+            if not r.rank == 0:
+                return "", []
+            if entry.complete:
+                return "cached", []
+            if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
+                p.ensure_loaded()
+            held.enter_context(entry.writing())  # released when this rank leaves the block
+            if entry.complete:
+                return "meanwhile", []
+            return "fill", entry.missing_chunks()
+
+        state, missing = dist.broadcast(dist.agree(decide, f"locking store entry {entry.hash}"))
+        if state == "cached":
+            p.log(f"{view} representations: cached in the store ({entry.dir})")
+            return entry
+        if state == "meanwhile":
+            p.log(f"{view} representations: written by another mch process meanwhile ({entry.dir})")
+            return entry
+        done_before = len(entry.sample_ids) - sum(len(entry.chunk_range(i)) for i in missing)
+        if done_before:
+            p.log(f"resuming extraction: {done_before} samples already in the store")
+        p.log(f"{view}: {len(missing)} chunks over {r.world} ranks")
+
+        def fill_mine() -> dict[str, Any] | None:
+            if not entry.manifest_path.exists():
+                raise MchError(f"rank {r.rank} on {dist.host()} does not see store entry {entry.dir}, which rank 0 "
+                               f"created: the store must be on a filesystem every node shares (MCH_STORE or --store)")
+            mine = dist.shard(missing, r)
+            return _fill_chunks(p, entry, view, mine) if mine else None
+
+        infos = dist.gather(dist.agree(fill_mine, f"extracting {view} chunks"))
+        info = next((i for i in infos if i is not None), None)
+
+        def finalize() -> None:
+            if r.rank == 0:
+                assert info is not None
+                entry.finalize({**info, "world_size": r.world,
+                                "devices": sorted({str(i["device"]) for i in infos if i is not None})})
+
+        dist.agree(finalize, f"finalizing store entry {entry.hash}")
+    p.log(f"{view} representations written to the store ({entry.dir})")
+    return entry
+
+
 def _fill(p: Plan, entry: Any, view: str) -> None:
     """Extract the chunks `entry` lacks and finalize it (under its lock)."""
+    missing = entry.missing_chunks()
+    todo = sum(len(entry.chunk_range(i)) for i in missing)
+    done_before = len(p.samples) - todo
+    if done_before:
+        p.log(f"resuming extraction: {done_before} samples already in the store")
+    info = _fill_chunks(p, entry, view, missing)
+    entry.finalize({**info, "world_size": 1})
+
+
+def _fill_chunks(p: Plan, entry: Any, view: str, chunks: Sequence[int]) -> dict[str, Any]:
+    """Extract and write the chunks `chunks` of `entry`; returns what the manifest records of
+    how (stages, batch size, device and the model's placement over devices)."""
     import numpy as np
 
     from .capture import capture
 
     cfg = p.cfg
-    missing = entry.missing_chunks()
     plugin = p.ensure_loaded()
     stages = list(cfg.stages) if cfg.stages else plugin.stages(view)
-    todo = sum(len(entry.chunk_range(i)) for i in missing)
-    done_before = len(p.samples) - todo
-    if done_before:
-        p.log(f"resuming extraction: {done_before} samples already in the store")
+    todo = sum(len(entry.chunk_range(i)) for i in chunks)
     bs = cfg.batch_size
     with p.progress.task(f"extract {view} ({p.model_spec.name})", todo) as advance:
-        for i in missing:
+        for i in chunks:
             rows_kept: list[int] = []
             parts: dict[str, list[Any]] = {}
             skipped: list[dict[str, Any]] = []
@@ -494,8 +596,13 @@ def _fill(p: Plan, entry: Any, view: str) -> None:
             if not arrays:
                 arrays = {s: np.zeros((0, 1), np.float32) for s in stages}
             entry.write_chunk(i, rows_kept, arrays, skipped)
-    entry.finalize({"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
-                    "device": cfg.device})
+    info: dict[str, Any] = {"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
+                            "device": str(plugin.device)}
+    placement = getattr(plugin, "placement", None)
+    where = placement() if callable(placement) else None
+    if where:
+        info.update(where)
+    return info
 
 
 def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -602,7 +709,7 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
         extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,
-                    "batch_size": cfg.batch_size, "model_loaded": p.loaded,
+                    "batch_size": cfg.batch_size, "model_loaded": p.loaded, **_how_extracted(man),
                     **({"text_model": text_model} if text_model else {})},
         seeds=[cfg.seed],
         config_hash=config_hash(config),
@@ -611,6 +718,14 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         summary=out.summary,
         notes=out.notes,
     )
+
+
+def _how_extracted(man: dict[str, Any]) -> dict[str, Any]:
+    """From the entry's manifest: how many processes extracted it and, for a model split over
+    devices, where its modules were (the placement the stored vectors came from)."""
+    info = man.get("info") or {}
+    out = {k: info[k] for k in ("world_size", "device_map") if info.get(k) is not None}
+    return out
 
 
 def model_fidelity(p: Plan) -> dict[str, Any]:
@@ -649,10 +764,15 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progr
               on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Extract (or reuse), then run the analyses; each record is written as its analysis ends
     (`on_record(path, record)` is called then). Returns the plan and [(path, record)]."""
+    from . import dist
+
     check_results_dir(cfg.out_dir)
     p = plan(cfg, log, progress)
     t = time.time()
     entry = extract(p, "modal")
+    dist.finish()  # the analyses run on rank 0 alone (a launcher's other ranks stop here)
+    if not dist.is_main():
+        return p, []
     return p, _write_each(p, entry, time.time() - t, on_record)
 
 

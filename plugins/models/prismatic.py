@@ -429,13 +429,16 @@ class PrismaticVLM(nn.Module):
         """(B, N, D_llm): the projected patches that enter the LLM."""
         return self.projector(self.vision_backbone(pixel_values))
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.lm.get_input_embeddings()
+
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
               image_mask: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.lm.get_input_embeddings()(input_ids)
         if pixel_values is None:
             return emb
-        patches = self.project(pixel_values)
-        return emb.masked_scatter(image_mask[..., None], patches.to(emb.dtype))
+        patches = self.project(pixel_values)  # on another device when --device-map split the model
+        return emb.masked_scatter(image_mask[..., None].to(emb.device), patches.to(emb.device, emb.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 pixel_values: torch.Tensor | None = None, image_mask: torch.Tensor | None = None) -> Any:
@@ -535,6 +538,7 @@ class PrismaticModel(ModelPlugin):
         "batch_size": Param(int, ge=1, help="samples per score() call (GMI), default 8"),
     }
     views = ("modal", "text")
+    supports_device_map = True  # built in code, then placed by accelerate (ModelPlugin.place)
 
     # -- loading
     def _name(self) -> str:
@@ -789,11 +793,12 @@ class PrismaticModel(ModelPlugin):
                                f"({_one_line(exc)})") from None
         module = PrismaticVLM(vision, projector, LLMBackbone(lm))
         exact = {name: b.detach().float().clone() for name, b in module.named_buffers() if name.endswith("inv_freq")}
-        self.module = module.to(self.device, self.torch_dtype).eval()
+        self.module = self.place(module.to(self.torch_dtype)).eval()  # --device, or split by --device-map
         # rotary frequencies: `.to(dtype)` rounds them to the model dtype, as the release's
         # `vlm.to(device, dtype=bfloat16)` did (cos off by up to 0.36 below position 300 in bf16);
         # `default` keeps them in float32 like the other plugins, `paper` reproduces the cast
-        self._rope = {name: {"default": f.to(self.device), "paper": f.to(self.device, self.torch_dtype)}
+        where = {name: b.device for name, b in self.module.named_buffers() if name in exact}
+        self._rope = {name: {"default": f.to(where[name]), "paper": f.to(where[name], self.torch_dtype)}
                       for name, f in exact.items()}
         self._rope_protocol: str | None = None
         self._use_rope("default")
@@ -961,7 +966,7 @@ class PrismaticModel(ModelPlugin):
         real = b["attention_mask"].bool()
         owner = torch.arange(B)
         llm_pool = Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})
-        dev = self.device
+        dev = self.input_device
         inputs: dict[str, Any] = {k: b[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids")}
         pools = {"llm": llm_pool}
         if view == "modal":
@@ -1005,13 +1010,13 @@ class PrismaticModel(ModelPlugin):
             emb = self.module.lm.get_input_embeddings()
             patches = None
             if view == "modal":
-                patches = self.module.project(self._pixels(samples).to(self.device, self.torch_dtype))
+                patches = self.module.project(self._pixels(samples).to(self.input_device, self.torch_dtype))
             out = []
             for i, (seq, _role) in enumerate(layouts):
-                t = torch.tensor(seq, device=self.device)
+                t = torch.tensor(seq, device=emb.weight.device)
                 e = emb(t.clamp(min=0))
                 if patches is not None:
-                    e = e.masked_scatter((t < 0)[:, None], patches[i].to(e.dtype))
+                    e = e.masked_scatter((t < 0)[:, None], patches[i].to(e.device, e.dtype))
                 out.append(e)
         return out
 
@@ -1090,7 +1095,7 @@ class PrismaticModel(ModelPlugin):
                 suffixes.append(self.continuation_ids(context, [text])[0])
             b = self._batch(self._layouts(samples, "default", "modal", None, suffixes))
             targets = b["labels"].masked_fill(b["role"] != 2, IGNORE)
-        dev = self.device
+        dev = self.input_device
         with torch.enable_grad() if grad else torch.inference_mode():
             emb = self.module.embed(b["input_ids"].to(dev), self._pixels(samples).to(dev, self.torch_dtype),
                                     (b["role"] == 1).to(dev))

@@ -248,6 +248,9 @@ class UltravoxModel(nn.Module):
         enc = enc * keep[..., None].to(enc.dtype)
         return self.multi_modal_projector(enc)
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
     def embed(self, input_ids: torch.Tensor, audio_values: torch.Tensor | None = None,
               audio_lens: torch.Tensor | None = None, valid_lens: torch.Tensor | None = None,
               scatter: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
@@ -256,7 +259,8 @@ class UltravoxModel(nn.Module):
         emb = self.language_model.get_input_embeddings()(input_ids)
         if audio_values is None:
             return emb
-        audio = self.audio_embeds(audio_values, audio_lens, valid_lens).to(emb.dtype)
+        # on another device when --device-map split the model
+        audio = self.audio_embeds(audio_values, audio_lens, valid_lens).to(emb.device, emb.dtype)
         b, t, r, k = scatter
         emb = emb.clone()
         emb[b, t] = audio[r, k]
@@ -387,6 +391,7 @@ class Ultravox(ModelPlugin):
     }
 
     modality = "speech"
+    supports_device_map = True  # built in code, then placed by accelerate (ModelPlugin.place)
 
     # -- loading
     def checkpoint_paths(self) -> list[Path]:
@@ -439,7 +444,7 @@ class Ultravox(ModelPlugin):
         self.stack_factor = shape.stack_factor
         self.n_layers = int(text_config.num_hidden_layers)
         self.widths = {"encoder": audio_config.d_model, "llm": text_config.hidden_size}
-        dev = torch.device(self.device)
+        dev = torch.device(self.device if self.device_map is None else "cpu")  # --device-map: placed after loading
         try:
             with torch.device("meta"):
                 module = UltravoxModel(audio_config, text_config, shape, latency_block)
@@ -451,7 +456,7 @@ class Ultravox(ModelPlugin):
         self.text_config = text_config
         self.audio_config = audio_config
         self.max_chunk = audio_config.max_source_positions * ENCODER_STRIDE
-        self.module = module.eval()
+        self.module = self.place(module).eval()
         self.module.requires_grad_(False)
         self.tokenizer = self._load_tokenizer()
         self.feature_extractor = self._load_feature_extractor(audio_config.num_mel_bins)
@@ -835,7 +840,7 @@ class Ultravox(ModelPlugin):
         return inputs, pools
 
     def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v.to(self.device) for k, v in inputs.items()}
+        out = {k: v.to(self.input_device) for k, v in inputs.items()}
         if "audio_values" in out:
             out["audio_values"] = out["audio_values"].to(self.torch_dtype)
         return out
