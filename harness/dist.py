@@ -102,6 +102,9 @@ def _group() -> Any:
                 if not os.environ.get(var):
                     raise MchError(f"WORLD_SIZE={ranks().world} but ${var} is not set: start mch with torchrun "
                                    f"or accelerate launch, which set both")
+            if os.environ["MASTER_PORT"].strip() == "0":  # the ranks would never meet
+                raise MchError("MASTER_PORT=0: the ranks cannot meet on port 0; give torchrun --standalone (one node) "
+                               "or a free --master-port")
             dist.init_process_group(backend="gloo", timeout=timeout, rank=ranks().rank, world_size=ranks().world)
             _state["group"] = dist.group.WORLD
             _state["own"] = True

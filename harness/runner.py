@@ -473,6 +473,9 @@ def extract(p: Plan, view: str = "modal") -> Any:
     return entry
 
 
+SHARED_STORE_WAIT_S = 30.0  # how long a rank waits to see the entry rank 0 created (network filesystems)
+
+
 def _extract_ranks(p: Plan, view: str) -> Any:
     """`extract` as one rank of a data-parallel job (module docstring of `mch.dist`): rank 0
     takes the entry's lock for the whole job (a second job waits, or stops with
@@ -517,6 +520,9 @@ def _extract_ranks(p: Plan, view: str) -> Any:
         p.log(f"{view}: {len(missing)} chunks over {r.world} ranks")
 
         def fill_mine() -> dict[str, Any] | None:
+            t = time.time()
+            while not entry.manifest_path.exists() and time.time() - t < SHARED_STORE_WAIT_S:
+                time.sleep(0.5)  # a network filesystem may show another node's new file late
             if not entry.manifest_path.exists():
                 raise MchError(f"rank {r.rank} on {dist.host()} does not see store entry {entry.dir}, which rank 0 "
                                f"created: the store must be on a filesystem every node shares (MCH_STORE or --store)")
