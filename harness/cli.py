@@ -356,11 +356,16 @@ def list_datasets(long: bool = LONG):
 @list_app.command("analyses")
 def list_analyses(long: bool = LONG):
     """Analyses and whether they need the live model."""
-    _table("analyses", ["name", "needs live model", "plugin"],
-           [[s.name, "yes" if s.needs_model else "no", s.source, s.description] for s in _reg().analyses.values()],
-           long)
+    _table("analyses", ["name", "needs live model", "under torchrun", "plugin"],
+           [[s.name, "yes" if s.needs_model else "no", "rank 0", s.source, s.description]
+            for s in _reg().analyses.values()], long)
     console.print("An analysis that compares with the text baseline reads its representations from the "
                   "store; when they are not there, the run extracts them with the model first.")
+    console.print("Under torchrun or accelerate launch, every rank extracts its share of the store's chunks; then "
+                  "rank 0 runs every analysis alone (no analysis shards its sample loop: GMI scoring, the slow part, "
+                  "runs on rank 0's device and is cached in the store) and the other ranks exit. A text baseline an "
+                  "analysis asks for is extracted by rank 0 alone: `mch extract --text` under the launcher first "
+                  "shares it too.")
 
 
 @list_app.command("params")
