@@ -20,8 +20,10 @@ Memory columns: `anon` is the peak growth of the process's anonymous memory (num
 buffers, BLAS work space, everything allocated; sampled every 20 ms from /proc), `rss` the
 peak growth of the resident set (which also counts the memory-mapped vectors' pages as
 they are read), `read` the bytes of the vectors the call takes as input (float32, every
-stage and view it is given). Target: anon < 2x read at every N. The growth exponent of a
-column is the slope of log(value) against log(N) between consecutive N.
+stage and view it is given). Target: anon < 2x read at every N. `CPU s` is the process's
+user + system time (all its threads), steadier than wall time on a shared machine; the
+growth exponent of a column is the slope of log(value) against log(N) between consecutive
+N (time: of the CPU seconds).
 """
 
 from __future__ import annotations
@@ -98,11 +100,14 @@ def _child(fn: Callable[..., Any], args: tuple, q: Any, cap_gib: float) -> None:
         for mod in WARM:  # imports are not what is measured
             importlib.import_module(mod)
         base_anon, base_rss = _status_kb("RssAnon"), _status_kb("VmRSS")
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         with PeakSampler() as peak:
             res = fn(*args)
         dt = time.perf_counter() - t
-        q.put({"seconds": dt, "anon_mib": (peak.peak_anon - base_anon) / 1024,
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        q.put({"seconds": dt, "cpu_s": cpu, "anon_mib": (peak.peak_anon - base_anon) / 1024,
                "rss_mib": (peak.peak_rss - base_rss) / 1024, "result": res, "error": None})
     except MemoryError as exc:
         q.put({"error": f"MemoryError under the {cap_gib:g} GiB cap: {exc}"})
@@ -151,6 +156,7 @@ def run_analysis(name: str, files: dict[str, Any], protocol: str = "default") ->
     params = a.default_params(protocol)
     if name == "distances" and protocol == "paper":
         params["stages"] = ["adapter"]  # the vectors' one stage (the reference's hooks are llm.16, llm.final)
+        params["n_bootstrap"] = 2  # its memory, not the reference's 200 PCA + EMD refits (minutes at any N)
     ctx = A._probe_context(files, protocol, params) if name == "probe" else A._context(files, params, protocol)
     out = a.run(ctx)
     return {"n_metrics": len(out.metrics)}
@@ -168,22 +174,22 @@ def exponents(ns: list[int], values: list[float | None]) -> list[str]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"| what | N | seconds | growth | anon MiB | growth | rss MiB | read MiB | anon / read | note |\n"
-            f"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    head = (f"| what | N | seconds | CPU s | growth (CPU) | anon MiB | growth | rss MiB | read MiB | anon / read | note |\n"
+            f"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     lines = [head]
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["what"], []).append(r)
     for what, rs in by.items():
         ns = [r["n"] for r in rs]
-        t_exp = exponents(ns, [r.get("seconds") for r in rs])
+        t_exp = exponents(ns, [r.get("cpu_s") for r in rs])
         m_exp = exponents(ns, [r.get("anon_mib") for r in rs])
         for r, te, me in zip(rs, t_exp, m_exp):
             if r.get("error"):
-                lines.append(f"| {what} | {r['n']} | – | | – | | – | {r['read_mib']:.0f} | – | {r['error']} |")
+                lines.append(f"| {what} | {r['n']} | – | – | | – | | – | {r['read_mib']:.0f} | – | {r['error']} |")
                 continue
             ratio = r["anon_mib"] / r["read_mib"] if r["read_mib"] else float("nan")
-            lines.append(f"| {what} | {r['n']} | {r['seconds']:.1f} | {te} | {r['anon_mib']:.0f} | {me} | "
+            lines.append(f"| {what} | {r['n']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {te} | {r['anon_mib']:.0f} | {me} | "
                          f"{r['rss_mib']:.0f} | {r['read_mib']:.0f} | {ratio:.2f} | {r.get('note', '')} |")
     return "\n".join(lines)
 
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                         call = ("distances", files, "paper") if name == "distances-paper" else (name, files)
                         r = measured(run_analysis, call, args.mem_cap_gib, args.timeout_s)
                         note = {"distances": "reads a subsample of max_n = 1000 pairs",
-                                "distances-paper": "paper protocol: n_subsample = 1000 rows per side"}.get(name, "")
+                                "distances-paper": "paper protocol, n_bootstrap = 2 (memory, not time)"}.get(name, "")
                         rows.append({"what": name, "n": n, "read_mib": 2 * n * args.d * 4 / 2**20, "note": note, **r})
                         _echo(rows[-1])
                 for f in ("modal", "text"):
@@ -250,7 +256,7 @@ def _echo(r: dict[str, Any]) -> None:
     if r.get("error"):
         print(f"  {r['what']:<14} N = {r['n']:>6}: {r['error']}", file=sys.stderr, flush=True)
     else:
-        print(f"  {r['what']:<14} N = {r['n']:>6}: {r['seconds']:8.1f} s   anon +{r['anon_mib']:.0f} MiB   "
+        print(f"  {r['what']:<14} N = {r['n']:>6}: {r['seconds']:8.1f} s ({r['cpu_s']:.1f} s CPU)   anon +{r['anon_mib']:.0f} MiB   "
               f"rss +{r['rss_mib']:.0f} MiB   read {r['read_mib']:.0f} MiB", file=sys.stderr, flush=True)
 
 
