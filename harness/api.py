@@ -10,6 +10,7 @@ group key, text baseline.
 
 from __future__ import annotations
 
+import abc
 import importlib
 import math
 from dataclasses import dataclass, field
@@ -60,9 +61,14 @@ def load_entry(entry: str) -> Any:
     except ImportError as exc:
         raise MchError(f"cannot import {mod_name!r} for plugin entry {entry!r}: {exc}") from exc
     try:
-        return getattr(module, attr)
+        obj = getattr(module, attr)
     except AttributeError:
         raise MchError(f"module {mod_name!r} has no attribute {attr!r} (plugin entry {entry!r})") from None
+    missing = sorted(getattr(obj, "__abstractmethods__", ())) if isinstance(obj, type) else []
+    if missing:  # found now, not mid-run when the method is first called
+        raise MchError(f"plugin entry {entry!r}: class {obj.__name__} does not implement {', '.join(missing)}, "
+                       f"which its base class requires")
+    return obj
 
 
 # --------------------------------------------------------------------------- data
@@ -172,9 +178,9 @@ class AnalysisSpec:
 # --------------------------------------------------------------------------- plugin bases
 
 
-class DatasetPlugin:
+class DatasetPlugin(abc.ABC):
     """Base for attribute datasets. Subclasses set `name`, `modality` and implement
-    `attributes()` and `samples()`; both must be deterministic for the same arguments."""
+    `attributes()` and `samples()` (abstract); both must be deterministic for the same arguments."""
 
     name = "dataset"
     modality = "speech"
@@ -189,11 +195,13 @@ class DatasetPlugin:
         self.path = path
         self.options = check_options("dataset", spec.name, self.option_specs, {**spec.options, **options})
 
+    @abc.abstractmethod
     def attributes(self, protocol: str) -> dict[str, Attribute]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The attributes this dataset labels under `protocol`, by name."""
 
+    @abc.abstractmethod
     def samples(self, split: str | None, limit: int | None, seed: int, protocol: str) -> list[Sample]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The samples of `split` (None: the dataset's default), the first `limit` of them."""
 
 
 def check_param_keys(analysis: str, given: Any, takes: Any) -> None:
@@ -448,8 +456,8 @@ def check_options(kind: str, name: str, declared: Mapping[str, Param] | None,
 MODEL_OPTIONS = {"default_dataset": Param(str, help="the dataset `mch bench` reads without --dataset")}
 
 
-class Analysis:
-    """Base for analyses. `needs_model` says whether `run` may touch `ctx.model` (a lazy
+class Analysis(abc.ABC):
+    """Base for analyses (`run` is abstract). `needs_model` says whether `run` may touch `ctx.model` (a lazy
     handle: the model is only loaded if something is not cached). `default_params(protocol)`
     gives the parameters, which the user may override with `--param key=value`."""
 
@@ -469,8 +477,9 @@ class Analysis:
         """Called by the runner once the samples are chosen, before any extraction: raise an
         `MchError` for parameters that cannot work on these samples (optional)."""
 
+    @abc.abstractmethod
     def run(self, ctx: "Any") -> "AnalysisOutput":
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The analysis on `ctx` (a `mch.context.AnalysisContext`): metrics, summary, notes."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ Environment variables:
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import sys
 import traceback
@@ -97,10 +98,23 @@ def _allowed() -> set[str] | None:
     return {x.strip() for x in raw.split(",") if x.strip()}
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for the `mch` hooks. A function named like an mch hookspec counts as its
+    implementation even without `@hookimpl` (pytest does the same for `pytest_*` functions),
+    as mch has always taken it."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("mch_") and hasattr(hookspecs, name) \
+                and inspect.isroutine(getattr(plugin, name, None)):
+            return {}
+        return opts
+
+
 def build(extra_plugins: list[Any] | None = None) -> tuple[pluggy.PluginManager, Registry]:
     """Load every allowed entry point of group `mch` (plus `extra_plugins`, for tests) and
     collect what they register."""
-    pm = pluggy.PluginManager("mch")
+    pm = PluginManager("mch")
     pm.add_hookspecs(hookspecs)
     reg = Registry()
     allowed = _allowed()
@@ -161,16 +175,17 @@ def _collect(pm: pluggy.PluginManager, reg: Registry) -> None:
 
         return register
 
-    for plugin in pm.get_plugins():
-        pname = pm.get_name(plugin) or repr(plugin)
-        for hook, kind, table in (("mch_register_models", "model", reg.models),
-                                  ("mch_register_datasets", "dataset", reg.datasets),
-                                  ("mch_register_analyses", "analysis", reg.analyses)):
-            impl = getattr(plugin, hook, None)
-            if impl is None:
-                continue
+    # Each implementation is called through pluggy (its argument checks, its call order:
+    # tryfirst/trylast, then the last registered first), one plugin at a time, so that what a
+    # plugin registers, or the error it raises, is its own.
+    for hook, kind, table in (("mch_register_models", "model", reg.models),
+                              ("mch_register_datasets", "dataset", reg.datasets),
+                              ("mch_register_analyses", "analysis", reg.analyses)):
+        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+            pname = impl.plugin_name
+            others = [p for p in pm.get_plugins() if p is not impl.plugin]
             try:
-                impl(register=registrar(kind, table, pname))
+                pm.subset_hook_caller(hook, remove_plugins=others)(register=registrar(kind, table, pname))
             except MchError:
                 raise
             except Exception as exc:  # noqa: BLE001

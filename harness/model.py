@@ -8,6 +8,7 @@ hooks the modules the stage map names and pools them with the masks `prepare` re
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -155,8 +156,10 @@ def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return mod
 
 
-class ModelPlugin:
-    """Base for model plugins. Subclasses implement `load`, `stage_map`, `prepare`, `score`.
+class ModelPlugin(abc.ABC):
+    """Base for model plugins. Subclasses implement `load`, `stage_map`, `prepare`, `score`
+    (abstract: a class missing one cannot be created); `loss_terms` and `score_parts` where
+    the analyses that use them (ablation, swap, gradient, lipschitz, bound, lora) should run.
 
     `self.module` is the loaded `nn.Module` every stage path is relative to. `forward(inputs)`
     runs it as far as capture needs (no LM head) and is what capture calls."""
@@ -250,13 +253,18 @@ class ModelPlugin:
 
     # -- identity, recorded in every store key and result
     def identity(self) -> dict[str, Any]:
-        return {
+        from .checkpoints import is_smoke_checkpoint
+
+        ident = {
             "name": self.spec.name,
             "checkpoint": self.checkpoint,
             "revision": self.revision,
             "adapter": self.adapter,
             "dtype": self.dtype_name,
         }
+        if is_smoke_checkpoint(self.checkpoint):  # random weights built for tests (checkpoints.SMOKE_KEY)
+            ident["smoke"] = True
+        return ident
 
     def checkpoint_paths(self) -> list[Any]:
         """The local directories (or files) this plugin reads weights, configs and tokenizers
@@ -277,20 +285,24 @@ class ModelPlugin:
             raise MchError(f"unknown --dtype {self.dtype_name!r}; use float32, bfloat16 or float16") from None
 
     # -- to implement
+    @abc.abstractmethod
     def load(self) -> None:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Load the checkpoint (and `adapter`) onto `device` in `dtype`; set `self.module`. A
+        checkpoint that is not here is one MchError naming it and the flag that sets it."""
 
+    @abc.abstractmethod
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         """Stage name -> hook point relative to `self.module` for `view` (modal or text) under
         `protocol`: a module path (its output) or `path:input` (its first input)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abc.abstractmethod
     def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The model's inputs for a batch and, per stage group, how to pool them (`Pool`)."""
 
+    @abc.abstractmethod
     def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
               protocol: str, view: str = "modal") -> Scores:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """log p(continuation | sample's prompt + query) for every continuation (GMI)."""
 
     def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
         """Per-sample mean next-token cross-entropy (nats), shape (B,), for causal tests.
@@ -304,15 +316,19 @@ class ModelPlugin:
         return self.loss_terms(samples, protocol, grad).mean_nll()
 
     def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
-        """The logits and aligned targets `loss` averages over (see `loss`)."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The logits and aligned targets `loss` averages over (see `loss`). Optional: the
+        analyses that need a decoder loss need it."""
+        raise MchError(f"model {self.spec.name!r} does not implement loss_terms (the decoder loss this analysis "
+                       f"needs); see docs/contributing-a-model.md")
 
     def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
                     protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
         """The decoder inputs `score` runs on (prompt + query per sample, continuation ids), as
         ordinary tensors (no inference mode) so a caller may train through the LM (LoRA) or,
-        with `grad=True`, differentiate through the prompt's encoder and adapter."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        with `grad=True`, differentiate through the prompt's encoder and adapter. Optional:
+        the analyses that differentiate through scoring need it."""
+        raise MchError(f"model {self.spec.name!r} does not implement score_parts (the scoring inputs this analysis "
+                       f"needs); see docs/contributing-a-model.md")
 
     def lora_target(self) -> str:
         """Path (relative to `self.module`) of the LLM module a PEFT `--adapter` is applied

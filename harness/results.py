@@ -120,7 +120,11 @@ def build_record(**fields: Any) -> dict:
 
 
 def safe_name(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+    """A file-name part: letters, digits, '-', '_' and '.' kept, anything else '_'; never
+    empty and never starting with '.' (a dotfile, which readers of a directory skip)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
+    stripped = out.lstrip(".")
+    return "_" * (len(out) - len(stripped)) + stripped or "_"
 
 
 def write_record(record: dict, out_dir: Path) -> Path:

@@ -9,82 +9,26 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .api import (AnalysisOutput, Attribute, MchError, Sample, SampleError, check_options,
-                  check_values, load_entry, param_table)
+from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
+from .checks import (DEVICES, check_device, check_flags, check_model_and_dataset,  # noqa: F401 - re-exported
+                     check_params, check_results_dir)
+from .configs import RunConfig  # noqa: F401 - re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
+from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerprint, store_key
 
-
-@dataclass
-class RunConfig:
-    model: str = "toy"
-    dataset: str | None = None
-    analyses: Sequence[str] = ("probe", "gmi")
-    attributes: Sequence[str] | None = None
-    checkpoint: str | None = None
-    revision: str | None = None
-    adapter: str | None = None
-    data_path: str | None = None
-    split: str | None = None
-    limit: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str | None = None
-    protocol: str = "default"
-    span: str | None = None
-    stages: Sequence[str] | None = None
-    batch_size: int = 16
-    out_dir: Path = Path("results")
-    store: Path | None = None
-    on_error: str = "stop"
-    params: dict[str, Any] = field(default_factory=dict)
-    trust_remote_code: bool = False
-    model_options: dict[str, Any] = field(default_factory=dict)  # plugin options, e.g. prismatic llm=DIR
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # dataset plugin options, e.g. download=true
-    text_checkpoint: str | None = None  # paper protocol: the separate text-only model's checkpoint
-    text_revision: str | None = None
-    sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
-    chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
-    device_map: str | None = None  # split the model over devices: auto, balanced, balanced_low_0, sequential
-    max_memory: Any = None         # "0=70GiB,cpu=200GiB" (or a dict): the most each device may hold
-
-    @property
-    def dataset_options_record(self) -> dict[str, Any]:
-        """{"options": sorted dataset options} for store keys and records; {} when none were given."""
-        return {"options": dict(sorted(self.dataset_options.items()))} if self.dataset_options else {}
-
-    @property
-    def effective_span(self) -> str:
-        return self.span or ("all" if self.protocol == "paper" else "modality")
-
-
-class RichProgress(Progress):
-    """Progress bars on a rich console (or nothing when quiet)."""
-
-    def __init__(self, console: Any | None, quiet: bool = False):
-        self.console = console
-        self.quiet = quiet or console is None
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self.quiet:
-            yield lambda n=1: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        with RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=self.console, transient=False) as p:
-            t = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(t, n)
+# What a run does, for whoever listens (the CLI shows it on stderr; a library caller configures
+# logging, or passes its own `log`). Plain text: styling is the listener's.
+_logger = logging.getLogger("mch.runner")
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -97,7 +41,7 @@ class Plan:
     attributes: dict[str, Attribute]
     samples: list[Sample]
     plugin: Any  # the model plugin object (not loaded yet)
-    log: Callable[[str], None]
+    log: Log
     progress: Progress
     loaded: bool = False
     text_plan: "Plan | None" = None   # paper protocol: the separate text-only model's plan (text_plan())
@@ -105,7 +49,7 @@ class Plan:
 
     def ensure_loaded(self) -> Any:
         if not self.loaded:
-            self.log(f"loading model [bold]{self.model_spec.name}[/] ({self.plugin.checkpoint}, "
+            self.log(f"loading model {self.model_spec.name} ({self.plugin.checkpoint}, "
                      f"{self.plugin.dtype_name}, {self.plugin.device})")
             t = time.time()
             try:
@@ -137,7 +81,7 @@ class Plan:
             pass
 
 
-def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> Plan:
+def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None) -> Plan:
     from .api import PROTOCOLS, SPANS
 
     if cfg.protocol not in PROTOCOLS:
@@ -149,7 +93,9 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     if cfg.batch_size < 1:
         raise MchError("--batch-size must be at least 1")
     check_flags(cfg)
-    reg = get_registry()
+    from .reference import with_imports
+
+    reg = with_imports(get_registry(), cfg)  # names brought in by `mch import-reference` (in this store)
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
     cfg.params = check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
@@ -186,11 +132,22 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
             if lab and lab not in attr.classes:
                 raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
                                   sample_id=s.sample_id)
+    plugin = model_plugin(mspec, cfg)
     for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
         analysis = load_entry(aspec.entry)(aspec)
-        analysis.preflight({**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
-                            **cfg.params.get(aspec.name, {})}, cfg.protocol, samples, attrs)
-    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, model_plugin(mspec, cfg), log, progress or Progress())
+        analysis.preflight(analysis_params(analysis, aspec, cfg, plugin), cfg.protocol, samples, attrs)
+    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+
+
+def analysis_params(analysis: Any, aspec: Any, cfg: RunConfig, plugin: Any) -> dict[str, Any]:
+    """An analysis's parameters: its defaults for the protocol, the registry's `params`, the
+    model plugin's `analysis_defaults(protocol)` for the parameters the analysis takes (a
+    model whose vectors lack a stage the defaults assume, e.g. imported reference files), then
+    the user's `--param`."""
+    defaults = analysis.default_params(cfg.protocol)
+    own = getattr(plugin, "analysis_defaults", None)
+    from_model = {k: v for k, v in (own(cfg.protocol) if callable(own) else {}).items() if k in defaults}
+    return {**defaults, **aspec.options.get("params", {}), **from_model, **cfg.params.get(aspec.name, {})}
 
 
 def model_plugin(spec: Any, cfg: RunConfig) -> Any:
@@ -207,188 +164,6 @@ def model_plugin(spec: Any, cfg: RunConfig) -> Any:
     return cls(spec, checkpoint=cfg.checkpoint, revision=cfg.revision,
                device=placement.rank_device(cfg.device, dist.ranks()), dtype=cfg.dtype, adapter=cfg.adapter,
                trust_remote_code=cfg.trust_remote_code, **split, **cfg.model_options)
-
-
-def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str
-                 ) -> dict[str, dict[str, Any]]:
-    """Every `--param ANALYSIS.KEY=VALUE` names a registered analysis and a parameter it
-    declares, with a value of its type and range (`mch.api.Param`), checked before any work:
-    found later, a typo would cost the extraction. An analysis outside the run (lora
-    re-measures with other analyses' params) may also be given the parameters of the other
-    protocol, checked when it runs; a key no protocol knows is an error. An analysis that
-    declares no parameters takes any. The registry's `params` of the analyses in the run are
-    checked alike. Returns the values in their declared types."""
-    from .api import PROTOCOLS
-
-    out: dict[str, dict[str, Any]] = {}
-    for name in list(params) + [a for a in run if a not in params]:
-        spec = reg.get("analysis", name)  # an unknown name fails here, with a suggestion
-        given = params.get(name, {})
-        analysis = load_entry(spec.entry)(spec)
-        defaults = analysis.default_params(protocol)
-        if not defaults:
-            if given:
-                out[name] = dict(given)
-            continue
-        takes = param_table(defaults, getattr(analysis, "param_specs", None))
-        check_values(f"analysis {name!r}", spec.options.get("params", {}), takes)
-        if name not in params:
-            continue
-        later = {}
-        if name not in run:
-            known = {k for pr in PROTOCOLS for k in analysis.default_params(pr)}
-            later = {k: v for k, v in given.items() if k not in takes and k in known}
-        checked = check_values(f"analysis {name!r}", {k: v for k, v in given.items() if k not in later}, takes)
-        out[name] = {**checked, **later}
-    return out
-
-
-DEVICES = "cpu, cuda or cuda:N"
-
-
-def check_flags(cfg: RunConfig) -> None:
-    """--seed, --limit, --dtype, --device, --device-map and --max-memory, before any work (a
-    missing GPU found at load time would come after the dataset was read, or generated)."""
-    import operator
-
-    try:
-        seed = None if isinstance(cfg.seed, bool) else operator.index(cfg.seed)
-    except TypeError:
-        seed = None
-    if seed is None or not 0 <= seed < 2**32:
-        raise MchError(f"--seed must be an integer from 0 to 2**32 - 1 (numpy and sklearn seeds), not {cfg.seed!r}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise MchError(f"--limit must be at least 1, not {cfg.limit}: the selection would be empty")
-    if cfg.dtype is not None and cfg.dtype not in ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
-        raise MchError(f"unknown --dtype {cfg.dtype!r}; use float32, bfloat16 or float16")
-    check_device(cfg.device)
-    from . import dist, placement
-
-    r = dist.ranks()
-    placement.check(cfg.device, cfg.device_map, cfg.max_memory, r)
-    if cfg.device == "cuda" and r.local_world > 1 and cfg.device_map is None:
-        import torch
-
-        n = torch.cuda.device_count()
-        if r.local_world > n:
-            raise MchError(f"{r.local_world} processes on this node and {n} visible GPU{'s' * (n != 1)}: with "
-                           f"--device cuda each process takes its own GPU (cuda:LOCAL_RANK); start at most {n} "
-                           f"per node, or name one GPU for all with --device cuda:N")
-
-
-def check_device(device: str) -> None:
-    import re
-
-    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", str(device))
-    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
-        raise MchError(f"unknown --device {device!r}; use {DEVICES}")
-    if m.group(1) == "cpu":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise MchError(f"--device {device} asks for a GPU, but {why} (torch {torch.__version__}); "
-                       f"use --device cpu")
-    n = torch.cuda.device_count()
-    if m.group(2) is not None and int(m.group(2)) >= n:
-        raise MchError(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
-                       f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
-
-
-def check_model_and_dataset(mspec: Any, dspec: Any, cfg: RunConfig) -> None:
-    """The model can read the dataset (modality, and models or datasets that only read each
-    other, like the toy organism and its world), and takes the options it is given."""
-    mcls, dcls = load_entry(mspec.entry), load_entry(dspec.entry)
-    if cfg.device_map is not None and not getattr(mcls, "supports_device_map", False):
-        raise MchError(f"model {mspec.name!r} loads on one device and cannot be split by --device-map; "
-                       f"drop --device-map (and --max-memory)")
-    only = getattr(mcls, "datasets", None)
-    if only is not None and dspec.name not in only:
-        raise MchError(f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "
-                       f"{', '.join(repr(d) for d in only)}, not {dspec.name!r}")
-    readers = getattr(dcls, "models", None)
-    if readers is not None and mspec.name not in readers:
-        raise MchError(f"dataset {dspec.name!r} is read only by model{'s' if len(readers) > 1 else ''} "
-                       f"{', '.join(repr(m) for m in readers)}, not {mspec.name!r}")
-    if mspec.modality != "text" and dspec.modality != mspec.modality:
-        raise MchError(f"model {mspec.name!r} reads {mspec.modality} and dataset {dspec.name!r} is {dspec.modality}; "
-                       f"choose a {mspec.modality} dataset (`mch list datasets`)")
-    cfg.model_options = {k: v for k, v in check_options(
-        "model", mspec.name, getattr(mcls, "option_specs", None),
-        {**mspec.options, **cfg.model_options}).items() if k in cfg.model_options}
-
-
-def store_key(p: Plan, view: str) -> dict[str, Any]:
-    """What the stored vectors depend on. Fingerprints of the files read (mch.fingerprint) make
-    the key change when the checkpoint's weights or configs, an adapter, a model option's
-    directory, a sample's media file (modal view) or a paired text (text view) change."""
-    from .fingerprint import media_fingerprint, texts_sha256
-
-    cfg = p.cfg
-    ident = p.plugin.identity()
-    ident["checkpoint_fingerprint"] = plugin_fingerprint(p.plugin)
-    if cfg.model_options:
-        ident["options"] = dict(sorted(cfg.model_options.items()))
-        local = {k: _path_fingerprint(v) for k, v in sorted(cfg.model_options.items()) if _is_local_path(v)}
-        if local:
-            ident["option_fingerprints"] = local
-    if cfg.adapter:
-        ident["adapter_fingerprint"] = _path_fingerprint(cfg.adapter)
-    dataset = {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
-               "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-               **cfg.dataset_options_record}  # options can change a sample under the same id
-    if view == "text":
-        dataset["texts_sha256"] = texts_sha256(s.text for s in p.samples)
-    else:
-        dataset["media_fingerprint"] = media_fingerprint((s.sample_id, s.media_files) for s in p.samples)
-    return {
-        "model": ident,
-        "dataset": dataset,
-        "prompt": getattr(p.plugin, "prompt_id", lambda protocol, view: f"{protocol}/{view}")(cfg.protocol, view),
-        "view": view,
-        "span": cfg.effective_span,
-        "stages": sorted(cfg.stages) if cfg.stages else "all",
-        "protocol": cfg.protocol,
-        "dtype": p.plugin.dtype_name,
-    }
-
-
-MISSING = "missing"  # the checkpoint fingerprint of a checkpoint that is not on this machine
-
-
-def plugin_fingerprint(plugin: Any) -> str:
-    """The fingerprint of the files a model plugin loads (its `checkpoint_paths()`), or
-    "missing" when its checkpoint is not available here."""
-    from .checkpoints import resolve_checkpoint
-    from .fingerprint import checkpoint_fingerprint
-
-    try:
-        if hasattr(plugin, "checkpoint_paths"):
-            paths = plugin.checkpoint_paths()
-        else:  # a plugin that does not derive from ModelPlugin
-            paths = [resolve_checkpoint(str(plugin.checkpoint), plugin.revision, plugin.spec.name)]
-    except MchError:
-        return MISSING
-    if not paths or not Path(str(paths[0])).expanduser().exists():
-        return MISSING
-    return checkpoint_fingerprint(paths)
-
-
-def _is_local_path(value: Any) -> bool:
-    return isinstance(value, (str, Path)) and bool(str(value)) and Path(str(value)).expanduser().exists()
-
-
-def _path_fingerprint(path: Any) -> str:
-    from .fingerprint import checkpoint_fingerprint
-
-    return checkpoint_fingerprint([Path(str(path))])
-
-
-def _without_checkpoint_fingerprint(key: dict[str, Any]) -> dict[str, Any]:
-    key = dict(key)
-    key["model"] = {k: v for k, v in key.get("model", {}).items() if k != "checkpoint_fingerprint"}
-    return key
 
 
 def stored_entry(p: Plan, view: str) -> Any:
@@ -444,6 +219,9 @@ def text_plan(p: Plan) -> Plan:
 def text_source(p: Plan) -> str:
     """Which model made the text baseline, in words (for the analyses' notes)."""
     t = text_plan(p)
+    own = getattr(p.plugin, "text_view_source", None)
+    if t is p and callable(own):  # a plugin whose text view is not its own LLM (imported files)
+        return str(own())
     if t is p:
         return f"{p.model_spec.name}'s own text view"
     return f"{t.model_spec.name} ({t.plugin.checkpoint}), the separate text-only model the paper protocol uses"
@@ -457,10 +235,14 @@ def extract(p: Plan, view: str = "modal") -> Any:
     from . import dist
 
     if dist.active():
-        return _extract_ranks(p, view)
+        entry = _extract_ranks(p, view)
+        if dist.is_main():  # one writer of the labels file
+            save_labels(p, entry)
+        return entry
     entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
+        save_labels(p, entry)
         return entry
     if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
         p.ensure_loaded()  # the plugin's own sentence on the missing checkpoint, before the store is touched
@@ -470,6 +252,7 @@ def extract(p: Plan, view: str = "modal") -> Any:
             return entry
         _fill(p, entry, view)
     p.log(f"{view} representations written to the store ({entry.dir})")
+    save_labels(p, entry)
     return entry
 
 
@@ -541,6 +324,28 @@ def _extract_ranks(p: Plan, view: str) -> Any:
         dist.agree(finalize, f"finalizing store entry {entry.hash}")
     p.log(f"{view} representations written to the store ({entry.dir})")
     return entry
+
+
+def save_labels(p: Plan, entry: Any) -> None:
+    """Keep the samples' labels, groups and texts beside their vectors (`mch.store.load`,
+    `mch export-store`), once per entry and attribute set; a read-only store goes without."""
+    if callable(getattr(p.plugin, "stored_key", None)):  # imported: the file's own columns are kept
+        return
+    have = entry.read_labels() or {}
+    if set(p.attributes) <= set(have.get("labels") or {}) and have.get("texts") is not None:
+        return
+    if len(p.samples) != len(entry.sample_ids):  # not this plan's samples (never expected)
+        return
+    try:
+        labels, groups = _labels(p, p.samples)
+    except MchError:
+        return
+    try:
+        entry.write_labels({"labels": {a: v.tolist() for a, v in labels.items()},
+                            "groups": {a: v.tolist() for a, v in groups.items()},
+                            "texts": [s.text for s in p.samples], "protocol": p.cfg.protocol})
+    except (OSError, MchError) as exc:
+        p.log(f"labels not kept beside the vectors ({exc})")
 
 
 def _fill(p: Plan, entry: Any, view: str) -> None:
@@ -637,6 +442,11 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
     record can be written before the next one starts)."""
     cfg = p.cfg
     reps, rows = entry.read()
+    if cfg.stages:  # an entry may hold more stages than asked (imported files): analyse those asked
+        missing = [s for s in cfg.stages if s not in reps]
+        if missing:
+            raise MchError(f"--stage {missing[0]}: the stored representations have stages {', '.join(reps)}")
+        reps = {s: reps[s] for s in cfg.stages}
     samples = [p.samples[int(i)] for i in rows]
     labels, groups = _labels(p, samples)
     text_entry: dict[str, Any] = {}
@@ -665,22 +475,43 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
     previous: dict[str, AnalysisOutput] = {}
     for aspec in p.analysis_specs:
         analysis = load_entry(aspec.entry)(aspec)
-        params = {**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
-                  **cfg.params.get(aspec.name, {})}
+        params = analysis_params(analysis, aspec, cfg, p.plugin)
         ctx = AnalysisContext(protocol=cfg.protocol, params=params, seed=cfg.seed, stages=list(reps),
                               reps=reps, samples=samples, attributes=p.attributes, labels=labels, groups=groups,
                               span=cfg.effective_span, previous=previous, progress=p.progress,
                               run_config=cfg, dataset=p.dataset,
                               _model_loader=p.ensure_loaded if aspec.needs_model else None,
                               _cache=entry.cached, _text_reps=paired_text, text_source=text_source(p),
-                              _own_text_reps=lambda: paired_text(own=True))
+                              _own_text_reps=lambda: paired_text(own=True),
+                              _rerun=lambda *args: rerun(p, *args))
         if p.loaded:
             ctx._model = p.plugin
-        p.log(f"running analysis [bold]{aspec.name}[/]")
+        p.log(f"running analysis {aspec.name}")
         t = time.time()
         out = analysis.run(ctx)
         previous[aspec.name] = out
         yield aspec.name, out, params, time.time() - t
+
+
+def rerun(p: Plan, analyses: Sequence[str], sample_ids: Sequence[str], adapter: str | None = None,
+          write_records: bool = False, model: Any = None) -> tuple[dict[str, AnalysisOutput], list[Path]]:
+    """`analyses` again on `sample_ids` of this run, with the PEFT `adapter` merged or without
+    (`AnalysisContext.rerun`): a plan over the same configuration and store, silent; `model`, the
+    run's loaded model, is reused when there is no adapter. Returns {name: output} and the paths
+    of the records written (with `write_records`)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(p.cfg, analyses=tuple(analyses), sample_ids=list(sample_ids), adapter=adapter)
+    sub = plan(cfg, log=lambda s: None, progress=p.progress)
+    if adapter is None and model is not None:  # the live model is this very model: no second load
+        sub.plugin, sub.loaded = model, True
+    t = time.time()
+    entry = extract(sub, "modal")
+    ex = time.time() - t
+    outs = analyze(sub, entry)
+    written = [write_record(record_for(sub, entry, name, out, params, dur, ex), Path(cfg.out_dir))
+               for name, out, params, dur in outs] if write_records else []
+    return {name: out for name, out, _, _ in outs}, written
 
 
 def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float,
@@ -705,7 +536,8 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
     return build_record(
         model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
                "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
-               "device": cfg.device, **fingerprints, **model_fidelity(p)},
+               "device": cfg.device, **fingerprints, **model_fidelity(p),
+               **({"smoke": True} if config["model"].get("smoke") else {})},
         dataset={"name": p.dataset_spec.name, "split": cfg.split, "path": str(cfg.data_path) if cfg.data_path else None,
                  "n": int(man.get("n_rows", len(p.samples))),
                  "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
@@ -723,6 +555,7 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         metrics=[m.as_dict() for m in out.metrics],
         summary=out.summary,
         notes=out.notes,
+        run_config=_resolved_config(p),
     )
 
 
@@ -730,8 +563,16 @@ def _how_extracted(man: dict[str, Any]) -> dict[str, Any]:
     """From the entry's manifest: how many processes extracted it and, for a model split over
     devices, where its modules were (the placement the stored vectors came from)."""
     info = man.get("info") or {}
-    out = {k: info[k] for k in ("world_size", "device_map") if info.get(k) is not None}
-    return out
+    return {k: info[k] for k in ("world_size", "device_map") if info.get(k) is not None}
+
+
+def _resolved_config(p: Plan) -> dict[str, Any]:
+    """The run config that reproduces this run (the model and dataset as resolved)."""
+    import dataclasses
+
+    from .configs import resolved
+
+    return resolved(dataclasses.replace(p.cfg, model=p.model_spec.name, dataset=p.dataset_spec.name))
 
 
 def model_fidelity(p: Plan) -> dict[str, Any]:
@@ -740,14 +581,6 @@ def model_fidelity(p: Plan) -> dict[str, Any]:
     notes = getattr(p.plugin, "fidelity", None)
     out = [str(n) for n in notes(p.cfg.protocol)] if callable(notes) else []
     return {"fidelity": out} if out else {}
-
-
-def check_results_dir(out_dir: Path) -> None:
-    """The results directory exists (or can be made) and takes a file: checked before any
-    work, so a bad --out or $MCH_RESULTS never costs an extraction."""
-    from .fsio import ensure_writable_dir
-
-    ensure_writable_dir(out_dir, "results directory", "pass --out (or set MCH_RESULTS) with a writable directory")
 
 
 OnRecord = Callable[[Path, dict[str, Any]], None]
@@ -761,15 +594,31 @@ def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | Non
         rec = record_for(p, entry, name, out, params, dur, extract_s)
         path = write_record(rec, p.cfg.out_dir)
         written.append((path, rec))
+        record_written(rec, path, p.log)
         if on_record is not None:
             on_record(path, rec)
     return written
 
 
-def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+def record_written(record: dict[str, Any], path: Path, log: Callable[[str], None] = lambda s: None) -> None:
+    """Call every plugin's `mch_record_written(record, path)` (hookspecs). The record is on disk
+    already: a plugin that fails is reported in the log and the run goes on."""
+    from .manager import get_manager
+
+    hook = get_manager().hook.mch_record_written
+    for impl in hook.get_hookimpls():
+        try:
+            impl.function(record=record, path=path)
+        except Exception as exc:  # noqa: BLE001 - a logging plugin must not cost the run
+            log(f"plugin {impl.plugin_name!r}: mch_record_written failed ({type(exc).__name__}: {exc})")
+
+
+def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
               on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Extract (or reuse), then run the analyses; each record is written as its analysis ends
-    (`on_record(path, record)` is called then). Returns the plan and [(path, record)]."""
+    (`on_record(path, record)` is called then). Returns the plan and [(path, record)]. Under a
+    launcher every rank extracts its share, then rank 0 alone runs the analyses (the other
+    ranks return no records)."""
     from . import dist
 
     check_results_dir(cfg.out_dir)
@@ -782,7 +631,7 @@ def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progr
     return p, _write_each(p, entry, time.time() - t, on_record)
 
 
-def run_analyze(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None,
+def run_analyze(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
                 on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Like `run_bench`, on an extraction already complete in the store (never extracts)."""
     check_results_dir(cfg.out_dir)

@@ -196,6 +196,42 @@ class Entry:
         rows = np.asarray(reps.pop("rows"))
         return reps, rows
 
+    # -- the samples' labels (written by the runner, or by `mch import-reference`)
+    @property
+    def labels_path(self) -> Path:
+        return self.dir / "labels.json"
+
+    def write_labels(self, info: dict[str, Any]) -> None:
+        """Record what the samples of this entry are labelled with: `info` holds
+        {"labels": {attribute: [class per sample]}, "groups": {...}, "texts": [...]}, each list
+        in the order of the entry's sample ids. Attributes already recorded are kept (a run
+        on a subset of the attributes adds to them, never removes)."""
+        old = self.read_labels() or {}
+        merged = {"sample_ids": self.sample_ids}
+        for part in ("labels", "groups", "columns"):
+            both = {**(old.get(part) or {}), **(info.get(part) or {})}
+            if both:
+                merged[part] = both
+        for part in ("texts", "protocol", "source"):
+            if info.get(part) is not None or old.get(part) is not None:
+                merged[part] = info.get(part) if info.get(part) is not None else old.get(part)
+        for part in ("labels", "groups", "columns"):
+            for name, vals in (merged.get(part) or {}).items():
+                if len(vals) != len(self.sample_ids):
+                    raise MchError(f"store entry {self.hash}: {part} {name!r} has {len(vals)} values for "
+                                   f"{len(self.sample_ids)} samples")
+        atomic_write_json(self.labels_path, merged)
+
+    def read_labels(self) -> dict[str, Any] | None:
+        """What `write_labels` recorded, or None (an entry extracted before labels were kept)."""
+        try:
+            data = json.loads(self.labels_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("sample_ids") != self.sample_ids:
+            return None
+        return data
+
     # -- arrays derived from the live model
     def cached(self, name: str, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The array stored under (name, key), or `compute()` stored and returned. Two processes
@@ -236,6 +272,28 @@ def _load_or_none(path: Path) -> np.ndarray | None:
 class Store:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root).expanduser() if root else default_root()
+
+    def find(self, key: str) -> Path:
+        """The entry directory whose key hash is `key` or starts with it (as `mch store list`
+        shows the keys); one sentence when there is none or several."""
+        dirs = self.entry_dirs()
+        hits = [d for d in dirs if key and d.name.startswith(key)]
+        if not hits:
+            raise MchError(f"the store {self.root} has no entry {key!r}; `mch store list` shows the keys")
+        if len(hits) > 1:
+            raise MchError(f"{key!r} is the start of {len(hits)} store entries "
+                           f"({', '.join(d.name for d in hits)}); give more of the key")
+        return hits[0]
+
+    def open(self, d: Path) -> Entry:
+        """The entry in directory `d`, as its manifest describes it."""
+        man_path = Path(d) / "manifest.json"
+        try:
+            man = json.loads(man_path.read_text())
+            return Entry(self.root, man["key"], man["sample_ids"], int(man["chunk_size"]))
+        except _BROKEN as exc:
+            raise MchError(f"store entry {Path(d).name} ({d}) cannot be read ({_why(exc)}); `mch store rm "
+                           f"{Path(d).name}` removes it") from None
 
     def entry(self, key: dict[str, Any], sample_ids: Iterable[str], chunk_size: int = 256) -> Entry:
         return Entry(self.root, key, list(sample_ids), chunk_size)
@@ -286,6 +344,8 @@ class Store:
                         checkpoint_fingerprint=model.get("checkpoint_fingerprint"), dataset=data.get("name"),
                         split=data.get("split"), view=key.get("view"), n=len(man["sample_ids"]),
                         complete=bool(man.get("complete")), n_rows=man.get("n_rows"), stages=man.get("stages", []))
+            if key.get("imported"):  # `mch import-reference`: the file the vectors came from
+                info["imported_from"] = (man.get("info") or {}).get("imported_from")
             if info["complete"]:
                 info["state"] = "complete"
             else:
@@ -303,3 +363,88 @@ class Store:
             shutil.rmtree(d)
         with contextlib.suppress(OSError):
             d.parent.rmdir()  # the model's directory, when this was its last entry
+
+
+# --------------------------------------------------------------------------- reading from Python
+
+
+class StoredVectors:
+    """One store entry's vectors as numpy, read memory-mapped, with their samples.
+
+    `vectors[stage]` (or `self[stage]`) is the (N, D) float32 matrix of `stage`; row i belongs
+    to `sample_ids[i]`; `labels[attribute][i]` is its class ("" when unlabelled) and
+    `groups[attribute][i]` its group, when the entry records them (`labels` is {} for an
+    entry extracted before mch kept labels: run any analysis on it once to record them).
+    `key` describes what the vectors depend on (model, checkpoint, dataset, view, span,
+    protocol)."""
+
+    def __init__(self, entry: Entry) -> None:
+        reps, rows = entry.read()
+        man = entry.manifest()
+        self.entry = entry
+        self.hash: str = entry.hash
+        self.dir: Path = entry.dir
+        self.key: dict[str, Any] = entry.key
+        self.manifest: dict[str, Any] = man
+        self.rows = rows
+        self.vectors: dict[str, np.ndarray] = dict(reps)
+        self.sample_ids: list[str] = [entry.sample_ids[int(i)] for i in rows]
+        info = entry.read_labels() or {}
+        take = lambda vals: np.asarray([vals[int(i)] for i in rows], dtype=object)  # noqa: E731
+        self.labels: dict[str, np.ndarray] = {a: take(v) for a, v in (info.get("labels") or {}).items()}
+        self.groups: dict[str, np.ndarray] = {a: take(v) for a, v in (info.get("groups") or {}).items()}
+        self.columns: dict[str, np.ndarray] = {a: take(v) for a, v in (info.get("columns") or {}).items()}
+        if not self.labels and self.columns:  # imported: the attributes read straight from their columns
+            from .reference_layout import attribute_columns  # (lexical depends on the protocol's rule: not here)
+
+            self.labels = {a: self.columns[c] for a, c in attribute_columns(info["columns"]).items()
+                           if a != "lexical"}
+        self.texts: list[str] | None = [info["texts"][int(i)] for i in rows] if info.get("texts") else None
+        self.skipped: list[dict[str, Any]] = man.get("skipped", [])
+
+    @property
+    def stages(self) -> list[str]:
+        from .api import stage_sort_key
+
+        return sorted(self.vectors, key=stage_sort_key)
+
+    @property
+    def model(self) -> str:
+        return str(self.key.get("model", {}).get("name"))
+
+    @property
+    def dataset(self) -> str | None:
+        return self.key.get("dataset", {}).get("name")
+
+    @property
+    def view(self) -> str | None:
+        return self.key.get("view")
+
+    def __getitem__(self, stage: str) -> np.ndarray:
+        if stage not in self.vectors:
+            raise MchError(f"store entry {self.hash} has no stage {stage!r}; it has {', '.join(self.stages)}")
+        return self.vectors[stage]
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{s}: {self.vectors[s].shape[1]}" for s in self.stages)
+        return (f"<StoredVectors {self.hash} {self.model} on {self.dataset} ({self.view} view), {len(self)} samples, "
+                f"stages {{{dims}}}, labels {sorted(self.labels) or 'not recorded'}>")
+
+
+def entries(root: Path | str | None = None, model: str | None = None, dataset: str | None = None,
+            complete: bool = True) -> list[dict[str, Any]]:
+    """What the store holds, one dict per entry (what `mch store list --json` prints): key,
+    model, dataset, view, n, stages, state ...; `load(info["key"])` opens one."""
+    st = Store(root)
+    out = [st.describe(d) for d in st.entry_dirs()]
+    return [i for i in out if (model is None or i["model"] == model) and (dataset is None or i["dataset"] == dataset)
+            and (not complete or i["complete"])]
+
+
+def load(key: str, root: Path | str | None = None) -> StoredVectors:
+    """The complete store entry whose key is `key` (or starts with it), memory-mapped."""
+    st = Store(root)
+    return StoredVectors(st.open(st.find(key)))

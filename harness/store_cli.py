@@ -56,7 +56,9 @@ def _lines(info: dict[str, Any]) -> list[str]:
     second = " · ".join(x for x in (info["state"], n, _stages(info["stages"]) if info["complete"] else "",
                                     _size(info["size_bytes"]), info["modified"]) if x)
     out = [f"{info['key']}  {what}", f"    {second}"]
-    if info["checkpoint"]:
+    if info.get("imported_from"):
+        out.append(f"    imported from {info['imported_from']}")
+    elif info["checkpoint"]:
         fp = info["checkpoint_fingerprint"]
         out.append(f"    checkpoint {info['checkpoint']}" + (f" ({fp})" if fp else ""))
     return out

@@ -228,10 +228,10 @@ BAD_INPUT = [
                                                                  "the largest class has"]),
     (["--param", "modes.stage=adaptor", "--analysis", "modes"], ["parameter stage must be a string (a stage name)"]),
     (["--model-option", "foo=1"], ["model 'toy' has no option 'foo'; it takes: default_dataset"]),
-    (["--data-option", "sample_rate=8000"], ["dataset 'toy' has no option 'sample_rate'; it takes: split"]),
+    (["--data-option", "sample_rate=8000"], ["dataset 'toy' has no option 'sample_rate'; it takes: emotion_captions, split"]),
     (["--data-option", "split=dev"], ["dataset 'toy' option split must be train or test, not 'dev'"]),
     (["--dataset", "cremad"], ["model 'toy' reads only dataset 'toy', not 'cremad'"]),
-    (["--model", "llava", "--dataset", "toy"], ["dataset 'toy' is read only by model 'toy', not 'llava'"]),
+    (["--model", "llava", "--dataset", "toy"], ["dataset 'toy' is read only by the models of plugin mch.plugins.models.toy:ToyModel, not 'llava'"]),
     (["--model", "llava", "--dataset", "cremad"], ["model 'llava' reads vision and dataset 'cremad' is speech"]),
     (["--model", "llava", "--model-option", "batch_size=0"], ["model 'llava' option batch_size must be an integer >= 1"]),
     (["--model", "llava", "--model-option", "prompt_text=hi"], ["model 'llava' has no option 'prompt_text'; it takes: "

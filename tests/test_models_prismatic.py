@@ -632,7 +632,7 @@ def test_bench_end_to_end_on_a_generated_coco(runs, tmp_path):
     from mch.plugins.attributes import synth
     from mch.runner import RunConfig, run_bench
 
-    synth.make("coco", tmp_path / "coco", images=8)
+    synth.make("coco", tmp_path / "coco", images=12)  # the cross-fitted TA/MS split needs 8 rows or more
     cfg = RunConfig(model="prismatic_siglip", checkpoint=str(runs["siglip"]), dataset="coco",
                     data_path=str(tmp_path / "coco"), analyses=("modes", "distances"), batch_size=3,
                     out_dir=tmp_path / "results", store=tmp_path / "store")

@@ -154,3 +154,39 @@ def test_the_placement_is_kept_with_the_stored_vectors_and_in_records(checkpoint
     validate(rec)
     assert rec["extraction"]["device_map"]["strategy"] == "auto" and rec["extraction"]["world_size"] == 1
     json.dumps(rec)
+
+
+def test_the_python_api_and_run_configs_take_the_placement_flags(checkpoints, tmp_path):
+    """mch.extract(device_map=..., max_memory={...}) splits the model as the flags do (the same
+    entry as the plain load, its placement in the manifest); the record's run_config keeps both
+    and is a valid run config again; a bad value in a config file is one sentence."""
+    import mch
+    from mch.configs import check_config, make_run_config, resolved
+    from mch.plugins.attributes import synth
+
+    coco = synth.make("coco", tmp_path / "coco", images=4)
+    common = dict(model="llava", checkpoint=str(checkpoints["llava"]), dataset="coco", data_path=str(coco), limit=4,
+                  batch_size=2)
+    split = mch.extract(**common, store=tmp_path / "s1", device_map="sequential", max_memory={"cpu": "1GiB"})
+    plain = mch.extract(**common, store=tmp_path / "s2")
+    assert split.key == plain.key and plain.stages == split.stages
+    info = split.manifest["info"]
+    assert info["device_map"]["strategy"] == "sequential" and info["device_map"]["max_memory"] == {"cpu": "1GiB"}
+    assert "device_map" not in plain.manifest["info"]
+    for name in plain.stages:
+        np.testing.assert_array_equal(np.asarray(split[name]), np.asarray(plain[name]))
+
+    cfg = make_run_config({"device_map": "auto", "max_memory": "cpu=1GiB"}, model="llava")
+    assert (cfg.device_map, cfg.max_memory) == ("auto", "cpu=1GiB")
+    again = resolved(cfg)
+    assert again["device_map"] == "auto" and again["max_memory"] == "cpu=1GiB"
+    assert make_run_config(check_config(again, "(record)")).device_map == "auto"
+    with pytest.raises(MchError, match="key device_map: 'everywhere' is not one of"):
+        make_run_config({"device_map": "everywhere"})
+    with pytest.raises(MchError, match="model 'toy' loads on one device and cannot be split by --device-map"):
+        mch.extract(model="toy", limit=4, store=tmp_path / "t", device_map="auto")
+
+    (tmp_path / "run.yaml").write_text("device_map: auto\nmax_memory: cpu=1GiB\nlimit: 4\n")
+    res = run_mch("extract", "--config", str(tmp_path / "run.yaml"), "--store", str(tmp_path / "t"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "model 'toy' loads on one device and cannot be split by --device-map" in " ".join(res.stderr.split())

@@ -181,7 +181,7 @@ def test_data_option_reaches_the_dataset_and_keys_the_store(tmp_path):
     assert p.dataset.options["split"] == "train" and p.samples[0].sample_id.startswith("toy-train-")
     assert store_key(p, "modal")["dataset"]["options"] == {"split": "train"}
     assert "options" not in store_key(plan(RunConfig(limit=8, store=tmp_path)), "modal")["dataset"]
-    with pytest.raises(MchError, match="dataset 'toy' has no option 'sample_rate'; it takes: split"):
+    with pytest.raises(MchError, match="dataset 'toy' has no option 'sample_rate'; it takes: emotion_captions, split"):
         plan(RunConfig(limit=8, store=tmp_path, dataset_options={"sample_rate": "8000"}))
 
 

@@ -30,7 +30,6 @@ The live model is left as it was: the LoRA layers are removed (not merged) after
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -311,29 +310,15 @@ class Lora(Analysis):
     # ------------------------------------------------------------------ measuring
     def _measure(self, ctx: Any, ev: list[Sample], adapter: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """probe/gmi (`rerun`) on the evaluation samples: base model, then with the adapter."""
-        from mch.runner import analyze, extract, plan, record_for, write_record
-
-        cfg = ctx.run_config
         rerun = as_list(ctx.params["rerun"])
         if "lora" in rerun:
             raise MchError("lora cannot re-run itself; --param rerun lists the analyses to measure again")
-        sub = dataclasses.replace(cfg, analyses=tuple(rerun), sample_ids=[s.sample_id for s in ev], adapter=None)
         results = []
         for adapter_dir in (None, adapter):
-            c = dataclasses.replace(sub, adapter=str(adapter_dir) if adapter_dir else None)
-            pl = plan(c, progress=ctx.progress)
-            if adapter_dir is None and ctx.model_loaded:  # the live model is this very model: no second load
-                pl.plugin, pl.loaded = ctx.model, True
-            t = time.time()
-            entry = extract(pl, "modal")
-            ex = time.time() - t
-            outs = analyze(pl, entry)
-            if adapter_dir is not None and bool(ctx.params["write_records"]):
-                for name, out, params, dur in outs:
-                    self.written.append(str(write_record(record_for(pl, entry, name, out, params, dur, ex),
-                                                         Path(c.out_dir))))
-            results.append({name: out for name, out, _, _ in outs})
-            del pl, entry
+            outs, written = ctx.rerun(rerun, [s.sample_id for s in ev], str(adapter_dir) if adapter_dir else None,
+                                      write_records=adapter_dir is not None and bool(ctx.params["write_records"]))
+            self.written += [str(w) for w in written]
+            results.append(outs)
             _free_memory()
         return results[0], results[1]
 

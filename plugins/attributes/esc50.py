@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mch.api import Attribute, MchError
 
-from ._common import Corpus, Record, int_option, ordered_classes, read_audio
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._media import read_audio
 
 NATIVE_RATE = 44100
 TARGET_RATE = 16000
@@ -58,7 +59,6 @@ class ESC50(Corpus):
     layout = "an ESC-50 checkout with audio/*.wav (44.1 kHz) and meta/esc50.csv"
     default_split = "all"
     stratify = "acoustic"
-    synth_kind = "esc50"
 
     def _find_root(self, path: Path) -> Path:
         for cand in (path, path / "ESC-50", path / "ESC-50-master"):

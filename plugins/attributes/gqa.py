@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mch.api import Attribute, MchError, Param
 
-from ._common import Corpus, Record, ordered_classes, read_image, read_json
+from ._corpus import Corpus, Record, ordered_classes, read_json
+from ._media import read_image
 
 TYPE_VERBALIZERS = {
     "verify": ["a yes/no question", "a verification question"],
@@ -38,7 +39,6 @@ class GQA(Corpus):
     layout = "a GQA directory holding images/*.jpg and {split}_balanced_questions.json (or questions1.2/)"
     default_split = "val"
     stratify = "question_type"
-    synth_kind = "gqa"
 
     def _find_root(self, path: Path) -> Path:
         if (path / "images").is_dir():

@@ -21,7 +21,9 @@ from typing import Any, Iterator
 
 from mch.api import Attribute, MchError, Param
 
-from ._common import Corpus, Record, int_option, lexical_attribute, lexical_labels, ordered_classes, read_audio
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._lexical import lexical_attribute, lexical_labels
+from ._media import read_audio, sample_error
 
 NATIVE_RATE = 16000
 # our split names -> (HF config, HF split) of librispeech_asr
@@ -86,7 +88,6 @@ class LibriSpeech(Corpus):
               "{speaker}-{chapter}.trans.txt (or a Hugging Face datasets id / save_to_disk directory)")
     default_split = "test-clean"
     stratify = "speaker"
-    synth_kind = "librispeech"
 
     def _locate(self) -> Path:
         if self.path and not Path(self.path).expanduser().exists() and _HF_ID.match(self.path):
@@ -208,7 +209,6 @@ class LibriSpeech(Corpus):
             a = ds[i]["audio"]
             src = a.get("bytes") or a.get("path")
             if not src:
-                from ._common import sample_error
                 raise sample_error(uid, a.get("path"), "the dataset row has no audio bytes or path")
             return read_audio(src, uid, expected_rate=native, target_rate=target, display_path=a.get("path") or uid)
 

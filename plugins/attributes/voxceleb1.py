@@ -21,7 +21,8 @@ from pathlib import Path
 
 from mch.api import Attribute, MchError, Param
 
-from ._common import Corpus, Record, int_option, ordered_classes, read_audio
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._media import read_audio
 
 NATIVE_RATE = 16000
 _SPK = re.compile(r"^id\d+$")
@@ -51,7 +52,6 @@ class VoxCeleb1(Corpus):
     layout = "a VoxCeleb1 directory holding wav/{speaker id}/{video id}/*.wav (16 kHz), optionally vox1_meta.csv"
     default_split = "all"
     stratify = "speaker"
-    synth_kind = "voxceleb1"
 
     def _find_root(self, path: Path) -> Path:
         for cand in (path / "wav", path):

@@ -9,6 +9,7 @@ prompt's KV cache for all K continuations (`mch.scoring.score_shared_prefix`).
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from mch.api import MchError, Sample, SampleError
-from mch.checkpoints import load_lora_adapter, resolve_checkpoint
+from mch.checkpoints import load_lora_adapter, one_line as _one_line, resolve_checkpoint  # noqa: F401 - hf_generic
 from mch.hooks import Trace
 from mch.model import ModelPlugin, Prepared, Scores, resolve_module
 from mch.scoring import left_pad, score_shared_prefix
@@ -57,14 +58,6 @@ def set_module(root: torch.nn.Module, path: str, new: torch.nn.Module) -> None:
 
 def checkpoint_dir(plugin: ModelPlugin) -> Path:
     return resolve_checkpoint(plugin.checkpoint, plugin.revision, plugin.spec.name)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-    if "trust_remote_code" in str(exc):  # transformers refused the checkpoint's own code
-        line += "; it needs its own Python code, which mch runs only with --trust-remote-code"
-    return line
 
 
 def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any:
@@ -233,13 +226,11 @@ from mch.api import Param  # noqa: E402
 HF_OPTIONS = {"batch_size": Param(int, ge=1, help="samples per score() call (GMI), default 8")}
 
 
-class HFPluginMixin:
+class HFPluginMixin(abc.ABC):
     """Scoring, losses and helpers shared by the plugins of this package. A subclass provides
-    `_prepare_inputs(samples, protocol, view, query="", suffix=None)` -> (inputs, info) with
-    right-padded `input_ids`/`attention_mask` (per-sample `suffix` token ids appended after
-    the prompt), `render_prompt`, `_score_context(protocol, view, query)`, `self.tokenizer`,
-    `decoder_path` (the LLM decoder stack, where LoRA adapters go) and `inner_path` (the
-    module without LM head whose forward takes the inputs)."""
+    the abstract methods below, `self.tokenizer`, `views`, `decoder_path` (the LLM decoder
+    stack, where LoRA adapters go) and `inner_path` (the module without LM head whose forward
+    takes the inputs)."""
 
     decoder_path: str = ""
     inner_path: str = ""
@@ -247,6 +238,29 @@ class HFPluginMixin:
     hf_class = "AutoModelForCausalLM"  # transformers class whose module tree the stage paths live in
     answer_sep = " "  # between the prompt and the content (loss) in the default protocol
     batch_size_default = 8
+
+    @abc.abstractmethod
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
+                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(inputs, info): right-padded `input_ids`/`attention_mask` (and the media inputs) of
+        the prompts, `query` after each, per-sample `suffix` token ids appended after it."""
+
+    @abc.abstractmethod
+    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
+                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+        """The prompt string and, in text view, the character span of the text in it."""
+
+    @abc.abstractmethod
+    def _instruction(self, protocol: str) -> str:
+        """The instruction of `protocol`'s prompt (part of the store key's prompt id)."""
+
+    @abc.abstractmethod
+    def _score_context(self, protocol: str, view: str, query: str) -> str:
+        """The text continuations are scored after (their tokenization depends on it)."""
+
+    @abc.abstractmethod
+    def _build_paths(self, model: torch.nn.Module) -> dict[str, str]:
+        """Stage and decoder paths, found in `model`'s module tree (meta device or loaded)."""
 
     def decoder(self) -> torch.nn.Module:
         return resolve_module(self.module, self.decoder_path)  # type: ignore[attr-defined]

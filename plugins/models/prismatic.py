@@ -92,6 +92,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mch.api import PROTOCOLS, VIEWS, MchError, Sample, SampleError
+from mch.checkpoints import one_line
 from mch.model import ModelPlugin, Pool, Prepared, Scores
 
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -469,11 +470,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-    if "trust_remote_code" in str(exc):  # transformers refused the checkpoint's own code
-        line += "; it needs its own Python code, which mch runs only with --trust-remote-code"
-    return line
+    return one_line(exc, max_len=300)  # a state dict's errors list every key
 
 
 def from_state_dict(cls: Any, config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> Any:

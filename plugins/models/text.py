@@ -27,6 +27,7 @@ from mch.api import MchError, Sample
 from mch.model import ModelPlugin, Pool, Prepared, resolve_module
 
 from ._hf_common import (
+    HF_OPTIONS,
     HFPluginMixin,
     apply_adapter,
     checkpoint_dir,
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 MAX_TOKENS = 512
 
-
-from ._hf_common import HF_OPTIONS, Param  # noqa: E402 - option declarations
 
 
 class TextBaseline(HFPluginMixin, ModelPlugin):

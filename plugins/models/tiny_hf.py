@@ -60,7 +60,9 @@ def _save(out: Path, model: Any, tokenizer: Any, parts: dict[str, Any], processo
     if video is not None:
         (out / "video_preprocessor_config.json").write_text(json.dumps({**video, "processor_class": processor_class},
                                                                        indent=2) + "\n")
-    return out
+    from .tiny import mark_smoke
+
+    return mark_smoke(out)  # random weights: runs on it are labelled smoke runs, never a model's numbers
 
 
 def _ids(tok: Any, *names: str) -> dict[str, int]:
