@@ -49,8 +49,8 @@ DEVICES = "cpu, cuda or cuda:N"
 
 
 def check_flags(cfg: Any) -> None:
-    """--seed, --limit, --dtype and --device, before any work (a missing GPU found at load
-    time would come after the dataset was read, or generated)."""
+    """--seed, --limit, --dtype, --device, --device-map and --max-memory, before any work (a
+    missing GPU found at load time would come after the dataset was read, or generated)."""
     import operator
 
     try:
@@ -64,6 +64,18 @@ def check_flags(cfg: Any) -> None:
     if cfg.dtype is not None and cfg.dtype not in ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
         raise MchError(f"unknown --dtype {cfg.dtype!r}; use float32, bfloat16 or float16")
     check_device(cfg.device)
+    from . import dist, placement
+
+    r = dist.ranks()
+    placement.check(cfg.device, cfg.device_map, cfg.max_memory, r)
+    if cfg.device == "cuda" and r.local_world > 1 and cfg.device_map is None:
+        import torch
+
+        n = torch.cuda.device_count()
+        if r.local_world > n:
+            raise MchError(f"{r.local_world} processes on this node and {n} visible GPU{'s' * (n != 1)}: with "
+                           f"--device cuda each process takes its own GPU (cuda:LOCAL_RANK); start at most {n} "
+                           f"per node, or name one GPU for all with --device cuda:N")
 
 
 def check_device(device: str) -> None:
@@ -90,6 +102,9 @@ def check_model_and_dataset(mspec: Any, dspec: Any, cfg: Any) -> None:
     """The model can read the dataset (modality, and models or datasets that only read each
     other, like the toy organism and its world), and takes the options it is given."""
     mcls, dcls = load_entry(mspec.entry), load_entry(dspec.entry)
+    if cfg.device_map is not None and not getattr(mcls, "supports_device_map", False):
+        raise MchError(f"model {mspec.name!r} loads on one device and cannot be split by --device-map; "
+                       f"drop --device-map (and --max-memory)")
     only = getattr(mcls, "datasets", None)
     if only is not None and dspec.name not in only:
         raise MchError(f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "

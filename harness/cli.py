@@ -88,7 +88,8 @@ def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
             device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-            model_option=None, data_option=None, text_checkpoint=None, text_revision=None):
+            model_option=None, data_option=None, text_checkpoint=None, text_revision=None, device_map=None,
+            max_memory=None):
     from .runner import RunConfig
 
     return RunConfig(model=model, dataset=dataset, analyses=_split_csv(analysis) or [],
@@ -98,7 +99,8 @@ def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, 
                      out_dir=_results_dir(out), store=store, on_error=on_error, params=_params(param or []),
                      trust_remote_code=trust_remote_code, model_options=_options(model_option or []),
                      dataset_options=_options(data_option or [], "--data-option", "sample_rate=16000"),
-                     text_checkpoint=text_checkpoint, text_revision=text_revision)
+                     text_checkpoint=text_checkpoint, text_revision=text_revision, device_map=device_map,
+                     max_memory=max_memory)
 
 
 # Options shared by bench, extract and analyze.
@@ -113,7 +115,11 @@ DATAPATH = typer.Option(None, "--data-path", help="where the dataset lives (defa
 SPLIT = typer.Option(None, "--split", help="dataset split (default: the dataset's)")
 LIMIT = typer.Option(None, "--limit", "-n", help="use the first N samples of the selection")
 SEED = typer.Option(0, "--seed", help="seed for selection and analyses")
-DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun, cuda = each process's own GPU)")
+DEVMAP = typer.Option(None, "--device-map",
+                      help="split the model over devices (accelerate): auto, balanced, balanced_low_0 or sequential")
+MAXMEM = typer.Option(None, "--max-memory", help="with --device-map: the most each device may hold, e.g. "
+                                                 "0=70GiB,1=70GiB,cpu=200GiB")
 DTYPE = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default bf16 on cuda, fp32 on cpu)")
 PROTOCOL = typer.Option("default", "--protocol", help="default (corrected) or paper (the reference's choices)")
 SPAN = typer.Option(None, "--span", help="modality, all, text or last (default: modality; paper: all)")
@@ -138,8 +144,10 @@ def _runner_io(quiet: bool):
     """The run's log (stdlib logging, shown on stderr unless quiet) and its progress bars."""
     import logging
 
+    from . import dist
     from .terminal import RichProgress, show_log
 
+    quiet = quiet or not dist.is_main()  # one rank speaks for a data-parallel job (errors still print)
     show_log(err_console, quiet)
     return logging.getLogger("mch.cli").info, RichProgress(err_console, quiet)
 
@@ -155,21 +163,26 @@ def bench(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATAS
           on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
           model_option: Optional[List[str]] = MOPT,
           data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-          text_revision: Optional[str] = TREV, quiet: bool = QUIET, as_json: bool = JSON_OUT,
+          text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
+          max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET, as_json: bool = JSON_OUT,
           as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
-    With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
+    With no arguments: the built-in toy model organism on the toy world, probe + gmi. Under
+    torchrun / accelerate launch every rank extracts its share; rank 0 runs the analyses."""
+    from . import dist
     from .runner import run_bench
 
     if as_json and as_csv:
         raise MchError("--json and --csv print the same numbers two ways; pass one of them")
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-                  model_option, data_option, text_checkpoint, text_revision)
+                  model_option, data_option, text_checkpoint, text_revision, device_map, max_memory)
     cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
     p, written = _keeping_records(run_bench, cfg, log, progress)
+    if not dist.is_main():
+        return
     machine = _machine_output(written, as_json, as_csv, p.loaded)
     if not machine:
         show_records([r for _, r in written])
@@ -190,24 +203,31 @@ def extract(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DAT
             on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
             trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, quiet: bool = QUIET, config: Optional[Path] = CONFIG):
-    """Extract pooled representations into the store (resumable; no analysis)."""
+            text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
+            max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET, config: Optional[Path] = CONFIG):
+    """Extract pooled representations into the store (resumable; no analysis). Under torchrun /
+    accelerate launch each rank extracts its share of the chunks; rank 0 finalizes."""
+    from . import dist
     from .runner import extract as do_extract, plan, text_plan
 
     cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
                   dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option,
-                  data_option, text_checkpoint, text_revision)
+                  data_option, text_checkpoint, text_revision, device_map, max_memory)
     cfg = apply_config(ctx, config, cfg, skip=("analyses", "attributes", "params", "out_dir"))
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = do_extract(p, "modal")
+    tentry = do_extract(text_plan(p), "text") if text else None
+    dist.finish()
+    if not dist.is_main():
+        return
     console.print(f"store entry: {entry.dir}", soft_wrap=True)
     from .report import skipped_sample_lines
 
     for line in skipped_sample_lines(entry.manifest().get("skipped", [])):
         console.print(line, style="yellow", markup=False)
-    if text:
-        console.print(f"text baseline: {do_extract(text_plan(p), 'text').dir}")
+    if tentry is not None:
+        console.print(f"text baseline: {tentry.dir}")
 
 
 @app.command()
@@ -220,17 +240,22 @@ def analyze(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DAT
             batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
             param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, quiet: bool = QUIET, as_json: bool = JSON_OUT,
+            text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
+            max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET, as_json: bool = JSON_OUT,
             as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
     """Run analyses on representations already in the store.
 
     `mch extract` puts them there, or `mch import-reference` for the reference
-    implementation's HDF5 files."""
+    implementation's HDF5 files. Under a launcher, rank 0 runs them and the other ranks exit
+    at once."""
+    from . import dist
     from .runner import run_analyze
 
+    if not dist.is_main():
+        return
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
-                  data_option, text_checkpoint, text_revision)
+                  data_option, text_checkpoint, text_revision, device_map, max_memory)
     cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
     if as_json and as_csv:
@@ -346,11 +371,16 @@ def list_datasets(long: bool = LONG):
 @list_app.command("analyses")
 def list_analyses(long: bool = LONG):
     """Analyses and whether they need the live model."""
-    _table("analyses", ["name", "needs live model", "plugin"],
-           [[s.name, "yes" if s.needs_model else "no", s.source, s.description] for s in _reg().analyses.values()],
-           long)
+    _table("analyses", ["name", "needs live model", "under torchrun", "plugin"],
+           [[s.name, "yes" if s.needs_model else "no", "rank 0", s.source, s.description]
+            for s in _reg().analyses.values()], long)
     console.print("An analysis that compares with the text baseline reads its representations from the "
                   "store; when they are not there, the run extracts them with the model first.")
+    console.print("Under torchrun or accelerate launch, every rank extracts its share of the store's chunks; then "
+                  "rank 0 runs every analysis alone (no analysis shards its sample loop: GMI scoring, the slow part, "
+                  "runs on rank 0's device and is cached in the store) and the other ranks exit. A text baseline an "
+                  "analysis asks for is extracted by rank 0 alone: `mch extract --text` under the launcher first "
+                  "shares it too.")
 
 
 @list_app.command("params")
@@ -448,12 +478,32 @@ def _mount_optional() -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     try:
+        _run(argv)
+    finally:
+        from . import dist
+
+        dist.shutdown()
+
+
+def _on_rank(exc: MchError) -> MchError:
+    """Under a launcher, the error names the rank it happened on."""
+    from .dist import ranks
+
+    try:
+        r = ranks()
+    except MchError:
+        return exc
+    return MchError(f"(rank {r.rank}) {exc}") if r.world > 1 else exc
+
+
+def _run(argv: Optional[List[str]] = None) -> None:
+    try:
         _mount_optional()
         # non-standalone: typer returns the code of a typer.Exit (Ctrl-C becomes Exit(130) in
         # recent typer) instead of exiting, and raises usage errors for us to show
         rc = app(args=argv, prog_name="mch", standalone_mode=False)
     except MchError as exc:
-        exit_error(exc)
+        exit_error(_on_rank(exc))
     except KeyboardInterrupt:
         _interrupted()
     except SystemExit:

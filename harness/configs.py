@@ -57,6 +57,8 @@ class RunConfig:
     text_revision: str | None = None
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
     chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
+    device_map: str | None = None  # split the model over devices: auto, balanced, balanced_low_0, sequential
+    max_memory: Any = None         # "0=70GiB,cpu=200GiB" (or a dict): the most each device may hold
 
     @property
     def dataset_options_record(self) -> dict[str, Any]:
@@ -196,7 +198,7 @@ def resolved(cfg: Any) -> dict[str, Any]:
         "store": str(cfg.store) if cfg.store is not None else None, "on_error": cfg.on_error,
         "params": cfg.params, "model_options": cfg.model_options, "data_options": cfg.dataset_options,
         "text_checkpoint": cfg.text_checkpoint, "text_revision": cfg.text_revision,
-        "trust_remote_code": cfg.trust_remote_code,
+        "trust_remote_code": cfg.trust_remote_code, "device_map": cfg.device_map, "max_memory": cfg.max_memory,
     }
     if cfg.sample_ids is not None:  # set by analyses that re-run the runner on a subset (lora)
         h = hashlib.sha256("\0".join(map(str, cfg.sample_ids)).encode()).hexdigest()

@@ -30,7 +30,7 @@ FLAG_FIELDS = {"model": "model", "dataset": "dataset", "analysis": "analyses", "
                "out": "out_dir", "store": "store", "on_error": "on_error", "param": "params",
                "trust_remote_code": "trust_remote_code", "model_option": "model_options",
                "data_option": "dataset_options", "text_checkpoint": "text_checkpoint",
-               "text_revision": "text_revision"}
+               "text_revision": "text_revision", "device_map": "device_map", "max_memory": "max_memory"}
 
 
 def _given(ctx: Any, name: str) -> bool:

@@ -170,6 +170,8 @@ class ModelPlugin(abc.ABC):
     option_specs: ClassVar[dict[str, Param] | None] = None
     # the only datasets this model can read (None: any dataset of its modality)
     datasets: ClassVar[tuple[str, ...] | None] = None
+    # can `load` split the model over devices (--device-map, --max-memory; `place`)?
+    supports_device_map: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -180,6 +182,8 @@ class ModelPlugin(abc.ABC):
         dtype: str | None = None,
         adapter: str | None = None,
         trust_remote_code: bool = False,
+        device_map: str | None = None,
+        max_memory: dict[Any, str] | None = None,
         **options: Any,
     ) -> None:
         self.spec = spec
@@ -191,6 +195,61 @@ class ModelPlugin(abc.ABC):
         self.trust_remote_code = trust_remote_code
         self.options = check_options("model", spec.name, self.option_specs, {**spec.options, **options})
         self.module: torch.nn.Module | None = None
+        self.device_map = device_map    # accelerate's placement strategy (mch.placement), or None: one device
+        self.max_memory = max_memory
+
+    # -- where the weights go (mch.placement)
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """What `from_pretrained` gets for --device-map/--max-memory ({} on one device)."""
+        if self.device_map is None:
+            return {}
+        from . import dist, placement
+
+        return {"device_map": self.device_map,
+                "max_memory": placement.max_memory_map(self.device, self.max_memory, dist.ranks())}
+
+    def place(self, module: torch.nn.Module, no_split: Sequence[str] = ()) -> torch.nn.Module:
+        """`module` on --device, or split by --device-map: a module `from_pretrained` already
+        placed (with `pretrained_kwargs`) is checked; one built in code is dispatched with
+        accelerate, keeping each `no_split` class (decoder layers) on one device."""
+        if self.device_map is None:
+            return module.to(self.device)
+        from . import dist, placement
+
+        if getattr(module, "_mch_placed", False) or hasattr(module, "hf_device_map"):
+            placement.check_fits(module, self.spec.name, self.device_map, self.max_memory)
+            return module
+        return placement.dispatch(module, self.spec.name, self.device, self.device_map, self.max_memory,
+                                  dist.ranks(), list(no_split), self.torch_dtype)
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where inputs go: --device, or under --device-map the device of the first module that
+        reads them (the input embeddings; accelerate's hooks move what later blocks need)."""
+        if self.device_map is None or self.module is None:
+            return torch.device(self.device)
+        get = getattr(self.module, "get_input_embeddings", None)
+        first = None
+        try:
+            first = get() if callable(get) else None
+        except (NotImplementedError, AttributeError):
+            first = None
+        for m in ([first] if first is not None else []) + [self.module]:
+            hook = getattr(m, "_hf_hook", None)
+            if getattr(hook, "execution_device", None) is not None:
+                return torch.device(hook.execution_device)
+            for t in m.parameters():
+                if not t.is_meta:
+                    return t.device
+        return torch.device(self.device)
+
+    def placement(self) -> dict[str, Any] | None:
+        """How --device-map placed the loaded model (for the manifest and records), or None."""
+        if self.device_map is None or self.module is None:
+            return None
+        from . import placement
+
+        return {"device_map": placement.summary(self.device_map, self.max_memory, self.module)}
 
     # -- identity, recorded in every store key and result
     def identity(self) -> dict[str, Any]:

@@ -94,7 +94,10 @@ def bench(model: str | None = None, dataset: str | None = None, analyses: Sequen
     `options` are the run options by their flag names: attributes, checkpoint, revision,
     adapter, data_path, split, limit, seed, device, dtype, protocol, span, stages, batch_size,
     out, store, on_error, params, model_options, data_options, text_checkpoint, text_revision,
-    trust_remote_code. `progress=True` draws progress bars on stderr."""
+    trust_remote_code, device_map, max_memory (a string as the flag takes it, or a dict such
+    as {0: "70GiB", "cpu": "200GiB"}). `progress=True` draws progress bars on stderr. Under
+    torchrun / accelerate launch every rank extracts its share and rank 0 alone runs the
+    analyses: the other ranks get empty Results."""
     from .runner import run_bench
 
     cfg = _run_config(model, dataset, analyses if analyses is not None else None, config, options)
@@ -133,12 +136,16 @@ def extract(model: str | None = None, dataset: str | None = None, *, text: bool 
     from .runner import extract as do_extract, plan, text_plan
     from .store import StoredVectors
 
+    from . import dist
+
     cfg = _run_config(model, dataset, [], config, options)
     p = plan(cfg, _log, _progress(progress))
-    modal = StoredVectors(do_extract(p, "modal"))
-    if not text:
-        return modal
-    return modal, StoredVectors(do_extract(text_plan(p), "text"))
+    modal = do_extract(p, "modal")
+    texts = do_extract(text_plan(p), "text") if text else None
+    dist.finish()  # under a launcher: every rank returns the complete entries
+    if texts is None:
+        return StoredVectors(modal)
+    return StoredVectors(modal), StoredVectors(texts)
 
 
 def load_results(*paths: str | os.PathLike) -> "Results":

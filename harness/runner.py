@@ -151,9 +151,18 @@ def analysis_params(analysis: Any, aspec: Any, cfg: RunConfig, plugin: Any) -> d
 
 def model_plugin(spec: Any, cfg: RunConfig) -> Any:
     """The model plugin object of `spec` as `cfg` configures it (not loaded)."""
-    return load_entry(spec.entry)(spec, checkpoint=cfg.checkpoint, revision=cfg.revision, device=cfg.device,
-                                  dtype=cfg.dtype, adapter=cfg.adapter, trust_remote_code=cfg.trust_remote_code,
-                                  **cfg.model_options)
+    from . import dist, placement
+
+    cls = load_entry(spec.entry)
+    split = {}
+    if cfg.device_map is not None:
+        if not getattr(cls, "supports_device_map", False):
+            raise MchError(f"model {spec.name!r} loads on one device and cannot be split by --device-map; "
+                           f"drop --device-map (and --max-memory)")
+        split = {"device_map": cfg.device_map, "max_memory": placement.parse_max_memory(cfg.max_memory)}
+    return cls(spec, checkpoint=cfg.checkpoint, revision=cfg.revision,
+               device=placement.rank_device(cfg.device, dist.ranks()), dtype=cfg.dtype, adapter=cfg.adapter,
+               trust_remote_code=cfg.trust_remote_code, **split, **cfg.model_options)
 
 
 def stored_entry(p: Plan, view: str) -> Any:
@@ -220,7 +229,15 @@ def text_source(p: Plan) -> str:
 def extract(p: Plan, view: str = "modal") -> Any:
     """Make sure the store entry for this plan and view is complete; return it. The entry's
     lock is taken before the model is loaded: a second process on the same key waits, then
-    reuses what the first wrote."""
+    reuses what the first wrote. Under a launcher (torchrun, accelerate launch) every rank
+    calls this and extracts its share of the chunks (`mch.dist`)."""
+    from . import dist
+
+    if dist.active():
+        entry = _extract_ranks(p, view)
+        if dist.is_main():  # one writer of the labels file
+            save_labels(p, entry)
+        return entry
     entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
@@ -235,6 +252,76 @@ def extract(p: Plan, view: str = "modal") -> Any:
         _fill(p, entry, view)
     p.log(f"{view} representations written to the store ({entry.dir})")
     save_labels(p, entry)
+    return entry
+
+
+SHARED_STORE_WAIT_S = 30.0  # how long a rank waits to see the entry rank 0 created (network filesystems)
+
+
+def _extract_ranks(p: Plan, view: str) -> Any:
+    """`extract` as one rank of a data-parallel job (module docstring of `mch.dist`): rank 0
+    takes the entry's lock for the whole job (a second job waits, or stops with
+    MCH_STORE_WAIT=0) and says which chunks are missing; each rank extracts its share; rank 0
+    finalizes. Every step ends with all ranks agreeing, so an error anywhere stops them all
+    with one sentence, and chunks already written stay for the next run."""
+    import contextlib
+
+    from . import dist
+
+    r = dist.ranks()
+    entry = dist.agree(lambda: stored_entry(p, view), "finding the store entry")
+    keys = dist.gather((entry.hash, entry.chunk_size, len(entry.sample_ids), dist.host()))
+    if any(k[:3] != keys[0][:3] for k in keys):
+        bad = next(i for i, k in enumerate(keys) if k[:3] != keys[0][:3])
+        raise MchError(f"rank {bad} (on {keys[bad][3]}) computes store entry {keys[bad][0]} and rank 0 "
+                       f"(on {keys[0][3]}) {keys[0][0]}: every rank must see the same checkpoint files, dataset and "
+                       f"options (on several nodes: one shared copy, or MCH_FINGERPRINT=full for identical copies)")
+    with contextlib.ExitStack() as held:
+        def decide() -> tuple[str, list[int]]:
+            if not r.rank == 0:
+                return "", []
+            if entry.complete:
+                return "cached", []
+            if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
+                p.ensure_loaded()
+            held.enter_context(entry.writing())  # released when this rank leaves the block
+            if entry.complete:
+                return "meanwhile", []
+            return "fill", entry.missing_chunks()
+
+        state, missing = dist.broadcast(dist.agree(decide, f"locking store entry {entry.hash}"))
+        if state == "cached":
+            p.log(f"{view} representations: cached in the store ({entry.dir})")
+            return entry
+        if state == "meanwhile":
+            p.log(f"{view} representations: written by another mch process meanwhile ({entry.dir})")
+            return entry
+        done_before = len(entry.sample_ids) - sum(len(entry.chunk_range(i)) for i in missing)
+        if done_before:
+            p.log(f"resuming extraction: {done_before} samples already in the store")
+        p.log(f"{view}: {len(missing)} chunks over {r.world} ranks")
+
+        def fill_mine() -> dict[str, Any] | None:
+            t = time.time()
+            while not entry.manifest_path.exists() and time.time() - t < SHARED_STORE_WAIT_S:
+                time.sleep(0.5)  # a network filesystem may show another node's new file late
+            if not entry.manifest_path.exists():
+                raise MchError(f"rank {r.rank} on {dist.host()} does not see store entry {entry.dir}, which rank 0 "
+                               f"created: the store must be on a filesystem every node shares (MCH_STORE or --store)")
+            mine = dist.shard(missing, r)
+            return _fill_chunks(p, entry, view, mine) if mine else None
+
+        infos = dist.gather(dist.agree(fill_mine, f"extracting {view} chunks"))
+        info = next((i for i in infos if i is not None), None)
+
+        def finalize() -> None:
+            if r.rank == 0:
+                assert info is not None
+                entry.finalize({**info, "world_size": r.world,
+                                "devices": sorted({str(i["device"]) for i in infos if i is not None})})
+
+        dist.agree(finalize, f"finalizing store entry {entry.hash}")
+    p.log(f"{view} representations written to the store ({entry.dir})")
     return entry
 
 
@@ -262,21 +349,29 @@ def save_labels(p: Plan, entry: Any) -> None:
 
 def _fill(p: Plan, entry: Any, view: str) -> None:
     """Extract the chunks `entry` lacks and finalize it (under its lock)."""
+    missing = entry.missing_chunks()
+    todo = sum(len(entry.chunk_range(i)) for i in missing)
+    done_before = len(p.samples) - todo
+    if done_before:
+        p.log(f"resuming extraction: {done_before} samples already in the store")
+    info = _fill_chunks(p, entry, view, missing)
+    entry.finalize({**info, "world_size": 1})
+
+
+def _fill_chunks(p: Plan, entry: Any, view: str, chunks: Sequence[int]) -> dict[str, Any]:
+    """Extract and write the chunks `chunks` of `entry`; returns what the manifest records of
+    how (stages, batch size, device and the model's placement over devices)."""
     import numpy as np
 
     from .capture import capture
 
     cfg = p.cfg
-    missing = entry.missing_chunks()
     plugin = p.ensure_loaded()
     stages = list(cfg.stages) if cfg.stages else plugin.stages(view)
-    todo = sum(len(entry.chunk_range(i)) for i in missing)
-    done_before = len(p.samples) - todo
-    if done_before:
-        p.log(f"resuming extraction: {done_before} samples already in the store")
+    todo = sum(len(entry.chunk_range(i)) for i in chunks)
     bs = cfg.batch_size
     with p.progress.task(f"extract {view} ({p.model_spec.name})", todo) as advance:
-        for i in missing:
+        for i in chunks:
             rows_kept: list[int] = []
             parts: dict[str, list[Any]] = {}
             skipped: list[dict[str, Any]] = []
@@ -311,8 +406,13 @@ def _fill(p: Plan, entry: Any, view: str) -> None:
             if not arrays:
                 arrays = {s: np.zeros((0, 1), np.float32) for s in stages}
             entry.write_chunk(i, rows_kept, arrays, skipped)
-    entry.finalize({"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
-                    "device": cfg.device})
+    info: dict[str, Any] = {"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
+                            "device": str(plugin.device)}
+    placement = getattr(plugin, "placement", None)
+    where = placement() if callable(placement) else None
+    if where:
+        info.update(where)
+    return info
 
 
 def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -446,7 +546,7 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
         extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,
-                    "batch_size": cfg.batch_size, "model_loaded": p.loaded,
+                    "batch_size": cfg.batch_size, "model_loaded": p.loaded, **_how_extracted(man),
                     **({"text_model": text_model} if text_model else {})},
         seeds=[cfg.seed],
         config_hash=config_hash(config),
@@ -456,6 +556,13 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         notes=out.notes,
         run_config=_resolved_config(p),
     )
+
+
+def _how_extracted(man: dict[str, Any]) -> dict[str, Any]:
+    """From the entry's manifest: how many processes extracted it and, for a model split over
+    devices, where its modules were (the placement the stored vectors came from)."""
+    info = man.get("info") or {}
+    return {k: info[k] for k in ("world_size", "device_map") if info.get(k) is not None}
 
 
 def _resolved_config(p: Plan) -> dict[str, Any]:
@@ -508,11 +615,18 @@ def record_written(record: dict[str, Any], path: Path, log: Callable[[str], None
 def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
               on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Extract (or reuse), then run the analyses; each record is written as its analysis ends
-    (`on_record(path, record)` is called then). Returns the plan and [(path, record)]."""
+    (`on_record(path, record)` is called then). Returns the plan and [(path, record)]. Under a
+    launcher every rank extracts its share, then rank 0 alone runs the analyses (the other
+    ranks return no records)."""
+    from . import dist
+
     check_results_dir(cfg.out_dir)
     p = plan(cfg, log, progress)
     t = time.time()
     entry = extract(p, "modal")
+    dist.finish()  # the analyses run on rank 0 alone (a launcher's other ranks stop here)
+    if not dist.is_main():
+        return p, []
     return p, _write_each(p, entry, time.time() - t, on_record)
 
 

@@ -149,3 +149,29 @@ def test_distances_on_the_toy(tmp_path):
     rows = rec["summary"]["rows"]
     assert [r["hook_point"] for r in rows] == ["llm_final"] * 3 + ["encoder_output<->adapter_output"]
     assert [r["metric"] for r in rows] == ["MMD2", "CKA", "W1", "CKA_cross_stage"]
+
+
+def test_paper_protocol_converts_only_the_rows_it_samples_with_the_reference_s_numbers(tmp_path):
+    """The paper path drops all-zero rows and converts to float64 only the rows a subsample
+    takes (large N): the same rows and values as the reference's eager copy, so the same
+    numbers, whether the stage is sampled (N > n_subsample) or taken whole."""
+    from mch.plugins.analyses.distances import NonzeroRows
+
+    rng = np.random.default_rng(7)
+    for n, n_sub in ((1300, 200), (90, 200)):
+        X = rng.normal(size=(n, 6)).astype(np.float32)
+        Y = (rng.normal(size=(n, 6)) + 0.3).astype(np.float32)
+        X[rng.choice(n, n // 10, replace=False)] = 0  # the reference drops all-zero rows
+        Y[::7] = 0
+        for name, A in (("x", X), ("y", Y)):
+            np.save(tmp_path / f"{name}.npy", A)
+        Xm, Ym = np.load(tmp_path / "x.npy", mmap_mode="r"), np.load(tmp_path / "y.npy", mmap_mode="r")
+
+        def eager(A):
+            A = np.asarray(A)
+            return A[np.any(A != 0, axis=1)].astype(np.float64)
+
+        lazy = paper_hook(NonzeroRows(Xm), NonzeroRows(Ym), np.random.default_rng(42), n_sub, 4, 5, 42)
+        ref = paper_hook(eager(X), eager(Y), np.random.default_rng(42), n_sub, 4, 5, 42)
+        assert lazy == ref
+        assert len(NonzeroRows(Xm)) == len(eager(X))

@@ -66,9 +66,13 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # mch prints its own progress
+    placed = {"device_map": planned_device_map(plugin, cls, path)} if plugin.device_map is not None else {}
     try:
-        return cls.from_pretrained(str(path), dtype=plugin.torch_dtype, local_files_only=True,
-                                   trust_remote_code=bool(plugin.trust_remote_code))
+        model = cls.from_pretrained(str(path), dtype=plugin.torch_dtype, local_files_only=True,
+                                    trust_remote_code=bool(plugin.trust_remote_code), **placed)
+        if placed:
+            model._mch_placed = True  # placed by accelerate through from_pretrained (ModelPlugin.place checks it)
+        return model
     except MchError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken checkpoint is a user error
@@ -78,6 +82,31 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def planned_device_map(plugin: ModelPlugin, cls: Any, path: Path) -> dict[str, Any]:
+    """The device map --device-map/--max-memory give the model in `path`, computed on its
+    module tree built from the config on the meta device (no weights read) with accelerate,
+    as `from_pretrained` would: a model that does not fit is one sentence before any weight
+    is loaded (transformers would otherwise offload the rest to disk)."""
+    from transformers import AutoConfig
+
+    from mch import dist, placement
+
+    trust = bool(plugin.trust_remote_code)
+    try:
+        cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
+        with torch.device("meta"):
+            make = getattr(cls, "from_config", None)
+            meta = (make(cfg, dtype=plugin.torch_dtype, trust_remote_code=trust) if make is not None
+                    else cls._from_config(cfg, dtype=plugin.torch_dtype))
+    except Exception as exc:  # noqa: BLE001 - the load below says what is wrong with the checkpoint
+        raise MchError(f"model {plugin.spec.name!r}: cannot build the module tree of {path} to place it over devices "
+                       f"({_one_line(exc)})") from None
+    mm = placement.max_memory_map(plugin.device, plugin.max_memory, dist.ranks())
+    dmap = placement.infer_map(meta, str(plugin.device_map), mm, [], plugin.torch_dtype)
+    placement.refuse_disk(dmap, plugin.spec.name, str(plugin.device_map), plugin.max_memory)
+    return dict(dmap)
 
 
 def needs_torchvision(exc: BaseException) -> bool:
@@ -205,6 +234,7 @@ class HFPluginMixin(abc.ABC):
 
     decoder_path: str = ""
     inner_path: str = ""
+    supports_device_map = True  # --device-map / --max-memory go to from_pretrained (mch.placement)
     hf_class = "AutoModelForCausalLM"  # transformers class whose module tree the stage paths live in
     answer_sep = " "  # between the prompt and the content (loss) in the default protocol
     batch_size_default = 8

@@ -226,7 +226,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         self.decoder_path = self._paths["decoder"]
         self.inner_path = fam.inner
         apply_adapter(self, model, self.decoder_path)
-        self.module = model.to(self.device).eval()
+        self.module = self.place(model).eval()
         self.config = model.config
         ids = [getattr(model.config, a, None) for a in fam.token_id]
         ids = [i for i in ids if isinstance(i, int)]
@@ -345,7 +345,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
             mod = torch.zeros_like(att, dtype=torch.bool)
             for i, m in enumerate(inside or []):
                 mod[i, : len(m)] = torch.tensor(m)
-        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in enc.items()}
+        inputs = {k: (v.to(self.input_device) if isinstance(v, torch.Tensor) else v) for k, v in enc.items()}
         for k in ("pixel_values", "input_features", "pixel_values_videos"):
             if isinstance(inputs.get(k), torch.Tensor) and inputs[k].is_floating_point():
                 inputs[k] = inputs[k].to(self.torch_dtype)

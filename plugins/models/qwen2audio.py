@@ -99,7 +99,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
         self._paths = self._build_paths(model)
         self.decoder_path = self._paths["decoder"]
         apply_adapter(self, model, self.decoder_path)
-        self.module = model.to(self.device).eval()
+        self.module = self.place(model).eval()
         self.config = model.config
         self.audio_token_id = int(model.config.audio_token_id)
         self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
@@ -212,7 +212,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             mod = torch.zeros_like(att, dtype=torch.bool)
             for i, m in enumerate(inside):
                 mod[i, : len(m)] = torch.tensor(m)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs = {k: v.to(self.input_device) for k, v in inputs.items()}
         inputs["use_cache"] = False
         return inputs, {"modality_mask": mod, "attention_mask": att, "n_audio": n_audio}
 

@@ -67,7 +67,7 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         self._paths = self._build_paths(model)
         self.decoder_path = self.inner_path = self._paths["decoder"]
         apply_adapter(self, model, self.decoder_path)
-        self.module = model.to(self.device).eval()
+        self.module = self.place(model).eval()
         self.config = model.config
         self.validate_stage_map("text")
 
@@ -126,7 +126,7 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         for i, c in enumerate(content):
             mod[i, : len(c)] = torch.tensor(c)
         inputs = {"input_ids": ids, "attention_mask": att, "position_ids": positions(att)}
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs = {k: v.to(self.input_device) for k, v in inputs.items()}
         inputs["use_cache"] = False
         return inputs, {"modality_mask": mod, "attention_mask": att}
 

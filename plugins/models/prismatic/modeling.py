@@ -101,13 +101,16 @@ class PrismaticVLM(nn.Module):
         """(B, N, D_llm): the projected patches that enter the LLM."""
         return self.projector(self.vision_backbone(pixel_values))
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.lm.get_input_embeddings()
+
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
               image_mask: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.lm.get_input_embeddings()(input_ids)
         if pixel_values is None:
             return emb
-        patches = self.project(pixel_values)
-        return emb.masked_scatter(image_mask[..., None], patches.to(emb.dtype))
+        patches = self.project(pixel_values)  # on another device when --device-map split the model
+        return emb.masked_scatter(image_mask[..., None].to(emb.device), patches.to(emb.device, emb.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 pixel_values: torch.Tensor | None = None, image_mask: torch.Tensor | None = None) -> Any:

@@ -35,6 +35,7 @@ class PrismaticModel(PrismaticLoader):
         "batch_size": Param(int, ge=1, help="samples per score() call (GMI), default 8"),
     }
     views = ("modal", "text")
+    supports_device_map = True  # built in code, then placed by accelerate (ModelPlugin.place)
 
     # -- loading: the parts found and built by PrismaticLoader, put together here
     def load(self) -> None:
@@ -72,11 +73,12 @@ class PrismaticModel(PrismaticLoader):
                                f"({_one_line(exc)})") from None
         module = PrismaticVLM(vision, projector, LLMBackbone(lm))
         exact = {name: b.detach().float().clone() for name, b in module.named_buffers() if name.endswith("inv_freq")}
-        self.module = module.to(self.device, self.torch_dtype).eval()
+        self.module = self.place(module.to(self.torch_dtype)).eval()  # --device, or split by --device-map
         # rotary frequencies: `.to(dtype)` rounds them to the model dtype, as the release's
         # `vlm.to(device, dtype=bfloat16)` did (cos off by up to 0.36 below position 300 in bf16);
         # `default` keeps them in float32 like the other plugins, `paper` reproduces the cast
-        self._rope = {name: {"default": f.to(self.device), "paper": f.to(self.device, self.torch_dtype)}
+        where = {name: b.device for name, b in self.module.named_buffers() if name in exact}
+        self._rope = {name: {"default": f.to(where[name]), "paper": f.to(where[name], self.torch_dtype)}
                       for name, f in exact.items()}
         self._rope_protocol: str | None = None
         self._use_rope("default")
@@ -243,7 +245,7 @@ class PrismaticModel(PrismaticLoader):
         real = b["attention_mask"].bool()
         owner = torch.arange(B)
         llm_pool = Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})
-        dev = self.device
+        dev = self.input_device
         inputs: dict[str, Any] = {k: b[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids")}
         pools = {"llm": llm_pool}
         if view == "modal":
@@ -287,13 +289,13 @@ class PrismaticModel(PrismaticLoader):
             emb = self.module.lm.get_input_embeddings()
             patches = None
             if view == "modal":
-                patches = self.module.project(self._pixels(samples).to(self.device, self.torch_dtype))
+                patches = self.module.project(self._pixels(samples).to(self.input_device, self.torch_dtype))
             out = []
             for i, (seq, _role) in enumerate(layouts):
-                t = torch.tensor(seq, device=self.device)
+                t = torch.tensor(seq, device=emb.weight.device)
                 e = emb(t.clamp(min=0))
                 if patches is not None:
-                    e = e.masked_scatter((t < 0)[:, None], patches[i].to(e.dtype))
+                    e = e.masked_scatter((t < 0)[:, None], patches[i].to(e.device, e.dtype))
                 out.append(e)
         return out
 
@@ -372,7 +374,7 @@ class PrismaticModel(PrismaticLoader):
                 suffixes.append(self.continuation_ids(context, [text])[0])
             b = self._batch(self._layouts(samples, "default", "modal", None, suffixes))
             targets = b["labels"].masked_fill(b["role"] != 2, IGNORE)
-        dev = self.device
+        dev = self.input_device
         with torch.enable_grad() if grad else torch.inference_mode():
             emb = self.module.embed(b["input_ids"].to(dev), self._pixels(samples).to(dev, self.torch_dtype),
                                     (b["role"] == 1).to(dev))

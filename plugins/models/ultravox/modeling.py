@@ -160,6 +160,9 @@ class UltravoxModel(nn.Module):
         enc = enc * keep[..., None].to(enc.dtype)
         return self.multi_modal_projector(enc)
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
     def embed(self, input_ids: torch.Tensor, audio_values: torch.Tensor | None = None,
               audio_lens: torch.Tensor | None = None, valid_lens: torch.Tensor | None = None,
               scatter: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
@@ -168,7 +171,8 @@ class UltravoxModel(nn.Module):
         emb = self.language_model.get_input_embeddings()(input_ids)
         if audio_values is None:
             return emb
-        audio = self.audio_embeds(audio_values, audio_lens, valid_lens).to(emb.dtype)
+        # on another device when --device-map split the model
+        audio = self.audio_embeds(audio_values, audio_lens, valid_lens).to(emb.device, emb.dtype)
         b, t, r, k = scatter
         emb = emb.clone()
         emb[b, t] = audio[r, k]

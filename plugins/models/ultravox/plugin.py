@@ -30,6 +30,7 @@ class Ultravox(UltravoxLoader):
     }
 
     modality = "speech"
+    supports_device_map = True  # built in code, then placed by accelerate (ModelPlugin.place)
 
     # -- loading: the parts read by UltravoxLoader, put together here
     def load(self) -> None:
@@ -63,7 +64,7 @@ class Ultravox(UltravoxLoader):
         self.stack_factor = shape.stack_factor
         self.n_layers = int(text_config.num_hidden_layers)
         self.widths = {"encoder": audio_config.d_model, "llm": text_config.hidden_size}
-        dev = torch.device(self.device)
+        dev = torch.device(self.device if self.device_map is None else "cpu")  # --device-map: placed after loading
         try:
             with torch.device("meta"):
                 module = UltravoxModel(audio_config, text_config, shape, latency_block)
@@ -75,7 +76,7 @@ class Ultravox(UltravoxLoader):
         self.text_config = text_config
         self.audio_config = audio_config
         self.max_chunk = audio_config.max_source_positions * ENCODER_STRIDE
-        self.module = module.eval()
+        self.module = self.place(module).eval()
         self.module.requires_grad_(False)
         self.tokenizer = self._load_tokenizer()
         self.feature_extractor = self._load_feature_extractor(audio_config.num_mel_bins)
@@ -253,7 +254,7 @@ class Ultravox(UltravoxLoader):
         return inputs, pools
 
     def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v.to(self.device) for k, v in inputs.items()}
+        out = {k: v.to(self.input_device) for k, v in inputs.items()}
         if "audio_values" in out:
             out["audio_values"] = out["audio_values"].to(self.torch_dtype)
         return out
