@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from .api import MchError, ModelSpec, Param, Sample, check_options, stage_sort_key  # noqa: F401 - re-exported
+from .api import MchError, ModelSpec, Param, Sample, check_options, stage_sort_key  # also re-exported from here
 
 STAGE_ORDER_GROUPS = ("encoder", "adapter", "llm")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .api import MchError, stage_sort_key
+from .extras import EXTRAS, need  # noqa: F401 - re-exported
 
 logger = logging.getLogger("mch")
 
@@ -36,7 +37,6 @@ KEY_COLUMNS = ["model", "checkpoint", "dataset", "analysis", "protocol", "stage"
 VALUE_COLUMNS = ["value", "ci_low", "ci_high", "n"]
 EXTRA_COLUMNS = ["smoke", "created_at", "record"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS + EXTRA_COLUMNS
-from .extras import EXTRAS, need  # noqa: F401 - re-exported
 
 
 def plain(message: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
 from .checks import (DEVICES, check_device, check_flags, check_model_and_dataset,  # noqa: F401 - re-exported
                      check_params, check_results_dir)
-from .configs import RunConfig  # noqa: F401 - re-exported: mch.runner.RunConfig
+from .configs import RunConfig  # also re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record

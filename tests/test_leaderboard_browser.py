@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_leaderboard import ENTRIES, XSS, make_record, probe_metrics, write  # noqa: E402
+from test_leaderboard import ENTRIES, XSS, make_record, probe_metrics, write
 
-from mch.leaderboard import aggregate, load_records  # noqa: E402
-from mch.site import build_site  # noqa: E402
+from mch.leaderboard import aggregate, load_records
+from mch.site import build_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -112,7 +112,7 @@ def reference(m: HFModel, samples, view: str) -> dict[str, torch.Tensor]:
             handles = []
             if view == "modal":
                 enc_path, adp_path = m._paths["encoder"], m._paths["adapter"]
-                first = (lambda x: x[0] if isinstance(x, tuple) else x)
+                first = (lambda x: x[0] if isinstance(x, tuple) else x)  # noqa: E731 - a one-line hook helper
                 if enc_path.endswith(":input"):
                     handles.append(m.module.get_submodule(enc_path[: -len(":input")]).register_forward_pre_hook(
                         lambda _m, a: grabbed.__setitem__("encoder", a[0])))

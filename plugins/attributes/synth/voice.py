@@ -15,7 +15,7 @@ import io
 import shutil
 import subprocess
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Callable
 
 from mch.api import MchError
@@ -129,7 +129,7 @@ def _smooth(x: Any, n: int) -> Any:
     return x
 
 
-@lru_cache(maxsize=None)
+@cache
 def _band_filters(sr: int) -> tuple[Any, ...]:
     from scipy.signal import butter
 
