@@ -412,6 +412,7 @@ def test_fused_and_linear_projectors_map_to_their_last_linear():
     for arch, path, n in (("no-align+fused-gelu-mlp", "projector.projector.4", 3),
                           ("gelu-mlp", "projector.projector.2", 2), ("linear", "projector.projector", 1)):
         proj, stage = make_projector(arch, 8, 16)
+        assert stage == path  # gelu-mlp's first Linear is 16 wide too: the width alone cannot tell them apart
         root = torch.nn.Module()
         root.projector = proj
         last = resolve_module(root, stage)

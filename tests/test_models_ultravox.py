@@ -126,7 +126,7 @@ def test_modality_span_is_exactly_where_the_audio_goes(model, samples):
     assert torch.equal(written, mask)
     ids = p.inputs["input_ids"]
     n_prefix = len(model.tokenizer(DEFAULT_PROMPT.split("<|audio|>")[0], add_special_tokens=False)["input_ids"])
-    for i, s in enumerate(samples):
+    for i in range(len(samples)):
         pos = torch.nonzero(mask[i]).flatten().tolist()
         assert pos == list(range(n_prefix, n_prefix + n_tokens(LENGTHS[i])))
         real = ids[i][p.inputs["attention_mask"][i].bool()].tolist()

@@ -176,7 +176,7 @@ class Gradient(Analysis):
         point = weighted_stats(dots, lam, ms, alpha)
         names = list(point)
         metrics = []
-        for j, name in enumerate(names):
+        for name in names:
             lo, hi = bootstrap(lambda idx, name=name: weighted_stats(dots[idx], lam, ms, alpha)[name], n, seed, n_boot)
             metrics.append(Metric(name, finite(point[name]), "adapter", None, finite(lo), finite(hi), n))
         g = proj.mean(0)

@@ -489,7 +489,7 @@ class Probe(Analysis):
         with ExitStack() as stack:
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
             self._fit_stages(ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out)
-        for attr, (enc, folds, chance, h, info) in plan.items():
+        for attr, (_enc, _folds, chance, _h, _info) in plan.items():
             out.metrics += attribute_level(attr, chance[p["retention_chance"]], accs[attr])
         out.summary["converged"] = not unconverged
         if unconverged:

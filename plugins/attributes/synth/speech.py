@@ -60,8 +60,8 @@ def make_cremad(out: Path, *, seed: int = 0, actors: int = 4, sentences: int | l
     n = 0
     for a, voice in enumerate(voices):
         actor = str(1001 + a)
-        for s, code in enumerate(codes):
-            for e, emo in enumerate(emotions):
+        for code in codes:
+            for emo in emotions:
                 for lv in levels:
                     pros = EMOTION_PROSODY[emo].scaled(LEVEL_SCALE[lv])
                     y = synth(SENTENCES[code], voice, pros, sample_rate, seed=hash_seed(seed, actor, code, emo, lv))
