@@ -259,7 +259,7 @@ def _keeping_records(run, cfg, log, progress):
         if written:
             done = [rec["analysis"]["name"] for _, rec in written]
             err_console.print("records written before the stop: "
-                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written)),
+                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written, strict=True)),
                               soft_wrap=True, markup=False, highlight=False)
             left = [a for a in (cfg.analyses or []) if a not in done]
             if left:

@@ -317,7 +317,7 @@ class Results:
         for key, pts in lines.items():
             pts = sorted(pts, key=lambda r: x[r["stage"]])
             xs = [x[r["stage"]] for r in pts]
-            label = " · ".join(str(k) for k, v in zip(key, varies) if v) or str(key[3] or metric)
+            label = " · ".join(str(k) for k, v in zip(key, varies, strict=True) if v) or str(key[3] or metric)
             (line,) = ax.plot(xs, [r["value"] for r in pts], marker="o", label=label)
             band = [r for r in pts if r["ci_low"] is not None and r["ci_high"] is not None]
             if ci and band:

@@ -161,7 +161,7 @@ def manual_logp(m: HFModel, s: Sample, query: str, cont: str, view: str) -> floa
     ctx = m.render_prompt("default", "modal", query=query)[0]
     base = tok(ctx, add_special_tokens=False)["input_ids"]
     full = tok(ctx + " " + cont, add_special_tokens=False)["input_ids"]
-    k = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), min(len(base), len(full)))
+    k = next((i for i, (a, b) in enumerate(zip(base, full, strict=False)) if a != b), min(len(base), len(full)))
     cids = full[k:]
     prompt = m.render_prompt("default", view, s.text, query)[0]
     if view == "modal":

@@ -61,7 +61,7 @@ def samples() -> list[Sample]:
     texts = ["a dog on the grass", "two people ride bikes in the street near a red building",
              "a cat", "a plate of food with a fork and a small chair"]
     return [Sample(f"s{i}", t, {}, {}, _media=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
-            for i, ((w, h), t) in enumerate(zip(sizes, texts))]
+            for i, ((w, h), t) in enumerate(zip(sizes, texts, strict=True))]
 
 
 # --------------------------------------------------------------------------- prompts

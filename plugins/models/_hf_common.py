@@ -317,7 +317,7 @@ class HFPluginMixin(abc.ABC):
             inputs, _ = self._prepare_inputs(samples, "default", view, suffix=suffix)  # type: ignore[attr-defined]
             targets = torch.full_like(inputs["input_ids"], -100)
             lengths = inputs["attention_mask"].sum(1).tolist()
-            for i, (n, suf) in enumerate(zip(lengths, suffix)):
+            for i, (n, suf) in enumerate(zip(lengths, suffix, strict=True)):
                 targets[i, n - len(suf): n] = torch.tensor(suf, device=targets.device)
         with torch.enable_grad() if grad else torch.inference_mode():
             logits = self.module(**inputs).logits  # type: ignore[attr-defined]

@@ -84,7 +84,7 @@ def make_librispeech(out: Path, *, seed: int = 0, speakers: int = 4, chapters: i
     lines = [";ID  |SEX| SUBSET           |MINUTES| NAME"]
     truth = []
     n = 0
-    for si, (spk, voice) in enumerate(zip(spk_ids, voices)):
+    for si, (spk, voice) in enumerate(zip(spk_ids, voices, strict=True)):
         lines.append(f"{spk:<5}| {'F' if si % 2 else 'M'} | {split:<17}| 10.00 | Synthetic Reader {si + 1}")
         for ci in range(chapters):
             chap = int(rng.integers(1000, 300000))

@@ -217,7 +217,7 @@ def synth_numpy(text: str, voice: Voice, pros: Prosody, sr: int, seed: int) -> A
     src = src.reshape(-1)[:n].astype(np.float64)
     bands = _bands(rng.standard_normal(n), sr)
     breath = (voice.breath + pros.breath) * voiced * (bands[1] + bands[2])
-    frication = sum(a * b for a, b in zip(noise_amp, bands))
+    frication = sum(a * b for a, b in zip(noise_amp, bands, strict=True))
     y = voiced * src / (np.abs(src).max() + 1e-9) + 0.35 * frication + 0.5 * breath
     y += 3e-4 * rng.standard_normal(n)  # recording noise floor: never digital silence
     rms = np.sqrt(np.mean(y[voiced > 0.2] ** 2)) if np.any(voiced > 0.2) else np.sqrt(np.mean(y ** 2))
