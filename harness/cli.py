@@ -483,9 +483,10 @@ def _usage_exit(exc: Exception) -> Optional[int]:
     what both have (`show` and an integer `exit_code`), an abort by its class name."""
     if type(exc).__name__ == "Abort":
         return 1
-    if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-        exc.show()
-        return int(exc.exit_code)
+    show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+    if callable(show) and isinstance(code, int):
+        show()
+        return int(code)
     return None
 
 

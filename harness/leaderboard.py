@@ -86,7 +86,7 @@ METRIC_COLUMNS = [
 ]
 # a column's stand-in metric for records without its own: the paper's reported entries carry
 # only 1/K, which is also the c of their retention numbers
-FALLBACK = {"chance_retention": "chance_uniform"}
+FALLBACK: dict[str | None, str] = {"chance_retention": "chance_uniform"}  # keyed by Column.metric
 TAIL_COLUMNS = [Column("revision", "Revision"), Column("mch_version", "mch")]
 COLUMNS = TEXT_COLUMNS + METRIC_COLUMNS + TAIL_COLUMNS
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
@@ -101,7 +101,7 @@ def stage_order(stage: str | None) -> tuple[int, int, str]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _pick(metrics: list[dict], metric: str, stage: str | None) -> dict | None:
+def _pick(metrics: list[dict], metric: str | None, stage: str | None) -> dict | None:
     rows = [m for m in metrics if m["metric"] == metric]
     if not rows:
         return None
@@ -174,7 +174,8 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             by_attr.setdefault(m.get("attribute"), []).append({**m, "analysis": r["analysis"]["name"]})
         if not by_attr:
             by_attr[None] = []
-        group = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"], checkpoint_identity(r))
+        group: tuple[Any, ...] = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"],
+                                  checkpoint_identity(r))
         if all_runs:
             group = group + (relpath(item.path),)
             for attr, ms in by_attr.items():

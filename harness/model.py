@@ -196,7 +196,7 @@ class ModelPlugin(abc.ABC):
     def identity(self) -> dict[str, Any]:
         from .checkpoints import is_smoke_checkpoint
 
-        ident = {
+        ident: dict[str, Any] = {
             "name": self.spec.name,
             "checkpoint": self.checkpoint,
             "revision": self.revision,

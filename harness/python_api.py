@@ -70,7 +70,7 @@ def _run_config(model: str | None, dataset: str | None, analyses: Any, config: A
 
     base: dict[str, Any] = {}
     if config is not None:
-        base = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
+        base = load_config(Path(config)) if isinstance(config, (str, os.PathLike)) else dict(config)
     top = dict(options)
     if model is not None:
         top["model"] = model

@@ -368,7 +368,7 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
                 keep = [pos.get(int(r)) for r in rows]
                 if any(k is None for k in keep):
                     raise MchError("the text baseline lacks some samples the modal run has (no paired text?)")
-                treps = {s: np.asarray(v)[keep] for s, v in treps.items()}
+                treps = {s: np.asarray(v)[np.asarray(keep, dtype=np.intp)] for s, v in treps.items()}
             text_entry[key] = treps
         return text_entry[key]
 

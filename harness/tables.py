@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 MISSING = "—"
 UNBOUNDED = 100_000  # the width of a pipe: lines are never wrapped
@@ -24,7 +24,7 @@ UNBOUNDED = 100_000  # the width of a pipe: lines are never wrapped
 @dataclass
 class Col:
     header: str
-    justify: str = "left"
+    justify: Literal["left", "center", "right"] = "left"  # rich's own values
     no_wrap: bool = False  # names a user greps for, numbers
     max_width: Optional[int] = None  # a long free-text column folds within this width
 
