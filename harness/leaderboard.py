@@ -25,8 +25,9 @@ from typing import Any, Iterable
 from .api import MchError, stage_sort_key
 from .entries import Loaded, checkpoint_identity, relpath
 # what moved to mch.entries is still found here, where callers have always looked for it
-from .entries import (REPO_ROOT, STAGE_RE, canonical_name, check_entry, default_entries_dir,  # noqa: F401
-                      default_results_dirs, entry_key, load_records, submit)
+from .entries import (  # noqa: F401
+    REPO_ROOT, STAGE_RE, canonical_name, check_entry, default_entries_dir, default_results_dirs, entry_key,
+    load_records, submit)
 from .results import SCHEMA_VERSION
 
 

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .api import MchError, stage_sort_key
-from .reference_layout import (ATTRIBUTE_COLUMNS, LAYOUT, SPEECH_COLUMNS, TEXT_COLUMNS,  # noqa: F401 - re-exported
-                               VISION_COLUMNS, attribute_columns, reference_name, stage_of)
+from .reference_layout import (  # noqa: F401 - re-exported
+    ATTRIBUTE_COLUMNS, LAYOUT, SPEECH_COLUMNS, TEXT_COLUMNS, VISION_COLUMNS, attribute_columns, reference_name,
+    stage_of)
 
 def _h5py() -> Any:
     from .extras import need

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
-from .checks import (DEVICES, check_device, check_flags, check_model_and_dataset,  # noqa: F401 - re-exported
-                     check_params, check_results_dir)
+from .checks import (  # noqa: F401 - re-exported
+    DEVICES, check_device, check_flags, check_model_and_dataset, check_params, check_results_dir)
 from .configs import RunConfig  # also re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .manager import get_registry
