@@ -25,7 +25,11 @@ browser:
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 	    || echo "note: chromium not installed; the browser test will skip"; }
 
+# Lint (ruff, config in pyproject.toml) and types (mypy on harness/) before the tests: CI runs them too.
 test: setup browser
+	$(VENV)/bin/ruff check .
+#	$(VENV)/bin/ruff format --check .  # enabled by the lead after the final format pass
+	$(VENV)/bin/mypy harness
 	$(PY) -m pytest -q
 
 test-slow: setup

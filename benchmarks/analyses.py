@@ -483,7 +483,7 @@ def bench_probe(args: argparse.Namespace) -> list[str]:
         read = mb(n_st * args.n * args.d * 4)
         lines.append(f"probe: N = {args.n}, d = {args.d}, {n_st} stages x 2 attributes (speaker: 40 classes, "
                      f"emotion: 6) x 5 splits; the float32 vectors read: {read:.0f} MiB")
-        load = lambda: "load %.1f" % os.getloadavg()[0]  # noqa: E731 - timings on a shared machine need it
+        load = lambda: f"load {os.getloadavg()[0]:.1f}"  # noqa: E731 - timings on a shared machine need it
         ref = measured(reference_probes, files, trace=args.trace_reference)
         it = ref["result"]["iters"]
         tr = lambda r: (f"traced {r['traced_mb']:6.0f} MiB ({r['traced_mb'] / read:4.2f}x read)"  # noqa: E731

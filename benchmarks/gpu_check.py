@@ -173,7 +173,7 @@ def naive_loop(plugin: Any, samples: list, kind: str) -> tuple[dict[str, np.ndar
         with torch.inference_mode():
             o = model(**enc, output_hidden_states=True)
         mask = enc["input_ids"][0] == token
-        for name, h in zip(names, o.hidden_states):
+        for name, h in zip(names, o.hidden_states, strict=True):
             out.setdefault(name, []).append(h[0][mask].float().mean(0).cpu())
         if kind == "llava":
             vh = o.image_outputs.hidden_states[model.config.vision_feature_layer][0]

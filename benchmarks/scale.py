@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -174,8 +173,8 @@ def exponents(ns: list[int], values: list[float | None]) -> list[str]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"| what | N | seconds | CPU s | growth (CPU) | anon MiB | growth | rss MiB | read MiB | anon / read | note |\n"
-            f"| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    head = ("| what | N | seconds | CPU s | growth (CPU) | anon MiB | growth | rss MiB | read MiB | anon / read | note |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     lines = [head]
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -184,7 +183,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         ns = [r["n"] for r in rs]
         t_exp = exponents(ns, [r.get("cpu_s") for r in rs])
         m_exp = exponents(ns, [r.get("anon_mib") for r in rs])
-        for r, te, me in zip(rs, t_exp, m_exp):
+        for r, te, me in zip(rs, t_exp, m_exp, strict=True):
             if r.get("error"):
                 lines.append(f"| {what} | {r['n']} | – | – | | – | | – | {r['read_mib']:.0f} | – | {r['error']} |")
                 continue

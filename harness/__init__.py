@@ -45,7 +45,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "store": ("mch.store", None),
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = sorted([*_LAZY, "__version__"])  # noqa: PLE0605 - from _LAZY, the one list of the names
 
 
 def _version() -> str:

@@ -472,8 +472,9 @@ class Analysis(abc.ABC):
     def default_params(self, protocol: str) -> dict[str, Any]:
         return {}
 
-    def preflight(self, params: dict[str, Any], protocol: str, samples: list[Sample],
-                  attributes: dict[str, Attribute]) -> None:
+    def preflight(  # noqa: B027 - an optional hook; by default every sample set passes
+            self, params: dict[str, Any], protocol: str, samples: list[Sample], attributes: dict[str, Attribute]
+    ) -> None:
         """Called by the runner once the samples are chosen, before any extraction: raise an
         `MchError` for parameters that cannot work on these samples (optional)."""
 

@@ -38,12 +38,12 @@ def pool(hidden: torch.Tensor, spec: Pool | None, span: str, n: int) -> torch.Te
         mask = torch.ones(R, T, dtype=torch.bool, device=hidden.device)
     else:
         owner = spec.owner.to(hidden.device)
-        mask = spec.masks.get(span)
-        if mask is None:
-            mask = spec.masks.get("all")
-        if mask is None:
-            mask = torch.ones(R, T, dtype=torch.bool)
-        mask = mask.to(hidden.device)
+        given = spec.masks.get(span)
+        if given is None:
+            given = spec.masks.get("all")
+        if given is None:
+            given = torch.ones(R, T, dtype=torch.bool)
+        mask = given.to(hidden.device)
         if mask.shape != (R, T):
             raise MchError(f"span mask {tuple(mask.shape)} does not match stage output {(R, T)}")
     if span == "last":

@@ -284,7 +284,7 @@ def _keeping_records(run, cfg, log, progress):
         if written:
             done = [rec["analysis"]["name"] for _, rec in written]
             err_console.print("records written before the stop: "
-                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written)),
+                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written, strict=True)),
                               soft_wrap=True, markup=False, highlight=False)
             left = [a for a in (cfg.analyses or []) if a not in done]
             if left:
@@ -533,9 +533,10 @@ def _usage_exit(exc: Exception) -> Optional[int]:
     what both have (`show` and an integer `exit_code`), an abort by its class name."""
     if type(exc).__name__ == "Abort":
         return 1
-    if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-        exc.show()
-        return int(exc.exit_code)
+    show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+    if callable(show) and isinstance(code, int):
+        show()
+        return int(code)
     return None
 
 

@@ -26,7 +26,7 @@ class LockBusy(MchError):
     """Another process holds the lock and we were asked not to wait."""
 
 
-def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], object]) -> None:
     """Write `path` atomically: `write(f)` fills a temporary binary file beside it, which is
     synced and renamed over `path`. The directory must exist or is created."""
     path = Path(path)

@@ -25,7 +25,8 @@ from typing import Any, Iterable
 from .api import MchError, stage_sort_key
 from .entries import Loaded, checkpoint_identity, relpath
 # what moved to mch.entries is still found here, where callers have always looked for it
-from .entries import canonical_name, check_entry, load_records, submit  # noqa: F401
+from .entries import (  # noqa: F401
+    canonical_name, check_entry, load_records, submit)
 from .results import SCHEMA_VERSION
 
 
@@ -85,7 +86,7 @@ METRIC_COLUMNS = [
 ]
 # a column's stand-in metric for records without its own: the paper's reported entries carry
 # only 1/K, which is also the c of their retention numbers
-FALLBACK = {"chance_retention": "chance_uniform"}
+FALLBACK: dict[str | None, str] = {"chance_retention": "chance_uniform"}  # keyed by Column.metric
 TAIL_COLUMNS = [Column("revision", "Revision"), Column("mch_version", "mch")]
 COLUMNS = TEXT_COLUMNS + METRIC_COLUMNS + TAIL_COLUMNS
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
@@ -100,7 +101,7 @@ def stage_order(stage: str | None) -> tuple[int, int, str]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def pick_metric(metrics: list[dict], metric: str, stage: str | None) -> dict | None:
+def pick_metric(metrics: list[dict], metric: str | None, stage: str | None) -> dict | None:
     """The row of `metric` at `stage`; stage "*" takes stage None, else llm.final, else the
     one stage the metric has (the leaderboard's cells and the bench table read it alike)."""
     rows = [m for m in metrics if m["metric"] == metric]
@@ -175,7 +176,8 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             by_attr.setdefault(m.get("attribute"), []).append({**m, "analysis": r["analysis"]["name"]})
         if not by_attr:
             by_attr[None] = []
-        group = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"], checkpoint_identity(r))
+        group: tuple[Any, ...] = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"],
+                                  checkpoint_identity(r))
         if all_runs:
             group = group + (relpath(item.path),)
             for attr, ms in by_attr.items():

@@ -50,7 +50,8 @@ class Registry:
         self.plugins: list[PluginInfo] = []
 
     def _table(self, kind: str) -> dict[str, Any]:
-        return {"model": self.models, "dataset": self.datasets, "analysis": self.analyses}[kind]
+        tables: dict[str, dict[str, Any]] = {"model": self.models, "dataset": self.datasets, "analysis": self.analyses}
+        return tables[kind]
 
     def get(self, kind: str, name: str) -> Any:
         table = self._table(kind)
@@ -159,7 +160,8 @@ def build(extra_plugins: list[Any] | None = None) -> tuple[pluggy.PluginManager,
 def _collect(pm: pluggy.PluginManager, reg: Registry) -> None:
     def registrar(kind: str, table: dict[str, Any], plugin_name: str):
         def register(spec: Any) -> None:
-            expected = {"model": ModelSpec, "dataset": DatasetSpec, "analysis": AnalysisSpec}[kind]
+            expected: type[ModelSpec | DatasetSpec | AnalysisSpec] = {
+                "model": ModelSpec, "dataset": DatasetSpec, "analysis": AnalysisSpec}[kind]
             if not isinstance(spec, expected):
                 raise MchError(f"plugin {plugin_name!r} registered a {type(spec).__name__} as a {kind}")
             if spec.name in table and table[spec.name].source != plugin_name:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from .api import MchError, ModelSpec, Param, Sample, check_options, stage_sort_key  # noqa: F401 - re-exported
+from .api import MchError, ModelSpec, Param, Sample, check_options, stage_sort_key  # also re-exported from here
 
 STAGE_ORDER_GROUPS = ("encoder", "adapter", "llm")
 
@@ -235,9 +235,9 @@ class ModelPlugin(abc.ABC):
         except (NotImplementedError, AttributeError):
             first = None
         for m in ([first] if first is not None else []) + [self.module]:
-            hook = getattr(m, "_hf_hook", None)
-            if getattr(hook, "execution_device", None) is not None:
-                return torch.device(hook.execution_device)
+            where = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
+            if where is not None:
+                return torch.device(where)
             for t in m.parameters():
                 if not t.is_meta:
                     return t.device
@@ -255,7 +255,7 @@ class ModelPlugin(abc.ABC):
     def identity(self) -> dict[str, Any]:
         from .checkpoints import is_smoke_checkpoint
 
-        ident = {
+        ident: dict[str, Any] = {
             "name": self.spec.name,
             "checkpoint": self.checkpoint,
             "revision": self.revision,

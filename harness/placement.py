@@ -21,7 +21,7 @@ the node's (each process keeps those of its share).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from .api import MchError
 
@@ -180,7 +180,7 @@ def dispatch(module: Any, name: str, device: str, device_map: str, max_memory: d
     return module
 
 
-def no_split_classes(module: Any, extra: list[str] = ()) -> list[str]:
+def no_split_classes(module: Any, extra: Sequence[str] = ()) -> list[str]:
     """Blocks that must stay whole on one device: `extra` and every `_no_split_modules` the
     transformers models inside `module` declare (their decoder and encoder layers)."""
     out = list(extra)

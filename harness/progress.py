@@ -13,4 +13,8 @@ class Progress:
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        yield lambda n=1: None
+        yield no_advance
+
+
+def no_advance(n: int = 1) -> None:
+    """The `advance` of a progress that draws nothing."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .api import MchError, stage_sort_key
+from .extras import need
 
 logger = logging.getLogger("mch")
 
@@ -36,7 +37,6 @@ KEY_COLUMNS = ["model", "checkpoint", "dataset", "analysis", "protocol", "stage"
 VALUE_COLUMNS = ["value", "ci_low", "ci_high", "n"]
 EXTRA_COLUMNS = ["smoke", "created_at", "record"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS + EXTRA_COLUMNS
-from .extras import need
 
 
 def plain(message: str) -> str:
@@ -70,7 +70,7 @@ def _run_config(model: str | None, dataset: str | None, analyses: Any, config: A
 
     base: dict[str, Any] = {}
     if config is not None:
-        base = load_config(config) if isinstance(config, (str, os.PathLike)) else dict(config)
+        base = load_config(Path(config)) if isinstance(config, (str, os.PathLike)) else dict(config)
     top = dict(options)
     if model is not None:
         top["model"] = model
@@ -324,7 +324,7 @@ class Results:
         for key, pts in lines.items():
             pts = sorted(pts, key=lambda r: x[r["stage"]])
             xs = [x[r["stage"]] for r in pts]
-            label = " · ".join(str(k) for k, v in zip(key, varies) if v) or str(key[3] or metric)
+            label = " · ".join(str(k) for k, v in zip(key, varies, strict=True) if v) or str(key[3] or metric)
             (line,) = ax.plot(xs, [r["value"] for r in pts], marker="o", label=label)
             band = [r for r in pts if r["ci_low"] is not None and r["ci_high"] is not None]
             if ci and band:

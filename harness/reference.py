@@ -128,7 +128,7 @@ def imported_entries(root: Path, model: str) -> list[tuple[Path, dict[str, Any]]
     from .results import safe_name
 
     d = Path(root) / safe_name(model)
-    out = []
+    out: list[tuple[Path, dict[str, Any]]] = []
     if not d.is_dir():
         return out
     for e in sorted(d.iterdir()):
@@ -330,11 +330,13 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
             entry.finalize({"imported_from": str(ref.path), "layout": LAYOUT})
         texts = _texts(columns, len(ids))
         entry.write_labels({"columns": columns, "texts": texts, "source": str(ref.path)})
+        imp: dict[str, Any]
         imp = {"source": str(ref.path), "sha256": sha, "modality": modality, "n_rows_in_file": ref.n,
                "stages": list(ref.stages), "columns": sorted(columns), "attributes": attributes,
                "file_attrs": {k: v for k, v in ref.attrs.items() if isinstance(v, (str, int, float, bool))},
                "notes": notes, "imported_at": now_iso(), "text": None}
         if tref is not None:
+            assert tkey is not None  # set with tref
             tentry = st.entry(tkey, ids, chunk_size=max(len(ids), 1))
             with tentry.writing():
                 if not tentry.complete:

@@ -219,9 +219,9 @@ def show_records(records: list[dict], console: Any, headlines: Optional[dict[str
             for g in probe_grids(rec, console):
                 emit(console, g)
         elif name == "gmi":
-            g = gmi_grid(rec)
-            if g is not None:
-                emit(console, g)
+            gmi = gmi_grid(rec)
+            if gmi is not None:
+                emit(console, gmi)
                 console.print(Text("accessibility: — where it is undefined (I_probe ≤ 0 at that stage) or "
                                    "not measured; it can exceed 1 (science.md §2)", style="dim"))
         else:

@@ -13,19 +13,19 @@ import json
 import math
 import platform
 import subprocess
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 from .api import MchError
-from .fsio import atomic_write_json  # noqa: F401 - the one atomic writer (leaderboard, site import it here)
+from .fsio import atomic_write_json  # the one atomic writer (leaderboard, site import it here)
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 SCHEMA_VERSION = 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
 
@@ -52,7 +52,7 @@ def mch_version() -> str:
         return "0+unknown"
 
 
-@lru_cache(maxsize=None)
+@cache
 def git_hash() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
 from .checks import check_flags, check_model_and_dataset, check_params, check_results_dir
-from .configs import RunConfig  # noqa: F401 - re-exported: mch.runner.RunConfig
+from .configs import RunConfig  # also re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
@@ -467,7 +467,7 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
                 keep = [pos.get(int(r)) for r in rows]
                 if any(k is None for k in keep):
                     raise MchError("the text baseline lacks some samples the modal run has (no paired text?)")
-                treps = {s: np.asarray(v)[keep] for s, v in treps.items()}
+                treps = {s: np.asarray(v)[np.asarray(keep, dtype=np.intp)] for s, v in treps.items()}
             text_entry[key] = treps
         return text_entry[key]
 

@@ -130,7 +130,8 @@ def score_full(lm: torch.nn.Module, prefix_embeds: torch.Tensor, prefix_mask: to
                continuations: Sequence[Sequence[int]], prefix_positions: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same numbers as `score_shared_prefix`, running prefix + continuation K times."""
-    emb = lm.get_input_embeddings()
+    # torch types a Module's attributes Tensor | Module; get_input_embeddings is the HF method
+    emb = lm.get_input_embeddings()  # type: ignore[operator]
     B = prefix_embeds.shape[0]
     ppos = _positions(prefix_mask) if prefix_positions is None else prefix_positions
     axes = ppos.shape[0] if ppos.dim() == 3 else None
@@ -169,7 +170,7 @@ def continuation_logits(lm: torch.nn.Module, prefixes: Sequence[torch.Tensor],
     for i, c in enumerate(continuations):
         ids[i, : len(c)] = torch.tensor(list(c), device=x.device)
         cmask[i, : len(c)] = 1
-    emb = lm.get_input_embeddings()(ids).to(x.dtype)
+    emb = lm.get_input_embeddings()(ids).to(x.dtype)  # type: ignore[operator]  # as in score_full
     full = torch.cat([x, emb], 1)
     fmask = torch.cat([m, cmask], 1)
     if positions is None:

@@ -18,7 +18,7 @@ import hashlib
 import html
 import json
 import shutil
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ PAPER = "https://arxiv.org/abs/2602.23136"
 SCIENCE_MD = REPO_ROOT / "docs" / "science.md"
 
 
-@lru_cache(maxsize=None)
+@cache
 def asset(name: str) -> str:
     """The text of `site_assets/NAME`, exactly as shipped (the script's bytes are what the CSP
     hash covers)."""

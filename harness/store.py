@@ -57,7 +57,8 @@ def key_hash(key: dict[str, Any]) -> str:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # numpy's stub lets the **kwds fill savez's allow_pickle: bool; ours are arrays named by stage
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -207,7 +208,7 @@ class Entry:
         in the order of the entry's sample ids. Attributes already recorded are kept (a run
         on a subset of the attributes adds to them, never removes)."""
         old = self.read_labels() or {}
-        merged = {"sample_ids": self.sample_ids}
+        merged: dict[str, Any] = {"sample_ids": self.sample_ids}
         for part in ("labels", "groups", "columns"):
             both = {**(old.get(part) or {}), **(info.get(part) or {})}
             if both:

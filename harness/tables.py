@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 MISSING = "—"
 UNBOUNDED = 100_000  # the width of a pipe: lines are never wrapped
@@ -24,7 +24,7 @@ UNBOUNDED = 100_000  # the width of a pipe: lines are never wrapped
 @dataclass
 class Col:
     header: str
-    justify: str = "left"
+    justify: Literal["left", "center", "right"] = "left"  # rich's own values
     no_wrap: bool = False  # names a user greps for, numbers
     max_width: Optional[int] = None  # a long free-text column folds within this width
 
@@ -68,7 +68,7 @@ def _table(grid: Grid) -> Any:
     t = Table(title=grid.title or None, box=box.SIMPLE_HEAVY, header_style="bold", title_justify="left")
     for c in grid.columns:
         t.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, overflow="fold", max_width=c.max_width)
-    for cells, style in zip(grid.rows, grid.styles or [None] * len(grid.rows)):
+    for cells, style in zip(grid.rows, grid.styles or [None] * len(grid.rows), strict=True):
         # Text(...): names from records are shown literally, never parsed as rich markup
         t.add_row(*(Text(MISSING if v is None else str(v)) for v in cells), style=style)
     return t
@@ -103,14 +103,14 @@ def emit_stacked(console: Any, grid: Grid) -> None:
         console.print(Text(grid.title, style="bold"))
     k = grid.key_cols
     labels = [" ".join(c.header.split()) for c in grid.columns]
-    for cells, style in zip(grid.rows, grid.styles or [None] * len(grid.rows)):
+    for cells, style in zip(grid.rows, grid.styles or [None] * len(grid.rows), strict=True):
         head = " · ".join(str(v) for v in cells[:k] if v not in (None, ""))
         console.print(Text(head or MISSING, style="bold" + (f" {style}" if style else "")))
         body = Table.grid(padding=(0, 2))
         body.add_column(style="dim", no_wrap=True)
         body.add_column(overflow="fold")
         n = 0
-        for label, v in zip(labels[k:], cells[k:]):
+        for label, v in zip(labels[k:], cells[k:], strict=True):
             if v == "" or (v is None and grid.sparse):
                 continue
             body.add_row(Text("  " + label), Text(MISSING if v is None else str(v)))

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.highlighter import ReprHighlighter
 from rich.text import Text
 
-from .progress import Progress
+from .progress import Progress, no_advance
 
 err_console = Console(stderr=True)
 
@@ -48,7 +48,7 @@ class RichProgress(Progress):
     @contextlib.contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         if self.quiet:
-            yield lambda n=1: None
+            yield no_advance
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
@@ -56,7 +56,11 @@ class RichProgress(Progress):
         with RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TimeRemainingColumn(), console=self.console, transient=False) as p:
             t = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(t, n)
+
+            def advance(n: int = 1) -> None:
+                p.advance(t, n)
+
+            yield advance
 
 
 class RichLogHandler(logging.Handler):

@@ -157,10 +157,11 @@ def _check_pools(plugin: ModelPlugin, prepared: Prepared, groups: set[str], wher
         if mod is not None and alls is not None and bool((mod & ~alls).any()):
             raise _fail(plugin, where, f"pool {g!r}: span 'modality' covers positions outside span 'all'")
         for s in SPANS_CHECKED:
-            m = pool.masks.get(s)
-            if m is None:
+            span_mask = pool.masks.get(s)
+            if span_mask is None:
                 continue
-            per_sample = torch.zeros(n, dtype=torch.long).index_add_(0, owner.long().cpu(), m.sum(1).long().cpu())
+            per_sample = torch.zeros(n, dtype=torch.long).index_add_(0, owner.long().cpu(),
+                                                                    span_mask.sum(1).long().cpu())
             if bool((per_sample == 0).any()):
                 raise _fail(plugin, where, f"pool {g!r}: span {s!r} is empty for samples "
                                            f"{torch.nonzero(per_sample == 0).flatten().tolist()}")
@@ -171,6 +172,8 @@ def _forward_once(plugin: ModelPlugin, prepared: Prepared, view: str, where: str
     """Run one full forward with hooks on every stage; each must fire exactly once. Returns
     each stage's raw output (detached, on CPU) for pooling."""
     smap = stage_map_of(plugin, view, protocol)
+    if plugin.module is None:
+        raise _fail(plugin, where, "the plugin is not loaded")
     with torch.inference_mode(), Trace(plugin.module, smap, keep=True) as tr:
         plugin.forward(prepared)
     bad = {s: n for s, n in tr.calls.items() if n != 1}
@@ -282,8 +285,9 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
         nt = np.asarray(sc.n_tokens)
         if nt.shape not in ((len(continuations),), logp.shape) or (nt < 1).any():
             raise _fail(plugin, f"view {view}", f"score returned token counts {nt.tolist()}")
-        one = np.asarray(plugin.score(samples[:1], query, list(continuations), "default", view).logp, dtype=np.float64)
-        d = float(np.abs(one[0] - logp[0]).max())
+        first = np.asarray(plugin.score(samples[:1], query, list(continuations), "default", view).logp,
+                           dtype=np.float64)
+        d = float(np.abs(first[0] - logp[0]).max())
         if not d <= max(1e-3, 1e3 * atol):
             raise _fail(plugin, f"view {view}", f"score of a sample alone differs from the batch by {d:.3g}")
         report.score_shape = (int(logp.shape[0]), int(logp.shape[1]))

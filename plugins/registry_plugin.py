@@ -8,7 +8,7 @@ is imported here).
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def _line_of(root: Any, path: list[Any]) -> int | None:
     return line.line + 1 if line is not None else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_registry(path: Path = REGISTRY_PATH) -> dict:
     import yaml
 

@@ -29,7 +29,7 @@ def make_reference_files(out: Path, n: int = 160, seed: int = 0, unwritten: int 
     spk = rng.integers(0, n_spk, n)
     emo = rng.integers(0, len(EMOTIONS), n)
     texts = []
-    for i in range(n):
+    for _ in range(n):
         k = rng.integers(4, 10)
         texts.append(" ".join(rng.choice(WORDS, size=k, p=_zipf(len(WORDS)))).upper())  # LibriSpeech-like caps
     spk_dir = rng.normal(size=(n_spk, d))

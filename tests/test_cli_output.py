@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import ROOT, run_mch  # noqa: E402
-from test_leaderboard import make_record, probe_metrics, write  # noqa: E402
+from conftest import ROOT, run_mch
+from test_leaderboard import make_record, probe_metrics, write
 
-from mch import leaderboard as lb  # noqa: E402
-from mch.report import show_records  # noqa: E402
+from mch import leaderboard as lb
+from mch.report import show_records
 
 ELLIPSIS = "…"
 

@@ -24,7 +24,7 @@ def f0_median(y: np.ndarray, sr: int) -> float:
     energy = np.array([np.mean(f ** 2) for f in frames])
     out = []
     lo, hi = int(sr / 400), int(sr / 60)
-    for f in (f for f, e in zip(frames, energy) if e > 0.3 * energy.max()):
+    for f in (f for f, e in zip(frames, energy, strict=True) if e > 0.3 * energy.max()):
         f = f - f.mean()
         ac = np.correlate(f, f, "full")[n - 1:]
         lag = lo + int(np.argmax(ac[lo:hi]))

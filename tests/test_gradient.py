@@ -48,7 +48,7 @@ def test_projections_match_finite_differences(runs):
     model = plan.plugin
     by_id = {x.sample_id: x for x in plan.samples}
     samples = [by_id[i] for i in s["sample_ids"]]
-    from mch.plugins.analyses._causal import compute_modes  # noqa: F401 - the same modes the record used
+    from mch.plugins.analyses._causal import compute_modes  # the same modes the record used
 
     # the modes' directions, recomputed from the store exactly as the analysis did
     from types import SimpleNamespace

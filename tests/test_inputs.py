@@ -251,7 +251,7 @@ def cli_batch(tmp_path_factory):
     work at the end."""
     cases = [["bench", *a, "--limit", "40"] for a, _ in BAD_INPUT]
     tmp = tmp_path_factory.mktemp("bad_input")
-    results = dict(zip(map(tuple, cases), run_many(cases, tmp)))
+    results = dict(zip(map(tuple, cases), run_many(cases, tmp), strict=True))
     yield lambda argv: results[tuple(argv)]
     _no_work(tmp)
 

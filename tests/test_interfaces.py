@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mch import hookspecs
-from mch.api import (Analysis, AnalysisOutput, AnalysisSpec, DatasetPlugin, DatasetSpec, MchError, ModelSpec,
+from mch.api import (Analysis, AnalysisSpec, DatasetPlugin, DatasetSpec, MchError, ModelSpec,
                      load_entry)
 from mch.hookspecs import hookimpl
 from mch.manager import build, get_registry

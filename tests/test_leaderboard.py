@@ -27,7 +27,7 @@ ENTRIES = Path(__file__).resolve().parent.parent / "leaderboard" / "entries"
 
 def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float) -> list[dict]:
     out = []
-    for st, a, b in zip(STAGES, accs, bits):
+    for st, a, b in zip(STAGES, accs, bits, strict=True):
         out.append({"metric": "accuracy", "value": a, "stage": st, "attribute": attr,
                     "ci_low": a - 0.03, "ci_high": a + 0.03, "n": 200})
         out.append({"metric": "i_probe_bits", "value": b, "stage": st, "attribute": attr,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_leaderboard import ENTRIES, XSS, make_record, probe_metrics, write  # noqa: E402
+from test_leaderboard import ENTRIES, XSS, make_record, probe_metrics, write
 
-from mch.leaderboard import aggregate, load_records  # noqa: E402
-from mch.site import build_site  # noqa: E402
+from mch.leaderboard import aggregate, load_records
+from mch.site import build_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -243,7 +243,7 @@ def test_page_is_responsive_with_round_ticks_a_legend_and_a_linked_science_md(si
     neg.find_elements(By.TAG_NAME, "td")[1].click()
     for chart in ("chart-acc", "chart-ip"):
         ticks = tick_values(driver, chart)
-        steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+        steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:], strict=False)}
         assert len(steps) == 1 and is_round_step(steps.pop()), (chart, ticks)
         assert 0.0 in ticks
     ip = tick_values(driver, "chart-ip")

@@ -112,7 +112,7 @@ def reference(m: HFModel, samples, view: str) -> dict[str, torch.Tensor]:
             handles = []
             if view == "modal":
                 enc_path, adp_path = m._paths["encoder"], m._paths["adapter"]
-                first = (lambda x: x[0] if isinstance(x, tuple) else x)
+                first = (lambda x: x[0] if isinstance(x, tuple) else x)  # noqa: E731 - a one-line hook helper
                 if enc_path.endswith(":input"):
                     handles.append(m.module.get_submodule(enc_path[: -len(":input")]).register_forward_pre_hook(
                         lambda _m, a: grabbed.__setitem__("encoder", a[0])))
@@ -161,7 +161,7 @@ def manual_logp(m: HFModel, s: Sample, query: str, cont: str, view: str) -> floa
     ctx = m.render_prompt("default", "modal", query=query)[0]
     base = tok(ctx, add_special_tokens=False)["input_ids"]
     full = tok(ctx + " " + cont, add_special_tokens=False)["input_ids"]
-    k = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), min(len(base), len(full)))
+    k = next((i for i, (a, b) in enumerate(zip(base, full, strict=False)) if a != b), min(len(base), len(full)))
     cids = full[k:]
     prompt = m.render_prompt("default", view, s.text, query)[0]
     if view == "modal":

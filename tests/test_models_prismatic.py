@@ -61,7 +61,7 @@ def samples() -> list[Sample]:
     texts = ["a dog on the grass", "two people ride bikes in the street near a red building",
              "a cat", "a plate of food with a fork and a small chair"]
     return [Sample(f"s{i}", t, {}, {}, _media=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
-            for i, ((w, h), t) in enumerate(zip(sizes, texts))]
+            for i, ((w, h), t) in enumerate(zip(sizes, texts, strict=True))]
 
 
 # --------------------------------------------------------------------------- prompts
@@ -412,6 +412,7 @@ def test_fused_and_linear_projectors_map_to_their_last_linear():
     for arch, path, n in (("no-align+fused-gelu-mlp", "projector.projector.4", 3),
                           ("gelu-mlp", "projector.projector.2", 2), ("linear", "projector.projector", 1)):
         proj, stage = make_projector(arch, 8, 16)
+        assert stage == path  # gelu-mlp's first Linear is 16 wide too: the width alone cannot tell them apart
         root = torch.nn.Module()
         root.projector = proj
         last = resolve_module(root, stage)

@@ -74,7 +74,7 @@ def model(ckpts) -> Ultravox:
 
 @pytest.fixture(scope="session")
 def samples():
-    return [sample(i, n, t) for i, (n, t) in enumerate(zip(LENGTHS, TEXTS))]
+    return [sample(i, n, t) for i, (n, t) in enumerate(zip(LENGTHS, TEXTS, strict=True))]
 
 
 def n_tokens(n_samples: int) -> int:
@@ -126,7 +126,7 @@ def test_modality_span_is_exactly_where_the_audio_goes(model, samples):
     assert torch.equal(written, mask)
     ids = p.inputs["input_ids"]
     n_prefix = len(model.tokenizer(DEFAULT_PROMPT.split("<|audio|>")[0], add_special_tokens=False)["input_ids"])
-    for i, s in enumerate(samples):
+    for i in range(len(samples)):
         pos = torch.nonzero(mask[i]).flatten().tolist()
         assert pos == list(range(n_prefix, n_prefix + n_tokens(LENGTHS[i])))
         real = ids[i][p.inputs["attention_mask"][i].bool()].tolist()
@@ -196,10 +196,10 @@ def test_paper_prompt_renders_byte_for_byte(model, samples):
     p = model.prepare(samples[:1], "paper")
     ids = p.inputs["input_ids"][0].tolist()
     mask = p.pools["llm"].masks["modality"][0].tolist()
-    assert all(t == model.tokenizer.eos_token_id for t, m in zip(ids, mask) if m)
+    assert all(t == model.tokenizer.eos_token_id for t, m in zip(ids, mask, strict=True) if m)
     start = mask.index(True)
     rest = ids[:start] + model.tokenizer("<|audio|>", add_special_tokens=False)["input_ids"] + \
-        [t for t, m in zip(ids[start:], mask[start:]) if not m]
+        [t for t, m in zip(ids[start:], mask[start:], strict=True) if not m]
     assert model.tokenizer.decode(rest) == PAPER_PROMPT
     # paper: every position, BOS and template included; one sample per forward in the reference
     assert torch.equal(p.pools["llm"].masks["all"], torch.ones_like(p.pools["llm"].masks["all"]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -135,7 +134,7 @@ def test_load_results_and_export_round_trip(toy_run, tmp_path):
         run_mch("export", str(root / "results"), "--format", fmt, "--out", str(out), check=True)
         got = read_table(out)
         assert len(got) == len(rows)
-        for a, b in zip(got, rows):
+        for a, b in zip(got, rows, strict=True):
             assert {k: a[k] for k in KEY + ["n", "smoke", "record"]} == {k: b[k] for k in KEY + ["n", "smoke",
                                                                                                     "record"]}
             for k in ("value", "ci_low", "ci_high"):

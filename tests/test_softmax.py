@@ -25,7 +25,7 @@ def two_loop(g, pairs):
         q -= a * y
     s, y = pairs[-1]
     q *= (s @ y) / (y @ y)
-    for (s, y), a in zip(pairs, reversed(alphas)):
+    for (s, y), a in zip(pairs, reversed(alphas), strict=True):
         q += (a - (y @ q) / (s @ y)) * s
     return q
 
@@ -75,7 +75,7 @@ def test_a_lockstep_batch_gives_each_fit_its_own_optimum():
     design = S.Design(Z, block, y, 4)
     problems = [S.Problem((0, 1, 2), 1e-2, 1e-12), S.Problem((1, 2, 3), 1e-1, 1e-12), S.Problem((0, 3), 3e-2, 1e-12)]
     together = S.fit_many(design, problems, 10000)
-    for p, fit in zip(problems, together):
+    for p, fit in zip(problems, together, strict=True):
         assert fit.converged and fit.gap_bound <= 1e-12
         alone = S.fit_many(design, [p], 10000)[0]
         rows = np.isin(block, p.blocks)
@@ -91,7 +91,7 @@ def test_a_lockstep_batch_gives_each_fit_its_own_optimum():
         small = S.fit_many(design, problems, 10000)
     finally:
         S.BATCH_BYTES = saved
-    for p, a, b_ in zip(problems, together, small):
+    for p, a, b_ in zip(problems, together, small, strict=True):
         np.testing.assert_allclose(a.W, b_.W, atol=2 * np.sqrt(2e-12 / p.lam))
 
 

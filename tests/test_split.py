@@ -80,7 +80,7 @@ def test_planted_subspaces_at_the_unscaled_text_law():
 def test_alpha_tilde_is_scale_free():
     X, Y, _, _ = planted(300, 40, 1.0, seed=3)
     a, b = covariance_split(X, Y, seed=3), covariance_split(X, 0.01 * Y, seed=3)
-    for da, db in zip(a.directions, b.directions):
+    for da, db in zip(a.directions, b.directions, strict=True):
         np.testing.assert_allclose(da.alpha, db.alpha, rtol=1e-8)
         np.testing.assert_array_equal(da.ms, db.ms)
     assert b.scale_ratio == pytest.approx(1e-4 * a.scale_ratio, rel=1e-9)

@@ -83,10 +83,10 @@ class Design:
         for j in range(self.n_blocks):
             n_chunks = max(1, int(round(sizes[j] / CHUNK_ROWS)))
             cuts = np.linspace(self.start[j], self.stop[j], n_chunks + 1).round().astype(int)
-            self.chunks += [(j, int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+            self.chunks += [(j, int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
         self.colsq = [np.square(self.Z[lo:hi], dtype=np.float32).sum(0, dtype=np.float64)
-                      for lo, hi in zip(self.start, self.stop)]
-        self.counts = [np.bincount(self.y[lo:hi], minlength=k) for lo, hi in zip(self.start, self.stop)]
+                      for lo, hi in zip(self.start, self.stop, strict=True)]
+        self.counts = [np.bincount(self.y[lo:hi], minlength=k) for lo, hi in zip(self.start, self.stop, strict=True)]
         self._Z64: np.ndarray | None = None
 
     @property

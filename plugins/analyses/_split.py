@@ -101,7 +101,7 @@ def _means(X: Any, halves: Sequence[np.ndarray]) -> list[np.ndarray]:
     out = [np.empty(d) for _ in halves]
     for s in _blocks(d):
         B = _cols(X, s)
-        for mu, rows in zip(out, halves):
+        for mu, rows in zip(out, halves, strict=True):
             mu[s] = B[rows].mean(0)
     return out
 
@@ -214,7 +214,7 @@ class Split:
         tv = [d.tv for d in ds]
         kept = sum(x.sum() for x in lam)
         tot, ttot = sum(d.total for d in ds), sum(d.text_total for d in ds)
-        msv = sum((x * m).sum() for x, m in zip(lam, ms))
+        msv = sum((x * m).sum() for x, m in zip(lam, ms, strict=True))
         out = {
             "n_modes_kept": float(np.mean([d.n_modes for d in ds])),
             "n_MS": float(np.mean([m.sum() for m in ms])), "n_TA": float(np.mean([(~m).sum() for m in ms])),
@@ -223,8 +223,8 @@ class Split:
             "var_frac_MS_of_trace": msv / tot if tot > 0 else float("nan"),
             "var_frac_TA_of_trace": (kept - msv) / tot if tot > 0 else float("nan"),
             "var_frac_kept_of_trace": kept / tot if tot > 0 else float("nan"),
-            "text_var_frac_MS": sum((t * m).sum() for t, m in zip(tv, ms)) / ttot if ttot > 0 else float("nan"),
-            "text_var_frac_TA": sum((t * ~m).sum() for t, m in zip(tv, ms)) / ttot if ttot > 0 else float("nan"),
+            "text_var_frac_MS": sum((t * m).sum() for t, m in zip(tv, ms, strict=True)) / ttot if ttot > 0 else float("nan"),
+            "text_var_frac_TA": sum((t * ~m).sum() for t, m in zip(tv, ms, strict=True)) / ttot if ttot > 0 else float("nan"),
         }
         return out
 
@@ -438,7 +438,7 @@ def _cross_fit(X: Any, Y: Any, A: np.ndarray, B: np.ndarray, p: Mapping[str, Any
         ing = [_generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, float(p["rel_tol"]))
                for fit, ev, mf, me, ne, nl, w in ((A, B, mu_a, mu_b, nu_b, nulls[0], wb[0]),
                                                   (B, A, mu_b, mu_a, nu_a, nulls[1], wb[1]))]
-    dirs = [_label(fit, ev, p, keep_scores, **x) for (fit, ev), x in zip(((A, B), (B, A)), ing)]
+    dirs = [_label(fit, ev, p, keep_scores, **x) for (fit, ev), x in zip(((A, B), (B, A)), ing, strict=True)]
     # traces of all rows from the halves': Σ‖x − μ‖² = Σ_h (Σ_{i∈h}‖x_i − μ_h‖² + n_h‖μ_h − μ‖²)
     n_a, n_b = len(A), len(B)
     mu, nu = (n_a * mu_a + n_b * mu_b) / N, (n_a * nu_a + n_b * nu_b) / N
@@ -721,7 +721,7 @@ def attribute_shares(split: Split, labels: np.ndarray, groups: np.ndarray | None
 
     def pooled(y_of: np.ndarray, W_of=None) -> tuple[np.ndarray, ...]:
         ms_c = tot_c = ms_p = tot_p = wa = 0.0
-        for d, (keep, rows) in zip(split.directions, sel):
+        for d, (keep, rows) in zip(split.directions, sel, strict=True):
             W = None if W_of is None else W_of(rows)
             sb, sw, n = scatter_terms(d.P[keep], y_of[rows], C, W)
             dc = corrected(sb, sw, n, C)
@@ -751,7 +751,7 @@ def attribute_shares(split: Split, labels: np.ndarray, groups: np.ndarray | None
         pos[rows_l] = np.arange(len(rows_l))
         ms_n = np.zeros(n_perm + 1)
         tot_n = np.zeros(n_perm + 1)
-        for d, (keep, rows) in zip(split.directions, sel):
+        for d, (keep, rows) in zip(split.directions, sel, strict=True):
             a, b = _plugin_null(d.P[keep], d.ms, perms[:, pos[rows]], C)
             ms_n += a
             tot_n += b

@@ -49,8 +49,8 @@ def encode_labels(labels: np.ndarray, order: Sequence[str] | None = None, min_co
     labels = np.asarray(labels).astype(str)
     labelled = np.flatnonzero(labels != "")
     names, counts = np.unique(labels[labelled], return_counts=True)
-    keep = {n for n, c in zip(names, counts) if c >= min_count}
-    dropped = {str(n): int(c) for n, c in zip(names, counts) if c < min_count}
+    keep = {n for n, c in zip(names, counts, strict=True) if c >= min_count}
+    dropped = {str(n): int(c) for n, c in zip(names, counts, strict=True) if c < min_count}
     rows = labelled[np.isin(labels[labelled], list(keep))] if keep else labelled[:0]
     if order is None:
         classes = sorted(keep)

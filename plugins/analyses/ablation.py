@@ -79,7 +79,7 @@ def _fill(vectors: np.ndarray, variance: np.ndarray, target: float) -> tuple[np.
 
 def directions(cond: str, modes: Modes, seed: int) -> Directions:
     lam, U, ms, ta = modes.eigvals, modes.vectors, modes.ms, modes.ta
-    ones = lambda k: np.ones(k)  # noqa: E731
+    ones = np.ones
     ms_idx, ta_idx = np.flatnonzero(ms), np.flatnonzero(ta)  # descending eigenvalue order
     if cond == "ms_all":
         return Directions(cond, U[:, ms_idx], ones(len(ms_idx)), lam[ms_idx])

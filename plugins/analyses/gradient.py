@@ -176,7 +176,7 @@ class Gradient(Analysis):
         point = weighted_stats(dots, lam, ms, alpha)
         names = list(point)
         metrics = []
-        for j, name in enumerate(names):
+        for name in names:
             lo, hi = bootstrap(lambda idx, name=name: weighted_stats(dots[idx], lam, ms, alpha)[name], n, seed, n_boot)
             metrics.append(Metric(name, finite(point[name]), "adapter", None, finite(lo), finite(hi), n))
         g = proj.mean(0)
@@ -232,7 +232,7 @@ class Gradient(Analysis):
         cis = [bootstrap(lambda idx, j=j: _stats(proj[idx], ms, alpha)[j], n, seed, n_boot) for j in range(4)]
         names = ("g_ms", "g_ta", "g_ta_over_g_ms", "correlation_g_alpha")
         metrics = [Metric(name, finite(v), "adapter", None, finite(lo), finite(hi), n)
-                   for name, v, (lo, hi) in zip(names, (g_ms, g_ta, ratio, corr), cis)]
+                   for name, v, (lo, hi) in zip(names, (g_ms, g_ta, ratio, corr), cis, strict=True)]
         g = proj.mean(0)
         order = np.argsort(-g)[:10]
         summary: dict[str, Any] = {

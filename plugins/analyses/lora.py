@@ -250,7 +250,7 @@ class Lora(Analysis):
                     loss, k = batch_loss(b)
                     tot, n = tot + float(loss), n + k
                     pred = np.asarray(model.score(b, query, answers, ctx.protocol, "modal").logp).argmax(1)
-                    for pr, s in zip(pred, b):
+                    for pr, s in zip(pred, b, strict=True):
                         c = s.labels[name]
                         per[c]["total"] += 1
                         per[c]["correct"] += int(int(pr) == cls[c])

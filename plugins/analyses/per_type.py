@@ -394,10 +394,10 @@ class PerType(Analysis):
                 pts = [(r[field], abs(r["delta_tau"]) if absolute else r["delta_tau"]) for r in rows.values()
                        if np.isfinite(r[field]) and np.isfinite(r["delta_tau"])]
                 if len(pts) >= 3:
-                    summary[f"rho_{name}"], summary[f"p_{name}"] = _spearman(*map(list, zip(*pts)))
+                    summary[f"rho_{name}"], summary[f"p_{name}"] = _spearman(*map(list, zip(*pts, strict=True)))
             pts = [(naive[a], deltas[a]) for a in attrs if a in deltas and np.isfinite(naive[a])]
             if len(pts) >= 3:
-                summary["rho_naive_w1_vs_delta"], summary["p_naive_w1_vs_delta"] = _spearman(*map(list, zip(*pts)))
+                summary["rho_naive_w1_vs_delta"], summary["p_naive_w1_vs_delta"] = _spearman(*map(list, zip(*pts, strict=True)))
         notes = ["paper protocol: the reference's script 06 on this run's vectors (one dataset, so its type = dataset "
                  "confound does not arise; all d modes, so null modes enter var_frac_TA and weighted_alpha)",
                  "Spearman over at most a handful of attributes, as the reference; no CIs"]

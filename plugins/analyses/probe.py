@@ -259,7 +259,7 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
         Wsum = [np.zeros((r, k)) for _ in range(F)]
         bsum = [np.zeros(k) for _ in range(F)]
         csum = [np.zeros(k) for _ in range(F)]
-        for p, fit, lp in zip(jobs, fits, logps):  # in pair order: the sums do not depend on scheduling
+        for p, fit, lp in zip(jobs, fits, logps, strict=True):  # in pair order: the sums do not depend on scheduling
             log.add(fit)
             warm[p] = (fit.W, fit.b)
             for o, v in ((p[0], p[1]), (p[1], p[0])):
@@ -289,7 +289,7 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
     outer = fit_many(design, [Problem(tuple(j for j in range(F) if j != o), best_lam[o], tol, best_init[o])
                               for o in range(F)], max_iter, pool)
     logp = np.full((len(y), k), np.nan)
-    for o, (fit, lp) in enumerate(zip(outer, heldout_logp(design, outer, [(o,) for o in range(F)], pool))):
+    for o, (fit, lp) in enumerate(zip(outer, heldout_logp(design, outer, [(o,) for o in range(F)], pool), strict=True)):
         log.add(fit)
         logp[design.start[o]:design.stop[o]] = lp[o]
     return logp, best_lam, curves
@@ -489,7 +489,7 @@ class Probe(Analysis):
         with ExitStack() as stack:
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
             self._fit_stages(ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out)
-        for attr, (enc, folds, chance, h, info) in plan.items():
+        for attr, (_enc, _folds, chance, _h, _info) in plan.items():
             out.metrics += attribute_level(attr, chance[p["retention_chance"]], accs[attr])
         out.summary["converged"] = not unconverged
         if unconverged:
@@ -591,7 +591,7 @@ class Probe(Analysis):
         for attr, (enc, splits) in plan.items():
             k = len(enc.classes)
             chance = 1.0 / k
-            per = [f for (a, _, _), f in zip(jobs, fits) if a == attr]
+            per = [f for (a, _, _), f in zip(jobs, fits, strict=True) if a == attr]
             a = np.array([s["accuracy"] for s in per])
             f1 = np.array([s["f1_macro"] for s in per])
             ret = (a - chance) / (1 - chance)
@@ -599,7 +599,7 @@ class Probe(Analysis):
             h = entropy_bits(prior(enc.y, k))
             # extra: CIs from resampling each split's test rows (the reference has none)
             reps = [bootstrap_classification(enc.y[te], s["pred"], s["nll_bits"], k, int(p["n_bootstrap"]),
-                                             ctx.seed + i) for i, ((_, te), s) in enumerate(zip(splits, per))]
+                                             ctx.seed + i) for i, ((_, te), s) in enumerate(zip(splits, per, strict=True))]
             acc_ci = percentile_ci(np.mean([r["accuracy"] for r in reps], axis=0))
             ce_rep = np.mean([r["cross_entropy_bits"] for r in reps], axis=0)
             n_test = per[0]["n_test"]

@@ -186,7 +186,7 @@ class Swap(Analysis):
                             "loss_ta_swap": float(res[i, 2]), "kl_ms_swap": float(res[i, 3]),
                             "kl_ta_swap": float(res[i, 4]), "delta_ms_norm": float(norms["ms"][i]),
                             "delta_ta_norm": float(norms["ta"][i])}
-                           for i, (s, a, b) in enumerate(zip(samples, own, donors))],
+                           for i, (s, a, b) in enumerate(zip(samples, own, donors, strict=True))],
         }
         notes = []
         for k in SUBSPACES:

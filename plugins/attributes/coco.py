@@ -218,7 +218,7 @@ class COCO(Corpus):
         usable = [r for r in records if r.error is None]
         lex, vocab = lexical_labels([r.text for r in usable], protocol)
         self._extra(split, protocol)["vocab"] = vocab
-        for r, lab in zip(usable, lex):
+        for r, lab in zip(usable, lex, strict=True):
             r.labels["lexical"] = lab
         return records
 

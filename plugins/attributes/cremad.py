@@ -112,7 +112,7 @@ class CremaD(Corpus):
         usable = [r for r in records if r.error is None]
         if protocol == "paper":
             labels, self._extra(split, protocol)["vocab"] = lexical_labels([r.text for r in usable], "paper")
-            for r, lab in zip(usable, labels):
+            for r, lab in zip(usable, labels, strict=True):
                 r.labels["lexical"] = lab
         else:
             for r in usable:

@@ -234,7 +234,7 @@ class LibriSpeech(Corpus):
         usable = [r for r in records if r.error is None]
         labels, vocab = lexical_labels([r.text for r in usable], protocol)
         self._extra(split, protocol)["vocab"] = vocab
-        for r, lab in zip(usable, labels):
+        for r, lab in zip(usable, labels, strict=True):
             r.labels["lexical"] = lab
             r.meta["transcript"] = r.text
             if protocol == "default":

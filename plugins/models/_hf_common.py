@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mch.api import MchError, Sample, SampleError
-from mch.checkpoints import load_lora_adapter, one_line as _one_line, resolve_checkpoint  # noqa: F401 - hf_generic
+from mch.checkpoints import load_lora_adapter, one_line as _one_line, resolve_checkpoint  # hf_generic imports them from here
 from mch.hooks import Trace
 from mch.model import ModelPlugin, Prepared, Scores, resolve_module
 from mch.scoring import left_pad, score_shared_prefix
@@ -266,7 +266,7 @@ class HFPluginMixin(abc.ABC):
         return resolve_module(self.module, self.decoder_path)  # type: ignore[attr-defined]
 
     def inner(self) -> torch.nn.Module:
-        return resolve_module(self.module, self.inner_path) if self.inner_path else self.module  # type: ignore
+        return resolve_module(self.module, self.inner_path) if self.inner_path else self.module  # type: ignore[attr-defined]
 
     def _ensure_paths(self) -> dict[str, str]:
         """Stage paths before the weights are loaded: the module tree built from the
@@ -305,7 +305,7 @@ class HFPluginMixin(abc.ABC):
         return [x[i][att[i]] for i in range(x.shape[0])]
 
     def _continuations(self, protocol: str, view: str, query: str, continuations: Sequence[str]) -> list[list[int]]:
-        return continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)  # type: ignore
+        return continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)  # type: ignore[attr-defined]
 
     def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
                     protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
@@ -313,7 +313,7 @@ class HFPluginMixin(abc.ABC):
 
         self._require_loaded()
         conts = self._continuations(protocol, view, query, continuations)
-        return ScoreParts(self.module, self.prompt_embeds(samples, query, view, protocol, grad=grad), conts)  # type: ignore
+        return ScoreParts(self.module, self.prompt_embeds(samples, query, view, protocol, grad=grad), conts)  # type: ignore[attr-defined]
 
     def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
               protocol: str, view: str = "modal") -> Scores:
@@ -342,12 +342,12 @@ class HFPluginMixin(abc.ABC):
             targets = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
         else:
             context = self._score_context("default", view, "")  # type: ignore[attr-defined]
-            suffix = [continuation_ids(self.tokenizer, context, [require_text(s)], sep=self.answer_sep)[0]  # type: ignore
+            suffix = [continuation_ids(self.tokenizer, context, [require_text(s)], sep=self.answer_sep)[0]  # type: ignore[attr-defined]
                       for s in samples]
             inputs, _ = self._prepare_inputs(samples, "default", view, suffix=suffix)  # type: ignore[attr-defined]
             targets = torch.full_like(inputs["input_ids"], -100)
             lengths = inputs["attention_mask"].sum(1).tolist()
-            for i, (n, suf) in enumerate(zip(lengths, suffix)):
+            for i, (n, suf) in enumerate(zip(lengths, suffix, strict=True)):
                 targets[i, n - len(suf): n] = torch.tensor(suf, device=targets.device)
         with torch.enable_grad() if grad else torch.inference_mode():
             logits = self.module(**inputs).logits  # type: ignore[attr-defined]

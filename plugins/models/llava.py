@@ -186,7 +186,7 @@ class Llava(HFPluginMixin, ModelPlugin):
                 seqs.append(enc["input_ids"][0].tolist())
                 pixels.append(enc["pixel_values"])
         if suffix is not None:  # e.g. the paired text as the answer, for losses
-            seqs = [list(q) + list(x) for q, x in zip(seqs, suffix)]
+            seqs = [list(q) + list(x) for q, x in zip(seqs, suffix, strict=True)]
         pad = self.tokenizer.pad_token_id
         pad = 0 if pad is None or pad == self.image_token_id else pad
         ids, att = right_pad(seqs, pad)

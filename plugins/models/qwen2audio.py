@@ -199,7 +199,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             fmasks.append(enc["feature_attention_mask"])
             n_audio.append(n)
         if suffix is not None:  # e.g. the paired text as the answer, for losses
-            seqs = [list(q) + list(x) for q, x in zip(seqs, suffix)]
+            seqs = [list(q) + list(x) for q, x in zip(seqs, suffix, strict=True)]
         pad = self.tokenizer.pad_token_id
         pad = 0 if pad is None or pad == getattr(self, "audio_token_id", -1) else pad
         ids, att = right_pad(seqs, pad)

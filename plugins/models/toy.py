@@ -184,7 +184,7 @@ class ToyModel(ModelPlugin):
     # -- inputs
     def _frames(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         arrays = [torch.as_tensor(s.media) for s in samples]
-        for s, a in zip(samples, arrays):
+        for s, a in zip(samples, arrays, strict=True):
             if a.dim() != 2 or a.shape[1] != 16:
                 raise MchError(f"model 'toy': sample {s.sample_id} has frames of shape {tuple(a.shape)}, "
                                f"expected (T, 16); the toy model reads the `toy` dataset")
@@ -211,7 +211,7 @@ class ToyModel(ModelPlugin):
         ids = torch.full((B, L), tok.pad_id, dtype=torch.long)
         att = torch.zeros(B, L, dtype=torch.long)
         mod = torch.zeros(B, L, dtype=torch.bool)
-        for i, (q, c) in enumerate(zip(seqs, content)):
+        for i, (q, c) in enumerate(zip(seqs, content, strict=True)):
             ids[i, : len(q)] = torch.tensor(q)
             att[i, : len(q)] = 1
             mod[i, : len(q)] = torch.tensor(c)
@@ -247,7 +247,7 @@ class ToyModel(ModelPlugin):
         frames, fmask = self._frames(samples)
         prompt = tok.encode(EXTRACT_PROMPT)
         seqs, tgt = [], []
-        for s, n in zip(samples, fmask.sum(1).tolist()):
+        for s, n in zip(samples, fmask.sum(1).tolist(), strict=True):
             pre = [tok.bos_id] + [tok.audio_id] * int(n) + prompt
             if protocol == "paper":  # the reference: the prompt's own ids are the labels
                 seqs.append(pre)
@@ -259,7 +259,7 @@ class ToyModel(ModelPlugin):
         L = max(map(len, seqs))
         ids = torch.full((len(seqs), L), tok.pad_id)
         labels = torch.full((len(seqs), L), -100)
-        for i, (q, t) in enumerate(zip(seqs, tgt)):
+        for i, (q, t) in enumerate(zip(seqs, tgt, strict=True)):
             ids[i, : len(q)] = torch.tensor(q)
             labels[i, : len(t)] = torch.tensor(t)
         att = (ids != tok.pad_id).long()
@@ -358,7 +358,7 @@ def train_adapter(model: ToyMLLM, tok: WordTokenizer, rng: Any, steps: int, emot
         frames = torch.zeros(len(batch), T, 16)
         fmask = torch.zeros(len(batch), T, dtype=torch.bool)
         seqs, tgt = [], []
-        for i, (s, a) in enumerate(zip(batch, arrays)):
+        for i, (s, a) in enumerate(zip(batch, arrays, strict=True)):
             frames[i, : a.shape[0]] = a
             fmask[i, : a.shape[0]] = True
             cap = tok.encode(s.text) + [tok.eos_id]
@@ -369,7 +369,7 @@ def train_adapter(model: ToyMLLM, tok: WordTokenizer, rng: Any, steps: int, emot
         L = max(map(len, seqs))
         ids = torch.full((len(seqs), L), tok.pad_id)
         labels = torch.full((len(seqs), L), -100)
-        for i, (q, t) in enumerate(zip(seqs, tgt)):
+        for i, (q, t) in enumerate(zip(seqs, tgt, strict=True)):
             ids[i, : len(q)] = torch.tensor(q)
             labels[i, : len(t)] = torch.tensor(t)
         att = (torch.arange(L)[None] < torch.tensor([len(q) for q in seqs])[:, None]).long()

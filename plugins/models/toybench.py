@@ -80,12 +80,12 @@ def family_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for key in ("emotion_gmi_bits", "emotion_ta_share", "emotion_read_share"):
             v = [r[key] for r in dose]
             if all(x is not None for x in v):
-                out[f"{key}_by_fraction"] = dict(zip(map(str, f), v))
-                out[f"{key}_monotone"] = all(b >= a for a, b in zip(v, v[1:]))
+                out[f"{key}_by_fraction"] = dict(zip(map(str, f), v, strict=True))
+                out[f"{key}_monotone"] = all(b >= a for a, b in zip(v, v[1:], strict=False))
     pts = [(r["L_W1"], abs(r["logscore_gap"])) for r in rows if r.get("L_W1") is not None
            and r.get("logscore_gap") is not None]
     if len(pts) >= 3:
-        rho, p = spearmanr(*zip(*pts))
+        rho, p = spearmanr(*zip(*pts, strict=True))
         out["gap_vs_L_W1_spearman"] = {"rho": float(rho), "p": float(p), "n": len(pts)}
     return out
 

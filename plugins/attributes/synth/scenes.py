@@ -65,7 +65,7 @@ def _shape(name: str, cx: float, cy: float, s: float) -> tuple[list[tuple[float,
 
 def _poly_area(pts: list[tuple[float, float]]) -> float:
     s = 0.0
-    for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1]):
+    for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1], strict=True):
         s += x1 * y2 - x2 * y1
     return abs(s) / 2
 

@@ -196,7 +196,7 @@ def make_esc50(out: Path, *, seed: int = 0, classes: int | list[str] = 6, folds:
     used: set[int] = set()
     for fold in range(1, folds + 1):
         for cat in names:
-            for c in range(clips_per_fold):
+            for _ in range(clips_per_fold):
                 src = int(rng.integers(10000, 300000))
                 while src in used:
                     src += 1

@@ -60,8 +60,8 @@ def make_cremad(out: Path, *, seed: int = 0, actors: int = 4, sentences: int | l
     n = 0
     for a, voice in enumerate(voices):
         actor = str(1001 + a)
-        for s, code in enumerate(codes):
-            for e, emo in enumerate(emotions):
+        for code in codes:
+            for emo in emotions:
                 for lv in levels:
                     pros = EMOTION_PROSODY[emo].scaled(LEVEL_SCALE[lv])
                     y = synth(SENTENCES[code], voice, pros, sample_rate, seed=hash_seed(seed, actor, code, emo, lv))
@@ -84,7 +84,7 @@ def make_librispeech(out: Path, *, seed: int = 0, speakers: int = 4, chapters: i
     lines = [";ID  |SEX| SUBSET           |MINUTES| NAME"]
     truth = []
     n = 0
-    for si, (spk, voice) in enumerate(zip(spk_ids, voices)):
+    for si, (spk, voice) in enumerate(zip(spk_ids, voices, strict=True)):
         lines.append(f"{spk:<5}| {'F' if si % 2 else 'M'} | {split:<17}| 10.00 | Synthetic Reader {si + 1}")
         for ci in range(chapters):
             chap = int(rng.integers(1000, 300000))

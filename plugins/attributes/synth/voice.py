@@ -15,7 +15,7 @@ import io
 import shutil
 import subprocess
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Callable
 
 from mch.api import MchError
@@ -129,7 +129,7 @@ def _smooth(x: Any, n: int) -> Any:
     return x
 
 
-@lru_cache(maxsize=None)
+@cache
 def _band_filters(sr: int) -> tuple[Any, ...]:
     from scipy.signal import butter
 
@@ -217,7 +217,7 @@ def synth_numpy(text: str, voice: Voice, pros: Prosody, sr: int, seed: int) -> A
     src = src.reshape(-1)[:n].astype(np.float64)
     bands = _bands(rng.standard_normal(n), sr)
     breath = (voice.breath + pros.breath) * voiced * (bands[1] + bands[2])
-    frication = sum(a * b for a, b in zip(noise_amp, bands))
+    frication = sum(a * b for a, b in zip(noise_amp, bands, strict=True))
     y = voiced * src / (np.abs(src).max() + 1e-9) + 0.35 * frication + 0.5 * breath
     y += 3e-4 * rng.standard_normal(n)  # recording noise floor: never digital silence
     rms = np.sqrt(np.mean(y[voiced > 0.2] ** 2)) if np.any(voiced > 0.2) else np.sqrt(np.mean(y ** 2))

@@ -96,9 +96,9 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
                          ("attn.proj", "attention.o_proj")):
                 out[h + n + ".weight"] = take(b + t + ".weight")
                 out[h + n + ".bias"] = take(b + t + ".bias")
-            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.weight"))):
+            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.weight")), strict=True):
                 out[h + f"attention.{name}.weight"] = w
-            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.bias"))):
+            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.bias")), strict=True):
                 out[h + f"attention.{name}.bias"] = w
             for t, n in (("ls1", "layer_scale1"), ("ls2", "layer_scale2")):
                 out[h + n + ".lambda1"] = take(b + t + ".gamma") if b + t + ".gamma" in sd \
@@ -119,9 +119,9 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
                          ("mlp.fc2", "mlp.fc2"), ("attn.proj", "self_attn.out_proj")):
                 out[h + n + ".weight"] = take(b + t + ".weight")
                 out[h + n + ".bias"] = take(b + t + ".bias")
-            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.weight"))):
+            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.weight")), strict=True):
                 out[h + f"self_attn.{name}.weight"] = w
-            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.bias"))):
+            for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.bias")), strict=True):
                 out[h + f"self_attn.{name}.bias"] = w
         out["post_layernorm.weight"] = take("norm.weight")
         out["post_layernorm.bias"] = take("norm.bias")

@@ -198,7 +198,7 @@ class Ultravox(UltravoxLoader):
         ids = torch.full((B, T), pad, dtype=torch.long)
         att = torch.zeros(B, T, dtype=torch.long)
         mod = torch.zeros(B, T, dtype=torch.bool)
-        for i, (q, (start, n)) in enumerate(zip(seqs, spans)):
+        for i, (q, (start, n)) in enumerate(zip(seqs, spans, strict=True)):
             ids[i, : len(q)] = torch.tensor(q, dtype=torch.long)
             att[i, : len(q)] = 1
             mod[i, start: start + n] = True

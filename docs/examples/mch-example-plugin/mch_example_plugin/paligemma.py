@@ -122,12 +122,12 @@ class PaliGemma(ModelPlugin):
     def _batch(self, seqs: Sequence[list[int]], answers: Sequence[list[int]] | None = None) -> dict[str, torch.Tensor]:
         """Right-padded ids, mask, positions and token types (answer tokens = 1, causal)."""
         answers = answers or [[] for _ in seqs]
-        full = [list(q) + list(a) for q, a in zip(seqs, answers)]
+        full = [list(q) + list(a) for q, a in zip(seqs, answers, strict=True)]
         L = max(map(len, full))
         ids = torch.full((len(full), L), self.tokenizer.pad_token_id, dtype=torch.long)
         att = torch.zeros_like(ids)
         types = torch.ones_like(ids)
-        for i, (q, f) in enumerate(zip(seqs, full)):
+        for i, (q, f) in enumerate(zip(seqs, full, strict=True)):
             ids[i, : len(f)] = torch.tensor(f)
             att[i, : len(f)] = 1
             types[i, : len(q)] = 0
