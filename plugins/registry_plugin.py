@@ -15,7 +15,8 @@ from typing import Any
 from mch.api import AnalysisSpec, DatasetSpec, MchError, ModelSpec
 from mch.hookspecs import hookimpl
 
-REGISTRY_PATH = Path(os.environ.get("MCH_REGISTRY", Path(__file__).resolve().parent.parent / "registry.yaml"))
+# plugins/registry.yaml links to the checkout's top-level registry.yaml; a wheel ships it as a file
+REGISTRY_PATH = Path(os.environ.get("MCH_REGISTRY", Path(__file__).resolve().parent / "registry.yaml"))
 
 
 def _line_of(root: Any, path: list[Any]) -> int | None:
