@@ -24,6 +24,7 @@ from mch.api import Analysis, AnalysisOutput, Metric
 
 from ._causal import (adapter_pool, batches, bootstrap, compute_modes, digest, edit_adapter, finite, frozen,
                       ids_digest, select_samples, text_stage_for)
+from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
 from ._params import check_params
 
 
@@ -103,7 +104,7 @@ class Gradient(Analysis):
         return self._output(ctx, modes, samples, proj)
 
     def _output(self, ctx: Any, modes: Any, samples: list[Any], proj: np.ndarray) -> AnalysisOutput:
-        n, seed, n_boot = len(samples), int(ctx.seed), int(ctx.params["n_boot"])
+        n, seed, n_boot = len(samples), sample_groups(ctx, samples), int(ctx.params["n_boot"])
         ms, alpha = modes.ms, modes.alpha
         g_ms, g_ta, ratio, corr = _stats(proj, ms, alpha)
         cis = [bootstrap(lambda idx, j=j: _stats(proj[idx], ms, alpha)[j], n, seed, n_boot) for j in range(4)]
@@ -128,4 +129,4 @@ class Gradient(Analysis):
         if ctx.protocol == "paper":
             summary.update({"model": getattr(ctx.run_config, "model", None), "g_ms_mean": g_ms, "g_ta_mean": g_ta,
                             "g_ta_over_g_ms": ratio, "correlation_g_alpha": finite(corr)})
-        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+        return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)

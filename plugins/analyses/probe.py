@@ -87,8 +87,10 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric, stage_sort_key
 from ._linalg import one_blas_thread
 from ._params import check_params
 from ._softmax import Design, Problem, SoftmaxFit, fit_many, heldout_logp
-from ._stats import (LN2, bootstrap_classification, confusion, encode_labels, entropy_bits,
-                     grouped_folds, percentile_ci, prior, scores_from_confusion)
+from ._stats import (LN2, Folds, RowGroups, attribute_groups, bootstrap_classification, confusion,
+                     encode_labels, entropy_bits, group_codes, grouped_folds, groups_identity, percentile_ci,
+                     permute_labels_by_group, prior, resample_seed, scores_from_confusion, weighted_means,
+                     weighted_scores)
 
 # The regularisation grid, owned by the harness (never by a model or dataset plugin, so
 # every model is probed alike: the SUPERB fairness rule). lam is the per-sample L2 weight on
@@ -103,7 +105,9 @@ DEFAULT_PARAMS = {
     "tol": 1e-5,              # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
     "inner_tol": 1e-4,        # the same bound for the inner fits, which only rank lam
     "max_iter": 10000,        # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
-    "n_bootstrap": 1000,      # resamples of test predictions for the CIs
+    "n_bootstrap": 1000,      # group resamples of the held-out predictions for the CIs (science.md §8)
+    "control": True,          # the control task: labels permuted across groups, same folds and lam (science.md §1)
+    "n_repeats": 1,           # grouped-CV seeds (each sample tested once per seed); their spread enters the CIs
     "retention_chance": "majority",  # chance level c of the retention numbers: majority or uniform
     "min_samples": 20,        # fewer labelled rows: the attribute is skipped (the reference's 20)
     "n_jobs": None,           # threads for the fits (None: usable cores, at most 4); results do not depend on it
@@ -282,7 +286,8 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
 
 def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_boot: int,
                     seed: int) -> dict[str, Any]:
-    """Pooled held-out scores with bootstrap CIs over the test rows."""
+    """Pooled held-out scores with row-bootstrap CIs (I_probe here is H(Y) - CE; the default
+    protocol uses `heldout_replicates`)."""
     pred = logp.argmax(1)
     nll_bits = -logp[np.arange(len(y)), y] / LN2
     point = scores_from_confusion(confusion(y, pred, k))
@@ -293,6 +298,89 @@ def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_bo
     reps["i_probe_bits"] = h_bits - reps["cross_entropy_bits"]
     cis = {key: percentile_ci(v) for key, v in reps.items()}
     return {"point": point, "ci": cis}
+
+
+def _row_order(logp_d: np.ndarray, design: Design) -> np.ndarray:
+    logp = np.empty_like(logp_d)
+    logp[design.order] = logp_d
+    return logp
+
+
+def null_nll_bits(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarray:
+    """Each row's held-out cross-entropy (bits) under the intercept-only model fitted on its
+    outer fold's training rows: that fold's label prior (the null of V-information, science.md
+    §1). Folds keep every class in every training part; a class a part lacks would cost inf."""
+    out = np.empty(len(y))
+    for f in np.unique(fold):
+        te = fold == f
+        counts = np.bincount(y[~te], minlength=k).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            out[te] = -np.log2(counts[y[te]] / counts.sum())
+    return out
+
+
+def heldout_replicates(y: np.ndarray, k: int, h_bits: float, runs: list[dict[str, np.ndarray]],
+                       w: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Point values and group-bootstrap replicates of the held-out scores.
+
+    `runs` holds one grouped CV per seed (`logp` (n, k), `null` (n,) bits); the point value is
+    the mean over seeds, and replicate b reads seed b mod R, so the seeds' spread enters the CI.
+    `w` (B, n): the shared group resamples as row weights. i_probe_bits = CE_null - CE
+    (V-information); i_probe_prior_bits = H(Y) - CE (the prior's entropy held fixed)."""
+    R, B = len(runs), w.shape[0]
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "cross_entropy_bits", "null_cross_entropy_bits",
+            "i_probe_bits", "i_probe_prior_bits")
+    points = {key: [] for key in keys}
+    reps = {key: np.full(B, np.nan) for key in keys}
+    for r, run in enumerate(runs):
+        pred = run["logp"].argmax(1)
+        nll = -run["logp"][np.arange(len(y)), y] / LN2
+        pt = {key: float(v) for key, v in scores_from_confusion(confusion(y, pred, k)).items()}
+        pt["cross_entropy_bits"], pt["null_cross_entropy_bits"] = float(nll.mean()), float(run["null"].mean())
+        sel = np.flatnonzero(np.arange(B) % R == r)
+        rp = dict(weighted_scores(y, pred, k, w[sel]))
+        rp["cross_entropy_bits"], rp["null_cross_entropy_bits"] = weighted_means(nll, w[sel]), \
+            weighted_means(run["null"], w[sel])
+        for d in (pt, rp):
+            d["i_probe_bits"] = d["null_cross_entropy_bits"] - d["cross_entropy_bits"]
+            d["i_probe_prior_bits"] = h_bits - d["cross_entropy_bits"]
+        for key in keys:
+            points[key].append(pt[key])
+            reps[key][sel] = rp[key]
+    return {key: float(np.mean(v)) for key, v in points.items()}, reps
+
+
+def control_labels(y: np.ndarray, codes: np.ndarray, folds: list[Folds], k: int, seed: int,
+                   tries: int = 100) -> np.ndarray | None:
+    """The control task's labels (Hewitt & Liang 2019, science.md §1): `y` permuted across
+    groups with the group structure kept, drawn until every outer training part holds every
+    class (the probe's own folds are used); None if no draw does."""
+    rng = np.random.default_rng(seed)
+    for _ in range(tries):
+        yc = permute_labels_by_group(y, codes, rng)
+        if all(len(np.unique(yc[f.fold != i])) == k for f in folds for i in range(f.n_splits)):
+            return yc
+    return None
+
+
+def control_logp(design: Design, y_ctrl: np.ndarray, lams: list[float], tol: float, max_iter: int, log: FitLog,
+                 pool: Any = None) -> np.ndarray:
+    """Held-out log-probabilities (design row order) of the probe on the control labels
+    `y_ctrl` (caller's row order): the same folds, each outer fold fitted at the lam the real
+    labels chose there (no inner CV of its own), from zeros. The design's vectors are shared."""
+    import copy
+
+    F, k = design.n_blocks, design.k
+    cd = copy.copy(design)
+    cd.y = np.asarray(y_ctrl)[design.order]
+    cd.counts = [np.bincount(cd.y[lo:hi], minlength=k) for lo, hi in zip(design.start, design.stop)]
+    fits = fit_many(cd, [Problem(tuple(j for j in range(F) if j != o), lams[o], tol) for o in range(F)],
+                    max_iter, pool)
+    logp = np.full((len(cd.y), k), np.nan)
+    for o, (fit, lp) in enumerate(zip(fits, heldout_logp(cd, fits, [(o,) for o in range(F)], pool))):
+        log.add(fit)
+        logp[design.start[o]:design.stop[o]] = lp[o]
+    return logp
 
 
 # --------------------------------------------------------------------------- paper protocol
@@ -357,23 +445,70 @@ def paper_encode(labels: np.ndarray, attribute: Any, class_order: str):
 # --------------------------------------------------------------------------- the analysis
 
 
-def _retention(acc: float | None, c: float) -> float | None:
+def _retention(acc: Any, c: float) -> Any:
     return None if acc is None else (acc - c) / (1 - c)
 
 
-def attribute_level(attr: str, c: float, acc: dict[str, float]) -> list[Metric]:
+def _ci(reps: np.ndarray | None, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile CI of replicates, or none when more of them are undefined (NaN: a ratio whose
+    denominator a resample took to 0) than the interval's tails hold."""
+    if reps is None or len(reps) == 0 or np.mean(~np.isfinite(reps)) > (1 - level) / 2:
+        return None, None
+    return percentile_ci(reps, level)
+
+
+def attribute_level(attr: str, c: float, acc: dict[str, float], reps: dict[str, np.ndarray] | None = None,
+                    n: int | None = None, n_groups: int | None = None) -> list[Metric]:
     """The retention numbers across stages, each under its own name (science.md §1), and the
-    chance level c they use (`chance_retention`), so that a reader sees the c of each number."""
+    chance level c they use (`chance_retention`), so that a reader sees the c of each number.
+    With `reps` (stage -> accuracy replicates on the shared group resamples) each number gets
+    its CI from the same draws at every stage (c held at the probed rows' value)."""
     out = [Metric("chance_retention", c, None, attr)]
     a_en, a_ad, a_fi = acc.get("encoder"), acc.get("adapter"), acc.get("llm.final")
+    r = reps or {}
+    r_en, r_ad, r_fi = r.get("encoder"), r.get("adapter"), r.get("llm.final")
+
+    def metric(name: str, value: Any, rep: Any) -> Metric:
+        lo, hi = _ci(rep) if rep is not None and value is not None else (None, None)
+        return Metric(name, value, None, attr, lo, hi, n, n_groups if lo is not None else None)
+
     if a_ad is not None and a_fi is not None:
         # the reference returns NaN when the adapter is within 0.001 of chance
-        out.append(Metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, None, attr))
+        rep = None
+        if r_ad is not None and r_fi is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rep = np.where(r_ad - c > 1e-3, 100 * (r_fi - c) / (r_ad - c), np.nan)
+        out.append(metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, rep))
     if a_fi is not None:
-        out.append(Metric("final_over_chance", a_fi / c if c > 0 else None, None, attr))
+        out.append(metric("final_over_chance", a_fi / c if c > 0 else None,
+                          r_fi / c if r_fi is not None and c > 0 else None))
     if a_en is not None and a_fi is not None:
-        out.append(Metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), None, attr))
+        rep = _retention(r_en, c) - _retention(r_fi, c) if r_en is not None and r_fi is not None else None
+        out.append(metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), rep))
     return out
+
+
+def d_over_n_note(attr: str, n: int, dims: dict[str, int]) -> str:
+    """The note every default probe record carries (science.md §1)."""
+    ds = sorted(set(dims.values()))
+    d = str(ds[0]) if len(ds) == 1 else f"{ds[0]}-{ds[-1]} by stage"
+    return (f"{attr}: I_probe is a lower bound on I(Y; h) whose looseness grows with d/N (d = {d}, N = {n} rows): "
+            f"a linear probe fitted on N rows of d dimensions leaves information unfound as d/N grows")
+
+
+@dataclass
+class AttrPlan:
+    """One attribute's rows, folds (one per grouped-CV seed), control labels and shared resamples."""
+
+    enc: Any
+    folds: list[Folds]
+    chance: dict[str, float]
+    h: float
+    info: dict[str, Any]
+    groups: RowGroups            # bootstrap groups of the probed rows (science.md §8)
+    y_ctrl: np.ndarray | None    # control-task labels, or None (control off or impossible)
+    accs: dict[str, float]
+    acc_reps: dict[str, np.ndarray]
 
 
 class Probe(Analysis):
@@ -403,11 +538,25 @@ class Probe(Analysis):
         inner_pairs(int(p["n_splits"]), inner_folds)  # bad fold counts fail before any work
         if p["retention_chance"] not in ("majority", "uniform"):
             raise MchError(f"probe parameter retention_chance must be majority or uniform, not {p['retention_chance']!r}")
+        if not isinstance(p["control"], bool):
+            raise MchError(f"probe parameter control must be true or false, not {p['control']!r}")
+        if isinstance(p["n_repeats"], bool) or not str(p["n_repeats"]).isdigit() or int(p["n_repeats"]) < 1:
+            raise MchError(f"probe parameter n_repeats must be a positive number of grouped-CV seeds, "
+                           f"not {p['n_repeats']!r}")
+        if isinstance(p["n_bootstrap"], bool) or not str(p["n_bootstrap"]).isdigit() or int(p["n_bootstrap"]) < 1:
+            raise MchError(f"probe parameter n_bootstrap must be a positive number of resamples, "
+                           f"not {p['n_bootstrap']!r}")
+        n_rep = int(p["n_repeats"])
         out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
                                       "objective": "mean cross-entropy + lam/2 ||W||^2 on z-scored vectors",
                                       "standardisation": "over all samples of the run (no labels used)",
-                                      "retention_chance": p["retention_chance"], "attributes": {}})
-        plan = {}
+                                      "retention_chance": p["retention_chance"],
+                                      "i_probe": "V-information: CE of the intercept-only model fitted on the same "
+                                                 "training folds minus the probe's CE (held out, bits)",
+                                      "ci": f"percentile, {int(p['n_bootstrap'])} group-bootstrap resamples shared "
+                                            f"with every analysis of the run (science.md §8)",
+                                      "control": bool(p["control"]), "n_repeats": n_rep, "attributes": {}})
+        plan: dict[str, AttrPlan] = {}
         for attr, spec in ctx.attributes.items():
             enc = encode_labels(ctx.labels[attr], order=list(spec.classes))
             info: dict[str, Any] = {"classes": enc.classes, "n": int(len(enc.rows)),
@@ -423,80 +572,125 @@ class Probe(Analysis):
                 out.notes.append(f"{attr}: skipped ({info['skipped']})")
                 continue
             groups = ctx.groups.get(attr)
-            folds = grouped_folds(enc.y, None if groups is None else np.asarray(groups)[enc.rows],
-                                  p["n_splits"], ctx.seed)
+            g_rows = None if groups is None else np.asarray(groups)[enc.rows]
+            folds = [grouped_folds(enc.y, g_rows, p["n_splits"], ctx.seed + r) for r in range(n_rep)]
             k = len(enc.classes)
             # chance levels: 1/K, and the majority class rate of the probed rows
             chance = {"uniform": 1.0 / k, "majority": float(np.bincount(enc.y, minlength=k).max() / len(enc.y))}
             h = entropy_bits(prior(enc.y, k))
-            info.update({"n_classes": k, "split": "grouped" if folds.grouped else "stratified",
-                         "split_detail": folds.reason, "label_entropy_bits": h,
-                         "chance_uniform": chance["uniform"], "chance_majority": chance["majority"], "stages": {}})
-            if not folds.grouped:
+            rg = attribute_groups(ctx, attr).subset(enc.rows)
+            info.update({"n_classes": k, "split": "grouped" if folds[0].grouped else "stratified",
+                         "split_detail": folds[0].reason, "label_entropy_bits": h,
+                         "chance_uniform": chance["uniform"], "chance_majority": chance["majority"],
+                         "bootstrap_key": rg.key, "n_groups": rg.n_groups, "stages": {}})
+            if not folds[0].grouped:
                 out.notes.append(f"{attr}: splits are not grouped by {ctx.attributes[attr].group_key!r} "
-                                 f"({folds.reason})")
+                                 f"({folds[0].reason})")
+            y_ctrl = None
+            if p["control"]:
+                codes, _ = group_codes(g_rows, len(enc.y))
+                y_ctrl = control_labels(enc.y, codes, folds, k, resample_seed(ctx.seed, attr, "control"))
+                info["control"] = ("labels permuted across groups of " f"{spec.group_key!r} (group structure kept), "
+                                   "same folds, each fold at the lam the real labels chose")
+                if y_ctrl is None:
+                    info["control"] = "none: no permutation across groups kept every class in every training part"
+                    out.notes.append(f"{attr}: no control task ({info['control']})")
             out.metrics += [Metric("chance_uniform", chance["uniform"], None, attr, n=len(enc.y)),
                             Metric("chance_majority", chance["majority"], None, attr, n=len(enc.y))]
-            plan[attr] = (enc, folds, chance, h, info)
-        accs: dict[str, dict[str, float]] = {a: {} for a in plan}
-        unconverged = []
+            out.notes.append(d_over_n_note(attr, len(enc.y), {s: int(np.shape(ctx.reps[s])[1]) for s in stages}))
+            plan[attr] = AttrPlan(enc, folds, chance, h, info, rg, y_ctrl, {}, {})
+        unconverged: list[str] = []
         # the solver's chunk tasks run on worker threads, each on one BLAS thread: the
         # arithmetic of every product then does not depend on the number of threads
         workers = n_workers(p["n_jobs"])
         out.summary["threads"] = workers
         with ExitStack() as stack:
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
-            self._fit_stages(ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out)
-        for attr, (enc, folds, chance, h, info) in plan.items():
-            out.metrics += attribute_level(attr, chance[p["retention_chance"]], accs[attr])
+            self._fit_stages(ctx, p, stages, plan, unconverged, inner_folds, pool, out)
+        for attr, pl in plan.items():
+            out.metrics += attribute_level(attr, pl.chance[p["retention_chance"]], pl.accs, pl.acc_reps,
+                                           len(pl.enc.y), pl.groups.n_groups)
+            out.replicates[("_groups", None, attr)] = groups_identity(ctx, pl.groups)
         out.summary["converged"] = not unconverged
         if unconverged:
             out.notes.append(f"some fits reached max_iter={p['max_iter']} before the convergence bound: "
                              + ", ".join(unconverged))
         return out
 
-    def _fit_stages(self, ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out) -> None:
-        """The nested-CV probes of every (stage, attribute) in `plan`, into `out` and `accs`."""
+    def _fit_stages(self, ctx, p, stages, plan, unconverged, inner_folds, pool, out) -> None:
+        """The nested-CV probes (and control probes) of every (stage, attribute) in `plan`,
+        into `out` and the plans."""
+        n_boot = int(p["n_bootstrap"])
         with ctx.progress.task("probe", len(stages) * len(plan)) as advance:
             for stage in stages:
                 if not plan:
                     break
                 basis = stage_basis(ctx.reps[stage])
-                for attr, (enc, folds, chance, h, info) in plan.items():
-                    k = len(enc.classes)
-                    log = FitLog()
-                    design = Design(basis.Z32, folds.fold, enc.y, k, rows=enc.rows)
-                    with one_blas_thread():
-                        logp_d, lams, curves = nested_cv_probe(design, LAMBDA_GRID, int(p["patience"]),
-                                                               float(p["tol"]), int(p["max_iter"]), log,
-                                                               float(p["inner_tol"]), inner_folds, pool)
-                    logp = np.empty_like(logp_d)
-                    logp[design.order] = logp_d  # back to row order
-                    del design
-                    r = heldout_metrics(enc.y, logp, k, h, int(p["n_bootstrap"]), ctx.seed)
-                    pt, ci, n = r["point"], r["ci"], len(enc.y)
-                    c = chance[p["retention_chance"]]
-                    acc_lo, acc_hi = ci["accuracy"]
-                    out.metrics += [
-                        Metric("accuracy", pt["accuracy"], stage, attr, acc_lo, acc_hi, n),
-                        Metric("balanced_accuracy", pt["balanced_accuracy"], stage, attr, *ci["balanced_accuracy"], n),
-                        Metric("macro_f1", pt["macro_f1"], stage, attr, *ci["macro_f1"], n),
-                        Metric("cross_entropy_bits", pt["cross_entropy_bits"], stage, attr,
-                               *ci["cross_entropy_bits"], n),
-                        Metric("i_probe_bits", pt["i_probe_bits"], stage, attr, *ci["i_probe_bits"], n),
-                        Metric("retention_ratio", _retention(pt["accuracy"], c), stage, attr,
-                               _retention(acc_lo, c), _retention(acc_hi, c), n),
-                    ]
-                    accs[attr][stage] = pt["accuracy"]
-                    info["stages"][stage] = {
-                        "lambda": lams, "inner_cv": curves, "rank": basis.rank, "dim": basis.dim,
+                for attr, pl in plan.items():
+                    enc, k = pl.enc, len(pl.enc.classes)
+                    log, clog = FitLog(), FitLog()
+                    runs, ctrl_runs, lam_runs, curve_runs = [], [], [], []
+                    for folds in pl.folds:
+                        design = Design(basis.Z32, folds.fold, enc.y, k, rows=enc.rows)
+                        with one_blas_thread():
+                            logp_d, lams, curves = nested_cv_probe(design, LAMBDA_GRID, int(p["patience"]),
+                                                                   float(p["tol"]), int(p["max_iter"]), log,
+                                                                   float(p["inner_tol"]), inner_folds, pool)
+                            ctrl_d = None if pl.y_ctrl is None else control_logp(
+                                design, pl.y_ctrl, lams, float(p["tol"]), int(p["max_iter"]), clog, pool)
+                        runs.append({"logp": _row_order(logp_d, design),
+                                     "null": null_nll_bits(enc.y, folds.fold, k)})
+                        if ctrl_d is not None:
+                            ctrl_runs.append({"logp": _row_order(ctrl_d, design),
+                                              "null": null_nll_bits(pl.y_ctrl, folds.fold, k)})
+                        lam_runs.append(lams)
+                        curve_runs.append(curves)
+                        del design
+                    w = pl.groups.weights(n_boot)
+                    pt, reps = heldout_replicates(enc.y, k, pl.h, runs, w)
+                    self._stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, w)
+                    pl.accs[stage] = pt["accuracy"]
+                    pl.acc_reps[stage] = reps["accuracy"]
+                    pl.info["stages"][stage] = {
+                        "lambda": lam_runs[0] if len(lam_runs) == 1 else lam_runs,
+                        "inner_cv": curve_runs[0] if len(curve_runs) == 1 else curve_runs,
+                        "rank": basis.rank, "dim": basis.dim,
+                        "null_cross_entropy_bits": pt["null_cross_entropy_bits"],
                         "fits": log.n_fits, "converged": log.n_converged == log.n_fits,
                         "n_unconverged": log.n_fits - log.n_converged, "max_evals": log.max_evals,
                         "total_evals": log.n_evals, "max_gap_bound_nats": log.max_gap}
-                    if log.n_converged < log.n_fits:
-                        unconverged.append(f"{attr}@{stage}")
+                    if ctrl_runs:
+                        pl.info["stages"][stage]["control_fits"] = {
+                            "fits": clog.n_fits, "converged": clog.n_converged == clog.n_fits,
+                            "total_evals": clog.n_evals, "max_gap_bound_nats": clog.max_gap}
+                    if log.n_converged < log.n_fits or clog.n_converged < clog.n_fits:
+                        unconverged.append(f"{attr}@{stage}" + (" (control)" if log.n_converged == log.n_fits else ""))
                     advance(1)
                 del basis
+
+    @staticmethod
+    def _stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, w) -> None:
+        n, ng = len(pl.enc.y), pl.groups.n_groups
+        c = pl.chance[p["retention_chance"]]
+
+        def m(name: str, value: float, rep: np.ndarray) -> Metric:
+            lo, hi = _ci(rep)
+            return Metric(name, value, stage, attr, lo, hi, n, ng)
+
+        out.metrics += [m(key, pt[key], reps[key]) for key in
+                        ("accuracy", "balanced_accuracy", "macro_f1", "cross_entropy_bits", "i_probe_bits",
+                         "i_probe_prior_bits")]
+        out.metrics.append(m("retention_ratio", _retention(pt["accuracy"], c), _retention(reps["accuracy"], c)))
+        for key in ("accuracy", "i_probe_bits"):
+            out.replicates[(key, stage, attr)] = reps[key]
+        if ctrl_runs:
+            cpt, creps = heldout_replicates(pl.y_ctrl, len(pl.enc.classes), pl.h, ctrl_runs, w)
+            out.metrics += [m("control_accuracy", cpt["accuracy"], creps["accuracy"]),
+                            m("control_i_probe_bits", cpt["i_probe_bits"], creps["i_probe_bits"]),
+                            m("selectivity", pt["accuracy"] - cpt["accuracy"], reps["accuracy"] - creps["accuracy"])]
+            if pt["i_probe_bits"] <= cpt["i_probe_bits"]:
+                out.notes.append(f"{attr}@{stage}: I_probe {pt['i_probe_bits']:.3f} bits does not exceed its control "
+                                 f"task's {cpt['i_probe_bits']:.3f}: no evidence of information present")
 
     # ------------------------------------------------------------------ paper
     def _run_paper(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
@@ -535,6 +729,11 @@ class Probe(Analysis):
                 self._paper_stage(ctx, p, stage, plan, accs, pool, wd, mi, out, advance)
         for attr, (enc, _) in plan.items():
             out.metrics += attribute_level(attr, 1.0 / len(enc.classes), accs[attr])
+        if plan:
+            out.notes.append("paper: each CI averages the row-bootstrap replicates of the 5 splits' test rows as if "
+                             "the splits were independent; the 80/20 splits overlap (they share rows), so the "
+                             "intervals understate the estimator's spread (kept as a reference number; the default "
+                             "protocol's CIs resample groups, science.md §8)")
         return out
 
     def _paper_stage(self, ctx, p, stage, plan, accs, pool, wd, mi, out, advance) -> None:
