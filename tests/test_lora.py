@@ -145,8 +145,12 @@ def test_emotion_lora_makes_emotion_accessible_and_leaves_content(tmp_path):
     content = [r for (a, _), r in ch.items() if a == "content"][0]
     assert emo["before"] < 0.05                       # not accessible before
     assert emo["after"] > 0.1 and emo["after_ci"][0] > 0.05 and emo["ci_low"] > 0  # clearly accessible after
-    lo, hi = content["before_ci"]
-    assert lo <= content["after"] <= hi                # the text factor: within its CI
+    # the text factor is unchanged: an equivalence test (TOST) of the paired change against the
+    # declared margins, for its GMI and its probe accuracy at every stage
+    assert content["equivalent"] is True and content["margin"] == rec["summary"]["margins"]["gmi_bits"]
+    assert content["ci90"][0] > -content["margin"] and content["ci90"][1] < content["margin"]
+    assert rec["summary"]["equivalence"]["content"]["equivalent"] is True
+    assert "equivalent" not in emo                     # the trained attribute is not tested for it
     d = metric(rec, "lora_delta_gmi_bits", "emotion")
     assert d["value"] == pytest.approx(emo["after"] - emo["before"])
     assert any(m["metric"] == "lora_delta_accuracy" for m in rec["metrics"])

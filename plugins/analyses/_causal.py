@@ -242,7 +242,10 @@ def grouped(out: Any, seed: Any) -> Any:
 def _weights(seed: Any, n_boot: int) -> np.ndarray | None:
     from ._stats import RowGroups
 
-    return seed.weights(int(n_boot)) if isinstance(seed, RowGroups) else None
+    if not isinstance(seed, RowGroups):
+        return None
+    # one group cannot be resampled: no replicates, so no CI rather than a zero-width one
+    return seed.weights(int(n_boot)) if seed.n_groups >= 2 else np.zeros((0, len(seed.codes)))
 
 
 def bootstrap(stat: Callable[[np.ndarray], float], n: int, seed: Any, n_boot: int = 2000,

@@ -394,10 +394,11 @@ def evaluate(logq: np.ndarray, y: np.ndarray, k: int, n_boot: int, seed: int, s_
         groups = RowGroups(np.arange(len(y)), len(y), int(seed), "sample")
     prior = np.bincount(y, minlength=k) / len(y)
     g, s_star, capped = maximise_gmi(logq, y, prior, s_max)
-    w = groups.weights(n_boot) if n_boot > 0 else np.zeros((0, len(y)))
+    # one group cannot be resampled: no CI rather than a zero-width one
+    w = groups.weights(n_boot) if n_boot > 0 and groups.n_groups >= 2 else np.zeros((0, len(y)))
     reps = bootstrap_gmi(logq, y, k, w, s_max)
     lm = lm_rate(logq, y, k)
-    lm_reps = lm_rate_replicates(logq, y, k, w, lm) if n_boot > 0 else np.zeros(0)
+    lm_reps = lm_rate_replicates(logq, y, k, w, lm) if len(w) else np.zeros(0)
     codes = groups.codes if perm_codes is None else perm_codes
     p, _ = permutation_p(logq, y, k, np.unique(codes, return_inverse=True)[1], n_perm, groups.seed + 1, s_max)
     pred = logq.argmax(1)
@@ -518,10 +519,14 @@ class GMI(Analysis):
                 reps, lm_reps = r.pop("reps"), r.pop("lm_reps")
                 prefix = "" if view == "modal" else "text_"
                 ng = r["n_groups"]
-                out.metrics += [Metric(f"{prefix}gmi_bits", r["gmi_bits"], "llm.final", attr, *r["ci"], r["n"], ng),
+                cg = ng if r["ci"][0] is not None else None
+                out.metrics += [Metric(f"{prefix}gmi_bits", r["gmi_bits"], "llm.final", attr, *r["ci"], r["n"], cg),
                                 Metric(f"{prefix}gmi_lm_bits", r["gmi_lm_bits"], "llm.final", attr, *r["lm_ci"],
-                                       r["n"], ng),
+                                       r["n"], cg),
                                 Metric(f"{prefix}s_star", r["s_star"], "llm.final", attr, n=r["n"])]
+                if view == "modal" and ng < 10:
+                    out.notes.append(f"{attr}: its CIs rest on {ng} groups of {vg.key!r}"
+                                     + (" (none: one group cannot be resampled)" if ng < 2 else ""))
                 if view == "modal" and r["gmi_p"] is not None:
                     out.metrics.append(Metric("gmi_p", r["gmi_p"], "llm.final", attr, n=r["n"], n_groups=ng))
                 if r["s_capped"]:

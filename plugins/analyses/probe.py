@@ -608,8 +608,12 @@ class Probe(Analysis):
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
             self._fit_stages(ctx, p, stages, plan, unconverged, inner_folds, pool, out)
         for attr, pl in plan.items():
-            out.metrics += attribute_level(attr, pl.chance[p["retention_chance"]], pl.accs, pl.acc_reps,
-                                           len(pl.enc.y), pl.groups.n_groups)
+            out.metrics += attribute_level(attr, pl.chance[p["retention_chance"]], pl.accs,
+                                           pl.acc_reps if pl.groups.n_groups >= 2 else None, len(pl.enc.y),
+                                           pl.groups.n_groups)
+            if pl.groups.n_groups < 10:
+                out.notes.append(f"{attr}: its CIs rest on {pl.groups.n_groups} groups of {pl.groups.key!r}"
+                                 + (" (none: one group cannot be resampled)" if pl.groups.n_groups < 2 else ""))
             out.replicates[("_groups", None, attr)] = groups_identity(ctx, pl.groups)
         out.summary["converged"] = not unconverged
         if unconverged:
@@ -674,8 +678,8 @@ class Probe(Analysis):
         c = pl.chance[p["retention_chance"]]
 
         def m(name: str, value: float, rep: np.ndarray) -> Metric:
-            lo, hi = _ci(rep)
-            return Metric(name, value, stage, attr, lo, hi, n, ng)
+            lo, hi = _ci(rep) if ng >= 2 else (None, None)  # one group: nothing to resample
+            return Metric(name, value, stage, attr, lo, hi, n, ng if lo is not None else None)
 
         out.metrics += [m(key, pt[key], reps[key]) for key in
                         ("accuracy", "balanced_accuracy", "macro_f1", "cross_entropy_bits", "i_probe_bits",
