@@ -15,21 +15,33 @@ the true class first on every sample has GMI rising to H(Y) as s grows: s* is th
 the curve is flat to float precision, or s_max if it is still rising there (said in the
 notes).
 
-Uncertainty: a percentile bootstrap over samples (P(y) held at the evaluated prior): each
-replicate's maximum over s is taken on a fixed grid that is dense around s*, exact to
-second order because the curve is flat at its maximum.
+LM rate (`gmi_lm_bits`): the same with per-class offsets a(y) inside the exponent,
+max over s >= 0 and a; with a' = a + log P it is H(P) minus the least cross-entropy of
+softmax(s log q + a'), a convex problem in K parameters solved by Newton's method. It does
+not charge the decoder's answer bias (its prior over answer words, long verbalizers,
+synonyms) to inaccessibility; GMI <= gmi_lm, and their gap is that bias.
+
+Uncertainty (science.md §8): the attribute's shared group resamples (`_stats.attribute_groups`,
+the same draws as the probe's), each replicate with its own weighted prior: GMI's replicates
+by the vectorised 1-D maximisation of `gmi_max_batch`, the LM rate's by chord-Newton steps
+from the point fit. `gmi_p`: label permutations across the attribute's groups (group
+structure kept, `_stats.permute_labels_by_group`), the cached scores reused, GMI recomputed
+with each permutation's own prior; p = (1 + #{GMI_perm >= GMI}) / (1 + n_permutations).
 
 Scores come from the model plugin's `score` (media + query, every verbalizer of every
 class as a continuation, shared-prefix batching inside the plugin), batched by
 `batch_size` and stored through `ctx.cached`, so a second run never loads the model.
 
-Metrics: `gmi_bits` at stage `llm.final` (the decoder's scoring rule reads llm.final), with
-CI; `s_star`; `accessibility` = GMI / I_probe at every stage the probe covered, when
-`probe` ran earlier in the same run (science.md names adapter and llm.final; every stage
-is given; no CI, the two estimates come from different resamplings); `text_gmi_bits` (and
-`text_s_star`): the same with the paired text in place of the modality (view "text"), for
-attributes the text describes, over the samples whose text is not empty. The summary holds
-the per-class confusion of argmax q, the prior, s*, and the normalisation.
+Metrics at stage `llm.final` (the decoder's scoring rule reads llm.final): `gmi_bits` and
+`gmi_lm_bits` with CIs and `n_groups`, `s_star`, `gmi_p`; `accessibility` = GMI / I_probe
+and `accessibility_lm` = gmi_lm / I_probe at `adapter` and `llm.final`, when `probe` ran
+earlier in the same run, with CIs taken replicate by replicate from the probe's replicates of
+I_probe (the same group draws); `text_gmi_bits`, `text_gmi_lm_bits` (and `text_s_star`):
+the same with the paired text in place of the modality (view "text"), for attributes the
+text describes, over the samples whose text is not empty. An attribute whose classes are not
+verbalizable (`Attribute.verbalizable`: "reader 1089") is left out, with the reason. The
+summary holds the per-class confusion of argmax q, the prior, s*, the LM rate's s and
+offsets, and the normalisation.
 """
 
 from __future__ import annotations
@@ -570,5 +582,7 @@ class GMI(Analysis):
                         notes.append(f"{attr}: no CI for {name} at {stage} (I_probe's resamples reach 0 bits)")
                 out.append(Metric(name, value, stage, attr, lo, hi, r["n"], groups.n_groups if lo is not None else None))
             if not same:
-                notes.append(f"{attr}: the probe's resamples are not this run's (no accessibility CI at {stage})")
+                why = ("the probe keeps no replicates under the paper protocol" if ("_groups", None, attr)
+                       not in probe.replicates else "the probe's resamples are not this run's")
+                notes.append(f"{attr}: {why} (no accessibility CI at {stage})")
         return out

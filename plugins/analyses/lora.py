@@ -356,9 +356,14 @@ class Lora(Analysis):
                 lo, hi = percentile_ci(reps) if reps is not None else (None, None)
                 if reps is None:
                     unpaired.add(str(key[1]))
+                    if None not in (b.ci_low, b.ci_high, a.ci_low, a.ci_high):  # the paper protocol's approximation
+                        z = 1.959964
+                        se = math.hypot((b.ci_high - b.ci_low) / (2 * z), (a.ci_high - a.ci_low) / (2 * z))
+                        lo, hi = d - z * se, d + z * se
                 trained = key[1] == attr_name
                 eq = tost(reps, margins[metric]) if reps is not None and test and not trained else None
-                metrics.append(Metric(out_name, d, key[0], key[1], lo, hi, a.n, a.n_groups if lo is not None else None))
+                metrics.append(Metric(out_name, d, key[0], key[1], lo, hi, a.n,
+                                      a.n_groups if reps is not None and lo is not None else None))
                 rows.append({"stage": key[0], "attribute": key[1], "before": b.value, "after": a.value, "delta": d,
                              "ci_low": lo, "ci_high": hi, "before_ci": [b.ci_low, b.ci_high],
                              "after_ci": [a.ci_low, a.ci_high], "trained": trained, "n_groups": a.n_groups,
@@ -376,7 +381,8 @@ class Lora(Analysis):
                              f"margins accuracy {margins['accuracy']:g}, GMI {margins['gmi_bits']:g} bits; "
                              f"{len(mine)} changes{'' if verdict else ', every one must be inside its margin'})")
         for attr in sorted(unpaired):
-            notes.append(f"{attr}: the two runs' resamples differ (different samples or seeds): no paired CI")
+            notes.append(f"{attr}: no paired replicates (paper protocol, or the two runs drew different resamples): "
+                         f"its CIs combine the two runs' CIs as independent normals (approximate)")
         metrics.append(Metric("lora_best_val_loss", st["best_val_loss"], None, attr_name, None, None, st.get("n_val")))
         metrics.append(Metric("lora_best_epoch", float(st["best_epoch"] or 0), None, attr_name, None, None,
                               st.get("n_train")))
@@ -397,7 +403,8 @@ class Lora(Analysis):
         notes = [f"evaluated on {len(split['eval'])} samples; LoRA trained on {len(split['train'])} "
                  f"(validation {len(split['val'])})",
                  *[f"wrote {w} (with the adapter)" for w in self.written],
-                 "CIs of the changes: paired, from the two runs' shared group resamples (science.md §8)", *notes]
+                 "CIs of the changes: paired, from the two runs' shared group resamples (science.md §8), where both "
+                 "runs kept replicates", *notes]
         if ctx.protocol == "paper":
             summary["baseline_generation_eval"] = _gen_eval(hist[0], split["val"], attr_name) if hist else None
             summary["post_training_generation_eval"] = _gen_eval(hist[-1], split["val"], attr_name) if hist else None

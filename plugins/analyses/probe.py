@@ -12,14 +12,26 @@
     `LAMBDA_GRID` by nested cross-validation on that fold's training part only (each of its
     other folds held out in turn from the rest of that part, so the inner CV is
     group-disjoint whenever the outer folds are), minimising held-out cross-entropy;
-  * metrics from the pooled held-out predictions: `accuracy` (bootstrap 95% CI over test
-    samples), `balanced_accuracy`, `macro_f1`, `cross_entropy_bits`, `i_probe_bits` =
-    H(Y) - CE (H(Y) the entropy of the label prior of the probed rows; it can fall below 0
-    when held-out groups shift the label mix), `retention_ratio`; `chance_uniform` = 1/K
-    and `chance_majority` (the majority class rate) per attribute; and the attribute-level
-    `retained_pct`, `final_over_chance`, `delta_tau` (science.md §1) with the chance level
-    of `retention_chance` (default: majority; the paper's is 1/K), reported as
-    `chance_retention`.
+  * metrics from the pooled held-out predictions: `accuracy`, `balanced_accuracy`,
+    `macro_f1`, `cross_entropy_bits`, `i_probe_bits` = CE_null - CE (V-information: CE_null is
+    the held-out cross-entropy of the intercept-only model fitted on the same training folds,
+    each fold's own label prior; ~0 for vectors that carry nothing, even when grouped folds
+    shift the label mix), `i_probe_prior_bits` = H(Y) - CE (the old number, biased negative
+    there), `retention_ratio`; `chance_uniform` = 1/K and `chance_majority` (the majority
+    class rate) per attribute; and the attribute-level `retained_pct`, `final_over_chance`,
+    `delta_tau` (science.md §1) with the chance level of `retention_chance` (default:
+    majority; the paper's is 1/K), reported as `chance_retention`;
+  * control task (`control`, on by default; Hewitt & Liang 2019): the labels permuted across
+    the attribute's groups (group structure kept), the same folds, each outer fold fitted at
+    the lam the real labels chose there (no inner CV): `control_accuracy`,
+    `control_i_probe_bits`, `selectivity` = accuracy - control_accuracy;
+  * `n_repeats` grouped-CV seeds (default 1): points are means over the seeds, and bootstrap
+    replicate b reads seed b mod n_repeats, so their spread enters the CIs;
+  * CIs: percentile, over the attribute's shared group resamples (`_stats.attribute_groups`,
+    science.md §8) as row weights of the held-out predictions (no refit); every metric says
+    its `n_groups`; the replicates of accuracy and I_probe go to later analyses of the run
+    (`AnalysisOutput.replicates`: GMI's accessibility CIs, LoRA's paired changes), never to
+    the record; every record notes that I_probe is a lower bound loosening with d/N.
 
 How the default fit is made fast without changing the model it finds:
   * Exact PCA form. The penalised optimum W lies in the span of the training rows
