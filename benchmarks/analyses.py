@@ -538,7 +538,12 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
     it, in one run, alternating on/off/off/on so that drift in the machine's load falls on both
     sides. Target: on / off <= 1.2 on the toy and on the N x d benchmark vectors. The analysis
     time is measured inside each spawned process (the toy's store is filled once, untimed)."""
-    lines: list[str] = []
+    class _Lines(list):  # echo each line to stderr as it comes: a long run shows its progress
+        def append(self, line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+            super().append(line)
+
+    lines = _Lines()
     load = lambda: "load %.1f" % os.getloadavg()[0]  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         store = str(Path(tmp) / "store")
