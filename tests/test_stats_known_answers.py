@@ -135,7 +135,7 @@ def test_control_task_is_near_chance_and_selectivity_is_the_difference():
     assert m["control_i_probe_bits"].value < 0.05 < m["i_probe_bits"].value
     assert m["selectivity"].value == pytest.approx(m["accuracy"].value - m["control_accuracy"].value)
     assert m["selectivity"].ci_low > 0
-    assert out.summary["attributes"]["a"]["stages"]["adapter"]["control_fits"]["fits"] == 5
+    assert out.summary["attributes"]["a"]["stages"]["adapter"]["control_fits"]["fits"] == 6  # 5 folds + their all-rows start
     off, _ = probe_run(X, labels, groups, control=False)
     assert "control_accuracy" not in off and off["accuracy"].value == m["accuracy"].value
 
