@@ -380,7 +380,7 @@ def control_logp(design: Design, y_ctrl: np.ndarray, lams: list[float], tol: flo
                  pool: Any = None) -> np.ndarray:
     """Held-out log-probabilities (design row order) of the probe on the control labels
     `y_ctrl` (caller's row order): the same folds, each outer fold fitted at the lam the real
-    labels chose there (no inner CV of its own), from zeros. The design's vectors are shared."""
+    labels chose there (no inner CV of its own). The design's vectors are shared."""
     import copy
 
     F, k = design.n_blocks, design.k
@@ -563,8 +563,8 @@ class Probe(Analysis):
         if isinstance(p["n_repeats"], bool) or not str(p["n_repeats"]).isdigit() or int(p["n_repeats"]) < 1:
             raise MchError(f"probe parameter n_repeats must be a positive number of grouped-CV seeds, "
                            f"not {p['n_repeats']!r}")
-        if isinstance(p["n_bootstrap"], bool) or not str(p["n_bootstrap"]).isdigit() or int(p["n_bootstrap"]) < 1:
-            raise MchError(f"probe parameter n_bootstrap must be a positive number of resamples, "
+        if isinstance(p["n_bootstrap"], bool) or not str(p["n_bootstrap"]).isdigit():
+            raise MchError(f"probe parameter n_bootstrap must be a whole number of resamples (0: no CIs), "
                            f"not {p['n_bootstrap']!r}")
         n_rep = int(p["n_repeats"])
         out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
@@ -610,8 +610,8 @@ class Probe(Analysis):
             if p["control"]:
                 codes, _ = group_codes(g_rows, len(enc.y))
                 y_ctrl = control_labels(enc.y, codes, folds, k, resample_seed(ctx.seed, attr, "control"))
-                info["control"] = ("labels permuted across groups of " f"{spec.group_key!r} (group structure kept), "
-                                   "same folds, each fold at the lam the real labels chose")
+                info["control"] = (f"labels permuted across groups of {spec.group_key!r} (group structure kept), "
+                                   f"same folds, each fold at the lam the real labels chose")
                 if y_ctrl is None:
                     info["control"] = "none: no permutation across groups kept every class in every training part"
                     out.notes.append(f"{attr}: no control task ({info['control']})")
