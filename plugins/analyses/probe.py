@@ -731,6 +731,7 @@ class Probe(Analysis):
             out.summary["attributes"][attr] = {"classes": enc.classes, "n": int(len(enc.rows)), "n_classes": k,
                                                "dropped_classes": enc.dropped, "chance": 1.0 / k, "stages": {}}
             out.metrics.append(Metric("chance_uniform", 1.0 / k, None, attr, n=len(enc.y)))
+            out.notes.append(d_over_n_note(attr, len(enc.y), {s: int(np.shape(ctx.reps[s])[1]) for s in stages}))
             plan[attr] = (enc, splits)
         accs: dict[str, dict[str, float]] = {a: {} for a in plan}
         # n_jobs = 1: the splits one after another with the process's BLAS threads, as a plain
