@@ -504,9 +504,9 @@ def mch_probe_control(files: dict[str, Any], control: bool) -> dict[str, Any]:
 
     probe = Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
     params = {**probe.default_params("default"), "control": control}
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = probe.run(_probe_context(files, "default", params))
-    return _control_result(out, time.perf_counter() - t)
+    return _control_result(out, time.perf_counter() - t, time.process_time() - c)
 
 
 def toy_probe_control(store: str, control: bool) -> dict[str, Any]:
@@ -517,15 +517,15 @@ def toy_probe_control(store: str, control: bool) -> dict[str, Any]:
     cfg = RunConfig(analyses=["probe"], store=Path(store), params={"probe": {"control": control}})
     p = plan(cfg)
     entry = extract(p, "modal")
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     (_, out, _, _), = analyze(p, entry)
-    return _control_result(out, time.perf_counter() - t)
+    return _control_result(out, time.perf_counter() - t, time.process_time() - c)
 
 
-def _control_result(out: Any, seconds: float) -> dict[str, Any]:
+def _control_result(out: Any, seconds: float, cpu: float) -> dict[str, Any]:
     get = lambda name: {(m.stage, m.attribute): m.value for m in out.metrics if m.metric == name}  # noqa: E731
     stages = [v for info in out.summary["attributes"].values() for v in info.get("stages", {}).values()]
-    return {"seconds": seconds, "i_probe": get("i_probe_bits"), "control": get("control_i_probe_bits"),
+    return {"seconds": seconds, "cpu": cpu, "i_probe": get("i_probe_bits"), "control": get("control_i_probe_bits"),
             "selectivity": get("selectivity"), "fits": sum(v["fits"] for v in stages),
             "control_fits": sum(v.get("control_fits", {}).get("fits", 0) for v in stages),
             "control_evals": sum(v.get("control_fits", {}).get("total_evals", 0) for v in stages),
@@ -552,11 +552,13 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
         for name, fn, arg, rounds in (("toy (600 x 32..64, 3 attributes, 7 stages)", toy_probe_control, store, 3),
                                       (f"vectors (N = {args.n} x d = {args.d}, 2 attributes, 4 stages)",
                                        mch_probe_control, files, 1)):  # 4 runs: ~1.5 min each on 2 idle cores
-            t = {True: [], False: []}
+            t: dict[bool, list[float]] = {True: [], False: []}
+            cpu: dict[bool, list[float]] = {True: [], False: []}
             res = {}
             for on in [True, False, False, True] * rounds:
                 r = measured(fn, arg, on, trace=False)["result"]
                 t[on].append(r["seconds"])
+                cpu[on].append(r["cpu"])
                 res[on] = r
             # medians: a shared machine's load spikes hit single runs; the sums' ratio is given too
             ratio = float(np.median(t[True]) / np.median(t[False]))
@@ -566,8 +568,14 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
                          f"{'met' if ratio <= 1.2 else 'NOT met'}; ratio of sums {sum(t[True]) / sum(t[False]):.2f}; "
                          f"runs on {' '.join(f'{x:.1f}' for x in t[True])}, off {' '.join(f'{x:.1f}' for x in t[False])})"
                          f"   [{load()}]")
-            lines.append(f"    fits {on['fits']} + control {on['control_fits']}; evaluations {on['evals']} + control "
-                         f"{on['control_evals']}; unconverged {on['unconverged']}")
+            # CPU time (the process's, all threads): what the work costs, far less moved by other jobs'
+            # load than wall time on a shared machine
+            cpu_ratio = float(np.median(cpu[True]) / np.median(cpu[False]))
+            lines.append(f"    CPU time: on {np.median(cpu[True]):.1f} s, off {np.median(cpu[False]):.1f} s, on/off "
+                         f"{cpu_ratio:.2f} (target <= 1.2: {'met' if cpu_ratio <= 1.2 else 'NOT met'}); evaluations "
+                         f"{on['evals']} + control {on['control_evals']} "
+                         f"(+{100 * on['control_evals'] / max(on['evals'], 1):.0f}%)")
+            lines.append(f"    fits {on['fits']} + control {on['control_fits']}; unconverged {on['unconverged']}")
             for key in sorted(on["i_probe"], key=lambda k: (k[1], str(k[0]))):
                 if key in on["control"]:
                     lines.append(f"    {key[1]:8s} {key[0]:10s} I_probe {on['i_probe'][key]:6.3f}  control "
