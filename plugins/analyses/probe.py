@@ -101,8 +101,7 @@ from ._params import check_params
 from ._softmax import Design, Problem, SoftmaxFit, fit_many, heldout_logp
 from ._stats import (LN2, Folds, RowGroups, attribute_groups, bootstrap_classification, confusion,
                      encode_labels, entropy_bits, group_codes, grouped_folds, groups_identity, percentile_ci,
-                     permute_labels_by_group, prior, resample_seed, scores_from_confusion, weighted_means,
-                     weighted_scores)
+                     permute_labels_by_group, prior, resample_seed, scores_from_confusion, scores_from_counts)
 
 # The regularisation grid, owned by the harness (never by a model or dataset plugin, so
 # every model is probed alike: the SUPERB fairness rule). lam is the per-sample L2 weight on
@@ -350,10 +349,18 @@ def heldout_replicates(y: np.ndarray, k: int, h_bits: float, runs: list[dict[str
         nll = -run["logp"][np.arange(len(y)), y] / LN2
         pt = {key: float(v) for key, v in scores_from_confusion(confusion(y, pred, k)).items()}
         pt["cross_entropy_bits"], pt["null_cross_entropy_bits"] = float(nll.mean()), float(run["null"].mean())
-        sel = np.flatnonzero(np.arange(B) % R == r)
-        rp = dict(weighted_scores(y, pred, k, w[sel]))
-        rp["cross_entropy_bits"], rp["null_cross_entropy_bits"] = weighted_means(nll, w[sel]), \
-            weighted_means(run["null"], w[sel])
+        sel = np.flatnonzero(np.arange(B) % R == r) if R > 1 else slice(None)
+        # every weighted count in one product: per-class hits, truths, predictions, and the two CEs
+        M = np.zeros((len(y), 3 * k + 2))
+        M[np.arange(len(y)), y] = y == pred
+        M[np.arange(len(y)), k + y] = 1.0
+        M[np.arange(len(y)), 2 * k + pred] = 1.0
+        M[:, 3 * k], M[:, 3 * k + 1] = nll, run["null"]
+        S = (w if R == 1 else w[sel]) @ M
+        rp = dict(scores_from_counts(S[:, :k], S[:, k:2 * k], S[:, 2 * k:3 * k]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tot = S[:, k:2 * k].sum(1)  # NaN where a resample drew none of these rows
+            rp["cross_entropy_bits"], rp["null_cross_entropy_bits"] = S[:, 3 * k] / tot, S[:, 3 * k + 1] / tot
         for d in (pt, rp):
             d["i_probe_bits"] = d["null_cross_entropy_bits"] - d["cross_entropy_bits"]
             d["i_probe_prior_bits"] = h_bits - d["cross_entropy_bits"]
@@ -529,6 +536,7 @@ class AttrPlan:
     y_ctrl: np.ndarray | None    # control-task labels, or None (control off or impossible)
     accs: dict[str, float]
     acc_reps: dict[str, np.ndarray]
+    weights: np.ndarray | None = None  # (B, n) row weights of the shared resamples, made once
 
 
 class Probe(Analysis):
@@ -670,9 +678,11 @@ class Probe(Analysis):
                         lam_runs.append(lams)
                         curve_runs.append(curves)
                         del design
-                    w = pl.groups.weights(n_boot)
-                    pt, reps = heldout_replicates(enc.y, k, pl.h, runs, w)
-                    self._stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, w)
+                    if pl.weights is None:  # the attribute's resamples: the same at every stage
+                        pl.weights = pl.groups.weights(n_boot)
+                    with one_blas_thread():  # small products: a waiting BLAS thread costs more than it gives
+                        pt, reps = heldout_replicates(enc.y, k, pl.h, runs, pl.weights)
+                        self._stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, pl.weights)
                     pl.accs[stage] = pt["accuracy"]
                     pl.acc_reps[stage] = reps["accuracy"]
                     pl.info["stages"][stage] = {
