@@ -35,3 +35,9 @@ benchmarks: setup
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/analyses.py
 	$(PY) benchmarks/gmi.py
+	$(PY) benchmarks/store.py
+
+# Every entry of the representation store ($MCH_STORE, default ~/.cache/mch/store); entries
+# another mch process is writing are left alone. `mch store list` shows what is there.
+clean-store: setup
+	$(VENV)/bin/mch store rm --all

@@ -20,6 +20,11 @@ Sections
   `per_type` and `distances` report their time and peak memory on the same vectors. A
   `floor` line times, alone, the float64 steps every implementation of the default protocol
   makes (Gram, full eigendecomposition, text cross-products): the target's budget against it.
+- split (issue 14): the default `modes` analysis (the cross-fitted split of `_split`: two
+  half eigendecompositions, both directions, the modal-vs-modal null of 200 cuts and a
+  200-replicate group bootstrap) against the reference script 07 loop on the same N = 2620 x
+  d = 4096 vectors, and `per_type` with its permutation null. Target: >= 2x faster than the
+  reference, peak memory < 2x the vectors read.
 - probe (issue 5): the `probe` analysis under both protocols against a plain sklearn
   implementation of the reference's script 03, on N = 2620 x d = 4096 synthetic pooled
   vectors, 4 stages x 2 attributes x 5 splits. Targets: paper protocol (n_jobs = 1) at least
@@ -284,6 +289,41 @@ def bench_modes(args: argparse.Namespace) -> list[str]:
         lines.append(f"  target: default >= 10x the reference: {ref['seconds'] / t['seconds']:.1f}x "
                      f"({'met' if ref['seconds'] / t['seconds'] >= 10 else 'NOT met'}); peak < 2x read: "
                      f"{t['traced_mb'] / read:.2f}x ({'met' if t['traced_mb'] < 2 * read else 'NOT met'})")
+    return lines
+
+
+# --------------------------------------------------------------------------- split section
+
+
+def mch_split(modal: str, text: str, n_boot: int) -> dict[str, Any]:
+    from mch.plugins.analyses._split import covariance_split
+
+    sp = covariance_split(np.load(modal, mmap_mode="r"), np.load(text, mmap_mode="r"), n_boot=n_boot)
+    return {"var_frac_MS_of_kept": sp.pooled()["var_frac_MS_of_kept"],
+            "n_modes": [d.n_modes for d in sp.directions]}
+
+
+def bench_split(args: argparse.Namespace) -> list[str]:
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = synthetic_vectors(Path(tmp), args.n, args.d)
+        read = mb(2 * args.n * args.d * 4)
+        lines.append(f"split: N = {args.n}, d = {args.d}; the two float32 matrices read: {read:.0f} MiB "
+                     f"(timings on a shared machine: compare the ratios within this run)")
+        ref = measured(reference_modes_loop, str(files["modal"]), str(files["text"]), trace=args.trace_reference)
+        lines.append(f"  reference (script 07, Python loop over {args.d} modes): {ref['seconds']:8.1f} s")
+        runs = {"covariance_split, no bootstrap": measured(mch_split, str(files["modal"]), str(files["text"]), 0),
+                "modes analysis (default params)": measured(run_analysis, "modes", files, {}),
+                "per_type analysis (default params)": measured(run_analysis, "per_type", files, {})}
+        for label, r in runs.items():
+            lines.append(f"  mch {label:<36}: {r['seconds']:8.1f} s   traced {r['traced_mb']:7.0f} MiB "
+                         f"({r['traced_mb'] / read:4.2f}x read)   rss +{r['rss_mb']:.0f} MiB   "
+                         f"speed-up {ref['seconds'] / r['seconds']:5.1f}x")
+        r = runs["modes analysis (default params)"]
+        speed = ref["seconds"] / r["seconds"]
+        lines.append(f"  target: default modes (cross-fit, null, bootstrap) >= 2x the reference: {speed:.1f}x "
+                     f"({'met' if speed >= 2 else 'NOT met'}); peak < 2x read: {r['traced_mb'] / read:.2f}x "
+                     f"({'met' if r['traced_mb'] < 2 * read else 'NOT met'})")
     return lines
 
 
@@ -586,7 +626,8 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
 # --------------------------------------------------------------------------- driver
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {"modes": bench_modes, "probe": bench_probe,
-                                                                  "probe_control": bench_probe_control}
+                                                                  "probe_control": bench_probe_control,
+                                                                  "split": bench_split}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,7 +31,7 @@ def naive_loop(plugin, samples, full_forward) -> dict[str, np.ndarray]:
     with torch.no_grad():
         for s in samples:
             prepared = plugin.prepare([s], "paper")
-            stages = plugin.stage_map("modal")  # after prepare: LLaVA's encoder stage depends on the protocol
+            stages = plugin.stage_map("modal", "paper")  # hand-written hooks: the reference's way, independent of mch's
             grabbed = {}
             hooks = []
             for st, path in stages.items():

@@ -13,15 +13,20 @@ from typing import Iterable
 import torch
 
 from .api import MchError
-from .model import ModelPlugin, Pool, Prepared, resolve_module, stage_group, stage_sort_key
-
-
-class _StopForward(Exception):
-    pass
+from .hooks import Fired, Trace
+from .model import ModelPlugin, Pool, Prepared, stage_group, stage_map_of, stage_sort_key
 
 
 def pool(hidden: torch.Tensor, spec: Pool | None, span: str, n: int) -> torch.Tensor:
-    """Masked mean of (R, T, D) (or (R, D)) into (n, D) float32, per owner sample."""
+    """Masked mean of (R, T, D) (or (R, D)) into (n, D) float32, per owner sample. A
+    `Pool.proportional` spec flattens the output to rows first and splits them over samples."""
+    if spec is not None and spec.split is not None:
+        hidden = hidden.reshape(-1, 1, hidden.shape[-1])
+        owner = spec.split_owner(hidden.shape[0])
+        rows = torch.ones(hidden.shape[0], 1, dtype=torch.bool)
+        if span == "last":  # each sample's last row
+            rows[:-1, 0] = owner[1:] != owner[:-1]
+        spec = Pool(owner, {span: rows, "all": rows})
     if hidden.dim() == 2:
         hidden = hidden[:, None, :]
     hidden = hidden.float()
@@ -60,9 +65,11 @@ def pool(hidden: torch.Tensor, spec: Pool | None, span: str, n: int) -> torch.Te
 
 
 def capture(plugin: ModelPlugin, prepared: Prepared, stages: Iterable[str], span: str,
-            view: str = "modal") -> dict[str, torch.Tensor]:
-    """Run one forward pass and return {stage: (n, D) float32 CPU tensor}."""
-    stage_map = plugin.stage_map(view)
+            view: str = "modal", protocol: str | None = None) -> dict[str, torch.Tensor]:
+    """Run one forward pass and return {stage: (n, D) float32 CPU tensor}. The stage map is
+    the one of `protocol` (default: the one `prepare` recorded in `prepared.info`)."""
+    protocol = protocol or prepared.info.get("protocol", "default")
+    stage_map = stage_map_of(plugin, view, protocol)
     stages = sorted(set(stages), key=stage_sort_key)
     unknown = [s for s in stages if s not in stage_map]
     if unknown:
@@ -72,36 +79,16 @@ def capture(plugin: ModelPlugin, prepared: Prepared, stages: Iterable[str], span
         )
     assert plugin.module is not None
     out: dict[str, torch.Tensor] = {}
-    remaining = set(stages)
-    handles = []
 
-    def make_hook(stage: str):
-        def hook(_module, _args, output):
-            h = output[0] if isinstance(output, (tuple, list)) else output
-            if hasattr(h, "last_hidden_state") and not isinstance(h, torch.Tensor):
-                h = h.last_hidden_state
-            group = stage_group(stage)
-            out[stage] = pool(h.detach(), prepared.pools.get(group), span, prepared.n).cpu()
-            remaining.discard(stage)
-            if not remaining:
-                raise _StopForward
+    def pool_now(fired: Fired) -> None:  # pooled at once: nothing (B, T, D) is kept
+        group = stage_group(fired.name)
+        out[fired.name] = pool(fired.x.detach(), prepared.pools.get(group), span, prepared.n).cpu()
 
-        return hook
-
-    try:
-        for stage in stages:
-            module = resolve_module(plugin.module, stage_map[stage])
-            handles.append(module.register_forward_hook(make_hook(stage)))
-        with torch.inference_mode():
-            try:
-                plugin.forward(prepared)
-            except _StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.inference_mode(), Trace(plugin.module, {s: stage_map[s] for s in stages}, fn=pool_now, stop=True):
+        plugin.forward(prepared)
+    remaining = [s for s in stages if s not in out]
     if remaining:
         raise MchError(
-            f"model {plugin.spec.name!r}: stages {sorted(remaining)} never fired during the forward pass"
+            f"model {plugin.spec.name!r}: stages {remaining} never fired during the forward pass"
         )
     return out

@@ -15,6 +15,17 @@ from typing import Any
 from .api import MchError
 
 
+def one_line(exc: BaseException, max_len: int | None = None) -> str:
+    """An exception raised while loading, as one line for an MchError: its type and the first
+    line of its message (cut to `max_len`), and what to do when transformers refused a
+    checkpoint's own code."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:max_len]
+    if "trust_remote_code" in str(exc):
+        line += "; it needs its own Python code, which mch runs only with --trust-remote-code"
+    return line
+
+
 def resolve_checkpoint(checkpoint: str, revision: str | None, model_name: str,
                        allow_patterns: list[str] | None = None) -> Path:
     """Local directory for `checkpoint` (a path, or an HF id found in the local HF cache)."""
@@ -79,3 +90,17 @@ def load_lora_adapter(module: Any, adapter_dir: str | Path, merge: bool = True) 
     if merge:
         return peft_model.merge_and_unload()
     return peft_model
+
+
+# A random-weight checkpoint built for tests (mch.plugins.models.tiny) says so in its
+# config.json; records then carry model.smoke and the leaderboard never shows it as a model.
+SMOKE_KEY = "mch_smoke_test"
+
+
+def is_smoke_checkpoint(checkpoint: Any) -> bool:
+    """Whether `checkpoint` is a local directory whose config.json carries SMOKE_KEY."""
+    try:
+        cfg = Path(str(checkpoint)).expanduser() / "config.json"
+        return cfg.is_file() and bool(json.loads(cfg.read_text()).get(SMOKE_KEY))
+    except (OSError, ValueError, AttributeError):
+        return False

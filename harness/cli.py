@@ -14,46 +14,69 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from .api import MchError
+from .io_cli import CONFIG, apply_config
+from .terminal import err_console, exit_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode="rich",
                   help="mch, the modality-collapse harness: how much non-text information multimodal LLMs "
                        "keep accessible to their text decoder, layer by layer.")
 console = Console(stderr=False)
-err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .results import mch_version
+
+        typer.echo(f"mch {mch_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print mch's version and exit")) -> None:
+    """mch, the modality-collapse harness: how much non-text information multimodal LLMs keep
+    accessible to their text decoder, layer by layer."""
 
 
 def _results_dir(out: Optional[Path]) -> Path:
     return out or Path(os.environ.get("MCH_RESULTS", "results"))
 
 
-def _params(raw: List[str]) -> dict:
-    """`--param probe.n_splits=10` -> {"probe": {"n_splits": 10}}."""
+def _json_value(val: str):
+    """A command-line VALUE as JSON (10, 0.5, true, [1, 2], {"a": 1}, "x"); anything that is
+    not JSON is the string itself. The plugin's declared type then checks it."""
     import json
 
+    try:
+        return json.loads(val)
+    except ValueError:
+        return val
+
+
+def _params(raw: List[str]) -> dict:
+    """`--param probe.n_splits=10` -> {"probe": {"n_splits": 10}}."""
     out: dict = {}
     for item in raw:
         key, sep, val = item.partition("=")
         name, dot, pkey = key.partition(".")
         if not sep or not dot or not pkey:
             raise MchError(f"--param {item!r} must look like ANALYSIS.KEY=VALUE, e.g. probe.n_splits=10")
-        try:
-            v = json.loads(val)
-        except ValueError:
-            v = val
-        out.setdefault(name, {})[pkey] = v
+        out.setdefault(name, {})[pkey] = _json_value(val)
     return out
 
 
 def _options(raw: List[str], flag: str = "--model-option", example: str = "llm=/models/vicuna-7b") -> dict:
+    """`--model-option KEY=VALUE` / `--data-option KEY=VALUE`, VALUE parsed as `--param`'s is
+    (so `--data-option 'synth={"actors": 8}'` gives a dict)."""
     out = {}
     for item in raw:
         key, sep, val = item.partition("=")
         if not sep or not key:
             raise MchError(f"{flag} {item!r} must look like KEY=VALUE, e.g. {example}")
-        out[key] = val
+        out[key] = _json_value(val)
     return out
 
 
@@ -90,7 +113,7 @@ DATAPATH = typer.Option(None, "--data-path", help="where the dataset lives (defa
 SPLIT = typer.Option(None, "--split", help="dataset split (default: the dataset's)")
 LIMIT = typer.Option(None, "--limit", "-n", help="use the first N samples of the selection")
 SEED = typer.Option(0, "--seed", help="seed for selection and analyses")
-DEVICE = typer.Option("cpu", "--device", help="cpu or cuda")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N")
 DTYPE = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default bf16 on cuda, fp32 on cpu)")
 PROTOCOL = typer.Option("default", "--protocol", help="default (corrected) or paper (the reference's choices)")
 SPAN = typer.Option(None, "--span", help="modality, all, text or last (default: modality; paper: all)")
@@ -107,20 +130,22 @@ TCKPT = typer.Option(None, "--text-checkpoint",
 TREV = typer.Option(None, "--text-revision", help="paper protocol: the text-only model's revision")
 TRC = typer.Option(False, "--trust-remote-code", help="allow Hub remote code (off by default)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
+JSON_OUT = typer.Option(False, "--json", help="print the numbers as JSON on stdout (README: output for machines)")
+CSV_OUT = typer.Option(False, "--csv", help="print the numbers as CSV on stdout, one line per metric row")
 
 
 def _runner_io(quiet: bool):
-    from .runner import RichProgress
+    """The run's log (stdlib logging, shown on stderr unless quiet) and its progress bars."""
+    import logging
 
-    def log(msg: str) -> None:
-        if not quiet:
-            err_console.print(f"[dim]mch:[/] {msg}")
+    from .terminal import RichProgress, show_log
 
-    return log, RichProgress(err_console, quiet)
+    show_log(err_console, quiet)
+    return logging.getLogger("mch.cli").info, RichProgress(err_console, quiet)
 
 
 @app.command()
-def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
+def bench(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET,
           analysis: List[str] = typer.Option(["probe,gmi"], "--analysis", help="analyses (comma-separated)"),
           attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
           adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
@@ -130,26 +155,34 @@ def bench(model: str = MODEL, dataset: Optional[str] = DATASET,
           on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
           model_option: Optional[List[str]] = MOPT,
           data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-          text_revision: Optional[str] = TREV, quiet: bool = QUIET):
+          text_revision: Optional[str] = TREV, quiet: bool = QUIET, as_json: bool = JSON_OUT,
+          as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
     With no arguments: the built-in toy model organism on the toy world, probe + gmi."""
     from .runner import run_bench
 
+    if as_json and as_csv:
+        raise MchError("--json and --csv print the same numbers two ways; pass one of them")
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
                   model_option, data_option, text_checkpoint, text_revision)
+    cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
-    p, written = run_bench(cfg, log, progress)
-    show_records([r for _, r in written])
+    p, written = _keeping_records(run_bench, cfg, log, progress)
+    machine = _machine_output(written, as_json, as_csv, p.loaded)
+    if not machine:
+        show_records([r for _, r in written])
+    # with --json/--csv stdout holds only the numbers: the rest goes to stderr
+    say = err_console if machine else console
     for path, _ in written:
-        console.print(f"wrote [bold]{path}[/]")
+        say.print(Text.assemble("wrote ", (str(path), "bold")), soft_wrap=True)
     if not p.loaded:
-        console.print("model not loaded: every representation and score came from the store")
+        say.print("model not loaded: every representation and score came from the store")
 
 
 @app.command()
-def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Optional[str] = CKPT,
+def extract(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Optional[str] = CKPT,
             revision: Optional[str] = REV, adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH,
             split: Optional[str] = SPLIT, limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE,
             dtype: Optional[str] = DTYPE, protocol: str = PROTOCOL, span: Optional[str] = SPAN,
@@ -157,23 +190,28 @@ def extract(model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Op
             on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
             trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, quiet: bool = QUIET):
+            text_revision: Optional[str] = TREV, quiet: bool = QUIET, config: Optional[Path] = CONFIG):
     """Extract pooled representations into the store (resumable; no analysis)."""
     from .runner import extract as do_extract, plan, text_plan
 
     cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
                   dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option,
                   data_option, text_checkpoint, text_revision)
+    cfg = apply_config(ctx, config, cfg, skip=("analyses", "attributes", "params", "out_dir"))
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
     entry = do_extract(p, "modal")
-    console.print(f"store entry: {entry.dir}")
+    console.print(f"store entry: {entry.dir}", soft_wrap=True)
+    from .report import skipped_sample_lines
+
+    for line in skipped_sample_lines(entry.manifest().get("skipped", [])):
+        console.print(line, style="yellow", markup=False)
     if text:
         console.print(f"text baseline: {do_extract(text_plan(p), 'text').dir}")
 
 
 @app.command()
-def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
+def analyze(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET,
             analysis: List[str] = typer.Option(["probe"], "--analysis", help="analyses (comma-separated)"),
             attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
             adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
@@ -182,89 +220,91 @@ def analyze(model: str = MODEL, dataset: Optional[str] = DATASET,
             batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
             param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT,
             data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, quiet: bool = QUIET):
-    """Run analyses on representations already in the store (`mch extract` first)."""
-    from .runner import analyze as do_analyze, plan, record_for, store_key
-    from .results import write_record
-    from .store import Store
+            text_revision: Optional[str] = TREV, quiet: bool = QUIET, as_json: bool = JSON_OUT,
+            as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
+    """Run analyses on representations already in the store.
+
+    `mch extract` puts them there, or `mch import-reference` for the reference
+    implementation's HDF5 files."""
+    from .runner import run_analyze
 
     cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
                   device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
                   data_option, text_checkpoint, text_revision)
+    cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
-    p = plan(cfg, log, progress)
-    entry = Store(cfg.store).entry(store_key(p, "modal"), [s.sample_id for s in p.samples])
-    if not entry.complete:
-        raise MchError("no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
-                       "with the same options first")
-    recs = []
-    for name, outp, params, dur in do_analyze(p, entry):
-        rec = record_for(p, entry, name, outp, params, dur, 0.0)
-        console.print(f"wrote [bold]{write_record(rec, cfg.out_dir)}[/]")
-        recs.append(rec)
-    show_records(recs)
+    if as_json and as_csv:
+        raise MchError("--json and --csv print the same numbers two ways; pass one of them")
+    p, written = _keeping_records(run_analyze, cfg, log, progress)
+    say = err_console if (as_json or as_csv) else console
+    for path, _ in written:
+        say.print(Text.assemble("wrote ", (str(path), "bold")), soft_wrap=True)
+    if not _machine_output(written, as_json, as_csv, p.loaded):
+        show_records([r for _, r in written])
+
+
+def _keeping_records(run, cfg, log, progress):
+    """`run` (run_bench or run_analyze) writes each record as its analysis ends; when it stops
+    early (an error, Ctrl-C), say which records were written and which analyses were not,
+    then let the error through."""
+    written = []
+
+    def on_record(path, rec):
+        written.append((path, rec))
+        log(f"{rec['analysis']['name']}: record written to {path}")
+
+    try:
+        return run(cfg, log, progress, on_record=on_record)
+    except BaseException:
+        if written:
+            done = [rec["analysis"]["name"] for _, rec in written]
+            err_console.print("records written before the stop: "
+                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written)),
+                              soft_wrap=True, markup=False, highlight=False)
+            left = [a for a in (cfg.analyses or []) if a not in done]
+            if left:
+                err_console.print(f"not written: {', '.join(left)}", markup=False, highlight=False)
+        raise
 
 
 def show_records(records: list) -> None:
-    """Per stage: probe accuracy (CI) and I_probe per attribute; then GMI per attribute."""
-    from .api import stage_sort_key as stage_key
+    """The run's tables (mch.report): probe, GMI, each other analysis's headline metrics,
+    skipped attributes and samples with their reason."""
+    from .report import show_records as show
+    from .tables import stdout_console
 
-    probe = next((r for r in records if r["analysis"]["name"] == "probe"), None)
-    gmi = next((r for r in records if r["analysis"]["name"] == "gmi"), None)
-    if probe is None and gmi is None:
-        for r in records:
-            console.print(f"{r['analysis']['name']}: {len(r['metrics'])} metrics")
-        return
-    base = probe or gmi
-    attrs = base["dataset"]["attributes"]
-    title = f"{base['model']['name']} on {base['dataset']['name']} ({base['protocol']} protocol, n={base['dataset']['n']})"
-    table = Table(title=title, show_lines=False)
-    table.add_column("stage")
-    for a in attrs:
-        table.add_column(f"{a}\nacc [95% CI]", justify="right")
-        table.add_column(f"{a}\nI_probe bits", justify="right")
-
-    def get(rec, metric, stage, attr):
-        for m in rec["metrics"] if rec else []:
-            if m["metric"] == metric and m.get("stage") == stage and m.get("attribute") == attr:
-                return m
-        return None
-
-    if probe:
-        stages = sorted({m["stage"] for m in probe["metrics"] if m.get("stage")}, key=stage_key)
-        for st in stages:
-            row = [st]
-            for a in attrs:
-                acc = get(probe, "accuracy", st, a)
-                ip = get(probe, "i_probe_bits", st, a)
-                row.append("" if acc is None else f"{acc['value']:.3f} [{_f(acc['ci_low'])}, {_f(acc['ci_high'])}]")
-                row.append("" if ip is None else f"{ip['value']:.2f}")
-            table.add_row(*row)
-        row = ["chance (1/K | majority)"]
-        for a in attrs:
-            cu = get(probe, "chance_uniform", None, a) or get(probe, "chance_uniform", "adapter", a)
-            cm = get(probe, "chance_majority", None, a) or get(probe, "chance_majority", "adapter", a)
-            row += [f"{_f(cu and cu['value'])} | {_f(cm and cm['value'])}", ""]
-        table.add_row(*row, style="dim")
-    if gmi:
-        row = ["GMI through the decoder (bits)"]
-        for a in attrs:
-            g = get(gmi, "gmi_bits", "llm.final", a)
-            acc = get(gmi, "accessibility", "adapter", a)
-            row += ["" if g is None else f"{g['value']:.3f} [{_f(g['ci_low'])}, {_f(g['ci_high'])}]",
-                    "" if acc is None else f"acc. {acc['value']:.2f}"]
-        table.add_row(*row, style="bold")
-    console.print(table)
-    if gmi:
-        console.print("[dim]accessibility = GMI / I_probe at adapter (science.md 2)[/]")
+    heads = {}
+    try:
+        reg = _reg()
+        heads = {n: s.options.get("headline") for n, s in reg.analyses.items() if s.options.get("headline")}
+    except MchError:
+        pass
+    show(records, stdout_console(), heads)
 
 
-def _f(x) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def _machine_output(written: list, as_json: bool, as_csv: bool, loaded: Optional[bool]) -> bool:
+    """--json / --csv: the numbers on stdout for machines (mch.report); True if printed."""
+    from .report import to_csv, to_json
+
+    if as_json and as_csv:
+        raise MchError("--json and --csv print the same numbers two ways; pass one of them")
+    if as_json:
+        sys.stdout.write(to_json(written, loaded) + "\n")
+    elif as_csv:
+        sys.stdout.write(to_csv(written))
+    return as_json or as_csv
 
 
 list_app = typer.Typer(help="List registered models, datasets or analyses (no heavy imports).")
 app.add_typer(list_app, name="list")
+
+from .store_cli import app as store_app  # noqa: E402 - `mch store list|rm`
+
+app.add_typer(store_app, name="store")
+
+from . import io_cli  # noqa: E402 - `mch export`, `mch export-store`, `mch import-reference`
+
+io_cli.mount(app)
 
 
 def _reg():
@@ -277,12 +317,14 @@ LONG = typer.Option(False, "--long", "-l", help="also show descriptions")
 
 
 def _table(title: str, cols: list, rows: list, long: bool) -> None:
-    t = Table(title=title)
-    for c in cols + (["description"] if long else []):
-        t.add_column(c, overflow="fold")
+    """A listing: the name column never wraps (`mch list models | grep NAME` finds the whole
+    line); a table when it fits the terminal, else one block per entry (mch.tables)."""
+    from .tables import Col, Grid, emit, stdout_console
+
+    g = Grid([Col(c, no_wrap=(i == 0)) for i, c in enumerate(cols + (["description"] if long else []))], title=title)
     for r in rows:
-        t.add_row(*(r if long else r[:-1]))
-    console.print(t)
+        g.add(r if long else r[:-1])
+    emit(stdout_console(), g)
 
 
 @list_app.command("models")
@@ -314,47 +356,86 @@ def list_analyses(long: bool = LONG):
 @list_app.command("params")
 def list_params(analysis: Optional[List[str]] = typer.Argument(None, help="analyses (default: all)"),
                 protocol: str = typer.Option("default", "--protocol", help="default or paper")):
-    """The parameters each analysis takes under a protocol, with their defaults (set them with
-    --param ANALYSIS.KEY=VALUE; the analysis's module docstring says what each means)."""
+    """The parameters each analysis takes under a protocol, with their defaults and the type and
+    range a value must have (set them with --param ANALYSIS.KEY=VALUE; the analysis's module
+    docstring says what each means)."""
     import json
 
-    from .api import PROTOCOLS, load_entry
+    from .api import PROTOCOLS, load_entry, param_table
 
     if protocol not in PROTOCOLS:
         raise MchError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    from .tables import Col, Grid, emit, stdout_console
+
     reg = _reg()
     specs = [reg.get("analysis", a) for a in (_split_csv(analysis) or list(reg.analyses))]
-    t = Table(title=f"analysis parameters ({protocol} protocol)")
-    for c in ("analysis", "parameter", "default"):
-        t.add_column(c, overflow="fold")
+    # every line names its analysis, so a line read alone (grep) or a stacked block says whose it is
+    g = Grid([Col("analysis", no_wrap=True), Col("parameter", no_wrap=True), Col("default"), Col("type and range")],
+             title=f"analysis parameters ({protocol} protocol)", key_cols=2)
     for spec in specs:
-        params = {**load_entry(spec.entry)(spec).default_params(protocol), **spec.options.get("params", {})}
-        for i, (k, v) in enumerate(sorted(params.items())):
-            t.add_row(spec.name if i == 0 else "", k, json.dumps(v))
+        obj = load_entry(spec.entry)(spec)
+        params = {**obj.default_params(protocol), **spec.options.get("params", {})}
+        types = param_table(params, getattr(obj, "param_specs", None))
+        for k, v in sorted(params.items()):
+            g.add([spec.name, k, json.dumps(v), types[k].describe()])
         if not params:
-            t.add_row(spec.name, "-", "")
-    console.print(t)
+            g.add([spec.name, "-", "(no parameters)", ""])
+    emit(stdout_console(), g)
+
+
+@list_app.command("options")
+def list_options(name: Optional[List[str]] = typer.Argument(None, help="models or datasets (default: all)")):
+    """The options each model and dataset plugin takes (set them with --model-option or
+    --data-option KEY=VALUE, or in the registry entry's `options:`), with their types. Imports
+    the plugin modules (torch for the models)."""
+    from .api import MODEL_OPTIONS, load_entry
+    from .tables import Col, Grid, emit, stdout_console
+
+    reg = _reg()
+    wanted = _split_csv(name)
+    for n in wanted or []:  # an unknown name: one sentence with a suggestion
+        if n not in reg.datasets:
+            reg.get("model", n)
+    wanted = [reg.aliases.get(n, n) for n in wanted or []]
+    g = Grid([Col("kind", no_wrap=True), Col("name", no_wrap=True), Col("option", no_wrap=True), Col("type"),
+              Col("meaning", max_width=40)], title="model and dataset options", key_cols=3)
+    for kind, table in (("model", reg.models), ("dataset", reg.datasets)):
+        for spec in table.values():
+            if wanted and spec.name not in wanted:
+                continue
+            declared = getattr(load_entry(spec.entry), "option_specs", None)
+            if declared is None:
+                g.add([kind, spec.name, "-", "(not declared: passed unchecked)", ""])
+                continue
+            declared = {**MODEL_OPTIONS, **declared} if kind == "model" else declared
+            if not declared:
+                g.add([kind, spec.name, "-", "(no options)", ""])
+            for k, p in sorted(declared.items()):
+                g.add([kind, spec.name, k, p.resolved().describe(), p.help])
+    emit(stdout_console(), g)
 
 
 @app.command()
 def plugins():
     """Installed plugins: what each contributes, or why it failed to load."""
-    t = Table(title="plugins (entry-point group 'mch')")
-    for c in ("name", "entry point", "distribution", "status", "contributes"):
-        t.add_column(c, overflow="fold")
+    from .tables import Col, Grid, emit, stdout_console
+
+    g = Grid([Col("name", no_wrap=True), Col("entry point"), Col("distribution"), Col("status"), Col("contributes")],
+             title="plugins (entry-point group 'mch')")
     for info in _reg().plugins:
-        status = "[green]loaded[/]" if info.loaded and not info.error else f"[red]failed[/]: {info.error}"
+        status = "loaded" if info.loaded and not info.error else f"failed: {info.error}"
         contrib = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.contributes.items())
-        t.add_row(info.name, info.value, info.dist or "-", status, contrib)
-    console.print(t)
+        g.add([info.name, info.value, info.dist or "-", status, contrib], style=None if info.loaded and not info.error
+              else "red")
+    emit(stdout_console(), g)
 
 
 def _mount_optional() -> None:
     """The leaderboard command group and plugin commands (mch_register_commands)."""
     try:
-        from . import leaderboard
+        from . import leaderboard_cli
 
-        app.add_typer(leaderboard.app, name="leaderboard")
+        app.add_typer(leaderboard_cli.app, name="leaderboard")
     except ImportError:
         pass
     try:
@@ -372,8 +453,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         # recent typer) instead of exiting, and raises usage errors for us to show
         rc = app(args=argv, prog_name="mch", standalone_mode=False)
     except MchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+        exit_error(exc)
     except KeyboardInterrupt:
         _interrupted()
     except SystemExit:

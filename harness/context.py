@@ -8,21 +8,13 @@ use, so a second run whose numbers are all cached never loads it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .api import Attribute, AnalysisOutput, MchError, Sample
-
-
-class Progress:
-    """A tiny progress interface so analyses don't depend on rich directly."""
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        yield lambda n=1: None
+from .progress import Progress
 
 
 @dataclass
@@ -46,6 +38,7 @@ class AnalysisContext:
     _text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None
     text_source: str = "the model's own text view"  # which model makes text_reps(), in words
     _own_text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None
+    _rerun: Callable[..., tuple[dict[str, AnalysisOutput], list[Any]]] | None = None
     _model: Any = None
 
     @property
@@ -86,6 +79,18 @@ class AnalysisContext:
         if self._own_text_reps is None:
             return self.text_reps()
         return self._own_text_reps()
+
+    def rerun(self, analyses: Sequence[str], sample_ids: Sequence[str], adapter: str | None = None,
+              write_records: bool = False) -> tuple[dict[str, AnalysisOutput], list[Any]]:
+        """Run other analyses again on some of this run's samples, without or with a PEFT
+        `adapter` merged into the model (lora: before and after training): the runner's own
+        plan, store and configuration otherwise; without an adapter, this run's model is reused
+        if it is loaded. With `write_records` each one's result record is written. Returns
+        ({analysis: output}, [paths of the records written])."""
+        if self._rerun is None:
+            raise MchError("this analysis re-runs other analyses and needs the runner; run it through `mch bench`")
+        return self._rerun(list(analyses), list(sample_ids), adapter, write_records,
+                           self._model if adapter is None else None)
 
     def labelled(self, attribute: str) -> np.ndarray:
         """Row indices whose label for `attribute` is set."""

@@ -1,12 +1,15 @@
-"""The leaderboard of per-model accessibility: aggregation, the terminal table, submissions.
+"""The leaderboard's rows: result records aggregated per model, checkpoint, dataset, attribute.
 
-Result records (measured by mch, or `"kind": "reported"` numbers published elsewhere, entered
-with `provenance.source`) are the source of truth; this module turns them into rows of one
-(kind, model, dataset, attribute, protocol) each, with the known metrics in columns and every
-other metric row kept for the page and `--json`. `mch.site` renders the same rows as a static
-page. Measured and reported records never merge into one row.
+This module turns result records (`mch.entries.load_records`) into rows of one (kind, model,
+checkpoint, dataset, attribute, protocol) each, with the known metrics in columns and every
+other metric row kept for the page and `--json`; it filters and sorts them and writes each
+cell as text. Renderers draw the same rows: `mch.leaderboard_table` in the terminal,
+`mch.site` as a static page; `mch.leaderboard_cli` holds the commands. Measured and reported
+records never merge into one row, nor do runs of different checkpoints (path or HF id,
+revision, adapter, and the checkpoint's fingerprint when the record has one). Smoke runs
+(random-weight checkpoints, `model.smoke`) are labelled "smoke".
 
-Light on purpose: no torch, no numpy; rich is imported only to draw.
+Light on purpose: no torch, no numpy, no UI (rich and typer are the renderers' and commands').
 """
 
 from __future__ import annotations
@@ -14,33 +17,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
-import typer
-
-from .api import MchError, PROTOCOLS
-from .results import SCHEMA_VERSION, atomic_write_json, safe_name, schema_errors
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGE_RE = re.compile(r"^(encoder|adapter|llm\.final|llm\.(0|[1-9][0-9]*))$")
-
-
-def default_entries_dir() -> Path:
-    """`leaderboard/entries/` of the source tree (editable install), else of the cwd."""
-    for base in (REPO_ROOT, Path.cwd()):
-        d = base / "leaderboard" / "entries"
-        if d.is_dir():
-            return d
-    return Path.cwd() / "leaderboard" / "entries"
-
-
-def default_results_dirs() -> list[Path]:
-    return [Path(os.environ.get("MCH_RESULTS") or "results")]
+from .api import MchError, stage_sort_key
+from .entries import Loaded, checkpoint_identity, relpath
+# what moved to mch.entries is still found here, where callers have always looked for it
+from .entries import (REPO_ROOT, STAGE_RE, canonical_name, check_entry, default_entries_dir,  # noqa: F401
+                      default_results_dirs, entry_key, load_records, submit)
+from .results import SCHEMA_VERSION
 
 
 # --------------------------------------------------------------------------- columns
@@ -68,6 +55,8 @@ class Column:
 TEXT_COLUMNS = [
     Column("kind", "Kind", help="measured by mch, or reported in the paper"),
     Column("model", "Model"),
+    Column("checkpoint", "Checkpoint", help="the weights measured: local path (last two parts) or HF id, @revision; "
+                                          "#hash tells apart checkpoints that would read the same"),
     Column("dataset", "Dataset"),
     Column("attribute", "Attribute"),
     Column("protocol", "Protocol"),
@@ -112,74 +101,9 @@ COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 
 
 def stage_order(stage: str | None) -> tuple[int, int, str]:
-    """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else."""
-    if stage == "encoder":
-        return (0, 0, "")
-    if stage == "adapter":
-        return (1, 0, "")
-    if stage == "llm.final":
-        return (3, 0, "")
-    if stage and stage.startswith("llm.") and stage[4:].isdigit():
-        return (2, int(stage[4:]), "")
-    return (4, 0, str(stage))
+    """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else (by name)."""
+    return (*stage_sort_key(stage or ""), str(stage))
 
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class Loaded:
-    path: Path
-    record: dict
-
-
-def _is_record_like(obj: Any) -> bool:
-    return isinstance(obj, dict) and "schema_version" in obj and "metrics" in obj
-
-
-def load_records(dirs: Iterable[Path]) -> tuple[list[Loaded], list[str]]:
-    """Valid records under files/directories, and one warning per record-like file that is
-    not valid (JSON files that are not records at all are ignored)."""
-    out: list[Loaded] = []
-    warnings: list[str] = []
-    seen: set[Path] = set()
-    for d in dirs:
-        d = Path(d)
-        files = sorted(d.rglob("*.json")) if d.is_dir() else ([d] if d.is_file() else [])
-        for f in files:
-            rf = f.resolve()
-            if rf in seen or f.name.startswith("."):
-                continue
-            seen.add(rf)
-            try:
-                rec = json.loads(f.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                warnings.append(f"{f}: not readable JSON ({exc})")
-                continue
-            if not _is_record_like(rec):
-                continue
-            errs = _entry_errors(rec)
-            if errs:
-                warnings.append(f"{f}: skipped, {errs[0]}")
-                continue
-            out.append(Loaded(f, rec))
-    return out, warnings
-
-
-def _entry_errors(rec: Any) -> list[str]:
-    """Schema errors first, then the checks the schema cannot express."""
-    if isinstance(rec, dict) and rec.get("schema_version") != SCHEMA_VERSION:
-        return [f"schema_version: {rec.get('schema_version')!r} is not the supported version {SCHEMA_VERSION}"]
-    errs = schema_errors(rec)
-    if errs:
-        return errs
-    if rec["kind"] == "reported" and not str(rec["provenance"].get("source", "")).strip():
-        errs.append("provenance/source: a reported entry must name where its numbers come from")
-    for i, m in enumerate(rec["metrics"]):
-        st = m.get("stage")
-        if st is not None and not STAGE_RE.match(st):
-            errs.append(f"metrics/{i}/stage: {st!r} is not a stage (encoder, adapter, llm.N, llm.final)")
-    return errs
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -213,27 +137,41 @@ def _uniq(xs: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _relpath(p: Path) -> str:
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        try:
-            return str(p.resolve().relative_to(REPO_ROOT))
-        except ValueError:
-            return str(p)
-
-
 def _recency(item: Loaded) -> tuple[str, str]:
     return (item.record["created_at"], item.path.name)
 
 
-def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
-    """Rows of one (kind, model, dataset, attribute, protocol).
 
-    By default only the latest record (by `created_at`) per (kind, model, dataset, attribute,
-    analysis, protocol) counts, and the analyses of one row merge (probe + gmi + …). With
-    `all_runs` every record gives its own rows. Metrics of no attribute (ablation, swap, …)
-    form a model-level row (attribute None) of their own, never mixed into an attribute's."""
+def short_checkpoint(checkpoint: str | None, revision: str | None = None, adapter: str | None = None,
+                     max_len: int = 36) -> str:
+    """A checkpoint as a table cell: an HF id whole, a local path by its last two parts,
+    '@' + revision (a commit hash to 7 characters), '+ adapter NAME' for a LoRA adapter."""
+    if not checkpoint:
+        return "—"
+    s = str(checkpoint)
+    if s.startswith(("/", "~", ".")) or s.count("/") > 1 or "\\" in s:
+        parts = [x for x in re.split(r"[\\/]+", s) if x]
+        if len(parts) > 2:
+            s = "…/" + "/".join(parts[-2:])
+    if len(s) > max_len:
+        s = s[: max_len // 2 - 1] + "…" + s[-(max_len // 2):]
+    if revision:
+        s += "@" + (revision[:7] if re.fullmatch(r"[0-9a-f]{40}", revision) else revision)
+    if adapter:
+        a = str(adapter)
+        name = Path(a).name if " " not in a and re.search(r"[\\/]", a) else a
+        s += " + adapter " + (name if len(name) <= 24 else name[:23] + "…")
+    return s
+
+
+def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
+    """Rows of one (kind, model, checkpoint, dataset, attribute, protocol).
+
+    By default only the latest record (by `created_at`) per (kind, model, checkpoint, dataset,
+    attribute, analysis, protocol) counts, and the analyses of one row merge (probe + gmi +
+    …). With `all_runs` every record gives its own rows. Metrics of no attribute (ablation,
+    swap, …) form a model-level row (attribute None) of their own, never mixed into an
+    attribute's."""
     # (row group, attribute) -> [(loaded, metric rows for that attribute)]
     parts: dict[tuple, dict[Any, list[tuple[Loaded, list[dict]]]]] = {}
     latest: dict[tuple, tuple[Loaded, list[dict]]] = {}
@@ -244,9 +182,9 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             by_attr.setdefault(m.get("attribute"), []).append({**m, "analysis": r["analysis"]["name"]})
         if not by_attr:
             by_attr[None] = []
-        group = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"])
+        group = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"], checkpoint_identity(r))
         if all_runs:
-            group = group + (_relpath(item.path),)
+            group = group + (relpath(item.path),)
             for attr, ms in by_attr.items():
                 parts.setdefault(group, {}).setdefault(attr, []).append((item, ms))
             continue
@@ -255,15 +193,28 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             if key not in latest or _recency(item) > _recency(latest[key][0]):
                 latest[key] = (item, ms)
     for key, val in latest.items():
-        parts.setdefault(key[:4], {}).setdefault(key[4], []).append(val)
+        parts.setdefault(key[:5], {}).setdefault(key[5], []).append(val)
 
     rows = []
     for group, attrs in parts.items():
         for attr, pieces in attrs.items():
             rows.append(_make_row(group, attr, pieces, all_runs))
-    rows.sort(key=lambda r: (r["kind"] != "measured", r["model"], r["dataset"], r["attribute"] is None, str(r["attribute"]),
-                             r["protocol"], r.get("run") or ""))
+    _label_checkpoints(rows)
+    rows.sort(key=lambda r: (r["kind"] != "measured", r["smoke"], r["model"], r["checkpoint_label"], r["dataset"],
+                             r["attribute"] is None, str(r["attribute"]), r["protocol"], r.get("run") or ""))
     return rows
+
+
+def _label_checkpoints(rows: list[dict]) -> None:
+    """`checkpoint_label` of each row: short_checkpoint, plus '#' and 6 hex digits of the
+    identity where two checkpoints of one model would otherwise read the same."""
+    seen: dict[tuple, set] = {}
+    for r in rows:
+        r["checkpoint_label"] = short_checkpoint(r["checkpoint"], r["revision"], r["adapter"])
+        seen.setdefault((r["model"], r["checkpoint_label"]), set()).add(r["checkpoint_id"])
+    for r in rows:
+        if len(seen[(r["model"], r["checkpoint_label"])]) > 1:
+            r["checkpoint_label"] += " #" + r["checkpoint_id"][:6]
 
 
 def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[dict]]], all_runs: bool) -> dict:
@@ -281,13 +232,14 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
                        "ci_high": acc and acc.get("ci_high"), "i_probe_bits": ip and ip.get("value")})
     values = {c.key: _cell(_pick(metrics, c.metric, c.stage) or _pick(metrics, FALLBACK.get(c.metric, ""), c.stage))
               for c in METRIC_COLUMNS}
+    ckpt, revision, adapter, fingerprint, smoke = group[4]
     row = {
         "id": hashlib.sha256(json.dumps([group, attr], default=str).encode()).hexdigest()[:12],
         "kind": group[0], "model": group[1], "dataset": group[2], "attribute": attr, "protocol": group[3],
         "modality": newest["model"].get("modality"),
-        "checkpoint": ", ".join(_uniq(r["model"].get("checkpoint") for r in recs)),
-        "revision": ", ".join(_uniq(r["model"].get("revision") for r in recs)) or None,
-        "adapter": ", ".join(_uniq(r["model"].get("adapter") for r in recs)) or None,
+        "checkpoint": ckpt, "revision": revision, "adapter": adapter, "checkpoint_fingerprint": fingerprint,
+        "checkpoint_id": hashlib.sha256(json.dumps(group[4], default=str).encode()).hexdigest()[:12],
+        "smoke": smoke,
         "split": ", ".join(_uniq(r["dataset"].get("split") for r in recs)) or None,
         "n": max((r["dataset"].get("n", 0) for r in recs), default=None),
         "analyses": sorted(_uniq(r["analysis"]["name"] for r in recs)),
@@ -297,7 +249,7 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         "sources": _uniq(r["provenance"].get("source") for r in recs),
         "versions": newest["provenance"].get("versions", {}),
         "notes": _uniq(n for r in recs for n in (r.get("notes") or []) + ([r["model"]["note"]] if r["model"].get("note") else [])),
-        "files": _uniq(_relpath(p[0].path) for p in pieces),
+        "files": _uniq(relpath(p[0].path) for p in pieces),
         "values": values,
         "curves": curves,
         "chance": values["chance"] and values["chance"]["value"],  # the Chance column's c
@@ -400,6 +352,10 @@ def format_cell(col: Column, cell: dict | None, with_ci: bool = True) -> str:
 def text_value(row: dict, key: str) -> str:
     if key == "attribute" and row.get("kind") and row.get(key) is None:
         return "(model-level)"
+    if key == "checkpoint" and row.get("checkpoint_label"):
+        return row["checkpoint_label"]
+    if key == "kind" and row.get("smoke"):
+        return "smoke"  # a random-weight checkpoint: never a model's measurement
     if key == "mch_version" and row.get("kind") == "reported":
         return "—"  # entered by hand, not produced by mch
     v = row.get(key)
@@ -411,206 +367,8 @@ def visible_metric_columns(rows: list[dict]) -> list[Column]:
     return [c for c in METRIC_COLUMNS if any(r["values"].get(c.key) for r in rows)]
 
 
-def render_table(rows: list[dict], console: Any, sources: list[str] | None = None) -> None:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    cols = visible_metric_columns(rows)
-    table = Table(title="mch leaderboard: information present (probes) vs accessible to the decoder (GMI)",
-                  box=box.SIMPLE_HEAVY, show_lines=False, header_style="bold")
-    for c in TEXT_COLUMNS:
-        table.add_column(c.label, no_wrap=c.key in ("kind", "protocol"))
-    for c in cols:
-        table.add_column(c.label, justify="right")
-    show_other = any(r["other"] for r in rows)
-    if show_other:
-        table.add_column("Other", overflow="fold", max_width=40)
-    for c in TAIL_COLUMNS:
-        table.add_column(c.label, overflow="fold")
-    refs: list[str] = []
-    for r in rows:
-        kind = r["kind"]
-        if kind == "reported" and r["sources"]:
-            refs.extend(s for s in r["sources"] if s not in refs)
-            kind = f"reported[{','.join(str(refs.index(s) + 1) for s in r['sources'])}]"
-        # Text(...) so that names are shown literally, never parsed as rich markup.
-        cells = [Text(kind)] + [Text(text_value(r, c.key)) for c in TEXT_COLUMNS[1:]]
-        cells += [Text(format_cell(c, r["values"].get(c.key))) for c in cols]
-        if show_other:
-            cells.append(Text("; ".join(r["other"][:4]) + (f"; … (+{len(r['other']) - 4})" if len(r["other"]) > 4 else "")))
-        cells += [Text(text_value(r, c.key)) for c in TAIL_COLUMNS]
-        table.add_row(*cells, style="italic" if r["kind"] == "reported" else None)
-    console.print(table)
-    for i, s in enumerate(refs, 1):
-        console.print(Text(f"[{i}] {s}", style="dim"))
-    if any(r["kind"] == "reported" for r in rows):
-        console.print(Text("reported = numbers published by the paper, entered with their source; "
-                           "measured = result records produced by mch.", style="dim"))
-
 
 def rows_to_json(rows: list[dict]) -> str:
     return json.dumps({"schema_version": SCHEMA_VERSION, "columns": [
         {"key": c.key, "label": c.label, "metric": c.metric, "stage": c.stage, "help": c.help} for c in COLUMNS],
         "rows": rows}, indent=1)
-
-
-# --------------------------------------------------------------------------- submit
-
-
-def entry_key(rec: dict) -> tuple:
-    """Duplicate identity of a leaderboard entry: (kind, model, revision, dataset, protocol,
-    analysis). `kind` is part of it so a measured run never replaces a reported number."""
-    return (rec["kind"], rec["model"]["name"], rec["model"].get("revision"), rec["dataset"]["name"],
-            rec["protocol"], rec["analysis"]["name"])
-
-
-def canonical_name(rec: dict) -> str:
-    kind, model, revision, dataset, protocol, analysis = entry_key(rec)
-    parts = [model, revision or "norev", dataset, analysis, protocol] + (["reported"] if kind == "reported" else [])
-    return "__".join(safe_name(p) for p in parts) + ".json"
-
-
-def check_entry(path: Path) -> dict:
-    """Read and validate one result file; a problem is an MchError naming the first
-    offending field."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise MchError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MchError(f"cannot read {path}: {exc}") from None
-    try:
-        rec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MchError(f"{path} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    if not isinstance(rec, dict):
-        raise MchError(f"{path} is not a result record: expected a JSON object, found {type(rec).__name__}")
-    errs = _entry_errors(rec)
-    if errs:
-        raise MchError(f"{path} is not a valid result record: {errs[0]}")
-    return rec
-
-
-def submit(path: Path, entries_dir: Path, replace: bool = False) -> tuple[Path, Path | None]:
-    """Validate `path` and copy it to `entries_dir` under its canonical name. Returns the new
-    path and the entry it replaced (or None)."""
-    rec = check_entry(path)
-    key = entry_key(rec)
-    entries_dir = Path(entries_dir)
-    existing, _ = load_records([entries_dir]) if entries_dir.is_dir() else ([], [])
-    dupes = [e for e in existing if entry_key(e.record) == key]
-    if dupes and not replace:
-        raise MchError(f"{path} duplicates {_relpath(dupes[0].path)} (same kind, model, revision, dataset, "
-                       f"protocol and analysis); pass --replace to replace it")
-    target = entries_dir / canonical_name(rec)
-    if target.exists() and not any(d.path.resolve() == target.resolve() for d in dupes):
-        # Same canonical name from a different key (names are sanitised): keep both.
-        h = hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:8]
-        target = target.with_name(f"{target.stem}-{h}.json")
-    atomic_write_json(target, rec)
-    for d in dupes:
-        if d.path.resolve() != target.resolve():
-            d.path.unlink()
-    return target, (dupes[0].path if dupes else None)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _fail(exc: MchError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)  # a user error: the CLI-wide code
-
-
-def collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool) -> list[dict]:
-    dirs = list(results) if results else default_results_dirs()
-    for d in results or []:
-        if not Path(d).exists():
-            raise MchError(f"results directory {d} does not exist")
-    if not no_entries:
-        if entries is not None and not Path(entries).is_dir():
-            raise MchError(f"entries directory {entries} does not exist")
-        dirs.append(entries or default_entries_dir())
-    loaded, warnings = load_records(dirs)
-    for w in warnings:
-        typer.echo(f"warning: {w}", err=True)
-    return aggregate(loaded, all_runs=all_runs)
-
-
-app = typer.Typer(name="leaderboard", add_completion=False, no_args_is_help=False,
-                  help="The per-model accessibility leaderboard: terminal table, static site, submissions.")
-
-_RESULTS_HELP = "results directory (repeatable; default ./results or $MCH_RESULTS)"
-
-
-@app.callback(invoke_without_command=True)
-def table(
-    ctx: typer.Context,
-    results: Optional[list[Path]] = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
-    no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
-    attribute: Optional[str] = typer.Option(None, "--attribute", help="only this attribute (comma-separated: any of them)"),
-    modality: Optional[str] = typer.Option(None, "--modality", help="speech or vision"),
-    dataset: Optional[str] = typer.Option(None, "--dataset"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="default or paper"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="measured or reported"),
-    sort: Optional[str] = typer.Option(None, "--sort", help="column key, optionally :asc or :desc (e.g. acc_final:desc); keys: "
-                                       + ", ".join(COLUMN_BY_KEY)),
-    all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest per model/dataset/attribute/analysis/protocol"),
-    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
-) -> None:
-    """Print the leaderboard table from the results directory and leaderboard/entries/."""
-    if ctx.invoked_subcommand is not None:
-        return
-    try:
-        if protocol and any(p.strip() not in PROTOCOLS for p in protocol.split(",")):
-            raise MchError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-        rows = collect(results, entries, no_entries, all_runs)
-        rows = filter_rows(rows, attribute=attribute, modality=modality, dataset=dataset, protocol=protocol, kind=kind)
-        rows = sort_rows(rows, sort)
-    except MchError as exc:
-        _fail(exc)
-    if as_json:
-        typer.echo(rows_to_json(rows))
-        return
-    if not rows:
-        typer.echo("no leaderboard entries found; run `mch bench` (results go to ./results) or pass --results DIR")
-        return
-    from rich.console import Console
-
-    render_table(rows, Console(width=max(Console().width, 200) if not sys.stdout.isatty() else None))
-
-
-@app.command()
-def build(
-    out: Path = typer.Option(..., "--out", help="output directory; index.html is written there"),
-    results: Optional[list[Path]] = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
-    no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
-    all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest"),
-) -> None:
-    """Build the static leaderboard site: one offline index.html (data, JS and CSS inline)."""
-    from .site import build_site
-
-    try:
-        rows = collect(results, entries, no_entries, all_runs)
-        path = build_site(rows, Path(out))
-    except MchError as exc:
-        _fail(exc)
-    n_m = sum(r["kind"] == "measured" for r in rows)
-    typer.echo(f"wrote {path} ({len(rows)} rows: {n_m} measured, {len(rows) - n_m} reported)")
-
-
-@app.command("submit")
-def submit_cmd(
-    result: Path = typer.Argument(..., help="a result record (JSON) written by mch, or a reported entry"),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="where entries live (default leaderboard/entries/)"),
-    replace: bool = typer.Option(False, "--replace", help="replace an existing entry with the same identity"),
-) -> None:
-    """Validate a result record and copy it into leaderboard/entries/ under its canonical name."""
-    try:
-        target, replaced = submit(result, entries or default_entries_dir(), replace=replace)
-    except MchError as exc:
-        _fail(exc)
-    typer.echo(f"added {_relpath(target)}" + (f" (replaced {_relpath(replaced)})" if replaced else ""))

@@ -13,6 +13,7 @@ Environment variables:
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import sys
 import traceback
@@ -55,12 +56,35 @@ class Registry:
         table = self._table(kind)
         key = name if name in table else (self.aliases.get(name) if kind == "model" else None)
         if key is None or key not in table:
+            failed = self.failed_plugin(name)
+            if failed is not None:
+                raise MchError(f"{kind} {name!r} is not registered: plugin {failed.name!r} failed to load "
+                               f"({first_line(failed.error)}); `mch plugins` shows every plugin and its error")
             choices = list(table) + (list(self.aliases) if kind == "model" else [])
             close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(sorted(table)) or "none"
-            raise MchError(f"unknown {kind} {name!r}{hint} (known: {known}; see `mch list {kind_plural(kind)}`)")
+            broken = [p.name for p in self.plugins if p.error]
+            also = (f"; plugin{'s' if len(broken) > 1 else ''} {', '.join(repr(b) for b in broken)} failed to load, "
+                    f"see `mch plugins`") if broken else ""
+            raise MchError(f"unknown {kind} {name!r}{hint} (known: {known}; see `mch list {kind_plural(kind)}`{also})")
         return table[key]
+
+    def failed_plugin(self, name: str) -> "PluginInfo | None":
+        """The plugin that failed to load and most likely provides `name`: its entry-point name
+        or distribution is `name`, or contains it (a plugin `mch-qwen2vl` for a model
+        `qwen2vl`)."""
+        norm = lambda s: s.lower().replace("-", "_")  # noqa: E731
+        for p in self.plugins:
+            if p.error and not p.contributes:
+                names = [norm(p.name), norm(p.dist or ""), norm(p.value.partition(":")[0])]
+                if any(norm(name) == n or (len(name) >= 3 and norm(name) in n) for n in names if n):
+                    return p
+        return None
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "no message"
 
 
 def kind_plural(kind: str) -> str:
@@ -74,10 +98,23 @@ def _allowed() -> set[str] | None:
     return {x.strip() for x in raw.split(",") if x.strip()}
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for the `mch` hooks. A function named like an mch hookspec counts as its
+    implementation even without `@hookimpl` (pytest does the same for `pytest_*` functions),
+    as mch has always taken it."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("mch_") and hasattr(hookspecs, name) \
+                and inspect.isroutine(getattr(plugin, name, None)):
+            return {}
+        return opts
+
+
 def build(extra_plugins: list[Any] | None = None) -> tuple[pluggy.PluginManager, Registry]:
     """Load every allowed entry point of group `mch` (plus `extra_plugins`, for tests) and
     collect what they register."""
-    pm = pluggy.PluginManager("mch")
+    pm = PluginManager("mch")
     pm.add_hookspecs(hookspecs)
     reg = Registry()
     allowed = _allowed()
@@ -104,7 +141,9 @@ def build(extra_plugins: list[Any] | None = None) -> tuple[pluggy.PluginManager,
             if trace:
                 traceback.print_exc()
             if strict:
-                raise
+                raise MchError(f"plugin {ep.name!r} ({ep.value}) failed to load: {first_line(info.error)} "
+                               f"(MCH_STRICT_PLUGINS is set; unset it to skip the plugin, or set MCH_TRACE_PLUGINS=1 "
+                               f"for the traceback)") from None
     for i, obj in enumerate(extra_plugins or []):
         name = getattr(obj, "__name__", f"extra{i}")
         pm.register(obj, name=name)
@@ -136,16 +175,17 @@ def _collect(pm: pluggy.PluginManager, reg: Registry) -> None:
 
         return register
 
-    for plugin in pm.get_plugins():
-        pname = pm.get_name(plugin) or repr(plugin)
-        for hook, kind, table in (("mch_register_models", "model", reg.models),
-                                  ("mch_register_datasets", "dataset", reg.datasets),
-                                  ("mch_register_analyses", "analysis", reg.analyses)):
-            impl = getattr(plugin, hook, None)
-            if impl is None:
-                continue
+    # Each implementation is called through pluggy (its argument checks, its call order:
+    # tryfirst/trylast, then the last registered first), one plugin at a time, so that what a
+    # plugin registers, or the error it raises, is its own.
+    for hook, kind, table in (("mch_register_models", "model", reg.models),
+                              ("mch_register_datasets", "dataset", reg.datasets),
+                              ("mch_register_analyses", "analysis", reg.analyses)):
+        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+            pname = impl.plugin_name
+            others = [p for p in pm.get_plugins() if p is not impl.plugin]
             try:
-                impl(register=registrar(kind, table, pname))
+                pm.subset_hook_caller(hook, remove_plugins=others)(register=registrar(kind, table, pname))
             except MchError:
                 raise
             except Exception as exc:  # noqa: BLE001

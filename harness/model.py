@@ -8,12 +8,13 @@ hooks the modules the stage map names and pools them with the masks `prepare` re
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
-from .api import MchError, ModelSpec, Sample, stage_sort_key  # noqa: F401 - re-exported
+from .api import MchError, ModelSpec, Param, Sample, check_options, stage_sort_key  # noqa: F401 - re-exported
 
 STAGE_ORDER_GROUPS = ("encoder", "adapter", "llm")
 
@@ -29,6 +30,39 @@ class Pool:
 
     owner: torch.Tensor
     masks: dict[str, torch.Tensor]
+    split: torch.Tensor | None = None
+
+    @classmethod
+    def proportional(cls, weights: Sequence[int] | torch.Tensor) -> "Pool":
+        """A pool for a stage whose output, flattened to rows (every dim but the last), holds
+        each sample's rows in batch order, as many as `weights[i]` times a common factor
+        (e.g. projector rows per modality token: 1 in LLaVA, 4 before a 2x2 patch merger).
+        Every row is real: spans `modality` and `all` both take them all."""
+        w = torch.as_tensor(weights, dtype=torch.long)
+        return cls(owner=torch.arange(len(w)), masks={}, split=w)
+
+    def for_output(self, hidden: torch.Tensor) -> "Pool":
+        """This pool laid out for one stage output `hidden` (R, T, D) or (R, D): a proportional
+        pool becomes an ordinary one (owner per row, every position real); others come back
+        as they are. For code that reads `owner`/`masks` against a hooked tensor."""
+        if self.split is None:
+            return self
+        R, T = hidden.shape[0], (hidden.shape[1] if hidden.dim() == 3 else 1)
+        flat = self.split_owner(R * T).view(R, T)
+        if bool((flat != flat[:, :1]).any()):
+            raise MchError(f"a stage output of shape {tuple(hidden.shape)} has rows shared by two samples")
+        ones = torch.ones(R, T, dtype=torch.bool)
+        return Pool(flat[:, 0].clone(), {"modality": ones, "all": ones})
+
+    def split_owner(self, rows: int) -> torch.Tensor:
+        """Owner of each of `rows` flattened rows under `proportional` (one clear error if the
+        rows cannot be split that way)."""
+        assert self.split is not None
+        total = int(self.split.sum())
+        if total <= 0 or rows % total or bool((self.split <= 0).any()):
+            raise MchError(f"a stage output of {rows} rows cannot be split over samples in proportion to "
+                           f"{self.split.tolist()}")
+        return torch.repeat_interleave(torch.arange(len(self.split)), self.split * (rows // total))
 
 
 @dataclass
@@ -68,11 +102,14 @@ class ScoreParts:
     """What continuation scoring runs on: `lm`, a causal LM accepting `inputs_embeds`,
     `attention_mask`, `position_ids` (returns `.logits`); `prefixes[i]` (P_i, D), the exact
     decoder input of sample i's prompt (media merged in); `continuations[k]`, the token ids of
-    continuation k as they follow that prompt."""
+    continuation k as they follow that prompt; `positions[i]`, prompt i's own position ids,
+    (P_i,) or (A, P_i) for a model with A position axes (M-RoPE), when they are not 0..P_i-1
+    (pass them to `mch.scoring`'s functions)."""
 
     lm: torch.nn.Module
     prefixes: list[torch.Tensor]
     continuations: list[list[int]]
+    positions: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -84,11 +121,27 @@ class Scores:
     n_tokens: Any
 
 
+def stage_map_of(plugin: "ModelPlugin", view: str, protocol: str) -> dict[str, str]:
+    """`plugin.stage_map(view, protocol)`; a plugin written before the protocol argument
+    (one stage map for both protocols) is called with the view alone."""
+    import inspect
+
+    try:
+        takes = "protocol" in inspect.signature(plugin.stage_map).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        takes = True
+    return plugin.stage_map(view, protocol) if takes else plugin.stage_map(view)
+
+
 def stage_group(stage: str) -> str:
     return "llm" if stage.startswith("llm.") else stage
 
 
 def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The module at a dotted `path` of `root`; a trailing `:input` (a hook point on the
+    module's input, see `mch.hooks`) is ignored."""
+    if path.endswith(":input"):
+        path = path[: -len(":input")]
     mod: Any = root
     for part in path.split("."):
         if part.isdigit() and isinstance(mod, (torch.nn.ModuleList, torch.nn.Sequential)):
@@ -103,13 +156,20 @@ def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return mod
 
 
-class ModelPlugin:
-    """Base for model plugins. Subclasses implement `load`, `stage_map`, `prepare`, `score`.
+class ModelPlugin(abc.ABC):
+    """Base for model plugins. Subclasses implement `load`, `stage_map`, `prepare`, `score`
+    (abstract: a class missing one cannot be created); `loss_terms` and `score_parts` where
+    the analyses that use them (ablation, swap, gradient, lipschitz, bound, lora) should run.
 
     `self.module` is the loaded `nn.Module` every stage path is relative to. `forward(inputs)`
     runs it as far as capture needs (no LM head) and is what capture calls."""
 
     modality = "speech"
+    # the options this model takes (registry `options:`, --model-option), checked before any
+    # work; None: undeclared, passed unchecked. Every model also takes `default_dataset`.
+    option_specs: ClassVar[dict[str, Param] | None] = None
+    # the only datasets this model can read (None: any dataset of its modality)
+    datasets: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,
@@ -129,18 +189,33 @@ class ModelPlugin:
         self.dtype_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         self.adapter = adapter
         self.trust_remote_code = trust_remote_code
-        self.options = {**spec.options, **options}
+        self.options = check_options("model", spec.name, self.option_specs, {**spec.options, **options})
         self.module: torch.nn.Module | None = None
 
     # -- identity, recorded in every store key and result
     def identity(self) -> dict[str, Any]:
-        return {
+        from .checkpoints import is_smoke_checkpoint
+
+        ident = {
             "name": self.spec.name,
             "checkpoint": self.checkpoint,
             "revision": self.revision,
             "adapter": self.adapter,
             "dtype": self.dtype_name,
         }
+        if is_smoke_checkpoint(self.checkpoint):  # random weights built for tests (checkpoints.SMOKE_KEY)
+            ident["smoke"] = True
+        return ident
+
+    def checkpoint_paths(self) -> list[Any]:
+        """The local directories (or files) this plugin reads weights, configs and tokenizers
+        from: the resolved `checkpoint` (a local directory or its Hugging Face cache snapshot).
+        The runner fingerprints them into the store key, so weights rebuilt in place are
+        extracted again. Override to add what else `load` reads (base checkpoints a config
+        names, `builtin:` weights); raise MchError when the checkpoint is not here."""
+        from .checkpoints import resolve_checkpoint
+
+        return [resolve_checkpoint(str(self.checkpoint), self.revision, self.spec.name)]
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -151,19 +226,24 @@ class ModelPlugin:
             raise MchError(f"unknown --dtype {self.dtype_name!r}; use float32, bfloat16 or float16") from None
 
     # -- to implement
+    @abc.abstractmethod
     def load(self) -> None:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Load the checkpoint (and `adapter`) onto `device` in `dtype`; set `self.module`. A
+        checkpoint that is not here is one MchError naming it and the flag that sets it."""
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
-        """Stage name -> module path relative to `self.module`, for `view` modal or text."""
-        raise NotImplementedError  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
+        """Stage name -> hook point relative to `self.module` for `view` (modal or text) under
+        `protocol`: a module path (its output) or `path:input` (its first input)."""
 
+    @abc.abstractmethod
     def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The model's inputs for a batch and, per stage group, how to pool them (`Pool`)."""
 
+    @abc.abstractmethod
     def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
               protocol: str, view: str = "modal") -> Scores:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """log p(continuation | sample's prompt + query) for every continuation (GMI)."""
 
     def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
         """Per-sample mean next-token cross-entropy (nats), shape (B,), for causal tests.
@@ -177,15 +257,19 @@ class ModelPlugin:
         return self.loss_terms(samples, protocol, grad).mean_nll()
 
     def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
-        """The logits and aligned targets `loss` averages over (see `loss`)."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The logits and aligned targets `loss` averages over (see `loss`). Optional: the
+        analyses that need a decoder loss need it."""
+        raise MchError(f"model {self.spec.name!r} does not implement loss_terms (the decoder loss this analysis "
+                       f"needs); see docs/contributing-a-model.md")
 
     def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
                     protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
         """The decoder inputs `score` runs on (prompt + query per sample, continuation ids), as
         ordinary tensors (no inference mode) so a caller may train through the LM (LoRA) or,
-        with `grad=True`, differentiate through the prompt's encoder and adapter."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        with `grad=True`, differentiate through the prompt's encoder and adapter. Optional:
+        the analyses that differentiate through scoring need it."""
+        raise MchError(f"model {self.spec.name!r} does not implement score_parts (the scoring inputs this analysis "
+                       f"needs); see docs/contributing-a-model.md")
 
     def lora_target(self) -> str:
         """Path (relative to `self.module`) of the LLM module a PEFT `--adapter` is applied
@@ -204,7 +288,8 @@ class ModelPlugin:
         """Every declared stage must resolve in the loaded module tree: one clear error if not."""
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
-        for stage, path in self.stage_map(view).items():
+        points = {(st, p) for protocol in ("default", "paper") for st, p in stage_map_of(self, view, protocol).items()}
+        for stage, path in sorted(points):
             try:
                 resolve_module(self.module, path)
             except AttributeError:

@@ -11,16 +11,15 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 from .api import MchError
+from .fsio import atomic_write_json  # noqa: F401 - the one atomic writer (leaderboard, site import it here)
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 SCHEMA_VERSION = 1
@@ -120,24 +119,12 @@ def build_record(**fields: Any) -> dict:
     return _clean(rec)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def safe_name(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+    """A file-name part: letters, digits, '-', '_' and '.' kept, anything else '_'; never
+    empty and never starting with '.' (a dotfile, which readers of a directory skip)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
+    stripped = out.lstrip(".")
+    return "_" * (len(out) - len(stripped)) + stripped or "_"
 
 
 def write_record(record: dict, out_dir: Path) -> Path:

@@ -9,78 +9,26 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, check_param_keys, load_entry
+from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
+from .checks import (DEVICES, check_device, check_flags, check_model_and_dataset,  # noqa: F401 - re-exported
+                     check_params, check_results_dir)
+from .configs import RunConfig  # noqa: F401 - re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .manager import get_registry
 from .results import build_record, config_hash, sample_ids_hash, write_record
+from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerprint, store_key
 
-
-@dataclass
-class RunConfig:
-    model: str = "toy"
-    dataset: str | None = None
-    analyses: Sequence[str] = ("probe", "gmi")
-    attributes: Sequence[str] | None = None
-    checkpoint: str | None = None
-    revision: str | None = None
-    adapter: str | None = None
-    data_path: str | None = None
-    split: str | None = None
-    limit: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str | None = None
-    protocol: str = "default"
-    span: str | None = None
-    stages: Sequence[str] | None = None
-    batch_size: int = 16
-    out_dir: Path = Path("results")
-    store: Path | None = None
-    on_error: str = "stop"
-    params: dict[str, Any] = field(default_factory=dict)
-    trust_remote_code: bool = False
-    model_options: dict[str, Any] = field(default_factory=dict)  # plugin options, e.g. prismatic llm=DIR
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # dataset plugin options, e.g. download=true
-    text_checkpoint: str | None = None  # paper protocol: the separate text-only model's checkpoint
-    text_revision: str | None = None
-    sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
-    chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
-
-    @property
-    def dataset_options_record(self) -> dict[str, Any]:
-        """{"options": sorted dataset options} for store keys and records; {} when none were given."""
-        return {"options": dict(sorted(self.dataset_options.items()))} if self.dataset_options else {}
-
-    @property
-    def effective_span(self) -> str:
-        return self.span or ("all" if self.protocol == "paper" else "modality")
-
-
-class RichProgress(Progress):
-    """Progress bars on a rich console (or nothing when quiet)."""
-
-    def __init__(self, console: Any | None, quiet: bool = False):
-        self.console = console
-        self.quiet = quiet or console is None
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self.quiet:
-            yield lambda n=1: None
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
-        with RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=self.console, transient=False) as p:
-            t = p.add_task(description, total=total)
-            yield lambda n=1: p.advance(t, n)
+# What a run does, for whoever listens (the CLI shows it on stderr; a library caller configures
+# logging, or passes its own `log`). Plain text: styling is the listener's.
+_logger = logging.getLogger("mch.runner")
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -93,7 +41,7 @@ class Plan:
     attributes: dict[str, Attribute]
     samples: list[Sample]
     plugin: Any  # the model plugin object (not loaded yet)
-    log: Callable[[str], None]
+    log: Log
     progress: Progress
     loaded: bool = False
     text_plan: "Plan | None" = None   # paper protocol: the separate text-only model's plan (text_plan())
@@ -101,7 +49,7 @@ class Plan:
 
     def ensure_loaded(self) -> Any:
         if not self.loaded:
-            self.log(f"loading model [bold]{self.model_spec.name}[/] ({self.plugin.checkpoint}, "
+            self.log(f"loading model {self.model_spec.name} ({self.plugin.checkpoint}, "
                      f"{self.plugin.dtype_name}, {self.plugin.device})")
             t = time.time()
             try:
@@ -133,7 +81,7 @@ class Plan:
             pass
 
 
-def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: Progress | None = None) -> Plan:
+def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None) -> Plan:
     from .api import PROTOCOLS, SPANS
 
     if cfg.protocol not in PROTOCOLS:
@@ -144,10 +92,13 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
         raise MchError("--on-error must be 'stop' or 'skip'")
     if cfg.batch_size < 1:
         raise MchError("--batch-size must be at least 1")
-    reg = get_registry()
+    check_flags(cfg)
+    from .reference import with_imports
+
+    reg = with_imports(get_registry(), cfg)  # names brought in by `mch import-reference` (in this store)
     mspec = reg.get("model", cfg.model)
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
-    check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
+    cfg.params = check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
     if (cfg.text_checkpoint or cfg.text_revision) and (cfg.protocol != "paper" or not mspec.text_baseline):
         log(f"--text-checkpoint/--text-revision unused: only the paper protocol of a model whose registry entry "
             f"names a text_baseline reads them ({mspec.name}: {mspec.text_baseline or 'none'})")
@@ -155,7 +106,10 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
     if dname is None:
         raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
     dspec = reg.get("dataset", dname)
-    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path, **cfg.dataset_options)
+    check_model_and_dataset(mspec, dspec, cfg)
+    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path, **cfg.dataset_options)  # checks its options
+    opts = getattr(ds, "options", {})
+    cfg.dataset_options = {k: opts.get(k, v) for k, v in cfg.dataset_options.items()}  # in their declared types
     samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
     # attributes after samples: a dataset's classes may follow the split it listed
     attrs = ds.attributes(cfg.protocol)
@@ -178,7 +132,22 @@ def plan(cfg: RunConfig, log: Callable[[str], None] = lambda s: None, progress: 
             if lab and lab not in attr.classes:
                 raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
                                   sample_id=s.sample_id)
-    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, model_plugin(mspec, cfg), log, progress or Progress())
+    plugin = model_plugin(mspec, cfg)
+    for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
+        analysis = load_entry(aspec.entry)(aspec)
+        analysis.preflight(analysis_params(analysis, aspec, cfg, plugin), cfg.protocol, samples, attrs)
+    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+
+
+def analysis_params(analysis: Any, aspec: Any, cfg: RunConfig, plugin: Any) -> dict[str, Any]:
+    """An analysis's parameters: its defaults for the protocol, the registry's `params`, the
+    model plugin's `analysis_defaults(protocol)` for the parameters the analysis takes (a
+    model whose vectors lack a stage the defaults assume, e.g. imported reference files), then
+    the user's `--param`."""
+    defaults = analysis.default_params(cfg.protocol)
+    own = getattr(plugin, "analysis_defaults", None)
+    from_model = {k: v for k, v in (own(cfg.protocol) if callable(own) else {}).items() if k in defaults}
+    return {**defaults, **aspec.options.get("params", {}), **from_model, **cfg.params.get(aspec.name, {})}
 
 
 def model_plugin(spec: Any, cfg: RunConfig) -> Any:
@@ -188,52 +157,35 @@ def model_plugin(spec: Any, cfg: RunConfig) -> Any:
                                   **cfg.model_options)
 
 
-def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str) -> None:
-    """Every `--param ANALYSIS.KEY` names a registered analysis, and for the analyses in `run`
-    a parameter they declare, checked before any work: found later, a typo would cost the
-    extraction, and `bench` writes its records only once every analysis has run. Parameters
-    of an analysis outside the run are allowed (lora re-measures with other analyses' params,
-    which those check when they run); so are any of an analysis that declares none."""
-    for name, given in params.items():
-        spec = reg.get("analysis", name)  # an unknown name fails here, with a suggestion
-        if name not in run:
-            continue
-        takes = load_entry(spec.entry)(spec).default_params(protocol)
-        if takes:
-            check_param_keys(name, given, takes)
+def stored_entry(p: Plan, view: str) -> Any:
+    """This plan's store entry for `view` (complete or not). When the checkpoint is not on this
+    machine, its fingerprint cannot be taken: a complete entry extracted from the same
+    checkpoint name is used if there is exactly one, and the log says so."""
+    from .store import Store
 
-
-def store_key(p: Plan, view: str) -> dict[str, Any]:
     cfg = p.cfg
-    ident = p.plugin.identity()
-    if cfg.model_options:
-        ident["options"] = dict(sorted(cfg.model_options.items()))
-    if cfg.adapter:
-        ident["adapter_sha256"] = _dir_hash(Path(cfg.adapter))
-    return {
-        "model": ident,
-        "dataset": {"name": p.dataset_spec.name, "path": str(cfg.data_path) if cfg.data_path else None,
-                    "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-                    **cfg.dataset_options_record},  # options can change a sample under the same id
-        "prompt": getattr(p.plugin, "prompt_id", lambda protocol, view: f"{protocol}/{view}")(cfg.protocol, view),
-        "view": view,
-        "span": cfg.effective_span,
-        "stages": sorted(cfg.stages) if cfg.stages else "all",
-        "protocol": cfg.protocol,
-        "dtype": p.plugin.dtype_name,
-    }
+    want = cfg.chunk_size or int(os.environ.get("MCH_CHUNK_SIZE", "256"))
+    chunk = cfg.batch_size * max(1, want // cfg.batch_size)  # whole batches: resumed runs batch alike
+    store = Store(cfg.store)
+    key = store_key(p, view)
+    entry = store.entry(key, [s.sample_id for s in p.samples], chunk_size=chunk)
+    entry.log = p.log
+    if entry.complete or key["model"]["checkpoint_fingerprint"] != MISSING:
+        return entry
+    found = store.complete_like(key, _without_checkpoint_fingerprint)
+    if len(found) > 1:
+        raise MchError(f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
+                       f"{len(found)} extractions of it from different files ({', '.join(d.name for d in found)}); "
+                       f"make the checkpoint available, or remove the ones not wanted with `mch store rm KEY`")
+    if found:
+        import json
 
-
-def _dir_hash(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    for f in files:
-        if f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+        old = store.entry(json.loads((found[0] / "manifest.json").read_text())["key"], entry.sample_ids, chunk)
+        old.log = p.log
+        p.log(f"checkpoint {p.plugin.checkpoint} is not on this machine: using store entry {old.hash}, extracted "
+              f"from its files with fingerprint {old.key['model'].get('checkpoint_fingerprint')}")
+        return old
+    return entry
 
 
 def text_plan(p: Plan) -> Plan:
@@ -258,28 +210,66 @@ def text_plan(p: Plan) -> Plan:
 def text_source(p: Plan) -> str:
     """Which model made the text baseline, in words (for the analyses' notes)."""
     t = text_plan(p)
+    own = getattr(p.plugin, "text_view_source", None)
+    if t is p and callable(own):  # a plugin whose text view is not its own LLM (imported files)
+        return str(own())
     if t is p:
         return f"{p.model_spec.name}'s own text view"
     return f"{t.model_spec.name} ({t.plugin.checkpoint}), the separate text-only model the paper protocol uses"
 
 
 def extract(p: Plan, view: str = "modal") -> Any:
-    """Make sure the store entry for this plan and view is complete; return it."""
-    from .store import Store
-
-    cfg = p.cfg
-    import os
-
-    want = cfg.chunk_size or int(os.environ.get("MCH_CHUNK_SIZE", "256"))
-    chunk = cfg.batch_size * max(1, want // cfg.batch_size)  # whole batches: resumed runs batch alike
-    entry = Store(cfg.store).entry(store_key(p, view), [s.sample_id for s in p.samples], chunk_size=chunk)
+    """Make sure the store entry for this plan and view is complete; return it. The entry's
+    lock is taken before the model is loaded: a second process on the same key waits, then
+    reuses what the first wrote."""
+    entry = stored_entry(p, view)
     if entry.complete:
         p.log(f"{view} representations: cached in the store ({entry.dir})")
+        save_labels(p, entry)
         return entry
-    missing = entry.missing_chunks()
-    plugin = p.ensure_loaded()
+    if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
+        p.ensure_loaded()  # the plugin's own sentence on the missing checkpoint, before the store is touched
+    with entry.writing():
+        if entry.complete:
+            p.log(f"{view} representations: written by another mch process meanwhile ({entry.dir})")
+            return entry
+        _fill(p, entry, view)
+    p.log(f"{view} representations written to the store ({entry.dir})")
+    save_labels(p, entry)
+    return entry
+
+
+def save_labels(p: Plan, entry: Any) -> None:
+    """Keep the samples' labels, groups and texts beside their vectors (`mch.store.load`,
+    `mch export-store`), once per entry and attribute set; a read-only store goes without."""
+    if callable(getattr(p.plugin, "stored_key", None)):  # imported: the file's own columns are kept
+        return
+    have = entry.read_labels() or {}
+    if set(p.attributes) <= set(have.get("labels") or {}) and have.get("texts") is not None:
+        return
+    if len(p.samples) != len(entry.sample_ids):  # not this plan's samples (never expected)
+        return
+    try:
+        labels, groups = _labels(p, p.samples)
+    except MchError:
+        return
+    try:
+        entry.write_labels({"labels": {a: v.tolist() for a, v in labels.items()},
+                            "groups": {a: v.tolist() for a, v in groups.items()},
+                            "texts": [s.text for s in p.samples], "protocol": p.cfg.protocol})
+    except (OSError, MchError) as exc:
+        p.log(f"labels not kept beside the vectors ({exc})")
+
+
+def _fill(p: Plan, entry: Any, view: str) -> None:
+    """Extract the chunks `entry` lacks and finalize it (under its lock)."""
+    import numpy as np
+
     from .capture import capture
 
+    cfg = p.cfg
+    missing = entry.missing_chunks()
+    plugin = p.ensure_loaded()
     stages = list(cfg.stages) if cfg.stages else plugin.stages(view)
     todo = sum(len(entry.chunk_range(i)) for i in missing)
     done_before = len(p.samples) - todo
@@ -318,16 +308,12 @@ def extract(p: Plan, view: str = "modal") -> Any:
                     for s in batch:  # free decoded media: the store holds what we need
                         s._media = None
                 advance(len(idx))
-            import numpy as np
-
             arrays = {k: np.concatenate(v) for k, v in parts.items()}
             if not arrays:
                 arrays = {s: np.zeros((0, 1), np.float32) for s in stages}
             entry.write_chunk(i, rows_kept, arrays, skipped)
     entry.finalize({"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
                     "device": cfg.device})
-    p.log(f"{view} representations written to the store ({entry.dir})")
-    return entry
 
 
 def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -347,8 +333,20 @@ def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, A
 
 
 def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, Any], float]]:
+    """Every analysis of the plan on `entry`: [(name, output, params, seconds)]."""
+    return list(iter_analyses(p, entry))
+
+
+def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, dict[str, Any], float]]:
+    """The analyses of the plan one at a time, each yielded as soon as it has finished (so its
+    record can be written before the next one starts)."""
     cfg = p.cfg
     reps, rows = entry.read()
+    if cfg.stages:  # an entry may hold more stages than asked (imported files): analyse those asked
+        missing = [s for s in cfg.stages if s not in reps]
+        if missing:
+            raise MchError(f"--stage {missing[0]}: the stored representations have stages {', '.join(reps)}")
+        reps = {s: reps[s] for s in cfg.stages}
     samples = [p.samples[int(i)] for i in rows]
     labels, groups = _labels(p, samples)
     text_entry: dict[str, Any] = {}
@@ -374,27 +372,46 @@ def analyze(p: Plan, entry: Any) -> list[tuple[str, AnalysisOutput, dict[str, An
             text_entry[key] = treps
         return text_entry[key]
 
-    outputs = []
     previous: dict[str, AnalysisOutput] = {}
     for aspec in p.analysis_specs:
         analysis = load_entry(aspec.entry)(aspec)
-        params = {**analysis.default_params(cfg.protocol), **aspec.options.get("params", {}),
-                  **cfg.params.get(aspec.name, {})}
+        params = analysis_params(analysis, aspec, cfg, p.plugin)
         ctx = AnalysisContext(protocol=cfg.protocol, params=params, seed=cfg.seed, stages=list(reps),
                               reps=reps, samples=samples, attributes=p.attributes, labels=labels, groups=groups,
                               span=cfg.effective_span, previous=previous, progress=p.progress,
                               run_config=cfg, dataset=p.dataset,
                               _model_loader=p.ensure_loaded if aspec.needs_model else None,
                               _cache=entry.cached, _text_reps=paired_text, text_source=text_source(p),
-                              _own_text_reps=lambda: paired_text(own=True))
+                              _own_text_reps=lambda: paired_text(own=True),
+                              _rerun=lambda *args: rerun(p, *args))
         if p.loaded:
             ctx._model = p.plugin
-        p.log(f"running analysis [bold]{aspec.name}[/]")
+        p.log(f"running analysis {aspec.name}")
         t = time.time()
         out = analysis.run(ctx)
         previous[aspec.name] = out
-        outputs.append((aspec.name, out, params, time.time() - t))
-    return outputs
+        yield aspec.name, out, params, time.time() - t
+
+
+def rerun(p: Plan, analyses: Sequence[str], sample_ids: Sequence[str], adapter: str | None = None,
+          write_records: bool = False, model: Any = None) -> tuple[dict[str, AnalysisOutput], list[Path]]:
+    """`analyses` again on `sample_ids` of this run, with the PEFT `adapter` merged or without
+    (`AnalysisContext.rerun`): a plan over the same configuration and store, silent; `model`, the
+    run's loaded model, is reused when there is no adapter. Returns {name: output} and the paths
+    of the records written (with `write_records`)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(p.cfg, analyses=tuple(analyses), sample_ids=list(sample_ids), adapter=adapter)
+    sub = plan(cfg, log=lambda s: None, progress=p.progress)
+    if adapter is None and model is not None:  # the live model is this very model: no second load
+        sub.plugin, sub.loaded = model, True
+    t = time.time()
+    entry = extract(sub, "modal")
+    ex = time.time() - t
+    outs = analyze(sub, entry)
+    written = [write_record(record_for(sub, entry, name, out, params, dur, ex), Path(cfg.out_dir))
+               for name, out, params, dur in outs] if write_records else []
+    return {name: out for name, out, _, _ in outs}, written
 
 
 def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float,
@@ -408,19 +425,25 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         config["dataset_options"] = cfg.dataset_options_record["options"]
     tp = text_plan(p)
     text_model = None if tp is p else {"name": tp.model_spec.name, "checkpoint": str(tp.plugin.checkpoint),
-                                       "revision": tp.plugin.revision}
+                                       "revision": tp.plugin.revision,
+                                       "checkpoint_fingerprint": plugin_fingerprint(tp.plugin)}
+    # fingerprints of the files the stored vectors came from, as the entry's key holds them
+    kmodel, kdata = entry.key.get("model", {}), entry.key.get("dataset", {})
+    fingerprints = {k: kmodel[k] for k in ("checkpoint_fingerprint", "adapter_fingerprint") if kmodel.get(k)}
+    media = {"media_fingerprint": kdata["media_fingerprint"]} if kdata.get("media_fingerprint") else {}
     if text_model:
         config["text_model"] = text_model
     return build_record(
         model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
                "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
-               "device": cfg.device},
+               "device": cfg.device, **fingerprints, **model_fidelity(p),
+               **({"smoke": True} if config["model"].get("smoke") else {})},
         dataset={"name": p.dataset_spec.name, "split": cfg.split, "path": str(cfg.data_path) if cfg.data_path else None,
                  "n": int(man.get("n_rows", len(p.samples))),
                  "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
                  "attributes": sorted(p.attributes),
                  "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
-                 "skipped": man.get("skipped", []), **cfg.dataset_options_record},
+                 "skipped": man.get("skipped", []), **cfg.dataset_options_record, **media},
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
         extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,
@@ -432,17 +455,75 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
         metrics=[m.as_dict() for m in out.metrics],
         summary=out.summary,
         notes=out.notes,
+        run_config=_resolved_config(p),
     )
 
 
-def run_bench(cfg: RunConfig, log: Callable[[str], None] = lambda s: None,
-              progress: Progress | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+def _resolved_config(p: Plan) -> dict[str, Any]:
+    """The run config that reproduces this run (the model and dataset as resolved)."""
+    import dataclasses
+
+    from .configs import resolved
+
+    return resolved(dataclasses.replace(p.cfg, model=p.model_spec.name, dataset=p.dataset_spec.name))
+
+
+def model_fidelity(p: Plan) -> dict[str, Any]:
+    """The model plugin's own notes on where its computation follows or departs from the
+    released model's code (optional `fidelity(protocol)` method), for the record's model."""
+    notes = getattr(p.plugin, "fidelity", None)
+    out = [str(n) for n in notes(p.cfg.protocol)] if callable(notes) else []
+    return {"fidelity": out} if out else {}
+
+
+OnRecord = Callable[[Path, dict[str, Any]], None]
+
+
+def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | None) -> list[tuple[Path, dict]]:
+    """Run the analyses, writing each one's record as soon as it has finished: a failure or
+    Ctrl-C in a later analysis keeps the earlier records."""
+    written = []
+    for name, out, params, dur in iter_analyses(p, entry):
+        rec = record_for(p, entry, name, out, params, dur, extract_s)
+        path = write_record(rec, p.cfg.out_dir)
+        written.append((path, rec))
+        record_written(rec, path, p.log)
+        if on_record is not None:
+            on_record(path, rec)
+    return written
+
+
+def record_written(record: dict[str, Any], path: Path, log: Callable[[str], None] = lambda s: None) -> None:
+    """Call every plugin's `mch_record_written(record, path)` (hookspecs). The record is on disk
+    already: a plugin that fails is reported in the log and the run goes on."""
+    from .manager import get_manager
+
+    hook = get_manager().hook.mch_record_written
+    for impl in hook.get_hookimpls():
+        try:
+            impl.function(record=record, path=path)
+        except Exception as exc:  # noqa: BLE001 - a logging plugin must not cost the run
+            log(f"plugin {impl.plugin_name!r}: mch_record_written failed ({type(exc).__name__}: {exc})")
+
+
+def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
+              on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+    """Extract (or reuse), then run the analyses; each record is written as its analysis ends
+    (`on_record(path, record)` is called then). Returns the plan and [(path, record)]."""
+    check_results_dir(cfg.out_dir)
     p = plan(cfg, log, progress)
     t = time.time()
     entry = extract(p, "modal")
-    extract_s = time.time() - t
-    written = []
-    for name, out, params, dur in analyze(p, entry):
-        rec = record_for(p, entry, name, out, params, dur, extract_s)
-        written.append((write_record(rec, cfg.out_dir), rec))
-    return p, written
+    return p, _write_each(p, entry, time.time() - t, on_record)
+
+
+def run_analyze(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
+                on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+    """Like `run_bench`, on an extraction already complete in the store (never extracts)."""
+    check_results_dir(cfg.out_dir)
+    p = plan(cfg, log, progress)
+    entry = stored_entry(p, "modal")
+    if not entry.complete:
+        raise MchError("no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
+                       "with the same options first")
+    return p, _write_each(p, entry, 0.0, on_record)

@@ -38,7 +38,8 @@ import torch
 
 from .api import MchError, ModelSpec, Sample, load_entry
 from .capture import capture, pool
-from .model import ModelPlugin, Prepared, resolve_module, stage_group
+from .hooks import Trace
+from .model import ModelPlugin, Prepared, stage_group, stage_map_of
 
 SPANS_CHECKED = ("modality", "all")
 
@@ -143,6 +144,9 @@ def _check_pools(plugin: ModelPlugin, prepared: Prepared, groups: set[str], wher
             raise _fail(plugin, where, f"pool {g!r}: owner values outside [0, {n})")
         if set(owner.tolist()) != set(range(n)):
             raise _fail(plugin, where, f"pool {g!r}: some sample owns no row")
+        if pool.split is not None and (pool.split.shape != (n,) or bool((pool.split <= 0).any())):
+            raise _fail(plugin, where, f"pool {g!r}: proportional weights {pool.split.tolist()} must be one "
+                                       f"positive number per sample")
         shapes = {s: tuple(m.shape) for s, m in pool.masks.items()}
         if len(set(shapes.values())) > 1:
             raise _fail(plugin, where, f"pool {g!r}: span masks differ in shape {shapes}")
@@ -162,33 +166,17 @@ def _check_pools(plugin: ModelPlugin, prepared: Prepared, groups: set[str], wher
                                            f"{torch.nonzero(per_sample == 0).flatten().tolist()}")
 
 
-def _forward_once(plugin: ModelPlugin, prepared: Prepared, view: str, where: str) -> dict[str, torch.Tensor]:
+def _forward_once(plugin: ModelPlugin, prepared: Prepared, view: str, where: str,
+                  protocol: str = "default") -> dict[str, torch.Tensor]:
     """Run one full forward with hooks on every stage; each must fire exactly once. Returns
     each stage's raw output (detached, on CPU) for pooling."""
-    smap = plugin.stage_map(view)
-    calls: dict[str, list[torch.Tensor]] = {s: [] for s in smap}
-    handles = []
-
-    def make(stage: str):
-        def hook(_m, _a, output):
-            h = output[0] if isinstance(output, (tuple, list)) else output
-            if hasattr(h, "last_hidden_state") and not isinstance(h, torch.Tensor):
-                h = h.last_hidden_state
-            calls[stage].append(h.detach().float().cpu())
-        return hook
-
-    try:
-        for s, path in smap.items():
-            handles.append(resolve_module(plugin.module, path).register_forward_hook(make(s)))
-        with torch.inference_mode():
-            plugin.forward(prepared)
-    finally:
-        for h in handles:
-            h.remove()
-    bad = {s: len(c) for s, c in calls.items() if len(c) != 1}
+    smap = stage_map_of(plugin, view, protocol)
+    with torch.inference_mode(), Trace(plugin.module, smap, keep=True) as tr:
+        plugin.forward(prepared)
+    bad = {s: n for s, n in tr.calls.items() if n != 1}
     if bad:
         raise _fail(plugin, where, f"stages must fire exactly once per forward, fired {bad}")
-    return {s: c[0] for s, c in calls.items()}
+    return {s: kept[0].float().cpu() for s, kept in tr.kept.items()}
 
 
 def _pooled(prepared: Prepared, raw: dict[str, torch.Tensor], span: str) -> dict[str, torch.Tensor]:
@@ -225,7 +213,7 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
             if prepared.n != len(samples):
                 raise _fail(plugin, where, f"prepare returned n={prepared.n} for {len(samples)} samples")
             _check_pools(plugin, prepared, {stage_group(s) for s in stages}, where)
-            raw = _forward_once(plugin, prepared, view, where)
+            raw = _forward_once(plugin, prepared, view, where, protocol)
             widths = {s: int(h.shape[-1]) for s, h in raw.items()}
             for s, h in raw.items():
                 pool_spec = prepared.pools.get(stage_group(s))
@@ -233,6 +221,12 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
                 if pool_spec is None:
                     if rows != prepared.n:
                         raise _fail(plugin, where, f"stage {s!r} has {rows} rows for {prepared.n} samples and no pool")
+                    continue
+                if pool_spec.split is not None:  # rows in proportion to the samples' weights
+                    try:
+                        pool_spec.split_owner(int(h.numel() // h.shape[-1]))
+                    except MchError as exc:
+                        raise _fail(plugin, where, f"stage {s!r}: {exc}") from None
                     continue
                 for span, m in pool_spec.masks.items():
                     if tuple(m.shape) != (rows, length):
@@ -247,7 +241,7 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
                 raise _fail(plugin, where, f"adapter and llm stages must share the LLM width, got {widths}")
             report.widths[view] = widths
             # capture() itself (hooks, pooling, early stop) must agree with the full forward
-            via_capture = capture(plugin, prepared, stages, "modality", view)
+            via_capture = capture(plugin, prepared, stages, "modality", view, protocol)
             mine = _pooled(prepared, raw, "modality")
             for s in stages:
                 d = float((via_capture[s] - mine[s]).abs().max())
@@ -255,11 +249,11 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
                     raise _fail(plugin, where, f"stage {s!r}: capture() differs from the full forward by {d:.3g}")
             order = list(range(len(samples)))[::-1]
             rev_prep = plugin.prepare([samples[i] for i in order], protocol, view)
-            rev_raw = _forward_once(plugin, rev_prep, view, where)
+            rev_raw = _forward_once(plugin, rev_prep, view, where, protocol)
             alone = []
             for smp in samples:
                 prep1 = plugin.prepare([smp], protocol, view)
-                alone.append((prep1, _forward_once(plugin, prep1, view, where)))
+                alone.append((prep1, _forward_once(plugin, prep1, view, where, protocol)))
             for span in SPANS_CHECKED:
                 batch = _pooled(prepared, raw, span)
                 for s, v in batch.items():

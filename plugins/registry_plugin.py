@@ -89,3 +89,11 @@ def mch_register_analyses(register):
     for name, e in load_registry()["analyses"].items():
         register(AnalysisSpec(name=name, entry=e["entry"], needs_model=e.get("needs_model", False),
                               description=e.get("description", ""), options=e.get("options", {})))
+
+
+@hookimpl
+def mch_register_commands(app):
+    """`mch toy-bench` (the toy organisms as a validation bench); imports nothing heavy here."""
+    from mch.plugins.models import toybench
+
+    toybench.register(app)

@@ -78,10 +78,28 @@ def test_contract_check(installed, tiny):
     assert report.widths["modal"]["encoder"] == 32
 
 
-def test_bench_end_to_end_in_a_subprocess(installed, tiny, tmp_path):
-    env = _env(installed, tmp_path)
-    common = ["--model", "paligemma", "--checkpoint", str(tiny), "--dataset", "synth-coco", "--limit", "6",
-              "--store", str(tmp_path / "store"), "--quiet"]
-    run_mch("bench", *common, "--analysis", "probe", "--out", str(tmp_path / "results"), env=env, check=True)
+def _guide_commands(prefix: str) -> list[list[str]]:
+    """The shell commands of the guide's "Install and run" block that start with `prefix`."""
+    import shlex
+
+    guide = (ROOT / "docs" / "contributing-a-model.md").read_text()
+    block = guide.split("## 5. Install and run", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.startswith(prefix)]
+
+
+def test_the_guides_smoke_commands_measure_every_attribute(installed, tiny, tmp_path):
+    """`mch data make` + `mch bench` exactly as the guide gives them (its paths swapped for
+    temporary ones): the probe measures every attribute of the corpus at every stage."""
+    env = {**_env(installed, tmp_path), "MCH_STORE": str(tmp_path / "store"), "MCH_RESULTS": str(tmp_path / "results")}
+    paths = {"/tmp/tiny-paligemma": str(tiny), "/tmp/coco40": str(tmp_path / "coco40")}
+    make, bench = _guide_commands("mch data make"), _guide_commands("mch bench")
+    assert len(make) == 1 and len(bench) == 1
+    run_mch(*[paths.get(a, a) for a in make[0][1:]], env=env, check=True)
+    run_mch(*[paths.get(a, a) for a in bench[0][1:]], "--quiet", env=env, check=True)
     records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
-    assert records and all(r["model"]["name"] == "paligemma" for r in records)
+    assert [r["analysis"]["name"] for r in records] == ["probe"] and records[0]["model"]["name"] == "paligemma"
+    measured = {(m["attribute"], m["stage"]) for m in records[0]["metrics"]
+                if m["metric"] == "accuracy" and m["value"] is not None}
+    attributes = records[0]["dataset"]["attributes"]
+    stages = {"encoder", "adapter", "llm.0", "llm.1", "llm.final"}
+    assert len(attributes) == 6 and measured == {(a, s) for a in attributes for s in stages}

@@ -54,7 +54,7 @@ def test_cremad_code_map_and_file_name():
     assert EMOTIONS == {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral",
                         "SAD": "sadness"}
     assert parse_name("1001_DFA_ANG_XX") == {"actor": "1001", "sentence": "DFA", "emotion": "anger",
-                                             "level": "unspecified"}
+                                             "level": "unspecified", "emotion_code": "ANG", "level_code": "XX"}
     assert parse_name("1091_IEO_SAD_HI")["level"] == "high"
     v = sentence_verbalizers(["ITH", "ITS", "IEO"])
     assert v["ITH"] == ["doctor", "appointment"] and v["ITS"] == ["seen"]  # "think" is shared

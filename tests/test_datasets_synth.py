@@ -129,7 +129,9 @@ def test_synth_registry_entries_generate_on_first_use(tmp_path, monkeypatch):
     reg = get_registry(refresh=True)
     for name in ("librispeech", "cremad", "esc50", "voxceleb1", "coco", "gqa"):
         real, offline = reg.datasets[name], reg.datasets[f"synth-{name}"]
-        assert real.entry == offline.entry and offline.options == {"synth": {}}
+        real_cls, offline_cls = load_entry(real.entry), load_entry(offline.entry)
+        assert issubclass(offline_cls, real_cls) and offline.options == {"synth": {}}
+        assert "synth" in offline_cls.option_specs and "synth" not in real_cls.option_specs  # readers only read
         assert set(real.attributes) == set(offline.attributes)
     monkeypatch.setenv("MCH_DATA", str(tmp_path))
     spec = reg.datasets["synth-coco"]
@@ -141,11 +143,25 @@ def test_synth_registry_entries_generate_on_first_use(tmp_path, monkeypatch):
     assert set(load_entry(spec.entry)(spec).attributes("default")) == {"answer", "question_type"}
 
 
+
+def test_synth_entry_reads_a_given_path_and_synth_null_generates_nothing(tmp_path, monkeypatch):
+    """The generated entries locate their data as the loaders do when told where it is:
+    --data-path first, and `synth: null` reads $MCH_DATA/<name>."""
+    from mch.manager import get_registry
+
+    monkeypatch.setenv("MCH_DATA", str(tmp_path / "data"))
+    spec = get_registry(refresh=True).datasets["synth-gqa"]
+    mine = synth.make("gqa", tmp_path / "mine", images=2)
+    ds = load_entry(spec.entry)(spec, path=str(mine))
+    assert len(ds.samples(None, None, 0, "default")) == 10 and ds.root() == mine
+    with pytest.raises(MchError, match=r"\$MCH_DATA/synth-gqa \(.*\) does not exist"):
+        load_entry(spec.entry)(spec, synth=None).samples(None, None, 0, "default")
+    assert not (tmp_path / "data").exists()
+
 def test_commands_list_and_make(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    assert commands.CORPORA == synth.DESCRIPTIONS
     app = typer.Typer()
     app.command("noop")(lambda: None)
     commands.mch_register_commands(app)
@@ -165,9 +181,10 @@ def test_commands_list_and_make(tmp_path):
 
 
 def test_commands_module_is_import_light():
+    """`mch data` is mounted at every start of `mch`: neither numpy & co. nor the writers."""
     code = ("import sys, mch.plugins.attributes.commands; "
-            "heavy = [m for m in ('numpy', 'torch', 'scipy', 'PIL', 'soundfile') if m in sys.modules]; "
-            "assert not heavy, heavy")
+            "heavy = [m for m in ('numpy', 'torch', 'scipy', 'PIL', 'soundfile', 'mch.plugins.attributes.synth') "
+            "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -59,7 +59,7 @@ def test_projections_match_finite_differences(runs):
     modal = Store(plan.cfg.store).entry(store_key(plan, "modal"), [x.sample_id for x in plan.samples])
     text = Store(plan.cfg.store).entry(store_key(plan, "text"), [x.sample_id for x in plan.samples])
     ctx = SimpleNamespace(reps=modal.read()[0], text_reps=lambda: text.read()[0])
-    modes = compute_modes(ctx, "default", "adapter", None, 0.5, "trace")
+    modes = compute_modes(ctx, "default", "adapter", None, params={})   # the default split, as the analysis
     eps = 1e-2
     for k in range(3):
         u = torch.tensor(modes.vectors[:, k], dtype=torch.float32)
@@ -83,11 +83,19 @@ def test_sqrt_lambda_scaling_and_metrics(runs):
     g_raw = np.array([m["g_k"] for m in raw["summary"]["modes"]])
     g_sc = np.array([m["g_k"] for m in scaled["summary"]["modes"]])
     assert np.allclose(g_sc, g_raw * np.sqrt(lam), rtol=1e-6)
-    names = {m["metric"] for m in scaled["metrics"]}
-    assert names == {"g_ms", "g_ta", "g_ta_over_g_ms", "correlation_g_alpha"}
+    names = {m["metric"] for m in scaled["metrics"] if m["attribute"] is None}
+    assert names == {"g_ms", "g_ta", "g_ta_over_g_ms", "sensitivity_share_ms", "variance_share_ms",
+                     "correlation_g_alpha"}
+    assert {m["attribute"] for m in scaled["metrics"] if m["metric"] == "var_frac_unread"} == \
+        {"content", "speaker", "emotion"}
     for m in scaled["metrics"]:
-        assert m["stage"] == "adapter" and m["n"] == 6
-        assert m["ci_low"] is None or m["ci_low"] <= m["value"] <= m["ci_high"]
+        assert m["stage"] == "adapter"
+        if m["attribute"] is None:
+            assert m["n"] == 6
+            assert m["ci_low"] is None or m["ci_low"] <= m["value"] <= m["ci_high"]
+    s = scaled["summary"]
+    assert s["split"]["name"] == "covariance" and s["functional_split"]["name"] == "functional"
+    assert set(s["functional_split"]["known_truth"]) == {"covariance", "functional"}
 
 
 def test_paper_fields(runs):

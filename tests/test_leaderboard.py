@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -38,13 +39,15 @@ def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float
 
 def make_record(model="toyfix", dataset="toy", analysis="probe", protocol="default", metrics=None,
                 created="2026-11-01T10:00:00+00:00", kind="measured", modality="speech", revision="r1",
-                source=None, note=None):
+                source=None, note=None, checkpoint="builtin:toy", smoke=False, fingerprint=None, adapter=None):
     if metrics is None:
         metrics = probe_metrics("speaker", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
                                 [1.5, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2], 0.25)
     rec = build_record(
-        model={"name": model, "modality": modality, "checkpoint": "builtin:toy", "revision": revision,
-               **({"note": note} if note else {})},
+        model={"name": model, "modality": modality, "checkpoint": checkpoint, "revision": revision,
+               **({"note": note} if note else {}), **({"smoke": True} if smoke else {}),
+               **({"checkpoint_fingerprint": fingerprint} if fingerprint else {}),
+               **({"adapter": adapter} if adapter else {})},
         dataset={"name": dataset, "split": "test", "n": 400, "sample_ids_sha256": "ab" * 32},
         analysis={"name": analysis, "params": {}}, protocol=protocol,
         extraction={"span": "modality", "stages": STAGES}, seeds=[0], config_hash="c0ffee", duration_s=1.5,
@@ -199,7 +202,19 @@ def test_sort_numbers_descending_text_ascending_missing_last(tmp_path):
 
 
 def invoke(*args, env=None):
-    return CliRunner().invoke(lb.app, list(args), env=env)
+    """`mch leaderboard ARGS` through the CLI's entry point and its one error exit, in this
+    process: exit code, and stdout and stderr interleaved as `output`."""
+    from mch.cli import main
+
+    with CliRunner().isolation(env=env) as (_, _, both):
+        try:
+            main(["leaderboard", *args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return SimpleNamespace(exit_code=code, output=both.getvalue().decode())
 
 
 def test_cli_table_json_and_filters(tmp_path):
@@ -224,7 +239,7 @@ def test_cli_errors_are_one_sentence_not_a_traceback(tmp_path):
         res = invoke("--results", str(tmp_path), "--no-entries", *args)
         assert res.exit_code == 2
         assert expect in res.output and "Traceback" not in res.output
-        assert not isinstance(res.exception, MchError)  # handled, ended by typer.Exit
+        assert res.output.startswith("error: ") and res.output.count("\n") == 1  # one sentence, one line
     res = invoke("--results", str(tmp_path / "missing"))
     assert res.exit_code == 2 and "does not exist" in res.output
 

@@ -53,6 +53,14 @@ def site(tmp_path_factory):
                            metrics=probe_metrics("object_count", [0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.3],
                                                  [0.5, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1], 0.2)))
     write(res, make_record(model=XSS, metrics=probe_metrics("speaker", [0.5] * 7, [0.3] * 7, 0.25)))
+    # near chance: I_probe below 0 (the I_probe chart's axis must reach below 0, ticks stay round)
+    write(res, make_record(model="toy", checkpoint="/data/ckpts/run-2026-11/toy-retrained", revision=None,
+                           metrics=probe_metrics("speaker", [0.27, 0.26, 0.25, 0.24, 0.25, 0.26, 0.25],
+                                                 [-0.02, -0.31, -0.44, -0.12, -0.05, -0.002, -0.001], 0.25)))
+    # a random-weight checkpoint: labelled smoke, never "measured"
+    write(res, make_record(model="llava", modality="vision", dataset="coco", smoke=True,
+                           checkpoint="/tmp/pytest-of-root/pytest-3/tiny0/llava", revision=None,
+                           metrics=probe_metrics("object_count", [0.3] * 7, [0.01] * 7, 0.25)))
     loaded, warnings = load_records([res, ENTRIES])
     assert not warnings
     rows = aggregate(loaded)
@@ -111,10 +119,18 @@ def test_page_in_headless_chromium(site, driver):
     assert kinds == {"measured", "reported"}
     for tr in trs:
         badge = tr.find_element(By.CSS_SELECTOR, ".badge")
-        assert badge.text.startswith(tr.get_attribute("data-kind"))
+        want = "smoke" if tr.get_attribute("data-smoke") == "1" else tr.get_attribute("data-kind")
+        assert badge.text.startswith(want)
+    assert sum(tr.get_attribute("data-smoke") == "1" for tr in trs) == 1
+
+    # Runs of different checkpoints of one model are different rows, each naming its checkpoint.
+    toy_speaker = [tr for tr in trs if tr.find_element(By.CSS_SELECTOR, "td.model .name").text == "toy"
+                   and tr.get_attribute("data-attribute") == "speaker"]
+    ckpts = {tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text for tr in toy_speaker}
+    assert {"builtin:toy@r1", "…/run-2026-11/toy-retrained"} <= ckpts, ckpts
 
     # A script-tag model name is text, and nothing ran.
-    names = [tr.find_element(By.CSS_SELECTOR, "td.model").text for tr in trs]
+    names = [tr.find_element(By.CSS_SELECTOR, "td.model .name").text for tr in trs]
     assert XSS in names
     assert driver.execute_script("return window.__dialogs") == []
 
@@ -151,7 +167,8 @@ def test_page_in_headless_chromium(site, driver):
     lines = chart.find_elements(By.TAG_NAME, "polyline")
     assert len(lines) >= 2  # first measured and first reported row are plotted on load
     toy = next(tr for tr in visible_rows(driver)
-               if tr.find_element(By.CSS_SELECTOR, "td.model").text == "toy"
+               if tr.find_element(By.CSS_SELECTOR, "td.model .name").text == "toy"
+               and tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text == "builtin:toy@r1"
                and tr.get_attribute("data-attribute") == "speaker")
     box = toy.find_element(By.CSS_SELECTOR, "input.plot")
     if box.is_selected():
@@ -165,7 +182,7 @@ def test_page_in_headless_chromium(site, driver):
     assert driver.find_element(By.ID, "chart-ip").find_elements(By.TAG_NAME, "polyline")
     detail = driver.find_element(By.ID, "detail")
     assert detail.is_displayed()
-    assert driver.find_element(By.ID, "detail-title").text.startswith("toy · toy · speaker")
+    assert driver.find_element(By.ID, "detail-title").text.startswith("toy (builtin:toy@r1) · toy · speaker")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#detail-metrics tbody tr")) > 10
 
     # Reported rows open their source.
@@ -185,3 +202,79 @@ def test_page_in_headless_chromium(site, driver):
     shot = ARTIFACTS / "leaderboard.png"
     assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     (ARTIFACTS / "leaderboard-console.json").write_text(json.dumps(logs, indent=1))
+
+
+def tick_values(driver, chart_id):
+    from selenium.webdriver.common.by import By
+
+    return [float(t.text) for t in driver.find_elements(By.CSS_SELECTOR, f"#{chart_id} text.tick")]
+
+
+def is_round_step(step):
+    """1, 2, 2.5 or 5 times a power of ten."""
+    import math
+
+    mant = step / 10 ** math.floor(math.log10(step))
+    return any(abs(mant - m) < 1e-9 for m in (1, 2, 2.5, 5, 10))
+
+
+def test_page_is_responsive_with_round_ticks_a_legend_and_a_linked_science_md(site, driver):
+    """At 1400 px every column is reached without scrolling sideways; at 390 px (a phone) the
+    rows are cards whose numbers show and both charts fit. The axes' ticks are round (also
+    below 0), unusual values have a legend, and the footer links the definitions."""
+    from selenium.webdriver.common.by import By
+
+    page, rows = site
+    driver.set_window_size(1400, 1000)
+    driver.get(page.as_uri())
+    wrap = driver.find_element(By.CSS_SELECTOR, ".table-wrap")
+    assert driver.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth + 1", wrap)
+    width = driver.execute_script("return window.innerWidth")
+    for th in driver.find_elements(By.CSS_SELECTOR, "#lb thead th"):
+        if th.is_displayed():
+            assert th.rect["x"] + th.rect["width"] <= width + 1, th.text
+    keys = [th.get_attribute("data-key") for th in driver.find_elements(By.CSS_SELECTOR, "#lb thead th")
+            if th.is_displayed()]
+    assert {"model", "acc_final", "gmi", "access_final", "ablation_ms"} <= set(keys)
+
+    # Ticks: round steps from 0 (accuracy) and below 0 when a plotted I_probe is negative.
+    neg = next(tr for tr in visible_rows(driver)
+               if tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text == "…/run-2026-11/toy-retrained")
+    neg.find_elements(By.TAG_NAME, "td")[1].click()
+    for chart in ("chart-acc", "chart-ip"):
+        ticks = tick_values(driver, chart)
+        steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+        assert len(steps) == 1 and is_round_step(steps.pop()), (chart, ticks)
+        assert 0.0 in ticks
+    ip = tick_values(driver, "chart-ip")
+    assert -0.44 - (ip[1] - ip[0]) < min(ip) <= -0.44, ip  # the axis reaches the lowest point, within a step
+    assert tick_values(driver, "chart-acc") == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+    # A legend for the values that need one; the definitions are a link that resolves.
+    howto = driver.find_element(By.ID, "howto").text
+    assert "Retained %" in howto and "−0.00" in howto and "Access." in howto
+    link = driver.find_element(By.CSS_SELECTOR, "footer a")
+    assert link.text == "science.md" and link.get_attribute("href").endswith("/science.md")
+    assert (page.parent / "science.md").is_file()
+
+    # A phone: no sideways scrolling, numbers visible in cards, both charts whole.
+    driver.set_window_size(390, 844)
+    driver.get(page.as_uri())
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= 391
+    width = driver.execute_script("return window.innerWidth")
+    nums = [td for td in driver.find_elements(By.CSS_SELECTOR, "#lb td.num:not(.none)")]
+    assert nums and all(td.is_displayed() for td in nums)
+    first = nums[0]
+    driver.execute_script("arguments[0].scrollIntoView()", first)
+    assert first.rect["x"] >= 0 and first.rect["x"] + first.rect["width"] <= width + 1
+    assert any(c.isdigit() for c in first.text)
+    for chart in ("chart-acc", "chart-ip"):
+        svg = driver.find_element(By.ID, chart)
+        assert svg.is_displayed() and svg.size["width"] > 250
+        assert svg.rect["x"] >= 0 and svg.rect["x"] + svg.rect["width"] <= width + 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(390, min(height + 40, 12000))
+    shot = ARTIFACTS / "leaderboard-390px.png"
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    driver.set_window_size(1500, 1000)

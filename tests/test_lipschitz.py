@@ -32,8 +32,14 @@ class LinearDecoder(ModelPlugin):
         nn.init.normal_(self.module.adapter.weight)
         self.w = torch.tensor(w, dtype=torch.float32)
 
+    def load(self):  # the module is built in __init__
+        pass
+
     def stage_map(self, view="modal"):
         return {"adapter": "adapter"}
+
+    def score(self, samples, query, continuations, protocol, view="modal"):
+        raise NotImplementedError("a test double for the decoder loss: it scores no continuation")
 
     def _frames(self, samples):
         T = max(len(s.media) for s in samples)
@@ -118,6 +124,25 @@ def test_lipschitz_analysis_and_bound_on_a_linear_decoder():
     assert got["path_integral_rel_error"].value < 1e-3
     assert got["bound_held_W1"].value == 1.0 and got["bound_held_paired"].value == 1.0
     assert got["L_W1_previous"].value == pytest.approx(np.linalg.norm(w), rel=1e-5)
+    assert got["tightness"].value == pytest.approx(abs(got["logscore_gap"].value) / got["L_W1"].value, rel=1e-9)
+    assert got["w1_excess"].value == pytest.approx(got["W1"].value - got["w1_null_mean"].value, rel=1e-9)
+
+
+def test_w1_floor_of_one_law_and_of_two():
+    """W1 between two finite samples of one law is far from 0 (its finite-sample floor); the
+    swap null measures that floor, so the excess of one law is ~0 and not significant, while a
+    shifted law's excess is about the shift."""
+    from mch.plugins.analyses.bound import exact_w1, w1_null
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(80, 6)), rng.normal(size=(80, 6))
+    same = w1_null(X, Y, 40, seed=0)
+    w = exact_w1(X, Y)
+    assert w > 1.0                                    # the floor: far from 0 with 80 rows in 6 dims
+    assert abs(w - same["mean"]) < 0.15 * w and same["p"] > 0.05
+    shifted = w1_null(X, Y + np.array([2.0, 0, 0, 0, 0, 0]), 40, seed=0)
+    w2 = exact_w1(X, Y + np.array([2.0, 0, 0, 0, 0, 0]))
+    assert shifted["p"] < 0.05 and w2 - shifted["mean"] > 0.5
 
 
 def test_diameter_follows_the_reference():

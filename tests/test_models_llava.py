@@ -112,11 +112,14 @@ def test_encoder_stage_is_what_the_projector_receives(plugin, samples):
     assert not torch.allclose(out["encoder"], seen["x"].mean(1), atol=1e-3)
 
 
-def test_protocol_switch_between_prepare_and_capture_is_refused(plugin, samples):
+def test_stage_map_follows_the_protocol_passed_not_the_last_prepare(plugin, samples):
+    # the protocol travels with the batch (prepare records it; capture passes it to stage_map),
+    # so preparing another batch in between changes nothing
     paper = plugin.prepare(samples, "paper")
+    expected = capture(plugin, paper, ["encoder"], "all")["encoder"]
     plugin.prepare(samples, "default")
-    with pytest.raises(MchError, match="protocol"):
-        capture(plugin, paper, ["encoder"], "all")
+    torch.testing.assert_close(capture(plugin, paper, ["encoder"], "all")["encoder"], expected)
+    torch.testing.assert_close(capture(plugin, paper, ["encoder"], "all", protocol="paper")["encoder"], expected)
 
 
 def _manual_logp(plugin, sample, prompt, cont_ids, view):

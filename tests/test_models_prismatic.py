@@ -323,7 +323,7 @@ def test_timm_key_map_reproduces_the_timm_forward(models, runs, samples, family,
         torch.testing.assert_close(got_pool, o[:, 0], atol=1e-5, rtol=1e-5)
 
 
-def test_vision_weights_from_hf_dir_or_checkpoint_give_the_same_features(models, runs, samples, tmp_path):
+def test_vision_weights_from_hf_dir_or_timm_file_give_the_same_features(models, runs, samples, tmp_path):
     base = models["dinov2"]
     px = torch.from_numpy(np.stack([base.transform(s.media) for s in samples[:2]]))
     with torch.inference_mode():
@@ -345,13 +345,33 @@ def test_vision_weights_from_hf_dir_or_checkpoint_give_the_same_features(models,
     via_native = load(runs["dinov2"], "dinov2", vision=str(tmp_path / "hf_native"))
     # a timm-format file given directly
     via_file = load(runs["dinov2"], "dinov2", vision=str(runs["dinov2"] / "vision" / "model.safetensors"))
-    # the weights inside the checkpoint as `vision_backbone` (vision/ keeps only timm's config.json)
-    run2 = make_tiny_prismatic_dinov2(tmp_path / "run2", vision_in_checkpoint=True)
-    (run2 / "vision" / "model.safetensors").unlink()
-    via_ckpt = load(run2, "dinov2")
-    for other in (via_hf, via_native, via_file, via_ckpt):
+    for other in (via_hf, via_native, via_file):
         with torch.inference_mode():
             torch.testing.assert_close(other.module.vision_backbone(px), want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_checkpoints_vision_backbone_is_ignored_as_the_release_does(models, samples, tmp_path):
+    """TRI-ML's `prismatic.load` -> `PrismaticVLM.from_pretrained` loads only `projector` and
+    `llm_backbone` from the checkpoint; the vision backbone always comes from timm's pretrained
+    weights, even when the checkpoint (a full-finetune run) holds other `vision_backbone` weights."""
+    base = models["dinov2"]
+    px = torch.from_numpy(np.stack([base.transform(s.media) for s in samples[:2]]))
+    with torch.inference_mode():
+        want = base.module.vision_backbone(px)
+    run = make_tiny_prismatic_dinov2(tmp_path / "ft", vision_in_checkpoint=True)  # same seed: same timm weights
+    ck_path = run / "checkpoints" / "latest-checkpoint.pt"
+    ck = torch.load(ck_path, weights_only=True)
+    ck["model"]["vision_backbone"] = {k: v * 1.5 if v.is_floating_point() else v  # "fine-tuned"
+                                      for k, v in ck["model"]["vision_backbone"].items()}
+    torch.save(ck, ck_path)
+    got = load(run, "dinov2")
+    with torch.inference_mode():
+        torch.testing.assert_close(got.module.vision_backbone(px), want, atol=1e-5, rtol=1e-5)
+    assert "prismatic.load" in got.fidelity("default")[0]
+    # without the pretrained weights, the checkpoint's copy is no fallback: one sentence says why
+    (run / "vision" / "model.safetensors").unlink()
+    with pytest.raises(MchError, match="checkpoint's own vision_backbone is not used"):
+        load(run, "dinov2")
 
 
 def test_image_transform_letterbox_and_normalisation():
@@ -514,6 +534,50 @@ def _prompt_token_logp(m: PrismaticModel, sample: Sample) -> torch.Tensor:
     return torch.stack([logp[j + n - 1, ids[j]] for j in range(1, len(ids))])
 
 
+def test_rotary_frequencies_stay_float32_under_default_and_take_the_release_cast_under_paper(runs, models, samples):
+    """The release ran `vlm.to(device, dtype=torch.bfloat16)`, which also rounds the LLM's rotary
+    `inv_freq` buffer to bf16 (cos off by up to 0.36 below position 300 at Vicuna's head size).
+    `default` keeps float32 frequencies like the other plugins; `paper` reproduces the cast."""
+    import copy
+
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    m = load(runs["dinov2"], "dinov2", dtype="bfloat16")
+    rot = m.module.lm.model.rotary_emb
+    exact = LlamaRotaryEmbedding(m.module.lm.config).inv_freq  # float32 from the config
+    assert exact.dtype == torch.float32
+    pos = torch.arange(300)[None]
+    x = torch.zeros(1, 300, 16, dtype=torch.bfloat16)
+    truth = torch.cos(pos[0, :, None].double() * exact.double()[None])  # (300, 8), float64
+    got = {}
+    for protocol in ("default", "paper"):
+        m.prepare(samples[:1], protocol)
+        got[protocol] = rot(x, pos)[0][0, :, :8].double()
+    assert torch.equal(rot.inv_freq, exact.to(torch.bfloat16))  # paper: the release's buffer
+    m.prepare(samples[:1], "default")
+    assert rot.inv_freq.dtype == torch.float32 and torch.equal(rot.inv_freq, exact)
+    assert float((got["default"] - truth).abs().max()) < 0.005  # bf16 rounding of cos itself only
+    assert float((got["paper"] - truth).abs().max()) > 0.03  # the rounded frequencies drift with position
+    torch.testing.assert_close(got["paper"], torch.cos(pos[0, :, None].double()
+                                                       * exact.to(torch.bfloat16).double()[None]),
+                               atol=0.005, rtol=0)
+
+    # end to end: paper == the release's whole-model cast of the same weights; default differs
+    release = copy.deepcopy(models["dinov2"].module).to(torch.bfloat16)
+    for protocol in ("paper", "default"):
+        prep = m.prepare(samples[:2], protocol)
+        with torch.inference_mode():
+            ours = m.forward(prep).last_hidden_state.float()
+            ref = release(**prep.inputs).last_hidden_state.float()
+        if protocol == "paper":
+            torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+        else:
+            assert not torch.allclose(ours, ref, atol=1e-2)
+    assert any("float32" in n for n in m.fidelity("default"))
+    assert any("as the release" in n for n in m.fidelity("paper"))
+    assert models["dinov2"].fidelity("paper") == models["dinov2"].fidelity("default")  # float32: no cast
+
+
 def test_loss_terms_are_aligned_with_the_patch_layout(models, samples):
     m = models["dinov2"]
     batch = samples[:3]
@@ -568,13 +632,15 @@ def test_bench_end_to_end_on_a_generated_coco(runs, tmp_path):
     from mch.plugins.attributes import synth
     from mch.runner import RunConfig, run_bench
 
-    synth.make("coco", tmp_path / "coco", images=8)
+    synth.make("coco", tmp_path / "coco", images=12)  # the cross-fitted TA/MS split needs 8 rows or more
     cfg = RunConfig(model="prismatic_siglip", checkpoint=str(runs["siglip"]), dataset="coco",
                     data_path=str(tmp_path / "coco"), analyses=("modes", "distances"), batch_size=3,
                     out_dir=tmp_path / "results", store=tmp_path / "store")
     _plan, written = run_bench(cfg)
     assert [rec["analysis"]["name"] for _, rec in written] == ["modes", "distances"]
     assert all(path.exists() for path, _ in written)
+    # each record says how the plugin's computation relates to the release's loader
+    assert all("prismatic.load" in rec["model"]["fidelity"][0] for _, rec in written)
 
 
 def test_timm_key_map_uses_every_key(runs):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mch.api import MchError, ModelSpec, Sample, SampleError
 from mch.capture import capture
@@ -207,6 +208,57 @@ def test_paper_prompt_renders_byte_for_byte(model, samples):
 # --------------------------------------------------------------------------- long audio
 
 
+def release_chunk(model: Ultravox, mel: torch.Tensor, real: int, block: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One audio chunk through the released Ultravox code path, written out from fixie-ai/ultravox
+    (`UltravoxProcessor._chunk_and_pad_audio`, `ModifiedWhisperEncoder.forward` with
+    `init_latency_mask`, `UltravoxProjector`, `_prepare_audio_embeds`): the chunk as the processor
+    hands it over (a continuation chunk zero-padded to 3000 frames), both convolutions over every
+    frame, an additive mask on keys past the real length merged by torch.minimum with the
+    streaming mask (a block-lower-triangular matrix over the 3000-long context, sliced), the
+    projector over every encoder frame, then the first ceil(real / 16) tokens.
+    Returns (encoder frames the LLM's tokens come from, the tokens the LLM receives)."""
+    tower, proj = model.module.audio_tower, model.module.multi_modal_projector
+    x = F.gelu(tower.conv2(F.gelu(tower.conv1(mel[None])))).permute(0, 2, 1)
+    h = x + tower.embed_positions.weight[: x.shape[1]]
+    T, n, lo = h.shape[1], (real - 1) // 2 + 1, torch.finfo(h.dtype).min
+    mask = torch.zeros(1, 1, 1, T)
+    mask[..., n:] = lo
+    if block is not None:
+        nb = 3000 // block
+        stream = torch.tril(torch.ones(nb, nb)).repeat_interleave(block, 0).repeat_interleave(block, 1)
+        mask = torch.minimum(((1.0 - stream) * lo)[None, None, :T, :T], mask)
+    for layer in tower.layers:
+        h = layer(h, mask)
+    enc = tower.layer_norm(h)[0]
+    return enc[:n], proj(enc[None])[0][: -(-real // 16)]
+
+
+def release_clip(model: Ultravox, wave: np.ndarray, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole clip at batch 1 as the release runs it: (encoder frames, LLM audio tokens), all chunks."""
+    feats = torch.from_numpy(model._features(wave))
+    encs, toks = [], []
+    with torch.inference_mode():
+        for off in range(0, feats.shape[1], 3000):
+            mel = feats[:, off: off + 3000]
+            real = mel.shape[1]
+            if off > 0:  # the release pads continuation chunks (only) to the context size
+                mel = F.pad(mel, (0, 3000 - real))
+            e, t = release_chunk(model, mel, real, block)
+            encs.append(e)
+            toks.append(t)
+    return torch.cat(encs), torch.cat(toks)
+
+
+def llm_audio_input(model: Ultravox, samples: list[Sample], protocol: str) -> list[torch.Tensor]:
+    """What the plugin writes into the LLM's input at each sample's audio slots."""
+    p = model.prepare(samples, protocol)
+    with torch.inference_mode():
+        emb = model.module.embed(**p.inputs)
+    mask = p.pools["llm"].masks["modality"]
+    return [emb[i][mask[i]] for i in range(len(samples))]
+
+
 def test_long_audio_default_pools_all_chunks_paper_keeps_chunk_one(model):
     n = 35 * 16000  # 3500 mel frames: a 3000-frame chunk and a 500-frame one
     s = sample(7, n)
@@ -219,25 +271,133 @@ def test_long_audio_default_pools_all_chunks_paper_keeps_chunk_one(model):
     assert int(p.pools["llm"].masks["modality"].sum()) == 188 + 32  # the LLM sees both chunks
     pooled_p = capture(model, p, ["encoder", "adapter", "llm.final"], "all")
 
-    feats = torch.from_numpy(model._features(clip(n, 7)[0]))
-    assert feats.shape[1] == 3500
-    tower, proj = model.module.audio_tower, model.module.multi_modal_projector
-    with torch.inference_mode():
-        c1 = tower(feats[None, :, :3000]).last_hidden_state[0]          # chunk 1 alone, 1500 frames
-        c2 = tower(feats[None, :, 3000:]).last_hidden_state[0]          # chunk 2 alone, unpadded: 250 frames
-        a1, a2 = proj(c1[None])[0], proj(c2[None])[0]
-    assert c2.shape[0] == 250 and a1.shape[0] == 188 and a2.shape[0] == 32
+    enc, toks = release_clip(model, clip(n, 7)[0])
+    assert enc.shape[0] == 1500 + 250 and toks.shape[0] == 188 + 32
     # paper (§7 item 11): chunk 1 only
-    torch.testing.assert_close(pooled_p["encoder"][0], c1.mean(0), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pooled_p["adapter"][0], a1.mean(0), atol=1e-5, rtol=1e-5)
-    # default: every real frame and token of both chunks
-    torch.testing.assert_close(pooled_d["encoder"][0], torch.cat([c1, c2]).mean(0), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pooled_d["adapter"][0], torch.cat([a1, a2]).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled_p["encoder"][0], enc[:1500].mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled_p["adapter"][0], toks[:188].mean(0), atol=1e-5, rtol=1e-5)
+    # default: every real frame and token of both chunks, computed as the release computes them
+    torch.testing.assert_close(pooled_d["encoder"][0], enc.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled_d["adapter"][0], toks.mean(0), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(pooled_d["encoder"][0], pooled_p["encoder"][0], atol=1e-3)
     # a long clip batched with a short one keeps its numbers
     both = capture(model, model.prepare([sample(1, 20801), s], "default"), ["encoder", "adapter"], "modality")
     torch.testing.assert_close(both["encoder"][1], pooled_d["encoder"][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(both["adapter"][1], pooled_d["adapter"][0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seconds", [35.0, 30.1, 67.3])
+def test_llm_receives_the_released_models_audio_tokens(model, seconds):
+    """Under both protocols the decoder input at the audio slots is the release's, also for the
+    continuation chunks of clips over 30 s (which the release runs zero-padded to 30 s: its last
+    token stacks encoder outputs at padded positions), whatever the clip is batched with."""
+    n = int(seconds * 16000)
+    s, short = sample(9, n), sample(2, 11201)
+    _, want = release_clip(model, s.media[0])
+    _, want_short = release_clip(model, short.media[0])
+    for protocol in ("default", "paper"):
+        alone, = llm_audio_input(model, [s], protocol)
+        batched = llm_audio_input(model, [short, s], protocol)
+        torch.testing.assert_close(alone, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched[1], want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched[0], want_short, atol=1e-5, rtol=1e-5)
+    # the padded positions matter: the continuation chunk run unpadded gives other tokens
+    feats = torch.from_numpy(model._features(s.media[0]))
+    real = feats.shape[1] - 3000 * ((feats.shape[1] - 1) // 3000)  # the last chunk's real frames
+    with torch.inference_mode():
+        _, unpadded = release_chunk(model, feats[:, -real:], real)
+    assert not torch.allclose(unpadded, want[-unpadded.shape[0]:], atol=1e-3)
+
+
+def with_config(src: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("block", [100, 250])
+def test_audio_latency_block_size_applies_the_release_streaming_mask(ckpts, model, tmp_path, block):
+    m = load(with_config(ckpts["full"], tmp_path / "uv", audio_latency_block_size=block))
+    s = [sample(3, 35 * 16000), sample(4, 12 * 16000 + 37)]
+    got = llm_audio_input(m, s, "default")
+    plain = llm_audio_input(model, s, "default")
+    for i, x in enumerate(s):
+        enc, want = release_clip(m, x.media[0], block)
+        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(got[i], plain[i], atol=1e-3)  # the mask changes what the LLM receives
+        pooled = capture(m, m.prepare([x], "default"), ["encoder"], "modality")
+        torch.testing.assert_close(pooled["encoder"][0], enc.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_fidelity_notes_say_what_the_records_rest_on(ckpts, model, tmp_path):
+    assert "batch 1" in model.fidelity("default")[0] and len(model.fidelity("default")) == 1
+    assert any("first chunk only" in n for n in model.fidelity("paper"))
+    m = Ultravox(spec(with_config(ckpts["full"], tmp_path / "uv", audio_latency_block_size=100)))
+    assert any("audio_latency_block_size 100" in n for n in m.fidelity("default"))  # known before loading
+
+
+@pytest.mark.parametrize("value", [0, -100, 7, "100", True, 1.5])
+def test_an_impossible_audio_latency_block_size_is_one_sentence(ckpts, tmp_path, value):
+    d = with_config(ckpts["full"], tmp_path / "uv", audio_latency_block_size=value)
+    with pytest.raises(MchError, match=r"audio_latency_block_size to .* divides 3000"):
+        load(d)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{not json", "cannot be read as JSON"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    (None, "malformed projector setting"),
+    ("act", "cannot be built"),
+])
+def test_malformed_config_json_is_one_sentence(ckpts, tmp_path, text, match):
+    d = tmp_path / "uv"
+    if text is None:
+        with_config(ckpts["full"], d, stack_factor="eight")
+    elif text == "act":
+        with_config(ckpts["full"], d, projector_act="no-such-activation")
+    else:
+        shutil.copytree(ckpts["full"], d)
+        (d / "config.json").write_text(text)
+    with pytest.raises(MchError, match=match) as err:
+        load(d)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_config_json_from_the_cli_is_rc_2_without_traceback(ckpts, tmp_path):
+    from conftest import run_mch
+
+    d = tmp_path / "uv"
+    shutil.copytree(ckpts["full"], d)
+    (d / "config.json").write_text('{"model_type": "ultravox", ')
+    from mch.plugins.attributes import synth
+
+    data = synth.make("cremad", tmp_path / "cremad", actors=1, sentences=1)
+    res = run_mch("extract", "--model", "ultravox", "--checkpoint", str(d), "--dataset", "cremad",
+                  "--data-path", str(data), "--limit", "2")
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "Traceback" not in out and "cannot be read as JSON" in out
+
+
+def test_release_auto_map_never_prompts_nor_runs_checkpoint_code(ckpts, tmp_path, monkeypatch):
+    """The release's config.json names its remote code in `auto_map`; transformers asks on stdin
+    whether to run it unless told. mch never asks, and runs it only with --trust-remote-code."""
+    import builtins
+
+    d = with_config(ckpts["full"], tmp_path / "uv", auto_map={
+        "AutoConfig": "ultravox_config.UltravoxConfig", "AutoModel": "ultravox_model.UltravoxModel",
+        "AutoProcessor": "ultravox_processing.UltravoxProcessor"})
+    marker = tmp_path / "ran"
+    for mod in ("ultravox_config", "ultravox_model", "ultravox_processing"):
+        (d / f"{mod}.py").write_text(f"open({str(marker)!r}, 'a').write({mod!r})\n")
+
+    asked = []  # transformers swallows an exception raised here, so record the question and say no
+    monkeypatch.setattr(builtins, "input", lambda *a, **_k: asked.append(a) or "n")
+    m = load(d)
+    assert asked == [] and not marker.exists()
+    assert m.tokenizer.eos_token == "<|eot_id|>"
 
 
 def test_resamples_to_16khz(model):

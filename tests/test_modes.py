@@ -162,13 +162,19 @@ def _bench(store: Path, out: Path, protocol: str, analyses, **params):
 def test_modes_on_the_toy_default(toy_store, tmp_path):
     rec = _bench(toy_store, tmp_path, "default", ["modes"], modes={"n_boot": 50})["modes"]
     m = {x["metric"]: x for x in rec["metrics"]}
-    assert rec["protocol"] == "default" and rec["summary"]["text_stage"] == "adapter"
+    s = rec["summary"]
+    assert rec["protocol"] == "default" and s["text_stage"] == "adapter"
     # the toy's adapter is a 32 -> 64 linear map: 32 null modes, all filtered
-    assert m["n_modes_kept"]["value"] <= 32 and m["n_null_modes"]["value"] >= 32
-    for name in ("n_alpha_gt_0.5", "var_frac_MS_of_kept", "var_frac_TA_of_trace", "text_var_frac_TA"):
+    assert m["n_modes_kept"]["value"] <= 32 and m["rank"]["value"] <= 32
+    for name in ("var_frac_MS_of_kept", "var_frac_TA_of_trace", "text_var_frac_TA"):
         assert m[name]["ci_low"] <= m[name]["value"] <= m[name]["ci_high"]
     assert m["n_TA"]["value"] + m["n_MS"]["value"] == m["n_modes_kept"]["value"]
-    assert max(r["alignment_score"] for r in rec["summary"]["modes"]) < 1e3
+    split = s["split"]
+    assert split["name"] == "covariance" and split["split_rule"] == "null" and split["cross_fit"] is True
+    assert split["alpha_scale"] == "trace" and len(split["directions"]) == 2 and split["n_rows"] == 120
+    assert m["scale_ratio"]["value"] == pytest.approx(split["scale_ratio"], rel=1e-9)
+    assert m["scale_ratio"]["value"] < 0.05   # pooled text embeddings: a small fraction of the adapter's variance
+    assert all(r["TA"] == (r["alignment_score"] >= r["threshold"]) for r in s["modes"])
 
 
 def test_modes_on_the_toy_paper_keeps_the_reference_fields(toy_store, tmp_path):

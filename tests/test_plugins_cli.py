@@ -172,18 +172,23 @@ def test_exit_codes_survive_typer(tmp_path, monkeypatch, capsys):
 
 def test_data_option_reaches_the_dataset_and_keys_the_store(tmp_path):
     """`--data-option` is passed to the dataset plugin and, since it can change a sample's
-    content under the same id, becomes part of the store key (absent when not given)."""
+    content under the same id, becomes part of the store key (absent when not given); an
+    option the dataset does not take is an error, not a silent change of the key."""
+    from mch.api import MchError
     from mch.runner import RunConfig, plan, store_key
 
-    p = plan(RunConfig(limit=8, store=tmp_path, dataset_options={"sample_rate": "8000"}))
-    assert p.dataset.options["sample_rate"] == "8000"
-    assert store_key(p, "modal")["dataset"]["options"] == {"sample_rate": "8000"}
+    p = plan(RunConfig(limit=8, store=tmp_path, dataset_options={"split": "train"}))
+    assert p.dataset.options["split"] == "train" and p.samples[0].sample_id.startswith("toy-train-")
+    assert store_key(p, "modal")["dataset"]["options"] == {"split": "train"}
     assert "options" not in store_key(plan(RunConfig(limit=8, store=tmp_path)), "modal")["dataset"]
+    with pytest.raises(MchError, match="dataset 'toy' has no option 'sample_rate'; it takes: emotion_captions, split"):
+        plan(RunConfig(limit=8, store=tmp_path, dataset_options={"sample_rate": "8000"}))
 
 
 def test_list_params_shows_each_protocols_parameters():
     res = run_mch("list", "params", "probe", check=True)
     assert "inner_tol" in res.stdout and "weight_decay" not in res.stdout
+    assert "an integer >= 2" in res.stdout and "majority or uniform" in res.stdout  # type and range
     res = run_mch("list", "params", "probe", "--protocol", "paper", check=True)
     assert "weight_decay" in res.stdout and "inner_tol" not in res.stdout
     res = run_mch("list", "params", "probee")

@@ -56,6 +56,9 @@ def test_hidden_factors_are_not_accessible_to_the_decoder(records):
     for attr in ("speaker", "emotion"):
         g = _metric(gmi, "gmi_bits", "llm.final", attr)
         assert g["value"] < 0.1 and g["ci_high"] < 0.2, (attr, g)
+        # retrained toy (issue 14): emotion p 0.83; speaker p 0.030 (0.037 at 4000 permutations)
+        # for a GMI of 0.001 bits, a trace of access that 600 samples can detect; a test that
+        # always rejects gives 0.005 here
         assert _metric(gmi, "gmi_p", "llm.final", attr)["value"] > 0.01, attr
 
 
@@ -67,7 +70,8 @@ def test_the_caption_factor_is_accessible(records):
     assert acc["value"] > 0.5 and hidden["value"] < 0.1
     assert acc["ci_low"] > 0.5 and hidden["ci_high"] < 0.1  # CIs from the probe's and GMI's shared draws
     # the decoder rarely answers some words ("boat"): the LM rate does not charge that bias to
-    # inaccessibility (issue 13: 2.41 -> 2.74 bits)
+    # inaccessibility (retrained toy: 2.30 -> 2.75 bits; the LM rate at s = 1 without the
+    # search gives 2.23, below GMI)
     lm = _metric(records["gmi"], "gmi_lm_bits", "llm.final", "content")
     assert lm["value"] >= g["value"] and _metric(records["gmi"], "gmi_p", "llm.final", "content")["value"] < 0.01
 

@@ -1,6 +1,7 @@
 """What the causal tests (`ablation`, `swap`, `gradient`, science.md §5) share: the TA/MS
-eigenmodes of the pooled adapter outputs (§4), the choice of samples, and forward hooks on
-the adapter output that always come off again.
+eigenmodes of the pooled adapter outputs (§4: under `default` the one split of `_split`,
+the same as `modes` and `per_type`), the choice of samples, and forward hooks on the adapter
+output that always come off again.
 
 Every intervention goes through `edit_adapter`: a forward hook on the module at
 `stage_map("modal")["adapter"]` that replaces its output z (R, T, D) by f(z) for every
@@ -41,6 +42,7 @@ class Modes:
     text_stage: str
     threshold: float
     alpha_scale: str
+    split: dict[str, Any] | None = None  # the `split` record (default protocol)
 
     @property
     def ta(self) -> np.ndarray:
@@ -56,7 +58,8 @@ class Modes:
         return (P * P).sum(0) / max(len(self.rows) - 1, 1)
 
     def split_summary(self) -> dict[str, Any]:
-        return {"text_stage": self.text_stage, "threshold": self.threshold, "alpha_scale": self.alpha_scale,
+        extra = {"split": self.split} if self.split is not None else {}
+        return {**extra, "text_stage": self.text_stage, "threshold": self.threshold, "alpha_scale": self.alpha_scale,
                 "n_modes": int(len(self.eigvals)), "n_ms_modes": int(self.ms.sum()), "n_ta_modes": int(self.ta.sum()),
                 "ms_variance_fraction": float(self.eigvals[self.ms].sum() / self.kept_variance)
                 if self.kept_variance > 0 else None,
@@ -80,16 +83,16 @@ def text_stage_for(ctx: Any, protocol: str, override: str | None, quirk_final: b
     return paper_text_stage(list(ctx.text_reps()))
 
 
-def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None, threshold: float,
-                  alpha_scale: str = "none", analysis: str = "ANALYSIS") -> Modes:
-    """The eigenmodes of `_linalg.modes` (science.md §4), as the causal tests use them.
+def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None, threshold: float = 0.5,
+                  alpha_scale: str = "none", analysis: str = "ANALYSIS", params: dict[str, Any] | None = None) -> Modes:
+    """The TA/MS modes of science.md §4, as the causal tests use them.
 
-    paper: the top `n_modes` (100) modes, all-zero rows dropped, MS = α < τ (scripts 11-13;
-    in float64, where 12/13 used float32, W9). default: the kept (non-null) modes, MS = α ≤ τ.
-    `alpha_scale="trace"` (`_linalg.modes`) splits on α̃_k = α_k · tr Σ_M / tr Σ_T, the text
-    law's share of its variance along u_k over the modal law's share: α is a ratio of variances
-    of two laws whose overall scales differ (pooled text embeddings vs projector outputs, W1),
-    and with raw α an overall norm mismatch alone can label every mode MS."""
+    paper: `_linalg.modes`' top `n_modes` (100) modes, all-zero rows dropped, MS = α < τ
+    (scripts 11-13; in float64, where 12/13 used float32, W9). default: the split of
+    `_split.run_split` with the analysis's split parameters `params` (the same split as
+    `modes` and `per_type`): the eigenvectors of its first cross-fit direction, labelled by
+    that direction's α̃ and rule, each with the variance of all pooled adapter outputs along
+    it (what an edit of these samples removes), largest first; the first `n_modes` of them."""
     from ._linalg import modes as eigenmodes
 
     if "adapter" not in ctx.reps:
@@ -103,9 +106,10 @@ def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None,
     if X.shape[1] != T.shape[1]:
         raise MchError(f"the adapter output is {X.shape[1]}-d but the text stage {text_stage!r} is "
                        f"{T.shape[1]}-d; choose a text stage of the decoder's width with --param {analysis}.text_stage=STAGE")
-    if protocol == "paper":
-        X = X[np.any(X != 0, axis=1)]
-        T = T[np.any(T != 0, axis=1)]
+    if protocol != "paper":  # the stored arrays themselves: the run's other analyses share their split
+        return _split_modes(ctx, ctx.reps["adapter"], treps[text_stage], text_stage, n_modes, params or {})
+    X = X[np.any(X != 0, axis=1)]
+    T = T[np.any(T != 0, axis=1)]
     m = eigenmodes(X, T, protocol=protocol, tau=threshold, vectors=True, alpha_scale=alpha_scale)
     k = min(int(n_modes or 100), m.n_modes) if protocol == "paper" else min(int(n_modes or m.n_modes), m.n_modes)
     lam, U, alpha = m.eigenvalues[:k], m.eigenvectors[:, :k], m.alpha[:k]
@@ -114,6 +118,25 @@ def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None,
     return Modes(mean=np.asarray(m.mean, dtype=np.float64), eigvals=lam, vectors=U, alpha=alpha, alpha_raw=raw, ms=ms,
                  total_variance=float(m.total_variance), text_total_variance=float(m.text_total_variance), rows=X,
                  text_stage=text_stage, threshold=float(threshold), alpha_scale=alpha_scale)
+
+
+def _split_modes(ctx: Any, Xs: Any, Ts: Any, text_stage: str, n_modes: int | None, params: dict[str, Any]) -> Modes:
+    from ._split import run_split
+
+    sp = run_split(ctx, Xs, Ts, params, stage="adapter", text_stage=text_stage)
+    d = sp.primary
+    X = np.asarray(Xs, dtype=np.float64)
+    U = d.vectors(X)
+    mean = X.mean(0)
+    P = (X - mean) @ U
+    var = (P * P).sum(0) / max(len(X) - 1, 1)
+    order = np.argsort(-var, kind="stable")[: int(n_modes) if n_modes else None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = d.tv / d.lam
+    return Modes(mean=mean, eigvals=var[order], vectors=U[:, order], alpha=d.alpha[order], alpha_raw=raw[order],
+                 ms=d.ms[order], total_variance=float(sp.total_variance),
+                 text_total_variance=float(sp.text_total_variance), rows=X, text_stage=text_stage,
+                 threshold=float(sp.params["tau"]), alpha_scale=str(sp.params["alpha_scale"]), split=sp.record())
 
 
 def digest(*arrays: np.ndarray) -> str:

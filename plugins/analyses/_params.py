@@ -5,13 +5,28 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from mch.api import MchError, check_param_keys, stage_sort_key
+from mch.api import STAGE_PATTERN, MchError, Param, check_param_keys, check_values, param_table, stage_sort_key
+
+# What each analysis declared with `declare` (its class's `param_specs` too).
+DECLARED: dict[str, dict[str, Param]] = {}
+
+STAGE = Param(str, pattern=STAGE_PATTERN)  # a stage name: encoder, adapter, llm.N, llm.final
+TEXT_STAGE = Param(str, pattern=STAGE_PATTERN, nullable=True)  # None: the protocol's text stage
+
+
+def declare(analysis: str, **specs: Param) -> dict[str, Param]:
+    """The types and ranges of `analysis`'s parameters beyond what their defaults say (see
+    `mch.api.Param`); a parameter not named here is still checked against its default's type."""
+    DECLARED[analysis] = dict(specs)
+    return DECLARED[analysis]
 
 
 def check_params(analysis: str, params: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
-    """A misspelled `--param` must not be silently ignored (the runner makes the same check
-    before any work; this one covers analyses run directly)."""
+    """A misspelled `--param`, or a value of the wrong type or range, must not be silently
+    used (the runner makes the same check before any work; this one covers analyses run
+    directly)."""
     check_param_keys(analysis, params, defaults)
+    check_values(f"analysis {analysis!r}", params, param_table(defaults, DECLARED.get(analysis)))
 
 
 def as_list(value: Any) -> list[str]:

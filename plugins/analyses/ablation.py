@@ -17,10 +17,10 @@ target variance goes). Conditions:
 v = min(V_MS, V_TA), the largest variance both subspaces can give: ms_all's variance whenever
 the TA modes hold at least as much (then ms_variance_matched is ms_all), so the MS / TA /
 random conditions always compare equal variance removed.
-MS/TA: the modes of `_causal.compute_modes`; under default the split uses the trace-normalised
-α̃ = α · tr Σ_M / tr Σ_T (param alpha_scale: "trace"; "none" = the raw α, the paper's choice),
-because an overall scale mismatch between the pooled adapter outputs and the text embeddings
-(W1) otherwise labels nearly every mode MS (on the toy: 99.9% of the variance).
+MS/TA: the modes of `_causal.compute_modes`; under default the run's one split (science.md
+§4, `_split`: scale-free α̃, cross-fitted, null threshold; its parameters are this analysis's
+split parameters and the record's summary field `split` names them), under paper the
+reference's raw α < τ on the top-100 modes.
 The variance a condition removes is that of the pooled adapter outputs: Σ_k (1-(1-c_k)^2) u_kᵀΣ_M u_k,
 reported over the kept modes' variance (paper: the top-100 eigenvalues, `*_var_fraction`) and over
 trace Σ_M. Loss: the model's `loss` (default: content tokens; paper: prompt tokens). Per-sample
@@ -41,6 +41,7 @@ from ._causal import (PAPER_SEED, Modes, batches, compute_modes, digest, edit_ad
                       mean_ci, ratio_of_means_pct, select_samples, text_stage_for)
 from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
 from ._params import as_list, check_params
+from ._split import check_split_params, split_defaults
 
 CONDITIONS = ("ms_all", "ta_all", "ta_matched", "random_matched", "ms_variance_matched", "ta_variance_matched",
               "random_variance_matched")
@@ -121,9 +122,22 @@ def make_edit(d: Directions, mean: np.ndarray, mean_preserving: bool, device: An
     return fn
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import TEXT_STAGE, Param, declare  # noqa: E402
+
+from ._split import SPLIT_SPECS  # noqa: E402
+
+PARAM_SPECS = declare(
+    "ablation",
+    conditions=Param(list, items=str, choices=CONDITIONS), n_samples=Param(int, ge=1, nullable=True),
+    n_modes=Param(int, ge=1, nullable=True), text_stage=TEXT_STAGE,
+    batch_size=Param(int, ge=1), random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True), n_boot=Param(int, ge=1), **SPLIT_SPECS)
+
+
 class Ablation(Analysis):
     name = "ablation"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
@@ -131,7 +145,7 @@ class Ablation(Analysis):
                     "threshold": 0.5, "alpha_scale": "none", "mean_preserving": False, "text_stage": None,
                     "batch_size": 8, "random_seed": PAPER_SEED, "n_boot": 2000}
         return {"conditions": ["ms_all", "ms_variance_matched", "ta_variance_matched", "random_variance_matched"],
-                "n_samples": 200, "n_modes": None, "threshold": 0.5, "alpha_scale": "trace", "mean_preserving": True,
+                "n_samples": 200, "n_modes": None, **split_defaults(), "mean_preserving": True,
                 "text_stage": None, "batch_size": 8, "random_seed": None, "n_boot": 2000}
 
     def run(self, ctx: Any) -> AnalysisOutput:
@@ -140,8 +154,10 @@ class Ablation(Analysis):
         conds = as_list(p["conditions"])
         seed = int(p["random_seed"]) if p.get("random_seed") is not None else int(ctx.seed)
         stage = text_stage_for(ctx, protocol, p.get("text_stage"))
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]),
-                              analysis=self.name)
+        if protocol != "paper":
+            check_split_params(p, self.name)
+        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p.get("threshold", p.get("tau", 0.5))),
+                              str(p["alpha_scale"]), analysis=self.name, params=p)
         dirs = [directions(c, modes, seed) for c in conds]
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]

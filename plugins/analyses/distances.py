@@ -349,9 +349,22 @@ def paper_hook(Xm: np.ndarray, Xt: np.ndarray, rng: np.random.Generator, n_subsa
 # --------------------------------------------------------------------------- the analysis
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import STAGE, Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "distances",
+    stages=Param(list, items=str, pattern=STAGE.pattern, nullable=True), n_subsample=Param(int, ge=2),
+    pca_dim=Param(int, ge=1), n_bootstrap=Param(int, ge=1), seed=Param(int, ge=0, le=2**32 - 1), max_n=Param(int, ge=2),
+    n_perm=Param(int, ge=1), n_boot=Param(int, ge=1), w1_max_n=Param(int, ge=2), w1_n_perm=Param(int, ge=1),
+    w1_n_boot=Param(int, ge=1), n_directions=Param(int, ge=1), subsample_fraction=Param(float, gt=0, lt=1),
+)
+
+
 class Distances(Analysis):
     name = "distances"
     needs_model = False
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":

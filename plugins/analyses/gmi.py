@@ -67,6 +67,13 @@ DEFAULT_PARAMS = {
 }
 ACCESSIBILITY_STAGES = ("adapter", "llm.final")  # I_probe's two contexts (science.md §2)
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import Param, declare  # noqa: E402
+
+PARAM_SPECS = declare("gmi", batch_size=Param(int, ge=1), normalize=Param(str, choices=("sum", "mean")),
+                      n_bootstrap=Param(int, ge=1), s_max=Param(float, gt=0),
+                      n_permutations=Param(int, ge=0, help="label permutations for gmi_p (0: no test)"))
+
 
 # --------------------------------------------------------------------------- the numbers
 
@@ -439,6 +446,7 @@ class GMI(Analysis):
 
     name = "gmi"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         return dict(DEFAULT_PARAMS)

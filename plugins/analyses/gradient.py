@@ -1,5 +1,6 @@
 """`gradient`: how sensitive the decoder's log-likelihood is along each eigenmode of its input
-(science.md §5; the reference's script 11, analyses-causal-lora-tables.md §2).
+(science.md §5; the reference's script 11, analyses-causal-lora-tables.md §2), and the
+functional split (science.md §7): the directions the decoder reads.
 
 A forward hook makes the adapter output a leaf z (float32); the model's log-likelihood
 ℓ = -loss (default: content tokens; paper: prompt tokens) is differentiated with respect to
@@ -8,10 +9,25 @@ it, g = ∂ℓ/∂z (R, T, D), and reduced over each sample's modality tokens:
     default  ḡ = the token sum of g (the derivative for moving the sample's pooled vector,
              i.e. every token, by one unit), proj_k = |ḡ · u_k| · √λ_k: the change of ℓ for a
              typical (one standard deviation) displacement along mode k (W7)
-g_k = mean over samples of proj_k; g_MS / g_TA = unweighted means of g_k over MS / TA modes;
-g_ta_over_g_ms = g_TA / max(g_MS, 1e-10); correlation_g_alpha = Pearson r of (g_k, α_k).
-CIs: bootstrap over samples. Paper modes: top 100, float64, Σ_T from the text baseline's
-llm.final (script 11's quirk B3).
+g_k = mean over samples of proj_k; correlation_g_alpha = Pearson r of (g_k, α_k).
+paper: g_MS / g_TA = unweighted means of g_k over MS / TA modes, g_ta_over_g_ms = g_TA /
+max(g_MS, 1e-10), top-100 modes, float64, Σ_T from the text baseline's llm.final (script
+11's quirk B3). default: the modes and labels of the run's split (`_split`), and TA vs MS
+compared as variance-weighted means, g_S = sqrt(Σ_{k∈S} λ_k m_k / Σ_{k∈S} λ_k) with
+m_k = mean_i (ḡ_i · u_k)²: the RMS change of ℓ per unit RMS displacement drawn from the modal
+law inside S (an unweighted mean over mode sets of very different size favours whichever set
+holds the large modes); `sensitivity_share_ms` = Σ_MS λ_k m_k / Σ_k λ_k m_k, the share of the
+natural variation's effect on ℓ that the MS modes carry, beside `variance_share_ms`.
+CIs: bootstrap over samples.
+
+Functional split (default): F = E[ḡ ḡᵀ] in the modal law's whitened coordinates (ḡ_w =
+Λ^{1/2} Uᵀ ḡ over all kept modes of Σ_M), whose top eigenvectors holding `functional_mass` of
+its trace, mapped back (U Λ^{1/2} v), span the directions the decoder reads; per attribute,
+`var_frac_unread` is the share of its noise-corrected class scatter outside them (the
+functional counterpart of var_frac_MS, which the summary gives beside it for the covariance
+split), and `known_truth` says which split put every attribute the paired text names below
+every hidden one. Whitened, because in raw coordinates F's top directions are ones the modal
+law barely moves along (on the toy they hold < 15% of any attribute's scatter).
 """
 
 from __future__ import annotations
@@ -22,13 +38,16 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, Metric
 
-from ._causal import (adapter_pool, batches, bootstrap, compute_modes, digest, edit_adapter, finite, frozen,
-                      ids_digest, select_samples, text_stage_for)
+from ._causal import (adapter_pool, batches, bootstrap, compute_modes, edit_adapter, finite, frozen, ids_digest,
+                      select_samples, text_stage_for)
 from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
+from ._linalg import ci
 from ._params import check_params
+from ._split import check_split_params, split_defaults
 
 
 def _stats(proj: np.ndarray, ms: np.ndarray, alpha: np.ndarray) -> tuple[float, float, float, float]:
+    """paper: unweighted means of g_k = mean_i proj_ik over the MS and TA modes."""
     g = proj.mean(0)
     g_ms = float(g[ms].mean()) if ms.any() else 0.0
     g_ta = float(g[~ms].mean()) if (~ms).any() else 0.0
@@ -37,14 +56,48 @@ def _stats(proj: np.ndarray, ms: np.ndarray, alpha: np.ndarray) -> tuple[float, 
     return g_ms, g_ta, ratio, corr
 
 
+def weighted_stats(dots: np.ndarray, lam: np.ndarray, ms: np.ndarray, alpha: np.ndarray) -> dict[str, float]:
+    """default: TA vs MS as variance-weighted means. `dots` (n, m) = ḡ_i · u_k, `lam` (m,) the
+    modal variance along u_k."""
+    msq = (dots * dots).mean(0)                    # m_k
+    w = lam * msq                                  # λ_k m_k: natural variation's effect along mode k
+    nan = float("nan")
+
+    def rms(sel: np.ndarray) -> float:
+        return float(np.sqrt(w[sel].sum() / lam[sel].sum())) if sel.any() and lam[sel].sum() > 0 else nan
+
+    g_ms, g_ta = rms(ms), rms(~ms)
+    g = np.abs(dots).mean(0) * np.sqrt(np.maximum(lam, 0))
+    corr = float(np.corrcoef(g, alpha)[0, 1]) if len(g) > 1 and g.std() > 0 and np.nanstd(alpha) > 0 else nan
+    return {"g_ms": g_ms, "g_ta": g_ta, "g_ta_over_g_ms": g_ta / g_ms if g_ms > 0 else nan,
+            "sensitivity_share_ms": float(w[ms].sum() / w.sum()) if w.sum() > 0 else nan,
+            "variance_share_ms": float(lam[ms].sum() / lam.sum()) if lam.sum() > 0 else nan,
+            "correlation_g_alpha": corr}
+
+
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import TEXT_STAGE, Param, declare  # noqa: E402
+from ._split import SPLIT_SPECS  # noqa: E402
+
+PARAM_SPECS = declare(
+    "gradient",
+    n_samples=Param(int, ge=1, nullable=True), n_modes=Param(int, ge=1, nullable=True),
+    text_stage=TEXT_STAGE, batch_size=Param(int, ge=1), n_boot=Param(int, ge=1),
+    functional_mass=Param(float, gt=0, le=1), **SPLIT_SPECS,
+)
+
+
 class Gradient(Analysis):
     name = "gradient"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
-        return {"n_samples": 200, "n_modes": 100 if protocol == "paper" else None, "threshold": 0.5,
-                "alpha_scale": "none" if protocol == "paper" else "trace", "text_stage": None, "batch_size": 8,
-                "scale_by_sqrt_lambda": protocol != "paper", "n_boot": 2000}
+        if protocol == "paper":
+            return {"n_samples": 200, "n_modes": 100, "threshold": 0.5, "alpha_scale": "none", "text_stage": None,
+                    "batch_size": 8, "scale_by_sqrt_lambda": False, "n_boot": 2000}
+        return {"n_samples": 200, "n_modes": None, **split_defaults(), "text_stage": None, "batch_size": 8,
+                "scale_by_sqrt_lambda": True, "n_boot": 2000, "functional_mass": 0.9}
 
     def run(self, ctx: Any) -> AnalysisOutput:
         import torch
@@ -53,20 +106,21 @@ class Gradient(Analysis):
 
         p, protocol = ctx.params, ctx.protocol
         check_params(self.name, p, self.default_params(protocol))
+        if protocol != "paper":
+            check_split_params(p, self.name)
         stage = text_stage_for(ctx, protocol, p.get("text_stage"), quirk_final=True)
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]),
-                              analysis=self.name)
+        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p.get("threshold", p.get("tau", 0.5))),
+                              str(p["alpha_scale"]), analysis=self.name, params=p)
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]
         token_sum = protocol != "paper"
-        key = {"protocol": protocol, "samples": ids_digest(samples), "U": digest(modes.vectors), "span": ctx.span,
-               "token_sum": token_sum}
+        key = {"protocol": protocol, "samples": ids_digest(samples), "span": ctx.span, "token_sum": token_sum,
+               "v": 2}
 
         def compute() -> np.ndarray:
+            """(n, d) pooled gradients ḡ_i of the decoder log-likelihood (float64)."""
             model = ctx.model
-            dev = next(model.module.parameters()).device
-            U = torch.tensor(modes.vectors, dtype=torch.float32, device=dev)
-            out = np.zeros((len(samples), U.shape[1]))
+            out: np.ndarray | None = None
             at = 0
             with ctx.progress.task("gradient projection", len(samples)) as advance, frozen(model.module):
                 for batch in batches(samples, int(p["batch_size"])):
@@ -84,6 +138,7 @@ class Gradient(Analysis):
                     (g,) = torch.autograd.grad(loglik.sum(), leaf["z"], allow_unused=True)
                     if g is None:  # the loss never read the adapter output
                         g = torch.zeros_like(leaf["z"])
+                    pool = pool.for_output(g) if pool is not None else None  # proportional pools: rows of g
                     gbar = pool_rows(g, pool, ctx.span, n)  # token mean per sample
                     if token_sum:
                         mask = pool.masks.get(ctx.span, pool.masks.get("all")) if pool is not None else None
@@ -93,15 +148,89 @@ class Gradient(Analysis):
                         else:
                             counts.index_add_(0, pool.owner.to(g.device), mask.to(g.device).float().sum(1))
                         gbar = gbar * counts[:, None]
-                    out[at: at + n] = (gbar @ U).abs().detach().cpu().numpy()
+                    gb = gbar.detach().double().cpu().numpy()
+                    if out is None:
+                        out = np.zeros((len(samples), gb.shape[1]))
+                    out[at: at + n] = gb
                     at += n
                     advance(n)
+            assert out is not None
             return out
 
-        proj = ctx.cached("gradient_projections", key, compute)
+        grads = ctx.cached("gradient_pooled", key, compute)
+        dots = grads @ modes.vectors                 # ḡ_i · u_k
+        proj = np.abs(dots)
         if bool(p["scale_by_sqrt_lambda"]):
             proj = proj * np.sqrt(np.maximum(modes.eigvals, 0))[None, :]
-        return self._output(ctx, modes, samples, proj)
+        if protocol == "paper":
+            return self._output(ctx, modes, samples, proj)
+        return self._default_output(ctx, modes, samples, proj, dots, grads)
+
+    def _default_output(self, ctx: Any, modes: Any, samples: list[Any], proj: np.ndarray, dots: np.ndarray,
+                        grads: np.ndarray) -> AnalysisOutput:
+        from ._split import (attribute_shares, functional_shares, functional_split, known_truth, run_split,
+                             whitening_basis)
+
+        p = ctx.params
+        n, seed, n_boot = len(samples), int(ctx.seed), int(p["n_boot"])
+        groups = sample_groups(ctx, samples)  # the run's shared group resamples (science.md §8)
+        lam, ms, alpha = modes.eigvals, modes.ms, modes.alpha
+        point = weighted_stats(dots, lam, ms, alpha)
+        names = list(point)
+        metrics = []
+        for j, name in enumerate(names):
+            lo, hi = bootstrap(lambda idx, name=name: weighted_stats(dots[idx], lam, ms, alpha)[name], n, groups,
+                               n_boot)
+            metrics.append(Metric(name, finite(point[name]), "adapter", None, finite(lo), finite(hi), n))
+        g = proj.mean(0)
+        # the functional split and, beside it, the covariance split's shares for each attribute
+        X = ctx.reps["adapter"]
+        U, wl = whitening_basis(X, float(p["rel_tol"]))
+        fs = functional_split(grads, U, wl, float(p["functional_mass"]))
+        sp = run_split(ctx, X, ctx.text_reps()[modes.text_stage], p, stage="adapter", text_stage=modes.text_stage,
+                       scores=True)
+        attrs: dict[str, Any] = {}
+        for a in ctx.attributes:
+            f = functional_shares(fs, X, ctx.labels[a], ctx.groups.get(a), n_boot=min(n_boot, 500), seed=seed,
+                                  names=("adapter", a))
+            c = attribute_shares(sp, ctx.labels[a], ctx.groups.get(a), seed=seed, names=("adapter", a))
+            if f is None or c is None:
+                continue
+            attrs[a] = {"var_frac_unread": _finite(f["var_frac_unread"]), "var_frac_read": _finite(f["var_frac_read"]),
+                        "var_frac_MS_covariance": _finite(c.var_frac_MS)}
+            lo = hi = None
+            if "boot_unread" in f and np.isfinite(f["boot_unread"]).sum() > 1 and np.isfinite(f["var_frac_unread"]):
+                lo, hi = (float(x) for x in ci(f["var_frac_unread"], f["boot_unread"]))
+            attrs[a].update(ci=[lo, hi])
+            labelled = ctx.labels[a] != ""
+            ga = ctx.groups.get(a)  # functional_shares resamples the attribute's split groups
+            n_g = (len(np.unique(np.asarray(ga)[labelled])) if ga is not None else int(labelled.sum())) \
+                if lo is not None else None
+            metrics.append(Metric("var_frac_unread", finite(f["var_frac_unread"]), "adapter", a, finite(lo), finite(hi),
+                                  int(labelled.sum()), n_g))
+        truth = {"covariance": known_truth(ctx.attributes, {a: v["var_frac_MS_covariance"] for a, v in attrs.items()
+                                                            if v["var_frac_MS_covariance"] is not None}),
+                 "functional": known_truth(ctx.attributes, {a: v["var_frac_unread"] for a, v in attrs.items()
+                                                            if v["var_frac_unread"] is not None})}
+        summary: dict[str, Any] = {
+            **modes.split_summary(), "n_samples": n, "scaled_by_sqrt_lambda": bool(p["scale_by_sqrt_lambda"]),
+            "reduction": "token sum", "comparison": "variance-weighted (science.md §5)",
+            "functional_split": {**fs.record(), "attributes": attrs, "known_truth": truth},
+            "modes": [{"mode": int(k), "eigenvalue": float(lam[k]), "alpha": _finite(alpha[k]), "g_k": float(g[k]),
+                       "g_k_std": float(proj[:, k].std()), "type": "MS" if ms[k] else "TA"} for k in range(len(g))],
+            "top_modes": [int(k) for k in np.argsort(-g)[:10]],
+            "sample_ids": [s.sample_id for s in samples],
+        }
+        notes = ["g_ms, g_ta: RMS change of the log-likelihood per unit RMS displacement drawn from the modal law "
+                 "inside the MS (TA) modes, i.e. variance-weighted means of the squared projections",
+                 f"functional split: top eigenvectors of E[g g^T] in whitened coordinates holding "
+                 f"{p['functional_mass']:g} of its trace ({fs.n_read} directions); var_frac_unread is each attribute's "
+                 f"noise-corrected class scatter outside them",
+                 "known_truth: which split puts every attribute the paired text names (text_describable) below every "
+                 "hidden one (covariance: var_frac_MS; functional: var_frac_unread)"]
+        if not ms.any() or ms.all():
+            notes.append(f"every mode is {'TA' if not ms.any() else 'MS'}: one side of the comparison is empty")
+        return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), groups)
 
     def _output(self, ctx: Any, modes: Any, samples: list[Any], proj: np.ndarray) -> AnalysisOutput:
         n, seed, n_boot = len(samples), sample_groups(ctx, samples), int(ctx.params["n_boot"])
@@ -130,3 +259,7 @@ class Gradient(Analysis):
             summary.update({"model": getattr(ctx.run_config, "model", None), "g_ms_mean": g_ms, "g_ta_mean": g_ta,
                             "g_ta_over_g_ms": ratio, "correlation_g_alpha": finite(corr)})
         return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None

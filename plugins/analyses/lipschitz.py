@@ -75,6 +75,7 @@ def _layout(model: Any, batch: Sequence[Sample], protocol: str, span: str, z: An
     T = z.shape[1] if z.dim() == 3 else 1
     pool = model.prepare(batch, protocol, "modal").pools.get("adapter")
     if pool is not None:
+        pool = pool.for_output(z)  # a proportional pool: laid out on z's rows
         mask = pool.masks.get(span)
         if mask is None:
             mask = pool.masks.get("all")
@@ -245,9 +246,17 @@ def diameter(X: Any) -> dict[str, float]:
 # --------------------------------------------------------------------------- the analysis
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import Param, declare  # noqa: E402
+
+PARAM_SPECS = declare("lipschitz", n_samples=Param(int, ge=1), batch_size=Param(int, ge=1), fd_step=Param(float, gt=0),
+                      n_boot=Param(int, ge=1))
+
+
 class Lipschitz(Analysis):
     name = "lipschitz"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":

@@ -37,7 +37,6 @@ The live model is left as it was: the LoRA layers are removed (not merged) after
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -60,9 +59,25 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "lora",
+    r=Param(int, ge=1), alpha=Param(int, ge=1), dropout=Param(float, ge=0, lt=1), target_modules=Param(list, items=str),
+    lr=Param(float, gt=0), batch_size=Param(int, ge=1), max_epochs=Param(int, ge=1), max_grad_norm=Param(float, gt=0),
+    query=Param(str, nullable=True), train_split=Param(str, nullable=True), n_train=Param(int, ge=1, nullable=True),
+    val_fraction=Param(float, gt=0, lt=1), eval_fraction=Param(float, gt=0, lt=1), eval_per_class=Param(int, ge=1),
+    adapter_dir=Param(str, nullable=True), rerun=Param(list, items=str),
+    margin_accuracy=Param(float, gt=0, le=1, help="TOST equivalence margin for accuracy changes (science.md 6)"),
+    margin_gmi_bits=Param(float, gt=0, help="TOST equivalence margin for GMI changes, bits (science.md 6)"),
+)
+
+
 class Lora(Analysis):
     name = "lora"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         p = {"attribute": "emotion", "r": 16, "alpha": 32, "dropout": 0.05,
@@ -232,7 +247,7 @@ class Lora(Analysis):
 
             parts = model.score_parts(batch, query, answers, ctx.protocol, "modal")
             conts = [parts.continuations[cls[s.labels[name]]] for s in batch]
-            logits, targets = continuation_logits(parts.lm, parts.prefixes, conts)
+            logits, targets = continuation_logits(parts.lm, parts.prefixes, conts, parts.positions)
             return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten().to(dev),
                                                      ignore_index=-100, reduction="sum"), int((targets != -100).sum())
 
@@ -307,29 +322,15 @@ class Lora(Analysis):
     # ------------------------------------------------------------------ measuring
     def _measure(self, ctx: Any, ev: list[Sample], adapter: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """probe/gmi (`rerun`) on the evaluation samples: base model, then with the adapter."""
-        from mch.runner import analyze, extract, plan, record_for, write_record
-
-        cfg = ctx.run_config
         rerun = as_list(ctx.params["rerun"])
         if "lora" in rerun:
             raise MchError("lora cannot re-run itself; --param rerun lists the analyses to measure again")
-        sub = dataclasses.replace(cfg, analyses=tuple(rerun), sample_ids=[s.sample_id for s in ev], adapter=None)
         results = []
         for adapter_dir in (None, adapter):
-            c = dataclasses.replace(sub, adapter=str(adapter_dir) if adapter_dir else None)
-            pl = plan(c, progress=ctx.progress)
-            if adapter_dir is None and ctx.model_loaded:  # the live model is this very model: no second load
-                pl.plugin, pl.loaded = ctx.model, True
-            t = time.time()
-            entry = extract(pl, "modal")
-            ex = time.time() - t
-            outs = analyze(pl, entry)
-            if adapter_dir is not None and bool(ctx.params["write_records"]):
-                for name, out, params, dur in outs:
-                    self.written.append(str(write_record(record_for(pl, entry, name, out, params, dur, ex),
-                                                         Path(c.out_dir))))
-            results.append({name: out for name, out, _, _ in outs})
-            del pl, entry
+            outs, written = ctx.rerun(rerun, [s.sample_id for s in ev], str(adapter_dir) if adapter_dir else None,
+                                      write_records=adapter_dir is not None and bool(ctx.params["write_records"]))
+            self.written += [str(w) for w in written]
+            results.append(outs)
             _free_memory()
         return results[0], results[1]
 

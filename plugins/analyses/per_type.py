@@ -1,24 +1,28 @@
 """`per_type`: where each attribute's class-separating variance sits, TA or MS (science.md §4).
 
-For every attribute, on the pooled decoder-input vectors (`adapter`) and the eigenmodes of
-`_linalg.modes` (the same run's samples: basis and attribute come from one dataset):
+For every attribute, on the pooled decoder-input vectors (`adapter`) and the TA/MS modes of
+the run's split (the same run's samples: basis and attribute come from one dataset):
 
 - `var_frac_MS`, `var_frac_TA`: shares of the between-class scatter
   S_B = Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ along MS and TA modes, tr(U_MSᵀ S_B U_MS) / tr(S_B);
 - `weighted_alpha` = Σ_k c_k α_k with c_k = u_kᵀ S_B u_k / tr(S_B);
+- `var_frac_ms_p` (default): the share against a label-permutation null;
 - `W1_TA_matched`, `W1_MS_matched`: mean W1 between class pairs after projecting on the TA
   (resp. MS) modes and reducing both to the same dimension; `ratio_MS_TA_var`,
   `ratio_MS_TA_w1`;
 - `delta_tau` = retention_ratio(encoder) − retention_ratio(llm.final), read from the `probe`
   analysis run earlier in the same run (absent otherwise).
 
-`default`: kept (non-null) modes only; fractions are over the scatter inside the kept modes
-(`var_frac_outside` is the share of tr S_B outside them, ≈ 0 when basis and attribute come
-from one dataset); CIs from the same paired row bootstrap as `modes` (the α split is
-recomputed in every replicate); class-pair W1 with the same number of rows per class for
-every pair (half the smallest class, at most `w1_max_per_class`), both subspaces reduced
-by PCA to k = min(n_TA, n_MS, pca_dim) fitted on the pair's rows, CI over `w1_reps` fresh
-subsamples.
+`default` (science.md §4): the split of `_split` (cross-fitted, scale-free, null
+threshold), so each direction's scatter is measured on the half its modes were not chosen
+on, and pooled over both directions; the scatter is noise-corrected (S_B − (C − 1)/(n − C)
+S_W per mode: its expectation when the classes carry nothing is removed), so the shares
+are over the class *signal* in the kept modes; `var_frac_ms_p`: the p-value of the plug-in
+MS share against labels permuted across the attribute's groups (group structure kept);
+CIs from a group bootstrap of the attribute's groups; class-pair W1 on the first
+direction's evaluation rows with the same number of rows per class for every pair (half
+the smallest class, at most `w1_max_per_class`), both subspaces reduced by PCA to
+k = min(n_TA, n_MS, pca_dim) fitted on the pair's rows, CI over `w1_reps` fresh subsamples.
 
 `paper`: the reference's script 06 on this run's vectors: one `default_rng(42)` shared by
 Part A (naive W1^τ on the raw adapter vectors, PCA 256, ≤ 20 class pairs, ≤ 500 rows per
@@ -36,8 +40,9 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
-from ._linalg import _blocks, _cols, bootstrap_counts, ci, modes, one_blas_thread
+from ._linalg import ci, modes, one_blas_thread
 from ._params import as_list, check_params
+from ._split import attribute_shares, check_split_params, known_truth, run_split, split_defaults
 from .modes import load_pair
 
 FIELDS = ("var_frac_MS", "var_frac_TA", "weighted_alpha", "W1_TA_matched", "W1_MS_matched", "ratio_MS_TA_var",
@@ -206,17 +211,29 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | Non
 # --------------------------------------------------------------------------- the analysis
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import STAGE, TEXT_STAGE, Param, declare  # noqa: E402
+
+from ._split import SPLIT_SPECS  # noqa: E402
+
+PARAM_SPECS = declare(
+    "per_type",
+    stage=STAGE, text_stage=TEXT_STAGE, attributes=Param(list, items=str, nullable=True), pca_dim=Param(int, ge=1),
+    n_subsample=Param(int, ge=2), seed=Param(int, ge=0, le=2**32 - 1),
+    n_boot=Param(int, ge=0, help="group-bootstrap draws for the CIs (0: no CIs)"), w1_max_per_class=Param(int, ge=2), w1_reps=Param(int, ge=1), max_pairs=Param(int, ge=1), **SPLIT_SPECS)
+
+
 class PerType(Analysis):
     name = "per_type"
     needs_model = False
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
             return {"stage": "adapter", "text_stage": None, "attributes": None, "alpha_threshold": 0.5,
                     "pca_dim": 256, "n_subsample": 1000, "seed": 42}
-        return {"stage": "adapter", "text_stage": None, "attributes": None, "tau": 0.5, "rel_tol": 1e-6,
-                "n_boot": 200, "w1_max_per_class": 200, "w1_reps": 10, "max_pairs": 20, "pca_dim": 256,
-                "alpha_scale": "none"}
+        return {"stage": "adapter", "text_stage": None, "attributes": None, **split_defaults(), "n_boot": 200,
+                "n_perm": 200, "w1_max_per_class": 200, "w1_reps": 10, "max_pairs": 20, "pca_dim": 256}
 
     def run(self, ctx: Any) -> AnalysisOutput:
         check_params(self.name, ctx.params, self.default_params(ctx.protocol))
@@ -227,14 +244,13 @@ class PerType(Analysis):
     # -- default
     def _default(self, ctx: Any) -> AnalysisOutput:
         p = ctx.params
+        check_split_params(p, self.name)
         stage = p["stage"]
         X, Y, text_stage = load_pair(self.name, ctx, stage, p.get("text_stage"))
-        n_boot = int(p["n_boot"])
-        m = modes(X, Y, protocol="default", tau=float(p["tau"]), rel_tol=float(p["rel_tol"]), n_boot=n_boot,
-                  seed=int(ctx.seed), vectors=False, scores=True, alpha_scale=str(p["alpha_scale"]))
-        P = m.scores                                               # (N, k): X_c u_k
-        counts = bootstrap_counts(m.n_rows, n_boot, int(ctx.seed)) if n_boot else None  # the rows `modes` drew
-        ta, ms = m.ta, m.ms
+        n_boot, n_perm = int(p["n_boot"]), int(p["n_perm"])
+        sp = run_split(ctx, X, Y, p, stage=stage, text_stage=text_stage, scores=True)
+        d0 = sp.primary
+        ta, ms = d0.ta, d0.ms
         n_ta, n_ms = int(ta.sum()), int(ms.sum())
         k_w1 = min(n_ta, n_ms, int(p["pca_dim"]))
         deltas = delta_tau_from_probe(ctx)
@@ -242,51 +258,32 @@ class PerType(Analysis):
         metrics: list[Metric] = []
         table: dict[str, dict[str, Any]] = {}
         for a in _attributes(ctx):
-            rows = ctx.labelled(a)
-            y = ctx.labels[a][rows]
-            classes, cnt = np.unique(y, return_counts=True)
-            if len(classes) < 2:
+            groups = ctx.groups.get(a)
+            with ctx.progress.task(f"per_type: {a} (null, {n_perm} permutations)", None):
+                sh = attribute_shares(sp, ctx.labels[a], groups, n_perm=n_perm, n_boot=n_boot, seed=int(ctx.seed),
+                                      names=(stage, a))
+            if sh is None:
                 table[a] = {"skipped": "fewer than 2 labelled classes"}
                 continue
-            Pa = P if len(rows) == len(P) else P[rows]   # no copy when every row is labelled
-            members = [np.flatnonzero(y == c) for c in classes]
-
-            def scatter(w: np.ndarray) -> np.ndarray:
-                """Per-mode between-class scatter u_kᵀ S_B u_k under row weights w (b, n)."""
-                nc = np.stack([w[:, i].sum(1) for i in members], 1)                  # (b, C)
-                sums = np.stack([w[:, i] @ Pa[i] for i in members], 1)              # (b, C, k)
-                mu_c = sums / np.maximum(nc, 1e-12)[..., None]
-                mu = sums.sum(1) / nc.sum(1)[:, None]
-                return (nc[..., None] * (mu_c - mu[:, None, :]) ** 2).sum(1)
-
-            dk = scatter(np.ones((1, len(rows))))[0]
-            tr_kept = dk.sum()
-            tr_full = self._trace_sb(X, rows, y, classes)
-            res = {"var_frac_MS": dk[ms].sum() / tr_kept, "var_frac_TA": dk[ta].sum() / tr_kept,
-                   "var_frac_outside": 1 - tr_kept / tr_full if tr_full > 0 else float("nan"),
-                   "weighted_alpha": float((dk * m.alpha).sum() / tr_kept)}
-            res["ratio_MS_TA_var"] = res["var_frac_MS"] / res["var_frac_TA"] if res["var_frac_TA"] > 1e-10 \
-                else float("nan")
+            res: dict[str, Any] = {"var_frac_MS": sh.var_frac_MS, "var_frac_TA": sh.var_frac_TA,
+                                   "var_frac_MS_plugin": sh.var_frac_MS_plugin, "var_frac_ms_p": sh.p_value,
+                                   "var_frac_MS_null_mean": sh.null_mean, "weighted_alpha": sh.weighted_alpha,
+                                   "scatter_signal_fraction": sh.signal_fraction}
+            if sh.null_q is not None:
+                res["var_frac_MS_null_95"] = list(sh.null_q)
+            res["ratio_MS_TA_var"] = sh.var_frac_MS / sh.var_frac_TA if np.isfinite(sh.var_frac_TA) and \
+                abs(sh.var_frac_TA) > 1e-10 else float("nan")
             cis: dict[str, tuple[float, float]] = {}
-            if counts is not None:
-                reps = {f: np.empty(n_boot) for f in ("var_frac_MS", "var_frac_TA", "weighted_alpha",
-                                                        "ratio_MS_TA_var")}
-                # replicates in blocks whose (b, classes, modes) and (b, rows) temporaries stay near 8 MB
-                for s in _blocks(n_boot, max(1, 2**20 // max(len(classes) * Pa.shape[1], len(rows)))):
-                    db = scatter(counts[s][:, rows])                            # (b, k)
-                    al = m.boot["alpha"][s]
-                    tab = al > m.tau
-                    tot = db.sum(1)
-                    fm, ft = (db * ~tab).sum(1) / tot, (db * tab).sum(1) / tot
-                    reps["var_frac_MS"][s], reps["var_frac_TA"][s] = fm, ft
-                    reps["weighted_alpha"][s] = (db * al).sum(1) / tot
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        reps["ratio_MS_TA_var"][s] = np.where(ft > 1e-10, fm / ft, np.nan)
-                cis = {f: tuple(float(x) for x in ci(res[f], r, lower=0.0, upper=1.0 if "frac" in f else None))
-                       for f, r in reps.items()}
-            if n_ta and n_ms:
+            for f, r in sh.boot.items():
+                if np.isfinite(r).sum() > 1 and np.isfinite(res[f]):
+                    cis[f] = tuple(float(x) for x in ci(res[f], r))
+            # class-pair W1 in the first direction's TA and MS modes, on its evaluation rows
+            keep = ctx.labels[a][d0.eval] != ""
+            y = ctx.labels[a][d0.eval][keep]
+            classes, cnt = np.unique(y, return_counts=True)
+            if n_ta and n_ms and len(classes) > 1:
                 per_class = int(min(p["w1_max_per_class"], max(2, cnt.min() // 2)))
-                w = matched_w1(Pa, {"TA": np.flatnonzero(ta), "MS": np.flatnonzero(ms)}, y, k_w1, per_class,
+                w = matched_w1(d0.P[keep], {"TA": np.flatnonzero(ta), "MS": np.flatnonzero(ms)}, y, k_w1, per_class,
                                int(p["w1_reps"]), int(p["max_pairs"]), rng)
                 for name in ("TA", "MS"):
                     v = w[name]
@@ -300,35 +297,30 @@ class PerType(Analysis):
                 res["w1_rows_per_class"] = per_class
             if a in deltas:
                 res["delta_tau"] = deltas[a]
-            table[a] = res
-            for f in (*FIELDS, "var_frac_outside"):
-                if f in res:
+            table[a] = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in res.items()}
+            for f in (*FIELDS, "var_frac_MS_plugin", "var_frac_ms_p", "scatter_signal_fraction"):
+                if res.get(f) is not None:
                     lo, hi = cis.get(f, (None, None))
                     metrics.append(Metric(f, float(res[f]), stage=stage, attribute=a, ci_low=lo, ci_high=hi,
-                                          n=int(len(rows))))
-        summary = {"stage": stage, "text_stage": text_stage, "alpha_scale": p["alpha_scale"],
-                   "alpha_threshold": m.tau, "n_text_aligned_modes": n_ta,
-                   "n_modality_specific_modes": n_ms, "n_modes_kept": m.n_modes, "w1_target_dim": k_w1,
-                   "attributes": table}
-        notes = ["basis and attributes come from this run's samples (one dataset); fractions are over the "
-                 "between-class scatter inside the kept modes, var_frac_outside is the rest",
-                 "CIs: the paired row bootstrap of `modes` (TA/MS split redone per replicate); W1: spread over "
-                 "fresh equal-size class subsamples"]
+                                          n=sh.n_rows))
+        truth = known_truth(ctx.attributes, {a: r["var_frac_MS"] for a, r in table.items()
+                                             if r.get("var_frac_MS") is not None})
+        summary = {"stage": stage, "text_stage": text_stage, "split": sp.record(), "n_text_aligned_modes": n_ta,
+                   "n_modality_specific_modes": n_ms, "w1_target_dim": k_w1, "n_perm": n_perm, "n_boot": n_boot,
+                   "known_truth": truth, "attributes": table}
+        notes = ["var_frac_MS: the attribute's between-class scatter in the split's MS modes, noise-corrected "
+                 "((C-1)/(n-C) x within-class scatter subtracted), on each direction's evaluation half, pooled over "
+                 "both directions (a ratio of sums); it can leave [0, 1] when the corrected scatter is small",
+                 f"var_frac_ms_p: label-permutation p-value ({n_perm} permutations, labels moved across the "
+                 "attribute's groups, group structure kept) of the plug-in MS share (var_frac_MS_plugin), the "
+                 "statistic whose null is stable; a share inside its null says nothing about where the attribute lives",
+                 "CIs: a group bootstrap over the attribute's groups (evaluation rows reweighted, split held fixed); "
+                 "W1: the first direction's evaluation rows, spread over fresh equal-size class subsamples",
+                 "known_truth: whether every attribute the paired text names (text_describable) has a lower MS share "
+                 "than every hidden one"]
         if not deltas:
             notes.append("delta_tau needs `probe` earlier in the same run (--analysis probe,per_type)")
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
-
-    @staticmethod
-    def _trace_sb(X: Any, rows: np.ndarray, y: np.ndarray, classes: np.ndarray) -> float:
-        """tr S_B in the full space, from the class means (no d×d matrix)."""
-        tot = 0.0
-        for s in _blocks(X.shape[1]):
-            Z = _cols(X, s)[rows]
-            mu = Z.mean(0)
-            for c in classes:
-                sel = y == c
-                tot += sel.sum() * float(((Z[sel].mean(0) - mu) ** 2).sum())
-        return tot
 
     # -- paper
     def _paper(self, ctx: Any) -> AnalysisOutput:

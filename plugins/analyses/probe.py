@@ -134,6 +134,23 @@ PAPER_PARAMS = {
     "n_jobs": 1,              # 1: the reference's arithmetic exactly; more: splits run concurrently
 }
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param), checked
+# before any work. The default protocol also needs n_splits >= 3 and an even inner_folds
+# (checked in `preflight`, before any extraction).
+from ._params import Param, declare  # noqa: E402
+
+PARAM_SPECS = declare(
+    "probe",
+    n_splits=Param(int, ge=2), inner_folds=Param(int, ge=2, nullable=True), tol=Param(float, gt=0),
+    inner_tol=Param(float, gt=0), max_iter=Param(int, ge=1), n_bootstrap=Param(int, ge=1),
+    retention_chance=Param(str, choices=("majority", "uniform")), min_samples=Param(int, ge=2),
+    n_jobs=Param(int, ge=1, nullable=True), train_size=Param(float, gt=0, lt=1),
+    random_state=Param(int, ge=0, le=2**32 - 1), weight_decay=Param(float, gt=0),
+    class_order=Param(str, choices=("auto", "sorted", "declared")),
+    control=Param(bool, help="the control task (science.md 1): labels permuted across groups, same folds and lam"),
+    n_repeats=Param(int, ge=1, help="grouped-CV seeds; their spread enters the CIs"),
+)
+
 
 # --------------------------------------------------------------------------- default protocol
 
@@ -544,9 +561,36 @@ class Probe(Analysis):
 
     name = "probe"
     needs_model = False
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         return dict(PAPER_PARAMS if protocol == "paper" else DEFAULT_PARAMS)
+
+    def preflight(self, params, protocol, samples, attributes) -> None:
+        """Before any extraction (default protocol): the fold counts can work, and parameters
+        that would skip every attribute the defaults can probe are an error, not an empty table."""
+        if protocol == "paper":
+            return
+        inner = params.get("inner_folds")
+        inner_pairs(int(params["n_splits"]), None if inner is None else int(inner))
+
+        def probeable(p: dict[str, Any], counts: list[int]) -> bool:  # _run_default's skip rule
+            kept = [c for c in counts if c >= 2]  # classes with one member are dropped
+            return (len(kept) >= 2 and sum(kept) >= max(p["min_samples"], 2 * p["n_splits"])
+                    and max(kept) >= p["n_splits"])
+
+        counts = {}
+        for a, spec in attributes.items():
+            labels = [s.labels.get(a, "") for s in samples]
+            counts[a] = [labels.count(c) for c in spec.classes]
+        if not counts or any(probeable(params, c) for c in counts.values()):
+            return
+        if any(probeable(DEFAULT_PARAMS, c) for c in counts.values()):
+            largest = max((max(c) for c in counts.values() if c), default=0)
+            raise MchError(f"analysis 'probe': n_splits={params['n_splits']} and min_samples={params['min_samples']} "
+                           f"leave no attribute to probe on these {len(samples)} samples (an attribute needs "
+                           f"max(min_samples, 2 n_splits) labelled rows and a class of n_splits; the largest class "
+                           f"has {largest}); lower --param probe.n_splits or probe.min_samples")
 
     def run(self, ctx) -> AnalysisOutput:
         params = {**self.default_params(ctx.protocol), **ctx.params}
@@ -571,9 +615,6 @@ class Probe(Analysis):
         if isinstance(p["n_repeats"], bool) or not str(p["n_repeats"]).isdigit() or int(p["n_repeats"]) < 1:
             raise MchError(f"probe parameter n_repeats must be a positive number of grouped-CV seeds, "
                            f"not {p['n_repeats']!r}")
-        if isinstance(p["n_bootstrap"], bool) or not str(p["n_bootstrap"]).isdigit():
-            raise MchError(f"probe parameter n_bootstrap must be a whole number of resamples (0: no CIs), "
-                           f"not {p['n_bootstrap']!r}")
         n_rep = int(p["n_repeats"])
         out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
                                       "objective": "mean cross-entropy + lam/2 ||W||^2 on z-scored vectors",

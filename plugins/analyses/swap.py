@@ -13,7 +13,8 @@ so only the sample's "DC offset" inside the subspace changes. Three forward pass
 under paper) and KL(p_base ‖ p_swap), the full-vocabulary KL averaged over the positions the
 loss scores. The perturbation size: default ‖Sig_S(B) - P_S x̄_i‖ (x̄_i the sample's own pooled
 vector, what the hook really moves); paper ‖Sig_S(B) - Sig_S(A)‖ as the reference. TA = the
-TA modes kept (paper: the rest of the top-100 modes).
+TA modes kept (paper: the rest of the top-100 modes); under default the run's one split
+(science.md §4, `_split`), named in the record's summary field `split`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._causal import (PAPER_SEED, adapter_pool, batches, bootstrap, compute_mode
                       ids_digest, mean_ci, ratio_of_means_pct, select_samples, text_stage_for)
 from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
 from ._params import check_params
+from ._split import check_split_params, split_defaults
 
 SUBSPACES = ("ms", "ta")
 
@@ -38,9 +40,10 @@ def swap_edit(P: Any, targets: Any, pool: Any, span: str, n: int) -> Any:
 
     def fn(z: Any) -> Any:
         zf = z.float()
-        own = pool_rows(zf, pool, span, n) @ P                       # (n, D): m_i
-        shift = (targets - own)[pool.owner.to(zf.device)] if pool is not None else targets - own
-        return (zf + shift[:, None, :]).to(z.dtype)
+        rows = pool.for_output(zf) if pool is not None else None    # proportional pools: rows of z
+        own = pool_rows(zf, rows, span, n) @ P                       # (n, D): m_i
+        shift = (targets - own)[rows.owner.to(zf.device)] if rows is not None else targets - own
+        return (zf + (shift[:, None, :] if zf.dim() == 3 else shift)).to(z.dtype)
 
     return fn
 
@@ -55,14 +58,28 @@ def kl_per_sample(base: Any, other: Any) -> np.ndarray:
     return (kl.sum(1) / base.valid.sum(1).clamp(min=1)).cpu().numpy()
 
 
+# Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
+from ._params import TEXT_STAGE, Param, declare  # noqa: E402
+
+from ._split import SPLIT_SPECS  # noqa: E402
+
+PARAM_SPECS = declare(
+    "swap",
+    n_samples=Param(int, ge=1, nullable=True), n_modes=Param(int, ge=1, nullable=True), text_stage=TEXT_STAGE, batch_size=Param(int, ge=1),
+    random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True), n_boot=Param(int, ge=1), **SPLIT_SPECS)
+
+
 class Swap(Analysis):
     name = "swap"
     needs_model = True
+    param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
-        return {"attribute": "speaker", "n_samples": 200, "n_modes": 100 if protocol == "paper" else None,
-                "threshold": 0.5, "alpha_scale": "none" if protocol == "paper" else "trace", "text_stage": None,
-                "batch_size": 8, "random_seed": PAPER_SEED if protocol == "paper" else None, "n_boot": 2000}
+        if protocol == "paper":
+            return {"attribute": "speaker", "n_samples": 200, "n_modes": 100, "threshold": 0.5, "alpha_scale": "none",
+                    "text_stage": None, "batch_size": 8, "random_seed": PAPER_SEED, "n_boot": 2000}
+        return {"attribute": "speaker", "n_samples": 200, "n_modes": None, **split_defaults(), "text_stage": None,
+                "batch_size": 8, "random_seed": None, "n_boot": 2000}
 
     def run(self, ctx: Any) -> AnalysisOutput:
         import torch
@@ -75,8 +92,10 @@ class Swap(Analysis):
                            f"(it has {', '.join(ctx.labels) or 'none'}); pass --param swap.attribute=NAME")
         labels = ctx.labels[attr]
         stage = text_stage_for(ctx, protocol, p.get("text_stage"))
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p["threshold"]), str(p["alpha_scale"]),
-                              analysis=self.name)
+        if protocol != "paper":
+            check_split_params(p, self.name)
+        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p.get("threshold", p.get("tau", 0.5))),
+                              str(p["alpha_scale"]), analysis=self.name, params=p)
         X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
         speakers = sorted({str(x) for x in labels if x != ""})
         if len(speakers) < 2:

@@ -32,7 +32,9 @@ from typing import Any
 
 from mch.api import Attribute, MchError
 
-from ._common import Corpus, Record, lexical_attribute, lexical_labels, ordered_classes, read_image, read_json
+from ._corpus import Corpus, Record, ordered_classes, read_json
+from ._lexical import lexical_attribute, lexical_labels
+from ._media import read_image
 
 COUNT_BINS = ("1", "2-4", "5-10", "11+")
 SIZE_CLASSES = ("small", "medium", "large")
@@ -114,7 +116,6 @@ class COCO(Corpus):
               "annotations/captions_val2017.json")
     default_split = "val2017"
     stratify = "object_count"
-    synth_kind = "coco"
 
     def _find_root(self, path: Path) -> Path:
         for cand in (path, path / "coco", path / "COCO"):

@@ -4,8 +4,8 @@
     mch data make cremad --out ~/mch-data/cremad
     mch data make coco --out /tmp/coco --param counts=[7,1,12] --param width=320
 
-Registered through its own entry point (`data` in the `mch` group). Import-light: typer
-only; the generators (numpy, scipy, PIL) are imported when a command runs.
+Registered through its own entry point (`data` in the `mch` group). Import-light: typer and
+the corpora's names; the writers (numpy, scipy, PIL) are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -15,16 +15,7 @@ from typing import Any
 
 from mch.hookspecs import hookimpl
 
-# What `mch data list` shows; kept here so listing imports nothing heavy (synth.DESCRIPTIONS
-# says the same and a test keeps the two equal).
-CORPORA = {
-    "cremad": "CREMA-D layout: synthetic actors x sentences x emotions (16 kHz WAV)",
-    "esc50": "ESC-50 layout: synthetic sound classes in 5 folds (44.1 kHz WAV + meta/esc50.csv)",
-    "librispeech": "LibriSpeech layout: synthetic readers, chapters and transcripts (16 kHz FLAC)",
-    "voxceleb1": "VoxCeleb1 layout: synthetic speakers x videos x utterances (16 kHz WAV + vox1_meta.csv)",
-    "coco": "COCO layout: rendered scenes with known objects (val2017 JPEG + instances/captions JSON)",
-    "gqa": "GQA layout: rendered scenes with questions and answers (images + val_balanced_questions.json)",
-}
+from ._synth_names import DESCRIPTIONS as CORPORA  # what `mch data list` shows
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from typing import Any
 
 from mch.api import Attribute, MchError
 
-from ._common import (Corpus, Record, content_tokens, int_option, lexical_attribute, lexical_labels,
-                      ordered_classes, read_audio)
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._lexical import content_tokens, lexical_attribute, lexical_labels
+from ._media import read_audio
 
 # The corpus's emotion codes and the label strings the reference loader stored.
 EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sadness"}
@@ -61,10 +62,10 @@ def sentence_verbalizers(codes: list[str]) -> dict[str, list[str]]:
 class CremaD(Corpus):
     name = "cremad"
     modality = "speech"
+    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS}
     layout = "a CREMA-D AudioWAV directory of {actor}_{sentence}_{emotion}_{level}.wav files (16 kHz)"
     default_split = "all"
     stratify = "emotion"
-    synth_kind = "cremad"
 
     def _find_root(self, path: Path) -> Path:
         for cand in (path / "AudioWAV", path):
@@ -89,17 +90,18 @@ class CremaD(Corpus):
             rec = Record(sid, "", {"emotion": "", "speaker": "", "lexical": ""},
                          {"actor": "", "sentence": "", "utterance": sid},
                          partial(read_audio, f, sid, expected_rate=native, target_rate=target), path=str(f))
-            m = FILE_RE.match(sid)
-            if not m:
+            try:
+                name = parse_name(sid)
+            except MchError:
                 rec.fail("the file name does not follow {actor}_{sentence}_{emotion}_{level}.wav, "
                          "so it has no labels")
                 records.append(rec)
                 continue
-            actor, sent, emo, level = m.groups()
-            rec.labels["emotion"] = EMOTIONS.get(emo, emo)  # an unknown code fails the class check
+            actor, sent, level = name["actor"], name["sentence"], name["level_code"]
+            rec.labels["emotion"] = name["emotion"]  # an unknown code fails the class check
             rec.labels["speaker"] = actor
             rec.groups.update(actor=actor, sentence=sent)
-            rec.meta.update(level=LEVELS.get(level, level), emotion_code=emo)
+            rec.meta.update(level=name["level"], emotion_code=name["emotion_code"])
             if sent in SENTENCES:
                 rec.text = SENTENCES[sent]
             else:
@@ -152,9 +154,12 @@ class CremaD(Corpus):
 
 
 def parse_name(stem: str) -> dict[str, Any]:
-    """`1001_DFA_ANG_XX` -> {'actor': '1001', 'sentence': 'DFA', 'emotion': 'anger', 'level': 'unspecified'}."""
+    """The one reader of CREMA-D file names: `1001_DFA_ANG_XX` -> {'actor': '1001', 'sentence':
+    'DFA', 'emotion': 'anger', 'level': 'unspecified', 'emotion_code': 'ANG', 'level_code': 'XX'}
+    (an unknown code is kept as its own label)."""
     m = FILE_RE.match(stem)
     if not m:
         raise MchError(f"{stem!r} is not a CREMA-D file name ({{actor}}_{{sentence}}_{{emotion}}_{{level}})")
     actor, sent, emo, level = m.groups()
-    return {"actor": actor, "sentence": sent, "emotion": EMOTIONS.get(emo, emo), "level": LEVELS.get(level, level)}
+    return {"actor": actor, "sentence": sent, "emotion": EMOTIONS.get(emo, emo), "level": LEVELS.get(level, level),
+            "emotion_code": emo, "level_code": level}

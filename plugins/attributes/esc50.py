@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mch.api import Attribute, MchError
 
-from ._common import Corpus, Record, int_option, ordered_classes, read_audio
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._media import read_audio
 
 NATIVE_RATE = 44100
 TARGET_RATE = 16000
@@ -54,10 +55,10 @@ ESC10 = ("dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby",
 class ESC50(Corpus):
     name = "esc50"
     modality = "speech"
+    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS}
     layout = "an ESC-50 checkout with audio/*.wav (44.1 kHz) and meta/esc50.csv"
     default_split = "all"
     stratify = "acoustic"
-    synth_kind = "esc50"
 
     def _find_root(self, path: Path) -> Path:
         for cand in (path, path / "ESC-50", path / "ESC-50-master"):

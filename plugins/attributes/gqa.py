@@ -17,9 +17,10 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from mch.api import Attribute, MchError
+from mch.api import Attribute, MchError, Param
 
-from ._common import Corpus, Record, ordered_classes, read_image, read_json
+from ._corpus import Corpus, Record, ordered_classes, read_json
+from ._media import read_image
 
 TYPE_VERBALIZERS = {
     "verify": ["a yes/no question", "a verification question"],
@@ -33,10 +34,11 @@ TYPE_VERBALIZERS = {
 class GQA(Corpus):
     name = "gqa"
     modality = "vision"
+    option_specs = {**Corpus.option_specs,
+                    "questions": Param(str, help="another question file, e.g. val_all_questions.json")}
     layout = "a GQA directory holding images/*.jpg and {split}_balanced_questions.json (or questions1.2/)"
     default_split = "val"
     stratify = "question_type"
-    synth_kind = "gqa"
 
     def _find_root(self, path: Path) -> Path:
         if (path / "images").is_dir():

@@ -19,9 +19,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
-from mch.api import Attribute, MchError
+from mch.api import Attribute, MchError, Param
 
-from ._common import Corpus, Record, int_option, lexical_attribute, lexical_labels, ordered_classes, read_audio
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._lexical import lexical_attribute, lexical_labels
+from ._media import read_audio, sample_error
 
 NATIVE_RATE = 16000
 # our split names -> (HF config, HF split) of librispeech_asr
@@ -77,11 +79,15 @@ def _hub_offline(offline: bool) -> Iterator[None]:
 class LibriSpeech(Corpus):
     name = "librispeech"
     modality = "speech"
+    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS,
+                    "download": Param(bool, help="a Hugging Face id may be downloaded (default: local cache only)"),
+                    "hf_config": Param(str, help="the Hugging Face dataset config"),
+                    "hf_split": Param(str, help="the Hugging Face split"),
+                    "revision": Param(str, help="the Hugging Face dataset revision")}
     layout = ("a LibriSpeech directory holding test-clean/{speaker}/{chapter}/*.flac and "
               "{speaker}-{chapter}.trans.txt (or a Hugging Face datasets id / save_to_disk directory)")
     default_split = "test-clean"
     stratify = "speaker"
-    synth_kind = "librispeech"
 
     def _locate(self) -> Path:
         if self.path and not Path(self.path).expanduser().exists() and _HF_ID.match(self.path):
@@ -203,16 +209,18 @@ class LibriSpeech(Corpus):
             a = ds[i]["audio"]
             src = a.get("bytes") or a.get("path")
             if not src:
-                from ._common import sample_error
                 raise sample_error(uid, a.get("path"), "the dataset row has no audio bytes or path")
             return read_audio(src, uid, expected_rate=native, target_rate=target, display_path=a.get("path") or uid)
 
+        # the Arrow files hold the audio bytes: their size and mtime fingerprint every row
+        arrow = [f["filename"] for f in getattr(ds, "cache_files", None) or [] if f.get("filename")]
         records = []
         for i, uid in enumerate(rows["id"]):
             spk, chap = str(rows["speaker_id"][i]), str(rows["chapter_id"][i])
             rec = Record(str(uid), str(rows["text"][i] or ""), {"speaker": spk, "lexical": ""},
                          {"speaker": spk, "chapter": f"{spk}-{chap}", "utterance": str(uid)},
-                         partial(load, i, str(uid)), path=f"{getattr(self, '_hf_id', None) or self.root()}[{i}]")
+                         partial(load, i, str(uid)), path=f"{getattr(self, '_hf_id', None) or self.root()}[{i}]",
+                         meta={"media_files": arrow})
             if not rec.text:
                 rec.fail("its transcript is empty")
             records.append(rec)

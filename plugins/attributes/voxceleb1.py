@@ -19,9 +19,10 @@ import re
 from functools import partial
 from pathlib import Path
 
-from mch.api import Attribute, MchError
+from mch.api import Attribute, MchError, Param
 
-from ._common import Corpus, Record, int_option, ordered_classes, read_audio
+from ._corpus import Corpus, Record, int_option, ordered_classes
+from ._media import read_audio
 
 NATIVE_RATE = 16000
 _SPK = re.compile(r"^id\d+$")
@@ -45,10 +46,12 @@ def read_meta(root: Path) -> dict[str, dict[str, str]]:
 class VoxCeleb1(Corpus):
     name = "voxceleb1"
     modality = "speech"
+    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS,
+                    "n_speakers": Param(int, ge=0, help="speakers used (0: all; default 40)"),
+                    "samples_per_speaker": Param(int, ge=0, help="utterances per speaker (0: all; default 100)")}
     layout = "a VoxCeleb1 directory holding wav/{speaker id}/{video id}/*.wav (16 kHz), optionally vox1_meta.csv"
     default_split = "all"
     stratify = "speaker"
-    synth_kind = "voxceleb1"
 
     def _find_root(self, path: Path) -> Path:
         for cand in (path / "wav", path):

@@ -9,7 +9,7 @@ prompt's KV cache for all K continuations (`mch.scoring.score_shared_prefix`).
 
 from __future__ import annotations
 
-import contextlib
+import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from mch.api import MchError, Sample, SampleError
-from mch.checkpoints import load_lora_adapter, resolve_checkpoint
+from mch.checkpoints import load_lora_adapter, one_line as _one_line, resolve_checkpoint  # noqa: F401 - hf_generic
+from mch.hooks import Trace
 from mch.model import ModelPlugin, Prepared, Scores, resolve_module
 from mch.scoring import left_pad, score_shared_prefix
 
@@ -59,11 +60,6 @@ def checkpoint_dir(plugin: ModelPlugin) -> Path:
     return resolve_checkpoint(plugin.checkpoint, plugin.revision, plugin.spec.name)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any:
     """`cls.from_pretrained(path)` offline, in the plugin's dtype; any failure is one MchError."""
     from transformers.utils import logging as hf_logging
@@ -72,7 +68,7 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
     hf_logging.disable_progress_bar()  # mch prints its own progress
     try:
         return cls.from_pretrained(str(path), dtype=plugin.torch_dtype, local_files_only=True,
-                                   trust_remote_code=plugin.trust_remote_code)
+                                   trust_remote_code=bool(plugin.trust_remote_code))
     except MchError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken checkpoint is a user error
@@ -84,10 +80,23 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
             hf_logging.enable_progress_bar()
 
 
+def needs_torchvision(exc: BaseException) -> bool:
+    """A processor that failed because it includes a video processor, which transformers 5
+    builds only with torchvision (ImportError loading one; AttributeError '_extra_content' on
+    the torchvision-less VIDEO_PROCESSOR_MAPPING when a processor checks its arguments)."""
+    text = str(exc)
+    return "torchvision" in text.lower() or "_extra_content" in text
+
+
 def load_processor(plugin: ModelPlugin, loader: Any, path: Path, what: str) -> Any:
     try:
-        return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=plugin.trust_remote_code)
+        return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=bool(plugin.trust_remote_code))
     except Exception as exc:  # noqa: BLE001
+        if needs_torchvision(exc):
+            raise MchError(f"model {plugin.spec.name!r}: the {what} in {path} includes a video processor, which "
+                           f"transformers builds only with torchvision, and torchvision is not usable here; install "
+                           f"a torchvision that matches torch, or load the image processor (AutoImageProcessor picks "
+                           f"its PIL variant) and the tokenizer separately (docs/contributing-a-model.md)") from None
         raise MchError(f"model {plugin.spec.name!r}: cannot load the {what} from {path} ({_one_line(exc)}); "
                        f"the checkpoint directory must hold the tokenizer and processor files of its release") from None
 
@@ -160,43 +169,68 @@ def continuation_ids(tokenizer: Any, context: str, continuations: Sequence[str],
     return out
 
 
-class _Stop(Exception):
-    pass
+def decoder_call(inner: torch.nn.Module, decoder_path: str, inputs: dict[str, Any],
+                 root: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The embeddings the LLM decoder (at `decoder_path` of `root`, default `inner`) receives
+    for `inputs` (media already scattered in), and the keyword arguments it is called with
+    (position ids as the model computes them, e.g. M-RoPE's), caught at the decoder's entry;
+    the decoder itself does not run."""
+    seen: dict[str, Any] = {}
+    with Trace(root if root is not None else inner, {"x": f"{decoder_path}:input"},
+               fn=lambda f: seen.update(x=f.x, kwargs=f.kwargs), stop=True):
+        inner(**inputs)
+    if seen.get("x") is None:
+        raise MchError("the LLM decoder was not called with input embeddings")
+    return seen["x"], seen["kwargs"]
 
 
 def decoder_inputs(inner: torch.nn.Module, decoder: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """The embeddings the LLM decoder receives for `inputs` (media already scattered in),
-    caught at the decoder's entry; the decoder itself does not run."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def pre_hook(_m, args, kwargs):
-        seen["x"] = kwargs.get("inputs_embeds", args[0] if args else None)
-        raise _Stop
-
-    handle = decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        with contextlib.suppress(_Stop):
-            inner(**inputs)
-    finally:
-        handle.remove()
-    if seen.get("x") is None:
-        raise MchError("the LLM decoder was not called with input embeddings")
-    return seen["x"]
+    """The embeddings the LLM decoder receives for `inputs` (see `decoder_call`)."""
+    path = next(name for name, m in inner.named_modules() if m is decoder)
+    return decoder_call(inner, path, inputs)[0]
 
 
-class HFPluginMixin:
+# The options every plugin of this package takes (each declares its own `option_specs`
+# from this; mch.api.Param).
+from mch.api import Param  # noqa: E402
+
+HF_OPTIONS = {"batch_size": Param(int, ge=1, help="samples per score() call (GMI), default 8")}
+
+
+class HFPluginMixin(abc.ABC):
     """Scoring, losses and helpers shared by the plugins of this package. A subclass provides
-    `_prepare_inputs(samples, protocol, view, query="", suffix=None)` -> (inputs, info) with
-    right-padded `input_ids`/`attention_mask` (per-sample `suffix` token ids appended after
-    the prompt), `render_prompt`, `_score_context(protocol, view, query)`, `self.tokenizer`,
-    `decoder_path` (the LLM decoder stack, where LoRA adapters go) and `inner_path` (the
-    module without LM head whose forward takes the inputs)."""
+    the abstract methods below, `self.tokenizer`, `views`, `decoder_path` (the LLM decoder
+    stack, where LoRA adapters go) and `inner_path` (the module without LM head whose forward
+    takes the inputs)."""
 
     decoder_path: str = ""
     inner_path: str = ""
     hf_class = "AutoModelForCausalLM"  # transformers class whose module tree the stage paths live in
     answer_sep = " "  # between the prompt and the content (loss) in the default protocol
     batch_size_default = 8
+
+    @abc.abstractmethod
+    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
+                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(inputs, info): right-padded `input_ids`/`attention_mask` (and the media inputs) of
+        the prompts, `query` after each, per-sample `suffix` token ids appended after it."""
+
+    @abc.abstractmethod
+    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
+                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+        """The prompt string and, in text view, the character span of the text in it."""
+
+    @abc.abstractmethod
+    def _instruction(self, protocol: str) -> str:
+        """The instruction of `protocol`'s prompt (part of the store key's prompt id)."""
+
+    @abc.abstractmethod
+    def _score_context(self, protocol: str, view: str, query: str) -> str:
+        """The text continuations are scored after (their tokenization depends on it)."""
+
+    @abc.abstractmethod
+    def _build_paths(self, model: torch.nn.Module) -> dict[str, str]:
+        """Stage and decoder paths, found in `model`'s module tree (meta device or loaded)."""
 
     def decoder(self) -> torch.nn.Module:
         return resolve_module(self.module, self.decoder_path)  # type: ignore[attr-defined]
@@ -212,13 +246,14 @@ class HFPluginMixin:
             from transformers import AutoConfig
 
             path = checkpoint_dir(self)  # type: ignore[arg-type]
+            trust = bool(self.trust_remote_code)  # type: ignore[attr-defined]  # never None: None prompts on stdin
             try:
-                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+                cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
             except Exception as exc:  # noqa: BLE001
-                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({exc})") from None  # type: ignore[attr-defined]
+                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({_one_line(exc)})") from None  # type: ignore[attr-defined]
             cls = getattr(transformers, self.hf_class)
             with torch.device("meta"):
-                model = cls.from_config(cfg) if self.hf_class.startswith("Auto") else cls(cfg)
+                model = cls.from_config(cfg, trust_remote_code=trust) if self.hf_class.startswith("Auto") else cls(cfg)
                 self._paths = self._build_paths(model)  # type: ignore[attr-defined]
         return self._paths
 

@@ -62,16 +62,19 @@ from ._hf_common import (
 PAPER_INSTRUCTION = "Describe this image."
 
 
+from ._hf_common import HF_OPTIONS, Param  # noqa: E402 - option declarations
+
+
 class Llava(HFPluginMixin, ModelPlugin):
     hf_class = "LlavaForConditionalGeneration"
     modality = "vision"
+    option_specs = {**HF_OPTIONS, "prompt": Param(str, help="the default protocol's instruction after the image")}
     views = ("modal", "text")
     inner_path = "model"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._paths: dict[str, str] | None = None
-        self._stage_protocol = "default"  # set by prepare(); picks the encoder hook
         self.processor: Any = None
         self.tokenizer: Any = None
 
@@ -115,11 +118,9 @@ class Llava(HFPluginMixin, ModelPlugin):
         self.strategy = cfg.vision_feature_select_strategy
         return paths
 
-    def stage_map(self, view: str = "modal", protocol: str | None = None) -> dict[str, str]:
-        """The encoder stage depends on the protocol; capture() asks without one, so the
-        protocol of the last prepared modal batch is used (forward() checks they agree)."""
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
+        """The encoder stage depends on the protocol (module docstring)."""
         p = self._ensure_paths()
-        protocol = protocol or self._stage_protocol
         stages = decoder_stage_paths(p["decoder"], self.n_layers)
         if view == "text":
             stages["adapter"] = p["embed"]
@@ -211,7 +212,6 @@ class Llava(HFPluginMixin, ModelPlugin):
         if view == "text":
             pools["adapter"] = llm
         else:
-            self._stage_protocol = protocol
             k = int(mod[0].sum())  # image tokens per image = projector rows
             pools["adapter"] = Pool(owner, {"modality": torch.ones(B, k, dtype=torch.bool),
                                             "all": torch.ones(B, k, dtype=torch.bool)})
@@ -226,9 +226,3 @@ class Llava(HFPluginMixin, ModelPlugin):
                 pools["encoder"] = Pool(owner, {"modality": sel, "all": enc})
         return Prepared(inputs=inputs, pools=pools, n=B,
                         info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()})
-
-    def forward(self, prepared: Prepared) -> Any:
-        if prepared.info.get("view") == "modal" and prepared.info.get("protocol") != self._stage_protocol:
-            raise MchError(f"model {self.spec.name!r}: capture a prepared batch before preparing another one "
-                           f"with a different protocol (the encoder stage depends on the protocol)")
-        return super().forward(prepared)

@@ -44,15 +44,17 @@ the square); scale to [0, 1] and normalise (DINOv2: ImageNet mean/std; SigLIP: 0
 
 Checkpoints. `--checkpoint` is a Prismatic run directory (`config.json` whose "model" holds
 model_id, vision_backbone_id, llm_backbone_id, arch_specifier, image_resize_strategy, and
-`checkpoints/latest-checkpoint.pt` = {"model": {"projector": ..., "llm_backbone": ...,
-optionally "vision_backbone": ...}}), a local copy of the `TRI-ML/prismatic-vlms` repository
+`checkpoints/latest-checkpoint.pt` = {"model": {"projector": ..., "llm_backbone": ...}}), a
+local copy of the `TRI-ML/prismatic-vlms` repository
 (the run is its `<variant>/` folder; option `variant`, e.g. "dinov2-224px+7b"), or that HF id
 in the local cache. Besides the run, a user must have locally:
 - the LLM's config.json and tokenizer (not its weights): model option `llm` (a directory or HF
   id), else `<run>/llm/` (a copy or a symlink; the CLI has no model-option flag), else
   `lmsys/vicuna-7b-v1.5` in the HF cache. Prismatic adds a `<PAD>`
   token; the vocabulary size is read from the checkpoint's embedding matrix.
-- the vision weights, unless the checkpoint holds `vision_backbone`: option `vision` = a
+- the vision weights (always: like the release's `prismatic.load`, which loads only
+  `projector` and `llm_backbone` from the checkpoint, mch never reads a `vision_backbone` that a
+  full-finetune checkpoint may hold): option `vision` = a
   timm-format file (`.safetensors`, `.bin`; open_clip's `visual.trunk.` prefix is accepted)
   or directory (timm hub layout: `model.safetensors` or `open_clip_pytorch_model.bin`, with
   timm's `config.json`), or an HF-format directory (`Dinov2WithRegistersModel` /
@@ -66,6 +68,12 @@ tanh-GELU). The position embeddings are resampled once at load time to the image
 (bicubic, antialiased, as timm does when `img_size` differs from the pretraining size).
 The run's `config.json` may carry `default_image_size` (an mch extension used by the tiny
 test checkpoints; the TRI releases use the backbone's 224).
+
+Precision. The release ran `vlm.to(device, dtype=torch.bfloat16)`, which also rounds the LLM's
+rotary frequencies (`inv_freq`) to bf16: cos(position x frequency) is then off by up to 0.36
+below position 300 at Vicuna's head size. Under `default` the frequencies stay float32 (as in
+the other plugins, which load through `from_pretrained(dtype=...)`); under `paper` they take
+the release's cast to the model dtype. Records say which (`model.fidelity`).
 """
 
 from __future__ import annotations
@@ -84,6 +92,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mch.api import PROTOCOLS, VIEWS, MchError, Sample, SampleError
+from mch.checkpoints import one_line
 from mch.model import ModelPlugin, Pool, Prepared, Scores
 
 SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -458,8 +467,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+    return one_line(exc, max_len=300)  # a state dict's errors list every key
 
 
 def from_state_dict(cls: Any, config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> Any:
@@ -506,10 +514,23 @@ def _load_tensors(path: Path, trust: bool, what: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the plugin
 
 
+from mch.api import Param  # noqa: E402 - option declarations
+
+
 class PrismaticModel(ModelPlugin):
     """`prismatic_dinov2` and `prismatic_siglip`: the TRI-ML release format, loaded here."""
 
     modality = "vision"
+    option_specs = {
+        "variant": Param(str, help="the run directory in the release, e.g. dinov2-224px+7b"),
+        "vision_family": Param(str, choices=("dinov2", "siglip"), help="the vision backbone the run must use"),
+        "llm": Param(str, help="Vicuna-7B-v1.5 config + tokenizer: local directory or cached HF id"),
+        "llm_revision": Param(str, help="revision of `llm`"),
+        "vision": Param(str, help="the timm backbone checkpoint: local directory or cached HF id"),
+        "vision_revision": Param(str, help="revision of `vision`"),
+        "message": Param(str, help="the default protocol's user message"),
+        "batch_size": Param(int, ge=1, help="samples per score() call (GMI), default 8"),
+    }
     views = ("modal", "text")
 
     # -- loading
@@ -589,8 +610,10 @@ class PrismaticModel(ModelPlugin):
                                  f"the config and tokenizer of the LLM ({llm_id})", "llm")
         try:
             with _quiet_transformers():
-                llm_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-                tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                # explicit flag: with None, transformers asks on stdin whether to run custom code
+                trust = bool(self.trust_remote_code)
+                llm_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
+                tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust,
                                                     model_max_length=int(cfg.get("llm_max_length", 2048)))
         except Exception as exc:  # noqa: BLE001
             hint = ("; Vicuna ships only a SentencePiece tokenizer.model, which needs `pip install sentencepiece "
@@ -661,6 +684,9 @@ class PrismaticModel(ModelPlugin):
         timm_cfg: dict = {}
         timm_file: Path | None = None
         hf_dir: Path | None = None
+        # the release's loader never reads a checkpoint's vision_backbone: say so if there is one
+        own = (" (the checkpoint's own vision_backbone is not used: Prismatic's loader, prismatic.load, builds the "
+               "backbone from the pretrained timm weights)") if "vision_backbone" in ck_model else ""
         if src is not None:
             if src.is_file():
                 timm_file = src
@@ -673,13 +699,14 @@ class PrismaticModel(ModelPlugin):
                 else:
                     timm_cfg = conf
                     timm_file = next((src / f for f in TIMM_WEIGHT_FILES if (src / f).is_file()), None)
-                    if timm_file is None and "vision_backbone" not in ck_model:
+                    if timm_file is None:
                         raise MchError(f"model {self._name()!r}: {src} holds none of {', '.join(TIMM_WEIGHT_FILES)}, "
-                                       f"nor an HF config.json; pass the model option vision= with the timm weights")
-        elif "vision_backbone" not in ck_model:
+                                       f"nor an HF config.json{own}; pass the model option vision= with the timm "
+                                       f"weights")
+        else:
             hubs = " or ".join(info.hub_ids) if info else "its timm weights"
             raise MchError(f"model {self._name()!r}: the vision backbone weights ({hubs}) are not available locally "
-                           f"and mch does not download at run time; download them (`huggingface-cli download "
+                           f"and mch does not download at run time{own}; download them (`huggingface-cli download "
                            f"{info.hub_ids[0] if info else '<timm repo>'}`), or put a local copy (timm or HF format, "
                            f"or a link to one) at {run}/vision, or set the model option vision=PATH")
         pcfg = timm_cfg.get("pretrained_cfg", {}) if isinstance(timm_cfg, dict) else {}
@@ -687,16 +714,13 @@ class PrismaticModel(ModelPlugin):
         std = tuple(pcfg.get("std", std))
         transform = ImageTransform(size, cfg.get("image_resize_strategy", "letterbox"), mean, std)
         what = f"model {self._name()!r}: the vision backbone weights"
-        if hf_dir is not None and "vision_backbone" not in ck_model:
+        if hf_dir is not None:
             featurizer = self._hf_featurizer(cls, hf_dir, family, size, what)
         else:
-            if "vision_backbone" in ck_model:  # fine-tuned backbones ship in the checkpoint
-                timm_sd, where = dict(ck_model["vision_backbone"]), "the checkpoint's vision_backbone"
-            else:
-                assert timm_file is not None
-                timm_sd, where = _load_tensors(timm_file, self.trust_remote_code, "vision weights"), str(timm_file)
-                if isinstance(timm_sd, dict) and "state_dict" in timm_sd and isinstance(timm_sd["state_dict"], dict):
-                    timm_sd = timm_sd["state_dict"]
+            assert timm_file is not None
+            timm_sd, where = _load_tensors(timm_file, self.trust_remote_code, "vision weights"), str(timm_file)
+            if isinstance(timm_sd, dict) and "state_dict" in timm_sd and isinstance(timm_sd["state_dict"], dict):
+                timm_sd = timm_sd["state_dict"]
             arch = timm_cfg.get("architecture") or (info.timm_arch if info else "")
             heads = (timm_cfg.get("model_args") or {}).get("num_heads") or TIMM_HEADS.get(arch)
             if not heads:
@@ -761,7 +785,15 @@ class PrismaticModel(ModelPlugin):
                 raise MchError(f"--adapter {self.adapter}: its weights do not fit this model's LLM "
                                f"({_one_line(exc)})") from None
         module = PrismaticVLM(vision, projector, LLMBackbone(lm))
+        exact = {name: b.detach().float().clone() for name, b in module.named_buffers() if name.endswith("inv_freq")}
         self.module = module.to(self.device, self.torch_dtype).eval()
+        # rotary frequencies: `.to(dtype)` rounds them to the model dtype, as the release's
+        # `vlm.to(device, dtype=bfloat16)` did (cos off by up to 0.36 below position 300 in bf16);
+        # `default` keeps them in float32 like the other plugins, `paper` reproduces the cast
+        self._rope = {name: {"default": f.to(self.device), "paper": f.to(self.device, self.torch_dtype)}
+                      for name, f in exact.items()}
+        self._rope_protocol: str | None = None
+        self._use_rope("default")
         self.tokenizer = tok
         self.transform = transform
         self.run_config = cfg
@@ -769,6 +801,33 @@ class PrismaticModel(ModelPlugin):
         self.num_patches = vision.num_patches
         self.validate_stage_map("modal")
         self.validate_stage_map("text")
+
+    def _use_rope(self, protocol: str) -> None:
+        """Put the protocol's rotary frequencies in place (see `load`); every entry point that
+        runs the LLM calls it first (a run uses one protocol)."""
+        if self.module is None or protocol == getattr(self, "_rope_protocol", None):
+            return
+        for name, variants in self._rope.items():
+            owner, _, buf = name.rpartition(".")
+            self.module.get_submodule(owner).register_buffer(buf, variants[protocol], persistent=False)
+        self._rope_protocol = protocol
+
+    def fidelity(self, protocol: str) -> list[str]:
+        """Where this plugin's computation follows or departs from the released code (recorded
+        with the model in every result)."""
+        notes = ["vision backbone from the pretrained timm weights, never from a checkpoint's vision_backbone, "
+                 "as Prismatic's loader (prismatic.load) does"]
+        if self.dtype_name not in ("float32", "fp32"):
+            notes.append(f"rotary frequencies cast to {self.dtype_name} with the model, as the release's "
+                         f"vlm.to(dtype) does" if protocol == "paper" else
+                         f"rotary frequencies kept in float32 (the release casts them to {self.dtype_name} with the "
+                         f"model; the paper protocol reproduces that)")
+        return notes
+
+    def identity(self) -> dict[str, Any]:
+        # a new value when the computation changes for the same weights and inputs, so that
+        # store entries of the earlier computation are not reused
+        return {**super().identity(), "computation": "prismatic-release-2"}
 
     # -- stages
     def stage_map(self, view: str = "modal") -> dict[str, str]:
@@ -892,6 +951,7 @@ class PrismaticModel(ModelPlugin):
     def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
         self._require_loaded()
         self._check(protocol, view)
+        self._use_rope(protocol)
         b = self._batch(self._layouts(samples, protocol, view, None))
         B = len(samples)
         mod = b["role"] == 1
@@ -914,6 +974,7 @@ class PrismaticModel(ModelPlugin):
 
     def forward(self, prepared: Prepared) -> Any:
         assert self.module is not None
+        self._use_rope(prepared.info.get("protocol", "default"))
         return self.module(**prepared.inputs)
 
     def prompt_id(self, protocol: str, view: str) -> str:
@@ -978,6 +1039,7 @@ class PrismaticModel(ModelPlugin):
 
         self._require_loaded()
         self._check(protocol, view)
+        self._use_rope(protocol)  # the caller runs the LM on these parts
         conts = self.continuation_ids(self._score_context(protocol, view, query), continuations)
         return ScoreParts(self.module.lm, self.prompt_embeds(samples, query, view, protocol, grad=grad), conts)
 
@@ -987,6 +1049,7 @@ class PrismaticModel(ModelPlugin):
 
         self._require_loaded()
         self._check(protocol, view)
+        self._use_rope(protocol)
         conts = self.continuation_ids(self._score_context(protocol, view, query), continuations)
         bs = int(self.options.get("batch_size", 8))
         rows = []
@@ -1009,6 +1072,7 @@ class PrismaticModel(ModelPlugin):
 
         self._require_loaded()
         self._check(protocol, "modal")
+        self._use_rope(protocol)
         if protocol == "paper":
             b = self._batch(self._layouts(samples, "paper", "modal", None))
             targets = b["labels"]

@@ -78,9 +78,13 @@ def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
     return resample_poly(wav, target // g, int(sr) // g).astype(np.float32)
 
 
+from ._hf_common import HF_OPTIONS, Param  # noqa: E402 - option declarations
+
+
 class Qwen2Audio(HFPluginMixin, ModelPlugin):
     hf_class = "Qwen2AudioForConditionalGeneration"
     modality = "speech"
+    option_specs = {**HF_OPTIONS, "prompt": Param(str, help="the default protocol's instruction after the audio")}
     views = ("modal", "text")
     inner_path = "model"
     answer_sep = ""  # the answer starts right after "<|im_start|>assistant\n"
@@ -120,7 +124,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             "embed": f"{decoder}.embed_tokens",
         }
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         p = self._ensure_paths()
         stages = decoder_stage_paths(p["decoder"], self.n_layers)
         if view == "text":

@@ -27,6 +27,7 @@ from mch.api import MchError, Sample
 from mch.model import ModelPlugin, Pool, Prepared, resolve_module
 
 from ._hf_common import (
+    HF_OPTIONS,
     HFPluginMixin,
     apply_adapter,
     checkpoint_dir,
@@ -46,8 +47,10 @@ if TYPE_CHECKING:
 MAX_TOKENS = 512
 
 
+
 class TextBaseline(HFPluginMixin, ModelPlugin):
     modality = "text"
+    option_specs = dict(HF_OPTIONS)
     views = ("text",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

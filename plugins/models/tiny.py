@@ -2,7 +2,9 @@
 formats, for tests, the CLI and end-to-end analysis runs offline (`make_tiny_<name>(out_dir)`).
 
 Numbers from these models mean nothing; they exist so the real loading, preprocessing,
-pooling and scoring code runs on every machine in seconds.
+pooling and scoring code runs on every machine in seconds. Each builder marks its
+checkpoint's config.json (`mark_smoke`): runs on it record `model.smoke: true`, and the
+leaderboard never shows them as a model's measurement.
 """
 
 from __future__ import annotations
@@ -10,6 +12,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+def mark_smoke(checkpoint_dir: str | Path) -> Path:
+    """Mark a random-weight checkpoint as such in its config.json (`mch.checkpoints.SMOKE_KEY`)."""
+    from mch.checkpoints import SMOKE_KEY
+
+    d = Path(checkpoint_dir)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[SMOKE_KEY] = "random weights built by mch.plugins.models.tiny: numbers from this checkpoint measure no model"
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return d
+
 
 # --------------------------------------------------------------------------- Ultravox
 
@@ -231,7 +244,7 @@ def make_tiny_ultravox(out_dir: str | Path, layout: str = "split", projector_ln_
     save_file(state, str(root / "model.safetensors"), metadata={"format": "pt"})
     (root / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     tok.save_pretrained(root)
-    return root
+    return mark_smoke(root)
 
 
 # --------------------------------------------------------------------------- LLaVA, Qwen2-Audio, text baselines
@@ -312,7 +325,7 @@ def make_tiny_llava(out_dir: str | Path, image_size: int = 42, seed: int = 0) ->
     LlavaForConditionalGeneration(cfg).eval().save_pretrained(out)
     proc.save_pretrained(out)
     _release_processor_files(out, "image_processor")
-    return out
+    return mark_smoke(out)
 
 
 def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
@@ -344,7 +357,7 @@ def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
     Qwen2AudioForConditionalGeneration(cfg).eval().save_pretrained(out)
     proc.save_pretrained(out)
     _release_processor_files(out, "feature_extractor")
-    return out
+    return mark_smoke(out)
 
 
 def _make_tiny_llama_lm(out_dir: str | Path, bos: str, eos: str, seed: int) -> Path:
@@ -360,7 +373,7 @@ def _make_tiny_llama_lm(out_dir: str | Path, bos: str, eos: str, seed: int) -> P
     torch.manual_seed(seed)
     LlamaForCausalLM(cfg).eval().save_pretrained(out)
     tok.save_pretrained(out)
-    return out
+    return mark_smoke(out)
 
 
 def make_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
@@ -515,7 +528,7 @@ def _make_tiny_prismatic(out_dir: str | Path, family: str, seed: int, vision_in_
                          "llm_max_length": 2048, "default_image_size": size},
                "run_id": f"{model_id}-tiny", "seed": seed}
     (out / "config.json").write_text(json.dumps(run_cfg, indent=2) + "\n")
-    return out
+    return mark_smoke(out)
 
 
 def make_tiny_prismatic_dinov2(out_dir: str | Path, seed: int = 0, vision_in_checkpoint: bool = False) -> Path:

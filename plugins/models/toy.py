@@ -15,7 +15,15 @@ of every factor ("the word is cat .", "the speaker sounds angry .", "the speaker
 caption "the word is <content> ." after the modality tokens. Speaker and emotion are never
 in any caption, so the decoder has no reason to read them: the paper's phenomenon, built
 in. The encoder is random and the adapter full-rank, so both hidden factors stay linearly
-present at `adapter`.
+present at `adapter`. The decoder can name every factor from text (a speaker or mood named
+earlier in a document is carried forward), so what it cannot do with the modality tokens is
+a matter of what the adapter gives it, not of its vocabulary.
+
+The validation bench (science.md §7, `ORGANISMS`, `mch toy-bench`): organisms with the toy's
+encoder and decoder and another adapter: trained on captions of which 0, 10, 50 or 100%
+also name the mood (`toy_emotion_*`, `toy_emotion`; `python -m mch.plugins.models.toy
+organism NAME`, bit-for-bit reproducible too), or the toy's adapter with its outputs
+rescaled or rotated (`toy_scaled`, `toy_rotated`). Each ships only its adapter.
 
 Prompts: modal = <bos> <audio>×T "describe this sound"; text view = <bos> + caption. The
 paper and default protocols differ only in span (all vs modality), as the toy has no chat
@@ -36,7 +44,26 @@ from mch.api import MchError, Sample
 from mch.model import LossTerms, ModelPlugin, Pool, Prepared, ScoreParts, Scores
 from mch.scoring import left_pad, score_shared_prefix
 
-WEIGHTS = Path(__file__).parent / "weights" / "toy"
+WEIGHTS_ROOT = Path(__file__).parent / "weights"
+WEIGHTS = WEIGHTS_ROOT / "toy"
+
+# The validation bench (science.md §7): organisms that share the toy's encoder and decoder and
+# differ only in the adapter. `emotion_captions`: an adapter trained, from the toy adapter's own
+# initial weights, on captions of which that fraction also name the emotion (the dose-response
+# family; toy_emotion is the positive control); `scale` / `rotation_deg`: the toy's adapter
+# with its outputs rescaled, or rotated by that angle in every plane of a fixed random set of
+# orthogonal planes (a geometric mismatch against the embeddings, decoder fixed).
+ORGANISMS: dict[str, dict[str, float]] = {
+    "toy_emotion_0": {"emotion_captions": 0.0},
+    "toy_emotion_10": {"emotion_captions": 0.1},
+    "toy_emotion_50": {"emotion_captions": 0.5},
+    "toy_emotion": {"emotion_captions": 1.0},
+    "toy_scaled": {"scale": 2.0},
+    "toy_rotated": {"rotation_deg": 45.0},
+}
+ORGANISM_SEED = 1        # the training batches' generator (numpy) of every trained organism
+ORGANISM_STEPS = 1200    # adapter steps, as the toy's own adapter
+ROTATION_SEED = 7
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", "<audio>"]
 FUNCTION_WORDS = ["the", "word", "is", "speaker", "sounds", "says", "and", "a", "describe", "this", "sound", "."]
 EXTRACT_PROMPT = "describe this sound"
@@ -100,18 +127,40 @@ def default_config(vocab_size: int) -> dict[str, Any]:
 
 class ToyModel(ModelPlugin):
     modality = "speech"
+    option_specs: dict = {}   # takes none
+    datasets = ("toy",)       # it reads the toy world's frames, nothing else
+
+    def _weights_dir(self) -> Path:
+        ck = str(self.checkpoint)
+        return WEIGHTS_ROOT / ck.split(":", 1)[1] if ck.startswith("builtin:") else Path(ck)
+
+    @staticmethod
+    def _base_dir(path: Path) -> Path:
+        """An organism's base (encoder and decoder) weights: the toy's, shipped or beside it."""
+        base = json.loads((path / "organism.json").read_text()).get("base", "toy")
+        return (WEIGHTS_ROOT / base) if (WEIGHTS_ROOT / base).is_dir() else (path / base)
+
+    def checkpoint_paths(self) -> list[Path]:
+        path = self._weights_dir()  # an organism's own adapter and the base weights it runs on
+        return [path, self._base_dir(path)] if (path / "organism.json").exists() else [path]
 
     def load(self) -> None:
         from safetensors.torch import load_file
 
-        path = WEIGHTS if self.checkpoint == "builtin:toy" else Path(self.checkpoint)
+        path = self._weights_dir()
+        adapter_state = None
+        if (path / "organism.json").exists():  # an organism of the validation bench: the toy with its own adapter
+            adapter_state = load_file(str(path / "adapter.safetensors"))
+            path = self._base_dir(path)
         if not (path / "model.safetensors").exists():
-            raise MchError(f"model 'toy': no model.safetensors in {path}; pass --checkpoint with a directory "
-                           f"written by `python -m mch.plugins.models.toy train --out DIR`")
+            raise MchError(f"model {self.spec.name!r}: no model.safetensors in {path}; pass --checkpoint with a "
+                           f"directory written by `python -m mch.plugins.models.toy train --out DIR` (or `organism`)")
         cfg = json.loads((path / "config.json").read_text())
         self.tokenizer = WordTokenizer(json.loads((path / "vocab.json").read_text()))
         module = ToyMLLM(cfg)
         module.load_state_dict(load_file(str(path / "model.safetensors")))
+        if adapter_state is not None:
+            module.adapter.load_state_dict(adapter_state)
         if self.adapter:
             from mch.checkpoints import load_lora_adapter
 
@@ -265,8 +314,12 @@ class ToyModel(ModelPlugin):
 
 
 def _text_corpus(rng, n: int) -> list[str]:
-    """Documents of 2-4 sentences about one scene (content, speaker, mood), so the decoder
-    learns every class word, long positions, and to keep a scene consistent in context."""
+    """Documents of 2-5 sentences about one scene (content, speaker, mood), so the decoder
+    learns every class word, long positions, and to keep a scene consistent in context. The
+    mood is named often enough (three of eight templates) that the decoder learns to carry it
+    through a document, synonyms included: with the mood in one of six templates and at most
+    four sentences it never did, so no input, text or modality, could make it name the mood
+    (its text GMI for emotion was 0.00 bits), and a positive control was impossible."""
     from mch.plugins.attributes import toy as world
 
     docs = []
@@ -277,18 +330,61 @@ def _text_corpus(rng, n: int) -> list[str]:
         e = lambda: vs[rng.integers(len(vs))]  # noqa: E731 - synonyms vary within a scene
         pool = [f"the word is {c} .", f"the speaker sounds {e()} .", f"the speaker is {s} .",
                 f"{s} says {c} .", f"the speaker sounds {e()} and says {c} .",
-                f"the speaker is {s} and the word is {c} ."]
-        k = int(rng.integers(2, 5))
+                f"the speaker is {s} and the word is {c} .", f"the speaker sounds {e()} .", f"{s} sounds {e()} ."]
+        k = int(rng.integers(2, 6))
         docs.append(" ".join(pool[i] for i in rng.permutation(len(pool))[:k]))
     return docs
+
+
+def train_adapter(model: ToyMLLM, tok: WordTokenizer, rng: Any, steps: int, emotion_captions: float = 0.0,
+                  log=print) -> None:
+    """Train the adapter alone (encoder and decoder frozen) to make the decoder say each
+    training sample's caption after its modality tokens; `emotion_captions` is the toy
+    world's option (the fraction of captions that also name the emotion)."""
+    from mch.plugins.attributes import toy as world
+
+    lm = model.llm
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.adapter.parameters(), lr=1e-2, weight_decay=0.0)
+    train_samples = [world.make_sample("train", i, emotion_captions) for i in range(world.SPLIT_SIZES["train"])]
+    prompt = tok.encode(EXTRACT_PROMPT)
+    for step in range(steps):
+        idx = rng.integers(len(train_samples), size=32)
+        batch = [train_samples[i] for i in idx]
+        arrays = [torch.as_tensor(s.media) for s in batch]
+        T = max(a.shape[0] for a in arrays)
+        frames = torch.zeros(len(batch), T, 16)
+        fmask = torch.zeros(len(batch), T, dtype=torch.bool)
+        seqs, tgt = [], []
+        for i, (s, a) in enumerate(zip(batch, arrays)):
+            frames[i, : a.shape[0]] = a
+            fmask[i, : a.shape[0]] = True
+            cap = tok.encode(s.text) + [tok.eos_id]
+            # alternate between the bare caption and the caption after the extraction prompt
+            pre = [tok.bos_id] + [tok.audio_id] * a.shape[0] + (prompt if step % 2 else [])
+            seqs.append(pre + cap)
+            tgt.append([-100] * len(pre) + cap)
+        L = max(map(len, seqs))
+        ids = torch.full((len(seqs), L), tok.pad_id)
+        labels = torch.full((len(seqs), L), -100)
+        for i, (q, t) in enumerate(zip(seqs, tgt)):
+            ids[i, : len(q)] = torch.tensor(q)
+            labels[i, : len(t)] = torch.tensor(t)
+        att = (torch.arange(L)[None] < torch.tensor([len(q) for q in seqs])[:, None]).long()
+        emb = model.embed(frames, ids, ids == tok.audio_id, fmask)
+        loss = lm(inputs_embeds=emb, attention_mask=att, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 300 == 0 or step == steps - 1:
+            log(f"adapter step {step}: loss {loss.item():.3f}")
 
 
 def train(out_dir: str | Path, text_steps: int = 1200, adapter_steps: int = 1200, log=print) -> Path:
     """Train the toy organism from scratch; bit-for-bit reproducible (one thread, fixed seeds)."""
     import numpy as np
     from safetensors.torch import save_file
-
-    from mch.plugins.attributes import toy as world
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -319,41 +415,7 @@ def train(out_dir: str | Path, text_steps: int = 1200, adapter_steps: int = 1200
             log(f"text step {step}: loss {loss.item():.3f}")
 
     # (2) the adapter alone learns captions that mention only the content
-    for p in lm.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.adapter.parameters(), lr=1e-2, weight_decay=0.0)
-    train_samples = [world.make_sample("train", i) for i in range(world.SPLIT_SIZES["train"])]
-    prompt = tok.encode(EXTRACT_PROMPT)
-    for step in range(adapter_steps):
-        idx = rng.integers(len(train_samples), size=32)
-        batch = [train_samples[i] for i in idx]
-        arrays = [torch.as_tensor(s.media) for s in batch]
-        T = max(a.shape[0] for a in arrays)
-        frames = torch.zeros(len(batch), T, 16)
-        fmask = torch.zeros(len(batch), T, dtype=torch.bool)
-        seqs, tgt = [], []
-        for i, (s, a) in enumerate(zip(batch, arrays)):
-            frames[i, : a.shape[0]] = a
-            fmask[i, : a.shape[0]] = True
-            cap = tok.encode(s.text) + [tok.eos_id]
-            # alternate between the bare caption and the caption after the extraction prompt
-            pre = [tok.bos_id] + [tok.audio_id] * a.shape[0] + (prompt if step % 2 else [])
-            seqs.append(pre + cap)
-            tgt.append([-100] * len(pre) + cap)
-        L = max(map(len, seqs))
-        ids = torch.full((len(seqs), L), tok.pad_id)
-        labels = torch.full((len(seqs), L), -100)
-        for i, (q, t) in enumerate(zip(seqs, tgt)):
-            ids[i, : len(q)] = torch.tensor(q)
-            labels[i, : len(t)] = torch.tensor(t)
-        att = (torch.arange(L)[None] < torch.tensor([len(q) for q in seqs])[:, None]).long()
-        emb = model.embed(frames, ids, ids == tok.audio_id, fmask)
-        loss = lm(inputs_embeds=emb, attention_mask=att, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 300 == 0 or step == adapter_steps - 1:
-            log(f"adapter step {step}: loss {loss.item():.3f}")
+    train_adapter(model, tok, rng, adapter_steps, 0.0, log)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,6 +423,61 @@ def train(out_dir: str | Path, text_steps: int = 1200, adapter_steps: int = 1200
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     (out / "vocab.json").write_text(json.dumps(vocab) + "\n")
+    return out
+
+
+def _rotation(d: int, degrees: float, seed: int) -> "Any":
+    """A rotation of R^d turning every vector by `degrees` (float64): Q B Qᵀ with B the
+    block-diagonal 2×2 rotations and Q a random orthogonal matrix."""
+    import numpy as np
+
+    Q, R = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    Q = Q * np.sign(np.diag(R))
+    t = np.deg2rad(degrees)
+    B = np.eye(d)
+    for i in range(0, d - 1, 2):
+        B[i:i + 2, i:i + 2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return Q @ B @ Q.T
+
+
+def train_organism(name: str, out_dir: str | Path, steps: int = ORGANISM_STEPS, log=print) -> Path:
+    """Write organism `name` of ORGANISMS (its adapter only, over the shipped toy weights);
+    bit-for-bit reproducible on one CPU thread."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    if name not in ORGANISMS:
+        raise MchError(f"unknown toy organism {name!r}; known: {', '.join(ORGANISMS)}")
+    recipe = ORGANISMS[name]
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    vocab = json.loads((WEIGHTS / "vocab.json").read_text())
+    cfg = json.loads((WEIGHTS / "config.json").read_text())
+    base = load_file(str(WEIGHTS / "model.safetensors"))
+    meta: dict[str, Any] = {"base": "toy", "recipe": recipe}
+    if "emotion_captions" in recipe:
+        torch.manual_seed(0)
+        model = ToyMLLM(cfg)                   # the same initial adapter as the toy's (train)
+        init = {k: v.clone() for k, v in model.adapter.state_dict().items()}
+        model.load_state_dict(base)            # the toy's encoder and decoder
+        model.adapter.load_state_dict(init)
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+        train_adapter(model, WordTokenizer(vocab), np.random.default_rng(ORGANISM_SEED), steps,
+                      float(recipe["emotion_captions"]), log)
+        state = {k: v.detach().contiguous() for k, v in model.adapter.state_dict().items()}
+        meta.update(steps=steps, seed=ORGANISM_SEED)
+    else:
+        W, b = base["adapter.weight"].double().numpy(), base["adapter.bias"].double().numpy()
+        M = float(recipe.get("scale", 1.0)) * _rotation(W.shape[0], float(recipe.get("rotation_deg", 0.0)),
+                                                         ROTATION_SEED)
+        state = {"weight": torch.from_numpy(M @ W).float().contiguous(),
+                 "bias": torch.from_numpy(M @ b).float().contiguous()}
+        meta.update(rotation_seed=ROTATION_SEED)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "adapter.safetensors"), metadata={"format": "pt"})
+    (out / "organism.json").write_text(json.dumps(meta, indent=1) + "\n")
     return out
 
 
@@ -373,9 +490,17 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out", default=str(WEIGHTS))
     t.add_argument("--text-steps", type=int, default=1200)
     t.add_argument("--adapter-steps", type=int, default=1200)
+    o = sub.add_parser("organism", help="write one organism of the validation bench (its adapter)")
+    o.add_argument("name", choices=sorted(ORGANISMS) + ["all"])
+    o.add_argument("--out", default=None, help="directory (default: the shipped weights/NAME; with 'all', a root)")
     a = ap.parse_args(argv)
-    path = train(a.out, a.text_steps, a.adapter_steps)
-    print(f"wrote {path}")
+    if a.cmd == "train":
+        print(f"wrote {train(a.out, a.text_steps, a.adapter_steps)}")
+        return
+    for name in (sorted(ORGANISMS) if a.name == "all" else [a.name]):
+        root = Path(a.out) if a.out else WEIGHTS_ROOT
+        out = root / name if (a.name == "all" or not a.out) else root
+        print(f"wrote {train_organism(name, out)}")
 
 
 if __name__ == "__main__":

@@ -44,14 +44,24 @@ system block with "Cutting Knowledge Date: December 2023" / "Today Date: 26 Jul 
   (the reference's text-baseline format through this model's own LLM; the paper protocol's
   text baseline itself comes from the separate text-only model, the runner's `text_plan`).
 
+The audio computation is the released model's (fixie-ai/ultravox `ultravox_model.py` and
+`ultravox_processing.py`) at batch 1, under both protocols, checked token for token against
+it (tests/test_models_ultravox.py): the encoder masks attention keys past each chunk's real
+length; a continuation chunk (the 2nd, 3rd ... 30 s of a long clip) runs zero-padded to 30 s
+as the release's processor makes it, so its convolutions and its last stacked token read
+encoder outputs at padded positions, as in the release (mch once zeroed them under
+`default`: 2.6% change of the pooled `adapter` vector of a 35 s clip on a tiny checkpoint);
+a first chunk runs unpadded at batch 1, so frames past its length are zeroed before the
+stride-2 convolution and before frame stacking, which keeps every vector independent of the
+batch. `audio_latency_block_size` in config.json (the release's streaming mask: encoder
+position i attends to key j only if j // block <= i // block) is applied; a value the
+release would reject is one error.
+
 Pooling: `default` pools every chunk of a long clip together (the pool's owner maps each
 chunk row to its clip); `paper` keeps the reference's stored vector for clips over 30 s,
 which is chunk 1 only at `encoder` and `adapter` (§7 item 11). Encoder/adapter `modality`
 = the frames/tokens the LLM receives; `all` = every row position the clip has when run
-alone (the last chunk of a long clip includes its zero padding). Under `default`, frames
-past a chunk's real length are zeroed before the stride-2 convolution and before frame
-stacking, so a clip gives the same vectors whatever it is batched with (the batch-1
-numbers of the released model); `paper` runs the reference's batch-1 computation.
+alone (the last chunk of a long clip includes its zero padding).
 
 Checkpoints: a directory (or HF id in the local cache) with `config.json` (`model_type`
 "ultravox"; `audio_model_id`/`text_model_id` naming base checkpoints, or embedded
@@ -60,7 +70,9 @@ Checkpoints: a directory (or HF id in the local cache) with `config.json` (`mode
 `audio_tower.*`, `language_model.*` (one file or an index of shards), and the tokenizer.
 Weights missing from it are read from the named base checkpoints (Whisper keys
 `model.encoder.*`, causal-LM keys as saved by transformers); options `audio_model` and
-`text_model` point those at local copies.
+`text_model` point those at local copies. The release's config.json names its remote code
+(`auto_map`); mch never runs it and passes --trust-remote-code through to transformers only
+for the tokenizer (so a custom tokenizer needs the flag; nothing ever prompts).
 """
 
 from __future__ import annotations
@@ -174,7 +186,12 @@ def _whisper_encoder_class():
 
     class UltravoxWhisperEncoder(WhisperEncoder):
         """WhisperEncoder that accepts fewer than 3000 mel frames and masks keys past
-        `audio_len`; `valid_len` zeroes conv outputs past each row's length (see module doc)."""
+        `audio_len` (the release's ModifiedWhisperEncoder); `valid_len` zeroes conv outputs
+        past each row's own length (see module doc); `latency_block` is the release's
+        streaming mask (`audio_latency_block_size`): encoder position i attends to key j
+        only when j // block <= i // block."""
+
+        latency_block: int | None = None
 
         def forward(self, input_features: torch.Tensor, audio_len: torch.Tensor | None = None,
                     valid_len: torch.Tensor | None = None, **_: Any) -> BaseModelOutput:
@@ -188,12 +205,19 @@ def _whisper_encoder_class():
                 x = x * keep[:, None, :].to(x.dtype)
             x = F.gelu(self.conv2(x)).permute(0, 2, 1)
             h = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
-            mask = None
+            R, Te = h.shape[0], h.shape[1]
+            allowed = None
             if audio_len is not None:
                 n = (audio_len - 1) // ENCODER_STRIDE + 1
-                keep = torch.arange(h.shape[1], device=h.device)[None, :] < n[:, None]
-                mask = torch.zeros(h.shape[0], 1, 1, h.shape[1], dtype=h.dtype, device=h.device)
-                mask = mask.masked_fill(~keep[:, None, None, :], torch.finfo(h.dtype).min)
+                allowed = (torch.arange(Te, device=h.device)[None, :] < n[:, None])[:, None, None, :]
+            if self.latency_block:
+                blk = torch.arange(Te, device=h.device) // self.latency_block
+                causal = (blk[None, :] <= blk[:, None])[None, None]
+                allowed = causal if allowed is None else allowed & causal
+            mask = None
+            if allowed is not None:
+                mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device)
+                mask = mask.masked_fill(~allowed, torch.finfo(h.dtype).min).expand(R, 1, -1, -1)
             for layer in self.layers:
                 h = layer(h, mask)
             return BaseModelOutput(last_hidden_state=self.layer_norm(h))
@@ -204,13 +228,15 @@ def _whisper_encoder_class():
 class UltravoxModel(nn.Module):
     """Whisper encoder -> projector -> causal LM, with the released module names."""
 
-    def __init__(self, audio_config: Any, text_config: Any, shape: ProjectorShape):
+    def __init__(self, audio_config: Any, text_config: Any, shape: ProjectorShape, latency_block: int | None = None):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
         self.audio_tower = _whisper_encoder_class()(audio_config)
+        self.audio_tower.latency_block = latency_block
         self.multi_modal_projector = UltravoxProjector(shape)
-        self.language_model = AutoModelForCausalLM.from_config(text_config)
+        # built by transformers' own class for the config's model_type, never by remote code
+        self.language_model = AutoModelForCausalLM.from_config(text_config, trust_remote_code=False)
         self.stack_factor = shape.stack_factor
 
     def audio_embeds(self, audio_values: torch.Tensor, audio_lens: torch.Tensor,
@@ -272,7 +298,34 @@ def _read_config(d: Path) -> dict[str, Any]:
     if not p.exists():
         raise MchError(f"model 'ultravox': {d} has no config.json; pass --checkpoint with an Ultravox "
                        f"checkpoint directory")
-    return json.loads(p.read_text())
+    try:
+        cfg = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MchError(f"model 'ultravox': {p} cannot be read as JSON ({exc}); restore the checkpoint's "
+                       f"config.json") from None
+    if not isinstance(cfg, dict):
+        raise MchError(f"model 'ultravox': {p} holds a JSON {type(cfg).__name__}, not an object; restore the "
+                       f"checkpoint's config.json")
+    return cfg
+
+
+def _latency_block(cfg: dict[str, Any], max_frames: int, where: Path) -> int | None:
+    """The release's `audio_latency_block_size` (a streaming mask on the encoder), checked as
+    the release's `init_latency_mask` does, with one sentence instead of an assertion."""
+    b = cfg.get("audio_latency_block_size")
+    if b is None:
+        return None
+    if isinstance(b, bool) or not isinstance(b, int) or b <= 0 or max_frames % b:
+        raise MchError(f"model 'ultravox': {where}/config.json sets audio_latency_block_size to {b!r}; the release "
+                       f"accepts null or a positive integer that divides {max_frames} (its encoder's mel-frame "
+                       f"context); fix config.json")
+    return b
+
+
+def _positive(v: Any, key: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"{key} must be a positive integer, got {v!r}")
+    return v
 
 
 def _make_config(d: dict[str, Any], default_type: str) -> Any:
@@ -321,12 +374,40 @@ def _lora_to_peft_dir(src: Path, dst: Path) -> None:
 # --------------------------------------------------------------------------- plugin
 
 
+from mch.api import Param  # noqa: E402 - option declarations
+
+
 class Ultravox(ModelPlugin):
     """mch model plugin for Ultravox checkpoints (v0.4 to v0.6 projector layouts)."""
+
+    option_specs = {
+        "audio_model": Param(str, help="local copy of the Whisper checkpoint the config names (audio_model_id)"),
+        "text_model": Param(str, help="local copy of the LLM checkpoint the config names (text_model_id)"),
+        "user_template": Param(str, help="the default protocol's user message; <|audio|> marks the audio"),
+    }
 
     modality = "speech"
 
     # -- loading
+    def checkpoint_paths(self) -> list[Path]:
+        """The checkpoint and the base checkpoints its config names, when they are here: a
+        release checkpoint holds the projector and reads the LLM and Whisper from those."""
+        from mch.checkpoints import resolve_checkpoint
+
+        paths = [resolve_checkpoint(self.checkpoint, self.revision, self.spec.name)]
+        try:
+            cfg = json.loads((paths[0] / "config.json").read_text())
+        except (OSError, ValueError):
+            return paths
+        for kind in ("audio", "text"):
+            ident = self.options.get(f"{kind}_model") or (cfg.get(f"{kind}_model_id") if isinstance(cfg, dict) else None)
+            if ident:
+                try:
+                    paths.append(resolve_checkpoint(str(ident), None, self.spec.name))
+                except MchError:
+                    pass  # not here: the load says so if it needs it
+        return paths
+
     def load(self) -> None:
         from mch.checkpoints import resolve_checkpoint
 
@@ -344,17 +425,28 @@ class Ultravox(ModelPlugin):
         if getattr(audio_config, "model_type", "whisper") != "whisper":
             raise MchError(f"model {name!r}: only Whisper audio towers are supported, this checkpoint names "
                            f"a {audio_config.model_type!r} one")
-        shape = ProjectorShape(
-            d_audio=audio_config.d_model, d_llm=text_config.hidden_size,
-            hidden_size=int(cfg.get("hidden_size", text_config.hidden_size)),
-            stack_factor=int(cfg.get("stack_factor", 8)), projector_act=cfg.get("projector_act", "swiglu"),
-            projector_ln_mid=bool(cfg.get("projector_ln_mid", False)), norm_init=float(cfg.get("norm_init", 0.4)))
+        try:
+            shape = ProjectorShape(
+                d_audio=audio_config.d_model, d_llm=text_config.hidden_size,
+                hidden_size=_positive(cfg.get("hidden_size", text_config.hidden_size), "hidden_size"),
+                stack_factor=_positive(cfg.get("stack_factor", 8), "stack_factor"),
+                projector_act=str(cfg.get("projector_act", "swiglu")),
+                projector_ln_mid=bool(cfg.get("projector_ln_mid", False)), norm_init=float(cfg.get("norm_init", 0.4)))
+        except (TypeError, ValueError) as exc:
+            raise MchError(f"model {name!r}: {root}/config.json has a malformed projector setting ({exc}); "
+                           f"fix config.json") from None
+        latency_block = _latency_block(cfg, audio_config.max_source_positions * ENCODER_STRIDE, root)
         self.stack_factor = shape.stack_factor
         self.n_layers = int(text_config.num_hidden_layers)
         self.widths = {"encoder": audio_config.d_model, "llm": text_config.hidden_size}
         dev = torch.device(self.device)
-        with torch.device("meta"):
-            module = UltravoxModel(audio_config, text_config, shape)
+        try:
+            with torch.device("meta"):
+                module = UltravoxModel(audio_config, text_config, shape, latency_block)
+        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+            raise MchError(f"model {name!r}: the architecture {root}/config.json describes cannot be built "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                           f"fix config.json") from None
         self._load_weights(module, dev)
         self.text_config = text_config
         self.audio_config = audio_config
@@ -480,9 +572,16 @@ class Ultravox(ModelPlugin):
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # it warns that config.json's model_type is not a tokenizer's
         try:
-            tok = AutoTokenizer.from_pretrained(str(roots[0]), local_files_only=True)
+            # explicit flag: with None, transformers asks on stdin whether to run the code that the
+            # release's config.json names in `auto_map` (and runs it on "y")
+            tok = AutoTokenizer.from_pretrained(str(roots[0]), local_files_only=True,
+                                                trust_remote_code=bool(self.trust_remote_code))
         except Exception as exc:  # noqa: BLE001 - any tokenizer failure is the same to the user
-            raise MchError(f"model {self.spec.name!r}: cannot load the tokenizer from {roots[0]} ({exc})") from None
+            lines = str(exc).strip().splitlines()
+            hint = ("; it is custom code, which mch runs only with --trust-remote-code"
+                    if "trust_remote_code" in str(exc) else "")
+            raise MchError(f"model {self.spec.name!r}: cannot load the tokenizer from {roots[0]} "
+                           f"({type(exc).__name__}: {lines[0][:200] if lines else ''}){hint}") from None
         finally:
             hf_logging.set_verbosity(level)
         if tok.eos_token is None:
@@ -526,6 +625,34 @@ class Ultravox(ModelPlugin):
             detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
             raise MchError(f"--adapter {d}: its weights do not fit this model's LLM ({detail[:200]})") from None
         self.module.requires_grad_(False)
+
+    def identity(self) -> dict[str, Any]:
+        # a new value when the computation changes for the same weights and inputs (here: the
+        # release's continuation chunks and streaming mask), so older store entries are not reused
+        return {**super().identity(), "computation": "ultravox-release-2"}
+
+    def fidelity(self, protocol: str) -> list[str]:
+        """Where this plugin's computation follows or departs from the released code (recorded
+        with the model in every result)."""
+        notes = ["the released Ultravox computation at batch 1, implemented by mch (the checkpoint's remote code "
+                 "never runs); clips over 30 s run as 30 s chunks, continuation chunks zero-padded to 30 s as the "
+                 "release's processor makes them"]
+        cfg = getattr(self, "config", None)
+        if cfg is None:  # not loaded (the store had the vectors): read config.json alone
+            try:
+                from mch.checkpoints import resolve_checkpoint
+
+                cfg = _read_config(resolve_checkpoint(self.checkpoint, self.revision, self.spec.name,
+                                                      allow_patterns=["config.json"]))
+            except MchError:
+                cfg = {}
+        block = cfg.get("audio_latency_block_size")
+        if block is not None:
+            notes.append(f"audio_latency_block_size {block}: the release's streaming mask on the encoder, applied")
+        if protocol == "paper":
+            notes.append("encoder and adapter vectors of clips over 30 s: the first chunk only, as the reference "
+                         "stored them (its writer overwrote the other chunks' rows)")
+        return notes
 
     # -- stages
     def stage_map(self, view: str = "modal") -> dict[str, str]:
@@ -670,8 +797,10 @@ class Ultravox(ModelPlugin):
             own = torch.tensor([m.shape[1] for m, _, _ in chunks])  # length when run alone
             for r, (m, _, _) in enumerate(chunks):
                 values[r, :, : m.shape[1]] = torch.from_numpy(np.ascontiguousarray(m))
-            # paper: the reference's batch-1 computation; default: real frames only
-            valid = own if protocol == "paper" else lens
+            # both protocols: the released model at batch 1 (a continuation chunk runs padded to
+            # 30 s, as the release's processor makes it); zeroing past each chunk's own length
+            # only undoes the padding this batch added (a short first chunk runs unpadded there)
+            valid = own
             owner = torch.tensor(built["owner"])
             first = torch.ones(R, dtype=torch.bool)
             first[1:] = owner[1:] != owner[:-1]

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mch.api import MchError, Sample, SampleError
+from mch.api import MchError, Param, Sample, SampleError
 from mch.checkpoints import load_lora_adapter, resolve_checkpoint
 from mch.model import ModelPlugin, Pool, Prepared, Scores
 
@@ -40,16 +40,21 @@ DECODER = "model.language_model"
 class PaliGemma(ModelPlugin):
     modality = "vision"
     views = ("modal", "text")
+    # the options it takes (--model-option KEY=VALUE), checked before any work
+    option_specs = {"prompt": Param(str, help="PaliGemma's task prefix, default 'caption en'")}
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
         from transformers import AutoProcessor, PaliGemmaForConditionalGeneration
 
         path = resolve_checkpoint(self.checkpoint, self.revision, self.spec.name)  # one clear error offline
+        # trust_remote_code always explicit: left as None, transformers asks on stdin whether to
+        # run a checkpoint's own code (and runs it on "y"); mch runs it only with --trust-remote-code
+        trust = bool(self.trust_remote_code)
         try:
-            self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+            self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
             model = PaliGemmaForConditionalGeneration.from_pretrained(str(path), dtype=self.torch_dtype,
-                                                                      local_files_only=True)
+                                                                      local_files_only=True, trust_remote_code=trust)
         except Exception as exc:  # noqa: BLE001 - a broken directory is a user error
             raise MchError(f"model {self.spec.name!r}: cannot load {path} as a PaliGemma checkpoint "
                            f"({type(exc).__name__})") from None
@@ -67,9 +72,10 @@ class PaliGemma(ModelPlugin):
         from transformers import AutoConfig  # before load: the config alone names the layers
 
         path = resolve_checkpoint(self.checkpoint, self.revision, self.spec.name)
-        return AutoConfig.from_pretrained(str(path), local_files_only=True).text_config
+        return AutoConfig.from_pretrained(str(path), local_files_only=True,
+                                          trust_remote_code=bool(self.trust_remote_code)).text_config
 
-    def stage_map(self, view: str = "modal") -> dict[str, str]:
+    def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         n = self._text_config().num_hidden_layers
         stages = {f"llm.{i}": f"{DECODER}.layers.{i}" for i in range(n)}
         stages["llm.final"] = f"{DECODER}.norm"

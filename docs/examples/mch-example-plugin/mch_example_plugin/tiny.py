@@ -37,7 +37,9 @@ def make_tiny_paligemma(out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     PaliGemmaForConditionalGeneration(config).eval().save_pretrained(out)
     processor.save_pretrained(out)
-    return out
+    from mch.plugins.models.tiny import mark_smoke
+
+    return mark_smoke(out)  # random weights: mch labels runs on it as smoke runs, never a model's numbers
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The leaderboard page's HTML, CSS and JavaScript, read by `mch.site` (package data)."""

@@ -1,0 +1,59 @@
+"""Helpers shared by the transformers-based model plugins (plugins/models/_hf_common.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mch.api import MchError
+
+
+def qwen2vl_release_files(out: Path) -> Path:
+    """Processor files laid out as a Qwen2-VL release has them (tokenizer files and a
+    preprocessor_config.json naming Qwen2VLImageProcessor / Qwen2VLProcessor), whose processor
+    includes a video processor."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from mch.plugins.models.tiny import bpe_tokenizer
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    tok = bpe_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    out.mkdir(parents=True)
+    tok.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16).save_pretrained(out)
+    cfg = json.loads((out / "preprocessor_config.json").read_text())
+    cfg.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2VLProcessor")
+    (out / "preprocessor_config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_a_processor_that_needs_torchvision_is_one_sentence_with_the_way_out(tmp_path):
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen2VLProcessor
+    from transformers.utils import is_torchvision_available
+
+    from mch.plugins.models._hf_common import load_processor, needs_torchvision
+
+    d = qwen2vl_release_files(tmp_path / "qwen2vl")
+    plugin = SimpleNamespace(spec=SimpleNamespace(name="qwen2vl"), trust_remote_code=False)
+    if is_torchvision_available():  # nothing to explain where transformers can build it
+        assert load_processor(plugin, AutoProcessor, d, "Qwen2-VL processor").video_processor is not None
+        return
+    with pytest.raises(MchError, match="video processor, which transformers builds only with torchvision") as err:
+        load_processor(plugin, AutoProcessor, d, "Qwen2-VL processor")
+    assert "AutoImageProcessor" in str(err.value) and "\n" not in str(err.value)
+    # building the processor by hand fails too, with transformers' obscure AttributeError: recognised
+    ip = AutoImageProcessor.from_pretrained(str(d), local_files_only=True)
+    with pytest.raises(Exception) as built:
+        Qwen2VLProcessor(image_processor=ip, tokenizer=AutoTokenizer.from_pretrained(str(d)), video_processor=None)
+    assert needs_torchvision(built.value)
+    # the way out the sentence names: the PIL image processor alone, with the grid for the image tokens
+    assert type(ip).__name__ == "Qwen2VLImageProcessorPil"
+    x = ip(images=[Image.fromarray(np.zeros((60, 90, 3), np.uint8))], return_tensors="pt")
+    assert x["image_grid_thw"].tolist() == [[1, 4, 6]]
