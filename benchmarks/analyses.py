@@ -34,6 +34,9 @@ Sections
   (n_jobs > 1, one BLAS thread per split) is checked for identical accuracies. The default
   run reports where its time went (stage bases, the fits' products, the solver's steps),
   timed inside the measured run.
+- probe_control (issue 13): the default probe with its control task (labels permuted across
+  groups, fitted at the lam the real labels chose) against the same probe without it, on the
+  toy organism's stored vectors and on the probe section's N x d vectors. Target: <= 1.2x.
 """
 
 from __future__ import annotations
@@ -531,10 +534,100 @@ def bench_probe(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- probe control task (issue 13)
+
+
+def mch_probe_control(files: dict[str, Any], control: bool) -> dict[str, Any]:
+    """The default probe on the benchmark vectors with its control task on or off."""
+    from mch.api import AnalysisSpec
+    from mch.plugins.analyses.probe import Probe
+
+    probe = Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
+    params = {**probe.default_params("default"), "control": control}
+    t, c = time.perf_counter(), time.process_time()
+    out = probe.run(_probe_context(files, "default", params))
+    return _control_result(out, time.perf_counter() - t, time.process_time() - c)
+
+
+def toy_probe_control(store: str, control: bool) -> dict[str, Any]:
+    """The default probe on the toy organism's stored representations (600 test samples),
+    control task on or off; the analysis alone is timed (the store is filled beforehand)."""
+    from mch.runner import RunConfig, analyze, extract, plan
+
+    cfg = RunConfig(analyses=["probe"], store=Path(store), params={"probe": {"control": control}})
+    p = plan(cfg)
+    entry = extract(p, "modal")
+    t, c = time.perf_counter(), time.process_time()
+    (_, out, _, _), = analyze(p, entry)
+    return _control_result(out, time.perf_counter() - t, time.process_time() - c)
+
+
+def _control_result(out: Any, seconds: float, cpu: float) -> dict[str, Any]:
+    get = lambda name: {(m.stage, m.attribute): m.value for m in out.metrics if m.metric == name}  # noqa: E731
+    stages = [v for info in out.summary["attributes"].values() for v in info.get("stages", {}).values()]
+    return {"seconds": seconds, "cpu": cpu, "i_probe": get("i_probe_bits"), "control": get("control_i_probe_bits"),
+            "selectivity": get("selectivity"), "fits": sum(v["fits"] for v in stages),
+            "control_fits": sum(v.get("control_fits", {}).get("fits", 0) for v in stages),
+            "control_evals": sum(v.get("control_fits", {}).get("total_evals", 0) for v in stages),
+            "evals": sum(v["total_evals"] for v in stages),
+            "unconverged": sum(v["n_unconverged"] for v in stages)}
+
+
+def bench_probe_control(args: argparse.Namespace) -> list[str]:
+    """The default probe with its control task (science.md §1) against the same probe without
+    it, in one run, alternating on/off/off/on so that drift in the machine's load falls on both
+    sides. Target: on / off <= 1.2 on the toy and on the N x d benchmark vectors. The analysis
+    time is measured inside each spawned process (the toy's store is filled once, untimed)."""
+    class _Lines(list):  # echo each line to stderr as it comes: a long run shows its progress
+        def append(self, line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+            super().append(line)
+
+    lines = _Lines()
+    load = lambda: f"load {os.getloadavg()[0]:.1f}"  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        store = str(Path(tmp) / "store")
+        measured(toy_probe_control, store, False, trace=False)  # fills the store
+        files = probe_vectors(Path(tmp), args.n, args.d)
+        for name, fn, arg, rounds in (("toy (600 x 32..64, 3 attributes, 7 stages)", toy_probe_control, store, 3),
+                                      (f"vectors (N = {args.n} x d = {args.d}, 2 attributes, 4 stages)",
+                                       mch_probe_control, files, 1)):  # 4 runs: ~1.5 min each on 2 idle cores
+            t: dict[bool, list[float]] = {True: [], False: []}
+            cpu: dict[bool, list[float]] = {True: [], False: []}
+            res = {}
+            for on in [True, False, False, True] * rounds:
+                r = measured(fn, arg, on, trace=False)["result"]
+                t[on].append(r["seconds"])
+                cpu[on].append(r["cpu"])
+                res[on] = r
+            # medians: a shared machine's load spikes hit single runs; the sums' ratio is given too
+            ratio = float(np.median(t[True]) / np.median(t[False]))
+            on = res[True]
+            lines.append(f"probe control, {name}: on {np.median(t[True]):.1f} s, off {np.median(t[False]):.1f} s "
+                         f"(medians of {len(t[True])}), on/off {ratio:.2f} (target <= 1.2: "
+                         f"{'met' if ratio <= 1.2 else 'NOT met'}; ratio of sums {sum(t[True]) / sum(t[False]):.2f}; "
+                         f"runs on {' '.join(f'{x:.1f}' for x in t[True])}, off {' '.join(f'{x:.1f}' for x in t[False])})"
+                         f"   [{load()}]")
+            # CPU time (the process's, all threads): what the work costs, far less moved by other jobs'
+            # load than wall time on a shared machine
+            cpu_ratio = float(np.median(cpu[True]) / np.median(cpu[False]))
+            lines.append(f"    CPU time: on {np.median(cpu[True]):.1f} s, off {np.median(cpu[False]):.1f} s, on/off "
+                         f"{cpu_ratio:.2f} (target <= 1.2: {'met' if cpu_ratio <= 1.2 else 'NOT met'}); evaluations "
+                         f"{on['evals']} + control {on['control_evals']} "
+                         f"(+{100 * on['control_evals'] / max(on['evals'], 1):.0f}%)")
+            lines.append(f"    fits {on['fits']} + control {on['control_fits']}; unconverged {on['unconverged']}")
+            for key in sorted(on["i_probe"], key=lambda k: (k[1], str(k[0]))):
+                if key in on["control"]:
+                    lines.append(f"    {key[1]:8s} {key[0]:10s} I_probe {on['i_probe'][key]:6.3f}  control "
+                                 f"{on['control'][key]:7.3f}  selectivity {on['selectivity'][key]:.3f}")
+    return lines
+
+
 # --------------------------------------------------------------------------- driver
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {"modes": bench_modes, "probe": bench_probe,
-                                                                   "split": bench_split}
+                                                                  "probe_control": bench_probe_control,
+                                                                  "split": bench_split}
 
 
 def main(argv: list[str] | None = None) -> None:

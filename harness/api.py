@@ -81,7 +81,11 @@ class Attribute:
     `verbalizers[c]` are the words a text decoder would use for class c (first is canonical);
     `query` is the text that precedes a verbalizer when the decoder is asked about it (GMI);
     `group_key` names the `Sample.groups` entry that must stay on one side of a split;
-    `text_describable` says whether the attribute is in the paired text (lexical, content).
+    `text_describable` says whether the attribute is in the paired text (lexical, content);
+    `verbalizable` says whether a text decoder could name the classes from the input (emotion
+    words, sound classes: yes; arbitrary ids such as "reader 1089": no, and GMI leaves them out);
+    `cluster_key` names a `Sample.groups` entry whose groups the CIs resample when the
+    clusters differ from the split groups (None: the group key; science.md §8).
     """
 
     name: str
@@ -91,6 +95,8 @@ class Attribute:
     group_key: str
     text_describable: bool = False
     description: str = ""
+    verbalizable: bool = True
+    cluster_key: str | None = None
     label_rule: dict[str, str] = field(default_factory=dict)  # protocol -> rule, recorded in results
 
     def __post_init__(self) -> None:
@@ -495,9 +501,10 @@ class Metric:
     ci_low: float | None = None
     ci_high: float | None = None
     n: int | None = None
+    n_groups: int | None = None  # how many groups the CI's resamples drew from (science.md §8)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return {k: v for k, v in self.__dict__.items() if k != "n_groups" or v is not None}
 
 
 @dataclass
@@ -505,3 +512,6 @@ class AnalysisOutput:
     metrics: list[Metric] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # per-resample values that later analyses of the same run reuse (science.md §8: ratios from
+    # the same draws), keyed (metric, stage, attribute); never written to the record
+    replicates: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)

@@ -179,6 +179,8 @@ def test_toy_sensitivity_bound_and_cache(tmp_path):
     assert lip["L_seq_mean"]["ci_low"] <= lip["L_seq_mean"]["value"] <= lip["L_seq_mean"]["ci_high"]
     b = {m["metric"]: m for m in first["bound"]["metrics"]}
     assert b["logscore_gap"]["ci_low"] <= b["logscore_gap"]["value"] <= b["logscore_gap"]["ci_high"]
+    # default protocol: the CIs resample the run's groups (the toy's key is the sample: 24 rows, 24 groups)
+    assert b["logscore_gap"]["n_groups"] == 24 and b["L_p95"]["n_groups"] == 24
     assert b["W1"]["value"] <= b["paired_distance"]["value"] + 1e-9
     assert b["bound_held_W1"]["value"] == 1.0 and b["bound_held_paired"]["value"] == 1.0
     assert b["path_integral_rel_error"]["value"] < 0.3

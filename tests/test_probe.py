@@ -164,7 +164,9 @@ def test_metrics_are_consistent_with_their_definitions():
         assert metric(out, "retention_ratio", s, "a").value == pytest.approx((a.value - c_maj) / (1 - c_maj))
         i = metric(out, "i_probe_bits", s, "a").value
         ce = metric(out, "cross_entropy_bits", s, "a").value
-        assert i == pytest.approx(info["label_entropy_bits"] - ce)
+        # V-information against the held-out intercept-only model; the old quantity beside it
+        assert i == pytest.approx(info["stages"][s]["null_cross_entropy_bits"] - ce)
+        assert metric(out, "i_probe_prior_bits", s, "a").value == pytest.approx(info["label_entropy_bits"] - ce)
         assert 0 < metric(out, "balanced_accuracy", s, "a").value <= 1
     assert metric(out, "retained_pct", None, "a").value == pytest.approx(
         100 * (acc["llm.final"] - c_maj) / (acc["adapter"] - c_maj))

@@ -39,19 +39,41 @@ def test_hidden_factors_are_present_at_the_adapter(records):
         assert _metric(probe, "i_probe_bits", "adapter", attr)["value"] > min_bits
 
 
+def test_hidden_factors_are_present_above_their_control_task(records):
+    """science.md §1: I_probe above the control task's (labels permuted across groups, same
+    folds and lam) at the adapter, and selectivity clear of 0."""
+    probe = records["probe"]
+    for attr in ("speaker", "emotion"):
+        ip = _metric(probe, "i_probe_bits", "adapter", attr)
+        control = _metric(probe, "control_i_probe_bits", "adapter", attr)
+        assert ip["ci_low"] > control["ci_high"], (attr, ip, control)
+        assert _metric(probe, "selectivity", "adapter", attr)["ci_low"] > 0.1
+
+
 def test_hidden_factors_are_not_accessible_to_the_decoder(records):
+    """GMI ~ 0 and no evidence of access: the permutation p-value is not small."""
     gmi = records["gmi"]
     for attr in ("speaker", "emotion"):
         g = _metric(gmi, "gmi_bits", "llm.final", attr)
         assert g["value"] < 0.1 and g["ci_high"] < 0.2, (attr, g)
+        # retrained toy (issue 14): emotion p 0.83; speaker p 0.030 (0.037 at 4000 permutations)
+        # for a GMI of 0.001 bits, a trace of access that 600 samples can detect; a test that
+        # always rejects gives 0.005 here
+        assert _metric(gmi, "gmi_p", "llm.final", attr)["value"] > 0.01, attr
 
 
 def test_the_caption_factor_is_accessible(records):
     g = _metric(records["gmi"], "gmi_bits", "llm.final", "content")
     assert g["ci_low"] > 1.5, g  # of log2(8) = 3 bits
-    acc = _metric(records["gmi"], "accessibility", "adapter", "content")["value"]
-    hidden = _metric(records["gmi"], "accessibility", "adapter", "emotion")["value"]
-    assert acc > 0.5 and hidden < 0.1
+    acc = _metric(records["gmi"], "accessibility", "adapter", "content")
+    hidden = _metric(records["gmi"], "accessibility", "adapter", "emotion")
+    assert acc["value"] > 0.5 and hidden["value"] < 0.1
+    assert acc["ci_low"] > 0.5 and hidden["ci_high"] < 0.1  # CIs from the probe's and GMI's shared draws
+    # the decoder rarely answers some words ("boat"): the LM rate does not charge that bias to
+    # inaccessibility (retrained toy: 2.30 -> 2.75 bits; the LM rate at s = 1 without the
+    # search gives 2.23, below GMI)
+    lm = _metric(records["gmi"], "gmi_lm_bits", "llm.final", "content")
+    assert lm["value"] >= g["value"] and _metric(records["gmi"], "gmi_p", "llm.final", "content")["value"] < 0.01
 
 
 def test_records_carry_provenance(records):

@@ -231,31 +231,78 @@ def adapter_pool(model: Any, batch: Sequence[Sample], protocol: str) -> Any:
 
 
 # --------------------------------------------------------------------------- statistics
+#
+# `seed` below is an int (a row bootstrap: the paper protocol, whose extras keep their
+# numbers) or a `_stats.RowGroups` of the rows (the default protocol: every CI resamples
+# the run's groups with the shared seed, science.md §8); `sample_groups` picks one.
 
 
-def bootstrap(stat: Callable[[np.ndarray], float], n: int, seed: int, n_boot: int = 2000,
+def sample_groups(ctx: Any, samples: Sequence[Sample]) -> Any:
+    """The bootstrap groups of these samples (default protocol: the run's coarsest bootstrap
+    key, `_stats.run_groups`, so deltas resample speakers, chapters, actors ... with the seed
+    shared by the run's analyses), or the run seed (paper protocol: rows, as before)."""
+    if ctx.protocol == "paper":
+        return int(ctx.seed)
+    from ._stats import run_groups
+
+    pos = {s.sample_id: i for i, s in enumerate(ctx.samples)}
+    return run_groups(ctx).subset(np.array([pos[s.sample_id] for s in samples], dtype=np.int64))
+
+
+def grouped(out: Any, seed: Any) -> Any:
+    """Stamp `n_groups` on every metric with a CI (and the key in the summary) when the CIs
+    resampled groups."""
+    from ._stats import RowGroups
+
+    if isinstance(seed, RowGroups):
+        for m in out.metrics:
+            if m.ci_low is not None and m.n_groups is None:
+                m.n_groups = seed.n_groups
+        out.summary["bootstrap"] = {"resamples": "groups", "key": seed.key, "n_groups": seed.n_groups}
+    return out
+
+
+def _weights(seed: Any, n_boot: int) -> np.ndarray | None:
+    from ._stats import RowGroups
+
+    if not isinstance(seed, RowGroups):
+        return None
+    # one group cannot be resampled: no replicates, so no CI rather than a zero-width one
+    return seed.weights(int(n_boot)) if seed.n_groups >= 2 else np.zeros((0, len(seed.codes)))
+
+
+def bootstrap(stat: Callable[[np.ndarray], float], n: int, seed: Any, n_boot: int = 2000,
               level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of stat(rows) over n rows resampled with replacement (paired: the same
-    rows for every array the statistic reads), through `_stats.bootstrap`."""
+    rows for every array the statistic reads), through `_stats.bootstrap`; with groups, each
+    resample's rows are its drawn groups' rows, repeated as often as drawn."""
     from ._stats import bootstrap as boot, percentile_ci
 
     if n < 2:
         return float("nan"), float("nan")
-    lo, hi = percentile_ci(boot(lambda idx: np.array([stat(i) for i in idx]), n, int(n_boot), seed), level)
+    w = _weights(seed, n_boot)
+    if w is not None:
+        rows = np.arange(n)
+        reps = np.array([stat(np.repeat(rows, wb.astype(np.int64))) for wb in w], dtype=np.float64)
+        lo, hi = percentile_ci(reps, level)
+    else:
+        lo, hi = percentile_ci(boot(lambda idx: np.array([stat(i) for i in idx]), n, int(n_boot), seed), level)
     return (float("nan"), float("nan")) if lo is None else (lo, hi)
 
 
-def mean_ci(x: np.ndarray, seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
-    from ._stats import bootstrap as boot, percentile_ci
+def mean_ci(x: np.ndarray, seed: Any, n_boot: int = 2000) -> tuple[float, float, float]:
+    from ._stats import bootstrap as boot, percentile_ci, weighted_means
 
     x = np.asarray(x, dtype=np.float64)
     if len(x) < 2:
         return float(x.mean()) if len(x) else float("nan"), float("nan"), float("nan")
-    lo, hi = percentile_ci(boot(lambda idx: x[idx].mean(1), len(x), int(n_boot), seed))
+    w = _weights(seed, n_boot)
+    reps = weighted_means(x, w) if w is not None else boot(lambda idx: x[idx].mean(1), len(x), int(n_boot), seed)
+    lo, hi = percentile_ci(reps)
     return float(x.mean()), lo if lo is not None else float("nan"), hi if hi is not None else float("nan")
 
 
-def ratio_of_means_pct(num: np.ndarray, den: np.ndarray, seed: int, n_boot: int = 2000
+def ratio_of_means_pct(num: np.ndarray, den: np.ndarray, seed: Any, n_boot: int = 2000
                        ) -> tuple[float, float, float]:
     """100·mean(num)/mean(den) (the reference's pct change: a ratio of means) and its paired
     bootstrap CI."""
@@ -265,8 +312,12 @@ def ratio_of_means_pct(num: np.ndarray, den: np.ndarray, seed: int, n_boot: int 
     point = 100.0 * num.mean() / den.mean() if den.mean() != 0 else float("nan")
     if len(num) < 2:
         return point, float("nan"), float("nan")
+    w = _weights(seed, n_boot)
     with np.errstate(divide="ignore", invalid="ignore"):
-        reps = boot(lambda idx: 100.0 * num[idx].mean(1) / den[idx].mean(1), len(num), int(n_boot), seed)
+        if w is not None:
+            reps = 100.0 * (w @ num) / (w @ den)
+        else:
+            reps = boot(lambda idx: 100.0 * num[idx].mean(1) / den[idx].mean(1), len(num), int(n_boot), seed)
     lo, hi = percentile_ci(reps)
     return point, lo if lo is not None else float("nan"), hi if hi is not None else float("nan")
 

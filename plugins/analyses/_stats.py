@@ -136,9 +136,12 @@ def scores_from_confusion(conf: np.ndarray) -> dict[str, np.ndarray]:
     averages over classes present in truth or prediction, F1 = 0 where undefined
     (sklearn's zero_division=0)."""
     conf = np.asarray(conf, dtype=np.float64)
-    tp = np.diagonal(conf, axis1=-2, axis2=-1)
-    true_n = conf.sum(-1)
-    pred_n = conf.sum(-2)
+    return scores_from_counts(np.diagonal(conf, axis1=-2, axis2=-1), conf.sum(-1), conf.sum(-2))
+
+
+def scores_from_counts(tp: np.ndarray, true_n: np.ndarray, pred_n: np.ndarray) -> dict[str, np.ndarray]:
+    """The scores of `scores_from_confusion` from (..., K) true positives, true and predicted
+    class totals (all a confusion matrix's scores need; weighted counts work alike)."""
     total = true_n.sum(-1)
     present = true_n > 0
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -280,16 +283,18 @@ def permute_labels_by_group(y: np.ndarray, codes: np.ndarray, rng: np.random.Gen
     y = np.asarray(y)
     codes = np.asarray(codes, dtype=np.int64)
     n_groups = int(codes.max()) + 1 if len(codes) else 0
-    members = [np.flatnonzero(codes == g) for g in range(n_groups)]
     pi = rng.permutation(n_groups)
-    out = np.empty_like(y)
-    for g in range(n_groups):
-        src = members[pi[g]]
-        dst = members[g]
-        if len(dst) == 0:
-            continue
-        out[dst] = y[src[np.arange(len(dst)) % len(src)]]
-    return out
+    # vectorised: rows sorted stably by group (each group's rows in row order), a row's rank
+    # inside its group, and the source row of the same rank (mod size) in group pi(g)
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes, minlength=n_groups)
+    starts = np.cumsum(sizes) - sizes
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[order] = np.arange(len(codes)) - starts[codes[order]]
+    src = pi[codes]
+    if len(codes) and (sizes[src] == 0).any():
+        raise ValueError("group codes must be 0..G-1 with every group present")
+    return y[order[starts[src] + rank % np.maximum(sizes[src], 1)]]
 
 
 def group_halves(codes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -307,3 +312,128 @@ def group_halves(codes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         filled[h] += int(sizes[g])
     row_side = side[codes]
     return np.flatnonzero(row_side == 0), np.flatnonzero(row_side == 1)
+
+
+# --------------------------------------------------------------------------- shared resamples of a run (science.md §8)
+#
+# Every analysis of a run that puts a CI on numbers of an attribute's rows draws the same group
+# resamples: the groups are coded over *all* the run's samples (so a group has one code whatever
+# rows an analysis keeps) and drawn with `resample_seed(run seed, attribute)`. A ratio of two
+# analyses' numbers (GMI / I_probe) or a paired change (LoRA) then takes its CI replicate by
+# replicate.
+
+
+def bootstrap_key(spec: Any) -> str:
+    """The `Sample.groups` key whose groups an attribute's CIs resample: its declared cluster key,
+    else its group key."""
+    return getattr(spec, "cluster_key", None) or spec.group_key
+
+
+@dataclass
+class RowGroups:
+    """The bootstrap groups of some rows of a run. `codes[i]` is row i's group among the run's
+    `n_total` groups of key `key`; `seed` the shared resample seed."""
+
+    codes: np.ndarray
+    n_total: int
+    seed: int
+    key: str
+
+    @property
+    def n_groups(self) -> int:
+        """Distinct groups among these rows (what a record's `n_groups` says)."""
+        return int(len(np.unique(self.codes)))
+
+    def resamples(self, n_boot: int) -> GroupResamples:
+        """The run's resamples of this key: the same draws for every analysis and row subset
+        (and the first B of them for any n_boot >= B)."""
+        return group_resamples(self.n_total, n_boot, self.seed)
+
+    def weights(self, n_boot: int) -> np.ndarray:
+        """(n_boot, n) row weights: how often each row's group was drawn."""
+        return self.resamples(n_boot).weights(self.codes)
+
+    def subset(self, idx: np.ndarray) -> "RowGroups":
+        return RowGroups(np.asarray(self.codes)[np.asarray(idx)], self.n_total, self.seed, self.key)
+
+
+def attribute_groups(ctx: Any, attribute: str) -> RowGroups:
+    """The bootstrap groups of every sample of the run for `attribute` (its cluster key, else its
+    group key; without one every sample is its own group), with the shared seed."""
+    from mch.api import MchError
+
+    spec = ctx.attributes[attribute]
+    key = bootstrap_key(spec)
+    n = len(ctx.samples)
+    if getattr(spec, "cluster_key", None):
+        missing = [s.sample_id for s in ctx.samples if key not in s.groups]
+        if missing:
+            raise MchError(f"attribute {attribute!r} declares cluster key {key!r}, which sample {missing[0]} lacks; "
+                           f"the dataset must give every sample that group")
+        values = np.array([s.groups[key] for s in ctx.samples], dtype=object)
+    else:
+        values = ctx.groups.get(attribute)
+    codes, total = group_codes(None if values is None else np.asarray(values), n)
+    return RowGroups(codes, total, resample_seed(ctx.seed, attribute), key)
+
+
+def samples_digest(ctx: Any) -> str:
+    """Short hash of the run's sample ids in order: two outputs' replicates pair up only when
+    it matches (same rows, so the same group codes and draws)."""
+    import hashlib
+
+    return hashlib.sha256("\0".join(s.sample_id for s in ctx.samples).encode()).hexdigest()[:16]
+
+
+def groups_identity(ctx: Any, groups: RowGroups) -> dict[str, Any]:
+    """What must match for two analyses' replicates to come from the same draws."""
+    return {"seed": groups.seed, "n_total": groups.n_total, "key": groups.key, "ids": samples_digest(ctx)}
+
+
+def run_groups(ctx: Any) -> RowGroups:
+    """The bootstrap groups of an analysis that is about samples, not one attribute (the causal
+    tests' per-sample deltas): the coarsest bootstrap key of the run's attributes (fewest
+    groups, at least two), with that attribute's seed, so its draws are that attribute's."""
+    best: RowGroups | None = None
+    for name in sorted(ctx.attributes):
+        g = attribute_groups(ctx, name)
+        if g.n_total >= 2 and (best is None or g.n_total < best.n_total):
+            best = g
+    if best is None:
+        codes, total = group_codes(None, len(ctx.samples))
+        return RowGroups(codes, total, resample_seed(ctx.seed, "sample"), "sample")
+    return best
+
+
+def weighted_scores(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 under each row weighting of `w` (B, n): the
+    per-class counts are weighted sums, so no (B, K, K) confusion is formed."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    Y = np.zeros((len(y), k))
+    Y[np.arange(len(y)), y] = 1.0
+    Pr = np.zeros((len(y), k))
+    Pr[np.arange(len(y)), pred] = 1.0
+    return scores_from_counts(w @ (Y * (y == pred)[:, None]), w @ Y, w @ Pr)
+
+
+def weighted_means(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(B,) means of per-row `values` under each row weighting of `w` (B, n); NaN where a
+    resample drew none of the rows."""
+    tot = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w @ np.asarray(values, dtype=np.float64)) / tot
+
+
+def tost(delta_reps: np.ndarray, margin: float, alpha: float = 0.05) -> dict[str, Any]:
+    """Two one-sided tests of |delta| < margin from bootstrap replicates of delta (paired): each
+    one-sided p-value is the share of replicates beyond its margin (the percentile bootstrap's
+    test), and equivalence holds at level alpha when both are below it, i.e. when the
+    (1 - 2 alpha) percentile interval lies inside (-margin, margin)."""
+    r = np.asarray(delta_reps, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if len(r) == 0 or not margin > 0:
+        return {"equivalent": False, "p": None, "ci90": [None, None], "margin": float(margin)}
+    p = float(max(np.mean(r <= -margin), np.mean(r >= margin)))
+    lo, hi = percentile_ci(r, 1 - 2 * alpha)
+    return {"equivalent": bool(p < alpha and -margin < lo and hi < margin), "p": p, "ci90": [lo, hi],
+            "margin": float(margin)}

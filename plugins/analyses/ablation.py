@@ -39,6 +39,7 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._causal import (PAPER_SEED, Modes, batches, compute_modes, digest, edit_adapter, finite, ids_digest,
                       mean_ci, ratio_of_means_pct, select_samples, text_stage_for)
+from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
 from ._params import as_list, check_params
 from ._split import check_split_params, split_defaults
 
@@ -194,7 +195,7 @@ class Ablation(Analysis):
 
     def _output(self, ctx: Any, modes: Modes, dirs: list[Directions], samples: list[Any], losses: np.ndarray,
                 n_boot: int, mp: bool) -> AnalysisOutput:
-        seed, n = int(ctx.seed), len(samples)
+        seed, n = sample_groups(ctx, samples), len(samples)
         base = losses[:, 0]
         m, lo, hi = mean_ci(base, seed, n_boot)
         metrics = [Metric("loss_baseline", m, "adapter", None, finite(lo), finite(hi), n)]
@@ -229,7 +230,7 @@ class Ablation(Analysis):
         }
         if ctx.protocol == "paper":
             summary.update(self._paper_fields(ctx, modes, dirs, losses))
-        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+        return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)
 
     @staticmethod
     def _paper_fields(ctx: Any, modes: Modes, dirs: list[Directions], losses: np.ndarray) -> dict[str, Any]:

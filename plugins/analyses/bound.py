@@ -9,7 +9,8 @@ output, and the paired text's input embeddings, pooled over the same span, same 
   when sample i's adapter sequence is shifted so that its pooled vector is v. At the modal
   point v = z̄_M,i it is the actual modal log-score; at the text point v = z̄_T,i the
   decoder input has the text law's pooled value;
-- the observed gap: mean_i [log q_i(z̄_M,i) − log q_i(z̄_T,i)], with a bootstrap CI;
+- the observed gap: mean_i [log q_i(z̄_M,i) − log q_i(z̄_T,i)], with a bootstrap CI (default:
+  the run's group resamples, science.md §8);
 - L: the largest pooled-gradient norm ‖∇_v log q_i‖ over `path_points` points of every
   segment [z̄_M,i, z̄_T,i] (a sampled estimate of the sup the theorem needs), also p95/p99;
 - W1: exact EMD (POT), Euclidean cost in the full d-dimensional space, between the pooled
@@ -40,6 +41,7 @@ import numpy as np
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._params import check_params, need_stage
+from ._stats import run_groups  # group bootstrap (science.md §8)
 from .lipschitz import batched, decoder_gradients, describe, rows_digest, select_rows
 
 
@@ -138,7 +140,10 @@ class Bound(Analysis):
         gap_i = logq[:, 0] - logq[:, -1]
         L_i = gnorm.max(1)
         dist_i = np.linalg.norm(delta, axis=1)
-        nb, seed = int(p["n_boot"]), int(ctx.seed)
+        nb = int(p["n_boot"])
+        # default: the run's shared group resamples (science.md §8); paper: rows, as before
+        seed = int(ctx.seed) if ctx.protocol == "paper" else run_groups(ctx).subset(rows)
+        n_groups = None if ctx.protocol == "paper" else seed.n_groups
         gap = describe(gap_i, nb, seed)["mean"]
         L_max = float(L_i.max())
         w1 = exact_w1(zm, zt)
@@ -150,13 +155,15 @@ class Bound(Analysis):
         n = len(rows)
         tight = abs(gap[0]) / bound_w1 if bound_w1 > 0 else None
         w1n = w1_null(zm, zt, int(p.get("w1_n_perm", 0)), int(ctx.seed), w1) if ctx.protocol != "paper" else None
-        metrics = [Metric("logscore_gap", gap[0], stage="adapter", ci_low=gap[1], ci_high=gap[2], n=n),
+        metrics = [Metric("logscore_gap", gap[0], stage="adapter", ci_low=gap[1], ci_high=gap[2], n=n,
+                          n_groups=n_groups if gap[1] is not None else None),
                    Metric("logq_modal_mean", float(logq[:, 0].mean()), stage="adapter", n=n),
                    Metric("logq_text_point_mean", float(logq[:, -1].mean()), stage="adapter", n=n),
                    Metric("L_max", L_max, stage="adapter", n=n)]
         for stat in ("p95", "p99", "median"):
             v, lo, hi = describe(L_i, nb, seed)[stat]
-            metrics.append(Metric(f"L_{stat}", v, stage="adapter", ci_low=lo, ci_high=hi, n=n))
+            metrics.append(Metric(f"L_{stat}", v, stage="adapter", ci_low=lo, ci_high=hi, n=n,
+                                  n_groups=n_groups if lo is not None else None))
         metrics += [Metric("W1", w1, stage="adapter", n=n),
                     Metric("paired_distance", paired, stage="adapter", n=n),
                     Metric("L_W1", bound_w1, stage="adapter", n=n),

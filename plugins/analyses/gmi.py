@@ -15,21 +15,33 @@ the true class first on every sample has GMI rising to H(Y) as s grows: s* is th
 the curve is flat to float precision, or s_max if it is still rising there (said in the
 notes).
 
-Uncertainty: a percentile bootstrap over samples (P(y) held at the evaluated prior): each
-replicate's maximum over s is taken on a fixed grid that is dense around s*, exact to
-second order because the curve is flat at its maximum.
+LM rate (`gmi_lm_bits`): the same with per-class offsets a(y) inside the exponent,
+max over s >= 0 and a; with a' = a + log P it is H(P) minus the least cross-entropy of
+softmax(s log q + a'), a convex problem in K parameters solved by Newton's method. It does
+not charge the decoder's answer bias (its prior over answer words, long verbalizers,
+synonyms) to inaccessibility; GMI <= gmi_lm, and their gap is that bias.
+
+Uncertainty (science.md §8): the attribute's shared group resamples (`_stats.attribute_groups`,
+the same draws as the probe's), each replicate with its own weighted prior: GMI's replicates
+by the vectorised 1-D maximisation of `gmi_max_batch`, the LM rate's by chord-Newton steps
+from the point fit. `gmi_p`: label permutations across the attribute's groups (group
+structure kept, `_stats.permute_labels_by_group`), the cached scores reused, GMI recomputed
+with each permutation's own prior; p = (1 + #{GMI_perm >= GMI}) / (1 + n_permutations).
 
 Scores come from the model plugin's `score` (media + query, every verbalizer of every
 class as a continuation, shared-prefix batching inside the plugin), batched by
 `batch_size` and stored through `ctx.cached`, so a second run never loads the model.
 
-Metrics: `gmi_bits` at stage `llm.final` (the decoder's scoring rule reads llm.final), with
-CI; `s_star`; `accessibility` = GMI / I_probe at every stage the probe covered, when
-`probe` ran earlier in the same run (science.md names adapter and llm.final; every stage
-is given; no CI, the two estimates come from different resamplings); `text_gmi_bits` (and
-`text_s_star`): the same with the paired text in place of the modality (view "text"), for
-attributes the text describes, over the samples whose text is not empty. The summary holds
-the per-class confusion of argmax q, the prior, s*, and the normalisation.
+Metrics at stage `llm.final` (the decoder's scoring rule reads llm.final): `gmi_bits` and
+`gmi_lm_bits` with CIs and `n_groups`, `s_star`, `gmi_p`; `accessibility` = GMI / I_probe
+and `accessibility_lm` = gmi_lm / I_probe at `adapter` and `llm.final`, when `probe` ran
+earlier in the same run, with CIs taken replicate by replicate from the probe's replicates of
+I_probe (the same group draws); `text_gmi_bits`, `text_gmi_lm_bits` (and `text_s_star`):
+the same with the paired text in place of the modality (view "text"), for attributes the
+text describes, over the samples whose text is not empty. An attribute whose classes are not
+verbalizable (`Attribute.verbalizable`: "reader 1089") is left out, with the reason. The
+summary holds the per-class confusion of argmax q, the prior, s*, the LM rate's s and
+offsets, and the normalisation.
 """
 
 from __future__ import annotations
@@ -42,21 +54,25 @@ import numpy as np
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._params import check_params
-from ._stats import LN2, confusion, entropy_bits, percentile_ci
+from ._stats import (LN2, RowGroups, attribute_groups, confusion, entropy_bits, group_codes, groups_identity,
+                     percentile_ci, permute_labels_by_group)
 
 DEFAULT_PARAMS = {
     "batch_size": 16,         # samples per score() call
     "normalize": "sum",       # sum or mean (per token) of a verbalizer's log-probs
     "text_reference": True,   # also score the paired text, for attributes the text describes
-    "n_bootstrap": 1000,
+    "n_bootstrap": 1000,      # group resamples for the CIs (shared with the run's other analyses, science.md §8)
+    "n_permutations": 200,    # label permutations across groups for gmi_p (0: no test)
     "s_max": 1e4,             # upper end of the search over s
 }
+ACCESSIBILITY_STAGES = ("adapter", "llm.final")  # I_probe's two contexts (science.md §2)
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import Param, declare  # noqa: E402
 
 PARAM_SPECS = declare("gmi", batch_size=Param(int, ge=1), normalize=Param(str, choices=("sum", "mean")),
-                      n_bootstrap=Param(int, ge=1), s_max=Param(float, gt=0))
+                      n_bootstrap=Param(int, ge=1), s_max=Param(float, gt=0),
+                      n_permutations=Param(int, ge=0, help="label permutations for gmi_p (0: no test)"))
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -118,36 +134,300 @@ def maximise_gmi(logq: np.ndarray, y: np.ndarray, prior: np.ndarray, s_max: floa
     return max(gmi_bits(logq, y, prior, s), 0.0), float(s), False
 
 
-def bootstrap_gmi(logq: np.ndarray, y: np.ndarray, prior: np.ndarray, s_star: float, s_max: float,
-                  n_boot: int, seed: int) -> np.ndarray:
-    """Replicates of max_s GMI(s) (bits) over samples resampled with replacement."""
-    n = len(y)
-    if n_boot <= 0 or n == 0:
+FLOOR = -1e30  # stands in for log 0 (a verbalizer the decoder never emits): finite, so products stay defined
+
+
+def _batch_parts(lqT: np.ndarray, ly: np.ndarray, W: np.ndarray, logP: np.ndarray, s: np.ndarray,
+                 value: bool = False):
+    """For each b: pi_b = softmax(s_b lq + log P_b) per row; returns the weighted means of
+    lq_y - E_pi lq (the slope of GMI_b in s) and of Var_pi lq (minus its curvature), each (B,);
+    with `value`, the weighted mean of the GMI terms (nats) instead. `lqT` is log q class-major
+    (K, n) and `ly` (B, n) each row's log q of its label: class-major arrays make the
+    reductions over classes elementwise (fast for small K)."""
+    Z = s[None, :, None] * lqT[:, None, :] + logP.T[:, :, None]  # (K, B, n)
+    mx = Z.max(0)
+    mx[~np.isfinite(mx)] = 0.0
+    np.subtract(Z, mx[None], out=Z)
+    np.exp(Z, out=Z)  # unnormalised pi
+    S = Z.sum(0)
+    tot = W.sum(1)
+    if value:
+        return (W * (s[:, None] * ly - (mx + np.log(S)))).sum(1) / tot
+    Z /= S[None]
+    Z *= lqT[:, None, :]
+    m = Z.sum(0)
+    Z *= lqT[:, None, :]
+    v = Z.sum(0) - m * m
+    return (W * (ly - m)).sum(1) / tot, (W * np.maximum(v, 0)).sum(1) / tot
+
+
+def gmi_max_batch(logq: np.ndarray, Y: np.ndarray, W: np.ndarray | None, logP: np.ndarray,
+                  s_max: float = 1e4, chunk_elems: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
+    """max over s in [0, s_max] of GMI_b(s) (bits) and s*_b for B problems at once: labels Y
+    (B, n) (or (n,) shared), row weights W (B, n) (None: all 1), log priors logP (B, K).
+    GMI_b is concave in s: its slope is bracketed by doubling, then a safeguarded Newton step
+    (bisection when it leaves the bracket) finds its root. Used alike for the permutation test
+    and the bootstrap, so observed and resampled numbers come from one procedure."""
+    lq = np.where(np.isfinite(logq), np.asarray(logq, dtype=np.float64), FLOOR)
+    n, k = lq.shape
+    logP = np.atleast_2d(np.asarray(logP, dtype=np.float64))
+    B = logP.shape[0]
+    Y = np.broadcast_to(np.asarray(Y), (B, n))
+    W = np.ones((B, n)) if W is None else np.broadcast_to(np.asarray(W, dtype=np.float64), (B, n))
+    g, s_out = np.zeros(B), np.zeros(B)
+    step = max(1, chunk_elems // max(n * k, 1))
+    lqT = np.ascontiguousarray(lq.T)
+    for c0 in range(0, B, step):
+        sl = slice(c0, min(B, c0 + step))
+        ly = np.take_along_axis(lq[None], np.asarray(Y[sl])[:, :, None], 2)[:, :, 0] if Y.ndim == 2 else None
+        g[sl], s_out[sl] = _max_chunk(lqT, ly, W[sl], logP[sl], float(s_max))
+    return g, s_out
+
+
+def _max_chunk(lqT, ly, W, logP, s_max):
+    B = len(ly)
+    parts = lambda s, idx, value=False: _batch_parts(lqT, ly[idx], W[idx], logP[idx], s, value)  # noqa: E731
+    every = np.arange(B)
+    slope0, curv0 = parts(np.zeros(B), every)
+    live = np.flatnonzero(slope0 > 0)  # slope <= 0 at 0: the maximum is GMI(0) = 0
+    s = np.zeros(B)
+    if len(live):
+        n = len(live)
+        lo, hi = np.zeros(n), np.full(n, min(1.0, s_max))
+        # slope f and -f' at both ends of the bracket
+        f_lo, c_lo, f_hi, c_hi = slope0[live], curv0[live], np.zeros(n), np.zeros(n)
+        grow = np.ones(n, bool)
+        while grow.any():  # double hi until the slope turns (or s_max)
+            idx = np.flatnonzero(grow)
+            sl, cv = parts(hi[idx], live[idx])
+            up = sl > 0
+            lo[idx[up]], f_lo[idx[up]], c_lo[idx[up]] = hi[idx[up]], sl[up], cv[up]
+            f_hi[idx[~up]], c_hi[idx[~up]] = sl[~up], cv[~up]
+            capped = up & (hi[idx] >= s_max)
+            hi[idx[up & ~capped]] = np.minimum(2 * hi[idx[up & ~capped]], s_max)
+            grow[idx[~up | capped]] = False
+            lo[idx[capped]] = hi[idx[capped]] = s_max
+        x = lo.copy()
+        todo = np.flatnonzero(hi > lo)
+        for _ in range(100):
+            if not len(todo):
+                break
+            # the next point: a Newton step from lo, else from hi (f is monotone; from the side where
+            # f is convex, or concave, Newton stays inside the bracket and converges quadratically),
+            # else the secant of the bracket, else its midpoint
+            a, b = lo[todo], hi[todo]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cands = [a + f_lo[todo] / c_lo[todo], b + f_hi[todo] / c_hi[todo],
+                         a - f_lo[todo] * (b - a) / (f_hi[todo] - f_lo[todo])]
+            nxt = 0.5 * (a + b)
+            for c in cands[::-1]:
+                nxt = np.where(np.isfinite(c) & (c > a) & (c < b), c, nxt)
+            sl, cv = parts(nxt, live[todo])
+            pos = sl > 0
+            lo[todo[pos]], f_lo[todo[pos]], c_lo[todo[pos]] = nxt[pos], sl[pos], cv[pos]
+            hi[todo[~pos]], f_hi[todo[~pos]], c_hi[todo[~pos]] = nxt[~pos], sl[~pos], cv[~pos]
+            x[todo] = nxt
+            step = np.abs(np.where(pos, sl / cv, sl / cv))
+            done = (step <= 1e-10 * (1 + nxt)) | (hi[todo] - lo[todo] <= 1e-12 * (1 + hi[todo])) | (sl == 0)
+            todo = todo[~done]
+        s[live] = x
+    value = parts(s, every, True)
+    return np.maximum(value, 0.0) / LN2, s
+
+
+def bootstrap_gmi(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray, s_max: float) -> np.ndarray:
+    """Replicates of max_s GMI(s) (bits) under the row weights `w` (B, n) (the shared group
+    resamples, science.md §8); each replicate's prior P is its own weighted label prior, as
+    the point estimate's is the evaluated rows' prior."""
+    if w.shape[0] == 0 or len(y) == 0:
         return np.zeros(0)
-    grid = np.concatenate([[0.0], np.logspace(-4, np.log10(s_max), 81)])
-    if s_star > 0:
-        grid = np.concatenate([grid, s_star * np.exp(np.linspace(-1.5, 1.5, 61))])
-    grid = np.unique(grid[grid <= s_max])
-    T = np.stack([gmi_terms(logq, y, prior, s) for s in grid], axis=1)  # (n, S) nats
+    return gmi_max_batch(logq, y, w, _weighted_log_prior(y, k, w), s_max)[0]
+
+
+def _weighted_log_prior(y: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
+    Y = np.zeros((len(y), k))
+    Y[np.arange(len(y)), y] = 1.0
+    P = w @ Y
+    with np.errstate(divide="ignore"):
+        return np.log(P / P.sum(1, keepdims=True))
+
+
+def permutation_p(logq: np.ndarray, y: np.ndarray, k: int, codes: np.ndarray, n_perm: int, seed: int,
+                  s_max: float) -> tuple[float | None, float]:
+    """Label-permutation p-value of GMI (science.md §2: "is anything accessible?"): the labels
+    are permuted across groups with the group structure kept (`_stats.permute_labels_by_group`),
+    the cached scores reused, and GMI recomputed with each permutation's own prior;
+    p = (1 + #{GMI_perm >= GMI_obs}) / (1 + n_perm). Also returns the observed GMI."""
+    obs = float(gmi_max_batch(logq, y, None, _weighted_log_prior(y, k, np.ones((1, len(y)))), s_max)[0][0])
+    if n_perm <= 0:
+        return None, obs
     rng = np.random.default_rng(seed)
-    out = []
-    for start in range(0, n_boot, 256):
-        b = min(256, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        counts = np.bincount((idx + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n).reshape(b, n)
-        out.append((counts @ T).max(axis=1) / n / LN2)
-    return np.maximum(np.concatenate(out), 0.0)
+    Yp = np.stack([permute_labels_by_group(y, codes, rng) for _ in range(n_perm)])
+    Y1 = np.zeros((n_perm, len(y), k))
+    Y1[np.arange(n_perm)[:, None], np.arange(len(y))[None, :], Yp] = 1.0
+    P = Y1.sum(1)
+    del Y1
+    with np.errstate(divide="ignore"):
+        logP = np.log(P / P.sum(1, keepdims=True))
+    null = gmi_max_batch(logq, Yp, None, logP, s_max)[0]
+    return float((1 + np.sum(null >= obs - 1e-12 * max(1.0, obs))) / (1 + n_perm)), obs
 
 
-def evaluate(logq: np.ndarray, y: np.ndarray, k: int, n_boot: int, seed: int, s_max: float) -> dict[str, Any]:
-    """GMI with its CI, s*, the confusion of argmax q and the prior, for codes y in 0..k-1."""
+# --------------------------------------------------------------------------- the LM rate
+
+
+def _lm_terms(lq: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray, present: np.ndarray):
+    """Weighted cross-entropy of softmax(s lq + a), its gradient and Hessian in (s, the offsets
+    of the present classes but the first); theta = (s, a over all K classes). Row i, class c
+    has the feature vector phi = (lq_ic, one-hot of c over those offsets): the gradient is
+    E_w[E_pi phi - phi_y], the Hessian E_w[Cov_pi phi]."""
+    from scipy.special import logsumexp
+
+    n, k = lq.shape
+    a = np.where(present, theta[1:], -np.inf)
+    Z = theta[0] * lq + a[None, :]
+    L = logsumexp(Z, axis=1)
+    pi = np.exp(Z - L[:, None])
+    wn = w / w.sum()
+    ce = float(wn @ (L - Z[np.arange(n), y]))
+    free = np.flatnonzero(present)[1:]
+    F = np.concatenate([lq[:, None, :], np.broadcast_to(np.eye(k)[free][None], (n, len(free), k))], 1)
+    mean = np.einsum("nk,ndk->nd", pi, F)
+    g = wn @ (mean - F[np.arange(n), :, y])
+    Fc = F - mean[:, :, None]
+    H = np.einsum("n,nk,ndk,nek->de", wn, pi, Fc, Fc)
+    return ce, g, H
+
+
+def lm_rate(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray | None = None,
+            tol: float = 1e-11, max_iter: int = 200) -> dict[str, Any]:
+    """The LM rate (science.md §2), in bits:
+        max over s >= 0 and a of E[s log q(y|x) + a(y) - log sum_y' P(y') e^{s log q(y'|x) + a(y')}]
+    With a' = a + log P this is H(P) - min over (s, a') of the cross-entropy of
+    softmax(s log q + a'): a convex problem in K parameters (a' fixed up to a constant: the
+    first present class's offset is 0), solved by Newton's method with backtracking, s kept
+    >= 0. `w`: row weights (default 1); P is the weighted label prior."""
+    lq = np.where(np.isfinite(logq), np.asarray(logq, dtype=np.float64), FLOOR)
+    lq = lq - lq.max(1, keepdims=True)  # a per-row shift cancels in the softmax; keeps exp() in range
+    w = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
+    P = np.bincount(y, weights=w, minlength=k) / w.sum()
+    present = P > 0
+    h = float(-(P[present] * np.log(P[present])).sum())
+    theta = np.concatenate([[0.0], np.where(present, np.log(np.where(present, P, 1.0)), 0.0)])
+    ce, g, H = _lm_terms(lq, y, w, theta, present)
+    free = np.flatnonzero(present)[1:]
+    if g[0] >= 0:  # the profile slope in s at 0 (a at its optimum there): the maximum is at s = 0
+        return {"bits": 0.0, "s": 0.0, "offsets": np.zeros(k), "theta": theta, "present": present,
+                "hessian": H}
+    for _ in range(max_iter):
+        try:
+            d = -np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            d = -np.linalg.pinv(H) @ g
+        dec = -float(g @ d)  # Newton decrement squared: the model's predicted decrease x 2
+        if dec / 2 <= tol:
+            break
+        t = 1.0
+        if theta[0] + d[0] < 0:
+            t = theta[0] / -d[0]  # stop at s = 0
+            if t <= 0:
+                break
+        while True:
+            trial = theta.copy()
+            trial[0] = max(theta[0] + t * d[0], 0.0)
+            trial[1 + free] += t * d[1:]
+            ce_t, g_t, H_t = _lm_terms(lq, y, w, trial, present)
+            if ce_t <= ce - 1e-4 * t * dec or t < 1e-10:
+                break
+            t *= 0.5
+        if t < 1e-10 and ce_t > ce:
+            break
+        theta, ce, g, H = trial, ce_t, g_t, H_t
+    offsets = np.where(present, theta[1:] - np.log(np.where(present, P, 1.0)), 0.0)
+    return {"bits": max(h - ce, 0.0) / LN2, "s": float(theta[0]), "offsets": offsets - offsets[present][0],
+            "theta": theta, "present": present, "hessian": H}
+
+
+def lm_rate_replicates(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray, fit: dict[str, Any],
+                       n_steps: int = 5, chunk_elems: int = 1 << 21) -> np.ndarray:
+    """The LM rate (bits) under each row weighting of `w` (B, n), from the point fit `fit` by
+    `n_steps` chord-Newton steps (the point fit's Hessian held fixed, each replicate's own
+    gradient): a replicate's optimum is near the point's, the iteration contracts at the
+    Hessian's relative change per step, and the value is that of a feasible point (never above
+    the replicate's maximum). A class a replicate did not draw drops out of it."""
+    lq = np.where(np.isfinite(logq), np.asarray(logq, dtype=np.float64), FLOOR)
+    lq = lq - lq.max(1, keepdims=True)
+    lqT = np.ascontiguousarray(lq.T)  # class-major: reductions over classes are elementwise
+    n = len(y)
+    free = np.flatnonzero(fit["present"])[1:]
+    Hinv = np.linalg.pinv(fit["hessian"])
+    B = w.shape[0]
+    out = np.zeros(B)
+    Y = np.zeros((n, k))
+    Y[np.arange(n), y] = 1.0
+    lq_y = lq[np.arange(n), y]
+    step = max(1, chunk_elems // max(n * k, 1))
+    for c0 in range(0, B, step):
+        W = w[c0:c0 + step]
+        b = len(W)
+        tot = W.sum(1)
+        P = (W @ Y) / tot[:, None]
+        present = P > 0
+        th = np.tile(fit["theta"], (b, 1))
+        for it in range(n_steps + 1):
+            th[:, 0] = np.maximum(th[:, 0], 0.0)
+            s = th[:, 0]
+            A = np.where(present, th[:, 1:], -np.inf)  # (b, K)
+            Z = s[None, :, None] * lqT[:, None, :] + A.T[:, :, None]  # (K, b, n)
+            mx = Z.max(0)
+            np.subtract(Z, mx[None], out=Z)
+            np.exp(Z, out=Z)
+            S = Z.sum(0)
+            if it == n_steps:
+                with np.errstate(invalid="ignore"):
+                    term = mx + np.log(S) - (s[:, None] * lq_y[None] + A[:, y])
+                ce = np.where(W > 0, W * term, 0.0).sum(1) / tot  # a row of an undrawn class weighs 0
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    h = -np.where(present, P * np.log(np.where(present, P, 1.0)), 0.0).sum(1)
+                out[c0:c0 + b] = np.maximum(h - ce, 0.0) / LN2
+                break
+            Z /= S[None]  # pi
+            ga = np.einsum("bn,kbn->bk", W, Z) / tot[:, None] - P
+            m = (Z * lqT[:, None, :]).sum(0)
+            gs = (W * (m - lq_y[None])).sum(1) / tot
+            g = np.concatenate([gs[:, None], np.where(present, ga, 0.0)[:, free]], 1)
+            d = -g @ Hinv.T
+            th[:, 0] += d[:, 0]
+            th[:, 1 + free] += d[:, 1:]
+    return out
+
+
+def evaluate(logq: np.ndarray, y: np.ndarray, k: int, n_boot: int, seed: int, s_max: float,
+             groups: Any = None, n_perm: int = 0, perm_codes: np.ndarray | None = None) -> dict[str, Any]:
+    """GMI and the LM rate with CIs from the group resamples `groups` (a `_stats.RowGroups` of
+    these rows; None: every row its own group, seeded by `seed`), s*, the permutation p-value
+    (`n_perm` label permutations across the groups `perm_codes`, default those of `groups`),
+    the confusion of argmax q and the prior, for codes y in 0..k-1. `reps`/`lm_reps` hold the
+    replicates (not for the record)."""
+    if groups is None:
+        groups = RowGroups(np.arange(len(y)), len(y), int(seed), "sample")
     prior = np.bincount(y, minlength=k) / len(y)
     g, s_star, capped = maximise_gmi(logq, y, prior, s_max)
-    ci = percentile_ci(bootstrap_gmi(logq, y, prior, s_star, s_max, n_boot, seed))
+    # one group cannot be resampled: no CI rather than a zero-width one
+    w = groups.weights(n_boot) if n_boot > 0 and groups.n_groups >= 2 else np.zeros((0, len(y)))
+    reps = bootstrap_gmi(logq, y, k, w, s_max)
+    lm = lm_rate(logq, y, k)
+    lm_reps = lm_rate_replicates(logq, y, k, w, lm) if len(w) else np.zeros(0)
+    codes = groups.codes if perm_codes is None else perm_codes
+    p, _ = permutation_p(logq, y, k, np.unique(codes, return_inverse=True)[1], n_perm, groups.seed + 1, s_max)
     pred = logq.argmax(1)
-    return {"gmi_bits": g, "ci": ci, "s_star": s_star, "s_capped": capped, "n": int(len(y)),
+    return {"gmi_bits": g, "ci": percentile_ci(reps), "s_star": s_star, "s_capped": capped, "n": int(len(y)),
+            "gmi_lm_bits": lm["bits"], "lm_ci": percentile_ci(lm_reps), "lm_s": lm["s"],
+            "lm_offsets_nats": lm["offsets"].tolist(), "gmi_p": p, "n_permutations": int(n_perm),
+            "n_groups": groups.n_groups, "bootstrap_key": groups.key,
             "prior": prior.tolist(), "label_entropy_bits": entropy_bits(prior),
-            "confusion": confusion(y, pred, k).tolist(), "argmax_accuracy": float(np.mean(pred == y))}
+            "confusion": confusion(y, pred, k).tolist(), "argmax_accuracy": float(np.mean(pred == y)),
+            "reps": reps, "lm_reps": lm_reps}
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -204,9 +484,23 @@ class GMI(Analysis):
         check_params(self.name, p, DEFAULT_PARAMS)
         if p["normalize"] not in ("sum", "mean"):
             raise MchError(f"gmi parameter normalize must be sum or mean, not {p['normalize']!r}")
-        out = AnalysisOutput(summary={"normalize": p["normalize"], "stage": "llm.final", "attributes": {}})
+        for key in ("n_bootstrap", "n_permutations"):
+            if isinstance(p[key], bool) or not str(p[key]).isdigit():
+                raise MchError(f"gmi parameter {key} must be a whole number (0 or more), not {p[key]!r}")
+        n_boot, n_perm = int(p["n_bootstrap"]), int(p["n_permutations"])
+        out = AnalysisOutput(summary={"normalize": p["normalize"], "stage": "llm.final",
+                                      "ci": f"percentile, {n_boot} group-bootstrap resamples shared with the run's "
+                                            f"other analyses (science.md §8)",
+                                      "gmi_p": f"{n_perm} label permutations across groups (group structure kept), "
+                                               f"cached scores reused", "attributes": {}})
         probe = ctx.previous.get("probe")
         for attr, spec in ctx.attributes.items():
+            if not getattr(spec, "verbalizable", True):
+                why = (f"its classes are not verbalizable (e.g. {spec.verbalizers[spec.classes[0]][0]!r}): no text "
+                       f"decoder can name them from the input, so GMI would be ~0 by construction")
+                out.summary["attributes"][attr] = {"skipped": why}
+                out.notes.append(f"{attr}: left out of GMI ({why})")
+                continue
             classes = list(spec.classes)
             index = {c: i for i, c in enumerate(classes)}
             labels = np.asarray(ctx.labels[attr]).astype(str)
@@ -224,6 +518,7 @@ class GMI(Analysis):
                 continuations += list(spec.verbalizers[c])
             info: dict[str, Any] = {"classes": classes, "verbalizers": {c: list(spec.verbalizers[c]) for c in classes},
                                     "query": spec.query}
+            groups = attribute_groups(ctx, attr)
             views = [("modal", rows)]
             if p["text_reference"] and spec.text_describable:
                 has_text = np.array([bool(ctx.samples[i].text) for i in rows], dtype=bool)
@@ -235,18 +530,67 @@ class GMI(Analysis):
                 logp, ntok = self.scores(ctx, attr, spec.query, continuations, vrows, view)
                 logq = class_log_q(logp, ntok, spans, p["normalize"])
                 vy = y if view == "modal" else y[np.isin(rows, vrows)]
-                r = evaluate(logq, vy, len(classes), int(p["n_bootstrap"]), ctx.seed, float(p["s_max"]))
+                vg = groups.subset(vrows)
+                # the permutation keeps the attribute's group structure (its group key, science.md §2)
+                split_groups = ctx.groups.get(attr)
+                pc = None if split_groups is None else group_codes(np.asarray(split_groups)[vrows])[0]
+                r = evaluate(logq, vy, len(classes), n_boot, ctx.seed, float(p["s_max"]), vg,
+                             n_perm if view == "modal" else 0, pc)
+                reps, lm_reps = r.pop("reps"), r.pop("lm_reps")
                 prefix = "" if view == "modal" else "text_"
-                out.metrics += [Metric(f"{prefix}gmi_bits", r["gmi_bits"], "llm.final", attr, *r["ci"], r["n"]),
+                ng = r["n_groups"]
+                cg = ng if r["ci"][0] is not None else None
+                out.metrics += [Metric(f"{prefix}gmi_bits", r["gmi_bits"], "llm.final", attr, *r["ci"], r["n"], cg),
+                                Metric(f"{prefix}gmi_lm_bits", r["gmi_lm_bits"], "llm.final", attr, *r["lm_ci"],
+                                       r["n"], cg),
                                 Metric(f"{prefix}s_star", r["s_star"], "llm.final", attr, n=r["n"])]
+                if view == "modal" and ng < 10:
+                    out.notes.append(f"{attr}: its CIs rest on {ng} groups of {vg.key!r}"
+                                     + (" (none: one group cannot be resampled)" if ng < 2 else ""))
+                if view == "modal" and r["gmi_p"] is not None:
+                    out.metrics.append(Metric("gmi_p", r["gmi_p"], "llm.final", attr, n=r["n"], n_groups=ng))
                 if r["s_capped"]:
                     out.notes.append(f"{attr} ({view}): GMI(s) still rising at s_max={p['s_max']:g}; s* is capped")
                 info[view] = r
+                if view == "modal":
+                    out.replicates[("gmi_bits", "llm.final", attr)] = reps
+                    out.replicates[("gmi_lm_bits", "llm.final", attr)] = lm_reps
             if probe is not None:
-                g = info["modal"]["gmi_bits"]
-                for m in probe.metrics:
-                    if m.metric == "i_probe_bits" and m.attribute == attr and m.stage is not None:
-                        value = g / m.value if m.value is not None and m.value > 0 else None
-                        out.metrics.append(Metric("accessibility", value, m.stage, attr, n=info["modal"]["n"]))
+                out.metrics += self._accessibility(probe, attr, info["modal"], out.replicates, groups, ctx, out.notes)
+            out.replicates[("_groups", None, attr)] = groups_identity(ctx, groups)
             out.summary["attributes"][attr] = info
+        return out
+
+    @staticmethod
+    def _accessibility(probe: AnalysisOutput, attr: str, r: dict[str, Any], reps: dict, groups: Any, ctx: Any,
+                       notes: list[str]) -> list[Metric]:
+        """accessibility = GMI / I_probe and accessibility_lm = gmi_lm / I_probe at `adapter` and
+        `llm.final` (science.md §2), each CI from the shared resamples: replicate b of the ratio
+        is replicate b of GMI over replicate b of I_probe (the same group draws)."""
+        same = probe.replicates.get(("_groups", None, attr)) == groups_identity(ctx, groups)
+        out = []
+        for stage in ACCESSIBILITY_STAGES:
+            ip = next((m for m in probe.metrics if m.metric == "i_probe_bits" and m.attribute == attr
+                       and m.stage == stage), None)
+            if ip is None:
+                continue
+            ip_reps = probe.replicates.get(("i_probe_bits", stage, attr)) if same else None
+            for name, key, num in (("accessibility", "gmi_bits", r["gmi_bits"]),
+                                   ("accessibility_lm", "gmi_lm_bits", r["gmi_lm_bits"])):
+                value = num / ip.value if ip.value is not None and ip.value > 0 else None
+                lo = hi = None
+                g_reps = reps.get((key, "llm.final", attr))
+                if value is not None and ip_reps is not None and g_reps is not None:
+                    b = min(len(ip_reps), len(g_reps))
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        ratio = np.where(ip_reps[:b] > 0, g_reps[:b] / ip_reps[:b], np.nan)
+                    if b and np.mean(~np.isfinite(ratio)) <= 0.025:
+                        lo, hi = percentile_ci(ratio)
+                    else:
+                        notes.append(f"{attr}: no CI for {name} at {stage} (I_probe's resamples reach 0 bits)")
+                out.append(Metric(name, value, stage, attr, lo, hi, r["n"], groups.n_groups if lo is not None else None))
+            if not same:
+                why = ("the probe keeps no replicates under the paper protocol" if ("_groups", None, attr)
+                       not in probe.replicates else "the probe's resamples are not this run's")
+                notes.append(f"{attr}: {why} (no accessibility CI at {stage})")
         return out

@@ -40,6 +40,7 @@ from mch.api import Analysis, AnalysisOutput, Metric
 
 from ._causal import (adapter_pool, batches, bootstrap, compute_modes, edit_adapter, finite, frozen, ids_digest,
                       select_samples, text_stage_for)
+from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
 from ._linalg import ci
 from ._params import check_params
 from ._split import check_split_params, split_defaults
@@ -172,12 +173,14 @@ class Gradient(Analysis):
 
         p = ctx.params
         n, seed, n_boot = len(samples), int(ctx.seed), int(p["n_boot"])
+        groups = sample_groups(ctx, samples)  # the run's shared group resamples (science.md §8)
         lam, ms, alpha = modes.eigvals, modes.ms, modes.alpha
         point = weighted_stats(dots, lam, ms, alpha)
         names = list(point)
         metrics = []
         for name in names:
-            lo, hi = bootstrap(lambda idx, name=name: weighted_stats(dots[idx], lam, ms, alpha)[name], n, seed, n_boot)
+            lo, hi = bootstrap(lambda idx, name=name: weighted_stats(dots[idx], lam, ms, alpha)[name], n, groups,
+                               n_boot)
             metrics.append(Metric(name, finite(point[name]), "adapter", None, finite(lo), finite(hi), n))
         g = proj.mean(0)
         # the functional split and, beside it, the covariance split's shares for each attribute
@@ -199,8 +202,12 @@ class Gradient(Analysis):
             if "boot_unread" in f and np.isfinite(f["boot_unread"]).sum() > 1 and np.isfinite(f["var_frac_unread"]):
                 lo, hi = (float(x) for x in ci(f["var_frac_unread"], f["boot_unread"]))
             attrs[a].update(ci=[lo, hi])
+            labelled = ctx.labels[a] != ""
+            ga = ctx.groups.get(a)  # functional_shares resamples the attribute's split groups
+            n_g = (len(np.unique(np.asarray(ga)[labelled])) if ga is not None else int(labelled.sum())) \
+                if lo is not None else None
             metrics.append(Metric("var_frac_unread", finite(f["var_frac_unread"]), "adapter", a, finite(lo), finite(hi),
-                                  int((ctx.labels[a] != "").sum())))
+                                  int(labelled.sum()), n_g))
         truth = {"covariance": known_truth(ctx.attributes, {a: v["var_frac_MS_covariance"] for a, v in attrs.items()
                                                             if v["var_frac_MS_covariance"] is not None}),
                  "functional": known_truth(ctx.attributes, {a: v["var_frac_unread"] for a, v in attrs.items()
@@ -223,10 +230,10 @@ class Gradient(Analysis):
                  "hidden one (covariance: var_frac_MS; functional: var_frac_unread)"]
         if not ms.any() or ms.all():
             notes.append(f"every mode is {'TA' if not ms.any() else 'MS'}: one side of the comparison is empty")
-        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+        return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), groups)
 
     def _output(self, ctx: Any, modes: Any, samples: list[Any], proj: np.ndarray) -> AnalysisOutput:
-        n, seed, n_boot = len(samples), int(ctx.seed), int(ctx.params["n_boot"])
+        n, seed, n_boot = len(samples), sample_groups(ctx, samples), int(ctx.params["n_boot"])
         ms, alpha = modes.ms, modes.alpha
         g_ms, g_ta, ratio, corr = _stats(proj, ms, alpha)
         cis = [bootstrap(lambda idx, j=j: _stats(proj[idx], ms, alpha)[j], n, seed, n_boot) for j in range(4)]
@@ -251,7 +258,7 @@ class Gradient(Analysis):
         if ctx.protocol == "paper":
             summary.update({"model": getattr(ctx.run_config, "model", None), "g_ms_mean": g_ms, "g_ta_mean": g_ta,
                             "g_ta_over_g_ms": ratio, "correlation_g_alpha": finite(corr)})
-        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+        return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)
 
 
 def _finite(x: Any) -> float | None:

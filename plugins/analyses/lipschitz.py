@@ -34,6 +34,7 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric, Sample
 
+from ._stats import run_groups  # group bootstrap (science.md §8)
 from ._params import check_params, need_stage
 
 VARIANTS = ("L_seq", "L_seq_norm", "L_pooled")
@@ -197,18 +198,27 @@ def batched(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield rows[i:i + size]
 
 
-def describe(values: np.ndarray, n_boot: int, seed: int) -> dict[str, tuple[float, float | None, float | None]]:
-    """mean, median, p95, p99 with bootstrap percentile CIs over samples; max without one."""
-    from ._stats import bootstrap, percentile_ci
+def describe(values: np.ndarray, n_boot: int, seed: Any) -> dict[str, tuple[float, float | None, float | None]]:
+    """mean, median, p95, p99 with bootstrap percentile CIs over samples; max without one.
+    `seed`: an int (rows resampled) or a `_stats.RowGroups` of the values' rows (their groups
+    resampled with the run's shared draws, science.md §8)."""
+    from ._stats import RowGroups, bootstrap, percentile_ci
 
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
+    ok = np.isfinite(v)
+    v = v[ok]
     if v.size == 0:
         return {}
     stats = (("mean", lambda a: a.mean(-1)), ("median", lambda a: np.median(a, -1)),
              ("p95", lambda a: np.percentile(a, 95, axis=-1)), ("p99", lambda a: np.percentile(a, 99, axis=-1)))
-    reps = bootstrap(lambda idx: np.stack([f(v[idx]) for _, f in stats], 1), v.size, n_boot, seed) \
-        if n_boot else None
+    if isinstance(seed, RowGroups):
+        g = seed.subset(np.flatnonzero(ok))
+        rows = np.arange(v.size)
+        reps = np.array([[f(v[np.repeat(rows, wb.astype(np.int64))]) for _, f in stats]
+                         for wb in g.weights(n_boot)]) if n_boot and g.n_groups >= 2 else None
+    else:
+        reps = bootstrap(lambda idx: np.stack([f(v[idx]) for _, f in stats], 1), v.size, n_boot, seed) \
+            if n_boot else None
     out: dict[str, tuple[float, float | None, float | None]] = {}
     for j, (name, f) in enumerate(stats):
         lo, hi = percentile_ci(reps[:, j]) if reps is not None else (None, None)
@@ -305,12 +315,14 @@ class Lipschitz(Analysis):
         nb = int(ctx.params["n_boot"])
         values = {"L_seq": L_seq, "L_seq_norm": L_seq / np.sqrt(np.maximum(T, 1)), "L_pooled": L_pooled}
         metrics: list[Metric] = []
+        groups = run_groups(ctx).subset(rows)  # the run's shared group resamples (science.md §8)
         for var, v in values.items():
-            for stat, (val, lo, hi) in describe(v, nb, ctx.seed).items():
+            for stat, (val, lo, hi) in describe(v, nb, groups).items():
                 metrics.append(Metric(f"{var}_{stat}", val, stage="adapter", ci_low=lo, ci_high=hi,
-                                      n=int(np.isfinite(v).sum())))
-        lq = describe(logq, nb, ctx.seed)["mean"]
-        metrics.append(Metric("logq_mean", lq[0], stage="adapter", ci_low=lq[1], ci_high=lq[2], n=len(logq)))
+                                      n=int(np.isfinite(v).sum()), n_groups=groups.n_groups if lo is not None else None))
+        lq = describe(logq, nb, groups)["mean"]
+        metrics.append(Metric("logq_mean", lq[0], stage="adapter", ci_low=lq[1], ci_high=lq[2], n=len(logq),
+                              n_groups=groups.n_groups if lq[1] is not None else None))
         summary: dict[str, Any] = {"n_samples": int(len(rows)), "targets": "content tokens (the paired text)",
                                    "mean_span_length": float(np.mean(T)),
                                    "per_sample": {"sample_id": [ctx.samples[int(i)].sample_id for i in rows[:50]],

@@ -23,8 +23,15 @@ again (science.md §6; the reference's script 14, analyses-causal-lora-tables.md
 3. Measure. The runner runs `rerun` (probe, gmi) twice on the evaluation samples, same store:
    with the base model and with `--adapter <dir>/best` (re-extraction); the LoRA run's
    records are written like any run's. Reported per (stage, attribute), for the trained
-   attribute and every other one: lora_delta_accuracy (probe) and lora_delta_gmi_bits (GMI),
-   with an approximate 95% CI from the two runs' CIs (independent-normal combination).
+   attribute and every other one: lora_delta_accuracy (probe) and lora_delta_gmi_bits (GMI).
+   default: the change is paired: both runs measure the same evaluation samples and draw the
+   same group resamples (science.md §8), so replicate b of the change is replicate b after
+   minus replicate b before, and its 95% CI comes from those differences. "Unchanged" is an
+   equivalence test (TOST, alpha 0.05) against a declared margin (`margin_accuracy`,
+   `margin_gmi_bits`, recorded): equivalent when the 90% interval of the change lies inside
+   (-margin, margin); an attribute is unchanged when every one of its changes is (an
+   intersection-union test, valid at alpha without a multiplicity correction). paper: the
+   reference has no CI; the paired CI is given alike, and no equivalence test.
 The live model is left as it was: the LoRA layers are removed (not merged) after training.
 """
 
@@ -42,6 +49,7 @@ import numpy as np
 from mch.api import Analysis, AnalysisOutput, MchError, Metric, Sample
 
 from ._params import as_list, check_params
+from ._stats import percentile_ci, tost
 
 PAPER_SEED = 42
 COMPARED = (("probe", "accuracy", "lora_delta_accuracy"), ("gmi", "gmi_bits", "lora_delta_gmi_bits"))
@@ -61,6 +69,8 @@ PARAM_SPECS = declare(
     query=Param(str, nullable=True), train_split=Param(str, nullable=True), n_train=Param(int, ge=1, nullable=True),
     val_fraction=Param(float, gt=0, lt=1), eval_fraction=Param(float, gt=0, lt=1), eval_per_class=Param(int, ge=1),
     adapter_dir=Param(str, nullable=True), rerun=Param(list, items=str),
+    margin_accuracy=Param(float, gt=0, le=1, help="TOST equivalence margin for accuracy changes (science.md 6)"),
+    margin_gmi_bits=Param(float, gt=0, help="TOST equivalence margin for GMI changes, bits (science.md 6)"),
 )
 
 
@@ -75,7 +85,9 @@ class Lora(Analysis):
              "batch_size": 8, "max_epochs": 5, "patience": 2, "max_grad_norm": 1.0, "query": None,
              "train_split": "train", "n_train": None, "val_fraction": 0.17, "eval_fraction": 0.33,
              "eval_per_class": 167, "save_every": 200, "adapter_dir": None, "rerun": ["probe", "gmi"],
-             "write_records": True}
+             "write_records": True,
+             # "unchanged" = equivalent within these declared margins (TOST, science.md §6)
+             "margin_accuracy": 0.05, "margin_gmi_bits": 0.1}
         if protocol == "paper":
             p["train_split"] = None
         return p
@@ -326,7 +338,10 @@ class Lora(Analysis):
     def _output(self, ctx, attr_name, query, split, st, base, tuned, out_dir, train_s) -> AnalysisOutput:
         metrics: list[Metric] = []
         table: dict[str, list[dict[str, Any]]] = {}
-        z = 1.959964
+        notes: list[str] = []
+        margins = {"accuracy": float(ctx.params["margin_accuracy"]), "gmi_bits": float(ctx.params["margin_gmi_bits"])}
+        test = ctx.protocol != "paper"
+        unpaired: set[str] = set()
         for analysis, metric, out_name in COMPARED:
             if analysis not in base or analysis not in tuned:
                 continue
@@ -338,15 +353,37 @@ class Lora(Analysis):
                 if b.value is None or a.value is None:
                     continue
                 d = a.value - b.value
-                lo = hi = None
-                if None not in (b.ci_low, b.ci_high, a.ci_low, a.ci_high):
-                    se = math.hypot((b.ci_high - b.ci_low) / (2 * z), (a.ci_high - a.ci_low) / (2 * z))
-                    lo, hi = d - z * se, d + z * se
-                metrics.append(Metric(out_name, d, key[0], key[1], lo, hi, a.n))
+                reps = _paired(base[analysis], tuned[analysis], metric, key)
+                lo, hi = percentile_ci(reps) if reps is not None else (None, None)
+                if reps is None:
+                    unpaired.add(str(key[1]))
+                    if None not in (b.ci_low, b.ci_high, a.ci_low, a.ci_high):  # the paper protocol's approximation
+                        z = 1.959964
+                        se = math.hypot((b.ci_high - b.ci_low) / (2 * z), (a.ci_high - a.ci_low) / (2 * z))
+                        lo, hi = d - z * se, d + z * se
+                trained = key[1] == attr_name
+                eq = tost(reps, margins[metric]) if reps is not None and test and not trained else None
+                metrics.append(Metric(out_name, d, key[0], key[1], lo, hi, a.n,
+                                      a.n_groups if reps is not None and lo is not None else None))
                 rows.append({"stage": key[0], "attribute": key[1], "before": b.value, "after": a.value, "delta": d,
                              "ci_low": lo, "ci_high": hi, "before_ci": [b.ci_low, b.ci_high],
-                             "after_ci": [a.ci_low, a.ci_high], "trained": key[1] == attr_name})
+                             "after_ci": [a.ci_low, a.ci_high], "trained": trained, "n_groups": a.n_groups,
+                             **({"equivalent": eq["equivalent"], "tost_p": eq["p"], "ci90": eq["ci90"],
+                                 "margin": eq["margin"]} if eq else {})})
             table[out_name] = rows
+        equivalence: dict[str, Any] = {}
+        if test:
+            for other in sorted({r["attribute"] for rows in table.values() for r in rows if not r["trained"]}):
+                mine = [r for rows in table.values() for r in rows if r["attribute"] == other]
+                verdict = bool(mine) and all(r.get("equivalent") is True for r in mine)
+                equivalence[other] = {"equivalent": verdict, "n_tests": len(mine),
+                                      "not_equivalent": [f"{r['stage']}" for r in mine if r.get("equivalent") is not True]}
+                notes.append(f"{other}: {'unchanged' if verdict else 'not shown unchanged'} (TOST at alpha 0.05, "
+                             f"margins accuracy {margins['accuracy']:g}, GMI {margins['gmi_bits']:g} bits; "
+                             f"{len(mine)} changes{'' if verdict else ', every one must be inside its margin'})")
+        for attr in sorted(unpaired):
+            notes.append(f"{attr}: no paired replicates (paper protocol, or the two runs drew different resamples): "
+                         f"its CIs combine the two runs' CIs as independent normals (approximate)")
         metrics.append(Metric("lora_best_val_loss", st["best_val_loss"], None, attr_name, None, None, st.get("n_val")))
         metrics.append(Metric("lora_best_epoch", float(st["best_epoch"] or 0), None, attr_name, None, None,
                               st.get("n_train")))
@@ -361,10 +398,14 @@ class Lora(Analysis):
             "val_accuracy_best": best["val_accuracy"] if best else None,
         }
         summary["records"] = list(self.written)
+        summary["margins"] = margins
+        if test:
+            summary["equivalence"] = equivalence
         notes = [f"evaluated on {len(split['eval'])} samples; LoRA trained on {len(split['train'])} "
                  f"(validation {len(split['val'])})",
                  *[f"wrote {w} (with the adapter)" for w in self.written],
-                 "CIs of the changes combine the two runs' CIs as independent normals (approximate)"]
+                 "CIs of the changes: paired, from the two runs' shared group resamples (science.md §8), where both "
+                 "runs kept replicates", *notes]
         if ctx.protocol == "paper":
             summary["baseline_generation_eval"] = _gen_eval(hist[0], split["val"], attr_name) if hist else None
             summary["post_training_generation_eval"] = _gen_eval(hist[-1], split["val"], attr_name) if hist else None
@@ -376,6 +417,18 @@ class Lora(Analysis):
                          "training clips included, B6); post_training_generation_eval is the last epoch's forced-choice "
                          "validation accuracy (the reference's B5), the evaluated adapter is the best epoch's")
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+
+
+def _paired(before: AnalysisOutput, after: AnalysisOutput, metric: str, key: tuple) -> np.ndarray | None:
+    """Replicates of after - before on the same group resamples, or None when the two runs did
+    not draw the same ones (different samples, seed or groups)."""
+    stage, attr = key
+    rb, ra = before.replicates.get((metric, stage, attr)), after.replicates.get((metric, stage, attr))
+    gb, ga = before.replicates.get(("_groups", None, attr)), after.replicates.get(("_groups", None, attr))
+    if rb is None or ra is None or gb is None or gb != ga:
+        return None
+    m = min(len(rb), len(ra))
+    return np.asarray(ra[:m]) - np.asarray(rb[:m])
 
 
 def _free_memory() -> None:

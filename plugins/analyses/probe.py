@@ -12,14 +12,26 @@
     `LAMBDA_GRID` by nested cross-validation on that fold's training part only (each of its
     other folds held out in turn from the rest of that part, so the inner CV is
     group-disjoint whenever the outer folds are), minimising held-out cross-entropy;
-  * metrics from the pooled held-out predictions: `accuracy` (bootstrap 95% CI over test
-    samples), `balanced_accuracy`, `macro_f1`, `cross_entropy_bits`, `i_probe_bits` =
-    H(Y) - CE (H(Y) the entropy of the label prior of the probed rows; it can fall below 0
-    when held-out groups shift the label mix), `retention_ratio`; `chance_uniform` = 1/K
-    and `chance_majority` (the majority class rate) per attribute; and the attribute-level
-    `retained_pct`, `final_over_chance`, `delta_tau` (science.md §1) with the chance level
-    of `retention_chance` (default: majority; the paper's is 1/K), reported as
-    `chance_retention`.
+  * metrics from the pooled held-out predictions: `accuracy`, `balanced_accuracy`,
+    `macro_f1`, `cross_entropy_bits`, `i_probe_bits` = CE_null - CE (V-information: CE_null is
+    the held-out cross-entropy of the intercept-only model fitted on the same training folds,
+    each fold's own label prior; ~0 for vectors that carry nothing, even when grouped folds
+    shift the label mix), `i_probe_prior_bits` = H(Y) - CE (the old number, biased negative
+    there), `retention_ratio`; `chance_uniform` = 1/K and `chance_majority` (the majority
+    class rate) per attribute; and the attribute-level `retained_pct`, `final_over_chance`,
+    `delta_tau` (science.md §1) with the chance level of `retention_chance` (default:
+    majority; the paper's is 1/K), reported as `chance_retention`;
+  * control task (`control`, on by default; Hewitt & Liang 2019): the labels permuted across
+    the attribute's groups (group structure kept), the same folds, each outer fold fitted at
+    the lam the real labels chose there (no inner CV): `control_accuracy`,
+    `control_i_probe_bits`, `selectivity` = accuracy - control_accuracy;
+  * `n_repeats` grouped-CV seeds (default 1): points are means over the seeds, and bootstrap
+    replicate b reads seed b mod n_repeats, so their spread enters the CIs;
+  * CIs: percentile, over the attribute's shared group resamples (`_stats.attribute_groups`,
+    science.md §8) as row weights of the held-out predictions (no refit); every metric says
+    its `n_groups`; the replicates of accuracy and I_probe go to later analyses of the run
+    (`AnalysisOutput.replicates`: GMI's accessibility CIs, LoRA's paired changes), never to
+    the record; every record notes that I_probe is a lower bound loosening with d/N.
 
 How the default fit is made fast without changing the model it finds:
   * Exact PCA form. The penalised optimum W lies in the span of the training rows
@@ -87,8 +99,9 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric, stage_sort_key
 from ._linalg import one_blas_thread
 from ._params import check_params
 from ._softmax import Design, Problem, SoftmaxFit, fit_many, heldout_logp
-from ._stats import (LN2, bootstrap_classification, confusion, encode_labels, entropy_bits,
-                     grouped_folds, percentile_ci, prior, scores_from_confusion)
+from ._stats import (LN2, Folds, RowGroups, attribute_groups, bootstrap_classification, confusion,
+                     encode_labels, entropy_bits, group_codes, grouped_folds, groups_identity, percentile_ci,
+                     permute_labels_by_group, prior, resample_seed, scores_from_confusion, scores_from_counts)
 
 # The regularisation grid, owned by the harness (never by a model or dataset plugin, so
 # every model is probed alike: the SUPERB fairness rule). lam is the per-sample L2 weight on
@@ -103,7 +116,9 @@ DEFAULT_PARAMS = {
     "tol": 1e-5,              # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
     "inner_tol": 1e-4,        # the same bound for the inner fits, which only rank lam
     "max_iter": 10000,        # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
-    "n_bootstrap": 1000,      # resamples of test predictions for the CIs
+    "n_bootstrap": 1000,      # group resamples of the held-out predictions for the CIs (science.md §8)
+    "control": True,          # the control task: labels permuted across groups, same folds and lam (science.md §1)
+    "n_repeats": 1,           # grouped-CV seeds (each sample tested once per seed); their spread enters the CIs
     "retention_chance": "majority",  # chance level c of the retention numbers: majority or uniform
     "min_samples": 20,        # fewer labelled rows: the attribute is skipped (the reference's 20)
     "n_jobs": None,           # threads for the fits (None: usable cores, at most 4); results do not depend on it
@@ -132,6 +147,8 @@ PARAM_SPECS = declare(
     n_jobs=Param(int, ge=1, nullable=True), train_size=Param(float, gt=0, lt=1),
     random_state=Param(int, ge=0, le=2**32 - 1), weight_decay=Param(float, gt=0),
     class_order=Param(str, choices=("auto", "sorted", "declared")),
+    control=Param(bool, help="the control task (science.md 1): labels permuted across groups, same folds and lam"),
+    n_repeats=Param(int, ge=1, help="grouped-CV seeds; their spread enters the CIs"),
 )
 
 
@@ -207,6 +224,7 @@ def inner_pairs(n_splits: int, inner_folds: int | None = None) -> list[tuple[int
                    for d in range(1, inner_folds // 2 + 1)})
 
 
+CONTROL_START_TOL = 1e-3  # bound of the control task's all-rows starting fit (only a starting point)
 MAX_DEFAULT_JOBS = 4  # more threads than this rarely pays for the products' memory traffic
 
 
@@ -297,7 +315,8 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
 
 def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_boot: int,
                     seed: int) -> dict[str, Any]:
-    """Pooled held-out scores with bootstrap CIs over the test rows."""
+    """Pooled held-out scores with row-bootstrap CIs (I_probe here is H(Y) - CE; the default
+    protocol uses `heldout_replicates`)."""
     pred = logp.argmax(1)
     nll_bits = -logp[np.arange(len(y)), y] / LN2
     point = scores_from_confusion(confusion(y, pred, k))
@@ -308,6 +327,104 @@ def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_bo
     reps["i_probe_bits"] = h_bits - reps["cross_entropy_bits"]
     cis = {key: percentile_ci(v) for key, v in reps.items()}
     return {"point": point, "ci": cis}
+
+
+def _row_order(logp_d: np.ndarray, design: Design) -> np.ndarray:
+    logp = np.empty_like(logp_d)
+    logp[design.order] = logp_d
+    return logp
+
+
+def null_nll_bits(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarray:
+    """Each row's held-out cross-entropy (bits) under the intercept-only model fitted on its
+    outer fold's training rows: that fold's label prior (the null of V-information, science.md
+    §1). Folds keep every class in every training part; a class a part lacks would cost inf."""
+    out = np.empty(len(y))
+    for f in np.unique(fold):
+        te = fold == f
+        counts = np.bincount(y[~te], minlength=k).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            out[te] = -np.log2(counts[y[te]] / counts.sum())
+    return out
+
+
+def heldout_replicates(y: np.ndarray, k: int, h_bits: float, runs: list[dict[str, np.ndarray]],
+                       w: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Point values and group-bootstrap replicates of the held-out scores.
+
+    `runs` holds one grouped CV per seed (`logp` (n, k), `null` (n,) bits); the point value is
+    the mean over seeds, and replicate b reads seed b mod R, so the seeds' spread enters the CI.
+    `w` (B, n): the shared group resamples as row weights. i_probe_bits = CE_null - CE
+    (V-information); i_probe_prior_bits = H(Y) - CE (the prior's entropy held fixed)."""
+    R, B = len(runs), w.shape[0]
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "cross_entropy_bits", "null_cross_entropy_bits",
+            "i_probe_bits", "i_probe_prior_bits")
+    points = {key: [] for key in keys}
+    reps = {key: np.full(B, np.nan) for key in keys}
+    for r, run in enumerate(runs):
+        pred = run["logp"].argmax(1)
+        nll = -run["logp"][np.arange(len(y)), y] / LN2
+        pt = {key: float(v) for key, v in scores_from_confusion(confusion(y, pred, k)).items()}
+        pt["cross_entropy_bits"], pt["null_cross_entropy_bits"] = float(nll.mean()), float(run["null"].mean())
+        sel = np.flatnonzero(np.arange(B) % R == r) if R > 1 else slice(None)
+        # every weighted count in one product: per-class hits, truths, predictions, and the two CEs
+        M = np.zeros((len(y), 3 * k + 2))
+        M[np.arange(len(y)), y] = y == pred
+        M[np.arange(len(y)), k + y] = 1.0
+        M[np.arange(len(y)), 2 * k + pred] = 1.0
+        M[:, 3 * k], M[:, 3 * k + 1] = nll, run["null"]
+        S = (w if R == 1 else w[sel]) @ M
+        rp = dict(scores_from_counts(S[:, :k], S[:, k:2 * k], S[:, 2 * k:3 * k]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tot = S[:, k:2 * k].sum(1)  # NaN where a resample drew none of these rows
+            rp["cross_entropy_bits"], rp["null_cross_entropy_bits"] = S[:, 3 * k] / tot, S[:, 3 * k + 1] / tot
+        for d in (pt, rp):
+            d["i_probe_bits"] = d["null_cross_entropy_bits"] - d["cross_entropy_bits"]
+            d["i_probe_prior_bits"] = h_bits - d["cross_entropy_bits"]
+        for key in keys:
+            points[key].append(pt[key])
+            reps[key][sel] = rp[key]
+    return {key: float(np.mean(v)) for key, v in points.items()}, reps
+
+
+def control_labels(y: np.ndarray, codes: np.ndarray, folds: list[Folds], k: int, seed: int,
+                   tries: int = 100) -> np.ndarray | None:
+    """The control task's labels (Hewitt & Liang 2019, science.md §1): `y` permuted across
+    groups with the group structure kept, drawn until every outer training part holds every
+    class (the probe's own folds are used); None if no draw does."""
+    rng = np.random.default_rng(seed)
+    for _ in range(tries):
+        yc = permute_labels_by_group(y, codes, rng)
+        if all(len(np.unique(yc[f.fold != i])) == k for f in folds for i in range(f.n_splits)):
+            return yc
+    return None
+
+
+def control_logp(design: Design, y_ctrl: np.ndarray, lams: list[float], tol: float, max_iter: int, log: FitLog,
+                 pool: Any = None) -> np.ndarray:
+    """Held-out log-probabilities (design row order) of the probe on the control labels
+    `y_ctrl` (caller's row order): the same folds, each outer fold fitted at the lam the real
+    labels chose there (no inner CV of its own). The design's vectors are shared."""
+    import copy
+
+    F, k = design.n_blocks, design.k
+    cd = copy.copy(design)
+    cd.y = np.asarray(y_ctrl)[design.order]
+    cd.counts = [np.bincount(cd.y[lo:hi], minlength=k) for lo, hi in zip(design.start, design.stop, strict=True)]
+    # the folds' fits start from one loose fit on all rows (a solver path, not a model: each fold's
+    # fit is still certified at `tol`). Permuted labels at a small lam are nearly interpolated, and
+    # from zeros they take ~10x the evaluations of the real labels' warm-started outer fits
+    # (measured on the benchmark's 40-class probe at lam 1e-5: 1513 evaluations cold, 280 so)
+    lam0 = float(np.exp(np.mean(np.log(lams))))
+    start = fit_many(cd, [Problem(tuple(range(F)), lam0, max(tol, CONTROL_START_TOL))], max_iter, pool)[0]
+    log.add(start)
+    fits = fit_many(cd, [Problem(tuple(j for j in range(F) if j != o), lams[o], tol, (start.W, start.b))
+                         for o in range(F)], max_iter, pool)
+    logp = np.full((len(cd.y), k), np.nan)
+    for o, (fit, lp) in enumerate(zip(fits, heldout_logp(cd, fits, [(o,) for o in range(F)], pool), strict=True)):
+        log.add(fit)
+        logp[design.start[o]:design.stop[o]] = lp[o]
+    return logp
 
 
 # --------------------------------------------------------------------------- paper protocol
@@ -372,23 +489,71 @@ def paper_encode(labels: np.ndarray, attribute: Any, class_order: str):
 # --------------------------------------------------------------------------- the analysis
 
 
-def _retention(acc: float | None, c: float) -> float | None:
+def _retention(acc: Any, c: float) -> Any:
     return None if acc is None else (acc - c) / (1 - c)
 
 
-def attribute_level(attr: str, c: float, acc: dict[str, float]) -> list[Metric]:
+def _ci(reps: np.ndarray | None, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile CI of replicates, or none when more of them are undefined (NaN: a ratio whose
+    denominator a resample took to 0) than the interval's tails hold."""
+    if reps is None or len(reps) == 0 or np.mean(~np.isfinite(reps)) > (1 - level) / 2:
+        return None, None
+    return percentile_ci(reps, level)
+
+
+def attribute_level(attr: str, c: float, acc: dict[str, float], reps: dict[str, np.ndarray] | None = None,
+                    n: int | None = None, n_groups: int | None = None) -> list[Metric]:
     """The retention numbers across stages, each under its own name (science.md §1), and the
-    chance level c they use (`chance_retention`), so that a reader sees the c of each number."""
+    chance level c they use (`chance_retention`), so that a reader sees the c of each number.
+    With `reps` (stage -> accuracy replicates on the shared group resamples) each number gets
+    its CI from the same draws at every stage (c held at the probed rows' value)."""
     out = [Metric("chance_retention", c, None, attr)]
     a_en, a_ad, a_fi = acc.get("encoder"), acc.get("adapter"), acc.get("llm.final")
+    r = reps or {}
+    r_en, r_ad, r_fi = r.get("encoder"), r.get("adapter"), r.get("llm.final")
+
+    def metric(name: str, value: Any, rep: Any) -> Metric:
+        lo, hi = _ci(rep) if rep is not None and value is not None else (None, None)
+        return Metric(name, value, None, attr, lo, hi, n, n_groups if lo is not None else None)
+
     if a_ad is not None and a_fi is not None:
         # the reference returns NaN when the adapter is within 0.001 of chance
-        out.append(Metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, None, attr))
+        rep = None
+        if r_ad is not None and r_fi is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rep = np.where(r_ad - c > 1e-3, 100 * (r_fi - c) / (r_ad - c), np.nan)
+        out.append(metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, rep))
     if a_fi is not None:
-        out.append(Metric("final_over_chance", a_fi / c if c > 0 else None, None, attr))
+        out.append(metric("final_over_chance", a_fi / c if c > 0 else None,
+                          r_fi / c if r_fi is not None and c > 0 else None))
     if a_en is not None and a_fi is not None:
-        out.append(Metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), None, attr))
+        rep = _retention(r_en, c) - _retention(r_fi, c) if r_en is not None and r_fi is not None else None
+        out.append(metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), rep))
     return out
+
+
+def d_over_n_note(attr: str, n: int, dims: dict[str, int]) -> str:
+    """The note every default probe record carries (science.md §1)."""
+    ds = sorted(set(dims.values()))
+    d = str(ds[0]) if len(ds) == 1 else f"{ds[0]}-{ds[-1]} by stage"
+    return (f"{attr}: I_probe is a lower bound on I(Y; h) whose looseness grows with d/N (d = {d}, N = {n} rows): "
+            f"a linear probe fitted on N rows of d dimensions leaves information unfound as d/N grows")
+
+
+@dataclass
+class AttrPlan:
+    """One attribute's rows, folds (one per grouped-CV seed), control labels and shared resamples."""
+
+    enc: Any
+    folds: list[Folds]
+    chance: dict[str, float]
+    h: float
+    info: dict[str, Any]
+    groups: RowGroups            # bootstrap groups of the probed rows (science.md §8)
+    y_ctrl: np.ndarray | None    # control-task labels, or None (control off or impossible)
+    accs: dict[str, float]
+    acc_reps: dict[str, np.ndarray]
+    weights: np.ndarray | None = None  # (B, n) row weights of the shared resamples, made once
 
 
 class Probe(Analysis):
@@ -445,11 +610,22 @@ class Probe(Analysis):
         inner_pairs(int(p["n_splits"]), inner_folds)  # bad fold counts fail before any work
         if p["retention_chance"] not in ("majority", "uniform"):
             raise MchError(f"probe parameter retention_chance must be majority or uniform, not {p['retention_chance']!r}")
+        if not isinstance(p["control"], bool):
+            raise MchError(f"probe parameter control must be true or false, not {p['control']!r}")
+        if isinstance(p["n_repeats"], bool) or not str(p["n_repeats"]).isdigit() or int(p["n_repeats"]) < 1:
+            raise MchError(f"probe parameter n_repeats must be a positive number of grouped-CV seeds, "
+                           f"not {p['n_repeats']!r}")
+        n_rep = int(p["n_repeats"])
         out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
                                       "objective": "mean cross-entropy + lam/2 ||W||^2 on z-scored vectors",
                                       "standardisation": "over all samples of the run (no labels used)",
-                                      "retention_chance": p["retention_chance"], "attributes": {}})
-        plan = {}
+                                      "retention_chance": p["retention_chance"],
+                                      "i_probe": "V-information: CE of the intercept-only model fitted on the same "
+                                                 "training folds minus the probe's CE (held out, bits)",
+                                      "ci": f"percentile, {int(p['n_bootstrap'])} group-bootstrap resamples shared "
+                                            f"with every analysis of the run (science.md §8)",
+                                      "control": bool(p["control"]), "n_repeats": n_rep, "attributes": {}})
+        plan: dict[str, AttrPlan] = {}
         for attr, spec in ctx.attributes.items():
             enc = encode_labels(ctx.labels[attr], order=list(spec.classes))
             info: dict[str, Any] = {"classes": enc.classes, "n": int(len(enc.rows)),
@@ -465,80 +641,131 @@ class Probe(Analysis):
                 out.notes.append(f"{attr}: skipped ({info['skipped']})")
                 continue
             groups = ctx.groups.get(attr)
-            folds = grouped_folds(enc.y, None if groups is None else np.asarray(groups)[enc.rows],
-                                  p["n_splits"], ctx.seed)
+            g_rows = None if groups is None else np.asarray(groups)[enc.rows]
+            folds = [grouped_folds(enc.y, g_rows, p["n_splits"], ctx.seed + r) for r in range(n_rep)]
             k = len(enc.classes)
             # chance levels: 1/K, and the majority class rate of the probed rows
             chance = {"uniform": 1.0 / k, "majority": float(np.bincount(enc.y, minlength=k).max() / len(enc.y))}
             h = entropy_bits(prior(enc.y, k))
-            info.update({"n_classes": k, "split": "grouped" if folds.grouped else "stratified",
-                         "split_detail": folds.reason, "label_entropy_bits": h,
-                         "chance_uniform": chance["uniform"], "chance_majority": chance["majority"], "stages": {}})
-            if not folds.grouped:
+            rg = attribute_groups(ctx, attr).subset(enc.rows)
+            info.update({"n_classes": k, "split": "grouped" if folds[0].grouped else "stratified",
+                         "split_detail": folds[0].reason, "label_entropy_bits": h,
+                         "chance_uniform": chance["uniform"], "chance_majority": chance["majority"],
+                         "bootstrap_key": rg.key, "n_groups": rg.n_groups, "stages": {}})
+            if not folds[0].grouped:
                 out.notes.append(f"{attr}: splits are not grouped by {ctx.attributes[attr].group_key!r} "
-                                 f"({folds.reason})")
+                                 f"({folds[0].reason})")
+            y_ctrl = None
+            if p["control"]:
+                codes, _ = group_codes(g_rows, len(enc.y))
+                y_ctrl = control_labels(enc.y, codes, folds, k, resample_seed(ctx.seed, attr, "control"))
+                info["control"] = (f"labels permuted across groups of {spec.group_key!r} (group structure kept), "
+                                   f"same folds, each fold at the lam the real labels chose")
+                if y_ctrl is None:
+                    info["control"] = "none: no permutation across groups kept every class in every training part"
+                    out.notes.append(f"{attr}: no control task ({info['control']})")
             out.metrics += [Metric("chance_uniform", chance["uniform"], None, attr, n=len(enc.y)),
                             Metric("chance_majority", chance["majority"], None, attr, n=len(enc.y))]
-            plan[attr] = (enc, folds, chance, h, info)
-        accs: dict[str, dict[str, float]] = {a: {} for a in plan}
-        unconverged = []
+            out.notes.append(d_over_n_note(attr, len(enc.y), {s: int(np.shape(ctx.reps[s])[1]) for s in stages}))
+            plan[attr] = AttrPlan(enc, folds, chance, h, info, rg, y_ctrl, {}, {})
+        unconverged: list[str] = []
         # the solver's chunk tasks run on worker threads, each on one BLAS thread: the
         # arithmetic of every product then does not depend on the number of threads
         workers = n_workers(p["n_jobs"])
         out.summary["threads"] = workers
         with ExitStack() as stack:
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
-            self._fit_stages(ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out)
-        for attr, (_enc, _folds, chance, _h, _info) in plan.items():
-            out.metrics += attribute_level(attr, chance[p["retention_chance"]], accs[attr])
+            self._fit_stages(ctx, p, stages, plan, unconverged, inner_folds, pool, out)
+        for attr, pl in plan.items():
+            out.metrics += attribute_level(attr, pl.chance[p["retention_chance"]], pl.accs,
+                                           pl.acc_reps if pl.groups.n_groups >= 2 else None, len(pl.enc.y),
+                                           pl.groups.n_groups)
+            if pl.groups.n_groups < 10:
+                out.notes.append(f"{attr}: its CIs rest on {pl.groups.n_groups} groups of {pl.groups.key!r}"
+                                 + (" (none: one group cannot be resampled)" if pl.groups.n_groups < 2 else ""))
+            out.replicates[("_groups", None, attr)] = groups_identity(ctx, pl.groups)
         out.summary["converged"] = not unconverged
         if unconverged:
             out.notes.append(f"some fits reached max_iter={p['max_iter']} before the convergence bound: "
                              + ", ".join(unconverged))
         return out
 
-    def _fit_stages(self, ctx, p, stages, plan, accs, unconverged, inner_folds, pool, out) -> None:
-        """The nested-CV probes of every (stage, attribute) in `plan`, into `out` and `accs`."""
+    def _fit_stages(self, ctx, p, stages, plan, unconverged, inner_folds, pool, out) -> None:
+        """The nested-CV probes (and control probes) of every (stage, attribute) in `plan`,
+        into `out` and the plans."""
+        n_boot = int(p["n_bootstrap"])
         with ctx.progress.task("probe", len(stages) * len(plan)) as advance:
             for stage in stages:
                 if not plan:
                     break
                 basis = stage_basis(ctx.reps[stage])
-                for attr, (enc, folds, chance, h, info) in plan.items():
-                    k = len(enc.classes)
-                    log = FitLog()
-                    design = Design(basis.Z32, folds.fold, enc.y, k, rows=enc.rows)
-                    with one_blas_thread():
-                        logp_d, lams, curves = nested_cv_probe(design, LAMBDA_GRID, int(p["patience"]),
-                                                               float(p["tol"]), int(p["max_iter"]), log,
-                                                               float(p["inner_tol"]), inner_folds, pool)
-                    logp = np.empty_like(logp_d)
-                    logp[design.order] = logp_d  # back to row order
-                    del design
-                    r = heldout_metrics(enc.y, logp, k, h, int(p["n_bootstrap"]), ctx.seed)
-                    pt, ci, n = r["point"], r["ci"], len(enc.y)
-                    c = chance[p["retention_chance"]]
-                    acc_lo, acc_hi = ci["accuracy"]
-                    out.metrics += [
-                        Metric("accuracy", pt["accuracy"], stage, attr, acc_lo, acc_hi, n),
-                        Metric("balanced_accuracy", pt["balanced_accuracy"], stage, attr, *ci["balanced_accuracy"], n),
-                        Metric("macro_f1", pt["macro_f1"], stage, attr, *ci["macro_f1"], n),
-                        Metric("cross_entropy_bits", pt["cross_entropy_bits"], stage, attr,
-                               *ci["cross_entropy_bits"], n),
-                        Metric("i_probe_bits", pt["i_probe_bits"], stage, attr, *ci["i_probe_bits"], n),
-                        Metric("retention_ratio", _retention(pt["accuracy"], c), stage, attr,
-                               _retention(acc_lo, c), _retention(acc_hi, c), n),
-                    ]
-                    accs[attr][stage] = pt["accuracy"]
-                    info["stages"][stage] = {
-                        "lambda": lams, "inner_cv": curves, "rank": basis.rank, "dim": basis.dim,
+                for attr, pl in plan.items():
+                    enc, k = pl.enc, len(pl.enc.classes)
+                    log, clog = FitLog(), FitLog()
+                    runs, ctrl_runs, lam_runs, curve_runs = [], [], [], []
+                    for folds in pl.folds:
+                        design = Design(basis.Z32, folds.fold, enc.y, k, rows=enc.rows)
+                        with one_blas_thread():
+                            logp_d, lams, curves = nested_cv_probe(design, LAMBDA_GRID, int(p["patience"]),
+                                                                   float(p["tol"]), int(p["max_iter"]), log,
+                                                                   float(p["inner_tol"]), inner_folds, pool)
+                            ctrl_d = None if pl.y_ctrl is None else control_logp(
+                                design, pl.y_ctrl, lams, float(p["tol"]), int(p["max_iter"]), clog, pool)
+                        runs.append({"logp": _row_order(logp_d, design),
+                                     "null": null_nll_bits(enc.y, folds.fold, k)})
+                        if ctrl_d is not None:
+                            ctrl_runs.append({"logp": _row_order(ctrl_d, design),
+                                              "null": null_nll_bits(pl.y_ctrl, folds.fold, k)})
+                        lam_runs.append(lams)
+                        curve_runs.append(curves)
+                        del design
+                    if pl.weights is None:  # the attribute's resamples: the same at every stage
+                        pl.weights = pl.groups.weights(n_boot)
+                    with one_blas_thread():  # small products: a waiting BLAS thread costs more than it gives
+                        pt, reps = heldout_replicates(enc.y, k, pl.h, runs, pl.weights)
+                        self._stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, pl.weights)
+                    pl.accs[stage] = pt["accuracy"]
+                    pl.acc_reps[stage] = reps["accuracy"]
+                    pl.info["stages"][stage] = {
+                        "lambda": lam_runs[0] if len(lam_runs) == 1 else lam_runs,
+                        "inner_cv": curve_runs[0] if len(curve_runs) == 1 else curve_runs,
+                        "rank": basis.rank, "dim": basis.dim,
+                        "null_cross_entropy_bits": pt["null_cross_entropy_bits"],
                         "fits": log.n_fits, "converged": log.n_converged == log.n_fits,
                         "n_unconverged": log.n_fits - log.n_converged, "max_evals": log.max_evals,
                         "total_evals": log.n_evals, "max_gap_bound_nats": log.max_gap}
-                    if log.n_converged < log.n_fits:
-                        unconverged.append(f"{attr}@{stage}")
+                    if ctrl_runs:
+                        pl.info["stages"][stage]["control_fits"] = {
+                            "fits": clog.n_fits, "converged": clog.n_converged == clog.n_fits,
+                            "total_evals": clog.n_evals, "max_gap_bound_nats": clog.max_gap}
+                    if log.n_converged < log.n_fits or clog.n_converged < clog.n_fits:
+                        unconverged.append(f"{attr}@{stage}" + (" (control)" if log.n_converged == log.n_fits else ""))
                     advance(1)
                 del basis
+
+    @staticmethod
+    def _stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, w) -> None:
+        n, ng = len(pl.enc.y), pl.groups.n_groups
+        c = pl.chance[p["retention_chance"]]
+
+        def m(name: str, value: float, rep: np.ndarray) -> Metric:
+            lo, hi = _ci(rep) if ng >= 2 else (None, None)  # one group: nothing to resample
+            return Metric(name, value, stage, attr, lo, hi, n, ng if lo is not None else None)
+
+        out.metrics += [m(key, pt[key], reps[key]) for key in
+                        ("accuracy", "balanced_accuracy", "macro_f1", "cross_entropy_bits", "i_probe_bits",
+                         "i_probe_prior_bits")]
+        out.metrics.append(m("retention_ratio", _retention(pt["accuracy"], c), _retention(reps["accuracy"], c)))
+        for key in ("accuracy", "i_probe_bits"):
+            out.replicates[(key, stage, attr)] = reps[key]
+        if ctrl_runs:
+            cpt, creps = heldout_replicates(pl.y_ctrl, len(pl.enc.classes), pl.h, ctrl_runs, w)
+            out.metrics += [m("control_accuracy", cpt["accuracy"], creps["accuracy"]),
+                            m("control_i_probe_bits", cpt["i_probe_bits"], creps["i_probe_bits"]),
+                            m("selectivity", pt["accuracy"] - cpt["accuracy"], reps["accuracy"] - creps["accuracy"])]
+            if pt["i_probe_bits"] <= cpt["i_probe_bits"]:
+                out.notes.append(f"{attr}@{stage}: I_probe {pt['i_probe_bits']:.3f} bits does not exceed its control "
+                                 f"task's {cpt['i_probe_bits']:.3f}: no evidence of information present")
 
     # ------------------------------------------------------------------ paper
     def _run_paper(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
@@ -555,6 +782,7 @@ class Probe(Analysis):
             out.summary["attributes"][attr] = {"classes": enc.classes, "n": int(len(enc.rows)), "n_classes": k,
                                                "dropped_classes": enc.dropped, "chance": 1.0 / k, "stages": {}}
             out.metrics.append(Metric("chance_uniform", 1.0 / k, None, attr, n=len(enc.y)))
+            out.notes.append(d_over_n_note(attr, len(enc.y), {s: int(np.shape(ctx.reps[s])[1]) for s in stages}))
             plan[attr] = (enc, splits)
         accs: dict[str, dict[str, float]] = {a: {} for a in plan}
         # n_jobs = 1: the splits one after another with the process's BLAS threads, as a plain
@@ -577,6 +805,11 @@ class Probe(Analysis):
                 self._paper_stage(ctx, p, stage, plan, accs, pool, wd, mi, out, advance)
         for attr, (enc, _) in plan.items():
             out.metrics += attribute_level(attr, 1.0 / len(enc.classes), accs[attr])
+        if plan:
+            out.notes.append("paper: each CI averages the row-bootstrap replicates of the 5 splits' test rows as if "
+                             "the splits were independent; the 80/20 splits overlap (they share rows), so the "
+                             "intervals understate the estimator's spread (kept as a reference number; the default "
+                             "protocol's CIs resample groups, science.md §8)")
         return out
 
     def _paper_stage(self, ctx, p, stage, plan, accs, pool, wd, mi, out, advance) -> None:

@@ -27,6 +27,7 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._causal import (PAPER_SEED, adapter_pool, batches, bootstrap, compute_modes, digest, edit_adapter, finite,
                       ids_digest, mean_ci, ratio_of_means_pct, select_samples, text_stage_for)
+from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
 from ._params import check_params
 from ._split import check_split_params, split_defaults
 
@@ -150,7 +151,7 @@ class Swap(Analysis):
 
     def _output(self, ctx: Any, modes: Any, samples: list[Any], own: list[str], donors: list[str], res: np.ndarray,
                 norms: dict[str, np.ndarray], n_speakers: int) -> AnalysisOutput:
-        n_boot, seed, n = int(ctx.params["n_boot"]), int(ctx.seed), len(samples)
+        n_boot, seed, n = int(ctx.params["n_boot"]), sample_groups(ctx, samples), len(samples)
         base = res[:, 0]
         m, lo, hi = mean_ci(base, seed, n_boot)
         metrics = [Metric("loss_baseline", m, "adapter", None, finite(lo), finite(hi), n)]
@@ -209,4 +210,4 @@ class Swap(Analysis):
                 "mean_kl_ms_normalized": mkn["ms"], "mean_kl_ta_normalized": mkn["ta"],
                 "normalized_kl_ratio_ta_over_ms": mkn["ta"] / mkn["ms"] if mkn["ms"] > 0 else None,
             })
-        return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
+        return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)

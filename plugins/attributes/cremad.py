@@ -132,7 +132,8 @@ class CremaD(Corpus):
                             for p in ("default", "paper")}),
             "speaker": Attribute(
                 "speaker", actors, {a: [f"actor {a}"] for a in actors}, "The speaker is",
-                group_key="sentence", description="the actor id from the file name; grouped by sentence "
+                group_key="sentence", verbalizable=False,  # "actor 1001": no decoder can name it from a voice
+                description="the actor id from the file name; grouped by sentence "
                 "(every actor speaks every sentence)",
                 label_rule={p: "actor id = first field of the file name" for p in ("default", "paper")}),
         }

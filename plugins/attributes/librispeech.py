@@ -248,7 +248,7 @@ class LibriSpeech(Corpus):
         return {
             "speaker": Attribute(
                 "speaker", speakers, {s: [names[s]] if s in names else [f"reader {s}"] for s in speakers},
-                "The speaker is", group_key="utterance",
+                "The speaker is", group_key="utterance", verbalizable=False,  # "reader 1089": no decoder can name it
                 description="the reader (speaker id); not grouped beyond the utterance, because several "
                             "test-clean readers have a single chapter",
                 label_rule={p: "speaker id = first field of the utterance id" for p in ("default", "paper")}),

@@ -137,14 +137,16 @@ class ToyWorld(DatasetPlugin):
         rule = {"default": "the generating factor", "paper": "the generating factor"}
         named = self._emotion_captions() > 0
         return {
+            # splits hold speakers out; CIs resample samples (cluster_key): every sample draws its
+            # speaker at random from the world's fixed six, so samples are independent draws
             "content": Attribute("content", list(CONTENT), {c: [c] for c in CONTENT}, QUERIES["content"],
-                                 group_key="speaker", text_describable=True,
+                                 group_key="speaker", text_describable=True, cluster_key="sample",
                                  description="the word the sample carries (in its caption)", label_rule=rule),
             "speaker": Attribute("speaker", list(SPEAKERS), {s: [s] for s in SPEAKERS}, QUERIES["speaker"],
                                  group_key="sample", description="who produced the sample (not in the caption)",
                                  label_rule=rule),
             "emotion": Attribute("emotion", list(EMOTIONS), {k: list(v) for k, v in EMOTIONS.items()},
-                                 QUERIES["emotion"], group_key="speaker", text_describable=named,
+                                 QUERIES["emotion"], group_key="speaker", text_describable=named, cluster_key="sample",
                                  description="the mood of the sample (in the caption of the samples option "
                                              "emotion_captions selects)" if named else
                                  "the mood of the sample (not in the caption)", label_rule=rule),

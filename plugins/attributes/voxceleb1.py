@@ -106,6 +106,8 @@ class VoxCeleb1(Corpus):
         verb = {s: [meta[s]["name"]] if meta.get(s, {}).get("name") else [f"speaker {s}"] for s in speakers}
         return {"speaker": Attribute(
             "speaker", speakers, verb, "The speaker is", group_key="video",
+            # celebrities' names can be known to a decoder; bare ids ("speaker id10001") cannot
+            verbalizable=all(meta.get(s, {}).get("name") for s in speakers),
             description="the VoxCeleb1 speaker id; grouped by video (session)",
             label_rule={p: "speaker id = top directory; first n_speakers ids (sorted), samples_per_speaker "
                            "utterances each, round-robin over videos" for p in ("default", "paper")})}
