@@ -40,10 +40,10 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
+from ._gradients import batched, decoder_gradients, rows_digest, select_rows
 from ._params import check_params, need_stage
-from ._stats import run_groups  # group bootstrap (science.md §8)
+from ._stats import describe, run_groups  # group bootstrap (science.md §8)
 from ._w1 import exact_w1
-from .lipschitz import batched, decoder_gradients, describe, rows_digest, select_rows
 
 
 def w1_null(X: np.ndarray, Y: np.ndarray, n_perm: int, seed: int, obs: float | None = None) -> dict[str, float] | None:

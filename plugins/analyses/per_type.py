@@ -41,10 +41,9 @@ import numpy as np
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._linalg import ci, modes, one_blas_thread
-from ._params import as_list, check_params
+from ._params import as_list, check_params, load_pair
 from ._split import attribute_shares, check_split_params, known_truth, run_split, split_defaults
 from ._w1 import exact_w1
-from .modes import load_pair
 
 FIELDS = ("var_frac_MS", "var_frac_TA", "weighted_alpha", "W1_TA_matched", "W1_MS_matched", "ratio_MS_TA_var",
           "ratio_MS_TA_w1", "delta_tau")
