@@ -21,24 +21,18 @@ from mch.api import MchError, Sample
 def adapter_leaf(model: Any, edit: Callable[[Any], Any] | None = None) -> Iterator[dict[str, Any]]:
     """While active, the adapter output z is replaced by a float32 leaf (state["z"]) that
     requires grad, passed through `edit` (z -> z') first if given."""
-    from mch.model import resolve_module
+    from ._causal import edit_adapter
 
-    module = resolve_module(model.module, model.stage_map("modal")["adapter"])
     state: dict[str, Any] = {"calls": 0}
 
-    def hook(_mod, _args, out):
-        h = out[0] if isinstance(out, (tuple, list)) else out
+    def leaf(h: Any) -> Any:
         z = h.detach().float().clone().requires_grad_(True)
         state["z"] = z
         state["calls"] += 1
-        y = (z if edit is None else edit(z)).to(h.dtype)
-        return (y, *out[1:]) if isinstance(out, tuple) else y
+        return (z if edit is None else edit(z)).to(h.dtype)
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with edit_adapter(model, leaf):
         yield state
-    finally:
-        handle.remove()
 
 
 def _layout(model: Any, batch: Sequence[Sample], protocol: str, span: str, z: Any) -> tuple[Any, Any]:
