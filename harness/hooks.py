@@ -17,9 +17,9 @@ continues with (put back in the same structure); `keep=True` keeps the tensors. 
 `stop=True` the forward pass ends as soon as every point has fired, so layers above the
 deepest one (and the LM head) never run; the exception that does it is swallowed on exit.
 
-Used by capture, the contract kit and the HF plugins. The causal analyses' adapter edit
-(`_causal`, `lipschitz`) and the Ultravox / Prismatic plugins still register their own
-hooks; `edit` is what they need to move onto this core.
+Used by capture, the contract kit, the HF plugins and the analyses' adapter edits
+(`_causal.edit_adapter`, and through it `_gradients.adapter_leaf`). The Ultravox / Prismatic
+plugins still register their own hooks; `edit` is what they need to move onto this core.
 """
 
 from __future__ import annotations

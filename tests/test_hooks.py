@@ -104,3 +104,46 @@ def test_hooks_are_removed_on_exit_even_after_an_error():
     assert not net.layers[0]._forward_hooks  # the hooks made before the bad path are gone too
     with pytest.raises(KeyError):
         Trace(net, {"a": "layers.0"}, edit={"b": torch.zeros_like})
+
+
+def test_the_analyses_adapter_edits_go_through_the_hook_core(monkeypatch):
+    """_causal.edit_adapter and _gradients.adapter_leaf (ablation, swap, gradient, lipschitz,
+    bound) edit the adapter output through Trace: forward-hook code exists once."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import mch.hooks
+    from mch.api import MchError
+    from mch.plugins.analyses import _causal, _gradients
+
+    root = Path(_causal.__file__).parent
+    assert not [p.name for p in root.glob("*.py") if "register_forward" in p.read_text()]
+
+    made = []
+
+    class Spy(Trace):
+        def __init__(self, *a, **kw):
+            made.append(kw.get("edit"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(mch.hooks, "Trace", Spy)
+    net, x = Net(), torch.randn(2, 3, 4)
+    model = SimpleNamespace(module=net, stage_map=lambda view: {"adapter": "layers.0"},
+                            spec=SimpleNamespace(name="net"))
+    ref = manual(net, x)
+    with _causal.edit_adapter(model, lambda z: 2 * z):
+        doubled = net(x)
+    with Trace(net, {"o0": "layers.0"}, edit={"o0": lambda h: 2 * h}):
+        torch.testing.assert_close(doubled, net(x))
+    with _gradients.adapter_leaf(model) as st:
+        out = net(x)
+    torch.testing.assert_close(out, ref["logits"])  # the leaf carries the same values
+    assert st["calls"] == 1 and st["z"].requires_grad and st["z"].dtype == torch.float32
+    (g,) = torch.autograd.grad(out.sum(), st["z"])
+    assert g.shape == ref["out0"].shape
+    assert len(made) == 2 and all(set(e) == {"adapter"} for e in made)
+    assert all(not m._forward_hooks for m in net.modules())
+    bad = SimpleNamespace(module=net, stage_map=lambda view: {"adapter": "layers.9"}, spec=model.spec)
+    with pytest.raises(MchError, match="adapter stage path 'layers.9' does not resolve"):
+        with _causal.edit_adapter(bad, lambda z: z):
+            pass

@@ -30,10 +30,6 @@ def test_the_mch_package_has_no_import_cycle():
 # The run's orchestration and the command line: a plugin gets what it needs through its
 # context (mch.context) or a core function, never from these.
 ORCHESTRATOR = ("mch.runner", "mch.cli", "mch.terminal", "mch.leaderboard_cli", "mch.store_cli")
-# analysis -> analysis imports being moved to the analyses' shared modules (issue 15, on branch
-# i14-split); delete each when that lands
-KNOWN_ANALYSIS_IMPORTS = {("mch.plugins.analyses.bound", "mch.plugins.analyses.lipschitz"),
-                          ("mch.plugins.analyses.per_type", "mch.plugins.analyses.modes")}
 
 
 def test_plugins_never_import_the_orchestrator_and_analyses_never_import_each_other():
@@ -47,7 +43,7 @@ def test_plugins_never_import_the_orchestrator_and_analyses_never_import_each_ot
         return m.startswith("mch.plugins.analyses.") and not m.rpartition(".")[2].startswith("_")
 
     between = {(m, t) for m, ts in graph.items() if analysis(m) for t in ts if analysis(t)}
-    assert not between - KNOWN_ANALYSIS_IMPORTS, sorted(between - KNOWN_ANALYSIS_IMPORTS)
+    assert not between, sorted(between)
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:

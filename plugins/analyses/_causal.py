@@ -3,9 +3,9 @@ eigenmodes of the pooled adapter outputs (§4: under `default` the one split of 
 the same as `modes` and `per_type`), the choice of samples, and forward hooks on the adapter
 output that always come off again.
 
-Every intervention goes through `edit_adapter`: a forward hook on the module at
+Every intervention goes through `edit_adapter`: a `mch.hooks.Trace` edit of the module at
 `stage_map("modal")["adapter"]` that replaces its output z (R, T, D) by f(z) for every
-modality token, removed in a `finally`, so the model is unchanged after each intervention.
+modality token, removed on exit, so the model is unchanged after each intervention.
 """
 
 from __future__ import annotations
@@ -183,31 +183,19 @@ def ids_digest(samples: Sequence[Sample]) -> str:
 # --------------------------------------------------------------------------- hooks
 
 
-def adapter_module(model: Any) -> Any:
-    from mch.model import resolve_module
+@contextlib.contextmanager
+def edit_adapter(model: Any, fn: Callable[[Any], Any]) -> Iterator[None]:
+    """Replace the adapter output z by fn(z) while inside (`mch.hooks.Trace`, whose hooks
+    always come off)."""
+    from mch.hooks import Trace
 
     path = model.stage_map("modal")["adapter"]
     try:
-        return resolve_module(model.module, path)
+        trace = Trace(model.module, {"adapter": path}, edit={"adapter": fn})
     except AttributeError:
         raise MchError(f"model {model.spec.name!r}: adapter stage path {path!r} does not resolve") from None
-
-
-@contextlib.contextmanager
-def edit_adapter(model: Any, fn: Callable[[Any], Any]) -> Iterator[None]:
-    """Replace the adapter output z by fn(z) while inside; the hook always comes off."""
-    module = adapter_module(model)
-
-    def hook(_module, _args, output):
-        if isinstance(output, tuple):
-            return (fn(output[0]),) + tuple(output[1:])
-        return fn(output)
-
-    handle = module.register_forward_hook(hook)
-    try:
+    with trace:
         yield
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager

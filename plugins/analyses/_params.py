@@ -1,5 +1,5 @@
-"""Small helpers the analyses share: parameter checks and stage lookups, each failing with
-one clear `MchError` sentence."""
+"""Small helpers the analyses share: parameter checks and stage lookups (and the modal/text
+pair at a stage), each failing with one clear `MchError` sentence."""
 
 from __future__ import annotations
 
@@ -62,3 +62,28 @@ def paper_text_stage(text_stages: list[str]) -> str:
             return s
     raise MchError("the paper protocol compares against the text baseline's llm.16 or llm.final; "
                    "the text representations of this run have neither")
+
+
+def load_pair(name: str, ctx: Any, stage: str, text_stage: str | None) -> tuple[Any, Any, str]:
+    """Modal vectors at `stage` and text vectors at `text_stage` (None: the protocol's
+    choice), with all-zero rows dropped under paper as the reference did."""
+    import numpy as np
+
+    X = need_stage(name, ctx.reps, stage)
+    treps = ctx.text_reps()
+    if text_stage is None:
+        text_stage = paper_text_stage(list(treps)) if ctx.protocol == "paper" else stage
+    Y = need_stage(name, treps, text_stage, "text")
+    if ctx.protocol == "paper":
+        X = np.asarray(X)[np.any(np.asarray(X) != 0, axis=1)]
+        Y = np.asarray(Y)[np.any(np.asarray(Y) != 0, axis=1)]
+        if X.shape[1] != Y.shape[1]:  # the reference: PCA of the stacked rows to the smaller width
+            from sklearn.decomposition import PCA
+
+            pca = PCA(n_components=min(X.shape[1], Y.shape[1]), random_state=0)
+            pca.fit(np.concatenate([X, Y]).astype(np.float64))
+            X, Y = pca.transform(X.astype(np.float64)), pca.transform(Y.astype(np.float64))
+    elif X.shape[0] != Y.shape[0]:
+        raise MchError(f"analysis {name!r}: {X.shape[0]} modal rows but {Y.shape[0]} text rows; "
+                       f"the default protocol needs the paired text of every sample")
+    return X, Y, text_stage

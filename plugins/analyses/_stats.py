@@ -437,3 +437,30 @@ def tost(delta_reps: np.ndarray, margin: float, alpha: float = 0.05) -> dict[str
     lo, hi = percentile_ci(r, 1 - 2 * alpha)
     return {"equivalent": bool(p < alpha and -margin < lo and hi < margin), "p": p, "ci90": [lo, hi],
             "margin": float(margin)}
+
+
+def describe(values: np.ndarray, n_boot: int, seed: Any) -> dict[str, tuple[float, float | None, float | None]]:
+    """mean, median, p95, p99 with bootstrap percentile CIs over samples; max without one.
+    `seed`: an int (rows resampled) or a `_stats.RowGroups` of the values' rows (their groups
+    resampled with the run's shared draws, science.md §8)."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    v = v[ok]
+    if v.size == 0:
+        return {}
+    stats = (("mean", lambda a: a.mean(-1)), ("median", lambda a: np.median(a, -1)),
+             ("p95", lambda a: np.percentile(a, 95, axis=-1)), ("p99", lambda a: np.percentile(a, 99, axis=-1)))
+    if isinstance(seed, RowGroups):
+        g = seed.subset(np.flatnonzero(ok))
+        rows = np.arange(v.size)
+        reps = np.array([[f(v[np.repeat(rows, wb.astype(np.int64))]) for _, f in stats]
+                         for wb in g.weights(n_boot)]) if n_boot and g.n_groups >= 2 else None
+    else:
+        reps = bootstrap(lambda idx: np.stack([f(v[idx]) for _, f in stats], 1), v.size, n_boot, seed) \
+            if n_boot else None
+    out: dict[str, tuple[float, float | None, float | None]] = {}
+    for j, (name, f) in enumerate(stats):
+        lo, hi = percentile_ci(reps[:, j]) if reps is not None else (None, None)
+        out[name] = (float(f(v)), lo, hi)
+    out["max"] = (float(v.max()), None, None)
+    return out

@@ -40,18 +40,10 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
+from ._gradients import batched, decoder_gradients, rows_digest, select_rows
 from ._params import check_params, need_stage
-from ._stats import run_groups  # group bootstrap (science.md §8)
-from .lipschitz import batched, decoder_gradients, describe, rows_digest, select_rows
-
-
-def exact_w1(X: np.ndarray, Y: np.ndarray) -> float:
-    """Exact W1 between the uniform laws on the rows of X and Y, Euclidean cost, full space."""
-    import ot
-    from scipy.spatial.distance import cdist
-
-    M = cdist(np.asarray(X, np.float64), np.asarray(Y, np.float64), metric="euclidean")
-    return float(ot.emd2(np.ones(len(X)) / len(X), np.ones(len(Y)) / len(Y), M, numItermax=10**7))
+from ._stats import describe, run_groups  # group bootstrap (science.md §8)
+from ._w1 import exact_w1
 
 
 def w1_null(X: np.ndarray, Y: np.ndarray, n_perm: int, seed: int, obs: float | None = None) -> dict[str, float] | None:

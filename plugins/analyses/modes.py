@@ -28,37 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from mch.api import Analysis, AnalysisOutput, MchError, Metric
+from mch.api import Analysis, AnalysisOutput, Metric
 
 from ._linalg import Modes, ci, modes
-from ._params import check_params, need_stage, paper_text_stage
+from ._params import check_params, load_pair
 from ._split import check_split_params, run_split, split_defaults
 
 PAPER_FIELDS = ("total_modes", "n_alpha_gt_0.5", "n_alpha_lt_0.1", "n_alpha_near_1", "mean_alpha_top10",
                 "mean_alpha_top50", "mean_alpha_all")
-
-
-def load_pair(name: str, ctx: Any, stage: str, text_stage: str | None) -> tuple[Any, Any, str]:
-    """Modal vectors at `stage` and text vectors at `text_stage` (None: the protocol's
-    choice), with all-zero rows dropped under paper as the reference did."""
-    X = need_stage(name, ctx.reps, stage)
-    treps = ctx.text_reps()
-    if text_stage is None:
-        text_stage = paper_text_stage(list(treps)) if ctx.protocol == "paper" else stage
-    Y = need_stage(name, treps, text_stage, "text")
-    if ctx.protocol == "paper":
-        X = np.asarray(X)[np.any(np.asarray(X) != 0, axis=1)]
-        Y = np.asarray(Y)[np.any(np.asarray(Y) != 0, axis=1)]
-        if X.shape[1] != Y.shape[1]:  # the reference: PCA of the stacked rows to the smaller width
-            from sklearn.decomposition import PCA
-
-            pca = PCA(n_components=min(X.shape[1], Y.shape[1]), random_state=0)
-            pca.fit(np.concatenate([X, Y]).astype(np.float64))
-            X, Y = pca.transform(X.astype(np.float64)), pca.transform(Y.astype(np.float64))
-    elif X.shape[0] != Y.shape[0]:
-        raise MchError(f"analysis {name!r}: {X.shape[0]} modal rows but {Y.shape[0]} text rows; "
-                       f"the default protocol needs the paired text of every sample")
-    return X, Y, text_stage
 
 
 def compute_modes(name: str, ctx: Any, *, vectors: bool = True, scores: bool = False) -> tuple[Modes, str]:

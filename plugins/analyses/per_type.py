@@ -41,9 +41,9 @@ import numpy as np
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._linalg import ci, modes, one_blas_thread
-from ._params import as_list, check_params
+from ._params import as_list, check_params, load_pair
 from ._split import attribute_shares, check_split_params, known_truth, run_split, split_defaults
-from .modes import load_pair
+from ._w1 import exact_w1
 
 FIELDS = ("var_frac_MS", "var_frac_TA", "weighted_alpha", "W1_TA_matched", "W1_MS_matched", "ratio_MS_TA_var",
           "ratio_MS_TA_w1", "delta_tau")
@@ -84,14 +84,6 @@ def _attributes(ctx: Any) -> list[str]:
 
 
 # --------------------------------------------------------------------------- W1 between classes
-
-
-def _w1(X: np.ndarray, Y: np.ndarray) -> float:
-    import ot
-    from scipy.spatial.distance import cdist
-
-    M = cdist(X, Y, metric="euclidean")
-    return float(ot.emd2(np.ones(len(X)) / len(X), np.ones(len(Y)) / len(Y), M))
 
 
 def pair_basis(Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -154,7 +146,7 @@ def _fill(out, P, coords, members, pairs, k, per_class, reps, rng) -> None:
                 S = pair[:, cols] - mu
                 if L is not None:
                     S = S @ L
-                vals[name][r, j] = _w1(S[:per_class], S[per_class:])
+                vals[name][r, j] = exact_w1(S[:per_class], S[per_class:])
     for name in coords:
         out[name][:] = vals[name].mean(1)
 
@@ -176,7 +168,7 @@ def _ref_w1(X: np.ndarray, Y: np.ndarray, pca_dim: int) -> float:
     if k < comb.shape[1]:
         pca = PCA(n_components=k, random_state=0).fit(comb)
         X, Y = pca.transform(X), pca.transform(Y)
-    return _w1(np.asarray(X, np.float64), np.asarray(Y, np.float64))
+    return exact_w1(X, Y)
 
 
 def ref_interclass_w1(X: np.ndarray, labels: np.ndarray, pca_dim: int, n_subsample: int,
