@@ -28,7 +28,7 @@ browser:
 # Lint (ruff, config in pyproject.toml) and types (mypy on harness/) before the tests: CI runs them too.
 test: setup browser
 	$(VENV)/bin/ruff check .
-#	$(VENV)/bin/ruff format --check .  # enabled by the lead after the final format pass
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy harness
 	$(PY) -m pytest -q
 

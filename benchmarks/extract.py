@@ -35,10 +35,12 @@ def naive_loop(plugin, samples, full_forward) -> dict[str, np.ndarray]:
             grabbed = {}
             hooks = []
             for st, path in stages.items():
+
                 def hook(_m, _a, out, st=st):
                     h = out[0] if isinstance(out, (tuple, list)) else out
                     h = h.detach().float()
                     grabbed[st] = (h.mean(1) if h.dim() == 3 else h)[0].cpu().numpy()
+
                 hooks.append(resolve_module(plugin.module, path).register_forward_hook(hook))
             try:
                 full_forward(plugin, prepared)
@@ -54,7 +56,7 @@ def mch_capture(plugin, samples, batch_size: int) -> dict[str, np.ndarray]:
     stages = plugin.stages("modal")
     parts: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(samples), batch_size):
-        out = capture(plugin, plugin.prepare(samples[i:i + batch_size], "paper"), stages, "all")
+        out = capture(plugin, plugin.prepare(samples[i : i + batch_size], "paper"), stages, "all")
         for k, v in out.items():
             parts.setdefault(k, []).append(v.numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -75,8 +77,10 @@ def bench_model(name, plugin, samples, full_forward, batch_sizes) -> float:
         rate = len(samples) / (time.perf_counter() - t)
         worst = max(float(np.abs(got[k] - ref[k]).max() / (np.abs(ref[k]).max() + 1e-12)) for k in ref)
         ok = "equal" if worst < 1e-4 else f"DIFFERENT (rel {worst:.1e})"
-        print(f"  mch batch {bs:3d}:                                  {rate:8.1f} samples/s  "
-              f"({rate / naive_rate:4.1f}x)  pooled vectors {ok}")
+        print(
+            f"  mch batch {bs:3d}:                                  {rate:8.1f} samples/s  "
+            f"({rate / naive_rate:4.1f}x)  pooled vectors {ok}"
+        )
         if worst < 1e-4:
             best = max(best, rate / naive_rate)
     print(f"  best speed-up with equal vectors: {best:.1f}x (target >= 3x)")
@@ -136,8 +140,11 @@ def main() -> None:
     bss = [int(x) for x in a.batch_sizes.split(",")]
     results = {"toy": bench_model("toy organism", *toy_case(a.n * 4), batch_sizes=bss)}
     with tempfile.TemporaryDirectory() as d:
-        results["llava"] = bench_model("LLaVA-architecture (random, hidden 256, 4 layers, 256 image tokens)",
-                                       *llava_case(a.n // 2, Path(d)), batch_sizes=bss)
+        results["llava"] = bench_model(
+            "LLaVA-architecture (random, hidden 256, 4 layers, 256 image tokens)",
+            *llava_case(a.n // 2, Path(d)),
+            batch_sizes=bss,
+        )
     print("\nsummary: " + ", ".join(f"{k} {v:.1f}x" for k, v in results.items()))
 
 

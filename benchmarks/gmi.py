@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,21 +55,32 @@ def compare(name: str, parts: Any, repeats: int) -> dict[str, Any]:
     x, m = left_pad(parts.prefixes)
     conts = parts.continuations
     with torch.inference_mode():
-        t_shared, t_full, ratio, (a, _), (b, _) = timed_pair(lambda: score_shared_prefix(parts.lm, x, m, conts),
-                                                             lambda: score_full(parts.lm, x, m, conts), repeats)
+        t_shared, t_full, ratio, (a, _), (b, _) = timed_pair(
+            lambda: score_shared_prefix(parts.lm, x, m, conts), lambda: score_full(parts.lm, x, m, conts), repeats
+        )
     diff = float((a - b).abs().max())
-    row = {"model": name, "K": len(conts), "batch": x.shape[0], "prefix_tokens": int(m.sum(1).max()),
-           "cont_tokens": max(len(c) for c in conts), "shared_s": t_shared, "full_s": t_full,
-           "speedup": ratio, "max_abs_diff": diff}
-    print(f"{name:11s} K={row['K']:2d} batch={row['batch']} prefix={row['prefix_tokens']:4d} "
-          f"cont<={row['cont_tokens']} | shared {1000 * t_shared:7.1f} ms  full {1000 * t_full:7.1f} ms (best of "
-          f"{repeats}) | speedup {ratio:5.2f}x (median of paired ratios)  max |diff| {diff:.1e}")
+    row = {
+        "model": name,
+        "K": len(conts),
+        "batch": x.shape[0],
+        "prefix_tokens": int(m.sum(1).max()),
+        "cont_tokens": max(len(c) for c in conts),
+        "shared_s": t_shared,
+        "full_s": t_full,
+        "speedup": ratio,
+        "max_abs_diff": diff,
+    }
+    print(
+        f"{name:11s} K={row['K']:2d} batch={row['batch']} prefix={row['prefix_tokens']:4d} "
+        f"cont<={row['cont_tokens']} | shared {1000 * t_shared:7.1f} ms  full {1000 * t_full:7.1f} ms (best of "
+        f"{repeats}) | speedup {ratio:5.2f}x (median of paired ratios)  max |diff| {diff:.1e}"
+    )
     return row
 
 
 def toy_parts(k: int, batch: int) -> tuple[Any, Any]:
-    from mch.manager import get_registry
     from mch.api import load_entry
+    from mch.manager import get_registry
     from mch.plugins.attributes import toy as world
 
     spec = get_registry().get("model", "toy")
@@ -115,8 +127,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(compare("tiny-llava", parts, a.repeats))
     worst = min(r["speedup"] for r in rows if r["K"] >= 6)
     ok = all(r["max_abs_diff"] < 1e-3 for r in rows)
-    print(f"\nshared-prefix vs full sequences: min speedup {worst:.2f}x at K >= 6 (target >= 3x); "
-          f"scores identical to float tolerance: {'yes' if ok else 'NO'}")
+    print(
+        f"\nshared-prefix vs full sequences: min speedup {worst:.2f}x at K >= 6 (target >= 3x); "
+        f"scores identical to float tolerance: {'yes' if ok else 'NO'}"
+    )
     return rows
 
 

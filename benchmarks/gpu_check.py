@@ -60,9 +60,22 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets. Matched
 # against torch.cuda.get_device_name() in this order (first hit wins).
 PEAK_BF16_TFLOPS = [
-    ("H200", 989.4), ("GH200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4),
-    ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0),
-    ("A10G", 70.0), ("A10", 125.0), ("RTX 4090", 165.2), ("RTX 6000 Ada", 364.2), ("V100", 125.0),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.1),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.2),
+    ("RTX 6000 Ada", 364.2),
+    ("V100", 125.0),
 ]
 TOLERANCE = {"bfloat16": 5e-2, "float16": 5e-2, "float32": 1e-4}
 
@@ -134,14 +147,18 @@ def random_init_loader(seed: int):
 def param_counts(model: Any, kind: str) -> dict[str, int]:
     """Parameters of the parts extraction runs: encoder, projector, LLM decoder (embeddings
     and LM head excluded: a lookup, and a head extraction never runs)."""
+
     def count(m: Any) -> int:
         return sum(p.numel() for p in m.parameters())
 
     inner = model.model
     enc = inner.vision_tower if kind == "llava" else inner.audio_tower
     lm = inner.language_model
-    return {"encoder": count(enc), "projector": count(inner.multi_modal_projector),
-            "llm_decoder": count(lm) - lm.embed_tokens.weight.numel()}
+    return {
+        "encoder": count(enc),
+        "projector": count(inner.multi_modal_projector),
+        "llm_decoder": count(lm) - lm.embed_tokens.weight.numel(),
+    }
 
 
 # --------------------------------------------------------------------------- the two loops
@@ -210,6 +227,7 @@ def mch_extract(base: Any, plugin: Any, batch_size: int, store: Path) -> tuple[d
             finally:
                 sync()
                 spent[what] += time.perf_counter() - t
+
         return call
 
     plugin.prepare = timed("prepare", prepare)  # the runner imports capture at each call: patched there
@@ -255,13 +273,31 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
     ck = checkpoint_dir(kind, args.size, root / "ck")
     if kind == "llava":
         data = synth.make("coco", root / "coco", images=args.samples, width=640, height=480)
-        base = RunConfig(model="llava", checkpoint=str(ck), dataset="coco", data_path=str(data), limit=args.samples,
-                         device=args.device, dtype=args.dtype, analyses=[], chunk_size=args.samples)
+        base = RunConfig(
+            model="llava",
+            checkpoint=str(ck),
+            dataset="coco",
+            data_path=str(data),
+            limit=args.samples,
+            device=args.device,
+            dtype=args.dtype,
+            analyses=[],
+            chunk_size=args.samples,
+        )
     else:
         actors = max(1, -(-args.samples // (6 * 6)))
         data = synth.make("cremad", root / "crema", actors=actors, sentences=6, engine="numpy")
-        base = RunConfig(model="qwen2audio", checkpoint=str(ck), dataset="cremad", data_path=str(data),
-                         limit=args.samples, device=args.device, dtype=args.dtype, analyses=[], chunk_size=args.samples)
+        base = RunConfig(
+            model="qwen2audio",
+            checkpoint=str(ck),
+            dataset="cremad",
+            data_path=str(data),
+            limit=args.samples,
+            device=args.device,
+            dtype=args.dtype,
+            analyses=[],
+            chunk_size=args.samples,
+        )
     res["setup_s"] = round(time.perf_counter() - t0, 2)
     loader = random_init_loader(args.seed)
     for mod in (llava_mod, q2a_mod):
@@ -277,7 +313,9 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
     log(f"{kind}: built ({res['params_total'] / 1e9:.2f}B parameters, {plugin.dtype_name}) in {res['build_s']} s")
 
     # warm-up: kernels, allocator, cuBLAS handles (not timed)
-    mch_extract(dataclasses.replace(base, limit=min(8, args.samples)), plugin, min(8, args.samples), root / "store-warm")
+    mch_extract(
+        dataclasses.replace(base, limit=min(8, args.samples)), plugin, min(8, args.samples), root / "store-warm"
+    )
     naive_loop(plugin, plan(dataclasses.replace(base, limit=2, store=root / "store-warm2")).samples, kind)
 
     samples = plan(dataclasses.replace(base, store=root / "store-naive")).samples
@@ -286,7 +324,9 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
     res["naive"] = {"seconds": round(dt, 3), "samples_per_s": args.samples / dt}
     log(f"{kind}: naive loop {args.samples / dt:.2f} samples/s")
     P = res["params"]
-    flop = 2.0 * (P["encoder"] * tokens["encoder"] + P["projector"] * tokens["modality"] + P["llm_decoder"] * tokens["llm"])
+    flop = 2.0 * (
+        P["encoder"] * tokens["encoder"] + P["projector"] * tokens["modality"] + P["llm_decoder"] * tokens["llm"]
+    )
     res["flop_per_sample"] = flop
     res["roofline_samples_per_s"] = peak_tflops * 1e12 / flop if peak_tflops else None
 
@@ -300,13 +340,19 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
             log(f"{kind}: batch {bs}: out of GPU memory")
             torch.cuda.empty_cache()
             continue
-        r = {"seconds": round(dt, 3), "samples_per_s": args.samples / dt,
-             "vs_naive": (args.samples / dt) / res["naive"]["samples_per_s"], "seconds_in": dict(LAST_BREAKDOWN)}
+        r = {
+            "seconds": round(dt, 3),
+            "samples_per_s": args.samples / dt,
+            "vs_naive": (args.samples / dt) / res["naive"]["samples_per_s"],
+            "seconds_in": dict(LAST_BREAKDOWN),
+        }
         if res["roofline_samples_per_s"]:
             r["fraction_of_roofline"] = (args.samples / dt) / res["roofline_samples_per_s"]
         res["mch"][str(bs)] = r
-        log(f"{kind}: mch batch {bs}: {r['samples_per_s']:.2f} samples/s ({r['vs_naive']:.2f}x naive"
-            + (f", {100 * r['fraction_of_roofline']:.1f}% of the roofline)" if "fraction_of_roofline" in r else ")"))
+        log(
+            f"{kind}: mch batch {bs}: {r['samples_per_s']:.2f} samples/s ({r['vs_naive']:.2f}x naive"
+            + (f", {100 * r['fraction_of_roofline']:.1f}% of the roofline)" if "fraction_of_roofline" in r else ")")
+        )
         shutil.rmtree(root / f"store-{bs}", ignore_errors=True)
     ok = {bs: v for bs, v in res["mch"].items() if "samples_per_s" in v}
     if not ok:
@@ -316,11 +362,15 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
     tol = TOLERANCE[plugin.dtype_name if plugin.dtype_name in TOLERANCE else "bfloat16"]
     stages = sorted(set(naive) & set(vecs[int(best)]))
     errs = {bs: {st: rel_err(vecs[bs][st], naive[st]) for st in stages} for bs in vecs}
-    res["vectors"] = {"tolerance": tol, "stages_compared": len(stages), "stages_stored": len(vecs[int(best)]),
-                      "not_compared": sorted(set(vecs[int(best)]) - set(naive)),
-                      "max_rel_err": {str(bs): max(e.values()) for bs, e in errs.items()},
-                      "max_rel_err_by_stage_at_best": errs[int(best)],
-                      "pass": all(max(e.values()) <= tol for e in errs.values())}
+    res["vectors"] = {
+        "tolerance": tol,
+        "stages_compared": len(stages),
+        "stages_stored": len(vecs[int(best)]),
+        "not_compared": sorted(set(vecs[int(best)]) - set(naive)),
+        "max_rel_err": {str(bs): max(e.values()) for bs, e in errs.items()},
+        "max_rel_err_by_stage_at_best": errs[int(best)],
+        "pass": all(max(e.values()) <= tol for e in errs.values()),
+    }
     if kind == "llava" and res["roofline_samples_per_s"]:
         frac = ok[best]["fraction_of_roofline"]
         res["target_40pct_of_roofline"] = {"fraction": frac, "met": frac >= 0.40}
@@ -335,16 +385,27 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    mp = plan(dataclasses.replace(base, device_map="auto", device="cuda" if args.device.startswith("cuda") else "cpu",
-                                  store=root / "store-map"))
+    mp = plan(
+        dataclasses.replace(
+            base,
+            device_map="auto",
+            device="cuda" if args.device.startswith("cuda") else "cpu",
+            store=root / "store-map",
+        )
+    )
     mplugin = mp.ensure_loaded()
     mvec, dt = mch_extract(dataclasses.replace(mp.cfg), mplugin, int(best), root / "store-map-run")
     res["device_map_auto"] = {
-        "batch_size": int(best), "seconds": round(dt, 3), "samples_per_s": args.samples / dt,
+        "batch_size": int(best),
+        "seconds": round(dt, 3),
+        "samples_per_s": args.samples / dt,
         "placement": mplugin.placement()["device_map"],
-        "max_abs_diff_vs_plain": max(float(np.abs(mvec[k] - plugin_vectors[k]).max()) for k in plugin_vectors)}
-    log(f"{kind}: --device-map auto batch {best}: {args.samples / dt:.2f} samples/s, max |diff| vs plain "
-        f"{res['device_map_auto']['max_abs_diff_vs_plain']:.3g}")
+        "max_abs_diff_vs_plain": max(float(np.abs(mvec[k] - plugin_vectors[k]).max()) for k in plugin_vectors),
+    }
+    log(
+        f"{kind}: --device-map auto batch {best}: {args.samples / dt:.2f} samples/s, max |diff| vs plain "
+        f"{res['device_map_auto']['max_abs_diff_vs_plain']:.3g}"
+    )
     mp.release()
     return res
 
@@ -383,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = args.device.startswith("cuda")
     if gpu and not torch.cuda.is_available():
-        print(f"gpu_check: --device {args.device} but torch {torch.__version__} sees no CUDA GPU; "
-              f"run with --device cpu for the small CPU check", file=sys.stderr)
+        print(
+            f"gpu_check: --device {args.device} but torch {torch.__version__} sees no CUDA GPU; "
+            f"run with --device cpu for the small CPU check",
+            file=sys.stderr,
+        )
         return 2
     args.size = args.size or ("real" if gpu else "tiny")
     args.samples = args.samples or (256 if gpu else 16)
@@ -394,12 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     peak, peak_src = peak_for(args.device, args.peak_tflops)
     report: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "device": args.device,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": args.device,
         "device_name": torch.cuda.get_device_name(torch.device(args.device)) if gpu else platform.processor() or "cpu",
-        "n_gpus": torch.cuda.device_count() if gpu else 0, "peak_bf16_tflops": peak, "peak_source": peak_src,
-        "size": args.size, "samples": args.samples, "batch_sizes": args.batch_sizes, "dtype": args.dtype,
-        "models": {}}
+        "n_gpus": torch.cuda.device_count() if gpu else 0,
+        "peak_bf16_tflops": peak,
+        "peak_source": peak_src,
+        "size": args.size,
+        "samples": args.samples,
+        "batch_sizes": args.batch_sizes,
+        "dtype": args.dtype,
+        "models": {},
+    }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mch-gpu-check-") as tmp:
         os.environ.setdefault("MCH_STORE", str(Path(tmp) / "store-default"))
@@ -420,36 +493,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"\n{report['device_name']} ({report['device']}, {report['dtype']}, {report['size']} sizes, "
-          f"{report['samples']} samples; peak {report['peak_bf16_tflops'] or '-'} TFLOP/s: {report['peak_source']})")
+    print(
+        f"\n{report['device_name']} ({report['device']}, {report['dtype']}, {report['size']} sizes, "
+        f"{report['samples']} samples; peak {report['peak_bf16_tflops'] or '-'} TFLOP/s: {report['peak_source']})"
+    )
     print(f"{'model':<11} {'run':<18} {'samples/s':>10} {'x naive':>8} {'% roofline':>10}")
     for kind, r in report["models"].items():
         if "error" in r:
             print(f"{kind:<11} failed: {r['error']}")
             continue
-        print(f"{kind:<11} {'naive (batch 1)':<18} {r['naive']['samples_per_s']:>10.2f} {1:>8.2f} "
-              f"{_pct(r['naive']['samples_per_s'], r['roofline_samples_per_s']):>10}")
+        print(
+            f"{kind:<11} {'naive (batch 1)':<18} {r['naive']['samples_per_s']:>10.2f} {1:>8.2f} "
+            f"{_pct(r['naive']['samples_per_s'], r['roofline_samples_per_s']):>10}"
+        )
         for bs, m in r["mch"].items():
             if "error" in m:
                 print(f"{'':<11} {'mch batch ' + bs:<18} {m['error']}")
                 continue
             split = ", ".join(f"{k} {v:.1f} s" for k, v in m.get("seconds_in", {}).items())
-            print(f"{'':<11} {'mch batch ' + bs:<18} {m['samples_per_s']:>10.2f} {m['vs_naive']:>8.2f} "
-                  f"{_pct(m['samples_per_s'], r['roofline_samples_per_s']):>10}   ({split})")
+            print(
+                f"{'':<11} {'mch batch ' + bs:<18} {m['samples_per_s']:>10.2f} {m['vs_naive']:>8.2f} "
+                f"{_pct(m['samples_per_s'], r['roofline_samples_per_s']):>10}   ({split})"
+            )
         if "device_map_auto" in r:
             d = r["device_map_auto"]
-            print(f"{'':<11} {'device-map auto':<18} {d['samples_per_s']:>10.2f} "
-                  f"{d['samples_per_s'] / r['naive']['samples_per_s']:>8.2f} "
-                  f"{_pct(d['samples_per_s'], r['roofline_samples_per_s']):>10}")
+            print(
+                f"{'':<11} {'device-map auto':<18} {d['samples_per_s']:>10.2f} "
+                f"{d['samples_per_s'] / r['naive']['samples_per_s']:>8.2f} "
+                f"{_pct(d['samples_per_s'], r['roofline_samples_per_s']):>10}"
+            )
         if "vectors" in r:
             v = r["vectors"]
             worst = max(v["max_rel_err"].values())
-            print(f"{'':<11} vectors: {v['stages_compared']} stages vs naive, max rel. err {worst:.2e} "
-                  f"(tolerance {v['tolerance']:.0e}): {'ok' if v['pass'] else 'FAIL'}")
+            print(
+                f"{'':<11} vectors: {v['stages_compared']} stages vs naive, max rel. err {worst:.2e} "
+                f"(tolerance {v['tolerance']:.0e}): {'ok' if v['pass'] else 'FAIL'}"
+            )
         if "target_40pct_of_roofline" in r:
             t = r["target_40pct_of_roofline"]
-            print(f"{'':<11} target >= 40% of the roofline: {100 * t['fraction']:.1f}%, "
-                  f"{'met' if t['met'] else 'NOT met'}")
+            print(
+                f"{'':<11} target >= 40% of the roofline: {100 * t['fraction']:.1f}%, "
+                f"{'met' if t['met'] else 'NOT met'}"
+            )
 
 
 def _pct(x: float, roof: float | None) -> str:

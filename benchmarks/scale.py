@@ -36,9 +36,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -72,7 +72,7 @@ class PeakSampler:
         self.peak_anon = max(self.peak_anon, _status_kb("RssAnon"))
         self.peak_rss = max(self.peak_rss, _status_kb("VmRSS"))
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.sample()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -84,8 +84,22 @@ class PeakSampler:
         self.sample()
 
 
-WARM = ("torch", "mch.runner", "mch.capture", "mch.plugins.models.toy", "mch.plugins.attributes.toy", "scipy.linalg", "scipy.special", "scipy.optimize", "scipy.stats", "sklearn.linear_model", "ot",
-        "mch.plugins.analyses.probe", "mch.plugins.analyses.modes", "mch.plugins.analyses.distances")
+WARM = (
+    "torch",
+    "mch.runner",
+    "mch.capture",
+    "mch.plugins.models.toy",
+    "mch.plugins.attributes.toy",
+    "scipy.linalg",
+    "scipy.special",
+    "scipy.optimize",
+    "scipy.stats",
+    "sklearn.linear_model",
+    "ot",
+    "mch.plugins.analyses.probe",
+    "mch.plugins.analyses.modes",
+    "mch.plugins.analyses.distances",
+)
 
 
 def _child(fn: Callable[..., Any], args: tuple, q: Any, cap_gib: float) -> None:
@@ -106,8 +120,16 @@ def _child(fn: Callable[..., Any], args: tuple, q: Any, cap_gib: float) -> None:
         dt = time.perf_counter() - t
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-        q.put({"seconds": dt, "cpu_s": cpu, "anon_mib": (peak.peak_anon - base_anon) / 1024,
-               "rss_mib": (peak.peak_rss - base_rss) / 1024, "result": res, "error": None})
+        q.put(
+            {
+                "seconds": dt,
+                "cpu_s": cpu,
+                "anon_mib": (peak.peak_anon - base_anon) / 1024,
+                "rss_mib": (peak.peak_rss - base_rss) / 1024,
+                "result": res,
+                "error": None,
+            }
+        )
     except MemoryError as exc:
         q.put({"error": f"MemoryError under the {cap_gib:g} GiB cap: {exc}"})
     except Exception as exc:  # noqa: BLE001 - reported by the parent
@@ -149,8 +171,11 @@ def run_analysis(name: str, files: dict[str, Any], protocol: str = "default") ->
 
     from mch.api import AnalysisSpec, load_entry
 
-    entry = {"probe": "mch.plugins.analyses.probe:Probe", "modes": "mch.plugins.analyses.modes:ModeAlignment",
-             "distances": "mch.plugins.analyses.distances:Distances"}[name]
+    entry = {
+        "probe": "mch.plugins.analyses.probe:Probe",
+        "modes": "mch.plugins.analyses.modes:ModeAlignment",
+        "distances": "mch.plugins.analyses.distances:Distances",
+    }[name]
     a = load_entry(entry)(AnalysisSpec(name=name, entry=entry))
     params = a.default_params(protocol)
     if name == "distances" and protocol == "paper":
@@ -173,8 +198,10 @@ def exponents(ns: list[int], values: list[float | None]) -> list[str]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| what | N | seconds | CPU s | growth (CPU) | anon MiB | growth | rss MiB | read MiB | anon / read | note |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    head = (
+        "| what | N | seconds | CPU s | growth (CPU) | anon MiB | growth | rss MiB | read MiB | anon / read | note |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    )
     lines = [head]
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -188,8 +215,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                 lines.append(f"| {what} | {r['n']} | – | – | | – | | – | {r['read_mib']:.0f} | – | {r['error']} |")
                 continue
             ratio = r["anon_mib"] / r["read_mib"] if r["read_mib"] else float("nan")
-            lines.append(f"| {what} | {r['n']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {te} | {r['anon_mib']:.0f} | {me} | "
-                         f"{r['rss_mib']:.0f} | {r['read_mib']:.0f} | {ratio:.2f} | {r.get('note', '')} |")
+            lines.append(
+                f"| {what} | {r['n']} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {te} | {r['anon_mib']:.0f} | {me} | "
+                f"{r['rss_mib']:.0f} | {r['read_mib']:.0f} | {ratio:.2f} | {r.get('note', '')} |"
+            )
     return "\n".join(lines)
 
 
@@ -212,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     import analyses as A
 
     rows: list[dict[str, Any]] = []
-    print(f"scale: N = {ns}, d = {args.d}, cap {args.mem_cap_gib:g} GiB per call, {os.cpu_count()} CPUs",
-          file=sys.stderr, flush=True)
+    print(
+        f"scale: N = {ns}, d = {args.d}, cap {args.mem_cap_gib:g} GiB per call, {os.cpu_count()} CPUs",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for n in ns:
             d_n = Path(tmp) / f"n{n}"
@@ -222,8 +254,15 @@ def main(argv: list[str] | None = None) -> int:
                 r = measured(run_extract, (n, str(d_n / "store"), args.batch_size), args.mem_cap_gib, args.timeout_s)
                 widths = 32 + 64 * 6  # the toy's stages: encoder 32, adapter and llm.* 64
                 stored = r.get("result", {}).get("stored_mib") if r.get("result") else n * widths * 4 / 2**20
-                rows.append({"what": "extract (toy)", "n": n, "read_mib": stored,
-                             "note": "read = the stored vectors it writes", **r})
+                rows.append(
+                    {
+                        "what": "extract (toy)",
+                        "n": n,
+                        "read_mib": stored,
+                        "note": "read = the stored vectors it writes",
+                        **r,
+                    }
+                )
                 _echo(rows[-1])
             if any(a in only for a in ("modes", "distances", "distances-paper")):
                 files = A.synthetic_vectors(d_n, n, args.d)
@@ -231,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                     if name in only:
                         call = ("distances", files, "paper") if name == "distances-paper" else (name, files)
                         r = measured(run_analysis, call, args.mem_cap_gib, args.timeout_s)
-                        note = {"distances": "reads a subsample of max_n = 1000 pairs",
-                                "distances-paper": "paper protocol, n_bootstrap = 2 (memory, not time)"}.get(name, "")
+                        note = {
+                            "distances": "reads a subsample of max_n = 1000 pairs",
+                            "distances-paper": "paper protocol, n_bootstrap = 2 (memory, not time)",
+                        }.get(name, "")
                         rows.append({"what": name, "n": n, "read_mib": 2 * n * args.d * 4 / 2**20, "note": note, **r})
                         _echo(rows[-1])
                 for f in ("modal", "text"):
@@ -240,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             if "probe" in only:
                 files = A.probe_vectors(d_n, n, args.d, n_stages=1)
                 r = measured(run_analysis, ("probe", files), args.mem_cap_gib, args.timeout_s)
-                rows.append({"what": "probe", "n": n, "read_mib": n * args.d * 4 / 2**20,
-                             "note": "1 stage x 2 attributes", **r})
+                rows.append(
+                    {"what": "probe", "n": n, "read_mib": n * args.d * 4 / 2**20, "note": "1 stage x 2 attributes", **r}
+                )
                 _echo(rows[-1])
                 for f in files["stages"].values():
                     Path(f).unlink()
@@ -255,8 +297,12 @@ def _echo(r: dict[str, Any]) -> None:
     if r.get("error"):
         print(f"  {r['what']:<14} N = {r['n']:>6}: {r['error']}", file=sys.stderr, flush=True)
     else:
-        print(f"  {r['what']:<14} N = {r['n']:>6}: {r['seconds']:8.1f} s ({r['cpu_s']:.1f} s CPU)   anon +{r['anon_mib']:.0f} MiB   "
-              f"rss +{r['rss_mib']:.0f} MiB   read {r['read_mib']:.0f} MiB", file=sys.stderr, flush=True)
+        print(
+            f"  {r['what']:<14} N = {r['n']:>6}: {r['seconds']:8.1f} s ({r['cpu_s']:.1f} s CPU)   anon +{r['anon_mib']:.0f} MiB   "
+            f"rss +{r['rss_mib']:.0f} MiB   read {r['read_mib']:.0f} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import os
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def write_checkpoint(root: Path, mib: int) -> None:
@@ -77,6 +77,7 @@ def main() -> None:
             os.environ["MCH_FINGERPRINT"] = mode
             fp._content.clear()  # no memo across calls: each run of mch starts without one
             return fn()
+
         return run
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,11 +85,17 @@ def main() -> None:
         write_checkpoint(ck, args.weights_mib)
         media = write_media(Path(tmp) / "media", args.media)
         rows = []
-        fast, full = best(in_mode("fast", lambda: fp.checkpoint_fingerprint([ck])),
-                          in_mode("full", lambda: fp.checkpoint_fingerprint([ck])), args.repeats)
+        fast, full = best(
+            in_mode("fast", lambda: fp.checkpoint_fingerprint([ck])),
+            in_mode("full", lambda: fp.checkpoint_fingerprint([ck])),
+            args.repeats,
+        )
         rows.append((f"checkpoint, {args.weights_mib} MiB safetensors + config", fast, full))
-        fast, full = best(in_mode("fast", lambda: fp.media_fingerprint(media)),
-                          in_mode("full", lambda: fp.media_fingerprint(media)), args.repeats)
+        fast, full = best(
+            in_mode("fast", lambda: fp.media_fingerprint(media)),
+            in_mode("full", lambda: fp.media_fingerprint(media)),
+            args.repeats,
+        )
         rows.append((f"media, {args.media} files of 32 KiB", fast, full))
     os.environ.pop("MCH_FINGERPRINT", None)
     print(f"{'what':<44} {'fast (s)':>10} {'full (s)':>10} {'full / fast':>12}")

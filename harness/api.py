@@ -13,8 +13,9 @@ from __future__ import annotations
 import abc
 import importlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 PROTOCOLS = ("default", "paper")
 SPANS = ("modality", "all", "text", "last")
@@ -66,8 +67,10 @@ def load_entry(entry: str) -> Any:
         raise MchError(f"module {mod_name!r} has no attribute {attr!r} (plugin entry {entry!r})") from None
     missing = sorted(getattr(obj, "__abstractmethods__", ())) if isinstance(obj, type) else []
     if missing:  # found now, not mid-run when the method is first called
-        raise MchError(f"plugin entry {entry!r}: class {obj.__name__} does not implement {', '.join(missing)}, "
-                       f"which its base class requires")
+        raise MchError(
+            f"plugin entry {entry!r}: class {obj.__name__} does not implement {', '.join(missing)}, "
+            f"which its base class requires"
+        )
     return obj
 
 
@@ -222,9 +225,14 @@ def check_param_keys(analysis: str, given: Any, takes: Any) -> None:
 
 _MISSING: Any = object()
 STAGE_PATTERN = r"encoder|adapter|llm\.(\d+|final)"  # a stage name (science.md, Vocabulary)
-_TYPE_WORDS = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
-               float: ("a number", "numbers"), str: ("a string", "strings"), list: ("a list", "lists"),
-               dict: ("a JSON object", "JSON objects")}
+_TYPE_WORDS = {
+    bool: ("true or false", "true/false values"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    list: ("a list", "lists"),
+    dict: ("a JSON object", "JSON objects"),
+}
 
 
 def _type_of(value: Any) -> Any:
@@ -274,7 +282,7 @@ class Param:
             return ()
         return tuple(self.type) if isinstance(self.type, (tuple, list)) else (self.type,)
 
-    def resolved(self, default: Any = _MISSING) -> "Param":
+    def resolved(self, default: Any = _MISSING) -> Param:
         """This declaration completed from the parameter's default value."""
         import dataclasses
 
@@ -294,10 +302,16 @@ class Param:
 
     # -- words
     def _range(self) -> str:
-        lo = f">= {_num(self.ge)}" if self.ge is not None and self.ge > -math.inf else (
-            f"> {_num(self.gt)}" if self.gt is not None else "")
-        hi = f"<= {_num(self.le)}" if self.le is not None and self.le < math.inf else (
-            f"< {_num(self.lt)}" if self.lt is not None else "")
+        lo = (
+            f">= {_num(self.ge)}"
+            if self.ge is not None and self.ge > -math.inf
+            else (f"> {_num(self.gt)}" if self.gt is not None else "")
+        )
+        hi = (
+            f"<= {_num(self.le)}"
+            if self.le is not None and self.le < math.inf
+            else (f"< {_num(self.lt)}" if self.lt is not None else "")
+        )
         return " and ".join(x for x in (lo, hi) if x)
 
     def describe(self) -> str:
@@ -356,8 +370,12 @@ class Param:
             if choose and x not in self.choices:  # type: ignore[operator]
                 return "" if not isinstance(v, list) else f" ({x!r} is not one of them)"
             if isinstance(x, (int, float)) and not isinstance(x, bool):
-                if (self.ge is not None and not x >= self.ge) or (self.gt is not None and not x > self.gt) or \
-                        (self.le is not None and not x <= self.le) or (self.lt is not None and not x < self.lt):
+                if (
+                    (self.ge is not None and not x >= self.ge)
+                    or (self.gt is not None and not x > self.gt)
+                    or (self.le is not None and not x <= self.le)
+                    or (self.lt is not None and not x < self.lt)
+                ):
                     return "" if not isinstance(v, list) else f" ({x!r} is out of range)"
             if self.pattern and isinstance(x, str) and not re.fullmatch(self.pattern, x):
                 return "" if not isinstance(v, list) else f" ({x!r} does not match)"
@@ -434,8 +452,9 @@ def param_table(defaults: Mapping[str, Any], declared: Mapping[str, Param] | Non
     return {k: declared.get(k, Param()).resolved(v) for k, v in defaults.items()}
 
 
-def check_values(owner: str, given: Mapping[str, Any], takes: Mapping[str, Param],
-                 what: str = "parameter") -> dict[str, Any]:
+def check_values(
+    owner: str, given: Mapping[str, Any], takes: Mapping[str, Param], what: str = "parameter"
+) -> dict[str, Any]:
     """`given` checked against `takes` (complete declarations): an unknown key or a value of the
     wrong type or range is one sentence naming `owner` ("analysis 'probe'", "model 'llava'");
     returns the values in their declared types."""
@@ -445,8 +464,9 @@ def check_values(owner: str, given: Mapping[str, Any], takes: Mapping[str, Param
     return {k: takes[k].check(v, f"{owner} {what} {k}") for k, v in given.items()}
 
 
-def check_options(kind: str, name: str, declared: Mapping[str, Param] | None,
-                  given: Mapping[str, Any]) -> dict[str, Any]:
+def check_options(
+    kind: str, name: str, declared: Mapping[str, Param] | None, given: Mapping[str, Any]
+) -> dict[str, Any]:
     """A model's or dataset's options (registry `options:` and --model-option/--data-option)
     against what its plugin class declares in `option_specs`; a plugin that declares nothing
     (None) gets its options unchecked."""
@@ -479,13 +499,13 @@ class Analysis(abc.ABC):
         return {}
 
     def preflight(  # noqa: B027 - an optional hook; by default every sample set passes
-            self, params: dict[str, Any], protocol: str, samples: list[Sample], attributes: dict[str, Attribute]
+        self, params: dict[str, Any], protocol: str, samples: list[Sample], attributes: dict[str, Attribute]
     ) -> None:
         """Called by the runner once the samples are chosen, before any extraction: raise an
         `MchError` for parameters that cannot work on these samples (optional)."""
 
     @abc.abstractmethod
-    def run(self, ctx: "Any") -> "AnalysisOutput":
+    def run(self, ctx: Any) -> AnalysisOutput:
         """The analysis on `ctx` (a `mch.context.AnalysisContext`): metrics, summary, notes."""
 
 

@@ -8,7 +8,7 @@ has fired, the forward pass is stopped: layers above it and the LM head are neve
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -64,8 +64,14 @@ def pool(hidden: torch.Tensor, spec: Pool | None, span: str, n: int) -> torch.Te
     return out / cnt[:, None]
 
 
-def capture(plugin: ModelPlugin, prepared: Prepared, stages: Iterable[str], span: str,
-            view: str = "modal", protocol: str | None = None) -> dict[str, torch.Tensor]:
+def capture(
+    plugin: ModelPlugin,
+    prepared: Prepared,
+    stages: Iterable[str],
+    span: str,
+    view: str = "modal",
+    protocol: str | None = None,
+) -> dict[str, torch.Tensor]:
     """Run one forward pass and return {stage: (n, D) float32 CPU tensor}. The stage map is
     the one of `protocol` (default: the one `prepare` recorded in `prepared.info`)."""
     protocol = protocol or prepared.info.get("protocol", "default")
@@ -88,7 +94,5 @@ def capture(plugin: ModelPlugin, prepared: Prepared, stages: Iterable[str], span
         plugin.forward(prepared)
     remaining = [s for s in stages if s not in out]
     if remaining:
-        raise MchError(
-            f"model {plugin.spec.name!r}: stages {remaining} never fired during the forward pass"
-        )
+        raise MchError(f"model {plugin.spec.name!r}: stages {remaining} never fired during the forward pass")
     return out

@@ -26,21 +26,25 @@ def one_line(exc: BaseException, max_len: int | None = None) -> str:
     return line
 
 
-def resolve_checkpoint(checkpoint: str, revision: str | None, model_name: str,
-                       allow_patterns: list[str] | None = None) -> Path:
+def resolve_checkpoint(
+    checkpoint: str, revision: str | None, model_name: str, allow_patterns: list[str] | None = None
+) -> Path:
     """Local directory for `checkpoint` (a path, or an HF id found in the local HF cache)."""
     p = Path(checkpoint).expanduser()
     if p.exists():
         return p
     if checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1:
-        raise MchError(f"model {model_name!r}: checkpoint path {checkpoint} does not exist; "
-                       f"pass --checkpoint with a local directory holding the model")
+        raise MchError(
+            f"model {model_name!r}: checkpoint path {checkpoint} does not exist; "
+            f"pass --checkpoint with a local directory holding the model"
+        )
     try:
         from huggingface_hub import snapshot_download
 
         local_only = os.environ.get("MCH_ALLOW_DOWNLOAD") != "1"
-        return Path(snapshot_download(checkpoint, revision=revision, local_files_only=local_only,
-                                      allow_patterns=allow_patterns))
+        return Path(
+            snapshot_download(checkpoint, revision=revision, local_files_only=local_only, allow_patterns=allow_patterns)
+        )
     except Exception:  # noqa: BLE001 - every hub failure means the same thing to the user
         rev = f" at revision {revision}" if revision else ""
         raise MchError(
@@ -60,8 +64,9 @@ def load_lora_adapter(module: Any, adapter_dir: str | Path, merge: bool = True) 
     cfg_path = d / "adapter_config.json"
     weights = d / "adapter_model.safetensors"
     if not cfg_path.exists() or not weights.exists():
-        raise MchError(f"--adapter {d}: expected a PEFT adapter directory with adapter_config.json and "
-                       f"adapter_model.safetensors")
+        raise MchError(
+            f"--adapter {d}: expected a PEFT adapter directory with adapter_config.json and adapter_model.safetensors"
+        )
     from safetensors.torch import load_file
 
     cfg = json.loads(cfg_path.read_text())
@@ -85,8 +90,10 @@ def load_lora_adapter(module: Any, adapter_dir: str | Path, merge: bool = True) 
     missing = [k for k in getattr(result, "missing_keys", []) or [] if k in lora_keys]
     if unexpected or missing or not state:
         bad = (unexpected or missing or ["(empty adapter)"])[0]
-        raise MchError(f"--adapter {d}: its weights do not match this model ({len(unexpected)} unexpected, "
-                       f"{len(missing)} missing LoRA keys; first: {bad})")
+        raise MchError(
+            f"--adapter {d}: its weights do not match this model ({len(unexpected)} unexpected, "
+            f"{len(missing)} missing LoRA keys; first: {bad})"
+        )
     if merge:
         return peft_model.merge_and_unload()
     return peft_model

@@ -11,8 +11,9 @@ from typing import Any
 from .api import MchError, check_options, check_values, load_entry, param_table
 
 
-def check_params(params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str
-                 ) -> dict[str, dict[str, Any]]:
+def check_params(
+    params: dict[str, dict[str, Any]], reg: Any, run: list[str], protocol: str
+) -> dict[str, dict[str, Any]]:
     """Every `--param ANALYSIS.KEY=VALUE` names a registered analysis and a parameter it
     declares, with a value of its type and range (`mch.api.Param`), checked before any work:
     found later, a typo would cost the extraction. An analysis outside the run (lora
@@ -73,9 +74,11 @@ def check_flags(cfg: Any) -> None:
 
         n = torch.cuda.device_count()
         if r.local_world > n:
-            raise MchError(f"{r.local_world} processes on this node and {n} visible GPU{'s' * (n != 1)}: with "
-                           f"--device cuda each process takes its own GPU (cuda:LOCAL_RANK); start at most {n} "
-                           f"per node, or name one GPU for all with --device cuda:N")
+            raise MchError(
+                f"{r.local_world} processes on this node and {n} visible GPU{'s' * (n != 1)}: with "
+                f"--device cuda each process takes its own GPU (cuda:LOCAL_RANK); start at most {n} "
+                f"per node, or name one GPU for all with --device cuda:N"
+            )
 
 
 def check_device(device: str) -> None:
@@ -90,12 +93,13 @@ def check_device(device: str) -> None:
 
     if not torch.cuda.is_available():
         why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise MchError(f"--device {device} asks for a GPU, but {why} (torch {torch.__version__}); "
-                       f"use --device cpu")
+        raise MchError(f"--device {device} asks for a GPU, but {why} (torch {torch.__version__}); use --device cpu")
     n = torch.cuda.device_count()
     if m.group(2) is not None and int(m.group(2)) >= n:
-        raise MchError(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
-                       f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+        raise MchError(
+            f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+            f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})"
+        )
 
 
 def check_model_and_dataset(mspec: Any, dspec: Any, cfg: Any) -> None:
@@ -103,25 +107,37 @@ def check_model_and_dataset(mspec: Any, dspec: Any, cfg: Any) -> None:
     other, like the toy organism and its world), and takes the options it is given."""
     mcls, dcls = load_entry(mspec.entry), load_entry(dspec.entry)
     if cfg.device_map is not None and not getattr(mcls, "supports_device_map", False):
-        raise MchError(f"model {mspec.name!r} loads on one device and cannot be split by --device-map; "
-                       f"drop --device-map (and --max-memory)")
+        raise MchError(
+            f"model {mspec.name!r} loads on one device and cannot be split by --device-map; "
+            f"drop --device-map (and --max-memory)"
+        )
     only = getattr(mcls, "datasets", None)
     if only is not None and dspec.name not in only:
-        raise MchError(f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "
-                       f"{', '.join(repr(d) for d in only)}, not {dspec.name!r}")
+        raise MchError(
+            f"model {mspec.name!r} reads only dataset{'s' if len(only) > 1 else ''} "
+            f"{', '.join(repr(d) for d in only)}, not {dspec.name!r}"
+        )
     readers = getattr(dcls, "models", None)
     # readers name registry entries or plugin classes ("module:Class"), so every checkpoint of
     # one plugin (the toy's validation family) reads its world
     if readers is not None and mspec.name not in readers and mspec.entry not in readers:
-        raise MchError(f"dataset {dspec.name!r} is read only by "
-                       f"{', '.join(f'the models of plugin {m}' if ':' in m else repr(m) for m in readers)}, "
-                       f"not {mspec.name!r}")
+        raise MchError(
+            f"dataset {dspec.name!r} is read only by "
+            f"{', '.join(f'the models of plugin {m}' if ':' in m else repr(m) for m in readers)}, "
+            f"not {mspec.name!r}"
+        )
     if mspec.modality != "text" and dspec.modality != mspec.modality:
-        raise MchError(f"model {mspec.name!r} reads {mspec.modality} and dataset {dspec.name!r} is {dspec.modality}; "
-                       f"choose a {mspec.modality} dataset (`mch list datasets`)")
-    cfg.model_options = {k: v for k, v in check_options(
-        "model", mspec.name, getattr(mcls, "option_specs", None),
-        {**mspec.options, **cfg.model_options}).items() if k in cfg.model_options}
+        raise MchError(
+            f"model {mspec.name!r} reads {mspec.modality} and dataset {dspec.name!r} is {dspec.modality}; "
+            f"choose a {mspec.modality} dataset (`mch list datasets`)"
+        )
+    cfg.model_options = {
+        k: v
+        for k, v in check_options(
+            "model", mspec.name, getattr(mcls, "option_specs", None), {**mspec.options, **cfg.model_options}
+        ).items()
+        if k in cfg.model_options
+    }
 
 
 def check_results_dir(out_dir: Path) -> None:

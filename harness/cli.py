@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -20,9 +19,13 @@ from .api import MchError
 from .io_cli import CONFIG, apply_config
 from .terminal import err_console, exit_error
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode="rich",
-                  help="mch, the modality-collapse harness: how much non-text information multimodal LLMs "
-                       "keep accessible to their text decoder, layer by layer.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    rich_markup_mode="rich",
+    help="mch, the modality-collapse harness: how much non-text information multimodal LLMs "
+    "keep accessible to their text decoder, layer by layer.",
+)
 console = Console(stderr=False)
 
 
@@ -35,13 +38,16 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="print mch's version and exit")) -> None:
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print mch's version and exit"
+    ),
+) -> None:
     """mch, the modality-collapse harness: how much non-text information multimodal LLMs keep
     accessible to their text decoder, layer by layer."""
 
 
-def _results_dir(out: Optional[Path]) -> Path:
+def _results_dir(out: Path | None) -> Path:
     return out or Path(os.environ.get("MCH_RESULTS", "results"))
 
 
@@ -56,7 +62,7 @@ def _json_value(val: str):
         return val
 
 
-def _params(raw: List[str]) -> dict:
+def _params(raw: list[str]) -> dict:
     """`--param probe.n_splits=10` -> {"probe": {"n_splits": 10}}."""
     out: dict = {}
     for item in raw:
@@ -68,7 +74,7 @@ def _params(raw: List[str]) -> dict:
     return out
 
 
-def _options(raw: List[str], flag: str = "--model-option", example: str = "llm=/models/vicuna-7b") -> dict:
+def _options(raw: list[str], flag: str = "--model-option", example: str = "llm=/models/vicuna-7b") -> dict:
     """`--model-option KEY=VALUE` / `--data-option KEY=VALUE`, VALUE parsed as `--param`'s is
     (so `--data-option 'synth={"actors": 8}'` gives a dict)."""
     out = {}
@@ -80,33 +86,81 @@ def _options(raw: List[str], flag: str = "--model-option", example: str = "llm=/
     return out
 
 
-def _split_csv(values: Optional[List[str]]) -> Optional[List[str]]:
+def _split_csv(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [x.strip() for v in values for x in v.split(",") if x.strip()]
 
 
-def _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
-            device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-            model_option=None, data_option=None, text_checkpoint=None, text_revision=None, device_map=None,
-            max_memory=None):
+def _config(
+    model,
+    dataset,
+    analysis,
+    attribute,
+    checkpoint,
+    revision,
+    adapter,
+    data_path,
+    split,
+    limit,
+    seed,
+    device,
+    dtype,
+    protocol,
+    span,
+    stage,
+    batch_size,
+    out,
+    store,
+    on_error,
+    param,
+    trust_remote_code,
+    model_option=None,
+    data_option=None,
+    text_checkpoint=None,
+    text_revision=None,
+    device_map=None,
+    max_memory=None,
+):
     from .runner import RunConfig
 
-    return RunConfig(model=model, dataset=dataset, analyses=_split_csv(analysis) or [],
-                     attributes=_split_csv(attribute), checkpoint=checkpoint, revision=revision, adapter=adapter,
-                     data_path=data_path, split=split, limit=limit, seed=seed, device=device, dtype=dtype,
-                     protocol=protocol, span=span, stages=_split_csv(stage), batch_size=batch_size,
-                     out_dir=_results_dir(out), store=store, on_error=on_error, params=_params(param or []),
-                     trust_remote_code=trust_remote_code, model_options=_options(model_option or []),
-                     dataset_options=_options(data_option or [], "--data-option", "sample_rate=16000"),
-                     text_checkpoint=text_checkpoint, text_revision=text_revision, device_map=device_map,
-                     max_memory=max_memory)
+    return RunConfig(
+        model=model,
+        dataset=dataset,
+        analyses=_split_csv(analysis) or [],
+        attributes=_split_csv(attribute),
+        checkpoint=checkpoint,
+        revision=revision,
+        adapter=adapter,
+        data_path=data_path,
+        split=split,
+        limit=limit,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        protocol=protocol,
+        span=span,
+        stages=_split_csv(stage),
+        batch_size=batch_size,
+        out_dir=_results_dir(out),
+        store=store,
+        on_error=on_error,
+        params=_params(param or []),
+        trust_remote_code=trust_remote_code,
+        model_options=_options(model_option or []),
+        dataset_options=_options(data_option or [], "--data-option", "sample_rate=16000"),
+        text_checkpoint=text_checkpoint,
+        text_revision=text_revision,
+        device_map=device_map,
+        max_memory=max_memory,
+    )
 
 
 # Options shared by bench, extract and analyze.
 MODEL = typer.Option("toy", "--model", "-m", help="model plugin (see `mch list models`)")
-DATASET = typer.Option(None, "--dataset", "-d",
-                       help="attribute dataset (default: the model's default_dataset in the registry)")
+DATASET = typer.Option(
+    None, "--dataset", "-d", help="attribute dataset (default: the model's default_dataset in the registry)"
+)
 ATTR = typer.Option(None, "--attribute", "-a", help="attributes to analyse (comma-separated; default all)")
 CKPT = typer.Option(None, "--checkpoint", help="HF id or local directory (default: the model's release)")
 REV = typer.Option(None, "--revision", help="checkpoint revision (HF commit or tag)")
@@ -116,10 +170,12 @@ SPLIT = typer.Option(None, "--split", help="dataset split (default: the dataset'
 LIMIT = typer.Option(None, "--limit", "-n", help="use the first N samples of the selection")
 SEED = typer.Option(0, "--seed", help="seed for selection and analyses")
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun, cuda = each process's own GPU)")
-DEVMAP = typer.Option(None, "--device-map",
-                      help="split the model over devices (accelerate): auto, balanced, balanced_low_0 or sequential")
-MAXMEM = typer.Option(None, "--max-memory", help="with --device-map: the most each device may hold, e.g. "
-                                                 "0=70GiB,1=70GiB,cpu=200GiB")
+DEVMAP = typer.Option(
+    None, "--device-map", help="split the model over devices (accelerate): auto, balanced, balanced_low_0 or sequential"
+)
+MAXMEM = typer.Option(
+    None, "--max-memory", help="with --device-map: the most each device may hold, e.g. 0=70GiB,1=70GiB,cpu=200GiB"
+)
 DTYPE = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default bf16 on cuda, fp32 on cpu)")
 PROTOCOL = typer.Option("default", "--protocol", help="default (corrected) or paper (the reference's choices)")
 SPAN = typer.Option(None, "--span", help="modality, all, text or last (default: modality; paper: all)")
@@ -131,8 +187,9 @@ ONERR = typer.Option("stop", "--on-error", help="stop or skip (record and go on)
 PARAM = typer.Option(None, "--param", help="analysis parameter, ANALYSIS.KEY=VALUE (repeatable)")
 MOPT = typer.Option(None, "--model-option", help="model plugin option KEY=VALUE (repeatable; see the plugin's docs)")
 DOPT = typer.Option(None, "--data-option", help="dataset plugin option KEY=VALUE (repeatable; docs/datasets.md)")
-TCKPT = typer.Option(None, "--text-checkpoint",
-                     help="paper protocol: the separate text-only model's checkpoint (default: its release)")
+TCKPT = typer.Option(
+    None, "--text-checkpoint", help="paper protocol: the separate text-only model's checkpoint (default: its release)"
+)
 TREV = typer.Option(None, "--text-revision", help="paper protocol: the text-only model's revision")
 TRC = typer.Option(False, "--trust-remote-code", help="allow Hub remote code (off by default)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
@@ -153,19 +210,41 @@ def _runner_io(quiet: bool):
 
 
 @app.command()
-def bench(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET,
-          analysis: List[str] = typer.Option(["probe,gmi"], "--analysis", help="analyses (comma-separated)"),
-          attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
-          adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
-          limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE, dtype: Optional[str] = DTYPE,
-          protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
-          batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
-          on_error: str = ONERR, param: Optional[List[str]] = PARAM, trust_remote_code: bool = TRC,
-          model_option: Optional[List[str]] = MOPT,
-          data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-          text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
-          max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET, as_json: bool = JSON_OUT,
-          as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
+def bench(
+    ctx: typer.Context,
+    model: str = MODEL,
+    dataset: str | None = DATASET,
+    analysis: list[str] = typer.Option(["probe,gmi"], "--analysis", help="analyses (comma-separated)"),
+    attribute: list[str] | None = ATTR,
+    checkpoint: str | None = CKPT,
+    revision: str | None = REV,
+    adapter: str | None = ADAPTER,
+    data_path: str | None = DATAPATH,
+    split: str | None = SPLIT,
+    limit: int | None = LIMIT,
+    seed: int = SEED,
+    device: str = DEVICE,
+    dtype: str | None = DTYPE,
+    protocol: str = PROTOCOL,
+    span: str | None = SPAN,
+    stage: list[str] | None = STAGE,
+    batch_size: int = BATCH,
+    out: Path | None = OUT,
+    store: Path | None = STORE,
+    on_error: str = ONERR,
+    param: list[str] | None = PARAM,
+    trust_remote_code: bool = TRC,
+    model_option: list[str] | None = MOPT,
+    data_option: list[str] | None = DOPT,
+    text_checkpoint: str | None = TCKPT,
+    text_revision: str | None = TREV,
+    device_map: str | None = DEVMAP,
+    max_memory: str | None = MAXMEM,
+    quiet: bool = QUIET,
+    as_json: bool = JSON_OUT,
+    as_csv: bool = CSV_OUT,
+    config: Path | None = CONFIG,
+):
     """Extract (or reuse) representations, run analyses, write one result record per analysis.
 
     With no arguments: the built-in toy model organism on the toy world, probe + gmi. Under
@@ -175,9 +254,36 @@ def bench(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATAS
 
     if as_json and as_csv:
         raise MchError("--json and --csv print the same numbers two ways; pass one of them")
-    cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
-                  device, dtype, protocol, span, stage, batch_size, out, store, on_error, param, trust_remote_code,
-                  model_option, data_option, text_checkpoint, text_revision, device_map, max_memory)
+    cfg = _config(
+        model,
+        dataset,
+        analysis,
+        attribute,
+        checkpoint,
+        revision,
+        adapter,
+        data_path,
+        split,
+        limit,
+        seed,
+        device,
+        dtype,
+        protocol,
+        span,
+        stage,
+        batch_size,
+        out,
+        store,
+        on_error,
+        param,
+        trust_remote_code,
+        model_option,
+        data_option,
+        text_checkpoint,
+        text_revision,
+        device_map,
+        max_memory,
+    )
     cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
     p, written = _keeping_records(run_bench, cfg, log, progress)
@@ -195,24 +301,71 @@ def bench(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATAS
 
 
 @app.command()
-def extract(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET, checkpoint: Optional[str] = CKPT,
-            revision: Optional[str] = REV, adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH,
-            split: Optional[str] = SPLIT, limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE,
-            dtype: Optional[str] = DTYPE, protocol: str = PROTOCOL, span: Optional[str] = SPAN,
-            stage: Optional[List[str]] = STAGE, batch_size: int = BATCH, store: Optional[Path] = STORE,
-            on_error: str = ONERR, text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
-            trust_remote_code: bool = TRC, model_option: Optional[List[str]] = MOPT,
-            data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
-            max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET, config: Optional[Path] = CONFIG):
+def extract(
+    ctx: typer.Context,
+    model: str = MODEL,
+    dataset: str | None = DATASET,
+    checkpoint: str | None = CKPT,
+    revision: str | None = REV,
+    adapter: str | None = ADAPTER,
+    data_path: str | None = DATAPATH,
+    split: str | None = SPLIT,
+    limit: int | None = LIMIT,
+    seed: int = SEED,
+    device: str = DEVICE,
+    dtype: str | None = DTYPE,
+    protocol: str = PROTOCOL,
+    span: str | None = SPAN,
+    stage: list[str] | None = STAGE,
+    batch_size: int = BATCH,
+    store: Path | None = STORE,
+    on_error: str = ONERR,
+    text: bool = typer.Option(False, "--text", help="also extract the text baseline"),
+    trust_remote_code: bool = TRC,
+    model_option: list[str] | None = MOPT,
+    data_option: list[str] | None = DOPT,
+    text_checkpoint: str | None = TCKPT,
+    text_revision: str | None = TREV,
+    device_map: str | None = DEVMAP,
+    max_memory: str | None = MAXMEM,
+    quiet: bool = QUIET,
+    config: Path | None = CONFIG,
+):
     """Extract pooled representations into the store (resumable; no analysis). Under torchrun /
     accelerate launch each rank extracts its share of the chunks; rank 0 finalizes."""
     from . import dist
     from .runner import extract as do_extract, plan, text_plan
 
-    cfg = _config(model, dataset, [], None, checkpoint, revision, adapter, data_path, split, limit, seed, device,
-                  dtype, protocol, span, stage, batch_size, None, store, on_error, [], trust_remote_code, model_option,
-                  data_option, text_checkpoint, text_revision, device_map, max_memory)
+    cfg = _config(
+        model,
+        dataset,
+        [],
+        None,
+        checkpoint,
+        revision,
+        adapter,
+        data_path,
+        split,
+        limit,
+        seed,
+        device,
+        dtype,
+        protocol,
+        span,
+        stage,
+        batch_size,
+        None,
+        store,
+        on_error,
+        [],
+        trust_remote_code,
+        model_option,
+        data_option,
+        text_checkpoint,
+        text_revision,
+        device_map,
+        max_memory,
+    )
     cfg = apply_config(ctx, config, cfg, skip=("analyses", "attributes", "params", "out_dir"))
     log, progress = _runner_io(quiet)
     p = plan(cfg, log, progress)
@@ -231,18 +384,39 @@ def extract(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DAT
 
 
 @app.command()
-def analyze(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DATASET,
-            analysis: List[str] = typer.Option(["probe"], "--analysis", help="analyses (comma-separated)"),
-            attribute: Optional[List[str]] = ATTR, checkpoint: Optional[str] = CKPT, revision: Optional[str] = REV,
-            adapter: Optional[str] = ADAPTER, data_path: Optional[str] = DATAPATH, split: Optional[str] = SPLIT,
-            limit: Optional[int] = LIMIT, seed: int = SEED, device: str = DEVICE, dtype: Optional[str] = DTYPE,
-            protocol: str = PROTOCOL, span: Optional[str] = SPAN, stage: Optional[List[str]] = STAGE,
-            batch_size: int = BATCH, out: Optional[Path] = OUT, store: Optional[Path] = STORE,
-            param: Optional[List[str]] = PARAM, model_option: Optional[List[str]] = MOPT,
-            data_option: Optional[List[str]] = DOPT, text_checkpoint: Optional[str] = TCKPT,
-            text_revision: Optional[str] = TREV, device_map: Optional[str] = DEVMAP,
-            max_memory: Optional[str] = MAXMEM, quiet: bool = QUIET, as_json: bool = JSON_OUT,
-            as_csv: bool = CSV_OUT, config: Optional[Path] = CONFIG):
+def analyze(
+    ctx: typer.Context,
+    model: str = MODEL,
+    dataset: str | None = DATASET,
+    analysis: list[str] = typer.Option(["probe"], "--analysis", help="analyses (comma-separated)"),
+    attribute: list[str] | None = ATTR,
+    checkpoint: str | None = CKPT,
+    revision: str | None = REV,
+    adapter: str | None = ADAPTER,
+    data_path: str | None = DATAPATH,
+    split: str | None = SPLIT,
+    limit: int | None = LIMIT,
+    seed: int = SEED,
+    device: str = DEVICE,
+    dtype: str | None = DTYPE,
+    protocol: str = PROTOCOL,
+    span: str | None = SPAN,
+    stage: list[str] | None = STAGE,
+    batch_size: int = BATCH,
+    out: Path | None = OUT,
+    store: Path | None = STORE,
+    param: list[str] | None = PARAM,
+    model_option: list[str] | None = MOPT,
+    data_option: list[str] | None = DOPT,
+    text_checkpoint: str | None = TCKPT,
+    text_revision: str | None = TREV,
+    device_map: str | None = DEVMAP,
+    max_memory: str | None = MAXMEM,
+    quiet: bool = QUIET,
+    as_json: bool = JSON_OUT,
+    as_csv: bool = CSV_OUT,
+    config: Path | None = CONFIG,
+):
     """Run analyses on representations already in the store.
 
     `mch extract` puts them there, or `mch import-reference` for the reference
@@ -253,9 +427,36 @@ def analyze(ctx: typer.Context, model: str = MODEL, dataset: Optional[str] = DAT
 
     if not dist.is_main():
         return
-    cfg = _config(model, dataset, analysis, attribute, checkpoint, revision, adapter, data_path, split, limit, seed,
-                  device, dtype, protocol, span, stage, batch_size, out, store, "stop", param, False, model_option,
-                  data_option, text_checkpoint, text_revision, device_map, max_memory)
+    cfg = _config(
+        model,
+        dataset,
+        analysis,
+        attribute,
+        checkpoint,
+        revision,
+        adapter,
+        data_path,
+        split,
+        limit,
+        seed,
+        device,
+        dtype,
+        protocol,
+        span,
+        stage,
+        batch_size,
+        out,
+        store,
+        "stop",
+        param,
+        False,
+        model_option,
+        data_option,
+        text_checkpoint,
+        text_revision,
+        device_map,
+        max_memory,
+    )
     cfg = apply_config(ctx, config, cfg)
     log, progress = _runner_io(quiet)
     if as_json and as_csv:
@@ -283,9 +484,13 @@ def _keeping_records(run, cfg, log, progress):
     except BaseException:
         if written:
             done = [rec["analysis"]["name"] for _, rec in written]
-            err_console.print("records written before the stop: "
-                              + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written, strict=True)),
-                              soft_wrap=True, markup=False, highlight=False)
+            err_console.print(
+                "records written before the stop: "
+                + ", ".join(f"{n} ({p})" for n, (p, _) in zip(done, written, strict=True)),
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
             left = [a for a in (cfg.analyses or []) if a not in done]
             if left:
                 err_console.print(f"not written: {', '.join(left)}", markup=False, highlight=False)
@@ -307,7 +512,7 @@ def show_records(records: list) -> None:
     show(records, stdout_console(), heads)
 
 
-def _machine_output(written: list, as_json: bool, as_csv: bool, loaded: Optional[bool]) -> bool:
+def _machine_output(written: list, as_json: bool, as_csv: bool, loaded: bool | None) -> bool:
     """--json / --csv: the numbers on stdout for machines (mch.report); True if printed."""
     from .report import to_csv, to_json
 
@@ -355,37 +560,61 @@ def _table(title: str, cols: list, rows: list, long: bool) -> None:
 @list_app.command("models")
 def list_models(long: bool = LONG):
     """Model plugins with their modality and checkpoint."""
-    _table("models", ["name", "modality", "checkpoint", "revision", "aliases", "plugin"],
-           [[s.name, s.modality, s.checkpoint, s.revision or "-", ", ".join(s.aliases), s.source, s.description]
-            for s in _reg().models.values()], long)
+    _table(
+        "models",
+        ["name", "modality", "checkpoint", "revision", "aliases", "plugin"],
+        [
+            [s.name, s.modality, s.checkpoint, s.revision or "-", ", ".join(s.aliases), s.source, s.description]
+            for s in _reg().models.values()
+        ],
+        long,
+    )
 
 
 @list_app.command("datasets")
 def list_datasets(long: bool = LONG):
     """Attribute datasets with their attributes and where they come from."""
-    _table("datasets", ["name", "modality", "attributes", "source", "plugin"],
-           [[s.name, s.modality, ", ".join(s.attributes), s.source_hint, s.source, s.description]
-            for s in _reg().datasets.values()], long)
+    _table(
+        "datasets",
+        ["name", "modality", "attributes", "source", "plugin"],
+        [
+            [s.name, s.modality, ", ".join(s.attributes), s.source_hint, s.source, s.description]
+            for s in _reg().datasets.values()
+        ],
+        long,
+    )
 
 
 @list_app.command("analyses")
 def list_analyses(long: bool = LONG):
     """Analyses and whether they need the live model."""
-    _table("analyses", ["name", "needs live model", "under torchrun", "plugin"],
-           [[s.name, "yes" if s.needs_model else "no", "rank 0", s.source, s.description]
-            for s in _reg().analyses.values()], long)
-    console.print("An analysis that compares with the text baseline reads its representations from the "
-                  "store; when they are not there, the run extracts them with the model first.")
-    console.print("Under torchrun or accelerate launch, every rank extracts its share of the store's chunks; then "
-                  "rank 0 runs every analysis alone (no analysis shards its sample loop: GMI scoring, the slow part, "
-                  "runs on rank 0's device and is cached in the store) and the other ranks exit. A text baseline an "
-                  "analysis asks for is extracted by rank 0 alone: `mch extract --text` under the launcher first "
-                  "shares it too.")
+    _table(
+        "analyses",
+        ["name", "needs live model", "under torchrun", "plugin"],
+        [
+            [s.name, "yes" if s.needs_model else "no", "rank 0", s.source, s.description]
+            for s in _reg().analyses.values()
+        ],
+        long,
+    )
+    console.print(
+        "An analysis that compares with the text baseline reads its representations from the "
+        "store; when they are not there, the run extracts them with the model first."
+    )
+    console.print(
+        "Under torchrun or accelerate launch, every rank extracts its share of the store's chunks; then "
+        "rank 0 runs every analysis alone (no analysis shards its sample loop: GMI scoring, the slow part, "
+        "runs on rank 0's device and is cached in the store) and the other ranks exit. A text baseline an "
+        "analysis asks for is extracted by rank 0 alone: `mch extract --text` under the launcher first "
+        "shares it too."
+    )
 
 
 @list_app.command("params")
-def list_params(analysis: Optional[List[str]] = typer.Argument(None, help="analyses (default: all)"),
-                protocol: str = typer.Option("default", "--protocol", help="default or paper")):
+def list_params(
+    analysis: list[str] | None = typer.Argument(None, help="analyses (default: all)"),
+    protocol: str = typer.Option("default", "--protocol", help="default or paper"),
+):
     """The parameters each analysis takes under a protocol, with their defaults and the type and
     range a value must have (set them with --param ANALYSIS.KEY=VALUE; the analysis's module
     docstring says what each means)."""
@@ -400,8 +629,11 @@ def list_params(analysis: Optional[List[str]] = typer.Argument(None, help="analy
     reg = _reg()
     specs = [reg.get("analysis", a) for a in (_split_csv(analysis) or list(reg.analyses))]
     # every line names its analysis, so a line read alone (grep) or a stacked block says whose it is
-    g = Grid([Col("analysis", no_wrap=True), Col("parameter", no_wrap=True), Col("default"), Col("type and range")],
-             title=f"analysis parameters ({protocol} protocol)", key_cols=2)
+    g = Grid(
+        [Col("analysis", no_wrap=True), Col("parameter", no_wrap=True), Col("default"), Col("type and range")],
+        title=f"analysis parameters ({protocol} protocol)",
+        key_cols=2,
+    )
     for spec in specs:
         obj = load_entry(spec.entry)(spec)
         params = {**obj.default_params(protocol), **spec.options.get("params", {})}
@@ -414,7 +646,7 @@ def list_params(analysis: Optional[List[str]] = typer.Argument(None, help="analy
 
 
 @list_app.command("options")
-def list_options(name: Optional[List[str]] = typer.Argument(None, help="models or datasets (default: all)")):
+def list_options(name: list[str] | None = typer.Argument(None, help="models or datasets (default: all)")):
     """The options each model and dataset plugin takes (set them with --model-option or
     --data-option KEY=VALUE, or in the registry entry's `options:`), with their types. Imports
     the plugin modules (torch for the models)."""
@@ -427,8 +659,17 @@ def list_options(name: Optional[List[str]] = typer.Argument(None, help="models o
         if n not in reg.datasets:
             reg.get("model", n)
     wanted = [reg.aliases.get(n, n) for n in wanted or []]
-    g = Grid([Col("kind", no_wrap=True), Col("name", no_wrap=True), Col("option", no_wrap=True), Col("type"),
-              Col("meaning", max_width=40)], title="model and dataset options", key_cols=3)
+    g = Grid(
+        [
+            Col("kind", no_wrap=True),
+            Col("name", no_wrap=True),
+            Col("option", no_wrap=True),
+            Col("type"),
+            Col("meaning", max_width=40),
+        ],
+        title="model and dataset options",
+        key_cols=3,
+    )
     for kind, table in (("model", reg.models), ("dataset", reg.datasets)):
         for spec in table.values():
             if wanted and spec.name not in wanted:
@@ -450,13 +691,17 @@ def plugins():
     """Installed plugins: what each contributes, or why it failed to load."""
     from .tables import Col, Grid, emit, stdout_console
 
-    g = Grid([Col("name", no_wrap=True), Col("entry point"), Col("distribution"), Col("status"), Col("contributes")],
-             title="plugins (entry-point group 'mch')")
+    g = Grid(
+        [Col("name", no_wrap=True), Col("entry point"), Col("distribution"), Col("status"), Col("contributes")],
+        title="plugins (entry-point group 'mch')",
+    )
     for info in _reg().plugins:
         status = "loaded" if info.loaded and not info.error else f"failed: {info.error}"
         contrib = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.contributes.items())
-        g.add([info.name, info.value, info.dist or "-", status, contrib], style=None if info.loaded and not info.error
-              else "red")
+        g.add(
+            [info.name, info.value, info.dist or "-", status, contrib],
+            style=None if info.loaded and not info.error else "red",
+        )
     emit(stdout_console(), g)
 
 
@@ -476,7 +721,7 @@ def _mount_optional() -> None:
         pass
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
         _run(argv)
     finally:
@@ -496,7 +741,7 @@ def _on_rank(exc: MchError) -> MchError:
     return MchError(f"(rank {r.rank}) {exc}") if r.world > 1 else exc
 
 
-def _run(argv: Optional[List[str]] = None) -> None:
+def _run(argv: list[str] | None = None) -> None:
     try:
         _mount_optional()
         # non-standalone: typer returns the code of a typer.Exit (Ctrl-C becomes Exit(130) in
@@ -526,7 +771,7 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
-def _usage_exit(exc: Exception) -> Optional[int]:
+def _usage_exit(exc: Exception) -> int | None:
     """Show a command-line usage error (unknown option, bad value) as click does, without a
     traceback, and return its exit code; None for anything else. Recent typer releases carry
     their own copy of click, whose classes are not click's: a usage error is recognised by

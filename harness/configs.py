@@ -20,9 +20,10 @@ Every record keeps the resolved config (`run_config`). Light: yaml and jsonschem
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .api import MchError
 
@@ -58,7 +59,7 @@ class RunConfig:
     sample_ids: Sequence[str] | None = None  # keep only these samples of the split (e.g. held-out groups)
     chunk_size: int | None = None  # samples per store chunk (default $MCH_CHUNK_SIZE or 256)
     device_map: str | None = None  # split the model over devices: auto, balanced, balanced_low_0, sequential
-    max_memory: Any = None         # "0=70GiB,cpu=200GiB" (or a dict): the most each device may hold
+    max_memory: Any = None  # "0=70GiB,cpu=200GiB" (or a dict): the most each device may hold
 
     @property
     def dataset_options_record(self) -> dict[str, Any]:
@@ -162,7 +163,6 @@ def make_run_config(config: Mapping[str, Any] | None = None, **values: Any) -> A
     `data_options` merge key by key with the config's."""
     import dataclasses
 
-
     fields = run_config_fields(check_config(dict(config), "(given)")) if config else {}
     for key, value in values.items():
         field = FIELDS.get(key, key)
@@ -176,8 +176,7 @@ def make_run_config(config: Mapping[str, Any] | None = None, **values: Any) -> A
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise MchError(f"unknown run option {unknown[0]!r}; the options are the run config's keys: "
-                       f"{', '.join(keys())}")
+        raise MchError(f"unknown run option {unknown[0]!r}; the options are the run config's keys: {', '.join(keys())}")
     return RunConfig(**fields)
 
 
@@ -188,17 +187,34 @@ def resolved(cfg: Any) -> dict[str, Any]:
     import hashlib
 
     out: dict[str, Any] = {
-        "model": cfg.model, "dataset": cfg.dataset, "analyses": list(cfg.analyses),
-        "attributes": list(cfg.attributes) if cfg.attributes else None, "checkpoint": cfg.checkpoint,
-        "revision": cfg.revision, "adapter": cfg.adapter,
-        "data_path": str(cfg.data_path) if cfg.data_path is not None else None, "split": cfg.split,
-        "limit": cfg.limit, "seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype, "protocol": cfg.protocol,
-        "span": cfg.span, "stages": list(cfg.stages) if cfg.stages else None, "batch_size": cfg.batch_size,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "analyses": list(cfg.analyses),
+        "attributes": list(cfg.attributes) if cfg.attributes else None,
+        "checkpoint": cfg.checkpoint,
+        "revision": cfg.revision,
+        "adapter": cfg.adapter,
+        "data_path": str(cfg.data_path) if cfg.data_path is not None else None,
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "protocol": cfg.protocol,
+        "span": cfg.span,
+        "stages": list(cfg.stages) if cfg.stages else None,
+        "batch_size": cfg.batch_size,
         "out": str(cfg.out_dir) if cfg.out_dir is not None else None,
-        "store": str(cfg.store) if cfg.store is not None else None, "on_error": cfg.on_error,
-        "params": cfg.params, "model_options": cfg.model_options, "data_options": cfg.dataset_options,
-        "text_checkpoint": cfg.text_checkpoint, "text_revision": cfg.text_revision,
-        "trust_remote_code": cfg.trust_remote_code, "device_map": cfg.device_map, "max_memory": cfg.max_memory,
+        "store": str(cfg.store) if cfg.store is not None else None,
+        "on_error": cfg.on_error,
+        "params": cfg.params,
+        "model_options": cfg.model_options,
+        "data_options": cfg.dataset_options,
+        "text_checkpoint": cfg.text_checkpoint,
+        "text_revision": cfg.text_revision,
+        "trust_remote_code": cfg.trust_remote_code,
+        "device_map": cfg.device_map,
+        "max_memory": cfg.max_memory,
     }
     if cfg.sample_ids is not None:  # set by analyses that re-run the runner on a subset (lora)
         h = hashlib.sha256("\0".join(map(str, cfg.sample_ids)).encode()).hexdigest()

@@ -8,12 +8,13 @@ use, so a second run whose numbers are all cached never loads it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .api import Attribute, AnalysisOutput, MchError, Sample
+from .api import AnalysisOutput, Attribute, MchError, Sample
 from .progress import Progress
 
 
@@ -23,16 +24,16 @@ class AnalysisContext:
     params: dict[str, Any]
     seed: int
     stages: list[str]
-    reps: Mapping[str, np.ndarray]           # stage -> (N, D) float array, row i = samples[i]
+    reps: Mapping[str, np.ndarray]  # stage -> (N, D) float array, row i = samples[i]
     samples: list[Sample]
-    attributes: dict[str, Attribute]        # the attributes selected for this run
-    labels: dict[str, np.ndarray]           # attribute -> (N,) class names ("" = unlabelled)
-    groups: dict[str, np.ndarray]           # attribute -> (N,) group values of its group key
+    attributes: dict[str, Attribute]  # the attributes selected for this run
+    labels: dict[str, np.ndarray]  # attribute -> (N,) class names ("" = unlabelled)
+    groups: dict[str, np.ndarray]  # attribute -> (N,) group values of its group key
     span: str = "modality"
     previous: dict[str, AnalysisOutput] = field(default_factory=dict)  # earlier analyses, same run
     progress: Progress = field(default_factory=Progress)
-    run_config: Any = None   # the runner's RunConfig (an analysis that re-runs the runner, e.g. lora, reads it)
-    dataset: Any = None      # the DatasetPlugin (e.g. lora draws its training split from it)
+    run_config: Any = None  # the runner's RunConfig (an analysis that re-runs the runner, e.g. lora, reads it)
+    dataset: Any = None  # the DatasetPlugin (e.g. lora draws its training split from it)
     _model_loader: Callable[[], Any] | None = None
     _cache: Callable[..., np.ndarray] | None = None
     _text_reps: Callable[[], Mapping[str, np.ndarray]] | None = None
@@ -80,8 +81,13 @@ class AnalysisContext:
             return self.text_reps()
         return self._own_text_reps()
 
-    def rerun(self, analyses: Sequence[str], sample_ids: Sequence[str], adapter: str | None = None,
-              write_records: bool = False) -> tuple[dict[str, AnalysisOutput], list[Any]]:
+    def rerun(
+        self,
+        analyses: Sequence[str],
+        sample_ids: Sequence[str],
+        adapter: str | None = None,
+        write_records: bool = False,
+    ) -> tuple[dict[str, AnalysisOutput], list[Any]]:
         """Run other analyses again on some of this run's samples, without or with a PEFT
         `adapter` merged into the model (lora: before and after training): the runner's own
         plan, store and configuration otherwise; without an adapter, this run's model is reused
@@ -89,8 +95,9 @@ class AnalysisContext:
         ({analysis: output}, [paths of the records written])."""
         if self._rerun is None:
             raise MchError("this analysis re-runs other analyses and needs the runner; run it through `mch bench`")
-        return self._rerun(list(analyses), list(sample_ids), adapter, write_records,
-                           self._model if adapter is None else None)
+        return self._rerun(
+            list(analyses), list(sample_ids), adapter, write_records, self._model if adapter is None else None
+        )
 
     def labelled(self, attribute: str) -> np.ndarray:
         """Row indices whose label for `attribute` is set."""

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .api import MchError
 
@@ -44,8 +45,10 @@ def _int_env(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise MchError(f"${name}={raw!r} is not an integer; it is set by the launcher (torchrun, accelerate "
-                       f"launch): run mch through one, or unset it") from None
+        raise MchError(
+            f"${name}={raw!r} is not an integer; it is set by the launcher (torchrun, accelerate "
+            f"launch): run mch through one, or unset it"
+        ) from None
 
 
 def ranks() -> Ranks:
@@ -55,8 +58,10 @@ def ranks() -> Ranks:
     local_world = _int_env("LOCAL_WORLD_SIZE", world)
     local_rank = _int_env("LOCAL_RANK", rank)
     if world < 1 or not 0 <= rank < world or not 0 <= local_rank < max(local_world, 1):
-        raise MchError(f"the launcher's environment is inconsistent (RANK={rank}, WORLD_SIZE={world}, "
-                       f"LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world})")
+        raise MchError(
+            f"the launcher's environment is inconsistent (RANK={rank}, WORLD_SIZE={world}, "
+            f"LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world})"
+        )
     return Ranks(rank, world, local_rank, max(local_world, 1))
 
 
@@ -100,11 +105,15 @@ def _group() -> Any:
         else:
             for var in ("MASTER_ADDR", "MASTER_PORT"):
                 if not os.environ.get(var):
-                    raise MchError(f"WORLD_SIZE={ranks().world} but ${var} is not set: start mch with torchrun "
-                                   f"or accelerate launch, which set both")
+                    raise MchError(
+                        f"WORLD_SIZE={ranks().world} but ${var} is not set: start mch with torchrun "
+                        f"or accelerate launch, which set both"
+                    )
             if os.environ["MASTER_PORT"].strip() == "0":  # the ranks would never meet
-                raise MchError("MASTER_PORT=0: the ranks cannot meet on port 0; give torchrun --standalone (one node) "
-                               "or a free --master-port")
+                raise MchError(
+                    "MASTER_PORT=0: the ranks cannot meet on port 0; give torchrun --standalone (one node) "
+                    "or a free --master-port"
+                )
             dist.init_process_group(backend="gloo", timeout=timeout, rank=ranks().rank, world_size=ranks().world)
             _state["group"] = dist.group.WORLD
             _state["own"] = True
@@ -188,4 +197,4 @@ def shutdown() -> None:
 def shard(items: list[T], r: Ranks | None = None) -> list[T]:
     """This rank's share of `items` (round-robin: on a fresh entry, chunk i goes to rank i mod world)."""
     r = r or ranks()
-    return items[r.rank::r.world]
+    return items[r.rank :: r.world]

@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .api import MchError
 from .results import SCHEMA_VERSION, atomic_write_json, safe_name, schema_errors
@@ -108,7 +109,6 @@ def relpath(p: Path) -> str:
             return str(p)
 
 
-
 def checkpoint_identity(rec: dict) -> tuple:
     """What makes two records measure the same weights: checkpoint (path or HF id), revision,
     adapter, the checkpoint's fingerprint when the record has one, and whether it is a smoke
@@ -120,7 +120,6 @@ def checkpoint_identity(rec: dict) -> tuple:
     return (m.get("checkpoint"), m.get("revision"), m.get("adapter"), fp, bool(m.get("smoke")))
 
 
-
 # --------------------------------------------------------------------------- submit
 
 
@@ -128,8 +127,15 @@ def entry_key(rec: dict) -> tuple:
     """Duplicate identity of a leaderboard entry: (kind, model, revision, dataset, protocol,
     analysis, checkpoint identity). `kind` is part of it so a measured run never replaces a
     reported number; the checkpoint so one checkpoint's run never replaces another's."""
-    return (rec["kind"], rec["model"]["name"], rec["model"].get("revision"), rec["dataset"]["name"],
-            rec["protocol"], rec["analysis"]["name"], checkpoint_identity(rec))
+    return (
+        rec["kind"],
+        rec["model"]["name"],
+        rec["model"].get("revision"),
+        rec["dataset"]["name"],
+        rec["protocol"],
+        rec["analysis"]["name"],
+        checkpoint_identity(rec),
+    )
 
 
 def canonical_name(rec: dict) -> str:
@@ -164,15 +170,19 @@ def submit(path: Path, entries_dir: Path, replace: bool = False) -> tuple[Path, 
     path and the entry it replaced (or None)."""
     rec = check_entry(path)
     if rec["model"].get("smoke"):
-        raise MchError(f"{path} is a smoke run on a random-weight checkpoint (model.smoke): it measures no model, "
-                       f"so it is not a leaderboard entry")
+        raise MchError(
+            f"{path} is a smoke run on a random-weight checkpoint (model.smoke): it measures no model, "
+            f"so it is not a leaderboard entry"
+        )
     key = entry_key(rec)
     entries_dir = Path(entries_dir)
     existing, _ = load_records([entries_dir]) if entries_dir.is_dir() else ([], [])
     dupes = [e for e in existing if entry_key(e.record) == key]
     if dupes and not replace:
-        raise MchError(f"{path} duplicates {relpath(dupes[0].path)} (same kind, model, checkpoint, revision, "
-                       f"dataset, protocol and analysis); pass --replace to replace it")
+        raise MchError(
+            f"{path} duplicates {relpath(dupes[0].path)} (same kind, model, checkpoint, revision, "
+            f"dataset, protocol and analysis); pass --replace to replace it"
+        )
     target = entries_dir / canonical_name(rec)
     if target.exists() and not any(d.path.resolve() == target.resolve() for d in dupes):
         # Same canonical name from a different key (names are sanitised): keep both.

@@ -18,5 +18,6 @@ def need(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         extra = EXTRAS.get(module.split(".")[0], module)
-        raise MchError(f"{what} needs {module.split('.')[0]}, which is not installed: "
-                       f"pip install 'mch[{extra}]'") from None
+        raise MchError(
+            f"{what} needs {module.split('.')[0]}, which is not installed: pip install 'mch[{extra}]'"
+        ) from None

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .api import MchError
 
@@ -41,11 +41,13 @@ _content: dict[tuple, str] = {}
 
 
 def mode() -> str:
-    """"fast" (default) or "full", from $MCH_FINGERPRINT."""
+    """ "fast" (default) or "full", from $MCH_FINGERPRINT."""
     m = os.environ.get("MCH_FINGERPRINT", "").strip().lower() or "fast"
     if m not in ("fast", "full"):
-        raise MchError(f"MCH_FINGERPRINT={os.environ['MCH_FINGERPRINT']!r} is not a fingerprint mode; "
-                       f"use fast (size + mtime, the default) or full (hash every byte)")
+        raise MchError(
+            f"MCH_FINGERPRINT={os.environ['MCH_FINGERPRINT']!r} is not a fingerprint mode; "
+            f"use fast (size + mtime, the default) or full (hash every byte)"
+        )
     return m
 
 

@@ -16,8 +16,9 @@ import errno
 import json
 import os
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 from .api import MchError
 
@@ -90,8 +91,13 @@ def _why(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path, what: str, log: Callable[[str], None] = lambda s: None,
-           wait: bool | None = None, busy_hint: str = "wait for it to finish or stop it") -> Iterator[None]:
+def locked(
+    lock_path: Path,
+    what: str,
+    log: Callable[[str], None] = lambda s: None,
+    wait: bool | None = None,
+    busy_hint: str = "wait for it to finish or stop it",
+) -> Iterator[None]:
     """Hold an exclusive `fcntl.flock` on `lock_path` (created if needed) for the block. The
     kernel drops the lock when its process dies, even by SIGKILL, so no lock is ever stale.
 

@@ -25,8 +25,9 @@ plugins still register their own hooks; `edit` is what they need to move onto th
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -96,10 +97,17 @@ def _input_of(args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | int]:
 class Trace(contextlib.AbstractContextManager):
     """Hooks on `points` ({name: point}) of `root` while the context is open (module docstring)."""
 
-    def __init__(self, root: torch.nn.Module, points: Mapping[str, str], *,
-                 fn: Callable[[Fired], None] | None = None,
-                 edit: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                 keep: bool = False, detach: bool = True, stop: bool = False) -> None:
+    def __init__(
+        self,
+        root: torch.nn.Module,
+        points: Mapping[str, str],
+        *,
+        fn: Callable[[Fired], None] | None = None,
+        edit: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        keep: bool = False,
+        detach: bool = True,
+        stop: bool = False,
+    ) -> None:
         from .model import resolve_module
 
         self.points = dict(points)
@@ -142,6 +150,7 @@ class Trace(contextlib.AbstractContextManager):
             new = self._fire(name, unwrap(output), args, kwargs)
             self._after()
             return None if new is None else _rewrap(output, new)
+
         return hook
 
     def _pre_hook(self, name: str) -> Callable:
@@ -154,6 +163,7 @@ class Trace(contextlib.AbstractContextManager):
             if where == 0:
                 return (new,) + tuple(args[1:]), kwargs
             return args, {**kwargs, where: new}
+
         return hook
 
     @property

@@ -17,7 +17,8 @@ plugin at a time, so what a plugin registers (or the error it raises) is attribu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -18,19 +18,44 @@ from .api import MchError
 console = Console()
 err_console = Console(stderr=True)
 
-CONFIG = typer.Option(None, "--config", help="run config file (YAML or JSON, schemas/run.schema.json); flags "
-                                             "given on the command line override it")
+CONFIG = typer.Option(
+    None,
+    "--config",
+    help="run config file (YAML or JSON, schemas/run.schema.json); flags given on the command line override it",
+)
 STORE = typer.Option(None, "--store", help="representation store (default ~/.cache/mch/store or $MCH_STORE)")
 
 # command-line parameter -> RunConfig field
-FLAG_FIELDS = {"model": "model", "dataset": "dataset", "analysis": "analyses", "attribute": "attributes",
-               "checkpoint": "checkpoint", "revision": "revision", "adapter": "adapter", "data_path": "data_path",
-               "split": "split", "limit": "limit", "seed": "seed", "device": "device", "dtype": "dtype",
-               "protocol": "protocol", "span": "span", "stage": "stages", "batch_size": "batch_size",
-               "out": "out_dir", "store": "store", "on_error": "on_error", "param": "params",
-               "trust_remote_code": "trust_remote_code", "model_option": "model_options",
-               "data_option": "dataset_options", "text_checkpoint": "text_checkpoint",
-               "text_revision": "text_revision", "device_map": "device_map", "max_memory": "max_memory"}
+FLAG_FIELDS = {
+    "model": "model",
+    "dataset": "dataset",
+    "analysis": "analyses",
+    "attribute": "attributes",
+    "checkpoint": "checkpoint",
+    "revision": "revision",
+    "adapter": "adapter",
+    "data_path": "data_path",
+    "split": "split",
+    "limit": "limit",
+    "seed": "seed",
+    "device": "device",
+    "dtype": "dtype",
+    "protocol": "protocol",
+    "span": "span",
+    "stage": "stages",
+    "batch_size": "batch_size",
+    "out": "out_dir",
+    "store": "store",
+    "on_error": "on_error",
+    "param": "params",
+    "trust_remote_code": "trust_remote_code",
+    "model_option": "model_options",
+    "data_option": "dataset_options",
+    "text_checkpoint": "text_checkpoint",
+    "text_revision": "text_revision",
+    "device_map": "device_map",
+    "max_memory": "max_memory",
+}
 
 
 def _given(ctx: Any, name: str) -> bool:
@@ -41,7 +66,7 @@ def _given(ctx: Any, name: str) -> bool:
     return src is not None and getattr(src, "name", "") in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
-def apply_config(ctx: Any, path: Optional[Path], cfg: Any, skip: tuple[str, ...] = ()) -> Any:
+def apply_config(ctx: Any, path: Path | None, cfg: Any, skip: tuple[str, ...] = ()) -> Any:
     """`cfg` (built from the flags) with the run config at `path` filling every flag that was
     not given on the command line; dict-valued settings merge key by key, the flag winning."""
     if path is None:
@@ -70,11 +95,16 @@ def mount(app: typer.Typer) -> None:
 # --------------------------------------------------------------------------- export
 
 
-def export(paths: List[Path] = typer.Argument(..., help="results directories or record files"),
-           fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet or jsonl"),
-           out: Path = typer.Option(..., "--out", "-o", help="file to write"),
-           all_records: bool = typer.Option(False, "--all", help="every record's rows (default: the newest record "
-                                                                  "of each model/checkpoint/dataset/analysis/protocol)")):
+def export(
+    paths: list[Path] = typer.Argument(..., help="results directories or record files"),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet or jsonl"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write"),
+    all_records: bool = typer.Option(
+        False,
+        "--all",
+        help="every record's rows (default: the newest record of each model/checkpoint/dataset/analysis/protocol)",
+    ),
+):
     """Result records as one table (csv, parquet or jsonl).
 
     One row per (model, checkpoint, dataset, analysis, protocol, stage, attribute, metric)
@@ -89,19 +119,25 @@ def export(paths: List[Path] = typer.Argument(..., help="results directories or 
         raise MchError(f"no valid result records under {', '.join(map(str, paths))}")
     rows = res.rows(latest=not all_records)
     path = write_table(rows, fmt, out)
-    err_console.print(f"wrote {len(rows)} rows from {len(res)} records to {path}", soft_wrap=True, markup=False,
-                      highlight=False)
+    err_console.print(
+        f"wrote {len(rows)} rows from {len(res)} records to {path}", soft_wrap=True, markup=False, highlight=False
+    )
 
 
 # --------------------------------------------------------------------------- export-store
 
 
-def export_store(key: str = typer.Argument(..., help="store entry key as `mch store list` shows it (a unique "
-                                                     "prefix will do)"),
-                 fmt: str = typer.Option("npz", "--format", "-f", help="npz, safetensors or hdf5 (the reference's "
-                                                                       "layout, which `mch import-reference` reads)"),
-                 out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (default KEY.FORMAT)"),
-                 store: Optional[Path] = STORE):
+def export_store(
+    key: str = typer.Argument(..., help="store entry key as `mch store list` shows it (a unique prefix will do)"),
+    fmt: str = typer.Option(
+        "npz",
+        "--format",
+        "-f",
+        help="npz, safetensors or hdf5 (the reference's layout, which `mch import-reference` reads)",
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="file to write (default KEY.FORMAT)"),
+    store: Path | None = STORE,
+):
     """One store entry's vectors with their sample ids and labels, for other tools.
 
     npz: one array per stage (`llm.final`, ...), `sample_ids`, `label:ATTR`, `group:ATTR`,
@@ -117,8 +153,12 @@ def export_store(key: str = typer.Argument(..., help="store entry key as `mch st
     ext = {"npz": "npz", "safetensors": "safetensors", "hdf5": "h5"}[fmt]
     path = Path(out) if out is not None else Path(f"{vec.hash}.{ext}")
     {"npz": _npz, "safetensors": _safetensors, "hdf5": _hdf5}[fmt](vec, path)
-    err_console.print(f"wrote {len(vec)} samples x {len(vec.stages)} stages ({', '.join(vec.stages)}) to {path}",
-                      soft_wrap=True, markup=False, highlight=False)
+    err_console.print(
+        f"wrote {len(vec)} samples x {len(vec.stages)} stages ({', '.join(vec.stages)}) to {path}",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
 
 
 def _npz(vec: Any, path: Path) -> None:
@@ -142,11 +182,14 @@ def _safetensors(vec: Any, path: Path) -> None:
 
     from .fsio import atomic_write
 
-    meta = {"sample_ids": json.dumps(vec.sample_ids), "key": json.dumps(vec.key, default=str),
-            "labels": json.dumps({a: [str(x) for x in v] for a, v in vec.labels.items()}),
-            "groups": json.dumps({a: [str(x) for x in v] for a, v in vec.groups.items()}),
-            "columns": json.dumps({a: [str(x) for x in v] for a, v in vec.columns.items()}),
-            "texts": json.dumps(vec.texts)}
+    meta = {
+        "sample_ids": json.dumps(vec.sample_ids),
+        "key": json.dumps(vec.key, default=str),
+        "labels": json.dumps({a: [str(x) for x in v] for a, v in vec.labels.items()}),
+        "groups": json.dumps({a: [str(x) for x in v] for a, v in vec.groups.items()}),
+        "columns": json.dumps({a: [str(x) for x in v] for a, v in vec.columns.items()}),
+        "texts": json.dumps(vec.texts),
+    }
     data = save({s: np.ascontiguousarray(vec[s]) for s in vec.stages}, metadata=meta)
     atomic_write(path, lambda f: f.write(data))
 
@@ -162,26 +205,31 @@ def _hdf5(vec: Any, path: Path) -> None:
                 columns[ATTRIBUTE_COLUMNS.get(attr, attr)] = [str(x) for x in vals]
         if vec.texts is not None and any(vec.texts):
             columns["transcript"] = list(vec.texts)  # script 03 reads lexical from here (caption is its fallback)
-    attrs = {"n_samples": len(vec), "model_name": vec.model, "dataset_name": str(vec.dataset),
-             "mch_store_key": vec.hash}
+    attrs = {
+        "n_samples": len(vec),
+        "model_name": vec.model,
+        "dataset_name": str(vec.dataset),
+        "mch_store_key": vec.hash,
+    }
     write_reference_file(path, {s: vec[s] for s in vec.stages}, vec.sample_ids, columns, attrs)
 
 
 # --------------------------------------------------------------------------- import-reference
 
 
-def import_reference(modal: Path = typer.Argument(..., help="the reference's script-01 HDF5 file"),
-                     text: Optional[Path] = typer.Option(None, "--text", help="its script-02 text-baseline file "
-                                                                                "(llm_hidden_16, llm_final)"),
-                     model: str = typer.Option(..., "--model", "-m", help="a name for whose vectors these are "
-                                                                          "(not a registered model's)"),
-                     dataset: str = typer.Option(..., "--dataset", "-d", help="a name for the samples (not a "
-                                                                              "registered dataset's)"),
-                     modality: Optional[str] = typer.Option(None, "--modality", help="speech or vision (default: "
-                                                                                      "from the label columns)"),
-                     replace: bool = typer.Option(False, "--replace", help="replace an earlier import of these "
-                                                                           "names from another file"),
-                     store: Optional[Path] = STORE):
+def import_reference(
+    modal: Path = typer.Argument(..., help="the reference's script-01 HDF5 file"),
+    text: Path | None = typer.Option(
+        None, "--text", help="its script-02 text-baseline file (llm_hidden_16, llm_final)"
+    ),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="a name for whose vectors these are (not a registered model's)"
+    ),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="a name for the samples (not a registered dataset's)"),
+    modality: str | None = typer.Option(None, "--modality", help="speech or vision (default: from the label columns)"),
+    replace: bool = typer.Option(False, "--replace", help="replace an earlier import of these names from another file"),
+    store: Path | None = STORE,
+):
     """Bring the reference implementation's HDF5 files into the store.
 
     Then `mch analyze --model NAME --dataset NAME --analysis probe,modes,per_type,distances
@@ -198,10 +246,18 @@ def import_reference(modal: Path = typer.Argument(..., help="the reference's scr
         say(f"{model} on {dataset}: already imported from these files (store entry {rep.modal_key})")
     else:
         say(f"imported {rep.n} samples as {model} on {dataset}: store entry {rep.modal_key}")
-    say(f"  stages {', '.join(rep.stages)}" + (f"; text baseline {', '.join(rep.text_stages)} (entry {rep.text_key})"
-                                               if rep.text_key else "; no text baseline (--text)"))
+    say(
+        f"  stages {', '.join(rep.stages)}"
+        + (
+            f"; text baseline {', '.join(rep.text_stages)} (entry {rep.text_key})"
+            if rep.text_key
+            else "; no text baseline (--text)"
+        )
+    )
     say(f"  attributes {', '.join(rep.attributes) or 'none'}")
     for n in rep.notes:
         say(f"  note: {n}")
-    say(f"next: mch analyze --model {model} --dataset {dataset} --analysis probe,modes,per_type,distances "
-        f"[--protocol paper]")
+    say(
+        f"next: mch analyze --model {model} --dataset {dataset} --analysis probe,modes,per_type,distances "
+        f"[--protocol paper]"
+    )

@@ -18,17 +18,24 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .api import MchError, stage_sort_key
-from .entries import Loaded, checkpoint_identity, relpath
+
 # what moved to mch.entries is still found here, where callers have always looked for it
 from .entries import (  # noqa: F401
-    canonical_name, check_entry, load_records, submit)
+    Loaded,
+    canonical_name,
+    check_entry,
+    checkpoint_identity,
+    load_records,
+    relpath,
+    submit,
+)
 from .results import SCHEMA_VERSION
-
 
 # --------------------------------------------------------------------------- columns
 
@@ -55,8 +62,12 @@ class Column:
 TEXT_COLUMNS = [
     Column("kind", "Kind", help="measured by mch, or reported in the paper"),
     Column("model", "Model"),
-    Column("checkpoint", "Checkpoint", help="the weights measured: local path (last two parts) or HF id, @revision; "
-                                          "#hash tells apart checkpoints that would read the same"),
+    Column(
+        "checkpoint",
+        "Checkpoint",
+        help="the weights measured: local path (last two parts) or HF id, @revision; "
+        "#hash tells apart checkpoints that would read the same",
+    ),
     Column("dataset", "Dataset"),
     Column("attribute", "Attribute"),
     Column("protocol", "Protocol"),
@@ -64,33 +75,103 @@ TEXT_COLUMNS = [
 METRIC_COLUMNS = [
     Column("acc_adapter", "Acc @adapter", "accuracy", "adapter", help="probe accuracy at the adapter output, 95% CI"),
     Column("acc_final", "Acc @final", "accuracy", "llm.final", help="probe accuracy at llm.final, 95% CI"),
-    Column("chance", "Chance", "chance_retention", "*",
-           help="the chance level c of Retained % (mch's default protocol: the majority rate; paper: 1/K)"),
-    Column("retained_pct", "Retained %", "retained_pct", "*", "{:.0f}",
-           help="100·(acc_final − c)/(acc_adapter − c)"),
-    Column("i_probe_adapter", "I_probe @adapter", "i_probe_bits", "adapter", "{:.2f}",
-           help="information present at the adapter, bits"),
-    Column("i_probe_final", "I_probe @final", "i_probe_bits", "llm.final", "{:.2f}",
-           help="information present at llm.final, bits"),
+    Column(
+        "chance",
+        "Chance",
+        "chance_retention",
+        "*",
+        help="the chance level c of Retained % (mch's default protocol: the majority rate; paper: 1/K)",
+    ),
+    Column("retained_pct", "Retained %", "retained_pct", "*", "{:.0f}", help="100·(acc_final − c)/(acc_adapter − c)"),
+    Column(
+        "i_probe_adapter",
+        "I_probe @adapter",
+        "i_probe_bits",
+        "adapter",
+        "{:.2f}",
+        help="information present at the adapter, bits",
+    ),
+    Column(
+        "i_probe_final",
+        "I_probe @final",
+        "i_probe_bits",
+        "llm.final",
+        "{:.2f}",
+        help="information present at llm.final, bits",
+    ),
     Column("gmi", "GMI", "gmi_bits", "*", "{:.2f}", help="information accessible to the decoder, bits, 95% CI"),
-    Column("gmi_lm", "GMI (LM rate)", "gmi_lm_bits", "*", "{:.2f}",
-           help="GMI with per-class offsets: the decoder's answer bias not counted as inaccessible, bits, 95% CI"),
-    Column("gmi_p", "GMI p", "gmi_p", "*", "{:.3f}",
-           help="label-permutation p-value of GMI (group structure kept): is anything accessible?"),
-    Column("access_adapter", "Access. @adapter", "accessibility", "adapter", "{:.2f}",
-           help="GMI / I_probe(adapter), 95% CI from shared group resamples"),
-    Column("access_final", "Access. @final", "accessibility", "llm.final", "{:.2f}",
-           help="GMI / I_probe(llm.final), 95% CI from shared group resamples"),
-    Column("access_lm_adapter", "Access. LM @adapter", "accessibility_lm", "adapter", "{:.2f}",
-           help="gmi_lm / I_probe(adapter), 95% CI"),
-    Column("access_lm_final", "Access. LM @final", "accessibility_lm", "llm.final", "{:.2f}",
-           help="gmi_lm / I_probe(llm.final), 95% CI"),
-    Column("ablation_ms", "Ablation Δ% MS", "ablation_pct_change_ms_all", "*", "{:+.2f}",
-           help="% change of decoder loss when all modality-specific modes are removed"),
-    Column("lora_dacc", "LoRA Δacc", "lora_delta_accuracy", "*", "{:+.3f}",
-           help="change of probe accuracy after the attribute LoRA"),
-    Column("lora_dgmi", "LoRA ΔGMI", "lora_delta_gmi_bits", "*", "{:+.2f}",
-           help="change of GMI (bits) after the attribute LoRA"),
+    Column(
+        "gmi_lm",
+        "GMI (LM rate)",
+        "gmi_lm_bits",
+        "*",
+        "{:.2f}",
+        help="GMI with per-class offsets: the decoder's answer bias not counted as inaccessible, bits, 95% CI",
+    ),
+    Column(
+        "gmi_p",
+        "GMI p",
+        "gmi_p",
+        "*",
+        "{:.3f}",
+        help="label-permutation p-value of GMI (group structure kept): is anything accessible?",
+    ),
+    Column(
+        "access_adapter",
+        "Access. @adapter",
+        "accessibility",
+        "adapter",
+        "{:.2f}",
+        help="GMI / I_probe(adapter), 95% CI from shared group resamples",
+    ),
+    Column(
+        "access_final",
+        "Access. @final",
+        "accessibility",
+        "llm.final",
+        "{:.2f}",
+        help="GMI / I_probe(llm.final), 95% CI from shared group resamples",
+    ),
+    Column(
+        "access_lm_adapter",
+        "Access. LM @adapter",
+        "accessibility_lm",
+        "adapter",
+        "{:.2f}",
+        help="gmi_lm / I_probe(adapter), 95% CI",
+    ),
+    Column(
+        "access_lm_final",
+        "Access. LM @final",
+        "accessibility_lm",
+        "llm.final",
+        "{:.2f}",
+        help="gmi_lm / I_probe(llm.final), 95% CI",
+    ),
+    Column(
+        "ablation_ms",
+        "Ablation Δ% MS",
+        "ablation_pct_change_ms_all",
+        "*",
+        "{:+.2f}",
+        help="% change of decoder loss when all modality-specific modes are removed",
+    ),
+    Column(
+        "lora_dacc",
+        "LoRA Δacc",
+        "lora_delta_accuracy",
+        "*",
+        "{:+.3f}",
+        help="change of probe accuracy after the attribute LoRA",
+    ),
+    Column(
+        "lora_dgmi",
+        "LoRA ΔGMI",
+        "lora_delta_gmi_bits",
+        "*",
+        "{:+.2f}",
+        help="change of GMI (bits) after the attribute LoRA",
+    ),
 ]
 # a column's stand-in metric for records without its own: the paper's reported entries carry
 # only 1/K, which is also the c of their retention numbers
@@ -103,7 +184,6 @@ COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 def stage_order(stage: str | None) -> tuple[int, int, str]:
     """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else (by name)."""
     return (*stage_sort_key(stage or ""), str(stage))
-
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -143,9 +223,9 @@ def _recency(item: Loaded) -> tuple[str, str]:
     return (item.record["created_at"], item.path.name)
 
 
-
-def short_checkpoint(checkpoint: str | None, revision: str | None = None, adapter: str | None = None,
-                     max_len: int = 36) -> str:
+def short_checkpoint(
+    checkpoint: str | None, revision: str | None = None, adapter: str | None = None, max_len: int = 36
+) -> str:
     """A checkpoint as a table cell: an HF id whole, a local path by its last two parts,
     '@' + revision (a commit hash to 7 characters), '+ adapter NAME' for a LoRA adapter."""
     if not checkpoint:
@@ -156,7 +236,7 @@ def short_checkpoint(checkpoint: str | None, revision: str | None = None, adapte
         if len(parts) > 2:
             s = "…/" + "/".join(parts[-2:])
     if len(s) > max_len:
-        s = s[: max_len // 2 - 1] + "…" + s[-(max_len // 2):]
+        s = s[: max_len // 2 - 1] + "…" + s[-(max_len // 2) :]
     if revision:
         s += "@" + (revision[:7] if re.fullmatch(r"[0-9a-f]{40}", revision) else revision)
     if adapter:
@@ -184,8 +264,13 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             by_attr.setdefault(m.get("attribute"), []).append({**m, "analysis": r["analysis"]["name"]})
         if not by_attr:
             by_attr[None] = []
-        group: tuple[Any, ...] = (r["kind"], r["model"]["name"], r["dataset"]["name"], r["protocol"],
-                                  checkpoint_identity(r))
+        group: tuple[Any, ...] = (
+            r["kind"],
+            r["model"]["name"],
+            r["dataset"]["name"],
+            r["protocol"],
+            checkpoint_identity(r),
+        )
         if all_runs:
             group = group + (relpath(item.path),)
             for attr, ms in by_attr.items():
@@ -203,8 +288,19 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
         for attr, pieces in attrs.items():
             rows.append(_make_row(group, attr, pieces, all_runs))
     _label_checkpoints(rows)
-    rows.sort(key=lambda r: (r["kind"] != "measured", r["smoke"], r["model"], r["checkpoint_label"], r["dataset"],
-                             r["attribute"] is None, str(r["attribute"]), r["protocol"], r.get("run") or ""))
+    rows.sort(
+        key=lambda r: (
+            r["kind"] != "measured",
+            r["smoke"],
+            r["model"],
+            r["checkpoint_label"],
+            r["dataset"],
+            r["attribute"] is None,
+            str(r["attribute"]),
+            r["protocol"],
+            r.get("run") or "",
+        )
+    )
     return rows
 
 
@@ -224,23 +320,42 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
     recs = [p[0].record for p in pieces]
     metrics = [m for _, ms in pieces for m in ms]
     newest = max(recs, key=lambda r: r["created_at"])
-    curve_stages = sorted({m.get("stage") for m in metrics
-                           if m["metric"] in ("accuracy", "i_probe_bits") and m.get("stage")}, key=stage_order)
+    curve_stages = sorted(
+        {m.get("stage") for m in metrics if m["metric"] in ("accuracy", "i_probe_bits") and m.get("stage")},
+        key=stage_order,
+    )
     curves = []
     for st in curve_stages:
         acc = pick_metric(metrics, "accuracy", st)
         ip = pick_metric(metrics, "i_probe_bits", st)
-        curves.append({"stage": st,
-                       "accuracy": acc and acc.get("value"), "ci_low": acc and acc.get("ci_low"),
-                       "ci_high": acc and acc.get("ci_high"), "i_probe_bits": ip and ip.get("value")})
-    values = {c.key: _cell(pick_metric(metrics, c.metric, c.stage) or pick_metric(metrics, FALLBACK.get(c.metric, ""), c.stage))
-              for c in METRIC_COLUMNS}
+        curves.append(
+            {
+                "stage": st,
+                "accuracy": acc and acc.get("value"),
+                "ci_low": acc and acc.get("ci_low"),
+                "ci_high": acc and acc.get("ci_high"),
+                "i_probe_bits": ip and ip.get("value"),
+            }
+        )
+    values = {
+        c.key: _cell(
+            pick_metric(metrics, c.metric, c.stage) or pick_metric(metrics, FALLBACK.get(c.metric, ""), c.stage)
+        )
+        for c in METRIC_COLUMNS
+    }
     ckpt, revision, adapter, fingerprint, smoke = group[4]
     row = {
         "id": hashlib.sha256(json.dumps([group, attr], default=str).encode()).hexdigest()[:12],
-        "kind": group[0], "model": group[1], "dataset": group[2], "attribute": attr, "protocol": group[3],
+        "kind": group[0],
+        "model": group[1],
+        "dataset": group[2],
+        "attribute": attr,
+        "protocol": group[3],
         "modality": newest["model"].get("modality"),
-        "checkpoint": ckpt, "revision": revision, "adapter": adapter, "checkpoint_fingerprint": fingerprint,
+        "checkpoint": ckpt,
+        "revision": revision,
+        "adapter": adapter,
+        "checkpoint_fingerprint": fingerprint,
         "checkpoint_id": hashlib.sha256(json.dumps(group[4], default=str).encode()).hexdigest()[:12],
         "smoke": smoke,
         "split": ", ".join(_uniq(r["dataset"].get("split") for r in recs)) or None,
@@ -251,7 +366,9 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         "created_at": newest["created_at"],
         "sources": _uniq(r["provenance"].get("source") for r in recs),
         "versions": newest["provenance"].get("versions", {}),
-        "notes": _uniq(n for r in recs for n in (r.get("notes") or []) + ([r["model"]["note"]] if r["model"].get("note") else [])),
+        "notes": _uniq(
+            n for r in recs for n in (r.get("notes") or []) + ([r["model"]["note"]] if r["model"].get("note") else [])
+        ),
         "files": _uniq(relpath(p[0].path) for p in pieces),
         "values": values,
         "curves": curves,
@@ -272,8 +389,9 @@ def other_metrics(row: dict) -> list[str]:
     (e.g. delta_tau), and every metric of a model-level row. Per-stage probe numbers are left
     to the curves and the page's details."""
     have = {m["metric"] for m in row["metrics"]}
-    shown = {c.metric if c.metric in have else FALLBACK.get(c.metric) for c in METRIC_COLUMNS
-             if row["values"].get(c.key)}
+    shown = {
+        c.metric if c.metric in have else FALLBACK.get(c.metric) for c in METRIC_COLUMNS if row["values"].get(c.key)
+    }
     out = []
     for m in row["metrics"]:
         if m.get("value") is None or m["metric"] in shown or m["metric"] in _CURVE_METRICS:
@@ -305,7 +423,9 @@ def filter_rows(rows: list[dict], **wanted: str | None) -> list[dict]:
         if missing and rows:
             close = difflib.get_close_matches(missing[0], present, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise MchError(f"no leaderboard row has {field} {missing[0]!r} (present: {', '.join(present) or 'none'}){hint}")
+            raise MchError(
+                f"no leaderboard row has {field} {missing[0]!r} (present: {', '.join(present) or 'none'}){hint}"
+            )
         rows = [r for r in rows if str(r[field]) in want]
     return rows
 
@@ -370,8 +490,14 @@ def visible_metric_columns(rows: list[dict]) -> list[Column]:
     return [c for c in METRIC_COLUMNS if any(r["values"].get(c.key) for r in rows)]
 
 
-
 def rows_to_json(rows: list[dict]) -> str:
-    return json.dumps({"schema_version": SCHEMA_VERSION, "columns": [
-        {"key": c.key, "label": c.label, "metric": c.metric, "stage": c.stage, "help": c.help} for c in COLUMNS],
-        "rows": rows}, indent=1)
+    return json.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "columns": [
+                {"key": c.key, "label": c.label, "metric": c.metric, "stage": c.stage, "help": c.help} for c in COLUMNS
+            ],
+            "rows": rows,
+        },
+        indent=1,
+    )

@@ -8,17 +8,17 @@ one error exit (`mch.cli.main`) prints as one sentence with exit code 2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .api import MchError, PROTOCOLS
+from .api import PROTOCOLS, MchError
 from .entries import default_entries_dir, default_results_dirs, load_records, relpath, submit
 from .leaderboard import COLUMN_BY_KEY, aggregate, filter_rows, rows_to_json, sort_rows
 
 
-def collect(results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool,
-            smoke: bool = True) -> list[dict]:
+def collect(
+    results: list[Path] | None, entries: Path | None, no_entries: bool, all_runs: bool, smoke: bool = True
+) -> list[dict]:
     """The rows of the records found; without `smoke`, smoke-run rows are left out and a line
     on stderr says how many."""
     rows = _collect(results, entries, no_entries, all_runs)
@@ -26,8 +26,11 @@ def collect(results: list[Path] | None, entries: Path | None, no_entries: bool, 
         return rows
     n = sum(bool(r.get("smoke")) for r in rows)
     if n:
-        typer.echo(f"note: {n} row{'s' if n != 1 else ''} of smoke runs (random-weight checkpoints) left out; "
-                   f"--smoke shows them", err=True)
+        typer.echo(
+            f"note: {n} row{'s' if n != 1 else ''} of smoke runs (random-weight checkpoints) left out; "
+            f"--smoke shows them",
+            err=True,
+        )
     return [r for r in rows if not r.get("smoke")]
 
 
@@ -46,8 +49,12 @@ def _collect(results: list[Path] | None, entries: Path | None, no_entries: bool,
     return aggregate(loaded, all_runs=all_runs)
 
 
-app = typer.Typer(name="leaderboard", add_completion=False, no_args_is_help=False,
-                  help="The per-model accessibility leaderboard: terminal table, static site, submissions.")
+app = typer.Typer(
+    name="leaderboard",
+    add_completion=False,
+    no_args_is_help=False,
+    help="The per-model accessibility leaderboard: terminal table, static site, submissions.",
+)
 
 _RESULTS_HELP = "results directory (repeatable; default ./results or $MCH_RESULTS)"
 SMOKE = typer.Option(False, "--smoke", help="also show smoke runs (random-weight checkpoints), labelled 'smoke'")
@@ -56,17 +63,26 @@ SMOKE = typer.Option(False, "--smoke", help="also show smoke runs (random-weight
 @app.callback(invoke_without_command=True)
 def table(
     ctx: typer.Context,
-    results: Optional[list[Path]] = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
+    results: list[Path] | None = typer.Option(None, "--results", help=_RESULTS_HELP),
+    entries: Path | None = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
     no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
-    attribute: Optional[str] = typer.Option(None, "--attribute", help="only this attribute (comma-separated: any of them)"),
-    modality: Optional[str] = typer.Option(None, "--modality", help="speech or vision"),
-    dataset: Optional[str] = typer.Option(None, "--dataset"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="default or paper"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="measured or reported"),
-    sort: Optional[str] = typer.Option(None, "--sort", help="column key, optionally :asc or :desc (e.g. acc_final:desc); keys: "
-                                       + ", ".join(COLUMN_BY_KEY)),
-    all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest per model/checkpoint/dataset/attribute/analysis/protocol"),
+    attribute: str | None = typer.Option(
+        None, "--attribute", help="only this attribute (comma-separated: any of them)"
+    ),
+    modality: str | None = typer.Option(None, "--modality", help="speech or vision"),
+    dataset: str | None = typer.Option(None, "--dataset"),
+    protocol: str | None = typer.Option(None, "--protocol", help="default or paper"),
+    kind: str | None = typer.Option(None, "--kind", help="measured or reported"),
+    sort: str | None = typer.Option(
+        None,
+        "--sort",
+        help="column key, optionally :asc or :desc (e.g. acc_final:desc); keys: " + ", ".join(COLUMN_BY_KEY),
+    ),
+    all_runs: bool = typer.Option(
+        False,
+        "--all-runs",
+        help="every run, not only the latest per model/checkpoint/dataset/attribute/analysis/protocol",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
     smoke: bool = SMOKE,
 ) -> None:
@@ -93,8 +109,8 @@ def table(
 @app.command()
 def build(
     out: Path = typer.Option(..., "--out", help="output directory; index.html is written there"),
-    results: Optional[list[Path]] = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
+    results: list[Path] | None = typer.Option(None, "--results", help=_RESULTS_HELP),
+    entries: Path | None = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
     no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
     all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest"),
     smoke: bool = SMOKE,
@@ -111,7 +127,7 @@ def build(
 @app.command("submit")
 def submit_cmd(
     result: Path = typer.Argument(..., help="a result record (JSON) written by mch, or a reported entry"),
-    entries: Optional[Path] = typer.Option(None, "--entries", help="where entries live (default leaderboard/entries/)"),
+    entries: Path | None = typer.Option(None, "--entries", help="where entries live (default leaderboard/entries/)"),
     replace: bool = typer.Option(False, "--replace", help="replace an existing entry with the same identity"),
 ) -> None:
     """Validate a result record and copy it into leaderboard/entries/ under its canonical name."""

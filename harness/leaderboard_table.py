@@ -21,12 +21,22 @@ def render_table(rows: list[dict], console: Any, sources: list[str] | None = Non
 
     cols = visible_metric_columns(rows)
     show_other = any(r["other"] for r in rows)
-    grid = Grid([Col(COLUMN_BY_KEY[k].label, no_wrap=k in ("model", "kind", "protocol"),
-                     max_width=40 if k == "checkpoint" else None) for k in TERMINAL_KEYS]
-                + [Col(c.label, "right", True) for c in cols] + ([Col("Other", max_width=40)] if show_other else [])
-                + [Col("mch")],
-                title="mch leaderboard: information present (probes) vs accessible to the decoder (GMI)",
-                key_cols=len(TERMINAL_KEYS), sparse=True)
+    grid = Grid(
+        [
+            Col(
+                COLUMN_BY_KEY[k].label,
+                no_wrap=k in ("model", "kind", "protocol"),
+                max_width=40 if k == "checkpoint" else None,
+            )
+            for k in TERMINAL_KEYS
+        ]
+        + [Col(c.label, "right", True) for c in cols]
+        + ([Col("Other", max_width=40)] if show_other else [])
+        + [Col("mch")],
+        title="mch leaderboard: information present (probes) vs accessible to the decoder (GMI)",
+        key_cols=len(TERMINAL_KEYS),
+        sparse=True,
+    )
     refs: list[str] = []
     for r in rows:
         cells: list[str | None] = [text_value(r, k) for k in TERMINAL_KEYS]
@@ -42,8 +52,18 @@ def render_table(rows: list[dict], console: Any, sources: list[str] | None = Non
     for i, s in enumerate(refs, 1):
         console.print(Text(f"[{i}] {s}", style="dim"))
     if any(r["kind"] == "reported" for r in rows):
-        console.print(Text("reported = numbers published by the paper, entered with their source; "
-                           "measured = result records produced by mch.", style="dim"))
+        console.print(
+            Text(
+                "reported = numbers published by the paper, entered with their source; "
+                "measured = result records produced by mch.",
+                style="dim",
+            )
+        )
     if any(r.get("smoke") for r in rows):
-        console.print(Text("smoke = a run on a random-weight checkpoint (built by mch.plugins.models.tiny): it tests "
-                           "the code path and measures no model.", style="dim"))
+        console.print(
+            Text(
+                "smoke = a run on a random-weight checkpoint (built by mch.plugins.models.tiny): it tests "
+                "the code path and measures no model.",
+                style="dim",
+            )
+        )

@@ -59,19 +59,27 @@ class Registry:
         if key is None or key not in table:
             failed = self.failed_plugin(name)
             if failed is not None:
-                raise MchError(f"{kind} {name!r} is not registered: plugin {failed.name!r} failed to load "
-                               f"({first_line(failed.error)}); `mch plugins` shows every plugin and its error")
+                raise MchError(
+                    f"{kind} {name!r} is not registered: plugin {failed.name!r} failed to load "
+                    f"({first_line(failed.error)}); `mch plugins` shows every plugin and its error"
+                )
             choices = list(table) + (list(self.aliases) if kind == "model" else [])
             close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             known = ", ".join(sorted(table)) or "none"
             broken = [p.name for p in self.plugins if p.error]
-            also = (f"; plugin{'s' if len(broken) > 1 else ''} {', '.join(repr(b) for b in broken)} failed to load, "
-                    f"see `mch plugins`") if broken else ""
+            also = (
+                (
+                    f"; plugin{'s' if len(broken) > 1 else ''} {', '.join(repr(b) for b in broken)} failed to load, "
+                    f"see `mch plugins`"
+                )
+                if broken
+                else ""
+            )
             raise MchError(f"unknown {kind} {name!r}{hint} (known: {known}; see `mch list {kind_plural(kind)}`{also})")
         return table[key]
 
-    def failed_plugin(self, name: str) -> "PluginInfo | None":
+    def failed_plugin(self, name: str) -> PluginInfo | None:
         """The plugin that failed to load and most likely provides `name`: its entry-point name
         or distribution is `name`, or contains it (a plugin `mch-qwen2vl` for a model
         `qwen2vl`)."""
@@ -106,8 +114,12 @@ class PluginManager(pluggy.PluginManager):
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
         opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and name.startswith("mch_") and hasattr(hookspecs, name) \
-                and inspect.isroutine(getattr(plugin, name, None)):
+        if (
+            opts is None
+            and name.startswith("mch_")
+            and hasattr(hookspecs, name)
+            and inspect.isroutine(getattr(plugin, name, None))
+        ):
             return {}
         return opts
 
@@ -142,9 +154,11 @@ def build(extra_plugins: list[Any] | None = None) -> tuple[pluggy.PluginManager,
             if trace:
                 traceback.print_exc()
             if strict:
-                raise MchError(f"plugin {ep.name!r} ({ep.value}) failed to load: {first_line(info.error)} "
-                               f"(MCH_STRICT_PLUGINS is set; unset it to skip the plugin, or set MCH_TRACE_PLUGINS=1 "
-                               f"for the traceback)") from None
+                raise MchError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to load: {first_line(info.error)} "
+                    f"(MCH_STRICT_PLUGINS is set; unset it to skip the plugin, or set MCH_TRACE_PLUGINS=1 "
+                    f"for the traceback)"
+                ) from None
     for i, obj in enumerate(extra_plugins or []):
         name = getattr(obj, "__name__", f"extra{i}")
         pm.register(obj, name=name)
@@ -161,12 +175,16 @@ def _collect(pm: pluggy.PluginManager, reg: Registry) -> None:
     def registrar(kind: str, table: dict[str, Any], plugin_name: str):
         def register(spec: Any) -> None:
             expected: type[ModelSpec | DatasetSpec | AnalysisSpec] = {
-                "model": ModelSpec, "dataset": DatasetSpec, "analysis": AnalysisSpec}[kind]
+                "model": ModelSpec,
+                "dataset": DatasetSpec,
+                "analysis": AnalysisSpec,
+            }[kind]
             if not isinstance(spec, expected):
                 raise MchError(f"plugin {plugin_name!r} registered a {type(spec).__name__} as a {kind}")
             if spec.name in table and table[spec.name].source != plugin_name:
-                raise MchError(f"{kind} {spec.name!r} is registered twice (by {table[spec.name].source!r} "
-                               f"and {plugin_name!r})")
+                raise MchError(
+                    f"{kind} {spec.name!r} is registered twice (by {table[spec.name].source!r} and {plugin_name!r})"
+                )
             spec.source = plugin_name
             table[spec.name] = spec
             for alias in getattr(spec, "aliases", ()):
@@ -180,9 +198,11 @@ def _collect(pm: pluggy.PluginManager, reg: Registry) -> None:
     # Each implementation is called through pluggy (its argument checks, its call order:
     # tryfirst/trylast, then the last registered first), one plugin at a time, so that what a
     # plugin registers, or the error it raises, is its own.
-    for hook, kind, table in (("mch_register_models", "model", reg.models),
-                              ("mch_register_datasets", "dataset", reg.datasets),
-                              ("mch_register_analyses", "analysis", reg.analyses)):
+    for hook, kind, table in (
+        ("mch_register_models", "model", reg.models),
+        ("mch_register_datasets", "dataset", reg.datasets),
+        ("mch_register_analyses", "analysis", reg.analyses),
+    ):
         for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
             pname = impl.plugin_name
             others = [p for p in pm.get_plugins() if p is not impl.plugin]

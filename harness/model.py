@@ -9,8 +9,9 @@ hooks the modules the stage map names and pools them with the masks `prepare` re
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -33,7 +34,7 @@ class Pool:
     split: torch.Tensor | None = None
 
     @classmethod
-    def proportional(cls, weights: Sequence[int] | torch.Tensor) -> "Pool":
+    def proportional(cls, weights: Sequence[int] | torch.Tensor) -> Pool:
         """A pool for a stage whose output, flattened to rows (every dim but the last), holds
         each sample's rows in batch order, as many as `weights[i]` times a common factor
         (e.g. projector rows per modality token: 1 in LLaVA, 4 before a 2x2 patch merger).
@@ -41,7 +42,7 @@ class Pool:
         w = torch.as_tensor(weights, dtype=torch.long)
         return cls(owner=torch.arange(len(w)), masks={}, split=w)
 
-    def for_output(self, hidden: torch.Tensor) -> "Pool":
+    def for_output(self, hidden: torch.Tensor) -> Pool:
         """This pool laid out for one stage output `hidden` (R, T, D) or (R, D): a proportional
         pool becomes an ordinary one (owner per row, every position real); others come back
         as they are. For code that reads `owner`/`masks` against a hooked tensor."""
@@ -60,8 +61,9 @@ class Pool:
         assert self.split is not None
         total = int(self.split.sum())
         if total <= 0 or rows % total or bool((self.split <= 0).any()):
-            raise MchError(f"a stage output of {rows} rows cannot be split over samples in proportion to "
-                           f"{self.split.tolist()}")
+            raise MchError(
+                f"a stage output of {rows} rows cannot be split over samples in proportion to {self.split.tolist()}"
+            )
         return torch.repeat_interleave(torch.arange(len(self.split)), self.split * (rows // total))
 
 
@@ -79,7 +81,7 @@ class LossTerms:
     with their targets (`logits[b, p]` is the distribution that predicts `targets[b, p]`;
     -100 = position not scored). Kept whole so analyses can also compare distributions (KL)."""
 
-    logits: torch.Tensor   # (B, P, V)
+    logits: torch.Tensor  # (B, P, V)
     targets: torch.Tensor  # (B, P) long
 
     @property
@@ -121,7 +123,7 @@ class Scores:
     n_tokens: Any
 
 
-def stage_map_of(plugin: "ModelPlugin", view: str, protocol: str) -> dict[str, str]:
+def stage_map_of(plugin: ModelPlugin, view: str, protocol: str) -> dict[str, str]:
     """`plugin.stage_map(view, protocol)`; a plugin written before the protocol argument
     (one stage map for both protocols) is called with the view alone."""
     import inspect
@@ -195,7 +197,7 @@ class ModelPlugin(abc.ABC):
         self.trust_remote_code = trust_remote_code
         self.options = check_options("model", spec.name, self.option_specs, {**spec.options, **options})
         self.module: torch.nn.Module | None = None
-        self.device_map = device_map    # accelerate's placement strategy (mch.placement), or None: one device
+        self.device_map = device_map  # accelerate's placement strategy (mch.placement), or None: one device
         self.max_memory = max_memory
 
     # -- where the weights go (mch.placement)
@@ -205,8 +207,10 @@ class ModelPlugin(abc.ABC):
             return {}
         from . import dist, placement
 
-        return {"device_map": self.device_map,
-                "max_memory": placement.max_memory_map(self.device, self.max_memory, dist.ranks())}
+        return {
+            "device_map": self.device_map,
+            "max_memory": placement.max_memory_map(self.device, self.max_memory, dist.ranks()),
+        }
 
     def place(self, module: torch.nn.Module, no_split: Sequence[str] = ()) -> torch.nn.Module:
         """`module` on --device, or split by --device-map: a module `from_pretrained` already
@@ -219,8 +223,16 @@ class ModelPlugin(abc.ABC):
         if getattr(module, "_mch_placed", False) or hasattr(module, "hf_device_map"):
             placement.check_fits(module, self.spec.name, self.device_map, self.max_memory)
             return module
-        return placement.dispatch(module, self.spec.name, self.device, self.device_map, self.max_memory,
-                                  dist.ranks(), list(no_split), self.torch_dtype)
+        return placement.dispatch(
+            module,
+            self.spec.name,
+            self.device,
+            self.device_map,
+            self.max_memory,
+            dist.ranks(),
+            list(no_split),
+            self.torch_dtype,
+        )
 
     @property
     def input_device(self) -> torch.device:
@@ -279,8 +291,14 @@ class ModelPlugin(abc.ABC):
     @property
     def torch_dtype(self) -> torch.dtype:
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[self.dtype_name]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[self.dtype_name]
         except KeyError:
             raise MchError(f"unknown --dtype {self.dtype_name!r}; use float32, bfloat16 or float16") from None
 
@@ -300,8 +318,9 @@ class ModelPlugin(abc.ABC):
         """The model's inputs for a batch and, per stage group, how to pool them (`Pool`)."""
 
     @abc.abstractmethod
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-              protocol: str, view: str = "modal") -> Scores:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "modal"
+    ) -> Scores:
         """log p(continuation | sample's prompt + query) for every continuation (GMI)."""
 
     def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
@@ -318,17 +337,28 @@ class ModelPlugin(abc.ABC):
     def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
         """The logits and aligned targets `loss` averages over (see `loss`). Optional: the
         analyses that need a decoder loss need it."""
-        raise MchError(f"model {self.spec.name!r} does not implement loss_terms (the decoder loss this analysis "
-                       f"needs); see docs/contributing-a-model.md")
+        raise MchError(
+            f"model {self.spec.name!r} does not implement loss_terms (the decoder loss this analysis "
+            f"needs); see docs/contributing-a-model.md"
+        )
 
-    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-                    protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
+    def score_parts(
+        self,
+        samples: Sequence[Sample],
+        query: str,
+        continuations: Sequence[str],
+        protocol: str,
+        view: str = "modal",
+        grad: bool = False,
+    ) -> ScoreParts:
         """The decoder inputs `score` runs on (prompt + query per sample, continuation ids), as
         ordinary tensors (no inference mode) so a caller may train through the LM (LoRA) or,
         with `grad=True`, differentiate through the prompt's encoder and adapter. Optional:
         the analyses that differentiate through scoring need it."""
-        raise MchError(f"model {self.spec.name!r} does not implement score_parts (the scoring inputs this analysis "
-                       f"needs); see docs/contributing-a-model.md")
+        raise MchError(
+            f"model {self.spec.name!r} does not implement score_parts (the scoring inputs this analysis "
+            f"needs); see docs/contributing-a-model.md"
+        )
 
     def lora_target(self) -> str:
         """Path (relative to `self.module`) of the LLM module a PEFT `--adapter` is applied

@@ -21,7 +21,8 @@ the node's (each process keeps those of its share).
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .api import MchError
 
@@ -36,8 +37,13 @@ def parse_max_memory(text: str | dict | None) -> dict[int | str, str] | None:
         return None
     from accelerate.utils import convert_file_size_to_int
 
-    items = list(text.items()) if isinstance(text, dict) else [
-        tuple(part.split("=", 1)) if "=" in part else (part, None) for part in str(text).split(",") if part.strip()]
+    items = (
+        list(text.items())
+        if isinstance(text, dict)
+        else [
+            tuple(part.split("=", 1)) if "=" in part else (part, None) for part in str(text).split(",") if part.strip()
+        ]
+    )
     out: dict[int | str, str] = {}
     for key, size in items:
         k = str(key).strip().lower()
@@ -48,8 +54,9 @@ def parse_max_memory(text: str | dict | None) -> dict[int | str, str] | None:
         elif k == "cpu":
             dev = "cpu"
         else:
-            raise MchError(f"--max-memory: {key!r} is not a device; use a GPU number (0, 1, ...) or cpu, "
-                           f"e.g. {MAX_MEMORY_EXAMPLE}")
+            raise MchError(
+                f"--max-memory: {key!r} is not a device; use a GPU number (0, 1, ...) or cpu, e.g. {MAX_MEMORY_EXAMPLE}"
+            )
         s = str(size).strip()
         try:
             n = convert_file_size_to_int(s)
@@ -74,12 +81,16 @@ def check(device: str, device_map: str | None, max_memory: Any, ranks: Any) -> d
     if device_map is None:
         return mm
     if re.fullmatch(r"cuda:\d+", device):
-        raise MchError(f"--device {device} with --device-map: the map spreads the model over every visible GPU; "
-                       f"pass --device cuda and choose GPUs with CUDA_VISIBLE_DEVICES")
+        raise MchError(
+            f"--device {device} with --device-map: the map spreads the model over every visible GPU; "
+            f"pass --device cuda and choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
     gpus = [k for k in (mm or {}) if isinstance(k, int)]
     if device == "cpu":
         if gpus:
-            raise MchError(f"--max-memory names GPU {gpus[0]} but --device is cpu; pass --device cuda, or only cpu=SIZE")
+            raise MchError(
+                f"--max-memory names GPU {gpus[0]} but --device is cpu; pass --device cuda, or only cpu=SIZE"
+            )
         return mm
     import torch
 
@@ -88,8 +99,10 @@ def check(device: str, device_map: str | None, max_memory: Any, ranks: Any) -> d
     if bad:
         raise MchError(f"--max-memory names GPU {bad[0]}, and this machine has {n} visible GPU{'s' * (n != 1)}")
     if ranks.local_world > n:
-        raise MchError(f"{ranks.local_world} processes on this node share {n} GPU{'s' * (n != 1)} with --device-map: "
-                       f"start at most {n} processes per node")
+        raise MchError(
+            f"{ranks.local_world} processes on this node share {n} GPU{'s' * (n != 1)} with --device-map: "
+            f"start at most {n} processes per node"
+        )
     return mm
 
 
@@ -147,8 +160,10 @@ def refuse_disk(dmap: dict, name: str, device_map: str, max_memory: Any) -> None
     disk during a forward pass)."""
     if "disk" in [str(v) for v in dmap.values()]:
         limits = f" within --max-memory {_words(max_memory)}" if max_memory else ""
-        raise MchError(f"model {name!r} does not fit{limits} (--device-map {device_map} would leave weights on disk); "
-                       f"raise --max-memory or use more GPUs")
+        raise MchError(
+            f"model {name!r} does not fit{limits} (--device-map {device_map} would leave weights on disk); "
+            f"raise --max-memory or use more GPUs"
+        )
 
 
 def check_fits(module: Any, name: str, device_map: str, max_memory: Any) -> None:
@@ -162,8 +177,16 @@ def _words(max_memory: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in (max_memory or {}).items())
 
 
-def dispatch(module: Any, name: str, device: str, device_map: str, max_memory: dict | None, ranks: Any,
-             no_split: list[str], dtype: Any) -> Any:
+def dispatch(
+    module: Any,
+    name: str,
+    device: str,
+    device_map: str,
+    max_memory: dict | None,
+    ranks: Any,
+    no_split: list[str],
+    dtype: Any,
+) -> Any:
     """Place a module built in code (not by `from_pretrained`) the way transformers places a
     pretrained one: accelerate's balanced memory (except `sequential`), its device map with
     `no_split` blocks kept whole, then `dispatch_model` (hooks move each block's inputs)."""
@@ -201,8 +224,13 @@ def infer_map(module: Any, device_map: str, max_memory: dict | None, no_split: l
     if device_map == "sequential":
         mm = get_max_memory(max_memory)
     else:
-        mm = get_balanced_memory(module, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype,
-                                 low_zero=device_map == "balanced_low_0")
+        mm = get_balanced_memory(
+            module,
+            max_memory=max_memory,
+            no_split_module_classes=no_split,
+            dtype=dtype,
+            low_zero=device_map == "balanced_low_0",
+        )
     return infer_auto_device_map(module, max_memory=mm, no_split_module_classes=no_split, dtype=dtype)
 
 

@@ -5,7 +5,7 @@ callback. This base draws nothing; the CLI's `mch.terminal.RichProgress` draws b
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 class Progress:

@@ -24,8 +24,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .api import MchError, stage_sort_key
 from .extras import need
@@ -86,8 +87,15 @@ def _run_config(model: str | None, dataset: str | None, analyses: Any, config: A
 # --------------------------------------------------------------------------- running
 
 
-def bench(model: str | None = None, dataset: str | None = None, analyses: Sequence[str] | str | None = None, *,
-          config: str | os.PathLike | dict | None = None, progress: bool = False, **options: Any) -> "Results":
+def bench(
+    model: str | None = None,
+    dataset: str | None = None,
+    analyses: Sequence[str] | str | None = None,
+    *,
+    config: str | os.PathLike | dict | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Results:
     """Extract (or reuse the store), run the analyses, write one record per analysis: what
     `mch bench` does. Defaults as the CLI's: the toy organism, probe + gmi.
 
@@ -105,8 +113,15 @@ def bench(model: str | None = None, dataset: str | None = None, analyses: Sequen
     return Results(written, model_loaded=p.loaded)
 
 
-def analyze(model: str | None = None, dataset: str | None = None, analyses: Sequence[str] | str | None = None, *,
-            config: str | os.PathLike | dict | None = None, progress: bool = False, **options: Any) -> "Results":
+def analyze(
+    model: str | None = None,
+    dataset: str | None = None,
+    analyses: Sequence[str] | str | None = None,
+    *,
+    config: str | os.PathLike | dict | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Results:
     """Run analyses on representations already in the store (never extracts): what `mch
     analyze` does, including on vectors brought in by `mch import-reference`."""
     from .runner import run_analyze
@@ -128,15 +143,21 @@ def _keeping(run: Any, cfg: Any, progress: bool) -> Any:
         raise
 
 
-def extract(model: str | None = None, dataset: str | None = None, *, text: bool = False,
-            config: str | os.PathLike | dict | None = None, progress: bool = False, **options: Any) -> Any:
+def extract(
+    model: str | None = None,
+    dataset: str | None = None,
+    *,
+    text: bool = False,
+    config: str | os.PathLike | dict | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Any:
     """Extract pooled representations into the store (resumable) and return them as
     `mch.store.StoredVectors` (memory-mapped numpy, sample ids, labels); with `text=True`
     also the text baseline's, returned as a pair (modal, text)."""
+    from . import dist
     from .runner import extract as do_extract, plan, text_plan
     from .store import StoredVectors
-
-    from . import dist
 
     cfg = _run_config(model, dataset, [], config, options)
     p = plan(cfg, _log, _progress(progress))
@@ -148,7 +169,7 @@ def extract(model: str | None = None, dataset: str | None = None, *, text: bool 
     return StoredVectors(modal), StoredVectors(texts)
 
 
-def load_results(*paths: str | os.PathLike) -> "Results":
+def load_results(*paths: str | os.PathLike) -> Results:
     """Every valid result record under the given files or directories (default: $MCH_RESULTS,
     else ./results). A path that does not exist is one sentence."""
     from .results import read_records
@@ -157,8 +178,10 @@ def load_results(*paths: str | os.PathLike) -> "Results":
         paths = (os.environ.get("MCH_RESULTS", "results"),)
     for p in paths:
         if not Path(p).expanduser().exists():
-            raise MchError(f"no results at {p}: pass a results directory or record file (mch writes them to "
-                           f"./results or $MCH_RESULTS)")
+            raise MchError(
+                f"no results at {p}: pass a results directory or record file (mch writes them to "
+                f"./results or $MCH_RESULTS)"
+            )
     return Results(read_records([Path(p).expanduser() for p in paths]))
 
 
@@ -173,8 +196,13 @@ def metric_rows(items: Iterable[tuple[Any, dict]], latest: bool = True) -> list[
     if latest:
         newest: dict[tuple, tuple[Any, dict]] = {}
         for path, rec in items:
-            k = (rec["model"]["name"], rec["model"].get("checkpoint"), rec["dataset"]["name"], rec["analysis"]["name"],
-                 rec["protocol"])
+            k = (
+                rec["model"]["name"],
+                rec["model"].get("checkpoint"),
+                rec["dataset"]["name"],
+                rec["analysis"]["name"],
+                rec["protocol"],
+            )
             old = newest.get(k)
             if old is None or (rec.get("created_at") or "", str(path)) >= (old[1].get("created_at") or "", str(old[0])):
                 newest[k] = (path, rec)
@@ -183,12 +211,25 @@ def metric_rows(items: Iterable[tuple[Any, dict]], latest: bool = True) -> list[
     rows = []
     for path, rec in items:
         for m in rec["metrics"]:
-            rows.append({"model": rec["model"]["name"], "checkpoint": rec["model"].get("checkpoint"),
-                         "dataset": rec["dataset"]["name"], "analysis": rec["analysis"]["name"],
-                         "protocol": rec["protocol"], "stage": m.get("stage"), "attribute": m.get("attribute"),
-                         "metric": m["metric"], "value": m.get("value"), "ci_low": m.get("ci_low"),
-                         "ci_high": m.get("ci_high"), "n": m.get("n"), "smoke": bool(rec["model"].get("smoke")),
-                         "created_at": rec.get("created_at"), "record": None if path is None else str(path)})
+            rows.append(
+                {
+                    "model": rec["model"]["name"],
+                    "checkpoint": rec["model"].get("checkpoint"),
+                    "dataset": rec["dataset"]["name"],
+                    "analysis": rec["analysis"]["name"],
+                    "protocol": rec["protocol"],
+                    "stage": m.get("stage"),
+                    "attribute": m.get("attribute"),
+                    "metric": m["metric"],
+                    "value": m.get("value"),
+                    "ci_low": m.get("ci_low"),
+                    "ci_high": m.get("ci_high"),
+                    "n": m.get("n"),
+                    "smoke": bool(rec["model"].get("smoke")),
+                    "created_at": rec.get("created_at"),
+                    "record": None if path is None else str(path),
+                }
+            )
     return rows
 
 
@@ -211,8 +252,21 @@ def write_table(rows: list[dict[str, Any]], fmt: str, out: str | os.PathLike) ->
     elif fmt == "parquet":
         pa = need("pyarrow", "parquet export")
         pq = need("pyarrow.parquet", "parquet export")
-        schema = pa.schema([(c, pa.float64() if c in ("value", "ci_low", "ci_high") else pa.int64() if c == "n"
-                             else pa.bool_() if c == "smoke" else pa.string()) for c in COLUMNS])
+        schema = pa.schema(
+            [
+                (
+                    c,
+                    pa.float64()
+                    if c in ("value", "ci_low", "ci_high")
+                    else pa.int64()
+                    if c == "n"
+                    else pa.bool_()
+                    if c == "smoke"
+                    else pa.string(),
+                )
+                for c in COLUMNS
+            ]
+        )
         table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows], schema=schema)
         atomic_write(out, lambda f: pq.write_table(table, f))
     else:
@@ -296,8 +350,16 @@ class Results:
         fmt = fmt or Path(out).suffix.lstrip(".")
         return write_table(self.rows(latest), fmt, out)
 
-    def plot_layers(self, metric: str = "accuracy", *, attribute: str | Sequence[str] | None = None,
-                    analysis: str | None = None, ax: Any = None, ci: bool = True, latest: bool = True) -> Any:
+    def plot_layers(
+        self,
+        metric: str = "accuracy",
+        *,
+        attribute: str | Sequence[str] | None = None,
+        analysis: str | None = None,
+        ax: Any = None,
+        ci: bool = True,
+        latest: bool = True,
+    ) -> Any:
         """Per-layer curves of `metric`: stages in forward order (encoder, adapter, llm.0 ...
         llm.final) on x, one line per (model, dataset, protocol, attribute), its 95% CI as a
         band. Returns the matplotlib Axes (drawn on `ax` if given). Needs matplotlib
@@ -306,13 +368,22 @@ class Results:
         import matplotlib.pyplot as plt
 
         attrs = [attribute] if isinstance(attribute, str) else attribute
-        rows = [r for r in self.rows(latest) if r["metric"] == metric and r["stage"] and r["value"] is not None
-                and (analysis is None or r["analysis"] == analysis) and (attrs is None or r["attribute"] in attrs)]
+        rows = [
+            r
+            for r in self.rows(latest)
+            if r["metric"] == metric
+            and r["stage"]
+            and r["value"] is not None
+            and (analysis is None or r["analysis"] == analysis)
+            and (attrs is None or r["attribute"] in attrs)
+        ]
         if not rows:
             have = sorted({r["metric"] for r in self.rows(latest) if r["stage"]})
-            raise MchError(f"no per-stage values of metric {metric!r}"
-                           + (f" for attribute {attribute!r}" if attribute else "")
-                           + f"; per-stage metrics here: {', '.join(have) or 'none'}")
+            raise MchError(
+                f"no per-stage values of metric {metric!r}"
+                + (f" for attribute {attribute!r}" if attribute else "")
+                + f"; per-stage metrics here: {', '.join(have) or 'none'}"
+            )
         stages = sorted({r["stage"] for r in rows}, key=stage_sort_key)
         x = {s: i for i, s in enumerate(stages)}
         lines: dict[tuple, list[dict]] = {}
@@ -328,8 +399,14 @@ class Results:
             (line,) = ax.plot(xs, [r["value"] for r in pts], marker="o", label=label)
             band = [r for r in pts if r["ci_low"] is not None and r["ci_high"] is not None]
             if ci and band:
-                ax.fill_between([x[r["stage"]] for r in band], [r["ci_low"] for r in band],
-                                [r["ci_high"] for r in band], color=line.get_color(), alpha=0.2, linewidth=0)
+                ax.fill_between(
+                    [x[r["stage"]] for r in band],
+                    [r["ci_low"] for r in band],
+                    [r["ci_high"] for r in band],
+                    color=line.get_color(),
+                    alpha=0.2,
+                    linewidth=0,
+                )
         ax.set_xticks(range(len(stages)))
         ax.set_xticklabels(stages, rotation=45 if len(stages) > 6 else 0, ha="right" if len(stages) > 6 else "center")
         ax.set_xlabel("stage")

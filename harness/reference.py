@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .api import MchError, stage_sort_key
-from .reference_layout import (LAYOUT, TEXT_COLUMNS, VISION_COLUMNS, attribute_columns, reference_name,
-                               stage_of)
+from .reference_layout import LAYOUT, TEXT_COLUMNS, VISION_COLUMNS, attribute_columns, reference_name, stage_of
+
 
 def _h5py() -> Any:
     from .extras import need
@@ -56,11 +57,11 @@ class RefFile:
     """What one reference HDF5 file holds (vectors are read when `read_stage` is called)."""
 
     path: Path
-    n: int                                  # rows the reference's scripts read (n_samples)
-    written: int                            # rows actually written (n_samples_actual, else n)
-    stages: dict[str, str]                  # mch stage -> dataset name
+    n: int  # rows the reference's scripts read (n_samples)
+    written: int  # rows actually written (n_samples_actual, else n)
+    stages: dict[str, str]  # mch stage -> dataset name
     sample_ids: list[str] | None
-    columns: dict[str, list[str]]           # label columns (and `text`), cut to n rows
+    columns: dict[str, list[str]]  # label columns (and `text`), cut to n rows
     attrs: dict[str, Any]
     ignored: list[str] = field(default_factory=list)
 
@@ -99,12 +100,16 @@ def read_file(path: str | Path, what: str) -> RefFile:
             else:
                 ignored.append(f"{name} (shape {ds.shape}, {ds.dtype})")
         if not stages:
-            raise MchError(f"{what} {p} holds none of the reference's vector datasets (encoder_output, "
-                           f"adapter_output, llm_hidden_N, llm_final); it has {', '.join(f) or 'nothing'}")
+            raise MchError(
+                f"{what} {p} holds none of the reference's vector datasets (encoder_output, "
+                f"adapter_output, llm_hidden_N, llm_final); it has {', '.join(f) or 'nothing'}"
+            )
         rows = {f[name].shape[0] for name in stages.values()}
         if len(rows) != 1:
-            raise MchError(f"{what} {p}: its vector datasets have different row counts "
-                           f"({', '.join(f'{n}: {f[n].shape[0]}' for n in stages.values())})")
+            raise MchError(
+                f"{what} {p}: its vector datasets have different row counts "
+                f"({', '.join(f'{n}: {f[n].shape[0]}' for n in stages.values())})"
+            )
         n_rows = rows.pop()
         n = int(attrs.get("n_samples", n_rows))  # script 03 cuts every dataset to n_samples
         if n > n_rows:
@@ -116,8 +121,9 @@ def read_file(path: str | Path, what: str) -> RefFile:
                 raise MchError(f"{what} {p}: dataset {name!r} has {ds.shape[0]} rows, the vectors {n}")
             columns[name] = _strings(ds)[:n]
         ids = columns.pop("sample_ids", None)
-    return RefFile(p, n, written, dict(sorted(stages.items(), key=lambda kv: stage_sort_key(kv[0]))), ids,
-                   columns, attrs, ignored)
+    return RefFile(
+        p, n, written, dict(sorted(stages.items(), key=lambda kv: stage_sort_key(kv[0]))), ids, columns, attrs, ignored
+    )
 
 
 # --------------------------------------------------------------------------- finding imports
@@ -137,8 +143,12 @@ def imported_entries(root: Path, model: str) -> list[tuple[Path, dict[str, Any]]
         except (OSError, ValueError):
             continue
         key = man.get("key", {}) if isinstance(man, dict) else {}
-        if (key.get("imported") == LAYOUT and key.get("view") == "modal" and man.get("complete")
-                and key.get("model", {}).get("name") == model):
+        if (
+            key.get("imported") == LAYOUT
+            and key.get("view") == "modal"
+            and man.get("complete")
+            and key.get("model", {}).get("name") == model
+        ):
             out.append((e, man))
     return out
 
@@ -157,9 +167,11 @@ def find_import(root: Path, model: str, dataset: str | None) -> tuple[Path, dict
         dataset = names[0]
     hits = [(d, m) for d, m in found if m["key"]["dataset"]["name"] == dataset]
     if not hits:
-        raise MchError(f"model {model!r} was imported with dataset{'s' if len(names) > 1 else ''} "
-                       f"{', '.join(names)}, not {dataset!r} (mch import-reference ... --model {model} "
-                       f"--dataset {dataset} brings that one in)")
+        raise MchError(
+            f"model {model!r} was imported with dataset{'s' if len(names) > 1 else ''} "
+            f"{', '.join(names)}, not {dataset!r} (mch import-reference ... --model {model} "
+            f"--dataset {dataset} brings that one in)"
+        )
     return max(hits, key=lambda dm: dm[1].get("imported", {}).get("imported_at", ""))
 
 
@@ -182,24 +194,44 @@ def with_imports(reg: Any, cfg: Any) -> Any:
     imp = man["imported"]
     dataset = man["key"]["dataset"]["name"]
     if dataset in reg.datasets:  # an import made before that dataset was registered
-        raise MchError(f"dataset name {dataset!r} of the imported {cfg.model!r} is now a registered dataset; "
-                       f"import the file again under another --dataset name")
+        raise MchError(
+            f"dataset name {dataset!r} of the imported {cfg.model!r} is now a registered dataset; "
+            f"import the file again under another --dataset name"
+        )
     for a in cfg.analyses or []:
         spec = reg.get("analysis", a)
         if spec.needs_model:
             store_only = ", ".join(n for n, s in reg.analyses.items() if not s.needs_model)
-            raise MchError(f"analysis {a!r} needs the live model, but {cfg.model!r} is vectors imported from "
-                           f"{imp['source']}: there is no model to run; analyses that read the store only: "
-                           f"{store_only}")
+            raise MchError(
+                f"analysis {a!r} needs the live model, but {cfg.model!r} is vectors imported from "
+                f"{imp['source']}: there is no model to run; analyses that read the store only: "
+                f"{store_only}"
+            )
     out = copy.copy(reg)
-    out.models = {**reg.models, cfg.model: ModelSpec(
-        name=cfg.model, entry="mch.plugins.models.imported:ImportedModel", modality=imp["modality"],
-        checkpoint=f"imported:{Path(imp['source']).name}", description=f"vectors imported from {imp['source']}",
-        options={"default_dataset": dataset, "entry": str(entry_dir)}, source="import-reference")}
-    out.datasets = {**reg.datasets, dataset: DatasetSpec(
-        name=dataset, entry="mch.plugins.attributes.imported:ImportedDataset", modality=imp["modality"],
-        attributes=tuple(imp.get("attributes", ())), description=f"labels imported from {imp['source']}",
-        options={"entry": str(entry_dir)}, source="import-reference")}
+    out.models = {
+        **reg.models,
+        cfg.model: ModelSpec(
+            name=cfg.model,
+            entry="mch.plugins.models.imported:ImportedModel",
+            modality=imp["modality"],
+            checkpoint=f"imported:{Path(imp['source']).name}",
+            description=f"vectors imported from {imp['source']}",
+            options={"default_dataset": dataset, "entry": str(entry_dir)},
+            source="import-reference",
+        ),
+    }
+    out.datasets = {
+        **reg.datasets,
+        dataset: DatasetSpec(
+            name=dataset,
+            entry="mch.plugins.attributes.imported:ImportedDataset",
+            modality=imp["modality"],
+            attributes=tuple(imp.get("attributes", ())),
+            description=f"labels imported from {imp['source']}",
+            options={"entry": str(entry_dir)},
+            source="import-reference",
+        ),
+    }
     return out
 
 
@@ -213,8 +245,12 @@ def infer_modality(columns: dict[str, list[str]]) -> str:
 
 
 def _key(model: str, dataset: str, view: str, sha: str, ids_sha: str) -> dict[str, Any]:
-    return {"imported": LAYOUT, "model": {"name": model, "checkpoint": "imported", "checkpoint_fingerprint":
-            f"sha256:{sha}"}, "dataset": {"name": dataset, "sample_ids_sha256": ids_sha}, "view": view}
+    return {
+        "imported": LAYOUT,
+        "model": {"name": model, "checkpoint": "imported", "checkpoint_fingerprint": f"sha256:{sha}"},
+        "dataset": {"name": dataset, "sample_ids_sha256": ids_sha},
+        "view": view,
+    }
 
 
 @dataclass
@@ -231,9 +267,16 @@ class ImportReport:
     unchanged: bool = False
 
 
-def import_reference(modal: str | Path, model: str, dataset: str, text: str | Path | None = None,
-                     store: Path | None = None, modality: str | None = None, replace: bool = False,
-                     log: Callable[[str], None] = lambda s: None) -> ImportReport:
+def import_reference(
+    modal: str | Path,
+    model: str,
+    dataset: str,
+    text: str | Path | None = None,
+    store: Path | None = None,
+    modality: str | None = None,
+    replace: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> ImportReport:
     """Bring a reference HDF5 file (and its text-baseline file) into the store under the names
     `model` and `dataset`; see the module docstring."""
     from .fsio import atomic_write_json
@@ -243,11 +286,15 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
 
     reg = get_registry()
     if model in reg.models or model in reg.aliases:
-        raise MchError(f"model name {model!r} is a registered plugin; name the imported vectors otherwise "
-                       f"(e.g. --model {model}-ref): mch must not mistake them for a run of {model!r}")
+        raise MchError(
+            f"model name {model!r} is a registered plugin; name the imported vectors otherwise "
+            f"(e.g. --model {model}-ref): mch must not mistake them for a run of {model!r}"
+        )
     if dataset in reg.datasets:
-        raise MchError(f"dataset name {dataset!r} is a registered dataset; name the imported labels otherwise "
-                       f"(e.g. --dataset {dataset}-ref)")
+        raise MchError(
+            f"dataset name {dataset!r} is a registered dataset; name the imported labels otherwise "
+            f"(e.g. --dataset {dataset}-ref)"
+        )
     for what, name in (("model", model), ("dataset", dataset)):
         if not name or not name.strip() or name != name.strip():
             raise MchError(f"--{what} must be a non-empty name without surrounding spaces, not {name!r}")
@@ -259,12 +306,16 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
         raise MchError(f"modal file {ref.path} has no sample_ids dataset (the reference's script 01 writes one)")
     keep = list(range(ref.written))
     if ref.written < ref.n:
-        notes.append(f"rows {ref.written}..{ref.n - 1} were never written (n_samples_actual = {ref.written}): "
-                     f"left out, as every reference script leaves them out (no label, all-zero vectors)")
+        notes.append(
+            f"rows {ref.written}..{ref.n - 1} were never written (n_samples_actual = {ref.written}): "
+            f"left out, as every reference script leaves them out (no label, all-zero vectors)"
+        )
     ids = [ref.sample_ids[i] for i in keep]
     dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
     if dup:
-        raise MchError(f"modal file {ref.path} has duplicate sample ids (e.g. {dup[0]!r}); mch needs one row per sample")
+        raise MchError(
+            f"modal file {ref.path} has duplicate sample ids (e.g. {dup[0]!r}); mch needs one row per sample"
+        )
     if any(not i for i in ids):
         raise MchError(f"modal file {ref.path} has an empty sample id in a written row")
     columns = {k: [v[i] for i in keep] for k, v in ref.columns.items() if k != "text"}
@@ -277,8 +328,10 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
     old = [(d, m) for d, m in imported_entries(st.root, model) if m["key"]["dataset"]["name"] == dataset]
     stale = [(d, m) for d, m in old if d != entry.dir]
     if stale and not replace:
-        raise MchError(f"{model!r} on {dataset!r} was already imported from another file "
-                       f"({stale[0][1]['imported']['source']}); pass --replace to replace it, or choose other names")
+        raise MchError(
+            f"{model!r} on {dataset!r} was already imported from another file "
+            f"({stale[0][1]['imported']['source']}); pass --replace to replace it, or choose other names"
+        )
 
     # the text baseline: rows paired with the modal ones by sample id (else by position)
     tref = tkey = None
@@ -292,15 +345,19 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
             tids = tref.sample_ids[: tref.written]
             unknown = [t for t in tids if t and t not in pos]
             if unknown:
-                raise MchError(f"text file {tref.path} has sample ids the modal file does not have (e.g. "
-                               f"{unknown[0]!r}); pass the text file made from this modal file")
+                raise MchError(
+                    f"text file {tref.path} has sample ids the modal file does not have (e.g. "
+                    f"{unknown[0]!r}); pass the text file made from this modal file"
+                )
             pairs = [(j, pos[t]) for j, t in enumerate(tids) if t]
         elif tref.written == len(ids):
             pairs = [(j, j) for j in range(len(ids))]
             notes.append("text file has no sample_ids: rows paired with the modal file's by position")
         else:
-            raise MchError(f"text file {tref.path} has no sample_ids and {tref.written} rows for the modal file's "
-                           f"{len(ids)}; cannot pair them")
+            raise MchError(
+                f"text file {tref.path} has no sample_ids and {tref.written} rows for the modal file's "
+                f"{len(ids)}; cannot pair them"
+            )
         if len({k for _, k in pairs}) != len(pairs):
             raise MchError(f"text file {tref.path} has two rows for one sample")
         tsha = file_sha256(tref.path)
@@ -331,10 +388,19 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
         texts = _texts(columns, len(ids))
         entry.write_labels({"columns": columns, "texts": texts, "source": str(ref.path)})
         imp: dict[str, Any]
-        imp = {"source": str(ref.path), "sha256": sha, "modality": modality, "n_rows_in_file": ref.n,
-               "stages": list(ref.stages), "columns": sorted(columns), "attributes": attributes,
-               "file_attrs": {k: v for k, v in ref.attrs.items() if isinstance(v, (str, int, float, bool))},
-               "notes": notes, "imported_at": now_iso(), "text": None}
+        imp = {
+            "source": str(ref.path),
+            "sha256": sha,
+            "modality": modality,
+            "n_rows_in_file": ref.n,
+            "stages": list(ref.stages),
+            "columns": sorted(columns),
+            "attributes": attributes,
+            "file_attrs": {k: v for k, v in ref.attrs.items() if isinstance(v, (str, int, float, bool))},
+            "notes": notes,
+            "imported_at": now_iso(),
+            "text": None,
+        }
         if tref is not None:
             assert tkey is not None  # set with tref
             tentry = st.entry(tkey, ids, chunk_size=max(len(ids), 1))
@@ -342,13 +408,25 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
                 if not tentry.complete:
                     tarr = {s: tref.read_stage(s) for s in tref.stages}
                     order = [j for j, _ in pairs]
-                    tentry.write_chunk(0, trows, {s: a[order] for s, a in tarr.items()},
-                                       [{"sample_id": ids[k], "reason": "no row in the text file"}
-                                        for k in sorted(set(range(len(ids))) - set(trows))])
+                    tentry.write_chunk(
+                        0,
+                        trows,
+                        {s: a[order] for s, a in tarr.items()},
+                        [
+                            {"sample_id": ids[k], "reason": "no row in the text file"}
+                            for k in sorted(set(range(len(ids))) - set(trows))
+                        ],
+                    )
                     tentry.finalize({"imported_from": str(tref.path), "layout": LAYOUT})
                 tentry.write_labels({"columns": columns, "texts": texts, "source": str(tref.path)})
-            imp["text"] = {"source": str(tref.path), "sha256": tsha, "key": tentry.hash, "key_dict": tkey,
-                           "stages": list(tref.stages), "n_rows": len(trows)}
+            imp["text"] = {
+                "source": str(tref.path),
+                "sha256": tsha,
+                "key": tentry.hash,
+                "key_dict": tkey,
+                "stages": list(tref.stages),
+                "n_rows": len(trows),
+            }
             old_text = ((prev or {}).get("imported") or {}).get("text")
             if old_text and old_text.get("key") != tentry.hash:
                 _remove_key(st, old_text.get("key"), log)
@@ -365,8 +443,9 @@ def import_reference(modal: str | Path, model: str, dataset: str, text: str | Pa
 
 def _report(model: str, dataset: str, key: str, imp: dict[str, Any], notes: list[str], n: int) -> ImportReport:
     t = imp.get("text") or {}
-    return ImportReport(model, dataset, key, t.get("key"), n, imp["stages"], t.get("stages", []),
-                        imp.get("attributes", []), notes)
+    return ImportReport(
+        model, dataset, key, t.get("key"), n, imp["stages"], t.get("stages", []), imp.get("attributes", []), notes
+    )
 
 
 def _remove(st: Any, d: Path, log: Callable[[str], None]) -> None:
@@ -392,13 +471,12 @@ def _texts(columns: dict[str, list[str]], n: int) -> list[str]:
     return [""] * n
 
 
-
-
 # --------------------------------------------------------------------------- exporting
 
 
-def write_reference_file(out: Path, vectors: dict[str, Any], sample_ids: list[str], columns: dict[str, list[str]],
-                         attrs: dict[str, Any]) -> Path:
+def write_reference_file(
+    out: Path, vectors: dict[str, Any], sample_ids: list[str], columns: dict[str, list[str]], attrs: dict[str, Any]
+) -> Path:
     """One HDF5 file in the reference's layout (what `read_file` reads back)."""
     import os
 

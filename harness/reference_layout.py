@@ -10,12 +10,25 @@ from .api import MchError
 LAYOUT = "reference-hdf5"  # the `imported` value of an imported entry's store key
 # the reference's label columns (script 01), by modality
 SPEECH_COLUMNS = ("transcript", "speaker_id", "emotion", "sound_class")
-VISION_COLUMNS = ("caption", "question", "answer", "object_category", "super_category", "question_type",
-                  "object_count", "avg_obj_size", "spatial_spread")
+VISION_COLUMNS = (
+    "caption",
+    "question",
+    "answer",
+    "object_category",
+    "super_category",
+    "question_type",
+    "object_count",
+    "avg_obj_size",
+    "spatial_spread",
+)
 TEXT_COLUMNS = ("transcript", "caption", "question")  # lexical's field, in script 03's fallback order
 # mch attribute -> the reference's column (script 03's info type -> H5 field)
-ATTRIBUTE_COLUMNS = {"speaker": "speaker_id", "emotion": "emotion", "acoustic": "sound_class",
-                     **{c: c for c in VISION_COLUMNS if c not in ("caption", "question")}}
+ATTRIBUTE_COLUMNS = {
+    "speaker": "speaker_id",
+    "emotion": "emotion",
+    "acoustic": "sound_class",
+    **{c: c for c in VISION_COLUMNS if c not in ("caption", "question")},
+}
 
 
 def stage_of(name: str) -> str | None:

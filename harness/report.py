@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from .api import stage_sort_key
 from .leaderboard import pick_metric
@@ -23,8 +24,22 @@ from .tables import MISSING, Col, Grid, emit, fits
 
 # The `--json` output's own version: bump when a field changes meaning or goes away.
 BENCH_JSON_VERSION = 1
-CSV_FIELDS = ["analysis", "metric", "stage", "attribute", "value", "ci_low", "ci_high", "n",
-              "model", "checkpoint", "dataset", "protocol", "smoke", "record"]
+CSV_FIELDS = [
+    "analysis",
+    "metric",
+    "stage",
+    "attribute",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "model",
+    "checkpoint",
+    "dataset",
+    "protocol",
+    "smoke",
+    "record",
+]
 MAX_GENERIC = 12  # metrics shown for an analysis that declares no headline
 
 
@@ -40,7 +55,7 @@ def num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def with_ci(m: Optional[dict], digits: int = 3) -> Optional[str]:
+def with_ci(m: dict | None, digits: int = 3) -> str | None:
     """'0.912 [0.880, 0.940]', '0.912' without a CI, None (→ "—") without a value."""
     if m is None or m.get("value") is None:
         return None
@@ -50,7 +65,7 @@ def with_ci(m: Optional[dict], digits: int = 3) -> Optional[str]:
     return s
 
 
-def _find(rec: Optional[dict], metric: str, attr: Optional[str], stage: Any = "*") -> Optional[dict]:
+def _find(rec: dict | None, metric: str, attr: str | None, stage: Any = "*") -> dict | None:
     """The metric row of `rec` for attribute `attr` (the leaderboard's rule for which stage)."""
     if rec is None:
         return None
@@ -72,9 +87,9 @@ def skipped_attributes(rec: dict) -> dict[str, str]:
         why = (summ.get(a) or {}).get("skipped") if isinstance(summ.get(a), dict) else None
         if not why:
             notes = [n for n in rec.get("notes") or [] if n.startswith(f"{a}:") or n.startswith(f"{a} ")]
-            why = notes[0][len(a) + 1:].strip() if notes else None
+            why = notes[0][len(a) + 1 :].strip() if notes else None
             if why and why.startswith("skipped (") and why.endswith(")"):  # "attr: skipped (reason)"
-                why = why[len("skipped ("):-1]
+                why = why[len("skipped (") : -1]
         out[a] = why or "no metric for this attribute (see the record's notes)"
     return out
 
@@ -83,8 +98,7 @@ def skipped_attributes(rec: dict) -> dict[str, str]:
 
 
 def _stages(rec: dict, metric: str) -> list[str]:
-    return sorted({m["stage"] for m in rec["metrics"] if m["metric"] == metric and m.get("stage")},
-                  key=stage_sort_key)
+    return sorted({m["stage"] for m in rec["metrics"] if m["metric"] == metric and m.get("stage")}, key=stage_sort_key)
 
 
 def probe_grids(probe: dict, console: Any) -> list[Grid]:
@@ -92,22 +106,23 @@ def probe_grids(probe: dict, console: Any) -> list[Grid]:
     skipped = skipped_attributes(probe)
     attrs = [a for a in probe["dataset"].get("attributes") or [] if a not in skipped]
     stages = _stages(probe, "accuracy")
-    sel = {a for a in attrs if any(m["metric"] == "selectivity" and m.get("attribute") == a
-                                   for m in probe["metrics"])}
+    sel = {a for a in attrs if any(m["metric"] == "selectivity" and m.get("attribute") == a for m in probe["metrics"])}
 
     def chance(a: str) -> str:
         cu = _find(probe, "chance_uniform", a) or _find(probe, "chance_uniform", a, "adapter")
         cm = _find(probe, "chance_majority", a) or _find(probe, "chance_majority", a, "adapter")
         return f"1/K {num(cu and cu['value'])} · majority {num(cm and cm['value'])}"
 
-    wide = Grid([Col("stage", no_wrap=True)], title="probe: accuracy [95% CI], I_probe (bits)"
-                + (", selectivity = acc − control acc" if sel else ""))
+    wide = Grid(
+        [Col("stage", no_wrap=True)],
+        title="probe: accuracy [95% CI], I_probe (bits)" + (", selectivity = acc − control acc" if sel else ""),
+    )
     for a in attrs:
         wide.columns += [Col(f"{a}\nacc [95% CI]", "right", True), Col(f"{a}\nI_probe bits", "right", True)]
         if a in sel:
             wide.columns.append(Col(f"{a}\nselectivity", "right", True))
     for st in stages:
-        row: list[Optional[str]] = [st]
+        row: list[str | None] = [st]
         for a in attrs:
             row += [with_ci(_find(probe, "accuracy", a, st)), with_ci(_find(probe, "i_probe_bits", a, st), 2)]
             if a in sel:
@@ -131,14 +146,16 @@ def probe_grids(probe: dict, console: Any) -> list[Grid]:
         for st in stages:
             row = [st, with_ci(_find(probe, "accuracy", a, st)), with_ci(_find(probe, "i_probe_bits", a, st), 2)]
             if a in sel:
-                row += [with_ci(_find(probe, "selectivity", a, st)), num((_find(probe, "control_accuracy", a, st)
-                                                                           or {}).get("value"))]
+                row += [
+                    with_ci(_find(probe, "selectivity", a, st)),
+                    num((_find(probe, "control_accuracy", a, st) or {}).get("value")),
+                ]
             g.add(row)
         grids.append(g)
     return grids
 
 
-def gmi_grid(gmi: dict) -> Optional[Grid]:
+def gmi_grid(gmi: dict) -> Grid | None:
     """Per attribute: GMI [95% CI] at llm.final, the LM rate and the permutation p when the
     record has them, accessibility = GMI / I_probe at adapter and llm.final."""
     skipped = skipped_attributes(gmi)
@@ -154,21 +171,31 @@ def gmi_grid(gmi: dict) -> Optional[Grid]:
     if "gmi_p" in has:
         cols.append((Col("p (perm.)", "right", True), lambda a: num((_find(gmi, "gmi_p", a) or {}).get("value"))))
     for st in ("adapter", "llm.final"):
-        cols.append((Col(f"accessibility\n@{st}", "right", True),
-                     lambda a, st=st: with_ci(_find(gmi, "accessibility", a, st), 2)))
+        cols.append(
+            (
+                Col(f"accessibility\n@{st}", "right", True),
+                lambda a, st=st: with_ci(_find(gmi, "accessibility", a, st), 2),
+            )
+        )
     if "accessibility_lm" in has:
-        cols.append((Col("accessibility_lm\n@adapter", "right", True),
-                     lambda a: with_ci(_find(gmi, "accessibility_lm", a, "adapter"), 2)))
+        cols.append(
+            (
+                Col("accessibility_lm\n@adapter", "right", True),
+                lambda a: with_ci(_find(gmi, "accessibility_lm", a, "adapter"), 2),
+            )
+        )
     if "text_gmi_bits" in has:
         cols.append((Col("text GMI bits", "right", True), lambda a: with_ci(_find(gmi, "text_gmi_bits", a))))
-    g = Grid([Col("attribute", no_wrap=True)] + [c for c, _ in cols],
-             title="gmi: information accessible to the decoder (bits), accessibility = GMI / I_probe")
+    g = Grid(
+        [Col("attribute", no_wrap=True)] + [c for c, _ in cols],
+        title="gmi: information accessible to the decoder (bits), accessibility = GMI / I_probe",
+    )
     for a in attrs:
         g.add([a] + [f(a) for _, f in cols])
     return g
 
 
-def _headline_rows(rec: dict, headline: Optional[list[str]]) -> tuple[list[dict], int]:
+def _headline_rows(rec: dict, headline: list[str] | None) -> tuple[list[dict], int]:
     """The metric rows to show (declared `metric` or `metric@stage` entries, in that order;
     without a declaration the first MAX_GENERIC rows) and how many others the record has."""
     metrics = rec["metrics"]
@@ -182,21 +209,32 @@ def _headline_rows(rec: dict, headline: Optional[list[str]]) -> tuple[list[dict]
     return out, len(metrics) - len(out)
 
 
-def headline_grid(rec: dict, headline: Optional[list[str]]) -> tuple[Grid, int]:
+def headline_grid(rec: dict, headline: list[str] | None) -> tuple[Grid, int]:
     rows, rest = _headline_rows(rec, headline)
     attrs = any(m.get("attribute") is not None for m in rows)
     stages = any(m.get("stage") is not None for m in rows)
-    cols = [Col("metric", no_wrap=True)] + ([Col("attribute", no_wrap=True)] if attrs else []) \
-        + ([Col("stage", no_wrap=True)] if stages else []) + [Col("value [95% CI]", "right", True)]
-    g = Grid(cols, title=f"{rec['analysis']['name']}" + ("" if headline else " (no headline declared: first metrics)"),
-             key_cols=len(cols) - 1)
+    cols = (
+        [Col("metric", no_wrap=True)]
+        + ([Col("attribute", no_wrap=True)] if attrs else [])
+        + ([Col("stage", no_wrap=True)] if stages else [])
+        + [Col("value [95% CI]", "right", True)]
+    )
+    g = Grid(
+        cols,
+        title=f"{rec['analysis']['name']}" + ("" if headline else " (no headline declared: first metrics)"),
+        key_cols=len(cols) - 1,
+    )
     for m in rows:
-        g.add([m["metric"]] + ([m.get("attribute") or ""] if attrs else []) + ([m.get("stage") or ""] if stages else [])
-              + [with_ci(m)])
+        g.add(
+            [m["metric"]]
+            + ([m.get("attribute") or ""] if attrs else [])
+            + ([m.get("stage") or ""] if stages else [])
+            + [with_ci(m)]
+        )
     return g, rest
 
 
-def show_records(records: list[dict], console: Any, headlines: Optional[dict[str, list[str]]] = None) -> None:
+def show_records(records: list[dict], console: Any, headlines: dict[str, list[str]] | None = None) -> None:
     """Print the tables of one run's records (see the module docstring)."""
     from rich.text import Text
 
@@ -206,13 +244,23 @@ def show_records(records: list[dict], console: Any, headlines: Optional[dict[str
     headlines = headlines or {}
     base = records[0]
     model, ds = base["model"], base["dataset"]
-    console.print(Text(f"{model['name']} on {ds['name']} ({base['protocol']} protocol, n={ds.get('n')}), "
-                       f"checkpoint {model.get('checkpoint')}"
-                       + (f"@{model['revision']}" if model.get("revision") else "")
-                       + (f" + adapter {model['adapter']}" if model.get("adapter") else ""), style="bold"))
+    console.print(
+        Text(
+            f"{model['name']} on {ds['name']} ({base['protocol']} protocol, n={ds.get('n')}), "
+            f"checkpoint {model.get('checkpoint')}"
+            + (f"@{model['revision']}" if model.get("revision") else "")
+            + (f" + adapter {model['adapter']}" if model.get("adapter") else ""),
+            style="bold",
+        )
+    )
     if any(r["model"].get("smoke") for r in records):
-        console.print(Text("smoke run: this checkpoint has random weights (built by mch.plugins.models.tiny); the "
-                           "numbers test the code path and measure no model", style="yellow"))
+        console.print(
+            Text(
+                "smoke run: this checkpoint has random weights (built by mch.plugins.models.tiny); the "
+                "numbers test the code path and measure no model",
+                style="yellow",
+            )
+        )
     for rec in records:
         name = rec["analysis"]["name"]
         if name == "probe":
@@ -222,8 +270,13 @@ def show_records(records: list[dict], console: Any, headlines: Optional[dict[str
             gmi = gmi_grid(rec)
             if gmi is not None:
                 emit(console, gmi)
-                console.print(Text("accessibility: — where it is undefined (I_probe ≤ 0 at that stage) or "
-                                   "not measured; it can exceed 1 (science.md §2)", style="dim"))
+                console.print(
+                    Text(
+                        "accessibility: — where it is undefined (I_probe ≤ 0 at that stage) or "
+                        "not measured; it can exceed 1 (science.md §2)",
+                        style="dim",
+                    )
+                )
         else:
             g, rest = headline_grid(rec, headlines.get(name))
             if g.rows:
@@ -253,25 +306,55 @@ def _flat(records: Iterable[tuple[Any, dict]]) -> list[dict]:
     out = []
     for path, rec in records:
         for m in rec["metrics"]:
-            out.append({"analysis": rec["analysis"]["name"], "metric": m["metric"], "stage": m.get("stage"),
-                        "attribute": m.get("attribute"), "value": m.get("value"), "ci_low": m.get("ci_low"),
-                        "ci_high": m.get("ci_high"), "n": m.get("n"), "model": rec["model"]["name"],
-                        "checkpoint": rec["model"].get("checkpoint"), "dataset": rec["dataset"]["name"],
-                        "protocol": rec["protocol"], "smoke": bool(rec["model"].get("smoke")),
-                        "record": None if path is None else str(path)})
+            out.append(
+                {
+                    "analysis": rec["analysis"]["name"],
+                    "metric": m["metric"],
+                    "stage": m.get("stage"),
+                    "attribute": m.get("attribute"),
+                    "value": m.get("value"),
+                    "ci_low": m.get("ci_low"),
+                    "ci_high": m.get("ci_high"),
+                    "n": m.get("n"),
+                    "model": rec["model"]["name"],
+                    "checkpoint": rec["model"].get("checkpoint"),
+                    "dataset": rec["dataset"]["name"],
+                    "protocol": rec["protocol"],
+                    "smoke": bool(rec["model"].get("smoke")),
+                    "record": None if path is None else str(path),
+                }
+            )
     return out
 
 
-def to_json(written: list[tuple[Any, dict]], model_loaded: Optional[bool] = None) -> str:
+def to_json(written: list[tuple[Any, dict]], model_loaded: bool | None = None) -> str:
     """`mch bench --json` (shape documented in README, "Output for machines")."""
     from .results import mch_version
 
-    recs = [{"path": None if p is None else str(p), "analysis": r["analysis"]["name"], "model": r["model"],
-             "dataset": {k: r["dataset"].get(k) for k in ("name", "split", "n", "attributes", "skipped")},
-             "protocol": r["protocol"], "created_at": r["created_at"],
-             "skipped_attributes": skipped_attributes(r), "notes": r.get("notes") or []} for p, r in written]
-    return json.dumps({"format": "mch-bench", "version": BENCH_JSON_VERSION, "mch_version": mch_version(),
-                       "model_loaded": model_loaded, "records": recs, "metrics": _flat(written)}, indent=1)
+    recs = [
+        {
+            "path": None if p is None else str(p),
+            "analysis": r["analysis"]["name"],
+            "model": r["model"],
+            "dataset": {k: r["dataset"].get(k) for k in ("name", "split", "n", "attributes", "skipped")},
+            "protocol": r["protocol"],
+            "created_at": r["created_at"],
+            "skipped_attributes": skipped_attributes(r),
+            "notes": r.get("notes") or [],
+        }
+        for p, r in written
+    ]
+    return json.dumps(
+        {
+            "format": "mch-bench",
+            "version": BENCH_JSON_VERSION,
+            "mch_version": mch_version(),
+            "model_loaded": model_loaded,
+            "records": recs,
+            "metrics": _flat(written),
+        },
+        indent=1,
+    )
 
 
 def to_csv(written: list[tuple[Any, dict]]) -> str:

@@ -13,10 +13,11 @@ import json
 import math
 import platform
 import subprocess
+from collections.abc import Iterable
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .api import MchError
 from .fsio import atomic_write_json  # the one atomic writer (leaderboard, site import it here)
@@ -58,8 +59,13 @@ def git_hash() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
@@ -130,8 +136,16 @@ def safe_name(s: str) -> str:
 def write_record(record: dict, out_dir: Path) -> Path:
     validate(record)
     stamp = record["created_at"].replace(":", "").replace("-", "")[:15]
-    name = "__".join(safe_name(x) for x in (record["model"]["name"], record["dataset"]["name"],
-                                             record["analysis"]["name"], record["protocol"], stamp))
+    name = "__".join(
+        safe_name(x)
+        for x in (
+            record["model"]["name"],
+            record["dataset"]["name"],
+            record["analysis"]["name"],
+            record["protocol"],
+            stamp,
+        )
+    )
     path = Path(out_dir) / f"{name}.json"
     k = 1
     while path.exists():

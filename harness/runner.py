@@ -1,10 +1,10 @@
 """One run: resolve plugins, extract (or reuse the store), run analyses, write records.
 
-    resolve model/dataset/analyses -> select samples -> store key
-      -> complete in the store?  yes: never load the model
-                                 no:  load, prepare + capture chunk by chunk (resumable)
-      -> each analysis reads the store (and the lazy model, if it needs one)
-      -> one validated result record per analysis
+resolve model/dataset/analyses -> select samples -> store key
+  -> complete in the store?  yes: never load the model
+                             no:  load, prepare + capture chunk by chunk (resumable)
+  -> each analysis reads the store (and the lazy model, if it needs one)
+  -> one validated result record per analysis
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
 from .checks import check_flags, check_model_and_dataset, check_params, check_results_dir
@@ -43,13 +44,15 @@ class Plan:
     log: Log
     progress: Progress
     loaded: bool = False
-    text_plan: "Plan | None" = None   # paper protocol: the separate text-only model's plan (text_plan())
+    text_plan: Plan | None = None  # paper protocol: the separate text-only model's plan (text_plan())
     checkpoint_flag: str = "--checkpoint"  # the flag that sets this plan's checkpoint (for errors)
 
     def ensure_loaded(self) -> Any:
         if not self.loaded:
-            self.log(f"loading model {self.model_spec.name} ({self.plugin.checkpoint}, "
-                     f"{self.plugin.dtype_name}, {self.plugin.device})")
+            self.log(
+                f"loading model {self.model_spec.name} ({self.plugin.checkpoint}, "
+                f"{self.plugin.dtype_name}, {self.plugin.device})"
+            )
             t = time.time()
             try:
                 self.plugin.load()
@@ -58,8 +61,10 @@ class Plan:
                     raise
                 # the text-only model of the paper protocol: its checkpoint has its own flag
                 why = str(exc).replace("--checkpoint", self.checkpoint_flag)
-                raise MchError(f"the paper protocol's text baseline: {why} (or run with --protocol default, "
-                               f"whose text baseline is the model's own)") from None
+                raise MchError(
+                    f"the paper protocol's text baseline: {why} (or run with --protocol default, "
+                    f"whose text baseline is the model's own)"
+                ) from None
             self.loaded = True
             self.log(f"model loaded in {time.time() - t:.1f}s")
         return self.plugin
@@ -99,8 +104,10 @@ def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = No
     aspecs = [reg.get("analysis", a) for a in cfg.analyses]
     cfg.params = check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
     if (cfg.text_checkpoint or cfg.text_revision) and (cfg.protocol != "paper" or not mspec.text_baseline):
-        log(f"--text-checkpoint/--text-revision unused: only the paper protocol of a model whose registry entry "
-            f"names a text_baseline reads them ({mspec.name}: {mspec.text_baseline or 'none'})")
+        log(
+            f"--text-checkpoint/--text-revision unused: only the paper protocol of a model whose registry entry "
+            f"names a text_baseline reads them ({mspec.name}: {mspec.text_baseline or 'none'})"
+        )
     dname = cfg.dataset or mspec.options.get("default_dataset")  # the registry's options: {default_dataset: ...}
     if dname is None:
         raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
@@ -129,8 +136,9 @@ def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = No
         for a, attr in attrs.items():
             lab = s.labels.get(a, "")
             if lab and lab not in attr.classes:
-                raise SampleError(f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes",
-                                  sample_id=s.sample_id)
+                raise SampleError(
+                    f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes", sample_id=s.sample_id
+                )
     plugin = model_plugin(mspec, cfg)
     for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
         analysis = load_entry(aspec.entry)(aspec)
@@ -157,12 +165,22 @@ def model_plugin(spec: Any, cfg: RunConfig) -> Any:
     split = {}
     if cfg.device_map is not None:
         if not getattr(cls, "supports_device_map", False):
-            raise MchError(f"model {spec.name!r} loads on one device and cannot be split by --device-map; "
-                           f"drop --device-map (and --max-memory)")
+            raise MchError(
+                f"model {spec.name!r} loads on one device and cannot be split by --device-map; "
+                f"drop --device-map (and --max-memory)"
+            )
         split = {"device_map": cfg.device_map, "max_memory": placement.parse_max_memory(cfg.max_memory)}
-    return cls(spec, checkpoint=cfg.checkpoint, revision=cfg.revision,
-               device=placement.rank_device(cfg.device, dist.ranks()), dtype=cfg.dtype, adapter=cfg.adapter,
-               trust_remote_code=cfg.trust_remote_code, **split, **cfg.model_options)
+    return cls(
+        spec,
+        checkpoint=cfg.checkpoint,
+        revision=cfg.revision,
+        device=placement.rank_device(cfg.device, dist.ranks()),
+        dtype=cfg.dtype,
+        adapter=cfg.adapter,
+        trust_remote_code=cfg.trust_remote_code,
+        **split,
+        **cfg.model_options,
+    )
 
 
 def stored_entry(p: Plan, view: str) -> Any:
@@ -182,16 +200,20 @@ def stored_entry(p: Plan, view: str) -> Any:
         return entry
     found = store.complete_like(key, _without_checkpoint_fingerprint)
     if len(found) > 1:
-        raise MchError(f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
-                       f"{len(found)} extractions of it from different files ({', '.join(d.name for d in found)}); "
-                       f"make the checkpoint available, or remove the ones not wanted with `mch store rm KEY`")
+        raise MchError(
+            f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
+            f"{len(found)} extractions of it from different files ({', '.join(d.name for d in found)}); "
+            f"make the checkpoint available, or remove the ones not wanted with `mch store rm KEY`"
+        )
     if found:
         import json
 
         old = store.entry(json.loads((found[0] / "manifest.json").read_text())["key"], entry.sample_ids, chunk)
         old.log = p.log
-        p.log(f"checkpoint {p.plugin.checkpoint} is not on this machine: using store entry {old.hash}, extracted "
-              f"from its files with fingerprint {old.key['model'].get('checkpoint_fingerprint')}")
+        p.log(
+            f"checkpoint {p.plugin.checkpoint} is not on this machine: using store entry {old.hash}, extracted "
+            f"from its files with fingerprint {old.key['model'].get('checkpoint_fingerprint')}"
+        )
         return old
     return entry
 
@@ -208,10 +230,22 @@ def text_plan(p: Plan) -> Plan:
         import dataclasses
 
         tspec = get_registry().get("model", name)
-        cfg = dataclasses.replace(p.cfg, model=tspec.name, checkpoint=p.cfg.text_checkpoint,
-                                  revision=p.cfg.text_revision, adapter=None, model_options={})
-        p.text_plan = dataclasses.replace(p, cfg=cfg, model_spec=tspec, plugin=model_plugin(tspec, cfg),
-                                          loaded=False, checkpoint_flag="--text-checkpoint")
+        cfg = dataclasses.replace(
+            p.cfg,
+            model=tspec.name,
+            checkpoint=p.cfg.text_checkpoint,
+            revision=p.cfg.text_revision,
+            adapter=None,
+            model_options={},
+        )
+        p.text_plan = dataclasses.replace(
+            p,
+            cfg=cfg,
+            model_spec=tspec,
+            plugin=model_plugin(tspec, cfg),
+            loaded=False,
+            checkpoint_flag="--text-checkpoint",
+        )
     return p.text_plan
 
 
@@ -273,10 +307,13 @@ def _extract_ranks(p: Plan, view: str) -> Any:
     keys = dist.gather((entry.hash, entry.chunk_size, len(entry.sample_ids), dist.host()))
     if any(k[:3] != keys[0][:3] for k in keys):
         bad = next(i for i, k in enumerate(keys) if k[:3] != keys[0][:3])
-        raise MchError(f"rank {bad} (on {keys[bad][3]}) computes store entry {keys[bad][0]} and rank 0 "
-                       f"(on {keys[0][3]}) {keys[0][0]}: every rank must see the same checkpoint files, dataset and "
-                       f"options (on several nodes: one shared copy, or MCH_FINGERPRINT=full for identical copies)")
+        raise MchError(
+            f"rank {bad} (on {keys[bad][3]}) computes store entry {keys[bad][0]} and rank 0 "
+            f"(on {keys[0][3]}) {keys[0][0]}: every rank must see the same checkpoint files, dataset and "
+            f"options (on several nodes: one shared copy, or MCH_FINGERPRINT=full for identical copies)"
+        )
     with contextlib.ExitStack() as held:
+
         def decide() -> tuple[str, list[int]]:
             if not r.rank == 0:
                 return "", []
@@ -306,8 +343,10 @@ def _extract_ranks(p: Plan, view: str) -> Any:
             while not entry.manifest_path.exists() and time.time() - t < SHARED_STORE_WAIT_S:
                 time.sleep(0.5)  # a network filesystem may show another node's new file late
             if not entry.manifest_path.exists():
-                raise MchError(f"rank {r.rank} on {dist.host()} does not see store entry {entry.dir}, which rank 0 "
-                               f"created: the store must be on a filesystem every node shares (MCH_STORE or --store)")
+                raise MchError(
+                    f"rank {r.rank} on {dist.host()} does not see store entry {entry.dir}, which rank 0 "
+                    f"created: the store must be on a filesystem every node shares (MCH_STORE or --store)"
+                )
             mine = dist.shard(missing, r)
             return _fill_chunks(p, entry, view, mine) if mine else None
 
@@ -317,8 +356,13 @@ def _extract_ranks(p: Plan, view: str) -> Any:
         def finalize() -> None:
             if r.rank == 0:
                 assert info is not None
-                entry.finalize({**info, "world_size": r.world,
-                                "devices": sorted({str(i["device"]) for i in infos if i is not None})})
+                entry.finalize(
+                    {
+                        **info,
+                        "world_size": r.world,
+                        "devices": sorted({str(i["device"]) for i in infos if i is not None}),
+                    }
+                )
 
         dist.agree(finalize, f"finalizing store entry {entry.hash}")
     p.log(f"{view} representations written to the store ({entry.dir})")
@@ -340,9 +384,14 @@ def save_labels(p: Plan, entry: Any) -> None:
     except MchError:
         return
     try:
-        entry.write_labels({"labels": {a: v.tolist() for a, v in labels.items()},
-                            "groups": {a: v.tolist() for a, v in groups.items()},
-                            "texts": [s.text for s in p.samples], "protocol": p.cfg.protocol})
+        entry.write_labels(
+            {
+                "labels": {a: v.tolist() for a, v in labels.items()},
+                "groups": {a: v.tolist() for a, v in groups.items()},
+                "texts": [s.text for s in p.samples],
+                "protocol": p.cfg.protocol,
+            }
+        )
     except (OSError, MchError) as exc:
         p.log(f"labels not kept beside the vectors ({exc})")
 
@@ -377,7 +426,7 @@ def _fill_chunks(p: Plan, entry: Any, view: str, chunks: Sequence[int]) -> dict[
             skipped: list[dict[str, Any]] = []
             rng = list(entry.chunk_range(i))
             for b in range(0, len(rng), bs):
-                idx = rng[b: b + bs]
+                idx = rng[b : b + bs]
                 batch, kept = [], []
                 for j in idx:
                     s = p.samples[j]
@@ -391,8 +440,9 @@ def _fill_chunks(p: Plan, entry: Any, view: str, chunks: Sequence[int]) -> dict[
                     except SampleError as exc:
                         if cfg.on_error != "skip":
                             raise
-                        skipped.append({"sample_id": s.sample_id, "reason": str(exc),
-                                        "path": getattr(exc, "path", None)})
+                        skipped.append(
+                            {"sample_id": s.sample_id, "reason": str(exc), "path": getattr(exc, "path", None)}
+                        )
                 if batch:
                     prepared = plugin.prepare(batch, cfg.protocol, view)
                     out = capture(plugin, prepared, stages, cfg.effective_span, view)
@@ -406,8 +456,12 @@ def _fill_chunks(p: Plan, entry: Any, view: str, chunks: Sequence[int]) -> dict[
             if not arrays:
                 arrays = {s: np.zeros((0, 1), np.float32) for s in stages}
             entry.write_chunk(i, rows_kept, arrays, skipped)
-    info: dict[str, Any] = {"batch_size": bs, "padding_side": "right", "stages_resolved": stages,
-                            "device": str(plugin.device)}
+    info: dict[str, Any] = {
+        "batch_size": bs,
+        "padding_side": "right",
+        "stages_resolved": stages,
+        "device": str(plugin.device),
+    }
     placement = getattr(plugin, "placement", None)
     where = placement() if callable(placement) else None
     if where:
@@ -424,8 +478,10 @@ def _labels(p: Plan, samples: list[Sample]) -> tuple[dict[str, Any], dict[str, A
         vals = []
         for s in samples:
             if attr.group_key not in s.groups:
-                raise MchError(f"dataset {p.dataset_spec.name!r}: sample {s.sample_id} has no group "
-                               f"{attr.group_key!r} (the group key of attribute {a!r})")
+                raise MchError(
+                    f"dataset {p.dataset_spec.name!r}: sample {s.sample_id} has no group "
+                    f"{attr.group_key!r} (the group key of attribute {a!r})"
+                )
             vals.append(s.groups[attr.group_key])
         groups[a] = np.array(vals, dtype=object)
     return labels, groups
@@ -475,14 +531,28 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
     for aspec in p.analysis_specs:
         analysis = load_entry(aspec.entry)(aspec)
         params = analysis_params(analysis, aspec, cfg, p.plugin)
-        ctx = AnalysisContext(protocol=cfg.protocol, params=params, seed=cfg.seed, stages=list(reps),
-                              reps=reps, samples=samples, attributes=p.attributes, labels=labels, groups=groups,
-                              span=cfg.effective_span, previous=previous, progress=p.progress,
-                              run_config=cfg, dataset=p.dataset,
-                              _model_loader=p.ensure_loaded if aspec.needs_model else None,
-                              _cache=entry.cached, _text_reps=paired_text, text_source=text_source(p),
-                              _own_text_reps=lambda: paired_text(own=True),
-                              _rerun=lambda *args: rerun(p, *args))
+        ctx = AnalysisContext(
+            protocol=cfg.protocol,
+            params=params,
+            seed=cfg.seed,
+            stages=list(reps),
+            reps=reps,
+            samples=samples,
+            attributes=p.attributes,
+            labels=labels,
+            groups=groups,
+            span=cfg.effective_span,
+            previous=previous,
+            progress=p.progress,
+            run_config=cfg,
+            dataset=p.dataset,
+            _model_loader=p.ensure_loaded if aspec.needs_model else None,
+            _cache=entry.cached,
+            _text_reps=paired_text,
+            text_source=text_source(p),
+            _own_text_reps=lambda: paired_text(own=True),
+            _rerun=lambda *args: rerun(p, *args),
+        )
         if p.loaded:
             ctx._model = p.plugin
         p.log(f"running analysis {aspec.name}")
@@ -492,8 +562,14 @@ def iter_analyses(p: Plan, entry: Any) -> Iterator[tuple[str, AnalysisOutput, di
         yield aspec.name, out, params, time.time() - t
 
 
-def rerun(p: Plan, analyses: Sequence[str], sample_ids: Sequence[str], adapter: str | None = None,
-          write_records: bool = False, model: Any = None) -> tuple[dict[str, AnalysisOutput], list[Path]]:
+def rerun(
+    p: Plan,
+    analyses: Sequence[str],
+    sample_ids: Sequence[str],
+    adapter: str | None = None,
+    write_records: bool = False,
+    model: Any = None,
+) -> tuple[dict[str, AnalysisOutput], list[Path]]:
     """`analyses` again on `sample_ids` of this run, with the PEFT `adapter` merged or without
     (`AnalysisContext.rerun`): a plan over the same configuration and store, silent; `model`, the
     run's loaded model, is reused when there is no adapter. Returns {name: output} and the paths
@@ -508,24 +584,47 @@ def rerun(p: Plan, analyses: Sequence[str], sample_ids: Sequence[str], adapter: 
     entry = extract(sub, "modal")
     ex = time.time() - t
     outs = analyze(sub, entry)
-    written = [write_record(record_for(sub, entry, name, out, params, dur, ex), Path(cfg.out_dir))
-               for name, out, params, dur in outs] if write_records else []
+    written = (
+        [
+            write_record(record_for(sub, entry, name, out, params, dur, ex), Path(cfg.out_dir))
+            for name, out, params, dur in outs
+        ]
+        if write_records
+        else []
+    )
     return {name: out for name, out, _, _ in outs}, written
 
 
-def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float,
-               extract_s: float) -> dict[str, Any]:
+def record_for(
+    p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float, extract_s: float
+) -> dict[str, Any]:
     cfg = p.cfg
     man = entry.manifest()
-    config = {"model": p.plugin.identity(), "dataset": p.dataset_spec.name, "split": cfg.split, "limit": cfg.limit,
-              "seed": cfg.seed, "protocol": cfg.protocol, "span": cfg.effective_span, "analysis": name,
-              "params": params, "attributes": sorted(p.attributes)}
+    config = {
+        "model": p.plugin.identity(),
+        "dataset": p.dataset_spec.name,
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "seed": cfg.seed,
+        "protocol": cfg.protocol,
+        "span": cfg.effective_span,
+        "analysis": name,
+        "params": params,
+        "attributes": sorted(p.attributes),
+    }
     if cfg.dataset_options:
         config["dataset_options"] = cfg.dataset_options_record["options"]
     tp = text_plan(p)
-    text_model = None if tp is p else {"name": tp.model_spec.name, "checkpoint": str(tp.plugin.checkpoint),
-                                       "revision": tp.plugin.revision,
-                                       "checkpoint_fingerprint": plugin_fingerprint(tp.plugin)}
+    text_model = (
+        None
+        if tp is p
+        else {
+            "name": tp.model_spec.name,
+            "checkpoint": str(tp.plugin.checkpoint),
+            "revision": tp.plugin.revision,
+            "checkpoint_fingerprint": plugin_fingerprint(tp.plugin),
+        }
+    )
     # fingerprints of the files the stored vectors came from, as the entry's key holds them
     kmodel, kdata = entry.key.get("model", {}), entry.key.get("dataset", {})
     fingerprints = {k: kmodel[k] for k in ("checkpoint_fingerprint", "adapter_fingerprint") if kmodel.get(k)}
@@ -533,21 +632,41 @@ def record_for(p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict
     if text_model:
         config["text_model"] = text_model
     return build_record(
-        model={"name": p.model_spec.name, "modality": p.model_spec.modality, "checkpoint": str(p.plugin.checkpoint),
-               "revision": p.plugin.revision, "adapter": cfg.adapter, "dtype": p.plugin.dtype_name,
-               "device": cfg.device, **fingerprints, **model_fidelity(p),
-               **({"smoke": True} if config["model"].get("smoke") else {})},
-        dataset={"name": p.dataset_spec.name, "split": cfg.split, "path": str(cfg.data_path) if cfg.data_path else None,
-                 "n": int(man.get("n_rows", len(p.samples))),
-                 "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-                 "attributes": sorted(p.attributes),
-                 "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
-                 "skipped": man.get("skipped", []), **cfg.dataset_options_record, **media},
+        model={
+            "name": p.model_spec.name,
+            "modality": p.model_spec.modality,
+            "checkpoint": str(p.plugin.checkpoint),
+            "revision": p.plugin.revision,
+            "adapter": cfg.adapter,
+            "dtype": p.plugin.dtype_name,
+            "device": cfg.device,
+            **fingerprints,
+            **model_fidelity(p),
+            **({"smoke": True} if config["model"].get("smoke") else {}),
+        },
+        dataset={
+            "name": p.dataset_spec.name,
+            "split": cfg.split,
+            "path": str(cfg.data_path) if cfg.data_path else None,
+            "n": int(man.get("n_rows", len(p.samples))),
+            "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
+            "attributes": sorted(p.attributes),
+            "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
+            "skipped": man.get("skipped", []),
+            **cfg.dataset_options_record,
+            **media,
+        },
         analysis={"name": name, "params": params},
         protocol=cfg.protocol,
-        extraction={"span": cfg.effective_span, "stages": man.get("stages", []), "store_key": entry.hash,
-                    "batch_size": cfg.batch_size, "model_loaded": p.loaded, **_how_extracted(man),
-                    **({"text_model": text_model} if text_model else {})},
+        extraction={
+            "span": cfg.effective_span,
+            "stages": man.get("stages", []),
+            "store_key": entry.hash,
+            "batch_size": cfg.batch_size,
+            "model_loaded": p.loaded,
+            **_how_extracted(man),
+            **({"text_model": text_model} if text_model else {}),
+        },
         seeds=[cfg.seed],
         config_hash=config_hash(config),
         duration_s=round(duration + extract_s, 3),
@@ -612,8 +731,9 @@ def record_written(record: dict[str, Any], path: Path, log: Callable[[str], None
             log(f"plugin {impl.plugin_name!r}: mch_record_written failed ({type(exc).__name__}: {exc})")
 
 
-def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
-              on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+def run_bench(
+    cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None, on_record: OnRecord | None = None
+) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Extract (or reuse), then run the analyses; each record is written as its analysis ends
     (`on_record(path, record)` is called then). Returns the plan and [(path, record)]. Under a
     launcher every rank extracts its share, then rank 0 alone runs the analyses (the other
@@ -630,13 +750,16 @@ def run_bench(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None
     return p, _write_each(p, entry, time.time() - t, on_record)
 
 
-def run_analyze(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None,
-                on_record: OnRecord | None = None) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
+def run_analyze(
+    cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None, on_record: OnRecord | None = None
+) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Like `run_bench`, on an extraction already complete in the store (never extracts)."""
     check_results_dir(cfg.out_dir)
     p = plan(cfg, log, progress)
     entry = stored_entry(p, "modal")
     if not entry.complete:
-        raise MchError("no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
-                       "with the same options first")
+        raise MchError(
+            "no complete extraction for this model/dataset/protocol in the store; run `mch extract` "
+            "with the same options first"
+        )
     return p, _write_each(p, entry, 0.0, on_record)

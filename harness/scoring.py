@@ -9,7 +9,8 @@ baseline and the tests' reference.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -26,8 +27,8 @@ def left_pad(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     out = embeds[0].new_zeros(len(embeds), P, D)
     mask = torch.zeros(len(embeds), P, dtype=torch.long, device=embeds[0].device)
     for i, e in enumerate(embeds):
-        out[i, P - e.shape[0]:] = e
-        mask[i, P - e.shape[0]:] = 1
+        out[i, P - e.shape[0] :] = e
+        mask[i, P - e.shape[0] :] = 1
     return out, mask
 
 
@@ -38,7 +39,7 @@ def left_pad_positions(positions: Sequence[torch.Tensor]) -> torch.Tensor:
     lead = tuple(positions[0].shape[:-1])
     out = positions[0].new_zeros(lead + (len(positions), P))
     for i, p in enumerate(positions):
-        out[..., i, P - p.shape[-1]:] = p
+        out[..., i, P - p.shape[-1] :] = p
     return out
 
 
@@ -73,9 +74,15 @@ def cache_of(out: Any) -> Any:
 
 
 @torch.inference_mode()
-def score_after_prefix(lm: torch.nn.Module, first_logits: torch.Tensor, cache: Any, prefix_mask: torch.Tensor,
-                       start: torch.Tensor, continuations: Sequence[Sequence[int]], axes: int | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def score_after_prefix(
+    lm: torch.nn.Module,
+    first_logits: torch.Tensor,
+    cache: Any,
+    prefix_mask: torch.Tensor,
+    start: torch.Tensor,
+    continuations: Sequence[Sequence[int]],
+    axes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The continuation half of shared-prefix scoring, for a prompt batch already run.
 
     `first_logits` (B, V): the logits at each prompt's last real token; `cache` the prompt's
@@ -101,8 +108,13 @@ def score_after_prefix(lm: torch.nn.Module, first_logits: torch.Tensor, cache: A
         full_mask = torch.cat([prefix_mask.long().repeat_interleave(K, 0), cmask.repeat(B, 1)], dim=1)
         pos = continuation_positions(start.to(dev).repeat_interleave(K), Lc - 1, axes)
         ids = cont.repeat(B, 1)  # row b*K + k
-        step = lm(input_ids=ids[:, :-1], attention_mask=full_mask[:, :-1], position_ids=pos,
-                  use_cache=True, **{cache_kwarg(lm): cache})
+        step = lm(
+            input_ids=ids[:, :-1],
+            attention_mask=full_mask[:, :-1],
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kwarg(lm): cache},
+        )
         logp = torch.log_softmax(step.logits.float(), dim=-1)  # (B*K, Lc-1, V)
         tok = torch.gather(logp, -1, ids[:, 1:, None]).squeeze(-1) * cmask.repeat(B, 1)[:, 1:]
         total = total + tok.sum(-1).view(B, K)
@@ -110,9 +122,13 @@ def score_after_prefix(lm: torch.nn.Module, first_logits: torch.Tensor, cache: A
 
 
 @torch.inference_mode()
-def score_shared_prefix(lm: torch.nn.Module, prefix_embeds: torch.Tensor, prefix_mask: torch.Tensor,
-                        continuations: Sequence[Sequence[int]], prefix_positions: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def score_shared_prefix(
+    lm: torch.nn.Module,
+    prefix_embeds: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    continuations: Sequence[Sequence[int]],
+    prefix_positions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(continuation_k | prefix_b) summed over tokens, for a left-padded prefix batch.
 
     `lm` is an HF causal LM accepting `inputs_embeds`, `attention_mask`, `position_ids`,
@@ -121,14 +137,25 @@ def score_shared_prefix(lm: torch.nn.Module, prefix_embeds: torch.Tensor, prefix
     log-probs and (K,) token counts."""
     pos = _positions(prefix_mask) if prefix_positions is None else prefix_positions
     out = lm(inputs_embeds=prefix_embeds, attention_mask=prefix_mask, position_ids=pos, use_cache=True)
-    return score_after_prefix(lm, out.logits[:, -1], cache_of(out), prefix_mask, next_positions(pos, prefix_mask),
-                              continuations, pos.shape[0] if pos.dim() == 3 else None)
+    return score_after_prefix(
+        lm,
+        out.logits[:, -1],
+        cache_of(out),
+        prefix_mask,
+        next_positions(pos, prefix_mask),
+        continuations,
+        pos.shape[0] if pos.dim() == 3 else None,
+    )
 
 
 @torch.inference_mode()
-def score_full(lm: torch.nn.Module, prefix_embeds: torch.Tensor, prefix_mask: torch.Tensor,
-               continuations: Sequence[Sequence[int]], prefix_positions: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def score_full(
+    lm: torch.nn.Module,
+    prefix_embeds: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    continuations: Sequence[Sequence[int]],
+    prefix_positions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same numbers as `score_shared_prefix`, running prefix + continuation K times."""
     # torch types a Module's attributes Tensor | Module; get_input_embeddings is the HF method
     emb = lm.get_input_embeddings()  # type: ignore[operator]
@@ -145,14 +172,17 @@ def score_full(lm: torch.nn.Module, prefix_embeds: torch.Tensor, prefix_mask: to
         pos = torch.cat([ppos, continuation_positions(start, len(c), axes)], -1)
         logits = lm(inputs_embeds=x, attention_mask=m, position_ids=pos).logits.float()
         P = prefix_embeds.shape[1]
-        logp = torch.log_softmax(logits[:, P - 1: P - 1 + len(c)], dim=-1)
+        logp = torch.log_softmax(logits[:, P - 1 : P - 1 + len(c)], dim=-1)
         res[:, k] = torch.gather(logp, -1, ids[None, :, None].expand(B, -1, 1)).squeeze(-1).sum(-1).cpu()
     return res, torch.tensor([len(c) for c in continuations])
 
 
-def continuation_logits(lm: torch.nn.Module, prefixes: Sequence[torch.Tensor],
-                        continuations: Sequence[Sequence[int]],
-                        positions: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def continuation_logits(
+    lm: torch.nn.Module,
+    prefixes: Sequence[torch.Tensor],
+    continuations: Sequence[Sequence[int]],
+    positions: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row i's continuation after row i's prefix in one forward pass, differentiable (for
     losses and training, where each row has its own target). `positions[i]` are prefix i's
     own position ids (`ScoreParts.positions`; default 0..P_i-1). Returns logits (B, Lc, V),
@@ -186,5 +216,5 @@ def continuation_logits(lm: torch.nn.Module, prefixes: Sequence[torch.Tensor],
     except TypeError:  # an LM without logits_to_keep
         logits = lm(**kw).logits
     start = logits.shape[1] - (Lc + 1)  # 0 when only the kept positions came back, else P - 1
-    logits = logits[:, start: start + Lc]
+    logits = logits[:, start : start + Lc]
     return logits, ids.masked_fill(cmask == 0, -100)

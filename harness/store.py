@@ -29,8 +29,9 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,9 @@ def default_root() -> Path:
 
 
 def key_hash(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({"format": STORE_FORMAT, **key}, sort_keys=True, default=str)
-                          .encode()).hexdigest()[:20]
+    return hashlib.sha256(
+        json.dumps({"format": STORE_FORMAT, **key}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:20]
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -94,8 +96,10 @@ class Entry:
 
     def broken(self, what: str) -> MchError:
         """One sentence for a damaged entry: which one, what is wrong, and the fix."""
-        return MchError(f"store entry {self.hash} ({self.dir}) is damaged: {what}; `mch store rm {self.hash}` "
-                        f"removes it and the next run extracts it again")
+        return MchError(
+            f"store entry {self.hash} ({self.dir}) is damaged: {what}; `mch store rm {self.hash}` "
+            f"removes it and the next run extracts it again"
+        )
 
     # -- state
     def manifest(self) -> dict[str, Any]:
@@ -127,7 +131,7 @@ class Entry:
 
     # -- writing
     @contextlib.contextmanager
-    def writing(self) -> Iterator["Entry"]:
+    def writing(self) -> Iterator[Entry]:
         """Create the entry (checking first that the store is writable) and hold its lock for
         the block: a second process on the same key waits here (or, with MCH_STORE_WAIT=0,
         stops at once), then finds the entry complete. Inside, the manifest exists."""
@@ -137,13 +141,22 @@ class Entry:
             if self.manifest_path.exists():  # perhaps written by the process we waited for
                 self._adopt(self.manifest())
             else:
-                atomic_write_json(self.manifest_path, {
-                    "format": STORE_FORMAT, "key": self.key, "key_hash": self.hash, "chunk_size": self.chunk_size,
-                    "sample_ids": self.sample_ids, "complete": False})
+                atomic_write_json(
+                    self.manifest_path,
+                    {
+                        "format": STORE_FORMAT,
+                        "key": self.key,
+                        "key_hash": self.hash,
+                        "chunk_size": self.chunk_size,
+                        "sample_ids": self.sample_ids,
+                        "complete": False,
+                    },
+                )
             yield self
 
-    def write_chunk(self, i: int, rows: list[int], stages: dict[str, np.ndarray],
-                    skipped: list[dict[str, Any]]) -> None:
+    def write_chunk(
+        self, i: int, rows: list[int], stages: dict[str, np.ndarray], skipped: list[dict[str, Any]]
+    ) -> None:
         arrays = {f"stage:{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in stages.items()}
         arrays["rows"] = np.asarray(rows, dtype=np.int64)
         arrays["skipped"] = np.frombuffer(json.dumps(skipped).encode(), dtype=np.uint8)
@@ -172,8 +185,14 @@ class Entry:
             _save_npy(self.dir / f"{safe_name(stage)}.npy", np.concatenate(arrs))
         _save_npy(self.dir / "rows.npy", np.concatenate(rows))
         man = self.manifest()
-        man.update(complete=True, stages=list(parts), dims={k: int(v[0].shape[1]) for k, v in parts.items()},
-                   n_rows=int(sum(len(r) for r in rows)), skipped=skipped, info=info)
+        man.update(
+            complete=True,
+            stages=list(parts),
+            dims={k: int(v[0].shape[1]) for k, v in parts.items()},
+            n_rows=int(sum(len(r) for r in rows)),
+            skipped=skipped,
+            info=info,
+        )
         atomic_write_json(self.manifest_path, man)
         shutil.rmtree(self.dir / "chunks", ignore_errors=True)
 
@@ -191,8 +210,9 @@ class Entry:
             except _BROKEN as exc:
                 raise self.broken(f"{f.name} is truncated or unreadable ({_why(exc)})") from None
             if arr.ndim < 1 or arr.shape[0] != man.get("n_rows", arr.shape[0]):
-                raise self.broken(f"{f.name} has {arr.shape[0] if arr.ndim else 0} rows, its manifest says "
-                                  f"{man.get('n_rows')}")
+                raise self.broken(
+                    f"{f.name} has {arr.shape[0] if arr.ndim else 0} rows, its manifest says {man.get('n_rows')}"
+                )
             reps[name] = arr
         rows = np.asarray(reps.pop("rows"))
         return reps, rows
@@ -219,8 +239,10 @@ class Entry:
         for part in ("labels", "groups", "columns"):
             for name, vals in (merged.get(part) or {}).items():
                 if len(vals) != len(self.sample_ids):
-                    raise MchError(f"store entry {self.hash}: {part} {name!r} has {len(vals)} values for "
-                                   f"{len(self.sample_ids)} samples")
+                    raise MchError(
+                        f"store entry {self.hash}: {part} {name!r} has {len(vals)} values for "
+                        f"{len(self.sample_ids)} samples"
+                    )
         atomic_write_json(self.labels_path, merged)
 
     def read_labels(self) -> dict[str, Any] | None:
@@ -282,8 +304,10 @@ class Store:
         if not hits:
             raise MchError(f"the store {self.root} has no entry {key!r}; `mch store list` shows the keys")
         if len(hits) > 1:
-            raise MchError(f"{key!r} is the start of {len(hits)} store entries "
-                           f"({', '.join(d.name for d in hits)}); give more of the key")
+            raise MchError(
+                f"{key!r} is the start of {len(hits)} store entries "
+                f"({', '.join(d.name for d in hits)}); give more of the key"
+            )
         return hits[0]
 
     def open(self, d: Path) -> Entry:
@@ -293,8 +317,10 @@ class Store:
             man = json.loads(man_path.read_text())
             return Entry(self.root, man["key"], man["sample_ids"], int(man["chunk_size"]))
         except _BROKEN as exc:
-            raise MchError(f"store entry {Path(d).name} ({d}) cannot be read ({_why(exc)}); `mch store rm "
-                           f"{Path(d).name}` removes it") from None
+            raise MchError(
+                f"store entry {Path(d).name} ({d}) cannot be read ({_why(exc)}); `mch store rm "
+                f"{Path(d).name}` removes it"
+            ) from None
 
     def entry(self, key: dict[str, Any], sample_ids: Iterable[str], chunk_size: int = 256) -> Entry:
         return Entry(self.root, key, list(sample_ids), chunk_size)
@@ -303,8 +329,13 @@ class Store:
         """Every entry directory (<root>/<model>/<key hash>), complete or not."""
         if not self.root.is_dir():
             return []
-        return sorted(d for m in self.root.iterdir() if m.is_dir() and not m.name.startswith(".")
-                      for d in m.iterdir() if d.is_dir() and not d.name.startswith("."))
+        return sorted(
+            d
+            for m in self.root.iterdir()
+            if m.is_dir() and not m.name.startswith(".")
+            for d in m.iterdir()
+            if d.is_dir() and not d.name.startswith(".")
+        )
 
     def complete_like(self, key: dict[str, Any], ignore: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Path]:
         """Complete entries whose key equals `key` once `ignore` has removed what may differ."""
@@ -326,11 +357,23 @@ class Store:
         """What `mch store list` shows of one entry directory."""
         files = [p for p in d.rglob("*") if p.is_file()]
         info: dict[str, Any] = {
-            "key": d.name, "dir": str(d), "model": d.parent.name, "checkpoint": None, "checkpoint_fingerprint": None,
-            "dataset": None, "split": None, "view": None, "n": None, "n_rows": None, "stages": [],
-            "complete": False, "state": "empty", "size_bytes": sum(p.stat().st_size for p in files),
-            "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(max((p.stat().st_mtime for p in files),
-                                                                         default=d.stat().st_mtime))),
+            "key": d.name,
+            "dir": str(d),
+            "model": d.parent.name,
+            "checkpoint": None,
+            "checkpoint_fingerprint": None,
+            "dataset": None,
+            "split": None,
+            "view": None,
+            "n": None,
+            "n_rows": None,
+            "stages": [],
+            "complete": False,
+            "state": "empty",
+            "size_bytes": sum(p.stat().st_size for p in files),
+            "modified": time.strftime(
+                "%Y-%m-%d %H:%M", time.localtime(max((p.stat().st_mtime for p in files), default=d.stat().st_mtime))
+            ),
         }
         holder = is_locked(d / "lock")
         man_path = d / "manifest.json"
@@ -341,10 +384,18 @@ class Store:
             man = json.loads(man_path.read_text())
             key = man["key"]
             model, data = key.get("model", {}), key.get("dataset", {})
-            info.update(model=model.get("name", d.parent.name), checkpoint=model.get("checkpoint"),
-                        checkpoint_fingerprint=model.get("checkpoint_fingerprint"), dataset=data.get("name"),
-                        split=data.get("split"), view=key.get("view"), n=len(man["sample_ids"]),
-                        complete=bool(man.get("complete")), n_rows=man.get("n_rows"), stages=man.get("stages", []))
+            info.update(
+                model=model.get("name", d.parent.name),
+                checkpoint=model.get("checkpoint"),
+                checkpoint_fingerprint=model.get("checkpoint_fingerprint"),
+                dataset=data.get("name"),
+                split=data.get("split"),
+                view=key.get("view"),
+                n=len(man["sample_ids"]),
+                complete=bool(man.get("complete")),
+                n_rows=man.get("n_rows"),
+                stages=man.get("stages", []),
+            )
             if key.get("imported"):  # `mch import-reference`: the file the vectors came from
                 info["imported_from"] = (man.get("info") or {}).get("imported_from")
             if info["complete"]:
@@ -352,15 +403,21 @@ class Store:
             else:
                 n_chunks = -(-info["n"] // int(man["chunk_size"]))
                 done = len(list((d / "chunks").glob("*.npz")))
-                info["state"] = (f"being written (pid {holder})" if holder else "partial") + f", {done}/{n_chunks} chunks"
+                info["state"] = (
+                    f"being written (pid {holder})" if holder else "partial"
+                ) + f", {done}/{n_chunks} chunks"
         except _BROKEN as exc:
             info["state"] = f"damaged manifest.json ({_why(exc)})"
         return info
 
     def remove(self, d: Path) -> None:
         """Delete one entry directory, unless a process is writing it (its lock is held)."""
-        with locked(d / "lock", f"store entry {d.name} ({d})", wait=False,
-                    busy_hint="wait for it to finish or stop it, then remove the entry"):
+        with locked(
+            d / "lock",
+            f"store entry {d.name} ({d})",
+            wait=False,
+            busy_hint="wait for it to finish or stop it, then remove the entry",
+        ):
             shutil.rmtree(d)
         with contextlib.suppress(OSError):
             d.parent.rmdir()  # the model's directory, when this was its last entry
@@ -398,8 +455,7 @@ class StoredVectors:
         if not self.labels and self.columns:  # imported: the attributes read straight from their columns
             from .reference_layout import attribute_columns  # (lexical depends on the protocol's rule: not here)
 
-            self.labels = {a: self.columns[c] for a, c in attribute_columns(info["columns"]).items()
-                           if a != "lexical"}
+            self.labels = {a: self.columns[c] for a, c in attribute_columns(info["columns"]).items() if a != "lexical"}
         self.texts: list[str] | None = [info["texts"][int(i)] for i in rows] if info.get("texts") else None
         self.skipped: list[dict[str, Any]] = man.get("skipped", [])
 
@@ -431,18 +487,26 @@ class StoredVectors:
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{s}: {self.vectors[s].shape[1]}" for s in self.stages)
-        return (f"<StoredVectors {self.hash} {self.model} on {self.dataset} ({self.view} view), {len(self)} samples, "
-                f"stages {{{dims}}}, labels {sorted(self.labels) or 'not recorded'}>")
+        return (
+            f"<StoredVectors {self.hash} {self.model} on {self.dataset} ({self.view} view), {len(self)} samples, "
+            f"stages {{{dims}}}, labels {sorted(self.labels) or 'not recorded'}>"
+        )
 
 
-def entries(root: Path | str | None = None, model: str | None = None, dataset: str | None = None,
-            complete: bool = True) -> list[dict[str, Any]]:
+def entries(
+    root: Path | str | None = None, model: str | None = None, dataset: str | None = None, complete: bool = True
+) -> list[dict[str, Any]]:
     """What the store holds, one dict per entry (what `mch store list --json` prints): key,
     model, dataset, view, n, stages, state ...; `load(info["key"])` opens one."""
     st = Store(root)
     out = [st.describe(d) for d in st.entry_dirs()]
-    return [i for i in out if (model is None or i["model"] == model) and (dataset is None or i["dataset"] == dataset)
-            and (not complete or i["complete"])]
+    return [
+        i
+        for i in out
+        if (model is None or i["model"] == model)
+        and (dataset is None or i["dataset"] == dataset)
+        and (not complete or i["complete"])
+    ]
 
 
 def load(key: str, root: Path | str | None = None) -> StoredVectors:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from .api import MchError
 
-app = typer.Typer(help="The representation store: list its entries, remove some (see MCH_STORE).",
-                  no_args_is_help=True)
+app = typer.Typer(help="The representation store: list its entries, remove some (see MCH_STORE).", no_args_is_help=True)
 console = Console()
 
 STORE = typer.Option(None, "--store", help="representation store (default ~/.cache/mch/store or $MCH_STORE)")
@@ -53,8 +52,17 @@ def _lines(info: dict[str, Any]) -> list[str]:
     if info["n"] is not None:
         kept = info["n_rows"]
         n = f"{info['n']} samples" if kept in (None, info["n"]) else f"{kept} of {info['n']} samples kept"
-    second = " · ".join(x for x in (info["state"], n, _stages(info["stages"]) if info["complete"] else "",
-                                    _size(info["size_bytes"]), info["modified"]) if x)
+    second = " · ".join(
+        x
+        for x in (
+            info["state"],
+            n,
+            _stages(info["stages"]) if info["complete"] else "",
+            _size(info["size_bytes"]),
+            info["modified"],
+        )
+        if x
+    )
     out = [f"{info['key']}  {what}", f"    {second}"]
     if info.get("imported_from"):
         out.append(f"    imported from {info['imported_from']}")
@@ -65,9 +73,11 @@ def _lines(info: dict[str, Any]) -> list[str]:
 
 
 @app.command("list")
-def list_entries(store: Optional[Path] = STORE,
-                 model: Optional[str] = typer.Option(None, "--model", "-m", help="only this model's entries"),
-                 as_json: bool = typer.Option(False, "--json", help="one JSON list, for machines")):
+def list_entries(
+    store: Path | None = STORE,
+    model: str | None = typer.Option(None, "--model", "-m", help="only this model's entries"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON list, for machines"),
+):
     """Every store entry: key, model, dataset and view, state (complete, partial, being
     written), samples, stages, size, last change, checkpoint and its fingerprint."""
     from .store import Store
@@ -92,18 +102,22 @@ def list_entries(store: Optional[Path] = STORE,
 
 
 @app.command("rm")
-def remove(keys: Optional[List[str]] = typer.Argument(None, help="entry keys as `mch store list` shows them "
-                                                                 "(a unique prefix will do)"),
-           model: Optional[str] = typer.Option(None, "--model", "-m", help="remove every entry of this model"),
-           all_entries: bool = typer.Option(False, "--all", help="remove every entry"),
-           store: Optional[Path] = STORE):
+def remove(
+    keys: list[str] | None = typer.Argument(
+        None, help="entry keys as `mch store list` shows them (a unique prefix will do)"
+    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="remove every entry of this model"),
+    all_entries: bool = typer.Option(False, "--all", help="remove every entry"),
+    store: Path | None = STORE,
+):
     """Remove store entries (their next run extracts them again). An entry another process is
     writing is left alone."""
     from .store import Store
 
     if sum(bool(x) for x in (keys, model, all_entries)) != 1:
-        raise MchError("say which store entries to remove: KEY ..., --model NAME or --all (`mch store list` "
-                       "shows them)")
+        raise MchError(
+            "say which store entries to remove: KEY ..., --model NAME or --all (`mch store list` shows them)"
+        )
     st = Store(store)
     dirs = st.entry_dirs()
     if all_entries:
@@ -112,8 +126,10 @@ def remove(keys: Optional[List[str]] = typer.Argument(None, help="entry keys as 
         chosen = [d for d in dirs if model in (d.parent.name, st.describe(d)["model"])]
         if not chosen:
             have = sorted({d.parent.name for d in dirs})
-            raise MchError(f"the store {st.root} holds no entries of model {model!r}"
-                           + (f"; it holds {', '.join(have)}" if have else ""))
+            raise MchError(
+                f"the store {st.root} holds no entries of model {model!r}"
+                + (f"; it holds {', '.join(have)}" if have else "")
+            )
     else:
         chosen = []
         for k in keys or []:
@@ -121,8 +137,10 @@ def remove(keys: Optional[List[str]] = typer.Argument(None, help="entry keys as 
             if not hits:
                 raise MchError(f"the store {st.root} has no entry {k!r}; `mch store list` shows the keys")
             if len(hits) > 1:
-                raise MchError(f"{k!r} is the start of {len(hits)} store entries ({', '.join(d.name for d in hits)}); "
-                               f"give more of the key")
+                raise MchError(
+                    f"{k!r} is the start of {len(hits)} store entries ({', '.join(d.name for d in hits)}); "
+                    f"give more of the key"
+                )
             chosen += [d for d in hits if d not in chosen]
     if not chosen:
         _out(f"store {st.root}: nothing to remove")

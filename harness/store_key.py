@@ -29,9 +29,13 @@ def store_key(p: Any, view: str) -> dict[str, Any]:
             ident["option_fingerprints"] = local
     if cfg.adapter:
         ident["adapter_fingerprint"] = _path_fingerprint(cfg.adapter)
-    dataset = {"name": p.dataset_spec.name, "path": _key_path(cfg.data_path),
-               "split": cfg.split, "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-               **cfg.dataset_options_record}  # options can change a sample under the same id
+    dataset = {
+        "name": p.dataset_spec.name,
+        "path": _key_path(cfg.data_path),
+        "split": cfg.split,
+        "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
+        **cfg.dataset_options_record,
+    }  # options can change a sample under the same id
     if view == "text":
         dataset["texts_sha256"] = texts_sha256(s.text for s in p.samples)
     else:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal
 
 MISSING = "—"
 UNBOUNDED = 100_000  # the width of a pipe: lines are never wrapped
@@ -26,7 +27,7 @@ class Col:
     header: str
     justify: Literal["left", "center", "right"] = "left"  # rich's own values
     no_wrap: bool = False  # names a user greps for, numbers
-    max_width: Optional[int] = None  # a long free-text column folds within this width
+    max_width: int | None = None  # a long free-text column folds within this width
 
 
 @dataclass
@@ -36,13 +37,13 @@ class Grid:
     left out, and so is a None one when `sparse` (tables whose columns most rows lack)."""
 
     columns: list[Col]
-    rows: list[list[Optional[str]]] = field(default_factory=list)
+    rows: list[list[str | None]] = field(default_factory=list)
     title: str = ""
     key_cols: int = 1
-    styles: list[Optional[str]] = field(default_factory=list)  # per row, rich style or None
+    styles: list[str | None] = field(default_factory=list)  # per row, rich style or None
     sparse: bool = False
 
-    def add(self, cells: Sequence[Optional[str]], style: Optional[str] = None) -> None:
+    def add(self, cells: Sequence[str | None], style: str | None = None) -> None:
         self.rows.append(list(cells))
         self.styles.append(style)
 
@@ -84,7 +85,7 @@ def fits(console: Any, grid: Grid) -> bool:
     return console.width >= UNBOUNDED or natural_width(console, _table(grid)) <= console.width
 
 
-def emit(console: Any, grid: Grid, stacked: Optional[bool] = None) -> None:
+def emit(console: Any, grid: Grid, stacked: bool | None = None) -> None:
     """Draw `grid` on `console`: a table if it fits (or `stacked=False`), else the stacked
     layout. A console of width UNBOUNDED (stdout_console in a pipe) always gets the table."""
     table = _table(grid)

@@ -30,8 +30,9 @@ difference) for a test to print or assert on.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,17 +53,25 @@ class ContractError(AssertionError):
 class ContractReport:
     plugin: str
     views: list[str]
-    stages: dict[str, list[str]] = field(default_factory=dict)        # view -> stages
-    widths: dict[str, dict[str, int]] = field(default_factory=dict)   # view -> stage -> D
-    max_batch_diff: float = 0.0                                       # largest |batch - alone| of any pooled value
+    stages: dict[str, list[str]] = field(default_factory=dict)  # view -> stages
+    widths: dict[str, dict[str, int]] = field(default_factory=dict)  # view -> stage -> D
+    max_batch_diff: float = 0.0  # largest |batch - alone| of any pooled value
     score_shape: tuple[int, int] | None = None
     checks: int = 0
 
 
 # --------------------------------------------------------------------------- fixtures
 
-_WORDS = ["a dog on the grass", "a red bus near a building", "two people ride bikes", "it is eleven o'clock",
-          "that is exactly what happened", "the speaker sounds happy", "a plate of food", "a cat on a chair"]
+_WORDS = [
+    "a dog on the grass",
+    "a red bus near a building",
+    "two people ride bikes",
+    "it is eleven o'clock",
+    "that is exactly what happened",
+    "the speaker sounds happy",
+    "a plate of food",
+    "a cat on a chair",
+]
 _CLASSES = ["angry", "happy", "sad", "neutral"]
 
 
@@ -100,8 +109,7 @@ def tiny_samples(modality: str, n: int = 4, seed: int = 0) -> list[Sample]:
 # --------------------------------------------------------------------------- the contract
 
 
-def load_plugin(plugin_or_spec: ModelPlugin | ModelSpec, checkpoint: str | None = None,
-                **kwargs: Any) -> ModelPlugin:
+def load_plugin(plugin_or_spec: ModelPlugin | ModelSpec, checkpoint: str | None = None, **kwargs: Any) -> ModelPlugin:
     """A loaded plugin from a plugin object or a spec (`checkpoint` overrides the spec's)."""
     if isinstance(plugin_or_spec, ModelSpec):
         cls = load_entry(plugin_or_spec.entry)
@@ -145,8 +153,11 @@ def _check_pools(plugin: ModelPlugin, prepared: Prepared, groups: set[str], wher
         if set(owner.tolist()) != set(range(n)):
             raise _fail(plugin, where, f"pool {g!r}: some sample owns no row")
         if pool.split is not None and (pool.split.shape != (n,) or bool((pool.split <= 0).any())):
-            raise _fail(plugin, where, f"pool {g!r}: proportional weights {pool.split.tolist()} must be one "
-                                       f"positive number per sample")
+            raise _fail(
+                plugin,
+                where,
+                f"pool {g!r}: proportional weights {pool.split.tolist()} must be one positive number per sample",
+            )
         shapes = {s: tuple(m.shape) for s, m in pool.masks.items()}
         if len(set(shapes.values())) > 1:
             raise _fail(plugin, where, f"pool {g!r}: span masks differ in shape {shapes}")
@@ -160,15 +171,20 @@ def _check_pools(plugin: ModelPlugin, prepared: Prepared, groups: set[str], wher
             span_mask = pool.masks.get(s)
             if span_mask is None:
                 continue
-            per_sample = torch.zeros(n, dtype=torch.long).index_add_(0, owner.long().cpu(),
-                                                                    span_mask.sum(1).long().cpu())
+            per_sample = torch.zeros(n, dtype=torch.long).index_add_(
+                0, owner.long().cpu(), span_mask.sum(1).long().cpu()
+            )
             if bool((per_sample == 0).any()):
-                raise _fail(plugin, where, f"pool {g!r}: span {s!r} is empty for samples "
-                                           f"{torch.nonzero(per_sample == 0).flatten().tolist()}")
+                raise _fail(
+                    plugin,
+                    where,
+                    f"pool {g!r}: span {s!r} is empty for samples {torch.nonzero(per_sample == 0).flatten().tolist()}",
+                )
 
 
-def _forward_once(plugin: ModelPlugin, prepared: Prepared, view: str, where: str,
-                  protocol: str = "default") -> dict[str, torch.Tensor]:
+def _forward_once(
+    plugin: ModelPlugin, prepared: Prepared, view: str, where: str, protocol: str = "default"
+) -> dict[str, torch.Tensor]:
     """Run one full forward with hooks on every stage; each must fire exactly once. Returns
     each stage's raw output (detached, on CPU) for pooling."""
     smap = stage_map_of(plugin, view, protocol)
@@ -186,15 +202,24 @@ def _pooled(prepared: Prepared, raw: dict[str, torch.Tensor], span: str) -> dict
     return {s: pool(h, prepared.pools.get(stage_group(s)), span, prepared.n) for s, h in raw.items()}
 
 
-def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkpoint: str | None = None,
-                                 samples: Sequence[Sample] | None = None, *,
-                                 protocols: Sequence[str] = ("default", "paper"), views: Sequence[str] | None = None,
-                                 atol: float = 1e-5, query: str = "The answer is",
-                                 continuations: Sequence[str] = ("yes", "no", "not sure")) -> ContractReport:
+def assert_model_plugin_contract(
+    plugin_or_spec: ModelPlugin | ModelSpec,
+    checkpoint: str | None = None,
+    samples: Sequence[Sample] | None = None,
+    *,
+    protocols: Sequence[str] = ("default", "paper"),
+    views: Sequence[str] | None = None,
+    atol: float = 1e-5,
+    query: str = "The answer is",
+    continuations: Sequence[str] = ("yes", "no", "not sure"),
+) -> ContractReport:
     """Load the plugin and check the contract (module docstring); returns a ContractReport."""
     plugin = load_plugin(plugin_or_spec, checkpoint)
-    samples = list(samples) if samples is not None else tiny_samples(
-        plugin.modality if plugin.modality in ("speech", "vision", "text") else "speech")
+    samples = (
+        list(samples)
+        if samples is not None
+        else tiny_samples(plugin.modality if plugin.modality in ("speech", "vision", "text") else "speech")
+    )
     if len(samples) < 2:
         raise ContractError("the contract check needs at least 2 samples (batch invariance)")
     if views is None:
@@ -233,8 +258,11 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
                     continue
                 for span, m in pool_spec.masks.items():
                     if tuple(m.shape) != (rows, length):
-                        raise _fail(plugin, where, f"stage {s!r} output is {tuple(h.shape)} but span {span!r} mask "
-                                                   f"is {tuple(m.shape)}")
+                        raise _fail(
+                            plugin,
+                            where,
+                            f"stage {s!r} output is {tuple(h.shape)} but span {span!r} mask is {tuple(m.shape)}",
+                        )
             if declared is not None:
                 wrong = {s: (widths[s], declared.get(s)) for s in widths if declared.get(s) != widths[s]}
                 if wrong:
@@ -261,8 +289,11 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
                 batch = _pooled(prepared, raw, span)
                 for s, v in batch.items():
                     if tuple(v.shape) != (len(samples), widths[s]) or not bool(torch.isfinite(v).all()):
-                        raise _fail(plugin, where, f"stage {s!r} span {span!r}: pooled output {tuple(v.shape)} "
-                                                   f"is not finite (n, D)")
+                        raise _fail(
+                            plugin,
+                            where,
+                            f"stage {s!r} span {span!r}: pooled output {tuple(v.shape)} is not finite (n, D)",
+                        )
                 rev = _pooled(rev_prep, rev_raw, span)
                 for j, i in enumerate(order):
                     one = _pooled(alone[i][0], alone[i][1], span)
@@ -271,22 +302,30 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
                             d = float((batch[s][i] - other).abs().max())
                             report.max_batch_diff = max(report.max_batch_diff, d)
                             if not d <= atol:
-                                raise _fail(plugin, where, f"stage {s!r} span {span!r}: sample {samples[i].sample_id} "
-                                                           f"pooled {label} differs from the batch by {d:.3g} > {atol}")
+                                raise _fail(
+                                    plugin,
+                                    where,
+                                    f"stage {s!r} span {span!r}: sample {samples[i].sample_id} "
+                                    f"pooled {label} differs from the batch by {d:.3g} > {atol}",
+                                )
                 report.checks += 1
         # scoring, once per view (default protocol)
         sc = plugin.score(samples, query, list(continuations), "default", view)
         logp = np.asarray(sc.logp, dtype=np.float64)
         if logp.shape != (len(samples), len(continuations)):
-            raise _fail(plugin, f"view {view}", f"score returned logp of shape {logp.shape}, "
-                                                f"expected {(len(samples), len(continuations))}")
+            raise _fail(
+                plugin,
+                f"view {view}",
+                f"score returned logp of shape {logp.shape}, expected {(len(samples), len(continuations))}",
+            )
         if not np.isfinite(logp).all() or (logp > 1e-4).any():
             raise _fail(plugin, f"view {view}", "score returned log-probabilities that are not finite and <= 0")
         nt = np.asarray(sc.n_tokens)
         if nt.shape not in ((len(continuations),), logp.shape) or (nt < 1).any():
             raise _fail(plugin, f"view {view}", f"score returned token counts {nt.tolist()}")
-        first = np.asarray(plugin.score(samples[:1], query, list(continuations), "default", view).logp,
-                           dtype=np.float64)
+        first = np.asarray(
+            plugin.score(samples[:1], query, list(continuations), "default", view).logp, dtype=np.float64
+        )
         d = float(np.abs(first[0] - logp[0]).max())
         if not d <= max(1e-3, 1e3 * atol):
             raise _fail(plugin, f"view {view}", f"score of a sample alone differs from the batch by {d:.3g}")
@@ -297,8 +336,13 @@ def assert_model_plugin_contract(plugin_or_spec: ModelPlugin | ModelSpec, checkp
     return report
 
 
-def make_lora_adapter(module: torch.nn.Module, out_dir: Any, target_modules: Sequence[str] = ("q_proj", "v_proj"),
-                      r: int = 4, seed: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
+def make_lora_adapter(
+    module: torch.nn.Module,
+    out_dir: Any,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    r: int = 4,
+    seed: int = 0,
+) -> tuple[Any, dict[str, torch.Tensor]]:
     """Save a PEFT LoRA adapter made on a deep copy of `module` (the LLM decoder a plugin
     merges adapters into) with random, non-zero A and B, so that merging it changes the
     weights. Returns the directory and the expected merged weights {parameter name: W}."""
@@ -308,12 +352,14 @@ def make_lora_adapter(module: torch.nn.Module, out_dir: Any, target_modules: Seq
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.0,
-                     init_lora_weights=False)
+    cfg = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=list(target_modules), lora_dropout=0.0, init_lora_weights=False
+    )
     peft_model = get_peft_model(copy.deepcopy(module).float(), cfg)
     out = Path(out_dir)
     peft_model.save_pretrained(str(out))
     merged = peft_model.merge_and_unload()
-    expected = {k: v.detach().clone() for k, v in merged.state_dict().items()
-                if any(f"{t}.weight" in k for t in target_modules)}
+    expected = {
+        k: v.detach().clone() for k, v in merged.state_dict().items() if any(f"{t}.weight" in k for t in target_modules)
+    }
     return out, expected

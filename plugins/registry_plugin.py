@@ -71,25 +71,49 @@ def load_registry(path: Path = REGISTRY_PATH) -> dict:
 @hookimpl
 def mch_register_models(register):
     for name, e in load_registry()["models"].items():
-        register(ModelSpec(name=name, entry=e["entry"], modality=e["modality"], checkpoint=e["checkpoint"],
-                           revision=e.get("revision"), aliases=tuple(e.get("aliases", ())),
-                           description=e.get("description", ""), text_baseline=e.get("text_baseline"),
-                           options=e.get("options", {})))
+        register(
+            ModelSpec(
+                name=name,
+                entry=e["entry"],
+                modality=e["modality"],
+                checkpoint=e["checkpoint"],
+                revision=e.get("revision"),
+                aliases=tuple(e.get("aliases", ())),
+                description=e.get("description", ""),
+                text_baseline=e.get("text_baseline"),
+                options=e.get("options", {}),
+            )
+        )
 
 
 @hookimpl
 def mch_register_datasets(register):
     for name, e in load_registry()["datasets"].items():
-        register(DatasetSpec(name=name, entry=e["entry"], modality=e["modality"],
-                             attributes=tuple(e["attributes"]), description=e.get("description", ""),
-                             source_hint=e.get("source_hint", ""), options=e.get("options", {})))
+        register(
+            DatasetSpec(
+                name=name,
+                entry=e["entry"],
+                modality=e["modality"],
+                attributes=tuple(e["attributes"]),
+                description=e.get("description", ""),
+                source_hint=e.get("source_hint", ""),
+                options=e.get("options", {}),
+            )
+        )
 
 
 @hookimpl
 def mch_register_analyses(register):
     for name, e in load_registry()["analyses"].items():
-        register(AnalysisSpec(name=name, entry=e["entry"], needs_model=e.get("needs_model", False),
-                              description=e.get("description", ""), options=e.get("options", {})))
+        register(
+            AnalysisSpec(
+                name=name,
+                entry=e["entry"],
+                needs_model=e.get("needs_model", False),
+                description=e.get("description", ""),
+                options=e.get("options", {}),
+            )
+        )
 
 
 @hookimpl

@@ -43,12 +43,19 @@ def blas_one_thread():
         yield
 
 
-def run_mch(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600,
-            check: bool = False) -> subprocess.CompletedProcess:
+def run_mch(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run the `mch` CLI in a subprocess, as a user would."""
     full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "mch.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or ROOT, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"mch {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

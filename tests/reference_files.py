@@ -9,14 +9,50 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ["the", "a", "and", "of", "he", "she", "it", "to", "was", "in", "that", "his", "her", "with", "for",
-         "river", "house", "light", "night", "stone", "garden", "window", "letter", "morning", "horse", "ship",
-         "king", "forest", "winter", "mother", "road", "bread", "door", "fire", "sea", "voice"]
+WORDS = [
+    "the",
+    "a",
+    "and",
+    "of",
+    "he",
+    "she",
+    "it",
+    "to",
+    "was",
+    "in",
+    "that",
+    "his",
+    "her",
+    "with",
+    "for",
+    "river",
+    "house",
+    "light",
+    "night",
+    "stone",
+    "garden",
+    "window",
+    "letter",
+    "morning",
+    "horse",
+    "ship",
+    "king",
+    "forest",
+    "winter",
+    "mother",
+    "road",
+    "bread",
+    "door",
+    "fire",
+    "sea",
+    "voice",
+]
 EMOTIONS = ["anger", "happy", "neutral", "sadness"]
 
 
-def make_reference_files(out: Path, n: int = 160, seed: int = 0, unwritten: int = 0, d: int = 24,
-                         d_llm: int = 32) -> tuple[Path, Path]:
+def make_reference_files(
+    out: Path, n: int = 160, seed: int = 0, unwritten: int = 0, d: int = 24, d_llm: int = 32
+) -> tuple[Path, Path]:
     """(modal.h5, text.h5) with n rows, of which the last `unwritten` were never written (all
     zero, empty labels, n_samples_actual set). Speaker and emotion are linearly present in
     the vectors, more at the encoder than at llm_final; the first word of the transcript too."""
@@ -51,10 +87,12 @@ def make_reference_files(out: Path, n: int = 160, seed: int = 0, unwritten: int 
             f.create_dataset(name, data=a)
         f.create_dataset("sample_ids", data=np.array(ids[:w] + [""] * unwritten, dtype=object), dtype=strdt)
         f.create_dataset("transcript", data=np.array(texts[:w] + [""] * unwritten, dtype=object), dtype=strdt)
-        f.create_dataset("speaker_id", data=np.array([str(1000 + s) for s in spk[:w]] + [""] * unwritten,
-                                                     dtype=object), dtype=strdt)
-        f.create_dataset("emotion", data=np.array([EMOTIONS[e] for e in emo[:w]] + [""] * unwritten, dtype=object),
-                         dtype=strdt)
+        f.create_dataset(
+            "speaker_id", data=np.array([str(1000 + s) for s in spk[:w]] + [""] * unwritten, dtype=object), dtype=strdt
+        )
+        f.create_dataset(
+            "emotion", data=np.array([EMOTIONS[e] for e in emo[:w]] + [""] * unwritten, dtype=object), dtype=strdt
+        )
         f.attrs["model_name"] = "ultravox"
         f.attrs["dataset_name"] = "synth"
         f.attrs["n_samples"] = n

@@ -4,7 +4,6 @@ paper, and the model left as it was."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +12,6 @@ from mch.api import MchError
 from mch.plugins.analyses._causal import Modes, edit_adapter
 from mch.plugins.analyses.ablation import CONDITIONS, directions, make_edit
 from mch.runner import RunConfig, run_bench
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -28,9 +26,20 @@ def synthetic_modes(d: int = 6, seed: int = 0) -> Modes:
     ev, V = np.linalg.eigh(cov)
     o = np.argsort(ev)[::-1]
     ms = np.array([True, False, True, False, True, False])[:d]
-    return Modes(mean=mean, eigvals=ev[o], vectors=V[:, o], alpha=np.where(ms, 0.1, 2.0), alpha_raw=np.where(ms, 0.1, 2.0),
-                 ms=ms, total_variance=float(np.trace(cov)), text_total_variance=1.0, rows=rows, text_stage="adapter",
-                 threshold=0.5, alpha_scale="none")
+    return Modes(
+        mean=mean,
+        eigvals=ev[o],
+        vectors=V[:, o],
+        alpha=np.where(ms, 0.1, 2.0),
+        alpha_raw=np.where(ms, 0.1, 2.0),
+        ms=ms,
+        total_variance=float(np.trace(cov)),
+        text_total_variance=1.0,
+        rows=rows,
+        text_stage="adapter",
+        threshold=0.5,
+        alpha_scale="none",
+    )
 
 
 def test_direction_sets_follow_their_definitions():
@@ -51,8 +60,13 @@ def test_direction_sets_follow_their_definitions():
     assert np.array_equal(r1.vectors, r2.vectors) and r1.vectors.shape[1] == 3
     with pytest.raises(MchError, match="unknown condition"):
         directions("ms_half", m, 0)
-    assert set(CONDITIONS) >= {"ms_all", "ta_matched", "random_matched", "ta_variance_matched",
-                               "random_variance_matched"}
+    assert set(CONDITIONS) >= {
+        "ms_all",
+        "ta_matched",
+        "random_matched",
+        "ta_variance_matched",
+        "random_variance_matched",
+    }
 
 
 def test_edit_removes_exactly_the_stated_variance():
@@ -75,10 +89,14 @@ def toy_runs(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("ablation")
     common = dict(model="toy", limit=400, out_dir=tmp / "results", store=tmp / "store")
-    p, default = run_bench(RunConfig(analyses=["ablation"], params={"ablation": {"n_samples": 160, "n_boot": 400}},
-                                     **common))
-    _, paper = run_bench(RunConfig(analyses=["ablation"], protocol="paper",
-                                   params={"ablation": {"n_samples": 64, "n_boot": 200}}, **common))
+    p, default = run_bench(
+        RunConfig(analyses=["ablation"], params={"ablation": {"n_samples": 160, "n_boot": 400}}, **common)
+    )
+    _, paper = run_bench(
+        RunConfig(
+            analyses=["ablation"], protocol="paper", params={"ablation": {"n_samples": 64, "n_boot": 200}}, **common
+        )
+    )
     return p, default[0][1], paper[0][1], tmp
 
 
@@ -107,10 +125,10 @@ def test_what_the_toy_shows_under_ablation(toy_runs):
     ms = metric(rec, "delta_loss_ms_variance_matched")
     ta = metric(rec, "delta_loss_ta_variance_matched")
     rnd = metric(rec, "delta_loss_random_variance_matched")
-    assert conds["ms_all"]["variance_fraction"] > 0.5          # MS holds most of the variance here
-    assert ms_all["ci_low"] > 1.0 * base                       # removing it all: the loss more than doubles
+    assert conds["ms_all"]["variance_fraction"] > 0.5  # MS holds most of the variance here
+    assert ms_all["ci_low"] > 1.0 * base  # removing it all: the loss more than doubles
     assert ta["ci_low"] > ms["ci_high"] and ta["ci_low"] > rnd["ci_high"]
-    assert ms["ci_low"] > 0                                     # not free either: MS directions carry content too
+    assert ms["ci_low"] > 0  # not free either: MS directions carry content too
     assert ms["ci_low"] <= ms["value"] <= ms["ci_high"] and ms["n"] == 160
     pct = metric(rec, "pct_change_ta_variance_matched")
     assert np.isclose(pct["value"], 100 * ta["value"] / base, rtol=1e-9)  # a ratio of means
@@ -120,9 +138,21 @@ def test_what_the_toy_shows_under_ablation(toy_runs):
 def test_paper_protocol_has_the_reference_fields(toy_runs):
     _, _, rec, _ = toy_runs
     s = rec["summary"]
-    for f in ("pct_change_ms_all", "pct_change_ta_matched", "pct_change_random_matched", "ms_var_fraction",
-              "ta_matched_var_fraction", "random_var_fraction", "mean_loss_baseline", "mean_delta_ms_all",
-              "median_delta_ta_matched", "std_delta_random_matched", "n_ms_modes", "n_ta_modes", "ms_threshold"):
+    for f in (
+        "pct_change_ms_all",
+        "pct_change_ta_matched",
+        "pct_change_random_matched",
+        "ms_var_fraction",
+        "ta_matched_var_fraction",
+        "random_var_fraction",
+        "mean_loss_baseline",
+        "mean_delta_ms_all",
+        "median_delta_ta_matched",
+        "std_delta_random_matched",
+        "n_ms_modes",
+        "n_ta_modes",
+        "ms_threshold",
+    ):
         assert f in s, f
     assert s["mean_preserving"] is False and s["n_samples"] == 64 and s["alpha_scale"] == "none"
     assert s["n_modes"] == min(100, 64)  # the toy's decoder input is 64-d
@@ -134,8 +164,16 @@ def test_paper_protocol_has_the_reference_fields(toy_runs):
 
 def test_rerun_is_cached_and_loads_no_model(toy_runs):
     _, rec, _, tmp = toy_runs
-    p, written = run_bench(RunConfig(model="toy", analyses=["ablation"], limit=400, out_dir=tmp / "results",
-                                     store=tmp / "store", params={"ablation": {"n_samples": 160, "n_boot": 400}}))
+    p, written = run_bench(
+        RunConfig(
+            model="toy",
+            analyses=["ablation"],
+            limit=400,
+            out_dir=tmp / "results",
+            store=tmp / "store",
+            params={"ablation": {"n_samples": 160, "n_boot": 400}},
+        )
+    )
     assert not p.loaded and written[0][1]["metrics"] == rec["metrics"]
 
 
@@ -164,8 +202,16 @@ def test_unknown_param_and_missing_text_are_clear_errors(toy_runs, tmp_path):
     from mch.plugins.analyses._causal import select_samples
 
     with pytest.raises(MchError, match="no parameter 'n_sample'"):
-        run_bench(RunConfig(model="toy", analyses=["ablation"], limit=40, out_dir=tmp_path / "r",
-                            store=toy_runs[3] / "store", params={"ablation": {"n_sample": 3}}))
+        run_bench(
+            RunConfig(
+                model="toy",
+                analyses=["ablation"],
+                limit=40,
+                out_dir=tmp_path / "r",
+                store=toy_runs[3] / "store",
+                params={"ablation": {"n_sample": 3}},
+            )
+        )
     ctx = SimpleNamespace(samples=[Sample(f"s{i}", "", {}, {}) for i in range(5)], seed=0)
     with pytest.raises(MchError, match="content tokens"):
         select_samples(ctx, 3, "default", need_text=True)
@@ -185,8 +231,10 @@ def test_raw_alpha_labels_nearly_all_toy_variance_ms(toy_runs):
     plan = toy_runs[0]
     ids = [x.sample_id for x in plan.samples]
     st = Store(plan.cfg.store)
-    ctx = SimpleNamespace(reps=st.entry(store_key(plan, "modal"), ids).read()[0],
-                          text_reps=lambda: st.entry(store_key(plan, "text"), ids).read()[0])
+    ctx = SimpleNamespace(
+        reps=st.entry(store_key(plan, "modal"), ids).read()[0],
+        text_reps=lambda: st.entry(store_key(plan, "text"), ids).read()[0],
+    )
     old = {"cross_fit": False, "split_rule": "tau"}
     raw = compute_modes(ctx, "default", "adapter", None, params={**old, "alpha_scale": "none"})
     scaled = compute_modes(ctx, "default", "adapter", None, params={**old, "alpha_scale": "trace"})

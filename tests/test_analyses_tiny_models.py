@@ -32,13 +32,16 @@ def world(tmp_path_factory):
     from mch.plugins.models import tiny
 
     root = tmp_path_factory.mktemp("tiny")
-    ck = {"llava": tiny.make_tiny_llava(root / "llava"),
-          "prismatic_dinov2": tiny.make_tiny_prismatic_dinov2(root / "dinov2"),
-          "prismatic_siglip": tiny.make_tiny_prismatic_siglip(root / "siglip"),
-          "qwen2audio": tiny.make_tiny_qwen2audio(root / "qwen2audio"),
-          "ultravox": tiny.make_tiny_ultravox(root / "ultravox"),
-          # the paper protocol's separate text-only models (registry text_baseline)
-          "llama": tiny.make_tiny_llama(root / "llama"), "vicuna": tiny.make_tiny_vicuna(root / "vicuna")}
+    ck = {
+        "llava": tiny.make_tiny_llava(root / "llava"),
+        "prismatic_dinov2": tiny.make_tiny_prismatic_dinov2(root / "dinov2"),
+        "prismatic_siglip": tiny.make_tiny_prismatic_siglip(root / "siglip"),
+        "qwen2audio": tiny.make_tiny_qwen2audio(root / "qwen2audio"),
+        "ultravox": tiny.make_tiny_ultravox(root / "ultravox"),
+        # the paper protocol's separate text-only models (registry text_baseline)
+        "llama": tiny.make_tiny_llama(root / "llama"),
+        "vicuna": tiny.make_tiny_vicuna(root / "vicuna"),
+    }
     coco = synth.make("coco", root / "coco", images=40)
     crema = synth.make("cremad", root / "crema", actors=4, sentences=2, engine="numpy")
     # one clip longer than 30 s: Ultravox cuts it into two chunks (Qwen2-Audio truncates it)
@@ -64,10 +67,20 @@ def config(world, model: str, analyses, out: Path, protocol: str = "default") ->
         "lora": {"attribute": attr, "max_epochs": 1, "batch_size": 4, "lr": 1e-3, "save_every": 0},
     }
     text = get_registry().get("model", model).text_baseline
-    return RunConfig(model=model, checkpoint=str(world["ck"][model]), dataset="cremad" if speech else "coco",
-                     data_path=str(world["crema"] if speech else world["coco"]), analyses=analyses, limit=40,
-                     batch_size=4, protocol=protocol, params=params, out_dir=out / "results", store=out / "store",
-                     text_checkpoint=str(world["ck"][text]))
+    return RunConfig(
+        model=model,
+        checkpoint=str(world["ck"][model]),
+        dataset="cremad" if speech else "coco",
+        data_path=str(world["crema"] if speech else world["coco"]),
+        analyses=analyses,
+        limit=40,
+        batch_size=4,
+        protocol=protocol,
+        params=params,
+        out_dir=out / "results",
+        store=out / "store",
+        text_checkpoint=str(world["ck"][text]),
+    )
 
 
 def check_records(written, analyses):
@@ -135,7 +148,7 @@ def test_loss_matches_a_forward_pass_built_by_hand(world, model):
             x = torch.cat([parts.prefixes[i], emb])[None]
             logits = parts.lm(inputs_embeds=x).logits[0].float()
             P = parts.prefixes[i].shape[0]
-            manual = torch.nn.functional.cross_entropy(logits[P - 1: P - 1 + len(tgt)], tgt)
+            manual = torch.nn.functional.cross_entropy(logits[P - 1 : P - 1 + len(tgt)], tgt)
             assert torch.allclose(loss[i], manual, rtol=1e-4, atol=1e-5), (model, i, float(loss[i]), float(manual))
 
 

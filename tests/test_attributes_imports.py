@@ -36,13 +36,15 @@ def test_the_walk_sees_a_cycle_held_apart_by_a_function_level_import(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "gen").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "_common.py").write_text("class Corpus:\n    def locate(self):\n        from . import gen\n"
-                                    "        return gen.ensure()\n")
+    (pkg / "_common.py").write_text(
+        "class Corpus:\n    def locate(self):\n        from . import gen\n        return gen.ensure()\n"
+    )
     (pkg / "cremad.py").write_text("from ._common import Corpus\nSENTENCES = {}\n")
     (pkg / "esc50.py").write_text("from pkg._common import Corpus\n")
     (pkg / "gen" / "__init__.py").write_text("from .speech import ensure\n")
-    (pkg / "gen" / "speech.py").write_text("def ensure():\n    if True:\n        from ..cremad import SENTENCES\n"
-                                           "    import pkg.esc50\n")
+    (pkg / "gen" / "speech.py").write_text(
+        "def ensure():\n    if True:\n        from ..cremad import SENTENCES\n    import pkg.esc50\n"
+    )
     graph = import_graph(modules({"pkg": pkg}))
     assert graph["pkg._common"] == {"pkg.gen"} and graph["pkg.gen"] == {"pkg.gen.speech"}
     assert graph["pkg.gen.speech"] == {"pkg.cremad", "pkg.esc50"} and graph["pkg.esc50"] == {"pkg._common"}

@@ -67,8 +67,25 @@ def tiny_world(tmp_path_factory):
 
 
 def bench_cmd(ck, dataset, data, store, out, *extra):
-    return ("bench", "--model", ck[0], "--checkpoint", str(ck[1]), "--dataset", dataset, "--data-path", str(data),
-            "--store", str(store), "--out", str(out), "--quiet", "--batch-size", "8", *extra)
+    return (
+        "bench",
+        "--model",
+        ck[0],
+        "--checkpoint",
+        str(ck[1]),
+        "--dataset",
+        dataset,
+        "--data-path",
+        str(data),
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--quiet",
+        "--batch-size",
+        "8",
+        *extra,
+    )
 
 
 def test_bench_on_a_tiny_llava_prints_its_table_at_80_columns(tiny_world, tmp_path):
@@ -79,8 +96,10 @@ def test_bench_on_a_tiny_llava_prints_its_table_at_80_columns(tiny_world, tmp_pa
     the run labelled a smoke run. Then --json and --csv from the store."""
     ck = ("llava", tiny_world["llava"])
     store, out = tmp_path / "store", tmp_path / "results"
-    proc = run_mch(*bench_cmd(ck, "coco", tiny_world["coco"], store, out, "--on-error", "skip",
-                              "--param", "probe.min_samples=25"), env={"COLUMNS": "80"})
+    proc = run_mch(
+        *bench_cmd(ck, "coco", tiny_world["coco"], store, out, "--on-error", "skip", "--param", "probe.min_samples=25"),
+        env={"COLUMNS": "80"},
+    )
     no_traceback(proc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
@@ -107,8 +126,20 @@ def test_bench_on_a_tiny_llava_prints_its_table_at_80_columns(tiny_world, tmp_pa
     assert len(skipped) == 1 and f"{skipped[0]['sample_id']}:" in text and "skipped 1 sample" in text
 
     # machines: the same numbers from the store, stdout holds only them
-    proc = run_mch(*bench_cmd(ck, "coco", tiny_world["coco"], store, tmp_path / "r2", "--on-error", "skip",
-                              "--param", "probe.min_samples=25", "--json"))
+    proc = run_mch(
+        *bench_cmd(
+            ck,
+            "coco",
+            tiny_world["coco"],
+            store,
+            tmp_path / "r2",
+            "--on-error",
+            "skip",
+            "--param",
+            "probe.min_samples=25",
+            "--json",
+        )
+    )
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -119,11 +150,33 @@ def test_bench_on_a_tiny_llava_prints_its_table_at_80_columns(tiny_world, tmp_pa
     assert "needs 25 rows" in data["records"][0]["skipped_attributes"]["lexical"]
     n_metrics = len(probe["metrics"]) + len(gmi["metrics"])
     assert len(data["metrics"]) == n_metrics
-    assert {"analysis", "metric", "stage", "attribute", "value", "ci_low", "ci_high", "n", "checkpoint",
-            "smoke"} <= set(data["metrics"][0])
+    assert {
+        "analysis",
+        "metric",
+        "stage",
+        "attribute",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "checkpoint",
+        "smoke",
+    } <= set(data["metrics"][0])
     assert "wrote" in proc.stderr
-    proc = run_mch(*bench_cmd(ck, "coco", tiny_world["coco"], store, tmp_path / "r3", "--on-error", "skip",
-                              "--param", "probe.min_samples=25", "--csv"))
+    proc = run_mch(
+        *bench_cmd(
+            ck,
+            "coco",
+            tiny_world["coco"],
+            store,
+            tmp_path / "r3",
+            "--on-error",
+            "skip",
+            "--param",
+            "probe.min_samples=25",
+            "--csv",
+        )
+    )
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     assert len(rows) == n_metrics and rows[0]["model"] == "llava"
@@ -173,18 +226,30 @@ def test_undefined_values_print_as_a_dash_and_selectivity_shows_when_present():
     for m in probe:
         if m.get("stage") == "llm.final":  # a fit that gave no number
             m["value"] = m["ci_low"] = m["ci_high"] = None
-    gmi = [{"metric": "gmi_bits", "value": None, "stage": "llm.final", "attribute": "speaker"},
-           {"metric": "accessibility", "value": None, "stage": "adapter", "attribute": "speaker"},
-           {"metric": "accessibility", "value": 0.5, "stage": "llm.final", "attribute": "speaker"}]
+    gmi = [
+        {"metric": "gmi_bits", "value": None, "stage": "llm.final", "attribute": "speaker"},
+        {"metric": "accessibility", "value": None, "stage": "adapter", "attribute": "speaker"},
+        {"metric": "accessibility", "value": 0.5, "stage": "llm.final", "attribute": "speaker"},
+    ]
     text = render([_rec("probe", probe, ["speaker"]), _rec("gmi", gmi, ["speaker"])])
     assert "—" in text and "0.50" in text and "selectivity" not in text
     sel = probe_metrics("speaker", [0.9] * 7, [1.0] * 7, 0.25)
-    sel += [{"metric": "selectivity", "value": 0.31, "stage": "adapter", "attribute": "speaker"},
-            {"metric": "control_accuracy", "value": 0.59, "stage": "adapter", "attribute": "speaker"}]
-    gmi = [{"metric": "gmi_bits", "value": 0.4, "stage": "llm.final", "attribute": "speaker", "ci_low": 0.3,
-            "ci_high": 0.5},
-           {"metric": "gmi_lm_bits", "value": 0.7, "stage": "llm.final", "attribute": "speaker"},
-           {"metric": "gmi_p", "value": 0.004, "stage": "llm.final", "attribute": "speaker"}]
+    sel += [
+        {"metric": "selectivity", "value": 0.31, "stage": "adapter", "attribute": "speaker"},
+        {"metric": "control_accuracy", "value": 0.59, "stage": "adapter", "attribute": "speaker"},
+    ]
+    gmi = [
+        {
+            "metric": "gmi_bits",
+            "value": 0.4,
+            "stage": "llm.final",
+            "attribute": "speaker",
+            "ci_low": 0.3,
+            "ci_high": 0.5,
+        },
+        {"metric": "gmi_lm_bits", "value": 0.7, "stage": "llm.final", "attribute": "speaker"},
+        {"metric": "gmi_p", "value": 0.004, "stage": "llm.final", "attribute": "speaker"},
+    ]
     text = render([_rec("probe", sel, ["speaker"]), _rec("gmi", gmi, ["speaker"])], width=200)
     assert "selectivity" in text and "0.310" in text
     narrow = render([_rec("probe", sel, ["speaker"])], width=60)  # one table per attribute: control acc too
@@ -199,8 +264,9 @@ def test_six_attributes_stack_at_80_columns_with_every_value():
     attrs = ["lexical", "object_category", "super_category", "object_count", "avg_obj_size", "spatial_spread"]
     metrics = []
     for i, a in enumerate(attrs):
-        metrics += probe_metrics(a, [0.5 + i / 20 + k / 100 for k in range(7)], [0.1 * i + k / 10 for k in range(7)],
-                                 0.2)
+        metrics += probe_metrics(
+            a, [0.5 + i / 20 + k / 100 for k in range(7)], [0.1 * i + k / 10 for k in range(7)], 0.2
+        )
     rec = _rec("probe", metrics, attrs)
     text = render([rec], width=80)
     assert_fits(text)
@@ -219,8 +285,11 @@ def test_every_analysis_prints_its_headline_and_every_builtin_declares_one():
     reg = get_registry()
     heads = {n: s.options.get("headline") for n, s in reg.analyses.items()}
     assert all(heads.values()), [n for n, h in heads.items() if not h]
-    modes = [{"metric": "n_TA", "value": 12, "stage": "adapter"}, {"metric": "n_MS", "value": 20, "stage": "adapter"},
-             {"metric": "var_frac_MS_of_kept", "value": 0.61, "stage": "adapter", "ci_low": 0.55, "ci_high": 0.66}]
+    modes = [
+        {"metric": "n_TA", "value": 12, "stage": "adapter"},
+        {"metric": "n_MS", "value": 20, "stage": "adapter"},
+        {"metric": "var_frac_MS_of_kept", "value": 0.61, "stage": "adapter", "ci_low": 0.55, "ci_high": 0.66},
+    ]
     modes += [{"metric": f"other_{i}", "value": i, "stage": "adapter"} for i in range(16)]
     text = render([_rec("modes", modes)], width=120, headlines=heads)
     assert "n_TA" in text and "n_MS" in text and "0.610 [0.550, 0.660]" in text
@@ -232,10 +301,14 @@ def test_every_analysis_prints_its_headline_and_every_builtin_declares_one():
 
 def test_skipped_attributes_and_samples_say_why():
     probe = probe_metrics("speaker", [0.9] * 7, [1.0] * 7, 0.25)
-    rec = _rec("probe", probe, ["speaker", "emotion", "lexical"],
-               notes=["emotion: skipped (12 usable rows in 6 classes, the largest with 2 (needs 20 rows))"],
-               summary={"attributes": {"lexical": {"skipped": "fewer than two classes"}}},
-               skipped=[{"sample_id": "1001_DFA_ANG_XX", "reason": "cannot decode AudioWAV/1001_DFA_ANG_XX.wav"}])
+    rec = _rec(
+        "probe",
+        probe,
+        ["speaker", "emotion", "lexical"],
+        notes=["emotion: skipped (12 usable rows in 6 classes, the largest with 2 (needs 20 rows))"],
+        summary={"attributes": {"lexical": {"skipped": "fewer than two classes"}}},
+        skipped=[{"sample_id": "1001_DFA_ANG_XX", "reason": "cannot decode AudioWAV/1001_DFA_ANG_XX.wav"}],
+    )
     text = render([rec], width=200)
     assert "probe: emotion skipped: 12 usable rows in 6 classes, the largest with 2 (needs 20 rows)\n" in text
     assert "probe: lexical skipped: fewer than two classes" in text
@@ -252,21 +325,35 @@ def test_version():
 
 def test_listings_grep_whole_in_a_pipe_and_fit_80_columns():
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([sys.executable, "-m", "mch.cli", "list", "models"], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mch.cli", "list", "models"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if "prismatic_dinov2" in ln)
     assert "TRI-ML/prismatic-vlms" in line and "vision" in line  # one entry, one line
-    for args in (["list", "models"], ["list", "models", "--long"], ["list", "datasets"], ["list", "analyses"],
-                 ["list", "params"], ["plugins"]):
+    for args in (
+        ["list", "models"],
+        ["list", "models", "--long"],
+        ["list", "datasets"],
+        ["list", "analyses"],
+        ["list", "params"],
+        ["plugins"],
+    ):
         proc = run_mch(*args, env={"COLUMNS": "80"})
         no_traceback(proc)
         assert proc.returncode == 0, proc.stderr
         assert_fits(proc.stdout)
         assert ELLIPSIS not in proc.stdout, args
     proc = run_mch("list", "models", env={"COLUMNS": "80"})
-    assert any(ln.strip() == "prismatic_dinov2" or ln.strip().startswith("prismatic_dinov2 ")
-               for ln in proc.stdout.splitlines())
+    assert any(
+        ln.strip() == "prismatic_dinov2" or ln.strip().startswith("prismatic_dinov2 ")
+        for ln in proc.stdout.splitlines()
+    )
     assert "TRI-ML/prismatic-vlms" in proc.stdout
 
 
@@ -281,8 +368,18 @@ def test_leaderboard_at_80_and_120_columns_shows_every_value(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert_fits(proc.stdout, int(width))
         assert not cut_number(proc.stdout)
-        for want in ("ultravox", "librispeech", "lexical", "0.279", "0.535", "199", "qwen2audio", "0.961",
-                     "…/2026/toy-long-name-run", "fixie-ai/ultravox-v0_6-llama-3_1-8b"):
+        for want in (
+            "ultravox",
+            "librispeech",
+            "lexical",
+            "0.279",
+            "0.535",
+            "199",
+            "qwen2audio",
+            "0.961",
+            "…/2026/toy-long-name-run",
+            "fixie-ai/ultravox-v0_6-llama-3_1-8b",
+        ):
             assert want in proc.stdout, (width, want)
     # the committed toy entries' columns (GMI's LM rate, gmi_p, LM accessibility: issue 13) make the table ~440 wide
     proc = run_mch("leaderboard", "--results", str(tmp_path), env={"COLUMNS": "500"})
@@ -294,12 +391,25 @@ def test_runs_of_different_checkpoints_are_different_rows(tmp_path):
     m2 = probe_metrics("speaker", [0.4] * 7, [0.1] * 7, 0.25)
     gmi = [{"metric": "gmi_bits", "value": 0.2, "stage": "llm.final", "attribute": "speaker"}]
     write(tmp_path, make_record(model="m", checkpoint="/ck/a/model", revision=None, metrics=m1))
-    write(tmp_path, make_record(model="m", checkpoint="/ck/b/model", revision=None, metrics=m2,
-                                created="2026-11-02T00:00:00+00:00"))
+    write(
+        tmp_path,
+        make_record(
+            model="m", checkpoint="/ck/b/model", revision=None, metrics=m2, created="2026-11-02T00:00:00+00:00"
+        ),
+    )
     write(tmp_path, make_record(model="m", checkpoint="/ck/b/model", revision=None, analysis="gmi", metrics=gmi))
     # same path, other weights (the store engineer's fingerprint): another row
-    write(tmp_path, make_record(model="m", checkpoint="/ck/b/model", revision=None, fingerprint="f00d" * 4,
-                                metrics=m1, created="2026-11-03T00:00:00+00:00"))
+    write(
+        tmp_path,
+        make_record(
+            model="m",
+            checkpoint="/ck/b/model",
+            revision=None,
+            fingerprint="f00d" * 4,
+            metrics=m1,
+            created="2026-11-03T00:00:00+00:00",
+        ),
+    )
     loaded, warnings = lb.load_records([tmp_path])
     assert not warnings
     rows = lb.aggregate(loaded)
@@ -336,8 +446,7 @@ def test_smoke_runs_are_labelled_hidden_by_default_and_never_submitted(tmp_path)
     proc = run_mch("leaderboard", "submit", str(smoke_file), "--entries", str(tmp_path / "entries"))
     assert proc.returncode == 2 and "smoke run" in proc.stderr and not (tmp_path / "entries").exists()
     no_traceback(proc)
-    proc = run_mch("leaderboard", "build", "--out", str(tmp_path / "site"), "--results", str(tmp_path),
-                   "--no-entries")
+    proc = run_mch("leaderboard", "build", "--out", str(tmp_path / "site"), "--results", str(tmp_path), "--no-entries")
     assert proc.returncode == 0 and "1 rows" in proc.stdout
     # the tiny builders mark their checkpoints; the model plugin reports it
     ck = tiny.make_tiny_vicuna(tmp_path / "vicuna")
@@ -361,8 +470,17 @@ def test_submit_of_a_model_name_with_path_characters_is_read_back(tmp_path, name
     files = list(entries.iterdir())
     assert len(files) == 1 and not files[0].name.startswith(".") and files[0].parent == entries
     (tmp_path / "none").mkdir()
-    data = json.loads(run_mch("leaderboard", "--results", str(tmp_path / "none"), "--entries", str(entries),
-                              "--json", env={"MCH_RESULTS": str(tmp_path / "none")}).stdout)
+    data = json.loads(
+        run_mch(
+            "leaderboard",
+            "--results",
+            str(tmp_path / "none"),
+            "--entries",
+            str(entries),
+            "--json",
+            env={"MCH_RESULTS": str(tmp_path / "none")},
+        ).stdout
+    )
     assert [r["model"] for r in data["rows"]] == [name]
 
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_mch
 
 EXAMPLE = ROOT / "docs" / "examples" / "mch-example-plugin"
@@ -28,9 +27,24 @@ def installed(tmp_path_factory):
     src = root / "src"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
     target = root / "site"
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                          "--no-index", "--target", str(target), str(src)], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     sys.path.insert(0, str(target))
     yield target
@@ -47,16 +61,23 @@ def tiny(installed, tmp_path_factory):
 
 
 def _env(installed: Path, tmp_path: Path) -> dict:
-    return {"PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")]),
-            "MCH_DATA": str(tmp_path / "data")}
+    return {
+        "PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")]),
+        "MCH_DATA": str(tmp_path / "data"),
+    }
 
 
 def test_the_guide_names_every_file_of_the_example():
     guide = (ROOT / "docs" / "contributing-a-model.md").read_text()
-    for f in ("pyproject.toml", "mch_example_plugin/hooks.py", "mch_example_plugin/paligemma.py",
-              "mch_example_plugin/tiny.py", "tests/test_paligemma.py"):
+    for f in (
+        "pyproject.toml",
+        "mch_example_plugin/hooks.py",
+        "mch_example_plugin/paligemma.py",
+        "mch_example_plugin/tiny.py",
+        "tests/test_paligemma.py",
+    ):
         assert (EXAMPLE / f).exists() and f in guide
-    assert "assert_model_plugin_contract" in guide and '[project.entry-points.mch]' in guide
+    assert "assert_model_plugin_contract" in guide and "[project.entry-points.mch]" in guide
 
 
 def test_mch_finds_the_installed_plugin(installed, tmp_path):
@@ -67,8 +88,9 @@ def test_mch_finds_the_installed_plugin(installed, tmp_path):
 
 
 def test_contract_check(installed, tiny):
-    from mch.testing import assert_model_plugin_contract, load_plugin, tiny_samples
     from mch_example_plugin import hooks
+
+    from mch.testing import assert_model_plugin_contract, load_plugin, tiny_samples
 
     specs = []
     hooks.mch_register_models(register=specs.append)
@@ -98,8 +120,11 @@ def test_the_guides_smoke_commands_measure_every_attribute(installed, tiny, tmp_
     run_mch(*[paths.get(a, a) for a in bench[0][1:]], "--quiet", env=env, check=True)
     records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
     assert [r["analysis"]["name"] for r in records] == ["probe"] and records[0]["model"]["name"] == "paligemma"
-    measured = {(m["attribute"], m["stage"]) for m in records[0]["metrics"]
-                if m["metric"] == "accuracy" and m["value"] is not None}
+    measured = {
+        (m["attribute"], m["stage"])
+        for m in records[0]["metrics"]
+        if m["metric"] == "accuracy" and m["value"] is not None
+    }
     attributes = records[0]["dataset"]["attributes"]
     stages = {"encoder", "adapter", "llm.0", "llm.1", "llm.final"}
     assert len(attributes) == 6 and measured == {(a, s) for a in attributes for s in stages}

@@ -11,8 +11,13 @@ from PIL import Image
 
 from mch.api import MchError, SampleError
 from mch.plugins.attributes._corpus import majority, select
-from mch.plugins.attributes._lexical import (content_tokens, first_top_k_labels, lexical_attribute, lexical_labels,
-                                             paper_tokens)
+from mch.plugins.attributes._lexical import (
+    content_tokens,
+    first_top_k_labels,
+    lexical_attribute,
+    lexical_labels,
+    paper_tokens,
+)
 from mch.plugins.attributes._media import read_audio, read_image, resample
 
 
@@ -83,7 +88,7 @@ def test_streamed_wav_with_unknown_size_reads(tmp_path):
     sf.write(tmp_path / "s.wav", _tone(), 16000, subtype="PCM_16")
     b = bytearray((tmp_path / "s.wav").read_bytes())
     i = b.index(b"data")
-    b[i + 4:i + 8] = (0x7FFFF000).to_bytes(4, "little")
+    b[i + 4 : i + 8] = (0x7FFFF000).to_bytes(4, "little")
     (tmp_path / "s.wav").write_bytes(bytes(b))
     wave, sr = read_audio(tmp_path / "s.wav", "s")
     assert sr == 16000 and len(wave) == 8000
@@ -187,7 +192,8 @@ def test_select_all_is_sorted_and_limit_balanced_and_deterministic():
 
 
 def test_select_uneven_strata_fills_limit():
-    items = [{"id": f"a{i}", "cls": "big", "grp": str(i)} for i in range(30)] + \
-            [{"id": f"b{i}", "cls": "small", "grp": str(i)} for i in range(3)]
+    items = [{"id": f"a{i}", "cls": "big", "grp": str(i)} for i in range(30)] + [
+        {"id": f"b{i}", "cls": "small", "grp": str(i)} for i in range(3)
+    ]
     out = _sel(items, 10, 0)
     assert len(out) == 10 and sum(x["cls"] == "small" for x in out) == 3

@@ -24,6 +24,7 @@ def tiny(tmp_path_factory):
             build = t.make_tiny_qwen2audio if kind == "speech" else t.make_tiny_llava
             made[kind] = str(build(base / kind))
         return made[kind]
+
     return get
 
 
@@ -44,15 +45,23 @@ def data(tmp_path_factory):
 
 
 def run(tmp_path, model, ckpt, dataset, path, **kw):
-    cfg = RunConfig(model=model, dataset=dataset, checkpoint=ckpt, data_path=str(path), store=tmp_path / "store",
-                    batch_size=4, analyses=(), **kw)
+    cfg = RunConfig(
+        model=model,
+        dataset=dataset,
+        checkpoint=ckpt,
+        data_path=str(path),
+        store=tmp_path / "store",
+        batch_size=4,
+        analyses=(),
+        **kw,
+    )
     p = plan(cfg)
     return p, extract(p)
 
 
 def test_speech_corpus_with_a_corrupt_file_is_skipped_and_recorded(tiny, data, tmp_path):
-    from mch.plugins.attributes.cremad import CremaD
     from mch.manager import get_registry
+    from mch.plugins.attributes.cremad import CremaD
 
     root = shutil.copytree(data("cremad"), tmp_path / "cremad")
     chosen = CremaD(get_registry().datasets["cremad"], path=str(root)).samples(None, 6, 0, "default")
@@ -77,8 +86,14 @@ def test_speech_corpus_with_a_corrupt_file_is_skipped_and_recorded(tiny, data, t
 def test_vision_corpus_through_tiny_llava(tiny, data, tmp_path):
     p, entry = run(tmp_path, "llava", tiny("vision"), "coco", data("coco"), stages=["encoder", "llm.final"])
     assert entry.manifest()["n_rows"] == 7 == len(p.samples)  # 8 scenes, the empty one dropped by default
-    assert set(p.attributes) == {"lexical", "object_category", "super_category", "object_count", "avg_obj_size",
-                                 "spatial_spread"}
+    assert set(p.attributes) == {
+        "lexical",
+        "object_category",
+        "super_category",
+        "object_count",
+        "avg_obj_size",
+        "spatial_spread",
+    }
 
 
 @pytest.mark.slow

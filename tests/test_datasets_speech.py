@@ -26,11 +26,13 @@ def corpora(tmp_path_factory):
     base = tmp_path_factory.mktemp("speech")
     return {
         "cremad": synth.make("cremad", base / "cremad", actors=2, sentences=["IEO", "DFA"], engine="numpy"),
-        "librispeech": synth.make("librispeech", base / "librispeech", speakers=2, chapters=2, utterances=3,
-                                  engine="numpy"),
+        "librispeech": synth.make(
+            "librispeech", base / "librispeech", speakers=2, chapters=2, utterances=3, engine="numpy"
+        ),
         "esc50": synth.make("esc50", base / "esc50", classes=3, seconds=1.0),
-        "voxceleb1": synth.make("voxceleb1", base / "voxceleb1", speakers=3, videos=2, utterances=2,
-                                first_id=10268, engine="numpy"),
+        "voxceleb1": synth.make(
+            "voxceleb1", base / "voxceleb1", speakers=3, videos=2, utterances=2, first_id=10268, engine="numpy"
+        ),
     }
 
 
@@ -38,6 +40,7 @@ def corpora(tmp_path_factory):
 def copy_of(corpora, tmp_path):
     def make(name: str):
         return shutil.copytree(corpora[name], tmp_path / name)
+
     return make
 
 
@@ -51,10 +54,22 @@ def load_error(sample) -> SampleError:
 
 
 def test_cremad_code_map_and_file_name():
-    assert EMOTIONS == {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral",
-                        "SAD": "sadness"}
-    assert parse_name("1001_DFA_ANG_XX") == {"actor": "1001", "sentence": "DFA", "emotion": "anger",
-                                             "level": "unspecified", "emotion_code": "ANG", "level_code": "XX"}
+    assert EMOTIONS == {
+        "ANG": "anger",
+        "DIS": "disgust",
+        "FEA": "fear",
+        "HAP": "happy",
+        "NEU": "neutral",
+        "SAD": "sadness",
+    }
+    assert parse_name("1001_DFA_ANG_XX") == {
+        "actor": "1001",
+        "sentence": "DFA",
+        "emotion": "anger",
+        "level": "unspecified",
+        "emotion_code": "ANG",
+        "level_code": "XX",
+    }
     assert parse_name("1091_IEO_SAD_HI")["level"] == "high"
     v = sentence_verbalizers(["ITH", "ITS", "IEO"])
     assert v["ITH"] == ["doctor", "appointment"] and v["ITS"] == ["seen"]  # "think" is shared
@@ -99,19 +114,25 @@ def test_cremad_limit_is_balanced_and_deterministic(corpora):
 def test_cremad_bad_inputs(copy_of):
     root = copy_of("cremad")
     wav = root / "AudioWAV"
-    (wav / "1001_IEO_ANG_XX.wav").write_bytes(b"")                                       # empty
+    (wav / "1001_IEO_ANG_XX.wav").write_bytes(b"")  # empty
     full = (wav / "1001_IEO_DIS_XX.wav").read_bytes()
-    (wav / "1001_IEO_DIS_XX.wav").write_bytes(full[: len(full) // 3])                    # truncated
-    (wav / "1001_IEO_FEA_XX.wav").write_bytes(b"RIFF" + b"\x13" * 500)                     # corrupt
-    sf.write(wav / "1001_IEO_HAP_XX.wav", np.zeros(8000, np.float32) + 0.1, 22050)        # wrong rate
-    shutil.copy(wav / "1001_DFA_ANG_XX.wav", wav / "1001_DFA_XYZ_XX.wav")                 # label outside
-    shutil.copy(wav / "1001_DFA_ANG_XX.wav", wav / "1001_QQQ_ANG_XX.wav")                 # unknown sentence
-    shutil.copy(wav / "1001_DFA_ANG_XX.wav", wav / "not-a-crema-name.wav")                # no labels at all
+    (wav / "1001_IEO_DIS_XX.wav").write_bytes(full[: len(full) // 3])  # truncated
+    (wav / "1001_IEO_FEA_XX.wav").write_bytes(b"RIFF" + b"\x13" * 500)  # corrupt
+    sf.write(wav / "1001_IEO_HAP_XX.wav", np.zeros(8000, np.float32) + 0.1, 22050)  # wrong rate
+    shutil.copy(wav / "1001_DFA_ANG_XX.wav", wav / "1001_DFA_XYZ_XX.wav")  # label outside
+    shutil.copy(wav / "1001_DFA_ANG_XX.wav", wav / "1001_QQQ_ANG_XX.wav")  # unknown sentence
+    shutil.copy(wav / "1001_DFA_ANG_XX.wav", wav / "not-a-crema-name.wav")  # no labels at all
     ds = CremaD(spec("cremad"), path=str(root))
     samples = {s.sample_id: s for s in ds.samples(None, None, 0, "default")}
-    expect = {"1001_IEO_ANG_XX": "empty", "1001_IEO_DIS_XX": "truncated", "1001_IEO_FEA_XX": "cannot be decoded",
-              "1001_IEO_HAP_XX": "22050 Hz", "1001_DFA_XYZ_XX": "outside its declared classes",
-              "1001_QQQ_ANG_XX": "not one of CREMA-D's 12 sentences", "not-a-crema-name": "does not follow"}
+    expect = {
+        "1001_IEO_ANG_XX": "empty",
+        "1001_IEO_DIS_XX": "truncated",
+        "1001_IEO_FEA_XX": "cannot be decoded",
+        "1001_IEO_HAP_XX": "22050 Hz",
+        "1001_DFA_XYZ_XX": "outside its declared classes",
+        "1001_QQQ_ANG_XX": "not one of CREMA-D's 12 sentences",
+        "not-a-crema-name": "does not follow",
+    }
     for sid, words in expect.items():
         err = load_error(samples[sid])
         assert err.sample_id == sid and err.path == str(wav / f"{sid}.wav"), sid
@@ -153,9 +174,13 @@ def test_librispeech_labels_exact(corpora):
     s = samples[t["id"]]
     assert s.labels["speaker"] == t["speaker"] and t["id"].startswith(f"{t['speaker']}-{t['chapter']}-")
     assert s.groups == {"speaker": t["speaker"], "chapter": f"{t['speaker']}-{t['chapter']}", "utterance": t["id"]}
-    line = next(ln for ln in (root / "test-clean" / t["speaker"] / t["chapter"] /
-                              f"{t['speaker']}-{t['chapter']}.trans.txt").read_text().splitlines()
-                if ln.startswith(t["id"] + " "))
+    line = next(
+        ln
+        for ln in (root / "test-clean" / t["speaker"] / t["chapter"] / f"{t['speaker']}-{t['chapter']}.trans.txt")
+        .read_text()
+        .splitlines()
+        if ln.startswith(t["id"] + " ")
+    )
     assert line == f"{t['id']} {t['text']}" and s.meta["transcript"] == t["text"]
     assert s.text == sentence_case(t["text"]) and s.text[0].isupper() and s.text[1:] == s.text[1:].lower()
     wave, sr = s.media
@@ -183,7 +208,9 @@ def test_librispeech_split_dir_and_missing_transcript(copy_of):
     full = flac.read_bytes()
     second = tf.parent / f"{lines[1].split()[0]}.flac"
     second.write_bytes(full[: len(full) // 2])
-    samples = {s.sample_id: s for s in LibriSpeech(spec("librispeech"), path=str(root)).samples(None, None, 0, "default")}
+    samples = {
+        s.sample_id: s for s in LibriSpeech(spec("librispeech"), path=str(root)).samples(None, None, 0, "default")
+    }
     err = load_error(samples[flac.stem])
     assert "no transcript" in str(err) and err.path == str(flac)
     err = load_error(samples[second.stem])
@@ -206,11 +233,20 @@ def test_librispeech_from_datasets_save_to_disk(corpora, tmp_path):
     # the librispeech_asr columns; audio stored as {bytes, path} as in its parquet files (encoding
     # through datasets.Audio would need torchcodec, which the loader itself never needs)
     audio = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
-    feats = datasets.Features({"audio": audio, "text": datasets.Value("string"),
-                               "speaker_id": datasets.Value("int64"), "chapter_id": datasets.Value("int64"),
-                               "id": datasets.Value("string")})
+    feats = datasets.Features(
+        {
+            "audio": audio,
+            "text": datasets.Value("string"),
+            "speaker_id": datasets.Value("int64"),
+            "chapter_id": datasets.Value("int64"),
+            "id": datasets.Value("string"),
+        }
+    )
     datasets.Dataset.from_dict(rows, features=feats).save_to_disk(str(tmp_path / "hf"))
-    hf = {s.sample_id: s for s in LibriSpeech(spec("librispeech"), path=str(tmp_path / "hf")).samples(None, None, 0, "default")}
+    hf = {
+        s.sample_id: s
+        for s in LibriSpeech(spec("librispeech"), path=str(tmp_path / "hf")).samples(None, None, 0, "default")
+    }
     local = {s.sample_id: s for s in LibriSpeech(spec("librispeech"), path=str(root)).samples(None, None, 0, "default")}
     assert sorted(hf) == sorted(local)
     sid = truth[2]["id"]
@@ -260,8 +296,9 @@ def test_esc50_labels_folds_and_resampling(corpora):
     fold2 = ESC50(spec("esc50"), path=str(root)).samples("fold2", None, 0, "default")
     assert len(fold2) == 3 and {s.groups["fold"] for s in fold2} == {"2"}
     assert len(ESC50(spec("esc50"), path=str(root)).samples("1,3", None, 0, "default")) == 6
-    assert {s.labels["acoustic"] for s in ESC50(spec("esc50"), path=str(root)).samples("esc10", None, 0, "default")} \
-        == {"dog", "rain"}
+    assert {
+        s.labels["acoustic"] for s in ESC50(spec("esc50"), path=str(root)).samples("esc10", None, 0, "default")
+    } == {"dog", "rain"}
     with pytest.raises(MchError, match="split"):
         ESC50(spec("esc50"), path=str(root)).samples("fold9", None, 0, "default")
 
@@ -271,10 +308,10 @@ def test_esc50_bad_inputs(copy_of):
     csv = root / "meta" / "esc50.csv"
     rows = csv.read_text().splitlines()
     f0, f1, f2 = (r.split(",")[0] for r in rows[1:4])
-    (root / "audio" / f0).unlink()                                                      # listed, missing
-    sf.write(root / "audio" / f1, np.zeros(1000, np.float32), 16000)                    # wrong rate
+    (root / "audio" / f0).unlink()  # listed, missing
+    sf.write(root / "audio" / f1, np.zeros(1000, np.float32), 16000)  # wrong rate
     bad = rows[3].split(",")
-    bad[2] = "7"                                                                          # target disagrees
+    bad[2] = "7"  # target disagrees
     rows[3] = ",".join(bad)
     csv.write_text("\n".join(rows) + "\n")
     samples = {s.sample_id: s for s in ESC50(spec("esc50"), path=str(root)).samples(None, None, 0, "default")}
@@ -306,7 +343,9 @@ def test_voxceleb1_speakers_splits_and_selection(corpora):
     assert {x.labels["speaker"] for x in test} == {"id10270"}
     dev = VoxCeleb1(spec("voxceleb1"), path=str(root / "wav")).samples("dev", None, 0, "default")
     assert {x.labels["speaker"] for x in dev} == {"id10268", "id10269"}
-    few = VoxCeleb1(spec("voxceleb1"), path=str(root), n_speakers=2, samples_per_speaker=2).samples(None, None, 0, "default")
+    few = VoxCeleb1(spec("voxceleb1"), path=str(root), n_speakers=2, samples_per_speaker=2).samples(
+        None, None, 0, "default"
+    )
     assert [x.labels["speaker"] for x in few] == ["id10268"] * 2 + ["id10269"] * 2
     for spk in ("id10268", "id10269"):  # round-robin: one utterance from each video
         assert len({x.groups["video"] for x in few if x.labels["speaker"] == spk}) == 2
@@ -325,8 +364,9 @@ def test_voxceleb1_corrupt_file(copy_of):
 def test_attributes_follow_the_split_chosen_later(corpora, tmp_path):
     """The runner asks for attributes before it picks the split: the objects it holds are
     updated when samples() moves to another split, and a lone split is the default."""
-    dev = synth.make("librispeech", tmp_path / "dev", speakers=2, chapters=1, utterances=2, split="dev-clean",
-                     engine="numpy", seed=9)
+    dev = synth.make(
+        "librispeech", tmp_path / "dev", speakers=2, chapters=1, utterances=2, split="dev-clean", engine="numpy", seed=9
+    )
     root = shutil.copytree(corpora["librispeech"], tmp_path / "both")
     shutil.copytree(dev / "dev-clean", root / "dev-clean")
     ds = LibriSpeech(spec("librispeech"), path=str(root))

@@ -20,13 +20,13 @@ from mch.plugins.attributes import commands, synth
 def f0_median(y: np.ndarray, sr: int) -> float:
     """Median autocorrelation pitch over the louder 40 ms frames."""
     n = int(0.04 * sr)
-    frames = [y[i:i + n] for i in range(0, len(y) - n, n // 2)]
-    energy = np.array([np.mean(f ** 2) for f in frames])
+    frames = [y[i : i + n] for i in range(0, len(y) - n, n // 2)]
+    energy = np.array([np.mean(f**2) for f in frames])
     out = []
     lo, hi = int(sr / 400), int(sr / 60)
     for f in (f for f, e in zip(frames, energy, strict=True) if e > 0.3 * energy.max()):
         f = f - f.mean()
-        ac = np.correlate(f, f, "full")[n - 1:]
+        ac = np.correlate(f, f, "full")[n - 1 :]
         lag = lo + int(np.argmax(ac[lo:hi]))
         out.append(sr / lag)
     return float(np.median(out))
@@ -55,10 +55,10 @@ def test_speakers_and_emotions_are_acoustically_distinct(crema):
     neu1, _ = clip("1001_TAI_NEU_XX")
     neu2, _ = clip("1002_TAI_NEU_XX")
     assert sr == 16000
-    rms = lambda y: float(np.sqrt(np.mean(y ** 2)))  # noqa: E731
-    assert rms(ang) > 2 * rms(sad)                 # energy
+    rms = lambda y: float(np.sqrt(np.mean(y**2)))  # noqa: E731
+    assert rms(ang) > 2 * rms(sad)  # energy
     assert f0_median(ang, sr) > 1.25 * f0_median(sad, sr)  # pitch level
-    assert len(sad) > 1.2 * len(ang)               # rate
+    assert len(sad) > 1.2 * len(ang)  # rate
     assert f0_median(neu2, sr) > 1.4 * f0_median(neu1, sr)  # actor 1002 has the higher register
     voices = synth.read_manifest(crema)["voices"]
     assert abs(f0_median(neu1, sr) - voices[0]["f0"]) < 0.35 * voices[0]["f0"]
@@ -96,7 +96,7 @@ def test_make_refuses_bad_requests(tmp_path):
 def test_esc50_layout_and_librispeech_layout(tmp_path):
     e = synth.make("esc50", tmp_path / "e", classes=["siren", "church_bells"], folds=2, seconds=0.5)
     rows = (e / "meta" / "esc50.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and rows[1].endswith(",False,"+rows[1].split(",")[5]+",A")
+    assert len(rows) == 1 + 4 and rows[1].endswith(",False," + rows[1].split(",")[5] + ",A")
     for row in rows[1:]:
         info = sf.info(str(e / "audio" / row.split(",")[0]))
         assert info.samplerate == 44100 and info.channels == 1 and info.frames == 22050
@@ -143,7 +143,6 @@ def test_synth_registry_entries_generate_on_first_use(tmp_path, monkeypatch):
     assert set(load_entry(spec.entry)(spec).attributes("default")) == {"answer", "question_type"}
 
 
-
 def test_synth_entry_reads_a_given_path_and_synth_null_generates_nothing(tmp_path, monkeypatch):
     """The generated entries locate their data as the loaders do when told where it is:
     --data-path first, and `synth: null` reads $MCH_DATA/<name>."""
@@ -158,6 +157,7 @@ def test_synth_entry_reads_a_given_path_and_synth_null_generates_nothing(tmp_pat
         load_entry(spec.entry)(spec, synth=None).samples(None, None, 0, "default")
     assert not (tmp_path / "data").exists()
 
+
 def test_commands_list_and_make(tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -167,8 +167,10 @@ def test_commands_list_and_make(tmp_path):
     commands.mch_register_commands(app)
     r = CliRunner().invoke(app, ["data", "list"])
     assert r.exit_code == 0 and all(n in r.output for n in synth.GENERATORS)
-    r = CliRunner().invoke(app, ["data", "make", "coco", "--out", str(tmp_path / "c"), "-p", "counts=[7,2]",
-                                 "-p", "width=96", "--seed", "5"])
+    r = CliRunner().invoke(
+        app,
+        ["data", "make", "coco", "--out", str(tmp_path / "c"), "-p", "counts=[7,2]", "-p", "width=96", "--seed", "5"],
+    )
     assert r.exit_code == 0, r.output
     assert "--data-path" in r.output and (tmp_path / "c" / "val2017").is_dir()
     m = synth.read_manifest(tmp_path / "c")
@@ -182,9 +184,11 @@ def test_commands_list_and_make(tmp_path):
 
 def test_commands_module_is_import_light():
     """`mch data` is mounted at every start of `mch`: neither numpy & co. nor the writers."""
-    code = ("import sys, mch.plugins.attributes.commands; "
-            "heavy = [m for m in ('numpy', 'torch', 'scipy', 'PIL', 'soundfile', 'mch.plugins.attributes.synth') "
-            "if m in sys.modules]; assert not heavy, heavy")
+    code = (
+        "import sys, mch.plugins.attributes.commands; "
+        "heavy = [m for m in ('numpy', 'torch', 'scipy', 'PIL', 'soundfile', 'mch.plugins.attributes.synth') "
+        "if m in sys.modules]; assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -194,7 +198,7 @@ def test_espeak_engine(tmp_path):
     assert synth.read_manifest(out)["engine"] == "espeak"
     ang, sr = sf.read(out / "AudioWAV" / "1001_DFA_ANG_XX.wav", dtype="float32")
     sad, _ = sf.read(out / "AudioWAV" / "1001_DFA_SAD_XX.wav", dtype="float32")
-    assert sr == 16000 and np.sqrt(np.mean(ang ** 2)) > 2 * np.sqrt(np.mean(sad ** 2)) and len(sad) > len(ang)
+    assert sr == 16000 and np.sqrt(np.mean(ang**2)) > 2 * np.sqrt(np.mean(sad**2)) and len(sad) > len(ang)
 
 
 def test_auto_engine_without_espeak(tmp_path, monkeypatch):

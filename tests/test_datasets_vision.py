@@ -32,15 +32,18 @@ def load_error(sample) -> SampleError:
 
 
 def write_coco(root, images, anns, caps, cats=None):
-    cats = cats or [{"id": 1, "name": "dog", "supercategory": "animal"},
-                    {"id": 2, "name": "cat", "supercategory": "animal"},
-                    {"id": 3, "name": "car", "supercategory": "vehicle"}]
+    cats = cats or [
+        {"id": 1, "name": "dog", "supercategory": "animal"},
+        {"id": 2, "name": "cat", "supercategory": "animal"},
+        {"id": 3, "name": "car", "supercategory": "vehicle"},
+    ]
     (root / "annotations").mkdir(parents=True)
     (root / "val2017").mkdir()
     for im in images:
         Image.new("RGB", (im["width"], im["height"]), (90, 90, 90)).save(root / "val2017" / im["file_name"])
     (root / "annotations" / "instances_val2017.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     (root / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": caps}))
 
 
@@ -52,22 +55,34 @@ def handmade(tmp_path):
     anns, aid = [], 1
     for i in range(1, 7):
         # both boxes are 10 x 10i: relative bbox area i/100; annotation areas 30 and 60 (not the bbox)
-        for (x, y, w, h, cat, area) in ((5, 5, 10, 10 * i, 1, 30.0), (60, 60, 10, 10 * i, 2 + (i % 2), 60.0)):
-            anns.append({"id": aid, "image_id": i, "category_id": cat, "bbox": [x, y, w, h], "area": area, "iscrowd": 0})
+        for x, y, w, h, cat, area in ((5, 5, 10, 10 * i, 1, 30.0), (60, 60, 10, 10 * i, 2 + (i % 2), 60.0)):
+            anns.append(
+                {"id": aid, "image_id": i, "category_id": cat, "bbox": [x, y, w, h], "area": area, "iscrowd": 0}
+            )
             aid += 1
     anns.append({"id": aid, "image_id": 7, "category_id": 1, "bbox": [0, 0, 90, 90], "area": 8000.0, "iscrowd": 1})
-    caps = [{"id": 100 + 2 * i, "image_id": i, "caption": f"Two dogs number {i}."} for i in range(1, 9)] + \
-           [{"id": 10 + i, "image_id": i, "caption": f"A cat and a car {i}."} for i in range(1, 9)]
+    caps = [{"id": 100 + 2 * i, "image_id": i, "caption": f"Two dogs number {i}."} for i in range(1, 9)] + [
+        {"id": 10 + i, "image_id": i, "caption": f"A cat and a car {i}."} for i in range(1, 9)
+    ]
     write_coco(tmp_path / "coco", images, anns, caps)
     return tmp_path / "coco"
 
 
 def test_count_bins_and_spread_definitions():
-    assert [count_bin(n) for n in (0, 1, 2, 4, 5, 7, 10, 11, 40)] == \
-        ["1", "1", "2-4", "2-4", "5-10", "5-10", "5-10", "11+", "11+"]
+    assert [count_bin(n) for n in (0, 1, 2, 4, 5, 7, 10, 11, 40)] == [
+        "1",
+        "1",
+        "2-4",
+        "2-4",
+        "5-10",
+        "5-10",
+        "5-10",
+        "11+",
+        "11+",
+    ]
     ring = [[20, 40, 20, 20], [60, 40, 20, 20]]  # centres (0.3, 0.5) and (0.7, 0.5) in 100x100
-    assert image_stats(ring, 100, 100, "paper")["spread"] == pytest.approx(0.0)       # std of radii: 0
-    assert image_stats(ring, 100, 100, "default")["spread"] == pytest.approx(0.2)     # RMS to centroid
+    assert image_stats(ring, 100, 100, "paper")["spread"] == pytest.approx(0.0)  # std of radii: 0
+    assert image_stats(ring, 100, 100, "default")["spread"] == pytest.approx(0.2)  # RMS to centroid
     one = [[10, 10, 20, 20]]
     assert image_stats(one, 100, 100, "paper") == {"count": 1, "size": pytest.approx(0.04), "spread": 0.0}
     assert image_stats(one, 100, 100, "default")["spread"] is None
@@ -81,8 +96,14 @@ def test_tertiles_over_annotated_images_crowd_dropped(handmade):
     # np.percentile 33.3 -> 0.02665, 66.7 -> 0.04335
     rule = ds.attributes("paper")["avg_obj_size"].label_rule["paper"]
     assert "t1=0.02665" in rule and "t2=0.04335" in rule
-    assert [paper[str(i)].labels["avg_obj_size"] for i in range(1, 7)] == \
-        ["small", "small", "medium", "medium", "large", "large"]
+    assert [paper[str(i)].labels["avg_obj_size"] for i in range(1, 7)] == [
+        "small",
+        "small",
+        "medium",
+        "medium",
+        "large",
+        "large",
+    ]
     for i in ("7", "8"):  # the reference: no instances -> count "1", size small, spread concentrated
         assert paper[i].labels["object_count"] == "1" and paper[i].labels["avg_obj_size"] == "small"
         assert paper[i].labels["spatial_spread"] == "concentrated" and paper[i].labels["object_category"] == ""
@@ -90,8 +111,14 @@ def test_tertiles_over_annotated_images_crowd_dropped(handmade):
     assert all(paper[str(i)].labels["object_count"] == "2-4" for i in range(1, 7))
     default = by_id(ds.samples(None, None, 0, "default"))
     assert sorted(default, key=int) == [str(i) for i in range(1, 7)]  # images without instances dropped
-    assert [default[str(i)].labels["avg_obj_size"] for i in range(1, 7)] == \
-        ["small", "small", "medium", "medium", "large", "large"]
+    assert [default[str(i)].labels["avg_obj_size"] for i in range(1, 7)] == [
+        "small",
+        "small",
+        "medium",
+        "medium",
+        "large",
+        "large",
+    ]
     assert ds.attributes("default")["object_count"].classes == ["2-4"]
 
 
@@ -114,17 +141,24 @@ def test_category_by_largest_area_and_caption_by_lowest_id(handmade):
 
 def test_coco_bad_inputs(tmp_path):
     images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 50, "height": 40} for i in range(1, 6)]
-    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100.0, "iscrowd": 0}
-            for i in range(1, 6)]
+    anns = [
+        {"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100.0, "iscrowd": 0}
+        for i in range(1, 6)
+    ]
     anns[3]["category_id"] = 99  # image 4: label outside the categories
     caps = [{"id": i, "image_id": i, "caption": "A dog."} for i in (1, 2, 3, 4)]  # image 5: no caption
     write_coco(tmp_path / "c", images, anns, caps)
-    (tmp_path / "c" / "val2017" / f"{1:012d}.jpg").write_bytes(b"not a jpeg")             # unreadable
-    (tmp_path / "c" / "val2017" / f"{2:012d}.jpg").unlink()                               # missing file
-    Image.new("RGB", (64, 64)).save(tmp_path / "c" / "val2017" / f"{3:012d}.jpg")          # wrong size
+    (tmp_path / "c" / "val2017" / f"{1:012d}.jpg").write_bytes(b"not a jpeg")  # unreadable
+    (tmp_path / "c" / "val2017" / f"{2:012d}.jpg").unlink()  # missing file
+    Image.new("RGB", (64, 64)).save(tmp_path / "c" / "val2017" / f"{3:012d}.jpg")  # wrong size
     s = by_id(COCO(spec("coco"), path=str(tmp_path / "c")).samples(None, None, 0, "default"))
-    for sid, words in (("1", "cannot be read"), ("2", "does not exist"), ("3", "64x64"),
-                       ("4", "category_id 99"), ("5", "no caption")):
+    for sid, words in (
+        ("1", "cannot be read"),
+        ("2", "does not exist"),
+        ("3", "64x64"),
+        ("4", "category_id 99"),
+        ("5", "no caption"),
+    ):
         err = load_error(s[sid])
         path = str(tmp_path / "c" / "val2017" / f"{int(sid):012d}.jpg")
         assert err.sample_id == sid and err.path == path and words in str(err) and path in str(err), (sid, str(err))
@@ -138,18 +172,20 @@ def test_coco_bad_inputs(tmp_path):
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    return synth.make("coco", tmp_path_factory.mktemp("v") / "coco", counts=[7, 1, 0, 12, 3, 5, 2, 11, 4], crowd_every=5)
+    return synth.make(
+        "coco", tmp_path_factory.mktemp("v") / "coco", counts=[7, 1, 0, 12, 3, 5, 2, 11, 4], crowd_every=5
+    )
 
 
 def test_generated_scenes_give_exact_labels(scenes):
     truth = {str(t["image_id"]): t for t in synth.read_manifest(scenes)["images"]}
     ds = COCO(spec("coco"), path=str(scenes))
     s = by_id(ds.samples(None, None, 0, "default"))
-    assert s["1"].labels["object_count"] == "5-10"            # 7 objects
+    assert s["1"].labels["object_count"] == "5-10"  # 7 objects
     assert s["2"].labels["object_count"] == "1"
-    assert "3" not in s and truth["3"]["count"] == 0         # default drops the empty scene
+    assert "3" not in s and truth["3"]["count"] == 0  # default drops the empty scene
     assert s["4"].labels["object_count"] == "11+"
-    assert truth["5"]["crowd"] and s["5"].labels["object_count"] == "2-4"   # its crowd group is not counted
+    assert truth["5"]["crowd"] and s["5"].labels["object_count"] == "2-4"  # its crowd group is not counted
     assert s["5"].meta["count"] == 3
     inst = json.loads((scenes / "annotations" / "instances_val2017.json").read_text())
     assert any(a["iscrowd"] == 1 and a["image_id"] == 5 for a in inst["annotations"])

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mch.plugins.analyses.distances import (compare, linear_cka, mmd2_many, paper_hook, pooled_gram,
-                                            sliced_w1_many, sq_dists_from_gram)
+from mch.plugins.analyses.distances import (
+    compare,
+    linear_cka,
+    mmd2_many,
+    paper_hook,
+    pooled_gram,
+    sliced_w1_many,
+    sq_dists_from_gram,
+)
 
 SMALL = dict(n_perm=100, n_boot=100, w1_max_n=120, w1_n_perm=30, w1_n_boot=30, n_directions=64)
 
@@ -41,8 +48,8 @@ def test_cka_known_answers():
     X = rng.normal(size=(2000, 3))
     assert linear_cka(X, X) == pytest.approx(1.0)
     Q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    assert linear_cka(X, 5.0 * X @ Q + 2.0) == pytest.approx(1.0)       # rotation, scale, shift
-    assert abs(linear_cka(X, rng.normal(size=(2000, 3)))) < 0.01        # independent
+    assert linear_cka(X, 5.0 * X @ Q + 2.0) == pytest.approx(1.0)  # rotation, scale, shift
+    assert abs(linear_cka(X, rng.normal(size=(2000, 3)))) < 0.01  # independent
     # paired: the pairing carries the dependence, and the permutation null knows it
     Y = X @ Q + 0.5 * rng.normal(size=(2000, 3))
     r = compare(X[:200], Y[:200], paired=True, seed=0, metrics=("CKA",), n_perm=100, n_boot=50)
@@ -59,7 +66,7 @@ def test_mmd_and_sliced_w1_match_direct_formulas():
     D2 = sq_dists_from_gram(pooled_gram(X, Y))
     K = np.exp(-D2 / 2.0)
     kxx, kyy, kxy = K[:30, :30], K[30:, 30:], K[:30, 30:]
-    direct = ((kxx.sum() - 30) / (30 * 29) + (kyy.sum() - 20) / (20 * 19) - 2 * kxy.mean())
+    direct = (kxx.sum() - 30) / (30 * 29) + (kyy.sum() - 20) / (20 * 19) - 2 * kxy.mean()
     a = np.r_[np.ones(30), np.zeros(20)][None]
     assert mmd2_many(K, a, 1 - a)[0] == pytest.approx(direct, rel=1e-10)
     u = rng.normal(size=(5, 1))
@@ -91,8 +98,9 @@ def _reference_script05(Xm, Xt, seed, n_subsample, pca_dim, n_bootstrap):
     def w1(X, Y):
         c = np.concatenate([X, Y])
         p = PCA(n_components=min(pca_dim, c.shape[1], c.shape[0]), random_state=seed).fit(c)
-        return ot.emd2(np.ones(len(X)) / len(X), np.ones(len(Y)) / len(Y),
-                       cdist(p.transform(X), p.transform(Y), "euclidean"))
+        return ot.emd2(
+            np.ones(len(X)) / len(X), np.ones(len(Y)) / len(Y), cdist(p.transform(X), p.transform(Y), "euclidean")
+        )
 
     Xs, Ys = sub(Xm, n_subsample), sub(Xt, n_subsample)
     c = np.concatenate([Xs[:500], Ys[:500]])
@@ -117,7 +125,7 @@ def test_paper_hook_reproduces_script05():
     Xm, Xt = rng.normal(size=(70, 6)), rng.normal(size=(64, 6)) + 0.2
     rows = {r["metric"]: r for r in paper_hook(Xm, Xt, np.random.default_rng(42), 50, 4, 6, 42)}
     ref = _reference_script05(Xm, Xt, 42, 50, 4, 6)
-    assert rows["MMD2"]["value"] == ref["MMD2"]                      # bit for bit
+    assert rows["MMD2"]["value"] == ref["MMD2"]  # bit for bit
     assert rows["MMD2"]["ci_lower"] == np.percentile(ref["MMD2_boot"], 2.5)
     assert rows["CKA"]["value"] == pytest.approx(ref["CKA"], rel=1e-12)
     assert rows["W1"]["value"] == pytest.approx(ref["W1"], rel=1e-9)
@@ -130,10 +138,25 @@ def test_paper_hook_reproduces_script05():
 def test_distances_on_the_toy(tmp_path):
     from mch.runner import RunConfig, run_bench
 
-    small = {"max_n": 100, "n_perm": 50, "n_boot": 50, "w1_max_n": 60, "w1_n_perm": 10, "w1_n_boot": 10,
-             "n_directions": 32}
-    _, written = run_bench(RunConfig(model="toy", analyses=["distances"], limit=100, store=tmp_path / "s",
-                                     out_dir=tmp_path / "r", params={"distances": small}))
+    small = {
+        "max_n": 100,
+        "n_perm": 50,
+        "n_boot": 50,
+        "w1_max_n": 60,
+        "w1_n_perm": 10,
+        "w1_n_boot": 10,
+        "n_directions": 32,
+    }
+    _, written = run_bench(
+        RunConfig(
+            model="toy",
+            analyses=["distances"],
+            limit=100,
+            store=tmp_path / "s",
+            out_dir=tmp_path / "r",
+            params={"distances": small},
+        )
+    )
     rec = written[0][1]
     got = {(m["metric"], m["stage"]): m for m in rec["metrics"]}
     assert rec["summary"]["stages"] == ["adapter", "llm.2", "llm.final"]
@@ -142,9 +165,17 @@ def test_distances_on_the_toy(tmp_path):
     assert got[("MMD2_p_value", "adapter")]["value"] < 0.05
     assert got[("W1_excess", "adapter")]["ci_low"] > 0
     assert 0 < got[("CKA", "adapter")]["value"] < 1
-    _, written = run_bench(RunConfig(model="toy", analyses=["distances"], limit=100, protocol="paper",
-                                     store=tmp_path / "s", out_dir=tmp_path / "r",
-                                     params={"distances": {"n_bootstrap": 5, "n_subsample": 80}}))
+    _, written = run_bench(
+        RunConfig(
+            model="toy",
+            analyses=["distances"],
+            limit=100,
+            protocol="paper",
+            store=tmp_path / "s",
+            out_dir=tmp_path / "r",
+            params={"distances": {"n_bootstrap": 5, "n_subsample": 80}},
+        )
+    )
     rec = written[0][1]
     rows = rec["summary"]["rows"]
     assert [r["hook_point"] for r in rows] == ["llm_final"] * 3 + ["encoder_output<->adapter_output"]

@@ -123,8 +123,15 @@ class FakeModel:
 
 def gmi_context(model, logq, y, k, cache, previous=None, params=None, texts=None, groups=None, verbalizable=True):
     classes = [f"c{i}" for i in range(k)]
-    attr = Attribute("emotion", classes, {c: [c, c + "ish"] for c in classes}, "The speaker sounds",
-                     group_key="actor", text_describable=True, verbalizable=verbalizable)
+    attr = Attribute(
+        "emotion",
+        classes,
+        {c: [c, c + "ish"] for c in classes},
+        "The speaker sounds",
+        group_key="actor",
+        text_describable=True,
+        verbalizable=verbalizable,
+    )
     n = len(y)
     labels = np.array([classes[v] for v in y], dtype=object)
     labels[-1] = ""  # one unlabelled sample: not scored
@@ -145,11 +152,20 @@ def gmi_context(model, logq, y, k, cache, previous=None, params=None, texts=None
         return cache[k_]
 
     g = G.GMI(AnalysisSpec(name="gmi", entry="mch.plugins.analyses.gmi:GMI", needs_model=True))
-    ctx = AnalysisContext(protocol="default", params={**g.default_params("default"), **(params or {})}, seed=0,
-                          stages=["adapter", "llm.final"], reps={}, samples=samples, attributes={"emotion": attr},
-                          labels={"emotion": labels},
-                          groups={"emotion": np.array(["a"] * n if groups is None else groups, dtype=object)},
-                          previous=previous or {}, _model_loader=loader, _cache=cached)
+    ctx = AnalysisContext(
+        protocol="default",
+        params={**g.default_params("default"), **(params or {})},
+        seed=0,
+        stages=["adapter", "llm.final"],
+        reps={},
+        samples=samples,
+        attributes={"emotion": attr},
+        labels={"emotion": labels},
+        groups={"emotion": np.array(["a"] * n if groups is None else groups, dtype=object)},
+        previous=previous or {},
+        _model_loader=loader,
+        _cache=cached,
+    )
     return g, ctx, loads
 
 
@@ -159,8 +175,9 @@ def test_the_analysis_measures_the_closed_form_and_caches_scores():
     logq = np.vstack([logq, logq[:1]])  # + the unlabelled sample
     y = np.append(y, 0)
     model = FakeModel(logq, y, k)
-    probe = AnalysisOutput(metrics=[Metric("i_probe_bits", 1.5, "adapter", "emotion"),
-                                    Metric("i_probe_bits", 0.0, "llm.final", "emotion")])
+    probe = AnalysisOutput(
+        metrics=[Metric("i_probe_bits", 1.5, "adapter", "emotion"), Metric("i_probe_bits", 0.0, "llm.final", "emotion")]
+    )
     cache: dict = {}
     g, ctx, loads = gmi_context(model, logq, y, k, cache, previous={"probe": probe}, params={"batch_size": 50})
     out = g.run(ctx)
@@ -197,11 +214,19 @@ def test_text_reference_skips_samples_without_text_and_records_validate():
     out = g.run(ctx)
     text = [x for x in out.metrics if x.metric == "text_gmi_bits"][0]
     assert text.n == len(y) - 1 - 10
-    rec = build_record(model={"name": "fake", "modality": "speech", "checkpoint": "x"},
-                       dataset={"name": "d", "n": len(y), "sample_ids_sha256": None},
-                       analysis={"name": "gmi", "params": ctx.params}, protocol="default", extraction={}, seeds=[0],
-                       config_hash="0", duration_s=0.1, metrics=[x.as_dict() for x in out.metrics],
-                       summary=out.summary, notes=out.notes)
+    rec = build_record(
+        model={"name": "fake", "modality": "speech", "checkpoint": "x"},
+        dataset={"name": "d", "n": len(y), "sample_ids_sha256": None},
+        analysis={"name": "gmi", "params": ctx.params},
+        protocol="default",
+        extraction={},
+        seeds=[0],
+        config_hash="0",
+        duration_s=0.1,
+        metrics=[x.as_dict() for x in out.metrics],
+        summary=out.summary,
+        notes=out.notes,
+    )
     validate(rec)
 
 
@@ -224,14 +249,25 @@ def test_lm_rate_permutation_p_and_accessibility_cis_from_the_probes_draws():
     logq[:, 0] += 1.0  # an answer bias: the LM rate recovers what GMI charges to it
     logq, y = np.vstack([logq, logq[:1]]), np.append(y, 0)
     groups = [f"actor{i % 36}" for i in range(len(y))]
-    g, ctx, _ = gmi_context(FakeModel(logq, y, k), logq, y, k, {}, groups=groups,
-                            params={"n_bootstrap": 300, "n_permutations": 100, "text_reference": False})
+    g, ctx, _ = gmi_context(
+        FakeModel(logq, y, k),
+        logq,
+        y,
+        k,
+        {},
+        groups=groups,
+        params={"n_bootstrap": 300, "n_permutations": 100, "text_reference": False},
+    )
     rg = attribute_groups(ctx, "emotion")
     rng = np.random.default_rng(0)
     ip_reps = {"adapter": 1.5 + 0.1 * rng.standard_normal(300), "llm.final": 1.2 + 0.1 * rng.standard_normal(300)}
-    probe = AnalysisOutput(metrics=[Metric("i_probe_bits", 1.5, "adapter", "emotion"),
-                                    Metric("i_probe_bits", 1.2, "llm.final", "emotion"),
-                                    Metric("i_probe_bits", 1.0, "llm.3", "emotion")])
+    probe = AnalysisOutput(
+        metrics=[
+            Metric("i_probe_bits", 1.5, "adapter", "emotion"),
+            Metric("i_probe_bits", 1.2, "llm.final", "emotion"),
+            Metric("i_probe_bits", 1.0, "llm.3", "emotion"),
+        ]
+    )
     probe.replicates = {("i_probe_bits", s, "emotion"): v for s, v in ip_reps.items()}
     probe.replicates[("_groups", None, "emotion")] = groups_identity(ctx, rg)
     ctx.previous = {"probe": probe}
@@ -240,24 +276,42 @@ def test_lm_rate_permutation_p_and_accessibility_cis_from_the_probes_draws():
     gb, lm = m[("gmi_bits", "llm.final")], m[("gmi_lm_bits", "llm.final")]
     assert lm.value > gb.value + 0.05 and lm.n_groups == gb.n_groups == 36
     assert 0 < m[("gmi_p", "llm.final")].value < 0.02  # an informative decoder
-    g_reps, lm_reps = out.replicates[("gmi_bits", "llm.final", "emotion")], \
-        out.replicates[("gmi_lm_bits", "llm.final", "emotion")]
+    g_reps, lm_reps = (
+        out.replicates[("gmi_bits", "llm.final", "emotion")],
+        out.replicates[("gmi_lm_bits", "llm.final", "emotion")],
+    )
     for stage in ("adapter", "llm.final"):
         a, al = m[("accessibility", stage)], m[("accessibility_lm", stage)]
         assert a.value == pytest.approx(gb.value / (1.5 if stage == "adapter" else 1.2))
         assert (a.ci_low, a.ci_high) == pytest.approx(percentile_ci(g_reps / ip_reps[stage]))
         assert (al.ci_low, al.ci_high) == pytest.approx(percentile_ci(lm_reps / ip_reps[stage]))
     assert ("accessibility", "llm.3") not in m  # science.md §2: the two contexts only
-    rec = build_record(model={"name": "fake", "modality": "speech", "checkpoint": "x"},
-                       dataset={"name": "d", "n": len(y), "sample_ids_sha256": None},
-                       analysis={"name": "gmi", "params": ctx.params}, protocol="default", extraction={}, seeds=[0],
-                       config_hash="0", duration_s=0.1, metrics=[x.as_dict() for x in out.metrics],
-                       summary=out.summary, notes=out.notes)
+    rec = build_record(
+        model={"name": "fake", "modality": "speech", "checkpoint": "x"},
+        dataset={"name": "d", "n": len(y), "sample_ids_sha256": None},
+        analysis={"name": "gmi", "params": ctx.params},
+        protocol="default",
+        extraction={},
+        seeds=[0],
+        config_hash="0",
+        duration_s=0.1,
+        metrics=[x.as_dict() for x in out.metrics],
+        summary=out.summary,
+        notes=out.notes,
+    )
     validate(rec)
     # another run's probe (other draws): the ratio keeps its value and loses its CI, and says so
     probe.replicates[("_groups", None, "emotion")] = {"seed": 1}
-    g, ctx, _ = gmi_context(FakeModel(logq, y, k), logq, y, k, {}, groups=groups, previous={"probe": probe},
-                            params={"n_bootstrap": 100, "n_permutations": 0, "text_reference": False})
+    g, ctx, _ = gmi_context(
+        FakeModel(logq, y, k),
+        logq,
+        y,
+        k,
+        {},
+        groups=groups,
+        previous={"probe": probe},
+        params={"n_bootstrap": 100, "n_permutations": 0, "text_reference": False},
+    )
     out = g.run(ctx)
     a = [x for x in out.metrics if x.metric == "accessibility" and x.stage == "adapter"][0]
     assert a.value is not None and a.ci_low is None

@@ -25,9 +25,26 @@ def test_the_gpu_check_runs_on_the_cpu_and_its_numbers_add_up(tmp_path):
     import sys
 
     env["PYTHON"] = sys.executable
-    res = subprocess.run([str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--samples", "4",
-                          "--batch-sizes", "4", "--peak-tflops", "1", "--out", str(out)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            str(ROOT / "benchmarks" / "gpu_check.sh"),
+            "--device",
+            "cpu",
+            "--samples",
+            "4",
+            "--batch-sizes",
+            "4",
+            "--peak-tflops",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads(out.read_text())
     geometry = json.loads((ROOT / "benchmarks" / "gpu_check_configs.json").read_text())
@@ -38,7 +55,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_its_numbers_add_up(tmp_path):
         T = r["tokens_per_sample"]
         if kind == "llava":
             grid = g["vision_config"]["image_size"] // g["vision_config"]["patch_size"]
-            assert T["encoder"] == grid ** 2 + 1 and T["modality"] == grid ** 2  # CLS + patches; patches
+            assert T["encoder"] == grid**2 + 1 and T["modality"] == grid**2  # CLS + patches; patches
         else:
             assert T["encoder"] == g["audio_config"]["max_source_positions"]
         P = r["params"]

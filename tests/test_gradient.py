@@ -12,7 +12,6 @@ from mch.plugins.analyses._causal import edit_adapter
 from mch.plugins.analyses.gradient import _stats
 from mch.runner import RunConfig, run_bench
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
@@ -32,12 +31,23 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("gradient")
     common = dict(model="toy", limit=300, out_dir=tmp / "results", store=tmp / "store")
-    p, d = run_bench(RunConfig(analyses=["gradient"], params={"gradient": {
-        "n_samples": 6, "batch_size": 4, "scale_by_sqrt_lambda": False, "n_boot": 200}}, **common))
-    _, scaled = run_bench(RunConfig(analyses=["gradient"], params={"gradient": {
-        "n_samples": 6, "batch_size": 4, "n_boot": 200}}, **common))
-    _, pp = run_bench(RunConfig(analyses=["gradient"], protocol="paper",
-                                params={"gradient": {"n_samples": 8, "n_boot": 200}}, **common))
+    p, d = run_bench(
+        RunConfig(
+            analyses=["gradient"],
+            params={"gradient": {"n_samples": 6, "batch_size": 4, "scale_by_sqrt_lambda": False, "n_boot": 200}},
+            **common,
+        )
+    )
+    _, scaled = run_bench(
+        RunConfig(
+            analyses=["gradient"], params={"gradient": {"n_samples": 6, "batch_size": 4, "n_boot": 200}}, **common
+        )
+    )
+    _, pp = run_bench(
+        RunConfig(
+            analyses=["gradient"], protocol="paper", params={"gradient": {"n_samples": 8, "n_boot": 200}}, **common
+        )
+    )
     return p, d[0][1], scaled[0][1], pp[0][1]
 
 
@@ -48,18 +58,17 @@ def test_projections_match_finite_differences(runs):
     model = plan.plugin
     by_id = {x.sample_id: x for x in plan.samples}
     samples = [by_id[i] for i in s["sample_ids"]]
-    from mch.plugins.analyses._causal import compute_modes  # the same modes the record used
-
     # the modes' directions, recomputed from the store exactly as the analysis did
     from types import SimpleNamespace
 
-    from mch.store import Store
+    from mch.plugins.analyses._causal import compute_modes  # the same modes the record used
     from mch.runner import store_key
+    from mch.store import Store
 
     modal = Store(plan.cfg.store).entry(store_key(plan, "modal"), [x.sample_id for x in plan.samples])
     text = Store(plan.cfg.store).entry(store_key(plan, "text"), [x.sample_id for x in plan.samples])
     ctx = SimpleNamespace(reps=modal.read()[0], text_reps=lambda: text.read()[0])
-    modes = compute_modes(ctx, "default", "adapter", None, params={})   # the default split, as the analysis
+    modes = compute_modes(ctx, "default", "adapter", None, params={})  # the default split, as the analysis
     eps = 1e-2
     for k in range(3):
         u = torch.tensor(modes.vectors[:, k], dtype=torch.float32)
@@ -84,10 +93,19 @@ def test_sqrt_lambda_scaling_and_metrics(runs):
     g_sc = np.array([m["g_k"] for m in scaled["summary"]["modes"]])
     assert np.allclose(g_sc, g_raw * np.sqrt(lam), rtol=1e-6)
     names = {m["metric"] for m in scaled["metrics"] if m["attribute"] is None}
-    assert names == {"g_ms", "g_ta", "g_ta_over_g_ms", "sensitivity_share_ms", "variance_share_ms",
-                     "correlation_g_alpha"}
-    assert {m["attribute"] for m in scaled["metrics"] if m["metric"] == "var_frac_unread"} == \
-        {"content", "speaker", "emotion"}
+    assert names == {
+        "g_ms",
+        "g_ta",
+        "g_ta_over_g_ms",
+        "sensitivity_share_ms",
+        "variance_share_ms",
+        "correlation_g_alpha",
+    }
+    assert {m["attribute"] for m in scaled["metrics"] if m["metric"] == "var_frac_unread"} == {
+        "content",
+        "speaker",
+        "emotion",
+    }
     for m in scaled["metrics"]:
         assert m["stage"] == "adapter"
         if m["attribute"] is None:
@@ -101,8 +119,16 @@ def test_sqrt_lambda_scaling_and_metrics(runs):
 def test_paper_fields(runs):
     _, _, _, rec = runs
     s = rec["summary"]
-    for f in ("g_ms_mean", "g_ta_mean", "g_ta_over_g_ms", "correlation_g_alpha", "n_samples", "n_modes",
-              "n_ms_modes", "n_ta_modes"):
+    for f in (
+        "g_ms_mean",
+        "g_ta_mean",
+        "g_ta_over_g_ms",
+        "correlation_g_alpha",
+        "n_samples",
+        "n_modes",
+        "n_ms_modes",
+        "n_ta_modes",
+    ):
         assert f in s, f
     assert s["text_stage"] == "llm.final"  # script 11's Σ_T quirk (B3)
     assert s["reduction"] == "token mean" and s["n_samples"] == 8 and s["n_modes"] == 64

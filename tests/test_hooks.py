@@ -128,8 +128,9 @@ def test_the_analyses_adapter_edits_go_through_the_hook_core(monkeypatch):
 
     monkeypatch.setattr(mch.hooks, "Trace", Spy)
     net, x = Net(), torch.randn(2, 3, 4)
-    model = SimpleNamespace(module=net, stage_map=lambda view: {"adapter": "layers.0"},
-                            spec=SimpleNamespace(name="net"))
+    model = SimpleNamespace(
+        module=net, stage_map=lambda view: {"adapter": "layers.0"}, spec=SimpleNamespace(name="net")
+    )
     ref = manual(net, x)
     with _causal.edit_adapter(model, lambda z: 2 * z):
         doubled = net(x)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from import_graph import cycles, import_graph, modules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +34,9 @@ ORCHESTRATOR = ("mch.runner", "mch.cli", "mch.terminal", "mch.leaderboard_cli", 
 def test_plugins_never_import_the_orchestrator_and_analyses_never_import_each_other():
     graph = import_graph(modules(PACKAGES))
     assert "mch.runner" in graph and "mch.plugins.analyses.lora" in graph
-    reaching = sorted((m, t) for m, ts in graph.items() if m.startswith("mch.plugins.") for t in ts
-                      if t in ORCHESTRATOR)
+    reaching = sorted(
+        (m, t) for m, ts in graph.items() if m.startswith("mch.plugins.") for t in ts if t in ORCHESTRATOR
+    )
     assert not reaching, reaching
 
     def analysis(m: str) -> bool:  # an analysis module, not a shared one (_stats, _linalg, ...)
@@ -54,25 +54,47 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
     return modules({"mch": tmp_path / "harness", "mch.plugins": tmp_path / "plugins"})
 
 
-@pytest.mark.parametrize("a_imports", [
-    "from .b import f\n",                               # module level, relative
-    "def g():\n    from mch.b import f\n",              # function level, absolute
-    "def g():\n    from . import b\n",                  # the sibling module by name
-    "import mch.b\n",
-])
+@pytest.mark.parametrize(
+    "a_imports",
+    [
+        "from .b import f\n",  # module level, relative
+        "def g():\n    from mch.b import f\n",  # function level, absolute
+        "def g():\n    from . import b\n",  # the sibling module by name
+        "import mch.b\n",
+    ],
+)
 def test_the_walker_finds_a_cycle_at_module_or_function_level(tmp_path, a_imports):
-    mods = _tree(tmp_path, {"harness/a.py": a_imports, "harness/b.py": "from .a import g\n",
-                            "harness/c.py": "from .a import g\nfrom typing import TYPE_CHECKING\n"
-                                            "if TYPE_CHECKING:\n    from .d import x\n",
-                            "harness/d.py": "from .c import y\n"})
+    mods = _tree(
+        tmp_path,
+        {
+            "harness/a.py": a_imports,
+            "harness/b.py": "from .a import g\n",
+            "harness/c.py": "from .a import g\nfrom typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from .d import x\n",
+            "harness/d.py": "from .c import y\n",
+        },
+    )
     assert [path for _, path in cycles(import_graph(mods))] == [["mch.a", "mch.b", "mch.a"]]  # c, d: TYPE_CHECKING
 
 
 def test_the_walker_reads_plugin_packages_and_relative_imports_in_them(tmp_path):
-    mods = _tree(tmp_path, {"harness/api.py": "", "plugins/__init__.py": "",
-                            "plugins/analyses/__init__.py": "", "plugins/analyses/x.py": "from ._s import f\n",
-                            "plugins/analyses/_s.py": "def f():\n    from mch.plugins.analyses import x\n"})
-    assert sorted(mods) == ["mch.api", "mch.plugins", "mch.plugins.analyses", "mch.plugins.analyses._s",
-                            "mch.plugins.analyses.x"]
+    mods = _tree(
+        tmp_path,
+        {
+            "harness/api.py": "",
+            "plugins/__init__.py": "",
+            "plugins/analyses/__init__.py": "",
+            "plugins/analyses/x.py": "from ._s import f\n",
+            "plugins/analyses/_s.py": "def f():\n    from mch.plugins.analyses import x\n",
+        },
+    )
+    assert sorted(mods) == [
+        "mch.api",
+        "mch.plugins",
+        "mch.plugins.analyses",
+        "mch.plugins.analyses._s",
+        "mch.plugins.analyses.x",
+    ]
     assert [path for _, path in cycles(import_graph(mods))] == [
-        ["mch.plugins.analyses._s", "mch.plugins.analyses.x", "mch.plugins.analyses._s"]]
+        ["mch.plugins.analyses._s", "mch.plugins.analyses.x", "mch.plugins.analyses._s"]
+    ]

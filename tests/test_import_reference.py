@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_mch
 from reference_files import make_reference_files
 
@@ -46,9 +45,21 @@ def script03(path: Path, info_types=("lexical", "emotion", "speaker", "acoustic"
     from sklearn.preprocessing import LabelEncoder, StandardScaler
 
     keys = {"lexical": "transcript", "emotion": "emotion", "speaker": "speaker_id", "acoustic": "sound_class"}
-    label_keys = {"transcript", "caption", "question", "speaker_id", "emotion", "sound_class", "answer",
-                  "object_category", "super_category", "question_type", "object_count", "avg_obj_size",
-                  "spatial_spread"}
+    label_keys = {
+        "transcript",
+        "caption",
+        "question",
+        "speaker_id",
+        "emotion",
+        "sound_class",
+        "answer",
+        "object_category",
+        "super_category",
+        "question_type",
+        "object_count",
+        "avg_obj_size",
+        "spatial_spread",
+    }
     out = {}
     with h5py.File(path, "r") as f:
         n = int(f.attrs["n_samples"])
@@ -158,8 +169,12 @@ def test_round_trip_and_one_import_serves_everything(files, tmp_path):
     # one import: default and paper protocols, a stage subset, no second import, no extraction
     before = sorted(p.name for p in Path(v.dir).parent.iterdir())
     for protocol in ("default", "paper"):
-        res = mch.analyze(model="uvx-ref", dataset="synth-ref", analyses=["probe", "modes", "per_type", "distances"],
-                          protocol=protocol)
+        res = mch.analyze(
+            model="uvx-ref",
+            dataset="synth-ref",
+            analyses=["probe", "modes", "per_type", "distances"],
+            protocol=protocol,
+        )
         assert [r["analysis"]["name"] for r in res] == ["probe", "modes", "per_type", "distances"]
         assert all(r["model"]["checkpoint"] == "imported:ultravox_synth.h5" for r in res)
         assert res["probe"]["dataset"]["n"] == 155
@@ -178,8 +193,9 @@ def test_default_modes_use_the_text_files_layer_and_say_so(files):
     assert res["per_type"]["analysis"]["params"]["text_stage"] == "llm.16"
     assert any("text_stage = llm.16" in n for n in res["modes"]["model"]["fidelity"])
     # a --param still wins
-    res = mch.analyze(model="uvx-ref", dataset="synth-ref", analyses=["modes"],
-                      params={"modes": {"text_stage": "llm.final"}})
+    res = mch.analyze(
+        model="uvx-ref", dataset="synth-ref", analyses=["modes"], params={"modes": {"text_stage": "llm.final"}}
+    )
     assert res["modes"]["analysis"]["params"]["text_stage"] == "llm.final"
 
 
@@ -216,7 +232,7 @@ def test_text_rows_pair_by_sample_id(tmp_path):
     a = _import(modal, text, model="a-ref")
     b = _import(modal, shuffled, model="b-ref")
     import mch
-    from mch.runner import RunConfig, plan, text_plan, extract
+    from mch.runner import RunConfig, extract, plan, text_plan
 
     for name in ("a-ref", "b-ref"):
         p = plan(RunConfig(model=name, dataset="synth-ref", analyses=[]))
@@ -251,10 +267,10 @@ def test_clear_sentences(files, tmp_path):
 
 def test_cli_round_trip_and_probe_default(files):
     modal, text = files
-    run_mch("import-reference", str(modal), "--text", str(text), "--model", "uvx-ref", "--dataset", "synth-ref",
-            check=True)
-    r = run_mch("analyze", "--model", "uvx-ref", "--dataset", "synth-ref", "--analysis", "probe", "--json",
-                check=True)
+    run_mch(
+        "import-reference", str(modal), "--text", str(text), "--model", "uvx-ref", "--dataset", "synth-ref", check=True
+    )
+    r = run_mch("analyze", "--model", "uvx-ref", "--dataset", "synth-ref", "--analysis", "probe", "--json", check=True)
     out = json.loads(r.stdout)
     acc = {(m["stage"], m["attribute"]): m["value"] for m in out["metrics"] if m["metric"] == "accuracy"}
     assert acc[("encoder", "emotion")] > 0.5 > 0.25  # planted: far above 1/4 at the encoder

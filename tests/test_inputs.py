@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_mch
+
 from mch import api
 from mch.api import MchError
 
@@ -38,9 +38,10 @@ def _fails(res, *needles: str) -> None:
 
 
 def test_types_come_from_the_default_and_declarations_add_ranges():
-    t = api.param_table({"n": 5, "tol": 1e-5, "name": "sum", "flag": True, "items": ["a", "b"], "any": None,
-                     "signed": -1.0},
-                    {"n": api.Param(int, ge=2), "name": api.Param(str, choices=("sum", "mean"))})
+    t = api.param_table(
+        {"n": 5, "tol": 1e-5, "name": "sum", "flag": True, "items": ["a", "b"], "any": None, "signed": -1.0},
+        {"n": api.Param(int, ge=2), "name": api.Param(str, choices=("sum", "mean"))},
+    )
     where = "analysis 'x' parameter"
     assert t["n"].check(3, where) == 3 and t["n"].check(4.0, where) == 4 and t["n"].check("7", where) == 7
     for bad in ("abc", 1, 2.5, True, None, [3]):
@@ -89,8 +90,10 @@ def test_unions_nullables_patterns_and_item_ranges():
 def test_options_are_checked_against_the_plugin_declaration():
     assert api.check_options("model", "m", None, {"anything": 1}) == {"anything": 1}  # undeclared: unchecked
     takes = {"batch_size": api.Param(int, ge=1)}
-    assert api.check_options("model", "m", takes, {"batch_size": "4", "default_dataset": "coco"}) == \
-        {"batch_size": 4, "default_dataset": "coco"}
+    assert api.check_options("model", "m", takes, {"batch_size": "4", "default_dataset": "coco"}) == {
+        "batch_size": 4,
+        "default_dataset": "coco",
+    }
     with pytest.raises(MchError, match="model 'm' has no option 'batchsize'; it takes: batch_size, default_dataset"):
         api.check_options("model", "m", takes, {"batchsize": 4})
     with pytest.raises(MchError, match="dataset 'd' has no option 'x'; it takes: none"):
@@ -135,8 +138,11 @@ def test_a_parameter_declared_only_by_its_default_is_still_checked(monkeypatch):
 
     defaults = {**probe.DEFAULT_PARAMS, "n_permutations": 1000, "alpha": 0.05}
     check_params("probe", {**defaults, "n_permutations": 10}, defaults)
-    for key, bad, needle in (("n_permutations", "abc", "an integer >= 0"), ("n_permutations", -1, "an integer >= 0"),
-                             ("alpha", "x", "a number >= 0")):
+    for key, bad, needle in (
+        ("n_permutations", "abc", "an integer >= 0"),
+        ("n_permutations", -1, "an integer >= 0"),
+        ("alpha", "x", "a number >= 0"),
+    ):
         with pytest.raises(MchError, match=needle):
             check_params("probe", {**defaults, key: bad}, defaults)
 
@@ -148,8 +154,9 @@ def test_parameters_of_an_analysis_outside_the_run():
     from mch.runner import check_params
 
     reg = get_registry()
-    assert check_params({"probe": {"min_samples": 8, "n_splits": "3"}}, reg, ["gmi"], "paper") == \
-        {"probe": {"min_samples": 8, "n_splits": 3}}
+    assert check_params({"probe": {"min_samples": 8, "n_splits": "3"}}, reg, ["gmi"], "paper") == {
+        "probe": {"min_samples": 8, "n_splits": 3}
+    }
     with pytest.raises(MchError, match="analysis 'probe' has no parameter 'min_sample'"):
         check_params({"probe": {"min_sample": 8}}, reg, ["gmi"], "paper")
     with pytest.raises(MchError, match="analysis 'probe' parameter n_splits must be an integer >= 2"):
@@ -167,8 +174,10 @@ def _samples(sizes: dict[str, list[int]]):
     n = sum(next(iter(sizes.values())))
     labels = {a: np.repeat([f"c{i}" for i in range(len(s))], s) for a, s in sizes.items()}
     samples = [Sample(str(i), "", {a: str(labels[a][i]) for a in sizes}, {}) for i in range(n)]
-    attrs = {a: Attribute(a, [f"c{i}" for i in range(len(s))], {f"c{i}": [f"c{i}"] for i in range(len(s))}, "q", "g")
-             for a, s in sizes.items()}
+    attrs = {
+        a: Attribute(a, [f"c{i}" for i in range(len(s))], {f"c{i}": [f"c{i}"] for i in range(len(s))}, "q", "g")
+        for a, s in sizes.items()
+    }
     return samples, attrs, labels
 
 
@@ -203,10 +212,17 @@ def test_probe_preflight_matches_the_runs_skip_rule():
         if n_splits > 3:  # 20 folds with nested CV: the preflight alone
             assert not raised
             continue
-        ctx = AnalysisContext(protocol="default", params=params, seed=0, stages=["adapter"], reps=reps,
-                              samples=samples, attributes=attrs,
-                              labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
-                              groups={a: np.array([str(i) for i in range(45)], dtype=object) for a in attrs})
+        ctx = AnalysisContext(
+            protocol="default",
+            params=params,
+            seed=0,
+            stages=["adapter"],
+            reps=reps,
+            samples=samples,
+            attributes=attrs,
+            labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
+            groups={a: np.array([str(i) for i in range(45)], dtype=object) for a in attrs},
+        )
         out = probe.run(ctx)
         ran = [a for a, info in out.summary["attributes"].items() if "skipped" not in info]
         assert (ran != []) == probed and raised == (not probed), (min_samples, ran, raised)
@@ -224,18 +240,31 @@ BAD_INPUT = [
     (["--param", "probe.max_iter=0"], ["parameter max_iter must be an integer >= 1, not 0"]),
     (["--param", "gmi.batch_size=0"], ["analysis 'gmi' parameter batch_size must be an integer >= 1, not 0"]),
     (["--param", "gmi.normalize=max"], ["parameter normalize must be sum or mean, not 'max'"]),
-    (["--param", "probe.n_splits=1000", "--analysis", "probe"], ["n_splits=1000 and min_samples=20 leave no attribute",
-                                                                 "the largest class has"]),
+    (
+        ["--param", "probe.n_splits=1000", "--analysis", "probe"],
+        ["n_splits=1000 and min_samples=20 leave no attribute", "the largest class has"],
+    ),
     (["--param", "modes.stage=adaptor", "--analysis", "modes"], ["parameter stage must be a string (a stage name)"]),
     (["--model-option", "foo=1"], ["model 'toy' has no option 'foo'; it takes: default_dataset"]),
-    (["--data-option", "sample_rate=8000"], ["dataset 'toy' has no option 'sample_rate'; it takes: emotion_captions, split"]),
+    (
+        ["--data-option", "sample_rate=8000"],
+        ["dataset 'toy' has no option 'sample_rate'; it takes: emotion_captions, split"],
+    ),
     (["--data-option", "split=dev"], ["dataset 'toy' option split must be train or test, not 'dev'"]),
     (["--dataset", "cremad"], ["model 'toy' reads only dataset 'toy', not 'cremad'"]),
-    (["--model", "llava", "--dataset", "toy"], ["dataset 'toy' is read only by the models of plugin mch.plugins.models.toy:ToyModel, not 'llava'"]),
+    (
+        ["--model", "llava", "--dataset", "toy"],
+        ["dataset 'toy' is read only by the models of plugin mch.plugins.models.toy:ToyModel, not 'llava'"],
+    ),
     (["--model", "llava", "--dataset", "cremad"], ["model 'llava' reads vision and dataset 'cremad' is speech"]),
-    (["--model", "llava", "--model-option", "batch_size=0"], ["model 'llava' option batch_size must be an integer >= 1"]),
-    (["--model", "llava", "--model-option", "prompt_text=hi"], ["model 'llava' has no option 'prompt_text'; it takes: "
-                                                                "batch_size, default_dataset, prompt"]),
+    (
+        ["--model", "llava", "--model-option", "batch_size=0"],
+        ["model 'llava' option batch_size must be an integer >= 1"],
+    ),
+    (
+        ["--model", "llava", "--model-option", "prompt_text=hi"],
+        ["model 'llava' has no option 'prompt_text'; it takes: batch_size, default_dataset, prompt"],
+    ),
 ]
 
 
@@ -289,8 +318,15 @@ def run_many(cases: list[list[str]], tmp: Path) -> list[_Res]:
         print(json.dumps(out))
     """)
     env = {**os.environ, "COLUMNS": "250", "MCH_STORE": str(tmp / "store"), "MCH_DATA": str(tmp / "data")}
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp / "r")], input=json.dumps(cases), text=True,
-                          capture_output=True, env=env, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp / "r")],
+        input=json.dumps(cases),
+        text=True,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     return [_Res(d) for d in json.loads(proc.stdout.strip().splitlines()[-1])]
 
@@ -311,33 +347,57 @@ def test_data_option_values_are_json(tmp_path, monkeypatch):
     from mch.cli import _options
     from mch.runner import RunConfig, plan
 
-    opts = _options(['synth={"classes": 2, "folds": 1, "seconds": 0.5}', "sample_rate=8000", "split=x y"], "--data-option")
+    opts = _options(
+        ['synth={"classes": 2, "folds": 1, "seconds": 0.5}', "sample_rate=8000", "split=x y"], "--data-option"
+    )
     assert opts == {"synth": {"classes": 2, "folds": 1, "seconds": 0.5}, "sample_rate": 8000, "split": "x y"}
     assert _options(["revision=1234567", "prompt=Describe it."]) == {"revision": 1234567, "prompt": "Describe it."}
     monkeypatch.setenv("MCH_DATA", str(tmp_path / "data"))
-    p = plan(RunConfig(model="qwen2audio", dataset="synth-esc50", analyses=[], store=tmp_path / "store",
-                       dataset_options={"synth": opts["synth"]}))
+    p = plan(
+        RunConfig(
+            model="qwen2audio",
+            dataset="synth-esc50",
+            analyses=[],
+            store=tmp_path / "store",
+            dataset_options={"synth": opts["synth"]},
+        )
+    )
     manifest = json.loads((tmp_path / "data" / "synth-esc50" / "mch_synth.json").read_text())
     assert manifest["params"] == {"classes": 2, "folds": 1, "seconds": 0.5} and len(p.samples) == 2
 
-    res = run_mch("extract", "--model", "qwen2audio", "--dataset", "synth-cremad", "--data-option",
-                  'synth={"actors": 0}', env={"MCH_STORE": str(tmp_path / "store2"), "MCH_DATA": str(tmp_path / "d2")})
+    res = run_mch(
+        "extract",
+        "--model",
+        "qwen2audio",
+        "--dataset",
+        "synth-cremad",
+        "--data-option",
+        'synth={"actors": 0}',
+        env={"MCH_STORE": str(tmp_path / "store2"), "MCH_DATA": str(tmp_path / "d2")},
+    )
     _fails(res, "synthetic corpus 'cremad' parameter actors must be an integer >= 1, not 0")
     assert not (tmp_path / "d2" / "synth-cremad").exists()
 
 
-@pytest.mark.parametrize("corpus,param,needle", [
-    ("cremad", "actors=two", "synthetic corpus 'cremad' parameter actors must be an integer >= 1, not 'two'"),
-    ("cremad", "actors=0", "parameter actors must be an integer >= 1, not 0"),
-    ("coco", "images=abc", "parameter images must be an integer >= 1, not 'abc'"),
-    ("coco", "images=-3", "parameter images must be an integer >= 1, not -3"),
-    ("coco", "width=0", "parameter width must be an integer >= 16, not 0"),
-    ("coco", "counts=[1,2", "parameter counts must be a list of integers"),
-    ("esc50", "seconds=-1", "parameter seconds must be a number >= 0.5, not -1"),
-    ("esc50", "seconds=0.2", "parameter seconds must be a number >= 0.5, not 0.2"),  # a bark did not fit: ValueError
-    ("librispeech", "speakers=0", "parameter speakers must be an integer >= 1, not 0"),
-    ("voxceleb1", "speaker=3", "synthetic corpus 'voxceleb1' has no parameter 'speaker'; it takes:"),
-])
+@pytest.mark.parametrize(
+    "corpus,param,needle",
+    [
+        ("cremad", "actors=two", "synthetic corpus 'cremad' parameter actors must be an integer >= 1, not 'two'"),
+        ("cremad", "actors=0", "parameter actors must be an integer >= 1, not 0"),
+        ("coco", "images=abc", "parameter images must be an integer >= 1, not 'abc'"),
+        ("coco", "images=-3", "parameter images must be an integer >= 1, not -3"),
+        ("coco", "width=0", "parameter width must be an integer >= 16, not 0"),
+        ("coco", "counts=[1,2", "parameter counts must be a list of integers"),
+        ("esc50", "seconds=-1", "parameter seconds must be a number >= 0.5, not -1"),
+        (
+            "esc50",
+            "seconds=0.2",
+            "parameter seconds must be a number >= 0.5, not 0.2",
+        ),  # a bark did not fit: ValueError
+        ("librispeech", "speakers=0", "parameter speakers must be an integer >= 1, not 0"),
+        ("voxceleb1", "speaker=3", "synthetic corpus 'voxceleb1' has no parameter 'speaker'; it takes:"),
+    ],
+)
 def test_data_make_arguments_are_checked(corpus, param, needle, tmp_path):
     res = run_mch("data", "make", corpus, "--out", str(tmp_path / "out"), "-p", param)
     _fails(res, needle)
@@ -349,9 +409,11 @@ def test_data_make_out_that_cannot_be_written(tmp_path):
     cannot write either: a path under a regular file, and a file where the directory goes."""
     afile = tmp_path / "afile"
     afile.write_text("x")
-    _fails(run_mch("data", "make", "coco", "--out", str(afile / "sub"), "-p", "images=1"),
-           f"the --out directory {afile / 'sub'} is under {afile}, which is a file, not a directory; "
-           f"choose a writable --out")
+    _fails(
+        run_mch("data", "make", "coco", "--out", str(afile / "sub"), "-p", "images=1"),
+        f"the --out directory {afile / 'sub'} is under {afile}, which is a file, not a directory; "
+        f"choose a writable --out",
+    )
     _fails(run_mch("data", "make", "coco", "--out", str(afile), "-p", "images=1"), "is not an empty directory")
 
 
@@ -359,8 +421,11 @@ def test_a_generated_corpus_that_cannot_be_written(tmp_path):
     from mch.plugins.attributes import synth
 
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(MchError, match=r"directory where synthetic corpora are generated \(\$MCH_DATA or "
-                                       r"~/.cache/mch/data\) .*afile is a file, not a directory; set MCH_DATA"):
+    with pytest.raises(
+        MchError,
+        match=r"directory where synthetic corpora are generated \(\$MCH_DATA or "
+        r"~/.cache/mch/data\) .*afile is a file, not a directory; set MCH_DATA",
+    ):
         synth.ensure("coco", tmp_path / "afile" / "synth-coco", images=1)
     with pytest.raises(MchError, match="parameter images must be an integer >= 1, not 0"):
         synth.ensure("coco", tmp_path / "data" / "synth-coco", images=0)
@@ -396,14 +461,20 @@ def _install(tmp_path: Path, name: str, src: str) -> dict:
 def test_a_plugin_that_fails_to_load_is_named(tmp_path):
     env = _install(tmp_path, "mch_qwen2vl", "raise ImportError('No module named qwen_vl_utils')\n")
     res = run_mch("bench", "--model", "qwen2vl", "--out", str(tmp_path / "r"), env=env)
-    _fails(res, "model 'qwen2vl' is not registered: plugin 'mch_qwen2vl' failed to load "
-                "(ImportError: No module named qwen_vl_utils); `mch plugins`")
+    _fails(
+        res,
+        "model 'qwen2vl' is not registered: plugin 'mch_qwen2vl' failed to load "
+        "(ImportError: No module named qwen_vl_utils); `mch plugins`",
+    )
     assert "did you mean" not in res.stderr
     res = run_mch("bench", "--model", "lava", "--out", str(tmp_path / "r"), env=env)  # another name: a typo
     _fails(res, "did you mean 'llava'", "plugin 'mch_qwen2vl' failed to load, see `mch plugins`")
     res = run_mch("list", "models", env={**env, "MCH_STRICT_PLUGINS": "1"})
-    _fails(res, "plugin 'mch_qwen2vl' (mch_qwen2vl) failed to load: ImportError: No module named qwen_vl_utils",
-           "MCH_STRICT_PLUGINS")
+    _fails(
+        res,
+        "plugin 'mch_qwen2vl' (mch_qwen2vl) failed to load: ImportError: No module named qwen_vl_utils",
+        "MCH_STRICT_PLUGINS",
+    )
 
 
 EXTERNAL = """
@@ -426,8 +497,12 @@ def mch_register_analyses(register):
 
 def test_an_external_analysis_parameters_are_checked_by_their_defaults(tmp_path):
     env = {**_install(tmp_path, "mch_scaled_plugin", EXTERNAL), "MCH_STORE": str(tmp_path / "store")}
-    _fails(run_mch("bench", "--analysis", "scaled", "--param", "scaled.k=three", "--out", str(tmp_path / "r"), env=env),
-           "analysis 'scaled' parameter k must be an integer >= 0, not 'three'")
-    _fails(run_mch("bench", "--analysis", "scaled", "--param", "scaled.scale=-1", "--out", str(tmp_path / "r"),
-                   env=env), "parameter scale must be a number >= 0, not -1")
+    _fails(
+        run_mch("bench", "--analysis", "scaled", "--param", "scaled.k=three", "--out", str(tmp_path / "r"), env=env),
+        "analysis 'scaled' parameter k must be an integer >= 0, not 'three'",
+    )
+    _fails(
+        run_mch("bench", "--analysis", "scaled", "--param", "scaled.scale=-1", "--out", str(tmp_path / "r"), env=env),
+        "parameter scale must be a number >= 0, not -1",
+    )
     _no_work(tmp_path)

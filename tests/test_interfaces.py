@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from mch import hookspecs
-from mch.api import (Analysis, AnalysisSpec, DatasetPlugin, DatasetSpec, MchError, ModelSpec,
-                     load_entry)
+from mch.api import Analysis, AnalysisSpec, DatasetPlugin, DatasetSpec, MchError, ModelSpec, load_entry
 from mch.hookspecs import hookimpl
 from mch.manager import build, get_registry
 from mch.model import ModelPlugin
@@ -24,26 +23,33 @@ EXAMPLE = ROOT / "docs" / "examples" / "mch-example-plugin"
 
 class NoScore(ModelPlugin):
     def load(self): ...
-    def stage_map(self, view="modal", protocol="default"): return {}
+    def stage_map(self, view="modal", protocol="default"):
+        return {}
+
     def prepare(self, samples, protocol, view="modal"): ...
 
 
 class NoSamples(DatasetPlugin):
-    def attributes(self, protocol): return {}
+    def attributes(self, protocol):
+        return {}
 
 
 class NoRun(Analysis):
-    def default_params(self, protocol): return {}
+    def default_params(self, protocol):
+        return {}
 
 
 MSPEC = ModelSpec(name="m", entry=f"{__name__}:NoScore", modality="vision", checkpoint="/nowhere")
 
 
-@pytest.mark.parametrize("cls, spec, missing", [
-    (NoScore, MSPEC, "score"),
-    (NoSamples, DatasetSpec(name="d", entry=f"{__name__}:NoSamples", modality="vision", attributes=()), "samples"),
-    (NoRun, AnalysisSpec(name="a", entry=f"{__name__}:NoRun"), "run"),
-])
+@pytest.mark.parametrize(
+    "cls, spec, missing",
+    [
+        (NoScore, MSPEC, "score"),
+        (NoSamples, DatasetSpec(name="d", entry=f"{__name__}:NoSamples", modality="vision", attributes=()), "samples"),
+        (NoRun, AnalysisSpec(name="a", entry=f"{__name__}:NoRun"), "run"),
+    ],
+)
 def test_an_incomplete_plugin_fails_when_created_and_when_its_entry_is_loaded(cls, spec, missing):
     with pytest.raises(TypeError, match=missing):
         cls(spec)
@@ -54,17 +60,27 @@ def test_an_incomplete_plugin_fails_when_created_and_when_its_entry_is_loaded(cl
 def test_hf_plugin_mixin_declares_what_a_subclass_provides():
     from mch.plugins.models._hf_common import HFPluginMixin
 
-    assert HFPluginMixin.__abstractmethods__ == {"_prepare_inputs", "render_prompt", "_instruction",
-                                                 "_score_context", "_build_paths"}
+    assert HFPluginMixin.__abstractmethods__ == {
+        "_prepare_inputs",
+        "render_prompt",
+        "_instruction",
+        "_score_context",
+        "_build_paths",
+    }
 
     class Half(HFPluginMixin, ModelPlugin):  # a transformers plugin that forgot its scoring context
         def load(self): ...
-        def stage_map(self, view="modal", protocol="default"): return {}
+        def stage_map(self, view="modal", protocol="default"):
+            return {}
+
         def prepare(self, samples, protocol, view="modal"): ...
         def _prepare_inputs(self, samples, protocol, view, query="", suffix=None): ...
         def render_prompt(self, protocol, view="modal", text=None, query=""): ...
-        def _instruction(self, protocol): return ""
-        def _build_paths(self, model): return {}
+        def _instruction(self, protocol):
+            return ""
+
+        def _build_paths(self, model):
+            return {}
 
     with pytest.raises(TypeError, match="_score_context"):
         Half(MSPEC)
@@ -107,7 +123,11 @@ def test_a_run_with_an_incomplete_model_plugin_stops_before_any_work(tmp_path):
     from conftest import run_mch
     from test_inputs import _fails, _install, _no_work
 
-    env = {**_install(tmp_path, "mch_half", """
+    env = {
+        **_install(
+            tmp_path,
+            "mch_half",
+            """
         from mch.api import ModelSpec
         from mch.hookspecs import hookimpl
         from mch.model import ModelPlugin
@@ -122,7 +142,10 @@ def test_a_run_with_an_incomplete_model_plugin_stops_before_any_work(tmp_path):
         def mch_register_models(register):
             register(ModelSpec(name="half", entry="mch_half:Half", modality="speech", checkpoint="/nowhere",
                                options={"default_dataset": "toy"}))
-        """), "MCH_STORE": str(tmp_path / "store")}
+        """,
+        ),
+        "MCH_STORE": str(tmp_path / "store"),
+    }
     res = run_mch("bench", "--model", "half", "--out", str(tmp_path / "r"), env=env)
     _fails(res, "plugin entry 'mch_half:Half': class Half does not implement score")
     _no_work(tmp_path)
@@ -171,8 +194,9 @@ class _Pluggy:
 
 def test_register_hooks_go_through_pluggy_and_are_attributed_per_plugin(monkeypatch):
     monkeypatch.setenv("MCH_LOAD_PLUGINS", "")  # no entry point: only the plugins below
-    pm, reg = build([_Pluggy(), _Models("first", "m1"), _Models("broken", "m2", fail=True), _Models("third", "m3"),
-                     _Undecorated()])
+    pm, reg = build(
+        [_Pluggy(), _Models("first", "m1"), _Models("broken", "m2", fail=True), _Models("third", "m3"), _Undecorated()]
+    )
     assert reg.analyses["renamed"].source == "pluggy-only"
     assert list(reg.models)[0] == "m0"  # tryfirst, though registered before the others
     del reg.models["m0"]
@@ -204,8 +228,12 @@ def test_a_hook_with_arguments_its_spec_lacks_is_refused_by_pluggy(monkeypatch):
 
 def test_hookspecs_are_typed_and_document_every_argument():
     specs = [f for n, f in vars(hookspecs).items() if n.startswith("mch_") and callable(f)]
-    assert {f.__name__ for f in specs} >= {"mch_register_models", "mch_register_datasets", "mch_register_analyses",
-                                           "mch_register_commands"}
+    assert {f.__name__ for f in specs} >= {
+        "mch_register_models",
+        "mch_register_datasets",
+        "mch_register_analyses",
+        "mch_register_commands",
+    }
     for f in specs:
         sig = inspect.signature(f)
         assert sig.return_annotation == "None", f.__name__

@@ -28,30 +28,74 @@ ENTRIES = Path(__file__).resolve().parent.parent / "leaderboard" / "entries"
 def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float) -> list[dict]:
     out = []
     for st, a, b in zip(STAGES, accs, bits, strict=True):
-        out.append({"metric": "accuracy", "value": a, "stage": st, "attribute": attr,
-                    "ci_low": a - 0.03, "ci_high": a + 0.03, "n": 200})
-        out.append({"metric": "i_probe_bits", "value": b, "stage": st, "attribute": attr,
-                    "ci_low": b - 0.1, "ci_high": b + 0.1, "n": 200})
+        out.append(
+            {
+                "metric": "accuracy",
+                "value": a,
+                "stage": st,
+                "attribute": attr,
+                "ci_low": a - 0.03,
+                "ci_high": a + 0.03,
+                "n": 200,
+            }
+        )
+        out.append(
+            {
+                "metric": "i_probe_bits",
+                "value": b,
+                "stage": st,
+                "attribute": attr,
+                "ci_low": b - 0.1,
+                "ci_high": b + 0.1,
+                "n": 200,
+            }
+        )
     out.append({"metric": "chance_uniform", "value": chance, "stage": None, "attribute": attr})
     out.append({"metric": "delta_tau", "value": 0.25, "stage": None, "attribute": attr})
     return out
 
 
-def make_record(model="toyfix", dataset="toy", analysis="probe", protocol="default", metrics=None,
-                created="2026-11-01T10:00:00+00:00", kind="measured", modality="speech", revision="r1",
-                source=None, note=None, checkpoint="builtin:toy", smoke=False, fingerprint=None, adapter=None):
+def make_record(
+    model="toyfix",
+    dataset="toy",
+    analysis="probe",
+    protocol="default",
+    metrics=None,
+    created="2026-11-01T10:00:00+00:00",
+    kind="measured",
+    modality="speech",
+    revision="r1",
+    source=None,
+    note=None,
+    checkpoint="builtin:toy",
+    smoke=False,
+    fingerprint=None,
+    adapter=None,
+):
     if metrics is None:
-        metrics = probe_metrics("speaker", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
-                                [1.5, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2], 0.25)
+        metrics = probe_metrics(
+            "speaker", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [1.5, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2], 0.25
+        )
     rec = build_record(
-        model={"name": model, "modality": modality, "checkpoint": checkpoint, "revision": revision,
-               **({"note": note} if note else {}), **({"smoke": True} if smoke else {}),
-               **({"checkpoint_fingerprint": fingerprint} if fingerprint else {}),
-               **({"adapter": adapter} if adapter else {})},
+        model={
+            "name": model,
+            "modality": modality,
+            "checkpoint": checkpoint,
+            "revision": revision,
+            **({"note": note} if note else {}),
+            **({"smoke": True} if smoke else {}),
+            **({"checkpoint_fingerprint": fingerprint} if fingerprint else {}),
+            **({"adapter": adapter} if adapter else {}),
+        },
         dataset={"name": dataset, "split": "test", "n": 400, "sample_ids_sha256": "ab" * 32},
-        analysis={"name": analysis, "params": {}}, protocol=protocol,
-        extraction={"span": "modality", "stages": STAGES}, seeds=[0], config_hash="c0ffee", duration_s=1.5,
-        metrics=metrics)
+        analysis={"name": analysis, "params": {}},
+        protocol=protocol,
+        extraction={"span": "modality", "stages": STAGES},
+        seeds=[0],
+        config_hash="c0ffee",
+        duration_s=1.5,
+        metrics=metrics,
+    )
     rec["created_at"] = created
     rec["kind"] = kind
     if source:
@@ -77,8 +121,10 @@ def test_chance_column_is_the_c_of_retained_pct(tmp_path):
     """Retained % and Chance in one row use one chance level: the record's chance_retention
     (mch's default: the majority rate), else 1/K (the paper's reported entries)."""
     m = probe_metrics("speaker", [0.6] * 7, [1.0] * 7, 0.25)
-    m += [{"metric": "chance_majority", "value": 0.4, "stage": None, "attribute": "speaker"},
-          {"metric": "chance_retention", "value": 0.4, "stage": None, "attribute": "speaker"}]
+    m += [
+        {"metric": "chance_majority", "value": 0.4, "stage": None, "attribute": "speaker"},
+        {"metric": "chance_retention", "value": 0.4, "stage": None, "attribute": "speaker"},
+    ]
     write(tmp_path, make_record(metrics=m))
     write(tmp_path, make_record(model="other", metrics=probe_metrics("speaker", [0.6] * 7, [1.0] * 7, 0.25)))
     rows = {r["model"]: r for r in rows_of(tmp_path)}
@@ -89,10 +135,8 @@ def test_chance_column_is_the_c_of_retained_pct(tmp_path):
 
 
 def test_latest_run_wins_and_all_runs_keeps_every_run(tmp_path):
-    old = make_record(created="2026-11-01T10:00:00+00:00",
-                      metrics=probe_metrics("speaker", [0.5] * 7, [0.1] * 7, 0.25))
-    new = make_record(created="2026-11-02T10:00:00+00:00",
-                      metrics=probe_metrics("speaker", [0.9] * 7, [1.1] * 7, 0.25))
+    old = make_record(created="2026-11-01T10:00:00+00:00", metrics=probe_metrics("speaker", [0.5] * 7, [0.1] * 7, 0.25))
+    new = make_record(created="2026-11-02T10:00:00+00:00", metrics=probe_metrics("speaker", [0.9] * 7, [1.1] * 7, 0.25))
     write(tmp_path, new)
     write(tmp_path, old)  # written later, but older: must not win
     rows = rows_of(tmp_path)
@@ -107,14 +151,28 @@ def test_latest_run_wins_and_all_runs_keeps_every_run(tmp_path):
 
 
 def test_analyses_merge_into_one_row_per_attribute(tmp_path):
-    write(tmp_path, make_record(metrics=probe_metrics("speaker", [0.6] * 7, [1.0] * 7, 0.25)
-                                + probe_metrics("content", [0.95] * 7, [1.9] * 7, 0.125)))
-    gmi = [{"metric": "gmi_bits", "value": 0.02, "stage": "llm.final", "attribute": "speaker",
-            "ci_low": 0.0, "ci_high": 0.05, "n": 400},
-           {"metric": "accessibility", "value": 0.02, "stage": "adapter", "attribute": "speaker"},
-           {"metric": "accessibility", "value": 0.04, "stage": "llm.final", "attribute": "speaker"},
-           {"metric": "gmi_bits", "value": 1.7, "stage": "llm.final", "attribute": "content"},
-           {"metric": "s_star", "value": 0.8, "stage": None, "attribute": "content"}]
+    write(
+        tmp_path,
+        make_record(
+            metrics=probe_metrics("speaker", [0.6] * 7, [1.0] * 7, 0.25)
+            + probe_metrics("content", [0.95] * 7, [1.9] * 7, 0.125)
+        ),
+    )
+    gmi = [
+        {
+            "metric": "gmi_bits",
+            "value": 0.02,
+            "stage": "llm.final",
+            "attribute": "speaker",
+            "ci_low": 0.0,
+            "ci_high": 0.05,
+            "n": 400,
+        },
+        {"metric": "accessibility", "value": 0.02, "stage": "adapter", "attribute": "speaker"},
+        {"metric": "accessibility", "value": 0.04, "stage": "llm.final", "attribute": "speaker"},
+        {"metric": "gmi_bits", "value": 1.7, "stage": "llm.final", "attribute": "content"},
+        {"metric": "s_star", "value": 0.8, "stage": None, "attribute": "content"},
+    ]
     write(tmp_path, make_record(analysis="gmi", metrics=gmi))
     rows = {r["attribute"]: r for r in rows_of(tmp_path)}
     assert set(rows) == {"speaker", "content"}
@@ -132,8 +190,14 @@ def test_analyses_merge_into_one_row_per_attribute(tmp_path):
 def test_latest_is_per_analysis_not_per_row(tmp_path):
     # A newer gmi run must not hide the older (and only) probe run of the same attribute.
     write(tmp_path, make_record(created="2026-11-01T00:00:00+00:00"))
-    write(tmp_path, make_record(analysis="gmi", created="2026-11-05T00:00:00+00:00", metrics=[
-        {"metric": "gmi_bits", "value": 0.1, "stage": "llm.final", "attribute": "speaker"}]))
+    write(
+        tmp_path,
+        make_record(
+            analysis="gmi",
+            created="2026-11-05T00:00:00+00:00",
+            metrics=[{"metric": "gmi_bits", "value": 0.1, "stage": "llm.final", "attribute": "speaker"}],
+        ),
+    )
     (row,) = rows_of(tmp_path)
     assert row["values"]["acc_final"]["value"] == 0.3 and row["values"]["gmi"]["value"] == 0.1
     assert row["created_at"] == "2026-11-05T00:00:00+00:00"
@@ -141,13 +205,23 @@ def test_latest_is_per_analysis_not_per_row(tmp_path):
 
 def test_measured_and_reported_never_merge_and_model_level_rows_stand_alone(tmp_path):
     write(tmp_path, make_record(protocol="paper"))
-    write(tmp_path, make_record(protocol="paper", kind="reported", source="Paper, Table 1",
-                                metrics=[{"metric": "accuracy", "value": 0.61, "stage": "adapter",
-                                          "attribute": "speaker"},
-                                         {"metric": "ablation_pct_change_ms_all", "value": -1.4}]))
+    write(
+        tmp_path,
+        make_record(
+            protocol="paper",
+            kind="reported",
+            source="Paper, Table 1",
+            metrics=[
+                {"metric": "accuracy", "value": 0.61, "stage": "adapter", "attribute": "speaker"},
+                {"metric": "ablation_pct_change_ms_all", "value": -1.4},
+            ],
+        ),
+    )
     rows = rows_of(tmp_path)
     kinds = [(r["kind"], r["attribute"]) for r in rows]
-    assert sorted(kinds, key=str) == sorted([("measured", "speaker"), ("reported", None), ("reported", "speaker")], key=str)
+    assert sorted(kinds, key=str) == sorted(
+        [("measured", "speaker"), ("reported", None), ("reported", "speaker")], key=str
+    )
     rep = next(r for r in rows if r["kind"] == "reported" and r["attribute"] == "speaker")
     assert rep["values"]["acc_adapter"]["value"] == 0.61 and rep["values"]["ablation_ms"] is None
     assert rep["sources"] == ["Paper, Table 1"]
@@ -171,10 +245,23 @@ def test_invalid_records_are_skipped_with_a_warning(tmp_path):
 
 def _three_rows(tmp_path):
     write(tmp_path, make_record(model="a", metrics=probe_metrics("speaker", [0.5] * 7, [0.5] * 7, 0.25)))
-    write(tmp_path, make_record(model="b", modality="vision", dataset="img",
-                                metrics=probe_metrics("object_count", [0.8] * 7, [0.5] * 7, 0.2)))
-    write(tmp_path, make_record(model="c", analysis="gmi", metrics=[
-        {"metric": "gmi_bits", "value": 0.3, "stage": "llm.final", "attribute": "speaker"}]))
+    write(
+        tmp_path,
+        make_record(
+            model="b",
+            modality="vision",
+            dataset="img",
+            metrics=probe_metrics("object_count", [0.8] * 7, [0.5] * 7, 0.2),
+        ),
+    )
+    write(
+        tmp_path,
+        make_record(
+            model="c",
+            analysis="gmi",
+            metrics=[{"metric": "gmi_bits", "value": 0.3, "stage": "llm.final", "attribute": "speaker"}],
+        ),
+    )
     return rows_of(tmp_path)
 
 
@@ -233,9 +320,11 @@ def test_cli_table_json_and_filters(tmp_path):
 
 def test_cli_errors_are_one_sentence_not_a_traceback(tmp_path):
     _three_rows(tmp_path)
-    for args, expect in ((["--sort", "nope"], "cannot sort by 'nope'"),
-                         (["--protocol", "fancy"], "--protocol must be one of default, paper"),
-                         (["--attribute", "colour"], "no leaderboard row has attribute 'colour'")):
+    for args, expect in (
+        (["--sort", "nope"], "cannot sort by 'nope'"),
+        (["--protocol", "fancy"], "--protocol must be one of default, paper"),
+        (["--attribute", "colour"], "no leaderboard row has attribute 'colour'"),
+    ):
         res = invoke("--results", str(tmp_path), "--no-entries", *args)
         assert res.exit_code == 2
         assert expect in res.output and "Traceback" not in res.output
@@ -275,7 +364,9 @@ def test_submit_canonical_name_duplicates_and_replace(tmp_path):
     target = entries / "My_Model__abc123__toy__probe__default.json"
     assert target.exists() and json.loads(target.read_text()) == json.loads(src.read_text())
     # Same (model, revision, dataset, protocol, analysis), a later run: a duplicate.
-    src2 = write(tmp_path / "res2", make_record(model="My/Model", revision="abc123", created="2026-12-01T00:00:00+00:00"))
+    src2 = write(
+        tmp_path / "res2", make_record(model="My/Model", revision="abc123", created="2026-12-01T00:00:00+00:00")
+    )
     res = invoke("submit", str(src2), "--entries", str(entries))
     assert res.exit_code == 2 and "duplicates" in res.output and "--replace" in res.output
     res = invoke("submit", str(src2), "--entries", str(entries), "--replace")
@@ -298,15 +389,18 @@ def test_submit_sanitised_name_clash_keeps_both(tmp_path):
     assert len(list(entries.glob("*.json"))) == 2
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda r: r["metrics"][2].update(value="high"), "metrics/2/value"),
-    (lambda r: r.pop("model"), "'model' is a required property"),
-    (lambda r: r["model"].update(name=""), "model/name"),
-    (lambda r: r.update(protocol="mine"), "protocol"),
-    (lambda r: r["metrics"][0].update(stage="layer7"), "metrics/0/stage"),
-    (lambda r: r.update(kind="reported"), "provenance/source"),
-    (lambda r: r.update(schema_version=7), "schema_version"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda r: r["metrics"][2].update(value="high"), "metrics/2/value"),
+        (lambda r: r.pop("model"), "'model' is a required property"),
+        (lambda r: r["model"].update(name=""), "model/name"),
+        (lambda r: r.update(protocol="mine"), "protocol"),
+        (lambda r: r["metrics"][0].update(stage="layer7"), "metrics/0/stage"),
+        (lambda r: r.update(kind="reported"), "provenance/source"),
+        (lambda r: r.update(schema_version=7), "schema_version"),
+    ],
+)
 def test_submit_rejects_invalid_records_naming_the_first_offending_field(tmp_path, mutate, field):
     rec = make_record()
     mutate(rec)
@@ -344,8 +438,12 @@ def build(tmp_path, *recs) -> tuple[str, dict]:
 
 
 def test_site_escapes_every_string(tmp_path):
-    evil = make_record(model=XSS, dataset='d"><img src=x onerror=alert(2)>', note="</script><script>alert(3)</script>",
-                       metrics=probe_metrics("<b>attr</b>", [0.5] * 7, [0.5] * 7, 0.25))
+    evil = make_record(
+        model=XSS,
+        dataset='d"><img src=x onerror=alert(2)>',
+        note="</script><script>alert(3)</script>",
+        metrics=probe_metrics("<b>attr</b>", [0.5] * 7, [0.5] * 7, 0.25),
+    )
     page, data = build(tmp_path, evil, make_record())
     for raw in (XSS, "<img", "<b>attr</b>", "alert(3)</script>"):
         assert raw not in page
@@ -368,7 +466,7 @@ def test_site_is_self_contained_and_its_csp_admits_only_its_own_script(tmp_path)
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1)
     assert f"script-src 'sha256-{digest}'" in csp.replace("&#x27;", "'")
     assert f'data-id="{data["rows"][0]["id"]}"' in page
-    assert "<svg class=\"spark\"" in page  # per-row layer sparkline rendered at build time
+    assert '<svg class="spark"' in page  # per-row layer sparkline rendered at build time
 
 
 def test_empty_site_still_builds(tmp_path):
@@ -406,13 +504,18 @@ def test_committed_entries_carry_the_papers_checked_probe_values():
     # retained_pct 199 is consistent with its own inputs: 100·(0.535 − 0.02)/(0.279 − 0.02) ≈ 198.8.
     lex = rows[("ultravox", "librispeech", "lexical")]["values"]
     assert lex["retained_pct"]["value"] == pytest.approx(
-        100 * (lex["acc_final"]["value"] - lex["chance"]["value"]) / (lex["acc_adapter"]["value"] - lex["chance"]["value"]),
-        abs=0.5)
+        100
+        * (lex["acc_final"]["value"] - lex["chance"]["value"])
+        / (lex["acc_adapter"]["value"] - lex["chance"]["value"]),
+        abs=0.5,
+    )
     assert rows[("prismatic_dinov2", "coco", None)]["values"]["ablation_ms"]["value"] == -11.11
 
 
 def test_import_is_light():
-    code = ("import sys, mch.leaderboard, mch.site; "
-            "print(sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, mch.leaderboard, mch.site; "
+        "print(sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -24,14 +24,24 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",
+)
 
 
 def _gmi(attr, bits, acc_adapter, acc_final, ci=(0.0, 0.0)):
-    return [{"metric": "gmi_bits", "value": bits, "stage": "llm.final", "attribute": attr,
-             "ci_low": bits + ci[0], "ci_high": bits + ci[1], "n": 400},
-            {"metric": "accessibility", "value": acc_adapter, "stage": "adapter", "attribute": attr},
-            {"metric": "accessibility", "value": acc_final, "stage": "llm.final", "attribute": attr}]
+    return [
+        {
+            "metric": "gmi_bits",
+            "value": bits,
+            "stage": "llm.final",
+            "attribute": attr,
+            "ci_low": bits + ci[0],
+            "ci_high": bits + ci[1],
+            "n": 400,
+        },
+        {"metric": "accessibility", "value": acc_adapter, "stage": "adapter", "attribute": attr},
+        {"metric": "accessibility", "value": acc_final, "stage": "llm.final", "attribute": attr},
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -39,28 +49,66 @@ def site(tmp_path_factory):
     """A site from the committed reported entries plus measured fixture records (two models,
     probe + gmi) and one whose model name is a script tag."""
     res = tmp_path_factory.mktemp("results")
-    accs = {"content": [0.97, 0.96, 0.95, 0.95, 0.94, 0.93, 0.93],
-            "speaker": [0.92, 0.88, 0.80, 0.71, 0.60, 0.52, 0.45],
-            "emotion": [0.81, 0.77, 0.70, 0.62, 0.55, 0.49, 0.41]}
+    accs = {
+        "content": [0.97, 0.96, 0.95, 0.95, 0.94, 0.93, 0.93],
+        "speaker": [0.92, 0.88, 0.80, 0.71, 0.60, 0.52, 0.45],
+        "emotion": [0.81, 0.77, 0.70, 0.62, 0.55, 0.49, 0.41],
+    }
     metrics = []
     for attr, a in accs.items():
         metrics += probe_metrics(attr, a, [2.0 * x - 0.2 for x in a], 0.25 if attr != "content" else 0.125)
     write(res, make_record(model="toy", metrics=metrics))
-    write(res, make_record(model="toy", analysis="gmi", metrics=_gmi("content", 1.8, 0.95, 0.98, (-0.1, 0.1))
-                           + _gmi("speaker", 0.01, 0.01, 0.02, (-0.01, 0.02)) + _gmi("emotion", 0.02, 0.02, 0.05)))
-    write(res, make_record(model="tiny-llava-random", modality="vision", dataset="toy-vision",
-                           note="random-weight smoke run, not science",
-                           metrics=probe_metrics("object_count", [0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.3],
-                                                 [0.5, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1], 0.2)))
+    write(
+        res,
+        make_record(
+            model="toy",
+            analysis="gmi",
+            metrics=_gmi("content", 1.8, 0.95, 0.98, (-0.1, 0.1))
+            + _gmi("speaker", 0.01, 0.01, 0.02, (-0.01, 0.02))
+            + _gmi("emotion", 0.02, 0.02, 0.05),
+        ),
+    )
+    write(
+        res,
+        make_record(
+            model="tiny-llava-random",
+            modality="vision",
+            dataset="toy-vision",
+            note="random-weight smoke run, not science",
+            metrics=probe_metrics(
+                "object_count", [0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.3], [0.5, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1], 0.2
+            ),
+        ),
+    )
     write(res, make_record(model=XSS, metrics=probe_metrics("speaker", [0.5] * 7, [0.3] * 7, 0.25)))
     # near chance: I_probe below 0 (the I_probe chart's axis must reach below 0, ticks stay round)
-    write(res, make_record(model="toy", checkpoint="/data/ckpts/run-2026-11/toy-retrained", revision=None,
-                           metrics=probe_metrics("speaker", [0.27, 0.26, 0.25, 0.24, 0.25, 0.26, 0.25],
-                                                 [-0.02, -0.31, -0.44, -0.12, -0.05, -0.002, -0.001], 0.25)))
+    write(
+        res,
+        make_record(
+            model="toy",
+            checkpoint="/data/ckpts/run-2026-11/toy-retrained",
+            revision=None,
+            metrics=probe_metrics(
+                "speaker",
+                [0.27, 0.26, 0.25, 0.24, 0.25, 0.26, 0.25],
+                [-0.02, -0.31, -0.44, -0.12, -0.05, -0.002, -0.001],
+                0.25,
+            ),
+        ),
+    )
     # a random-weight checkpoint: labelled smoke, never "measured"
-    write(res, make_record(model="llava", modality="vision", dataset="coco", smoke=True,
-                           checkpoint="/tmp/pytest-of-root/pytest-3/tiny0/llava", revision=None,
-                           metrics=probe_metrics("object_count", [0.3] * 7, [0.01] * 7, 0.25)))
+    write(
+        res,
+        make_record(
+            model="llava",
+            modality="vision",
+            dataset="coco",
+            smoke=True,
+            checkpoint="/tmp/pytest-of-root/pytest-3/tiny0/llava",
+            revision=None,
+            metrics=probe_metrics("object_count", [0.3] * 7, [0.01] * 7, 0.25),
+        ),
+    )
     loaded, warnings = load_records([res, ENTRIES])
     assert not warnings
     rows = aggregate(loaded)
@@ -77,15 +125,27 @@ def driver():
     os.environ.setdefault("SE_OFFLINE", "true")  # never let selenium-manager reach the network
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--window-size=1500,1000", "--allow-file-access-from-files"):
+    for a in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1500,1000",
+        "--allow-file-access-from-files",
+    ):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     drv = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
     # Any dialog the page opens (an escaped script would) is recorded here instead of blocking.
-    drv.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
-        "window.__dialogs = [];"
-        "['alert','confirm','prompt'].forEach(function(k){window[k]=function(m){window.__dialogs.push(String(m));};});")})
+    drv.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": (
+                "window.__dialogs = [];"
+                "['alert','confirm','prompt'].forEach(function(k){window[k]=function(m){window.__dialogs.push(String(m));};});"
+            )
+        },
+    )
     yield drv
     drv.quit()
 
@@ -124,8 +184,12 @@ def test_page_in_headless_chromium(site, driver):
     assert sum(tr.get_attribute("data-smoke") == "1" for tr in trs) == 1
 
     # Runs of different checkpoints of one model are different rows, each naming its checkpoint.
-    toy_speaker = [tr for tr in trs if tr.find_element(By.CSS_SELECTOR, "td.model .name").text == "toy"
-                   and tr.get_attribute("data-attribute") == "speaker"]
+    toy_speaker = [
+        tr
+        for tr in trs
+        if tr.find_element(By.CSS_SELECTOR, "td.model .name").text == "toy"
+        and tr.get_attribute("data-attribute") == "speaker"
+    ]
     ckpts = {tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text for tr in toy_speaker}
     assert {"builtin:toy@r1", "…/run-2026-11/toy-retrained"} <= ckpts, ckpts
 
@@ -141,7 +205,7 @@ def test_page_in_headless_chromium(site, driver):
     vals = [tr.find_elements(By.TAG_NAME, "td")[idx].get_attribute("data-v") for tr in visible_rows(driver)]
     nums = [float(v) for v in vals if v]
     assert nums == sorted(nums, reverse=True) and len(nums) >= 4
-    assert all(v == "" for v in vals[len(nums):])
+    assert all(v == "" for v in vals[len(nums) :])
     assert header.get_attribute("aria-sort") == "descending"
     header.find_element(By.TAG_NAME, "button").click()
     vals = [tr.find_elements(By.TAG_NAME, "td")[idx].get_attribute("data-v") for tr in visible_rows(driver)]
@@ -166,10 +230,13 @@ def test_page_in_headless_chromium(site, driver):
     assert chart.is_displayed() and chart.size["width"] > 300 and chart.size["height"] > 150
     lines = chart.find_elements(By.TAG_NAME, "polyline")
     assert len(lines) >= 2  # first measured and first reported row are plotted on load
-    toy = next(tr for tr in visible_rows(driver)
-               if tr.find_element(By.CSS_SELECTOR, "td.model .name").text == "toy"
-               and tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text == "builtin:toy@r1"
-               and tr.get_attribute("data-attribute") == "speaker")
+    toy = next(
+        tr
+        for tr in visible_rows(driver)
+        if tr.find_element(By.CSS_SELECTOR, "td.model .name").text == "toy"
+        and tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text == "builtin:toy@r1"
+        and tr.get_attribute("data-attribute") == "speaker"
+    )
     box = toy.find_element(By.CSS_SELECTOR, "input.plot")
     if box.is_selected():
         box.click()
@@ -233,13 +300,19 @@ def test_page_is_responsive_with_round_ticks_a_legend_and_a_linked_science_md(si
     for th in driver.find_elements(By.CSS_SELECTOR, "#lb thead th"):
         if th.is_displayed():
             assert th.rect["x"] + th.rect["width"] <= width + 1, th.text
-    keys = [th.get_attribute("data-key") for th in driver.find_elements(By.CSS_SELECTOR, "#lb thead th")
-            if th.is_displayed()]
+    keys = [
+        th.get_attribute("data-key")
+        for th in driver.find_elements(By.CSS_SELECTOR, "#lb thead th")
+        if th.is_displayed()
+    ]
     assert {"model", "acc_final", "gmi", "access_final", "ablation_ms"} <= set(keys)
 
     # Ticks: round steps from 0 (accuracy) and below 0 when a plotted I_probe is negative.
-    neg = next(tr for tr in visible_rows(driver)
-               if tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text == "…/run-2026-11/toy-retrained")
+    neg = next(
+        tr
+        for tr in visible_rows(driver)
+        if tr.find_element(By.CSS_SELECTOR, "td.model .ckpt").text == "…/run-2026-11/toy-retrained"
+    )
     neg.find_elements(By.TAG_NAME, "td")[1].click()
     for chart in ("chart-acc", "chart-ip"):
         ticks = tick_values(driver, chart)

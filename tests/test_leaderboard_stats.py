@@ -9,20 +9,59 @@ from mch.results import build_record, write_record
 
 def test_gmi_lm_gmi_p_and_accessibility_cis_have_columns(tmp_path):
     metrics = [
-        {"metric": "gmi_bits", "value": 2.41, "stage": "llm.final", "attribute": "content", "ci_low": 2.33,
-         "ci_high": 2.49, "n": 600, "n_groups": 600},
-        {"metric": "gmi_lm_bits", "value": 2.74, "stage": "llm.final", "attribute": "content", "ci_low": 2.55,
-         "ci_high": 2.90, "n": 600, "n_groups": 600},
+        {
+            "metric": "gmi_bits",
+            "value": 2.41,
+            "stage": "llm.final",
+            "attribute": "content",
+            "ci_low": 2.33,
+            "ci_high": 2.49,
+            "n": 600,
+            "n_groups": 600,
+        },
+        {
+            "metric": "gmi_lm_bits",
+            "value": 2.74,
+            "stage": "llm.final",
+            "attribute": "content",
+            "ci_low": 2.55,
+            "ci_high": 2.90,
+            "n": 600,
+            "n_groups": 600,
+        },
         {"metric": "gmi_p", "value": 0.005, "stage": "llm.final", "attribute": "content", "n": 600},
-        {"metric": "accessibility", "value": 0.92, "stage": "adapter", "attribute": "content", "ci_low": 0.81,
-         "ci_high": 1.1, "n": 600, "n_groups": 600},
-        {"metric": "accessibility_lm", "value": 1.05, "stage": "llm.final", "attribute": "content",
-         "ci_low": 0.9, "ci_high": 1.2, "n": 600, "n_groups": 600},
+        {
+            "metric": "accessibility",
+            "value": 0.92,
+            "stage": "adapter",
+            "attribute": "content",
+            "ci_low": 0.81,
+            "ci_high": 1.1,
+            "n": 600,
+            "n_groups": 600,
+        },
+        {
+            "metric": "accessibility_lm",
+            "value": 1.05,
+            "stage": "llm.final",
+            "attribute": "content",
+            "ci_low": 0.9,
+            "ci_high": 1.2,
+            "n": 600,
+            "n_groups": 600,
+        },
     ]
-    rec = build_record(model={"name": "toyfix", "modality": "speech", "checkpoint": "builtin:toy"},
-                       dataset={"name": "toy", "n": 600, "sample_ids_sha256": "ab" * 32},
-                       analysis={"name": "gmi", "params": {}}, protocol="default", extraction={}, seeds=[0],
-                       config_hash="c0", duration_s=1.0, metrics=metrics)
+    rec = build_record(
+        model={"name": "toyfix", "modality": "speech", "checkpoint": "builtin:toy"},
+        dataset={"name": "toy", "n": 600, "sample_ids_sha256": "ab" * 32},
+        analysis={"name": "gmi", "params": {}},
+        protocol="default",
+        extraction={},
+        seeds=[0],
+        config_hash="c0",
+        duration_s=1.0,
+        metrics=metrics,
+    )
     write_record(rec, tmp_path)
     loaded, warnings = lb.load_records([tmp_path])
     assert not warnings

@@ -46,15 +46,17 @@ class LinearDecoder(ModelPlugin):
         x = torch.zeros(len(samples), T, 3)
         mask = torch.zeros(len(samples), T, dtype=torch.bool)
         for i, s in enumerate(samples):
-            x[i, :len(s.media)] = torch.as_tensor(s.media)
-            mask[i, :len(s.media)] = True
+            x[i, : len(s.media)] = torch.as_tensor(s.media)
+            mask[i, : len(s.media)] = True
         return x, mask
 
     def prepare(self, samples, protocol, view="modal"):
         x, mask = self._frames(samples)
-        return Prepared(inputs={"x": x}, pools={"adapter": Pool(torch.arange(len(samples)), {"modality": mask,
-                                                                                            "all": mask})},
-                        n=len(samples))
+        return Prepared(
+            inputs={"x": x},
+            pools={"adapter": Pool(torch.arange(len(samples)), {"modality": mask, "all": mask})},
+            n=len(samples),
+        )
 
     def loss(self, samples, protocol, grad=False):
         x, mask = self._frames(samples)
@@ -69,8 +71,7 @@ def samples_of(lengths, seed=0):
     out = []
     for i, T in enumerate(lengths):
         frames = rng.normal(size=(T, 3)).astype(np.float32)
-        out.append(Sample(sample_id=f"s{i}", text="", labels={"y": "a"}, groups={"g": "g"},
-                          loader=lambda f=frames: f))
+        out.append(Sample(sample_id=f"s{i}", text="", labels={"y": "a"}, groups={"g": "g"}, loader=lambda f=frames: f))
     return out
 
 
@@ -85,7 +86,7 @@ def test_gradient_norms_of_a_linear_decoder_match_its_constant():
     np.testing.assert_allclose(r["L_seq"], np.linalg.norm(w) / np.sqrt(T), rtol=1e-5)
     np.testing.assert_allclose(r["grad_pooled"], np.tile(w, (4, 1)), rtol=1e-5, atol=1e-6)
     fd = finite_differences(model, samples_of(lengths), "default", "modality", 1e-2)
-    np.testing.assert_allclose(fd[:, 1], fd[:, 0], rtol=1e-3)       # central differences along the gradient
+    np.testing.assert_allclose(fd[:, 1], fd[:, 0], rtol=1e-3)  # central differences along the gradient
     np.testing.assert_allclose(fd[:, 3], fd[:, 2], rtol=1e-3)
 
 
@@ -94,11 +95,19 @@ def _context(model, samples, protocol="default", analysis=None, **params):
     rng = np.random.default_rng(1)
     Y = (X + rng.normal(size=X.shape)).astype(np.float32)
     attr = {"y": Attribute("y", ["a"], {"a": ["a"]}, "q", group_key="g")}
-    ctx = AnalysisContext(protocol=protocol, params={**analysis.default_params(protocol), **params}, seed=0,
-                          stages=["adapter"], reps={"adapter": X.astype(np.float32)}, samples=samples,
-                          attributes=attr, labels={"y": np.array(["a"] * len(samples), dtype=object)},
-                          groups={"y": np.array(["g"] * len(samples), dtype=object)}, _model_loader=lambda: model,
-                          _text_reps=lambda: {"adapter": Y})
+    ctx = AnalysisContext(
+        protocol=protocol,
+        params={**analysis.default_params(protocol), **params},
+        seed=0,
+        stages=["adapter"],
+        reps={"adapter": X.astype(np.float32)},
+        samples=samples,
+        attributes=attr,
+        labels={"y": np.array(["a"] * len(samples), dtype=object)},
+        groups={"y": np.array(["g"] * len(samples), dtype=object)},
+        _model_loader=lambda: model,
+        _text_reps=lambda: {"adapter": Y},
+    )
     return ctx, X.astype(np.float64), Y.astype(np.float64)
 
 
@@ -138,7 +147,7 @@ def test_w1_floor_of_one_law_and_of_two():
     X, Y = rng.normal(size=(80, 6)), rng.normal(size=(80, 6))
     same = w1_null(X, Y, 40, seed=0)
     w = exact_w1(X, Y)
-    assert w > 1.0                                    # the floor: far from 0 with 80 rows in 6 dims
+    assert w > 1.0  # the floor: far from 0 with 80 rows in 6 dims
     assert abs(w - same["mean"]) < 0.15 * w and same["p"] > 0.05
     shifted = w1_null(X, Y + np.array([2.0, 0, 0, 0, 0, 0]), 40, seed=0)
     w2 = exact_w1(X, Y + np.array([2.0, 0, 0, 0, 0, 0]))
@@ -161,14 +170,32 @@ def test_diameter_follows_the_reference():
 def test_toy_sensitivity_bound_and_cache(tmp_path):
     from mch.runner import RunConfig, run_bench
 
-    params = {"lipschitz": {"n_samples": 24, "n_fd": 4, "n_boot": 200},
-              "distances": {"max_n": 60, "n_perm": 20, "n_boot": 20, "w1_max_n": 40, "w1_n_perm": 5, "w1_n_boot": 5,
-                            "n_directions": 16, "stages": "adapter"},
-              "bound": {"n_samples": 24, "path_points": 3, "n_boot": 200}}
+    params = {
+        "lipschitz": {"n_samples": 24, "n_fd": 4, "n_boot": 200},
+        "distances": {
+            "max_n": 60,
+            "n_perm": 20,
+            "n_boot": 20,
+            "w1_max_n": 40,
+            "w1_n_perm": 5,
+            "w1_n_boot": 5,
+            "n_directions": 16,
+            "stages": "adapter",
+        },
+        "bound": {"n_samples": 24, "path_points": 3, "n_boot": 200},
+    }
 
     def bench():
-        _, written = run_bench(RunConfig(model="toy", analyses=["lipschitz", "distances", "bound"], limit=60,
-                                         store=tmp_path / "s", out_dir=tmp_path / "r", params=params))
+        _, written = run_bench(
+            RunConfig(
+                model="toy",
+                analyses=["lipschitz", "distances", "bound"],
+                limit=60,
+                store=tmp_path / "s",
+                out_dir=tmp_path / "r",
+                params=params,
+            )
+        )
         return {rec["analysis"]["name"]: rec for _, rec in written}
 
     first = bench()
@@ -194,13 +221,38 @@ def test_toy_sensitivity_bound_and_cache(tmp_path):
 def test_toy_paper_protocol_fields(tmp_path):
     from mch.runner import RunConfig, run_bench
 
-    _, written = run_bench(RunConfig(model="toy", analyses=["lipschitz"], limit=30, protocol="paper",
-                                     store=tmp_path / "s", out_dir=tmp_path / "r",
-                                     params={"lipschitz": {"n_samples": 12, "n_fd": 2}}))
+    _, written = run_bench(
+        RunConfig(
+            model="toy",
+            analyses=["lipschitz"],
+            limit=30,
+            protocol="paper",
+            store=tmp_path / "s",
+            out_dir=tmp_path / "r",
+            params={"lipschitz": {"n_samples": 12, "n_fd": 2}},
+        )
+    )
     s = written[0][1]["summary"]
-    for k in ("n_requested", "n_computed", "n_valid", "L_log_mean", "L_log_std", "L_log_median", "L_log_p5",
-              "L_log_p25", "L_log_p75", "L_log_p95", "L_log_p99", "L_log_min", "L_log_max", "D_diameter",
-              "L_D_product_95", "L_D_product_99", "elapsed_seconds", "checks"):
+    for k in (
+        "n_requested",
+        "n_computed",
+        "n_valid",
+        "L_log_mean",
+        "L_log_std",
+        "L_log_median",
+        "L_log_p5",
+        "L_log_p25",
+        "L_log_p75",
+        "L_log_p95",
+        "L_log_p99",
+        "L_log_min",
+        "L_log_max",
+        "D_diameter",
+        "L_D_product_95",
+        "L_D_product_99",
+        "elapsed_seconds",
+        "checks",
+    ):
         assert k in s, k
     assert s["n_computed"] == 12 and s["L_D_product_95"] == pytest.approx(s["L_log_p95"] * s["D_diameter"])
     assert {"all_finite", "variation_ok", "L_D_in_range"} <= set(s["checks"])
@@ -217,11 +269,13 @@ def tiny_world(tmp_path_factory):
     from mch.plugins.models import tiny
 
     root = tmp_path_factory.mktemp("tiny_mine")
-    ck = {"llava": tiny.make_tiny_llava(root / "llava"),
-          "prismatic_dinov2": tiny.make_tiny_prismatic_dinov2(root / "dinov2"),
-          "qwen2audio": tiny.make_tiny_qwen2audio(root / "qwen2audio"),
-          "ultravox": tiny.make_tiny_ultravox(root / "ultravox"),
-          "llama": tiny.make_tiny_llama(root / "llama")}  # the paper protocol's text-only model
+    ck = {
+        "llava": tiny.make_tiny_llava(root / "llava"),
+        "prismatic_dinov2": tiny.make_tiny_prismatic_dinov2(root / "dinov2"),
+        "qwen2audio": tiny.make_tiny_qwen2audio(root / "qwen2audio"),
+        "ultravox": tiny.make_tiny_ultravox(root / "ultravox"),
+        "llama": tiny.make_tiny_llama(root / "llama"),
+    }  # the paper protocol's text-only model
     coco = synth.make("coco", root / "coco", images=40)
     crema = synth.make("cremad", root / "crema", actors=4, sentences=2, engine="numpy")
     wav = sorted((crema / "AudioWAV").glob("*.wav"))[0]  # > 30 s: two Ultravox chunks for one sample
@@ -234,9 +288,17 @@ def tiny_world(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,protocol", [("llava", "default"), ("prismatic_dinov2", "default"),
-                                            ("qwen2audio", "default"), ("ultravox", "default"),
-                                            ("ultravox", "paper"), ("llava", "paper")])
+@pytest.mark.parametrize(
+    "model,protocol",
+    [
+        ("llava", "default"),
+        ("prismatic_dinov2", "default"),
+        ("qwen2audio", "default"),
+        ("ultravox", "default"),
+        ("ultravox", "paper"),
+        ("llava", "paper"),
+    ],
+)
 def test_my_analyses_on_tiny_paper_architectures(tiny_world, model, protocol, tmp_path):
     """modes, per_type, distances, lipschitz and bound run on every model layout (patch tokens,
     30 s padded audio, multi-chunk audio) and write valid records; under paper the first
@@ -246,19 +308,35 @@ def test_my_analyses_on_tiny_paper_architectures(tiny_world, model, protocol, tm
     speech = model in ("qwen2audio", "ultravox")
     analyses = ["modes", "per_type", "distances", "lipschitz", "bound"]
     if protocol == "paper":
-        params = {"distances": {"n_bootstrap": 3}, "lipschitz": {"n_samples": 4, "n_fd": 2},
-                  "bound": {"n_samples": 4, "path_points": 3, "n_boot": 50}}
+        params = {
+            "distances": {"n_bootstrap": 3},
+            "lipschitz": {"n_samples": 4, "n_fd": 2},
+            "bound": {"n_samples": 4, "path_points": 3, "n_boot": 50},
+        }
     else:
-        params = {"modes": {"n_boot": 20}, "per_type": {"n_boot": 20, "w1_reps": 2},
-                  "distances": {"n_perm": 10, "n_boot": 10, "w1_n_perm": 3, "w1_n_boot": 3, "n_directions": 8},
-                  "lipschitz": {"n_samples": 6, "batch_size": 3, "n_fd": 2, "n_boot": 50},
-                  "bound": {"n_samples": 6, "batch_size": 3, "path_points": 3, "n_boot": 50}}
-    _, written = run_bench(RunConfig(model=model, checkpoint=str(tiny_world["ck"][model]),
-                                     dataset="cremad" if speech else "coco",
-                                     data_path=str(tiny_world["crema" if speech else "coco"]), analyses=analyses,
-                                     limit=40, batch_size=4, protocol=protocol, params=params,
-                                     out_dir=tmp_path / "r", store=tmp_path / "s",
-                                     text_checkpoint=str(tiny_world["ck"]["llama"])))
+        params = {
+            "modes": {"n_boot": 20},
+            "per_type": {"n_boot": 20, "w1_reps": 2},
+            "distances": {"n_perm": 10, "n_boot": 10, "w1_n_perm": 3, "w1_n_boot": 3, "n_directions": 8},
+            "lipschitz": {"n_samples": 6, "batch_size": 3, "n_fd": 2, "n_boot": 50},
+            "bound": {"n_samples": 6, "batch_size": 3, "path_points": 3, "n_boot": 50},
+        }
+    _, written = run_bench(
+        RunConfig(
+            model=model,
+            checkpoint=str(tiny_world["ck"][model]),
+            dataset="cremad" if speech else "coco",
+            data_path=str(tiny_world["crema" if speech else "coco"]),
+            analyses=analyses,
+            limit=40,
+            batch_size=4,
+            protocol=protocol,
+            params=params,
+            out_dir=tmp_path / "r",
+            store=tmp_path / "s",
+            text_checkpoint=str(tiny_world["ck"]["llama"]),
+        )
+    )
     recs = {rec["analysis"]["name"]: rec for _, rec in written}
     assert list(recs) == analyses
     if protocol == "paper":  # modes and distances read the text-only model; bound, this model's own view

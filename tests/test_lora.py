@@ -24,14 +24,20 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def toy_ctx(limit: int = 300, **params):
+    from mch.manager import get_registry
     from mch.plugins.analyses.lora import Lora
     from mch.plugins.attributes.toy import ToyWorld
-    from mch.manager import get_registry
 
     ds = ToyWorld(get_registry().get("dataset", "toy"))
     p = {**Lora(None).default_params("default"), **params}
-    return SimpleNamespace(samples=ds.samples("test", limit, 0, "default"), dataset=ds, seed=0, protocol="default",
-                           params=p, run_config=SimpleNamespace(split=None)), ds.attributes("default")
+    return SimpleNamespace(
+        samples=ds.samples("test", limit, 0, "default"),
+        dataset=ds,
+        seed=0,
+        protocol="default",
+        params=p,
+        run_config=SimpleNamespace(split=None),
+    ), ds.attributes("default")
 
 
 def test_split_is_disjoint_by_group():
@@ -71,6 +77,7 @@ class Interrupt(Progress):
                 self.seen += n
                 if self.seen > self.after:
                     raise KeyboardInterrupt
+
         yield advance
 
 
@@ -120,13 +127,21 @@ def test_clear_errors(tmp_path):
     with pytest.raises(MchError, match="attribute 'mood'"):
         run_bench(RunConfig(analyses=["lora"], params={"lora": {"attribute": "mood"}}, **common))
     with pytest.raises(MchError, match="cannot re-run itself"):
-        run_bench(RunConfig(analyses=["lora"], params={"lora": {**FAST, "rerun": ["lora"], "max_epochs": 1,
-                                                                 "n_train": 60}}, **common))
+        run_bench(
+            RunConfig(
+                analyses=["lora"],
+                params={"lora": {**FAST, "rerun": ["lora"], "max_epochs": 1, "n_train": 60}},
+                **common,
+            )
+        )
 
 
 def metric(rec, name, attribute, stage=None):
-    out = [m for m in rec["metrics"] if m["metric"] == name and m["attribute"] == attribute
-           and (stage is None or m["stage"] == stage)]
+    out = [
+        m
+        for m in rec["metrics"]
+        if m["metric"] == name and m["attribute"] == attribute and (stage is None or m["stage"] == stage)
+    ]
     assert out, (name, attribute, stage)
     return out[0]
 
@@ -139,23 +154,29 @@ def test_emotion_lora_makes_emotion_accessible_and_leaves_content(tmp_path):
     # samples; content's paired GMI change is -0.054 bits, 90% CI [-0.099, -0.013] (95%
     # [-0.108, -0.010]): a small real loss, not shown equivalent at the default 0.1 (said in the
     # record), equivalent at 0.2 bits (9% of content's 2.25)
-    params = {"lora": {**FAST, "lr": 2e-4, "n_train": 1500, "max_epochs": 2, "margin_gmi_bits": 0.2},
-              "probe": {"n_splits": 3, "n_bootstrap": 200}, "gmi": {"n_bootstrap": 200}}
-    _, written = run_bench(RunConfig(model="toy", limit=600, analyses=["lora"], params=params,
-                                     out_dir=tmp_path / "r", store=tmp_path / "s"))
+    params = {
+        "lora": {**FAST, "lr": 2e-4, "n_train": 1500, "max_epochs": 2, "margin_gmi_bits": 0.2},
+        "probe": {"n_splits": 3, "n_bootstrap": 200},
+        "gmi": {"n_bootstrap": 200},
+    }
+    _, written = run_bench(
+        RunConfig(
+            model="toy", limit=600, analyses=["lora"], params=params, out_dir=tmp_path / "r", store=tmp_path / "s"
+        )
+    )
     recs = {r["analysis"]["name"]: r for _, r in written}
     rec = recs["lora"]
     ch = {(r["attribute"], r["stage"]): r for r in rec["summary"]["changes"]["lora_delta_gmi_bits"]}
     emo = [r for (a, _), r in ch.items() if a == "emotion"][0]
     content = [r for (a, _), r in ch.items() if a == "content"][0]
-    assert emo["before"] < 0.05                       # not accessible before
+    assert emo["before"] < 0.05  # not accessible before
     assert emo["after"] > 0.1 and emo["after_ci"][0] > 0.05 and emo["ci_low"] > 0  # clearly accessible after
     # the text factor is unchanged: an equivalence test (TOST) of the paired change against the
     # declared margins, for its GMI and its probe accuracy at every stage
     assert content["equivalent"] is True and content["margin"] == rec["summary"]["margins"]["gmi_bits"]
     assert content["ci90"][0] > -content["margin"] and content["ci90"][1] < content["margin"]
     assert rec["summary"]["equivalence"]["content"]["equivalent"] is True
-    assert "equivalent" not in emo                     # the trained attribute is not tested for it
+    assert "equivalent" not in emo  # the trained attribute is not tested for it
     d = metric(rec, "lora_delta_gmi_bits", "emotion")
     assert d["value"] == pytest.approx(emo["after"] - emo["before"])
     assert any(m["metric"] == "lora_delta_accuracy" for m in rec["metrics"])

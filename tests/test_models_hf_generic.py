@@ -18,21 +18,35 @@ from mch.testing import assert_model_plugin_contract, tiny_samples
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
+
 def _usable(family) -> bool:
     import importlib.util
 
     from mch.plugins.models.hf_generic import _torchvision_usable
 
-    return all(_torchvision_usable() if mod == "torchvision" else importlib.util.find_spec(mod) is not None
-               for mod in family.requires)
+    return all(
+        _torchvision_usable() if mod == "torchvision" else importlib.util.find_spec(mod) is not None
+        for mod in family.requires
+    )
 
 
 TESTED = [f.name for f in FAMILIES if f.name in BUILDERS and _usable(f)]
 UNUSABLE_HERE = [f.name for f in FAMILIES if f.name in BUILDERS and not _usable(f)]
-REGISTRY_NAME = {"mistral3": "mistral3", "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "glm4v": "glm-4.1v",
-                 "llava_next": "llava-next", "llava_onevision": "llava-onevision", "aya_vision": "aya-vision",
-                 "internvl": "internvl3", "gemma3": "gemma-3", "idefics3": "idefics3", "smolvlm": "smolvlm",
-                 "qwen2_5_omni": "qwen2.5-omni"}
+REGISTRY_NAME = {
+    "mistral3": "mistral3",
+    "qwen2_vl": "qwen2-vl",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "qwen3_vl": "qwen3-vl",
+    "glm4v": "glm-4.1v",
+    "llava_next": "llava-next",
+    "llava_onevision": "llava-onevision",
+    "aya_vision": "aya-vision",
+    "internvl": "internvl3",
+    "gemma3": "gemma-3",
+    "idefics3": "idefics3",
+    "smolvlm": "smolvlm",
+    "qwen2_5_omni": "qwen2.5-omni",
+}
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +68,12 @@ _loaded: dict[str, HFModel] = {}
 def plugin_for(family: str, checkpoints) -> HFModel:
     if family not in _loaded:
         fam = next(f for f in FAMILIES if f.name == family)
-        spec = ModelSpec(name=REGISTRY_NAME[family], entry="mch.plugins.models.hf_generic:HFModel",
-                         modality=fam.modality, checkpoint="tiny")
+        spec = ModelSpec(
+            name=REGISTRY_NAME[family],
+            entry="mch.plugins.models.hf_generic:HFModel",
+            modality=fam.modality,
+            checkpoint="tiny",
+        )
         m = HFModel(spec, checkpoint=str(checkpoints(family)))
         m.load()
         _loaded[family] = m
@@ -72,9 +90,15 @@ def samples_for(modality: str) -> list[Sample]:
     out = []
     for i, (h, w) in enumerate([(30, 96), (70, 70), (110, 40)]):
         img = Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8), "RGB")
-        out.append(Sample(sample_id=f"img{i}", text=["a dog on the grass", "a red bus near a building",
-                                                     "two people ride bikes"][i],
-                          labels={"emotion": "happy"}, groups={"speaker": f"g{i}"}, _media=img))
+        out.append(
+            Sample(
+                sample_id=f"img{i}",
+                text=["a dog on the grass", "a red bus near a building", "two people ride bikes"][i],
+                labels={"emotion": "happy"},
+                groups={"speaker": f"g{i}"},
+                _media=img,
+            )
+        )
     return out
 
 
@@ -100,8 +124,11 @@ def reference(m: HFModel, samples, view: str) -> dict[str, torch.Tensor]:
     try:
         for s in samples:
             if view == "modal":
-                enc = dict(m.processor(text=[m.render_prompt("default", "modal")[0]], return_tensors="pt",
-                                       **_media_kwargs(m, s)))
+                enc = dict(
+                    m.processor(
+                        text=[m.render_prompt("default", "modal")[0]], return_tensors="pt", **_media_kwargs(m, s)
+                    )
+                )
                 where = enc["input_ids"][0] == m.token_id
             else:
                 prompt, (a, b) = m.render_prompt("default", "text", s.text)
@@ -112,15 +139,24 @@ def reference(m: HFModel, samples, view: str) -> dict[str, torch.Tensor]:
             handles = []
             if view == "modal":
                 enc_path, adp_path = m._paths["encoder"], m._paths["adapter"]
-                first = (lambda x: x[0] if isinstance(x, tuple) else x)  # noqa: E731 - a one-line hook helper
+                first = lambda x: x[0] if isinstance(x, tuple) else x  # noqa: E731 - a one-line hook helper
                 if enc_path.endswith(":input"):
-                    handles.append(m.module.get_submodule(enc_path[: -len(":input")]).register_forward_pre_hook(
-                        lambda _m, a: grabbed.__setitem__("encoder", a[0])))
+                    handles.append(
+                        m.module.get_submodule(enc_path[: -len(":input")]).register_forward_pre_hook(
+                            lambda _m, a: grabbed.__setitem__("encoder", a[0])
+                        )
+                    )
                 else:
-                    handles.append(m.module.get_submodule(enc_path).register_forward_hook(
-                        lambda _m, a, o: grabbed.__setitem__("encoder", first(o))))
-                handles.append(m.module.get_submodule(adp_path).register_forward_hook(
-                    lambda _m, a, o: grabbed.__setitem__("adapter_rows", first(o))))
+                    handles.append(
+                        m.module.get_submodule(enc_path).register_forward_hook(
+                            lambda _m, a, o: grabbed.__setitem__("encoder", first(o))
+                        )
+                    )
+                handles.append(
+                    m.module.get_submodule(adp_path).register_forward_hook(
+                        lambda _m, a, o: grabbed.__setitem__("adapter_rows", first(o))
+                    )
+                )
             try:
                 with torch.inference_mode():
                     out = m.inner()(**enc, output_hidden_states=True, use_cache=False)
@@ -150,8 +186,13 @@ def compare(m: HFModel, got: dict[str, torch.Tensor], ref: dict[str, torch.Tenso
             torch.testing.assert_close(ref["adapter_rows"], ref["decoder_input"], atol=atol, rtol=1e-4)
     assert set(expected) == set(m.stages(view))
     for s, want in expected.items():
-        torch.testing.assert_close(torch.as_tensor(got[s]).float(), want, atol=atol, rtol=1e-4,
-                                   msg=lambda msg, s=s: f"{m.family.name} view {view} stage {s}: {msg}")
+        torch.testing.assert_close(
+            torch.as_tensor(got[s]).float(),
+            want,
+            atol=atol,
+            rtol=1e-4,
+            msg=lambda msg, s=s: f"{m.family.name} view {view} stage {s}: {msg}",
+        )
 
 
 def manual_logp(m: HFModel, s: Sample, query: str, cont: str, view: str) -> float:
@@ -221,8 +262,9 @@ def test_contract_capture_equals_the_models_own_forward_and_scores(family, check
 
 
 @pytest.mark.parametrize("family", TESTED)
-def test_bench_stores_the_vectors_of_the_models_own_forward(family, checkpoints, tmp_path, monkeypatch,
-                                                            tmp_path_factory):
+def test_bench_stores_the_vectors_of_the_models_own_forward(
+    family, checkpoints, tmp_path, monkeypatch, tmp_path_factory
+):
     """`mch bench` on the offline corpus; the stored rows (batches of 4, different lengths
     where the family's token counts vary) equal each sample alone through the HF model."""
     from mch.cli import main
@@ -233,15 +275,50 @@ def test_bench_stores_the_vectors_of_the_models_own_forward(family, checkpoints,
     dataset = "synth-coco" if m.modality == "vision" else "synth-librispeech"
     ckpt = str(checkpoints(family))
     name = REGISTRY_NAME[family]
-    main(["bench", "--model", name, "--checkpoint", ckpt, "--dataset", dataset, "--limit", "5", "--batch-size", "4",
-          "--analysis", "probe", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "results"), "--quiet"])
+    main(
+        [
+            "bench",
+            "--model",
+            name,
+            "--checkpoint",
+            ckpt,
+            "--dataset",
+            dataset,
+            "--limit",
+            "5",
+            "--batch-size",
+            "4",
+            "--analysis",
+            "probe",
+            "--store",
+            str(tmp_path / "store"),
+            "--out",
+            str(tmp_path / "results"),
+            "--quiet",
+        ]
+    )
     assert list((tmp_path / "results").rglob("*.json"))
-    p = plan(RunConfig(model=name, checkpoint=ckpt, dataset=dataset, limit=5, batch_size=4,
-                       store=tmp_path / "store", out_dir=tmp_path / "results"))
+    p = plan(
+        RunConfig(
+            model=name,
+            checkpoint=ckpt,
+            dataset=dataset,
+            limit=5,
+            batch_size=4,
+            store=tmp_path / "store",
+            out_dir=tmp_path / "results",
+        )
+    )
     for view in ("modal", "text"):
         reps, rows = extract(p, view).read()  # from the store: the bench extracted them
         assert len(rows) == 5
-        compare(m, {s: np.asarray(v, dtype=np.float32).copy() for s, v in reps.items()}, reference(m, p.samples, view), view, atol=5e-5)
+        compare(
+            m,
+            {s: np.asarray(v, dtype=np.float32).copy() for s, v in reps.items()},
+            reference(m, p.samples, view),
+            view,
+            atol=5e-5,
+        )
 
 
 # --------------------------------------------------------------------------- the table and the errors
@@ -252,8 +329,12 @@ def test_a_family_whose_processor_needs_a_missing_package_says_so(family, checkp
     if family == "-":
         pytest.skip("every family's processor dependencies are installed here")
     fam = next(f for f in FAMILIES if f.name == family)
-    spec = ModelSpec(name=REGISTRY_NAME[family], entry="mch.plugins.models.hf_generic:HFModel", modality=fam.modality,
-                     checkpoint="tiny")
+    spec = ModelSpec(
+        name=REGISTRY_NAME[family],
+        entry="mch.plugins.models.hf_generic:HFModel",
+        modality=fam.modality,
+        checkpoint="tiny",
+    )
     with pytest.raises(MchError, match="pip install") as err:
         HFModel(spec, checkpoint=str(checkpoints(family))).load()  # the builder itself needs none of them
     assert "\n" not in str(err.value)
@@ -286,8 +367,9 @@ def test_unknown_architecture_and_missing_checkpoint_are_one_sentence(checkpoint
     cfg = json.loads((other / "config.json").read_text())
     cfg["architectures"] = ["MysteryForConditionalGeneration"]
     (other / "config.json").write_text(json.dumps(cfg))
-    spec = ModelSpec(name="hf", entry="mch.plugins.models.hf_generic:HFModel", modality="vision",
-                     checkpoint="(--checkpoint)")
+    spec = ModelSpec(
+        name="hf", entry="mch.plugins.models.hf_generic:HFModel", modality="vision", checkpoint="(--checkpoint)"
+    )
     with pytest.raises(MchError, match="not in mch's family table") as err:
         HFModel(spec, checkpoint=str(other)).load()
     assert "\n" not in str(err.value) and "hf_families.py" in str(err.value)

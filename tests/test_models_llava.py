@@ -14,8 +14,9 @@ from mch.plugins.models.llava import Llava
 from mch.plugins.models.tiny import make_tiny_llava
 from mch.testing import assert_model_plugin_contract, make_lora_adapter, tiny_samples
 
-SPEC = ModelSpec(name="llava", entry="mch.plugins.models.llava:Llava", modality="vision",
-                 checkpoint="llava-hf/llava-1.5-7b-hf")
+SPEC = ModelSpec(
+    name="llava", entry="mch.plugins.models.llava:Llava", modality="vision", checkpoint="llava-hf/llava-1.5-7b-hf"
+)
 N_PATCHES = 9  # 42 px / patch 14 -> 3 x 3
 
 
@@ -69,11 +70,14 @@ def test_paper_and_default_prompts_render_exactly(plugin, samples):
     assert plugin.render_prompt("default")[0] == "USER: <image>\nDescribe this image. ASSISTANT:"
     tok = plugin.tokenizer
     ids = plugin.prepare(samples[:1], "paper").inputs["input_ids"][0].tolist()
-    expected = [tok.bos_token_id] + [plugin.image_token_id] * N_PATCHES + \
-        tok("\nDescribe this image.", add_special_tokens=False)["input_ids"]
+    expected = (
+        [tok.bos_token_id]
+        + [plugin.image_token_id] * N_PATCHES
+        + tok("\nDescribe this image.", add_special_tokens=False)["input_ids"]
+    )
     assert ids == expected
     text, span = plugin.render_prompt("default", "text", "a dog")
-    assert text == "USER: a dog\nDescribe this image. ASSISTANT:" and text[span[0]:span[1]] == "a dog"
+    assert text == "USER: a dog\nDescribe this image. ASSISTANT:" and text[span[0] : span[1]] == "a dog"
 
 
 def test_spans_cover_exactly_the_image_tokens(plugin, samples):
@@ -149,7 +153,8 @@ def test_score_matches_a_manual_forward_pass(plugin, samples, protocol, view):
         prompt = plugin.render_prompt(protocol, view, s.text, query)[0]
         for k, c in enumerate(conts):
             cont_ids = plugin.tokenizer(prompt + " " + c, add_special_tokens=False)["input_ids"][
-                len(plugin.tokenizer(prompt, add_special_tokens=False)["input_ids"]):]
+                len(plugin.tokenizer(prompt, add_special_tokens=False)["input_ids"]) :
+            ]
             assert len(cont_ids) == sc.n_tokens[k]
             assert abs(_manual_logp(plugin, s, prompt, cont_ids, view) - sc.logp[i, k]) < 1e-4
 
@@ -205,14 +210,39 @@ def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     from mch.runner import RunConfig, extract, plan
 
     monkeypatch.setenv("MCH_DATA", str(tmp_path / "data"))
-    cfg = RunConfig(model="llava", checkpoint=str(ckpt), dataset="synth-coco", limit=6, batch_size=4,
-                    store=tmp_path / "store", out_dir=tmp_path / "results")
+    cfg = RunConfig(
+        model="llava",
+        checkpoint=str(ckpt),
+        dataset="synth-coco",
+        limit=6,
+        batch_size=4,
+        store=tmp_path / "store",
+        out_dir=tmp_path / "results",
+    )
     p = plan(cfg)
     for view in ("modal", "text"):
         reps, rows = extract(p, view).read()
         assert len(rows) == 6 and set(reps) == set(p.plugin.stages(view))
         assert all(np.isfinite(np.asarray(v)).all() and v.shape[0] == 6 for v in reps.values())
     assert reps["llm.final"].shape == (6, 64)
-    main(["bench", "--model", "llava", "--checkpoint", str(ckpt), "--dataset", "synth-coco", "--limit", "6",
-          "--analysis", "probe", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "results"), "--quiet"])
+    main(
+        [
+            "bench",
+            "--model",
+            "llava",
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "synth-coco",
+            "--limit",
+            "6",
+            "--analysis",
+            "probe",
+            "--store",
+            str(tmp_path / "store"),
+            "--out",
+            str(tmp_path / "results"),
+            "--quiet",
+        ]
+    )
     assert list((tmp_path / "results").rglob("*.json"))

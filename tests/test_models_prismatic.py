@@ -17,20 +17,31 @@ from PIL import Image
 from mch.api import MchError, ModelSpec, Sample
 from mch.capture import capture
 from mch.model import resolve_module
-from mch.plugins.models.prismatic import (SYSTEM_PROMPT, ImageTransform, PrismaticModel, make_projector,
-                                          vicuna_v15_prompt)
+from mch.plugins.models.prismatic import (
+    SYSTEM_PROMPT,
+    ImageTransform,
+    PrismaticModel,
+    make_projector,
+    vicuna_v15_prompt,
+)
 from mch.plugins.models.tiny import make_tiny_prismatic_dinov2, make_tiny_prismatic_siglip
 
-PAPER_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                "helpful, detailed, and polite answers to the user's questions. USER: Describe this image. "
-                "ASSISTANT:")
+PAPER_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions. USER: Describe this image. "
+    "ASSISTANT:"
+)
 FAMILIES = ("dinov2", "siglip")
 
 
 def spec(family: str) -> ModelSpec:
-    return ModelSpec(name=f"prismatic_{family}", entry="mch.plugins.models.prismatic:PrismaticModel",
-                     modality="vision", checkpoint="TRI-ML/prismatic-vlms",
-                     options={"variant": f"{family}-224px+7b", "vision_family": family})
+    return ModelSpec(
+        name=f"prismatic_{family}",
+        entry="mch.plugins.models.prismatic:PrismaticModel",
+        modality="vision",
+        checkpoint="TRI-ML/prismatic-vlms",
+        options={"variant": f"{family}-224px+7b", "vision_family": family},
+    )
 
 
 def load(path: Path, family: str, **kw) -> PrismaticModel:
@@ -45,8 +56,10 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("prismatic")
-    return {"dinov2": make_tiny_prismatic_dinov2(root / "dinov2"),
-            "siglip": make_tiny_prismatic_siglip(root / "siglip")}
+    return {
+        "dinov2": make_tiny_prismatic_dinov2(root / "dinov2"),
+        "siglip": make_tiny_prismatic_siglip(root / "siglip"),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +71,16 @@ def models(runs) -> dict[str, PrismaticModel]:
 def samples() -> list[Sample]:
     rng = np.random.default_rng(0)
     sizes = [(50, 30), (37, 61), (44, 44), (90, 20)]
-    texts = ["a dog on the grass", "two people ride bikes in the street near a red building",
-             "a cat", "a plate of food with a fork and a small chair"]
-    return [Sample(f"s{i}", t, {}, {}, _media=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
-            for i, ((w, h), t) in enumerate(zip(sizes, texts, strict=True))]
+    texts = [
+        "a dog on the grass",
+        "two people ride bikes in the street near a red building",
+        "a cat",
+        "a plate of food with a fork and a small chair",
+    ]
+    return [
+        Sample(f"s{i}", t, {}, {}, _media=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+        for i, ((w, h), t) in enumerate(zip(sizes, texts, strict=True))
+    ]
 
 
 # --------------------------------------------------------------------------- prompts
@@ -89,10 +108,10 @@ def test_sequence_is_bos_patches_prompt(models, samples):
     assert n == 16  # 56 px / 14
     ids = p.inputs["input_ids"][0].tolist()
     mask = p.inputs["image_mask"][0]
-    assert ids[0] == tok.bos_token_id and ids[1 + n:] == prompt_ids[1:]
+    assert ids[0] == tok.bos_token_id and ids[1 + n :] == prompt_ids[1:]
     assert mask.tolist() == [False] + [True] * n + [False] * (len(prompt_ids) - 1)
     labels = p.info["labels"][0].tolist()
-    assert labels[0] == tok.bos_token_id and labels[1: 1 + n] == [-100] * n and labels[1 + n:] == prompt_ids[1:]
+    assert labels[0] == tok.bos_token_id and labels[1 : 1 + n] == [-100] * n and labels[1 + n :] == prompt_ids[1:]
 
 
 # --------------------------------------------------------------------------- stages and spans
@@ -106,9 +125,11 @@ def test_every_stage_fires_once_with_declared_width(models, samples, family, vie
     calls: dict[str, list[tuple[int, ...]]] = {}
     handles = []
     for stage, path in m.stage_map(view).items():
+
         def hook(_mod, _a, out, stage=stage):
             h = out[0] if isinstance(out, tuple) else out
             calls.setdefault(stage, []).append(tuple(h.shape))
+
         handles.append(resolve_module(m.module, path).register_forward_hook(hook))
     try:
         with torch.inference_mode():
@@ -153,8 +174,8 @@ def test_spans_cover_exactly_the_modality_tokens(models, samples, family):
         assert int(tm["modality"][i].sum()) == n_text
         row = t.inputs["input_ids"][i][tm["all"][i]].tolist()
         assert row[0] == m.tokenizer.bos_token_id
-        assert row[1: 1 + n_text] == m.tokenizer(s.text, add_special_tokens=False).input_ids
-        assert row[1 + n_text:] == m.tokenizer(PAPER_PROMPT).input_ids[1:]
+        assert row[1 : 1 + n_text] == m.tokenizer(s.text, add_special_tokens=False).input_ids
+        assert row[1 + n_text :] == m.tokenizer(PAPER_PROMPT).input_ids[1:]
     assert t.pools["adapter"] is t.pools["llm"]
     # paper text view: BOS + raw text, no template
     pt = m.prepare(samples[:1], "paper", "text")
@@ -162,8 +183,9 @@ def test_spans_cover_exactly_the_modality_tokens(models, samples, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("view,span", [("modal", "modality"), ("modal", "all"), ("text", "modality"),
-                                       ("text", "all"), ("text", "last")])
+@pytest.mark.parametrize(
+    "view,span", [("modal", "modality"), ("modal", "all"), ("text", "modality"), ("text", "all"), ("text", "last")]
+)
 def test_pooled_vectors_do_not_change_with_batch_or_padding(models, samples, family, view, span):
     m = models[family]
     stages = m.stages(view)
@@ -221,8 +243,9 @@ def test_score_agrees_with_a_manual_forward(models, samples, family):
         want = np.array([[manual_logp(m, s, prefix, c) for c in conts] for s in samples[:3]])
     assert got.logp.shape == (3, 3)
     np.testing.assert_allclose(got.logp, want, atol=1e-4)
-    assert list(got.n_tokens) == [len(m.tokenizer(prefix + " " + c).input_ids) - len(m.tokenizer(prefix).input_ids)
-                                  for c in conts]
+    assert list(got.n_tokens) == [
+        len(m.tokenizer(prefix + " " + c).input_ids) - len(m.tokenizer(prefix).input_ids) for c in conts
+    ]
     # the text view scores the paired text in the patches' place
     got_t = m.score(samples[:2], query, conts[:2], "default", view="text")
     with torch.inference_mode():
@@ -258,11 +281,12 @@ def _timm_sd(run: Path, family: str) -> dict[str, torch.Tensor]:
 
         return load_file(str(run / "vision" / "model.safetensors"))
     sd = torch.load(run / "vision" / "open_clip_pytorch_model.bin", weights_only=True)
-    return {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
+    return {k[len("visual.trunk.") :]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
 
 
-def timm_reference_features(sd: dict[str, torch.Tensor], family: str, heads: int, px: torch.Tensor,
-                            grid: int) -> torch.Tensor:
+def timm_reference_features(
+    sd: dict[str, torch.Tensor], family: str, heads: int, px: torch.Tensor, grid: int
+) -> torch.Tensor:
     """timm's ViT forward written from its parameter names, up to the second-to-last block
     (`get_intermediate_layers(n={depth-2})`, no norm, prefix tokens removed)."""
     w = sd["patch_embed.proj.weight"]
@@ -271,8 +295,13 @@ def timm_reference_features(sd: dict[str, torch.Tensor], family: str, heads: int
     pos = sd["pos_embed"]
     g0 = int(round(pos.shape[1] ** 0.5))
     if g0 != grid:
-        pos = F.interpolate(pos.reshape(1, g0, g0, d).permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic",
-                            antialias=True).permute(0, 2, 3, 1).reshape(1, grid * grid, d)
+        pos = (
+            F.interpolate(
+                pos.reshape(1, g0, g0, d).permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic", antialias=True
+            )
+            .permute(0, 2, 3, 1)
+            .reshape(1, grid * grid, d)
+        )
     h = h + pos
     prefix = 0
     if family == "dinov2":
@@ -290,8 +319,11 @@ def timm_reference_features(sd: dict[str, torch.Tensor], family: str, heads: int
         a = F.linear(a, sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
         h = h + (a * sd[b + "ls1.gamma"] if family == "dinov2" else a)
         y = F.layer_norm(h, (d,), sd[b + "norm2.weight"], sd[b + "norm2.bias"], 1e-6)
-        y = F.linear(F.gelu(F.linear(y, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"])),
-                     sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
+        y = F.linear(
+            F.gelu(F.linear(y, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"])),
+            sd[b + "mlp.fc2.weight"],
+            sd[b + "mlp.fc2.bias"],
+        )
         h = h + (y * sd[b + "ls2.gamma"] if family == "dinov2" else y)
     return h[:, prefix:]
 
@@ -301,7 +333,7 @@ def test_timm_key_map_reproduces_the_timm_forward(models, runs, samples, family,
     m = models[family]
     sd = _timm_sd(runs[family], family)
     px = torch.from_numpy(np.stack([m.transform(s.media) for s in samples[:2]]))
-    grid = int(m.num_patches ** 0.5)
+    grid = int(m.num_patches**0.5)
     with torch.inference_mode():
         got = m.module.vision_backbone(px)
         want = timm_reference_features(sd, family, heads, px, grid)
@@ -318,8 +350,11 @@ def test_timm_key_map_reproduces_the_timm_forward(models, runs, samples, family,
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 1, 48)
         o = F.linear(o, sd[a + "proj.weight"], sd[a + "proj.bias"])
         y = F.layer_norm(o, (48,), sd[a + "norm.weight"], sd[a + "norm.bias"], 1e-6)
-        o = o + F.linear(F.gelu(F.linear(y, sd[a + "mlp.fc1.weight"], sd[a + "mlp.fc1.bias"])),
-                         sd[a + "mlp.fc2.weight"], sd[a + "mlp.fc2.bias"])
+        o = o + F.linear(
+            F.gelu(F.linear(y, sd[a + "mlp.fc1.weight"], sd[a + "mlp.fc1.bias"])),
+            sd[a + "mlp.fc2.weight"],
+            sd[a + "mlp.fc2.bias"],
+        )
         torch.testing.assert_close(got_pool, o[:, 0], atol=1e-5, rtol=1e-5)
 
 
@@ -361,8 +396,10 @@ def test_a_checkpoints_vision_backbone_is_ignored_as_the_release_does(models, sa
     run = make_tiny_prismatic_dinov2(tmp_path / "ft", vision_in_checkpoint=True)  # same seed: same timm weights
     ck_path = run / "checkpoints" / "latest-checkpoint.pt"
     ck = torch.load(ck_path, weights_only=True)
-    ck["model"]["vision_backbone"] = {k: v * 1.5 if v.is_floating_point() else v  # "fine-tuned"
-                                      for k, v in ck["model"]["vision_backbone"].items()}
+    ck["model"]["vision_backbone"] = {
+        k: v * 1.5 if v.is_floating_point() else v  # "fine-tuned"
+        for k, v in ck["model"]["vision_backbone"].items()
+    }
     torch.save(ck, ck_path)
     got = load(run, "dinov2")
     with torch.inference_mode():
@@ -382,7 +419,7 @@ def test_image_transform_letterbox_and_normalisation():
     assert x.shape == (3, 56, 56) and x.dtype == np.float32
     fill = np.array([int(v * 255) / 255 for v in mean])
     pad = (fill - np.array(mean)) / np.array(std)
-    np.testing.assert_allclose(x[:, 0, 28], pad, atol=1e-6)      # top band: the letterbox fill
+    np.testing.assert_allclose(x[:, 0, 28], pad, atol=1e-6)  # top band: the letterbox fill
     np.testing.assert_allclose(x[:, 28, 28], (np.array([1.0, 0, 0]) - mean) / std, atol=1e-6)  # the image
     # a square image at the target size is only normalised
     arr = np.random.default_rng(0).integers(0, 256, (56, 56, 3), dtype=np.uint8)
@@ -393,11 +430,14 @@ def test_image_transform_letterbox_and_normalisation():
         ImageTransform(56, "corner-pad", mean, std)
 
 
-@pytest.mark.parametrize("strategy,size,crop_box", [
-    ("resize-crop", (100, 60), (18, 0, 74, 56)),   # short side -> 56: 93x56 (truncated), left = round(18.5) = 18
-    ("resize-crop", (100, 61), (18, 0, 74, 56)),   # 91.8 -> 91 (not 92), left = round(17.5) = 18
-    ("letterbox", (51, 50), (0, 0, 56, 56)),        # odd difference: int(1/2) = 0 padding, 57x56, left = round(0.5) = 0
-])
+@pytest.mark.parametrize(
+    "strategy,size,crop_box",
+    [
+        ("resize-crop", (100, 60), (18, 0, 74, 56)),  # short side -> 56: 93x56 (truncated), left = round(18.5) = 18
+        ("resize-crop", (100, 61), (18, 0, 74, 56)),  # 91.8 -> 91 (not 92), left = round(17.5) = 18
+        ("letterbox", (51, 50), (0, 0, 56, 56)),  # odd difference: int(1/2) = 0 padding, 57x56, left = round(0.5) = 0
+    ],
+)
 def test_image_transform_follows_torchvision_resize_and_crop(strategy, size, crop_box):
     arr = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     img = Image.fromarray(arr)
@@ -409,8 +449,11 @@ def test_image_transform_follows_torchvision_resize_and_crop(strategy, size, cro
 
 
 def test_fused_and_linear_projectors_map_to_their_last_linear():
-    for arch, path, n in (("no-align+fused-gelu-mlp", "projector.projector.4", 3),
-                          ("gelu-mlp", "projector.projector.2", 2), ("linear", "projector.projector", 1)):
+    for arch, path, n in (
+        ("no-align+fused-gelu-mlp", "projector.projector.4", 3),
+        ("gelu-mlp", "projector.projector.2", 2),
+        ("linear", "projector.projector", 1),
+    ):
         proj, stage = make_projector(arch, 8, 16)
         assert stage == path  # gelu-mlp's first Linear is 16 wide too: the width alone cannot tell them apart
         root = torch.nn.Module()
@@ -460,8 +503,10 @@ def _lora_dir(path: Path, config, seed: int) -> Path:
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    peft = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                               init_lora_weights=False))
+    peft = get_peft_model(
+        LlamaForCausalLM(config),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     peft.save_pretrained(path)
     return path
 
@@ -476,7 +521,9 @@ def test_lora_adapter_merges_and_a_mismatched_one_is_refused(models, runs, sampl
     w = load_file(str(adir / "adapter_model.safetensors"))
     a = next(v for k, v in w.items() if "layers.0.self_attn.q_proj.lora_A" in k)
     b = next(v for k, v in w.items() if "layers.0.self_attn.q_proj.lora_B" in k)
-    delta = tuned.module.lm.model.layers[0].self_attn.q_proj.weight - base.module.lm.model.layers[0].self_attn.q_proj.weight
+    delta = (
+        tuned.module.lm.model.layers[0].self_attn.q_proj.weight - base.module.lm.model.layers[0].self_attn.q_proj.weight
+    )
     torch.testing.assert_close(delta, (b @ a) * (8 / 4), atol=1e-5, rtol=1e-4)
     assert "lora" not in "".join(n for n, _ in tuned.module.named_modules())  # merged: stage paths unchanged
     out = capture(tuned, tuned.prepare(samples[:1], "default"), ["llm.final"], "modality")
@@ -559,9 +606,9 @@ def test_rotary_frequencies_stay_float32_under_default_and_take_the_release_cast
     assert rot.inv_freq.dtype == torch.float32 and torch.equal(rot.inv_freq, exact)
     assert float((got["default"] - truth).abs().max()) < 0.005  # bf16 rounding of cos itself only
     assert float((got["paper"] - truth).abs().max()) > 0.03  # the rounded frequencies drift with position
-    torch.testing.assert_close(got["paper"], torch.cos(pos[0, :, None].double()
-                                                       * exact.to(torch.bfloat16).double()[None]),
-                               atol=0.005, rtol=0)
+    torch.testing.assert_close(
+        got["paper"], torch.cos(pos[0, :, None].double() * exact.to(torch.bfloat16).double()[None]), atol=0.005, rtol=0
+    )
 
     # end to end: paper == the release's whole-model cast of the same weights; default differs
     release = copy.deepcopy(models["dinov2"].module).to(torch.bfloat16)
@@ -634,9 +681,16 @@ def test_bench_end_to_end_on_a_generated_coco(runs, tmp_path):
     from mch.runner import RunConfig, run_bench
 
     synth.make("coco", tmp_path / "coco", images=12)  # the cross-fitted TA/MS split needs 8 rows or more
-    cfg = RunConfig(model="prismatic_siglip", checkpoint=str(runs["siglip"]), dataset="coco",
-                    data_path=str(tmp_path / "coco"), analyses=("modes", "distances"), batch_size=3,
-                    out_dir=tmp_path / "results", store=tmp_path / "store")
+    cfg = RunConfig(
+        model="prismatic_siglip",
+        checkpoint=str(runs["siglip"]),
+        dataset="coco",
+        data_path=str(tmp_path / "coco"),
+        analyses=("modes", "distances"),
+        batch_size=3,
+        out_dir=tmp_path / "results",
+        store=tmp_path / "store",
+    )
     _plan, written = run_bench(cfg)
     assert [rec["analysis"]["name"] for _, rec in written] == ["modes", "distances"]
     assert all(path.exists() for path, _ in written)

@@ -14,11 +14,17 @@ from mch.plugins.models.qwen2audio import Qwen2Audio, audio_tokens
 from mch.plugins.models.tiny import make_tiny_qwen2audio
 from mch.testing import assert_model_plugin_contract, make_lora_adapter, tiny_samples
 
-SPEC = ModelSpec(name="qwen2audio", entry="mch.plugins.models.qwen2audio:Qwen2Audio", modality="speech",
-                 checkpoint="Qwen/Qwen2-Audio-7B-Instruct")
-PAPER_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nDescribe this audio.<|im_end|>\n"
-                "<|im_start|>assistant\n")
+SPEC = ModelSpec(
+    name="qwen2audio",
+    entry="mch.plugins.models.qwen2audio:Qwen2Audio",
+    modality="speech",
+    checkpoint="Qwen/Qwen2-Audio-7B-Instruct",
+)
+PAPER_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nDescribe this audio.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -65,12 +71,14 @@ def test_paper_prompt_renders_byte_for_byte(plugin, samples):
     expanded = PAPER_PROMPT.replace("<|AUDIO|>", "<|AUDIO|>" * n)
     assert prep.inputs["input_ids"][0].tolist() == plugin.tokenizer(expanded)["input_ids"]  # no BOS
     text, span = plugin.render_prompt("default", "text", "it is eleven")
-    assert text == PAPER_PROMPT.replace("<|AUDIO|>", "it is eleven") and text[span[0]:span[1]] == "it is eleven"
+    assert text == PAPER_PROMPT.replace("<|AUDIO|>", "it is eleven") and text[span[0] : span[1]] == "it is eleven"
 
 
 def test_every_clip_is_padded_to_30s_and_only_real_frames_reach_the_llm(plugin):
-    clips = [Sample("a", "", {}, {}, _media=(_tone(1.0, 16000), 16000)),
-             Sample("b", "", {}, {}, _media=(_tone(2.5, 16000), 16000))]
+    clips = [
+        Sample("a", "", {}, {}, _media=(_tone(1.0, 16000), 16000)),
+        Sample("b", "", {}, {}, _media=(_tone(2.5, 16000), 16000)),
+    ]
     prep = plugin.prepare(clips, "default")
     assert tuple(prep.inputs["input_features"].shape) == (2, 128, 3000)
     real = prep.inputs["feature_attention_mask"].sum(1).tolist()
@@ -112,8 +120,9 @@ def test_audio_is_resampled_to_16k(plugin):
     from scipy.signal import resample_poly
 
     a = plugin.prepare([Sample("x", "", {}, {}, _media=(wav44, 44100))], "default")
-    b = plugin.prepare([Sample("x", "", {}, {}, _media=(resample_poly(wav44, 160, 441).astype(np.float32), 16000))],
-                       "default")
+    b = plugin.prepare(
+        [Sample("x", "", {}, {}, _media=(resample_poly(wav44, 160, 441).astype(np.float32), 16000))], "default"
+    )
     assert a.info["n_audio_tokens"] == [25]
     torch.testing.assert_close(a.inputs["input_features"], b.inputs["input_features"])
 
@@ -151,7 +160,7 @@ def test_score_matches_a_manual_forward_pass(plugin, samples, view):
         prompt = plugin.render_prompt("default", view, s.text, query)[0]
         for k, c in enumerate(conts):
             full = tok(prompt + " " + c, add_special_tokens=False)["input_ids"]
-            cont_ids = full[len(tok(prompt, add_special_tokens=False)["input_ids"]):]
+            cont_ids = full[len(tok(prompt, add_special_tokens=False)["input_ids"]) :]
             assert len(cont_ids) == sc.n_tokens[k]
             assert abs(_manual_logp(plugin, s, prompt, cont_ids, view) - sc.logp[i, k]) < 1e-4
 
@@ -192,8 +201,16 @@ def test_lora_adapter_merges_and_a_mismatched_one_is_refused(ckpt, plugin, tmp_p
     # same key names, other shapes (an adapter for a wider LLM)
     from transformers import Qwen2Config, Qwen2Model
 
-    other = Qwen2Model(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                   num_key_value_heads=1, vocab_size=64))
+    other = Qwen2Model(
+        Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=64,
+        )
+    )
     wrong, _ = make_lora_adapter(other, tmp_path / "wrong")
     with pytest.raises(MchError, match="adapter"):
         Qwen2Audio(SPEC, checkpoint=str(ckpt), adapter=str(wrong)).load()
@@ -206,12 +223,37 @@ def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     from mch.runner import RunConfig, extract, plan
 
     monkeypatch.setenv("MCH_DATA", str(tmp_path / "data"))
-    cfg = RunConfig(model="qwen2audio", checkpoint=str(ckpt), dataset="synth-cremad", limit=4, batch_size=4,
-                    store=tmp_path / "store", out_dir=tmp_path / "results")
+    cfg = RunConfig(
+        model="qwen2audio",
+        checkpoint=str(ckpt),
+        dataset="synth-cremad",
+        limit=4,
+        batch_size=4,
+        store=tmp_path / "store",
+        out_dir=tmp_path / "results",
+    )
     p = plan(cfg)
     reps, rows = extract(p, "modal").read()
     assert len(rows) == 4 and reps["encoder"].shape == (4, 32) and reps["llm.final"].shape == (4, 64)
     assert np.isfinite(np.asarray(reps["adapter"])).all()
-    main(["bench", "--model", "qwen2audio", "--checkpoint", str(ckpt), "--dataset", "synth-cremad", "--limit", "12",
-          "--analysis", "probe", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "results"), "--quiet"])
+    main(
+        [
+            "bench",
+            "--model",
+            "qwen2audio",
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "synth-cremad",
+            "--limit",
+            "12",
+            "--analysis",
+            "probe",
+            "--store",
+            str(tmp_path / "store"),
+            "--out",
+            str(tmp_path / "results"),
+            "--quiet",
+        ]
+    )
     assert list((tmp_path / "results").rglob("*.json"))

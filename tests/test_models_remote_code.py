@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mch.api import MchError
-from mch.api import load_entry
+from mch.api import MchError, load_entry
 from mch.manager import get_registry
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -45,8 +43,11 @@ def _with_remote_code(hf_dir: Path, marker: Path) -> None:
     cfg = json.loads((hf_dir / "config.json").read_text())
     if cfg.get("model_type") != "ultravox":  # ultravox is custom code already (not in transformers)
         cfg["model_type"] = "mch_remote_only"
-    cfg["auto_map"] = {"AutoConfig": "remote_code.Config", "AutoModel": "remote_code.Model",
-                       "AutoModelForCausalLM": "remote_code.Model"}
+    cfg["auto_map"] = {
+        "AutoConfig": "remote_code.Config",
+        "AutoModel": "remote_code.Model",
+        "AutoModelForCausalLM": "remote_code.Model",
+    }
     (hf_dir / "config.json").write_text(json.dumps(cfg))
     tc = hf_dir / "tokenizer_config.json"
     tok = json.loads(tc.read_text())

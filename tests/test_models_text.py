@@ -11,10 +11,12 @@ from mch.plugins.models.text import TextBaseline
 from mch.plugins.models.tiny import make_tiny_llama, make_tiny_vicuna
 from mch.testing import assert_model_plugin_contract, make_lora_adapter, tiny_samples
 
-LLAMA = ModelSpec(name="llama", entry="mch.plugins.models.text:TextBaseline", modality="text",
-                  checkpoint="meta-llama/Llama-3.1-8B")
-VICUNA = ModelSpec(name="vicuna", entry="mch.plugins.models.text:TextBaseline", modality="text",
-                   checkpoint="lmsys/vicuna-7b-v1.5")
+LLAMA = ModelSpec(
+    name="llama", entry="mch.plugins.models.text:TextBaseline", modality="text", checkpoint="meta-llama/Llama-3.1-8B"
+)
+VICUNA = ModelSpec(
+    name="vicuna", entry="mch.plugins.models.text:TextBaseline", modality="text", checkpoint="lmsys/vicuna-7b-v1.5"
+)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -65,8 +67,13 @@ def test_truncation_at_512_tokens(models):
 def test_paper_pooling_equals_the_reference_mean_over_every_position(models):
     m = models["vicuna"]
     texts = ["a cat sits on a red chair", "it is eleven"]
-    got = capture(m, m.prepare([Sample(str(i), t, {}, {}) for i, t in enumerate(texts)], "paper", "text"),
-                  ["llm.0", "llm.final"], "all", "text")
+    got = capture(
+        m,
+        m.prepare([Sample(str(i), t, {}, {}) for i, t in enumerate(texts)], "paper", "text"),
+        ["llm.0", "llm.final"],
+        "all",
+        "text",
+    )
     for i, t in enumerate(texts):  # the reference: one text at a time, plain mean incl. BOS
         ids = torch.tensor([m.tokenizer(t)["input_ids"]])
         with torch.inference_mode():

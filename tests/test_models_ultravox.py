@@ -19,10 +19,12 @@ from mch.plugins.models.tiny import LLAMA31_CHAT_TEMPLATE, make_tiny_ultravox
 from mch.plugins.models.ultravox import Ultravox
 
 # extraction-and-labels.md §3.1: the stock Llama-3.1-Instruct template around a bare <|audio|> turn
-PAPER_PROMPT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
-                "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
-                "<|start_header_id|>user<|end_header_id|>\n\n<|audio|><|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+PAPER_PROMPT = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n<|audio|><|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
 DEFAULT_PROMPT = PAPER_PROMPT.replace("<|audio|>", "Describe this audio.\n\n<|audio|>")
 
 LENGTHS = [11201, 20801, 32000]  # 71, 131 and 200 mel frames (odd lengths exercise the conv edge)
@@ -30,8 +32,9 @@ TEXTS = ["the quick brown fox", "it's eleven o'clock", "don't forget a jacket"]
 
 
 def spec(checkpoint) -> ModelSpec:
-    return ModelSpec(name="ultravox", entry="mch.plugins.models.ultravox:Ultravox", modality="speech",
-                     checkpoint=str(checkpoint))
+    return ModelSpec(
+        name="ultravox", entry="mch.plugins.models.ultravox:Ultravox", modality="speech", checkpoint=str(checkpoint)
+    )
 
 
 def load(checkpoint, **kw) -> Ultravox:
@@ -63,8 +66,11 @@ def one_thread():
 @pytest.fixture(scope="session")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ultravox")
-    return {"split": make_tiny_ultravox(root / "split", layout="split"),
-            "full": make_tiny_ultravox(root / "full", layout="full"), "root": root}
+    return {
+        "split": make_tiny_ultravox(root / "split", layout="split"),
+        "full": make_tiny_ultravox(root / "full", layout="full"),
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +95,12 @@ def test_every_stage_fires_once_with_its_width(model, samples, view):
     counts, widths = {}, {}
     handles = []
     for stage, path in model.stage_map(view).items():
+
         def hook(_m, _a, out, stage=stage):
             h = out[0] if isinstance(out, tuple) else out
             counts[stage] = counts.get(stage, 0) + 1
             widths[stage] = h.shape[-1]
+
         handles.append(resolve_module(model.module, path).register_forward_hook(hook))
     try:
         with torch.inference_mode():
@@ -155,8 +163,10 @@ def test_text_view_spans_the_text_tokens(model, samples):
         model.prepare([Sample("x", "", {}, {}, _media=clip(4000, 0))], "default", "text")
 
 
-@pytest.mark.parametrize("span,protocol", [("modality", "default"), ("all", "default"), ("text", "default"),
-                                           ("last", "default"), ("all", "paper")])
+@pytest.mark.parametrize(
+    "span,protocol",
+    [("modality", "default"), ("all", "default"), ("text", "default"), ("last", "default"), ("all", "paper")],
+)
 def test_pooled_vectors_do_not_depend_on_batch_or_padding(model, samples, span, protocol):
     stages = model.stages("modal")
     batch = capture(model, model.prepare(samples, protocol), stages, span)
@@ -198,8 +208,11 @@ def test_paper_prompt_renders_byte_for_byte(model, samples):
     mask = p.pools["llm"].masks["modality"][0].tolist()
     assert all(t == model.tokenizer.eos_token_id for t, m in zip(ids, mask, strict=True) if m)
     start = mask.index(True)
-    rest = ids[:start] + model.tokenizer("<|audio|>", add_special_tokens=False)["input_ids"] + \
-        [t for t, m in zip(ids[start:], mask[start:], strict=True) if not m]
+    rest = (
+        ids[:start]
+        + model.tokenizer("<|audio|>", add_special_tokens=False)["input_ids"]
+        + [t for t, m in zip(ids[start:], mask[start:], strict=True) if not m]
+    )
     assert model.tokenizer.decode(rest) == PAPER_PROMPT
     # paper: every position, BOS and template included; one sample per forward in the reference
     assert torch.equal(p.pools["llm"].masks["all"], torch.ones_like(p.pools["llm"].masks["all"]))
@@ -208,8 +221,9 @@ def test_paper_prompt_renders_byte_for_byte(model, samples):
 # --------------------------------------------------------------------------- long audio
 
 
-def release_chunk(model: Ultravox, mel: torch.Tensor, real: int, block: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def release_chunk(
+    model: Ultravox, mel: torch.Tensor, real: int, block: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One audio chunk through the released Ultravox code path, written out from fixie-ai/ultravox
     (`UltravoxProcessor._chunk_and_pad_audio`, `ModifiedWhisperEncoder.forward` with
     `init_latency_mask`, `UltravoxProjector`, `_prepare_audio_embeds`): the chunk as the processor
@@ -240,7 +254,7 @@ def release_clip(model: Ultravox, wave: np.ndarray, block: int | None = None) ->
     encs, toks = [], []
     with torch.inference_mode():
         for off in range(0, feats.shape[1], 3000):
-            mel = feats[:, off: off + 3000]
+            mel = feats[:, off : off + 3000]
             real = mel.shape[1]
             if off > 0:  # the release pads continuation chunks (only) to the context size
                 mel = F.pad(mel, (0, 3000 - real))
@@ -296,7 +310,7 @@ def test_llm_receives_the_released_models_audio_tokens(model, seconds):
     _, want = release_clip(model, s.media[0])
     _, want_short = release_clip(model, short.media[0])
     for protocol in ("default", "paper"):
-        alone, = llm_audio_input(model, [s], protocol)
+        (alone,) = llm_audio_input(model, [s], protocol)
         batched = llm_audio_input(model, [short, s], protocol)
         torch.testing.assert_close(alone, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batched[1], want, atol=1e-5, rtol=1e-5)
@@ -306,7 +320,7 @@ def test_llm_receives_the_released_models_audio_tokens(model, seconds):
     real = feats.shape[1] - 3000 * ((feats.shape[1] - 1) // 3000)  # the last chunk's real frames
     with torch.inference_mode():
         _, unpadded = release_chunk(model, feats[:, -real:], real)
-    assert not torch.allclose(unpadded, want[-unpadded.shape[0]:], atol=1e-3)
+    assert not torch.allclose(unpadded, want[-unpadded.shape[0] :], atol=1e-3)
 
 
 def with_config(src: Path, dst: Path, **changes) -> Path:
@@ -345,12 +359,15 @@ def test_an_impossible_audio_latency_block_size_is_one_sentence(ckpts, tmp_path,
         load(d)
 
 
-@pytest.mark.parametrize("text,match", [
-    ("{not json", "cannot be read as JSON"),
-    ("[1, 2]", "holds a JSON list, not an object"),
-    (None, "malformed projector setting"),
-    ("act", "cannot be built"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("{not json", "cannot be read as JSON"),
+        ("[1, 2]", "holds a JSON list, not an object"),
+        (None, "malformed projector setting"),
+        ("act", "cannot be built"),
+    ],
+)
 def test_malformed_config_json_is_one_sentence(ckpts, tmp_path, text, match):
     d = tmp_path / "uv"
     if text is None:
@@ -374,8 +391,19 @@ def test_malformed_config_json_from_the_cli_is_rc_2_without_traceback(ckpts, tmp
     from mch.plugins.attributes import synth
 
     data = synth.make("cremad", tmp_path / "cremad", actors=1, sentences=1)
-    res = run_mch("extract", "--model", "ultravox", "--checkpoint", str(d), "--dataset", "cremad",
-                  "--data-path", str(data), "--limit", "2")
+    res = run_mch(
+        "extract",
+        "--model",
+        "ultravox",
+        "--checkpoint",
+        str(d),
+        "--dataset",
+        "cremad",
+        "--data-path",
+        str(data),
+        "--limit",
+        "2",
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 2, out
     assert "Traceback" not in out and "cannot be read as JSON" in out
@@ -386,9 +414,15 @@ def test_release_auto_map_never_prompts_nor_runs_checkpoint_code(ckpts, tmp_path
     whether to run it unless told. mch never asks, and runs it only with --trust-remote-code."""
     import builtins
 
-    d = with_config(ckpts["full"], tmp_path / "uv", auto_map={
-        "AutoConfig": "ultravox_config.UltravoxConfig", "AutoModel": "ultravox_model.UltravoxModel",
-        "AutoProcessor": "ultravox_processing.UltravoxProcessor"})
+    d = with_config(
+        ckpts["full"],
+        tmp_path / "uv",
+        auto_map={
+            "AutoConfig": "ultravox_config.UltravoxConfig",
+            "AutoModel": "ultravox_model.UltravoxModel",
+            "AutoProcessor": "ultravox_processing.UltravoxProcessor",
+        },
+    )
     marker = tmp_path / "ran"
     for mod in ("ultravox_config", "ultravox_model", "ultravox_processing"):
         (d / f"{mod}.py").write_text(f"open({str(marker)!r}, 'a').write({mod!r})\n")
@@ -515,8 +549,16 @@ def make_peft_adapter(llm_dir: Path, out: Path, r: int = 4, alpha: int = 8, seed
 
     torch.manual_seed(seed)
     llm = LlamaForCausalLM.from_pretrained(str(llm_dir))
-    pm = get_peft_model(llm, LoraConfig(r=r, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                                        init_lora_weights=False, **cfg_kw))
+    pm = get_peft_model(
+        llm,
+        LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,
+            **cfg_kw,
+        ),
+    )
     pm.save_pretrained(str(out))
     return out
 
@@ -542,8 +584,16 @@ def test_lora_adapter_loads_and_merges(ckpts, model, samples, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     other = tmp_path / "other_llm"
-    LlamaForCausalLM(LlamaConfig(vocab_size=420, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(str(other))
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=420,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(str(other))
     bad = make_peft_adapter(other, tmp_path / "bad_lora")
     with pytest.raises(MchError):
         load(ckpts["split"], adapter=str(bad))
@@ -558,9 +608,16 @@ def test_reference_lora_file_is_accepted(ckpts, samples, tmp_path):
     ref = load(ckpts["split"])
     torch.manual_seed(2)
     # LoRA layers are injected in place: ref's own module tree now runs the unmerged adapter
-    pm = get_peft_model(ref.module.language_model, LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        init_lora_weights=False))
+    pm = get_peft_model(
+        ref.module.language_model,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,
+        ),
+    )
     # keys as the wrapped Ultravox model's state dict names them
     state = {f"language_model.{k}": v.contiguous() for k, v in pm.state_dict().items() if "lora" in k}
     assert next(iter(state)).startswith("language_model.base_model.model.model.layers.0.")
@@ -593,7 +650,7 @@ def manual_sequence(model: Ultravox, s: Sample, template: str, tail: list[int]) 
         audio = m.multi_modal_projector(m.audio_tower(feats).last_hidden_state)[0]
         ids = pre + [tok.eos_token_id] * audio.shape[0] + post + tail
         x = emb(torch.tensor(ids))
-        x[len(pre): len(pre) + audio.shape[0]] = audio
+        x[len(pre) : len(pre) + audio.shape[0]] = audio
     return x, ids
 
 
@@ -639,7 +696,8 @@ def test_score_parts_are_what_score_runs_on(model, samples):
     parts = model.score_parts(samples, "The speaker sounds", conts, "default")
     assert parts.lm is model.module.language_model and parts.continuations == model.continuation_ids(conts)
     logp, _ = score_shared_prefix(parts.lm, *left_pad(parts.prefixes), parts.continuations)
-    np.testing.assert_allclose(logp.numpy(), model.score(samples, "The speaker sounds", conts, "default").logp,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        logp.numpy(), model.score(samples, "The speaker sounds", conts, "default").logp, atol=1e-5
+    )
     assert model.lora_target() == "language_model"
     assert model.prompt_id("paper", "modal") != model.prompt_id("default", "modal")

@@ -9,7 +9,6 @@ import pytest
 
 from mch.plugins.analyses._linalg import bootstrap_counts, mode_summary, modes
 
-
 pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
 
@@ -109,7 +108,7 @@ def test_gram_and_covariance_paths_agree():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(60, 60)) @ np.diag(np.linspace(2, 0.2, 60))
     Y = rng.normal(size=(60, 60))
-    g = modes(X[:, :60], Y, n_boot=20, seed=1)            # N == d: Gram path
+    g = modes(X[:, :60], Y, n_boot=20, seed=1)  # N == d: Gram path
     c = modes(np.vstack([X, X[:1] + 1e-3]), np.vstack([Y, Y[:1]]), n_boot=0)  # N > d: covariance path
     k = min(g.n_modes, c.n_modes, 20)
     np.testing.assert_allclose(g.eigenvalues[:k], c.eigenvalues[:k], rtol=0.05)
@@ -154,8 +153,9 @@ def toy_store(tmp_path_factory):
 def _bench(store: Path, out: Path, protocol: str, analyses, **params):
     from mch.runner import RunConfig, run_bench
 
-    _, written = run_bench(RunConfig(model="toy", analyses=analyses, limit=120, protocol=protocol, store=store,
-                                     out_dir=out, params=params))
+    _, written = run_bench(
+        RunConfig(model="toy", analyses=analyses, limit=120, protocol=protocol, store=store, out_dir=out, params=params)
+    )
     return {rec["analysis"]["name"]: rec for _, rec in written}
 
 
@@ -173,15 +173,22 @@ def test_modes_on_the_toy_default(toy_store, tmp_path):
     assert split["name"] == "covariance" and split["split_rule"] == "null" and split["cross_fit"] is True
     assert split["alpha_scale"] == "trace" and len(split["directions"]) == 2 and split["n_rows"] == 120
     assert m["scale_ratio"]["value"] == pytest.approx(split["scale_ratio"], rel=1e-9)
-    assert m["scale_ratio"]["value"] < 0.05   # pooled text embeddings: a small fraction of the adapter's variance
+    assert m["scale_ratio"]["value"] < 0.05  # pooled text embeddings: a small fraction of the adapter's variance
     assert all(r["TA"] == (r["alignment_score"] >= r["threshold"]) for r in s["modes"])
 
 
 def test_modes_on_the_toy_paper_keeps_the_reference_fields(toy_store, tmp_path):
     rec = _bench(toy_store, tmp_path, "paper", ["modes"])["modes"]
     names = {x["metric"] for x in rec["metrics"]}
-    assert {"total_modes", "n_alpha_gt_0.5", "n_alpha_lt_0.1", "n_alpha_near_1", "mean_alpha_top10",
-            "mean_alpha_top50", "mean_alpha_all"} <= names
+    assert {
+        "total_modes",
+        "n_alpha_gt_0.5",
+        "n_alpha_lt_0.1",
+        "n_alpha_near_1",
+        "mean_alpha_top10",
+        "mean_alpha_top50",
+        "mean_alpha_all",
+    } <= names
     s = rec["summary"]
     assert s["summary"]["total_modes"] == 64 and s["text_stage"] == "llm.final"
     assert set(s["results"][0]) == {"mode_index", "eigenvalue", "alignment_score", "cumulative_variance_explained"}

@@ -5,8 +5,9 @@ pass. Read the list and the tree and compare."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +19,7 @@ def _setuptools() -> dict:
 def _folder(package: str, package_dir: dict[str, str]) -> Path:
     """The source folder of a dotted package name (the longest mapped prefix wins)."""
     root = max((p for p in package_dir if package == p or package.startswith(p + ".")), key=len)
-    return ROOT / package_dir[root] / Path(*package[len(root):].split(".")[1:])
+    return ROOT / package_dir[root] / Path(*package[len(root) :].split(".")[1:])
 
 
 def _source_packages(package_dir: dict[str, str]) -> set[str]:
@@ -39,8 +40,12 @@ def test_every_package_folder_is_listed_in_pyproject():
     st = _setuptools()
     listed = set(st["packages"])
     found = _source_packages(st["package-dir"])
-    assert {"mch", "mch.plugins.models.prismatic", "mch.plugins.models.ultravox",
-            "mch.plugins.models.weights.toy"} <= found  # the walk reads the tree
+    assert {
+        "mch",
+        "mch.plugins.models.prismatic",
+        "mch.plugins.models.ultravox",
+        "mch.plugins.models.weights.toy",
+    } <= found  # the walk reads the tree
     assert not found - listed, f"package folders pyproject.toml does not ship: {sorted(found - listed)}"
     assert not listed - found, f"pyproject.toml lists packages that are not there: {sorted(listed - found)}"
 

@@ -33,8 +33,10 @@ def world(n=400, d=30, seed=0):
     Y = np.zeros((n, d))
     Y[:, :20] = rng.normal(size=(n, 20)) * spec[:20]
     Y[:, 0:2] += centres[said]
-    labels = {"said": np.array([f"s{i}" for i in said], dtype=object),
-              "hidden": np.array([f"h{i}" for i in hidden], dtype=object)}
+    labels = {
+        "said": np.array([f"s{i}" for i in said], dtype=object),
+        "hidden": np.array([f"h{i}" for i in hidden], dtype=object),
+    }
     return X.astype(np.float32), Y.astype(np.float32), labels
 
 
@@ -43,9 +45,18 @@ def context(X, Y, labels, protocol="default", **params):
     attrs = {a: Attribute(a, sorted(set(v)), {c: [c] for c in set(v)}, "q", group_key="g") for a, v in labels.items()}
     samples = [Sample(sample_id=f"x{i}", text="", labels={}, groups={}) for i in range(len(X))]
     groups = {a: np.array([f"g{i // 2}" for i in range(len(X))], dtype=object) for a in labels}  # pairs of rows
-    ctx = AnalysisContext(protocol=protocol, params={**analysis.default_params(protocol), **params}, seed=0,
-                          stages=["adapter"], reps={"adapter": X}, samples=samples, attributes=attrs, labels=labels,
-                          groups=groups, _text_reps=lambda: {"adapter": Y, "llm.final": Y})
+    ctx = AnalysisContext(
+        protocol=protocol,
+        params={**analysis.default_params(protocol), **params},
+        seed=0,
+        stages=["adapter"],
+        reps={"adapter": X},
+        samples=samples,
+        attributes=attrs,
+        labels=labels,
+        groups=groups,
+        _text_reps=lambda: {"adapter": Y, "llm.final": Y},
+    )
     return analysis, ctx
 
 
@@ -65,8 +76,11 @@ def test_planted_classes_land_in_the_planted_subspace():
     assert m[("W1_TA_matched", "said")].value > m[("W1_MS_matched", "said")].value
     # the MS share of `hidden` is far outside its permutation null, that of `said` is not
     assert m[("var_frac_ms_p", "hidden")].value < 0.05 < 0.5 < m[("var_frac_ms_p", "said")].value
-    assert all(mm.ci_low <= mm.value <= mm.ci_high for (name, _), mm in m.items()
-               if name in ("var_frac_MS", "weighted_alpha") and mm.ci_low is not None)
+    assert all(
+        mm.ci_low <= mm.value <= mm.ci_high
+        for (name, _), mm in m.items()
+        if name in ("var_frac_MS", "weighted_alpha") and mm.ci_low is not None
+    )
 
 
 def _reference_script06(X, Y, labels, attrs, seed=42, pca_dim=256, n_subsample=1000, thr=0.5):
@@ -89,7 +103,7 @@ def _reference_script06(X, Y, labels, attrs, seed=42, pca_dim=256, n_subsample=1
         u = np.unique(lab)
         pairs = list(combinations(u, 2)) if len(u) <= 6 else None
         if pairs is None:
-            allp = [(a, b) for i, a in enumerate(u) for b in u[i + 1:]]
+            allp = [(a, b) for i, a in enumerate(u) for b in u[i + 1 :]]
             pairs = [allp[i] for i in rng.choice(len(allp), size=min(20, len(allp)), replace=False)]
         vals = []
         for a, b in pairs:
@@ -112,15 +126,18 @@ def _reference_script06(X, Y, labels, attrs, seed=42, pca_dim=256, n_subsample=1
     for a in attrs:
         lab = labels[a].astype(str)
         mu = X.mean(0)
-        SB = sum((lab == c).sum() * np.outer(X[lab == c].mean(0) - mu, X[lab == c].mean(0) - mu)
-                 for c in np.unique(lab))
+        SB = sum(
+            (lab == c).sum() * np.outer(X[lab == c].mean(0) - mu, X[lab == c].mean(0) - mu) for c in np.unique(lab)
+        )
         tr = np.trace(SB)
         c_k = np.diag(V.T @ SB @ V) / tr
-        out[a] = {"var_frac_MS": np.trace(V[:, ms].T @ SB @ V[:, ms]) / tr,
-                  "var_frac_TA": np.trace(V[:, ta].T @ SB @ V[:, ta]) / tr,
-                  "weighted_alpha": float((c_k * alpha).sum()),
-                  "W1_TA_matched": interclass(X @ V[:, ta], lab, min(ms.sum(), pca_dim)),
-                  "W1_MS_matched": interclass(X @ V[:, ms], lab, min(ms.sum(), pca_dim))}
+        out[a] = {
+            "var_frac_MS": np.trace(V[:, ms].T @ SB @ V[:, ms]) / tr,
+            "var_frac_TA": np.trace(V[:, ta].T @ SB @ V[:, ta]) / tr,
+            "weighted_alpha": float((c_k * alpha).sum()),
+            "W1_TA_matched": interclass(X @ V[:, ta], lab, min(ms.sum(), pca_dim)),
+            "W1_MS_matched": interclass(X @ V[:, ms], lab, min(ms.sum(), pca_dim)),
+        }
     return naive, out
 
 
@@ -143,10 +160,13 @@ def test_delta_tau_is_read_from_an_earlier_probe():
 
     X, Y, labels = world(n=200)
     analysis, ctx = context(X, Y, labels, n_boot=20, w1_reps=2)
-    ctx.previous["probe"] = AnalysisOutput(metrics=[
-        Metric("retention_ratio", 0.8, stage="encoder", attribute="hidden"),
-        Metric("retention_ratio", 0.3, stage="llm.final", attribute="hidden"),
-        Metric("delta_tau", 0.05, attribute="said")])
+    ctx.previous["probe"] = AnalysisOutput(
+        metrics=[
+            Metric("retention_ratio", 0.8, stage="encoder", attribute="hidden"),
+            Metric("retention_ratio", 0.3, stage="llm.final", attribute="hidden"),
+            Metric("delta_tau", 0.05, attribute="said"),
+        ]
+    )
     m = metrics_of(analysis.run(ctx))
     assert m[("delta_tau", "hidden")].value == pytest.approx(0.5)
     assert m[("delta_tau", "said")].value == pytest.approx(0.05)
@@ -177,9 +197,16 @@ def test_on_the_toy_every_share_comes_with_its_null_and_the_run_s_split(tmp_path
     yet content comes out as MS as the hidden factors: see tests/test_toy_bench.py)."""
     from mch.runner import RunConfig, run_bench
 
-    _, written = run_bench(RunConfig(model="toy", analyses=["modes", "per_type"], limit=200, store=tmp_path / "s",
-                                     out_dir=tmp_path / "r", params={"per_type": {"n_boot": 50, "n_perm": 50,
-                                                                                  "w1_reps": 2}}))
+    _, written = run_bench(
+        RunConfig(
+            model="toy",
+            analyses=["modes", "per_type"],
+            limit=200,
+            store=tmp_path / "s",
+            out_dir=tmp_path / "r",
+            params={"per_type": {"n_boot": 50, "n_perm": 50, "w1_reps": 2}},
+        )
+    )
     recs = {r["analysis"]["name"]: r for _, r in written}
     rec = recs["per_type"]
     assert rec["summary"]["split"] == recs["modes"]["summary"]["split"]

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_mch
+
 from mch.api import AnalysisOutput, MchError, Metric, load_entry
 from mch.capture import capture
 from mch.manager import get_registry
@@ -53,8 +53,13 @@ def _plugin(name: str, ckpt, **kw):
 
 def _vectors(m, modality: str) -> dict[str, torch.Tensor]:
     view = "text" if modality == "text" else "modal"
-    return capture(m, m.prepare(tiny_samples(modality, 3), "default", view), m.stages(view),
-                   "all" if modality == "text" else "modality", view)
+    return capture(
+        m,
+        m.prepare(tiny_samples(modality, 3), "default", view),
+        m.stages(view),
+        "all" if modality == "text" else "modality",
+        view,
+    )
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -75,8 +80,9 @@ def test_device_map_on_the_cpu_gives_the_plain_load_s_vectors(name, checkpoints)
 def test_scores_under_a_device_map_equal_the_plain_load_s(checkpoints):
     s = tiny_samples("vision", 3)
     plain = _plugin("llava", checkpoints["llava"]).score(s, "The image shows", ["a dog", "a cat"], "default")
-    mapped = _plugin("llava", checkpoints["llava"], device_map="balanced").score(s, "The image shows",
-                                                                               ["a dog", "a cat"], "default")
+    mapped = _plugin("llava", checkpoints["llava"], device_map="balanced").score(
+        s, "The image shows", ["a dog", "a cat"], "default"
+    )
     assert np.array_equal(plain.logp, mapped.logp)
 
 
@@ -108,8 +114,11 @@ def test_maps_over_two_gpus_keep_each_decoder_layer_whole(checkpoints, strategy)
     assert {"LlamaDecoderLayer", "WhisperEncoderLayer"} <= no_split
     for path, mod in m.module.named_modules():
         if type(mod).__name__ in no_split:
-            owners = {dev for key, dev in dmap.items() if key == "" or path == key or path.startswith(key + ".")
-                      or key.startswith(path + ".")}
+            owners = {
+                dev
+                for key, dev in dmap.items()
+                if key == "" or path == key or path.startswith(key + ".") or key.startswith(path + ".")
+            }
             assert len(owners) == 1, (path, owners)
 
 
@@ -139,16 +148,35 @@ def test_the_placement_is_kept_with_the_stored_vectors_and_in_records(checkpoint
     from mch.runner import RunConfig, extract, plan, record_for
 
     coco = synth.make("coco", tmp_path / "coco", images=4)
-    cfg = RunConfig(model="llava", checkpoint=str(checkpoints["llava"]), dataset="coco", data_path=str(coco),
-                    limit=4, batch_size=2, store=tmp_path / "s", analyses=[], device_map="auto",
-                    max_memory="cpu=1GiB")
+    cfg = RunConfig(
+        model="llava",
+        checkpoint=str(checkpoints["llava"]),
+        dataset="coco",
+        data_path=str(coco),
+        limit=4,
+        batch_size=2,
+        store=tmp_path / "s",
+        analyses=[],
+        device_map="auto",
+        max_memory="cpu=1GiB",
+    )
     p = plan(cfg)
     entry = extract(p)
     info = entry.manifest()["info"]
     assert info["world_size"] == 1
     assert info["device_map"] == {"strategy": "auto", "modules": {"": "cpu"}, "max_memory": {"cpu": "1GiB"}}
-    plain = plan(RunConfig(model="llava", checkpoint=str(checkpoints["llava"]), dataset="coco", data_path=str(coco),
-                           limit=4, batch_size=2, store=tmp_path / "s", analyses=[]))
+    plain = plan(
+        RunConfig(
+            model="llava",
+            checkpoint=str(checkpoints["llava"]),
+            dataset="coco",
+            data_path=str(coco),
+            limit=4,
+            batch_size=2,
+            store=tmp_path / "s",
+            analyses=[],
+        )
+    )
     assert extract(plain).dir == entry.dir and not plain.loaded  # the same vectors: the same entry
     rec = record_for(plain, entry, "x", AnalysisOutput(metrics=[Metric("m", 1.0)]), {}, 0.0, 0.0)
     validate(rec)
@@ -165,8 +193,9 @@ def test_the_python_api_and_run_configs_take_the_placement_flags(checkpoints, tm
     from mch.plugins.attributes import synth
 
     coco = synth.make("coco", tmp_path / "coco", images=4)
-    common = dict(model="llava", checkpoint=str(checkpoints["llava"]), dataset="coco", data_path=str(coco), limit=4,
-                  batch_size=2)
+    common = dict(
+        model="llava", checkpoint=str(checkpoints["llava"]), dataset="coco", data_path=str(coco), limit=4, batch_size=2
+    )
     split = mch.extract(**common, store=tmp_path / "s1", device_map="sequential", max_memory={"cpu": "1GiB"})
     plain = mch.extract(**common, store=tmp_path / "s2")
     assert split.key == plain.key and plain.stages == split.stages

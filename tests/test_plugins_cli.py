@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_mch
 
 
@@ -51,10 +50,12 @@ def mch_register_commands(app):
 
 
 def test_help_is_fast_and_imports_no_torch():
-    code = ("import sys, mch.cli as c; c._mount_optional();\n"
-            "try:\n    c.app(args=['--help'], prog_name='mch', standalone_mode=False)\nexcept SystemExit: pass\n"
-            "c.app(args=['list', 'models'], prog_name='mch', standalone_mode=False)\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    code = (
+        "import sys, mch.cli as c; c._mount_optional();\n"
+        "try:\n    c.app(args=['--help'], prog_name='mch', standalone_mode=False)\nexcept SystemExit: pass\n"
+        "c.app(args=['list', 'models'], prog_name='mch', standalone_mode=False)\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -75,8 +76,9 @@ def test_external_plugin_through_entry_point(tmp_path):
     out = run_mch("list", "analyses", env=env, check=True).stdout
     assert "meannorm" in out
     assert "hello from an external plugin" in run_mch("hello-ext", env=env, check=True).stdout
-    res = run_mch("bench", "--analysis", "meannorm", "--limit", "24", "--quiet", "--out", str(tmp_path / "r"),
-                  env=env, check=True)
+    res = run_mch(
+        "bench", "--analysis", "meannorm", "--limit", "24", "--quiet", "--out", str(tmp_path / "r"), env=env, check=True
+    )
     recs = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*.json")]
     assert len(recs) == 1 and recs[0]["analysis"]["name"] == "meannorm", res.stdout
     stages = {m["stage"] for m in recs[0]["metrics"]}
@@ -119,20 +121,23 @@ def test_malformed_registry_names_line_and_key(tmp_path):
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["bench", "--model", "lava"], "did you mean 'llava'"),
-    (["bench", "--analysis", "probee"], "did you mean 'probe'"),
-    (["bench", "--dataset", "toyy"], "did you mean 'toy'"),
-    (["bench", "--stage", "llm.99", "--limit", "4"], "no stage 'llm.99'"),
-    (["bench", "--limit", "0"], "empty"),
-    (["bench", "--attribute", "colour", "--limit", "4"], "no attribute 'colour'"),
-    (["bench", "--protocol", "papr"], "unknown protocol"),
-    (["bench", "--no-such-option"], "No such option"),  # usage errors: typer's own click copy too
-    (["bench", "--limit", "abc"], "integer"),
-    (["bench", "--param", "gmi.nosuch=1"], "has no parameter 'nosuch'"),  # before any extraction
-    (["bench", "--param", "probee.n_splits=3"], "did you mean 'probe'"),
-    (["bench", "--data-option", "sample_rate"], "--data-option 'sample_rate' must look like KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["bench", "--model", "lava"], "did you mean 'llava'"),
+        (["bench", "--analysis", "probee"], "did you mean 'probe'"),
+        (["bench", "--dataset", "toyy"], "did you mean 'toy'"),
+        (["bench", "--stage", "llm.99", "--limit", "4"], "no stage 'llm.99'"),
+        (["bench", "--limit", "0"], "empty"),
+        (["bench", "--attribute", "colour", "--limit", "4"], "no attribute 'colour'"),
+        (["bench", "--protocol", "papr"], "unknown protocol"),
+        (["bench", "--no-such-option"], "No such option"),  # usage errors: typer's own click copy too
+        (["bench", "--limit", "abc"], "integer"),
+        (["bench", "--param", "gmi.nosuch=1"], "has no parameter 'nosuch'"),  # before any extraction
+        (["bench", "--param", "probee.n_splits=3"], "did you mean 'probe'"),
+        (["bench", "--data-option", "sample_rate"], "--data-option 'sample_rate' must look like KEY=VALUE"),
+    ],
+)
 def test_user_errors_are_one_sentence(args, needle, tmp_path):
     res = run_mch(*args, "--out", str(tmp_path / "r"))
     assert res.returncode == 2, res.stdout + res.stderr

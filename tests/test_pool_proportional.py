@@ -13,11 +13,11 @@ from mch.model import Pool
 
 def test_flat_rows_split_in_proportion_and_pool_to_each_samples_mean():
     torch.manual_seed(0)
-    weights = [1, 3, 2]                       # modality tokens per sample
-    for factor in (1, 4):                     # 4 rows per token: before a 2x2 patch merger
+    weights = [1, 3, 2]  # modality tokens per sample
+    for factor in (1, 4):  # 4 rows per token: before a 2x2 patch merger
         h = torch.randn(sum(weights) * factor, 5)
         bounds = torch.tensor([0, 1, 4, 6]) * factor
-        expected = torch.stack([h[bounds[i]:bounds[i + 1]].mean(0) for i in range(3)])
+        expected = torch.stack([h[bounds[i] : bounds[i + 1]].mean(0) for i in range(3)])
         p = Pool.proportional(weights)
         torch.testing.assert_close(pool(h, p, "modality", 3), expected)
         torch.testing.assert_close(pool(h, p, "all", 3), expected)
@@ -26,7 +26,7 @@ def test_flat_rows_split_in_proportion_and_pool_to_each_samples_mean():
 
 
 def test_tiles_of_several_positions_split_by_row_and_for_output_lays_them_out():
-    h = torch.randn(5, 4, 3)                  # 5 tiles of 4 tokens: samples own 2, 1, 2 tiles
+    h = torch.randn(5, 4, 3)  # 5 tiles of 4 tokens: samples own 2, 1, 2 tiles
     p = Pool.proportional([8, 4, 8])
     expected = torch.stack([h[:2].reshape(-1, 3).mean(0), h[2].mean(0), h[3:].reshape(-1, 3).mean(0)])
     torch.testing.assert_close(pool(h, p, "modality", 3), expected)

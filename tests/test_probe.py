@@ -21,7 +21,6 @@ from mch.plugins.analyses._softmax import fit_one
 from mch.plugins.analyses._stats import grouped_folds
 from mch.results import build_record, validate
 
-
 pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
 
@@ -29,8 +28,15 @@ def make_probe() -> P.Probe:
     return P.Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
 
 
-def context(reps: dict, labels: dict, groups: dict | None = None, protocol: str = "default", params=None,
-            classes: dict | None = None, seed: int = 0) -> AnalysisContext:
+def context(
+    reps: dict,
+    labels: dict,
+    groups: dict | None = None,
+    protocol: str = "default",
+    params=None,
+    classes: dict | None = None,
+    seed: int = 0,
+) -> AnalysisContext:
     n = len(next(iter(labels.values())))
     groups = groups or {a: np.array([f"g{i}" for i in range(n)], dtype=object) for a in labels}
     attrs = {}
@@ -38,11 +44,17 @@ def context(reps: dict, labels: dict, groups: dict | None = None, protocol: str 
         cls = (classes or {}).get(a) or sorted({str(v) for v in lab if v != ""})
         attrs[a] = Attribute(a, cls, {c: [c] for c in cls}, "q", group_key="g")
     probe = make_probe()
-    return AnalysisContext(protocol=protocol, params={**probe.default_params(protocol), **(params or {})}, seed=seed,
-                           stages=list(reps), reps=reps,
-                           samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
-                           attributes=attrs, labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
-                           groups=groups)
+    return AnalysisContext(
+        protocol=protocol,
+        params={**probe.default_params(protocol), **(params or {})},
+        seed=seed,
+        stages=list(reps),
+        reps=reps,
+        samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
+        attributes=attrs,
+        labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
+        groups=groups,
+    )
 
 
 def metric(out, name, stage, attr):
@@ -70,7 +82,7 @@ def test_default_fit_is_sklearns_model(n, d, k):
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, k, n)
-    X = (rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.6 + 0.3 * rng.standard_normal((k, d))[y] + 5)
+    X = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.6 + 0.3 * rng.standard_normal((k, d))[y] + 5
     X = X.astype(np.float32)
     Xz = (X - X.mean(0, dtype=np.float64)) / X.std(0, dtype=np.float64)
     basis = P.stage_basis(X)
@@ -116,7 +128,7 @@ def true_mi_bits(means, sigma, rng, m=400_000):
     from scipy.special import log_softmax
 
     X, y = gaussian_world(m, means, sigma, rng)
-    logit = -((X[:, None, :] - means[None]) ** 2).sum(-1) / (2 * sigma ** 2)
+    logit = -((X[:, None, :] - means[None]) ** 2).sum(-1) / (2 * sigma**2)
     return float(np.log2(len(means)) + np.mean(log_softmax(logit, axis=1)[np.arange(m), y]) / np.log(2))
 
 
@@ -150,8 +162,10 @@ def test_metrics_are_consistent_with_their_definitions():
     y[:300] = 0  # imbalanced: majority chance differs from 1/K
     X[:300] = means[0] + rng.standard_normal((300, 2))
     labels = np.array([f"c{v}" for v in y], dtype=object)
-    reps = {s: (X + 0.1 * i * rng.standard_normal(X.shape)).astype(np.float32)
-            for i, s in enumerate(["encoder", "adapter", "llm.final"])}
+    reps = {
+        s: (X + 0.1 * i * rng.standard_normal(X.shape)).astype(np.float32)
+        for i, s in enumerate(["encoder", "adapter", "llm.final"])
+    }
     out = make_probe().run(context(reps, {"a": labels}))
     info = out.summary["attributes"]["a"]
     c_uni, c_maj = metric(out, "chance_uniform", None, "a").value, metric(out, "chance_majority", None, "a").value
@@ -169,7 +183,8 @@ def test_metrics_are_consistent_with_their_definitions():
         assert metric(out, "i_probe_prior_bits", s, "a").value == pytest.approx(info["label_entropy_bits"] - ce)
         assert 0 < metric(out, "balanced_accuracy", s, "a").value <= 1
     assert metric(out, "retained_pct", None, "a").value == pytest.approx(
-        100 * (acc["llm.final"] - c_maj) / (acc["adapter"] - c_maj))
+        100 * (acc["llm.final"] - c_maj) / (acc["adapter"] - c_maj)
+    )
     assert metric(out, "final_over_chance", None, "a").value == pytest.approx(acc["llm.final"] / c_maj)
     rr = lambda v: (v - c_maj) / (1 - c_maj)  # noqa: E731
     assert metric(out, "delta_tau", None, "a").value == pytest.approx(rr(acc["encoder"]) - rr(acc["llm.final"]))
@@ -177,11 +192,11 @@ def test_metrics_are_consistent_with_their_definitions():
 
 def test_retention_numbers_by_hand():
     m = {x.metric: x.value for x in P.attribute_level("a", 0.25, {"encoder": 0.85, "adapter": 0.75, "llm.final": 0.5})}
-    assert m["retained_pct"] == pytest.approx(50.0)          # 100 (0.5 - .25) / (0.75 - .25)
+    assert m["retained_pct"] == pytest.approx(50.0)  # 100 (0.5 - .25) / (0.75 - .25)
     assert m["final_over_chance"] == pytest.approx(2.0)
-    assert m["delta_tau"] == pytest.approx(0.8 - 1 / 3)      # (0.85-.25)/.75 - (0.5-.25)/.75
+    assert m["delta_tau"] == pytest.approx(0.8 - 1 / 3)  # (0.85-.25)/.75 - (0.5-.25)/.75
     near = {x.metric: x.value for x in P.attribute_level("a", 0.25, {"adapter": 0.2505, "llm.final": 0.5})}
-    assert near["retained_pct"] is None                       # adapter within 0.001 of chance
+    assert near["retained_pct"] is None  # adapter within 0.001 of chance
 
 
 # --------------------------------------------------------------------------- splits
@@ -217,8 +232,15 @@ def test_inner_cv_pairs_validate_each_outer_fold_on_its_neighbours():
     y = rng.integers(0, 3, 400)
     X = (rng.standard_normal((400, 5)) + 0.8 * np.eye(3, 5)[y]).astype(np.float32)
     lab = np.array([f"c{v}" for v in y], dtype=object)
-    a2, a4 = (metric(make_probe().run(context({"adapter": X}, {"a": lab}, params={"inner_folds": m})),
-                     "i_probe_bits", "adapter", "a").value for m in (2, 4))
+    a2, a4 = (
+        metric(
+            make_probe().run(context({"adapter": X}, {"a": lab}, params={"inner_folds": m})),
+            "i_probe_bits",
+            "adapter",
+            "a",
+        ).value
+        for m in (2, 4)
+    )
     assert abs(a2 - a4) < 0.02
 
 
@@ -233,11 +255,16 @@ def test_default_results_do_not_depend_on_the_number_of_threads(monkeypatch):
     X = (rng.standard_normal((n, 12)) + 0.7 * np.eye(4, 12)[y]).astype(np.float32)
     lab = {"a": np.array([f"c{v}" for v in y], dtype=object)}
     grp = {"a": np.array([f"g{v}" for v in g], dtype=object)}
-    one, three = (make_probe().run(context({"adapter": X, "llm.final": X[:, ::-1].copy()}, lab, grp,
-                                           params={"n_jobs": j, "n_bootstrap": 50})) for j in (1, 3))
+    one, three = (
+        make_probe().run(
+            context({"adapter": X, "llm.final": X[:, ::-1].copy()}, lab, grp, params={"n_jobs": j, "n_bootstrap": 50})
+        )
+        for j in (1, 3)
+    )
     assert one.summary["threads"] == 1 and three.summary["threads"] == 3
-    assert [(m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in one.metrics] == \
-        [(m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in three.metrics]
+    assert [(m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in one.metrics] == [
+        (m.metric, m.stage, m.value, m.ci_low, m.ci_high) for m in three.metrics
+    ]
     assert one.summary["attributes"]["a"]["stages"] == three.summary["attributes"]["a"]["stages"]
     for bad in (0, "auto", 1.5):
         with pytest.raises(MchError, match="n_jobs"):
@@ -274,11 +301,17 @@ def test_probe_records_the_split_and_drops_singletons():
     n = 300
     spk = rng.integers(0, 5, n)
     labels = np.array([f"s{v}" for v in spk], dtype=object)
-    labels[:7] = ""          # unlabelled
-    labels[7] = "lonely"     # a singleton class
+    labels[:7] = ""  # unlabelled
+    labels[7] = "lonely"  # a singleton class
     X = (rng.standard_normal((n, 6)) + spk[:, None]).astype(np.float32)
-    out = make_probe().run(context({"adapter": X}, {"spk": labels}, groups={"spk": labels.copy()},
-                                   classes={"spk": [f"s{i}" for i in range(5)] + ["lonely"]}))
+    out = make_probe().run(
+        context(
+            {"adapter": X},
+            {"spk": labels},
+            groups={"spk": labels.copy()},
+            classes={"spk": [f"s{i}" for i in range(5)] + ["lonely"]},
+        )
+    )
     info = out.summary["attributes"]["spk"]
     assert info["split"] == "stratified" and info["dropped_classes"] == {"lonely": 1}
     assert info["n"] == n - 8 and info["n_unlabelled"] == 7
@@ -298,7 +331,7 @@ def reference_script_03(X, labels, lexical_order=None):
 
     labels = np.asarray(labels).astype(str)
     keep = labels != ""
-    if lexical_order is not None:   # class index = rank in the top-50 list
+    if lexical_order is not None:  # class index = rank in the top-50 list
         rank = {w: i for i, w in enumerate(lexical_order)}
         codes = np.array([rank[v] for v in labels[keep]])
     else:
@@ -330,17 +363,26 @@ def test_paper_protocol_matches_the_reference_procedure_exactly():
     emo = np.array(["angry", "sad", "happy"])[rng.integers(0, 3, n)].astype(object)
     emo[:5] = ""
     emo[5] = "rare"  # a singleton class: dropped by the reference's filter
-    reps = {s: (rng.standard_normal((n, d)) + 0.8 * (i + 1) * (spk[:, None] == np.arange(d) % 7)
-                + 0.6 * (w[:, None] == np.arange(d) % 6)).astype(np.float32)
-            for i, s in enumerate(["adapter", "llm.final"])}
+    reps = {
+        s: (
+            rng.standard_normal((n, d))
+            + 0.8 * (i + 1) * (spk[:, None] == np.arange(d) % 7)
+            + 0.6 * (w[:, None] == np.arange(d) % 6)
+        ).astype(np.float32)
+        for i, s in enumerate(["adapter", "llm.final"])
+    }
     lex_order = ["the", "and", "a", "he", "of", "she"]  # frequency rank, not sorted
-    labels = {"speaker": np.array([f"spk{v}" for v in spk], dtype=object),
-              "lexical": words[w].astype(object), "emotion": emo}
+    labels = {
+        "speaker": np.array([f"spk{v}" for v in spk], dtype=object),
+        "lexical": words[w].astype(object),
+        "emotion": emo,
+    }
     filters = list(warnings.filters)
     out = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order}))
     # concurrent splits (one BLAS thread each, as the reference runs under this file's fixture)
-    par = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order},
-                                   params={"n_jobs": 2}))
+    par = make_probe().run(
+        context(reps, labels, protocol="paper", classes={"lexical": lex_order}, params={"n_jobs": 2})
+    )
     assert par.summary["threads"] == 2 and out.summary["threads"] == 1
     assert warnings.filters == filters  # silenced during the fits only, and thread-safely
     for attr in labels:
@@ -369,8 +411,10 @@ def test_paper_protocol_matches_the_reference_procedure_exactly():
 def test_paper_protocol_skips_what_the_reference_skips():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((60, 8)).astype(np.float32)
-    labels = {"lexical": np.array(["the", "a", "of", "he"] * 15, dtype=object),   # 4 distinct words < 5
-              "emotion": np.array(["x", "y"] * 9 + [""] * 42, dtype=object)}       # 18 labels < 20
+    labels = {
+        "lexical": np.array(["the", "a", "of", "he"] * 15, dtype=object),  # 4 distinct words < 5
+        "emotion": np.array(["x", "y"] * 9 + [""] * 42, dtype=object),
+    }  # 18 labels < 20
     out = make_probe().run(context({"adapter": X}, labels, protocol="paper"))
     assert not [m for m in out.metrics if m.attribute in labels]
     assert "distinct words" in out.summary["attributes"]["lexical"]["skipped"]
@@ -385,14 +429,25 @@ def test_a_schema_valid_record_is_built_from_the_output(protocol):
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 120)
     X = (rng.standard_normal((120, 10)) + y[:, None]).astype(np.float32)
-    ctx = context({"adapter": X, "llm.final": X + 0.5 * rng.standard_normal(X.shape).astype(np.float32)},
-                  {"a": np.array([f"c{v}" for v in y], dtype=object)}, protocol=protocol)
+    ctx = context(
+        {"adapter": X, "llm.final": X + 0.5 * rng.standard_normal(X.shape).astype(np.float32)},
+        {"a": np.array([f"c{v}" for v in y], dtype=object)},
+        protocol=protocol,
+    )
     out = make_probe().run(ctx)
-    rec = build_record(model={"name": "m", "modality": "speech", "checkpoint": "x"},
-                       dataset={"name": "d", "n": 120, "sample_ids_sha256": None},
-                       analysis={"name": "probe", "params": ctx.params}, protocol=protocol, extraction={},
-                       seeds=[0], config_hash="0", duration_s=1.0, metrics=[m.as_dict() for m in out.metrics],
-                       summary=out.summary, notes=out.notes)
+    rec = build_record(
+        model={"name": "m", "modality": "speech", "checkpoint": "x"},
+        dataset={"name": "d", "n": 120, "sample_ids_sha256": None},
+        analysis={"name": "probe", "params": ctx.params},
+        protocol=protocol,
+        extraction={},
+        seeds=[0],
+        config_hash="0",
+        duration_s=1.0,
+        metrics=[m.as_dict() for m in out.metrics],
+        summary=out.summary,
+        notes=out.notes,
+    )
     validate(rec)
     assert {"accuracy", "i_probe_bits", "retention_ratio", "chance_uniform"} <= {m["metric"] for m in rec["metrics"]}
 
@@ -409,7 +464,8 @@ def test_classes_too_small_for_the_folds_are_a_skip_not_a_crash():
     ValueError inside lora's re-measurement); the attribute is skipped with its reason."""
     rng = np.random.default_rng(0)
     labels = np.array([f"c{i // 2}" for i in range(24)], dtype=object)
-    out = make_probe().run(context({"adapter": rng.standard_normal((24, 8)).astype(np.float32)}, {"a": labels},
-                                   params={"min_samples": 10}))
+    out = make_probe().run(
+        context({"adapter": rng.standard_normal((24, 8)).astype(np.float32)}, {"a": labels}, params={"min_samples": 10})
+    )
     assert "a class of 5" in out.summary["attributes"]["a"]["skipped"]
     assert not [m for m in out.metrics if m.metric == "accuracy"]

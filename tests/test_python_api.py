@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_mch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -35,10 +34,12 @@ def toy_run(tmp_path_factory):
 
 
 def test_import_mch_is_light():
-    code = ("import sys, mch; v = mch.__version__; h = mch.hookimpl; e = mch.MchError; s = mch.ModelSpec; "
-            "a = mch.Attribute; p = mch.Param; "
-            "heavy = [m for m in ('torch', 'transformers', 'numpy', 'pandas', 'matplotlib') if m in sys.modules]; "
-            "print(v, heavy)")
+    code = (
+        "import sys, mch; v = mch.__version__; h = mch.hookimpl; e = mch.MchError; s = mch.ModelSpec; "
+        "a = mch.Attribute; p = mch.Param; "
+        "heavy = [m for m in ('torch', 'transformers', 'numpy', 'pandas', 'matplotlib') if m in sys.modules]; "
+        "print(v, heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     version, heavy = out.stdout.split(" ", 1)
     assert heavy.strip() == "[]", heavy
@@ -74,14 +75,25 @@ def test_plot_layers(toy_run):
     matplotlib.use("Agg")
     res, _ = toy_run
     ax = res.plot_layers(metric="accuracy", attribute=["speaker", "emotion"])
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["encoder", "adapter", "llm.0", "llm.1", "llm.2", "llm.3",
-                                                            "llm.final"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "encoder",
+        "adapter",
+        "llm.0",
+        "llm.1",
+        "llm.2",
+        "llm.3",
+        "llm.final",
+    ]
     labels = sorted(line.get_label() for line in ax.get_lines())
     assert labels == ["emotion", "speaker"]
     speaker = next(line for line in ax.get_lines() if line.get_label() == "speaker")
-    want = [m["value"] for m in sorted((m for m in res["probe"]["metrics"] if m["metric"] == "accuracy"
-                                        and m["attribute"] == "speaker"),
-                                       key=lambda m: __import__("mch.api").api.stage_sort_key(m["stage"]))]
+    want = [
+        m["value"]
+        for m in sorted(
+            (m for m in res["probe"]["metrics"] if m["metric"] == "accuracy" and m["attribute"] == "speaker"),
+            key=lambda m: __import__("mch.api").api.stage_sort_key(m["stage"]),
+        )
+    ]
     assert list(speaker.get_ydata()) == want
     from mch.api import MchError
 
@@ -94,8 +106,11 @@ def test_missing_extras_are_one_sentence(toy_run, monkeypatch):
     from mch.python_api import write_table
 
     res, root = toy_run
-    for mod, extra, call in (("pandas", "frames", res.to_frame), ("matplotlib", "plot", res.plot_layers),
-                             ("pyarrow", "parquet", lambda: write_table(res.rows(), "parquet", root / "x.parquet"))):
+    for mod, extra, call in (
+        ("pandas", "frames", res.to_frame),
+        ("matplotlib", "plot", res.plot_layers),
+        ("pyarrow", "parquet", lambda: write_table(res.rows(), "parquet", root / "x.parquet")),
+    ):
         monkeypatch.setitem(sys.modules, mod, None)  # `import mod` now raises ImportError
         with pytest.raises(MchError, match=re.escape(f"pip install 'mch[{extra}]'")):
             call()
@@ -135,8 +150,9 @@ def test_load_results_and_export_round_trip(toy_run, tmp_path):
         got = read_table(out)
         assert len(got) == len(rows)
         for a, b in zip(got, rows, strict=True):
-            assert {k: a[k] for k in KEY + ["n", "smoke", "record"]} == {k: b[k] for k in KEY + ["n", "smoke",
-                                                                                                    "record"]}
+            assert {k: a[k] for k in KEY + ["n", "smoke", "record"]} == {
+                k: b[k] for k in KEY + ["n", "smoke", "record"]
+            }
             for k in ("value", "ci_low", "ci_high"):
                 assert (a[k] is None and b[k] is None) or math.isclose(a[k], b[k], rel_tol=1e-15), (fmt, k)
     frame = back.to_frame()
@@ -160,8 +176,10 @@ def test_export_store_round_trip(toy_run, tmp_path):
     vec = mch.store.load(key[:10], root / "store")
     assert vec.stages == sorted(TOY_STAGES, key=__import__("mch.api").api.stage_sort_key)
     assert len(vec.sample_ids) == 120 and set(vec.labels) == {"content", "speaker", "emotion"}
-    assert set(vec.labels["emotion"]) <= set(res["probe"]["summary"]["attributes"]["emotion"].get("classes", [])) \
+    assert (
+        set(vec.labels["emotion"]) <= set(res["probe"]["summary"]["attributes"]["emotion"].get("classes", []))
         or len(set(vec.labels["emotion"])) > 1
+    )
     env = {"MCH_STORE": str(root / "store")}
     run_mch("export-store", key[:8], "--format", "npz", "--out", str(tmp_path / "v.npz"), env=env, check=True)
     z = np.load(tmp_path / "v.npz")
@@ -183,17 +201,32 @@ def test_export_store_round_trip(toy_run, tmp_path):
     h = read_file(tmp_path / "v.h5", "file")
     assert h.sample_ids == vec.sample_ids and set(h.stages) == set(vec.stages)
     np.testing.assert_array_equal(h.read_stage("llm.2"), vec["llm.2"])
-    assert h.columns["speaker_id"] == list(vec.labels["speaker"]) and h.columns["content"] == list(vec.labels["content"])
+    assert h.columns["speaker_id"] == list(vec.labels["speaker"]) and h.columns["content"] == list(
+        vec.labels["content"]
+    )
     r = run_mch("export-store", "zzzz", env=env)
     assert r.returncode == 2 and "no entry 'zzzz'" in r.stderr
 
 
 def test_run_config_file_flags_override(tmp_path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("model: toy\nanalyses: [probe]\nlimit: 40\nseed: 5\nparams:\n  probe: {n_bootstrap: 20, n_splits: 4}\n")
+    cfg.write_text(
+        "model: toy\nanalyses: [probe]\nlimit: 40\nseed: 5\nparams:\n  probe: {n_bootstrap: 20, n_splits: 4}\n"
+    )
     out = tmp_path / "res"
-    r = run_mch("bench", "--config", str(cfg), "--seed", "2", "--param", "probe.n_splits=3", "--out", str(out),
-                "--json", check=True)
+    r = run_mch(
+        "bench",
+        "--config",
+        str(cfg),
+        "--seed",
+        "2",
+        "--param",
+        "probe.n_splits=3",
+        "--out",
+        str(out),
+        "--json",
+        check=True,
+    )
     rec = json.loads(Path(json.loads(r.stdout)["records"][0]["path"]).read_text())
     assert rec["seeds"] == [2] and rec["dataset"]["n"] == 40
     assert rec["analysis"]["params"]["n_splits"] == 3 and rec["analysis"]["params"]["n_bootstrap"] == 20
@@ -205,8 +238,13 @@ def test_run_config_file_flags_override(tmp_path):
 
     again = mch.bench(config={k: v for k, v in rc.items() if k != "out"}, out=tmp_path / "again")
     assert again["probe"]["analysis"]["params"] == rec["analysis"]["params"] and again["probe"]["seeds"] == [2]
-    for text, want in (("modle: toy\n", "modle"), ("limit: -3\n", "limit"), ("analyses: 3\n", "analyses"),
-                       ("- a\n- b\n", "must be a mapping"), ("model: [\n", "not valid YAML")):
+    for text, want in (
+        ("modle: toy\n", "modle"),
+        ("limit: -3\n", "limit"),
+        ("analyses: 3\n", "analyses"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("model: [\n", "not valid YAML"),
+    ):
         cfg.write_text(text)
         r = run_mch("bench", "--config", str(cfg))
         assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, (text, r.stderr)
@@ -236,8 +274,9 @@ def test_record_written_hook_and_the_csv_log_example(tmp_path, monkeypatch):
     broken = Broken()
     pm.register(broken, name="broken_test")
     try:
-        res = mch.bench(model="toy", analyses=["probe"], limit=40, out=tmp_path / "r",
-                        params={"probe": {"n_bootstrap": 20}})
+        res = mch.bench(
+            model="toy", analyses=["probe"], limit=40, out=tmp_path / "r", params={"probe": {"n_bootstrap": 20}}
+        )
     finally:
         pm.unregister(name="csv_log_test")
         pm.unregister(name="broken_test")
@@ -248,8 +287,11 @@ def test_record_written_hook_and_the_csv_log_example(tmp_path, monkeypatch):
     assert len(rows) == len(res["probe"]["metrics"])
     assert {r["record"] for r in rows} == {str(res.paths[0])} and rows[0]["model"] == "toy"
     acc = [r for r in rows if r["metric"] == "accuracy" and r["stage"] == "adapter" and r["attribute"] == "speaker"]
-    want = next(m for m in res["probe"]["metrics"] if m["metric"] == "accuracy" and m["stage"] == "adapter"
-                and m["attribute"] == "speaker")
+    want = next(
+        m
+        for m in res["probe"]["metrics"]
+        if m["metric"] == "accuracy" and m["stage"] == "adapter" and m["attribute"] == "speaker"
+    )
     assert float(acc[0]["value"]) == want["value"]
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from mch.api import MchError
 from mch.runner import RunConfig, extract, plan
 
@@ -69,13 +69,29 @@ def toy_reference(tmp_path_factory):
     return _entry(store)
 
 
-def test_accelerate_launch_bench_two_ranks_write_the_one_process_store_and_rank0_alone_analyses(tmp_path,
-                                                                                              toy_reference):
+def test_accelerate_launch_bench_two_ranks_write_the_one_process_store_and_rank0_alone_analyses(
+    tmp_path, toy_reference
+):
     env = _env(tmp_path / "s", MCH_RESULTS=str(tmp_path / "r"))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    res = _run(launch + ["-m", "mch", "bench", *TOY, "--analysis", "probe", "--param", "probe.n_bootstrap=20",
-                         "--quiet"], env)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    res = _run(
+        launch + ["-m", "mch", "bench", *TOY, "--analysis", "probe", "--param", "probe.n_bootstrap=20", "--quiet"], env
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     entry = _entry(tmp_path / "s")
     _same(entry, toy_reference)
@@ -90,10 +106,21 @@ def test_killed_rank_loses_only_its_unfinished_chunks_and_one_process_completes(
     """Rank 1 stops after its first chunk (tests/inject); while rank 0 holds the entry, a second
     job is refused; rank 1 is SIGKILLed; a one-process rerun extracts only what is missing."""
     store, marker = tmp_path / "s", tmp_path / "paused"
-    env = _env(store, PYTHONPATH=os.pathsep.join([str(INJECT), os.environ.get("PYTHONPATH", "")]),
-               MCH_TEST_PAUSE_RANK="1", MCH_TEST_PAUSE_AFTER="1", MCH_TEST_PAUSE_FILE=str(marker))
-    job = subprocess.Popen(_torchrun(2) + ["-m", "mch", "extract", *TOY, "--quiet"], env=env, cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = _env(
+        store,
+        PYTHONPATH=os.pathsep.join([str(INJECT), os.environ.get("PYTHONPATH", "")]),
+        MCH_TEST_PAUSE_RANK="1",
+        MCH_TEST_PAUSE_AFTER="1",
+        MCH_TEST_PAUSE_FILE=str(marker),
+    )
+    job = subprocess.Popen(
+        _torchrun(2) + ["-m", "mch", "extract", *TOY, "--quiet"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         chunks: list[Path] = []
@@ -130,13 +157,35 @@ def test_tiny_llava_two_ranks_write_the_one_process_store_both_views(tmp_path):
 
     ck = make_tiny_llava(tmp_path / "llava")
     coco = synth.make("coco", tmp_path / "coco", images=12)
-    args = ["--model", "llava", "--checkpoint", str(ck), "--dataset", "coco", "--data-path", str(coco),
-            "--limit", "12", "--batch-size", "2"]
-    res = _run(_torchrun(2) + ["-m", "mch", "extract", *args, "--text", "--quiet"],
-               _env(tmp_path / "two", MCH_CHUNK_SIZE="4"))
+    args = [
+        "--model",
+        "llava",
+        "--checkpoint",
+        str(ck),
+        "--dataset",
+        "coco",
+        "--data-path",
+        str(coco),
+        "--limit",
+        "12",
+        "--batch-size",
+        "2",
+    ]
+    res = _run(
+        _torchrun(2) + ["-m", "mch", "extract", *args, "--text", "--quiet"], _env(tmp_path / "two", MCH_CHUNK_SIZE="4")
+    )
     assert res.returncode == 0, res.stdout + res.stderr
-    cfg = RunConfig(model="llava", checkpoint=str(ck), dataset="coco", data_path=str(coco), limit=12, batch_size=2,
-                    chunk_size=4, store=tmp_path / "one", analyses=[])
+    cfg = RunConfig(
+        model="llava",
+        checkpoint=str(ck),
+        dataset="coco",
+        data_path=str(coco),
+        limit=12,
+        batch_size=2,
+        chunk_size=4,
+        store=tmp_path / "one",
+        analyses=[],
+    )
     p = plan(cfg)
     for view in ("modal", "text"):
         one = extract(p, view).dir
@@ -176,8 +225,9 @@ def _toy16(tmp_path):
 def test_ranks_that_compute_another_store_entry_stop_with_one_sentence(tmp_path, monkeypatch):
     p = _toy16(tmp_path)
     _FakeRanks(monkeypatch, [SAME, ("0123456789abcdef0123", 8, 16, "node-b")])
-    with pytest.raises(MchError, match="rank 1 \\(on node-b\\) computes store entry 0123456789abcdef0123.*same "
-                                       "checkpoint files"):
+    with pytest.raises(
+        MchError, match="rank 1 \\(on node-b\\) computes store entry 0123456789abcdef0123.*same checkpoint files"
+    ):
         extract(p)
 
 

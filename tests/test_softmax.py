@@ -53,7 +53,7 @@ def test_compact_direction_is_the_two_loop_direction(n_pairs):
 def world(n=240, r=30, k=4, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
-    Z = (rng.standard_normal((n, r)) * np.arange(1, r + 1) ** -0.5 + 0.6 * rng.standard_normal((k, r))[y])
+    Z = rng.standard_normal((n, r)) * np.arange(1, r + 1) ** -0.5 + 0.6 * rng.standard_normal((k, r))[y]
     block = rng.integers(0, 4, n)
     return Z.astype(np.float32), y, block
 
@@ -103,8 +103,9 @@ def test_a_fit_missing_a_class_is_the_fit_on_the_classes_it_has():
     assert fit.converged and list(fit.present) == [True] * 4 + [False]
     assert np.all(fit.W[:, 4] == 0)
     rows = np.isin(block, (0, 1))
-    local = S.fit_many(S.Design(Z[rows], np.zeros(rows.sum(), int), y[rows], 4), [S.Problem((0,), 3e-2, 1e-12)],
-                       10000)[0]
+    local = S.fit_many(S.Design(Z[rows], np.zeros(rows.sum(), int), y[rows], 4), [S.Problem((0,), 3e-2, 1e-12)], 10000)[
+        0
+    ]
     np.testing.assert_allclose(fit.W[:, :4], local.W, atol=2 * np.sqrt(2e-12 / 3e-2))
     lp = S.heldout_logp(design, [fit], [(2, 3)])[0]
     assert np.all(np.isneginf(lp[2][:, 4])) and np.allclose(np.exp(lp[2][:, :4]).sum(1), 1)

@@ -11,7 +11,7 @@ from mch.plugins.analyses._split import SPLIT_DEFAULTS, attribute_shares, covari
 
 pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
-OLD_MODES_RULE = {"cross_fit": False, "split_rule": "tau", "alpha_scale": "none"}   # modes/per_type before
+OLD_MODES_RULE = {"cross_fit": False, "split_rule": "tau", "alpha_scale": "none"}  # modes/per_type before
 OLD_CAUSAL_RULE = {"cross_fit": False, "split_rule": "tau", "alpha_scale": "trace"}  # ablation/swap/gradient before
 
 
@@ -41,7 +41,7 @@ def recovered(sp, X, F, which: str) -> float:
     labelled `which`, pooled over both directions."""
     num = den = 0.0
     for d in sp.directions:
-        w = (np.linalg.norm(F.T @ d.vectors(X), axis=0) ** 2)   # u_kᵀ F Fᵀ u_k
+        w = np.linalg.norm(F.T @ d.vectors(X), axis=0) ** 2  # u_kᵀ F Fᵀ u_k
         num += w[d.ta if which == "ta" else d.ms].sum()
         den += w.sum()
     return num / den
@@ -89,6 +89,7 @@ def test_alpha_tilde_is_scale_free():
 def direct_cross_fit(X, Y, fit, ev, rel_tol=1e-6):
     """The definition written out with d x d matrices: eigenvectors of the fit rows'
     covariance, λ_k, u_kᵀΣ_T u_k and both traces on the eval rows, α̃ = (t/trT)/(λ/trM)."""
+
     def cov(Z):
         Zc = Z - Z.mean(0)
         return Zc.T @ Zc / (len(Z) - 1)
@@ -105,7 +106,7 @@ def direct_cross_fit(X, Y, fit, ev, rel_tol=1e-6):
     return V, lam, tv, (tv / np.trace(ST)) / (lam / np.trace(SM))
 
 
-@pytest.mark.parametrize("n,d", [(80, 30), (60, 90)])   # the covariance path and the Gram path
+@pytest.mark.parametrize("n,d", [(80, 30), (60, 90)])  # the covariance path and the Gram path
 def test_each_direction_matches_the_definition(n, d):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(n, d)) @ np.diag(np.linspace(3, 0.3, d)) + 5.0
@@ -128,7 +129,7 @@ def test_each_direction_matches_the_definition(n, d):
         np.testing.assert_allclose(dr.lam, lam, rtol=1e-7)
         np.testing.assert_allclose(dr.tv, tv, rtol=1e-7)
         np.testing.assert_allclose(dr.alpha, at, rtol=1e-7)
-        np.testing.assert_allclose(np.abs((dr.vectors(X) * V).sum(0)), 1.0, atol=1e-6)   # same modes, up to sign
+        np.testing.assert_allclose(np.abs((dr.vectors(X) * V).sum(0)), 1.0, atol=1e-6)  # same modes, up to sign
     A, B = sp.directions[0].fit, sp.directions[0].eval
     assert set(A) | set(B) == set(range(n)) and not set(A) & set(B)
     assert np.array_equal(sp.directions[1].fit, B) and np.array_equal(sp.directions[1].eval, A)
@@ -138,10 +139,10 @@ def test_null_threshold_is_a_low_quantile_of_modal_vs_modal_alpha_and_rules_diff
     X, Y = identical(400, 50, 6)
     sp = covariance_split(X, Y, seed=6)
     thr = sp.primary.threshold
-    assert np.all((thr > 0.5) & (thr < 1.0))            # below 1 by the null's spread, not by τ
+    assert np.all((thr > 0.5) & (thr < 1.0))  # below 1 by the null's spread, not by τ
     tau = covariance_split(X, Y, {"split_rule": "tau", "tau": 0.5}, seed=6)
     np.testing.assert_array_equal(tau.primary.threshold, 0.5)
-    np.testing.assert_allclose(tau.primary.alpha, sp.primary.alpha)       # one α̃, two rules
+    np.testing.assert_allclose(tau.primary.alpha, sp.primary.alpha)  # one α̃, two rules
     # conservative: the null's variances come from quarters, so few modes of one law fall below it
     fr = np.mean([covariance_split(*identical(400, 50, s), seed=s).pooled()["n_MS"] / 49 for s in range(4)])
     assert fr < 0.04
@@ -186,12 +187,14 @@ def labelled_world(n=400, d=30, seed=0):
     spec = np.linspace(1.0, 0.3, d)
     X = rng.normal(size=(n, d)) * spec
     Y = rng.normal(size=(n, d)) * spec
-    Y[:, :2] = 0.05 * rng.normal(size=(n, 2))            # no text variance along dims 0-1
+    Y[:, :2] = 0.05 * rng.normal(size=(n, 2))  # no text variance along dims 0-1
     X[:, 0:2] += 2.0 * centres[hidden]
     X[:, 10:12] += 1.2 * centres[said]
     Y[:, 10:12] += 1.2 * centres[said]
-    lab = {"hidden": np.array([f"h{i}" for i in hidden], dtype=object),
-           "said": np.array([f"s{i}" for i in said], dtype=object)}
+    lab = {
+        "hidden": np.array([f"h{i}" for i in hidden], dtype=object),
+        "said": np.array([f"s{i}" for i in said], dtype=object),
+    }
     return X @ Q.T, Y @ Q.T, lab
 
 
@@ -211,8 +214,8 @@ def test_shares_find_planted_classes_and_shuffled_labels_are_inside_their_null()
         floors.append(sh.signal_fraction)
         plug.append(sh.var_frac_MS_plugin)
     assert np.mean(np.array(ps) >= 0.05) >= 0.9
-    assert abs(np.mean(floors)) < 0.15                   # corrected scatter ≈ 0 when classes carry nothing
-    assert np.mean(plug) > 0.05                          # while the plug-in share is far from 0
+    assert abs(np.mean(floors)) < 0.15  # corrected scatter ≈ 0 when classes carry nothing
+    assert np.mean(plug) > 0.05  # while the plug-in share is far from 0
 
 
 def test_group_structure_is_kept_by_the_permutation_null():
@@ -222,7 +225,7 @@ def test_group_structure_is_kept_by_the_permutation_null():
     n, d, g = 400, 20, 40
     codes = np.repeat(np.arange(g), n // g)
     X = rng.normal(size=(n, d))
-    X[:, 0] += 2.0 * rng.normal(size=g)[codes]           # group effect along a modal-only direction
+    X[:, 0] += 2.0 * rng.normal(size=g)[codes]  # group effect along a modal-only direction
     Y = rng.normal(size=(n, d))
     Y[:, 0] = 0.05 * rng.normal(size=n)
     labels = np.array([f"c{k}" for k in rng.integers(0, 2, g)[codes]], dtype=object)  # says nothing
@@ -260,17 +263,37 @@ def test_the_five_analyses_of_a_run_share_one_split(tmp_path):
     from mch.runner import RunConfig, run_bench
 
     torch.set_num_threads(1)
-    params = {"modes": {"n_boot": 20}, "per_type": {"n_boot": 20, "n_perm": 20, "w1_reps": 1},
-              "ablation": {"n_samples": 8, "n_boot": 50, "conditions": ["ms_all"]},
-              "swap": {"n_samples": 8, "n_boot": 50}, "gradient": {"n_samples": 8, "n_boot": 50}}
-    _, written = run_bench(RunConfig(model="toy", analyses=["modes", "per_type", "ablation", "swap", "gradient"],
-                                     limit=120, store=tmp_path / "s", out_dir=tmp_path / "r", params=params))
+    params = {
+        "modes": {"n_boot": 20},
+        "per_type": {"n_boot": 20, "n_perm": 20, "w1_reps": 1},
+        "ablation": {"n_samples": 8, "n_boot": 50, "conditions": ["ms_all"]},
+        "swap": {"n_samples": 8, "n_boot": 50},
+        "gradient": {"n_samples": 8, "n_boot": 50},
+    }
+    _, written = run_bench(
+        RunConfig(
+            model="toy",
+            analyses=["modes", "per_type", "ablation", "swap", "gradient"],
+            limit=120,
+            store=tmp_path / "s",
+            out_dir=tmp_path / "r",
+            params=params,
+        )
+    )
     splits = {rec["analysis"]["name"]: rec["summary"]["split"] for _, rec in written}
     assert len(splits) == 5
     first = splits["modes"]
     assert all(s == first for s in splits.values())
     assert first["split_rule"] == "null" and first["n_rows"] == 120 and first["stage"] == "adapter"
     # a different parameter is named, and gives another split record
-    _, other = run_bench(RunConfig(model="toy", analyses=["modes"], limit=120, store=tmp_path / "s",
-                                   out_dir=tmp_path / "r", params={"modes": {"n_boot": 0, "split_rule": "tau"}}))
+    _, other = run_bench(
+        RunConfig(
+            model="toy",
+            analyses=["modes"],
+            limit=120,
+            store=tmp_path / "s",
+            out_dir=tmp_path / "r",
+            params={"modes": {"n_boot": 0, "split_rule": "tau"}},
+        )
+    )
     assert other[0][1]["summary"]["split"]["split_rule"] == "tau" and other[0][1]["summary"]["split"] != first

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mch.plugins.analyses._stats import (group_codes, group_halves, group_resamples, permute_labels_by_group,
-                                         resample_seed)
+from mch.plugins.analyses._stats import (
+    group_codes,
+    group_halves,
+    group_resamples,
+    permute_labels_by_group,
+    resample_seed,
+)
 
 
 def test_group_codes_follow_first_appearance():
@@ -59,11 +64,11 @@ def test_group_bootstrap_covers_a_clustered_mean_where_rows_do_not():
 def test_permutation_keeps_group_structure():
     rng = np.random.default_rng(1)
     codes = np.repeat(np.arange(8), 5)
-    y = np.repeat(rng.integers(0, 3, 8), 5)          # constant within groups
+    y = np.repeat(rng.integers(0, 3, 8), 5)  # constant within groups
     for _ in range(20):
         p = permute_labels_by_group(y, codes, rng)
-        assert all(len(set(p[codes == g])) == 1 for g in range(8))   # still constant within groups
-        assert sorted(p) == sorted(y)                                 # the group -> label map is permuted
+        assert all(len(set(p[codes == g])) == 1 for g in range(8))  # still constant within groups
+        assert sorted(p) == sorted(y)  # the group -> label map is permuted
     singles = np.arange(30)
     y1 = rng.integers(0, 4, 30)
     p = permute_labels_by_group(y1, singles, rng)

@@ -20,8 +20,7 @@ from scipy.special import log_softmax, logsumexp
 
 from mch.api import AnalysisSpec, Attribute, Sample
 from mch.context import AnalysisContext
-from mch.plugins.analyses import gmi as G
-from mch.plugins.analyses import probe as P
+from mch.plugins.analyses import gmi as G, probe as P
 from mch.plugins.analyses._stats import RowGroups
 
 pytestmark = pytest.mark.usefixtures("blas_one_thread")
@@ -36,12 +35,17 @@ def probe_run(X: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = Non
     probe = P.Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
     n = len(labels)
     cls = sorted({str(v) for v in labels})
-    ctx = AnalysisContext(protocol="default", params={**probe.default_params("default"), **params}, seed=seed,
-                          stages=["adapter"], reps={"adapter": X},
-                          samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
-                          attributes={"a": Attribute("a", cls, {c: [c] for c in cls}, "q", group_key="g")},
-                          labels={"a": np.asarray(labels, dtype=object)},
-                          groups={"a": np.asarray(groups if groups is not None else np.arange(n)).astype(str)})
+    ctx = AnalysisContext(
+        protocol="default",
+        params={**probe.default_params("default"), **params},
+        seed=seed,
+        stages=["adapter"],
+        reps={"adapter": X},
+        samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
+        attributes={"a": Attribute("a", cls, {c: [c] for c in cls}, "q", group_key="g")},
+        labels={"a": np.asarray(labels, dtype=object)},
+        groups={"a": np.asarray(groups if groups is not None else np.arange(n)).astype(str)},
+    )
     out = probe.run(ctx)
     return {m.metric: m for m in out.metrics if m.stage == "adapter"}, out
 
@@ -135,7 +139,9 @@ def test_control_task_is_near_chance_and_selectivity_is_the_difference():
     assert m["control_i_probe_bits"].value < 0.05 < m["i_probe_bits"].value
     assert m["selectivity"].value == pytest.approx(m["accuracy"].value - m["control_accuracy"].value)
     assert m["selectivity"].ci_low > 0
-    assert out.summary["attributes"]["a"]["stages"]["adapter"]["control_fits"]["fits"] == 6  # 5 folds + their all-rows start
+    assert (
+        out.summary["attributes"]["a"]["stages"]["adapter"]["control_fits"]["fits"] == 6
+    )  # 5 folds + their all-rows start
     off, _ = probe_run(X, labels, groups, control=False)
     assert "control_accuracy" not in off and off["accuracy"].value == m["accuracy"].value
 
@@ -148,8 +154,9 @@ def test_repeats_average_seeds_and_widen_nothing_they_should_not():
     labels = np.array([f"k{v}" for v in y])
     groups = np.repeat(np.arange(30), 10)
     many, _ = probe_run(X.astype(np.float32), labels, groups, n_repeats=3, control=False)
-    one = [probe_run(X.astype(np.float32), labels, groups, seed=s, control=False)[0]["accuracy"].value
-           for s in range(3)]
+    one = [
+        probe_run(X.astype(np.float32), labels, groups, seed=s, control=False)[0]["accuracy"].value for s in range(3)
+    ]
     assert many["accuracy"].value == pytest.approx(np.mean(one))
     assert many["accuracy"].ci_low <= many["accuracy"].value <= many["accuracy"].ci_high
 
@@ -195,8 +202,13 @@ def _decoders():
     # class 0 verbalized by 3 tokens: its first token carries the posterior, the next two
     # have probabilities 0.4 and 0.6 (q = product, the default "sum" of log-probs)
     logp = np.concatenate([post[:, :1] + np.log(0.4) + np.log(0.6), post[:, 1:]], 1)
-    yield "3-token verbalizer", y, ll, prior, G.class_log_q(logp, np.array([3.0, 1, 1, 1]),
-                                                             [(0, 1), (1, 2), (2, 3), (3, 4)])
+    yield (
+        "3-token verbalizer",
+        y,
+        ll,
+        prior,
+        G.class_log_q(logp, np.array([3.0, 1, 1, 1]), [(0, 1), (1, 2), (2, 3), (3, 4)]),
+    )
     # class 1 has 4 synonyms, each scored near the class's posterior (no mass split among them)
     logp = np.concatenate([post[:, :1], post[:, 1:2] + np.log([1.0, 0.8, 0.6, 0.5])[None], post[:, 2:]], 1)
     yield "4 synonyms", y, ll, prior, G.class_log_q(logp, np.ones(7), [(0, 1), (1, 5), (5, 6), (6, 7)])

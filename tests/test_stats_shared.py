@@ -9,24 +9,56 @@ import pytest
 
 from mch.api import AnalysisOutput, AnalysisSpec, Attribute, Metric, Sample
 from mch.context import AnalysisContext
-from mch.plugins.analyses import _causal as C
-from mch.plugins.analyses import probe as P
-from mch.plugins.analyses._stats import (RowGroups, attribute_groups, confusion, percentile_ci, run_groups,
-                                         scores_from_confusion, tost, weighted_means, weighted_scores)
+from mch.plugins.analyses import _causal as C, probe as P
+from mch.plugins.analyses._stats import (
+    RowGroups,
+    attribute_groups,
+    confusion,
+    percentile_ci,
+    run_groups,
+    scores_from_confusion,
+    tost,
+    weighted_means,
+    weighted_scores,
+)
 
 pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
 
-def ctx_for(labels: dict, groups: dict, sample_groups: list[dict] | None = None, cluster: dict | None = None,
-            protocol: str = "default", reps=None, seed: int = 0, params=None) -> AnalysisContext:
+def ctx_for(
+    labels: dict,
+    groups: dict,
+    sample_groups: list[dict] | None = None,
+    cluster: dict | None = None,
+    protocol: str = "default",
+    reps=None,
+    seed: int = 0,
+    params=None,
+) -> AnalysisContext:
     n = len(next(iter(labels.values())))
-    attrs = {a: Attribute(a, sorted({str(v) for v in lab}), {c: [c] for c in sorted({str(v) for v in lab})}, "q",
-                          group_key="g", cluster_key=(cluster or {}).get(a)) for a, lab in labels.items()}
+    attrs = {
+        a: Attribute(
+            a,
+            sorted({str(v) for v in lab}),
+            {c: [c] for c in sorted({str(v) for v in lab})},
+            "q",
+            group_key="g",
+            cluster_key=(cluster or {}).get(a),
+        )
+        for a, lab in labels.items()
+    }
     samples = [Sample(sample_id=f"s{i}", text="", labels={}, groups=(sample_groups or [{}] * n)[i]) for i in range(n)]
-    return AnalysisContext(protocol=protocol, params=params or {}, seed=seed, stages=list(reps or {}),
-                           reps=reps or {}, samples=samples, attributes=attrs,
-                           labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
-                           groups={a: np.asarray(v, dtype=object) for a, v in groups.items()})
+    return AnalysisContext(
+        protocol=protocol,
+        params=params or {},
+        seed=seed,
+        stages=list(reps or {}),
+        reps=reps or {},
+        samples=samples,
+        attributes=attrs,
+        labels={a: np.asarray(v, dtype=object) for a, v in labels.items()},
+        groups={a: np.asarray(v, dtype=object) for a, v in groups.items()},
+    )
 
 
 def test_attribute_groups_code_the_whole_run_so_subsets_share_draws():
@@ -47,8 +79,12 @@ def test_attribute_groups_code_the_whole_run_so_subsets_share_draws():
 
 def test_a_declared_cluster_key_is_resampled_instead_of_the_group_key():
     sg = [{"g": f"row{i}", "speaker": f"s{i % 3}"} for i in range(9)]
-    ctx = ctx_for({"emo": np.array(["x", "y", "z"] * 3)}, {"emo": np.array([f"row{i}" for i in range(9)])}, sg,
-                  cluster={"emo": "speaker"})
+    ctx = ctx_for(
+        {"emo": np.array(["x", "y", "z"] * 3)},
+        {"emo": np.array([f"row{i}" for i in range(9)])},
+        sg,
+        cluster={"emo": "speaker"},
+    )
     rg = attribute_groups(ctx, "emo")
     assert rg.key == "speaker" and rg.n_total == 3
     w = rg.weights(40)
@@ -59,8 +95,10 @@ def test_a_declared_cluster_key_is_resampled_instead_of_the_group_key():
 
 
 def test_run_groups_take_the_coarsest_key():
-    ctx = ctx_for({"spk": np.array(["a", "b"] * 6), "emo": np.array(["x", "y", "z"] * 4)},
-                  {"spk": np.arange(12), "emo": np.repeat(np.arange(4), 3)})
+    ctx = ctx_for(
+        {"spk": np.array(["a", "b"] * 6), "emo": np.array(["x", "y", "z"] * 4)},
+        {"spk": np.arange(12), "emo": np.repeat(np.arange(4), 3)},
+    )
     rg = run_groups(ctx)
     assert rg.n_total == 4
     np.testing.assert_array_equal(rg.resamples(10).counts, attribute_groups(ctx, "emo").resamples(10).counts)
@@ -82,8 +120,8 @@ def test_weighted_scores_equal_the_scores_of_the_expanded_rows():
 def test_tost_declares_equivalence_only_inside_the_margin():
     rng = np.random.default_rng(1)
     assert tost(rng.normal(0.0, 0.01, 2000), 0.05)["equivalent"] is True
-    assert tost(rng.normal(0.04, 0.01, 2000), 0.05)["equivalent"] is False   # close to the margin
-    assert tost(rng.normal(0.0, 0.05, 2000), 0.05)["equivalent"] is False    # too uncertain
+    assert tost(rng.normal(0.04, 0.01, 2000), 0.05)["equivalent"] is False  # close to the margin
+    assert tost(rng.normal(0.0, 0.05, 2000), 0.05)["equivalent"] is False  # too uncertain
     r = tost(rng.normal(0.0, 0.02, 2000), 0.05)
     assert r["ci90"][0] > -0.05 and r["ci90"][1] < 0.05 and r["p"] < 0.05 and r["margin"] == 0.05
 
@@ -92,12 +130,18 @@ def test_probe_hands_its_replicates_and_the_retention_cis_use_the_same_draws():
     rng = np.random.default_rng(2)
     n = 240
     y = rng.integers(0, 3, n)
-    reps = {s: (np.eye(3)[y] * sc + rng.standard_normal((n, 3))).astype(np.float32)
-            for s, sc in (("encoder", 2.0), ("adapter", 1.5), ("llm.final", 0.8))}
+    reps = {
+        s: (np.eye(3)[y] * sc + rng.standard_normal((n, 3))).astype(np.float32)
+        for s, sc in (("encoder", 2.0), ("adapter", 1.5), ("llm.final", 0.8))
+    }
     groups = np.repeat(np.arange(40), 6)
     probe = P.Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
-    ctx = ctx_for({"a": np.array([f"c{v}" for v in y])}, {"a": groups}, reps=reps,
-                  params={**probe.default_params("default"), "n_bootstrap": 300, "control": False})
+    ctx = ctx_for(
+        {"a": np.array([f"c{v}" for v in y])},
+        {"a": groups},
+        reps=reps,
+        params={**probe.default_params("default"), "n_bootstrap": 300, "control": False},
+    )
     out = probe.run(ctx)
     acc = {s: out.replicates[("accuracy", s, "a")] for s in reps}
     assert all(len(v) == 300 for v in acc.values())
@@ -119,8 +163,12 @@ def test_one_group_gives_no_ci_rather_than_a_zero_width_one():
     y = rng.integers(0, 2, 60)
     X = (np.eye(2)[y] + rng.standard_normal((60, 2))).astype(np.float32)
     probe = P.Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
-    ctx = ctx_for({"a": np.array([f"c{v}" for v in y])}, {"a": np.zeros(60)}, reps={"adapter": X},
-                  params={**probe.default_params("default"), "control": False})
+    ctx = ctx_for(
+        {"a": np.array([f"c{v}" for v in y])},
+        {"a": np.zeros(60)},
+        reps={"adapter": X},
+        params={**probe.default_params("default"), "control": False},
+    )
     out = probe.run(ctx)
     acc = [x for x in out.metrics if x.metric == "accuracy"][0]
     assert acc.ci_low is None and acc.n_groups is None
@@ -147,8 +195,10 @@ def test_causal_cis_resample_groups_under_default_and_rows_under_paper():
     assert (plo, phi) == pytest.approx(percentile_ci(100 * (w @ x) / (w @ den)))
     blo, bhi = C.bootstrap(lambda idx: x[idx].mean(), len(x), rg, 400)
     assert (blo, bhi) == pytest.approx(want)
-    out = C.grouped(AnalysisOutput(metrics=[Metric("delta", m, "adapter", None, lo, hi, len(x)),
-                                            Metric("frac", 0.1, "adapter")]), rg)
+    out = C.grouped(
+        AnalysisOutput(metrics=[Metric("delta", m, "adapter", None, lo, hi, len(x)), Metric("frac", 0.1, "adapter")]),
+        rg,
+    )
     assert out.metrics[0].n_groups == 7 and out.metrics[1].n_groups is None
     assert out.summary["bootstrap"]["n_groups"] == 7
     # rows resampled alone are narrower here (the group effect is ignored)

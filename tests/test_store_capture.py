@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
+
 from mch.api import MchError, ModelSpec
 from mch.capture import capture
 from mch.plugins.attributes import toy as world
@@ -36,8 +36,12 @@ def samples():
 
 def test_every_stage_fires_once_with_its_width(toy, samples):
     calls = {}
-    handles = [toy.module.get_submodule(path).register_forward_hook(
-        lambda m, a, o, s=stage: calls.__setitem__(s, calls.get(s, 0) + 1)) for stage, path in toy.stage_map().items()]
+    handles = [
+        toy.module.get_submodule(path).register_forward_hook(
+            lambda m, a, o, s=stage: calls.__setitem__(s, calls.get(s, 0) + 1)
+        )
+        for stage, path in toy.stage_map().items()
+    ]
     try:
         out = capture(toy, toy.prepare(samples[:5], "default"), toy.stages(), "modality")
     finally:
@@ -50,8 +54,10 @@ def test_every_stage_fires_once_with_its_width(toy, samples):
 
 @pytest.mark.parametrize("span", ["modality", "all", "text", "last"])
 def test_pooling_ignores_batch_size_and_padding(toy, samples, span):
-    one = [capture(toy, toy.prepare([s], "default"), ["encoder", "adapter", "llm.2", "llm.final"], span)
-           for s in samples[:8]]
+    one = [
+        capture(toy, toy.prepare([s], "default"), ["encoder", "adapter", "llm.2", "llm.final"], span)
+        for s in samples[:8]
+    ]
     batch = capture(toy, toy.prepare(samples[:8], "default"), ["encoder", "adapter", "llm.2", "llm.final"], span)
     for stage, v in batch.items():
         ref = torch.cat([o[stage] for o in one])
@@ -64,7 +70,9 @@ def test_modality_span_is_the_mean_over_audio_tokens(toy, samples):
     n = s.media.shape[0]
     assert int(prep.pools["llm"].masks["modality"].sum()) == n
     hidden = {}
-    h = toy.module.llm.model.layers[1].register_forward_hook(lambda m, a, o: hidden.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+    h = toy.module.llm.model.layers[1].register_forward_hook(
+        lambda m, a, o: hidden.__setitem__("x", o[0] if isinstance(o, tuple) else o)
+    )
     try:
         out = capture(toy, prep, ["llm.1", "llm.final"], "modality")
     finally:
@@ -76,8 +84,10 @@ def test_modality_span_is_the_mean_over_audio_tokens(toy, samples):
 
 def test_forward_stops_after_the_deepest_stage(toy, samples):
     seen = []
-    hooks = [toy.module.llm.model.layers[3].register_forward_hook(lambda *a: seen.append("llm.3")),
-             toy.module.llm.lm_head.register_forward_hook(lambda *a: seen.append("lm_head"))]
+    hooks = [
+        toy.module.llm.model.layers[3].register_forward_hook(lambda *a: seen.append("llm.3")),
+        toy.module.llm.lm_head.register_forward_hook(lambda *a: seen.append("lm_head")),
+    ]
     try:
         capture(toy, toy.prepare(samples[:4], "default"), ["adapter", "llm.1"], "modality")
     finally:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_mch
+
 from mch.api import MchError
 from mch.plugins.models.toy import WEIGHTS, ToyModel
 from mch.runner import RunConfig, extract, plan, run_bench, store_key
@@ -34,7 +34,8 @@ def _perturb(ckpt: Path, seed: int) -> None:
     for k in state:
         if "adapter" in k:
             state[k] = state[k] + 0.5 * state[k].std() * __import__("torch").from_numpy(
-                gen.standard_normal(tuple(state[k].shape)).astype(np.float32))
+                gen.standard_normal(tuple(state[k].shape)).astype(np.float32)
+            )
     save_file(state, str(ckpt / "model.safetensors"))
 
 
@@ -86,8 +87,14 @@ def test_text_view_key_follows_the_paired_text_and_the_adapter(tmp_path):
 
 def test_missing_checkpoint_reuses_its_one_store_entry_and_says_so(tmp_path, monkeypatch):
     ckpt = Path(shutil.copytree(WEIGHTS, tmp_path / "ck"))
-    cfg = RunConfig(checkpoint=str(ckpt), limit=24, analyses=["probe"], store=tmp_path / "s", out_dir=tmp_path / "r",
-                    params={"probe": {"n_splits": 3, "n_bootstrap": 20}})
+    cfg = RunConfig(
+        checkpoint=str(ckpt),
+        limit=24,
+        analyses=["probe"],
+        store=tmp_path / "s",
+        out_dir=tmp_path / "r",
+        params={"probe": {"n_splits": 3, "n_bootstrap": 20}},
+    )
     _, written = run_bench(cfg)
     fp_used = written[0][1]["model"]["checkpoint_fingerprint"]
     shutil.move(ckpt, tmp_path / "elsewhere")
@@ -109,8 +116,15 @@ def test_missing_checkpoint_reuses_its_one_store_entry_and_says_so(tmp_path, mon
 def test_records_carry_the_fingerprints(tmp_path):
     from mch.results import validate
 
-    _, written = run_bench(RunConfig(limit=24, analyses=["probe"], store=tmp_path / "s", out_dir=tmp_path / "r",
-                                     params={"probe": {"n_splits": 3, "n_bootstrap": 20}}))
+    _, written = run_bench(
+        RunConfig(
+            limit=24,
+            analyses=["probe"],
+            store=tmp_path / "s",
+            out_dir=tmp_path / "r",
+            params={"probe": {"n_splits": 3, "n_bootstrap": 20}},
+        )
+    )
     rec = written[0][1]
     validate(rec)
     assert rec["model"]["checkpoint_fingerprint"].startswith("sha256:")  # builtin:toy: hashed, portable
@@ -141,8 +155,17 @@ def test_media_file_edited_or_truncated_in_place_is_extracted_again(llava_coco, 
 
     ckpt, coco0 = llava_coco
     coco = Path(shutil.copytree(coco0, tmp_path / "coco"))
-    cfg = RunConfig(model="llava", dataset="coco", checkpoint=str(ckpt), data_path=str(coco), store=tmp_path / "s",
-                    stages=["encoder", "llm.final"], batch_size=4, analyses=[], on_error="skip")
+    cfg = RunConfig(
+        model="llava",
+        dataset="coco",
+        checkpoint=str(ckpt),
+        data_path=str(coco),
+        store=tmp_path / "s",
+        stages=["encoder", "llm.final"],
+        batch_size=4,
+        analyses=[],
+        on_error="skip",
+    )
     p = plan(cfg)
     entry = extract(p)
     before = np.array(entry.read()[0]["encoder"])
@@ -162,8 +185,9 @@ def test_media_file_edited_or_truncated_in_place_is_extracted_again(llava_coco, 
     p3 = plan(cfg)
     after = np.asarray(extract(p3).read()[0]["encoder"])
     assert p3.loaded
-    assert not np.allclose(after[2], before[2]) and np.allclose(np.delete(after, 2, 0), np.delete(before, 2, 0),
-                                                                atol=1e-5)
+    assert not np.allclose(after[2], before[2]) and np.allclose(
+        np.delete(after, 2, 0), np.delete(before, 2, 0), atol=1e-5
+    )
 
     image.write_bytes(image.read_bytes()[:100])  # truncated in place
     p4 = plan(cfg)
@@ -200,8 +224,16 @@ def test_hub_checkpoint_updated_to_a_new_revision_is_extracted_again(llava_coco,
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
     repo = tmp_path / "hub" / "models--org--tiny-llava"
     _publish(repo, ckpt, "a" * 40)
-    cfg = RunConfig(model="llava", dataset="coco", checkpoint="org/tiny-llava", data_path=str(coco),
-                    store=tmp_path / "s", stages=["llm.final"], batch_size=4, analyses=[])
+    cfg = RunConfig(
+        model="llava",
+        dataset="coco",
+        checkpoint="org/tiny-llava",
+        data_path=str(coco),
+        store=tmp_path / "s",
+        stages=["llm.final"],
+        batch_size=4,
+        analyses=[],
+    )
     p = plan(cfg)
     first = extract(p)
     fp1 = first.key["model"]["checkpoint_fingerprint"]
@@ -232,8 +264,10 @@ def test_two_concurrent_extractions_load_the_model_once(tmp_path):
     """Two `mch extract` on one store key, started together: one extracts, the other waits
     for it (or finds the entry complete) and reuses it; no duplicated work, no crash."""
     env = {**os.environ, "MCH_STORE": str(tmp_path / "s"), "MCH_CHUNK_SIZE": "8", "COLUMNS": "250"}
-    procs = [subprocess.Popen(_extract_cmd(96), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(_extract_cmd(96), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     err = "".join(e for _, e in outs)
     assert [p.returncode for p in procs] == [0, 0], err
@@ -278,8 +312,14 @@ def test_a_second_process_waits_for_the_writer_then_reuses_the_entry(tmp_path):
 def test_waiting_is_optional(tmp_path):
     p, entry = _toy_entry(tmp_path)
     with entry.writing():
-        res = run_mch("extract", "--limit", "24", "--batch-size", "4", env={"MCH_STORE": str(tmp_path / "s"),
-                                                                               "MCH_STORE_WAIT": "0"})
+        res = run_mch(
+            "extract",
+            "--limit",
+            "24",
+            "--batch-size",
+            "4",
+            env={"MCH_STORE": str(tmp_path / "s"), "MCH_STORE_WAIT": "0"},
+        )
         listing = run_mch("store", "list", env={"MCH_STORE": str(tmp_path / "s")}).stdout
     assert res.returncode == 2 and "Traceback" not in res.stderr
     err = " ".join(res.stderr.split())
@@ -293,10 +333,18 @@ def test_a_killed_writer_leaves_no_lock(tmp_path, monkeypatch):
 
     p, entry = _toy_entry(tmp_path)
     entry.dir.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from mch.fsio import locked\nwith locked(Path(sys.argv[1]), 'x'):\n"
-                               "    print('held', flush=True); time.sleep(600)", str(entry.lock_path)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from mch.fsio import locked\nwith locked(Path(sys.argv[1]), 'x'):\n"
+            "    print('held', flush=True); time.sleep(600)",
+            str(entry.lock_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     assert is_locked(entry.lock_path) == str(holder.pid)
     holder.kill()
@@ -341,8 +389,9 @@ def failing_plugin(tmp_path):
     return _install_plugin(tmp_path, "mch_fail_plugin", FAILING)
 
 
-@pytest.mark.parametrize("command,last,rc", [("bench", "fails", 2), ("bench", "interrupted", 130),
-                                             ("analyze", "fails", 2)])
+@pytest.mark.parametrize(
+    "command,last,rc", [("bench", "fails", 2), ("bench", "interrupted", 130), ("analyze", "fails", 2)]
+)
 def test_records_are_written_as_each_analysis_ends(tmp_path, failing_plugin, command, last, rc):
     common = ["--limit", "24", "--store", str(tmp_path / "s")]
     extract(plan(RunConfig(limit=24, store=tmp_path / "s", analyses=[])))  # `mch extract --limit 24`, here
@@ -383,18 +432,23 @@ def test_unusable_directories_are_one_sentence_before_any_work(tmp_path, a_file,
     assert "loading model" not in res.stderr and "running analysis" not in res.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a mode-0500 directory: only a non-root user "
-                                              "sees a read-only directory (the tests above use paths under a file)")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes into a mode-0500 directory: only a non-root user "
+    "sees a read-only directory (the tests above use paths under a file)",
+)
 def test_read_only_directories(tmp_path):
     for name in ("s", "r"):
         (tmp_path / name).mkdir()
         (tmp_path / name).chmod(0o500)
     try:
-        res = run_mch("bench", "--limit", "24", env={"MCH_STORE": str(tmp_path / "s"),
-                                                     "MCH_RESULTS": str(tmp_path / "r")})
+        res = run_mch(
+            "bench", "--limit", "24", env={"MCH_STORE": str(tmp_path / "s"), "MCH_RESULTS": str(tmp_path / "r")}
+        )
         assert res.returncode == 2 and "is not writable" in res.stderr and "Traceback" not in res.stderr
-        res = run_mch("bench", "--limit", "24", env={"MCH_STORE": str(tmp_path / "s"),
-                                                     "MCH_RESULTS": str(tmp_path / "r2")})
+        res = run_mch(
+            "bench", "--limit", "24", env={"MCH_STORE": str(tmp_path / "s"), "MCH_RESULTS": str(tmp_path / "r2")}
+        )
         assert res.returncode == 2 and "representation store" in res.stderr and "not writable" in res.stderr
     finally:
         for name in ("s", "r"):
@@ -449,17 +503,24 @@ def test_written_files_honour_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         entry = extract(plan(RunConfig(limit=16, store=tmp_path / "s", analyses=[])))
-        rec = build_record(model={"name": "toy", "modality": "speech", "checkpoint": "builtin:toy", "revision": "r"},
-                           dataset={"name": "toy", "n": 16, "sample_ids_sha256": "ab"}, analysis={"name": "probe",
-                           "params": {}}, protocol="default", extraction={}, seeds=[0], config_hash="c", duration_s=1,
-                           metrics=[{"metric": "accuracy", "value": 0.5, "stage": "adapter", "attribute": "speaker"}])
+        rec = build_record(
+            model={"name": "toy", "modality": "speech", "checkpoint": "builtin:toy", "revision": "r"},
+            dataset={"name": "toy", "n": 16, "sample_ids_sha256": "ab"},
+            analysis={"name": "probe", "params": {}},
+            protocol="default",
+            extraction={},
+            seeds=[0],
+            config_hash="c",
+            duration_s=1,
+            metrics=[{"metric": "accuracy", "value": 0.5, "stage": "adapter", "attribute": "speaker"}],
+        )
         path = write_record(rec, tmp_path / "r")
         submitted, _ = submit(path, tmp_path / "entries")
         build_site([], tmp_path / "site")
-        files = [path, submitted, tmp_path / "site" / "leaderboard.json", entry.manifest_path,
-                 *entry.dir.glob("*.npy")]
-        assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o644)}, \
-            {f.name: oct(f.stat().st_mode & 0o777) for f in files}
+        files = [path, submitted, tmp_path / "site" / "leaderboard.json", entry.manifest_path, *entry.dir.glob("*.npy")]
+        assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o644)}, {
+            f.name: oct(f.stat().st_mode & 0o777) for f in files
+        }
     finally:
         os.umask(old)
 
@@ -503,8 +564,10 @@ def test_store_list_and_rm(tmp_path, monkeypatch, capsys):
     res = run_mch("store", "rm", "zzzz", env=env)
     assert res.returncode == 2 and "has no entry 'zzzz'" in " ".join(res.stderr.split())
     assert "Traceback" not in res.stderr
-    for args, needle in [(["rm"], "say which store entries"),
-                         (["rm", "--model", "llava"], "no entries of model 'llava'; it holds toy")]:
+    for args, needle in [
+        (["rm"], "say which store entries"),
+        (["rm", "--model", "llava"], "no entries of model 'llava'; it holds toy"),
+    ]:
         rc, _, err = _mch_here(capsys, "store", *args)
         assert rc == 2 and needle in err, err
 

@@ -12,7 +12,6 @@ from mch.model import LossTerms, Pool
 from mch.plugins.analyses.swap import kl_per_sample, swap_edit
 from mch.runner import RunConfig, run_bench
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
@@ -30,12 +29,12 @@ def test_swap_edit_moves_only_the_subspace_mean():
     out = swap_edit(P, targets, pool, "modality", 2)(z)
     for i, rows in ((0, [0, 1]), (1, [2])):
         real = torch.cat([out[r][mask[r]] for r in rows])
-        assert torch.allclose(real.mean(0) @ P, targets[i], atol=1e-5)       # the mean component is the donor's
+        assert torch.allclose(real.mean(0) @ P, targets[i], atol=1e-5)  # the mean component is the donor's
         before = torch.cat([z[r][mask[r]] for r in rows])
         dev_a, dev_b = real - real.mean(0), before - before.mean(0)
-        assert torch.allclose(dev_a, dev_b, atol=1e-5)                       # per-token deviations kept
+        assert torch.allclose(dev_a, dev_b, atol=1e-5)  # per-token deviations kept
     Q = torch.eye(D) - P
-    assert torch.allclose(out @ Q, z @ Q, atol=1e-5)                          # nothing outside the subspace moves
+    assert torch.allclose(out @ Q, z @ Q, atol=1e-5)  # nothing outside the subspace moves
 
 
 def test_kl_is_zero_for_identical_and_matches_a_manual_value():
@@ -55,8 +54,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("swap")
     common = dict(model="toy", limit=300, out_dir=tmp / "results", store=tmp / "store")
     p, d = run_bench(RunConfig(analyses=["swap"], params={"swap": {"n_samples": 64, "n_boot": 300}}, **common))
-    _, pp = run_bench(RunConfig(analyses=["swap"], protocol="paper",
-                                params={"swap": {"n_samples": 48, "n_boot": 200}}, **common))
+    _, pp = run_bench(
+        RunConfig(analyses=["swap"], protocol="paper", params={"swap": {"n_samples": 48, "n_boot": 200}}, **common)
+    )
     return p, d[0][1], pp[0][1], tmp
 
 
@@ -87,10 +87,26 @@ def test_default_swap_on_the_toy(runs):
 def test_paper_fields_and_donors(runs):
     _, _, rec, _ = runs
     s = rec["summary"]
-    for f in ("mean_kl_ms_swap", "median_kl_ta_swap", "std_kl_ms_swap", "kl_ratio_ta_over_ms", "mean_delta_loss_ms",
-              "mean_delta_loss_ta", "pct_change_ms", "pct_change_ta", "mean_delta_ms_norm", "mean_delta_ta_norm",
-              "norm_ratio_ms_over_ta", "mean_kl_ms_normalized", "mean_kl_ta_normalized",
-              "normalized_kl_ratio_ta_over_ms", "n_speakers", "mean_loss_baseline", "n_ms_modes", "n_ta_modes"):
+    for f in (
+        "mean_kl_ms_swap",
+        "median_kl_ta_swap",
+        "std_kl_ms_swap",
+        "kl_ratio_ta_over_ms",
+        "mean_delta_loss_ms",
+        "mean_delta_loss_ta",
+        "pct_change_ms",
+        "pct_change_ta",
+        "mean_delta_ms_norm",
+        "mean_delta_ta_norm",
+        "norm_ratio_ms_over_ta",
+        "mean_kl_ms_normalized",
+        "mean_kl_ta_normalized",
+        "normalized_kl_ratio_ta_over_ms",
+        "n_speakers",
+        "mean_loss_baseline",
+        "n_ms_modes",
+        "n_ta_modes",
+    ):
         assert f in s, f
     rows = s["per_sample"]
     assert [r["sample_id"] for r in rows][:2] == ["toy-test-00000", "toy-test-00001"]
@@ -119,5 +135,13 @@ def test_swap_leaves_the_model_unchanged_and_names_a_missing_attribute(runs, tmp
         assert torch.equal(model.loss_terms(batch, "default").logits, fresh.loss_terms(batch, "default").logits)
     assert all(not m._forward_hooks for m in model.module.modules())
     with pytest.raises(MchError, match="attribute 'accent'"):
-        run_bench(RunConfig(model="toy", analyses=["swap"], limit=300, out_dir=tmp_path / "r", store=tmp / "store",
-                            params={"swap": {"attribute": "accent"}}))
+        run_bench(
+            RunConfig(
+                model="toy",
+                analyses=["swap"],
+                limit=300,
+                out_dir=tmp_path / "r",
+                store=tmp / "store",
+                params={"swap": {"attribute": "accent"}},
+            )
+        )

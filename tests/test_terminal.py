@@ -61,7 +61,9 @@ def test_a_user_error_is_one_line_of_text_with_exit_code_2():
 def test_the_cli_and_its_drawing_import_no_numpy():
     import subprocess
 
-    code = ("import sys, mch.cli, mch.terminal, mch.leaderboard_cli; "
-            "print(sorted(m for m in ('numpy', 'torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, mch.cli, mch.terminal, mch.leaderboard_cli; "
+        "print(sorted(m for m in ('numpy', 'torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

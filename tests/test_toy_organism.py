@@ -34,7 +34,9 @@ def test_hidden_factors_are_present_at_the_adapter(records):
     probe = records["probe"]
     for attr, min_acc, min_bits in (("speaker", 0.9, 1.5), ("emotion", 1.5 * 0.25, 0.1)):
         acc = _metric(probe, "accuracy", "adapter", attr)
-        assert _metric(probe, "chance_uniform", None, attr)["value"] == pytest.approx(1 / (6 if attr == "speaker" else 4))
+        assert _metric(probe, "chance_uniform", None, attr)["value"] == pytest.approx(
+            1 / (6 if attr == "speaker" else 4)
+        )
         assert acc["ci_low"] > min_acc, (attr, acc)
         assert _metric(probe, "i_probe_bits", "adapter", attr)["value"] > min_bits
 

@@ -24,14 +24,23 @@ def _every_call_site(X, Y):
     D = cdist(Z, Z)
     ia, ib = np.arange(len(X)), len(X) + np.arange(len(Y))
     d = X.shape[1]
-    return {"bound": bound.exact_w1(X, Y),
-            "distances (default)": distances.emd_w1(D, ia, ib),
-            # the paper path's PCA keeps every dimension here: a rotation, so W1 is unchanged
-            "distances (paper)": distances._ref_w1(X, Y, pca_dim=d, seed=0),
-            "per_type (default)": per_type.matched_w1(
-                np.concatenate([X[:50], Y[:50]]), {"all": np.arange(d)}, np.array(["a"] * 50 + ["b"] * 50),
-                k=d, per_class=50, reps=1, rng=np.random.default_rng(0), max_pairs=1)["all"],
-            "per_type (paper)": per_type._ref_w1(X, Y, pca_dim=d)}
+    return {
+        "bound": bound.exact_w1(X, Y),
+        "distances (default)": distances.emd_w1(D, ia, ib),
+        # the paper path's PCA keeps every dimension here: a rotation, so W1 is unchanged
+        "distances (paper)": distances._ref_w1(X, Y, pca_dim=d, seed=0),
+        "per_type (default)": per_type.matched_w1(
+            np.concatenate([X[:50], Y[:50]]),
+            {"all": np.arange(d)},
+            np.array(["a"] * 50 + ["b"] * 50),
+            k=d,
+            per_class=50,
+            reps=1,
+            rng=np.random.default_rng(0),
+            max_pairs=1,
+        )["all"],
+        "per_type (paper)": per_type._ref_w1(X, Y, pca_dim=d),
+    }
 
 
 def test_the_call_sites_agree_on_the_same_inputs():

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +31,15 @@ class Modes:
     """Eigenpairs (λ_k, u_k) of Σ_M (pooled adapter outputs), descending, with their
     alignment α_k (see `compute_modes`) and the MS/TA split at `threshold`."""
 
-    mean: np.ndarray        # (d,) mean of the pooled adapter outputs
-    eigvals: np.ndarray     # (K,)
-    vectors: np.ndarray     # (d, K), column k = u_k
-    alpha: np.ndarray       # (K,) as used for the split (trace-normalised when alpha_scale == "trace")
-    alpha_raw: np.ndarray   # (K,) u_kᵀ Σ_T u_k / λ_k
-    ms: np.ndarray          # (K,) bool: modality-specific
-    total_variance: float   # tr Σ_M (all d directions)
+    mean: np.ndarray  # (d,) mean of the pooled adapter outputs
+    eigvals: np.ndarray  # (K,)
+    vectors: np.ndarray  # (d, K), column k = u_k
+    alpha: np.ndarray  # (K,) as used for the split (trace-normalised when alpha_scale == "trace")
+    alpha_raw: np.ndarray  # (K,) u_kᵀ Σ_T u_k / λ_k
+    ms: np.ndarray  # (K,) bool: modality-specific
+    total_variance: float  # tr Σ_M (all d directions)
     text_total_variance: float
-    rows: np.ndarray        # (N, d) the modal rows Σ_M came from (variance along any direction)
+    rows: np.ndarray  # (N, d) the modal rows Σ_M came from (variance along any direction)
     text_stage: str
     threshold: float
     alpha_scale: str
@@ -59,12 +60,21 @@ class Modes:
 
     def split_summary(self) -> dict[str, Any]:
         extra = {"split": self.split} if self.split is not None else {}
-        return {**extra, "text_stage": self.text_stage, "threshold": self.threshold, "alpha_scale": self.alpha_scale,
-                "n_modes": int(len(self.eigvals)), "n_ms_modes": int(self.ms.sum()), "n_ta_modes": int(self.ta.sum()),
-                "ms_variance_fraction": float(self.eigvals[self.ms].sum() / self.kept_variance)
-                if self.kept_variance > 0 else None,
-                "kept_variance": self.kept_variance, "total_variance": self.total_variance,
-                "text_total_variance": self.text_total_variance}
+        return {
+            **extra,
+            "text_stage": self.text_stage,
+            "threshold": self.threshold,
+            "alpha_scale": self.alpha_scale,
+            "n_modes": int(len(self.eigvals)),
+            "n_ms_modes": int(self.ms.sum()),
+            "n_ta_modes": int(self.ta.sum()),
+            "ms_variance_fraction": float(self.eigvals[self.ms].sum() / self.kept_variance)
+            if self.kept_variance > 0
+            else None,
+            "kept_variance": self.kept_variance,
+            "total_variance": self.total_variance,
+            "text_total_variance": self.text_total_variance,
+        }
 
 
 def text_stage_for(ctx: Any, protocol: str, override: str | None, quirk_final: bool = False) -> str:
@@ -83,8 +93,16 @@ def text_stage_for(ctx: Any, protocol: str, override: str | None, quirk_final: b
     return paper_text_stage(list(ctx.text_reps()))
 
 
-def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None, threshold: float = 0.5,
-                  alpha_scale: str = "none", analysis: str = "ANALYSIS", params: dict[str, Any] | None = None) -> Modes:
+def compute_modes(
+    ctx: Any,
+    protocol: str,
+    text_stage: str,
+    n_modes: int | None,
+    threshold: float = 0.5,
+    alpha_scale: str = "none",
+    analysis: str = "ANALYSIS",
+    params: dict[str, Any] | None = None,
+) -> Modes:
     """The TA/MS modes of science.md §4, as the causal tests use them.
 
     paper: `_linalg.modes`' top `n_modes` (100) modes, all-zero rows dropped, MS = α < τ
@@ -100,12 +118,16 @@ def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None,
     X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
     treps = ctx.text_reps()
     if text_stage not in treps:
-        raise MchError(f"the text baseline has no stage {text_stage!r}; it has {', '.join(sorted(treps))} "
-                       f"(choose one with --param {analysis}.text_stage=STAGE)")
+        raise MchError(
+            f"the text baseline has no stage {text_stage!r}; it has {', '.join(sorted(treps))} "
+            f"(choose one with --param {analysis}.text_stage=STAGE)"
+        )
     T = np.asarray(treps[text_stage], dtype=np.float64)
     if X.shape[1] != T.shape[1]:
-        raise MchError(f"the adapter output is {X.shape[1]}-d but the text stage {text_stage!r} is "
-                       f"{T.shape[1]}-d; choose a text stage of the decoder's width with --param {analysis}.text_stage=STAGE")
+        raise MchError(
+            f"the adapter output is {X.shape[1]}-d but the text stage {text_stage!r} is "
+            f"{T.shape[1]}-d; choose a text stage of the decoder's width with --param {analysis}.text_stage=STAGE"
+        )
     if protocol != "paper":  # the stored arrays themselves: the run's other analyses share their split
         return _split_modes(ctx, ctx.reps["adapter"], treps[text_stage], text_stage, n_modes, params or {})
     X = X[np.any(X != 0, axis=1)]
@@ -115,9 +137,20 @@ def compute_modes(ctx: Any, protocol: str, text_stage: str, n_modes: int | None,
     lam, U, alpha = m.eigenvalues[:k], m.eigenvectors[:, :k], m.alpha[:k]
     raw = m.text_variance[:k] / (np.maximum(lam, 1e-10) if protocol == "paper" else lam)
     ms = alpha < threshold if protocol == "paper" else alpha <= threshold
-    return Modes(mean=np.asarray(m.mean, dtype=np.float64), eigvals=lam, vectors=U, alpha=alpha, alpha_raw=raw, ms=ms,
-                 total_variance=float(m.total_variance), text_total_variance=float(m.text_total_variance), rows=X,
-                 text_stage=text_stage, threshold=float(threshold), alpha_scale=alpha_scale)
+    return Modes(
+        mean=np.asarray(m.mean, dtype=np.float64),
+        eigvals=lam,
+        vectors=U,
+        alpha=alpha,
+        alpha_raw=raw,
+        ms=ms,
+        total_variance=float(m.total_variance),
+        text_total_variance=float(m.text_total_variance),
+        rows=X,
+        text_stage=text_stage,
+        threshold=float(threshold),
+        alpha_scale=alpha_scale,
+    )
 
 
 def _split_modes(ctx: Any, Xs: Any, Ts: Any, text_stage: str, n_modes: int | None, params: dict[str, Any]) -> Modes:
@@ -133,10 +166,21 @@ def _split_modes(ctx: Any, Xs: Any, Ts: Any, text_stage: str, n_modes: int | Non
     order = np.argsort(-var, kind="stable")[: int(n_modes) if n_modes else None]
     with np.errstate(invalid="ignore", divide="ignore"):
         raw = d.tv / d.lam
-    return Modes(mean=mean, eigvals=var[order], vectors=U[:, order], alpha=d.alpha[order], alpha_raw=raw[order],
-                 ms=d.ms[order], total_variance=float(sp.total_variance),
-                 text_total_variance=float(sp.text_total_variance), rows=X, text_stage=text_stage,
-                 threshold=float(sp.params["tau"]), alpha_scale=str(sp.params["alpha_scale"]), split=sp.record())
+    return Modes(
+        mean=mean,
+        eigvals=var[order],
+        vectors=U[:, order],
+        alpha=d.alpha[order],
+        alpha_raw=raw[order],
+        ms=d.ms[order],
+        total_variance=float(sp.total_variance),
+        text_total_variance=float(sp.text_total_variance),
+        rows=X,
+        text_stage=text_stage,
+        threshold=float(sp.params["tau"]),
+        alpha_scale=str(sp.params["alpha_scale"]),
+        split=sp.record(),
+    )
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -160,8 +204,10 @@ def select_samples(ctx: Any, n: int | None, protocol: str, need_text: bool) -> n
     if need_text:
         rows = np.array([i for i in rows if (ctx.samples[i].text or "").strip()], dtype=int)
         if len(rows) == 0:
-            raise MchError("the default loss scores each sample's paired text (content tokens), and no sample has "
-                           "one; use --protocol paper (prompt tokens) or a dataset with transcripts/captions")
+            raise MchError(
+                "the default loss scores each sample's paired text (content tokens), and no sample has "
+                "one; use --protocol paper (prompt tokens) or a dataset with transcripts/captions"
+            )
     if n is not None and len(rows) > int(n):
         if protocol == "paper":
             rows = rows[: int(n)]
@@ -173,7 +219,7 @@ def select_samples(ctx: Any, n: int | None, protocol: str, need_text: bool) -> n
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     size = max(1, int(size))
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
 
 
 def ids_digest(samples: Sequence[Sample]) -> str:
@@ -259,8 +305,9 @@ def _weights(seed: Any, n_boot: int) -> np.ndarray | None:
     return seed.weights(int(n_boot)) if seed.n_groups >= 2 else np.zeros((0, len(seed.codes)))
 
 
-def bootstrap(stat: Callable[[np.ndarray], float], n: int, seed: Any, n_boot: int = 2000,
-              level: float = 0.95) -> tuple[float, float]:
+def bootstrap(
+    stat: Callable[[np.ndarray], float], n: int, seed: Any, n_boot: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile CI of stat(rows) over n rows resampled with replacement (paired: the same
     rows for every array the statistic reads), through `_stats.bootstrap`; with groups, each
     resample's rows are its drawn groups' rows, repeated as often as drawn."""
@@ -290,8 +337,7 @@ def mean_ci(x: np.ndarray, seed: Any, n_boot: int = 2000) -> tuple[float, float,
     return float(x.mean()), lo if lo is not None else float("nan"), hi if hi is not None else float("nan")
 
 
-def ratio_of_means_pct(num: np.ndarray, den: np.ndarray, seed: Any, n_boot: int = 2000
-                       ) -> tuple[float, float, float]:
+def ratio_of_means_pct(num: np.ndarray, den: np.ndarray, seed: Any, n_boot: int = 2000) -> tuple[float, float, float]:
     """100·mean(num)/mean(den) (the reference's pct change: a ratio of means) and its paired
     bootstrap CI."""
     from ._stats import bootstrap as boot, percentile_ci

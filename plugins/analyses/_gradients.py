@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from mch.api import MchError, Sample
-
 
 # --------------------------------------------------------------------------- gradient machinery
 
@@ -51,8 +51,10 @@ def _layout(model: Any, batch: Sequence[Sample], protocol: str, span: str, z: An
             return pool.owner.to(z.device), mask.to(z.device)
     if R == len(batch):
         return torch.arange(R, device=z.device), torch.ones(R, T, dtype=torch.bool, device=z.device)
-    raise MchError(f"model {model.spec.name!r}: the adapter output has {R} rows for {len(batch)} samples and no "
-                   f"matching pooling spec; run lipschitz with --param lipschitz.batch_size=1")
+    raise MchError(
+        f"model {model.spec.name!r}: the adapter output has {R} rows for {len(batch)} samples and no "
+        f"matching pooling spec; run lipschitz with --param lipschitz.batch_size=1"
+    )
 
 
 def _per_sample(g: Any, owner: Any, mask: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -71,8 +73,9 @@ def _per_sample(g: Any, owner: Any, mask: Any, n: int) -> tuple[np.ndarray, np.n
     return (sq.sqrt().cpu().numpy(), pooled.cpu().numpy(), pooled.norm(dim=1).cpu().numpy(), T.cpu().numpy())
 
 
-def decoder_gradients(model: Any, samples: Sequence[Sample], protocol: str, span: str, *,
-                      shift: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def decoder_gradients(
+    model: Any, samples: Sequence[Sample], protocol: str, span: str, *, shift: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """log q and its gradient with respect to the adapter output for one batch.
 
     `shift` (B, D) is added to every position of sample b's span (the pooled vector moves by
@@ -98,15 +101,26 @@ def decoder_gradients(model: Any, samples: Sequence[Sample], protocol: str, span
     with adapter_leaf(model, edit) as st:
         loss = model.loss(samples, protocol, grad=True)
         if st["calls"] != 1:
-            raise MchError(f"model {model.spec.name!r}: its adapter ran {st['calls']} times in one loss pass; "
-                           f"lipschitz needs exactly one adapter call per forward")
+            raise MchError(
+                f"model {model.spec.name!r}: its adapter ran {st['calls']} times in one loss pass; "
+                f"lipschitz needs exactly one adapter call per forward"
+            )
         logq = -loss.float()
         (g,) = torch.autograd.grad(logq.sum(), st["z"])
     z = st["z"].detach()
     owner, mask = layout(z)
     L_seq, pooled, L_pooled, T = _per_sample(g.detach(), owner, mask, B)
-    return {"logq": logq.detach().double().cpu().numpy(), "L_seq": L_seq, "L_pooled": L_pooled, "T": T,
-            "grad_pooled": pooled, "z": z, "g": g.detach(), "owner": owner, "mask": mask}
+    return {
+        "logq": logq.detach().double().cpu().numpy(),
+        "L_seq": L_seq,
+        "L_pooled": L_pooled,
+        "T": T,
+        "grad_pooled": pooled,
+        "z": z,
+        "g": g.detach(),
+        "owner": owner,
+        "mask": mask,
+    }
 
 
 # --------------------------------------------------------------------------- rows
@@ -130,4 +144,4 @@ def rows_digest(rows: np.ndarray, ctx: Any) -> str:
 
 def batched(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for i in range(0, len(rows), size):
-        yield rows[i:i + size]
+        yield rows[i : i + size]

@@ -19,15 +19,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from mch.api import MchError
 
-BLOCK = 512          # columns (or rows) converted to float64 at a time
-PAPER_EPS = 1e-10    # the reference's clip of λ in α's denominator
+BLOCK = 512  # columns (or rows) converted to float64 at a time
+PAPER_EPS = 1e-10  # the reference's clip of λ in α's denominator
 
 
 @dataclass
@@ -43,10 +44,10 @@ class Modes:
     alpha: np.ndarray
     text_variance: np.ndarray
     mean: np.ndarray
-    total_variance: float            # tr Σ_M (all d directions)
-    text_total_variance: float       # tr Σ_T
+    total_variance: float  # tr Σ_M (all d directions)
+    text_total_variance: float  # tr Σ_T
     rank: int
-    dim: int                         # d
+    dim: int  # d
     n_rows: int
     n_text_rows: int
     protocol: str
@@ -146,9 +147,18 @@ def _keep(lam: np.ndarray, n: int, d: int, rel_tol: float) -> tuple[np.ndarray, 
     return keep, rank
 
 
-def modes(modal: Any, text: Any, protocol: str = "default", tau: float = 0.5, rel_tol: float = 1e-6,
-          n_boot: int = 0, seed: int = 0, vectors: bool = True, scores: bool = False,
-          alpha_scale: str = "none") -> Modes:
+def modes(
+    modal: Any,
+    text: Any,
+    protocol: str = "default",
+    tau: float = 0.5,
+    rel_tol: float = 1e-6,
+    n_boot: int = 0,
+    seed: int = 0,
+    vectors: bool = True,
+    scores: bool = False,
+    alpha_scale: str = "none",
+) -> Modes:
     """Eigenmodes of the modal covariance, α against the text covariance (module docstring).
 
     `modal` (N, d) and `text` (N_T, d) may be memory-mapped float32; they are read in blocks.
@@ -171,8 +181,10 @@ def _modes(modal, text, protocol, tau, rel_tol, n_boot, seed, vectors, scores) -
     if modal.ndim != 2 or text.ndim != 2:
         raise MchError("modes needs two 2-D arrays (rows = samples)")
     if modal.shape[1] != text.shape[1]:
-        raise MchError(f"modal and text vectors differ in width ({modal.shape[1]} vs {text.shape[1]}); "
-                       f"mode alignment compares them in one space")
+        raise MchError(
+            f"modal and text vectors differ in width ({modal.shape[1]} vs {text.shape[1]}); "
+            f"mode alignment compares them in one space"
+        )
     if modal.shape[0] < 3 or text.shape[0] < 3:
         raise MchError("mode alignment needs at least 3 modal and 3 text rows")
     if protocol == "paper":
@@ -198,8 +210,9 @@ def _traces(X: Any, mean: np.ndarray, counts: np.ndarray | None) -> tuple[float,
     return tot / (n - 1), rep
 
 
-def _projected_variances(Y: Any, my: np.ndarray, U: np.ndarray, counts: np.ndarray | None
-                         ) -> tuple[np.ndarray, np.ndarray | None]:
+def _projected_variances(
+    Y: Any, my: np.ndarray, U: np.ndarray, counts: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """u_kᵀ Σ_Y u_k for every column of U, and its replicate under each bootstrap row
     weighting, reading Y in row blocks."""
     NT, m = Y.shape[0], U.shape[1]
@@ -232,12 +245,12 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     # MRRR (evr): divide and conquer (evd) measured no faster here and needs more workspace
     ev, W = eigh(G, lower=False, overwrite_a=True, check_finite=False, driver="evr")
     del G
-    lam = ev[::-1] / (N - 1)                          # eigh is ascending; descending views, no copy
+    lam = ev[::-1] / (N - 1)  # eigh is ascending; descending views, no copy
     keep, rank = _keep(lam, N, d, rel_tol)
-    m = int(keep.sum())                               # the kept modes are a prefix of the descending order
+    m = int(keep.sum())  # the kept modes are a prefix of the descending order
     W = np.ascontiguousarray(W[:, ::-1][:, :m])
     lam = lam[:m].copy()
-    sv = np.sqrt(lam * (N - 1))                       # singular values of X_c
+    sv = np.sqrt(lam * (N - 1))  # singular values of X_c
     counts = bootstrap_counts(N, n_boot, seed) if n_boot else None
     boot_lam = np.empty((n_boot, m)) if n_boot else None
     if counts is not None:
@@ -249,7 +262,7 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
         # u_k = X_cᵀ w_k / s_k, then the text projections Y_c u_k from row blocks of Y
         W /= sv
         U = np.empty((d, m))
-        for s in _blocks(d, BLOCK // 2):            # W and U are the peak here: small blocks beside them
+        for s in _blocks(d, BLOCK // 2):  # W and U are the peak here: small blocks beside them
             U[s] = _cols(X, s, mx).T @ W
         del W
         tv, boot_tv = _projected_variances(Y, my, U, counts)
@@ -272,9 +285,22 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     total, boot_total = _traces(X, mx, counts)
     ttotal, boot_ttotal = _traces(Y, my, counts)
     del counts
-    out = Modes(eigenvalues=lam, eigenvectors=U, alpha=tv / lam, text_variance=tv, mean=mx, total_variance=total,
-                text_total_variance=ttotal, rank=rank, dim=d, n_rows=N, n_text_rows=NT, protocol="default",
-                tau=tau, scores=sc)
+    out = Modes(
+        eigenvalues=lam,
+        eigenvectors=U,
+        alpha=tv / lam,
+        text_variance=tv,
+        mean=mx,
+        total_variance=total,
+        text_total_variance=ttotal,
+        rank=rank,
+        dim=d,
+        n_rows=N,
+        n_text_rows=NT,
+        protocol="default",
+        tau=tau,
+        scores=sc,
+    )
     if n_boot:
         out.boot = _boot_dict(boot_lam, boot_tv, boot_total, boot_ttotal)
     return out
@@ -315,9 +341,22 @@ def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
                 s2m += counts[:, s] @ (PM * PM)
     total, boot_total = _traces(X, mx, counts)
     ttotal, boot_ttotal = _traces(Y, my, counts)
-    out = Modes(eigenvalues=lam, eigenvectors=U if vectors else None, alpha=tv / lam, text_variance=tv, mean=mx,
-                total_variance=total, text_total_variance=ttotal, rank=rank, dim=d, n_rows=N, n_text_rows=NT,
-                protocol="default", tau=tau, scores=sc)
+    out = Modes(
+        eigenvalues=lam,
+        eigenvectors=U if vectors else None,
+        alpha=tv / lam,
+        text_variance=tv,
+        mean=mx,
+        total_variance=total,
+        text_total_variance=ttotal,
+        rank=rank,
+        dim=d,
+        n_rows=N,
+        n_text_rows=NT,
+        protocol="default",
+        tau=tau,
+        scores=sc,
+    )
     if counts is not None:
         boot_lam = (s2m - s1m * s1m / N) / (N - 1)
         out.boot = _boot_dict(boot_lam, boot_tv, boot_total, boot_ttotal)
@@ -327,8 +366,13 @@ def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
 def _boot_dict(lam, tv, total, ttotal) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha = tv / lam
-    return {"eigenvalues": lam, "text_variance": tv, "alpha": alpha, "total_variance": total,
-            "text_total_variance": ttotal}
+    return {
+        "eigenvalues": lam,
+        "text_variance": tv,
+        "alpha": alpha,
+        "total_variance": total,
+        "text_total_variance": ttotal,
+    }
 
 
 def _paper(X, Y, tau, vectors, want_scores) -> Modes:
@@ -357,17 +401,30 @@ def _paper(X, Y, tau, vectors, want_scores) -> Modes:
         tv += (P * P).sum(0)
     tv /= NT - 1
     alpha = tv / np.maximum(lam, PAPER_EPS)
-    return Modes(eigenvalues=lam, eigenvectors=V if vectors else None, alpha=alpha, text_variance=tv, mean=mx[0],
-                 total_variance=total, text_total_variance=ttotal / (NT - 1), rank=_keep(lam, N, d, 0.0)[1],
-                 dim=d, n_rows=N,
-                 n_text_rows=NT, protocol="paper", tau=tau, scores=sc)
+    return Modes(
+        eigenvalues=lam,
+        eigenvectors=V if vectors else None,
+        alpha=alpha,
+        text_variance=tv,
+        mean=mx[0],
+        total_variance=total,
+        text_total_variance=ttotal / (NT - 1),
+        rank=_keep(lam, N, d, 0.0)[1],
+        dim=d,
+        n_rows=N,
+        n_text_rows=NT,
+        protocol="paper",
+        tau=tau,
+        scores=sc,
+    )
 
 
 # --------------------------------------------------------------------------- summaries
 
 
-def ci(point: Any, reps: np.ndarray, level: float = 0.95, lower: float | None = None,
-       upper: float | None = None) -> tuple[Any, Any]:
+def ci(
+    point: Any, reps: np.ndarray, level: float = 0.95, lower: float | None = None, upper: float | None = None
+) -> tuple[Any, Any]:
     """Bootstrap interval around `point` from the replicates' spread (axis 0, NaNs ignored):
     point − quantiles of (θ* − mean θ*), reflected, clipped to [lower, upper].
 
@@ -419,8 +476,9 @@ def mode_summary(m: Modes) -> dict[str, tuple[float, float | None, float | None]
     if m.boot:
         b = m.boot
         with np.errstate(divide="ignore", invalid="ignore"):
-            reps = numbers(b["eigenvalues"], b["text_variance"], b["alpha"], b["total_variance"],
-                           b["text_total_variance"])
+            reps = numbers(
+                b["eigenvalues"], b["text_variance"], b["alpha"], b["total_variance"], b["text_total_variance"]
+            )
     for k, v in point.items():
         lo = hi = None
         if m.boot:

@@ -3,7 +3,8 @@ pair at a stage), each failing with one clear `MchError` sentence."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mch.api import STAGE_PATTERN, MchError, Param, check_param_keys, check_values, param_table, stage_sort_key
 
@@ -41,8 +42,9 @@ def as_list(value: Any) -> list[str]:
 def need_stage(analysis: str, reps: Mapping[str, Any], stage: str, what: str = "modal") -> Any:
     if stage not in reps:
         have = ", ".join(sorted(reps, key=stage_sort_key)) or "none"
-        raise MchError(f"analysis {analysis!r} needs stage {stage!r} of the {what} representations; "
-                       f"this run has: {have}")
+        raise MchError(
+            f"analysis {analysis!r} needs stage {stage!r} of the {what} representations; this run has: {have}"
+        )
     return reps[stage]
 
 
@@ -60,8 +62,10 @@ def paper_text_stage(text_stages: list[str]) -> str:
     for s in ("llm.16", "llm.final"):
         if s in text_stages:
             return s
-    raise MchError("the paper protocol compares against the text baseline's llm.16 or llm.final; "
-                   "the text representations of this run have neither")
+    raise MchError(
+        "the paper protocol compares against the text baseline's llm.16 or llm.final; "
+        "the text representations of this run have neither"
+    )
 
 
 def load_pair(name: str, ctx: Any, stage: str, text_stage: str | None) -> tuple[Any, Any, str]:
@@ -84,6 +88,8 @@ def load_pair(name: str, ctx: Any, stage: str, text_stage: str | None) -> tuple[
             pca.fit(np.concatenate([X, Y]).astype(np.float64))
             X, Y = pca.transform(X.astype(np.float64)), pca.transform(Y.astype(np.float64))
     elif X.shape[0] != Y.shape[0]:
-        raise MchError(f"analysis {name!r}: {X.shape[0]} modal rows but {Y.shape[0]} text rows; "
-                       f"the default protocol needs the paired text of every sample")
+        raise MchError(
+            f"analysis {name!r}: {X.shape[0]} modal rows but {Y.shape[0]} text rows; "
+            f"the default protocol needs the paired text of every sample"
+        )
     return X, Y, text_stage

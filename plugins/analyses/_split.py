@@ -31,8 +31,9 @@ eigenvectors of E[∇_z log q ∇_z log qᵀ], the directions the decoder reads;
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,23 +45,27 @@ SCALES = ("trace", "none")
 
 #: The split's parameters, the same in every analysis that uses it (default protocol).
 SPLIT_DEFAULTS: dict[str, Any] = {
-    "split_rule": "null",       # null | tau
-    "tau": 0.5,                 # MS: α̃ ≤ τ under split_rule tau
-    "alpha_scale": "trace",     # trace: α̃ = α / (tr Σ_T / tr Σ_M); none: raw α
-    "cross_fit": True,          # eigenvectors from one half, variances from the other
-    "null_quantile": 0.05,      # MS: α̃ below this quantile of the modal-vs-modal null
-    "n_null": 200,              # cuts of the evaluation half for the null
-    "split_group_key": None,    # Sample.groups key that keeps rows together (None: each sample alone)
-    "rel_tol": 1e-6,            # modes kept: λ_k > rel_tol·λ_max and k < rank
+    "split_rule": "null",  # null | tau
+    "tau": 0.5,  # MS: α̃ ≤ τ under split_rule tau
+    "alpha_scale": "trace",  # trace: α̃ = α / (tr Σ_T / tr Σ_M); none: raw α
+    "cross_fit": True,  # eigenvectors from one half, variances from the other
+    "null_quantile": 0.05,  # MS: α̃ below this quantile of the modal-vs-modal null
+    "n_null": 200,  # cuts of the evaluation half for the null
+    "split_group_key": None,  # Sample.groups key that keeps rows together (None: each sample alone)
+    "rel_tol": 1e-6,  # modes kept: λ_k > rel_tol·λ_max and k < rank
 }
 
 
 #: Their types and ranges (mch.api.Param), declared once for every analysis that takes them.
 SPLIT_SPECS: dict[str, Param] = {
-    "split_rule": Param(str, choices=RULES), "tau": Param(float, gt=0),
-    "alpha_scale": Param(str, choices=SCALES), "cross_fit": Param(bool),
-    "null_quantile": Param(float, gt=0, lt=1), "n_null": Param(int, ge=1),
-    "split_group_key": Param(str, nullable=True), "rel_tol": Param(float, ge=0, lt=1),
+    "split_rule": Param(str, choices=RULES),
+    "tau": Param(float, gt=0),
+    "alpha_scale": Param(str, choices=SCALES),
+    "cross_fit": Param(bool),
+    "null_quantile": Param(float, gt=0, lt=1),
+    "n_null": Param(int, ge=1),
+    "split_group_key": Param(str, nullable=True),
+    "rel_tol": Param(float, ge=0, lt=1),
 }
 
 
@@ -75,8 +80,10 @@ def check_split_params(p: Mapping[str, Any], analysis: str) -> None:
     if scale not in SCALES:
         raise MchError(f"{analysis}: alpha_scale must be one of {', '.join(SCALES)}, not {scale!r}")
     if rule == "null" and not bool(p.get("cross_fit", True)):
-        raise MchError(f"{analysis}: split_rule 'null' needs cross_fit true (the null is computed on the "
-                       f"evaluation half); pass --param {analysis}.split_rule=tau for the in-sample split")
+        raise MchError(
+            f"{analysis}: split_rule 'null' needs cross_fit true (the null is computed on the "
+            f"evaluation half); pass --param {analysis}.split_rule=tau for the in-sample split"
+        )
     q = float(p.get("null_quantile", 0.05))
     if not 0 < q < 0.5:
         raise MchError(f"{analysis}: null_quantile must lie in (0, 0.5), not {q}")
@@ -134,20 +141,20 @@ class Direction:
 
     Arrays over the m kept modes, in descending order of the fit half's eigenvalue."""
 
-    fit: np.ndarray                 # row indices the eigenvectors come from
-    eval: np.ndarray                # row indices every variance comes from
-    fit_eigenvalues: np.ndarray     # in-sample λ of the fit half (the order of the modes)
-    lam: np.ndarray                 # λ_k = u_kᵀ Σ_M u_k on the eval rows
-    tv: np.ndarray                  # u_kᵀ Σ_T u_k on the eval rows
-    total: float                    # tr Σ_M on the eval rows
-    text_total: float               # tr Σ_T on the eval rows
-    alpha: np.ndarray               # α_k (scaled per alpha_scale: α̃)
-    threshold: np.ndarray           # per-mode threshold of the rule (null quantile, or τ)
-    ms: np.ndarray                  # bool
+    fit: np.ndarray  # row indices the eigenvectors come from
+    eval: np.ndarray  # row indices every variance comes from
+    fit_eigenvalues: np.ndarray  # in-sample λ of the fit half (the order of the modes)
+    lam: np.ndarray  # λ_k = u_kᵀ Σ_M u_k on the eval rows
+    tv: np.ndarray  # u_kᵀ Σ_T u_k on the eval rows
+    total: float  # tr Σ_M on the eval rows
+    text_total: float  # tr Σ_T on the eval rows
+    alpha: np.ndarray  # α_k (scaled per alpha_scale: α̃)
+    threshold: np.ndarray  # per-mode threshold of the rule (null quantile, or τ)
+    ms: np.ndarray  # bool
     rank: int
-    P: np.ndarray | None = None     # (n_eval, m) eval rows in mode coordinates (centred on the eval mean)
-    boot: dict[str, np.ndarray] = field(default_factory=dict)   # group-bootstrap replicates (eval rows)
-    _basis: tuple[Any, ...] = ()    # ("gram", W, sv, mu_fit) or ("cov", U)
+    P: np.ndarray | None = None  # (n_eval, m) eval rows in mode coordinates (centred on the eval mean)
+    boot: dict[str, np.ndarray] = field(default_factory=dict)  # group-bootstrap replicates (eval rows)
+    _basis: tuple[Any, ...] = ()  # ("gram", W, sv, mu_fit) or ("cov", U)
 
     @property
     def ta(self) -> np.ndarray:
@@ -172,11 +179,15 @@ def _numbers(lam, tv, alpha, ms, total, ttotal) -> dict[str, Any]:
     k10 = min(10, alpha.shape[-1])
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
-            "n_TA": ta.sum(-1), "n_MS": ms.sum(-1),
-            "var_frac_TA_of_kept": (lam * ta).sum(-1) / kept, "var_frac_MS_of_kept": (lam * ms).sum(-1) / kept,
-            "var_frac_TA_of_trace": (lam * ta).sum(-1) / total, "var_frac_MS_of_trace": (lam * ms).sum(-1) / total,
+            "n_TA": ta.sum(-1),
+            "n_MS": ms.sum(-1),
+            "var_frac_TA_of_kept": (lam * ta).sum(-1) / kept,
+            "var_frac_MS_of_kept": (lam * ms).sum(-1) / kept,
+            "var_frac_TA_of_trace": (lam * ta).sum(-1) / total,
+            "var_frac_MS_of_trace": (lam * ms).sum(-1) / total,
             "var_frac_kept_of_trace": kept / total,
-            "text_var_frac_TA": (tv * ta).sum(-1) / ttotal, "text_var_frac_MS": (tv * ms).sum(-1) / ttotal,
+            "text_var_frac_TA": (tv * ta).sum(-1) / ttotal,
+            "text_var_frac_MS": (tv * ms).sum(-1) / ttotal,
             "mean_alpha_top10": alpha[..., :k10].mean(-1),
             "weighted_alpha": (lam * alpha).sum(-1) / kept,
         }
@@ -193,8 +204,8 @@ class Split:
     directions: list[Direction]
     n_rows: int
     dim: int
-    scale_ratio: float              # tr Σ_T / tr Σ_M on all rows
-    total_variance: float           # tr Σ_M on all rows
+    scale_ratio: float  # tr Σ_T / tr Σ_M on all rows
+    total_variance: float  # tr Σ_M on all rows
     text_total_variance: float
     n_groups: int
     seed: int
@@ -217,14 +228,19 @@ class Split:
         msv = sum((x * m).sum() for x, m in zip(lam, ms, strict=True))
         out = {
             "n_modes_kept": float(np.mean([d.n_modes for d in ds])),
-            "n_MS": float(np.mean([m.sum() for m in ms])), "n_TA": float(np.mean([(~m).sum() for m in ms])),
+            "n_MS": float(np.mean([m.sum() for m in ms])),
+            "n_TA": float(np.mean([(~m).sum() for m in ms])),
             "var_frac_MS_of_kept": msv / kept if kept > 0 else float("nan"),
             "var_frac_TA_of_kept": 1 - msv / kept if kept > 0 else float("nan"),
             "var_frac_MS_of_trace": msv / tot if tot > 0 else float("nan"),
             "var_frac_TA_of_trace": (kept - msv) / tot if tot > 0 else float("nan"),
             "var_frac_kept_of_trace": kept / tot if tot > 0 else float("nan"),
-            "text_var_frac_MS": sum((t * m).sum() for t, m in zip(tv, ms, strict=True)) / ttot if ttot > 0 else float("nan"),
-            "text_var_frac_TA": sum((t * ~m).sum() for t, m in zip(tv, ms, strict=True)) / ttot if ttot > 0 else float("nan"),
+            "text_var_frac_MS": sum((t * m).sum() for t, m in zip(tv, ms, strict=True)) / ttot
+            if ttot > 0
+            else float("nan"),
+            "text_var_frac_TA": sum((t * ~m).sum() for t, m in zip(tv, ms, strict=True)) / ttot
+            if ttot > 0
+            else float("nan"),
         }
         return out
 
@@ -240,27 +256,50 @@ class Split:
         tms = sum((d.boot["tv"] * d.boot["ms"]).sum(1) for d in ds)
         tta = sum((d.boot["tv"] * ~d.boot["ms"]).sum(1) for d in ds)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return {"var_frac_MS_of_kept": msv / kept, "var_frac_TA_of_kept": 1 - msv / kept,
-                    "var_frac_MS_of_trace": msv / tot, "var_frac_TA_of_trace": (kept - msv) / tot,
-                    "var_frac_kept_of_trace": kept / tot, "text_var_frac_MS": tms / ttot,
-                    "text_var_frac_TA": tta / ttot}
+            return {
+                "var_frac_MS_of_kept": msv / kept,
+                "var_frac_TA_of_kept": 1 - msv / kept,
+                "var_frac_MS_of_trace": msv / tot,
+                "var_frac_TA_of_trace": (kept - msv) / tot,
+                "var_frac_kept_of_trace": kept / tot,
+                "text_var_frac_MS": tms / ttot,
+                "text_var_frac_TA": tta / ttot,
+            }
 
     def record(self) -> dict[str, Any]:
         """The `split` summary field: which split, its parameters and what it found, the same
         in every analysis of a run that computed it from the same vectors."""
         p = self.params
-        r = {"name": "covariance", "definition": "science.md §4 (default)", "stage": self.stage,
-             "text_stage": self.text_stage, "split_rule": p["split_rule"], "tau": float(p["tau"]),
-             "alpha_scale": p["alpha_scale"], "cross_fit": bool(p["cross_fit"]),
-             "null_quantile": float(p["null_quantile"]) if p["split_rule"] == "null" else None,
-             "n_null": int(p["n_null"]) if p["split_rule"] == "null" else None,
-             "split_group_key": p.get("split_group_key"), "rel_tol": float(p["rel_tol"]), "seed": int(self.seed),
-             "n_rows": self.n_rows, "n_groups": self.n_groups, "dim": self.dim,
-             "scale_ratio": _round(self.scale_ratio)}
+        r = {
+            "name": "covariance",
+            "definition": "science.md §4 (default)",
+            "stage": self.stage,
+            "text_stage": self.text_stage,
+            "split_rule": p["split_rule"],
+            "tau": float(p["tau"]),
+            "alpha_scale": p["alpha_scale"],
+            "cross_fit": bool(p["cross_fit"]),
+            "null_quantile": float(p["null_quantile"]) if p["split_rule"] == "null" else None,
+            "n_null": int(p["n_null"]) if p["split_rule"] == "null" else None,
+            "split_group_key": p.get("split_group_key"),
+            "rel_tol": float(p["rel_tol"]),
+            "seed": int(self.seed),
+            "n_rows": self.n_rows,
+            "n_groups": self.n_groups,
+            "dim": self.dim,
+            "scale_ratio": _round(self.scale_ratio),
+        }
         r.update({k: _round(v) for k, v in self.pooled().items()})
-        r["directions"] = [{"n_fit_rows": int(len(d.fit)), "n_eval_rows": int(len(d.eval)), "rank": d.rank,
-                            **{k: _round(v) for k, v in d.numbers().items()}, "n_modes_kept": d.n_modes}
-                           for d in self.directions]
+        r["directions"] = [
+            {
+                "n_fit_rows": int(len(d.fit)),
+                "n_eval_rows": int(len(d.eval)),
+                "rank": d.rank,
+                **{k: _round(v) for k, v in d.numbers().items()},
+                "n_modes_kept": d.n_modes,
+            }
+            for d in self.directions
+        ]
         return r
 
 
@@ -280,26 +319,41 @@ def split_codes(samples: Sequence[Any] | None, n: int, key: str | None) -> np.nd
     vals = []
     for s in samples:
         if key not in s.groups:
-            raise MchError(f"split_group_key {key!r}: sample {s.sample_id} has no such group (it has "
-                           f"{', '.join(sorted(s.groups)) or 'none'}); pass another --param ...split_group_key")
+            raise MchError(
+                f"split_group_key {key!r}: sample {s.sample_id} has no such group (it has "
+                f"{', '.join(sorted(s.groups)) or 'none'}); pass another --param ...split_group_key"
+            )
         vals.append(s.groups[key])
     return group_codes(np.array(vals, dtype=object))[0]
 
 
-def covariance_split(X: Any, Y: Any, params: Mapping[str, Any] | None = None, *, seed: int = 0,
-                     codes: np.ndarray | None = None, n_boot: int = 0, scores: bool = False,
-                     stage: str = "adapter", text_stage: str = "adapter") -> Split:
+def covariance_split(
+    X: Any,
+    Y: Any,
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    codes: np.ndarray | None = None,
+    n_boot: int = 0,
+    scores: bool = False,
+    stage: str = "adapter",
+    text_stage: str = "adapter",
+) -> Split:
     """The default split of modal rows X (N, d) against paired text rows Y (N, d)."""
     from ._stats import group_halves, resample_seed
 
     p = {**SPLIT_DEFAULTS, **(params or {})}
     check_split_params(p, "split")
     if X.ndim != 2 or Y.ndim != 2 or X.shape[1] != Y.shape[1]:
-        raise MchError(f"the TA/MS split compares modal and text vectors in one space; got shapes "
-                       f"{tuple(X.shape)} and {tuple(Y.shape)}")
+        raise MchError(
+            f"the TA/MS split compares modal and text vectors in one space; got shapes "
+            f"{tuple(X.shape)} and {tuple(Y.shape)}"
+        )
     N, d = X.shape
     if Y.shape[0] != N:
-        raise MchError(f"the TA/MS split needs the paired text of every sample ({N} modal rows, {Y.shape[0]} text rows)")
+        raise MchError(
+            f"the TA/MS split needs the paired text of every sample ({N} modal rows, {Y.shape[0]} text rows)"
+        )
     codes = np.arange(N, dtype=np.int64) if codes is None else np.asarray(codes, dtype=np.int64)
     n_groups = int(codes.max()) + 1 if N else 0
     if not bool(p["cross_fit"]):
@@ -309,8 +363,10 @@ def covariance_split(X: Any, Y: Any, params: Mapping[str, Any] | None = None, *,
         dirs = [_in_sample(X, Y, p, scores)]
     else:
         if N < 8 or n_groups < 4:
-            raise MchError(f"the cross-fitted TA/MS split needs at least 8 rows in 4 groups (have {N} rows, "
-                           f"{n_groups} groups); pass --param ...cross_fit=false for the in-sample split")
+            raise MchError(
+                f"the cross-fitted TA/MS split needs at least 8 rows in 4 groups (have {N} rows, "
+                f"{n_groups} groups); pass --param ...cross_fit=false for the in-sample split"
+            )
         A, B = group_halves(codes, resample_seed(seed, "split", "halves"))
         boot = None
         if n_boot:
@@ -318,9 +374,19 @@ def covariance_split(X: Any, Y: Any, params: Mapping[str, Any] | None = None, *,
 
             boot = group_resamples(n_groups, n_boot, resample_seed(seed, "split", "bootstrap")).counts
         dirs, total, ttotal = _cross_fit(X, Y, A, B, p, codes, seed, boot, scores)
-    return Split(params=p, directions=dirs, n_rows=N, dim=d, scale_ratio=ttotal / total if total > 0 else float("nan"),
-                 total_variance=total, text_total_variance=ttotal, n_groups=n_groups, seed=int(seed), stage=stage,
-                 text_stage=text_stage)
+    return Split(
+        params=p,
+        directions=dirs,
+        n_rows=N,
+        dim=d,
+        scale_ratio=ttotal / total if total > 0 else float("nan"),
+        total_variance=total,
+        text_total_variance=ttotal,
+        n_groups=n_groups,
+        seed=int(seed),
+        stage=stage,
+        text_stage=text_stage,
+    )
 
 
 def _trace(X: Any, rows: np.ndarray, mean: np.ndarray) -> float:
@@ -389,8 +455,7 @@ def _basis_vectors(X: Any, fit: np.ndarray, basis: tuple[Any, ...]) -> np.ndarra
     return U
 
 
-def _project(Z: Any, rows: np.ndarray, mean: np.ndarray, X: Any, fit: np.ndarray, basis: tuple[Any, ...]
-             ) -> np.ndarray:
+def _project(Z: Any, rows: np.ndarray, mean: np.ndarray, X: Any, fit: np.ndarray, basis: tuple[Any, ...]) -> np.ndarray:
     """(Z[rows] − mean) U: rows of Z (modal or text) in the mode coordinates of `basis`, the
     eigenmodes of the modal rows X[fit]."""
     d = Z.shape[1]
@@ -407,8 +472,9 @@ def _project(Z: Any, rows: np.ndarray, mean: np.ndarray, X: Any, fit: np.ndarray
     return (C @ W) / sv
 
 
-def _null_weights(codes: np.ndarray, ev: np.ndarray, p: Mapping[str, Any], seed: int, which: int
-                  ) -> tuple[np.ndarray, np.ndarray] | None:
+def _null_weights(
+    codes: np.ndarray, ev: np.ndarray, p: Mapping[str, Any], seed: int, which: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Indicator weights (R, n_eval) of the two quarters of each of the null's cuts of the
     evaluation rows (by group)."""
     from ._stats import group_halves, resample_seed
@@ -424,8 +490,17 @@ def _null_weights(codes: np.ndarray, ev: np.ndarray, p: Mapping[str, Any], seed:
     return W1, W2
 
 
-def _cross_fit(X: Any, Y: Any, A: np.ndarray, B: np.ndarray, p: Mapping[str, Any], codes: np.ndarray, seed: int,
-               boot: np.ndarray | None, keep_scores: bool) -> tuple[list[Direction], float, float]:
+def _cross_fit(
+    X: Any,
+    Y: Any,
+    A: np.ndarray,
+    B: np.ndarray,
+    p: Mapping[str, Any],
+    codes: np.ndarray,
+    seed: int,
+    boot: np.ndarray | None,
+    keep_scores: bool,
+) -> tuple[list[Direction], float, float]:
     """Both directions (A → B, B → A) and the traces of all rows."""
     N, d = X.shape
     mu_a, mu_b = _means(X, [A, B])
@@ -435,18 +510,27 @@ def _cross_fit(X: Any, Y: Any, A: np.ndarray, B: np.ndarray, p: Mapping[str, Any
     if len(A) <= d and len(B) <= d:
         ing = _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, float(p["rel_tol"]))
     else:
-        ing = [_generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, float(p["rel_tol"]))
-               for fit, ev, mf, me, ne, nl, w in ((A, B, mu_a, mu_b, nu_b, nulls[0], wb[0]),
-                                                  (B, A, mu_b, mu_a, nu_a, nulls[1], wb[1]))]
+        ing = [
+            _generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, float(p["rel_tol"]))
+            for fit, ev, mf, me, ne, nl, w in (
+                (A, B, mu_a, mu_b, nu_b, nulls[0], wb[0]),
+                (B, A, mu_b, mu_a, nu_a, nulls[1], wb[1]),
+            )
+        ]
     dirs = [_label(fit, ev, p, keep_scores, **x) for (fit, ev), x in zip(((A, B), (B, A)), ing, strict=True)]
     # traces of all rows from the halves': Σ‖x − μ‖² = Σ_h (Σ_{i∈h}‖x_i − μ_h‖² + n_h‖μ_h − μ‖²)
     n_a, n_b = len(A), len(B)
     mu, nu = (n_a * mu_a + n_b * mu_b) / N, (n_a * nu_a + n_b * nu_b) / N
     d0, d1 = dirs
-    total = (d0.total * (n_b - 1) + d1.total * (n_a - 1) + n_a * ((mu_a - mu) ** 2).sum()
-             + n_b * ((mu_b - mu) ** 2).sum()) / (N - 1)
-    ttotal = (d0.text_total * (n_b - 1) + d1.text_total * (n_a - 1) + n_a * ((nu_a - nu) ** 2).sum()
-              + n_b * ((nu_b - nu) ** 2).sum()) / (N - 1)
+    total = (
+        d0.total * (n_b - 1) + d1.total * (n_a - 1) + n_a * ((mu_a - mu) ** 2).sum() + n_b * ((mu_b - mu) ** 2).sum()
+    ) / (N - 1)
+    ttotal = (
+        d0.text_total * (n_b - 1)
+        + d1.text_total * (n_a - 1)
+        + n_a * ((nu_a - nu) ** 2).sum()
+        + n_b * ((nu_b - nu) ** 2).sum()
+    ) / (N - 1)
     return dirs, float(total), float(ttotal)
 
 
@@ -471,7 +555,7 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
     Ga, Gb = np.zeros((na, na), order="F"), np.zeros((nb, nb), order="F")
     Cba, Dba, Dab = (np.zeros(shape, order="F") for shape in ((nb, na), (nb, na), (na, nb)))
     sq = {k: np.zeros(n) for k, n in (("xa", na), ("xb", nb), ("ya", na), ("yb", nb))}
-    ysum = [None if w is None else np.zeros(w.shape[0]) for w in wb]     # ‖Σ w_i ỹ_i‖² of the eval rows
+    ysum = [None if w is None else np.zeros(w.shape[0]) for w in wb]  # ‖Σ w_i ỹ_i‖² of the eval rows
     for s in _blocks(d):
         Xb = _cols(X, s)
         xa, xb = Xb[A] - mu_a[s], Xb[B] - mu_b[s]
@@ -479,7 +563,7 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
         Yb = _cols(Y, s)
         ya, yb = Yb[A] - nu_a[s], Yb[B] - nu_b[s]
         del Yb
-        Ga = dsyrk(1.0, xa.T, beta=1.0, c=Ga, trans=1, overwrite_c=1)          # upper triangle
+        Ga = dsyrk(1.0, xa.T, beta=1.0, c=Ga, trans=1, overwrite_c=1)  # upper triangle
         Gb = dsyrk(1.0, xb.T, beta=1.0, c=Gb, trans=1, overwrite_c=1)
         Cba = dgemm(1.0, xb.T, xa.T, beta=1.0, c=Cba, trans_a=1, overwrite_c=1)  # += xb xaᵀ
         Dba = dgemm(1.0, yb.T, xa.T, beta=1.0, c=Dba, trans_a=1, overwrite_c=1)
@@ -497,11 +581,13 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
         return np.einsum("ij,ij->i", dsymm(1.0, G, W, side=1, lower=0), W)
 
     out = []
-    for Gq, sqx, sqy, nl, w, ys in ((Gb, sq["xb"], sq["yb"], nulls[0], wb[0], ysum[0]),
-                                    (Ga, sq["xa"], sq["ya"], nulls[1], wb[1], ysum[1])):
+    for Gq, sqx, sqy, nl, w, ys in (
+        (Gb, sq["xb"], sq["yb"], nulls[0], wb[0], ysum[0]),
+        (Ga, sq["xa"], sq["ya"], nulls[1], wb[1], ysum[1]),
+    ):
         n_e = len(sqx)
         ing: dict[str, Any] = {"total": float(sqx.sum() / (n_e - 1)), "text_total": float(sqy.sum() / (n_e - 1))}
-        if nl is not None:       # the null's modal traces, from the evaluation half's Gram matrix
+        if nl is not None:  # the null's modal traces, from the evaluation half's Gram matrix
             ing["null_traces"] = (_wtrace(sqx, quad(Gq, nl[0]), nl[0]), _wtrace(sqx, quad(Gq, nl[1]), nl[1]))
         if w is not None:
             ing["boot_traces"] = (_wtrace(sqx, quad(Gq, w), w), _wtrace(sqy, ys, w))
@@ -514,7 +600,7 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
         G, grams[i] = grams[i], None
         n = G.shape[0]
         ev, W = eigh(G, lower=False, overwrite_a=True, check_finite=False, driver="evr")
-        del G                                   # each Gram matrix goes as soon as it is decomposed
+        del G  # each Gram matrix goes as soon as it is decomposed
         lam = ev[::-1] / (n - 1)
         m, rank = _keep(lam, n, d, rel_tol)
         W = np.ascontiguousarray(W[:, ::-1][:, :m])
@@ -539,9 +625,17 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
 def _generic_ingredients(X, Y, fit, ev, mu_f, mu_e, nu_e, nulls, wb, rel_tol) -> dict[str, Any]:
     """One direction by the general route (a half with more rows than dimensions)."""
     basis, fit_lam, rank = _fit_basis(X, fit, mu_f, rel_tol)
-    ing: dict[str, Any] = {"P": _project(X, ev, mu_e, X, fit, basis), "Q": _project(Y, ev, nu_e, X, fit, basis),
-                           "total": _trace(X, ev, mu_e), "text_total": _trace(Y, ev, nu_e), "fit_lam": fit_lam,
-                           "rank": rank, "basis": basis, "null_w": nulls, "boot_w": wb}
+    ing: dict[str, Any] = {
+        "P": _project(X, ev, mu_e, X, fit, basis),
+        "Q": _project(Y, ev, nu_e, X, fit, basis),
+        "total": _trace(X, ev, mu_e),
+        "text_total": _trace(Y, ev, nu_e),
+        "fit_lam": fit_lam,
+        "rank": rank,
+        "basis": basis,
+        "null_w": nulls,
+        "boot_w": wb,
+    }
     if nulls is not None:
         ing["null_traces"] = (_weighted_traces(X, ev, mu_e, nulls[0]), _weighted_traces(X, ev, mu_e, nulls[1]))
     if wb is not None:
@@ -549,13 +643,28 @@ def _generic_ingredients(X, Y, fit, ev, mu_f, mu_e, nu_e, nulls, wb, rel_tol) ->
     return ing
 
 
-def _label(fit: np.ndarray, ev: np.ndarray, p: Mapping[str, Any], keep_scores: bool, *, P: np.ndarray,
-           Q: np.ndarray, total: float, text_total: float, fit_lam: np.ndarray, rank: int, basis: tuple[Any, ...],
-           null_w: Any = None, boot_w: Any = None, null_traces: Any = None, boot_traces: Any = None) -> Direction:
+def _label(
+    fit: np.ndarray,
+    ev: np.ndarray,
+    p: Mapping[str, Any],
+    keep_scores: bool,
+    *,
+    P: np.ndarray,
+    Q: np.ndarray,
+    total: float,
+    text_total: float,
+    fit_lam: np.ndarray,
+    rank: int,
+    basis: tuple[Any, ...],
+    null_w: Any = None,
+    boot_w: Any = None,
+    null_traces: Any = None,
+    boot_traces: Any = None,
+) -> Direction:
     """α̃ of one direction's modes, their threshold (null quantile or τ) and labels, and the
     group-bootstrap replicates of the evaluation rows (modes and thresholds held fixed)."""
     n = P.shape[0]
-    lam = (P * P).sum(0) / (n - 1)          # P and Q are centred on the eval rows' mean
+    lam = (P * P).sum(0) / (n - 1)  # P and Q are centred on the eval rows' mean
     tv = (Q * Q).sum(0) / (n - 1)
     trace_scaled = p["alpha_scale"] == "trace"
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -575,8 +684,21 @@ def _label(fit: np.ndarray, ev: np.ndarray, p: Mapping[str, Any], keep_scores: b
     else:
         thr = np.full(m, float(p["tau"]))
         ms = alpha <= thr
-    out = Direction(fit=fit, eval=ev, fit_eigenvalues=fit_lam, lam=lam, tv=tv, total=total, text_total=text_total,
-                    alpha=alpha, threshold=thr, ms=ms, rank=rank, P=P if keep_scores else None, _basis=basis)
+    out = Direction(
+        fit=fit,
+        eval=ev,
+        fit_eigenvalues=fit_lam,
+        lam=lam,
+        tv=tv,
+        total=total,
+        text_total=text_total,
+        alpha=alpha,
+        threshold=thr,
+        ms=ms,
+        rank=rank,
+        P=P if keep_scores else None,
+        _basis=basis,
+    )
     if boot_w is not None:
         bl, bt = _weighted_var(boot_w, P), _weighted_var(boot_w, Q)
         btot, bttot = boot_traces
@@ -593,13 +715,33 @@ def _in_sample(X: Any, Y: Any, p: Mapping[str, Any], keep_scores: bool) -> Direc
     """The in-sample split (cross_fit false): eigenvectors and variances from all rows."""
     from ._linalg import modes
 
-    m = modes(X, Y, protocol="default", tau=float(p["tau"]), rel_tol=float(p["rel_tol"]), vectors=True,
-              scores=keep_scores, alpha_scale="trace" if p["alpha_scale"] == "trace" else "none")
+    m = modes(
+        X,
+        Y,
+        protocol="default",
+        tau=float(p["tau"]),
+        rel_tol=float(p["rel_tol"]),
+        vectors=True,
+        scores=keep_scores,
+        alpha_scale="trace" if p["alpha_scale"] == "trace" else "none",
+    )
     rows = np.arange(X.shape[0])
     thr = np.full(m.n_modes, float(p["tau"]))
-    return Direction(fit=rows, eval=rows, fit_eigenvalues=m.eigenvalues, lam=m.eigenvalues, tv=m.text_variance,
-                     total=m.total_variance, text_total=m.text_total_variance, alpha=m.alpha, threshold=thr,
-                     ms=m.alpha <= thr, rank=m.rank, P=m.scores, _basis=("cov", m.eigenvectors))
+    return Direction(
+        fit=rows,
+        eval=rows,
+        fit_eigenvalues=m.eigenvalues,
+        lam=m.eigenvalues,
+        tv=m.text_variance,
+        total=m.total_variance,
+        text_total=m.text_total_variance,
+        alpha=m.alpha,
+        threshold=thr,
+        ms=m.alpha <= thr,
+        rank=m.rank,
+        P=m.scores,
+        _basis=("cov", m.eigenvectors),
+    )
 
 
 # --------------------------------------------------------------------------- one split per run
@@ -607,21 +749,35 @@ def _in_sample(X: Any, Y: Any, p: Mapping[str, Any], keep_scores: bool) -> Direc
 _MEMO: list[tuple[tuple[Any, ...], Any, Any, Split]] = []
 
 
-def run_split(ctx: Any, X: Any, Y: Any, params: Mapping[str, Any], *, stage: str = "adapter",
-              text_stage: str = "adapter", n_boot: int = 0, scores: bool = False) -> Split:
+def run_split(
+    ctx: Any,
+    X: Any,
+    Y: Any,
+    params: Mapping[str, Any],
+    *,
+    stage: str = "adapter",
+    text_stage: str = "adapter",
+    n_boot: int = 0,
+    scores: bool = False,
+) -> Split:
     """The split of this run's vectors, computed once per (vectors, parameters) and shared by
     the analyses of the run (the arrays are held while memoised, so their ids stay theirs)."""
     p = {k: params.get(k, v) for k, v in SPLIT_DEFAULTS.items()}
     seed = int(getattr(ctx, "seed", 0))
     key = (id(X), id(Y), X.shape, tuple(sorted((k, str(v)) for k, v in p.items())), seed, stage, text_stage)
     for k, x, y, sp in _MEMO:
-        if k == key and x is X and y is Y \
-                and (not n_boot or all(d.boot and len(d.boot["lam"]) == n_boot for d in sp.directions)) \
-                and (not scores or all(d.P is not None for d in sp.directions)):
+        if (
+            k == key
+            and x is X
+            and y is Y
+            and (not n_boot or all(d.boot and len(d.boot["lam"]) == n_boot for d in sp.directions))
+            and (not scores or all(d.P is not None for d in sp.directions))
+        ):
             return sp
     codes = split_codes(getattr(ctx, "samples", None), X.shape[0], p["split_group_key"])
-    sp = covariance_split(X, Y, p, seed=seed, codes=codes, n_boot=n_boot, scores=scores, stage=stage,
-                          text_stage=text_stage)
+    sp = covariance_split(
+        X, Y, p, seed=seed, codes=codes, n_boot=n_boot, scores=scores, stage=stage, text_stage=text_stage
+    )
     _MEMO[:] = [(key, X, Y, sp)]
     return sp
 
@@ -629,8 +785,9 @@ def run_split(ctx: Any, X: Any, Y: Any, params: Mapping[str, Any], *, stage: str
 # --------------------------------------------------------------------------- class scatter
 
 
-def scatter_terms(P: np.ndarray, y: np.ndarray, n_classes: int, W: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scatter_terms(
+    P: np.ndarray, y: np.ndarray, n_classes: int, W: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-mode between-class scatter S_B,k = Σ_c n_c (μ_ck − μ_k)² and within-class scatter
     S_W,k of the rows P (n, m) with integer labels y, under row weights W (b, n) (None: one
     weighting of ones). Returns (S_B (b, m), S_W (b, m), n (b,))."""
@@ -639,7 +796,7 @@ def scatter_terms(P: np.ndarray, y: np.ndarray, n_classes: int, W: np.ndarray | 
     onehot = np.zeros((len(y), n_classes))
     onehot[np.arange(len(y)), y] = 1.0
     n = W.sum(1)
-    tot = W @ P                                        # (b, m)
+    tot = W @ P  # (b, m)
     sq = W @ (P * P)
     sb = np.zeros_like(tot)
     sw = sq.copy()
@@ -661,8 +818,9 @@ def corrected(sb: np.ndarray, sw: np.ndarray, n: np.ndarray, n_classes: int) -> 
     return sb - ((n_classes - 1) / np.maximum(n - n_classes, 1))[:, None] * sw
 
 
-def _plugin_null(P: np.ndarray, ms: np.ndarray, Yp: np.ndarray, C: int, chunk: int = 32
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _plugin_null(
+    P: np.ndarray, ms: np.ndarray, Yp: np.ndarray, C: int, chunk: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Plug-in between-class scatter in the MS modes and in all kept modes for each row of
     permuted labels Yp (R, n) of the rows P (n, m)."""
     n = P.shape[0]
@@ -670,9 +828,9 @@ def _plugin_null(P: np.ndarray, ms: np.ndarray, Yp: np.ndarray, C: int, chunk: i
     eye = np.eye(C)
     ms_out, all_out = np.empty(Yp.shape[0]), np.empty(Yp.shape[0])
     for s in _blocks(Yp.shape[0], chunk):
-        oh = eye[Yp[s]]                                   # (r, n, C)
-        sums = np.matmul(oh.transpose(0, 2, 1), P)        # (r, C, m)
-        nc = oh.sum(1)                                    # (r, C)
+        oh = eye[Yp[s]]  # (r, n, C)
+        sums = np.matmul(oh.transpose(0, 2, 1), P)  # (r, C, m)
+        nc = oh.sum(1)  # (r, C)
         with np.errstate(invalid="ignore", divide="ignore"):
             sb = np.where(nc[..., None] > 0, sums * sums / np.maximum(nc, 1e-300)[..., None], 0.0).sum(1) - tot2
         ms_out[s] = (sb * ms).sum(1)
@@ -684,20 +842,28 @@ def _plugin_null(P: np.ndarray, ms: np.ndarray, Yp: np.ndarray, C: int, chunk: i
 class AttributeShares:
     """Where one attribute's class scatter sits under a split (pooled over its directions)."""
 
-    var_frac_MS: float             # noise-corrected
+    var_frac_MS: float  # noise-corrected
     var_frac_TA: float
-    var_frac_MS_plugin: float      # the plug-in (uncorrected) share: the permutation test's statistic
-    weighted_alpha: float          # Σ_k d_k α̃_k / Σ_k d_k (noise-corrected scatter weights)
-    signal_fraction: float         # corrected / plug-in total scatter in the kept modes
-    p_value: float | None          # permutation p of the plug-in MS share (group structure kept)
+    var_frac_MS_plugin: float  # the plug-in (uncorrected) share: the permutation test's statistic
+    weighted_alpha: float  # Σ_k d_k α̃_k / Σ_k d_k (noise-corrected scatter weights)
+    signal_fraction: float  # corrected / plug-in total scatter in the kept modes
+    p_value: float | None  # permutation p of the plug-in MS share (group structure kept)
     null_mean: float | None
     null_q: tuple[float, float] | None
     n_rows: int
     boot: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def attribute_shares(split: Split, labels: np.ndarray, groups: np.ndarray | None, *, n_perm: int = 0,
-                     n_boot: int = 0, seed: int = 0, names: Sequence[str] = ()) -> AttributeShares | None:
+def attribute_shares(
+    split: Split,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    *,
+    n_perm: int = 0,
+    n_boot: int = 0,
+    seed: int = 0,
+    names: Sequence[str] = (),
+) -> AttributeShares | None:
     """The attribute's scatter under `split` (rows: the run's rows; '' = unlabelled), with a
     label-permutation null (labels permuted across `groups`, `_stats.permute_labels_by_group`)
     and group-bootstrap replicates (`_stats.group_resamples`, seeded by `names`)."""
@@ -712,7 +878,7 @@ def attribute_shares(split: Split, labels: np.ndarray, groups: np.ndarray | None
     y_all = np.full(len(labels), -1)
     y_all[lab] = np.searchsorted(classes, labels[lab])
     gcodes = group_codes(groups, len(labels))[0] if groups is not None else np.arange(len(labels))
-    sel = []                                          # per direction: (eval positions labelled, P rows)
+    sel = []  # per direction: (eval positions labelled, P rows)
     for d in split.directions:
         if d.P is None:
             raise MchError("attribute_shares needs the split computed with scores=True")
@@ -743,10 +909,13 @@ def attribute_shares(split: Split, labels: np.ndarray, groups: np.ndarray | None
         rows_l = np.flatnonzero(lab)
         sub, n_sub = group_codes(gcodes[rows_l].astype(str))
         perms = np.empty((n_perm + 1, len(rows_l)), dtype=np.int64)
-        perms[0] = y_all[rows_l]        # row 0: the observed labels, through the same arithmetic as the null
+        perms[0] = y_all[rows_l]  # row 0: the observed labels, through the same arithmetic as the null
         for r in range(1, n_perm + 1):  # one row per group: a plain permutation (the same law, no Python loop)
-            perms[r] = y_all[rows_l][rng.permutation(len(rows_l))] if n_sub == len(rows_l) else \
-                permute_labels_by_group(y_all[rows_l], sub, rng)
+            perms[r] = (
+                y_all[rows_l][rng.permutation(len(rows_l))]
+                if n_sub == len(rows_l)
+                else permute_labels_by_group(y_all[rows_l], sub, rng)
+            )
         pos = np.full(len(labels), -1)
         pos[rows_l] = np.arange(len(rows_l))
         ms_n = np.zeros(n_perm + 1)
@@ -775,10 +944,18 @@ def attribute_shares(split: Split, labels: np.ndarray, groups: np.ndarray | None
                 bms[s] = np.where(b > 0, a / b, np.nan)
                 bwa[s] = np.where(b > 0, w / b, np.nan)
         boot = {"var_frac_MS": bms, "var_frac_TA": 1 - bms, "weighted_alpha": bwa}
-    return AttributeShares(var_frac_MS=share, var_frac_TA=1 - share if np.isfinite(share) else nan,
-                           var_frac_MS_plugin=plug, weighted_alpha=wa / tot_c if tot_c > 0 else nan,
-                           signal_fraction=tot_c / tot_p if tot_p > 0 else nan, p_value=p_value,
-                           null_mean=null_mean, null_q=null_q, n_rows=int(lab.sum()), boot=boot)
+    return AttributeShares(
+        var_frac_MS=share,
+        var_frac_TA=1 - share if np.isfinite(share) else nan,
+        var_frac_MS_plugin=plug,
+        weighted_alpha=wa / tot_c if tot_c > 0 else nan,
+        signal_fraction=tot_c / tot_p if tot_p > 0 else nan,
+        p_value=p_value,
+        null_mean=null_mean,
+        null_q=null_q,
+        n_rows=int(lab.sum()),
+        boot=boot,
+    )
 
 
 # --------------------------------------------------------------------------- functional split
@@ -792,7 +969,7 @@ class FunctionalSplit:
     so a direction weighs its sensitivity times the data's variation along it) and mapped
     back to the adapter space; `read` spans the top ones holding `mass` of tr F."""
 
-    read: np.ndarray         # (d, n_read) orthonormal basis of the read directions
+    read: np.ndarray  # (d, n_read) orthonormal basis of the read directions
     eigenvalues: np.ndarray  # eigenvalues of the whitened F, descending
     n_read: int
     mass: float
@@ -801,10 +978,16 @@ class FunctionalSplit:
     def record(self) -> dict[str, Any]:
         ev = self.eigenvalues
         share = ev / ev.sum() if ev.size and ev.sum() > 0 else ev
-        return {"name": "functional", "definition": "top eigenvectors of E[grad log q grad log q^T] in the modal "
-                f"law's whitened coordinates, holding {self.mass:g} of its trace (science.md §7)",
-                "mass": self.mass, "n_read": self.n_read, "n_samples": self.n_samples, "dim": int(self.read.shape[0]),
-                "eigenvalue_share_top10": [_round(x) for x in share[:10]]}
+        return {
+            "name": "functional",
+            "definition": "top eigenvectors of E[grad log q grad log q^T] in the modal "
+            f"law's whitened coordinates, holding {self.mass:g} of its trace (science.md §7)",
+            "mass": self.mass,
+            "n_read": self.n_read,
+            "n_samples": self.n_samples,
+            "dim": int(self.read.shape[0]),
+            "eigenvalue_share_top10": [_round(x) for x in share[:10]],
+        }
 
 
 def whitening_basis(X: Any, rel_tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -823,20 +1006,27 @@ def functional_split(G: np.ndarray, U: np.ndarray, lam: np.ndarray, mass: float 
     if not 0 < mass <= 1:
         raise MchError(f"functional_mass must lie in (0, 1], not {mass}")
     sq = np.sqrt(np.maximum(lam, 0))
-    Gw = (G @ U) * sq                                  # gradients in whitened coordinates
+    Gw = (G @ U) * sq  # gradients in whitened coordinates
     _, s, Vt = np.linalg.svd(Gw, full_matrices=False)
     ev = s * s / G.shape[0]
     keep = ev > ev[0] * 1e-12 if ev.size and ev[0] > 0 else np.zeros(ev.shape, bool)
     ev, V = ev[keep], Vt[keep].T
     cum = np.cumsum(ev) / ev.sum() if ev.size else ev
     k = min(int(np.searchsorted(cum, mass - 1e-12) + 1), len(ev)) if ev.size else 0
-    B = U @ (sq[:, None] * V[:, :k])                   # back in the adapter space (not orthogonal)
+    B = U @ (sq[:, None] * V[:, :k])  # back in the adapter space (not orthogonal)
     Q = np.linalg.qr(B)[0] if k else np.zeros((U.shape[0], 0))
     return FunctionalSplit(read=Q, eigenvalues=ev, n_read=k, mass=float(mass), n_samples=int(G.shape[0]))
 
 
-def functional_shares(fs: FunctionalSplit, X: Any, labels: np.ndarray, groups: np.ndarray | None = None,
-                      n_boot: int = 0, seed: int = 0, names: Sequence[str] = ()) -> dict[str, Any] | None:
+def functional_shares(
+    fs: FunctionalSplit,
+    X: Any,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    names: Sequence[str] = (),
+) -> dict[str, Any] | None:
     """The attribute's noise-corrected class scatter (all labelled rows, full space) inside the
     read subspace (`var_frac_read`) and outside it (`var_frac_unread`: the functional
     counterpart of MS), with group-bootstrap replicates of the rows (the read subspace held
@@ -857,16 +1047,23 @@ def functional_shares(fs: FunctionalSplit, X: Any, labels: np.ndarray, groups: n
     if n_boot:
         codes, G = group_codes(None if groups is None else np.asarray(groups)[rows], len(rows))
         if G >= 2:
-            W = np.vstack([np.ones((1, len(rows))),
-                           group_resamples(G, n_boot, resample_seed(seed, *names)).counts[:, codes].astype(float)])
+            W = np.vstack(
+                [
+                    np.ones((1, len(rows))),
+                    group_resamples(G, n_boot, resample_seed(seed, *names)).counts[:, codes].astype(float),
+                ]
+            )
     sb_f, sw_f, n = scatter_terms(Xr, y, C, W)
     full = corrected(sb_f, sw_f, n, C).sum(1)
     sb, sw, n = scatter_terms(R, y, C, W)
     read = corrected(sb, sw, n, C).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(full > 0, read / full, np.nan)
-    out: dict[str, Any] = {"var_frac_read": float(share[0]), "var_frac_unread": float(1 - share[0]),
-                           "scatter_signal": float(full[0])}
+    out: dict[str, Any] = {
+        "var_frac_read": float(share[0]),
+        "var_frac_unread": float(1 - share[0]),
+        "scatter_signal": float(full[0]),
+    }
     if W is not None:
         out["boot_unread"] = 1 - share[1:]
     return out

@@ -8,8 +8,9 @@ given seed, and free of plugin knowledge.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,9 @@ def prior(y: np.ndarray, k: int) -> np.ndarray:
 class Encoded:
     """Integer-coded labels of the rows kept for an analysis."""
 
-    rows: np.ndarray            # indices into the run's samples
-    y: np.ndarray               # codes 0..K-1
-    classes: list[str]          # code -> class name
+    rows: np.ndarray  # indices into the run's samples
+    y: np.ndarray  # codes 0..K-1
+    classes: list[str]  # code -> class name
     dropped: dict[str, int] = field(default_factory=dict)  # class name -> members, dropped as too rare
     n_unlabelled: int = 0
 
@@ -183,13 +184,18 @@ def bootstrap(stat: Callable[[np.ndarray], Any], n: int, n_boot: int, seed: int)
     return np.concatenate(parts, axis=0) if parts else np.zeros((0,))
 
 
-def bootstrap_classification(y: np.ndarray, pred: np.ndarray, nll_bits: np.ndarray, k: int, n_boot: int,
-                             seed: int) -> dict[str, np.ndarray]:
+def bootstrap_classification(
+    y: np.ndarray, pred: np.ndarray, nll_bits: np.ndarray, k: int, n_boot: int, seed: int
+) -> dict[str, np.ndarray]:
     """Bootstrap replicates (over rows) of accuracy, balanced accuracy, macro-F1 and mean
     cross-entropy in bits, one pass over shared resamples."""
     cell = y * k + pred
-    out: dict[str, list[np.ndarray]] = {"accuracy": [], "balanced_accuracy": [], "macro_f1": [],
-                                        "cross_entropy_bits": []}
+    out: dict[str, list[np.ndarray]] = {
+        "accuracy": [],
+        "balanced_accuracy": [],
+        "macro_f1": [],
+        "cross_entropy_bits": [],
+    }
     for idx in bootstrap_rows(len(y), n_boot, seed):
         b = idx.shape[0]
         flat = (cell[idx] + (np.arange(b) * k * k)[:, None]).ravel()
@@ -353,7 +359,7 @@ class RowGroups:
         """(n_boot, n) row weights: how often each row's group was drawn."""
         return self.resamples(n_boot).weights(self.codes)
 
-    def subset(self, idx: np.ndarray) -> "RowGroups":
+    def subset(self, idx: np.ndarray) -> RowGroups:
         return RowGroups(np.asarray(self.codes)[np.asarray(idx)], self.n_total, self.seed, self.key)
 
 
@@ -368,8 +374,10 @@ def attribute_groups(ctx: Any, attribute: str) -> RowGroups:
     if getattr(spec, "cluster_key", None):
         missing = [s.sample_id for s in ctx.samples if key not in s.groups]
         if missing:
-            raise MchError(f"attribute {attribute!r} declares cluster key {key!r}, which sample {missing[0]} lacks; "
-                           f"the dataset must give every sample that group")
+            raise MchError(
+                f"attribute {attribute!r} declares cluster key {key!r}, which sample {missing[0]} lacks; "
+                f"the dataset must give every sample that group"
+            )
         values = np.array([s.groups[key] for s in ctx.samples], dtype=object)
     else:
         values = ctx.groups.get(attribute)
@@ -435,8 +443,12 @@ def tost(delta_reps: np.ndarray, margin: float, alpha: float = 0.05) -> dict[str
         return {"equivalent": False, "p": None, "ci90": [None, None], "margin": float(margin)}
     p = float(max(np.mean(r <= -margin), np.mean(r >= margin)))
     lo, hi = percentile_ci(r, 1 - 2 * alpha)
-    return {"equivalent": bool(p < alpha and -margin < lo and hi < margin), "p": p, "ci90": [lo, hi],
-            "margin": float(margin)}
+    return {
+        "equivalent": bool(p < alpha and -margin < lo and hi < margin),
+        "p": p,
+        "ci90": [lo, hi],
+        "margin": float(margin),
+    }
 
 
 def describe(values: np.ndarray, n_boot: int, seed: Any) -> dict[str, tuple[float, float | None, float | None]]:
@@ -448,16 +460,24 @@ def describe(values: np.ndarray, n_boot: int, seed: Any) -> dict[str, tuple[floa
     v = v[ok]
     if v.size == 0:
         return {}
-    stats = (("mean", lambda a: a.mean(-1)), ("median", lambda a: np.median(a, -1)),
-             ("p95", lambda a: np.percentile(a, 95, axis=-1)), ("p99", lambda a: np.percentile(a, 99, axis=-1)))
+    stats = (
+        ("mean", lambda a: a.mean(-1)),
+        ("median", lambda a: np.median(a, -1)),
+        ("p95", lambda a: np.percentile(a, 95, axis=-1)),
+        ("p99", lambda a: np.percentile(a, 99, axis=-1)),
+    )
     if isinstance(seed, RowGroups):
         g = seed.subset(np.flatnonzero(ok))
         rows = np.arange(v.size)
-        reps = np.array([[f(v[np.repeat(rows, wb.astype(np.int64))]) for _, f in stats]
-                         for wb in g.weights(n_boot)]) if n_boot and g.n_groups >= 2 else None
+        reps = (
+            np.array([[f(v[np.repeat(rows, wb.astype(np.int64))]) for _, f in stats] for wb in g.weights(n_boot)])
+            if n_boot and g.n_groups >= 2
+            else None
+        )
     else:
-        reps = bootstrap(lambda idx: np.stack([f(v[idx]) for _, f in stats], 1), v.size, n_boot, seed) \
-            if n_boot else None
+        reps = (
+            bootstrap(lambda idx: np.stack([f(v[idx]) for _, f in stats], 1), v.size, n_boot, seed) if n_boot else None
+        )
     out: dict[str, tuple[float, float | None, float | None]] = {}
     for j, (name, f) in enumerate(stats):
         lo, hi = percentile_ci(reps[:, j]) if reps is not None else (None, None)

@@ -37,21 +37,41 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
-from ._causal import (PAPER_SEED, Modes, batches, compute_modes, digest, edit_adapter, finite, ids_digest,
-                      mean_ci, ratio_of_means_pct, select_samples, text_stage_for)
-from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
+from ._causal import (  # group bootstrap (science.md §8)
+    PAPER_SEED,
+    Modes,
+    batches,
+    compute_modes,
+    digest,
+    edit_adapter,
+    finite,
+    grouped,
+    ids_digest,
+    mean_ci,
+    ratio_of_means_pct,
+    sample_groups,
+    select_samples,
+    text_stage_for,
+)
 from ._params import as_list, check_params
 from ._split import check_split_params, split_defaults
 
-CONDITIONS = ("ms_all", "ta_all", "ta_matched", "random_matched", "ms_variance_matched", "ta_variance_matched",
-              "random_variance_matched")
+CONDITIONS = (
+    "ms_all",
+    "ta_all",
+    "ta_matched",
+    "random_matched",
+    "ms_variance_matched",
+    "ta_variance_matched",
+    "random_variance_matched",
+)
 
 
 @dataclass
 class Directions:
     name: str
-    vectors: np.ndarray   # (d, k) orthonormal
-    coef: np.ndarray      # (k,) fraction of each coordinate removed
+    vectors: np.ndarray  # (d, k) orthonormal
+    coef: np.ndarray  # (k,) fraction of each coordinate removed
     variance: np.ndarray  # (k,) variance of the pooled adapter outputs along each direction
     matched: bool = True  # False: the variance target could not be reached
 
@@ -124,14 +144,19 @@ def make_edit(d: Directions, mean: np.ndarray, mean_preserving: bool, device: An
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import TEXT_STAGE, Param, declare  # noqa: E402
-
 from ._split import SPLIT_SPECS  # noqa: E402
 
 PARAM_SPECS = declare(
     "ablation",
-    conditions=Param(list, items=str, choices=CONDITIONS), n_samples=Param(int, ge=1, nullable=True),
-    n_modes=Param(int, ge=1, nullable=True), text_stage=TEXT_STAGE,
-    batch_size=Param(int, ge=1), random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True), n_boot=Param(int, ge=1), **SPLIT_SPECS)
+    conditions=Param(list, items=str, choices=CONDITIONS),
+    n_samples=Param(int, ge=1, nullable=True),
+    n_modes=Param(int, ge=1, nullable=True),
+    text_stage=TEXT_STAGE,
+    batch_size=Param(int, ge=1),
+    random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True),
+    n_boot=Param(int, ge=1),
+    **SPLIT_SPECS,
+)
 
 
 class Ablation(Analysis):
@@ -141,12 +166,29 @@ class Ablation(Analysis):
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
-            return {"conditions": ["ms_all", "ta_matched", "random_matched"], "n_samples": 200, "n_modes": 100,
-                    "threshold": 0.5, "alpha_scale": "none", "mean_preserving": False, "text_stage": None,
-                    "batch_size": 8, "random_seed": PAPER_SEED, "n_boot": 2000}
-        return {"conditions": ["ms_all", "ms_variance_matched", "ta_variance_matched", "random_variance_matched"],
-                "n_samples": 200, "n_modes": None, **split_defaults(), "mean_preserving": True,
-                "text_stage": None, "batch_size": 8, "random_seed": None, "n_boot": 2000}
+            return {
+                "conditions": ["ms_all", "ta_matched", "random_matched"],
+                "n_samples": 200,
+                "n_modes": 100,
+                "threshold": 0.5,
+                "alpha_scale": "none",
+                "mean_preserving": False,
+                "text_stage": None,
+                "batch_size": 8,
+                "random_seed": PAPER_SEED,
+                "n_boot": 2000,
+            }
+        return {
+            "conditions": ["ms_all", "ms_variance_matched", "ta_variance_matched", "random_variance_matched"],
+            "n_samples": 200,
+            "n_modes": None,
+            **split_defaults(),
+            "mean_preserving": True,
+            "text_stage": None,
+            "batch_size": 8,
+            "random_seed": None,
+            "n_boot": 2000,
+        }
 
     def run(self, ctx: Any) -> AnalysisOutput:
         p, protocol = ctx.params, ctx.protocol
@@ -156,14 +198,27 @@ class Ablation(Analysis):
         stage = text_stage_for(ctx, protocol, p.get("text_stage"))
         if protocol != "paper":
             check_split_params(p, self.name)
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p.get("threshold", p.get("tau", 0.5))),
-                              str(p["alpha_scale"]), analysis=self.name, params=p)
+        modes = compute_modes(
+            ctx,
+            protocol,
+            stage,
+            p.get("n_modes"),
+            float(p.get("threshold", p.get("tau", 0.5))),
+            str(p["alpha_scale"]),
+            analysis=self.name,
+            params=p,
+        )
         dirs = [directions(c, modes, seed) for c in conds]
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]
         mp = bool(p["mean_preserving"])
-        key = {"protocol": protocol, "samples": ids_digest(samples), "mean_preserving": mp,
-               "dirs": [(d.name, digest(d.vectors, d.coef)) for d in dirs], "mean": digest(modes.mean)}
+        key = {
+            "protocol": protocol,
+            "samples": ids_digest(samples),
+            "mean_preserving": mp,
+            "dirs": [(d.name, digest(d.vectors, d.coef)) for d in dirs],
+            "mean": digest(modes.mean),
+        }
 
         def compute() -> np.ndarray:
             import torch
@@ -180,10 +235,10 @@ class Ablation(Analysis):
             with ctx.progress.task(f"ablation ({len(dirs)} conditions)", len(samples)) as advance, torch.no_grad():
                 for batch in batches(samples, int(p["batch_size"])):
                     n = len(batch)
-                    out[at: at + n, 0] = model.loss(batch, protocol).float().cpu().numpy()
+                    out[at : at + n, 0] = model.loss(batch, protocol).float().cpu().numpy()
                     for j, fn in edits.items():
                         with edit_adapter(model, fn):
-                            out[at: at + n, 1 + j] = model.loss(batch, protocol).float().cpu().numpy()
+                            out[at : at + n, 1 + j] = model.loss(batch, protocol).float().cpu().numpy()
                     at += n
                     advance(n)
             for j, k in enumerate(key["dirs"]):
@@ -193,8 +248,16 @@ class Ablation(Analysis):
         losses = ctx.cached("ablation_losses", key, compute)
         return self._output(ctx, modes, dirs, samples, losses, int(p["n_boot"]), mp)
 
-    def _output(self, ctx: Any, modes: Modes, dirs: list[Directions], samples: list[Any], losses: np.ndarray,
-                n_boot: int, mp: bool) -> AnalysisOutput:
+    def _output(
+        self,
+        ctx: Any,
+        modes: Modes,
+        dirs: list[Directions],
+        samples: list[Any],
+        losses: np.ndarray,
+        n_boot: int,
+        mp: bool,
+    ) -> AnalysisOutput:
         seed, n = sample_groups(ctx, samples), len(samples)
         base = losses[:, 0]
         m, lo, hi = mean_ci(base, seed, n_boot)
@@ -206,27 +269,51 @@ class Ablation(Analysis):
             delta = losses[:, 1 + j] - base
             dm, dlo, dhi = mean_ci(delta, seed, n_boot)
             pc, plo, phi = ratio_of_means_pct(delta, base, seed, n_boot)
-            frac, frac_total = d.removed / kept if kept > 0 else float("nan"), d.removed / total if total > 0 else float("nan")
-            metrics += [Metric(f"delta_loss_{d.name}", dm, "adapter", None, finite(dlo), finite(dhi), n),
-                        Metric(f"pct_change_{d.name}", pc, "adapter", None, finite(plo), finite(phi), n),
-                        Metric(f"variance_fraction_{d.name}", frac, "adapter", None, None, None, n),
-                        Metric(f"variance_fraction_total_{d.name}", frac_total, "adapter", None, None, None, n),
-                        Metric(f"n_directions_{d.name}", float(d.vectors.shape[1]), "adapter", None, None, None, n)]
-            conds[d.name] = {"n_directions": int(d.vectors.shape[1]), "variance_removed": d.removed,
-                             "variance_fraction": frac, "variance_fraction_total": frac_total,
-                             "variance_matched": d.matched, "mean_delta": dm, "median_delta": float(np.median(delta)),
-                             "std_delta": float(np.std(delta)), "pct_change": pc}
+            frac, frac_total = (
+                d.removed / kept if kept > 0 else float("nan"),
+                d.removed / total if total > 0 else float("nan"),
+            )
+            metrics += [
+                Metric(f"delta_loss_{d.name}", dm, "adapter", None, finite(dlo), finite(dhi), n),
+                Metric(f"pct_change_{d.name}", pc, "adapter", None, finite(plo), finite(phi), n),
+                Metric(f"variance_fraction_{d.name}", frac, "adapter", None, None, None, n),
+                Metric(f"variance_fraction_total_{d.name}", frac_total, "adapter", None, None, None, n),
+                Metric(f"n_directions_{d.name}", float(d.vectors.shape[1]), "adapter", None, None, None, n),
+            ]
+            conds[d.name] = {
+                "n_directions": int(d.vectors.shape[1]),
+                "variance_removed": d.removed,
+                "variance_fraction": frac,
+                "variance_fraction_total": frac_total,
+                "variance_matched": d.matched,
+                "mean_delta": dm,
+                "median_delta": float(np.median(delta)),
+                "std_delta": float(np.std(delta)),
+                "pct_change": pc,
+            }
             if not d.matched:
-                notes.append(f"{d.name}: its directions hold less variance than the target; all of them were "
-                             f"removed ({100 * frac:.1f}% of the kept variance)")
+                notes.append(
+                    f"{d.name}: its directions hold less variance than the target; all of them were "
+                    f"removed ({100 * frac:.1f}% of the kept variance)"
+                )
             if d.vectors.shape[1] == 0:
-                notes.append(f"{d.name}: no direction qualifies (no {'MS' if 'ms' in d.name else 'TA'} mode), "
-                             f"so this condition changes nothing")
+                notes.append(
+                    f"{d.name}: no direction qualifies (no {'MS' if 'ms' in d.name else 'TA'} mode), "
+                    f"so this condition changes nothing"
+                )
         summary: dict[str, Any] = {
-            **modes.split_summary(), "mean_preserving": mp, "n_samples": n, "conditions": conds,
-            "per_sample": [{"sample_id": s.sample_id, "loss_baseline": float(base[i]),
-                            **{f"delta_{d.name}": float(losses[i, 1 + j] - base[i]) for j, d in enumerate(dirs)}}
-                           for i, s in enumerate(samples)],
+            **modes.split_summary(),
+            "mean_preserving": mp,
+            "n_samples": n,
+            "conditions": conds,
+            "per_sample": [
+                {
+                    "sample_id": s.sample_id,
+                    "loss_baseline": float(base[i]),
+                    **{f"delta_{d.name}": float(losses[i, 1 + j] - base[i]) for j, d in enumerate(dirs)},
+                }
+                for i, s in enumerate(samples)
+            ],
         }
         if ctx.protocol == "paper":
             summary.update(self._paper_fields(ctx, modes, dirs, losses))
@@ -236,12 +323,20 @@ class Ablation(Analysis):
     def _paper_fields(ctx: Any, modes: Modes, dirs: list[Directions], losses: np.ndarray) -> dict[str, Any]:
         """The reference's summary JSON fields, rounded as it rounded them."""
         kept = modes.kept_variance
-        out: dict[str, Any] = {"model": getattr(ctx.run_config, "model", None), "n_samples": int(len(losses)),
-                               "n_modes": int(len(modes.eigvals)), "ms_threshold": modes.threshold,
-                               "n_ms_modes": int(modes.ms.sum()), "n_ta_modes": int(modes.ta.sum()),
-                               "mean_loss_baseline": round(float(losses[:, 0].mean()), 4)}
-        frac_name = {"ms_all": "ms_var_fraction", "ta_matched": "ta_matched_var_fraction",
-                     "random_matched": "random_var_fraction"}
+        out: dict[str, Any] = {
+            "model": getattr(ctx.run_config, "model", None),
+            "n_samples": int(len(losses)),
+            "n_modes": int(len(modes.eigvals)),
+            "ms_threshold": modes.threshold,
+            "n_ms_modes": int(modes.ms.sum()),
+            "n_ta_modes": int(modes.ta.sum()),
+            "mean_loss_baseline": round(float(losses[:, 0].mean()), 4),
+        }
+        frac_name = {
+            "ms_all": "ms_var_fraction",
+            "ta_matched": "ta_matched_var_fraction",
+            "random_matched": "random_var_fraction",
+        }
         for j, d in enumerate(dirs):
             delta = losses[:, 1 + j] - losses[:, 0]
             out[frac_name.get(d.name, f"{d.name}_var_fraction")] = round(100 * d.removed / kept, 1) if kept else None

@@ -68,10 +68,10 @@ def w1_null(X: np.ndarray, Y: np.ndarray, n_perm: int, seed: int, obs: float | N
 def _previous(ctx: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     lip, dist = ctx.previous.get("lipschitz"), ctx.previous.get("distances")
-    for m in (lip.metrics if lip else []):
+    for m in lip.metrics if lip else []:
         if m.metric in ("L_pooled_max", "L_pooled_p99", "L_log_p95", "L_D_product_95") and m.value is not None:
             out[m.metric] = float(m.value)
-    for m in (dist.metrics if dist else []):
+    for m in dist.metrics if dist else []:
         if m.metric == "W1" and m.stage == "adapter" and m.value is not None:
             out["W1_adapter"] = float(m.value)
     return out
@@ -80,8 +80,13 @@ def _previous(ctx: Any) -> dict[str, float]:
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import Param, declare  # noqa: E402
 
-PARAM_SPECS = declare("bound", n_samples=Param(int, ge=1), batch_size=Param(int, ge=1), path_points=Param(int, ge=2),
-                      n_boot=Param(int, ge=1))
+PARAM_SPECS = declare(
+    "bound",
+    n_samples=Param(int, ge=1),
+    batch_size=Param(int, ge=1),
+    path_points=Param(int, ge=2),
+    n_boot=Param(int, ge=1),
+)
 
 
 class Bound(Analysis):
@@ -120,15 +125,15 @@ class Bound(Analysis):
                     samples = [ctx.samples[int(rows[j])] for j in chunk]
                     for j, t in enumerate(ts):
                         r = decoder_gradients(model, samples, ctx.protocol, ctx.span, shift=t * delta[chunk])
-                        out[k:k + len(chunk), j] = r["logq"]
-                        out[k:k + len(chunk), K + j] = r["L_pooled"]
-                        out[k:k + len(chunk), 2 * K + j] = (r["grad_pooled"] * delta[chunk]).sum(1)
+                        out[k : k + len(chunk), j] = r["logq"]
+                        out[k : k + len(chunk), K + j] = r["L_pooled"]
+                        out[k : k + len(chunk), 2 * K + j] = (r["grad_pooled"] * delta[chunk]).sum(1)
                         advance(len(chunk))
                     k += len(chunk)
             return out
 
         arr = ctx.cached("bound_path", key, compute)
-        logq, gnorm, gdot = arr[:, :K], arr[:, K:2 * K], arr[:, 2 * K:]
+        logq, gnorm, gdot = arr[:, :K], arr[:, K : 2 * K], arr[:, 2 * K :]
         gap_i = logq[:, 0] - logq[:, -1]
         L_i = gnorm.max(1)
         dist_i = np.linalg.norm(delta, axis=1)
@@ -142,43 +147,77 @@ class Bound(Analysis):
         paired = float(dist_i.mean())
         bound_w1 = L_max * w1
         bound_paired = float((L_i * dist_i).mean())
-        integral = np.trapezoid(gdot, ts, axis=1)                   # ≈ log q(text point) − log q(modal point)
+        integral = np.trapezoid(gdot, ts, axis=1)  # ≈ log q(text point) − log q(modal point)
         path_err = float(abs(integral.mean() + gap[0]) / max(abs(gap[0]), 1e-12))
         n = len(rows)
         tight = abs(gap[0]) / bound_w1 if bound_w1 > 0 else None
         w1n = w1_null(zm, zt, int(p.get("w1_n_perm", 0)), int(ctx.seed), w1) if ctx.protocol != "paper" else None
-        metrics = [Metric("logscore_gap", gap[0], stage="adapter", ci_low=gap[1], ci_high=gap[2], n=n,
-                          n_groups=n_groups if gap[1] is not None else None),
-                   Metric("logq_modal_mean", float(logq[:, 0].mean()), stage="adapter", n=n),
-                   Metric("logq_text_point_mean", float(logq[:, -1].mean()), stage="adapter", n=n),
-                   Metric("L_max", L_max, stage="adapter", n=n)]
+        metrics = [
+            Metric(
+                "logscore_gap",
+                gap[0],
+                stage="adapter",
+                ci_low=gap[1],
+                ci_high=gap[2],
+                n=n,
+                n_groups=n_groups if gap[1] is not None else None,
+            ),
+            Metric("logq_modal_mean", float(logq[:, 0].mean()), stage="adapter", n=n),
+            Metric("logq_text_point_mean", float(logq[:, -1].mean()), stage="adapter", n=n),
+            Metric("L_max", L_max, stage="adapter", n=n),
+        ]
         for stat in ("p95", "p99", "median"):
             v, lo, hi = describe(L_i, nb, seed)[stat]
-            metrics.append(Metric(f"L_{stat}", v, stage="adapter", ci_low=lo, ci_high=hi, n=n,
-                                  n_groups=n_groups if lo is not None else None))
-        metrics += [Metric("W1", w1, stage="adapter", n=n),
-                    Metric("paired_distance", paired, stage="adapter", n=n),
-                    Metric("L_W1", bound_w1, stage="adapter", n=n),
-                    Metric("bound_held_W1", float(abs(gap[0]) <= bound_w1), stage="adapter", n=n),
-                    Metric("L_paired", bound_paired, stage="adapter", n=n),
-                    Metric("bound_held_paired", float(abs(gap[0]) <= bound_paired), stage="adapter", n=n),
-                    Metric("tightness", tight, stage="adapter", n=n),
-                    Metric("path_integral_rel_error", path_err, stage="adapter", n=n)]
+            metrics.append(
+                Metric(
+                    f"L_{stat}",
+                    v,
+                    stage="adapter",
+                    ci_low=lo,
+                    ci_high=hi,
+                    n=n,
+                    n_groups=n_groups if lo is not None else None,
+                )
+            )
+        metrics += [
+            Metric("W1", w1, stage="adapter", n=n),
+            Metric("paired_distance", paired, stage="adapter", n=n),
+            Metric("L_W1", bound_w1, stage="adapter", n=n),
+            Metric("bound_held_W1", float(abs(gap[0]) <= bound_w1), stage="adapter", n=n),
+            Metric("L_paired", bound_paired, stage="adapter", n=n),
+            Metric("bound_held_paired", float(abs(gap[0]) <= bound_paired), stage="adapter", n=n),
+            Metric("tightness", tight, stage="adapter", n=n),
+            Metric("path_integral_rel_error", path_err, stage="adapter", n=n),
+        ]
         excess = {}
         if w1n is not None:
             ex = w1 - w1n["mean"]
-            excess = {"w1_null_mean": w1n["mean"], "w1_excess": ex, "w1_p": w1n["p"], "L_W1_excess": L_max * ex,
-                      "tightness_excess": abs(gap[0]) / (L_max * ex) if L_max * ex > 0 else None}
+            excess = {
+                "w1_null_mean": w1n["mean"],
+                "w1_excess": ex,
+                "w1_p": w1n["p"],
+                "L_W1_excess": L_max * ex,
+                "tightness_excess": abs(gap[0]) / (L_max * ex) if L_max * ex > 0 else None,
+            }
             metrics += [Metric(k, v, stage="adapter", n=n) for k, v in excess.items()]
         summary: dict[str, Any] = {
             "space": "pooled decoder input (adapter stage), same span and checkpoint for modal and text",
             "targets": "prompt tokens (paper)" if ctx.protocol == "paper" else "content tokens",
-            "n_samples": n, "path_points": K, "logscore_gap": gap[0], "L_max": L_max, "W1": w1,
-            "paired_distance": paired, "L_W1": bound_w1, "bound_held_W1": bool(abs(gap[0]) <= bound_w1),
-            "tightness": tight, **excess,
-            "L_paired": bound_paired, "bound_held_paired": bool(abs(gap[0]) <= bound_paired),
+            "n_samples": n,
+            "path_points": K,
+            "logscore_gap": gap[0],
+            "L_max": L_max,
+            "W1": w1,
+            "paired_distance": paired,
+            "L_W1": bound_w1,
+            "bound_held_W1": bool(abs(gap[0]) <= bound_w1),
+            "tightness": tight,
+            **excess,
+            "L_paired": bound_paired,
+            "bound_held_paired": bool(abs(gap[0]) <= bound_paired),
             "path_integral_mean": float(integral.mean()),
-            "L_at_data_points_max": float(gnorm[:, [0, -1]].max())}
+            "L_at_data_points_max": float(gnorm[:, [0, -1]].max()),
+        }
         prev = _previous(ctx)
         if "L_pooled_max" in prev and "W1_adapter" in prev:
             lw = prev["L_pooled_max"] * prev["W1_adapter"]
@@ -186,16 +225,20 @@ class Bound(Analysis):
             metrics.append(Metric("L_W1_previous", lw, stage="adapter"))
         elif prev:
             summary["previous"] = prev
-        notes = ["log q_i(v): mean log-probability of sample i's targets with its adapter sequence shifted so its "
-                 "pooled vector is v; the gap compares the modal point with the paired text's pooled decoder input",
-                 f"L is the largest gradient norm sampled at {K} points along every modal->text segment (an estimate "
-                 f"of the sup; at the data points alone it is {float(gnorm[:, [0, -1]].max()):.4g})",
-                 "bound_held_paired and path_integral_rel_error are implementation checks, not evidence (the "
-                 "mean-value theorem makes the paired bound hold whatever the decoder); bound_held_W1 is science.md's "
-                 "form, tightness = |gap| / (L W1) how much of it the gap uses"]
+        notes = [
+            "log q_i(v): mean log-probability of sample i's targets with its adapter sequence shifted so its "
+            "pooled vector is v; the gap compares the modal point with the paired text's pooled decoder input",
+            f"L is the largest gradient norm sampled at {K} points along every modal->text segment (an estimate "
+            f"of the sup; at the data points alone it is {float(gnorm[:, [0, -1]].max()):.4g})",
+            "bound_held_paired and path_integral_rel_error are implementation checks, not evidence (the "
+            "mean-value theorem makes the paired bound hold whatever the decoder); bound_held_W1 is science.md's "
+            "form, tightness = |gap| / (L W1) how much of it the gap uses",
+        ]
         if w1n is not None:
             notes.append(f"w1_excess = W1 - its null mean ({w1n['n']} random swaps of modal and text within pairs)")
         if ctx.protocol == "paper":
-            notes.append("paper protocol: the reference never formed L x W1; its L_log x D (L_D_product_95) is "
-                         "reported by `lipschitz` and echoed in summary.previous when it ran first")
+            notes.append(
+                "paper protocol: the reference never formed L x W1; its L_log x D (L_D_product_95) is "
+                "reported by `lipschitz` and echoed in summary.previous when it ran first"
+            )
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)

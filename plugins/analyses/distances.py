@@ -129,10 +129,10 @@ def sliced_w1_many(proj: np.ndarray, WA: np.ndarray, WB: np.ndarray) -> np.ndarr
     WA, WB (P, n), each row a probability vector over the pooled points; `proj` (n, L)."""
     order = np.argsort(proj, axis=0, kind="stable")
     sorted_vals = np.take_along_axis(proj, order, axis=0)
-    gaps = np.diff(sorted_vals, axis=0)                        # (n-1, L)
+    gaps = np.diff(sorted_vals, axis=0)  # (n-1, L)
     out = np.empty(WA.shape[0])
     for p in range(WA.shape[0]):
-        w = (WA[p] - WB[p])[order]                              # (n, L) signed masses in sorted order
+        w = (WA[p] - WB[p])[order]  # (n, L) signed masses in sorted order
         cdf = np.cumsum(w, axis=0)[:-1]
         out[p] = float((np.abs(cdf) * gaps).sum(0).mean())
     return out
@@ -157,10 +157,22 @@ def _p_value(null: np.ndarray, obs: float) -> float:
     return float((1 + np.sum(null >= obs)) / (1 + len(null)))
 
 
-def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boot: int = 200,
-            w1_max_n: int = 500, w1_n_perm: int = 50, w1_n_boot: int = 50, pca_dim: int = 256,
-            n_directions: int = 128, frac: float = 0.5, metrics: tuple[str, ...] = ("MMD2", "CKA", "W1", "sliced_W1"),
-            ) -> dict[str, dict[str, float]]:
+def compare(
+    X: Any,
+    Y: Any,
+    *,
+    paired: bool,
+    seed: int,
+    n_perm: int = 200,
+    n_boot: int = 200,
+    w1_max_n: int = 500,
+    w1_n_perm: int = 50,
+    w1_n_boot: int = 50,
+    pca_dim: int = 256,
+    n_directions: int = 128,
+    frac: float = 0.5,
+    metrics: tuple[str, ...] = ("MMD2", "CKA", "W1", "sliced_W1"),
+) -> dict[str, dict[str, float]]:
     """The default-protocol distances between the rows of X and Y (each (n, d), row i of
     both the same sample when `paired`), with permutation p-values and subsample CIs."""
     rng = np.random.default_rng(seed)
@@ -199,22 +211,28 @@ def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boo
     own[0, :nx] = 1
     if "MMD2" in metrics:
         D2 = sq_dists_from_gram(G)
-        upper = D2[np.triu(np.ones((n, n), dtype=bool), 1)]   # a bool mask: no index arrays of n² ints
+        upper = D2[np.triu(np.ones((n, n), dtype=bool), 1)]  # a bool mask: no index arrays of n² ints
         sigma2 = float(np.median(upper, overwrite_input=True))
         del upper
         if sigma2 <= 0:
             sigma2 = 1.0
-        K = D2                                      # the kernel overwrites the distances in place
+        K = D2  # the kernel overwrites the distances in place
         K *= -1.0 / (2 * sigma2)
         np.exp(K, out=K)
         point = float(mmd2_many(K, own, 1 - own)[0])
         A, B = null_masks(n_perm, rng)
-        null = np.concatenate([mmd2_many(K, A[i:i + 50], B[i:i + 50]) for i in range(0, n_perm, 50)])
+        null = np.concatenate([mmd2_many(K, A[i : i + 50], B[i : i + 50]) for i in range(0, n_perm, 50)])
         A, B = sub_masks(n_boot, rng)
-        reps = np.concatenate([mmd2_many(K, A[i:i + 50], B[i:i + 50]) for i in range(0, n_boot, 50)])
+        reps = np.concatenate([mmd2_many(K, A[i : i + 50], B[i : i + 50]) for i in range(0, n_boot, 50)])
         lo, hi = _subsample_ci(point, reps, frac)
-        out["MMD2"] = {"value": point, "ci_low": lo, "ci_high": hi, "p_value": _p_value(null, point),
-                       "null_mean": float(null.mean()), "sigma2": sigma2}
+        out["MMD2"] = {
+            "value": point,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p_value": _p_value(null, point),
+            "null_mean": float(null.mean()),
+            "sigma2": sigma2,
+        }
         del K
     if "CKA" in metrics and paired:
         Kx, Ky = _centre_gram(G[:nx, :nx]), _centre_gram(G[nx:, nx:])
@@ -228,8 +246,13 @@ def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boo
             ix = rng.choice(nx, m_x, replace=False)
             reps[b] = cka_from_grams(_centre_gram(Kx[np.ix_(ix, ix)]), _centre_gram(Ky[np.ix_(ix, ix)]))
         lo, hi = _subsample_ci(point, reps, frac)
-        out["CKA"] = {"value": point, "ci_low": lo, "ci_high": hi, "p_value": _p_value(null, point),
-                      "null_mean": float(null.mean())}
+        out["CKA"] = {
+            "value": point,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p_value": _p_value(null, point),
+            "null_mean": float(null.mean()),
+        }
     if "W1" in metrics:
         # W1 on at most w1_max_n rows per side (exact EMD is the costly part)
         kx = np.sort(rng.choice(nx, min(nx, w1_max_n), replace=False))
@@ -249,7 +272,7 @@ def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boo
                 ia, ib = np.where(s, b, a), np.where(s, a, b)
             else:
                 perm = rng.permutation(len(idx))
-                ia, ib = perm[:len(kx)], perm[len(kx):]
+                ia, ib = perm[: len(kx)], perm[len(kx) :]
             null[p] = emd_w1(D, ia, ib)
         mx_, my_ = max(2, int(round(frac * len(kx)))), max(2, int(round(frac * len(ky))))
         reps = np.empty(w1_n_boot)
@@ -258,8 +281,15 @@ def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boo
             ib = ia if paired and len(kx) == len(ky) else rng.choice(len(ky), my_, replace=False)
             reps[r_] = emd_w1(D, a[ia], b[ib])
         lo, hi = _subsample_ci(point, reps, frac)
-        out["W1"] = {"value": point, "ci_low": lo, "ci_high": hi, "p_value": _p_value(null, point),
-                     "null_mean": float(null.mean()), "n_per_side": int(len(kx)), "pca_dim": int(S.shape[1])}
+        out["W1"] = {
+            "value": point,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p_value": _p_value(null, point),
+            "null_mean": float(null.mean()),
+            "n_per_side": int(len(kx)),
+            "pca_dim": int(S.shape[1]),
+        }
     if "sliced_W1" in metrics:
         d = X.shape[1]
         R = rng.standard_normal((d, n_directions))
@@ -275,8 +305,14 @@ def compare(X: Any, Y: Any, *, paired: bool, seed: int, n_perm: int = 200, n_boo
         A, B = sub_masks(n_boot, rng)
         reps = sliced_w1_many(proj, A / A.sum(1, keepdims=True), B / B.sum(1, keepdims=True))
         lo, hi = _subsample_ci(point, reps, frac)
-        out["sliced_W1"] = {"value": point, "ci_low": lo, "ci_high": hi, "p_value": _p_value(null, point),
-                            "null_mean": float(null.mean()), "n_directions": n_directions}
+        out["sliced_W1"] = {
+            "value": point,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p_value": _p_value(null, point),
+            "null_mean": float(null.mean()),
+            "n_directions": n_directions,
+        }
     return out
 
 
@@ -319,8 +355,9 @@ def _ref_w1(X: np.ndarray, Y: np.ndarray, pca_dim: int, seed: int) -> float:
     return exact_w1(pca.transform(X), pca.transform(Y))
 
 
-def paper_hook(Xm: Any, Xt: Any, rng: np.random.Generator, n_subsample: int, pca_dim: int,
-               n_bootstrap: int, pca_seed: int) -> list[dict[str, Any]]:
+def paper_hook(
+    Xm: Any, Xt: Any, rng: np.random.Generator, n_subsample: int, pca_dim: int, n_bootstrap: int, pca_seed: int
+) -> list[dict[str, Any]]:
     """Script 05 for one hook, consuming `rng` in the reference's order."""
     from scipy.spatial.distance import cdist
 
@@ -347,20 +384,38 @@ def paper_hook(Xm: Any, Xt: Any, rng: np.random.Generator, n_subsample: int, pca
     bx = [rng.choice(nx, size=nx, replace=True) for _ in range(n_bootstrap)]
     by = [rng.choice(ny, size=ny, replace=True) for _ in range(n_bootstrap)]
     boot = np.array([mmd(bx[i], by[i]) for i in range(n_bootstrap)])
-    rows.append({"metric": "MMD2", "value": point, "ci_lower": float(np.percentile(boot, 2.5)),
-                 "ci_upper": float(np.percentile(boot, 97.5))})
+    rows.append(
+        {
+            "metric": "MMD2",
+            "value": point,
+            "ci_lower": float(np.percentile(boot, 2.5)),
+            "ci_upper": float(np.percentile(boot, 97.5)),
+        }
+    )
     # CKA on independently subsampled rows (the reference's defect: the pairing is lost)
     n_cka = min(len(Xm), len(Xt), n_subsample)
-    rows.append({"metric": "CKA", "value": linear_cka(_ref_subsample(Xm, n_cka, rng), _ref_subsample(Xt, n_cka, rng)),
-                 "ci_lower": None, "ci_upper": None})
+    rows.append(
+        {
+            "metric": "CKA",
+            "value": linear_cka(_ref_subsample(Xm, n_cka, rng), _ref_subsample(Xt, n_cka, rng)),
+            "ci_lower": None,
+            "ci_upper": None,
+        }
+    )
     # W1 on fresh subsamples, PCA refitted on every replicate
     Xw, Yw = _ref_subsample(Xm, n_subsample, rng), _ref_subsample(Xt, n_subsample, rng)
     point = _ref_w1(Xw, Yw, pca_dim, pca_seed)
     bx = [rng.choice(len(Xw), size=len(Xw), replace=True) for _ in range(n_bootstrap)]
     by = [rng.choice(len(Yw), size=len(Yw), replace=True) for _ in range(n_bootstrap)]
     boot = np.array([_ref_w1(Xw[bx[i]], Yw[by[i]], pca_dim, pca_seed) for i in range(n_bootstrap)])
-    rows.append({"metric": "W1", "value": point, "ci_lower": float(np.percentile(boot, 2.5)),
-                 "ci_upper": float(np.percentile(boot, 97.5))})
+    rows.append(
+        {
+            "metric": "W1",
+            "value": point,
+            "ci_lower": float(np.percentile(boot, 2.5)),
+            "ci_upper": float(np.percentile(boot, 97.5)),
+        }
+    )
     return rows
 
 
@@ -372,10 +427,19 @@ from ._params import STAGE, Param, declare  # noqa: E402
 
 PARAM_SPECS = declare(
     "distances",
-    stages=Param(list, items=str, pattern=STAGE.pattern, nullable=True), n_subsample=Param(int, ge=2),
-    pca_dim=Param(int, ge=1), n_bootstrap=Param(int, ge=1), seed=Param(int, ge=0, le=2**32 - 1), max_n=Param(int, ge=2),
-    n_perm=Param(int, ge=1), n_boot=Param(int, ge=1), w1_max_n=Param(int, ge=2), w1_n_perm=Param(int, ge=1),
-    w1_n_boot=Param(int, ge=1), n_directions=Param(int, ge=1), subsample_fraction=Param(float, gt=0, lt=1),
+    stages=Param(list, items=str, pattern=STAGE.pattern, nullable=True),
+    n_subsample=Param(int, ge=2),
+    pca_dim=Param(int, ge=1),
+    n_bootstrap=Param(int, ge=1),
+    seed=Param(int, ge=0, le=2**32 - 1),
+    max_n=Param(int, ge=2),
+    n_perm=Param(int, ge=1),
+    n_boot=Param(int, ge=1),
+    w1_max_n=Param(int, ge=2),
+    w1_n_perm=Param(int, ge=1),
+    w1_n_boot=Param(int, ge=1),
+    n_directions=Param(int, ge=1),
+    subsample_fraction=Param(float, gt=0, lt=1),
 )
 
 
@@ -387,8 +451,18 @@ class Distances(Analysis):
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
             return {"stages": None, "n_subsample": 1000, "pca_dim": 256, "n_bootstrap": 200, "seed": 42}
-        return {"stages": None, "max_n": 1000, "n_perm": 200, "n_boot": 200, "w1_max_n": 500, "w1_n_perm": 50,
-                "w1_n_boot": 50, "pca_dim": 256, "n_directions": 128, "subsample_fraction": 0.5}
+        return {
+            "stages": None,
+            "max_n": 1000,
+            "n_perm": 200,
+            "n_boot": 200,
+            "w1_max_n": 500,
+            "w1_n_perm": 50,
+            "w1_n_boot": 50,
+            "pca_dim": 256,
+            "n_directions": 128,
+            "subsample_fraction": 0.5,
+        }
 
     def _stages(self, ctx: Any, treps: Any) -> list[str]:
         shared = [s for s in ctx.reps if s in treps]
@@ -426,10 +500,20 @@ class Distances(Analysis):
                 X, Y = ctx.reps[st], treps[st]
                 if X.shape[0] != Y.shape[0]:
                     raise MchError(f"distances: stage {st!r} has {X.shape[0]} modal but {Y.shape[0]} text rows")
-                res = compare(X[rows], Y[rows], paired=True, seed=ctx.seed + 1000 * (i + 1), n_perm=int(p["n_perm"]),
-                              n_boot=int(p["n_boot"]), w1_max_n=int(p["w1_max_n"]), w1_n_perm=int(p["w1_n_perm"]),
-                              w1_n_boot=int(p["w1_n_boot"]), pca_dim=int(p["pca_dim"]),
-                              n_directions=int(p["n_directions"]), frac=frac)
+                res = compare(
+                    X[rows],
+                    Y[rows],
+                    paired=True,
+                    seed=ctx.seed + 1000 * (i + 1),
+                    n_perm=int(p["n_perm"]),
+                    n_boot=int(p["n_boot"]),
+                    w1_max_n=int(p["w1_max_n"]),
+                    w1_n_perm=int(p["w1_n_perm"]),
+                    w1_n_boot=int(p["w1_n_boot"]),
+                    pca_dim=int(p["pca_dim"]),
+                    n_directions=int(p["n_directions"]),
+                    frac=frac,
+                )
                 per_stage[st] = res
                 for name, r in res.items():
                     n = r.get("n_per_side", len(rows))
@@ -438,17 +522,28 @@ class Distances(Analysis):
                     metrics.append(Metric(f"{name}_null_mean", r["null_mean"], stage=st, n=n))
                     if name != "MMD2":  # MMD² is unbiased; the others sit above zero at finite n
                         nm = r["null_mean"]
-                        metrics.append(Metric(f"{name}_excess", r["value"] - nm, stage=st, ci_low=r["ci_low"] - nm,
-                                              ci_high=r["ci_high"] - nm, n=n))
+                        metrics.append(
+                            Metric(
+                                f"{name}_excess",
+                                r["value"] - nm,
+                                stage=st,
+                                ci_low=r["ci_low"] - nm,
+                                ci_high=r["ci_high"] - nm,
+                                n=n,
+                            )
+                        )
                 advance(1)
-        notes = ["modal vs text: pooled vectors of the modal view and of the paired text through the same model; at "
-                 "'adapter' this is the decoder input (adapter output vs the text's input embeddings)",
-                 f"p-values: permutation null swapping modal/text within pairs (CKA: permuting the pairing); CIs: "
-                 f"spread of subsamples of {frac:.0%} of the pairs, scaled by sqrt(m/(n-m)), centred on the estimate; "
-                 f"W1, sliced W1 and CKA are biased upward at finite n: *_null_mean is their value under the null "
-                 f"and *_excess = value - null_mean"]
-        return AnalysisOutput(metrics=metrics, summary={"stages": stages, "n": int(len(rows)), "results": per_stage},
-                              notes=notes)
+        notes = [
+            "modal vs text: pooled vectors of the modal view and of the paired text through the same model; at "
+            "'adapter' this is the decoder input (adapter output vs the text's input embeddings)",
+            f"p-values: permutation null swapping modal/text within pairs (CKA: permuting the pairing); CIs: "
+            f"spread of subsamples of {frac:.0%} of the pairs, scaled by sqrt(m/(n-m)), centred on the estimate; "
+            f"W1, sliced W1 and CKA are biased upward at finite n: *_null_mean is their value under the null "
+            f"and *_excess = value - null_mean",
+        ]
+        return AnalysisOutput(
+            metrics=metrics, summary={"stages": stages, "n": int(len(rows)), "results": per_stage}, notes=notes
+        )
 
     def _paper(self, ctx: Any, treps: Any, stages: list[str]) -> AnalysisOutput:
         p = ctx.params
@@ -459,23 +554,47 @@ class Distances(Analysis):
 
         with ctx.progress.task("distances (paper)", len(stages)) as advance:
             for st in stages:
-                rows = paper_hook(nonzero(ctx.reps[st]), nonzero(treps[st]), rng, int(p["n_subsample"]),
-                                  int(p["pca_dim"]), int(p["n_bootstrap"]), int(p["seed"]))
+                rows = paper_hook(
+                    nonzero(ctx.reps[st]),
+                    nonzero(treps[st]),
+                    rng,
+                    int(p["n_subsample"]),
+                    int(p["pca_dim"]),
+                    int(p["n_bootstrap"]),
+                    int(p["seed"]),
+                )
                 for r in rows:
                     table.append({"hook_point": ref_name(st), **r})
-                    metrics.append(Metric(r["metric"], r["value"], stage=st, ci_low=r["ci_lower"],
-                                          ci_high=r["ci_upper"], n=min(len(ctx.reps[st]), int(p["n_subsample"]))))
+                    metrics.append(
+                        Metric(
+                            r["metric"],
+                            r["value"],
+                            stage=st,
+                            ci_low=r["ci_lower"],
+                            ci_high=r["ci_upper"],
+                            n=min(len(ctx.reps[st]), int(p["n_subsample"])),
+                        )
+                    )
                 advance(1)
         if "encoder" in ctx.reps and "adapter" in ctx.reps:
             Xe, Xa = nonzero(ctx.reps["encoder"]), nonzero(ctx.reps["adapter"])
             n_cross = min(len(Xe), len(Xa), int(p["n_subsample"]))
             v = linear_cka(_ref_subsample(Xe, n_cross, rng), _ref_subsample(Xa, n_cross, rng))
-            table.append({"hook_point": "encoder_output<->adapter_output", "metric": "CKA_cross_stage", "value": v,
-                          "ci_lower": None, "ci_upper": None})
+            table.append(
+                {
+                    "hook_point": "encoder_output<->adapter_output",
+                    "metric": "CKA_cross_stage",
+                    "value": v,
+                    "ci_lower": None,
+                    "ci_upper": None,
+                }
+            )
             metrics.append(Metric("CKA_cross_stage", v, stage="encoder<->adapter", n=n_cross))
-        notes = ["paper protocol: the reference's script 05 (hooks shared with its text file: llm_hidden_16, "
-                 "llm_final; with-replacement bootstrap CIs, biased away from zero; CKA on independently "
-                 "subsampled rows, so its pairing is lost)",
-                 f"text vectors: {ctx.text_source}",
-                 "PCA: sklearn's default solver with a fixed random_state (the reference left it unseeded)"]
+        notes = [
+            "paper protocol: the reference's script 05 (hooks shared with its text file: llm_hidden_16, "
+            "llm_final; with-replacement bootstrap CIs, biased away from zero; CKA on independently "
+            "subsampled rows, so its pairing is lost)",
+            f"text vectors: {ctx.text_source}",
+            "PCA: sklearn's default solver with a fixed random_state (the reference left it unseeded)",
+        ]
         return AnalysisOutput(metrics=metrics, summary={"stages": stages, "rows": table}, notes=notes)

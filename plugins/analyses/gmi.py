@@ -47,39 +47,55 @@ offsets, and the normalisation.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._params import check_params
-from ._stats import (LN2, RowGroups, attribute_groups, confusion, entropy_bits, group_codes, groups_identity,
-                     percentile_ci, permute_labels_by_group)
+from ._stats import (
+    LN2,
+    RowGroups,
+    attribute_groups,
+    confusion,
+    entropy_bits,
+    group_codes,
+    groups_identity,
+    percentile_ci,
+    permute_labels_by_group,
+)
 
 DEFAULT_PARAMS = {
-    "batch_size": 16,         # samples per score() call
-    "normalize": "sum",       # sum or mean (per token) of a verbalizer's log-probs
-    "text_reference": True,   # also score the paired text, for attributes the text describes
-    "n_bootstrap": 1000,      # group resamples for the CIs (shared with the run's other analyses, science.md §8)
-    "n_permutations": 200,    # label permutations across groups for gmi_p (0: no test)
-    "s_max": 1e4,             # upper end of the search over s
+    "batch_size": 16,  # samples per score() call
+    "normalize": "sum",  # sum or mean (per token) of a verbalizer's log-probs
+    "text_reference": True,  # also score the paired text, for attributes the text describes
+    "n_bootstrap": 1000,  # group resamples for the CIs (shared with the run's other analyses, science.md §8)
+    "n_permutations": 200,  # label permutations across groups for gmi_p (0: no test)
+    "s_max": 1e4,  # upper end of the search over s
 }
 ACCESSIBILITY_STAGES = ("adapter", "llm.final")  # I_probe's two contexts (science.md §2)
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import Param, declare  # noqa: E402
 
-PARAM_SPECS = declare("gmi", batch_size=Param(int, ge=1), normalize=Param(str, choices=("sum", "mean")),
-                      n_bootstrap=Param(int, ge=1), s_max=Param(float, gt=0),
-                      n_permutations=Param(int, ge=0, help="label permutations for gmi_p (0: no test)"))
+PARAM_SPECS = declare(
+    "gmi",
+    batch_size=Param(int, ge=1),
+    normalize=Param(str, choices=("sum", "mean")),
+    n_bootstrap=Param(int, ge=1),
+    s_max=Param(float, gt=0),
+    n_permutations=Param(int, ge=0, help="label permutations for gmi_p (0: no test)"),
+)
 
 
 # --------------------------------------------------------------------------- the numbers
 
 
-def class_log_q(logp: np.ndarray, n_tokens: np.ndarray, spans: Sequence[tuple[int, int]],
-                normalize: str = "sum") -> np.ndarray:
+def class_log_q(
+    logp: np.ndarray, n_tokens: np.ndarray, spans: Sequence[tuple[int, int]], normalize: str = "sum"
+) -> np.ndarray:
     """(N, K) log q(y|x) from (N, M) continuation log-probs; class k owns columns spans[k]."""
     from scipy.special import logsumexp
 
@@ -137,8 +153,7 @@ def maximise_gmi(logq: np.ndarray, y: np.ndarray, prior: np.ndarray, s_max: floa
 FLOOR = -1e30  # stands in for log 0 (a verbalizer the decoder never emits): finite, so products stay defined
 
 
-def _batch_parts(lqT: np.ndarray, ly: np.ndarray, W: np.ndarray, logP: np.ndarray, s: np.ndarray,
-                 value: bool = False):
+def _batch_parts(lqT: np.ndarray, ly: np.ndarray, W: np.ndarray, logP: np.ndarray, s: np.ndarray, value: bool = False):
     """For each b: pi_b = softmax(s_b lq + log P_b) per row; returns the weighted means of
     lq_y - E_pi lq (the slope of GMI_b in s) and of Var_pi lq (minus its curvature), each (B,);
     with `value`, the weighted mean of the GMI terms (nats) instead. `lqT` is log q class-major
@@ -161,8 +176,14 @@ def _batch_parts(lqT: np.ndarray, ly: np.ndarray, W: np.ndarray, logP: np.ndarra
     return (W * (ly - m)).sum(1) / tot, (W * np.maximum(v, 0)).sum(1) / tot
 
 
-def gmi_max_batch(logq: np.ndarray, Y: np.ndarray, W: np.ndarray | None, logP: np.ndarray,
-                  s_max: float = 1e4, chunk_elems: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
+def gmi_max_batch(
+    logq: np.ndarray,
+    Y: np.ndarray,
+    W: np.ndarray | None,
+    logP: np.ndarray,
+    s_max: float = 1e4,
+    chunk_elems: int = 1 << 21,
+) -> tuple[np.ndarray, np.ndarray]:
     """max over s in [0, s_max] of GMI_b(s) (bits) and s*_b for B problems at once: labels Y
     (B, n) (or (n,) shared), row weights W (B, n) (None: all 1), log priors logP (B, K).
     GMI_b is concave in s: its slope is bracketed by doubling, then a safeguarded Newton step
@@ -217,8 +238,11 @@ def _max_chunk(lqT, ly, W, logP, s_max):
             # else the secant of the bracket, else its midpoint
             a, b = lo[todo], hi[todo]
             with np.errstate(divide="ignore", invalid="ignore"):
-                cands = [a + f_lo[todo] / c_lo[todo], b + f_hi[todo] / c_hi[todo],
-                         a - f_lo[todo] * (b - a) / (f_hi[todo] - f_lo[todo])]
+                cands = [
+                    a + f_lo[todo] / c_lo[todo],
+                    b + f_hi[todo] / c_hi[todo],
+                    a - f_lo[todo] * (b - a) / (f_hi[todo] - f_lo[todo]),
+                ]
             nxt = 0.5 * (a + b)
             for c in cands[::-1]:
                 nxt = np.where(np.isfinite(c) & (c > a) & (c < b), c, nxt)
@@ -252,8 +276,9 @@ def _weighted_log_prior(y: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
         return np.log(P / P.sum(1, keepdims=True))
 
 
-def permutation_p(logq: np.ndarray, y: np.ndarray, k: int, codes: np.ndarray, n_perm: int, seed: int,
-                  s_max: float) -> tuple[float | None, float]:
+def permutation_p(
+    logq: np.ndarray, y: np.ndarray, k: int, codes: np.ndarray, n_perm: int, seed: int, s_max: float
+) -> tuple[float | None, float]:
     """Label-permutation p-value of GMI (science.md §2: "is anything accessible?"): the labels
     are permuted across groups with the group structure kept (`_stats.permute_labels_by_group`),
     the cached scores reused, and GMI recomputed with each permutation's own prior;
@@ -299,8 +324,15 @@ def _lm_terms(lq: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray, p
     return ce, g, H
 
 
-def lm_rate(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray | None = None,
-            tol: float = 1e-11, max_iter: int = 200, start: dict[str, Any] | None = None) -> dict[str, Any]:
+def lm_rate(
+    logq: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    w: np.ndarray | None = None,
+    tol: float = 1e-11,
+    max_iter: int = 200,
+    start: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The LM rate (science.md §2), in bits:
         max over s >= 0 and a of E[s log q(y|x) + a(y) - log sum_y' P(y') e^{s log q(y'|x) + a(y')}]
     With a' = a + log P this is H(P) - min over (s, a') of the cross-entropy of
@@ -322,8 +354,7 @@ def lm_rate(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray | None = None
     ce, g, H = _lm_terms(lq, y, w, theta, present)
     free = np.flatnonzero(present)[1:]
     if g[0] >= 0 and theta[0] == 0.0:  # the profile slope in s at 0 (a at its optimum there): the maximum is at s = 0
-        return {"bits": 0.0, "s": 0.0, "offsets": np.zeros(k), "theta": theta, "present": present,
-                "hessian": H}
+        return {"bits": 0.0, "s": 0.0, "offsets": np.zeros(k), "theta": theta, "present": present, "hessian": H}
     for _ in range(max_iter):
         try:
             d = -np.linalg.solve(H, g)
@@ -349,12 +380,26 @@ def lm_rate(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray | None = None
             break
         theta, ce, g, H = trial, ce_t, g_t, H_t
     offsets = np.where(present, theta[1:] - np.log(np.where(present, P, 1.0)), 0.0)
-    return {"bits": max(h - ce, 0.0) / LN2, "s": float(theta[0]), "offsets": offsets - offsets[present][0],
-            "theta": theta, "present": present, "hessian": H}
+    return {
+        "bits": max(h - ce, 0.0) / LN2,
+        "s": float(theta[0]),
+        "offsets": offsets - offsets[present][0],
+        "theta": theta,
+        "present": present,
+        "hessian": H,
+    }
 
 
-def lm_rate_replicates(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray, fit: dict[str, Any],
-                       n_steps: int = 5, chunk_elems: int = 1 << 21, tol: float = 1e-8) -> np.ndarray:
+def lm_rate_replicates(
+    logq: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    w: np.ndarray,
+    fit: dict[str, Any],
+    n_steps: int = 5,
+    chunk_elems: int = 1 << 21,
+    tol: float = 1e-8,
+) -> np.ndarray:
     """The LM rate (bits) under each row weighting of `w` (B, n), from the point fit `fit` by
     `n_steps` chord-Newton steps (the point fit's Hessian held fixed, each replicate's own
     gradient): a replicate's optimum is usually near the point's. The chord steps can diverge
@@ -375,7 +420,7 @@ def lm_rate_replicates(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray, f
     lq_y = lq[np.arange(n), y]
     step = max(1, chunk_elems // max(n * k, 1))
     for c0 in range(0, B, step):
-        W = w[c0:c0 + step]
+        W = w[c0 : c0 + step]
         b = len(W)
         tot = W.sum(1)
         P = (W @ Y) / tot[:, None]
@@ -396,7 +441,7 @@ def lm_rate_replicates(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray, f
                 ce = np.where(W > 0, W * term, 0.0).sum(1) / tot  # a row of an undrawn class weighs 0
                 with np.errstate(divide="ignore", invalid="ignore"):
                     h = -np.where(present, P * np.log(np.where(present, P, 1.0)), 0.0).sum(1)
-                out[c0:c0 + b] = np.maximum(h - ce, 0.0) / LN2
+                out[c0 : c0 + b] = np.maximum(h - ce, 0.0) / LN2
             Z /= S[None]  # pi
             ga = np.einsum("bn,kbn->bk", W, Z) / tot[:, None] - P
             m = (Z * lqT[:, None, :]).sum(0)
@@ -407,7 +452,7 @@ def lm_rate_replicates(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray, f
                 # s at its bound 0 with the slope pushing below it is converged in s
                 g[:, 0] = np.where((s <= 0) & (gs > 0), 0.0, g[:, 0])
                 dec = -np.einsum("bd,bd->b", g, -g @ Hinv.T)
-                for j in np.flatnonzero(~np.isfinite(out[c0:c0 + b]) | ~(dec / 2 <= tol)):
+                for j in np.flatnonzero(~np.isfinite(out[c0 : c0 + b]) | ~(dec / 2 <= tol)):
                     out[c0 + j] = lm_rate(logq, y, k, w=W[j], start=fit)["bits"]
                 break
             th[:, 0] += d[:, 0]
@@ -415,8 +460,17 @@ def lm_rate_replicates(logq: np.ndarray, y: np.ndarray, k: int, w: np.ndarray, f
     return out
 
 
-def evaluate(logq: np.ndarray, y: np.ndarray, k: int, n_boot: int, seed: int, s_max: float,
-             groups: Any = None, n_perm: int = 0, perm_codes: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate(
+    logq: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    n_boot: int,
+    seed: int,
+    s_max: float,
+    groups: Any = None,
+    n_perm: int = 0,
+    perm_codes: np.ndarray | None = None,
+) -> dict[str, Any]:
     """GMI and the LM rate with CIs from the group resamples `groups` (a `_stats.RowGroups` of
     these rows; None: every row its own group, seeded by `seed`), s*, the permutation p-value
     (`n_perm` label permutations across the groups `perm_codes`, default those of `groups`),
@@ -434,13 +488,27 @@ def evaluate(logq: np.ndarray, y: np.ndarray, k: int, n_boot: int, seed: int, s_
     codes = groups.codes if perm_codes is None else perm_codes
     p, _ = permutation_p(logq, y, k, np.unique(codes, return_inverse=True)[1], n_perm, groups.seed + 1, s_max)
     pred = logq.argmax(1)
-    return {"gmi_bits": g, "ci": percentile_ci(reps), "s_star": s_star, "s_capped": capped, "n": int(len(y)),
-            "gmi_lm_bits": lm["bits"], "lm_ci": percentile_ci(lm_reps), "lm_s": lm["s"],
-            "lm_offsets_nats": lm["offsets"].tolist(), "gmi_p": p, "n_permutations": int(n_perm),
-            "n_groups": groups.n_groups, "bootstrap_key": groups.key,
-            "prior": prior.tolist(), "label_entropy_bits": entropy_bits(prior),
-            "confusion": confusion(y, pred, k).tolist(), "argmax_accuracy": float(np.mean(pred == y)),
-            "reps": reps, "lm_reps": lm_reps}
+    return {
+        "gmi_bits": g,
+        "ci": percentile_ci(reps),
+        "s_star": s_star,
+        "s_capped": capped,
+        "n": int(len(y)),
+        "gmi_lm_bits": lm["bits"],
+        "lm_ci": percentile_ci(lm_reps),
+        "lm_s": lm["s"],
+        "lm_offsets_nats": lm["offsets"].tolist(),
+        "gmi_p": p,
+        "n_permutations": int(n_perm),
+        "n_groups": groups.n_groups,
+        "bootstrap_key": groups.key,
+        "prior": prior.tolist(),
+        "label_entropy_bits": entropy_bits(prior),
+        "confusion": confusion(y, pred, k).tolist(),
+        "argmax_accuracy": float(np.mean(pred == y)),
+        "reps": reps,
+        "lm_reps": lm_reps,
+    }
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -464,8 +532,9 @@ class GMI(Analysis):
     def default_params(self, protocol: str) -> dict[str, Any]:
         return dict(DEFAULT_PARAMS)
 
-    def scores(self, ctx, attr: str, query: str, continuations: list[str], rows: np.ndarray,
-               view: str) -> tuple[np.ndarray, np.ndarray]:
+    def scores(
+        self, ctx, attr: str, query: str, continuations: list[str], rows: np.ndarray, view: str
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(n, M) log-probs and token counts of every continuation for the samples `rows`,
         computed once and kept in the store."""
         samples = [ctx.samples[i] for i in rows]
@@ -476,7 +545,7 @@ class GMI(Analysis):
             parts = []
             with ctx.progress.task(f"gmi scores: {attr} ({view})", len(samples)) as advance:
                 for i in range(0, len(samples), bs):
-                    batch = samples[i:i + bs]
+                    batch = samples[i : i + bs]
                     sc = model.score(batch, query, continuations, ctx.protocol, view=view)
                     lp = np.asarray(sc.logp, dtype=np.float64).reshape(len(batch), len(continuations))
                     nt = np.broadcast_to(np.asarray(sc.n_tokens, dtype=np.float64), lp.shape)
@@ -484,12 +553,21 @@ class GMI(Analysis):
                     advance(len(batch))
             return np.concatenate(parts, axis=1)
 
-        key = {"attribute": attr, "query": query, "continuations": list(continuations), "protocol": ctx.protocol,
-               "view": view, "samples": _ids_hash([s.sample_id for s in samples]), "n": len(samples)}
+        key = {
+            "attribute": attr,
+            "query": query,
+            "continuations": list(continuations),
+            "protocol": ctx.protocol,
+            "view": view,
+            "samples": _ids_hash([s.sample_id for s in samples]),
+            "n": len(samples),
+        }
         arr = np.asarray(ctx.cached("gmi_scores", key, compute))
         if arr.shape != (2, len(samples), len(continuations)):
-            raise MchError(f"gmi scores for {attr!r} have shape {arr.shape}, expected "
-                           f"{(2, len(samples), len(continuations))}; the store entry is stale")
+            raise MchError(
+                f"gmi scores for {attr!r} have shape {arr.shape}, expected "
+                f"{(2, len(samples), len(continuations))}; the store entry is stale"
+            )
         return arr[0], arr[1]
 
     def run(self, ctx) -> AnalysisOutput:
@@ -501,16 +579,23 @@ class GMI(Analysis):
             if isinstance(p[key], bool) or not str(p[key]).isdigit():
                 raise MchError(f"gmi parameter {key} must be a whole number (0 or more), not {p[key]!r}")
         n_boot, n_perm = int(p["n_bootstrap"]), int(p["n_permutations"])
-        out = AnalysisOutput(summary={"normalize": p["normalize"], "stage": "llm.final",
-                                      "ci": f"percentile, {n_boot} group-bootstrap resamples shared with the run's "
-                                            f"other analyses (science.md §8)",
-                                      "gmi_p": f"{n_perm} label permutations across groups (group structure kept), "
-                                               f"cached scores reused", "attributes": {}})
+        out = AnalysisOutput(
+            summary={
+                "normalize": p["normalize"],
+                "stage": "llm.final",
+                "ci": f"percentile, {n_boot} group-bootstrap resamples shared with the run's "
+                f"other analyses (science.md §8)",
+                "gmi_p": f"{n_perm} label permutations across groups (group structure kept), cached scores reused",
+                "attributes": {},
+            }
+        )
         probe = ctx.previous.get("probe")
         for attr, spec in ctx.attributes.items():
             if not getattr(spec, "verbalizable", True):
-                why = (f"its classes are not verbalizable (e.g. {spec.verbalizers[spec.classes[0]][0]!r}): no text "
-                       f"decoder can name them from the input, so GMI would be ~0 by construction")
+                why = (
+                    f"its classes are not verbalizable (e.g. {spec.verbalizers[spec.classes[0]][0]!r}): no text "
+                    f"decoder can name them from the input, so GMI would be ~0 by construction"
+                )
                 out.summary["attributes"][attr] = {"skipped": why}
                 out.notes.append(f"{attr}: left out of GMI ({why})")
                 continue
@@ -529,8 +614,11 @@ class GMI(Analysis):
             for c in classes:  # every verbalizer of every class: the decoder may answer with any
                 spans.append((len(continuations), len(continuations) + len(spec.verbalizers[c])))
                 continuations += list(spec.verbalizers[c])
-            info: dict[str, Any] = {"classes": classes, "verbalizers": {c: list(spec.verbalizers[c]) for c in classes},
-                                    "query": spec.query}
+            info: dict[str, Any] = {
+                "classes": classes,
+                "verbalizers": {c: list(spec.verbalizers[c]) for c in classes},
+                "query": spec.query,
+            }
             groups = attribute_groups(ctx, attr)
             views = [("modal", rows)]
             if p["text_reference"] and spec.text_describable:
@@ -547,19 +635,31 @@ class GMI(Analysis):
                 # the permutation keeps the attribute's group structure (its group key, science.md §2)
                 split_groups = ctx.groups.get(attr)
                 pc = None if split_groups is None else group_codes(np.asarray(split_groups)[vrows])[0]
-                r = evaluate(logq, vy, len(classes), n_boot, ctx.seed, float(p["s_max"]), vg,
-                             n_perm if view == "modal" else 0, pc)
+                r = evaluate(
+                    logq,
+                    vy,
+                    len(classes),
+                    n_boot,
+                    ctx.seed,
+                    float(p["s_max"]),
+                    vg,
+                    n_perm if view == "modal" else 0,
+                    pc,
+                )
                 reps, lm_reps = r.pop("reps"), r.pop("lm_reps")
                 prefix = "" if view == "modal" else "text_"
                 ng = r["n_groups"]
                 cg = ng if r["ci"][0] is not None else None
-                out.metrics += [Metric(f"{prefix}gmi_bits", r["gmi_bits"], "llm.final", attr, *r["ci"], r["n"], cg),
-                                Metric(f"{prefix}gmi_lm_bits", r["gmi_lm_bits"], "llm.final", attr, *r["lm_ci"],
-                                       r["n"], cg),
-                                Metric(f"{prefix}s_star", r["s_star"], "llm.final", attr, n=r["n"])]
+                out.metrics += [
+                    Metric(f"{prefix}gmi_bits", r["gmi_bits"], "llm.final", attr, *r["ci"], r["n"], cg),
+                    Metric(f"{prefix}gmi_lm_bits", r["gmi_lm_bits"], "llm.final", attr, *r["lm_ci"], r["n"], cg),
+                    Metric(f"{prefix}s_star", r["s_star"], "llm.final", attr, n=r["n"]),
+                ]
                 if view == "modal" and ng < 10:
-                    out.notes.append(f"{attr}: its CIs rest on {ng} groups of {vg.key!r}"
-                                     + (" (none: one group cannot be resampled)" if ng < 2 else ""))
+                    out.notes.append(
+                        f"{attr}: its CIs rest on {ng} groups of {vg.key!r}"
+                        + (" (none: one group cannot be resampled)" if ng < 2 else "")
+                    )
                 if view == "modal" and r["gmi_p"] is not None:
                     out.metrics.append(Metric("gmi_p", r["gmi_p"], "llm.final", attr, n=r["n"], n_groups=ng))
                 if r["s_capped"]:
@@ -575,21 +675,26 @@ class GMI(Analysis):
         return out
 
     @staticmethod
-    def _accessibility(probe: AnalysisOutput, attr: str, r: dict[str, Any], reps: dict, groups: Any, ctx: Any,
-                       notes: list[str]) -> list[Metric]:
+    def _accessibility(
+        probe: AnalysisOutput, attr: str, r: dict[str, Any], reps: dict, groups: Any, ctx: Any, notes: list[str]
+    ) -> list[Metric]:
         """accessibility = GMI / I_probe and accessibility_lm = gmi_lm / I_probe at `adapter` and
         `llm.final` (science.md §2), each CI from the shared resamples: replicate b of the ratio
         is replicate b of GMI over replicate b of I_probe (the same group draws)."""
         same = probe.replicates.get(("_groups", None, attr)) == groups_identity(ctx, groups)
         out = []
         for stage in ACCESSIBILITY_STAGES:
-            ip = next((m for m in probe.metrics if m.metric == "i_probe_bits" and m.attribute == attr
-                       and m.stage == stage), None)
+            ip = next(
+                (m for m in probe.metrics if m.metric == "i_probe_bits" and m.attribute == attr and m.stage == stage),
+                None,
+            )
             if ip is None:
                 continue
             ip_reps = probe.replicates.get(("i_probe_bits", stage, attr)) if same else None
-            for name, key, num in (("accessibility", "gmi_bits", r["gmi_bits"]),
-                                   ("accessibility_lm", "gmi_lm_bits", r["gmi_lm_bits"])):
+            for name, key, num in (
+                ("accessibility", "gmi_bits", r["gmi_bits"]),
+                ("accessibility_lm", "gmi_lm_bits", r["gmi_lm_bits"]),
+            ):
                 value = num / ip.value if ip.value is not None and ip.value > 0 else None
                 lo = hi = None
                 g_reps = reps.get((key, "llm.final", attr))
@@ -601,9 +706,14 @@ class GMI(Analysis):
                         lo, hi = percentile_ci(ratio)
                     else:
                         notes.append(f"{attr}: no CI for {name} at {stage} (I_probe's resamples reach 0 bits)")
-                out.append(Metric(name, value, stage, attr, lo, hi, r["n"], groups.n_groups if lo is not None else None))
+                out.append(
+                    Metric(name, value, stage, attr, lo, hi, r["n"], groups.n_groups if lo is not None else None)
+                )
             if not same:
-                why = ("the probe keeps no replicates under the paper protocol" if ("_groups", None, attr)
-                       not in probe.replicates else "the probe's resamples are not this run's")
+                why = (
+                    "the probe keeps no replicates under the paper protocol"
+                    if ("_groups", None, attr) not in probe.replicates
+                    else "the probe's resamples are not this run's"
+                )
                 notes.append(f"{attr}: {why} (no accessibility CI at {stage})")
         return out

@@ -38,9 +38,20 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, Metric
 
-from ._causal import (adapter_pool, batches, bootstrap, compute_modes, edit_adapter, finite, frozen, ids_digest,
-                      select_samples, text_stage_for)
-from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
+from ._causal import (  # group bootstrap (science.md §8)
+    adapter_pool,
+    batches,
+    bootstrap,
+    compute_modes,
+    edit_adapter,
+    finite,
+    frozen,
+    grouped,
+    ids_digest,
+    sample_groups,
+    select_samples,
+    text_stage_for,
+)
 from ._linalg import ci
 from ._params import check_params
 from ._split import check_split_params, split_defaults
@@ -59,8 +70,8 @@ def _stats(proj: np.ndarray, ms: np.ndarray, alpha: np.ndarray) -> tuple[float, 
 def weighted_stats(dots: np.ndarray, lam: np.ndarray, ms: np.ndarray, alpha: np.ndarray) -> dict[str, float]:
     """default: TA vs MS as variance-weighted means. `dots` (n, m) = ḡ_i · u_k, `lam` (m,) the
     modal variance along u_k."""
-    msq = (dots * dots).mean(0)                    # m_k
-    w = lam * msq                                  # λ_k m_k: natural variation's effect along mode k
+    msq = (dots * dots).mean(0)  # m_k
+    w = lam * msq  # λ_k m_k: natural variation's effect along mode k
     nan = float("nan")
 
     def rms(sel: np.ndarray) -> float:
@@ -69,10 +80,14 @@ def weighted_stats(dots: np.ndarray, lam: np.ndarray, ms: np.ndarray, alpha: np.
     g_ms, g_ta = rms(ms), rms(~ms)
     g = np.abs(dots).mean(0) * np.sqrt(np.maximum(lam, 0))
     corr = float(np.corrcoef(g, alpha)[0, 1]) if len(g) > 1 and g.std() > 0 and np.nanstd(alpha) > 0 else nan
-    return {"g_ms": g_ms, "g_ta": g_ta, "g_ta_over_g_ms": g_ta / g_ms if g_ms > 0 else nan,
-            "sensitivity_share_ms": float(w[ms].sum() / w.sum()) if w.sum() > 0 else nan,
-            "variance_share_ms": float(lam[ms].sum() / lam.sum()) if lam.sum() > 0 else nan,
-            "correlation_g_alpha": corr}
+    return {
+        "g_ms": g_ms,
+        "g_ta": g_ta,
+        "g_ta_over_g_ms": g_ta / g_ms if g_ms > 0 else nan,
+        "sensitivity_share_ms": float(w[ms].sum() / w.sum()) if w.sum() > 0 else nan,
+        "variance_share_ms": float(lam[ms].sum() / lam.sum()) if lam.sum() > 0 else nan,
+        "correlation_g_alpha": corr,
+    }
 
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
@@ -81,9 +96,13 @@ from ._split import SPLIT_SPECS  # noqa: E402
 
 PARAM_SPECS = declare(
     "gradient",
-    n_samples=Param(int, ge=1, nullable=True), n_modes=Param(int, ge=1, nullable=True),
-    text_stage=TEXT_STAGE, batch_size=Param(int, ge=1), n_boot=Param(int, ge=1),
-    functional_mass=Param(float, gt=0, le=1), **SPLIT_SPECS,
+    n_samples=Param(int, ge=1, nullable=True),
+    n_modes=Param(int, ge=1, nullable=True),
+    text_stage=TEXT_STAGE,
+    batch_size=Param(int, ge=1),
+    n_boot=Param(int, ge=1),
+    functional_mass=Param(float, gt=0, le=1),
+    **SPLIT_SPECS,
 )
 
 
@@ -94,10 +113,26 @@ class Gradient(Analysis):
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
-            return {"n_samples": 200, "n_modes": 100, "threshold": 0.5, "alpha_scale": "none", "text_stage": None,
-                    "batch_size": 8, "scale_by_sqrt_lambda": False, "n_boot": 2000}
-        return {"n_samples": 200, "n_modes": None, **split_defaults(), "text_stage": None, "batch_size": 8,
-                "scale_by_sqrt_lambda": True, "n_boot": 2000, "functional_mass": 0.9}
+            return {
+                "n_samples": 200,
+                "n_modes": 100,
+                "threshold": 0.5,
+                "alpha_scale": "none",
+                "text_stage": None,
+                "batch_size": 8,
+                "scale_by_sqrt_lambda": False,
+                "n_boot": 2000,
+            }
+        return {
+            "n_samples": 200,
+            "n_modes": None,
+            **split_defaults(),
+            "text_stage": None,
+            "batch_size": 8,
+            "scale_by_sqrt_lambda": True,
+            "n_boot": 2000,
+            "functional_mass": 0.9,
+        }
 
     def run(self, ctx: Any) -> AnalysisOutput:
         import torch
@@ -109,13 +144,20 @@ class Gradient(Analysis):
         if protocol != "paper":
             check_split_params(p, self.name)
         stage = text_stage_for(ctx, protocol, p.get("text_stage"), quirk_final=True)
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p.get("threshold", p.get("tau", 0.5))),
-                              str(p["alpha_scale"]), analysis=self.name, params=p)
+        modes = compute_modes(
+            ctx,
+            protocol,
+            stage,
+            p.get("n_modes"),
+            float(p.get("threshold", p.get("tau", 0.5))),
+            str(p["alpha_scale"]),
+            analysis=self.name,
+            params=p,
+        )
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]
         token_sum = protocol != "paper"
-        key = {"protocol": protocol, "samples": ids_digest(samples), "span": ctx.span, "token_sum": token_sum,
-               "v": 2}
+        key = {"protocol": protocol, "samples": ids_digest(samples), "span": ctx.span, "token_sum": token_sum, "v": 2}
 
         def compute() -> np.ndarray:
             """(n, d) pooled gradients ḡ_i of the decoder log-likelihood (float64)."""
@@ -151,14 +193,14 @@ class Gradient(Analysis):
                     gb = gbar.detach().double().cpu().numpy()
                     if out is None:
                         out = np.zeros((len(samples), gb.shape[1]))
-                    out[at: at + n] = gb
+                    out[at : at + n] = gb
                     at += n
                     advance(n)
             assert out is not None
             return out
 
         grads = ctx.cached("gradient_pooled", key, compute)
-        dots = grads @ modes.vectors                 # ḡ_i · u_k
+        dots = grads @ modes.vectors  # ḡ_i · u_k
         proj = np.abs(dots)
         if bool(p["scale_by_sqrt_lambda"]):
             proj = proj * np.sqrt(np.maximum(modes.eigvals, 0))[None, :]
@@ -166,10 +208,17 @@ class Gradient(Analysis):
             return self._output(ctx, modes, samples, proj)
         return self._default_output(ctx, modes, samples, proj, dots, grads)
 
-    def _default_output(self, ctx: Any, modes: Any, samples: list[Any], proj: np.ndarray, dots: np.ndarray,
-                        grads: np.ndarray) -> AnalysisOutput:
-        from ._split import (attribute_shares, functional_shares, functional_split, known_truth, run_split,
-                             whitening_basis)
+    def _default_output(
+        self, ctx: Any, modes: Any, samples: list[Any], proj: np.ndarray, dots: np.ndarray, grads: np.ndarray
+    ) -> AnalysisOutput:
+        from ._split import (
+            attribute_shares,
+            functional_shares,
+            functional_split,
+            known_truth,
+            run_split,
+            whitening_basis,
+        )
 
         p = ctx.params
         n, seed, n_boot = len(samples), int(ctx.seed), int(p["n_boot"])
@@ -179,55 +228,93 @@ class Gradient(Analysis):
         names = list(point)
         metrics = []
         for name in names:
-            lo, hi = bootstrap(lambda idx, name=name: weighted_stats(dots[idx], lam, ms, alpha)[name], n, groups,
-                               n_boot)
+            lo, hi = bootstrap(
+                lambda idx, name=name: weighted_stats(dots[idx], lam, ms, alpha)[name], n, groups, n_boot
+            )
             metrics.append(Metric(name, finite(point[name]), "adapter", None, finite(lo), finite(hi), n))
         g = proj.mean(0)
         # the functional split and, beside it, the covariance split's shares for each attribute
         X = ctx.reps["adapter"]
         U, wl = whitening_basis(X, float(p["rel_tol"]))
         fs = functional_split(grads, U, wl, float(p["functional_mass"]))
-        sp = run_split(ctx, X, ctx.text_reps()[modes.text_stage], p, stage="adapter", text_stage=modes.text_stage,
-                       scores=True)
+        sp = run_split(
+            ctx, X, ctx.text_reps()[modes.text_stage], p, stage="adapter", text_stage=modes.text_stage, scores=True
+        )
         attrs: dict[str, Any] = {}
         for a in ctx.attributes:
-            f = functional_shares(fs, X, ctx.labels[a], ctx.groups.get(a), n_boot=min(n_boot, 500), seed=seed,
-                                  names=("adapter", a))
+            f = functional_shares(
+                fs, X, ctx.labels[a], ctx.groups.get(a), n_boot=min(n_boot, 500), seed=seed, names=("adapter", a)
+            )
             c = attribute_shares(sp, ctx.labels[a], ctx.groups.get(a), seed=seed, names=("adapter", a))
             if f is None or c is None:
                 continue
-            attrs[a] = {"var_frac_unread": _finite(f["var_frac_unread"]), "var_frac_read": _finite(f["var_frac_read"]),
-                        "var_frac_MS_covariance": _finite(c.var_frac_MS)}
+            attrs[a] = {
+                "var_frac_unread": _finite(f["var_frac_unread"]),
+                "var_frac_read": _finite(f["var_frac_read"]),
+                "var_frac_MS_covariance": _finite(c.var_frac_MS),
+            }
             lo = hi = None
             if "boot_unread" in f and np.isfinite(f["boot_unread"]).sum() > 1 and np.isfinite(f["var_frac_unread"]):
                 lo, hi = (float(x) for x in ci(f["var_frac_unread"], f["boot_unread"]))
             attrs[a].update(ci=[lo, hi])
             labelled = ctx.labels[a] != ""
             ga = ctx.groups.get(a)  # functional_shares resamples the attribute's split groups
-            n_g = (len(np.unique(np.asarray(ga)[labelled])) if ga is not None else int(labelled.sum())) \
-                if lo is not None else None
-            metrics.append(Metric("var_frac_unread", finite(f["var_frac_unread"]), "adapter", a, finite(lo), finite(hi),
-                                  int(labelled.sum()), n_g))
-        truth = {"covariance": known_truth(ctx.attributes, {a: v["var_frac_MS_covariance"] for a, v in attrs.items()
-                                                            if v["var_frac_MS_covariance"] is not None}),
-                 "functional": known_truth(ctx.attributes, {a: v["var_frac_unread"] for a, v in attrs.items()
-                                                            if v["var_frac_unread"] is not None})}
+            n_g = (
+                (len(np.unique(np.asarray(ga)[labelled])) if ga is not None else int(labelled.sum()))
+                if lo is not None
+                else None
+            )
+            metrics.append(
+                Metric(
+                    "var_frac_unread",
+                    finite(f["var_frac_unread"]),
+                    "adapter",
+                    a,
+                    finite(lo),
+                    finite(hi),
+                    int(labelled.sum()),
+                    n_g,
+                )
+            )
+        truth = {
+            "covariance": known_truth(
+                ctx.attributes,
+                {a: v["var_frac_MS_covariance"] for a, v in attrs.items() if v["var_frac_MS_covariance"] is not None},
+            ),
+            "functional": known_truth(
+                ctx.attributes, {a: v["var_frac_unread"] for a, v in attrs.items() if v["var_frac_unread"] is not None}
+            ),
+        }
         summary: dict[str, Any] = {
-            **modes.split_summary(), "n_samples": n, "scaled_by_sqrt_lambda": bool(p["scale_by_sqrt_lambda"]),
-            "reduction": "token sum", "comparison": "variance-weighted (science.md §5)",
+            **modes.split_summary(),
+            "n_samples": n,
+            "scaled_by_sqrt_lambda": bool(p["scale_by_sqrt_lambda"]),
+            "reduction": "token sum",
+            "comparison": "variance-weighted (science.md §5)",
             "functional_split": {**fs.record(), "attributes": attrs, "known_truth": truth},
-            "modes": [{"mode": int(k), "eigenvalue": float(lam[k]), "alpha": _finite(alpha[k]), "g_k": float(g[k]),
-                       "g_k_std": float(proj[:, k].std()), "type": "MS" if ms[k] else "TA"} for k in range(len(g))],
+            "modes": [
+                {
+                    "mode": int(k),
+                    "eigenvalue": float(lam[k]),
+                    "alpha": _finite(alpha[k]),
+                    "g_k": float(g[k]),
+                    "g_k_std": float(proj[:, k].std()),
+                    "type": "MS" if ms[k] else "TA",
+                }
+                for k in range(len(g))
+            ],
             "top_modes": [int(k) for k in np.argsort(-g)[:10]],
             "sample_ids": [s.sample_id for s in samples],
         }
-        notes = ["g_ms, g_ta: RMS change of the log-likelihood per unit RMS displacement drawn from the modal law "
-                 "inside the MS (TA) modes, i.e. variance-weighted means of the squared projections",
-                 f"functional split: top eigenvectors of E[g g^T] in whitened coordinates holding "
-                 f"{p['functional_mass']:g} of its trace ({fs.n_read} directions); var_frac_unread is each attribute's "
-                 f"noise-corrected class scatter outside them",
-                 "known_truth: which split puts every attribute the paired text names (text_describable) below every "
-                 "hidden one (covariance: var_frac_MS; functional: var_frac_unread)"]
+        notes = [
+            "g_ms, g_ta: RMS change of the log-likelihood per unit RMS displacement drawn from the modal law "
+            "inside the MS (TA) modes, i.e. variance-weighted means of the squared projections",
+            f"functional split: top eigenvectors of E[g g^T] in whitened coordinates holding "
+            f"{p['functional_mass']:g} of its trace ({fs.n_read} directions); var_frac_unread is each attribute's "
+            f"noise-corrected class scatter outside them",
+            "known_truth: which split puts every attribute the paired text names (text_describable) below every "
+            "hidden one (covariance: var_frac_MS; functional: var_frac_unread)",
+        ]
         if not ms.any() or ms.all():
             notes.append(f"every mode is {'TA' if not ms.any() else 'MS'}: one side of the comparison is empty")
         return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), groups)
@@ -238,17 +325,28 @@ class Gradient(Analysis):
         g_ms, g_ta, ratio, corr = _stats(proj, ms, alpha)
         cis = [bootstrap(lambda idx, j=j: _stats(proj[idx], ms, alpha)[j], n, seed, n_boot) for j in range(4)]
         names = ("g_ms", "g_ta", "g_ta_over_g_ms", "correlation_g_alpha")
-        metrics = [Metric(name, finite(v), "adapter", None, finite(lo), finite(hi), n)
-                   for name, v, (lo, hi) in zip(names, (g_ms, g_ta, ratio, corr), cis, strict=True)]
+        metrics = [
+            Metric(name, finite(v), "adapter", None, finite(lo), finite(hi), n)
+            for name, v, (lo, hi) in zip(names, (g_ms, g_ta, ratio, corr), cis, strict=True)
+        ]
         g = proj.mean(0)
         order = np.argsort(-g)[:10]
         summary: dict[str, Any] = {
-            **modes.split_summary(), "n_samples": n,
+            **modes.split_summary(),
+            "n_samples": n,
             "scaled_by_sqrt_lambda": bool(ctx.params["scale_by_sqrt_lambda"]),
             "reduction": "token sum" if ctx.protocol != "paper" else "token mean",
-            "modes": [{"mode": int(k), "eigenvalue": float(modes.eigvals[k]), "alpha": float(alpha[k]),
-                       "g_k": float(g[k]), "g_k_std": float(proj[:, k].std()), "type": "MS" if ms[k] else "TA"}
-                      for k in range(len(g))],
+            "modes": [
+                {
+                    "mode": int(k),
+                    "eigenvalue": float(modes.eigvals[k]),
+                    "alpha": float(alpha[k]),
+                    "g_k": float(g[k]),
+                    "g_k_std": float(proj[:, k].std()),
+                    "type": "MS" if ms[k] else "TA",
+                }
+                for k in range(len(g))
+            ],
             "top_modes": [int(k) for k in order],
             "sample_ids": [s.sample_id for s in samples],
         }
@@ -256,8 +354,15 @@ class Gradient(Analysis):
         if not ms.any() or ms.all():
             notes.append(f"every mode is {'TA' if not ms.any() else 'MS'}: the ratio compares with an empty set (0)")
         if ctx.protocol == "paper":
-            summary.update({"model": getattr(ctx.run_config, "model", None), "g_ms_mean": g_ms, "g_ta_mean": g_ta,
-                            "g_ta_over_g_ms": ratio, "correlation_g_alpha": finite(corr)})
+            summary.update(
+                {
+                    "model": getattr(ctx.run_config, "model", None),
+                    "g_ms_mean": g_ms,
+                    "g_ta_mean": g_ta,
+                    "g_ta_over_g_ms": ratio,
+                    "correlation_g_alpha": finite(corr),
+                }
+            )
         return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)
 
 

@@ -26,7 +26,8 @@ Per-sample norms are cached in the store, so a rerun never loads the model.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,8 +50,7 @@ def _logq_with(model: Any, samples: Sequence[Sample], protocol: str, delta: Any)
         return (-model.loss(samples, protocol, grad=False).double()).cpu().numpy()
 
 
-def finite_differences(model: Any, samples: Sequence[Sample], protocol: str, span: str,
-                       step: float) -> np.ndarray:
+def finite_differences(model: Any, samples: Sequence[Sample], protocol: str, span: str, step: float) -> np.ndarray:
     """(B, 5): L_seq, its central difference along the gradient, L_pooled, its central
     difference along the pooled gradient (every span position moved alike), and h."""
     import torch
@@ -60,7 +60,7 @@ def finite_differences(model: Any, samples: Sequence[Sample], protocol: str, spa
     B = len(samples)
     zs = torch.zeros(B, dtype=torch.float64)
     zs.index_add_(0, owner.cpu(), (z.double() ** 2).reshape(z.shape[0], -1).sum(1).cpu())
-    h = step * zs.sqrt()                                              # relative step per sample
+    h = step * zs.sqrt()  # relative step per sample
     gn = torch.as_tensor(r["L_seq"], dtype=g.dtype, device=g.device)[owner]
     hr = h.to(g.device, g.dtype)[owner]
     shape = (-1,) + (1,) * (g.dim() - 1)
@@ -97,8 +97,13 @@ def diameter(X: Any) -> dict[str, float]:
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import Param, declare  # noqa: E402
 
-PARAM_SPECS = declare("lipschitz", n_samples=Param(int, ge=1), batch_size=Param(int, ge=1), fd_step=Param(float, gt=0),
-                      n_boot=Param(int, ge=1))
+PARAM_SPECS = declare(
+    "lipschitz",
+    n_samples=Param(int, ge=1),
+    batch_size=Param(int, ge=1),
+    fd_step=Param(float, gt=0),
+    n_boot=Param(int, ge=1),
+)
 
 
 class Lipschitz(Analysis):
@@ -126,11 +131,12 @@ class Lipschitz(Analysis):
                 k = 0
                 for chunk in batched(rows, bs):
                     r = decoder_gradients(model, [ctx.samples[int(i)] for i in chunk], ctx.protocol, ctx.span)
-                    out[k:k + len(chunk)] = np.stack([r["L_seq"], r["L_pooled"], r["T"], r["logq"],
-                                                      np.full(len(chunk), 0.0)], 1)
+                    out[k : k + len(chunk)] = np.stack(
+                        [r["L_seq"], r["L_pooled"], r["T"], r["logq"], np.full(len(chunk), 0.0)], 1
+                    )
                     k += len(chunk)
                     advance(len(chunk))
-            out[:, 4] = time.time() - t0                     # elapsed seconds, kept with the numbers
+            out[:, 4] = time.time() - t0  # elapsed seconds, kept with the numbers
             return out
 
         arr = ctx.cached("lipschitz_norms", key, compute)
@@ -140,9 +146,18 @@ class Lipschitz(Analysis):
         if n_fd > 0:
             fd_rows = rows[:n_fd]
             fkey = {**key, "n_fd": n_fd, "fd_step": float(p["fd_step"])}
-            fd = ctx.cached("lipschitz_fd", fkey, lambda: np.concatenate([
-                finite_differences(ctx.model, [ctx.samples[int(i)] for i in c], ctx.protocol, ctx.span,
-                                   float(p["fd_step"])) for c in batched(fd_rows, bs)]))
+            fd = ctx.cached(
+                "lipschitz_fd",
+                fkey,
+                lambda: np.concatenate(
+                    [
+                        finite_differences(
+                            ctx.model, [ctx.samples[int(i)] for i in c], ctx.protocol, ctx.span, float(p["fd_step"])
+                        )
+                        for c in batched(fd_rows, bs)
+                    ]
+                ),
+            )
         if ctx.protocol == "paper":
             return self._paper(ctx, rows, L_seq, elapsed, fd)
         return self._default(ctx, rows, L_seq, L_pooled, T, logq, fd)
@@ -156,8 +171,16 @@ class Lipschitz(Analysis):
         for name, e in (("fd_rel_error_seq", e_seq), ("fd_rel_error_pooled", e_pool)):
             metrics.append(Metric(f"{name}_median", float(np.nanmedian(e)), stage="adapter", n=len(e)))
             metrics.append(Metric(f"{name}_max", float(np.nanmax(e)), stage="adapter", n=len(e)))
-        summary["finite_differences"] = [{"L_seq": float(r[0]), "fd_seq": float(r[1]), "L_pooled": float(r[2]),
-                                          "fd_pooled": float(r[3]), "h": float(r[4])} for r in fd]
+        summary["finite_differences"] = [
+            {
+                "L_seq": float(r[0]),
+                "fd_seq": float(r[1]),
+                "L_pooled": float(r[2]),
+                "fd_pooled": float(r[3]),
+                "h": float(r[4]),
+            }
+            for r in fd
+        ]
 
     def _default(self, ctx, rows, L_seq, L_pooled, T, logq, fd) -> AnalysisOutput:
         nb = int(ctx.params["n_boot"])
@@ -166,19 +189,48 @@ class Lipschitz(Analysis):
         groups = run_groups(ctx).subset(rows)  # the run's shared group resamples (science.md §8)
         for var, v in values.items():
             for stat, (val, lo, hi) in describe(v, nb, groups).items():
-                metrics.append(Metric(f"{var}_{stat}", val, stage="adapter", ci_low=lo, ci_high=hi,
-                                      n=int(np.isfinite(v).sum()), n_groups=groups.n_groups if lo is not None else None))
+                metrics.append(
+                    Metric(
+                        f"{var}_{stat}",
+                        val,
+                        stage="adapter",
+                        ci_low=lo,
+                        ci_high=hi,
+                        n=int(np.isfinite(v).sum()),
+                        n_groups=groups.n_groups if lo is not None else None,
+                    )
+                )
         lq = describe(logq, nb, groups)["mean"]
-        metrics.append(Metric("logq_mean", lq[0], stage="adapter", ci_low=lq[1], ci_high=lq[2], n=len(logq),
-                              n_groups=groups.n_groups if lq[1] is not None else None))
-        summary: dict[str, Any] = {"n_samples": int(len(rows)), "targets": "content tokens (the paired text)",
-                                   "mean_span_length": float(np.mean(T)),
-                                   "per_sample": {"sample_id": [ctx.samples[int(i)].sample_id for i in rows[:50]],
-                                                  "L_seq": L_seq[:50], "L_pooled": L_pooled[:50], "T": T[:50]}}
+        metrics.append(
+            Metric(
+                "logq_mean",
+                lq[0],
+                stage="adapter",
+                ci_low=lq[1],
+                ci_high=lq[2],
+                n=len(logq),
+                n_groups=groups.n_groups if lq[1] is not None else None,
+            )
+        )
+        summary: dict[str, Any] = {
+            "n_samples": int(len(rows)),
+            "targets": "content tokens (the paired text)",
+            "mean_span_length": float(np.mean(T)),
+            "per_sample": {
+                "sample_id": [ctx.samples[int(i)].sample_id for i in rows[:50]],
+                "L_seq": L_seq[:50],
+                "L_pooled": L_pooled[:50],
+                "T": T[:50],
+            },
+        }
         self._fd_metrics(fd, metrics, summary)
-        notes = ["log q = mean log-probability of the content tokens (nats per token); gradients w.r.t. the adapter "
-                 "output in float32", "L_seq_norm = L_seq / sqrt(span length); L_pooled = norm of the gradient "
-                 "summed over the span = w.r.t. the pooled decoder input", "summary.per_sample shows the first 50"]
+        notes = [
+            "log q = mean log-probability of the content tokens (nats per token); gradients w.r.t. the adapter "
+            "output in float32",
+            "L_seq_norm = L_seq / sqrt(span length); L_pooled = norm of the gradient "
+            "summed over the span = w.r.t. the pooled decoder input",
+            "summary.per_sample shows the first 50",
+        ]
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
 
     def _paper(self, ctx, rows, L_seq, elapsed, fd) -> AnalysisOutput:
@@ -186,23 +238,47 @@ class Lipschitz(Analysis):
         X = need_stage(self.name, ctx.reps, "adapter")
         D = diameter(X)
         pct = lambda q: float(np.percentile(valid, q))  # noqa: E731 - numpy linear interpolation, as the reference
-        stats = {"n_requested": int(ctx.params["n_samples"]), "n_computed": int(len(L_seq)), "n_valid": int(len(valid)),
-                 "L_log_mean": float(np.mean(valid)), "L_log_std": float(np.std(valid)),
-                 "L_log_median": float(np.median(valid)), "L_log_p5": pct(5), "L_log_p25": pct(25),
-                 "L_log_p75": pct(75), "L_log_p95": pct(95), "L_log_p99": pct(99), "L_log_min": float(valid.min()),
-                 "L_log_max": float(valid.max()), "D_diameter": D["D_diameter"],
-                 "L_D_product_95": pct(95) * D["D_diameter"], "L_D_product_99": pct(99) * D["D_diameter"]}
+        stats = {
+            "n_requested": int(ctx.params["n_samples"]),
+            "n_computed": int(len(L_seq)),
+            "n_valid": int(len(valid)),
+            "L_log_mean": float(np.mean(valid)),
+            "L_log_std": float(np.std(valid)),
+            "L_log_median": float(np.median(valid)),
+            "L_log_p5": pct(5),
+            "L_log_p25": pct(25),
+            "L_log_p75": pct(75),
+            "L_log_p95": pct(95),
+            "L_log_p99": pct(99),
+            "L_log_min": float(valid.min()),
+            "L_log_max": float(valid.max()),
+            "D_diameter": D["D_diameter"],
+            "L_D_product_95": pct(95) * D["D_diameter"],
+            "L_D_product_99": pct(99) * D["D_diameter"],
+        }
         p5, p95 = pct(5), pct(95)
-        checks = {"all_finite": bool(len(valid) == len(L_seq)), "n_finite": int(len(valid)), "n_total": int(len(L_seq)),
-                  "sufficient_samples": bool(len(valid) >= 5), "p5": p5, "p95": p95,
-                  "variation_ratio": p95 / max(p5, 1e-10), "variation_ok": bool(p95 / max(p5, 1e-10) < 10.0),
-                  "L_D_product_95": stats["L_D_product_95"],
-                  "L_D_in_range": bool(0.01 <= stats["L_D_product_95"] <= 50.0)}
-        metrics = [Metric(k, float(v), stage="adapter", n=int(len(valid))) for k, v in stats.items()
-                   if k.startswith(("L_", "D_"))]
+        checks = {
+            "all_finite": bool(len(valid) == len(L_seq)),
+            "n_finite": int(len(valid)),
+            "n_total": int(len(L_seq)),
+            "sufficient_samples": bool(len(valid) >= 5),
+            "p5": p5,
+            "p95": p95,
+            "variation_ratio": p95 / max(p5, 1e-10),
+            "variation_ok": bool(p95 / max(p5, 1e-10) < 10.0),
+            "L_D_product_95": stats["L_D_product_95"],
+            "L_D_in_range": bool(0.01 <= stats["L_D_product_95"] <= 50.0),
+        }
+        metrics = [
+            Metric(k, float(v), stage="adapter", n=int(len(valid)))
+            for k, v in stats.items()
+            if k.startswith(("L_", "D_"))
+        ]
         summary = {**stats, "elapsed_seconds": elapsed, "checks": checks, "D_std": D["D_std"], "D_max": D["D_max"]}
         self._fd_metrics(fd, metrics, summary)
-        notes = ["paper protocol: the reference's script 04 (targets = the prompt's own tokens, first samples in "
-                 "order, L_log = norm of the gradient over the whole adapter sequence; D on the stored pooled "
-                 "vectors, a different space, so L_D_product is not a bound)"]
+        notes = [
+            "paper protocol: the reference's script 04 (targets = the prompt's own tokens, first samples in "
+            "order, L_log = norm of the gradient over the whole adapter sequence; D on the stored pooled "
+            "vectors, a different space, so L_D_product is not a bound)"
+        ]
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)

@@ -41,8 +41,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,11 +65,22 @@ from ._params import Param, declare  # noqa: E402
 
 PARAM_SPECS = declare(
     "lora",
-    r=Param(int, ge=1), alpha=Param(int, ge=1), dropout=Param(float, ge=0, lt=1), target_modules=Param(list, items=str),
-    lr=Param(float, gt=0), batch_size=Param(int, ge=1), max_epochs=Param(int, ge=1), max_grad_norm=Param(float, gt=0),
-    query=Param(str, nullable=True), train_split=Param(str, nullable=True), n_train=Param(int, ge=1, nullable=True),
-    val_fraction=Param(float, gt=0, lt=1), eval_fraction=Param(float, gt=0, lt=1), eval_per_class=Param(int, ge=1),
-    adapter_dir=Param(str, nullable=True), rerun=Param(list, items=str),
+    r=Param(int, ge=1),
+    alpha=Param(int, ge=1),
+    dropout=Param(float, ge=0, lt=1),
+    target_modules=Param(list, items=str),
+    lr=Param(float, gt=0),
+    batch_size=Param(int, ge=1),
+    max_epochs=Param(int, ge=1),
+    max_grad_norm=Param(float, gt=0),
+    query=Param(str, nullable=True),
+    train_split=Param(str, nullable=True),
+    n_train=Param(int, ge=1, nullable=True),
+    val_fraction=Param(float, gt=0, lt=1),
+    eval_fraction=Param(float, gt=0, lt=1),
+    eval_per_class=Param(int, ge=1),
+    adapter_dir=Param(str, nullable=True),
+    rerun=Param(list, items=str),
     margin_accuracy=Param(float, gt=0, le=1, help="TOST equivalence margin for accuracy changes (science.md 6)"),
     margin_gmi_bits=Param(float, gt=0, help="TOST equivalence margin for GMI changes, bits (science.md 6)"),
 )
@@ -80,14 +92,32 @@ class Lora(Analysis):
     param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
-        p = {"attribute": "emotion", "r": 16, "alpha": 32, "dropout": 0.05,
-             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1e-4, "weight_decay": 0.01,
-             "batch_size": 8, "max_epochs": 5, "patience": 2, "max_grad_norm": 1.0, "query": None,
-             "train_split": "train", "n_train": None, "val_fraction": 0.17, "eval_fraction": 0.33,
-             "eval_per_class": 167, "save_every": 200, "adapter_dir": None, "rerun": ["probe", "gmi"],
-             "write_records": True,
-             # "unchanged" = equivalent within these declared margins (TOST, science.md §6)
-             "margin_accuracy": 0.05, "margin_gmi_bits": 0.1}
+        p = {
+            "attribute": "emotion",
+            "r": 16,
+            "alpha": 32,
+            "dropout": 0.05,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "lr": 1e-4,
+            "weight_decay": 0.01,
+            "batch_size": 8,
+            "max_epochs": 5,
+            "patience": 2,
+            "max_grad_norm": 1.0,
+            "query": None,
+            "train_split": "train",
+            "n_train": None,
+            "val_fraction": 0.17,
+            "eval_fraction": 0.33,
+            "eval_per_class": 167,
+            "save_every": 200,
+            "adapter_dir": None,
+            "rerun": ["probe", "gmi"],
+            "write_records": True,
+            # "unchanged" = equivalent within these declared margins (TOST, science.md §6)
+            "margin_accuracy": 0.05,
+            "margin_gmi_bits": 0.1,
+        }
         if protocol == "paper":
             p["train_split"] = None
         return p
@@ -98,8 +128,10 @@ class Lora(Analysis):
         check_params(self.name, p, self.default_params(ctx.protocol))
         attr_name = str(p["attribute"])
         if attr_name not in ctx.attributes:
-            raise MchError(f"lora trains attribute {attr_name!r}, which this run does not have (it has "
-                           f"{', '.join(ctx.attributes)}); pass --param lora.attribute=NAME")
+            raise MchError(
+                f"lora trains attribute {attr_name!r}, which this run does not have (it has "
+                f"{', '.join(ctx.attributes)}); pass --param lora.attribute=NAME"
+            )
         if ctx.run_config is None or ctx.dataset is None:
             raise MchError("lora re-runs the runner and needs the run's configuration; run it through `mch bench`")
         if ctx.run_config.adapter:
@@ -107,18 +139,49 @@ class Lora(Analysis):
         attr = ctx.attributes[attr_name]
         query = str(p["query"]) if p.get("query") else self._query(ctx, attr)
         split = self._split(ctx, attr)
-        cfg_key = {k: p[k] for k in ("attribute", "r", "alpha", "dropout", "target_modules", "lr", "weight_decay",
-                                     "batch_size", "max_epochs", "patience", "max_grad_norm")}
-        cfg_key.update(query=query, protocol=ctx.protocol, seed=ctx.seed,
-                       model=ctx.run_config.model, checkpoint=ctx.run_config.checkpoint,
-                       train=_hash([s.sample_id for s in split["train"]]),
-                       val=_hash([s.sample_id for s in split["val"]]))
-        out_dir = Path(p["adapter_dir"]) if p.get("adapter_dir") else \
-            Path(ctx.run_config.out_dir) / "adapters" / f"{ctx.run_config.model}__{attr_name}__{_hash(cfg_key)}"
+        cfg_key = {
+            k: p[k]
+            for k in (
+                "attribute",
+                "r",
+                "alpha",
+                "dropout",
+                "target_modules",
+                "lr",
+                "weight_decay",
+                "batch_size",
+                "max_epochs",
+                "patience",
+                "max_grad_norm",
+            )
+        }
+        cfg_key.update(
+            query=query,
+            protocol=ctx.protocol,
+            seed=ctx.seed,
+            model=ctx.run_config.model,
+            checkpoint=ctx.run_config.checkpoint,
+            train=_hash([s.sample_id for s in split["train"]]),
+            val=_hash([s.sample_id for s in split["val"]]),
+        )
+        out_dir = (
+            Path(p["adapter_dir"])
+            if p.get("adapter_dir")
+            else Path(ctx.run_config.out_dir) / "adapters" / f"{ctx.run_config.model}__{attr_name}__{_hash(cfg_key)}"
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "split.json").write_text(json.dumps(
-            {"attribute": attr_name, "group_key": attr.group_key, "protocol": ctx.protocol, "seed": ctx.seed,
-             **{k: [s.sample_id for s in v] for k, v in split.items()}}, indent=1))
+        (out_dir / "split.json").write_text(
+            json.dumps(
+                {
+                    "attribute": attr_name,
+                    "group_key": attr.group_key,
+                    "protocol": ctx.protocol,
+                    "seed": ctx.seed,
+                    **{k: [s.sample_id for s in v] for k, v in split.items()},
+                },
+                indent=1,
+            )
+        )
         self.written: list[str] = []
         t0 = time.time()
         state = self._train(ctx, attr, query, split, cfg_key, out_dir)
@@ -156,20 +219,24 @@ class Lora(Analysis):
             else:
                 run_split = getattr(ctx.run_config, "split", None)
                 if run_split == p["train_split"]:
-                    raise MchError(f"lora: the run measures split {run_split!r}, the same split it would train on; "
-                                   f"run on another split or pass --param lora.train_split=SPLIT (another split)")
+                    raise MchError(
+                        f"lora: the run measures split {run_split!r}, the same split it would train on; "
+                        f"run on another split or pass --param lora.train_split=SPLIT (another split)"
+                    )
         key = attr.group_key
         groups = sorted({s.groups[key] for s in list(pool) + list(ctx.samples) if key in s.groups})
         if len(groups) < 3:
-            raise MchError(f"lora needs at least 3 values of the group key {key!r} of {name!r} (train, validation and "
-                           f"evaluation groups must differ), got {len(groups)}")
+            raise MchError(
+                f"lora needs at least 3 values of the group key {key!r} of {name!r} (train, validation and "
+                f"evaluation groups must differ), got {len(groups)}"
+            )
         rng = np.random.default_rng(ctx.seed)
         order = [groups[i] for i in rng.permutation(len(groups))]
         n_eval = max(1, round(float(p["eval_fraction"]) * len(groups)))
         n_val = max(1, round(float(p["val_fraction"]) * len(groups)))
         if n_eval + n_val >= len(groups):
             n_eval, n_val = 1, 1
-        g_eval, g_val = set(order[:n_eval]), set(order[n_eval: n_eval + n_val])
+        g_eval, g_val = set(order[:n_eval]), set(order[n_eval : n_eval + n_val])
         train = [s for s in labelled(pool) if s.groups.get(key) not in g_eval | g_val]
         val = [s for s in labelled(pool) if s.groups.get(key) in g_val]
         ev = [s for s in ctx.samples if s.groups.get(key) in g_eval]
@@ -179,13 +246,16 @@ class Lora(Analysis):
     def _check_split(split: dict[str, list[Sample]], name: str) -> dict[str, list[Sample]]:
         for k, v in split.items():
             if not v:
-                raise MchError(f"lora: the {k} part of the split has no sample labelled for {name!r}; use more samples "
-                               f"(--limit) or other split fractions")
+                raise MchError(
+                    f"lora: the {k} part of the split has no sample labelled for {name!r}; use more samples "
+                    f"(--limit) or other split fractions"
+                )
         return split
 
     # ------------------------------------------------------------------ training
-    def _train(self, ctx: Any, attr: Any, query: str, split: dict[str, list[Sample]], cfg_key: dict[str, Any],
-               out_dir: Path) -> dict[str, Any]:
+    def _train(
+        self, ctx: Any, attr: Any, query: str, split: dict[str, list[Sample]], cfg_key: dict[str, Any], out_dir: Path
+    ) -> dict[str, Any]:
         done = out_dir / "done.json"
         if done.exists():
             state = json.loads(done.read_text())
@@ -202,8 +272,13 @@ class Lora(Analysis):
         flags = [(q, q.requires_grad) for q in model.module.parameters()]
         answers = [attr.verbalizers[c][0] for c in attr.classes]
         cls = {c: i for i, c in enumerate(attr.classes)}
-        peft_cfg = LoraConfig(r=int(p["r"]), lora_alpha=int(p["alpha"]), lora_dropout=float(p["dropout"]),
-                              target_modules=as_list(p["target_modules"]), bias="none")
+        peft_cfg = LoraConfig(
+            r=int(p["r"]),
+            lora_alpha=int(p["alpha"]),
+            lora_dropout=float(p["dropout"]),
+            target_modules=as_list(p["target_modules"]),
+            bias="none",
+        )
         for q, _ in flags:
             q.requires_grad_(False)
         torch.manual_seed(ctx.seed)  # LoRA's random init: the same run gives the same adapter
@@ -212,10 +287,13 @@ class Lora(Analysis):
         except ValueError as exc:
             for q, f in flags:
                 q.requires_grad_(f)
-            raise MchError(f"lora: target modules {as_list(p['target_modules'])} not found in the LLM ({exc})") from None
+            raise MchError(
+                f"lora: target modules {as_list(p['target_modules'])} not found in the LLM ({exc})"
+            ) from None
         try:
-            return self._fit(ctx, model, pm, lm, query, answers, cls, attr.name, split, cfg_key, out_dir,
-                             set_peft_model_state_dict)
+            return self._fit(
+                ctx, model, pm, lm, query, answers, cls, attr.name, split, cfg_key, out_dir, set_peft_model_state_dict
+            )
         finally:
             pm.unload()  # the LoRA layers out again, without merging: the live model is as before
             lm.eval()
@@ -231,8 +309,15 @@ class Lora(Analysis):
         opt = torch.optim.AdamW(params, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
         bs, train, val = int(p["batch_size"]), split["train"], split["val"]
         steps_per_epoch = math.ceil(len(train) / bs)
-        st: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_val_loss": None, "best_epoch": None,
-                              "bad_epochs": 0, "config": cfg_key}
+        st: dict[str, Any] = {
+            "epoch": 0,
+            "step": 0,
+            "history": [],
+            "best_val_loss": None,
+            "best_epoch": None,
+            "bad_epochs": 0,
+            "config": cfg_key,
+        }
         last = out_dir / "last"
         if (last / "trainer_state.json").exists():  # resume
             saved = json.loads((last / "trainer_state.json").read_text())
@@ -248,8 +333,9 @@ class Lora(Analysis):
             parts = model.score_parts(batch, query, answers, ctx.protocol, "modal")
             conts = [parts.continuations[cls[s.labels[name]]] for s in batch]
             logits, targets = continuation_logits(parts.lm, parts.prefixes, conts, parts.positions)
-            return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten().to(dev),
-                                                     ignore_index=-100, reduction="sum"), int((targets != -100).sum())
+            return torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten().to(dev), ignore_index=-100, reduction="sum"
+            ), int((targets != -100).sum())
 
         def evaluate() -> dict[str, Any]:
             """Validation loss and forced-choice accuracy (argmax over the classes' answers)."""
@@ -258,7 +344,7 @@ class Lora(Analysis):
             per = {c: {"correct": 0, "total": 0} for c in cls}
             with torch.no_grad():
                 for i in range(0, len(val), bs):
-                    b = val[i: i + bs]
+                    b = val[i : i + bs]
                     loss, k = batch_loss(b)
                     tot, n = tot + float(loss), n + k
                     pred = np.asarray(model.score(b, query, answers, ctx.protocol, "modal").logp).argmax(1)
@@ -293,7 +379,7 @@ class Lora(Analysis):
             with ctx.progress.task(f"lora {name} epoch {epoch + 1}/{p['max_epochs']}", steps_per_epoch) as advance:
                 advance(st["step"])
                 while st["step"] < steps_per_epoch:
-                    idx = order[st["step"] * bs: (st["step"] + 1) * bs]
+                    idx = order[st["step"] * bs : (st["step"] + 1) * bs]
                     loss, k = batch_loss([train[i] for i in idx])
                     opt.zero_grad(set_to_none=True)
                     (loss / max(k, 1)).backward()
@@ -327,8 +413,12 @@ class Lora(Analysis):
             raise MchError("lora cannot re-run itself; --param rerun lists the analyses to measure again")
         results = []
         for adapter_dir in (None, adapter):
-            outs, written = ctx.rerun(rerun, [s.sample_id for s in ev], str(adapter_dir) if adapter_dir else None,
-                                      write_records=adapter_dir is not None and bool(ctx.params["write_records"]))
+            outs, written = ctx.rerun(
+                rerun,
+                [s.sample_id for s in ev],
+                str(adapter_dir) if adapter_dir else None,
+                write_records=adapter_dir is not None and bool(ctx.params["write_records"]),
+            )
             self.written += [str(w) for w in written]
             results.append(outs)
             _free_memory()
@@ -363,37 +453,83 @@ class Lora(Analysis):
                         lo, hi = d - z * se, d + z * se
                 trained = key[1] == attr_name
                 eq = tost(reps, margins[metric]) if reps is not None and test and not trained else None
-                metrics.append(Metric(out_name, d, key[0], key[1], lo, hi, a.n,
-                                      a.n_groups if reps is not None and lo is not None else None))
-                rows.append({"stage": key[0], "attribute": key[1], "before": b.value, "after": a.value, "delta": d,
-                             "ci_low": lo, "ci_high": hi, "before_ci": [b.ci_low, b.ci_high],
-                             "after_ci": [a.ci_low, a.ci_high], "trained": trained, "n_groups": a.n_groups,
-                             **({"equivalent": eq["equivalent"], "tost_p": eq["p"], "ci90": eq["ci90"],
-                                 "margin": eq["margin"]} if eq else {})})
+                metrics.append(
+                    Metric(
+                        out_name,
+                        d,
+                        key[0],
+                        key[1],
+                        lo,
+                        hi,
+                        a.n,
+                        a.n_groups if reps is not None and lo is not None else None,
+                    )
+                )
+                rows.append(
+                    {
+                        "stage": key[0],
+                        "attribute": key[1],
+                        "before": b.value,
+                        "after": a.value,
+                        "delta": d,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "before_ci": [b.ci_low, b.ci_high],
+                        "after_ci": [a.ci_low, a.ci_high],
+                        "trained": trained,
+                        "n_groups": a.n_groups,
+                        **(
+                            {
+                                "equivalent": eq["equivalent"],
+                                "tost_p": eq["p"],
+                                "ci90": eq["ci90"],
+                                "margin": eq["margin"],
+                            }
+                            if eq
+                            else {}
+                        ),
+                    }
+                )
             table[out_name] = rows
         equivalence: dict[str, Any] = {}
         if test:
             for other in sorted({r["attribute"] for rows in table.values() for r in rows if not r["trained"]}):
                 mine = [r for rows in table.values() for r in rows if r["attribute"] == other]
                 verdict = bool(mine) and all(r.get("equivalent") is True for r in mine)
-                equivalence[other] = {"equivalent": verdict, "n_tests": len(mine),
-                                      "not_equivalent": [f"{r['stage']}" for r in mine if r.get("equivalent") is not True]}
-                notes.append(f"{other}: {'unchanged' if verdict else 'not shown unchanged'} (TOST at alpha 0.05, "
-                             f"margins accuracy {margins['accuracy']:g}, GMI {margins['gmi_bits']:g} bits; "
-                             f"{len(mine)} changes{'' if verdict else ', every one must be inside its margin'})")
+                equivalence[other] = {
+                    "equivalent": verdict,
+                    "n_tests": len(mine),
+                    "not_equivalent": [f"{r['stage']}" for r in mine if r.get("equivalent") is not True],
+                }
+                notes.append(
+                    f"{other}: {'unchanged' if verdict else 'not shown unchanged'} (TOST at alpha 0.05, "
+                    f"margins accuracy {margins['accuracy']:g}, GMI {margins['gmi_bits']:g} bits; "
+                    f"{len(mine)} changes{'' if verdict else ', every one must be inside its margin'})"
+                )
         for attr in sorted(unpaired):
-            notes.append(f"{attr}: no paired replicates (paper protocol, or the two runs drew different resamples): "
-                         f"its CIs combine the two runs' CIs as independent normals (approximate)")
+            notes.append(
+                f"{attr}: no paired replicates (paper protocol, or the two runs drew different resamples): "
+                f"its CIs combine the two runs' CIs as independent normals (approximate)"
+            )
         metrics.append(Metric("lora_best_val_loss", st["best_val_loss"], None, attr_name, None, None, st.get("n_val")))
-        metrics.append(Metric("lora_best_epoch", float(st["best_epoch"] or 0), None, attr_name, None, None,
-                              st.get("n_train")))
+        metrics.append(
+            Metric("lora_best_epoch", float(st["best_epoch"] or 0), None, attr_name, None, None, st.get("n_train"))
+        )
         hist = st["history"]
         best = next((h for h in hist if h["epoch"] == st["best_epoch"]), None)
         summary: dict[str, Any] = {
-            "attribute": attr_name, "query": query, "adapter": str(out_dir / "best"), "split_file": str(out_dir / "split.json"),
-            "n_train": len(split["train"]), "n_val": len(split["val"]), "n_eval": len(split["eval"]),
-            "best_epoch": st["best_epoch"], "best_val_loss": st["best_val_loss"], "history": hist,
-            "train_seconds": round(train_s, 2), "changes": table,
+            "attribute": attr_name,
+            "query": query,
+            "adapter": str(out_dir / "best"),
+            "split_file": str(out_dir / "split.json"),
+            "n_train": len(split["train"]),
+            "n_val": len(split["val"]),
+            "n_eval": len(split["eval"]),
+            "best_epoch": st["best_epoch"],
+            "best_val_loss": st["best_val_loss"],
+            "history": hist,
+            "train_seconds": round(train_s, 2),
+            "changes": table,
             "val_accuracy_base": hist[0]["val_accuracy"] if hist else None,
             "val_accuracy_best": best["val_accuracy"] if best else None,
         }
@@ -401,21 +537,29 @@ class Lora(Analysis):
         summary["margins"] = margins
         if test:
             summary["equivalence"] = equivalence
-        notes = [f"evaluated on {len(split['eval'])} samples; LoRA trained on {len(split['train'])} "
-                 f"(validation {len(split['val'])})",
-                 *[f"wrote {w} (with the adapter)" for w in self.written],
-                 "CIs of the changes: paired, from the two runs' shared group resamples (science.md §8), where both "
-                 "runs kept replicates", *notes]
+        notes = [
+            f"evaluated on {len(split['eval'])} samples; LoRA trained on {len(split['train'])} "
+            f"(validation {len(split['val'])})",
+            *[f"wrote {w} (with the adapter)" for w in self.written],
+            "CIs of the changes: paired, from the two runs' shared group resamples (science.md §8), where both "
+            "runs kept replicates",
+            *notes,
+        ]
         if ctx.protocol == "paper":
             summary["baseline_generation_eval"] = _gen_eval(hist[0], split["val"], attr_name) if hist else None
             summary["post_training_generation_eval"] = _gen_eval(hist[-1], split["val"], attr_name) if hist else None
             val_ids = {s.sample_id for s in split["val"]}
-            summary["eval_split"] = {"val_idx": [i for i, s in enumerate(ctx.samples) if s.sample_id in val_ids],
-                                     "n_total": len(ctx.samples), "eval_per_emotion": int(ctx.params["eval_per_class"]),
-                                     "seed": PAPER_SEED}
-            notes.append("paper: the reference's split (balanced random validation set, re-measured on every sample, "
-                         "training clips included, B6); post_training_generation_eval is the last epoch's forced-choice "
-                         "validation accuracy (the reference's B5), the evaluated adapter is the best epoch's")
+            summary["eval_split"] = {
+                "val_idx": [i for i, s in enumerate(ctx.samples) if s.sample_id in val_ids],
+                "n_total": len(ctx.samples),
+                "eval_per_emotion": int(ctx.params["eval_per_class"]),
+                "seed": PAPER_SEED,
+            }
+            notes.append(
+                "paper: the reference's split (balanced random validation set, re-measured on every sample, "
+                "training clips included, B6); post_training_generation_eval is the last epoch's forced-choice "
+                "validation accuracy (the reference's B5), the evaluated adapter is the best epoch's"
+            )
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
 
 
@@ -448,5 +592,11 @@ def _free_memory() -> None:
 def _gen_eval(h: dict[str, Any], val: list[Sample], name: str) -> dict[str, Any]:
     """The reference's generation-eval fields, from forced-choice validation accuracy."""
     per = h.get("per_class", {})
-    return {"accuracy": h["val_accuracy"], "correct": sum(v["correct"] for v in per.values()), "total": len(val),
-            "skipped": 0, "per_emotion": per, "epoch": h["epoch"]}
+    return {
+        "accuracy": h["val_accuracy"],
+        "correct": sum(v["correct"] for v in per.values()),
+        "total": len(val),
+        "skipped": 0,
+        "per_emotion": per,
+        "epoch": h["epoch"],
+    }

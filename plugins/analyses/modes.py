@@ -34,27 +34,48 @@ from ._linalg import Modes, ci, modes
 from ._params import check_params, load_pair
 from ._split import check_split_params, run_split, split_defaults
 
-PAPER_FIELDS = ("total_modes", "n_alpha_gt_0.5", "n_alpha_lt_0.1", "n_alpha_near_1", "mean_alpha_top10",
-                "mean_alpha_top50", "mean_alpha_all")
+PAPER_FIELDS = (
+    "total_modes",
+    "n_alpha_gt_0.5",
+    "n_alpha_lt_0.1",
+    "n_alpha_near_1",
+    "mean_alpha_top10",
+    "mean_alpha_top50",
+    "mean_alpha_all",
+)
 
 
 def compute_modes(name: str, ctx: Any, *, vectors: bool = True, scores: bool = False) -> tuple[Modes, str]:
     p = ctx.params
     X, Y, text_stage = load_pair(name, ctx, p["stage"], p.get("text_stage"))
     with ctx.progress.task(f"{name}: eigenmodes at {p['stage']}", None):
-        m = modes(X, Y, protocol=ctx.protocol, tau=float(p["tau"]), rel_tol=float(p.get("rel_tol", 1e-6)),
-                  n_boot=int(p.get("n_boot", 0)) if ctx.protocol == "default" else 0, seed=int(ctx.seed),
-                  vectors=vectors, scores=scores, alpha_scale=str(p.get("alpha_scale", "none")))
+        m = modes(
+            X,
+            Y,
+            protocol=ctx.protocol,
+            tau=float(p["tau"]),
+            rel_tol=float(p.get("rel_tol", 1e-6)),
+            n_boot=int(p.get("n_boot", 0)) if ctx.protocol == "default" else 0,
+            seed=int(ctx.seed),
+            vectors=vectors,
+            scores=scores,
+            alpha_scale=str(p.get("alpha_scale", "none")),
+        )
     return m, text_stage
 
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import STAGE, TEXT_STAGE, Param, declare  # noqa: E402
-
 from ._split import SPLIT_SPECS  # noqa: E402
 
-PARAM_SPECS = declare("modes", stage=STAGE, text_stage=TEXT_STAGE,
-                      n_boot=Param(int, ge=0, help="group-bootstrap draws of the split (0: no CIs)"), report_modes=Param(int, ge=1), **SPLIT_SPECS)
+PARAM_SPECS = declare(
+    "modes",
+    stage=STAGE,
+    text_stage=TEXT_STAGE,
+    n_boot=Param(int, ge=0, help="group-bootstrap draws of the split (0: no CIs)"),
+    report_modes=Param(int, ge=1),
+    **SPLIT_SPECS,
+)
 
 
 class ModeAlignment(Analysis):
@@ -74,28 +95,48 @@ class ModeAlignment(Analysis):
         m, text_stage = compute_modes(self.name, ctx, vectors=False)
         stage = ctx.params["stage"]
         k = min(int(ctx.params["report_modes"]), m.n_modes)
-        summary: dict[str, Any] = {"stage": stage, "text_stage": text_stage, "tau": m.tau, "n_rows": m.n_rows,
-                                   "n_text_rows": m.n_text_rows, "dim": m.dim, "rank": m.rank}
+        summary: dict[str, Any] = {
+            "stage": stage,
+            "text_stage": text_stage,
+            "tau": m.tau,
+            "n_rows": m.n_rows,
+            "n_text_rows": m.n_text_rows,
+            "dim": m.dim,
+            "rank": m.rank,
+        }
         metrics: list[Metric] = []
         if ctx.protocol == "paper":
             a = m.alpha
-            fields = {"total_modes": m.n_modes, "n_alpha_gt_0.5": int((a > 0.5).sum()),
-                      "n_alpha_lt_0.1": int((a < 0.1).sum()), "n_alpha_near_1": int((np.abs(a - 1) < 0.1).sum()),
-                      "mean_alpha_top10": float(a[:10].mean()), "mean_alpha_top50": float(a[:50].mean()),
-                      "mean_alpha_all": float(a.mean())}
+            fields = {
+                "total_modes": m.n_modes,
+                "n_alpha_gt_0.5": int((a > 0.5).sum()),
+                "n_alpha_lt_0.1": int((a < 0.1).sum()),
+                "n_alpha_near_1": int((np.abs(a - 1) < 0.1).sum()),
+                "mean_alpha_top10": float(a[:10].mean()),
+                "mean_alpha_top50": float(a[:50].mean()),
+                "mean_alpha_all": float(a.mean()),
+            }
             metrics += [Metric(f, float(v), stage=stage, n=m.n_rows) for f, v in fields.items()]
             cum = m.cumulative_variance
             summary["summary"] = fields
-            summary["results"] = [{"mode_index": i, "eigenvalue": float(m.eigenvalues[i]),
-                                   "alignment_score": float(a[i]), "cumulative_variance_explained": float(cum[i])}
-                                  for i in range(k)]
+            summary["results"] = [
+                {
+                    "mode_index": i,
+                    "eigenvalue": float(m.eigenvalues[i]),
+                    "alignment_score": float(a[i]),
+                    "cumulative_variance_explained": float(cum[i]),
+                }
+                for i in range(k)
+            ]
             summary["n_TA"], summary["n_MS"] = int(m.ta.sum()), int(m.ms.sum())
-            notes = [f"paper protocol: all {m.dim} modes of the ddof-1 covariance, λ clipped at 1e-10; with "
-                     f"N = {m.n_rows} rows and d = {m.dim} there are {max(m.dim - m.rank, 0)} null modes whose α "
-                     f"is text variance / 1e-10 (the reference's defect, kept on purpose)",
-                     f"text vectors at {text_stage}: the reference's layer choice (llm_hidden_16, else llm_final), "
-                     f"from {ctx.text_source}",
-                     f"summary.results holds the first {k} of {m.n_modes} modes"]
+            notes = [
+                f"paper protocol: all {m.dim} modes of the ddof-1 covariance, λ clipped at 1e-10; with "
+                f"N = {m.n_rows} rows and d = {m.dim} there are {max(m.dim - m.rank, 0)} null modes whose α "
+                f"is text variance / 1e-10 (the reference's defect, kept on purpose)",
+                f"text vectors at {text_stage}: the reference's layer choice (llm_hidden_16, else llm_final), "
+                f"from {ctx.text_source}",
+                f"summary.results holds the first {k} of {m.n_modes} modes",
+            ]
             return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
 
     def _default(self, ctx: Any) -> AnalysisOutput:
@@ -107,12 +148,22 @@ class ModeAlignment(Analysis):
             sp = run_split(ctx, X, Y, p, stage=stage, text_stage=text_stage, n_boot=int(p["n_boot"]))
         pooled, boot = sp.pooled(), sp.pooled_boot()
         n = sp.n_rows
-        metrics = [Metric("n_modes_kept", pooled["n_modes_kept"], stage=stage, n=n),
-                   Metric("rank", float(min(d.rank for d in sp.directions)), stage=stage, n=n),
-                   Metric("scale_ratio", sp.scale_ratio, stage=stage, n=n),
-                   Metric("n_TA", pooled["n_TA"], stage=stage, n=n), Metric("n_MS", pooled["n_MS"], stage=stage, n=n)]
-        for name in ("var_frac_MS_of_kept", "var_frac_TA_of_kept", "var_frac_MS_of_trace", "var_frac_TA_of_trace",
-                     "var_frac_kept_of_trace", "text_var_frac_MS", "text_var_frac_TA"):
+        metrics = [
+            Metric("n_modes_kept", pooled["n_modes_kept"], stage=stage, n=n),
+            Metric("rank", float(min(d.rank for d in sp.directions)), stage=stage, n=n),
+            Metric("scale_ratio", sp.scale_ratio, stage=stage, n=n),
+            Metric("n_TA", pooled["n_TA"], stage=stage, n=n),
+            Metric("n_MS", pooled["n_MS"], stage=stage, n=n),
+        ]
+        for name in (
+            "var_frac_MS_of_kept",
+            "var_frac_TA_of_kept",
+            "var_frac_MS_of_trace",
+            "var_frac_TA_of_trace",
+            "var_frac_kept_of_trace",
+            "text_var_frac_MS",
+            "text_var_frac_TA",
+        ):
             v = pooled[name]
             lo = hi = None
             if name in boot and np.isfinite(boot[name]).sum() > 1:
@@ -124,20 +175,41 @@ class ModeAlignment(Analysis):
         with np.errstate(invalid="ignore", divide="ignore"):
             raw = d0.tv / d0.lam
         summary: dict[str, Any] = {
-            "stage": stage, "text_stage": text_stage, "n_rows": n, "dim": sp.dim, "n_boot": int(p["n_boot"]),
+            "stage": stage,
+            "text_stage": text_stage,
+            "n_rows": n,
+            "dim": sp.dim,
+            "n_boot": int(p["n_boot"]),
             "split": sp.record(),
-            "modes": [{"mode_index": i, "eigenvalue": float(d0.lam[i]), "fit_eigenvalue": float(d0.fit_eigenvalues[i]),
-                       "alignment_score": _f(d0.alpha[i]), "alpha_raw": _f(raw[i]), "threshold": _f(d0.threshold[i]),
-                       "text_variance": float(d0.tv[i]), "TA": bool(d0.ta[i]),
-                       "cumulative_variance_of_trace": float(cum[i])} for i in range(k)]}
-        rule = (f"MS: alpha below the {p['null_quantile']:g} quantile of a modal-vs-modal split-half null at each mode "
-                f"({p['n_null']} cuts)" if p["split_rule"] == "null" else f"MS: alpha <= tau = {p['tau']}")
-        notes = [f"the split of science.md §4: alpha {'/ scale_ratio (tr T / tr M = ' + format(sp.scale_ratio, '.4g') + ')' if p['alpha_scale'] == 'trace' else 'unscaled'}"
-                 f", {'cross-fitted over two halves (by ' + (p['split_group_key'] or 'sample') + '), both directions pooled' if p['cross_fit'] else 'in-sample'}; {rule}",
-                 f"text baseline at {text_stage} (the paired text through this model's LLM)",
-                 "CIs: a group bootstrap of the evaluation rows, eigenvectors and thresholds held fixed",
-                 f"summary.modes holds the first {k} of {d0.n_modes} kept modes of the first direction (eigenvalue: "
-                 f"variance on its evaluation half; fit_eigenvalue: on the half that chose the mode)"]
+            "modes": [
+                {
+                    "mode_index": i,
+                    "eigenvalue": float(d0.lam[i]),
+                    "fit_eigenvalue": float(d0.fit_eigenvalues[i]),
+                    "alignment_score": _f(d0.alpha[i]),
+                    "alpha_raw": _f(raw[i]),
+                    "threshold": _f(d0.threshold[i]),
+                    "text_variance": float(d0.tv[i]),
+                    "TA": bool(d0.ta[i]),
+                    "cumulative_variance_of_trace": float(cum[i]),
+                }
+                for i in range(k)
+            ],
+        }
+        rule = (
+            f"MS: alpha below the {p['null_quantile']:g} quantile of a modal-vs-modal split-half null at each mode "
+            f"({p['n_null']} cuts)"
+            if p["split_rule"] == "null"
+            else f"MS: alpha <= tau = {p['tau']}"
+        )
+        notes = [
+            f"the split of science.md §4: alpha {'/ scale_ratio (tr T / tr M = ' + format(sp.scale_ratio, '.4g') + ')' if p['alpha_scale'] == 'trace' else 'unscaled'}"
+            f", {'cross-fitted over two halves (by ' + (p['split_group_key'] or 'sample') + '), both directions pooled' if p['cross_fit'] else 'in-sample'}; {rule}",
+            f"text baseline at {text_stage} (the paired text through this model's LLM)",
+            "CIs: a group bootstrap of the evaluation rows, eigenvectors and thresholds held fixed",
+            f"summary.modes holds the first {k} of {d0.n_modes} kept modes of the first direction (eigenvalue: "
+            f"variance on its evaluation half; fit_eigenvalue: on the half that chose the mode)",
+        ]
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
 
 

@@ -45,13 +45,24 @@ from ._params import as_list, check_params, load_pair
 from ._split import attribute_shares, check_split_params, known_truth, run_split, split_defaults
 from ._w1 import exact_w1
 
-FIELDS = ("var_frac_MS", "var_frac_TA", "weighted_alpha", "W1_TA_matched", "W1_MS_matched", "ratio_MS_TA_var",
-          "ratio_MS_TA_w1", "delta_tau")
-CORRELATIONS = (("var_frac_MS_vs_abs_delta", "var_frac_MS", True), ("ratio_var_vs_abs_delta", "ratio_MS_TA_var", True),
-                ("ratio_w1_vs_abs_delta", "ratio_MS_TA_w1", True),
-                ("weighted_alpha_vs_signed_delta", "weighted_alpha", False),
-                ("weighted_alpha_vs_abs_delta", "weighted_alpha", True),
-                ("var_frac_MS_vs_signed_delta", "var_frac_MS", False))
+FIELDS = (
+    "var_frac_MS",
+    "var_frac_TA",
+    "weighted_alpha",
+    "W1_TA_matched",
+    "W1_MS_matched",
+    "ratio_MS_TA_var",
+    "ratio_MS_TA_w1",
+    "delta_tau",
+)
+CORRELATIONS = (
+    ("var_frac_MS_vs_abs_delta", "var_frac_MS", True),
+    ("ratio_var_vs_abs_delta", "ratio_MS_TA_var", True),
+    ("ratio_w1_vs_abs_delta", "ratio_MS_TA_w1", True),
+    ("weighted_alpha_vs_signed_delta", "weighted_alpha", False),
+    ("weighted_alpha_vs_abs_delta", "weighted_alpha", True),
+    ("var_frac_MS_vs_signed_delta", "var_frac_MS", False),
+)
 
 
 def delta_tau_from_probe(ctx: Any) -> dict[str, float]:
@@ -111,8 +122,16 @@ def class_pairs(classes: np.ndarray, max_pairs: int, rng: np.random.Generator) -
     return [allp[i] for i in idx]
 
 
-def matched_w1(P: np.ndarray, coords: dict[str, np.ndarray], labels: np.ndarray, k: int, per_class: int,
-               reps: int, max_pairs: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def matched_w1(
+    P: np.ndarray,
+    coords: dict[str, np.ndarray],
+    labels: np.ndarray,
+    k: int,
+    per_class: int,
+    reps: int,
+    max_pairs: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """Mean class-pair W1 in each subspace of `coords` (name -> the columns of the mode
     coordinates P that span it), every pair with `per_class` rows per class after PCA to k
     dims fitted on all rows of the two classes; one value per replicate (fresh subsamples),
@@ -133,8 +152,13 @@ def _fill(out, P, coords, members, pairs, k, per_class, reps, rng) -> None:
     # every replicate's rows are drawn first (the draw order is replicate, then pair); then
     # each class pair's PCA bases are fitted once, on all rows of the two classes, used for
     # all its replicates and dropped, so only one pair's bases are held at a time
-    draws = [[(rng.choice(members[c1], per_class, replace=False), rng.choice(members[c2], per_class, replace=False))
-              for c1, c2 in pairs] for _ in range(reps)]
+    draws = [
+        [
+            (rng.choice(members[c1], per_class, replace=False), rng.choice(members[c2], per_class, replace=False))
+            for c1, c2 in pairs
+        ]
+        for _ in range(reps)
+    ]
     vals = {name: np.empty((reps, len(pairs))) for name in coords}
     for j, (c1, c2) in enumerate(pairs):
         rows = np.concatenate([members[c1], members[c2]])
@@ -171,8 +195,9 @@ def _ref_w1(X: np.ndarray, Y: np.ndarray, pca_dim: int) -> float:
     return exact_w1(X, Y)
 
 
-def ref_interclass_w1(X: np.ndarray, labels: np.ndarray, pca_dim: int, n_subsample: int,
-                      rng: np.random.Generator, max_pairs: int = 20) -> float:
+def ref_interclass_w1(
+    X: np.ndarray, labels: np.ndarray, pca_dim: int, n_subsample: int, rng: np.random.Generator, max_pairs: int = 20
+) -> float:
     """The reference's compute_w1_interclass, consuming `rng` in its order."""
     uniq = np.unique(labels)
     if len(uniq) < 2:
@@ -180,7 +205,7 @@ def ref_interclass_w1(X: np.ndarray, labels: np.ndarray, pca_dim: int, n_subsamp
     if len(uniq) <= 6:
         pairs = list(combinations(uniq, 2))
     else:
-        allp = [(a, b) for i, a in enumerate(uniq) for b in uniq[i + 1:]]
+        allp = [(a, b) for i, a in enumerate(uniq) for b in uniq[i + 1 :]]
         pairs = [allp[i] for i in rng.choice(len(allp), size=min(max_pairs, len(allp)), replace=False)]
     vals = []
     for a, b in pairs:
@@ -205,14 +230,22 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | Non
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import STAGE, TEXT_STAGE, Param, declare  # noqa: E402
-
 from ._split import SPLIT_SPECS  # noqa: E402
 
 PARAM_SPECS = declare(
     "per_type",
-    stage=STAGE, text_stage=TEXT_STAGE, attributes=Param(list, items=str, nullable=True), pca_dim=Param(int, ge=1),
-    n_subsample=Param(int, ge=2), seed=Param(int, ge=0, le=2**32 - 1),
-    n_boot=Param(int, ge=0, help="group-bootstrap draws for the CIs (0: no CIs)"), w1_max_per_class=Param(int, ge=2), w1_reps=Param(int, ge=1), max_pairs=Param(int, ge=1), **SPLIT_SPECS)
+    stage=STAGE,
+    text_stage=TEXT_STAGE,
+    attributes=Param(list, items=str, nullable=True),
+    pca_dim=Param(int, ge=1),
+    n_subsample=Param(int, ge=2),
+    seed=Param(int, ge=0, le=2**32 - 1),
+    n_boot=Param(int, ge=0, help="group-bootstrap draws for the CIs (0: no CIs)"),
+    w1_max_per_class=Param(int, ge=2),
+    w1_reps=Param(int, ge=1),
+    max_pairs=Param(int, ge=1),
+    **SPLIT_SPECS,
+)
 
 
 class PerType(Analysis):
@@ -222,10 +255,27 @@ class PerType(Analysis):
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
-            return {"stage": "adapter", "text_stage": None, "attributes": None, "alpha_threshold": 0.5,
-                    "pca_dim": 256, "n_subsample": 1000, "seed": 42}
-        return {"stage": "adapter", "text_stage": None, "attributes": None, **split_defaults(), "n_boot": 200,
-                "n_perm": 200, "w1_max_per_class": 200, "w1_reps": 10, "max_pairs": 20, "pca_dim": 256}
+            return {
+                "stage": "adapter",
+                "text_stage": None,
+                "attributes": None,
+                "alpha_threshold": 0.5,
+                "pca_dim": 256,
+                "n_subsample": 1000,
+                "seed": 42,
+            }
+        return {
+            "stage": "adapter",
+            "text_stage": None,
+            "attributes": None,
+            **split_defaults(),
+            "n_boot": 200,
+            "n_perm": 200,
+            "w1_max_per_class": 200,
+            "w1_reps": 10,
+            "max_pairs": 20,
+            "pca_dim": 256,
+        }
 
     def run(self, ctx: Any) -> AnalysisOutput:
         check_params(self.name, ctx.params, self.default_params(ctx.protocol))
@@ -252,19 +302,28 @@ class PerType(Analysis):
         for a in _attributes(ctx):
             groups = ctx.groups.get(a)
             with ctx.progress.task(f"per_type: {a} (null, {n_perm} permutations)", None):
-                sh = attribute_shares(sp, ctx.labels[a], groups, n_perm=n_perm, n_boot=n_boot, seed=int(ctx.seed),
-                                      names=(stage, a))
+                sh = attribute_shares(
+                    sp, ctx.labels[a], groups, n_perm=n_perm, n_boot=n_boot, seed=int(ctx.seed), names=(stage, a)
+                )
             if sh is None:
                 table[a] = {"skipped": "fewer than 2 labelled classes"}
                 continue
-            res: dict[str, Any] = {"var_frac_MS": sh.var_frac_MS, "var_frac_TA": sh.var_frac_TA,
-                                   "var_frac_MS_plugin": sh.var_frac_MS_plugin, "var_frac_ms_p": sh.p_value,
-                                   "var_frac_MS_null_mean": sh.null_mean, "weighted_alpha": sh.weighted_alpha,
-                                   "scatter_signal_fraction": sh.signal_fraction}
+            res: dict[str, Any] = {
+                "var_frac_MS": sh.var_frac_MS,
+                "var_frac_TA": sh.var_frac_TA,
+                "var_frac_MS_plugin": sh.var_frac_MS_plugin,
+                "var_frac_ms_p": sh.p_value,
+                "var_frac_MS_null_mean": sh.null_mean,
+                "weighted_alpha": sh.weighted_alpha,
+                "scatter_signal_fraction": sh.signal_fraction,
+            }
             if sh.null_q is not None:
                 res["var_frac_MS_null_95"] = list(sh.null_q)
-            res["ratio_MS_TA_var"] = sh.var_frac_MS / sh.var_frac_TA if np.isfinite(sh.var_frac_TA) and \
-                abs(sh.var_frac_TA) > 1e-10 else float("nan")
+            res["ratio_MS_TA_var"] = (
+                sh.var_frac_MS / sh.var_frac_TA
+                if np.isfinite(sh.var_frac_TA) and abs(sh.var_frac_TA) > 1e-10
+                else float("nan")
+            )
             cis: dict[str, tuple[float, float]] = {}
             for f, r in sh.boot.items():
                 if np.isfinite(r).sum() > 1 and np.isfinite(res[f]):
@@ -275,8 +334,16 @@ class PerType(Analysis):
             classes, cnt = np.unique(y, return_counts=True)
             if n_ta and n_ms and len(classes) > 1:
                 per_class = int(min(p["w1_max_per_class"], max(2, cnt.min() // 2)))
-                w = matched_w1(d0.P[keep], {"TA": np.flatnonzero(ta), "MS": np.flatnonzero(ms)}, y, k_w1, per_class,
-                               int(p["w1_reps"]), int(p["max_pairs"]), rng)
+                w = matched_w1(
+                    d0.P[keep],
+                    {"TA": np.flatnonzero(ta), "MS": np.flatnonzero(ms)},
+                    y,
+                    k_w1,
+                    per_class,
+                    int(p["w1_reps"]),
+                    int(p["max_pairs"]),
+                    rng,
+                )
                 for name in ("TA", "MS"):
                     v = w[name]
                     res[f"W1_{name}_matched"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
@@ -293,23 +360,36 @@ class PerType(Analysis):
             for f in (*FIELDS, "var_frac_MS_plugin", "var_frac_ms_p", "scatter_signal_fraction"):
                 if res.get(f) is not None:
                     lo, hi = cis.get(f, (None, None))
-                    metrics.append(Metric(f, float(res[f]), stage=stage, attribute=a, ci_low=lo, ci_high=hi,
-                                          n=sh.n_rows))
-        truth = known_truth(ctx.attributes, {a: r["var_frac_MS"] for a, r in table.items()
-                                             if r.get("var_frac_MS") is not None})
-        summary = {"stage": stage, "text_stage": text_stage, "split": sp.record(), "n_text_aligned_modes": n_ta,
-                   "n_modality_specific_modes": n_ms, "w1_target_dim": k_w1, "n_perm": n_perm, "n_boot": n_boot,
-                   "known_truth": truth, "attributes": table}
-        notes = ["var_frac_MS: the attribute's between-class scatter in the split's MS modes, noise-corrected "
-                 "((C-1)/(n-C) x within-class scatter subtracted), on each direction's evaluation half, pooled over "
-                 "both directions (a ratio of sums); it can leave [0, 1] when the corrected scatter is small",
-                 f"var_frac_ms_p: label-permutation p-value ({n_perm} permutations, labels moved across the "
-                 "attribute's groups, group structure kept) of the plug-in MS share (var_frac_MS_plugin), the "
-                 "statistic whose null is stable; a share inside its null says nothing about where the attribute lives",
-                 "CIs: a group bootstrap over the attribute's groups (evaluation rows reweighted, split held fixed); "
-                 "W1: the first direction's evaluation rows, spread over fresh equal-size class subsamples",
-                 "known_truth: whether every attribute the paired text names (text_describable) has a lower MS share "
-                 "than every hidden one"]
+                    metrics.append(
+                        Metric(f, float(res[f]), stage=stage, attribute=a, ci_low=lo, ci_high=hi, n=sh.n_rows)
+                    )
+        truth = known_truth(
+            ctx.attributes, {a: r["var_frac_MS"] for a, r in table.items() if r.get("var_frac_MS") is not None}
+        )
+        summary = {
+            "stage": stage,
+            "text_stage": text_stage,
+            "split": sp.record(),
+            "n_text_aligned_modes": n_ta,
+            "n_modality_specific_modes": n_ms,
+            "w1_target_dim": k_w1,
+            "n_perm": n_perm,
+            "n_boot": n_boot,
+            "known_truth": truth,
+            "attributes": table,
+        }
+        notes = [
+            "var_frac_MS: the attribute's between-class scatter in the split's MS modes, noise-corrected "
+            "((C-1)/(n-C) x within-class scatter subtracted), on each direction's evaluation half, pooled over "
+            "both directions (a ratio of sums); it can leave [0, 1] when the corrected scatter is small",
+            f"var_frac_ms_p: label-permutation p-value ({n_perm} permutations, labels moved across the "
+            "attribute's groups, group structure kept) of the plug-in MS share (var_frac_MS_plugin), the "
+            "statistic whose null is stable; a share inside its null says nothing about where the attribute lives",
+            "CIs: a group bootstrap over the attribute's groups (evaluation rows reweighted, split held fixed); "
+            "W1: the first direction's evaluation rows, spread over fresh equal-size class subsamples",
+            "known_truth: whether every attribute the paired text names (text_describable) has a lower MS share "
+            "than every hidden one",
+        ]
         if not deltas:
             notes.append("delta_tau needs `probe` earlier in the same run (--analysis probe,per_type)")
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)
@@ -353,8 +433,8 @@ class PerType(Analysis):
                     continue
                 Xt, lab = t
                 mu = Xt.mean(0)
-                proj = np.zeros(V.shape[1])                           # u_kᵀ S_B u_k for every mode
-                tr = 0.0                                              # tr S_B
+                proj = np.zeros(V.shape[1])  # u_kᵀ S_B u_k for every mode
+                tr = 0.0  # tr S_B
                 for c in np.unique(lab):
                     sel = lab == c
                     diff = Xt[sel].mean(0) - mu
@@ -367,35 +447,51 @@ class PerType(Analysis):
                     wa = float(((proj / tr) * m.alpha).sum())
                 w_ta = ref_interclass_w1(Xt @ V[:, ta], lab, target, n_sub, rng)
                 w_ms = ref_interclass_w1(Xt @ V[:, ms], lab, target, n_sub, rng)
-                rows[a] = {"var_frac_MS": fm, "var_frac_TA": ft, "weighted_alpha": wa, "W1_TA_matched": w_ta,
-                           "W1_MS_matched": w_ms,
-                           "ratio_MS_TA_var": fm / ft if ft > 1e-10 else float("nan"),
-                           "ratio_MS_TA_w1": w_ms / w_ta if w_ta > 0 else float("nan"),
-                           "delta_tau": deltas.get(a, float("nan"))}
+                rows[a] = {
+                    "var_frac_MS": fm,
+                    "var_frac_TA": ft,
+                    "weighted_alpha": wa,
+                    "W1_TA_matched": w_ta,
+                    "W1_MS_matched": w_ms,
+                    "ratio_MS_TA_var": fm / ft if ft > 1e-10 else float("nan"),
+                    "ratio_MS_TA_w1": w_ms / w_ta if w_ta > 0 else float("nan"),
+                    "delta_tau": deltas.get(a, float("nan")),
+                }
         metrics = [Metric("W1_tau", v, stage=stage, attribute=a) for a, v in naive.items()]
         for a, r in rows.items():
             metrics += [Metric(f, r[f], stage=stage, attribute=a) for f in FIELDS]
-        summary: dict[str, Any] = {"stage": stage, "text_stage": text_stage,
-                                   "naive": [{"info_type": a, "W1_tau": naive[a],
-                                              "delta_tau": deltas.get(a, float("nan"))} for a in attrs],
-                                   "directional": [{"info_type": a, **r} for a, r in rows.items()]}
+        summary: dict[str, Any] = {
+            "stage": stage,
+            "text_stage": text_stage,
+            "naive": [{"info_type": a, "W1_tau": naive[a], "delta_tau": deltas.get(a, float("nan"))} for a in attrs],
+            "directional": [{"info_type": a, **r} for a, r in rows.items()],
+        }
         if rows:
-            summary.update(alpha_threshold=m.tau, n_text_aligned_modes=n_ta, n_modality_specific_modes=n_ms,
-                           w1_target_dim=target)
+            summary.update(
+                alpha_threshold=m.tau, n_text_aligned_modes=n_ta, n_modality_specific_modes=n_ms, w1_target_dim=target
+            )
             for name, field, absolute in CORRELATIONS:
-                pts = [(r[field], abs(r["delta_tau"]) if absolute else r["delta_tau"]) for r in rows.values()
-                       if np.isfinite(r[field]) and np.isfinite(r["delta_tau"])]
+                pts = [
+                    (r[field], abs(r["delta_tau"]) if absolute else r["delta_tau"])
+                    for r in rows.values()
+                    if np.isfinite(r[field]) and np.isfinite(r["delta_tau"])
+                ]
                 if len(pts) >= 3:
                     summary[f"rho_{name}"], summary[f"p_{name}"] = _spearman(*map(list, zip(*pts, strict=True)))
             pts = [(naive[a], deltas[a]) for a in attrs if a in deltas and np.isfinite(naive[a])]
             if len(pts) >= 3:
-                summary["rho_naive_w1_vs_delta"], summary["p_naive_w1_vs_delta"] = _spearman(*map(list, zip(*pts, strict=True)))
-        notes = ["paper protocol: the reference's script 06 on this run's vectors (one dataset, so its type = dataset "
-                 "confound does not arise; all d modes, so null modes enter var_frac_TA and weighted_alpha)",
-                 "Spearman over at most a handful of attributes, as the reference; no CIs"]
+                summary["rho_naive_w1_vs_delta"], summary["p_naive_w1_vs_delta"] = _spearman(
+                    *map(list, zip(*pts, strict=True))
+                )
+        notes = [
+            "paper protocol: the reference's script 06 on this run's vectors (one dataset, so its type = dataset "
+            "confound does not arise; all d modes, so null modes enter var_frac_TA and weighted_alpha)",
+            "Spearman over at most a handful of attributes, as the reference; no CIs",
+        ]
         if not n_ms:
-            notes.append("no modality-specific mode (every α above the threshold): like the reference, no "
-                         "directional table")
+            notes.append(
+                "no modality-specific mode (every α above the threshold): like the reference, no directional table"
+            )
         if not deltas:
             notes.append("delta_tau needs `probe` earlier in the same run (--analysis probe,per_type)")
         return AnalysisOutput(metrics=metrics, summary=summary, notes=notes)

@@ -25,9 +25,23 @@ import numpy as np
 
 from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
-from ._causal import (PAPER_SEED, adapter_pool, batches, bootstrap, compute_modes, digest, edit_adapter, finite,
-                      ids_digest, mean_ci, ratio_of_means_pct, select_samples, text_stage_for)
-from ._causal import grouped, sample_groups  # group bootstrap (science.md §8)
+from ._causal import (  # group bootstrap (science.md §8)
+    PAPER_SEED,
+    adapter_pool,
+    batches,
+    bootstrap,
+    compute_modes,
+    digest,
+    edit_adapter,
+    finite,
+    grouped,
+    ids_digest,
+    mean_ci,
+    ratio_of_means_pct,
+    sample_groups,
+    select_samples,
+    text_stage_for,
+)
 from ._params import check_params
 from ._split import check_split_params, split_defaults
 
@@ -40,8 +54,8 @@ def swap_edit(P: Any, targets: Any, pool: Any, span: str, n: int) -> Any:
 
     def fn(z: Any) -> Any:
         zf = z.float()
-        rows = pool.for_output(zf) if pool is not None else None    # proportional pools: rows of z
-        own = pool_rows(zf, rows, span, n) @ P                       # (n, D): m_i
+        rows = pool.for_output(zf) if pool is not None else None  # proportional pools: rows of z
+        own = pool_rows(zf, rows, span, n) @ P  # (n, D): m_i
         shift = (targets - own)[rows.owner.to(zf.device)] if rows is not None else targets - own
         return (zf + (shift[:, None, :] if zf.dim() == 3 else shift)).to(z.dtype)
 
@@ -60,13 +74,18 @@ def kl_per_sample(base: Any, other: Any) -> np.ndarray:
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
 from ._params import TEXT_STAGE, Param, declare  # noqa: E402
-
 from ._split import SPLIT_SPECS  # noqa: E402
 
 PARAM_SPECS = declare(
     "swap",
-    n_samples=Param(int, ge=1, nullable=True), n_modes=Param(int, ge=1, nullable=True), text_stage=TEXT_STAGE, batch_size=Param(int, ge=1),
-    random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True), n_boot=Param(int, ge=1), **SPLIT_SPECS)
+    n_samples=Param(int, ge=1, nullable=True),
+    n_modes=Param(int, ge=1, nullable=True),
+    text_stage=TEXT_STAGE,
+    batch_size=Param(int, ge=1),
+    random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True),
+    n_boot=Param(int, ge=1),
+    **SPLIT_SPECS,
+)
 
 
 class Swap(Analysis):
@@ -76,10 +95,27 @@ class Swap(Analysis):
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
-            return {"attribute": "speaker", "n_samples": 200, "n_modes": 100, "threshold": 0.5, "alpha_scale": "none",
-                    "text_stage": None, "batch_size": 8, "random_seed": PAPER_SEED, "n_boot": 2000}
-        return {"attribute": "speaker", "n_samples": 200, "n_modes": None, **split_defaults(), "text_stage": None,
-                "batch_size": 8, "random_seed": None, "n_boot": 2000}
+            return {
+                "attribute": "speaker",
+                "n_samples": 200,
+                "n_modes": 100,
+                "threshold": 0.5,
+                "alpha_scale": "none",
+                "text_stage": None,
+                "batch_size": 8,
+                "random_seed": PAPER_SEED,
+                "n_boot": 2000,
+            }
+        return {
+            "attribute": "speaker",
+            "n_samples": 200,
+            "n_modes": None,
+            **split_defaults(),
+            "text_stage": None,
+            "batch_size": 8,
+            "random_seed": None,
+            "n_boot": 2000,
+        }
 
     def run(self, ctx: Any) -> AnalysisOutput:
         import torch
@@ -88,14 +124,24 @@ class Swap(Analysis):
         check_params(self.name, p, self.default_params(protocol))
         attr = str(p["attribute"])
         if attr not in ctx.labels:
-            raise MchError(f"swap groups samples by attribute {attr!r}, which this run does not have "
-                           f"(it has {', '.join(ctx.labels) or 'none'}); pass --param swap.attribute=NAME")
+            raise MchError(
+                f"swap groups samples by attribute {attr!r}, which this run does not have "
+                f"(it has {', '.join(ctx.labels) or 'none'}); pass --param swap.attribute=NAME"
+            )
         labels = ctx.labels[attr]
         stage = text_stage_for(ctx, protocol, p.get("text_stage"))
         if protocol != "paper":
             check_split_params(p, self.name)
-        modes = compute_modes(ctx, protocol, stage, p.get("n_modes"), float(p.get("threshold", p.get("tau", 0.5))),
-                              str(p["alpha_scale"]), analysis=self.name, params=p)
+        modes = compute_modes(
+            ctx,
+            protocol,
+            stage,
+            p.get("n_modes"),
+            float(p.get("threshold", p.get("tau", 0.5))),
+            str(p["alpha_scale"]),
+            analysis=self.name,
+            params=p,
+        )
         X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
         speakers = sorted({str(x) for x in labels if x != ""})
         if len(speakers) < 2:
@@ -104,8 +150,11 @@ class Swap(Analysis):
         proj = {"ms": modes.vectors[:, modes.ms], "ta": modes.vectors[:, modes.ta]}
         P = {k: U @ U.T for k, U in proj.items()}
         sig = {k: {s: P[k] @ mu[s] for s in speakers} for k in SUBSPACES}
-        rows = [int(i) for i in select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
-                if labels[int(i)] != ""]
+        rows = [
+            int(i)
+            for i in select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
+            if labels[int(i)] != ""
+        ]
         seed = int(p["random_seed"]) if p.get("random_seed") is not None else int(ctx.seed)
         rng = np.random.default_rng(seed)
         donors = []
@@ -113,8 +162,14 @@ class Swap(Analysis):
             others = [s for s in speakers if s != labels[i]]
             donors.append(others[int(rng.integers(len(others)))])
         samples = [ctx.samples[i] for i in rows]
-        key = {"protocol": protocol, "samples": ids_digest(samples), "donors": donors, "span": ctx.span,
-               "P": [digest(P[k]) for k in SUBSPACES], "sig": digest(*[sig[k][s] for k in SUBSPACES for s in speakers])}
+        key = {
+            "protocol": protocol,
+            "samples": ids_digest(samples),
+            "donors": donors,
+            "span": ctx.span,
+            "P": [digest(P[k]) for k in SUBSPACES],
+            "sig": digest(*[sig[k][s] for k in SUBSPACES for s in speakers]),
+        }
 
         def compute() -> np.ndarray:
             model = ctx.model
@@ -127,14 +182,15 @@ class Swap(Analysis):
                     n = len(batch)
                     pool = adapter_pool(model, batch, protocol)
                     base = model.loss_terms(batch, protocol)
-                    out[at: at + n, 0] = base.mean_nll().cpu().numpy()
+                    out[at : at + n, 0] = base.mean_nll().cpu().numpy()
                     for j, k in enumerate(SUBSPACES):
-                        tgt = torch.tensor(np.stack([sig[k][donors[at + b]] for b in range(n)]),
-                                           dtype=torch.float32, device=dev)
+                        tgt = torch.tensor(
+                            np.stack([sig[k][donors[at + b]] for b in range(n)]), dtype=torch.float32, device=dev
+                        )
                         with edit_adapter(model, swap_edit(Pt[k], tgt, pool, ctx.span, n)):
                             terms = model.loss_terms(batch, protocol)
-                        out[at: at + n, 1 + j] = terms.mean_nll().cpu().numpy()
-                        out[at: at + n, 3 + j] = kl_per_sample(base, terms)
+                        out[at : at + n, 1 + j] = terms.mean_nll().cpu().numpy()
+                        out[at : at + n, 3 + j] = kl_per_sample(base, terms)
                     at += n
                     advance(n)
             return out
@@ -149,8 +205,17 @@ class Swap(Analysis):
                 norms[k] = np.array([np.linalg.norm(sig[k][donors[j]] - P[k] @ X[i]) for j, i in enumerate(rows)])
         return self._output(ctx, modes, samples, [labels[i] for i in rows], donors, res, norms, len(speakers))
 
-    def _output(self, ctx: Any, modes: Any, samples: list[Any], own: list[str], donors: list[str], res: np.ndarray,
-                norms: dict[str, np.ndarray], n_speakers: int) -> AnalysisOutput:
+    def _output(
+        self,
+        ctx: Any,
+        modes: Any,
+        samples: list[Any],
+        own: list[str],
+        donors: list[str],
+        res: np.ndarray,
+        norms: dict[str, np.ndarray],
+        n_speakers: int,
+    ) -> AnalysisOutput:
         n_boot, seed, n = int(ctx.params["n_boot"]), sample_groups(ctx, samples), len(samples)
         base = res[:, 0]
         m, lo, hi = mean_ci(base, seed, n_boot)
@@ -158,36 +223,51 @@ class Swap(Analysis):
         stats: dict[str, Any] = {}
         for j, k in enumerate(SUBSPACES):
             delta, kl, nrm = res[:, 1 + j] - base, res[:, 3 + j], norms[k]
-            kl_norm = kl / np.maximum(nrm ** 2, 1e-10)
+            kl_norm = kl / np.maximum(nrm**2, 1e-10)
             dm, dlo, dhi = mean_ci(delta, seed, n_boot)
             pc, plo, phi = ratio_of_means_pct(delta, base, seed, n_boot)
             km, klo, khi = mean_ci(kl, seed, n_boot)
             nm, nlo, nhi = mean_ci(kl_norm, seed, n_boot)
-            metrics += [Metric(f"delta_loss_{k}_swap", dm, "adapter", None, finite(dlo), finite(dhi), n),
-                        Metric(f"pct_change_{k}_swap", pc, "adapter", None, finite(plo), finite(phi), n),
-                        Metric(f"kl_{k}_swap", km, "adapter", None, finite(klo), finite(khi), n),
-                        Metric(f"delta_norm_{k}", float(nrm.mean()), "adapter", None, None, None, n),
-                        Metric(f"kl_normalized_{k}", nm, "adapter", None, finite(nlo), finite(nhi), n)]
+            metrics += [
+                Metric(f"delta_loss_{k}_swap", dm, "adapter", None, finite(dlo), finite(dhi), n),
+                Metric(f"pct_change_{k}_swap", pc, "adapter", None, finite(plo), finite(phi), n),
+                Metric(f"kl_{k}_swap", km, "adapter", None, finite(klo), finite(khi), n),
+                Metric(f"delta_norm_{k}", float(nrm.mean()), "adapter", None, None, None, n),
+                Metric(f"kl_normalized_{k}", nm, "adapter", None, finite(nlo), finite(nhi), n),
+            ]
             stats[k] = {"delta": delta, "kl": kl, "norm": nrm, "kl_norm": kl_norm}
         kms, kta = stats["ms"]["kl"], stats["ta"]["kl"]
-        ratio = lambda a, b: (lambda idx: a[idx].mean() / b[idx].mean() if b[idx].mean() > 0 else float("nan"))  # noqa: E731
+        ratio = lambda a, b: lambda idx: a[idx].mean() / b[idx].mean() if b[idx].mean() > 0 else float("nan")  # noqa: E731
         r = ratio(kta, kms)(np.arange(n))
         rlo, rhi = bootstrap(ratio(kta, kms), n, seed, n_boot)
         metrics.append(Metric("kl_ratio_ta_over_ms", finite(r), "adapter", None, finite(rlo), finite(rhi), n))
         nk_ms, nk_ta = stats["ms"]["kl_norm"], stats["ta"]["kl_norm"]
         nr = ratio(nk_ta, nk_ms)(np.arange(n))
         nrlo, nrhi = bootstrap(ratio(nk_ta, nk_ms), n, seed, n_boot)
-        metrics.append(Metric("normalized_kl_ratio_ta_over_ms", finite(nr), "adapter", None, finite(nrlo),
-                              finite(nrhi), n))
+        metrics.append(
+            Metric("normalized_kl_ratio_ta_over_ms", finite(nr), "adapter", None, finite(nrlo), finite(nrhi), n)
+        )
         summary: dict[str, Any] = {
-            "attribute": ctx.params["attribute"], **modes.split_summary(),
-            "n_speakers": n_speakers, "n_samples": n, "span": ctx.span,
-            "per_sample": [{"sample_id": s.sample_id, "speaker_a": a, "speaker_b": b,
-                            "loss_baseline": float(base[i]), "loss_ms_swap": float(res[i, 1]),
-                            "loss_ta_swap": float(res[i, 2]), "kl_ms_swap": float(res[i, 3]),
-                            "kl_ta_swap": float(res[i, 4]), "delta_ms_norm": float(norms["ms"][i]),
-                            "delta_ta_norm": float(norms["ta"][i])}
-                           for i, (s, a, b) in enumerate(zip(samples, own, donors, strict=True))],
+            "attribute": ctx.params["attribute"],
+            **modes.split_summary(),
+            "n_speakers": n_speakers,
+            "n_samples": n,
+            "span": ctx.span,
+            "per_sample": [
+                {
+                    "sample_id": s.sample_id,
+                    "speaker_a": a,
+                    "speaker_b": b,
+                    "loss_baseline": float(base[i]),
+                    "loss_ms_swap": float(res[i, 1]),
+                    "loss_ta_swap": float(res[i, 2]),
+                    "kl_ms_swap": float(res[i, 3]),
+                    "kl_ta_swap": float(res[i, 4]),
+                    "delta_ms_norm": float(norms["ms"][i]),
+                    "delta_ta_norm": float(norms["ta"][i]),
+                }
+                for i, (s, a, b) in enumerate(zip(samples, own, donors, strict=True))
+            ],
         }
         notes = []
         for k in SUBSPACES:
@@ -197,17 +277,26 @@ class Swap(Analysis):
             d_ms, d_ta = stats["ms"]["delta"], stats["ta"]["delta"]
             mean_n = {k: float(stats[k]["norm"].mean()) for k in SUBSPACES}
             mkn = {k: float(stats[k]["kl_norm"].mean()) for k in SUBSPACES}
-            summary.update({
-                "model": getattr(ctx.run_config, "model", None), "mean_loss_baseline": round(float(base.mean()), 4),
-                **{f"{f}_kl_{k}_swap": round(float(g(stats[k]["kl"])), 6) for k in SUBSPACES
-                   for f, g in (("mean", np.mean), ("median", np.median), ("std", np.std))},
-                "kl_ratio_ta_over_ms": round(float(r), 2) if np.isfinite(r) else None,
-                "mean_delta_loss_ms": round(float(d_ms.mean()), 4), "mean_delta_loss_ta": round(float(d_ta.mean()), 4),
-                "pct_change_ms": round(100 * float(d_ms.mean()) / float(base.mean()), 2),
-                "pct_change_ta": round(100 * float(d_ta.mean()) / float(base.mean()), 2),
-                "mean_delta_ms_norm": mean_n["ms"], "mean_delta_ta_norm": mean_n["ta"],
-                "norm_ratio_ms_over_ta": mean_n["ms"] / mean_n["ta"] if mean_n["ta"] > 0 else None,
-                "mean_kl_ms_normalized": mkn["ms"], "mean_kl_ta_normalized": mkn["ta"],
-                "normalized_kl_ratio_ta_over_ms": mkn["ta"] / mkn["ms"] if mkn["ms"] > 0 else None,
-            })
+            summary.update(
+                {
+                    "model": getattr(ctx.run_config, "model", None),
+                    "mean_loss_baseline": round(float(base.mean()), 4),
+                    **{
+                        f"{f}_kl_{k}_swap": round(float(g(stats[k]["kl"])), 6)
+                        for k in SUBSPACES
+                        for f, g in (("mean", np.mean), ("median", np.median), ("std", np.std))
+                    },
+                    "kl_ratio_ta_over_ms": round(float(r), 2) if np.isfinite(r) else None,
+                    "mean_delta_loss_ms": round(float(d_ms.mean()), 4),
+                    "mean_delta_loss_ta": round(float(d_ta.mean()), 4),
+                    "pct_change_ms": round(100 * float(d_ms.mean()) / float(base.mean()), 2),
+                    "pct_change_ta": round(100 * float(d_ta.mean()) / float(base.mean()), 2),
+                    "mean_delta_ms_norm": mean_n["ms"],
+                    "mean_delta_ta_norm": mean_n["ta"],
+                    "norm_ratio_ms_over_ta": mean_n["ms"] / mean_n["ta"] if mean_n["ta"] > 0 else None,
+                    "mean_kl_ms_normalized": mkn["ms"],
+                    "mean_kl_ta_normalized": mkn["ta"],
+                    "normalized_kl_ratio_ta_over_ms": mkn["ta"] / mkn["ms"] if mkn["ms"] > 0 else None,
+                }
+            )
         return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)

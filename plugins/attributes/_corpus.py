@@ -19,9 +19,10 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from mch.api import PROTOCOLS, Attribute, DatasetPlugin, DatasetSpec, MchError, Param, Sample, SampleError
 
@@ -31,6 +32,7 @@ from ._media import sample_error
 def _raiser(err: SampleError) -> Callable[[], Any]:
     def load() -> Any:
         raise err
+
     return load
 
 
@@ -63,8 +65,15 @@ def _h(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()
 
 
-def select(items: Sequence[Any], limit: int | None, seed: int, *, key: Callable[[Any], str],
-           stratum: Callable[[Any], str] | None = None, group: Callable[[Any], str] | None = None) -> list[Any]:
+def select(
+    items: Sequence[Any],
+    limit: int | None,
+    seed: int,
+    *,
+    key: Callable[[Any], str],
+    stratum: Callable[[Any], str] | None = None,
+    group: Callable[[Any], str] | None = None,
+) -> list[Any]:
     """Deterministic, group-aware selection.
 
     No limit (or limit >= len): every item, sorted by `key` (the sample id). Otherwise items
@@ -85,8 +94,10 @@ def select(items: Sequence[Any], limit: int | None, seed: int, *, key: Callable[
         strata.setdefault(stratum(it), {}).setdefault(group(it), []).append(it)
 
     def stream(groups: dict[str, list[Any]]):
-        queues = [sorted(groups[g], key=lambda it: _h(seed, key(it)))
-                  for g in sorted(groups, key=lambda g: _h(seed, "group:" + g))]
+        queues = [
+            sorted(groups[g], key=lambda it: _h(seed, key(it)))
+            for g in sorted(groups, key=lambda g: _h(seed, "group:" + g))
+        ]
         depth = 0
         while True:
             alive = False
@@ -262,9 +273,14 @@ class Corpus(DatasetPlugin):
                     r.fail(f"label {value!r} of attribute {a!r} is outside its declared classes")
         strat = self.stratify if self.stratify in attrs else None
         gkey = attrs[strat].group_key if strat else None
-        chosen = select(records, limit, seed, key=lambda r: r.sample_id,
-                        stratum=(lambda r: r.labels.get(strat, "")) if strat else None,
-                        group=(lambda r: r.groups.get(gkey, r.sample_id)) if gkey else None)
+        chosen = select(
+            records,
+            limit,
+            seed,
+            key=lambda r: r.sample_id,
+            stratum=(lambda r: r.labels.get(strat, "")) if strat else None,
+            group=(lambda r: r.groups.get(gkey, r.sample_id)) if gkey else None,
+        )
         return [self._sample(r, protocol) for r in chosen]
 
     def _sample(self, r: Record, protocol: str) -> Sample:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from mch.api import Attribute
 
@@ -37,8 +37,9 @@ def content_tokens(text: str) -> list[str]:
     return out
 
 
-def first_top_k_labels(texts: Sequence[str], tokenize: Callable[[str], list[str]],
-                       k: int = LEXICAL_TOP_K) -> tuple[list[str], list[str]]:
+def first_top_k_labels(
+    texts: Sequence[str], tokenize: Callable[[str], list[str]], k: int = LEXICAL_TOP_K
+) -> tuple[list[str], list[str]]:
     """The "first top-k word" rule: count tokens over all texts, keep the k most frequent
     (ties in first-seen order, as Counter.most_common), label each text with its first token
     in that set ("" when none). Returns (labels, vocabulary in rank order)."""
@@ -58,23 +59,37 @@ def lexical_labels(texts: Sequence[str], protocol: str) -> tuple[list[str], list
 
 
 LEXICAL_RULES = {
-    "paper": ("first top-50 word (reference script 03): lower-case, tokens [a-z]+, the 50 most frequent "
-              "tokens over the whole split (ties in first-seen order), label = first token of the text "
-              "in that set; no stop-word removal"),
-    "default": ("first top-50 content word: lower-case, tokens [a-z]+('[a-z]+)*, possessive 's dropped, "
-                "mch's English stop-word list removed, the 50 most frequent content words over the whole "
-                "split (ties in first-seen order), label = first content word of the text in that set"),
+    "paper": (
+        "first top-50 word (reference script 03): lower-case, tokens [a-z]+, the 50 most frequent "
+        "tokens over the whole split (ties in first-seen order), label = first token of the text "
+        "in that set; no stop-word removal"
+    ),
+    "default": (
+        "first top-50 content word: lower-case, tokens [a-z]+('[a-z]+)*, possessive 's dropped, "
+        "mch's English stop-word list removed, the 50 most frequent content words over the whole "
+        "split (ties in first-seen order), label = first content word of the text in that set"
+    ),
 }
 
 
-def lexical_attribute(labels: Sequence[str], vocab: Sequence[str], protocol: str, query: str,
-                      group_key: str, what: str) -> Attribute:
+def lexical_attribute(
+    labels: Sequence[str], vocab: Sequence[str], protocol: str, query: str, group_key: str, what: str
+) -> Attribute:
     classes = ordered_classes(labels, vocab)
     maj, rate = majority(labels)
     n_lab = sum(1 for x in labels if x)
-    desc = (f"first top-50 {'word' if protocol == 'paper' else 'content word'} of the {what}; "
-            f"{len(classes)} classes over {n_lab} labelled samples of the split, majority class "
-            f"{maj!r} = {rate:.1%}")
-    return Attribute(name="lexical", classes=classes, verbalizers={c: [c] for c in classes}, query=query,
-                     group_key=group_key, text_describable=True, description=desc,
-                     label_rule=dict(LEXICAL_RULES))
+    desc = (
+        f"first top-50 {'word' if protocol == 'paper' else 'content word'} of the {what}; "
+        f"{len(classes)} classes over {n_lab} labelled samples of the split, majority class "
+        f"{maj!r} = {rate:.1%}"
+    )
+    return Attribute(
+        name="lexical",
+        classes=classes,
+        verbalizers={c: [c] for c in classes},
+        query=query,
+        group_key=group_key,
+        text_describable=True,
+        description=desc,
+        label_rule=dict(LEXICAL_RULES),
+    )

@@ -18,8 +18,9 @@ from mch.api import SampleError
 def sample_error(sample_id: str, path: str | os.PathLike | None, problem: str) -> SampleError:
     """One sentence naming the sample and its file."""
     where = f" ({path})" if path is not None else ""
-    return SampleError(f"sample {sample_id!r}{where}: {problem}", sample_id=sample_id,
-                       path=None if path is None else str(path))
+    return SampleError(
+        f"sample {sample_id!r}{where}: {problem}", sample_id=sample_id, path=None if path is None else str(path)
+    )
 
 
 # --------------------------------------------------------------------------- audio
@@ -42,8 +43,11 @@ def _check_wav_complete(path: str, sample_id: str) -> None:
             if cid == b"data":
                 avail = size - (pos + 8)
                 if clen < 0x7FFF0000 and clen > avail:  # larger: a streamed file's "unknown" size
-                    raise sample_error(sample_id, path, f"the WAV file is truncated (its header declares "
-                                                        f"{clen} data bytes, {avail} are present)")
+                    raise sample_error(
+                        sample_id,
+                        path,
+                        f"the WAV file is truncated (its header declares {clen} data bytes, {avail} are present)",
+                    )
                 return
             pos += 8 + clen + (clen & 1)
 
@@ -59,8 +63,14 @@ def resample(wave: Any, rate: int, target: int) -> Any:
     return resample_poly(wave, int(target) // g, int(rate) // g).astype(np.float32)
 
 
-def read_audio(source: str | os.PathLike | bytes, sample_id: str, *, expected_rate: int | None = None,
-               target_rate: int | None = None, display_path: str | None = None) -> tuple[Any, int]:
+def read_audio(
+    source: str | os.PathLike | bytes,
+    sample_id: str,
+    *,
+    expected_rate: int | None = None,
+    target_rate: int | None = None,
+    display_path: str | None = None,
+) -> tuple[Any, int]:
     """Decode one audio file (a path, or the file's bytes) to (float32 mono waveform, rate).
 
     Stereo is averaged to mono. `expected_rate` is the corpus's documented rate: another rate
@@ -94,13 +104,17 @@ def read_audio(source: str | os.PathLike | bytes, sample_id: str, *, expected_ra
     if data.shape[0] == 0:
         raise sample_error(sample_id, path, "the audio file is empty (no samples)")
     if 0 < data.shape[0] < info.frames:
-        raise sample_error(sample_id, path, f"the audio file is truncated ({data.shape[0]} of "
-                                            f"{info.frames} frames decoded)")
+        raise sample_error(
+            sample_id, path, f"the audio file is truncated ({data.shape[0]} of {info.frames} frames decoded)"
+        )
     if not np.isfinite(data).all():
         raise sample_error(sample_id, path, "the audio file is corrupt (it decodes to NaN or inf)")
     if expected_rate and rate != expected_rate:
-        raise sample_error(sample_id, path, f"the audio is {rate} Hz but this corpus is {expected_rate} Hz "
-                                            f"(pass native_rate=0 to accept any rate)")
+        raise sample_error(
+            sample_id,
+            path,
+            f"the audio is {rate} Hz but this corpus is {expected_rate} Hz (pass native_rate=0 to accept any rate)",
+        )
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if target_rate and target_rate != rate:
         wave, rate = resample(wave, rate, target_rate), int(target_rate)
@@ -125,8 +139,11 @@ def read_image(path: str | os.PathLike, sample_id: str, expected_size: tuple[int
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise sample_error(sample_id, p, f"the image cannot be read ({exc})") from None
     if expected_size is not None and tuple(rgb.size) != tuple(expected_size):
-        raise sample_error(sample_id, p, f"the image is {rgb.size[0]}x{rgb.size[1]} but its annotation says "
-                                         f"{expected_size[0]}x{expected_size[1]}")
+        raise sample_error(
+            sample_id,
+            p,
+            f"the image is {rgb.size[0]}x{rgb.size[1]} but its annotation says {expected_size[0]}x{expected_size[1]}",
+        )
     return rgb
 
 

@@ -4,7 +4,8 @@ Function words removed by the default lexical rule (the reference claims a stop-
 but has none). Written for this project; contractions are single tokens here.
 """
 
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 a about above after again against all almost also am among an and another any anybody anyone anything
 are aren't around as at away back be became because become been before being below beneath beside
 besides between beyond both but by can can't cannot could couldn't did didn't do does doesn't doing done
@@ -21,4 +22,5 @@ together too toward towards under until up upon us very was wasn't we we'd we'll
 weren't what what's whatever when whenever where where's whether which while who who's whom whose why
 will with within without won't would wouldn't yes yet you you'd you'll you're you've your yours yourself
 yourselves
-""".split())
+""".split()
+)

@@ -39,34 +39,46 @@ from ._media import read_image
 COUNT_BINS = ("1", "2-4", "5-10", "11+")
 SIZE_CLASSES = ("small", "medium", "large")
 SPREAD_CLASSES = ("concentrated", "moderate", "dispersed")
-COUNT_VERBALIZERS = {"1": ["one object", "a single object"], "2-4": ["a few objects", "some objects"],
-                     "5-10": ["several objects", "a handful of objects"], "11+": ["many objects", "lots of objects"]}
+COUNT_VERBALIZERS = {
+    "1": ["one object", "a single object"],
+    "2-4": ["a few objects", "some objects"],
+    "5-10": ["several objects", "a handful of objects"],
+    "11+": ["many objects", "lots of objects"],
+}
 SIZE_VERBALIZERS = {"small": ["small", "tiny"], "medium": ["medium-sized", "mid-sized"], "large": ["large", "big"]}
-SPREAD_VERBALIZERS = {"concentrated": ["close together", "clustered"],
-                      "moderate": ["moderately spread out", "somewhat spread out"],
-                      "dispersed": ["spread out", "scattered"]}
+SPREAD_VERBALIZERS = {
+    "concentrated": ["close together", "clustered"],
+    "moderate": ["moderately spread out", "somewhat spread out"],
+    "dispersed": ["spread out", "scattered"],
+}
 TERTILES = (33.3, 66.7)
 
 RULES = {
     "object_count": {
         "paper": "non-crowd instances per image, bins 1 (n<=1, including 0) / 2-4 / 5-10 / 11+",
-        "default": "non-crowd instances per image, bins 1 / 2-4 / 5-10 / 11+; images without instances dropped"},
+        "default": "non-crowd instances per image, bins 1 / 2-4 / 5-10 / 11+; images without instances dropped",
+    },
     "avg_obj_size": {
         "paper": "mean bbox w*h / (W*H) over non-crowd instances (0 without instances); tertiles (np.percentile "
-                 "33.3, 66.7) over annotated images of the whole annotation file; v<=t1 small, v<=t2 medium, else large",
+        "33.3, 66.7) over annotated images of the whole annotation file; v<=t1 small, v<=t2 medium, else large",
         "default": "mean bbox w*h / (W*H) over non-crowd instances; tertiles (np.percentile 33.3, 66.7) over "
-                   "annotated images of the whole annotation file; v<=t1 small, v<=t2 medium, else large"},
+        "annotated images of the whole annotation file; v<=t1 small, v<=t2 medium, else large",
+    },
     "spatial_spread": {
         "paper": "population std of the distances of normalised bbox centres to (0.5, 0.5), 0 below 2 instances; "
-                 "tertiles over annotated images of the whole file: concentrated / moderate / dispersed",
+        "tertiles over annotated images of the whole file: concentrated / moderate / dispersed",
         "default": "RMS distance of normalised bbox centres to their centroid, only for images with >= 2 "
-                   "non-crowd instances (others unlabelled); tertiles over those images of the whole file"},
+        "non-crowd instances (others unlabelled); tertiles over those images of the whole file",
+    },
     "object_category": {
         p: "category of the largest non-crowd instance by annotation area (ties: lowest annotation id); the "
-           "reference's rule is unrecoverable, mch's choice" for p in ("default", "paper")},
+        "reference's rule is unrecoverable, mch's choice"
+        for p in ("default", "paper")
+    },
     "super_category": {
         p: "supercategory of the object_category instance (largest non-crowd instance by area)"
-        for p in ("default", "paper")},
+        for p in ("default", "paper")
+    },
 }
 
 
@@ -112,8 +124,10 @@ def article(word: str) -> str:
 class COCO(Corpus):
     name = "coco"
     modality = "vision"
-    layout = ("a COCO directory holding val2017/*.jpg and annotations/instances_val2017.json + "
-              "annotations/captions_val2017.json")
+    layout = (
+        "a COCO directory holding val2017/*.jpg and annotations/instances_val2017.json + "
+        "annotations/captions_val2017.json"
+    )
     default_split = "val2017"
     stratify = "object_count"
 
@@ -128,12 +142,14 @@ class COCO(Corpus):
         ann = self.root() / "annotations"
         if (ann / f"instances_{self.default_split}.json").is_file():
             return self.default_split
-        have = sorted(p.name[len("instances_"):-len(".json")] for p in ann.glob("instances_*.json"))
+        have = sorted(p.name[len("instances_") : -len(".json")] for p in ann.glob("instances_*.json"))
         return have[0] if len(have) == 1 else self.default_split
 
     def _scan(self, split: str | None, protocol: str) -> list[Record]:
         root = self.root()
-        inst = read_json(root / "annotations" / f"instances_{split}.json", f"dataset {self.data_name!r}: instances file")
+        inst = read_json(
+            root / "annotations" / f"instances_{split}.json", f"dataset {self.data_name!r}: instances file"
+        )
         caps = read_json(root / "annotations" / f"captions_{split}.json", f"dataset {self.data_name!r}: captions file")
         try:
             images = {int(im["id"]): im for im in inst["images"]}
@@ -141,8 +157,10 @@ class COCO(Corpus):
             anns = list(inst["annotations"])
             cap_anns = list(caps["annotations"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise MchError(f"dataset {self.data_name!r}: {root / 'annotations'} files lack the COCO tables "
-                           f"images/annotations/categories ({exc!r})") from None
+            raise MchError(
+                f"dataset {self.data_name!r}: {root / 'annotations'} files lack the COCO tables "
+                f"images/annotations/categories ({exc!r})"
+            ) from None
         per_image: dict[int, list[dict]] = {i: [] for i in images}
         problems: dict[int, str] = {}
         for a in anns:
@@ -154,8 +172,11 @@ class COCO(Corpus):
                 continue
             bbox = a.get("bbox")
             if int(a.get("category_id", -1)) not in cats:
-                problems.setdefault(img, f"annotation {a.get('id')} has category_id {a.get('category_id')!r}, "
-                                         f"which is not in the categories table")
+                problems.setdefault(
+                    img,
+                    f"annotation {a.get('id')} has category_id {a.get('category_id')!r}, "
+                    f"which is not in the categories table",
+                )
             elif not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
                 problems.setdefault(img, f"annotation {a.get('id')} has no valid bbox")
             else:
@@ -193,11 +214,23 @@ class COCO(Corpus):
             sid = str(img)
             path = img_dir / str(im.get("file_name", f"{img:012d}.jpg"))
             size = (int(im.get("width") or 0), int(im.get("height") or 0))
-            labels = {"lexical": "", "object_category": "", "super_category": "", "object_count": "",
-                      "avg_obj_size": "", "spatial_spread": ""}
-            rec = Record(sid, captions.get(img, (0, ""))[1], labels, {"image": sid},
-                         partial(read_image, path, sid, size), path=str(path),
-                         meta={"count": st["count"], "avg_obj_size_value": st["size"], "spread_value": st["spread"]})
+            labels = {
+                "lexical": "",
+                "object_category": "",
+                "super_category": "",
+                "object_count": "",
+                "avg_obj_size": "",
+                "spatial_spread": "",
+            }
+            rec = Record(
+                sid,
+                captions.get(img, (0, ""))[1],
+                labels,
+                {"image": sid},
+                partial(read_image, path, sid, size),
+                path=str(path),
+                meta={"count": st["count"], "avg_obj_size_value": st["size"], "spread_value": st["spread"]},
+            )
             if img in problems:
                 rec.fail(problems[img])
             elif img not in captions:
@@ -234,28 +267,71 @@ class COCO(Corpus):
         rules = {k: dict(v) for k, v in RULES.items()}
         for p in rules["avg_obj_size"]:
             rules["avg_obj_size"][p] += f" (this file: t1={t_size[0]:.6g}, t2={t_size[1]:.6g})" if p == protocol else ""
-            rules["spatial_spread"][p] += f" (this file: t1={t_spread[0]:.6g}, t2={t_spread[1]:.6g})" if p == protocol else ""
+            rules["spatial_spread"][p] += (
+                f" (this file: t1={t_spread[0]:.6g}, t2={t_spread[1]:.6g})" if p == protocol else ""
+            )
 
-        def attr(name: str, classes: list[str], verb: dict[str, list[str]], query: str, text: bool, desc: str) -> Attribute:
-            return Attribute(name, classes, {c: verb[c] for c in classes}, query, group_key="image",
-                             text_describable=text, description=desc, label_rule=rules[name])
+        def attr(
+            name: str, classes: list[str], verb: dict[str, list[str]], query: str, text: bool, desc: str
+        ) -> Attribute:
+            return Attribute(
+                name,
+                classes,
+                {c: verb[c] for c in classes},
+                query,
+                group_key="image",
+                text_describable=text,
+                description=desc,
+                label_rule=rules[name],
+            )
 
-        counts, sizes, spreads = present("object_count", COUNT_BINS), present("avg_obj_size", SIZE_CLASSES), \
-            present("spatial_spread", SPREAD_CLASSES)
+        counts, sizes, spreads = (
+            present("object_count", COUNT_BINS),
+            present("avg_obj_size", SIZE_CLASSES),
+            present("spatial_spread", SPREAD_CLASSES),
+        )
         return {
-            "lexical": lexical_attribute([r.labels["lexical"] for r in ok], extra["vocab"], protocol,
-                                         "The image is described by the word", "image", "caption"),
-            "object_category": attr("object_category", cats,
-                                    {c: [f"{article(c)} {c}", f"the {c}"] for c in cats},
-                                    "The main object in the image is", True, "category of the largest object"),
-            "super_category": attr("super_category", supers, {s: [s] for s in supers},
-                                   "The main object in the image is a kind of", True,
-                                   "supercategory of the largest object"),
-            "object_count": attr("object_count", counts, COUNT_VERBALIZERS, "The image contains", False,
-                                 "number of objects, binned"),
-            "avg_obj_size": attr("avg_obj_size", sizes, SIZE_VERBALIZERS, "The objects in the image are", False,
-                                 f"mean relative bbox area, tertiles t1={t_size[0]:.4g} t2={t_size[1]:.4g}"),
-            "spatial_spread": attr("spatial_spread", spreads, SPREAD_VERBALIZERS, "The objects in the image are",
-                                   False, f"spread of object centres, tertiles t1={t_spread[0]:.4g} "
-                                          f"t2={t_spread[1]:.4g}"),
+            "lexical": lexical_attribute(
+                [r.labels["lexical"] for r in ok],
+                extra["vocab"],
+                protocol,
+                "The image is described by the word",
+                "image",
+                "caption",
+            ),
+            "object_category": attr(
+                "object_category",
+                cats,
+                {c: [f"{article(c)} {c}", f"the {c}"] for c in cats},
+                "The main object in the image is",
+                True,
+                "category of the largest object",
+            ),
+            "super_category": attr(
+                "super_category",
+                supers,
+                {s: [s] for s in supers},
+                "The main object in the image is a kind of",
+                True,
+                "supercategory of the largest object",
+            ),
+            "object_count": attr(
+                "object_count", counts, COUNT_VERBALIZERS, "The image contains", False, "number of objects, binned"
+            ),
+            "avg_obj_size": attr(
+                "avg_obj_size",
+                sizes,
+                SIZE_VERBALIZERS,
+                "The objects in the image are",
+                False,
+                f"mean relative bbox area, tertiles t1={t_size[0]:.4g} t2={t_size[1]:.4g}",
+            ),
+            "spatial_spread": attr(
+                "spatial_spread",
+                spreads,
+                SPREAD_VERBALIZERS,
+                "The objects in the image are",
+                False,
+                f"spread of object centres, tertiles t1={t_spread[0]:.4g} t2={t_spread[1]:.4g}",
+            ),
         }

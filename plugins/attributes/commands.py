@@ -48,11 +48,14 @@ def mch_register_commands(app):
             typer.echo(f"{name:<12} {desc}")
 
     @data.command("make")
-    def make(name: str = typer.Argument(..., help="corpus: " + ", ".join(CORPORA)),
-             out: str = typer.Option(..., "--out", "-o", help="new or empty directory to write"),
-             seed: int = typer.Option(0, "--seed", help="random seed (same seed, same corpus)"),
-             param: list[str] = typer.Option([], "--param", "-p",
-                                             help="generator argument KEY=VALUE, repeatable (e.g. actors=8)")) -> None:
+    def make(
+        name: str = typer.Argument(..., help="corpus: " + ", ".join(CORPORA)),
+        out: str = typer.Option(..., "--out", "-o", help="new or empty directory to write"),
+        seed: int = typer.Option(0, "--seed", help="random seed (same seed, same corpus)"),
+        param: list[str] = typer.Option(
+            [], "--param", "-p", help="generator argument KEY=VALUE, repeatable (e.g. actors=8)"
+        ),
+    ) -> None:
         """Write corpus NAME into --out, in the exact on-disk layout of the real dataset."""
         from mch.api import MchError
 
@@ -64,7 +67,9 @@ def mch_register_commands(app):
         kwargs["seed"] = seed
         path = synth.make(name, out, **kwargs)
         manifest = synth.read_manifest(path) or {}
-        typer.echo(f"wrote {name} ({manifest.get('files', '?')} files) to {path}; read it with "
-                   f"--dataset {name} --data-path {path}")
+        typer.echo(
+            f"wrote {name} ({manifest.get('files', '?')} files) to {path}; read it with "
+            f"--dataset {name} --data-path {path}"
+        )
 
     app.add_typer(data, name="data")

@@ -71,8 +71,9 @@ class CremaD(Corpus):
         for cand in (path / "AudioWAV", path):
             if cand.is_dir() and any(cand.glob("*.wav")):
                 return cand
-        raise MchError(f"dataset {self.data_name!r}: no .wav files in {path} or {path / 'AudioWAV'}; "
-                       f"expected {self.layout}")
+        raise MchError(
+            f"dataset {self.data_name!r}: no .wav files in {path} or {path / 'AudioWAV'}; expected {self.layout}"
+        )
 
     def _norm_split(self, split: str | None) -> str | None:
         split = split or self.default_split
@@ -87,14 +88,18 @@ class CremaD(Corpus):
         records = []
         for f in sorted(root.glob("*.wav")):
             sid = f.stem
-            rec = Record(sid, "", {"emotion": "", "speaker": "", "lexical": ""},
-                         {"actor": "", "sentence": "", "utterance": sid},
-                         partial(read_audio, f, sid, expected_rate=native, target_rate=target), path=str(f))
+            rec = Record(
+                sid,
+                "",
+                {"emotion": "", "speaker": "", "lexical": ""},
+                {"actor": "", "sentence": "", "utterance": sid},
+                partial(read_audio, f, sid, expected_rate=native, target_rate=target),
+                path=str(f),
+            )
             try:
                 name = parse_name(sid)
             except MchError:
-                rec.fail("the file name does not follow {actor}_{sentence}_{emotion}_{level}.wav, "
-                         "so it has no labels")
+                rec.fail("the file name does not follow {actor}_{sentence}_{emotion}_{level}.wav, so it has no labels")
                 records.append(rec)
                 continue
             actor, sent, level = name["actor"], name["sentence"], name["level_code"]
@@ -126,30 +131,54 @@ class CremaD(Corpus):
         actors = ordered_classes(r.labels["speaker"] for r in ok)
         attrs = {
             "emotion": Attribute(
-                "emotion", emotions, {e: EMOTION_VERBALIZERS[e] for e in emotions}, "The speaker sounds",
-                group_key="actor", description="the acted emotion, from the file name's emotion code",
-                label_rule={p: "file-name code ANG/DIS/FEA/HAP/NEU/SAD -> anger/disgust/fear/happy/neutral/sadness"
-                            for p in ("default", "paper")}),
+                "emotion",
+                emotions,
+                {e: EMOTION_VERBALIZERS[e] for e in emotions},
+                "The speaker sounds",
+                group_key="actor",
+                description="the acted emotion, from the file name's emotion code",
+                label_rule={
+                    p: "file-name code ANG/DIS/FEA/HAP/NEU/SAD -> anger/disgust/fear/happy/neutral/sadness"
+                    for p in ("default", "paper")
+                },
+            ),
             "speaker": Attribute(
-                "speaker", actors, {a: [f"actor {a}"] for a in actors}, "The speaker is",
-                group_key="sentence", verbalizable=False,  # "actor 1001": no decoder can name it from a voice
-                description="the actor id from the file name; grouped by sentence "
-                "(every actor speaks every sentence)",
-                label_rule={p: "actor id = first field of the file name" for p in ("default", "paper")}),
+                "speaker",
+                actors,
+                {a: [f"actor {a}"] for a in actors},
+                "The speaker is",
+                group_key="sentence",
+                verbalizable=False,  # "actor 1001": no decoder can name it from a voice
+                description="the actor id from the file name; grouped by sentence (every actor speaks every sentence)",
+                label_rule={p: "actor id = first field of the file name" for p in ("default", "paper")},
+            ),
         }
         if protocol == "paper":
-            attrs["lexical"] = lexical_attribute([r.labels["lexical"] for r in ok], self._extra(self._split, protocol)["vocab"],
-                                                 "paper", "The speaker says the word", "actor", "transcript")
+            attrs["lexical"] = lexical_attribute(
+                [r.labels["lexical"] for r in ok],
+                self._extra(self._split, protocol)["vocab"],
+                "paper",
+                "The speaker says the word",
+                "actor",
+                "transcript",
+            )
         else:
             codes = ordered_classes((r.labels["lexical"] for r in ok), list(SENTENCES))
             attrs["lexical"] = Attribute(
-                "lexical", codes, sentence_verbalizers(codes), "The speaker says the word", group_key="actor",
+                "lexical",
+                codes,
+                sentence_verbalizers(codes),
+                "The speaker says the word",
+                group_key="actor",
                 text_describable=True,
                 description="which of the 12 fixed sentences is spoken, verbalized by its own content words",
-                label_rule={"default": "sentence code from the file name (12 classes, e.g. DFA = \"Don't forget "
-                                       "a jacket.\"); verbalizers are the sentence's content words that no other "
-                                       "sentence has (stop words removed)",
-                            "paper": "first top-50 word of the sentence text (reference script 03)"})
+                label_rule={
+                    "default": "sentence code from the file name (12 classes, e.g. DFA = \"Don't forget "
+                    "a jacket.\"); verbalizers are the sentence's content words that no other "
+                    "sentence has (stop words removed)",
+                    "paper": "first top-50 word of the sentence text (reference script 03)",
+                },
+            )
         return attrs
 
 
@@ -161,5 +190,11 @@ def parse_name(stem: str) -> dict[str, Any]:
     if not m:
         raise MchError(f"{stem!r} is not a CREMA-D file name ({{actor}}_{{sentence}}_{{emotion}}_{{level}})")
     actor, sent, emo, level = m.groups()
-    return {"actor": actor, "sentence": sent, "emotion": EMOTIONS.get(emo, emo), "level": LEVELS.get(level, level),
-            "emotion_code": emo, "level_code": level}
+    return {
+        "actor": actor,
+        "sentence": sent,
+        "emotion": EMOTIONS.get(emo, emo),
+        "level": LEVELS.get(level, level),
+        "emotion_code": emo,
+        "level_code": level,
+    }

@@ -25,31 +25,70 @@ COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take"
 # The 50 categories in target order 0..49, with the words a decoder would use after
 # "This is the sound of".
 VERBALIZERS = {
-    "dog": ["a dog", "a dog barking", "barking"], "rooster": ["a rooster", "a rooster crowing"],
-    "pig": ["a pig", "a pig grunting"], "cow": ["a cow", "a cow mooing"], "frog": ["a frog", "frogs croaking"],
-    "cat": ["a cat", "a cat meowing"], "hen": ["a hen", "a chicken clucking"], "insects": ["insects", "buzzing insects"],
-    "sheep": ["a sheep", "sheep bleating"], "crow": ["a crow", "a crow cawing"], "rain": ["rain", "rainfall"],
-    "sea_waves": ["sea waves", "the ocean"], "crackling_fire": ["a crackling fire", "fire"],
-    "crickets": ["crickets", "crickets chirping"], "chirping_birds": ["birds chirping", "birdsong"],
-    "water_drops": ["water drops", "dripping water"], "wind": ["wind", "the wind blowing"],
-    "pouring_water": ["pouring water", "water being poured"], "toilet_flush": ["a toilet flushing", "a flushing toilet"],
-    "thunderstorm": ["a thunderstorm", "thunder"], "crying_baby": ["a crying baby", "a baby crying"],
-    "sneezing": ["sneezing", "a sneeze"], "clapping": ["clapping", "applause"], "breathing": ["breathing", "heavy breathing"],
-    "coughing": ["coughing", "a cough"], "footsteps": ["footsteps", "walking"], "laughing": ["laughing", "laughter"],
-    "brushing_teeth": ["brushing teeth", "a toothbrush"], "snoring": ["snoring", "someone snoring"],
-    "drinking_sipping": ["drinking", "sipping"], "door_wood_knock": ["knocking on a door", "a knock"],
-    "mouse_click": ["a mouse click", "clicking"], "keyboard_typing": ["typing on a keyboard", "typing"],
-    "door_wood_creaks": ["a creaking door", "a door creaking"], "can_opening": ["a can opening", "opening a can"],
-    "washing_machine": ["a washing machine"], "vacuum_cleaner": ["a vacuum cleaner", "vacuuming"],
-    "clock_alarm": ["an alarm clock", "an alarm"], "clock_tick": ["a ticking clock", "a clock ticking"],
-    "glass_breaking": ["glass breaking", "breaking glass"], "helicopter": ["a helicopter"],
-    "chainsaw": ["a chainsaw"], "siren": ["a siren"], "car_horn": ["a car horn", "honking"],
-    "engine": ["an engine", "a motor"], "train": ["a train"], "church_bells": ["church bells", "bells ringing"],
-    "airplane": ["an airplane", "a plane"], "fireworks": ["fireworks"], "hand_saw": ["a hand saw", "sawing"],
+    "dog": ["a dog", "a dog barking", "barking"],
+    "rooster": ["a rooster", "a rooster crowing"],
+    "pig": ["a pig", "a pig grunting"],
+    "cow": ["a cow", "a cow mooing"],
+    "frog": ["a frog", "frogs croaking"],
+    "cat": ["a cat", "a cat meowing"],
+    "hen": ["a hen", "a chicken clucking"],
+    "insects": ["insects", "buzzing insects"],
+    "sheep": ["a sheep", "sheep bleating"],
+    "crow": ["a crow", "a crow cawing"],
+    "rain": ["rain", "rainfall"],
+    "sea_waves": ["sea waves", "the ocean"],
+    "crackling_fire": ["a crackling fire", "fire"],
+    "crickets": ["crickets", "crickets chirping"],
+    "chirping_birds": ["birds chirping", "birdsong"],
+    "water_drops": ["water drops", "dripping water"],
+    "wind": ["wind", "the wind blowing"],
+    "pouring_water": ["pouring water", "water being poured"],
+    "toilet_flush": ["a toilet flushing", "a flushing toilet"],
+    "thunderstorm": ["a thunderstorm", "thunder"],
+    "crying_baby": ["a crying baby", "a baby crying"],
+    "sneezing": ["sneezing", "a sneeze"],
+    "clapping": ["clapping", "applause"],
+    "breathing": ["breathing", "heavy breathing"],
+    "coughing": ["coughing", "a cough"],
+    "footsteps": ["footsteps", "walking"],
+    "laughing": ["laughing", "laughter"],
+    "brushing_teeth": ["brushing teeth", "a toothbrush"],
+    "snoring": ["snoring", "someone snoring"],
+    "drinking_sipping": ["drinking", "sipping"],
+    "door_wood_knock": ["knocking on a door", "a knock"],
+    "mouse_click": ["a mouse click", "clicking"],
+    "keyboard_typing": ["typing on a keyboard", "typing"],
+    "door_wood_creaks": ["a creaking door", "a door creaking"],
+    "can_opening": ["a can opening", "opening a can"],
+    "washing_machine": ["a washing machine"],
+    "vacuum_cleaner": ["a vacuum cleaner", "vacuuming"],
+    "clock_alarm": ["an alarm clock", "an alarm"],
+    "clock_tick": ["a ticking clock", "a clock ticking"],
+    "glass_breaking": ["glass breaking", "breaking glass"],
+    "helicopter": ["a helicopter"],
+    "chainsaw": ["a chainsaw"],
+    "siren": ["a siren"],
+    "car_horn": ["a car horn", "honking"],
+    "engine": ["an engine", "a motor"],
+    "train": ["a train"],
+    "church_bells": ["church bells", "bells ringing"],
+    "airplane": ["an airplane", "a plane"],
+    "fireworks": ["fireworks"],
+    "hand_saw": ["a hand saw", "sawing"],
 }
 CATEGORIES = list(VERBALIZERS)  # target order
-ESC10 = ("dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby", "sneezing", "clock_tick",
-         "helicopter", "chainsaw")
+ESC10 = (
+    "dog",
+    "rooster",
+    "rain",
+    "sea_waves",
+    "crackling_fire",
+    "crying_baby",
+    "sneezing",
+    "clock_tick",
+    "helicopter",
+    "chainsaw",
+)
 
 
 class ESC50(Corpus):
@@ -64,8 +103,9 @@ class ESC50(Corpus):
         for cand in (path, path / "ESC-50", path / "ESC-50-master"):
             if (cand / "meta" / "esc50.csv").is_file():
                 return cand
-        raise MchError(f"dataset {self.data_name!r}: {path / 'meta' / 'esc50.csv'} does not exist; "
-                       f"expected {self.layout}")
+        raise MchError(
+            f"dataset {self.data_name!r}: {path / 'meta' / 'esc50.csv'} does not exist; expected {self.layout}"
+        )
 
     def _norm_split(self, split: str | None) -> str | None:
         split = (split or self.default_split).replace(" ", "")
@@ -73,8 +113,9 @@ class ESC50(Corpus):
             return split
         folds = [f[4:] if f.startswith("fold") else f for f in split.split(",")]
         if not folds or not all(f in "12345" and len(f) == 1 for f in folds):
-            raise MchError(f"dataset {self.data_name!r}: split {split!r} must be 'all', 'esc10' or folds such as "
-                           f"'fold1' or '1,2'")
+            raise MchError(
+                f"dataset {self.data_name!r}: split {split!r} must be 'all', 'esc10' or folds such as 'fold1' or '1,2'"
+            )
         return ",".join(f"fold{f}" for f in sorted(set(folds)))
 
     def _scan(self, split: str | None, protocol: str) -> list[Record]:
@@ -89,8 +130,9 @@ class ESC50(Corpus):
             raise MchError(f"dataset {self.data_name!r}: cannot read {csv_path} ({exc.strerror})") from None
         missing = [c for c in COLUMNS if rows and c not in rows[0]] or ([] if rows else list(COLUMNS))
         if missing:
-            raise MchError(f"dataset {self.data_name!r}: {csv_path} lacks columns {missing} "
-                           f"(expected {', '.join(COLUMNS)})")
+            raise MchError(
+                f"dataset {self.data_name!r}: {csv_path} lacks columns {missing} (expected {', '.join(COLUMNS)})"
+            )
         # a category must have one target and a target one category
         cat_targets: dict[str, set[str]] = {}
         target_cats: dict[str, set[str]] = {}
@@ -103,11 +145,23 @@ class ESC50(Corpus):
             sid = Path(fname).stem or f"row{i + 2}"
             f = root / "audio" / fname
             cat, fold = row["category"].strip(), row["fold"].strip()
-            rec = Record(sid, "", {"acoustic": cat}, {"fold": fold, "clip": sid},
-                         partial(read_audio, f, sid, expected_rate=native, target_rate=target), path=str(f),
-                         meta={"target": row["target"], "esc10": row["esc10"], "src_file": row["src_file"],
-                               "take": row["take"], "native_rate": NATIVE_RATE, "sample_rate": target or native,
-                               "resampler": "scipy.signal.resample_poly" if target else None})
+            rec = Record(
+                sid,
+                "",
+                {"acoustic": cat},
+                {"fold": fold, "clip": sid},
+                partial(read_audio, f, sid, expected_rate=native, target_rate=target),
+                path=str(f),
+                meta={
+                    "target": row["target"],
+                    "esc10": row["esc10"],
+                    "src_file": row["src_file"],
+                    "take": row["take"],
+                    "native_rate": NATIVE_RATE,
+                    "sample_rate": target or native,
+                    "resampler": "scipy.signal.resample_poly" if target else None,
+                },
+            )
             if not fname:
                 rec.fail(f"row {i + 2} of {csv_path} has no filename")
             elif fold not in ("1", "2", "3", "4", "5"):
@@ -128,7 +182,14 @@ class ESC50(Corpus):
     def _declare(self, records: list[Record], protocol: str) -> dict[str, Attribute]:
         cats = ordered_classes(r.labels["acoustic"] for r in records if r.error is None)
         verb = {c: VERBALIZERS.get(c, [c.replace("_", " ")]) for c in cats}
-        return {"acoustic": Attribute(
-            "acoustic", cats, verb, "This is the sound of", group_key="fold",
-            description="the ESC-50 category; grouped by official fold (clips of one source recording share a fold)",
-            label_rule={p: "category column of meta/esc50.csv" for p in ("default", "paper")})}
+        return {
+            "acoustic": Attribute(
+                "acoustic",
+                cats,
+                verb,
+                "This is the sound of",
+                group_key="fold",
+                description="the ESC-50 category; grouped by official fold (clips of one source recording share a fold)",
+                label_rule={p: "category column of meta/esc50.csv" for p in ("default", "paper")},
+            )
+        }

@@ -34,8 +34,10 @@ TYPE_VERBALIZERS = {
 class GQA(Corpus):
     name = "gqa"
     modality = "vision"
-    option_specs = {**Corpus.option_specs,
-                    "questions": Param(str, help="another question file, e.g. val_all_questions.json")}
+    option_specs = {
+        **Corpus.option_specs,
+        "questions": Param(str, help="another question file, e.g. val_all_questions.json"),
+    }
     layout = "a GQA directory holding images/*.jpg and {split}_balanced_questions.json (or questions1.2/)"
     default_split = "val"
     stratify = "question_type"
@@ -56,11 +58,16 @@ class GQA(Corpus):
         if self.options.get("questions"):
             return Path(self.options["questions"]).expanduser()
         root = self.root()
-        for cand in (root / f"{split}_balanced_questions.json", root / "questions1.2" / f"{split}_balanced_questions.json"):
+        for cand in (
+            root / f"{split}_balanced_questions.json",
+            root / "questions1.2" / f"{split}_balanced_questions.json",
+        ):
             if cand.is_file():
                 return cand
-        raise MchError(f"dataset {self.data_name!r}: no {split}_balanced_questions.json in {root} or "
-                       f"{root / 'questions1.2'}; expected {self.layout}")
+        raise MchError(
+            f"dataset {self.data_name!r}: no {split}_balanced_questions.json in {root} or "
+            f"{root / 'questions1.2'}; expected {self.layout}"
+        )
 
     def _scan(self, split: str | None, protocol: str) -> list[Record]:
         qfile = self._questions_file(split or "val")
@@ -78,9 +85,15 @@ class GQA(Corpus):
             question = str(q.get("question", "")).strip()
             answer = str(q.get("answer", "") or "").strip()
             qtype = str((q.get("types") or {}).get("structural", "") or "")
-            rec = Record(str(qid), question, {"answer": answer, "question_type": qtype},
-                         {"image": image, "question": str(qid)}, partial(read_image, path, str(qid)), path=str(path),
-                         meta={"question": question, "image_id": image, "full_answer": q.get("fullAnswer", "")})
+            rec = Record(
+                str(qid),
+                question,
+                {"answer": answer, "question_type": qtype},
+                {"image": image, "question": str(qid)},
+                partial(read_image, path, str(qid)),
+                path=str(path),
+                meta={"question": question, "image_id": image, "full_answer": q.get("fullAnswer", "")},
+            )
             if not image:
                 rec.fail(f"it has no imageId in {qfile.name}")
             elif not question:
@@ -99,11 +112,23 @@ class GQA(Corpus):
         rule_a = "the question's short answer string; one sample per question, grouped by image"
         rule_t = "GQA structural question type (types.structural)"
         return {
-            "answer": Attribute("answer", answers, {a: [a] for a in answers}, "The answer is", group_key="image",
-                                description="answer to the question shown with the image",
-                                label_rule={"default": rule_a, "paper": rule_a}),
+            "answer": Attribute(
+                "answer",
+                answers,
+                {a: [a] for a in answers},
+                "The answer is",
+                group_key="image",
+                description="answer to the question shown with the image",
+                label_rule={"default": rule_a, "paper": rule_a},
+            ),
             "question_type": Attribute(
-                "question_type", types, {t: TYPE_VERBALIZERS.get(t, [t]) for t in types}, "The question is",
-                group_key="image", text_describable=True, description="structural type of the question",
-                label_rule={"default": rule_t, "paper": rule_t}),
+                "question_type",
+                types,
+                {t: TYPE_VERBALIZERS.get(t, [t]) for t in types},
+                "The question is",
+                group_key="image",
+                text_describable=True,
+                description="structural type of the question",
+                label_rule={"default": rule_t, "paper": rule_t},
+            ),
         }

@@ -24,15 +24,17 @@ from mch.api import Attribute, DatasetPlugin, MchError, Param, Sample
 from ._corpus import ordered_classes
 from ._lexical import LEXICAL_RULES, lexical_attribute, lexical_labels
 
-RULES = {"paper": "the string stored in the file's {col!r} column (reference script 03: empty = unlabelled)",
-         "default": "the string stored in the file's {col!r} column (empty = unlabelled)"}
+RULES = {
+    "paper": "the string stored in the file's {col!r} column (reference script 03: empty = unlabelled)",
+    "default": "the string stored in the file's {col!r} column (empty = unlabelled)",
+}
 
 
 class ImportedDataset(DatasetPlugin):
     name = "imported"
     option_specs = {
         "entry": Param(str, help="the store entry the import wrote (set by mch, not by hand)"),
-        "groups": Param(dict, help="group key per attribute: {attribute: column or \"sample\"}"),
+        "groups": Param(dict, help='group key per attribute: {attribute: column or "sample"}'),
     }
 
     def __init__(self, spec: Any, path: str | None = None, **options: Any) -> None:
@@ -53,12 +55,15 @@ class ImportedDataset(DatasetPlugin):
         groups = dict(self.options.get("groups") or {})
         bad = [a for a in groups if a not in self.attr_columns]
         if bad:
-            raise MchError(f"dataset {spec.name!r} option groups: no attribute {bad[0]!r} "
-                           f"(it has {', '.join(self.attr_columns)})")
+            raise MchError(
+                f"dataset {spec.name!r} option groups: no attribute {bad[0]!r} (it has {', '.join(self.attr_columns)})"
+            )
         wrong = [c for c in groups.values() if c != "sample" and c not in self.columns]
         if wrong:
-            raise MchError(f"dataset {spec.name!r} option groups: no column {wrong[0]!r} "
-                           f"(columns: sample, {', '.join(sorted(self.columns))})")
+            raise MchError(
+                f"dataset {spec.name!r} option groups: no column {wrong[0]!r} "
+                f"(columns: sample, {', '.join(sorted(self.columns))})"
+            )
         default_group = "speaker_id" if any(self.columns.get("speaker_id", [])) else "sample"
         self.group_of = {a: groups.get(a, "sample" if a == "speaker" else default_group) for a in self.attr_columns}
         self._labels: dict[str, tuple[dict[str, list[str]], list[str]]] = {}
@@ -77,16 +82,17 @@ class ImportedDataset(DatasetPlugin):
 
     def samples(self, split: str | None, limit: int | None, seed: int, protocol: str) -> list[Sample]:
         if split or limit:
-            raise MchError(f"dataset {self.spec.name!r} holds exactly the imported file's {len(self.sample_ids)} rows "
-                           f"(their order kept); --split and --limit do not apply")
+            raise MchError(
+                f"dataset {self.spec.name!r} holds exactly the imported file's {len(self.sample_ids)} rows "
+                f"(their order kept); --split and --limit do not apply"
+            )
         labels, _ = self._by_protocol(protocol)
         out = []
         for i, sid in enumerate(self.sample_ids):
             groups = {"sample": sid}
             for col, vals in self.columns.items():
                 groups[col] = vals[i] or f"sample:{sid}"  # a missing group value groups the sample alone
-            out.append(Sample(sid, self.texts[i], {a: v[i] for a, v in labels.items()}, groups,
-                              meta={"row": i}))
+            out.append(Sample(sid, self.texts[i], {a: v[i] for a, v in labels.items()}, groups, meta={"row": i}))
         return out
 
     def attributes(self, protocol: str) -> dict[str, Attribute]:
@@ -102,7 +108,13 @@ class ImportedDataset(DatasetPlugin):
             classes = ordered_classes(labels[attr])
             if not classes:
                 continue
-            out[attr] = Attribute(attr, classes, {c: [c] for c in classes}, "The answer is", group_key=group,
-                                  description=f"imported from the file's {col!r} column; grouped by {group}",
-                                  label_rule={p: r.format(col=col) for p, r in RULES.items()})
+            out[attr] = Attribute(
+                attr,
+                classes,
+                {c: [c] for c in classes},
+                "The answer is",
+                group_key=group,
+                description=f"imported from the file's {col!r} column; grouped by {group}",
+                label_rule={p: r.format(col=col) for p, r in RULES.items()},
+            )
         return out

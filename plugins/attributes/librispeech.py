@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mch.api import Attribute, MchError, Param
 
@@ -28,8 +29,12 @@ from ._media import read_audio, sample_error
 NATIVE_RATE = 16000
 # our split names -> (HF config, HF split) of librispeech_asr
 HF_SPLITS = {
-    "test-clean": ("clean", "test"), "dev-clean": ("clean", "validation"), "train-clean-100": ("clean", "train.100"),
-    "train-clean-360": ("clean", "train.360"), "test-other": ("other", "test"), "dev-other": ("other", "validation"),
+    "test-clean": ("clean", "test"),
+    "dev-clean": ("clean", "validation"),
+    "train-clean-100": ("clean", "train.100"),
+    "train-clean-360": ("clean", "train.360"),
+    "test-other": ("other", "test"),
+    "dev-other": ("other", "validation"),
     "train-other-500": ("other", "train.500"),
 }
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -79,13 +84,18 @@ def _hub_offline(offline: bool) -> Iterator[None]:
 class LibriSpeech(Corpus):
     name = "librispeech"
     modality = "speech"
-    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS,
-                    "download": Param(bool, help="a Hugging Face id may be downloaded (default: local cache only)"),
-                    "hf_config": Param(str, help="the Hugging Face dataset config"),
-                    "hf_split": Param(str, help="the Hugging Face split"),
-                    "revision": Param(str, help="the Hugging Face dataset revision")}
-    layout = ("a LibriSpeech directory holding test-clean/{speaker}/{chapter}/*.flac and "
-              "{speaker}-{chapter}.trans.txt (or a Hugging Face datasets id / save_to_disk directory)")
+    option_specs = {
+        **Corpus.option_specs,
+        **Corpus.SPEECH_OPTIONS,
+        "download": Param(bool, help="a Hugging Face id may be downloaded (default: local cache only)"),
+        "hf_config": Param(str, help="the Hugging Face dataset config"),
+        "hf_split": Param(str, help="the Hugging Face split"),
+        "revision": Param(str, help="the Hugging Face dataset revision"),
+    }
+    layout = (
+        "a LibriSpeech directory holding test-clean/{speaker}/{chapter}/*.flac and "
+        "{speaker}-{chapter}.trans.txt (or a Hugging Face datasets id / save_to_disk directory)"
+    )
     default_split = "test-clean"
     stratify = "speaker"
 
@@ -125,8 +135,10 @@ class LibriSpeech(Corpus):
         if root.name == split or (split == self._default_split() and any(root.glob("*/*/*.trans.txt"))):
             return root
         have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise MchError(f"dataset {self.data_name!r}: split {split!r} is not in {root} (found: "
-                       f"{', '.join(have) or 'nothing'}); expected {self.layout}")
+        raise MchError(
+            f"dataset {self.data_name!r}: split {split!r} is not in {root} (found: "
+            f"{', '.join(have) or 'nothing'}); expected {self.layout}"
+        )
 
     def _scan_dir(self, split: str) -> list[Record]:
         sdir = self._split_dir(split)
@@ -141,16 +153,22 @@ class LibriSpeech(Corpus):
                     trans[uid] = (text.strip(), tf)
         audio = {f.stem: f for f in sdir.glob("*/*/*.flac")}
         if not audio and not trans:
-            raise MchError(f"dataset {self.data_name!r}: no .flac files or transcripts under {sdir}; "
-                           f"expected {self.layout}")
+            raise MchError(
+                f"dataset {self.data_name!r}: no .flac files or transcripts under {sdir}; expected {self.layout}"
+            )
         records = []
         for uid in sorted(set(audio) | set(trans)):
             spk, chap = (uid.split("-") + ["", ""])[:2]
             f = audio.get(uid)
             path = f if f is not None else trans[uid][1].parent / f"{uid}.flac"
-            rec = Record(uid, trans.get(uid, ("", None))[0], {"speaker": spk, "lexical": ""},
-                         {"speaker": spk, "chapter": f"{spk}-{chap}", "utterance": uid},
-                         partial(read_audio, path, uid, expected_rate=native, target_rate=target), path=str(path))
+            rec = Record(
+                uid,
+                trans.get(uid, ("", None))[0],
+                {"speaker": spk, "lexical": ""},
+                {"speaker": spk, "chapter": f"{spk}-{chap}", "utterance": uid},
+                partial(read_audio, path, uid, expected_rate=native, target_rate=target),
+                path=str(path),
+            )
             if uid not in trans:
                 rec.fail(f"no transcript line for it in {spk}-{chap}.trans.txt")
             elif not rec.text:
@@ -168,8 +186,9 @@ class LibriSpeech(Corpus):
             try:
                 ds = datasets.load_from_disk(str(self.root()))
             except Exception as exc:  # noqa: BLE001 - any failure is the user's directory
-                raise MchError(f"dataset {self.data_name!r}: cannot load the datasets directory "
-                               f"{self.root()} ({exc})") from None
+                raise MchError(
+                    f"dataset {self.data_name!r}: cannot load the datasets directory {self.root()} ({exc})"
+                ) from None
             if isinstance(ds, datasets.DatasetDict):
                 hf_split = self.options.get("hf_split") or HF_SPLITS.get(split, (None, split))[1]
                 if hf_split not in ds:
@@ -182,19 +201,24 @@ class LibriSpeech(Corpus):
             download = str(self.options.get("download", "false")).lower() in ("1", "true", "yes")
             try:
                 with _hub_offline(not download):
-                    ds = datasets.load_dataset(self._hf_id, config, split=hf_split,
-                                               revision=self.options.get("revision"))
+                    ds = datasets.load_dataset(
+                        self._hf_id, config, split=hf_split, revision=self.options.get("revision")
+                    )
             except Exception as exc:  # noqa: BLE001 - offline, missing, wrong config: one sentence
                 why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise MchError(f"dataset {self.data_name!r}: {self._hf_id!r} is neither a local directory nor a "
-                               f"Hugging Face dataset (config {config!r}, split {hf_split!r}) in the local cache "
-                               f"({why}); pass --data-path DIR with a LibriSpeech directory, or download it "
-                               f"first (--data-option download=true, online)") from None
+                raise MchError(
+                    f"dataset {self.data_name!r}: {self._hf_id!r} is neither a local directory nor a "
+                    f"Hugging Face dataset (config {config!r}, split {hf_split!r}) in the local cache "
+                    f"({why}); pass --data-path DIR with a LibriSpeech directory, or download it "
+                    f"first (--data-option download=true, online)"
+                ) from None
         need = {"audio", "text", "speaker_id", "chapter_id", "id"}
         missing = need - set(ds.column_names)
         if missing:
-            raise MchError(f"dataset {self.data_name!r}: the Hugging Face dataset lacks columns {sorted(missing)} "
-                           f"(expected the librispeech_asr columns {sorted(need)})")
+            raise MchError(
+                f"dataset {self.data_name!r}: the Hugging Face dataset lacks columns {sorted(missing)} "
+                f"(expected the librispeech_asr columns {sorted(need)})"
+            )
         return ds.cast_column("audio", datasets.Audio(decode=False))
 
     def _scan_hf(self, split: str) -> list[Record]:
@@ -217,10 +241,15 @@ class LibriSpeech(Corpus):
         records = []
         for i, uid in enumerate(rows["id"]):
             spk, chap = str(rows["speaker_id"][i]), str(rows["chapter_id"][i])
-            rec = Record(str(uid), str(rows["text"][i] or ""), {"speaker": spk, "lexical": ""},
-                         {"speaker": spk, "chapter": f"{spk}-{chap}", "utterance": str(uid)},
-                         partial(load, i, str(uid)), path=f"{getattr(self, '_hf_id', None) or self.root()}[{i}]",
-                         meta={"media_files": arrow})
+            rec = Record(
+                str(uid),
+                str(rows["text"][i] or ""),
+                {"speaker": spk, "lexical": ""},
+                {"speaker": spk, "chapter": f"{spk}-{chap}", "utterance": str(uid)},
+                partial(load, i, str(uid)),
+                path=f"{getattr(self, '_hf_id', None) or self.root()}[{i}]",
+                meta={"media_files": arrow},
+            )
             if not rec.text:
                 rec.fail("its transcript is empty")
             records.append(rec)
@@ -247,12 +276,22 @@ class LibriSpeech(Corpus):
         names = getattr(self, "_names", {})
         return {
             "speaker": Attribute(
-                "speaker", speakers, {s: [names[s]] if s in names else [f"reader {s}"] for s in speakers},
-                "The speaker is", group_key="utterance", verbalizable=False,  # "reader 1089": no decoder can name it
+                "speaker",
+                speakers,
+                {s: [names[s]] if s in names else [f"reader {s}"] for s in speakers},
+                "The speaker is",
+                group_key="utterance",
+                verbalizable=False,  # "reader 1089": no decoder can name it
                 description="the reader (speaker id); not grouped beyond the utterance, because several "
-                            "test-clean readers have a single chapter",
-                label_rule={p: "speaker id = first field of the utterance id" for p in ("default", "paper")}),
-            "lexical": lexical_attribute([r.labels["lexical"] for r in ok],
-                                         self._extra(self._split, protocol)["vocab"], protocol,
-                                         "The speaker says the word", "chapter", "transcript"),
+                "test-clean readers have a single chapter",
+                label_rule={p: "speaker id = first field of the utterance id" for p in ("default", "paper")},
+            ),
+            "lexical": lexical_attribute(
+                [r.labels["lexical"] for r in ok],
+                self._extra(self._split, protocol)["vocab"],
+                protocol,
+                "The speaker says the word",
+                "chapter",
+                "transcript",
+            ),
         }

@@ -34,8 +34,12 @@ from mch.api import Attribute, DatasetPlugin, MchError, Param, Sample
 
 CONTENT = ["cat", "dog", "bird", "fish", "tree", "car", "boat", "house"]
 SPEAKERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
-EMOTIONS = {"angry": ["angry", "furious"], "happy": ["happy", "glad"],
-            "sad": ["sad", "gloomy"], "calm": ["calm", "relaxed"]}
+EMOTIONS = {
+    "angry": ["angry", "furious"],
+    "happy": ["happy", "glad"],
+    "sad": ["sad", "gloomy"],
+    "calm": ["calm", "relaxed"],
+}
 QUERIES = {"content": "the word is", "speaker": "the speaker is", "emotion": "the speaker sounds"}
 
 N_FRAMES = (8, 16)
@@ -99,8 +103,7 @@ def make_sample(split: str, i: int, emotion_captions: float = 0.0) -> Sample:
     import numpy as np
 
     rng = np.random.default_rng(_seed(split, i))
-    c, s, e = (int(rng.integers(len(CONTENT))), int(rng.integers(len(SPEAKERS))),
-               int(rng.integers(len(EMOTIONS))))
+    c, s, e = (int(rng.integers(len(CONTENT))), int(rng.integers(len(SPEAKERS))), int(rng.integers(len(EMOTIONS))))
     length = int(rng.integers(N_FRAMES[0], N_FRAMES[1] + 1))
     noise_seed = int(rng.integers(2**31))
     sid = f"toy-{split}-{i:05d}"
@@ -110,17 +113,23 @@ def make_sample(split: str, i: int, emotion_captions: float = 0.0) -> Sample:
         u, syn = emotion_draw(sid)
         if u < emotion_captions:
             text = emotion_caption(CONTENT[c], labels["emotion"], syn)
-    return Sample(sample_id=sid, text=text, labels=labels,
-                  groups={"speaker": SPEAKERS[s], "sample": sid},
-                  loader=lambda: frames_for(c, s, e, length, noise_seed), meta={"n_frames": length})
+    return Sample(
+        sample_id=sid,
+        text=text,
+        labels=labels,
+        groups={"speaker": SPEAKERS[s], "sample": sid},
+        loader=lambda: frames_for(c, s, e, length, noise_seed),
+        meta={"n_frames": length},
+    )
 
 
 class ToyWorld(DatasetPlugin):
     name = "toy"
     modality = "speech"
-    option_specs = {"split": Param(str, choices=tuple(SPLIT_SIZES), help="the split used when none is passed"),
-                    "emotion_captions": Param(float, ge=0.0, le=1.0,
-                                              help="the fraction of captions that also name the emotion")}
+    option_specs = {
+        "split": Param(str, choices=tuple(SPLIT_SIZES), help="the split used when none is passed"),
+        "emotion_captions": Param(float, ge=0.0, le=1.0, help="the fraction of captions that also name the emotion"),
+    }
     models = ("mch.plugins.models.toy:ToyModel",)  # frames of 16 channels, which only the toy organisms read
 
     def _emotion_captions(self) -> float:
@@ -139,17 +148,39 @@ class ToyWorld(DatasetPlugin):
         return {
             # splits hold speakers out; CIs resample samples (cluster_key): every sample draws its
             # speaker at random from the world's fixed six, so samples are independent draws
-            "content": Attribute("content", list(CONTENT), {c: [c] for c in CONTENT}, QUERIES["content"],
-                                 group_key="speaker", text_describable=True, cluster_key="sample",
-                                 description="the word the sample carries (in its caption)", label_rule=rule),
-            "speaker": Attribute("speaker", list(SPEAKERS), {s: [s] for s in SPEAKERS}, QUERIES["speaker"],
-                                 group_key="sample", description="who produced the sample (not in the caption)",
-                                 label_rule=rule),
-            "emotion": Attribute("emotion", list(EMOTIONS), {k: list(v) for k, v in EMOTIONS.items()},
-                                 QUERIES["emotion"], group_key="speaker", text_describable=named, cluster_key="sample",
-                                 description="the mood of the sample (in the caption of the samples option "
-                                             "emotion_captions selects)" if named else
-                                 "the mood of the sample (not in the caption)", label_rule=rule),
+            "content": Attribute(
+                "content",
+                list(CONTENT),
+                {c: [c] for c in CONTENT},
+                QUERIES["content"],
+                group_key="speaker",
+                text_describable=True,
+                cluster_key="sample",
+                description="the word the sample carries (in its caption)",
+                label_rule=rule,
+            ),
+            "speaker": Attribute(
+                "speaker",
+                list(SPEAKERS),
+                {s: [s] for s in SPEAKERS},
+                QUERIES["speaker"],
+                group_key="sample",
+                description="who produced the sample (not in the caption)",
+                label_rule=rule,
+            ),
+            "emotion": Attribute(
+                "emotion",
+                list(EMOTIONS),
+                {k: list(v) for k, v in EMOTIONS.items()},
+                QUERIES["emotion"],
+                group_key="speaker",
+                text_describable=named,
+                cluster_key="sample",
+                description="the mood of the sample (in the caption of the samples option emotion_captions selects)"
+                if named
+                else "the mood of the sample (not in the caption)",
+                label_rule=rule,
+            ),
         }
 
     def samples(self, split: str | None, limit: int | None, seed: int, protocol: str) -> list[Sample]:

@@ -37,8 +37,12 @@ def read_meta(root: Path) -> dict[str, dict[str, str]]:
             for row in rows[1:]:
                 row = [c.strip() for c in row]
                 if len(row) >= 5 and _SPK.match(row[0]):
-                    out[row[0]] = {"name": row[1].replace("_", " "), "gender": row[2], "nationality": row[3],
-                                   "set": row[4]}
+                    out[row[0]] = {
+                        "name": row[1].replace("_", " "),
+                        "gender": row[2],
+                        "nationality": row[3],
+                        "set": row[4],
+                    }
             return out
     return {}
 
@@ -46,9 +50,12 @@ def read_meta(root: Path) -> dict[str, dict[str, str]]:
 class VoxCeleb1(Corpus):
     name = "voxceleb1"
     modality = "speech"
-    option_specs = {**Corpus.option_specs, **Corpus.SPEECH_OPTIONS,
-                    "n_speakers": Param(int, ge=0, help="speakers used (0: all; default 40)"),
-                    "samples_per_speaker": Param(int, ge=0, help="utterances per speaker (0: all; default 100)")}
+    option_specs = {
+        **Corpus.option_specs,
+        **Corpus.SPEECH_OPTIONS,
+        "n_speakers": Param(int, ge=0, help="speakers used (0: all; default 40)"),
+        "samples_per_speaker": Param(int, ge=0, help="utterances per speaker (0: all; default 100)"),
+    }
     layout = "a VoxCeleb1 directory holding wav/{speaker id}/{video id}/*.wav (16 kHz), optionally vox1_meta.csv"
     default_split = "all"
     stratify = "speaker"
@@ -57,8 +64,10 @@ class VoxCeleb1(Corpus):
         for cand in (path / "wav", path):
             if cand.is_dir() and any(p.is_dir() and _SPK.match(p.name) for p in cand.iterdir()):
                 return cand
-        raise MchError(f"dataset {self.data_name!r}: no speaker directories (id10001, ...) in {path} or "
-                       f"{path / 'wav'}; expected {self.layout}")
+        raise MchError(
+            f"dataset {self.data_name!r}: no speaker directories (id10001, ...) in {path} or "
+            f"{path / 'wav'}; expected {self.layout}"
+        )
 
     def _norm_split(self, split: str | None) -> str | None:
         split = split or self.default_split
@@ -73,8 +82,10 @@ class VoxCeleb1(Corpus):
         speakers = sorted(p.name for p in root.iterdir() if p.is_dir() and _SPK.match(p.name))
         if split in ("dev", "test"):
             if not meta:
-                raise MchError(f"dataset {self.data_name!r}: split {split!r} needs vox1_meta.csv beside {root}; "
-                               f"use split 'all' without it")
+                raise MchError(
+                    f"dataset {self.data_name!r}: split {split!r} needs vox1_meta.csv beside {root}; "
+                    f"use split 'all' without it"
+                )
             speakers = [s for s in speakers if meta.get(s, {}).get("set") == split]
         n_spk = int_option(self.options, "n_speakers", 40) or None
         per_spk = int_option(self.options, "samples_per_speaker", 100) or None
@@ -93,9 +104,17 @@ class VoxCeleb1(Corpus):
                 depth += 1
             for f in picked:
                 sid = f"{spk}/{f.parent.name}/{f.stem}"
-                records.append(Record(sid, "", {"speaker": spk}, {"speaker": spk, "video": f"{spk}/{f.parent.name}"},
-                                      partial(read_audio, f, sid, expected_rate=native, target_rate=target),
-                                      path=str(f), meta={"video": f.parent.name}))
+                records.append(
+                    Record(
+                        sid,
+                        "",
+                        {"speaker": spk},
+                        {"speaker": spk, "video": f"{spk}/{f.parent.name}"},
+                        partial(read_audio, f, sid, expected_rate=native, target_rate=target),
+                        path=str(f),
+                        meta={"video": f.parent.name},
+                    )
+                )
         if not records:
             raise MchError(f"dataset {self.data_name!r}: split {split!r} has no utterances under {root}")
         return records
@@ -104,10 +123,20 @@ class VoxCeleb1(Corpus):
         speakers = ordered_classes(r.labels["speaker"] for r in records if r.error is None)
         meta = getattr(self, "_meta", {})
         verb = {s: [meta[s]["name"]] if meta.get(s, {}).get("name") else [f"speaker {s}"] for s in speakers}
-        return {"speaker": Attribute(
-            "speaker", speakers, verb, "The speaker is", group_key="video",
-            # celebrities' names can be known to a decoder; bare ids ("speaker id10001") cannot
-            verbalizable=all(meta.get(s, {}).get("name") for s in speakers),
-            description="the VoxCeleb1 speaker id; grouped by video (session)",
-            label_rule={p: "speaker id = top directory; first n_speakers ids (sorted), samples_per_speaker "
-                           "utterances each, round-robin over videos" for p in ("default", "paper")})}
+        return {
+            "speaker": Attribute(
+                "speaker",
+                speakers,
+                verb,
+                "The speaker is",
+                group_key="video",
+                # celebrities' names can be known to a decoder; bare ids ("speaker id10001") cannot
+                verbalizable=all(meta.get(s, {}).get("name") for s in speakers),
+                description="the VoxCeleb1 speaker id; grouped by video (session)",
+                label_rule={
+                    p: "speaker id = top directory; first n_speakers ids (sorted), samples_per_speaker "
+                    "utterances each, round-robin over videos"
+                    for p in ("default", "paper")
+                },
+            )
+        }

@@ -10,14 +10,19 @@ prompt's KV cache for all K continuations (`mch.scoring.score_shared_prefix`).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mch.api import MchError, Sample, SampleError
-from mch.checkpoints import load_lora_adapter, one_line as _one_line, resolve_checkpoint  # hf_generic imports them from here
+from mch.checkpoints import (
+    load_lora_adapter,
+    one_line as _one_line,
+    resolve_checkpoint,
+)  # hf_generic imports them from here
 from mch.hooks import Trace
 from mch.model import ModelPlugin, Prepared, Scores, resolve_module
 from mch.scoring import left_pad, score_shared_prefix
@@ -40,8 +45,10 @@ def locate(root: torch.nn.Module, candidates: Sequence[str], what: str, model_na
     for c in candidates:
         if exists(root, c):
             return c
-    raise MchError(f"model {model_name!r}: cannot find the {what} in the loaded model (looked for "
-                   f"{', '.join(candidates)}); this transformers version lays the model out differently")
+    raise MchError(
+        f"model {model_name!r}: cannot find the {what} in the loaded model (looked for "
+        f"{', '.join(candidates)}); this transformers version lays the model out differently"
+    )
 
 
 def decoder_stage_paths(decoder_path: str, n_layers: int) -> dict[str, str]:
@@ -68,17 +75,24 @@ def load_pretrained(plugin: ModelPlugin, cls: Any, path: Path, what: str) -> Any
     hf_logging.disable_progress_bar()  # mch prints its own progress
     placed = {"device_map": planned_device_map(plugin, cls, path)} if plugin.device_map is not None else {}
     try:
-        model = cls.from_pretrained(str(path), dtype=plugin.torch_dtype, local_files_only=True,
-                                    trust_remote_code=bool(plugin.trust_remote_code), **placed)
+        model = cls.from_pretrained(
+            str(path),
+            dtype=plugin.torch_dtype,
+            local_files_only=True,
+            trust_remote_code=bool(plugin.trust_remote_code),
+            **placed,
+        )
         if placed:
             model._mch_placed = True  # placed by accelerate through from_pretrained (ModelPlugin.place checks it)
         return model
     except MchError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken checkpoint is a user error
-        raise MchError(f"model {plugin.spec.name!r}: cannot load {path} as a {what} checkpoint "
-                       f"({_one_line(exc)}); pass --checkpoint with a directory saved by {what}.save_pretrained "
-                       f"or a Hugging Face snapshot of {plugin.spec.checkpoint}") from None
+        raise MchError(
+            f"model {plugin.spec.name!r}: cannot load {path} as a {what} checkpoint "
+            f"({_one_line(exc)}); pass --checkpoint with a directory saved by {what}.save_pretrained "
+            f"or a Hugging Face snapshot of {plugin.spec.checkpoint}"
+        ) from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -98,11 +112,16 @@ def planned_device_map(plugin: ModelPlugin, cls: Any, path: Path) -> dict[str, A
         cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
         with torch.device("meta"):
             make = getattr(cls, "from_config", None)
-            meta = (make(cfg, dtype=plugin.torch_dtype, trust_remote_code=trust) if make is not None
-                    else cls._from_config(cfg, dtype=plugin.torch_dtype))
+            meta = (
+                make(cfg, dtype=plugin.torch_dtype, trust_remote_code=trust)
+                if make is not None
+                else cls._from_config(cfg, dtype=plugin.torch_dtype)
+            )
     except Exception as exc:  # noqa: BLE001 - the load below says what is wrong with the checkpoint
-        raise MchError(f"model {plugin.spec.name!r}: cannot build the module tree of {path} to place it over devices "
-                       f"({_one_line(exc)})") from None
+        raise MchError(
+            f"model {plugin.spec.name!r}: cannot build the module tree of {path} to place it over devices "
+            f"({_one_line(exc)})"
+        ) from None
     mm = placement.max_memory_map(plugin.device, plugin.max_memory, dist.ranks())
     dmap = placement.infer_map(meta, str(plugin.device_map), mm, [], plugin.torch_dtype)
     placement.refuse_disk(dmap, plugin.spec.name, str(plugin.device_map), plugin.max_memory)
@@ -119,15 +138,21 @@ def needs_torchvision(exc: BaseException) -> bool:
 
 def load_processor(plugin: ModelPlugin, loader: Any, path: Path, what: str) -> Any:
     try:
-        return loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=bool(plugin.trust_remote_code))
+        return loader.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=bool(plugin.trust_remote_code)
+        )
     except Exception as exc:  # noqa: BLE001
         if needs_torchvision(exc):
-            raise MchError(f"model {plugin.spec.name!r}: the {what} in {path} includes a video processor, which "
-                           f"transformers builds only with torchvision, and torchvision is not usable here; install "
-                           f"a torchvision that matches torch, or load the image processor (AutoImageProcessor picks "
-                           f"its PIL variant) and the tokenizer separately (docs/contributing-a-model.md)") from None
-        raise MchError(f"model {plugin.spec.name!r}: cannot load the {what} from {path} ({_one_line(exc)}); "
-                       f"the checkpoint directory must hold the tokenizer and processor files of its release") from None
+            raise MchError(
+                f"model {plugin.spec.name!r}: the {what} in {path} includes a video processor, which "
+                f"transformers builds only with torchvision, and torchvision is not usable here; install "
+                f"a torchvision that matches torch, or load the image processor (AutoImageProcessor picks "
+                f"its PIL variant) and the tokenizer separately (docs/contributing-a-model.md)"
+            ) from None
+        raise MchError(
+            f"model {plugin.spec.name!r}: cannot load the {what} from {path} ({_one_line(exc)}); "
+            f"the checkpoint directory must hold the tokenizer and processor files of its release"
+        ) from None
 
 
 def apply_adapter(plugin: ModelPlugin, root: torch.nn.Module, decoder_path: str) -> None:
@@ -138,8 +163,9 @@ def apply_adapter(plugin: ModelPlugin, root: torch.nn.Module, decoder_path: str)
     try:
         merged = load_lora_adapter(decoder, plugin.adapter, merge=True)
     except RuntimeError as exc:  # size mismatch from load_state_dict
-        raise MchError(f"--adapter {plugin.adapter}: its weights do not fit this model's LLM "
-                       f"({_one_line(exc)[:200]})") from None
+        raise MchError(
+            f"--adapter {plugin.adapter}: its weights do not fit this model's LLM ({_one_line(exc)[:200]})"
+        ) from None
     set_module(root, decoder_path, merged)
 
 
@@ -176,8 +202,9 @@ def text_span(tokenizer: Any, prompt: str, start: int, end: int, sample_id: str)
 def require_text(sample: Sample) -> str:
     text = (sample.text or "").strip()
     if not text:
-        raise SampleError(f"sample {sample.sample_id} has no paired text, which the text view needs",
-                          sample_id=sample.sample_id)
+        raise SampleError(
+            f"sample {sample.sample_id} has no paired text, which the text view needs", sample_id=sample.sample_id
+        )
     return text
 
 
@@ -198,15 +225,20 @@ def continuation_ids(tokenizer: Any, context: str, continuations: Sequence[str],
     return out
 
 
-def decoder_call(inner: torch.nn.Module, decoder_path: str, inputs: dict[str, Any],
-                 root: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+def decoder_call(
+    inner: torch.nn.Module, decoder_path: str, inputs: dict[str, Any], root: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """The embeddings the LLM decoder (at `decoder_path` of `root`, default `inner`) receives
     for `inputs` (media already scattered in), and the keyword arguments it is called with
     (position ids as the model computes them, e.g. M-RoPE's), caught at the decoder's entry;
     the decoder itself does not run."""
     seen: dict[str, Any] = {}
-    with Trace(root if root is not None else inner, {"x": f"{decoder_path}:input"},
-               fn=lambda f: seen.update(x=f.x, kwargs=f.kwargs), stop=True):
+    with Trace(
+        root if root is not None else inner,
+        {"x": f"{decoder_path}:input"},
+        fn=lambda f: seen.update(x=f.x, kwargs=f.kwargs),
+        stop=True,
+    ):
         inner(**inputs)
     if seen.get("x") is None:
         raise MchError("the LLM decoder was not called with input embeddings")
@@ -240,14 +272,21 @@ class HFPluginMixin(abc.ABC):
     batch_size_default = 8
 
     @abc.abstractmethod
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
-                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(
+        self,
+        samples: Sequence[Sample],
+        protocol: str,
+        view: str,
+        query: str = "",
+        suffix: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(inputs, info): right-padded `input_ids`/`attention_mask` (and the media inputs) of
         the prompts, `query` after each, per-sample `suffix` token ids appended after it."""
 
     @abc.abstractmethod
-    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
-                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+    def render_prompt(
+        self, protocol: str, view: str = "modal", text: str | None = None, query: str = ""
+    ) -> tuple[str, tuple[int, int] | None]:
         """The prompt string and, in text view, the character span of the text in it."""
 
     @abc.abstractmethod
@@ -280,7 +319,9 @@ class HFPluginMixin(abc.ABC):
             try:
                 cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
             except Exception as exc:  # noqa: BLE001
-                raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({_one_line(exc)})") from None  # type: ignore[attr-defined]
+                raise MchError(
+                    f"model {self.spec.name!r}: cannot read the config in {path} ({_one_line(exc)})"
+                ) from None  # type: ignore[attr-defined]
             cls = getattr(transformers, self.hf_class)
             with torch.device("meta"):
                 model = cls.from_config(cfg, trust_remote_code=trust) if self.hf_class.startswith("Auto") else cls(cfg)
@@ -295,8 +336,9 @@ class HFPluginMixin(abc.ABC):
         """What identifies the prompt in store keys (known before the model loads)."""
         return f"{protocol}/{view}/{self._instruction(protocol)}"  # type: ignore[attr-defined]
 
-    def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal",
-                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
+    def prompt_embeds(
+        self, samples: Sequence[Sample], query: str, view: str = "modal", protocol: str = "default", grad: bool = False
+    ) -> list[torch.Tensor]:
         """Per-sample decoder input (P_i, D) for a scoring prompt: media (or text) + query."""
         inputs, _ = self._prepare_inputs(samples, protocol, view, query)  # type: ignore[attr-defined]
         with torch.enable_grad() if grad else torch.no_grad():
@@ -307,23 +349,31 @@ class HFPluginMixin(abc.ABC):
     def _continuations(self, protocol: str, view: str, query: str, continuations: Sequence[str]) -> list[list[int]]:
         return continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)  # type: ignore[attr-defined]
 
-    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-                    protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
+    def score_parts(
+        self,
+        samples: Sequence[Sample],
+        query: str,
+        continuations: Sequence[str],
+        protocol: str,
+        view: str = "modal",
+        grad: bool = False,
+    ) -> ScoreParts:
         from mch.model import ScoreParts
 
         self._require_loaded()
         conts = self._continuations(protocol, view, query, continuations)
         return ScoreParts(self.module, self.prompt_embeds(samples, query, view, protocol, grad=grad), conts)  # type: ignore[attr-defined]
 
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-              protocol: str, view: str = "modal") -> Scores:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "modal"
+    ) -> Scores:
         self._require_loaded()
         conts = self._continuations(protocol, view, query, continuations)
         bs = int(self.options.get("batch_size", self.batch_size_default))  # type: ignore[attr-defined]
         rows = []
         for i in range(0, len(samples), bs):
             with torch.inference_mode():
-                x, m = left_pad(self.prompt_embeds(samples[i: i + bs], query, view, protocol))
+                x, m = left_pad(self.prompt_embeds(samples[i : i + bs], query, view, protocol))
                 logp, _ = score_shared_prefix(self.module, x, m, conts)  # type: ignore[attr-defined]
             rows.append(logp)
         logp = torch.cat(rows, 0) if rows else torch.zeros(0, len(conts))
@@ -342,13 +392,15 @@ class HFPluginMixin(abc.ABC):
             targets = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
         else:
             context = self._score_context("default", view, "")  # type: ignore[attr-defined]
-            suffix = [continuation_ids(self.tokenizer, context, [require_text(s)], sep=self.answer_sep)[0]  # type: ignore[attr-defined]
-                      for s in samples]
+            suffix = [
+                continuation_ids(self.tokenizer, context, [require_text(s)], sep=self.answer_sep)[0]  # type: ignore[attr-defined]
+                for s in samples
+            ]
             inputs, _ = self._prepare_inputs(samples, "default", view, suffix=suffix)  # type: ignore[attr-defined]
             targets = torch.full_like(inputs["input_ids"], -100)
             lengths = inputs["attention_mask"].sum(1).tolist()
             for i, (n, suf) in enumerate(zip(lengths, suffix, strict=True)):
-                targets[i, n - len(suf): n] = torch.tensor(suf, device=targets.device)
+                targets[i, n - len(suf) : n] = torch.tensor(suf, device=targets.device)
         with torch.enable_grad() if grad else torch.inference_mode():
             logits = self.module(**inputs).logits  # type: ignore[attr-defined]
         return LossTerms(logits[:, :-1], targets[:, 1:])

@@ -29,8 +29,9 @@ they differ in the span the runner pools (paper: `all`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,7 +41,6 @@ from mch.hooks import Trace
 from mch.model import ModelPlugin, Pool, Prepared, Scores, resolve_module
 
 from ._hf_common import (
-    resample,
     HFPluginMixin,
     _one_line,
     apply_adapter,
@@ -49,6 +49,7 @@ from ._hf_common import (
     load_pretrained,
     locate,
     require_text,
+    resample,
     text_span,
 )
 from .hf_families import FAMILIES, Family, family_for
@@ -72,8 +73,10 @@ def _no_video_types() -> tuple[type, type]:
         _auto_class = None
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            raise MchError("this checkpoint's video processor needs torchvision, which is not installed; "
-                           "mch passes images and audio only")
+            raise MchError(
+                "this checkpoint's video processor needs torchvision, which is not installed; "
+                "mch passes images and audio only"
+            )
 
         def to_dict(self) -> dict[str, Any]:
             return {}
@@ -131,10 +134,10 @@ def load_processor_any(name: str, path: Path, model_type: str, trust_remote_code
     except MchError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise MchError(f"model {name!r}: cannot load the processor from {path} ({_one_line(exc)[:300]}); the "
-                       f"checkpoint directory must hold the tokenizer and processor files of its release") from None
-
-
+        raise MchError(
+            f"model {name!r}: cannot load the processor from {path} ({_one_line(exc)[:300]}); the "
+            f"checkpoint directory must hold the tokenizer and processor files of its release"
+        ) from None
 
 
 # --------------------------------------------------------------------------- the plugin
@@ -159,15 +162,20 @@ class HFModel(HFPluginMixin, ModelPlugin):
         from transformers import AutoConfig
 
         if self.checkpoint == NO_CHECKPOINT:
-            raise MchError(f"model {self.spec.name!r} needs --checkpoint (a local directory or a Hugging Face id of a "
-                           f"transformers checkpoint whose architecture is in mch's family table)")
+            raise MchError(
+                f"model {self.spec.name!r} needs --checkpoint (a local directory or a Hugging Face id of a "
+                f"transformers checkpoint whose architecture is in mch's family table)"
+            )
         path = checkpoint_dir(self)
         try:
-            return AutoConfig.from_pretrained(str(path), local_files_only=True,
-                                              trust_remote_code=self.trust_remote_code)
+            return AutoConfig.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=self.trust_remote_code
+            )
         except Exception as exc:  # noqa: BLE001
-            raise MchError(f"model {self.spec.name!r}: cannot read the config in {path} ({_one_line(exc)[:200]}); "
-                           f"pass --checkpoint with a transformers checkpoint directory") from None
+            raise MchError(
+                f"model {self.spec.name!r}: cannot read the config in {path} ({_one_line(exc)[:200]}); "
+                f"pass --checkpoint with a transformers checkpoint directory"
+            ) from None
 
     @property
     def family(self) -> Family:
@@ -176,9 +184,11 @@ class HFModel(HFPluginMixin, ModelPlugin):
             fam = family_for(getattr(cfg, "architectures", None))
             if fam is None:
                 known = ", ".join(a for f in FAMILIES for a in f.architectures)
-                raise MchError(f"model {self.spec.name!r}: architecture {getattr(cfg, 'architectures', None)} is not "
-                               f"in mch's family table ({known}); add a row to mch/plugins/models/hf_families.py "
-                               f"(docs/contributing-a-model.md)")
+                raise MchError(
+                    f"model {self.spec.name!r}: architecture {getattr(cfg, 'architectures', None)} is not "
+                    f"in mch's family table ({known}); add a row to mch/plugins/models/hf_families.py "
+                    f"(docs/contributing-a-model.md)"
+                )
             self._family = fam
             self.hf_class = next(a for a in cfg.architectures if a in fam.architectures)
             self.modality = fam.modality
@@ -188,9 +198,12 @@ class HFModel(HFPluginMixin, ModelPlugin):
         fam, name = self.family, self.spec.name
         decoder = locate(model, fam.decoder, "language model", name)
         self.n_layers = len(resolve_module(model, f"{decoder}.layers"))
-        return {"encoder": locate(model, fam.encoder, "encoder output", name),
-                "adapter": locate(model, fam.adapter, "adapter", name),
-                "decoder": decoder, "embed": f"{decoder}.embed_tokens"}
+        return {
+            "encoder": locate(model, fam.encoder, "encoder output", name),
+            "adapter": locate(model, fam.adapter, "adapter", name),
+            "decoder": decoder,
+            "embed": f"{decoder}.embed_tokens",
+        }
 
     def _ensure_paths(self) -> dict[str, str]:
         _ = self.family  # sets hf_class
@@ -214,8 +227,10 @@ class HFModel(HFPluginMixin, ModelPlugin):
         fam = self.family
         missing = self.missing_requirements()
         if missing:
-            raise MchError(f"model {self.spec.name!r} ({fam.name}): transformers' processor for it needs "
-                           f"{', '.join(missing)}, which is not installed (pip install {' '.join(missing)})")
+            raise MchError(
+                f"model {self.spec.name!r} ({fam.name}): transformers' processor for it needs "
+                f"{', '.join(missing)}, which is not installed (pip install {' '.join(missing)})"
+            )
         cfg = self._read_config()
         path = checkpoint_dir(self)
         self.processor = load_processor_any(self.spec.name, path, cfg.model_type, self.trust_remote_code)
@@ -231,8 +246,9 @@ class HFModel(HFPluginMixin, ModelPlugin):
         ids = [getattr(model.config, a, None) for a in fam.token_id]
         ids = [i for i in ids if isinstance(i, int)]
         if not ids:
-            raise MchError(f"model {self.spec.name!r}: the config has none of {list(fam.token_id)} (the modality "
-                           f"token id)")
+            raise MchError(
+                f"model {self.spec.name!r}: the config has none of {list(fam.token_id)} (the modality token id)"
+            )
         self.token_id = ids[0]
         if fam.modality == "speech":
             self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
@@ -265,8 +281,9 @@ class HFModel(HFPluginMixin, ModelPlugin):
             raise MchError(f"model {self.spec.name!r}: the processor has no {ph!r} (the media marker of its prompt)")
         return marker
 
-    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
-                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+    def render_prompt(
+        self, protocol: str, view: str = "modal", text: str | None = None, query: str = ""
+    ) -> tuple[str, tuple[int, int] | None]:
         """The prompt string and, in text view, the character span of the text in it."""
         instruction, marker = self._instruction(protocol), self._marker()
         if getattr(self.processor, "chat_template", None):
@@ -284,7 +301,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         if at < 0:
             raise MchError(f"model {self.spec.name!r}: its prompt has no media marker {marker!r}")
         assert text is not None
-        return s[:at] + text + s[at + len(marker):], (at, at + len(text))
+        return s[:at] + text + s[at + len(marker) :], (at, at + len(text))
 
     def _score_context(self, protocol: str, view: str, query: str) -> str:
         return self.render_prompt(protocol, "modal", query=query)[0]
@@ -295,21 +312,34 @@ class HFModel(HFPluginMixin, ModelPlugin):
             from PIL import Image
 
             if not isinstance(s.media, Image.Image):
-                raise SampleError(f"sample {s.sample_id}: model {self.spec.name!r} needs a PIL image, got "
-                                  f"{type(s.media).__name__}", sample_id=s.sample_id)
+                raise SampleError(
+                    f"sample {s.sample_id}: model {self.spec.name!r} needs a PIL image, got {type(s.media).__name__}",
+                    sample_id=s.sample_id,
+                )
             return s.media.convert("RGB")
         media = s.media
         if not (isinstance(media, tuple) and len(media) == 2):
-            raise SampleError(f"sample {s.sample_id}: model {self.spec.name!r} needs (waveform, sample_rate), got "
-                              f"{type(media).__name__}", sample_id=s.sample_id)
+            raise SampleError(
+                f"sample {s.sample_id}: model {self.spec.name!r} needs (waveform, sample_rate), got "
+                f"{type(media).__name__}",
+                sample_id=s.sample_id,
+            )
         wav, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
         if wav.ndim != 1 or wav.size == 0:
-            raise SampleError(f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
-                              sample_id=s.sample_id)
+            raise SampleError(
+                f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
+                sample_id=s.sample_id,
+            )
         return resample(wav, sr, self.sampling_rate)
 
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
-                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(
+        self,
+        samples: Sequence[Sample],
+        protocol: str,
+        view: str,
+        query: str = "",
+        suffix: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Right-padded inputs for the whole batch (the processor batches the media); `suffix`
         token ids go after each prompt (loss targets)."""
         self._require_loaded()
@@ -319,8 +349,11 @@ class HFModel(HFPluginMixin, ModelPlugin):
             kw: dict[str, Any] = {self.family.media_arg: [[x] for x in media] if self.family.media_nested else media}
             if self.family.modality == "speech":
                 kw["sampling_rate"] = self.sampling_rate
-            enc = dict(self.processor(text=[prompt] * len(samples), return_tensors="pt", padding=True,
-                                      padding_side="right", **kw))
+            enc = dict(
+                self.processor(
+                    text=[prompt] * len(samples), return_tensors="pt", padding=True, padding_side="right", **kw
+                )
+            )
             att = enc["attention_mask"]
             if bool((att[:, 1:] > att[:, :-1]).any()):  # some processors default to left padding
                 raise MchError(f"model {self.spec.name!r}: the processor did not pad on the right")
@@ -386,9 +419,16 @@ class HFModel(HFPluginMixin, ModelPlugin):
 
             cfg = self.config
             patch = cfg.vision_config.image_size
-            return torch.tensor([image_size_to_num_patches(image_size=tuple(int(x) for x in size),
-                                                           grid_pinpoints=cfg.image_grid_pinpoints, patch_size=patch)
-                                 for size in enc["image_sizes"]])
+            return torch.tensor(
+                [
+                    image_size_to_num_patches(
+                        image_size=tuple(int(x) for x in size),
+                        grid_pinpoints=cfg.image_grid_pinpoints,
+                        patch_size=patch,
+                    )
+                    for size in enc["image_sizes"]
+                ]
+            )
         return mod.sum(1)
 
     def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
@@ -404,13 +444,22 @@ class HFModel(HFPluginMixin, ModelPlugin):
                 raise MchError(f"model {self.spec.name!r}: a prompt has no modality token (id {self.token_id})")
             rows = Pool.proportional(self._rows_per_sample(info["encoding"], mod))
             pools.update(encoder=rows, adapter=rows)
-        return Prepared(inputs=inputs, pools=pools, n=B,
-                        info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist(),
-                              "n_modality_tokens": mod.sum(1).tolist()})
+        return Prepared(
+            inputs=inputs,
+            pools=pools,
+            n=B,
+            info={
+                "protocol": protocol,
+                "view": view,
+                "n_tokens": real.sum(1).tolist(),
+                "n_modality_tokens": mod.sum(1).tolist(),
+            },
+        )
 
     # ------------------------------------------------------------------ scoring
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-              protocol: str, view: str = "modal") -> Scores:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "modal"
+    ) -> Scores:
         from mch.scoring import cache_of, next_positions, score_after_prefix
 
         self._require_loaded()
@@ -418,20 +467,25 @@ class HFModel(HFPluginMixin, ModelPlugin):
         bs = int(self.options.get("batch_size", self.batch_size_default))
         rows = []
         for i in range(0, len(samples), bs):
-            inputs, info = self._prepare_inputs(samples[i: i + bs], protocol, view, query)
+            inputs, info = self._prepare_inputs(samples[i : i + bs], protocol, view, query)
             att = inputs["attention_mask"]
             last = att.sum(1) - 1  # right padding: each prompt's last real token
             seen: dict[str, Any] = {}
             with torch.inference_mode():
-                with Trace(self.module, {"dec": f"{self.decoder_path}:input"},
-                           fn=lambda f: seen.setdefault("pos", f.kwargs.get("position_ids"))):
+                with Trace(
+                    self.module,
+                    {"dec": f"{self.decoder_path}:input"},
+                    fn=lambda f: seen.setdefault("pos", f.kwargs.get("position_ids")),
+                ):
                     out = self.module(**{**inputs, "use_cache": True}, logits_to_keep=last[:, None])
                 logits = out.logits  # some models (the Omni thinker) ignore logits_to_keep
                 first = logits[:, 0] if logits.shape[1] == 1 else logits[torch.arange(len(last)), last]
                 pos = seen.get("pos")
                 if view == "modal" and self.family.positions == "mrope" and (pos is None or pos.dim() != 3):
-                    raise MchError(f"model {self.spec.name!r}: the decoder did not receive the model's M-RoPE "
-                                   f"position ids; this transformers version computes them elsewhere")
+                    raise MchError(
+                        f"model {self.spec.name!r}: the decoder did not receive the model's M-RoPE "
+                        f"position ids; this transformers version computes them elsewhere"
+                    )
                 if pos is None:  # the decoder counted 0..P-1 itself
                     pos = torch.arange(att.shape[1], device=att.device).expand_as(att)
                 start = next_positions(pos, att)
@@ -441,15 +495,24 @@ class HFModel(HFPluginMixin, ModelPlugin):
         logp = torch.cat(rows, 0) if rows else torch.zeros(0, len(conts))
         return Scores(logp=logp.numpy(), n_tokens=np.array([len(c) for c in conts]))
 
-    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-                    protocol: str, view: str = "modal", grad: bool = False) -> ScoreParts:
+    def score_parts(
+        self,
+        samples: Sequence[Sample],
+        query: str,
+        continuations: Sequence[str],
+        protocol: str,
+        view: str = "modal",
+        grad: bool = False,
+    ) -> ScoreParts:
         from mch.model import ScoreParts
 
         self._require_loaded()
         if view == "modal" and not self.family.decoder_input_complete:
-            raise MchError(f"model {self.spec.name!r} ({self.family.name}): its decoder reads more than its input "
-                           f"embeddings ({self.family.note}), so the decoder-input parts this analysis needs "
-                           f"would not reproduce the model")
+            raise MchError(
+                f"model {self.spec.name!r} ({self.family.name}): its decoder reads more than its input "
+                f"embeddings ({self.family.note}), so the decoder-input parts this analysis needs "
+                f"would not reproduce the model"
+            )
         conts = self._continuations(protocol, view, query, continuations)
         inputs, _ = self._prepare_inputs(samples, protocol, view, query)
         with torch.enable_grad() if grad else torch.no_grad():

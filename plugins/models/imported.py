@@ -24,17 +24,28 @@ class ImportedModel:
     option_specs = None
     datasets = None
 
-    def __init__(self, spec: Any, checkpoint: str | None = None, revision: str | None = None, device: str = "cpu",
-                 dtype: str | None = None, adapter: str | None = None, trust_remote_code: bool = False,
-                 **options: Any) -> None:
-        given = [f for f, v in (("--checkpoint", checkpoint), ("--revision", revision), ("--adapter", adapter))
-                 if v]
+    def __init__(
+        self,
+        spec: Any,
+        checkpoint: str | None = None,
+        revision: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        adapter: str | None = None,
+        trust_remote_code: bool = False,
+        **options: Any,
+    ) -> None:
+        given = [f for f, v in (("--checkpoint", checkpoint), ("--revision", revision), ("--adapter", adapter)) if v]
         if given:
-            raise MchError(f"model {spec.name!r} is vectors imported from a file: {', '.join(given)} do not apply "
-                           f"(import another file under another name)")
+            raise MchError(
+                f"model {spec.name!r} is vectors imported from a file: {', '.join(given)} do not apply "
+                f"(import another file under another name)"
+            )
         if options:
-            raise MchError(f"model {spec.name!r} is vectors imported from a file and takes no --model-option "
-                           f"({', '.join(sorted(options))})")
+            raise MchError(
+                f"model {spec.name!r} is vectors imported from a file and takes no --model-option "
+                f"({', '.join(sorted(options))})"
+            )
         self.spec = spec
         self.modality = spec.modality
         self.checkpoint = spec.checkpoint
@@ -50,8 +61,14 @@ class ImportedModel:
 
     # -- what the runner asks of a model
     def identity(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "checkpoint": self.checkpoint, "revision": None, "adapter": None,
-                "dtype": "float32", "imported": self.imported["source"]}
+        return {
+            "name": self.spec.name,
+            "checkpoint": self.checkpoint,
+            "revision": None,
+            "adapter": None,
+            "dtype": "float32",
+            "imported": self.imported["source"],
+        }
 
     def checkpoint_paths(self) -> list[Path]:
         return [Path(self.imported["source"])]
@@ -63,9 +80,11 @@ class ImportedModel:
             return self._key
         text = self.imported.get("text")
         if not text:
-            raise MchError(f"{self.spec.name!r} on {self._key['dataset']['name']!r} was imported without a text "
-                           f"file, and this analysis compares with the text baseline; import again with "
-                           f"--text TEXT.h5 (the reference's script 02 output)")
+            raise MchError(
+                f"{self.spec.name!r} on {self._key['dataset']['name']!r} was imported without a text "
+                f"file, and this analysis compares with the text baseline; import again with "
+                f"--text TEXT.h5 (the reference's script 02 output)"
+            )
         return text["key_dict"]
 
     def stages(self, view: str = "modal") -> list[str]:
@@ -74,8 +93,10 @@ class ImportedModel:
         return sorted((self.imported.get("text") or {}).get("stages", []), key=stage_sort_key)
 
     def load(self) -> None:
-        raise MchError(f"model {self.spec.name!r} is vectors imported from {self.imported['source']}: there is no "
-                       f"model to load (if its store entries were removed, run `mch import-reference` again)")
+        raise MchError(
+            f"model {self.spec.name!r} is vectors imported from {self.imported['source']}: there is no "
+            f"model to load (if its store entries were removed, run `mch import-reference` again)"
+        )
 
     def analysis_defaults(self, protocol: str) -> dict[str, Any]:
         """Parameters the analyses take from this model unless `--param` says otherwise: the
@@ -91,16 +112,22 @@ class ImportedModel:
         text = self.imported.get("text")
         if not text:
             return "no text baseline (imported without --text)"
-        return (f"the imported text file {text['source']} (the reference's script 02: a separate text-only model, "
-                f"raw text with BOS; stages {', '.join(self.stages('text'))})")
+        return (
+            f"the imported text file {text['source']} (the reference's script 02: a separate text-only model, "
+            f"raw text with BOS; stages {', '.join(self.stages('text'))})"
+        )
 
     def fidelity(self, protocol: str) -> list[str]:
-        notes = [f"vectors imported from {self.imported['source']} (sha256 {self.imported['sha256'][:16]}…), the "
-                 f"reference's HDF5 layout: mch did not extract them; their pooling and prompt are those of the code "
-                 f"that wrote the file (the reference: a plain mean over every position), whatever --span says"]
+        notes = [
+            f"vectors imported from {self.imported['source']} (sha256 {self.imported['sha256'][:16]}…), the "
+            f"reference's HDF5 layout: mch did not extract them; their pooling and prompt are those of the code "
+            f"that wrote the file (the reference: a plain mean over every position), whatever --span says"
+        ]
         notes += [str(n) for n in self.imported.get("notes", [])]
         d = self.analysis_defaults(protocol)
         if d:
-            notes.append(f"the text file has no {', '.join(s for s in ('adapter',))} stage: text_stage = "
-                         f"{d['text_stage']} for the analyses that compare with it at one stage")
+            notes.append(
+                f"the text file has no {', '.join(s for s in ('adapter',))} stage: text_stage = "
+                f"{d['text_stage']} for the analyses that compare with it at one stage"
+            )
         return notes

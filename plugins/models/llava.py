@@ -38,7 +38,8 @@ crop, CLIP mean/std).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -99,10 +100,16 @@ class Llava(HFPluginMixin, ModelPlugin):
         name = self.spec.name
         cfg = model.config
         if not isinstance(cfg.vision_feature_layer, int):
-            raise MchError(f"model {name!r}: vision_feature_layer {cfg.vision_feature_layer} concatenates several "
-                           f"layers; mch's encoder stage supports a single layer (LLaVA-1.5 uses -2)")
-        layers = locate(model, ["model.vision_tower.vision_model.encoder.layers", "model.vision_tower.encoder.layers"],
-                        "CLIP encoder layers", name)
+            raise MchError(
+                f"model {name!r}: vision_feature_layer {cfg.vision_feature_layer} concatenates several "
+                f"layers; mch's encoder stage supports a single layer (LLaVA-1.5 uses -2)"
+            )
+        layers = locate(
+            model,
+            ["model.vision_tower.vision_model.encoder.layers", "model.vision_tower.encoder.layers"],
+            "CLIP encoder layers",
+            name,
+        )
         vroot = layers[: -len(".encoder.layers")]
         n_vis = len(resolve_module(model, layers))
         idx = cfg.vision_feature_layer % (n_vis + 1)  # index into hidden_states (0 = embeddings)
@@ -139,8 +146,9 @@ class Llava(HFPluginMixin, ModelPlugin):
         return dims
 
     # ------------------------------------------------------------------ prompts
-    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
-                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+    def render_prompt(
+        self, protocol: str, view: str = "modal", text: str | None = None, query: str = ""
+    ) -> tuple[str, tuple[int, int] | None]:
         """The prompt string and, in text view, the character span of the text in it."""
         media = self.processor.image_token if view == "modal" else text
         if protocol == "paper":
@@ -165,12 +173,20 @@ class Llava(HFPluginMixin, ModelPlugin):
 
         img = s.media
         if not isinstance(img, Image.Image):
-            raise SampleError(f"sample {s.sample_id}: model {self.spec.name!r} needs a PIL image, got "
-                              f"{type(img).__name__}", sample_id=s.sample_id)
+            raise SampleError(
+                f"sample {s.sample_id}: model {self.spec.name!r} needs a PIL image, got {type(img).__name__}",
+                sample_id=s.sample_id,
+            )
         return img.convert("RGB")
 
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
-                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(
+        self,
+        samples: Sequence[Sample],
+        protocol: str,
+        view: str,
+        query: str = "",
+        suffix: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
         seqs, inside, pixels = [], [], []
@@ -213,8 +229,9 @@ class Llava(HFPluginMixin, ModelPlugin):
             pools["adapter"] = llm
         else:
             k = int(mod[0].sum())  # image tokens per image = projector rows
-            pools["adapter"] = Pool(owner, {"modality": torch.ones(B, k, dtype=torch.bool),
-                                            "all": torch.ones(B, k, dtype=torch.bool)})
+            pools["adapter"] = Pool(
+                owner, {"modality": torch.ones(B, k, dtype=torch.bool), "all": torch.ones(B, k, dtype=torch.bool)}
+            )
             if protocol == "paper":  # post_layernorm: one pooled CLS row per image
                 one = torch.ones(B, 1, dtype=torch.bool)
                 pools["encoder"] = Pool(owner, {"modality": one, "all": one})
@@ -224,5 +241,6 @@ class Llava(HFPluginMixin, ModelPlugin):
                 sel = enc.clone()
                 sel[:, :drop] = False
                 pools["encoder"] = Pool(owner, {"modality": sel, "all": enc})
-        return Prepared(inputs=inputs, pools=pools, n=B,
-                        info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()})
+        return Prepared(
+            inputs=inputs, pools=pools, n=B, info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()}
+        )

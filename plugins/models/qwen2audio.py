@@ -37,7 +37,8 @@ follow with a leading space.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,6 @@ from mch.api import MchError, Sample, SampleError
 from mch.model import ModelPlugin, Pool, Prepared, resolve_module
 
 from ._hf_common import (
-    resample,
     HFPluginMixin,
     apply_adapter,
     checkpoint_dir,
@@ -56,6 +56,7 @@ from ._hf_common import (
     locate,
     positions,
     require_text,
+    resample,
     right_pad,
     text_span,
 )
@@ -67,8 +68,6 @@ def audio_tokens(mel_frames: int) -> int:
     """Rows of the encoder output that reach the LLM for L real mel frames (conv stride 2,
     then average pooling by 2), as Qwen2AudioProcessor counts them."""
     return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
-
-
 
 
 from ._hf_common import HF_OPTIONS, Param  # noqa: E402 - option declarations
@@ -135,12 +134,17 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
         return dims
 
     # ------------------------------------------------------------------ prompts
-    def render_prompt(self, protocol: str, view: str = "modal", text: str | None = None,
-                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+    def render_prompt(
+        self, protocol: str, view: str = "modal", text: str | None = None, query: str = ""
+    ) -> tuple[str, tuple[int, int] | None]:
         """The prompt string and, in text view, the character span of the text in it."""
         instruction = self._instruction(protocol)
-        conv = [{"role": "user", "content": [{"type": "audio", "audio_url": "placeholder"},
-                                             {"type": "text", "text": instruction}]}]
+        conv = [
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio_url": "placeholder"}, {"type": "text", "text": instruction}],
+            }
+        ]
         s = self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
         if not isinstance(s, str):
             s = s[0]
@@ -151,7 +155,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
         if at < 0:
             raise MchError(f"model {self.spec.name!r}: the chat template has no {self.processor.audio_token} slot")
         assert text is not None
-        return s[:at] + text + s[at + len(self.processor.audio_token):], (at, at + len(text))
+        return s[:at] + text + s[at + len(self.processor.audio_token) :], (at, at + len(text))
 
     def _instruction(self, protocol: str) -> str:
         return PAPER_INSTRUCTION if protocol == "paper" else str(self.options.get("prompt", PAPER_INSTRUCTION))
@@ -163,16 +167,27 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
     def _waveform(self, s: Sample) -> np.ndarray:
         media = s.media
         if not (isinstance(media, tuple) and len(media) == 2):
-            raise SampleError(f"sample {s.sample_id}: model {self.spec.name!r} needs (waveform, sample_rate), got "
-                              f"{type(media).__name__}", sample_id=s.sample_id)
+            raise SampleError(
+                f"sample {s.sample_id}: model {self.spec.name!r} needs (waveform, sample_rate), got "
+                f"{type(media).__name__}",
+                sample_id=s.sample_id,
+            )
         wav, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
         if wav.ndim != 1 or wav.size == 0:
-            raise SampleError(f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
-                              sample_id=s.sample_id)
+            raise SampleError(
+                f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
+                sample_id=s.sample_id,
+            )
         return resample(wav, sr, self.sampling_rate)
 
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
-                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(
+        self,
+        samples: Sequence[Sample],
+        protocol: str,
+        view: str,
+        query: str = "",
+        suffix: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
         seqs, inside, feats, fmasks, n_audio = [], [], [], [], []
@@ -184,16 +199,22 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
                 inside.append(mask)
                 continue
             prompt, _ = self.render_prompt(protocol, "modal", query=query)
-            enc = self.processor(text=prompt, audio=self._waveform(s), sampling_rate=self.sampling_rate,
-                                 return_tensors="pt")
+            enc = self.processor(
+                text=prompt, audio=self._waveform(s), sampling_rate=self.sampling_rate, return_tensors="pt"
+            )
             ids = enc["input_ids"][0]
             n = audio_tokens(int(enc["feature_attention_mask"].sum()))
             if int((ids == self.audio_token_id).sum()) != n:
-                raise MchError(f"model {self.spec.name!r}: the processor expanded the audio to "
-                               f"{int((ids == self.audio_token_id).sum())} tokens, expected {n}")
+                raise MchError(
+                    f"model {self.spec.name!r}: the processor expanded the audio to "
+                    f"{int((ids == self.audio_token_id).sum())} tokens, expected {n}"
+                )
             if n < 2:  # a single audio token sends transformers down its legacy merge path
-                raise SampleError(f"sample {s.sample_id}: the clip is too short for Qwen2-Audio "
-                                  f"(it needs at least 7 mel frames, about 0.07 s)", sample_id=s.sample_id)
+                raise SampleError(
+                    f"sample {s.sample_id}: the clip is too short for Qwen2-Audio "
+                    f"(it needs at least 7 mel frames, about 0.07 s)",
+                    sample_id=s.sample_id,
+                )
             seqs.append(ids.tolist())
             feats.append(enc["input_features"])
             fmasks.append(enc["feature_attention_mask"])
@@ -230,6 +251,14 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             real_rows = torch.arange(rows)[None, :] < torch.tensor(info["n_audio"])[:, None]
             enc = Pool(owner, {"modality": real_rows, "all": torch.ones(B, rows, dtype=torch.bool)})
             pools.update(encoder=enc, adapter=enc)
-        return Prepared(inputs=inputs, pools=pools, n=B,
-                        info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist(),
-                              "n_audio_tokens": info["n_audio"]})
+        return Prepared(
+            inputs=inputs,
+            pools=pools,
+            n=B,
+            info={
+                "protocol": protocol,
+                "view": view,
+                "n_tokens": real.sum(1).tolist(),
+                "n_audio_tokens": info["n_audio"],
+            },
+        )

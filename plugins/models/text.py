@@ -19,7 +19,8 @@ the text, a newline, then the query; continuations follow with a leading space.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from mch.model import LossTerms, ScoreParts
 
 MAX_TOKENS = 512
-
 
 
 class TextBaseline(HFPluginMixin, ModelPlugin):
@@ -91,8 +91,9 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
     def stage_dims(self, view: str = "text") -> dict[str, int]:
         return {s: self.config.hidden_size for s in self.stage_map(view)}
 
-    def render_prompt(self, protocol: str, view: str = "text", text: str | None = None,
-                      query: str = "") -> tuple[str, tuple[int, int] | None]:
+    def render_prompt(
+        self, protocol: str, view: str = "text", text: str | None = None, query: str = ""
+    ) -> tuple[str, tuple[int, int] | None]:
         self._check_view(view)
         t = text or ""
         return t + (f"\n{query}" if query else ""), (0, len(t))
@@ -103,8 +104,14 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
     def _score_context(self, protocol: str, view: str, query: str) -> str:
         return self.render_prompt(protocol, "text", "", query)[0]
 
-    def _prepare_inputs(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
-                        suffix: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare_inputs(
+        self,
+        samples: Sequence[Sample],
+        protocol: str,
+        view: str,
+        query: str = "",
+        suffix: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         self._check_view(view)
         if self.module is None:
             raise MchError(f"model {self.spec.name!r} is not loaded")
@@ -134,8 +141,12 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         inputs, info = self._prepare_inputs(samples, protocol, view)
         mod, real = info["modality_mask"], info["attention_mask"].bool()
         pool = Pool(torch.arange(len(samples)), {"modality": mod, "all": real, "text": real & ~mod})
-        return Prepared(inputs=inputs, pools={"llm": pool, "adapter": pool}, n=len(samples),
-                        info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()})
+        return Prepared(
+            inputs=inputs,
+            pools={"llm": pool, "adapter": pool},
+            n=len(samples),
+            info={"protocol": protocol, "view": view, "n_tokens": real.sum(1).tolist()},
+        )
 
     def loss_terms(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> LossTerms:
         """The text's own tokens after BOS (its content, and the prompt's own ids: both
@@ -150,8 +161,15 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
             targets = inputs["input_ids"][:, 1:].masked_fill(inputs["attention_mask"][:, 1:] == 0, -100)
         return LossTerms(logits, targets)
 
-    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
-                    view: str = "text", grad: bool = False) -> ScoreParts:
+    def score_parts(
+        self,
+        samples: Sequence[Sample],
+        query: str,
+        continuations: Sequence[str],
+        protocol: str,
+        view: str = "text",
+        grad: bool = False,
+    ) -> ScoreParts:
         from mch.model import ScoreParts
 
         self._check_view(view)
@@ -165,8 +183,9 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         att = inputs["attention_mask"].bool()
         return ScoreParts(self.module, [x[i][att[i]] for i in range(x.shape[0])], conts)
 
-    def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "text",
-                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
+    def prompt_embeds(
+        self, samples: Sequence[Sample], query: str, view: str = "text", protocol: str = "default", grad: bool = False
+    ) -> list[torch.Tensor]:
         inputs, _ = self._prepare_inputs(samples, protocol, view, query)
         emb = resolve_module(self.module, self._paths["embed"])  # type: ignore[index]
         att = inputs["attention_mask"].bool()
@@ -174,7 +193,8 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
             x = emb(inputs["input_ids"])
         return [x[i][att[i]] for i in range(x.shape[0])]
 
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-              protocol: str, view: str = "text") -> Any:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "text"
+    ) -> Any:
         self._check_view(view)
         return super().score(samples, query, continuations, protocol, view)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+
 def mark_smoke(checkpoint_dir: str | Path) -> Path:
     """Mark a random-weight checkpoint as such in its config.json (`mch.checkpoints.SMOKE_KEY`)."""
     from mch.checkpoints import SMOKE_KEY
@@ -138,19 +139,37 @@ LLAMA31_CHAT_TEMPLATE = """{{- bos_token }}
 {%- endif %}
 """
 
-LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                         "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]
+LLAMA3_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+    "<|finetune_right_pad_id|>",
+]
 
 _ULTRAVOX_CORPUS = [
-    "Cutting Knowledge Date: December 2023", "Today Date: 26 Jul 2024", "system user assistant ipython",
-    "Describe this audio.", "Listen to the audio and describe it.", "Transcribe the speech.",
+    "Cutting Knowledge Date: December 2023",
+    "Today Date: 26 Jul 2024",
+    "system user assistant ipython",
+    "Describe this audio.",
+    "Listen to the audio and describe it.",
+    "Transcribe the speech.",
     "The speaker sounds angry, happy, sad, neutral, fearful, disgusted, calm or surprised.",
-    "The speaker is a man or a woman.", "The sound is a dog, a rooster, rain, a siren, a clock or an engine.",
-    "The word is cat, dog, bird, house, tree, water, fire or stone.", "It's eleven o'clock.",
-    "That is exactly what happened.", "I'm on my way to the meeting.", "Don't forget a jacket.",
-    "The quick brown fox jumps over the lazy dog.", "she had your dark suit in greasy wash water all year",
+    "The speaker is a man or a woman.",
+    "The sound is a dog, a rooster, rain, a siren, a clock or an engine.",
+    "The word is cat, dog, bird, house, tree, water, fire or stone.",
+    "It's eleven o'clock.",
+    "That is exactly what happened.",
+    "I'm on my way to the meeting.",
+    "Don't forget a jacket.",
+    "The quick brown fox jumps over the lazy dog.",
+    "she had your dark suit in greasy wash water all year",
     "What emotion is the speaker expressing? Answer with one word.",
-    "0 1 2 3 4 5 6 7 8 9 10 100", "a an the of and to in is was for on with as at by",
+    "0 1 2 3 4 5 6 7 8 9 10 100",
+    "a an the of and to in is was for on with as at by",
 ]
 
 
@@ -163,19 +182,27 @@ def _llama3_tokenizer(vocab_size: int = 420) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=LLAMA3_SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=LLAMA3_SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_ULTRAVOX_CORPUS * 4, trainer)
     bos = tok.token_to_id("<|begin_of_text|>")
-    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                       pair="<|begin_of_text|> $A <|begin_of_text|> $B",
-                                                       special_tokens=[("<|begin_of_text|>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                   chat_template=LLAMA31_CHAT_TEMPLATE)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", chat_template=LLAMA31_CHAT_TEMPLATE
+    )
 
 
-def make_tiny_ultravox(out_dir: str | Path, layout: str = "split", projector_ln_mid: bool = True,
-                       seed: int = 0) -> Path:
+def make_tiny_ultravox(
+    out_dir: str | Path, layout: str = "split", projector_ln_mid: bool = True, seed: int = 0
+) -> Path:
     """A tiny Ultravox checkpoint (Whisper encoder 2 layers x 32, Llama 2 layers x 64) in the
     release's on-disk format; returns the directory to pass as `--checkpoint`.
 
@@ -188,8 +215,13 @@ def make_tiny_ultravox(out_dir: str | Path, layout: str = "split", projector_ln_
     `projector_ln_mid=False` gives the v0.4 projector (RMSNorm after the second linear)."""
     import torch
     from safetensors.torch import save_file
-    from transformers import (LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration)
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     from mch.plugins.models.ultravox import ProjectorShape, UltravoxProjector
 
@@ -201,20 +233,52 @@ def make_tiny_ultravox(out_dir: str | Path, layout: str = "split", projector_ln_
     torch.manual_seed(seed)
     tok = _llama3_tokenizer()
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
-    text_cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                           rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                           bos_token_id=tok.bos_token_id, eos_token_id=eot, initializer_range=0.1)
+    text_cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=eot,
+        initializer_range=0.1,
+    )
     llm = LlamaForCausalLM(text_cfg)
-    audio_cfg = WhisperConfig(vocab_size=64, num_mel_bins=128, d_model=32, encoder_layers=2,
-                              encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
-                              decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=1500,
-                              max_target_positions=32, pad_token_id=1, bos_token_id=2, eos_token_id=3,
-                              decoder_start_token_id=2, suppress_tokens=[], begin_suppress_tokens=[])
+    audio_cfg = WhisperConfig(
+        vocab_size=64,
+        num_mel_bins=128,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=32,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=3,
+        decoder_start_token_id=2,
+        suppress_tokens=[],
+        begin_suppress_tokens=[],
+    )
     whisper = WhisperForConditionalGeneration(audio_cfg)
     encoder = whisper.model.encoder
-    shape = ProjectorShape(d_audio=32, d_llm=64, hidden_size=96, stack_factor=8, projector_act="swiglu",
-                           projector_ln_mid=projector_ln_mid, norm_init=0.4)
+    shape = ProjectorShape(
+        d_audio=32,
+        d_llm=64,
+        hidden_size=96,
+        stack_factor=8,
+        projector_act="swiglu",
+        projector_ln_mid=projector_ln_mid,
+        norm_init=0.4,
+    )
     projector = UltravoxProjector(shape)
     # random norm weights, so a wrong load order shows up
     for p in projector.parameters():
@@ -225,10 +289,19 @@ def make_tiny_ultravox(out_dir: str | Path, layout: str = "split", projector_ln_
     state: dict[str, torch.Tensor] = {f"multi_modal_projector.{k}": v for k, v in projector.state_dict().items()}
     state.update({f"audio_tower.{k}": v for k, v in encoder.state_dict().items()})
     config: dict[str, Any] = {
-        "architectures": ["UltravoxModel"], "model_type": "ultravox", "hidden_size": shape.hidden_size,
-        "stack_factor": 8, "norm_init": 0.4, "projector_act": "swiglu", "projector_ln_mid": projector_ln_mid,
-        "ignore_index": -100, "audio_token_index": None, "vocab_size": len(tok), "pad_token_id": eot,
-        "torch_dtype": "float32", "audio_latency_block_size": None,
+        "architectures": ["UltravoxModel"],
+        "model_type": "ultravox",
+        "hidden_size": shape.hidden_size,
+        "stack_factor": 8,
+        "norm_init": 0.4,
+        "projector_act": "swiglu",
+        "projector_ln_mid": projector_ln_mid,
+        "ignore_index": -100,
+        "audio_token_index": None,
+        "vocab_size": len(tok),
+        "pad_token_id": eot,
+        "torch_dtype": "float32",
+        "audio_latency_block_size": None,
     }
     if layout == "split":
         llm.save_pretrained(out / "llama")
@@ -250,15 +323,36 @@ def make_tiny_ultravox(out_dir: str | Path, layout: str = "split", projector_ln_
 # --------------------------------------------------------------------------- LLaVA, Qwen2-Audio, text baselines
 
 _VLM_CORPUS = [
-    "a photo of a dog on the grass", "a cat sits on a red chair", "two people ride bikes in the street",
-    "a plate of food with a fork", "the image shows a man holding a kite", "a bus parked near a building",
-    "the speaker sounds angry", "the speaker sounds happy", "the speaker sounds sad", "the speaker sounds neutral",
-    "the speaker sounds afraid", "the speaker sounds disgusted", "the speaker is a woman", "the speaker is a man",
-    "the sound is a dog barking", "the sound is rain", "it is eleven o'clock", "that is exactly what happened",
-    "Describe this image.", "Describe this audio.", "USER: ASSISTANT: system user assistant",
-    "You are a helpful assistant.", "Audio 1: what is in it?", "the word is cat", "the object is a person",
-    "The image shows", "The speaker sounds", "small medium large concentrated moderate dispersed",
-    "0 1 2 3 4 5 6 7 8 9", "a an the of and to in is was for on with as at by",
+    "a photo of a dog on the grass",
+    "a cat sits on a red chair",
+    "two people ride bikes in the street",
+    "a plate of food with a fork",
+    "the image shows a man holding a kite",
+    "a bus parked near a building",
+    "the speaker sounds angry",
+    "the speaker sounds happy",
+    "the speaker sounds sad",
+    "the speaker sounds neutral",
+    "the speaker sounds afraid",
+    "the speaker sounds disgusted",
+    "the speaker is a woman",
+    "the speaker is a man",
+    "the sound is a dog barking",
+    "the sound is rain",
+    "it is eleven o'clock",
+    "that is exactly what happened",
+    "Describe this image.",
+    "Describe this audio.",
+    "USER: ASSISTANT: system user assistant",
+    "You are a helpful assistant.",
+    "Audio 1: what is in it?",
+    "the word is cat",
+    "the object is a person",
+    "The image shows",
+    "The speaker sounds",
+    "small medium large concentrated moderate dispersed",
+    "0 1 2 3 4 5 6 7 8 9",
+    "a an the of and to in is was for on with as at by",
 ]
 
 
@@ -272,12 +366,17 @@ def bpe_tokenizer(specials: list[str], bos: str | None = None, vocab_size: int =
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_VLM_CORPUS * 4, trainer)
     if bos is not None:
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special_attrs)
 
 
@@ -302,25 +401,65 @@ def make_tiny_llava(out_dir: str | Path, image_size: int = 42, seed: int = 0) ->
     `<s>`, `<image>` and `<pad>` tokens; preprocessor_config.json names `CLIPImageProcessor`
     as the release does (mch must pick the PIL variant without torchvision)."""
     import torch
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = bpe_tokenizer(["<unk>", "<s>", "</s>", "<image>", "<pad>"], bos="<s>", bos_token="<s>", eos_token="</s>",
-                        unk_token="<unk>", pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
-    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                               crop_size={"height": image_size, "width": image_size})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                              image_size=image_size, patch_size=14, projection_dim=16)
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                      image_seq_length=(image_size // 14) ** 2, vision_feature_layer=-2,
-                      vision_feature_select_strategy="default")
+    tok = bpe_tokenizer(
+        ["<unk>", "<s>", "</s>", "<image>", "<pad>"],
+        bos="<s>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    ip = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=16,
+    )
+    text = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(image_size // 14) ** 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     torch.manual_seed(seed)
     LlavaForConditionalGeneration(cfg).eval().save_pretrained(out)
     proc.save_pretrained(out)
@@ -334,25 +473,54 @@ def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
     linear projector, 2-layer Qwen2, 128-bin Whisper feature extractor, the processor's
     ChatML template, no BOS (like the release)."""
     import torch
-    from transformers import (Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration,
-                              Qwen2AudioProcessor, Qwen2Config, WhisperFeatureExtractor)
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioEncoderConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        Qwen2Config,
+        WhisperFeatureExtractor,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
-    tok = bpe_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                        extra_special_tokens={"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>",
-                                              "audio_eos_token": "<|audio_eos|>"})
-    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
-                                 return_attention_mask=True)
+    tok = bpe_tokenizer(
+        specials,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={
+            "audio_token": "<|AUDIO|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+        },
+    )
+    fe = WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400, return_attention_mask=True
+    )
     proc = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok)  # no template given: the class's ChatML one
-    audio = Qwen2AudioEncoderConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                                    num_mel_bins=128, max_source_positions=1500)
-    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=2048,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    cfg = Qwen2AudioConfig(audio_config=audio, text_config=text,
-                           audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"))
+    audio = Qwen2AudioEncoderConfig(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        num_mel_bins=128,
+        max_source_positions=1500,
+    )
+    text = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=2048,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    cfg = Qwen2AudioConfig(
+        audio_config=audio, text_config=text, audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>")
+    )
     torch.manual_seed(seed)
     Qwen2AudioForConditionalGeneration(cfg).eval().save_pretrained(out)
     proc.save_pretrained(out)
@@ -367,9 +535,17 @@ def _make_tiny_llama_lm(out_dir: str | Path, bos: str, eos: str, seed: int) -> P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = bpe_tokenizer(["<unk>", bos, eos], bos=bos, bos_token=bos, eos_token=eos, unk_token="<unk>")
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(cfg).eval().save_pretrained(out)
     tok.save_pretrained(out)
@@ -391,10 +567,17 @@ def make_tiny_vicuna(out_dir: str | Path, seed: int = 0) -> Path:
 _PRISMATIC_CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions. USER: Describe this image. ASSISTANT:",
-    "a photo of a dog on the grass", "a cat sits on a red chair", "two people ride bikes in the street",
-    "a plate of food with a fork", "The image shows a man holding a kite", "a bus parked near a building",
-    "there are one two three four many objects", "they are small medium large", "concentrated moderate dispersed",
-    "person animal vehicle food furniture", "0 1 2 3 4 5 6 7 8 9",
+    "a photo of a dog on the grass",
+    "a cat sits on a red chair",
+    "two people ride bikes in the street",
+    "a plate of food with a fork",
+    "The image shows a man holding a kite",
+    "a bus parked near a building",
+    "there are one two three four many objects",
+    "they are small medium large",
+    "concentrated moderate dispersed",
+    "person animal vehicle food furniture",
+    "0 1 2 3 4 5 6 7 8 9",
 ]
 
 
@@ -411,13 +594,16 @@ def _vicuna_like_tokenizer(vocab_size: int = 360) -> Any:
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     alphabet = list(string.ascii_letters + string.digits + string.punctuation) + ["▁"]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(_PRISMATIC_CORPUS * 4, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   padding_side="right")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", padding_side="right"
+    )
 
 
 def _tiny_timm_vit(family: str, dim: int, depth: int, heads: int, grid: int, gen: Any) -> dict[str, Any]:
@@ -432,12 +618,14 @@ def _tiny_timm_vit(family: str, dim: int, depth: int, heads: int, grid: int, gen
         return {f"{prefix}.weight": 0.5 + torch.rand(dim, generator=gen), f"{prefix}.bias": rnd(dim, std=0.1)}
 
     def linear(prefix: str, out: int, inp: int) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.weight": rnd(out, inp, std=inp ** -0.5), f"{prefix}.bias": rnd(out, std=0.1)}
+        return {f"{prefix}.weight": rnd(out, inp, std=inp**-0.5), f"{prefix}.bias": rnd(out, std=0.1)}
 
     mlp = 4 * dim if family == "dinov2" else int(dim * 3.7362)
-    sd: dict[str, torch.Tensor] = {"patch_embed.proj.weight": rnd(dim, 3, 14, 14, std=0.05),
-                                   "patch_embed.proj.bias": rnd(dim, std=0.1),
-                                   "pos_embed": rnd(1, grid * grid, dim, std=0.5)}
+    sd: dict[str, torch.Tensor] = {
+        "patch_embed.proj.weight": rnd(dim, 3, 14, 14, std=0.05),
+        "patch_embed.proj.bias": rnd(dim, std=0.1),
+        "pos_embed": rnd(1, grid * grid, dim, std=0.5),
+    }
     if family == "dinov2":
         sd["cls_token"] = rnd(1, 1, dim, std=0.5)
         sd["reg_token"] = rnd(1, 4, dim, std=0.5)
@@ -474,34 +662,62 @@ def _make_tiny_prismatic(out_dir: str | Path, family: str, seed: int, vision_in_
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if family == "dinov2":
-        vb_id, model_id, arch, dim, heads, native, size = ("dinov2-vit-l", "dinov2-224px+7b",
-                                                           "vit_large_patch14_reg4_dinov2", 32, 2, 6, 56)
+        vb_id, model_id, arch, dim, heads, native, size = (
+            "dinov2-vit-l",
+            "dinov2-224px+7b",
+            "vit_large_patch14_reg4_dinov2",
+            32,
+            2,
+            6,
+            56,
+        )
         mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     else:
-        vb_id, model_id, arch, dim, heads, native, size = ("siglip-vit-so400m", "siglip-224px+7b",
-                                                           "vit_so400m_patch14_siglip_224", 48, 3, 3, 42)
+        vb_id, model_id, arch, dim, heads, native, size = (
+            "siglip-vit-so400m",
+            "siglip-224px+7b",
+            "vit_so400m_patch14_siglip_224",
+            48,
+            3,
+            3,
+            42,
+        )
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     depth = 3  # the featurizer reads block 1, the second-to-last
     vision = _tiny_timm_vit(family, dim, depth, heads, native, gen)
 
     # LLM: Vicuna's files (config + tokenizer) in llm/, fine-tuned weights in the checkpoint
     tok = _vicuna_like_tokenizer()
-    llm_cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
-                          rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                          eos_token_id=tok.eos_token_id, initializer_range=0.1)
+    llm_cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        initializer_range=0.1,
+    )
     llm_cfg.save_pretrained(out / "llm")
     tok.save_pretrained(out / "llm")
     # Prismatic adds <PAD> and resizes the embeddings to a multiple of 64
     vocab = -(-(len(tok) + 1) // 64) * 64
     trained = LlamaConfig(**{**llm_cfg.to_dict(), "vocab_size": vocab})
     llm = LlamaForCausalLM(trained)
-    projector = {"projector.0.weight": torch.randn(64, dim, generator=gen) * dim ** -0.5,
-                 "projector.0.bias": torch.randn(64, generator=gen) * 0.1,
-                 "projector.2.weight": torch.randn(64, 64, generator=gen) * 0.125,
-                 "projector.2.bias": torch.randn(64, generator=gen) * 0.1}
-    model: dict[str, Any] = {"projector": projector,
-                             "llm_backbone": {f"llm.{k}": v.detach().clone() for k, v in llm.state_dict().items()}}
+    projector = {
+        "projector.0.weight": torch.randn(64, dim, generator=gen) * dim**-0.5,
+        "projector.0.bias": torch.randn(64, generator=gen) * 0.1,
+        "projector.2.weight": torch.randn(64, 64, generator=gen) * 0.125,
+        "projector.2.bias": torch.randn(64, generator=gen) * 0.1,
+    }
+    model: dict[str, Any] = {
+        "projector": projector,
+        "llm_backbone": {f"llm.{k}": v.detach().clone() for k, v in llm.state_dict().items()},
+    }
     if vision_in_checkpoint:
         model["vision_backbone"] = {f"featurizer.{k}": v for k, v in vision.items()}
     torch.save({"model": model}, out / "checkpoints" / "latest-checkpoint.pt")
@@ -509,12 +725,22 @@ def _make_tiny_prismatic(out_dir: str | Path, family: str, seed: int, vision_in_
     # vision weights as timm's hub repositories hold them
     vdir = out / "vision"
     vdir.mkdir(exist_ok=True)
-    timm_cfg = {"architecture": arch, "num_classes": 0, "num_features": dim,
-                "global_pool": "token" if family == "dinov2" else "map",
-                "model_args": {"embed_dim": dim, "depth": depth, "num_heads": heads, "img_size": native * 14},
-                "pretrained_cfg": {"input_size": [3, native * 14, native * 14], "interpolation": "bicubic",
-                                   "crop_pct": 1.0 if family == "dinov2" else 0.9, "crop_mode": "center",
-                                   "mean": list(mean), "std": list(std), "num_classes": 0}}
+    timm_cfg = {
+        "architecture": arch,
+        "num_classes": 0,
+        "num_features": dim,
+        "global_pool": "token" if family == "dinov2" else "map",
+        "model_args": {"embed_dim": dim, "depth": depth, "num_heads": heads, "img_size": native * 14},
+        "pretrained_cfg": {
+            "input_size": [3, native * 14, native * 14],
+            "interpolation": "bicubic",
+            "crop_pct": 1.0 if family == "dinov2" else 0.9,
+            "crop_mode": "center",
+            "mean": list(mean),
+            "std": list(std),
+            "num_classes": 0,
+        },
+    }
     (vdir / "config.json").write_text(json.dumps(timm_cfg, indent=2) + "\n")
     if family == "dinov2":
         save_file(vision, str(vdir / "model.safetensors"))
@@ -523,10 +749,19 @@ def _make_tiny_prismatic(out_dir: str | Path, family: str, seed: int, vision_in_
         clip.update({"logit_scale": torch.tensor(2.3), "text.token_embedding.weight": torch.randn(8, dim)})
         torch.save(clip, vdir / "open_clip_pytorch_model.bin")
 
-    run_cfg = {"model": {"model_id": model_id, "arch_specifier": "no-align+gelu-mlp", "vision_backbone_id": vb_id,
-                         "llm_backbone_id": "vicuna-v15-7b", "image_resize_strategy": "letterbox",
-                         "llm_max_length": 2048, "default_image_size": size},
-               "run_id": f"{model_id}-tiny", "seed": seed}
+    run_cfg = {
+        "model": {
+            "model_id": model_id,
+            "arch_specifier": "no-align+gelu-mlp",
+            "vision_backbone_id": vb_id,
+            "llm_backbone_id": "vicuna-v15-7b",
+            "image_resize_strategy": "letterbox",
+            "llm_max_length": 2048,
+            "default_image_size": size,
+        },
+        "run_id": f"{model_id}-tiny",
+        "seed": seed,
+    }
     (out / "config.json").write_text(json.dumps(run_cfg, indent=2) + "\n")
     return mark_smoke(out)
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,8 +64,8 @@ ORGANISMS: dict[str, dict[str, float]] = {
     "toy_scaled": {"scale": 2.0},
     "toy_rotated": {"rotation_deg": 45.0},
 }
-ORGANISM_SEED = 1        # the training batches' generator (numpy) of every trained organism
-ORGANISM_STEPS = 1200    # adapter steps, as the toy's own adapter
+ORGANISM_SEED = 1  # the training batches' generator (numpy) of every trained organism
+ORGANISM_STEPS = 1200  # adapter steps, as the toy's own adapter
 ROTATION_SEED = 7
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", "<audio>"]
 FUNCTION_WORDS = ["the", "word", "is", "speaker", "sounds", "says", "and", "a", "describe", "this", "sound", "."]
@@ -105,8 +106,9 @@ class ToyMLLM(nn.Module):
         self.adapter = nn.Linear(e, d)
         self.llm = LlamaForCausalLM(LlamaConfig(**cfg["llm"]))
 
-    def embed(self, frames: torch.Tensor, input_ids: torch.Tensor, audio_mask: torch.Tensor,
-              frame_mask: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, audio_mask: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Token embeddings with each sample's adapter outputs written over its <audio> slots."""
         tokens = self.adapter(self.encoder(frames))
         emb = self.llm.model.embed_tokens(input_ids)
@@ -119,18 +121,30 @@ class ToyMLLM(nn.Module):
 
 def default_config(vocab_size: int) -> dict[str, Any]:
     return {
-        "n_channels": 16, "encoder_dim": 32, "hidden_size": 64,
-        "llm": {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-                "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
-                "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1,
-                "eos_token_id": 2},
+        "n_channels": 16,
+        "encoder_dim": 32,
+        "hidden_size": 64,
+        "llm": {
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
     }
 
 
 class ToyModel(ModelPlugin):
     modality = "speech"
-    option_specs: dict = {}   # takes none
-    datasets = ("toy",)       # it reads the toy world's frames, nothing else
+    option_specs: dict = {}  # takes none
+    datasets = ("toy",)  # it reads the toy world's frames, nothing else
 
     def _weights_dir(self) -> Path:
         ck = str(self.checkpoint)
@@ -155,8 +169,10 @@ class ToyModel(ModelPlugin):
             adapter_state = load_file(str(path / "adapter.safetensors"))
             path = self._base_dir(path)
         if not (path / "model.safetensors").exists():
-            raise MchError(f"model {self.spec.name!r}: no model.safetensors in {path}; pass --checkpoint with a "
-                           f"directory written by `python -m mch.plugins.models.toy train --out DIR` (or `organism`)")
+            raise MchError(
+                f"model {self.spec.name!r}: no model.safetensors in {path}; pass --checkpoint with a "
+                f"directory written by `python -m mch.plugins.models.toy train --out DIR` (or `organism`)"
+            )
         cfg = json.loads((path / "config.json").read_text())
         self.tokenizer = WordTokenizer(json.loads((path / "vocab.json").read_text()))
         module = ToyMLLM(cfg)
@@ -186,8 +202,10 @@ class ToyModel(ModelPlugin):
         arrays = [torch.as_tensor(s.media) for s in samples]
         for s, a in zip(samples, arrays, strict=True):
             if a.dim() != 2 or a.shape[1] != 16:
-                raise MchError(f"model 'toy': sample {s.sample_id} has frames of shape {tuple(a.shape)}, "
-                               f"expected (T, 16); the toy model reads the `toy` dataset")
+                raise MchError(
+                    f"model 'toy': sample {s.sample_id} has frames of shape {tuple(a.shape)}, "
+                    f"expected (T, 16); the toy model reads the `toy` dataset"
+                )
         T = max(a.shape[0] for a in arrays)
         frames = torch.zeros(len(arrays), T, 16)
         mask = torch.zeros(len(arrays), T, dtype=torch.bool)
@@ -224,8 +242,13 @@ class ToyModel(ModelPlugin):
         else:
             enc_pool = Pool(owner, {"modality": fmask, "all": fmask})  # batch padding never enters a mean
             pools.update(encoder=enc_pool, adapter=enc_pool)
-            inputs = {"frames": frames, "frame_mask": fmask, "input_ids": ids, "audio_mask": ids == tok.audio_id,
-                      "attention_mask": att}
+            inputs = {
+                "frames": frames,
+                "frame_mask": fmask,
+                "input_ids": ids,
+                "audio_mask": ids == tok.audio_id,
+                "attention_mask": att,
+            }
         dev = self.device
         inputs = {k: v.to(dev) for k, v in inputs.items()}
         if "frames" in inputs:
@@ -266,16 +289,24 @@ class ToyModel(ModelPlugin):
         ids, labels, att = ids.to(self.device), labels.to(self.device), att.to(self.device)
         ctx = torch.enable_grad() if grad else torch.inference_mode()
         with ctx:
-            emb = self.module.embed(frames.to(self.device, self.torch_dtype), ids, ids == tok.audio_id,
-                                    fmask.to(self.device))
+            emb = self.module.embed(
+                frames.to(self.device, self.torch_dtype), ids, ids == tok.audio_id, fmask.to(self.device)
+            )
             logits = self.module.llm(inputs_embeds=emb, attention_mask=att).logits
             return LossTerms(logits[:, :-1], labels[:, 1:])
 
     def lora_target(self) -> str:
         return "llm"
 
-    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
-                    view: str = "modal", grad: bool = False) -> ScoreParts:
+    def score_parts(
+        self,
+        samples: Sequence[Sample],
+        query: str,
+        continuations: Sequence[str],
+        protocol: str,
+        view: str = "modal",
+        grad: bool = False,
+    ) -> ScoreParts:
         assert self.module is not None
         with torch.enable_grad() if grad else torch.no_grad():
             prefixes = self.prompt_embeds(samples, query, view)
@@ -301,8 +332,9 @@ class ToyModel(ModelPlugin):
             out.append(torch.cat([bos, tokens[i, fmask[i]], qe], dim=0))
         return out
 
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
-              view: str = "modal") -> Scores:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "modal"
+    ) -> Scores:
         assert self.module is not None
         conts = [self.tokenizer.encode(c) for c in continuations]
         with torch.inference_mode():
@@ -329,16 +361,24 @@ def _text_corpus(rng, n: int) -> list[str]:
         s = world.SPEAKERS[rng.integers(len(world.SPEAKERS))]
         vs = list(world.EMOTIONS.values())[rng.integers(len(world.EMOTIONS))]
         e = lambda: vs[rng.integers(len(vs))]  # noqa: E731 - synonyms vary within a scene
-        pool = [f"the word is {c} .", f"the speaker sounds {e()} .", f"the speaker is {s} .",
-                f"{s} says {c} .", f"the speaker sounds {e()} and says {c} .",
-                f"the speaker is {s} and the word is {c} .", f"the speaker sounds {e()} .", f"{s} sounds {e()} ."]
+        pool = [
+            f"the word is {c} .",
+            f"the speaker sounds {e()} .",
+            f"the speaker is {s} .",
+            f"{s} says {c} .",
+            f"the speaker sounds {e()} and says {c} .",
+            f"the speaker is {s} and the word is {c} .",
+            f"the speaker sounds {e()} .",
+            f"{s} sounds {e()} .",
+        ]
         k = int(rng.integers(2, 6))
         docs.append(" ".join(pool[i] for i in rng.permutation(len(pool))[:k]))
     return docs
 
 
-def train_adapter(model: ToyMLLM, tok: WordTokenizer, rng: Any, steps: int, emotion_captions: float = 0.0,
-                  log=print) -> None:
+def train_adapter(
+    model: ToyMLLM, tok: WordTokenizer, rng: Any, steps: int, emotion_captions: float = 0.0, log=print
+) -> None:
     """Train the adapter alone (encoder and decoder frozen) to make the decoder say each
     training sample's caption after its modality tokens; `emotion_captions` is the toy
     world's option (the fraction of captions that also name the emotion)."""
@@ -427,7 +467,7 @@ def train(out_dir: str | Path, text_steps: int = 1200, adapter_steps: int = 1200
     return out
 
 
-def _rotation(d: int, degrees: float, seed: int) -> "Any":
+def _rotation(d: int, degrees: float, seed: int) -> Any:
     """A rotation of R^d turning every vector by `degrees` (float64): Q B Qᵀ with B the
     block-diagonal 2×2 rotations and Q a random orthogonal matrix."""
     import numpy as np
@@ -437,7 +477,7 @@ def _rotation(d: int, degrees: float, seed: int) -> "Any":
     t = np.deg2rad(degrees)
     B = np.eye(d)
     for i in range(0, d - 1, 2):
-        B[i:i + 2, i:i + 2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+        B[i : i + 2, i : i + 2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
     return Q @ B @ Q.T
 
 
@@ -458,22 +498,31 @@ def train_organism(name: str, out_dir: str | Path, steps: int = ORGANISM_STEPS, 
     meta: dict[str, Any] = {"base": "toy", "recipe": recipe}
     if "emotion_captions" in recipe:
         torch.manual_seed(0)
-        model = ToyMLLM(cfg)                   # the same initial adapter as the toy's (train)
+        model = ToyMLLM(cfg)  # the same initial adapter as the toy's (train)
         init = {k: v.clone() for k, v in model.adapter.state_dict().items()}
-        model.load_state_dict(base)            # the toy's encoder and decoder
+        model.load_state_dict(base)  # the toy's encoder and decoder
         model.adapter.load_state_dict(init)
         for p in model.encoder.parameters():
             p.requires_grad_(False)
-        train_adapter(model, WordTokenizer(vocab), np.random.default_rng(ORGANISM_SEED), steps,
-                      float(recipe["emotion_captions"]), log)
+        train_adapter(
+            model,
+            WordTokenizer(vocab),
+            np.random.default_rng(ORGANISM_SEED),
+            steps,
+            float(recipe["emotion_captions"]),
+            log,
+        )
         state = {k: v.detach().contiguous() for k, v in model.adapter.state_dict().items()}
         meta.update(steps=steps, seed=ORGANISM_SEED)
     else:
         W, b = base["adapter.weight"].double().numpy(), base["adapter.bias"].double().numpy()
-        M = float(recipe.get("scale", 1.0)) * _rotation(W.shape[0], float(recipe.get("rotation_deg", 0.0)),
-                                                         ROTATION_SEED)
-        state = {"weight": torch.from_numpy(M @ W).float().contiguous(),
-                 "bias": torch.from_numpy(M @ b).float().contiguous()}
+        M = float(recipe.get("scale", 1.0)) * _rotation(
+            W.shape[0], float(recipe.get("rotation_deg", 0.0)), ROTATION_SEED
+        )
+        state = {
+            "weight": torch.from_numpy(M @ W).float().contiguous(),
+            "bias": torch.from_numpy(M @ b).float().contiguous(),
+        }
         meta.update(rotation_seed=ROTATION_SEED)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -498,7 +547,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "train":
         print(f"wrote {train(a.out, a.text_steps, a.adapter_steps)}")
         return
-    for name in (sorted(ORGANISMS) if a.name == "all" else [a.name]):
+    for name in sorted(ORGANISMS) if a.name == "all" else [a.name]:
         root = Path(a.out) if a.out else WEIGHTS_ROOT
         out = root / name if (a.name == "all" or not a.out) else root
         print(f"wrote {train_organism(name, out)}")

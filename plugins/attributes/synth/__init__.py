@@ -24,8 +24,26 @@ table of writers, `make`, `ensure`) and `datasets` (the `synth-*` registry entri
 loaders reading a corpus generated on first use).
 """
 
-from .writers import (CREATED_BY, DESCRIPTIONS, GENERATOR_PARAMS, GENERATORS, MANIFEST, check_args, ensure, make,
-                      read_manifest)
+from .writers import (
+    CREATED_BY,
+    DESCRIPTIONS,
+    GENERATOR_PARAMS,
+    GENERATORS,
+    MANIFEST,
+    check_args,
+    ensure,
+    make,
+    read_manifest,
+)
 
-__all__ = ["CREATED_BY", "DESCRIPTIONS", "GENERATOR_PARAMS", "GENERATORS", "MANIFEST", "check_args", "ensure", "make",
-           "read_manifest"]
+__all__ = [
+    "CREATED_BY",
+    "DESCRIPTIONS",
+    "GENERATOR_PARAMS",
+    "GENERATORS",
+    "MANIFEST",
+    "check_args",
+    "ensure",
+    "make",
+    "read_manifest",
+]

@@ -24,8 +24,9 @@ from ..librispeech import LibriSpeech
 from ..voxceleb1 import VoxCeleb1
 from .writers import ensure
 
-SYNTH_OPTION = Param(dict, nullable=True,
-                     help="generator arguments (`mch data make`): generate the corpus on first use")
+SYNTH_OPTION = Param(
+    dict, nullable=True, help="generator arguments (`mch data make`): generate the corpus on first use"
+)
 
 
 def generated_root() -> Path:

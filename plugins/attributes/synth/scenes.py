@@ -26,10 +26,39 @@ SCENE_CATEGORIES = [
     {"id": 59, "name": "pizza", "supercategory": "food"},
     {"id": 60, "name": "donut", "supercategory": "food"},
 ]
-_COLORS = {"red": (200, 40, 40), "blue": (40, 70, 200), "green": (40, 150, 60), "yellow": (230, 200, 40),
-           "purple": (130, 50, 160), "white": (240, 240, 240), "black": (25, 25, 25), "orange": (240, 140, 30)}
-_NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-            "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+_COLORS = {
+    "red": (200, 40, 40),
+    "blue": (40, 70, 200),
+    "green": (40, 150, 60),
+    "yellow": (230, 200, 40),
+    "purple": (130, 50, 160),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+    "orange": (240, 140, 30),
+}
+_NUMBERS = [
+    "no",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
 DEFAULT_COUNTS = [1, 3, 6, 12, 2, 8, 4, 0, 1, 5, 15, 2]
 
 
@@ -57,9 +86,17 @@ def _shape(name: str, cx: float, cy: float, s: float) -> tuple[list[tuple[float,
     if name == "pizza":
         return [(cx - r, cy - r * 0.8), (cx + r, cy - r * 0.8), (cx, cy + r * 0.8)], r, r * 0.8
     if name == "book":
-        return [(cx - r * 0.7, cy - r), (cx + r * 0.7, cy - r), (cx + r * 0.7, cy + r), (cx - r * 0.7, cy + r)], r * 0.7, r
+        return (
+            [(cx - r * 0.7, cy - r), (cx + r * 0.7, cy - r), (cx + r * 0.7, cy + r), (cx - r * 0.7, cy + r)],
+            r * 0.7,
+            r,
+        )
     if name == "tv":
-        return [(cx - r * 1.3, cy - r), (cx + r * 1.3, cy - r), (cx + r * 1.3, cy + r), (cx - r * 1.3, cy + r)], r * 1.3, r
+        return (
+            [(cx - r * 1.3, cy - r), (cx + r * 1.3, cy - r), (cx + r * 1.3, cy + r), (cx - r * 1.3, cy + r)],
+            r * 1.3,
+            r,
+        )
     raise MchError(f"no icon for category {name!r}")
 
 
@@ -70,8 +107,9 @@ def _poly_area(pts: list[tuple[float, float]]) -> float:
     return abs(s) / 2
 
 
-def _draw(draw: Any, name: str, pts: list[tuple[float, float]], color: tuple[int, int, int], cx: float, cy: float,
-          r: float) -> None:
+def _draw(
+    draw: Any, name: str, pts: list[tuple[float, float]], color: tuple[int, int, int], cx: float, cy: float, r: float
+) -> None:
     draw.polygon(pts, fill=color, outline=(0, 0, 0))
     if name == "clock":
         draw.line([(cx, cy), (cx, cy - 0.7 * r)], fill=(0, 0, 0), width=max(1, int(r / 6)))
@@ -106,14 +144,16 @@ def _caption_list(names: list[str]) -> str:
     parts = []
     for name, k in counts.most_common(3):
         word = _NUMBERS[k] if k < len(_NUMBERS) else "many"
-        parts.append(f"{'a' if k == 1 and name[0] not in 'aeiou' else 'an' if k == 1 else word} "
-                     f"{name if k == 1 else name + 's'}")
+        parts.append(
+            f"{'a' if k == 1 and name[0] not in 'aeiou' else 'an' if k == 1 else word} {name if k == 1 else name + 's'}"
+        )
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text + (" and other things" if len(counts) > 3 else "")
 
 
-def render_scene(rng: Any, width: int, height: int, count: int, categories: list[dict[str, Any]],
-                 crowd: bool) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+def render_scene(
+    rng: Any, width: int, height: int, count: int, categories: list[dict[str, Any]], crowd: bool
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """One scene: the PIL image, its instance annotations (without ids) and what was drawn."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -148,11 +188,23 @@ def render_scene(rng: Any, width: int, height: int, count: int, categories: list
         area = np.pi * (s / 2) ** 2 if cat["name"] in ("sports ball", "orange", "clock") else _poly_area(pts)
         if cat["name"] == "donut":
             area = np.pi * ((s / 2) ** 2 - (0.4 * s / 2) ** 2)
-        anns.append({"category_id": cat["id"], "iscrowd": 0, "area": round(float(area), 2),
-                     "bbox": [round(x0, 2), round(y0, 2), round(max(xs) - x0, 2), round(max(ys) - y0, 2)],
-                     "segmentation": [[round(v, 2) for p in pts for v in p]]})
-        drawn.append({"category": cat["name"], "color": color_name, "centre": [round(cx, 2), round(cy, 2)],
-                      "size": round(float(s), 2)})
+        anns.append(
+            {
+                "category_id": cat["id"],
+                "iscrowd": 0,
+                "area": round(float(area), 2),
+                "bbox": [round(x0, 2), round(y0, 2), round(max(xs) - x0, 2), round(max(ys) - y0, 2)],
+                "segmentation": [[round(v, 2) for p in pts for v in p]],
+            }
+        )
+        drawn.append(
+            {
+                "category": cat["name"],
+                "color": color_name,
+                "centre": [round(cx, 2), round(cy, 2)],
+                "size": round(float(s), 2),
+            }
+        )
     if crowd:
         cat = categories[0]
         mask = np.zeros((height, width), dtype=bool)
@@ -165,9 +217,20 @@ def render_scene(rng: Any, width: int, height: int, count: int, categories: list
             mask |= (xx - dx) ** 2 + (yy - dy) ** 2 <= r * r
         ys, xs = np.nonzero(mask)
         if len(xs):
-            anns.append({"category_id": cat["id"], "iscrowd": 1, "area": float(mask.sum()),
-                         "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                                  float(ys.max() - ys.min() + 1)], "segmentation": _rle(mask)})
+            anns.append(
+                {
+                    "category_id": cat["id"],
+                    "iscrowd": 1,
+                    "area": float(mask.sum()),
+                    "bbox": [
+                        float(xs.min()),
+                        float(ys.min()),
+                        float(xs.max() - xs.min() + 1),
+                        float(ys.max() - ys.min() + 1),
+                    ],
+                    "segmentation": _rle(mask),
+                }
+            )
     return img, anns, {"background": bg_name, "scale": scale, "layout": layout, "objects": drawn, "crowd": crowd}
 
 
@@ -175,14 +238,23 @@ def _captions(info: dict[str, Any]) -> list[str]:
     names = [o["category"] for o in info["objects"]]
     bg = info["background"]
     if not names:
-        return [f"An empty {bg} background.", "A plain picture with nothing in it.",
-                f"Nothing but a {bg} surface.", "An image showing no objects at all.", f"A blank {bg} scene."]
+        return [
+            f"An empty {bg} background.",
+            "A plain picture with nothing in it.",
+            f"Nothing but a {bg} surface.",
+            "An image showing no objects at all.",
+            f"A blank {bg} scene.",
+        ]
     what = _caption_list(names)
     n = len(names)
     count = _NUMBERS[n] if n < len(_NUMBERS) else "many"
-    return [f"A picture of {what}.", f"{what[0].upper() + what[1:]} on a {bg} background.",
-            f"An image showing {what}.", f"There {'is' if n == 1 else 'are'} {count} object{'s' if n != 1 else ''} "
-            f"in this {info['layout']} scene.", f"A {bg} scene with {what}."]
+    return [
+        f"A picture of {what}.",
+        f"{what[0].upper() + what[1:]} on a {bg} background.",
+        f"An image showing {what}.",
+        f"There {'is' if n == 1 else 'are'} {count} object{'s' if n != 1 else ''} in this {info['layout']} scene.",
+        f"A {bg} scene with {what}.",
+    ]
 
 
 def _scene_categories(categories: int | list[str] | None) -> list[dict[str, Any]]:
@@ -197,9 +269,18 @@ def _scene_categories(categories: int | list[str] | None) -> list[dict[str, Any]
     return [by_name[c] for c in categories]
 
 
-def make_coco(out: Path, *, seed: int = 0, images: int = 24, counts: list[int] | None = None, width: int = 160,
-              height: int = 120, categories: int | list[str] | None = None, crowd_every: int = 5,
-              split: str = "val2017") -> dict[str, Any]:
+def make_coco(
+    out: Path,
+    *,
+    seed: int = 0,
+    images: int = 24,
+    counts: list[int] | None = None,
+    width: int = 160,
+    height: int = 120,
+    categories: int | list[str] | None = None,
+    crowd_every: int = 5,
+    split: str = "val2017",
+) -> dict[str, Any]:
     """{split}/{id:012d}.jpg + annotations/instances_{split}.json + captions_{split}.json.
     `counts[i]` = objects in image i (default: a cycle covering every count bin and 0);
     every `crowd_every`-th image also gets an iscrowd=1 group (0 = never)."""
@@ -219,11 +300,30 @@ def make_coco(out: Path, *, seed: int = 0, images: int = 24, counts: list[int] |
         img, objs, info = render_scene(rng, width, height, int(count), cats, crowd)
         fname = f"{image_id:012d}.jpg"
         img.save(out / split / fname, quality=90)
-        imgs.append({"license": 1, "file_name": fname, "coco_url": "", "height": height, "width": width,
-                     "date_captured": "2017-01-01 00:00:00", "flickr_url": "", "id": image_id})
+        imgs.append(
+            {
+                "license": 1,
+                "file_name": fname,
+                "coco_url": "",
+                "height": height,
+                "width": width,
+                "date_captured": "2017-01-01 00:00:00",
+                "flickr_url": "",
+                "id": image_id,
+            }
+        )
         for a in objs:
-            anns.append({"segmentation": a["segmentation"], "area": a["area"], "iscrowd": a["iscrowd"],
-                         "image_id": image_id, "bbox": a["bbox"], "category_id": a["category_id"], "id": ann_id})
+            anns.append(
+                {
+                    "segmentation": a["segmentation"],
+                    "area": a["area"],
+                    "iscrowd": a["iscrowd"],
+                    "image_id": image_id,
+                    "bbox": a["bbox"],
+                    "category_id": a["category_id"],
+                    "id": ann_id,
+                }
+            )
             ann_id += 1
         texts = _captions(info)
         for j in rng.permutation(len(texts)):  # which template gets the lowest id varies
@@ -235,15 +335,24 @@ def make_coco(out: Path, *, seed: int = 0, images: int = 24, counts: list[int] |
     info_block = {"description": "mch synthetic COCO-layout corpus", "version": "1.0", "year": 2017}
     licenses = [{"id": 1, "name": "CC0", "url": ""}]
     with open(out / "annotations" / f"instances_{split}.json", "w") as f:
-        json.dump({"info": info_block, "licenses": licenses, "images": imgs, "annotations": anns,
-                   "categories": cats}, f)
+        json.dump(
+            {"info": info_block, "licenses": licenses, "images": imgs, "annotations": anns, "categories": cats}, f
+        )
     with open(out / "annotations" / f"captions_{split}.json", "w") as f:
         json.dump({"info": info_block, "licenses": licenses, "images": imgs, "annotations": caps}, f)
     return {"files": len(imgs), "images": truth}
 
 
-def make_gqa(out: Path, *, seed: int = 0, images: int = 12, width: int = 160, height: int = 120,
-             categories: int | list[str] | None = None, split: str = "val") -> dict[str, Any]:
+def make_gqa(
+    out: Path,
+    *,
+    seed: int = 0,
+    images: int = 12,
+    width: int = 160,
+    height: int = 120,
+    categories: int | list[str] | None = None,
+    split: str = "val",
+) -> dict[str, Any]:
     """images/{imageId}.jpg + {split}_balanced_questions.json with five questions per scene,
     one per structural type (verify, query, choose, logical, compare)."""
     import numpy as np
@@ -266,26 +375,61 @@ def make_gqa(out: Path, *, seed: int = 0, images: int = 12, width: int = 160, he
         def add(question: str, answer: str, structural: str, semantic: str, detailed: str, full: str) -> None:
             nonlocal qn
             questions[str(20000000 + qn)] = {
-                "imageId": image_id, "question": question, "answer": answer, "fullAnswer": full,
-                "isBalanced": True, "types": {"structural": structural, "semantic": semantic, "detailed": detailed}}
+                "imageId": image_id,
+                "question": question,
+                "answer": answer,
+                "fullAnswer": full,
+                "isBalanced": True,
+                "types": {"structural": structural, "semantic": semantic, "detailed": detailed},
+            }
             qn += 1
 
         ask = present[0] if (i % 2 == 0 or not absent) else absent[0]
         yes = ask in present
-        add(f"Is there a {ask} in the image?", "yes" if yes else "no", "verify", "obj", "exist",
-            f"{'Yes' if yes else 'No'}, there is {'a' if yes else 'no'} {ask}.")
-        add("What is the largest object?", largest["category"], "query", "cat", "categoryThat",
-            f"The largest object is a {largest['category']}.")
+        add(
+            f"Is there a {ask} in the image?",
+            "yes" if yes else "no",
+            "verify",
+            "obj",
+            "exist",
+            f"{'Yes' if yes else 'No'}, there is {'a' if yes else 'no'} {ask}.",
+        )
+        add(
+            "What is the largest object?",
+            largest["category"],
+            "query",
+            "cat",
+            "categoryThat",
+            f"The largest object is a {largest['category']}.",
+        )
         side = "left" if a["centre"][0] < width / 2 else "right"
-        add(f"Is the {a['color']} {a['category']} on the left or on the right?", side, "choose", "rel", "positionChoose",
-            f"The {a['category']} is on the {side}.")
+        add(
+            f"Is the {a['color']} {a['category']} on the left or on the right?",
+            side,
+            "choose",
+            "rel",
+            "positionChoose",
+            f"The {a['category']} is on the {side}.",
+        )
         c2 = absent[0] if (i % 3 == 0 and absent) else b["category"]
         both = c2 in present
-        add(f"Are there both a {a['category']} and a {c2}?", "yes" if both else "no", "logical", "obj", "logicalObj",
-            f"{'Yes' if both else 'No'}, there {'are' if both else 'is not'} both.")
+        add(
+            f"Are there both a {a['category']} and a {c2}?",
+            "yes" if both else "no",
+            "logical",
+            "obj",
+            "logicalObj",
+            f"{'Yes' if both else 'No'}, there {'are' if both else 'is not'} both.",
+        )
         bigger = a["size"] > b["size"]
-        add(f"Is the {a['color']} {a['category']} larger than the {b['color']} {b['category']}?",
-            "yes" if bigger else "no", "compare", "attr", "sizeCompare", f"{'Yes' if bigger else 'No'}.")
+        add(
+            f"Is the {a['color']} {a['category']} larger than the {b['color']} {b['category']}?",
+            "yes" if bigger else "no",
+            "compare",
+            "attr",
+            "sizeCompare",
+            f"{'Yes' if bigger else 'No'}.",
+        )
     with open(out / f"{split}_balanced_questions.json", "w") as f:
         json.dump(questions, f)
     return {"files": images, "questions": len(questions)}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mch.api import MchError
 
@@ -32,7 +33,7 @@ def _harmonic(f0: Any, sr: int, n_harm: int, tilt: float = 1.0) -> Any:
     import numpy as np
 
     phase = 2 * np.pi * np.cumsum(f0) / sr
-    return sum((k ** -tilt) * np.sin(k * phase) * (k * f0 < 0.45 * sr) for k in range(1, n_harm + 1))
+    return sum((k**-tilt) * np.sin(k * phase) * (k * f0 < 0.45 * sr) for k in range(1, n_harm + 1))
 
 
 def _lowpass(x: Any, hz: float, sr: int, order: int = 4) -> Any:
@@ -131,9 +132,17 @@ def _church_bells(rng: Any, sr: int, n: int) -> Any:
     base = rng.uniform(280, 480)
     m = int(min(n, 2.5 * sr))
     t = np.arange(m) / sr
-    bell = sum(a * np.sin(2 * np.pi * base * r * t) * np.exp(-t / d)
-               for r, a, d in ((0.5, 0.6, 1.5), (1.0, 1.0, 1.0), (1.19, 0.5, 0.8), (1.5, 0.4, 0.6),
-                               (2.0, 0.5, 0.5), (2.61, 0.3, 0.3)))
+    bell = sum(
+        a * np.sin(2 * np.pi * base * r * t) * np.exp(-t / d)
+        for r, a, d in (
+            (0.5, 0.6, 1.5),
+            (1.0, 1.0, 1.0),
+            (1.19, 0.5, 0.8),
+            (1.5, 0.4, 0.6),
+            (2.0, 0.5, 0.5),
+            (2.61, 0.3, 0.3),
+        )
+    )
     step = int(rng.uniform(1.1, 1.8) * sr)
     for pos in range(int(rng.integers(0, step)), n, step):
         _place(y, bell, pos)
@@ -153,8 +162,9 @@ def _helicopter(rng: Any, sr: int, n: int) -> Any:
 
     t = np.arange(n) / sr
     thump = (np.sin(2 * np.pi * rng.uniform(12, 20) * t) > 0.6).astype(float)
-    return _lowpass(rng.standard_normal(n) * _lowpass(thump, 60, sr, 2), 500, sr) * 4 + \
-        0.1 * np.sin(2 * np.pi * rng.uniform(900, 1300) * t)
+    return _lowpass(rng.standard_normal(n) * _lowpass(thump, 60, sr, 2), 500, sr) * 4 + 0.1 * np.sin(
+        2 * np.pi * rng.uniform(900, 1300) * t
+    )
 
 
 def _glass_breaking(rng: Any, sr: int, n: int) -> Any:
@@ -172,14 +182,31 @@ def _glass_breaking(rng: Any, sr: int, n: int) -> Any:
 
 
 SOUND_CLASSES: dict[str, Callable[[Any, int, int], Any]] = {
-    "dog": _dog, "rain": _rain, "siren": _siren, "clock_tick": _clock_tick, "church_bells": _church_bells,
-    "crickets": _crickets, "rooster": _rooster, "sea_waves": _sea_waves, "chirping_birds": _chirping_birds,
-    "engine": _engine_hum, "helicopter": _helicopter, "glass_breaking": _glass_breaking,
+    "dog": _dog,
+    "rain": _rain,
+    "siren": _siren,
+    "clock_tick": _clock_tick,
+    "church_bells": _church_bells,
+    "crickets": _crickets,
+    "rooster": _rooster,
+    "sea_waves": _sea_waves,
+    "chirping_birds": _chirping_birds,
+    "engine": _engine_hum,
+    "helicopter": _helicopter,
+    "glass_breaking": _glass_breaking,
 }
 
 
-def make_esc50(out: Path, *, seed: int = 0, classes: int | list[str] = 6, folds: int = 5, clips_per_fold: int = 1,
-               seconds: float = 5.0, sample_rate: int = 44100) -> dict[str, Any]:
+def make_esc50(
+    out: Path,
+    *,
+    seed: int = 0,
+    classes: int | list[str] = 6,
+    folds: int = 5,
+    clips_per_fold: int = 1,
+    seconds: float = 5.0,
+    sample_rate: int = 44100,
+) -> dict[str, Any]:
     """audio/{fold}-{src_file}-{take}-{target}.wav + meta/esc50.csv (the real columns; targets
     and the esc10 flag are the real ones for each category)."""
     import numpy as np
@@ -204,7 +231,7 @@ def make_esc50(out: Path, *, seed: int = 0, classes: int | list[str] = 6, folds:
                 target = CATEGORIES.index(cat)
                 fname = f"{fold}-{src}-A-{target}.wav"
                 y = SOUND_CLASSES[cat](np.random.default_rng(hash_seed(seed, fname)), sample_rate, n)
-                y = y / (np.sqrt(np.mean(y ** 2)) + 1e-9) * rng.uniform(0.04, 0.1)
+                y = y / (np.sqrt(np.mean(y**2)) + 1e-9) * rng.uniform(0.04, 0.1)
                 y = y + 2e-4 * rng.standard_normal(n)
                 write_audio(out / "audio" / fname, np.clip(y, -0.99, 0.99).astype(np.float32), sample_rate)
                 rows.append(f"{fname},{fold},{target},{cat},{cat in ESC10},{src},A")

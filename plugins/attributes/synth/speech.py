@@ -44,15 +44,26 @@ def _sentence(rng: Any, topic: str) -> str:
 # -- generators
 
 
-def make_cremad(out: Path, *, seed: int = 0, actors: int = 4, sentences: int | list[str] = 4,
-                emotions: list[str] | None = None, levels: list[str] | None = None, sample_rate: int = SPEECH_RATE,
-                engine: str = "auto") -> dict[str, Any]:
+def make_cremad(
+    out: Path,
+    *,
+    seed: int = 0,
+    actors: int = 4,
+    sentences: int | list[str] = 4,
+    emotions: list[str] | None = None,
+    levels: list[str] | None = None,
+    sample_rate: int = SPEECH_RATE,
+    engine: str = "auto",
+) -> dict[str, Any]:
     """AudioWAV/{actor}_{sentence}_{emotion}_{level}.wav, actors from 1001."""
     codes = list(SENTENCES)[:sentences] if isinstance(sentences, int) else list(sentences)
     emotions = list(emotions or EMOTION_PROSODY)
     levels = list(levels or ["XX"])
-    bad = [c for c in codes if c not in SENTENCES] + [e for e in emotions if e not in EMOTION_PROSODY] + \
-          [lv for lv in levels if lv not in LEVEL_SCALE]
+    bad = (
+        [c for c in codes if c not in SENTENCES]
+        + [e for e in emotions if e not in EMOTION_PROSODY]
+        + [lv for lv in levels if lv not in LEVEL_SCALE]
+    )
     if bad:
         raise MchError(f"cremad generator: unknown sentence/emotion/level codes {bad}")
     engine, synth = speech_engine(engine)
@@ -70,8 +81,17 @@ def make_cremad(out: Path, *, seed: int = 0, actors: int = 4, sentences: int | l
     return {"engine": engine, "files": n, "voices": [asdict(v) for v in voices]}
 
 
-def make_librispeech(out: Path, *, seed: int = 0, speakers: int = 4, chapters: int = 2, utterances: int = 4,
-                     split: str = "test-clean", sample_rate: int = SPEECH_RATE, engine: str = "auto") -> dict[str, Any]:
+def make_librispeech(
+    out: Path,
+    *,
+    seed: int = 0,
+    speakers: int = 4,
+    chapters: int = 2,
+    utterances: int = 4,
+    split: str = "test-clean",
+    sample_rate: int = SPEECH_RATE,
+    engine: str = "auto",
+) -> dict[str, Any]:
     """{split}/{speaker}/{chapter}/{speaker}-{chapter}-{nnnn}.flac + {speaker}-{chapter}.trans.txt,
     SPEAKERS.TXT; each chapter reads from one topic, so its words are its own."""
     import numpy as np
@@ -104,8 +124,17 @@ def make_librispeech(out: Path, *, seed: int = 0, speakers: int = 4, chapters: i
     return {"engine": engine, "files": n, "utterances": truth}
 
 
-def make_voxceleb1(out: Path, *, seed: int = 0, speakers: int = 4, videos: int = 2, utterances: int = 3,
-                   first_id: int = 10270, sample_rate: int = SPEECH_RATE, engine: str = "auto") -> dict[str, Any]:
+def make_voxceleb1(
+    out: Path,
+    *,
+    seed: int = 0,
+    speakers: int = 4,
+    videos: int = 2,
+    utterances: int = 3,
+    first_id: int = 10270,
+    sample_rate: int = SPEECH_RATE,
+    engine: str = "auto",
+) -> dict[str, Any]:
     """wav/id{n}/{video}/{nnnnn}.wav + vox1_meta.csv (Set: test for id10270-id10309, else dev)
     + iden_split.txt."""
     import numpy as np
@@ -120,15 +149,18 @@ def make_voxceleb1(out: Path, *, seed: int = 0, speakers: int = 4, videos: int =
     topics = list(_TOPICS)
     for si, voice in enumerate(voices):
         spk = f"id{first_id + si}"
-        meta.append(f"{spk}\tSynth_Voice_{si + 1:02d}\t{'f' if si % 2 else 'm'}\tNowhere\t"
-                    f"{'test' if 10270 <= first_id + si <= 10309 else 'dev'}")
+        meta.append(
+            f"{spk}\tSynth_Voice_{si + 1:02d}\t{'f' if si % 2 else 'm'}\tNowhere\t"
+            f"{'test' if 10270 <= first_id + si <= 10309 else 'dev'}"
+        )
         for vi in range(videos):
             video = "".join(rng.choice(alphabet, size=11))
             for u in range(utterances):
                 rel = f"{spk}/{video}/{u + 1:05d}.wav"
                 pros = EMOTION_PROSODY[["NEU", "HAP", "NEU", "SAD"][(vi + u) % 4]].scaled(0.4)
-                y = synth(_sentence(rng, topics[(si + vi) % len(topics)]), voice, pros, sample_rate,
-                          seed=hash_seed(seed, rel))
+                y = synth(
+                    _sentence(rng, topics[(si + vi) % len(topics)]), voice, pros, sample_rate, seed=hash_seed(seed, rel)
+                )
                 write_audio(out / "wav" / rel, y, sample_rate)
                 split_lines.append(f"{1 + (u % 3)} {rel}")
                 n += 1

@@ -14,9 +14,10 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable
+from typing import Any
 
 from mch.api import MchError
 
@@ -28,27 +29,27 @@ NO_ESPEAK = "engine 'espeak' needs espeak-ng on PATH (apt-get install espeak-ng)
 
 @dataclass
 class Voice:
-    f0: float            # mean pitch, Hz
+    f0: float  # mean pitch, Hz
     formant_scale: float  # >1: shorter vocal tract, higher formants
-    tilt: float          # harmonic roll-off exponent
-    breath: float        # aspiration noise relative to voicing
-    rate: float          # speaking-rate multiplier
-    espeak: str          # espeak-ng voice variant
+    tilt: float  # harmonic roll-off exponent
+    breath: float  # aspiration noise relative to voicing
+    rate: float  # speaking-rate multiplier
+    espeak: str  # espeak-ng voice variant
 
 
 @dataclass
 class Prosody:
-    f0: float = 1.0      # pitch level multiplier
-    range: float = 1.0   # pitch excursion multiplier
+    f0: float = 1.0  # pitch level multiplier
+    range: float = 1.0  # pitch excursion multiplier
     slope: float = -0.15  # overall contour (negative = declination)
     rate: float = 1.0
     gain: float = 1.0
     tremor: float = 0.0  # 6 Hz pitch modulation depth
     jitter: float = 0.0  # random pitch perturbation depth
     breath: float = 0.0  # added breathiness
-    tilt: float = 0.0    # added roll-off (negative = brighter, tenser voice)
+    tilt: float = 0.0  # added roll-off (negative = brighter, tenser voice)
 
-    def scaled(self, k: float) -> "Prosody":
+    def scaled(self, k: float) -> Prosody:
         """Move k of the way from neutral to this emotion (CREMA-D intensity levels)."""
         base = Prosody()
         return Prosody(**{f: getattr(base, f) + k * (getattr(self, f) - getattr(base, f)) for f in base.__dict__})
@@ -65,10 +66,21 @@ EMOTION_PROSODY = {
 }
 LEVEL_SCALE = {"LO": 0.5, "MD": 1.0, "HI": 1.5, "XX": 1.0}
 
-_VOWELS = {"a": (730, 1090, 2440), "e": (530, 1840, 2480), "i": (300, 2200, 2950), "o": (570, 840, 2410),
-           "u": (320, 900, 2240), "y": (420, 1900, 2600)}
-_SONORANT = {"l": (360, 1300, 2700), "m": (260, 1000, 2200), "n": (260, 1500, 2500), "r": (420, 1300, 1700),
-             "w": (300, 700, 2200)}
+_VOWELS = {
+    "a": (730, 1090, 2440),
+    "e": (530, 1840, 2480),
+    "i": (300, 2200, 2950),
+    "o": (570, 840, 2410),
+    "u": (320, 900, 2240),
+    "y": (420, 1900, 2600),
+}
+_SONORANT = {
+    "l": (360, 1300, 2700),
+    "m": (260, 1000, 2200),
+    "n": (260, 1500, 2500),
+    "r": (420, 1300, 1700),
+    "w": (300, 700, 2200),
+}
 _FRIC_BAND = {"s": 2, "z": 2, "c": 2, "x": 2, "f": 1, "v": 1, "h": 1, "j": 1, "q": 1}  # 0 low, 1 mid, 2 high
 _STOPS = set("bdgptk")
 _VOICED = set("bdgzvjlmnrw")
@@ -85,11 +97,16 @@ def make_voices(n: int, seed: int) -> list[Voice]:
         high = i % 2 == 1
         frac = (i // 2) / max(1, (n + 1) // 2)
         f0 = (165 + 80 * frac if high else 90 + 55 * frac) * rng.uniform(0.96, 1.04)
-        voices.append(Voice(
-            f0=float(f0), formant_scale=float((1.12 if high else 0.93) + rng.uniform(-0.05, 0.06)),
-            tilt=float(rng.uniform(0.9, 1.6)), breath=float(rng.uniform(0.01, 0.12)),
-            rate=float(rng.uniform(0.88, 1.12)),
-            espeak=(high_variants if high else low_variants)[(i // 2) % (5 if high else 7)]))
+        voices.append(
+            Voice(
+                f0=float(f0),
+                formant_scale=float((1.12 if high else 0.93) + rng.uniform(-0.05, 0.06)),
+                tilt=float(rng.uniform(0.9, 1.6)),
+                breath=float(rng.uniform(0.01, 0.12)),
+                rate=float(rng.uniform(0.88, 1.12)),
+                espeak=(high_variants if high else low_variants)[(i // 2) % (5 if high else 7)],
+            )
+        )
     return voices
 
 
@@ -125,7 +142,7 @@ def _smooth(x: Any, n: int) -> Any:
         pad = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(half, half)], mode="edge")
         c = np.cumsum(pad, axis=-1)
         c = np.concatenate([np.zeros(c.shape[:-1] + (1,)), c], axis=-1)
-        x = (c[..., 2 * half + 1:] - c[..., :-2 * half - 1])[..., : x.shape[-1]] / (2 * half)
+        x = (c[..., 2 * half + 1 :] - c[..., : -2 * half - 1])[..., : x.shape[-1]] / (2 * half)
     return x
 
 
@@ -185,8 +202,16 @@ def synth_numpy(text: str, voice: Voice, pros: Prosody, sr: int, seed: int) -> A
     accent = np.sin(np.pi * words * t / T) ** 2
     jit = np.interp(t, t[grid], _smooth(rng.standard_normal(len(grid)), 8))
     jit /= np.abs(jit).max() + 1e-9
-    f0 = voice.f0 * pros.f0 * (1 + 0.12 * pros.range * (pros.slope * (2 * t / T - 1) + 0.6 * accent)
-                               + pros.tremor * np.sin(2 * np.pi * 6.0 * t) + pros.jitter * jit)
+    f0 = (
+        voice.f0
+        * pros.f0
+        * (
+            1
+            + 0.12 * pros.range * (pros.slope * (2 * t / T - 1) + 0.6 * accent)
+            + pros.tremor * np.sin(2 * np.pi * 6.0 * t)
+            + pros.jitter * jit
+        )
+    )
     phase = 2 * np.pi * np.cumsum(f0) / sr
     K = int(min(40, 0.45 * sr / f0.min()))
     tilt = max(0.4, voice.tilt + pros.tilt)
@@ -220,7 +245,7 @@ def synth_numpy(text: str, voice: Voice, pros: Prosody, sr: int, seed: int) -> A
     frication = sum(a * b for a, b in zip(noise_amp, bands, strict=True))
     y = voiced * src / (np.abs(src).max() + 1e-9) + 0.35 * frication + 0.5 * breath
     y += 3e-4 * rng.standard_normal(n)  # recording noise floor: never digital silence
-    rms = np.sqrt(np.mean(y[voiced > 0.2] ** 2)) if np.any(voiced > 0.2) else np.sqrt(np.mean(y ** 2))
+    rms = np.sqrt(np.mean(y[voiced > 0.2] ** 2)) if np.any(voiced > 0.2) else np.sqrt(np.mean(y**2))
     y = y * (0.06 * pros.gain / (rms + 1e-9))
     return np.clip(y, -0.99, 0.99).astype(np.float32)
 
@@ -240,8 +265,12 @@ def synth_espeak(text: str, voice: Voice, pros: Prosody, sr: int, seed: int) -> 
     speed = int(np.clip(165 * voice.rate * pros.rate, 80, 400))
     amp = 100  # loudness is set after synthesis, as for the numpy engine
     try:
-        out = subprocess.run([exe, "-v", f"en-us+{voice.espeak}", "-p", str(pitch), "-s", str(speed), "-a", str(amp),
-                              "--stdout", text], capture_output=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            [exe, "-v", f"en-us+{voice.espeak}", "-p", str(pitch), "-s", str(speed), "-a", str(amp), "--stdout", text],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
         y, rate = sf.read(io.BytesIO(out), dtype="float32")
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise MchError(f"espeak-ng failed on {text!r}: {exc}") from None

@@ -7,8 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mch.api import MchError, Param
 from mch.fsio import ensure_writable_dir
@@ -22,8 +23,12 @@ MANIFEST = "mch_synth.json"
 CREATED_BY = "mch.plugins.attributes.synth"  # the manifest's mark: `ensure` replaces only what it wrote
 
 GENERATORS: dict[str, Callable[..., dict[str, Any]]] = {
-    "cremad": make_cremad, "esc50": make_esc50, "librispeech": make_librispeech, "voxceleb1": make_voxceleb1,
-    "coco": make_coco, "gqa": make_gqa,
+    "cremad": make_cremad,
+    "esc50": make_esc50,
+    "librispeech": make_librispeech,
+    "voxceleb1": make_voxceleb1,
+    "coco": make_coco,
+    "gqa": make_gqa,
 }
 
 
@@ -32,16 +37,34 @@ GENERATORS: dict[str, Callable[..., dict[str, Any]]] = {
 # ESC-50: rain's low-pass reaches 5 kHz (a rate above 10 kHz) and a bark lasts up to 0.25 s;
 # images: icons need a few pixels.
 _SPEECH = {"sample_rate": Param(int, gt=8000), "engine": Param(str, choices=("auto", "numpy", "espeak"))}
-_IMAGES = {"images": Param(int, ge=1), "width": Param(int, ge=16), "height": Param(int, ge=16),
-           "categories": Param((int, list), items=str, ge=1, le=len(SCENE_CATEGORIES), nullable=True)}
+_IMAGES = {
+    "images": Param(int, ge=1),
+    "width": Param(int, ge=16),
+    "height": Param(int, ge=16),
+    "categories": Param((int, list), items=str, ge=1, le=len(SCENE_CATEGORIES), nullable=True),
+}
 GENERATOR_PARAMS: dict[str, dict[str, Param]] = {
-    "cremad": {**_SPEECH, "actors": Param(int, ge=1), "sentences": Param((int, list), items=str, ge=1),
-               "emotions": Param(list, items=str, nullable=True), "levels": Param(list, items=str, nullable=True)},
-    "librispeech": {**_SPEECH, "speakers": Param(int, ge=1), "chapters": Param(int, ge=1),
-                    "utterances": Param(int, ge=1)},
+    "cremad": {
+        **_SPEECH,
+        "actors": Param(int, ge=1),
+        "sentences": Param((int, list), items=str, ge=1),
+        "emotions": Param(list, items=str, nullable=True),
+        "levels": Param(list, items=str, nullable=True),
+    },
+    "librispeech": {
+        **_SPEECH,
+        "speakers": Param(int, ge=1),
+        "chapters": Param(int, ge=1),
+        "utterances": Param(int, ge=1),
+    },
     "voxceleb1": {**_SPEECH, "speakers": Param(int, ge=1), "videos": Param(int, ge=1), "utterances": Param(int, ge=1)},
-    "esc50": {"classes": Param((int, list), items=str, ge=1, le=len(SOUND_CLASSES)), "folds": Param(int, ge=1, le=5),
-              "clips_per_fold": Param(int, ge=1), "seconds": Param(float, ge=0.5), "sample_rate": Param(int, gt=10000)},
+    "esc50": {
+        "classes": Param((int, list), items=str, ge=1, le=len(SOUND_CLASSES)),
+        "folds": Param(int, ge=1, le=5),
+        "clips_per_fold": Param(int, ge=1),
+        "seconds": Param(float, ge=0.5),
+        "sample_rate": Param(int, gt=10000),
+    },
     "coco": {**_IMAGES, "counts": Param(list, items=int, ge=0, nullable=True)},
     "gqa": dict(_IMAGES),
 }
@@ -79,8 +102,13 @@ def make(name: str, out_dir: str | os.PathLike, **kw: Any) -> Path:
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    manifest = {"generator": name, "params": _jsonable(kw), "created_by": CREATED_BY,
-                "description": DESCRIPTIONS[name], **info}
+    manifest = {
+        "generator": name,
+        "params": _jsonable(kw),
+        "created_by": CREATED_BY,
+        "description": DESCRIPTIONS[name],
+        **info,
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 
@@ -104,8 +132,11 @@ def ensure(name: str, out_dir: str | os.PathLike, **kw: Any) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if m is None or m.get("created_by") != CREATED_BY:
             raise MchError(f"{out} exists and is not an mch synthetic corpus; move it or set MCH_DATA elsewhere")
-    ensure_writable_dir(out.parent, "directory where synthetic corpora are generated ($MCH_DATA or "
-                        "~/.cache/mch/data)", "set MCH_DATA to a writable directory")
+    ensure_writable_dir(
+        out.parent,
+        "directory where synthetic corpora are generated ($MCH_DATA or ~/.cache/mch/data)",
+        "set MCH_DATA to a writable directory",
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         make(name, tmp / "corpus", **kw)

@@ -35,17 +35,18 @@ def resample_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
 def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in ("visual.trunk.", "featurizer.", "module."):
         if any(k.startswith(prefix) for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return dict(sd)
 
 
 def _split_qkv(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d = w.shape[0] // 3
-    return w[:d], w[d: 2 * d], w[2 * d:]
+    return w[:d], w[d : 2 * d], w[2 * d :]
 
 
-def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, image_size: int,
-               what: str = "vision weights") -> tuple[Any, dict[str, torch.Tensor]]:
+def timm_to_hf(
+    family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, image_size: int, what: str = "vision weights"
+) -> tuple[Any, dict[str, torch.Tensor]]:
     """Map a timm ViT state dict (DINOv2 with registers, or SigLIP) to an HF config and state dict
     at `image_size`. Every timm key must be used: anything left over is an error."""
     from transformers import Dinov2WithRegistersConfig, SiglipVisionConfig
@@ -73,10 +74,19 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
         n_reg = take("reg_token").shape[1] if "reg_token" in sd else 0
         if mlp_dim % dim:
             raise MchError(f"{what}: MLP width {mlp_dim} is not a multiple of the width {dim}")
-        cfg = Dinov2WithRegistersConfig(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=num_heads,
-                                        mlp_ratio=mlp_dim // dim, patch_size=patch, image_size=image_size,
-                                        num_register_tokens=n_reg, layer_norm_eps=1e-6, hidden_act="gelu",
-                                        qkv_bias=True, layerscale_value=1.0)
+        cfg = Dinov2WithRegistersConfig(
+            hidden_size=dim,
+            num_hidden_layers=depth,
+            num_attention_heads=num_heads,
+            mlp_ratio=mlp_dim // dim,
+            patch_size=patch,
+            image_size=image_size,
+            num_register_tokens=n_reg,
+            layer_norm_eps=1e-6,
+            hidden_act="gelu",
+            qkv_bias=True,
+            layerscale_value=1.0,
+        )
         e = "embeddings."
         out[e + "patch_embeddings.projection.weight"] = proj
         out[e + "patch_embeddings.projection.bias"] = take("patch_embed.proj.bias")
@@ -87,13 +97,19 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
         pos = resample_pos(take("pos_embed"), grid)
         out[e + "position_embeddings"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
         # only masked-image pre-training reads the mask token; keep one if the file has it
-        out[e + "mask_token"] = take("mask_token").reshape(1, dim) if "mask_token" in sd \
-            else torch.zeros(1, dim, dtype=proj.dtype)
+        out[e + "mask_token"] = (
+            take("mask_token").reshape(1, dim) if "mask_token" in sd else torch.zeros(1, dim, dtype=proj.dtype)
+        )
         out[e + "register_tokens"] = sd["reg_token"] if n_reg else torch.zeros(1, 0, dim, dtype=proj.dtype)
         for i in range(depth):
             b, h = f"blocks.{i}.", f"encoder.layer.{i}."
-            for t, n in (("norm1", "norm1"), ("norm2", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"),
-                         ("attn.proj", "attention.o_proj")):
+            for t, n in (
+                ("norm1", "norm1"),
+                ("norm2", "norm2"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+                ("attn.proj", "attention.o_proj"),
+            ):
                 out[h + n + ".weight"] = take(b + t + ".weight")
                 out[h + n + ".bias"] = take(b + t + ".bias")
             for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.weight")), strict=True):
@@ -101,22 +117,36 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
             for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.bias")), strict=True):
                 out[h + f"attention.{name}.bias"] = w
             for t, n in (("ls1", "layer_scale1"), ("ls2", "layer_scale2")):
-                out[h + n + ".lambda1"] = take(b + t + ".gamma") if b + t + ".gamma" in sd \
-                    else torch.ones(dim, dtype=proj.dtype)
+                out[h + n + ".lambda1"] = (
+                    take(b + t + ".gamma") if b + t + ".gamma" in sd else torch.ones(dim, dtype=proj.dtype)
+                )
         out["layernorm.weight"] = take("norm.weight")
         out["layernorm.bias"] = take("norm.bias")
     elif family == "siglip":
         has_head = "attn_pool.latent" in sd
-        cfg = SiglipVisionConfig(hidden_size=dim, intermediate_size=mlp_dim, num_hidden_layers=depth,
-                                 num_attention_heads=num_heads, patch_size=patch, image_size=image_size,
-                                 layer_norm_eps=1e-6, hidden_act="gelu", vision_use_head=has_head)
+        cfg = SiglipVisionConfig(
+            hidden_size=dim,
+            intermediate_size=mlp_dim,
+            num_hidden_layers=depth,
+            num_attention_heads=num_heads,
+            patch_size=patch,
+            image_size=image_size,
+            layer_norm_eps=1e-6,
+            hidden_act="gelu",
+            vision_use_head=has_head,
+        )
         out["embeddings.patch_embedding.weight"] = proj
         out["embeddings.patch_embedding.bias"] = take("patch_embed.proj.bias")
         out["embeddings.position_embedding.weight"] = resample_pos(take("pos_embed"), grid)[0]
         for i in range(depth):
             b, h = f"blocks.{i}.", f"encoder.layers.{i}."
-            for t, n in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("mlp.fc1", "mlp.fc1"),
-                         ("mlp.fc2", "mlp.fc2"), ("attn.proj", "self_attn.out_proj")):
+            for t, n in (
+                ("norm1", "layer_norm1"),
+                ("norm2", "layer_norm2"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+                ("attn.proj", "self_attn.out_proj"),
+            ):
                 out[h + n + ".weight"] = take(b + t + ".weight")
                 out[h + n + ".bias"] = take(b + t + ".bias")
             for name, w in zip(("q_proj", "k_proj", "v_proj"), _split_qkv(take(b + "attn.qkv.weight")), strict=True):
@@ -131,8 +161,12 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
             # timm's q and kv Linears are nn.MultiheadAttention's packed in_proj (q; k; v)
             out[h + "attention.in_proj_weight"] = torch.cat([take(a + "q.weight"), take(a + "kv.weight")], 0)
             out[h + "attention.in_proj_bias"] = torch.cat([take(a + "q.bias"), take(a + "kv.bias")], 0)
-            for t, n in (("proj", "attention.out_proj"), ("norm", "layernorm"), ("mlp.fc1", "mlp.fc1"),
-                         ("mlp.fc2", "mlp.fc2")):
+            for t, n in (
+                ("proj", "attention.out_proj"),
+                ("norm", "layernorm"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+            ):
                 out[h + n + ".weight"] = take(a + t + ".weight")
                 out[h + n + ".bias"] = take(a + t + ".bias")
     else:
@@ -141,4 +175,3 @@ def timm_to_hf(family: str, timm_sd: dict[str, torch.Tensor], num_heads: int, im
     if left:
         raise MchError(f"{what}: {len(left)} keys do not belong to a timm {family} ViT (first: {left[0]})")
     return cfg, out
-

@@ -35,7 +35,7 @@ class VisionBackbone(nn.Module):
         for block in blocks[: len(blocks) - 1]:
             h = block(h, None)
             h = h[0] if isinstance(h, tuple) else h
-        return h[:, self.num_prefix:]
+        return h[:, self.num_prefix :]
 
 
 class LinearProjector(nn.Module):
@@ -60,8 +60,9 @@ class FusedMLPProjector(nn.Module):
     def __init__(self, vision_dim: int, llm_dim: int) -> None:
         super().__init__()
         mid = 4 * vision_dim
-        self.projector = nn.Sequential(nn.Linear(vision_dim, mid), nn.GELU(), nn.Linear(mid, llm_dim), nn.GELU(),
-                                       nn.Linear(llm_dim, llm_dim))
+        self.projector = nn.Sequential(
+            nn.Linear(vision_dim, mid), nn.GELU(), nn.Linear(mid, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(x)
@@ -76,8 +77,9 @@ def make_projector(arch_specifier: str, vision_dim: int, llm_dim: int) -> tuple[
         return FusedMLPProjector(vision_dim, llm_dim), "projector.projector.4"
     if arch_specifier.endswith("gelu-mlp"):
         return MLPProjector(vision_dim, llm_dim), "projector.projector.2"
-    raise MchError(f"Prismatic arch_specifier {arch_specifier!r} is not supported "
-                   f"(supported: linear, gelu-mlp, fused-gelu-mlp)")
+    raise MchError(
+        f"Prismatic arch_specifier {arch_specifier!r} is not supported (supported: linear, gelu-mlp, fused-gelu-mlp)"
+    )
 
 
 class LLMBackbone(nn.Module):
@@ -104,19 +106,25 @@ class PrismaticVLM(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.lm.get_input_embeddings()
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-              image_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, image_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         emb = self.lm.get_input_embeddings()(input_ids)
         if pixel_values is None:
             return emb
         patches = self.project(pixel_values)  # on another device when --device-map split the model
         return emb.masked_scatter(image_mask[..., None].to(emb.device), patches.to(emb.device, emb.dtype))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                pixel_values: torch.Tensor | None = None, image_mask: torch.Tensor | None = None) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> Any:
         # the inner decoder only: capture never needs the LM head
         if pixel_values is None:
             return self.lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         emb = self.embed(input_ids, pixel_values, image_mask)
         return self.lm.model(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids)
-

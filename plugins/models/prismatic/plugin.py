@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,30 +48,37 @@ class PrismaticModel(PrismaticLoader):
         cfg = cfg.get("model", cfg)
         missing = [k for k in ("vision_backbone_id", "llm_backbone_id", "arch_specifier") if k not in cfg]
         if missing:
-            raise MchError(f"model {self._name()!r}: {run}/config.json has no model.{missing[0]}; "
-                           f"is this a Prismatic run directory?")
+            raise MchError(
+                f"model {self._name()!r}: {run}/config.json has no model.{missing[0]}; "
+                f"is this a Prismatic run directory?"
+            )
         ck = _load_tensors(self._checkpoint_file(run), self.trust_remote_code, "Prismatic checkpoint")
         ck_model = ck.get("model") if isinstance(ck, dict) else None
         if not isinstance(ck_model, dict) or "projector" not in ck_model or "llm_backbone" not in ck_model:
-            raise MchError(f"model {self._name()!r}: {self._checkpoint_file(run)} has no model.projector and "
-                           f"model.llm_backbone; is it a Prismatic checkpoint?")
+            raise MchError(
+                f"model {self._name()!r}: {self._checkpoint_file(run)} has no model.projector and "
+                f"model.llm_backbone; is it a Prismatic checkpoint?"
+            )
         vision, transform = self._load_vision(run, cfg, ck_model)
         lm, tok = self._load_llm(run, cfg, dict(ck_model["llm_backbone"]))
         projector, self.adapter_path = make_projector(cfg["arch_specifier"], vision.embed_dim, lm.config.hidden_size)
         try:
             projector.load_state_dict(dict(ck_model["projector"]))
         except RuntimeError as exc:
-            raise MchError(f"model {self._name()!r}: the checkpoint's projector does not fit a "
-                           f"{cfg['arch_specifier']} projector {vision.embed_dim} -> {lm.config.hidden_size} "
-                           f"({_one_line(exc)})") from None
+            raise MchError(
+                f"model {self._name()!r}: the checkpoint's projector does not fit a "
+                f"{cfg['arch_specifier']} projector {vision.embed_dim} -> {lm.config.hidden_size} "
+                f"({_one_line(exc)})"
+            ) from None
         if self.adapter:
             from mch.checkpoints import load_lora_adapter
 
             try:
                 lm = load_lora_adapter(lm, self.adapter, merge=True)
             except RuntimeError as exc:  # shape mismatches surface from load_state_dict
-                raise MchError(f"--adapter {self.adapter}: its weights do not fit this model's LLM "
-                               f"({_one_line(exc)})") from None
+                raise MchError(
+                    f"--adapter {self.adapter}: its weights do not fit this model's LLM ({_one_line(exc)})"
+                ) from None
         module = PrismaticVLM(vision, projector, LLMBackbone(lm))
         exact = {name: b.detach().float().clone() for name, b in module.named_buffers() if name.endswith("inv_freq")}
         self.module = self.place(module.to(self.torch_dtype)).eval()  # --device, or split by --device-map
@@ -78,8 +86,10 @@ class PrismaticModel(PrismaticLoader):
         # `vlm.to(device, dtype=bfloat16)` did (cos off by up to 0.36 below position 300 in bf16);
         # `default` keeps them in float32 like the other plugins, `paper` reproduces the cast
         where = {name: b.device for name, b in self.module.named_buffers() if name in exact}
-        self._rope = {name: {"default": f.to(where[name]), "paper": f.to(where[name], self.torch_dtype)}
-                      for name, f in exact.items()}
+        self._rope = {
+            name: {"default": f.to(where[name]), "paper": f.to(where[name], self.torch_dtype)}
+            for name, f in exact.items()
+        }
         self._rope_protocol: str | None = None
         self._use_rope("default")
         self.tokenizer = tok
@@ -103,13 +113,17 @@ class PrismaticModel(PrismaticLoader):
     def fidelity(self, protocol: str) -> list[str]:
         """Where this plugin's computation follows or departs from the released code (recorded
         with the model in every result)."""
-        notes = ["vision backbone from the pretrained timm weights, never from a checkpoint's vision_backbone, "
-                 "as Prismatic's loader (prismatic.load) does"]
+        notes = [
+            "vision backbone from the pretrained timm weights, never from a checkpoint's vision_backbone, "
+            "as Prismatic's loader (prismatic.load) does"
+        ]
         if self.dtype_name not in ("float32", "fp32"):
-            notes.append(f"rotary frequencies cast to {self.dtype_name} with the model, as the release's "
-                         f"vlm.to(dtype) does" if protocol == "paper" else
-                         f"rotary frequencies kept in float32 (the release casts them to {self.dtype_name} with the "
-                         f"model; the paper protocol reproduces that)")
+            notes.append(
+                f"rotary frequencies cast to {self.dtype_name} with the model, as the release's vlm.to(dtype) does"
+                if protocol == "paper"
+                else f"rotary frequencies kept in float32 (the release casts them to {self.dtype_name} with the "
+                f"model; the paper protocol reproduces that)"
+            )
         return notes
 
     def identity(self) -> dict[str, Any]:
@@ -172,8 +186,9 @@ class PrismaticModel(PrismaticLoader):
         text = (sample.text or "").strip()
         ids = self._ids(text, bos=False) if text else []
         if not ids:
-            raise SampleError(f"sample {sample.sample_id} has no paired text, which the text view needs",
-                              sample_id=sample.sample_id)
+            raise SampleError(
+                f"sample {sample.sample_id} has no paired text, which the text view needs", sample_id=sample.sample_id
+            )
         return ids
 
     def _pixels(self, samples: Sequence[Sample]) -> torch.Tensor:
@@ -183,13 +198,21 @@ class PrismaticModel(PrismaticLoader):
         for s in samples:
             img = s.media
             if not isinstance(img, Image.Image):
-                raise SampleError(f"sample {s.sample_id}: model {self._name()!r} needs a PIL image, got "
-                                  f"{type(img).__name__}", sample_id=s.sample_id)
+                raise SampleError(
+                    f"sample {s.sample_id}: model {self._name()!r} needs a PIL image, got {type(img).__name__}",
+                    sample_id=s.sample_id,
+                )
             arrays.append(self.transform(img))
         return torch.from_numpy(np.stack(arrays))
 
-    def _layouts(self, samples: Sequence[Sample], protocol: str, view: str, query: str | None,
-                 suffixes: Sequence[Sequence[int]] | None = None) -> list[tuple[list[int], list[int]]]:
+    def _layouts(
+        self,
+        samples: Sequence[Sample],
+        protocol: str,
+        view: str,
+        query: str | None,
+        suffixes: Sequence[Sequence[int]] | None = None,
+    ) -> list[tuple[list[int], list[int]]]:
         """Per sample: LLM token ids (patch slots = -1) and the role of each position
         (0 = template/BOS, 1 = modality, i.e. patches or the paired text, 2 = suffix, the answer
         a loss scores), optionally with `suffixes[i]` appended after the prompt."""
@@ -231,8 +254,13 @@ class PrismaticModel(PrismaticLoader):
             att[i, s:] = 1
             role[i, s:] = torch.tensor(r)
             labels[i, s:] = t.masked_fill(t < 0, IGNORE)
-        return {"input_ids": ids, "attention_mask": att, "position_ids": (att.cumsum(-1) - 1).clamp(min=0),
-                "role": role, "labels": labels}
+        return {
+            "input_ids": ids,
+            "attention_mask": att,
+            "position_ids": (att.cumsum(-1) - 1).clamp(min=0),
+            "role": role,
+            "labels": labels,
+        }
 
     # -- capture
     def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "modal") -> Prepared:
@@ -255,8 +283,12 @@ class PrismaticModel(PrismaticLoader):
             pools["encoder"] = pools["adapter"] = Pool(owner, {"modality": ones, "all": ones})
         else:
             pools["adapter"] = llm_pool
-        info = {"view": view, "protocol": protocol, "labels": b["labels"],
-                "prompt": self.prompt_text(protocol) if (view == "modal" or protocol == "default") else ""}
+        info = {
+            "view": view,
+            "protocol": protocol,
+            "labels": b["labels"],
+            "prompt": self.prompt_text(protocol) if (view == "modal" or protocol == "default") else "",
+        }
         return Prepared(inputs=inputs, pools=pools, n=B, info=info)
 
     def forward(self, prepared: Prepared) -> Any:
@@ -277,8 +309,9 @@ class PrismaticModel(PrismaticLoader):
             raise MchError(f"model {self._name()!r} is not loaded")
 
     # -- scoring and losses
-    def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal",
-                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
+    def prompt_embeds(
+        self, samples: Sequence[Sample], query: str, view: str = "modal", protocol: str = "default", grad: bool = False
+    ) -> list[torch.Tensor]:
         """Per-sample decoder input (P_i, D) of a scoring prompt: [BOS, patches (or the text),
         prompt, query], i.e. exactly what the LLM receives. With `grad`, the graph through the
         vision backbone and projector is kept."""
@@ -308,9 +341,11 @@ class PrismaticModel(PrismaticLoader):
         for c in continuations:
             full = self._ids(context + " " + c.strip(), bos=False)
             if full[: len(base)] != base or len(full) == len(base):
-                raise MchError(f"model {self._name()!r}: continuation {c!r} does not tokenize as a separate "
-                               f"suffix after {context[-30:]!r}")
-            out.append(full[len(base):])
+                raise MchError(
+                    f"model {self._name()!r}: continuation {c!r} does not tokenize as a separate "
+                    f"suffix after {context[-30:]!r}"
+                )
+            out.append(full[len(base) :])
         return out
 
     def _score_context(self, protocol: str, view: str, query: str) -> str:
@@ -320,8 +355,15 @@ class PrismaticModel(PrismaticLoader):
             return q
         return self.prompt_text(protocol) + (" " + q if q else "")
 
-    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-                    protocol: str, view: str = "modal", grad: bool = False) -> Any:
+    def score_parts(
+        self,
+        samples: Sequence[Sample],
+        query: str,
+        continuations: Sequence[str],
+        protocol: str,
+        view: str = "modal",
+        grad: bool = False,
+    ) -> Any:
         from mch.model import ScoreParts
 
         self._require_loaded()
@@ -330,8 +372,9 @@ class PrismaticModel(PrismaticLoader):
         conts = self.continuation_ids(self._score_context(protocol, view, query), continuations)
         return ScoreParts(self.module.lm, self.prompt_embeds(samples, query, view, protocol, grad=grad), conts)
 
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
-              view: str = "modal") -> Scores:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "modal"
+    ) -> Scores:
         from mch.scoring import left_pad, score_shared_prefix
 
         self._require_loaded()
@@ -342,7 +385,7 @@ class PrismaticModel(PrismaticLoader):
         rows = []
         for i in range(0, len(samples), bs):
             with torch.inference_mode():
-                x, m = left_pad(self.prompt_embeds(samples[i: i + bs], query, view, protocol))
+                x, m = left_pad(self.prompt_embeds(samples[i : i + bs], query, view, protocol))
                 logp, _ = score_shared_prefix(self.module.lm, x, m, conts)
             rows.append(logp)
         logp = torch.cat(rows, 0) if rows else torch.zeros(0, len(conts))
@@ -369,15 +412,19 @@ class PrismaticModel(PrismaticLoader):
             for s in samples:
                 text = (s.text or "").strip()
                 if not text:
-                    raise SampleError(f"sample {s.sample_id} has no paired text, which the content-token loss needs",
-                                      sample_id=s.sample_id)
+                    raise SampleError(
+                        f"sample {s.sample_id} has no paired text, which the content-token loss needs",
+                        sample_id=s.sample_id,
+                    )
                 suffixes.append(self.continuation_ids(context, [text])[0])
             b = self._batch(self._layouts(samples, "default", "modal", None, suffixes))
             targets = b["labels"].masked_fill(b["role"] != 2, IGNORE)
         dev = self.input_device
         with torch.enable_grad() if grad else torch.inference_mode():
-            emb = self.module.embed(b["input_ids"].to(dev), self._pixels(samples).to(dev, self.torch_dtype),
-                                    (b["role"] == 1).to(dev))
-            logits = self.module.lm(inputs_embeds=emb, attention_mask=b["attention_mask"].to(dev),
-                                    position_ids=b["position_ids"].to(dev)).logits
+            emb = self.module.embed(
+                b["input_ids"].to(dev), self._pixels(samples).to(dev, self.torch_dtype), (b["role"] == 1).to(dev)
+            )
+            logits = self.module.lm(
+                inputs_embeds=emb, attention_mask=b["attention_mask"].to(dev), position_ids=b["position_ids"].to(dev)
+            ).logits
         return LossTerms(logits[:, :-1], targets[:, 1:].to(dev))

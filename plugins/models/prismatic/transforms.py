@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +20,9 @@ class ImageTransform:
 
     def __init__(self, size: int, strategy: str, mean: Sequence[float], std: Sequence[float]) -> None:
         if strategy not in ("letterbox", "resize-naive", "resize-crop"):
-            raise MchError(f"image_resize_strategy {strategy!r} is not supported; "
-                           f"use letterbox, resize-naive or resize-crop")
+            raise MchError(
+                f"image_resize_strategy {strategy!r} is not supported; use letterbox, resize-naive or resize-crop"
+            )
         self.size, self.strategy = int(size), strategy
         self.mean = np.asarray(mean, np.float32)[:, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None]
@@ -60,4 +62,3 @@ class ImageTransform:
             img = self._center_crop(self._resize_short(img))
         x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
         return ((x - self.mean) / self.std).astype(np.float32)
-

@@ -23,7 +23,7 @@ def _lora_to_peft_dir(src: Path, dst: Path) -> None:
     for k, v in state.items():
         k = k.replace(".default.", ".")
         if k.startswith("language_model."):
-            k = k[len("language_model."):]
+            k = k[len("language_model.") :]
         if not k.startswith("base_model.model."):
             k = "base_model.model." + k
         if ".lora_A." in k:
@@ -32,8 +32,15 @@ def _lora_to_peft_dir(src: Path, dst: Path) -> None:
     if len(ranks) != 1:
         raise MchError(f"--adapter {src}: its LoRA tensors have inconsistent ranks {sorted(ranks)}")
     targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in out})
-    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": ranks.pop(), "lora_alpha": 32,
-           "lora_dropout": 0.0, "bias": "none", "target_modules": targets}
+    cfg = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": ranks.pop(),
+        "lora_alpha": 32,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": targets,
+    }
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "adapter_config.json").write_text(json.dumps(cfg))
     save_file(out, str(dst / "adapter_model.safetensors"))

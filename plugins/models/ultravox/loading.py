@@ -43,16 +43,20 @@ def _weight_index(d: Path) -> dict[str, Path]:
 def _read_config(d: Path) -> dict[str, Any]:
     p = d / "config.json"
     if not p.exists():
-        raise MchError(f"model 'ultravox': {d} has no config.json; pass --checkpoint with an Ultravox "
-                       f"checkpoint directory")
+        raise MchError(
+            f"model 'ultravox': {d} has no config.json; pass --checkpoint with an Ultravox checkpoint directory"
+        )
     try:
         cfg = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MchError(f"model 'ultravox': {p} cannot be read as JSON ({exc}); restore the checkpoint's "
-                       f"config.json") from None
+        raise MchError(
+            f"model 'ultravox': {p} cannot be read as JSON ({exc}); restore the checkpoint's config.json"
+        ) from None
     if not isinstance(cfg, dict):
-        raise MchError(f"model 'ultravox': {p} holds a JSON {type(cfg).__name__}, not an object; restore the "
-                       f"checkpoint's config.json")
+        raise MchError(
+            f"model 'ultravox': {p} holds a JSON {type(cfg).__name__}, not an object; restore the "
+            f"checkpoint's config.json"
+        )
     return cfg
 
 
@@ -63,9 +67,11 @@ def _latency_block(cfg: dict[str, Any], max_frames: int, where: Path) -> int | N
     if b is None:
         return None
     if isinstance(b, bool) or not isinstance(b, int) or b <= 0 or max_frames % b:
-        raise MchError(f"model 'ultravox': {where}/config.json sets audio_latency_block_size to {b!r}; the release "
-                       f"accepts null or a positive integer that divides {max_frames} (its encoder's mel-frame "
-                       f"context); fix config.json")
+        raise MchError(
+            f"model 'ultravox': {where}/config.json sets audio_latency_block_size to {b!r}; the release "
+            f"accepts null or a positive integer that divides {max_frames} (its encoder's mel-frame "
+            f"context); fix config.json"
+        )
     return b
 
 
@@ -85,8 +91,10 @@ def _make_config(d: dict[str, Any], default_type: str) -> Any:
     try:
         return AutoConfig.for_model(model_type, **d)
     except (ValueError, KeyError, TypeError) as exc:
-        raise MchError(f"model 'ultravox': cannot build a {model_type!r} config from the checkpoint "
-                       f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise MchError(
+            f"model 'ultravox': cannot build a {model_type!r} config from the checkpoint "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
 
 
 class UltravoxLoader(ModelPlugin):
@@ -105,7 +113,9 @@ class UltravoxLoader(ModelPlugin):
         except (OSError, ValueError):
             return paths
         for kind in ("audio", "text"):
-            ident = self.options.get(f"{kind}_model") or (cfg.get(f"{kind}_model_id") if isinstance(cfg, dict) else None)
+            ident = self.options.get(f"{kind}_model") or (
+                cfg.get(f"{kind}_model_id") if isinstance(cfg, dict) else None
+            )
             if ident:
                 try:
                     paths.append(resolve_checkpoint(str(ident), None, self.spec.name))
@@ -123,15 +133,18 @@ class UltravoxLoader(ModelPlugin):
         ident = self.options.get(f"{kind}_model") or self.config.get(f"{kind}_model_id")
         what = "audio encoder" if kind == "audio" else "LLM"
         if not ident:
-            raise MchError(f"model {self.spec.name!r}: the checkpoint lacks {what} weights or config and names no "
-                           f"{kind}_model_id; pass the option {kind}_model=/path/to/the/{what.split()[-1]}")
+            raise MchError(
+                f"model {self.spec.name!r}: the checkpoint lacks {what} weights or config and names no "
+                f"{kind}_model_id; pass the option {kind}_model=/path/to/the/{what.split()[-1]}"
+            )
         try:
             path = resolve_checkpoint(str(ident), None, self.spec.name)
         except MchError:
             raise MchError(
                 f"model {self.spec.name!r}: its config names the {what} checkpoint {ident}, which is neither a local "
                 f"directory nor in the local Hugging Face cache; download it (`huggingface-cli download {ident}`) "
-                f"or pass the option {kind}_model=/path/to/a/local/copy") from None
+                f"or pass the option {kind}_model=/path/to/a/local/copy"
+            ) from None
         self._bases[kind] = path
         return path
 
@@ -147,8 +160,10 @@ class UltravoxLoader(ModelPlugin):
         name = self.spec.name
         own = _weight_index(self.root)
         if not own:
-            raise MchError(f"model {name!r}: {self.root} holds no safetensors weights (model.safetensors or an "
-                           f"index of shards); pass --checkpoint with an Ultravox release directory")
+            raise MchError(
+                f"model {name!r}: {self.root} holds no safetensors weights (model.safetensors or an "
+                f"index of shards); pass --checkpoint with an Ultravox release directory"
+            )
         wanted = list(module.state_dict().keys())
         known_prefixes = ("audio_tower.", "multi_modal_projector.", "language_model.")
         wanted_set = set(wanted)
@@ -156,8 +171,10 @@ class UltravoxLoader(ModelPlugin):
         stray = [k for k in own if k not in wanted_set and not k.endswith("rotary_emb.inv_freq")]
         if stray:
             hint = "" if stray[0].startswith(known_prefixes) else " (not an Ultravox weight name)"
-            raise MchError(f"model {name!r}: checkpoint {self.root} has a weight {stray[0]!r} that this "
-                           f"architecture does not have{hint}; is its config.json right?")
+            raise MchError(
+                f"model {name!r}: checkpoint {self.root} has a weight {stray[0]!r} that this "
+                f"architecture does not have{hint}; is its config.json right?"
+            )
         sources: dict[str, tuple[Path, str]] = {}
         base_index: dict[str, dict[str, Path]] = {}
         for key in wanted:
@@ -170,13 +187,17 @@ class UltravoxLoader(ModelPlugin):
             if kind not in base_index:
                 base_index[kind] = _weight_index(self._base_dir(kind))
             rest = key.split(".", 1)[1]
-            cands = ([f"model.encoder.{rest}", f"encoder.{rest}", rest] if kind == "audio" else [rest, f"model.{rest}"])
+            cands = [f"model.encoder.{rest}", f"encoder.{rest}", rest] if kind == "audio" else [rest, f"model.{rest}"]
             hit = next((c for c in cands if c in base_index[kind]), None)
             if hit is None:
-                if key == "language_model.lm_head.weight" and getattr(self._text_cfg(module), "tie_word_embeddings", False):
+                if key == "language_model.lm_head.weight" and getattr(
+                    self._text_cfg(module), "tie_word_embeddings", False
+                ):
                     continue
-                raise MchError(f"model {name!r}: weight {key!r} is neither in {self.root} nor in the "
-                               f"{kind} base checkpoint {self._base_dir(kind)}")
+                raise MchError(
+                    f"model {name!r}: weight {key!r} is neither in {self.root} nor in the "
+                    f"{kind} base checkpoint {self._base_dir(kind)}"
+                )
             sources[key] = (base_index[kind][hit], hit)
         by_file: dict[Path, list[tuple[str, str]]] = {}
         for key, (f, src) in sources.items():
@@ -189,8 +210,10 @@ class UltravoxLoader(ModelPlugin):
                 for key, src in pairs:
                     t = fh.get_tensor(src)
                     if tuple(t.shape) != tuple(ref[key].shape):
-                        raise MchError(f"model {name!r}: weight {src!r} in {f} has shape {tuple(t.shape)}, the "
-                                       f"architecture from config.json expects {tuple(ref[key].shape)}")
+                        raise MchError(
+                            f"model {name!r}: weight {src!r} in {f} has shape {tuple(t.shape)}, the "
+                            f"architecture from config.json expects {tuple(ref[key].shape)}"
+                        )
                     state[key] = t.to(dtype) if t.is_floating_point() else t
         missing = [k for k in wanted if k not in state]
         tied = missing == ["language_model.lm_head.weight"]
@@ -227,19 +250,27 @@ class UltravoxLoader(ModelPlugin):
         try:
             # explicit flag: with None, transformers asks on stdin whether to run the code that the
             # release's config.json names in `auto_map` (and runs it on "y")
-            tok = AutoTokenizer.from_pretrained(str(roots[0]), local_files_only=True,
-                                                trust_remote_code=bool(self.trust_remote_code))
+            tok = AutoTokenizer.from_pretrained(
+                str(roots[0]), local_files_only=True, trust_remote_code=bool(self.trust_remote_code)
+            )
         except Exception as exc:  # noqa: BLE001 - any tokenizer failure is the same to the user
             lines = str(exc).strip().splitlines()
-            hint = ("; it is custom code, which mch runs only with --trust-remote-code"
-                    if "trust_remote_code" in str(exc) else "")
-            raise MchError(f"model {self.spec.name!r}: cannot load the tokenizer from {roots[0]} "
-                           f"({type(exc).__name__}: {lines[0][:200] if lines else ''}){hint}") from None
+            hint = (
+                "; it is custom code, which mch runs only with --trust-remote-code"
+                if "trust_remote_code" in str(exc)
+                else ""
+            )
+            raise MchError(
+                f"model {self.spec.name!r}: cannot load the tokenizer from {roots[0]} "
+                f"({type(exc).__name__}: {lines[0][:200] if lines else ''}){hint}"
+            ) from None
         finally:
             hf_logging.set_verbosity(level)
         if tok.eos_token is None:
-            raise MchError(f"model {self.spec.name!r}: the tokenizer in {roots[0]} has no EOS token, which Ultravox "
-                           f"uses for its audio slots")
+            raise MchError(
+                f"model {self.spec.name!r}: the tokenizer in {roots[0]} has no EOS token, which Ultravox "
+                f"uses for its audio slots"
+            )
         return tok
 
     def _load_feature_extractor(self, n_mels: int) -> Any:
@@ -258,8 +289,10 @@ class UltravoxLoader(ModelPlugin):
         else:
             fe = WhisperFeatureExtractor(feature_size=n_mels)  # Whisper's own defaults otherwise
         if fe.feature_size != n_mels or fe.sampling_rate != SAMPLE_RATE:
-            raise MchError(f"model {self.spec.name!r}: the feature extractor gives {fe.feature_size} mel bins at "
-                           f"{fe.sampling_rate} Hz, the encoder expects {n_mels} at {SAMPLE_RATE}")
+            raise MchError(
+                f"model {self.spec.name!r}: the feature extractor gives {fe.feature_size} mel bins at "
+                f"{fe.sampling_rate} Hz, the encoder expects {n_mels} at {SAMPLE_RATE}"
+            )
         return fe
 
     def _apply_adapter(self, d: Path) -> None:

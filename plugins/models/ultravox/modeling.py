@@ -105,8 +105,13 @@ def _whisper_encoder_class():
 
         latency_block: int | None = None
 
-        def forward(self, input_features: torch.Tensor, audio_len: torch.Tensor | None = None,
-                    valid_len: torch.Tensor | None = None, **_: Any) -> BaseModelOutput:
+        def forward(
+            self,
+            input_features: torch.Tensor,
+            audio_len: torch.Tensor | None = None,
+            valid_len: torch.Tensor | None = None,
+            **_: Any,
+        ) -> BaseModelOutput:
             T = input_features.shape[-1]
             limit = self.config.max_source_positions * ENCODER_STRIDE
             if T > limit:
@@ -151,8 +156,9 @@ class UltravoxModel(nn.Module):
         self.language_model = AutoModelForCausalLM.from_config(text_config, trust_remote_code=False)
         self.stack_factor = shape.stack_factor
 
-    def audio_embeds(self, audio_values: torch.Tensor, audio_lens: torch.Tensor,
-                     valid_lens: torch.Tensor) -> torch.Tensor:
+    def audio_embeds(
+        self, audio_values: torch.Tensor, audio_lens: torch.Tensor, valid_lens: torch.Tensor
+    ) -> torch.Tensor:
         """(R, n_mels, T) chunks -> (R, ceil(ceil(T/2)/stack), d_llm) projector outputs."""
         enc = self.audio_tower(audio_values, audio_len=audio_lens, valid_len=valid_lens).last_hidden_state
         n = (valid_lens - 1) // ENCODER_STRIDE + 1
@@ -163,9 +169,15 @@ class UltravoxModel(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
-    def embed(self, input_ids: torch.Tensor, audio_values: torch.Tensor | None = None,
-              audio_lens: torch.Tensor | None = None, valid_lens: torch.Tensor | None = None,
-              scatter: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        audio_values: torch.Tensor | None = None,
+        audio_lens: torch.Tensor | None = None,
+        valid_lens: torch.Tensor | None = None,
+        scatter: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
         """Token embeddings with the audio tokens written at their placeholder slots.
         `scatter` (4, M) holds (batch row, position, chunk row, token) for each audio token."""
         emb = self.language_model.get_input_embeddings()(input_ids)
@@ -178,8 +190,14 @@ class UltravoxModel(nn.Module):
         emb[b, t] = audio[r, k]
         return emb
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                lm_head: bool = False, **audio: Any) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        lm_head: bool = False,
+        **audio: Any,
+    ) -> Any:
         emb = self.embed(input_ids, **audio)
         lm = self.language_model if lm_head else self.language_model.model
         return lm(inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids)

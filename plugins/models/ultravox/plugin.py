@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,26 +41,34 @@ class Ultravox(UltravoxLoader):
         root = resolve_checkpoint(self.checkpoint, self.revision, name)
         cfg = _read_config(root)
         if cfg.get("model_type", "ultravox") != "ultravox":
-            raise MchError(f"model {name!r}: {root}/config.json has model_type {cfg.get('model_type')!r}, "
-                           f"not 'ultravox'; pass --checkpoint with an Ultravox checkpoint")
+            raise MchError(
+                f"model {name!r}: {root}/config.json has model_type {cfg.get('model_type')!r}, "
+                f"not 'ultravox'; pass --checkpoint with an Ultravox checkpoint"
+            )
         self.root = root
         self._bases: dict[str, Path] = {}
         self.config = cfg
         audio_config = self._sub_config("audio", "whisper")
         text_config = self._sub_config("text", "llama")
         if getattr(audio_config, "model_type", "whisper") != "whisper":
-            raise MchError(f"model {name!r}: only Whisper audio towers are supported, this checkpoint names "
-                           f"a {audio_config.model_type!r} one")
+            raise MchError(
+                f"model {name!r}: only Whisper audio towers are supported, this checkpoint names "
+                f"a {audio_config.model_type!r} one"
+            )
         try:
             shape = ProjectorShape(
-                d_audio=audio_config.d_model, d_llm=text_config.hidden_size,
+                d_audio=audio_config.d_model,
+                d_llm=text_config.hidden_size,
                 hidden_size=_positive(cfg.get("hidden_size", text_config.hidden_size), "hidden_size"),
                 stack_factor=_positive(cfg.get("stack_factor", 8), "stack_factor"),
                 projector_act=str(cfg.get("projector_act", "swiglu")),
-                projector_ln_mid=bool(cfg.get("projector_ln_mid", False)), norm_init=float(cfg.get("norm_init", 0.4)))
+                projector_ln_mid=bool(cfg.get("projector_ln_mid", False)),
+                norm_init=float(cfg.get("norm_init", 0.4)),
+            )
         except (TypeError, ValueError) as exc:
-            raise MchError(f"model {name!r}: {root}/config.json has a malformed projector setting ({exc}); "
-                           f"fix config.json") from None
+            raise MchError(
+                f"model {name!r}: {root}/config.json has a malformed projector setting ({exc}); fix config.json"
+            ) from None
         latency_block = _latency_block(cfg, audio_config.max_source_positions * ENCODER_STRIDE, root)
         self.stack_factor = shape.stack_factor
         self.n_layers = int(text_config.num_hidden_layers)
@@ -69,9 +78,11 @@ class Ultravox(UltravoxLoader):
             with torch.device("meta"):
                 module = UltravoxModel(audio_config, text_config, shape, latency_block)
         except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
-            raise MchError(f"model {name!r}: the architecture {root}/config.json describes cannot be built "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                           f"fix config.json") from None
+            raise MchError(
+                f"model {name!r}: the architecture {root}/config.json describes cannot be built "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                f"fix config.json"
+            ) from None
         self._load_weights(module, dev)
         self.text_config = text_config
         self.audio_config = audio_config
@@ -93,24 +104,29 @@ class Ultravox(UltravoxLoader):
     def fidelity(self, protocol: str) -> list[str]:
         """Where this plugin's computation follows or departs from the released code (recorded
         with the model in every result)."""
-        notes = ["the released Ultravox computation at batch 1, implemented by mch (the checkpoint's remote code "
-                 "never runs); clips over 30 s run as 30 s chunks, continuation chunks zero-padded to 30 s as the "
-                 "release's processor makes them"]
+        notes = [
+            "the released Ultravox computation at batch 1, implemented by mch (the checkpoint's remote code "
+            "never runs); clips over 30 s run as 30 s chunks, continuation chunks zero-padded to 30 s as the "
+            "release's processor makes them"
+        ]
         cfg = getattr(self, "config", None)
         if cfg is None:  # not loaded (the store had the vectors): read config.json alone
             try:
                 from mch.checkpoints import resolve_checkpoint
 
-                cfg = _read_config(resolve_checkpoint(self.checkpoint, self.revision, self.spec.name,
-                                                      allow_patterns=["config.json"]))
+                cfg = _read_config(
+                    resolve_checkpoint(self.checkpoint, self.revision, self.spec.name, allow_patterns=["config.json"])
+                )
             except MchError:
                 cfg = {}
         block = cfg.get("audio_latency_block_size")
         if block is not None:
             notes.append(f"audio_latency_block_size {block}: the release's streaming mask on the encoder, applied")
         if protocol == "paper":
-            notes.append("encoder and adapter vectors of clips over 30 s: the first chunk only, as the reference "
-                         "stored them (its writer overwrote the other chunks' rows)")
+            notes.append(
+                "encoder and adapter vectors of clips over 30 s: the first chunk only, as the reference "
+                "stored them (its writer overwrote the other chunks' rows)"
+            )
         return notes
 
     # -- stages
@@ -136,12 +152,15 @@ class Ultravox(UltravoxLoader):
             return (self.tokenizer.bos_token or "") + AUDIO_PLACEHOLDER
         content = AUDIO_PLACEHOLDER if protocol == "paper" else self.options.get("user_template", DEFAULT_USER_TEMPLATE)
         if content.count(AUDIO_PLACEHOLDER) != 1:
-            raise MchError(f"model {self.spec.name!r}: option user_template must contain {AUDIO_PLACEHOLDER} exactly "
-                           f"once, got {content!r}")
+            raise MchError(
+                f"model {self.spec.name!r}: option user_template must contain {AUDIO_PLACEHOLDER} exactly "
+                f"once, got {content!r}"
+            )
         if not getattr(self.tokenizer, "chat_template", None):
             raise MchError(f"model {self.spec.name!r}: the tokenizer of {self.root} has no chat template")
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                  add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -152,8 +171,14 @@ class Ultravox(UltravoxLoader):
         return log_mel(self.feature_extractor, wave)
 
     # -- batches
-    def _build(self, samples: Sequence[Sample], protocol: str, view: str, query: str = "",
-               answers: Sequence[list[int]] | None = None) -> dict[str, Any]:
+    def _build(
+        self,
+        samples: Sequence[Sample],
+        protocol: str,
+        view: str,
+        query: str = "",
+        answers: Sequence[list[int]] | None = None,
+    ) -> dict[str, Any]:
         """Token ids, audio chunks and every index the pools and the embedding merge need;
         `answers[i]` (token ids) follow sample i's prompt when given."""
         if protocol not in ("default", "paper"):
@@ -170,8 +195,9 @@ class Ultravox(UltravoxLoader):
             for s in samples:
                 text = (s.text or "").strip()
                 if not text:
-                    raise SampleError(f"sample {s.sample_id} has no paired text for the text view",
-                                      sample_id=s.sample_id)
+                    raise SampleError(
+                        f"sample {s.sample_id} has no paired text for the text view", sample_id=s.sample_id
+                    )
                 mid = self._ids(text)
                 seqs.append(pre + mid + post)
                 spans.append((len(pre), len(mid)))
@@ -201,7 +227,7 @@ class Ultravox(UltravoxLoader):
         for i, (q, (start, n)) in enumerate(zip(seqs, spans, strict=True)):
             ids[i, : len(q)] = torch.tensor(q, dtype=torch.long)
             att[i, : len(q)] = 1
-            mod[i, start: start + n] = True
+            mod[i, start : start + n] = True
         real = att.bool()
         pos = (att.cumsum(-1) - 1).clamp(min=0)  # right padding: positions 0..len-1
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": att, "position_ids": pos}
@@ -233,10 +259,12 @@ class Ultravox(UltravoxLoader):
             tok_own = -(-enc_own // self.stack_factor)
             ar_e, ar_a = torch.arange(Te)[None], torch.arange(Ta)[None]
             kr = keep_row[:, None]
-            pools["encoder"] = Pool(owner, {"modality": (ar_e < enc_real[:, None]) & kr,
-                                            "all": (ar_e < enc_own[:, None]) & kr})
-            pools["adapter"] = Pool(owner, {"modality": (ar_a < tok_real[:, None]) & kr,
-                                            "all": (ar_a < tok_own[:, None]) & kr})
+            pools["encoder"] = Pool(
+                owner, {"modality": (ar_e < enc_real[:, None]) & kr, "all": (ar_e < enc_own[:, None]) & kr}
+            )
+            pools["adapter"] = Pool(
+                owner, {"modality": (ar_a < tok_real[:, None]) & kr, "all": (ar_a < tok_own[:, None]) & kr}
+            )
             # where each chunk's tokens go in its sample's sequence
             bs, ts, rs, ks = [], [], [], []
             offset = {i: spans[i][0] for i in range(B)}
@@ -247,8 +275,12 @@ class Ultravox(UltravoxLoader):
                 rs += [r] * n
                 ks += list(range(n))
                 offset[b] += n
-            inputs.update(audio_values=values, audio_lens=lens, valid_lens=valid,
-                          scatter=torch.tensor([bs, ts, rs, ks], dtype=torch.long))
+            inputs.update(
+                audio_values=values,
+                audio_lens=lens,
+                valid_lens=valid,
+                scatter=torch.tensor([bs, ts, rs, ks], dtype=torch.long),
+            )
         else:
             pools["adapter"] = pools["llm"]
         return inputs, pools
@@ -264,8 +296,14 @@ class Ultravox(UltravoxLoader):
             raise MchError(f"model {self.spec.name!r} is not loaded")
         built = self._build(samples, protocol, view)
         inputs, pools = self._tensors(built, protocol)
-        info = {"view": view, "protocol": protocol, "n_chunks": [built["owner"].count(i) for i in range(len(samples))]
-                if view == "modal" else [0] * len(samples), "modality_tokens": [n for _, n in built["spans"]]}
+        info = {
+            "view": view,
+            "protocol": protocol,
+            "n_chunks": [built["owner"].count(i) for i in range(len(samples))]
+            if view == "modal"
+            else [0] * len(samples),
+            "modality_tokens": [n for _, n in built["spans"]],
+        }
         return Prepared(inputs=self._to_device(inputs), pools=pools, n=len(samples), info=info)
 
     def forward(self, prepared: Prepared) -> Any:
@@ -288,8 +326,9 @@ class Ultravox(UltravoxLoader):
         return "language_model"  # the causal LM `--adapter` is merged into
 
     # -- scoring and losses
-    def prompt_embeds(self, samples: Sequence[Sample], query: str, view: str = "modal",
-                      protocol: str = "default", grad: bool = False) -> list[torch.Tensor]:
+    def prompt_embeds(
+        self, samples: Sequence[Sample], query: str, view: str = "modal", protocol: str = "default", grad: bool = False
+    ) -> list[torch.Tensor]:
         """Per-sample decoder input (P_i, D) of a GMI prompt: template with the audio (or
         text) merged in, then the query. With `grad` the graph through the audio tower and
         projector is kept."""
@@ -302,13 +341,23 @@ class Ultravox(UltravoxLoader):
         lens = inputs["attention_mask"].sum(-1).tolist()
         return [emb[i, : int(n)] for i, n in enumerate(lens)]
 
-    def score_parts(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
-                    view: str = "modal", grad: bool = False) -> Any:
+    def score_parts(
+        self,
+        samples: Sequence[Sample],
+        query: str,
+        continuations: Sequence[str],
+        protocol: str,
+        view: str = "modal",
+        grad: bool = False,
+    ) -> Any:
         from mch.model import ScoreParts
 
         assert self.module is not None
-        return ScoreParts(self.module.language_model, self.prompt_embeds(samples, query, view, protocol, grad=grad),
-                          self.continuation_ids(continuations))
+        return ScoreParts(
+            self.module.language_model,
+            self.prompt_embeds(samples, query, view, protocol, grad=grad),
+            self.continuation_ids(continuations),
+        )
 
     def loss(self, samples: Sequence[Sample], protocol: str, grad: bool = False) -> torch.Tensor:
         """Per-sample mean next-token cross-entropy (nats) over `loss_terms`' targets, (B,)."""
@@ -330,8 +379,10 @@ class Ultravox(UltravoxLoader):
             for s in samples:
                 text = (s.text or "").strip()
                 if not text:
-                    raise SampleError(f"sample {s.sample_id} has no paired text, which the content-token loss needs",
-                                      sample_id=s.sample_id)
+                    raise SampleError(
+                        f"sample {s.sample_id} has no paired text, which the content-token loss needs",
+                        sample_id=s.sample_id,
+                    )
                 answers.append(self._ids(text))
         built = self._build(samples, protocol, "modal", answers=answers)
         inputs, _ = self._tensors(built, protocol)
@@ -339,7 +390,7 @@ class Ultravox(UltravoxLoader):
         if answers is not None:
             keep = torch.zeros_like(targets, dtype=torch.bool)
             for i, (start, n) in enumerate(built["answers"]):
-                keep[i, start: start + n] = True
+                keep[i, start : start + n] = True
             targets = targets.masked_fill(~keep, -100)
         inputs = self._to_device(inputs)
         with torch.enable_grad() if grad else torch.inference_mode():
@@ -355,8 +406,9 @@ class Ultravox(UltravoxLoader):
             out.append(ids)
         return out
 
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str,
-              view: str = "modal") -> Scores:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "modal"
+    ) -> Scores:
         from mch.scoring import left_pad, score_shared_prefix
 
         assert self.module is not None

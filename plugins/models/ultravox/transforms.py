@@ -17,8 +17,10 @@ def waveform(s: Sample, model: str) -> np.ndarray:
     """The sample's mono waveform at 16 kHz (resampled when it is not), or one SampleError."""
     media = s.media
     if not (isinstance(media, (tuple, list)) and len(media) == 2):
-        raise SampleError(f"model {model!r}: sample {s.sample_id} is not speech (expected a "
-                          f"(waveform, sample_rate) pair)", sample_id=s.sample_id)
+        raise SampleError(
+            f"model {model!r}: sample {s.sample_id} is not speech (expected a (waveform, sample_rate) pair)",
+            sample_id=s.sample_id,
+        )
     try:
         wave, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
     except (TypeError, ValueError):
@@ -26,8 +28,11 @@ def waveform(s: Sample, model: str) -> np.ndarray:
     if wave.ndim == 2 and 1 in wave.shape:
         wave = wave.reshape(-1)
     if wave.ndim != 1 or not np.isfinite(wave).all() or sr <= 0:
-        raise SampleError(f"sample {s.sample_id}: expected a finite mono waveform and a positive sample rate, "
-                          f"got an array of shape {wave.shape} at {media[1]!r} Hz", sample_id=s.sample_id)
+        raise SampleError(
+            f"sample {s.sample_id}: expected a finite mono waveform and a positive sample rate, "
+            f"got an array of shape {wave.shape} at {media[1]!r} Hz",
+            sample_id=s.sample_id,
+        )
     if sr != SAMPLE_RATE:
         from scipy.signal import resample_poly
 
@@ -41,8 +46,15 @@ def log_mel(feature_extractor: Any, wave: np.ndarray) -> np.ndarray:
     hop = feature_extractor.hop_length
     if len(wave) < 2 * hop:  # the processor's minimum
         wave = np.pad(wave, (0, 2 * hop - len(wave)))
-    x = feature_extractor(wave, sampling_rate=SAMPLE_RATE, padding="longest", pad_to_multiple_of=hop,
-                          truncation=False, return_attention_mask=True, return_tensors="np")
+    x = feature_extractor(
+        wave,
+        sampling_rate=SAMPLE_RATE,
+        padding="longest",
+        pad_to_multiple_of=hop,
+        truncation=False,
+        return_attention_mask=True,
+        return_tensors="np",
+    )
     L = int(x["attention_mask"][0].sum())
     return x["input_features"][0][:, :L]
 
@@ -52,7 +64,7 @@ def mel_chunks(feats: np.ndarray, max_chunk: int) -> list[tuple[np.ndarray, int]
     L, C = feats.shape[1], max_chunk
     out = []
     for off in range(0, L, C):
-        m = feats[:, off: off + C]
+        m = feats[:, off : off + C]
         real = m.shape[1]
         if off > 0 and real < C:
             m = np.pad(m, ((0, 0), (0, C - real)))

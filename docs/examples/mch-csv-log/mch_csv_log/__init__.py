@@ -18,8 +18,22 @@ from pathlib import Path
 
 import mch
 
-FIELDS = ["created_at", "record", "model", "checkpoint", "dataset", "analysis", "protocol", "stage", "attribute",
-          "metric", "value", "ci_low", "ci_high", "n"]
+FIELDS = [
+    "created_at",
+    "record",
+    "model",
+    "checkpoint",
+    "dataset",
+    "analysis",
+    "protocol",
+    "stage",
+    "attribute",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+]
 
 
 def log_path() -> Path:
@@ -36,11 +50,21 @@ def mch_record_written(record, path):
         if new:
             w.writeheader()
         for m in record["metrics"]:
-            w.writerow({"created_at": record["created_at"], "record": str(path), "model": record["model"]["name"],
-                        "checkpoint": record["model"].get("checkpoint"), "dataset": record["dataset"]["name"],
-                        "analysis": record["analysis"]["name"], "protocol": record["protocol"],
-                        "stage": m.get("stage") or "", "attribute": m.get("attribute") or "", "metric": m["metric"],
-                        "value": "" if m.get("value") is None else m["value"],
-                        "ci_low": "" if m.get("ci_low") is None else m["ci_low"],
-                        "ci_high": "" if m.get("ci_high") is None else m["ci_high"],
-                        "n": "" if m.get("n") is None else m["n"]})
+            w.writerow(
+                {
+                    "created_at": record["created_at"],
+                    "record": str(path),
+                    "model": record["model"]["name"],
+                    "checkpoint": record["model"].get("checkpoint"),
+                    "dataset": record["dataset"]["name"],
+                    "analysis": record["analysis"]["name"],
+                    "protocol": record["protocol"],
+                    "stage": m.get("stage") or "",
+                    "attribute": m.get("attribute") or "",
+                    "metric": m["metric"],
+                    "value": "" if m.get("value") is None else m["value"],
+                    "ci_low": "" if m.get("ci_low") is None else m["ci_low"],
+                    "ci_high": "" if m.get("ci_high") is None else m["ci_high"],
+                    "n": "" if m.get("n") is None else m["n"],
+                }
+            )

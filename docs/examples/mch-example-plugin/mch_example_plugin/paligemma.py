@@ -26,7 +26,8 @@ query and each continuation form the answer (token type 1) after the prefix.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -53,11 +54,13 @@ class PaliGemma(ModelPlugin):
         trust = bool(self.trust_remote_code)
         try:
             self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
-            model = PaliGemmaForConditionalGeneration.from_pretrained(str(path), dtype=self.torch_dtype,
-                                                                      local_files_only=True, trust_remote_code=trust)
+            model = PaliGemmaForConditionalGeneration.from_pretrained(
+                str(path), dtype=self.torch_dtype, local_files_only=True, trust_remote_code=trust
+            )
         except Exception as exc:  # noqa: BLE001 - a broken directory is a user error
-            raise MchError(f"model {self.spec.name!r}: cannot load {path} as a PaliGemma checkpoint "
-                           f"({type(exc).__name__})") from None
+            raise MchError(
+                f"model {self.spec.name!r}: cannot load {path} as a PaliGemma checkpoint ({type(exc).__name__})"
+            ) from None
         if self.adapter:  # --adapter: a PEFT LoRA made on the LLM, merged so stage paths stay valid
             model.model.language_model = load_lora_adapter(model.model.language_model, self.adapter, merge=True)
         self.module = model.to(self.device).eval()
@@ -72,8 +75,9 @@ class PaliGemma(ModelPlugin):
         from transformers import AutoConfig  # before load: the config alone names the layers
 
         path = resolve_checkpoint(self.checkpoint, self.revision, self.spec.name)
-        return AutoConfig.from_pretrained(str(path), local_files_only=True,
-                                          trust_remote_code=bool(self.trust_remote_code)).text_config
+        return AutoConfig.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=bool(self.trust_remote_code)
+        ).text_config
 
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         n = self._text_config().num_hidden_layers
@@ -163,7 +167,9 @@ class PaliGemma(ModelPlugin):
     def _answer_ids(self, query: str, continuation: str) -> tuple[list[int], int]:
         """Ids of `query + " " + continuation` and how many of them are the continuation."""
         q = self.tokenizer(query, add_special_tokens=False)["input_ids"] if query else []
-        full = self.tokenizer((query + " " if query else " ") + continuation.strip(), add_special_tokens=False)["input_ids"]
+        full = self.tokenizer((query + " " if query else " ") + continuation.strip(), add_special_tokens=False)[
+            "input_ids"
+        ]
         k = 0
         while k < min(len(q), len(full)) and q[k] == full[k]:
             k += 1
@@ -171,8 +177,9 @@ class PaliGemma(ModelPlugin):
             raise MchError(f"continuation {continuation!r} tokenizes to nothing")
         return full, len(full) - k
 
-    def score(self, samples: Sequence[Sample], query: str, continuations: Sequence[str],
-              protocol: str, view: str = "modal") -> Scores:
+    def score(
+        self, samples: Sequence[Sample], query: str, continuations: Sequence[str], protocol: str, view: str = "modal"
+    ) -> Scores:
         """log p(continuation | image + prefix, query), one forward per continuation: simple
         and exact for a prefix LM (mch.scoring's shared-prefix scorer assumes a causal prompt)."""
         if self.module is None:

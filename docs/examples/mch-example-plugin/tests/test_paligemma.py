@@ -3,14 +3,18 @@ that `score` equals a plain forward pass. Run with `pytest` from this directory.
 
 import pytest
 import torch
-
-from mch.api import ModelSpec
-from mch.testing import assert_model_plugin_contract, tiny_samples
 from mch_example_plugin.paligemma import PaliGemma
 from mch_example_plugin.tiny import make_tiny_paligemma
 
-SPEC = ModelSpec(name="paligemma", entry="mch_example_plugin.paligemma:PaliGemma", modality="vision",
-                 checkpoint="google/paligemma-3b-pt-224")
+from mch.api import ModelSpec
+from mch.testing import assert_model_plugin_contract, tiny_samples
+
+SPEC = ModelSpec(
+    name="paligemma",
+    entry="mch_example_plugin.paligemma:PaliGemma",
+    modality="vision",
+    checkpoint="google/paligemma-3b-pt-224",
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +42,17 @@ def test_score_matches_a_plain_forward(plugin):
     sc = plugin.score(samples, "the answer is", ["yes", "a red bus"], "default")
     for i, s in enumerate(samples):
         for k, c in enumerate(["yes", "a red bus"]):
-            enc = plugin.processor(images=[s.media], text=["<image>caption en"], suffix=[f"the answer is {c}"],
-                                   return_tensors="pt")
+            enc = plugin.processor(
+                images=[s.media], text=["<image>caption en"], suffix=[f"the answer is {c}"], return_tensors="pt"
+            )
             ids, types = enc["input_ids"][:, :-1], enc["token_type_ids"][:, :-1]  # drop the suffix's EOS
             with torch.inference_mode():
-                logits = plugin.module(input_ids=ids, pixel_values=enc["pixel_values"], token_type_ids=types,
-                                       attention_mask=torch.ones_like(ids)).logits[0]
+                logits = plugin.module(
+                    input_ids=ids,
+                    pixel_values=enc["pixel_values"],
+                    token_type_ids=types,
+                    attention_mask=torch.ones_like(ids),
+                ).logits[0]
             lp = torch.log_softmax(logits.float(), -1)
             n = int(sc.n_tokens[k])
             pos = torch.arange(ids.shape[1] - n - 1, ids.shape[1] - 1)
