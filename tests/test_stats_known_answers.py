@@ -269,6 +269,23 @@ def test_lm_rate_replicates_match_a_full_fit_where_chord_steps_diverge():
     np.testing.assert_allclose(reps, exact, atol=1e-6)
 
 
+def test_lm_rate_under_a_resample_that_drew_no_row_of_a_class():
+    """Rows of weight 0 whose class the resample did not draw drop out (they gave 0 * inf =
+    NaN, and the Newton loop then ran to max_iter on every such replicate: a smoke LLaVA's
+    bench did not finish in 10 minutes)."""
+    rng = np.random.default_rng(3)
+    n, k = 60, 4
+    y = np.r_[np.zeros(2, int), rng.integers(1, k, n - 2)]
+    z = rng.normal(size=(n, k)) + 3.0 * np.eye(k)[y]
+    logq = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+    w = np.ones(n)
+    w[:2], w[2:10] = 0, 2
+    keep = w > 0
+    got = G.lm_rate(logq, y, k, w=w)["bits"]
+    assert np.isfinite(got) and got > 0.5
+    assert got == pytest.approx(G.lm_rate(logq[keep], y[keep], k, w=w[keep])["bits"], abs=1e-12)
+
+
 def test_an_uninformative_decoder_has_a_uniform_permutation_p():
     """n = 200, K = 4, 20 speakers with their own label mixes and their own (label-free) answer
     biases: gmi_p < 0.05 in at most 8% of 100 runs, and about half of the p-values are below

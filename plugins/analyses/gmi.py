@@ -343,6 +343,9 @@ def lm_rate(
     lq = np.where(np.isfinite(logq), np.asarray(logq, dtype=np.float64), FLOOR)
     lq = lq - lq.max(1, keepdims=True)  # a per-row shift cancels in the softmax; keeps exp() in range
     w = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
+    if (w <= 0).any():  # a row of weight 0 (a class a resample did not draw) would give 0 * inf
+        keep = w > 0
+        lq, y, w = lq[keep], np.asarray(y)[keep], w[keep]
     P = np.bincount(y, weights=w, minlength=k) / w.sum()
     present = P > 0
     h = float(-(P[present] * np.log(P[present])).sum())
@@ -376,7 +379,7 @@ def lm_rate(
             if ce_t <= ce - 1e-4 * t * dec or t < 1e-10:
                 break
             t *= 0.5
-        if t < 1e-10 and ce_t > ce:
+        if t < 1e-10 and not ce_t <= ce:  # no decrease (or not a number): stop here
             break
         theta, ce, g, H = trial, ce_t, g_t, H_t
     offsets = np.where(present, theta[1:] - np.log(np.where(present, P, 1.0)), 0.0)
