@@ -69,6 +69,7 @@ TEXT_COLUMNS = [
         "#hash tells apart checkpoints that would read the same",
     ),
     Column("dataset", "Dataset"),
+    Column("n", "N", help="samples measured (rows of different selections are never merged)"),
     Column("attribute", "Attribute"),
     Column("protocol", "Protocol"),
 ]
@@ -247,10 +248,10 @@ def short_checkpoint(
 
 
 def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
-    """Rows of one (kind, model, checkpoint, dataset, attribute, protocol).
+    """Rows of one (kind, model, checkpoint, dataset, sample selection, attribute, protocol).
 
     By default only the latest record (by `created_at`) per (kind, model, checkpoint, dataset,
-    attribute, analysis, protocol) counts, and the analyses of one row merge (probe + gmi +
+    sample selection, attribute, analysis, protocol) counts, and the analyses of one row merge (probe + gmi +
     …). With `all_runs` every record gives its own rows. Metrics of no attribute (ablation,
     swap, …) form a model-level row (attribute None) of their own, never mixed into an
     attribute's."""
@@ -270,6 +271,9 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             r["dataset"]["name"],
             r["protocol"],
             checkpoint_identity(r),
+            # the samples measured: a --limit run is another measurement, never merged into
+            # (or replacing) a row of the full selection
+            r["dataset"].get("sample_ids_sha256") or r["dataset"].get("n"),
         )
         if all_runs:
             group = group + (relpath(item.path),)
@@ -281,7 +285,7 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             if key not in latest or _recency(item) > _recency(latest[key][0]):
                 latest[key] = (item, ms)
     for key, val in latest.items():
-        parts.setdefault(key[:5], {}).setdefault(key[5], []).append(val)
+        parts.setdefault(key[:6], {}).setdefault(key[6], []).append(val)
 
     rows = []
     for group, attrs in parts.items():

@@ -9,7 +9,7 @@ from .leaderboard import COLUMN_BY_KEY, format_cell, text_value, visible_metric_
 
 # the terminal's columns: the row's identity first (the heading of a stacked block), the
 # revision is inside the checkpoint cell
-TERMINAL_KEYS = ["model", "checkpoint", "dataset", "attribute", "protocol", "kind"]
+TERMINAL_KEYS = ["model", "checkpoint", "dataset", "n", "attribute", "protocol", "kind"]
 
 
 def render_table(rows: list[dict], console: Any, sources: list[str] | None = None) -> None:

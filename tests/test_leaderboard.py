@@ -71,6 +71,8 @@ def make_record(
     smoke=False,
     fingerprint=None,
     adapter=None,
+    n=400,
+    ids_sha="ab" * 32,
 ):
     if metrics is None:
         metrics = probe_metrics(
@@ -87,7 +89,7 @@ def make_record(
             **({"checkpoint_fingerprint": fingerprint} if fingerprint else {}),
             **({"adapter": adapter} if adapter else {}),
         },
-        dataset={"name": dataset, "split": "test", "n": 400, "sample_ids_sha256": "ab" * 32},
+        dataset={"name": dataset, "split": "test", "n": n, "sample_ids_sha256": ids_sha},
         analysis={"name": analysis, "params": {}},
         protocol=protocol,
         extraction={"span": "modality", "stages": STAGES},
@@ -148,6 +150,29 @@ def test_latest_run_wins_and_all_runs_keeps_every_run(tmp_path):
     all_rows = lb.aggregate(loaded, all_runs=True)
     assert sorted(r["values"]["acc_final"]["value"] for r in all_rows) == [0.5, 0.9]
     assert {r["run"] for r in all_rows} == {old["created_at"], new["created_at"]}
+
+
+def test_a_run_on_fewer_samples_is_its_own_row_with_its_n(tmp_path):
+    """A later --limit run (another sample selection) never replaces or merges into the row of
+    the full selection: two rows, each with its own N, in the table too."""
+    full = make_record(
+        created="2026-11-01T10:00:00+00:00", metrics=probe_metrics("speaker", [0.9] * 7, [1.1] * 7, 0.25)
+    )
+    small = make_record(
+        created="2026-11-02T10:00:00+00:00",
+        metrics=probe_metrics("speaker", [0.5] * 7, [0.1] * 7, 0.25),
+        n=100,
+        ids_sha="cd" * 32,
+    )
+    write(tmp_path, full)
+    write(tmp_path, small)
+    rows = sorted(rows_of(tmp_path), key=lambda r: r["n"])
+    assert [(r["n"], r["values"]["acc_final"]["value"]) for r in rows] == [(100, 0.5), (400, 0.9)]
+    res = invoke("--results", str(tmp_path), "--no-entries", "--json")
+    assert res.exit_code == 0, res.output
+    assert sorted(r["n"] for r in json.loads(res.output)["rows"]) == [100, 400]
+    res = invoke("--results", str(tmp_path), "--no-entries")
+    assert "N" in res.output and "100" in res.output and "400" in res.output
 
 
 def test_analyses_merge_into_one_row_per_attribute(tmp_path):
