@@ -47,8 +47,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -96,8 +97,16 @@ def _rss_kb() -> int:
     return 0
 
 
-WARM = ("scipy.linalg", "scipy.spatial.distance", "scipy.stats", "sklearn.decomposition", "ot",
-        "mch.plugins.analyses.modes", "mch.plugins.analyses.per_type", "mch.plugins.analyses.distances")
+WARM = (
+    "scipy.linalg",
+    "scipy.spatial.distance",
+    "scipy.stats",
+    "sklearn.decomposition",
+    "ot",
+    "mch.plugins.analyses.modes",
+    "mch.plugins.analyses.per_type",
+    "mch.plugins.analyses.distances",
+)
 
 
 def _child(fn: Callable[..., Any], args: tuple, q: Any, trace: bool) -> None:
@@ -121,8 +130,15 @@ def _child(fn: Callable[..., Any], args: tuple, q: Any, trace: bool) -> None:
     if trace:
         tracemalloc.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    q.put({"seconds": dt, "traced_mb": None if peak is None else peak / 2**20, "rss_mb": max(rss, 0) / 1024,
-           "result": res, "error": err})
+    q.put(
+        {
+            "seconds": dt,
+            "traced_mb": None if peak is None else peak / 2**20,
+            "rss_mb": max(rss, 0) / 1024,
+            "result": res,
+            "error": err,
+        }
+    )
 
 
 def _spawn(fn: Callable[..., Any], args: tuple, trace: bool) -> dict[str, Any]:
@@ -181,15 +197,26 @@ def reference_modes_loop(modal: str, text: str) -> dict[str, Any]:
     Yc = Xt - Xt.mean(axis=0)
     vec = ((Yc @ V) ** 2).sum(0) / (len(Yc) - 1) / np.maximum(ev, 1e-10)
     vec_s = time.perf_counter() - t
-    return {"eigenvalues": ev, "alpha": alpha, "alpha_loop_s": loop_s, "alpha_vectorised_s": vec_s,
-            "alpha_step_same": bool(np.allclose(vec, alpha, rtol=1e-6, atol=1e-9))}
+    return {
+        "eigenvalues": ev,
+        "alpha": alpha,
+        "alpha_loop_s": loop_s,
+        "alpha_vectorised_s": vec_s,
+        "alpha_step_same": bool(np.allclose(vec, alpha, rtol=1e-6, atol=1e-9)),
+    }
 
 
 def mch_modes(modal: str, text: str, protocol: str, n_boot: int) -> dict[str, Any]:
     from mch.plugins.analyses._linalg import modes
 
-    m = modes(np.load(modal, mmap_mode="r"), np.load(text, mmap_mode="r"), protocol=protocol, n_boot=n_boot,
-              seed=0, vectors=True)
+    m = modes(
+        np.load(modal, mmap_mode="r"),
+        np.load(text, mmap_mode="r"),
+        protocol=protocol,
+        n_boot=n_boot,
+        seed=0,
+        vectors=True,
+    )
     return {"eigenvalues": m.eigenvalues, "alpha": m.alpha, "n_modes": m.n_modes}
 
 
@@ -225,22 +252,34 @@ def _context(files: dict[str, Path], params: dict[str, Any], protocol: str = "de
     X = np.load(files["modal"], mmap_mode="r")
     Y = np.load(files["text"], mmap_mode="r")
     lab = np.load(files["labels"])
-    labels = {"speaker": np.array([f"s{i}" for i in lab[0]], dtype=object),
-              "emotion": np.array([f"e{i}" for i in lab[1]], dtype=object)}
+    labels = {
+        "speaker": np.array([f"s{i}" for i in lab[0]], dtype=object),
+        "emotion": np.array([f"e{i}" for i in lab[1]], dtype=object),
+    }
     attrs = {a: Attribute(a, sorted(set(v)), {c: [c] for c in set(v)}, "q", group_key="g") for a, v in labels.items()}
     n = X.shape[0]
-    return AnalysisContext(protocol=protocol, params=params, seed=0, stages=["adapter"], reps={"adapter": X},
-                           samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
-                           attributes=attrs, labels=labels, groups={a: np.array(["g"] * n, dtype=object)
-                                                                    for a in labels},
-                           _text_reps=lambda: {"adapter": Y})
+    return AnalysisContext(
+        protocol=protocol,
+        params=params,
+        seed=0,
+        stages=["adapter"],
+        reps={"adapter": X},
+        samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
+        attributes=attrs,
+        labels=labels,
+        groups={a: np.array(["g"] * n, dtype=object) for a in labels},
+        _text_reps=lambda: {"adapter": Y},
+    )
 
 
 def run_analysis(name: str, files: dict[str, Path], overrides: dict[str, Any]) -> dict[str, Any]:
     from mch.api import AnalysisSpec, load_entry
 
-    entry = {"modes": "mch.plugins.analyses.modes:ModeAlignment", "per_type": "mch.plugins.analyses.per_type:PerType",
-             "distances": "mch.plugins.analyses.distances:Distances"}[name]
+    entry = {
+        "modes": "mch.plugins.analyses.modes:ModeAlignment",
+        "per_type": "mch.plugins.analyses.per_type:PerType",
+        "distances": "mch.plugins.analyses.distances:Distances",
+    }[name]
     a = load_entry(entry)(AnalysisSpec(name=name, entry=entry))
     out = a.run(_context(files, {**a.default_params("default"), **overrides}))
     return {"n_metrics": len(out.metrics)}
@@ -258,37 +297,53 @@ def bench_modes(args: argparse.Namespace) -> list[str]:
             "default, 200 bootstrap": measured(mch_modes, str(files["modal"]), str(files["text"]), "default", 200),
             "paper (all d modes)": measured(mch_modes, str(files["modal"]), str(files["text"]), "paper", 0),
         }
-        traced = f"traced {ref['traced_mb']:7.0f} MiB ({ref['traced_mb'] / read:4.1f}x read)   " \
-            if ref["traced_mb"] is not None else ""
-        lines.append(f"  reference (Python loop over {args.d} modes): {ref['seconds']:8.1f} s   {traced}"
-                     f"rss +{ref['rss_mb']:.0f} MiB")
+        traced = (
+            f"traced {ref['traced_mb']:7.0f} MiB ({ref['traced_mb'] / read:4.1f}x read)   "
+            if ref["traced_mb"] is not None
+            else ""
+        )
+        lines.append(
+            f"  reference (Python loop over {args.d} modes): {ref['seconds']:8.1f} s   {traced}"
+            f"rss +{ref['rss_mb']:.0f} MiB"
+        )
         rr = ref["result"]
-        lines.append(f"    of which the alpha loop: {rr['alpha_loop_s']:.1f} s; the same step vectorised: "
-                     f"{rr['alpha_vectorised_s']:.1f} s ({rr['alpha_loop_s'] / rr['alpha_vectorised_s']:.0f}x, "
-                     f"{'identical' if rr['alpha_step_same'] else 'DIFFERENT'} alpha)")
+        lines.append(
+            f"    of which the alpha loop: {rr['alpha_loop_s']:.1f} s; the same step vectorised: "
+            f"{rr['alpha_vectorised_s']:.1f} s ({rr['alpha_loop_s'] / rr['alpha_vectorised_s']:.0f}x, "
+            f"{'identical' if rr['alpha_step_same'] else 'DIFFERENT'} alpha)"
+        )
         ra, rev = rr["alpha"], rr["eigenvalues"]
         for label, r in runs.items():
             res = r["result"]
             k = res["n_modes"]
-            same = np.allclose(res["alpha"][:k], ra[:k], rtol=1e-6, atol=1e-9) and \
-                np.allclose(res["eigenvalues"], rev[:k], rtol=1e-8, atol=1e-12 * rev[0])
-            lines.append(f"  mch {label:<24}: {r['seconds']:8.1f} s   traced {r['traced_mb']:7.0f} MiB "
-                         f"({r['traced_mb'] / read:4.1f}x read)   rss +{r['rss_mb']:.0f} MiB   "
-                         f"speed-up {ref['seconds'] / r['seconds']:5.1f}x   modes {k}   "
-                         f"alpha {'identical' if same else 'DIFFERENT'} on them")
+            same = np.allclose(res["alpha"][:k], ra[:k], rtol=1e-6, atol=1e-9) and np.allclose(
+                res["eigenvalues"], rev[:k], rtol=1e-8, atol=1e-12 * rev[0]
+            )
+            lines.append(
+                f"  mch {label:<24}: {r['seconds']:8.1f} s   traced {r['traced_mb']:7.0f} MiB "
+                f"({r['traced_mb'] / read:4.1f}x read)   rss +{r['rss_mb']:.0f} MiB   "
+                f"speed-up {ref['seconds'] / r['seconds']:5.1f}x   modes {k}   "
+                f"alpha {'identical' if same else 'DIFFERENT'} on them"
+            )
         for name, over in (("modes", {}), ("per_type", {}), ("distances", {"stages": "adapter"})):
             r = measured(run_analysis, name, files, over)
-            lines.append(f"  analysis {name:<10} (default params): {r['seconds']:8.1f} s   traced "
-                         f"{r['traced_mb']:7.0f} MiB ({r['traced_mb'] / read:4.1f}x read)   rss +{r['rss_mb']:.0f} MiB")
+            lines.append(
+                f"  analysis {name:<10} (default params): {r['seconds']:8.1f} s   traced "
+                f"{r['traced_mb']:7.0f} MiB ({r['traced_mb'] / read:4.1f}x read)   rss +{r['rss_mb']:.0f} MiB"
+            )
         fl = measured(modes_floor, str(files["modal"]), str(files["text"]), trace=False)["result"]
         floor = sum(fl.values())
-        lines.append(f"  floor (float64 steps no implementation avoids, timed alone): "
-                     f"{', '.join(f'{k} {v:.2f} s' for k, v in fl.items())}; sum {floor:.2f} s = the reference / "
-                     f"{ref['seconds'] / floor:.1f} (the 10x target's budget: {ref['seconds'] / 10:.2f} s)")
+        lines.append(
+            f"  floor (float64 steps no implementation avoids, timed alone): "
+            f"{', '.join(f'{k} {v:.2f} s' for k, v in fl.items())}; sum {floor:.2f} s = the reference / "
+            f"{ref['seconds'] / floor:.1f} (the 10x target's budget: {ref['seconds'] / 10:.2f} s)"
+        )
         t = runs["default, 200 bootstrap"]
-        lines.append(f"  target: default >= 10x the reference: {ref['seconds'] / t['seconds']:.1f}x "
-                     f"({'met' if ref['seconds'] / t['seconds'] >= 10 else 'NOT met'}); peak < 2x read: "
-                     f"{t['traced_mb'] / read:.2f}x ({'met' if t['traced_mb'] < 2 * read else 'NOT met'})")
+        lines.append(
+            f"  target: default >= 10x the reference: {ref['seconds'] / t['seconds']:.1f}x "
+            f"({'met' if ref['seconds'] / t['seconds'] >= 10 else 'NOT met'}); peak < 2x read: "
+            f"{t['traced_mb'] / read:.2f}x ({'met' if t['traced_mb'] < 2 * read else 'NOT met'})"
+        )
     return lines
 
 
@@ -299,8 +354,7 @@ def mch_split(modal: str, text: str, n_boot: int) -> dict[str, Any]:
     from mch.plugins.analyses._split import covariance_split
 
     sp = covariance_split(np.load(modal, mmap_mode="r"), np.load(text, mmap_mode="r"), n_boot=n_boot)
-    return {"var_frac_MS_of_kept": sp.pooled()["var_frac_MS_of_kept"],
-            "n_modes": [d.n_modes for d in sp.directions]}
+    return {"var_frac_MS_of_kept": sp.pooled()["var_frac_MS_of_kept"], "n_modes": [d.n_modes for d in sp.directions]}
 
 
 def bench_split(args: argparse.Namespace) -> list[str]:
@@ -308,22 +362,30 @@ def bench_split(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         files = synthetic_vectors(Path(tmp), args.n, args.d)
         read = mb(2 * args.n * args.d * 4)
-        lines.append(f"split: N = {args.n}, d = {args.d}; the two float32 matrices read: {read:.0f} MiB "
-                     f"(timings on a shared machine: compare the ratios within this run)")
+        lines.append(
+            f"split: N = {args.n}, d = {args.d}; the two float32 matrices read: {read:.0f} MiB "
+            f"(timings on a shared machine: compare the ratios within this run)"
+        )
         ref = measured(reference_modes_loop, str(files["modal"]), str(files["text"]), trace=args.trace_reference)
         lines.append(f"  reference (script 07, Python loop over {args.d} modes): {ref['seconds']:8.1f} s")
-        runs = {"covariance_split, no bootstrap": measured(mch_split, str(files["modal"]), str(files["text"]), 0),
-                "modes analysis (default params)": measured(run_analysis, "modes", files, {}),
-                "per_type analysis (default params)": measured(run_analysis, "per_type", files, {})}
+        runs = {
+            "covariance_split, no bootstrap": measured(mch_split, str(files["modal"]), str(files["text"]), 0),
+            "modes analysis (default params)": measured(run_analysis, "modes", files, {}),
+            "per_type analysis (default params)": measured(run_analysis, "per_type", files, {}),
+        }
         for label, r in runs.items():
-            lines.append(f"  mch {label:<36}: {r['seconds']:8.1f} s   traced {r['traced_mb']:7.0f} MiB "
-                         f"({r['traced_mb'] / read:4.2f}x read)   rss +{r['rss_mb']:.0f} MiB   "
-                         f"speed-up {ref['seconds'] / r['seconds']:5.1f}x")
+            lines.append(
+                f"  mch {label:<36}: {r['seconds']:8.1f} s   traced {r['traced_mb']:7.0f} MiB "
+                f"({r['traced_mb'] / read:4.2f}x read)   rss +{r['rss_mb']:.0f} MiB   "
+                f"speed-up {ref['seconds'] / r['seconds']:5.1f}x"
+            )
         r = runs["modes analysis (default params)"]
         speed = ref["seconds"] / r["seconds"]
-        lines.append(f"  target: default modes (cross-fit, null, bootstrap) >= 2x the reference: {speed:.1f}x "
-                     f"({'met' if speed >= 2 else 'NOT met'}); peak < 2x read: {r['traced_mb'] / read:.2f}x "
-                     f"({'met' if r['traced_mb'] < 2 * read else 'NOT met'})")
+        lines.append(
+            f"  target: default modes (cross-fit, null, bootstrap) >= 2x the reference: {speed:.1f}x "
+            f"({'met' if speed >= 2 else 'NOT met'}); peak < 2x read: {r['traced_mb'] / read:.2f}x "
+            f"({'met' if r['traced_mb'] < 2 * read else 'NOT met'})"
+        )
     return lines
 
 
@@ -352,7 +414,7 @@ def probe_vectors(path: Path, n: int, d: int, n_stages: int = 4, seed: int = 0) 
     m_chap = rng.standard_normal((120, r)).astype(np.float32)
     files: dict[str, Any] = {"stages": {}}
     for s in range(n_stages):
-        strength = 0.35 * 0.7 ** s
+        strength = 0.35 * 0.7**s
         B = np.linalg.qr(rng.standard_normal((d, r)).astype(np.float32))[0]
         lat = rng.standard_normal((n, r)).astype(np.float32)
         lat += strength * (m_spk[speaker] + 0.8 * m_emo[emotion] + 0.5 * m_chap[chapter])
@@ -367,10 +429,14 @@ def probe_vectors(path: Path, n: int, d: int, n_stages: int = 4, seed: int = 0) 
 
 def _probe_labels(files: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     lab = np.load(files["labels"])
-    labels = {"speaker": np.array([f"spk{i:02d}" for i in lab["speaker"]], dtype=object),
-              "emotion": np.array([f"emo{i}" for i in lab["emotion"]], dtype=object)}
-    groups = {"speaker": np.array([f"ch{i}" for i in lab["chapter"]], dtype=object),
-              "emotion": np.array([f"actor{i}" for i in lab["actor"]], dtype=object)}
+    labels = {
+        "speaker": np.array([f"spk{i:02d}" for i in lab["speaker"]], dtype=object),
+        "emotion": np.array([f"emo{i}" for i in lab["emotion"]], dtype=object),
+    }
+    groups = {
+        "speaker": np.array([f"ch{i}" for i in lab["chapter"]], dtype=object),
+        "emotion": np.array([f"actor{i}" for i in lab["actor"]], dtype=object),
+    }
     return labels, groups
 
 
@@ -420,23 +486,37 @@ def _probe_context(files: dict[str, Any], protocol: str, params: dict[str, Any])
     labels, groups = _probe_labels(files)
     reps = {stage: np.load(f, mmap_mode="r") for stage, f in files["stages"].items()}
     n = len(labels["speaker"])
-    attrs = {a: Attribute(a, sorted(set(v)), {c: [c] for c in set(v)}, "q",
-                          group_key={"speaker": "chapter", "emotion": "actor"}[a]) for a, v in labels.items()}
-    return AnalysisContext(protocol=protocol, params=params, seed=0, stages=list(reps), reps=reps,
-                           samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
-                           attributes=attrs, labels=labels, groups=groups)
+    attrs = {
+        a: Attribute(
+            a, sorted(set(v)), {c: [c] for c in set(v)}, "q", group_key={"speaker": "chapter", "emotion": "actor"}[a]
+        )
+        for a, v in labels.items()
+    }
+    return AnalysisContext(
+        protocol=protocol,
+        params=params,
+        seed=0,
+        stages=list(reps),
+        reps=reps,
+        samples=[Sample(sample_id=str(i), text="", labels={}, groups={}) for i in range(n)],
+        attributes=attrs,
+        labels=labels,
+        groups=groups,
+    )
 
 
 def _time_calls(module: Any, names: dict[str, str], spent: dict[str, float]) -> None:
     """Wrap module.<name> so that its calls' wall time adds up in spent[label] (a breakdown of
     one measured run; a few thousand calls, so the wrappers cost nothing measurable)."""
     for name, label in names.items():
-        def wrapped(*a: Any, _f: Callable = getattr(module, name), _l: str = label, **k: Any) -> Any:
+
+        def wrapped(*a: Any, _f: Callable = getattr(module, name), _l: str = label, **k: Any) -> Any:  # noqa: B008 - binds this iteration's function
             t = time.perf_counter()
             try:
                 return _f(*a, **k)
             finally:
                 spent[_l] = spent.get(_l, 0.0) + time.perf_counter() - t
+
         setattr(module, name, wrapped)
 
 
@@ -447,8 +527,7 @@ def mch_probe(files: dict[str, Any], protocol: str, n_jobs: int | None = None) -
 
     spent: dict[str, float] = {}
     if protocol == "default":  # where the time goes: bases, the fits' products, the rest of the fits
-        _time_calls(probe_mod, {"stage_basis": "bases", "fit_many": "fits", "heldout_logp": "held-out products"},
-                    spent)
+        _time_calls(probe_mod, {"stage_basis": "bases", "fit_many": "fits", "heldout_logp": "held-out products"}, spent)
         _time_calls(_softmax, {"_evaluate": "fit products"}, spent)
     probe = Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
     params = probe.default_params(protocol)
@@ -459,8 +538,11 @@ def mch_probe(files: dict[str, Any], protocol: str, n_jobs: int | None = None) -
     acc = {(m.stage, m.attribute): m.value for m in out.metrics if m.metric == "accuracy"}
     res: dict[str, Any] = {"accuracy": acc, **res0}
     if protocol == "paper":
-        res["accuracies"] = {(st, a): out.summary["attributes"][a]["stages"][st]["accuracies"]
-                             for a in out.summary["attributes"] for st in out.summary["attributes"][a]["stages"]}
+        res["accuracies"] = {
+            (st, a): out.summary["attributes"][a]["stages"][st]["accuracies"]
+            for a in out.summary["attributes"]
+            for st in out.summary["attributes"][a]["stages"]
+        }
     else:
         stages = [(a, st, v) for a, info in out.summary["attributes"].items() for st, v in info["stages"].items()]
         res["fits"] = sum(v["fits"] for _, _, v in stages)
@@ -484,53 +566,74 @@ def bench_probe(args: argparse.Namespace) -> list[str]:
         files = probe_vectors(Path(tmp), args.n, args.d)
         n_st = len(files["stages"])
         read = mb(n_st * args.n * args.d * 4)
-        lines.append(f"probe: N = {args.n}, d = {args.d}, {n_st} stages x 2 attributes (speaker: 40 classes, "
-                     f"emotion: 6) x 5 splits; the float32 vectors read: {read:.0f} MiB")
+        lines.append(
+            f"probe: N = {args.n}, d = {args.d}, {n_st} stages x 2 attributes (speaker: 40 classes, "
+            f"emotion: 6) x 5 splits; the float32 vectors read: {read:.0f} MiB"
+        )
         load = lambda: f"load {os.getloadavg()[0]:.1f}"  # noqa: E731 - timings on a shared machine need it
         ref = measured(reference_probes, files, trace=args.trace_reference)
         it = ref["result"]["iters"]
-        tr = lambda r: (f"traced {r['traced_mb']:6.0f} MiB ({r['traced_mb'] / read:4.2f}x read)"  # noqa: E731
-                        if r["traced_mb"] is not None else "traced -")
-        lines.append(f"  reference (sklearn, script 03)  : {ref['seconds']:8.1f} s   {tr(ref)}   lbfgs at its "
-                     f"100-iteration cap in {sum(i >= 100 for i in it)}/{len(it)} fits   [{load()}]")
+        tr = lambda r: (  # noqa: E731 - a one-line formatter of this table
+            f"traced {r['traced_mb']:6.0f} MiB ({r['traced_mb'] / read:4.2f}x read)"
+            if r["traced_mb"] is not None
+            else "traced -"
+        )
+        lines.append(
+            f"  reference (sklearn, script 03)  : {ref['seconds']:8.1f} s   {tr(ref)}   lbfgs at its "
+            f"100-iteration cap in {sum(i >= 100 for i in it)}/{len(it)} fits   [{load()}]"
+        )
         ref1 = measured(reference_probes, files, 1, trace=False)
-        lines.append(f"  reference on one BLAS thread    : {ref1['seconds']:8.1f} s   (the same script; float32 "
-                     f"BLAS rounding differs from the multi-threaded run)   [{load()}]")
+        lines.append(
+            f"  reference on one BLAS thread    : {ref1['seconds']:8.1f} s   (the same script; float32 "
+            f"BLAS rounding differs from the multi-threaded run)   [{load()}]"
+        )
         dflt = measured(mch_probe, files, "default")
         r = dflt["result"]
-        lines.append(f"  mch probe (default)             : {dflt['seconds']:8.1f} s   {tr(dflt)}   speed-up "
-                     f"{ref['seconds'] / dflt['seconds']:4.2f}x   {r['fits']} fits (nested CV included) on "
-                     f"{r['threads']} threads, {r['unconverged']} unconverged, max bound {r['max_gap']:.1e} nats, "
-                     f"splits {r['split']}   [{load()}]")
+        lines.append(
+            f"  mch probe (default)             : {dflt['seconds']:8.1f} s   {tr(dflt)}   speed-up "
+            f"{ref['seconds'] / dflt['seconds']:4.2f}x   {r['fits']} fits (nested CV included) on "
+            f"{r['threads']} threads, {r['unconverged']} unconverged, max bound {r['max_gap']:.1e} nats, "
+            f"splits {r['split']}   [{load()}]"
+        )
         sp = r["spent"]
         steps = sp["fits"] - sp["fit products"]
         floor = sp["bases"] + sp["fit products"] + sp["held-out products"]
-        lines.append(f"    of which: stage bases {sp['bases']:.1f} s, the fits' products {sp['fit products']:.1f} s "
-                     f"({r['evals']} evaluations), held-out products {sp['held-out products']:.1f} s, solver steps "
-                     f"{steps:.1f} s; bases + products {floor:.1f} s against the 3x target's budget "
-                     f"{ref['seconds'] / 3:.1f} s")
+        lines.append(
+            f"    of which: stage bases {sp['bases']:.1f} s, the fits' products {sp['fit products']:.1f} s "
+            f"({r['evals']} evaluations), held-out products {sp['held-out products']:.1f} s, solver steps "
+            f"{steps:.1f} s; bases + products {floor:.1f} s against the 3x target's budget "
+            f"{ref['seconds'] / 3:.1f} s"
+        )
         same = lambda a, b: all(a["result"]["accuracies"][k] == v for k, v in b["result"]["accuracies"].items())  # noqa: E731
         paper = measured(mch_probe, files, "paper", 1)
-        lines.append(f"  mch probe --protocol paper      : {paper['seconds']:8.1f} s   {tr(paper)}   speed-up "
-                     f"{ref['seconds'] / paper['seconds']:4.2f}x   accuracies "
-                     f"{'identical' if same(paper, ref) else 'DIFFERENT'} to the reference   [{load()}]")
+        lines.append(
+            f"  mch probe --protocol paper      : {paper['seconds']:8.1f} s   {tr(paper)}   speed-up "
+            f"{ref['seconds'] / paper['seconds']:4.2f}x   accuracies "
+            f"{'identical' if same(paper, ref) else 'DIFFERENT'} to the reference   [{load()}]"
+        )
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         par = measured(mch_probe, files, "paper", cores, trace=False)
-        lines.append(f"  mch probe --protocol paper -j{cores:<2d}  : {par['seconds']:8.1f} s   speed-up "
-                     f"{ref['seconds'] / par['seconds']:4.2f}x ({ref1['seconds'] / par['seconds']:4.2f}x the one-thread "
-                     f"reference)   accuracies {'identical' if same(par, ref1) else 'DIFFERENT'} to the one-thread "
-                     f"reference, {'identical' if same(par, ref) else 'DIFFERENT'} to the multi-threaded one")
+        lines.append(
+            f"  mch probe --protocol paper -j{cores:<2d}  : {par['seconds']:8.1f} s   speed-up "
+            f"{ref['seconds'] / par['seconds']:4.2f}x ({ref1['seconds'] / par['seconds']:4.2f}x the one-thread "
+            f"reference)   accuracies {'identical' if same(par, ref1) else 'DIFFERENT'} to the one-thread "
+            f"reference, {'identical' if same(par, ref) else 'DIFFERENT'} to the multi-threaded one"
+        )
         lines.append(f"    n_jobs = {par['result']['threads']} (splits concurrently, one BLAS thread each)")
         for (stage, attr), acc in sorted(r["accuracy"].items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            lines.append(f"    {attr:8s} {stage:10s} default acc {acc:.3f}  I_probe {r['i_probe'][(stage, attr)]:.2f} bits"
-                         f"  lam {' '.join(f'{v:.0e}' for v in r['lambda'][(attr, stage)])}   reference (ungrouped) acc "
-                         f"{np.mean(ref['result']['accuracies'][(stage, attr)]):.3f}")
+            lines.append(
+                f"    {attr:8s} {stage:10s} default acc {acc:.3f}  I_probe {r['i_probe'][(stage, attr)]:.2f} bits"
+                f"  lam {' '.join(f'{v:.0e}' for v in r['lambda'][(attr, stage)])}   reference (ungrouped) acc "
+                f"{np.mean(ref['result']['accuracies'][(stage, attr)]):.3f}"
+            )
         ok_paper = same(paper, ref) and paper["seconds"] <= ref["seconds"] * 1.05
         speed = ref["seconds"] / dflt["seconds"]
-        lines.append(f"  target: paper (n_jobs = 1) as fast as the reference with identical accuracies: "
-                     f"{'met' if ok_paper else 'NOT met'}; default >= 3x the reference while converged: "
-                     f"{speed:.2f}x ({'met' if speed >= 3 and r['unconverged'] == 0 else 'NOT met'}); "
-                     f"peak < 2x read: paper {paper['traced_mb'] / read:.2f}x, default {dflt['traced_mb'] / read:.2f}x")
+        lines.append(
+            f"  target: paper (n_jobs = 1) as fast as the reference with identical accuracies: "
+            f"{'met' if ok_paper else 'NOT met'}; default >= 3x the reference while converged: "
+            f"{speed:.2f}x ({'met' if speed >= 3 and r['unconverged'] == 0 else 'NOT met'}); "
+            f"peak < 2x read: paper {paper['traced_mb'] / read:.2f}x, default {dflt['traced_mb'] / read:.2f}x"
+        )
     return lines
 
 
@@ -558,19 +661,25 @@ def toy_probe_control(store: str, control: bool) -> dict[str, Any]:
     p = plan(cfg)
     entry = extract(p, "modal")
     t, c = time.perf_counter(), time.process_time()
-    (_, out, _, _), = analyze(p, entry)
+    ((_, out, _, _),) = analyze(p, entry)
     return _control_result(out, time.perf_counter() - t, time.process_time() - c)
 
 
 def _control_result(out: Any, seconds: float, cpu: float) -> dict[str, Any]:
     get = lambda name: {(m.stage, m.attribute): m.value for m in out.metrics if m.metric == name}  # noqa: E731
     stages = [v for info in out.summary["attributes"].values() for v in info.get("stages", {}).values()]
-    return {"seconds": seconds, "cpu": cpu, "i_probe": get("i_probe_bits"), "control": get("control_i_probe_bits"),
-            "selectivity": get("selectivity"), "fits": sum(v["fits"] for v in stages),
-            "control_fits": sum(v.get("control_fits", {}).get("fits", 0) for v in stages),
-            "control_evals": sum(v.get("control_fits", {}).get("total_evals", 0) for v in stages),
-            "evals": sum(v["total_evals"] for v in stages),
-            "unconverged": sum(v["n_unconverged"] for v in stages)}
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "i_probe": get("i_probe_bits"),
+        "control": get("control_i_probe_bits"),
+        "selectivity": get("selectivity"),
+        "fits": sum(v["fits"] for v in stages),
+        "control_fits": sum(v.get("control_fits", {}).get("fits", 0) for v in stages),
+        "control_evals": sum(v.get("control_fits", {}).get("total_evals", 0) for v in stages),
+        "evals": sum(v["total_evals"] for v in stages),
+        "unconverged": sum(v["n_unconverged"] for v in stages),
+    }
 
 
 def bench_probe_control(args: argparse.Namespace) -> list[str]:
@@ -578,6 +687,7 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
     it, in one run, alternating on/off/off/on so that drift in the machine's load falls on both
     sides. Target: on / off <= 1.2 on the toy and on the N x d benchmark vectors. The analysis
     time is measured inside each spawned process (the toy's store is filled once, untimed)."""
+
     class _Lines(list):  # echo each line to stderr as it comes: a long run shows its progress
         def append(self, line: str) -> None:
             print(line, file=sys.stderr, flush=True)
@@ -589,9 +699,10 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
         store = str(Path(tmp) / "store")
         measured(toy_probe_control, store, False, trace=False)  # fills the store
         files = probe_vectors(Path(tmp), args.n, args.d)
-        for name, fn, arg, rounds in (("toy (600 x 32..64, 3 attributes, 7 stages)", toy_probe_control, store, 3),
-                                      (f"vectors (N = {args.n} x d = {args.d}, 2 attributes, 4 stages)",
-                                       mch_probe_control, files, 1)):  # 4 runs: ~1.5 min each on 2 idle cores
+        for name, fn, arg, rounds in (
+            ("toy (600 x 32..64, 3 attributes, 7 stages)", toy_probe_control, store, 3),
+            (f"vectors (N = {args.n} x d = {args.d}, 2 attributes, 4 stages)", mch_probe_control, files, 1),
+        ):  # 4 runs: ~1.5 min each on 2 idle cores
             t: dict[bool, list[float]] = {True: [], False: []}
             cpu: dict[bool, list[float]] = {True: [], False: []}
             res = {}
@@ -603,31 +714,40 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
             # medians: a shared machine's load spikes hit single runs; the sums' ratio is given too
             ratio = float(np.median(t[True]) / np.median(t[False]))
             on = res[True]
-            lines.append(f"probe control, {name}: on {np.median(t[True]):.1f} s, off {np.median(t[False]):.1f} s "
-                         f"(medians of {len(t[True])}), on/off {ratio:.2f} (target <= 1.2: "
-                         f"{'met' if ratio <= 1.2 else 'NOT met'}; ratio of sums {sum(t[True]) / sum(t[False]):.2f}; "
-                         f"runs on {' '.join(f'{x:.1f}' for x in t[True])}, off {' '.join(f'{x:.1f}' for x in t[False])})"
-                         f"   [{load()}]")
+            lines.append(
+                f"probe control, {name}: on {np.median(t[True]):.1f} s, off {np.median(t[False]):.1f} s "
+                f"(medians of {len(t[True])}), on/off {ratio:.2f} (target <= 1.2: "
+                f"{'met' if ratio <= 1.2 else 'NOT met'}; ratio of sums {sum(t[True]) / sum(t[False]):.2f}; "
+                f"runs on {' '.join(f'{x:.1f}' for x in t[True])}, off {' '.join(f'{x:.1f}' for x in t[False])})"
+                f"   [{load()}]"
+            )
             # CPU time (the process's, all threads): what the work costs, far less moved by other jobs'
             # load than wall time on a shared machine
             cpu_ratio = float(np.median(cpu[True]) / np.median(cpu[False]))
-            lines.append(f"    CPU time: on {np.median(cpu[True]):.1f} s, off {np.median(cpu[False]):.1f} s, on/off "
-                         f"{cpu_ratio:.2f} (target <= 1.2: {'met' if cpu_ratio <= 1.2 else 'NOT met'}); evaluations "
-                         f"{on['evals']} + control {on['control_evals']} "
-                         f"(+{100 * on['control_evals'] / max(on['evals'], 1):.0f}%)")
+            lines.append(
+                f"    CPU time: on {np.median(cpu[True]):.1f} s, off {np.median(cpu[False]):.1f} s, on/off "
+                f"{cpu_ratio:.2f} (target <= 1.2: {'met' if cpu_ratio <= 1.2 else 'NOT met'}); evaluations "
+                f"{on['evals']} + control {on['control_evals']} "
+                f"(+{100 * on['control_evals'] / max(on['evals'], 1):.0f}%)"
+            )
             lines.append(f"    fits {on['fits']} + control {on['control_fits']}; unconverged {on['unconverged']}")
             for key in sorted(on["i_probe"], key=lambda k: (k[1], str(k[0]))):
                 if key in on["control"]:
-                    lines.append(f"    {key[1]:8s} {key[0]:10s} I_probe {on['i_probe'][key]:6.3f}  control "
-                                 f"{on['control'][key]:7.3f}  selectivity {on['selectivity'][key]:.3f}")
+                    lines.append(
+                        f"    {key[1]:8s} {key[0]:10s} I_probe {on['i_probe'][key]:6.3f}  control "
+                        f"{on['control'][key]:7.3f}  selectivity {on['selectivity'][key]:.3f}"
+                    )
     return lines
 
 
 # --------------------------------------------------------------------------- driver
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {"modes": bench_modes, "probe": bench_probe,
-                                                                  "probe_control": bench_probe_control,
-                                                                  "split": bench_split}
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {
+    "modes": bench_modes,
+    "probe": bench_probe,
+    "probe_control": bench_probe_control,
+    "split": bench_split,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,26 +27,27 @@ result does not depend on how many worker threads run the tasks (each on one BLA
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Sequence
+from typing import Any
 
 import numpy as np
 
-CHUNK_ROWS = 256           # rows per task: wide enough for near-peak products, enough tasks to share
-LBFGS_MEMORY = 10          # curvature pairs kept per fit (stored in float32: they only shape the direction)
-BATCH_BYTES = 256 << 20    # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
-POOL_MIN_WORK = 1 << 25    # multiply-adds per round below which tasks run inline: handing them to
-                           # threads costs more (same arithmetic either way: results do not change)
+CHUNK_ROWS = 256  # rows per task: wide enough for near-peak products, enough tasks to share
+LBFGS_MEMORY = 10  # curvature pairs kept per fit (stored in float32: they only shape the direction)
+BATCH_BYTES = 256 << 20  # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
+POOL_MIN_WORK = 1 << 25  # multiply-adds per round below which tasks run inline: handing them to
+# threads costs more (same arithmetic either way: results do not change)
 
 
 @dataclass
 class SoftmaxFit:
-    W: np.ndarray          # (r, k) weights in the design's coordinates (zero for absent classes)
-    b: np.ndarray          # (k,) intercepts (absent classes: masked out, -inf in use)
-    present: np.ndarray    # (k,) bool: the classes in the fit's training rows
+    W: np.ndarray  # (r, k) weights in the design's coordinates (zero for absent classes)
+    b: np.ndarray  # (k,) intercepts (absent classes: masked out, -inf in use)
+    present: np.ndarray  # (k,) bool: the classes in the fit's training rows
     n_evals: int
     grad_norm: float
-    gap_bound: float       # ||grad||^2 / (2 lam): nats above the optimum, at most
+    gap_bound: float  # ||grad||^2 / (2 lam): nats above the optimum, at most
     converged: bool
 
 
@@ -84,8 +85,10 @@ class Design:
             n_chunks = max(1, int(round(sizes[j] / CHUNK_ROWS)))
             cuts = np.linspace(self.start[j], self.stop[j], n_chunks + 1).round().astype(int)
             self.chunks += [(j, int(lo), int(hi)) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True) if hi > lo]
-        self.colsq = [np.square(self.Z[lo:hi], dtype=np.float32).sum(0, dtype=np.float64)
-                      for lo, hi in zip(self.start, self.stop, strict=True)]
+        self.colsq = [
+            np.square(self.Z[lo:hi], dtype=np.float32).sum(0, dtype=np.float64)
+            for lo, hi in zip(self.start, self.stop, strict=True)
+        ]
         self.counts = [np.bincount(self.y[lo:hi], minlength=k) for lo, hi in zip(self.start, self.stop, strict=True)]
         self._Z64: np.ndarray | None = None
 
@@ -125,8 +128,8 @@ class _Pairs:
         self.clear()
 
     def clear(self) -> None:
-        self.slots: list[int] = []      # physical rows, oldest pair first
-        self.SY = np.zeros((0, 0))      # s_i^T y_j over the kept pairs, in order
+        self.slots: list[int] = []  # physical rows, oldest pair first
+        self.SY = np.zeros((0, 0))  # s_i^T y_j over the kept pairs, in order
         self.YY = np.zeros((0, 0))
         self._index()
 
@@ -144,8 +147,8 @@ class _Pairs:
             phys = len(self.slots)
         m, sl = self.m, self.slots
         y32, s32 = y.astype(np.float32), s.astype(np.float32)
-        by = self.buf @ y32                 # s_i^T y and y_i^T y
-        sY = self.buf[m:] @ s32             # s^T y_i
+        by = self.buf @ y32  # s_i^T y and y_i^T y
+        sY = self.buf[m:] @ s32  # s^T y_i
         c = len(sl)
         rows = np.array(sl, dtype=np.intp)
         SY, YY = np.zeros((c + 1, c + 1)), np.zeros((c + 1, c + 1))
@@ -227,8 +230,9 @@ def _map(pool: Any, fn: Callable, items: Sequence) -> list:
     return list(pool.map(fn, items)) if pool is not None else [fn(i) for i in items]
 
 
-def _stack(design: Design, Ws: Sequence[np.ndarray], blocks: Sequence[Sequence[int]],
-           dtype: Any) -> tuple[list[list[int]], list[np.ndarray | None]]:
+def _stack(
+    design: Design, Ws: Sequence[np.ndarray], blocks: Sequence[Sequence[int]], dtype: Any
+) -> tuple[list[list[int]], list[np.ndarray | None]]:
     """Per block: the fits that read it (`blocks[i]` are fit i's) and their weights side by
     side, (r, users * k) on `dtype`: the right operand of the block's one product."""
     users = [[i for i, b in enumerate(blocks) if j in b] for j in range(design.n_blocks)]
@@ -240,13 +244,14 @@ def _masked(b: np.ndarray, present: np.ndarray) -> np.ndarray:
     return b + np.where(present, 0.0, -np.inf)
 
 
-def _worth(pool: Any, design: "Design", n_fits: int) -> Any:
+def _worth(pool: Any, design: Design, n_fits: int) -> Any:
     """`pool` when a round over `n_fits` fits is big enough to share out, else None."""
     return pool if design.Z.shape[0] * design.rank * design.k * n_fits >= POOL_MIN_WORK else None
 
 
-def _chunk_products(design: Design, dtype: Any, users: list[list[int]], Ws: list[np.ndarray],
-                    bias: np.ndarray, stats: bool) -> Callable[[int], tuple]:
+def _chunk_products(
+    design: Design, dtype: Any, users: list[list[int]], Ws: list[np.ndarray], bias: np.ndarray, stats: bool
+) -> Callable[[int], tuple]:
     """The task for chunk c: logits of every fit training on the chunk's block, their loss
     sums, the softmax residuals' products (gradient parts) and, with `stats`, the sums of P
     and P^T P (the preconditioner's Hessian)."""
@@ -306,7 +311,7 @@ class _Fit:
         for _, slot, (l_, gb_, GT, _) in parts:
             loss += l_[slot]
             gb += gb_[slot]
-            part = GT[slot * k:(slot + 1) * k]  # (k, r), contiguous
+            part = GT[slot * k : (slot + 1) * k]  # (k, r), contiguous
             if gT is None:
                 gT = part.copy()
             else:
@@ -349,15 +354,16 @@ class _Fit:
                 next(self.gen)
                 return
             self.gen = None
-            self.result = SoftmaxFit(self.W, self.b, self.present, self.evals, gn, gn * gn / (2 * self.p.lam),
-                                     bool(gn <= self.target))
+            self.result = SoftmaxFit(
+                self.W, self.b, self.present, self.evals, gn, gn * gn / (2 * self.p.lam), bool(gn <= self.target)
+            )
             return
         self._set(x)
 
     def _set(self, x: np.ndarray) -> None:
         r, k = self.Sc.shape
         self.W = (self.Sc * x[: r * k].reshape(r, k)) @ self.Q.T
-        self.b = x[r * k:].copy()
+        self.b = x[r * k :].copy()
 
 
 def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[list[tuple[int, int, tuple]]]:
@@ -384,12 +390,19 @@ def fit_many(design: Design, problems: Sequence[Problem], max_iter: int, pool: A
     size = max(1, BATCH_BYTES // max(per_fit, 1))
     out: list[SoftmaxFit] = []
     for lo in range(0, len(problems), size):
-        out += _fit_batch(design, problems[lo:lo + size], max_iter, pool)
+        out += _fit_batch(design, problems[lo : lo + size], max_iter, pool)
     return out
 
 
-def fit_one(Z: np.ndarray, y: np.ndarray, k: int, lam: float, init: tuple | None = None,
-            tol: float = 1e-5, max_iter: int = 10000) -> SoftmaxFit:
+def fit_one(
+    Z: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    lam: float,
+    init: tuple | None = None,
+    tol: float = 1e-5,
+    max_iter: int = 10000,
+) -> SoftmaxFit:
     """One fit on all rows of `Z` (codes y in 0..k-1); `init` = (W, b)."""
     return fit_many(Design(Z, np.zeros(len(y), dtype=int), y, k), [Problem((0,), lam, tol, init)], max_iter)[0]
 
@@ -410,8 +423,9 @@ def _fit_batch(design: Design, problems: Sequence[Problem], max_iter: int, pool:
     return [f.result for f in fits]
 
 
-def heldout_logp(design: Design, fits: Sequence[SoftmaxFit], blocks: Sequence[Sequence[int]],
-                 pool: Any = None) -> list[dict[int, np.ndarray]]:
+def heldout_logp(
+    design: Design, fits: Sequence[SoftmaxFit], blocks: Sequence[Sequence[int]], pool: Any = None
+) -> list[dict[int, np.ndarray]]:
     """Log-probabilities (float64, absent classes -inf) of each fit on the rows of its
     `blocks`: per fit, {block: (rows of the block, k)}."""
     k = design.k

@@ -99,9 +99,25 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric, stage_sort_key
 from ._linalg import one_blas_thread
 from ._params import check_params
 from ._softmax import Design, Problem, SoftmaxFit, fit_many, heldout_logp
-from ._stats import (LN2, Folds, RowGroups, attribute_groups, bootstrap_classification, confusion,
-                     encode_labels, entropy_bits, group_codes, grouped_folds, groups_identity, percentile_ci,
-                     permute_labels_by_group, prior, resample_seed, scores_from_confusion, scores_from_counts)
+from ._stats import (
+    LN2,
+    Folds,
+    RowGroups,
+    attribute_groups,
+    bootstrap_classification,
+    confusion,
+    encode_labels,
+    entropy_bits,
+    group_codes,
+    grouped_folds,
+    groups_identity,
+    percentile_ci,
+    permute_labels_by_group,
+    prior,
+    resample_seed,
+    scores_from_confusion,
+    scores_from_counts,
+)
 
 # The regularisation grid, owned by the harness (never by a model or dataset plugin, so
 # every model is probed alike: the SUPERB fairness rule). lam is the per-sample L2 weight on
@@ -110,28 +126,28 @@ from ._stats import (LN2, Folds, RowGroups, attribute_groups, bootstrap_classifi
 LAMBDA_GRID: tuple[float, ...] = tuple(float(10.0 ** (-k / 2)) for k in range(11))
 
 DEFAULT_PARAMS = {
-    "n_splits": 5,            # outer folds (every sample tested once)
-    "inner_folds": None,      # inner CV folds per outer fold: None = all n_splits - 1; or an even number of neighbours
-    "patience": 1,            # grid steps past the best inner CV cross-entropy before the walk stops
-    "tol": 1e-5,              # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
-    "inner_tol": 1e-4,        # the same bound for the inner fits, which only rank lam
-    "max_iter": 10000,        # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
-    "n_bootstrap": 1000,      # group resamples of the held-out predictions for the CIs (science.md §8)
-    "control": True,          # the control task: labels permuted across groups, same folds and lam (science.md §1)
-    "n_repeats": 1,           # grouped-CV seeds (each sample tested once per seed); their spread enters the CIs
+    "n_splits": 5,  # outer folds (every sample tested once)
+    "inner_folds": None,  # inner CV folds per outer fold: None = all n_splits - 1; or an even number of neighbours
+    "patience": 1,  # grid steps past the best inner CV cross-entropy before the walk stops
+    "tol": 1e-5,  # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
+    "inner_tol": 1e-4,  # the same bound for the inner fits, which only rank lam
+    "max_iter": 10000,  # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
+    "n_bootstrap": 1000,  # group resamples of the held-out predictions for the CIs (science.md §8)
+    "control": True,  # the control task: labels permuted across groups, same folds and lam (science.md §1)
+    "n_repeats": 1,  # grouped-CV seeds (each sample tested once per seed); their spread enters the CIs
     "retention_chance": "majority",  # chance level c of the retention numbers: majority or uniform
-    "min_samples": 20,        # fewer labelled rows: the attribute is skipped (the reference's 20)
-    "n_jobs": None,           # threads for the fits (None: usable cores, at most 4); results do not depend on it
+    "min_samples": 20,  # fewer labelled rows: the attribute is skipped (the reference's 20)
+    "n_jobs": None,  # threads for the fits (None: usable cores, at most 4); results do not depend on it
 }
 PAPER_PARAMS = {
     "n_splits": 5,
     "train_size": 0.8,
     "random_state": 42,
-    "weight_decay": 1e-4,     # C = 1 / (weight_decay * n_train)
+    "weight_decay": 1e-4,  # C = 1 / (weight_decay * n_train)
     "max_iter": 100,
-    "class_order": "auto",    # auto: rank order for lexical, sorted otherwise; or sorted / declared
+    "class_order": "auto",  # auto: rank order for lexical, sorted otherwise; or sorted / declared
     "n_bootstrap": 1000,
-    "n_jobs": 1,              # 1: the reference's arithmetic exactly; more: splits run concurrently
+    "n_jobs": 1,  # 1: the reference's arithmetic exactly; more: splits run concurrently
 }
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param), checked
@@ -141,11 +157,18 @@ from ._params import Param, declare  # noqa: E402
 
 PARAM_SPECS = declare(
     "probe",
-    n_splits=Param(int, ge=2), inner_folds=Param(int, ge=2, nullable=True), tol=Param(float, gt=0),
-    inner_tol=Param(float, gt=0), max_iter=Param(int, ge=1), n_bootstrap=Param(int, ge=1),
-    retention_chance=Param(str, choices=("majority", "uniform")), min_samples=Param(int, ge=2),
-    n_jobs=Param(int, ge=1, nullable=True), train_size=Param(float, gt=0, lt=1),
-    random_state=Param(int, ge=0, le=2**32 - 1), weight_decay=Param(float, gt=0),
+    n_splits=Param(int, ge=2),
+    inner_folds=Param(int, ge=2, nullable=True),
+    tol=Param(float, gt=0),
+    inner_tol=Param(float, gt=0),
+    max_iter=Param(int, ge=1),
+    n_bootstrap=Param(int, ge=1),
+    retention_chance=Param(str, choices=("majority", "uniform")),
+    min_samples=Param(int, ge=2),
+    n_jobs=Param(int, ge=1, nullable=True),
+    train_size=Param(float, gt=0, lt=1),
+    random_state=Param(int, ge=0, le=2**32 - 1),
+    weight_decay=Param(float, gt=0),
     class_order=Param(str, choices=("auto", "sorted", "declared")),
     control=Param(bool, help="the control task (science.md 1): labels permuted across groups, same folds and lam"),
     n_repeats=Param(int, ge=1, help="grouped-CV seeds; their spread enters the CIs"),
@@ -161,8 +184,8 @@ class Basis:
     (computed in float64, kept in float32: the vectors' own precision)."""
 
     Z32: np.ndarray
-    dim: int       # D of the pooled vectors
-    rank: int      # axes kept (nonzero variance)
+    dim: int  # D of the pooled vectors
+    rank: int  # axes kept (nonzero variance)
 
 
 def stage_basis(X: np.ndarray) -> Basis:
@@ -213,15 +236,20 @@ def inner_pairs(n_splits: int, inner_folds: int | None = None) -> list[tuple[int
     (i +- 1, i +- 2, ...); the fit without i and j serves both i (validated on j) and j
     (validated on i)."""
     if n_splits < 3:
-        raise MchError(f"the default probe needs n_splits >= 3 (its inner CV fits on the folds other "
-                       f"than the outer test fold and a validation fold), not {n_splits}")
+        raise MchError(
+            f"the default probe needs n_splits >= 3 (its inner CV fits on the folds other "
+            f"than the outer test fold and a validation fold), not {n_splits}"
+        )
     if inner_folds is None or inner_folds == n_splits - 1:
         return [(i, j) for i in range(n_splits) for j in range(i + 1, n_splits)]
     if inner_folds % 2 or not 2 <= inner_folds <= n_splits - 1:
-        raise MchError(f"probe parameter inner_folds must be even and between 2 and n_splits - 1 = "
-                       f"{n_splits - 1}, not {inner_folds}")
-    return sorted({tuple(sorted((i, (i + d) % n_splits))) for i in range(n_splits)
-                   for d in range(1, inner_folds // 2 + 1)})
+        raise MchError(
+            f"probe parameter inner_folds must be even and between 2 and n_splits - 1 = "
+            f"{n_splits - 1}, not {inner_folds}"
+        )
+    return sorted(
+        {tuple(sorted((i, (i + d) % n_splits))) for i in range(n_splits) for d in range(1, inner_folds // 2 + 1)}
+    )
 
 
 CONTROL_START_TOL = 1e-3  # bound of the control task's all-rows starting fit (only a starting point)
@@ -236,15 +264,27 @@ def n_workers(n_jobs: Any) -> int:
     if n_jobs is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, min(cores, MAX_DEFAULT_JOBS))
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, float, str)) or not str(n_jobs).isdigit() \
-            or int(n_jobs) < 1:
+    if (
+        isinstance(n_jobs, bool)
+        or not isinstance(n_jobs, (int, float, str))
+        or not str(n_jobs).isdigit()
+        or int(n_jobs) < 1
+    ):
         raise MchError(f"probe parameter n_jobs must be a positive number of threads or null, not {n_jobs!r}")
     return int(n_jobs)
 
 
-def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol: float, max_iter: int,
-                    log: FitLog, inner_tol: float | None = None, inner_folds: int | None = None,
-                    pool: Any = None) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
+def nested_cv_probe(
+    design: Design,
+    grid: tuple[float, ...],
+    patience: int,
+    tol: float,
+    max_iter: int,
+    log: FitLog,
+    inner_tol: float | None = None,
+    inner_folds: int | None = None,
+    pool: Any = None,
+) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
     """Held-out log-probabilities (n, k) of every row (in the design's row order) from its
     outer fold's model, the lam each outer fold chose, and each fold's inner CV curve
     [(lam, CE nats)]. The design's blocks are the outer folds.
@@ -254,8 +294,7 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
     arithmetic, and the result, is the same whatever the number of workers."""
     F, k = design.n_blocks, design.k
     r = design.rank
-    pairs = [p for p in inner_pairs(F, inner_folds)
-             if design.present([j for j in range(F) if j not in p]).sum() >= 2]
+    pairs = [p for p in inner_pairs(F, inner_folds) if design.present([j for j in range(F) if j not in p]).sum() >= 2]
     warm: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     best = [np.inf] * F
     best_lam: list[float] = [grid[0]] * F
@@ -269,8 +308,12 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
         if not any(active):
             break
         jobs = [p for p in pairs if active[p[0]] or active[p[1]]]
-        fits = fit_many(design, [Problem(tuple(j for j in range(F) if j not in p), lam, inner_tol or tol,
-                                         warm.get(p)) for p in jobs], max_iter, pool)
+        fits = fit_many(
+            design,
+            [Problem(tuple(j for j in range(F) if j not in p), lam, inner_tol or tol, warm.get(p)) for p in jobs],
+            max_iter,
+            pool,
+        )
         logps = heldout_logp(design, fits, jobs, pool)  # each pair's fit on its two held-out folds
         nll = np.zeros(F)
         cnt = np.zeros(F)
@@ -283,7 +326,7 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
             for o, v in ((p[0], p[1]), (p[1], p[0])):
                 if not active[o]:
                     continue
-                yv = y[design.start[v]:design.stop[v]]
+                yv = y[design.start[v] : design.stop[v]]
                 seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
                 nll[o] -= lp[v][np.flatnonzero(seen), yv[seen]].sum()
                 cnt[o] += seen.sum()
@@ -304,17 +347,20 @@ def nested_cv_probe(design: Design, grid: tuple[float, ...], patience: int, tol:
                 if stale[o] >= patience:
                     active[o] = False
 
-    outer = fit_many(design, [Problem(tuple(j for j in range(F) if j != o), best_lam[o], tol, best_init[o])
-                              for o in range(F)], max_iter, pool)
+    outer = fit_many(
+        design,
+        [Problem(tuple(j for j in range(F) if j != o), best_lam[o], tol, best_init[o]) for o in range(F)],
+        max_iter,
+        pool,
+    )
     logp = np.full((len(y), k), np.nan)
     for o, (fit, lp) in enumerate(zip(outer, heldout_logp(design, outer, [(o,) for o in range(F)], pool), strict=True)):
         log.add(fit)
-        logp[design.start[o]:design.stop[o]] = lp[o]
+        logp[design.start[o] : design.stop[o]] = lp[o]
     return logp, best_lam, curves
 
 
-def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_boot: int,
-                    seed: int) -> dict[str, Any]:
+def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_boot: int, seed: int) -> dict[str, Any]:
     """Pooled held-out scores with row-bootstrap CIs (I_probe here is H(Y) - CE; the default
     protocol uses `heldout_replicates`)."""
     pred = logp.argmax(1)
@@ -348,8 +394,9 @@ def null_nll_bits(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def heldout_replicates(y: np.ndarray, k: int, h_bits: float, runs: list[dict[str, np.ndarray]],
-                       w: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def heldout_replicates(
+    y: np.ndarray, k: int, h_bits: float, runs: list[dict[str, np.ndarray]], w: np.ndarray
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Point values and group-bootstrap replicates of the held-out scores.
 
     `runs` holds one grouped CV per seed (`logp` (n, k), `null` (n,) bits); the point value is
@@ -357,8 +404,15 @@ def heldout_replicates(y: np.ndarray, k: int, h_bits: float, runs: list[dict[str
     `w` (B, n): the shared group resamples as row weights. i_probe_bits = CE_null - CE
     (V-information); i_probe_prior_bits = H(Y) - CE (the prior's entropy held fixed)."""
     R, B = len(runs), w.shape[0]
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "cross_entropy_bits", "null_cross_entropy_bits",
-            "i_probe_bits", "i_probe_prior_bits")
+    keys = (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "cross_entropy_bits",
+        "null_cross_entropy_bits",
+        "i_probe_bits",
+        "i_probe_prior_bits",
+    )
     points = {key: [] for key in keys}
     reps = {key: np.full(B, np.nan) for key in keys}
     for r, run in enumerate(runs):
@@ -374,9 +428,9 @@ def heldout_replicates(y: np.ndarray, k: int, h_bits: float, runs: list[dict[str
         M[np.arange(len(y)), 2 * k + pred] = 1.0
         M[:, 3 * k], M[:, 3 * k + 1] = nll, run["null"]
         S = (w if R == 1 else w[sel]) @ M
-        rp = dict(scores_from_counts(S[:, :k], S[:, k:2 * k], S[:, 2 * k:3 * k]))
+        rp = dict(scores_from_counts(S[:, :k], S[:, k : 2 * k], S[:, 2 * k : 3 * k]))
         with np.errstate(invalid="ignore", divide="ignore"):
-            tot = S[:, k:2 * k].sum(1)  # NaN where a resample drew none of these rows
+            tot = S[:, k : 2 * k].sum(1)  # NaN where a resample drew none of these rows
             rp["cross_entropy_bits"], rp["null_cross_entropy_bits"] = S[:, 3 * k] / tot, S[:, 3 * k + 1] / tot
         for d in (pt, rp):
             d["i_probe_bits"] = d["null_cross_entropy_bits"] - d["cross_entropy_bits"]
@@ -387,8 +441,9 @@ def heldout_replicates(y: np.ndarray, k: int, h_bits: float, runs: list[dict[str
     return {key: float(np.mean(v)) for key, v in points.items()}, reps
 
 
-def control_labels(y: np.ndarray, codes: np.ndarray, folds: list[Folds], k: int, seed: int,
-                   tries: int = 100) -> np.ndarray | None:
+def control_labels(
+    y: np.ndarray, codes: np.ndarray, folds: list[Folds], k: int, seed: int, tries: int = 100
+) -> np.ndarray | None:
     """The control task's labels (Hewitt & Liang 2019, science.md §1): `y` permuted across
     groups with the group structure kept, drawn until every outer training part holds every
     class (the probe's own folds are used); None if no draw does."""
@@ -400,8 +455,9 @@ def control_labels(y: np.ndarray, codes: np.ndarray, folds: list[Folds], k: int,
     return None
 
 
-def control_logp(design: Design, y_ctrl: np.ndarray, lams: list[float], tol: float, max_iter: int, log: FitLog,
-                 pool: Any = None) -> np.ndarray:
+def control_logp(
+    design: Design, y_ctrl: np.ndarray, lams: list[float], tol: float, max_iter: int, log: FitLog, pool: Any = None
+) -> np.ndarray:
     """Held-out log-probabilities (design row order) of the probe on the control labels
     `y_ctrl` (caller's row order): the same folds, each outer fold fitted at the lam the real
     labels chose there (no inner CV of its own). The design's vectors are shared."""
@@ -418,20 +474,25 @@ def control_logp(design: Design, y_ctrl: np.ndarray, lams: list[float], tol: flo
     lam0 = float(np.exp(np.mean(np.log(lams))))
     start = fit_many(cd, [Problem(tuple(range(F)), lam0, max(tol, CONTROL_START_TOL))], max_iter, pool)[0]
     log.add(start)
-    fits = fit_many(cd, [Problem(tuple(j for j in range(F) if j != o), lams[o], tol, (start.W, start.b))
-                         for o in range(F)], max_iter, pool)
+    fits = fit_many(
+        cd,
+        [Problem(tuple(j for j in range(F) if j != o), lams[o], tol, (start.W, start.b)) for o in range(F)],
+        max_iter,
+        pool,
+    )
     logp = np.full((len(cd.y), k), np.nan)
     for o, (fit, lp) in enumerate(zip(fits, heldout_logp(cd, fits, [(o,) for o in range(F)], pool), strict=True)):
         log.add(fit)
-        logp[design.start[o]:design.stop[o]] = lp[o]
+        logp[design.start[o] : design.stop[o]] = lp[o]
     return logp
 
 
 # --------------------------------------------------------------------------- paper protocol
 
 
-def paper_split(X: np.ndarray, rows: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
-                weight_decay: float, max_iter: int) -> dict[str, Any]:
+def paper_split(
+    X: np.ndarray, rows: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, weight_decay: float, max_iter: int
+) -> dict[str, Any]:
     """The reference's procedure on one split: scaler on train, lbfgs. `X` holds the stage's
     float32 vectors, `rows` the probed rows (y[i] labels X[rows[i]]), `tr`/`te` index y. The
     caller silences warnings (the reference does; `catch_warnings` is not thread-safe)."""
@@ -451,10 +512,15 @@ def paper_split(X: np.ndarray, rows: np.ndarray, y: np.ndarray, tr: np.ndarray, 
     proba[:, clf.classes_] = clf.predict_proba(xte)
     with np.errstate(divide="ignore"):
         nll_bits = -np.log2(proba[np.arange(len(te)), y[te]])
-    return {"accuracy": float(accuracy_score(y[te], pred)),
-            "f1_macro": float(f1_score(y[te], pred, average="macro", zero_division=0)),
-            "n_iter": int(np.max(clf.n_iter_)), "pred": pred, "nll_bits": nll_bits,
-            "n_train": int(len(tr)), "n_test": int(len(te))}
+    return {
+        "accuracy": float(accuracy_score(y[te], pred)),
+        "f1_macro": float(f1_score(y[te], pred, average="macro", zero_division=0)),
+        "n_iter": int(np.max(clf.n_iter_)),
+        "pred": pred,
+        "nll_bits": nll_bits,
+        "n_train": int(len(tr)),
+        "n_test": int(len(te)),
+    }
 
 
 def paper_splits(y: np.ndarray, n_splits: int, train_size: float, random_state: int):
@@ -501,8 +567,14 @@ def _ci(reps: np.ndarray | None, level: float = 0.95) -> tuple[float | None, flo
     return percentile_ci(reps, level)
 
 
-def attribute_level(attr: str, c: float, acc: dict[str, float], reps: dict[str, np.ndarray] | None = None,
-                    n: int | None = None, n_groups: int | None = None) -> list[Metric]:
+def attribute_level(
+    attr: str,
+    c: float,
+    acc: dict[str, float],
+    reps: dict[str, np.ndarray] | None = None,
+    n: int | None = None,
+    n_groups: int | None = None,
+) -> list[Metric]:
     """The retention numbers across stages, each under its own name (science.md §1), and the
     chance level c they use (`chance_retention`), so that a reader sees the c of each number.
     With `reps` (stage -> accuracy replicates on the shared group resamples) each number gets
@@ -524,8 +596,9 @@ def attribute_level(attr: str, c: float, acc: dict[str, float], reps: dict[str, 
                 rep = np.where(r_ad - c > 1e-3, 100 * (r_fi - c) / (r_ad - c), np.nan)
         out.append(metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, rep))
     if a_fi is not None:
-        out.append(metric("final_over_chance", a_fi / c if c > 0 else None,
-                          r_fi / c if r_fi is not None and c > 0 else None))
+        out.append(
+            metric("final_over_chance", a_fi / c if c > 0 else None, r_fi / c if r_fi is not None and c > 0 else None)
+        )
     if a_en is not None and a_fi is not None:
         rep = _retention(r_en, c) - _retention(r_fi, c) if r_en is not None and r_fi is not None else None
         out.append(metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), rep))
@@ -536,8 +609,10 @@ def d_over_n_note(attr: str, n: int, dims: dict[str, int]) -> str:
     """The note every default probe record carries (science.md §1)."""
     ds = sorted(set(dims.values()))
     d = str(ds[0]) if len(ds) == 1 else f"{ds[0]}-{ds[-1]} by stage"
-    return (f"{attr}: I_probe is a lower bound on I(Y; h) whose looseness grows with d/N (d = {d}, N = {n} rows): "
-            f"a linear probe fitted on N rows of d dimensions leaves information unfound as d/N grows")
+    return (
+        f"{attr}: I_probe is a lower bound on I(Y; h) whose looseness grows with d/N (d = {d}, N = {n} rows): "
+        f"a linear probe fitted on N rows of d dimensions leaves information unfound as d/N grows"
+    )
 
 
 @dataclass
@@ -549,8 +624,8 @@ class AttrPlan:
     chance: dict[str, float]
     h: float
     info: dict[str, Any]
-    groups: RowGroups            # bootstrap groups of the probed rows (science.md §8)
-    y_ctrl: np.ndarray | None    # control-task labels, or None (control off or impossible)
+    groups: RowGroups  # bootstrap groups of the probed rows (science.md §8)
+    y_ctrl: np.ndarray | None  # control-task labels, or None (control off or impossible)
     accs: dict[str, float]
     acc_reps: dict[str, np.ndarray]
     weights: np.ndarray | None = None  # (B, n) row weights of the shared resamples, made once
@@ -576,8 +651,9 @@ class Probe(Analysis):
 
         def probeable(p: dict[str, Any], counts: list[int]) -> bool:  # _run_default's skip rule
             kept = [c for c in counts if c >= 2]  # classes with one member are dropped
-            return (len(kept) >= 2 and sum(kept) >= max(p["min_samples"], 2 * p["n_splits"])
-                    and max(kept) >= p["n_splits"])
+            return (
+                len(kept) >= 2 and sum(kept) >= max(p["min_samples"], 2 * p["n_splits"]) and max(kept) >= p["n_splits"]
+            )
 
         counts = {}
         for a, spec in attributes.items():
@@ -587,10 +663,12 @@ class Probe(Analysis):
             return
         if any(probeable(DEFAULT_PARAMS, c) for c in counts.values()):
             largest = max((max(c) for c in counts.values() if c), default=0)
-            raise MchError(f"analysis 'probe': n_splits={params['n_splits']} and min_samples={params['min_samples']} "
-                           f"leave no attribute to probe on these {len(samples)} samples (an attribute needs "
-                           f"max(min_samples, 2 n_splits) labelled rows and a class of n_splits; the largest class "
-                           f"has {largest}); lower --param probe.n_splits or probe.min_samples")
+            raise MchError(
+                f"analysis 'probe': n_splits={params['n_splits']} and min_samples={params['min_samples']} "
+                f"leave no attribute to probe on these {len(samples)} samples (an attribute needs "
+                f"max(min_samples, 2 n_splits) labelled rows and a class of n_splits; the largest class "
+                f"has {largest}); lower --param probe.n_splits or probe.min_samples"
+            )
 
     def run(self, ctx) -> AnalysisOutput:
         params = {**self.default_params(ctx.protocol), **ctx.params}
@@ -609,35 +687,54 @@ class Probe(Analysis):
         inner_folds = None if p["inner_folds"] is None else int(p["inner_folds"])
         inner_pairs(int(p["n_splits"]), inner_folds)  # bad fold counts fail before any work
         if p["retention_chance"] not in ("majority", "uniform"):
-            raise MchError(f"probe parameter retention_chance must be majority or uniform, not {p['retention_chance']!r}")
+            raise MchError(
+                f"probe parameter retention_chance must be majority or uniform, not {p['retention_chance']!r}"
+            )
         if not isinstance(p["control"], bool):
             raise MchError(f"probe parameter control must be true or false, not {p['control']!r}")
         if isinstance(p["n_repeats"], bool) or not str(p["n_repeats"]).isdigit() or int(p["n_repeats"]) < 1:
-            raise MchError(f"probe parameter n_repeats must be a positive number of grouped-CV seeds, "
-                           f"not {p['n_repeats']!r}")
+            raise MchError(
+                f"probe parameter n_repeats must be a positive number of grouped-CV seeds, not {p['n_repeats']!r}"
+            )
         n_rep = int(p["n_repeats"])
-        out = AnalysisOutput(summary={"protocol": "default", "lambda_grid": list(LAMBDA_GRID),
-                                      "objective": "mean cross-entropy + lam/2 ||W||^2 on z-scored vectors",
-                                      "standardisation": "over all samples of the run (no labels used)",
-                                      "retention_chance": p["retention_chance"],
-                                      "i_probe": "V-information: CE of the intercept-only model fitted on the same "
-                                                 "training folds minus the probe's CE (held out, bits)",
-                                      "ci": f"percentile, {int(p['n_bootstrap'])} group-bootstrap resamples shared "
-                                            f"with every analysis of the run (science.md §8)",
-                                      "control": bool(p["control"]), "n_repeats": n_rep, "attributes": {}})
+        out = AnalysisOutput(
+            summary={
+                "protocol": "default",
+                "lambda_grid": list(LAMBDA_GRID),
+                "objective": "mean cross-entropy + lam/2 ||W||^2 on z-scored vectors",
+                "standardisation": "over all samples of the run (no labels used)",
+                "retention_chance": p["retention_chance"],
+                "i_probe": "V-information: CE of the intercept-only model fitted on the same "
+                "training folds minus the probe's CE (held out, bits)",
+                "ci": f"percentile, {int(p['n_bootstrap'])} group-bootstrap resamples shared "
+                f"with every analysis of the run (science.md §8)",
+                "control": bool(p["control"]),
+                "n_repeats": n_rep,
+                "attributes": {},
+            }
+        )
         plan: dict[str, AttrPlan] = {}
         for attr, spec in ctx.attributes.items():
             enc = encode_labels(ctx.labels[attr], order=list(spec.classes))
-            info: dict[str, Any] = {"classes": enc.classes, "n": int(len(enc.rows)),
-                                    "n_unlabelled": enc.n_unlabelled, "dropped_classes": enc.dropped}
+            info: dict[str, Any] = {
+                "classes": enc.classes,
+                "n": int(len(enc.rows)),
+                "n_unlabelled": enc.n_unlabelled,
+                "dropped_classes": enc.dropped,
+            }
             out.summary["attributes"][attr] = info
             if enc.dropped:
                 out.notes.append(f"{attr}: dropped {len(enc.dropped)} classes with a single member")
             largest = int(np.bincount(enc.y).max()) if len(enc.y) else 0
-            if len(enc.rows) < max(p["min_samples"], 2 * p["n_splits"]) or len(enc.classes) < 2 \
-                    or largest < int(p["n_splits"]):  # no stratified split into n_splits folds exists
-                info["skipped"] = (f"{len(enc.rows)} usable rows in {len(enc.classes)} classes, the largest with "
-                                   f"{largest} (needs {p['min_samples']} rows and a class of {p['n_splits']})")
+            if (
+                len(enc.rows) < max(p["min_samples"], 2 * p["n_splits"])
+                or len(enc.classes) < 2
+                or largest < int(p["n_splits"])
+            ):  # no stratified split into n_splits folds exists
+                info["skipped"] = (
+                    f"{len(enc.rows)} usable rows in {len(enc.classes)} classes, the largest with "
+                    f"{largest} (needs {p['min_samples']} rows and a class of {p['n_splits']})"
+                )
                 out.notes.append(f"{attr}: skipped ({info['skipped']})")
                 continue
             groups = ctx.groups.get(attr)
@@ -648,24 +745,38 @@ class Probe(Analysis):
             chance = {"uniform": 1.0 / k, "majority": float(np.bincount(enc.y, minlength=k).max() / len(enc.y))}
             h = entropy_bits(prior(enc.y, k))
             rg = attribute_groups(ctx, attr).subset(enc.rows)
-            info.update({"n_classes": k, "split": "grouped" if folds[0].grouped else "stratified",
-                         "split_detail": folds[0].reason, "label_entropy_bits": h,
-                         "chance_uniform": chance["uniform"], "chance_majority": chance["majority"],
-                         "bootstrap_key": rg.key, "n_groups": rg.n_groups, "stages": {}})
+            info.update(
+                {
+                    "n_classes": k,
+                    "split": "grouped" if folds[0].grouped else "stratified",
+                    "split_detail": folds[0].reason,
+                    "label_entropy_bits": h,
+                    "chance_uniform": chance["uniform"],
+                    "chance_majority": chance["majority"],
+                    "bootstrap_key": rg.key,
+                    "n_groups": rg.n_groups,
+                    "stages": {},
+                }
+            )
             if not folds[0].grouped:
-                out.notes.append(f"{attr}: splits are not grouped by {ctx.attributes[attr].group_key!r} "
-                                 f"({folds[0].reason})")
+                out.notes.append(
+                    f"{attr}: splits are not grouped by {ctx.attributes[attr].group_key!r} ({folds[0].reason})"
+                )
             y_ctrl = None
             if p["control"]:
                 codes, _ = group_codes(g_rows, len(enc.y))
                 y_ctrl = control_labels(enc.y, codes, folds, k, resample_seed(ctx.seed, attr, "control"))
-                info["control"] = (f"labels permuted across groups of {spec.group_key!r} (group structure kept), "
-                                   f"same folds, each fold at the lam the real labels chose")
+                info["control"] = (
+                    f"labels permuted across groups of {spec.group_key!r} (group structure kept), "
+                    f"same folds, each fold at the lam the real labels chose"
+                )
                 if y_ctrl is None:
                     info["control"] = "none: no permutation across groups kept every class in every training part"
                     out.notes.append(f"{attr}: no control task ({info['control']})")
-            out.metrics += [Metric("chance_uniform", chance["uniform"], None, attr, n=len(enc.y)),
-                            Metric("chance_majority", chance["majority"], None, attr, n=len(enc.y))]
+            out.metrics += [
+                Metric("chance_uniform", chance["uniform"], None, attr, n=len(enc.y)),
+                Metric("chance_majority", chance["majority"], None, attr, n=len(enc.y)),
+            ]
             out.notes.append(d_over_n_note(attr, len(enc.y), {s: int(np.shape(ctx.reps[s])[1]) for s in stages}))
             plan[attr] = AttrPlan(enc, folds, chance, h, info, rg, y_ctrl, {}, {})
         unconverged: list[str] = []
@@ -677,17 +788,25 @@ class Probe(Analysis):
             pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
             self._fit_stages(ctx, p, stages, plan, unconverged, inner_folds, pool, out)
         for attr, pl in plan.items():
-            out.metrics += attribute_level(attr, pl.chance[p["retention_chance"]], pl.accs,
-                                           pl.acc_reps if pl.groups.n_groups >= 2 else None, len(pl.enc.y),
-                                           pl.groups.n_groups)
+            out.metrics += attribute_level(
+                attr,
+                pl.chance[p["retention_chance"]],
+                pl.accs,
+                pl.acc_reps if pl.groups.n_groups >= 2 else None,
+                len(pl.enc.y),
+                pl.groups.n_groups,
+            )
             if pl.groups.n_groups < 10:
-                out.notes.append(f"{attr}: its CIs rest on {pl.groups.n_groups} groups of {pl.groups.key!r}"
-                                 + (" (none: one group cannot be resampled)" if pl.groups.n_groups < 2 else ""))
+                out.notes.append(
+                    f"{attr}: its CIs rest on {pl.groups.n_groups} groups of {pl.groups.key!r}"
+                    + (" (none: one group cannot be resampled)" if pl.groups.n_groups < 2 else "")
+                )
             out.replicates[("_groups", None, attr)] = groups_identity(ctx, pl.groups)
         out.summary["converged"] = not unconverged
         if unconverged:
-            out.notes.append(f"some fits reached max_iter={p['max_iter']} before the convergence bound: "
-                             + ", ".join(unconverged))
+            out.notes.append(
+                f"some fits reached max_iter={p['max_iter']} before the convergence bound: " + ", ".join(unconverged)
+            )
         return out
 
     def _fit_stages(self, ctx, p, stages, plan, unconverged, inner_folds, pool, out) -> None:
@@ -706,16 +825,29 @@ class Probe(Analysis):
                     for folds in pl.folds:
                         design = Design(basis.Z32, folds.fold, enc.y, k, rows=enc.rows)
                         with one_blas_thread():
-                            logp_d, lams, curves = nested_cv_probe(design, LAMBDA_GRID, int(p["patience"]),
-                                                                   float(p["tol"]), int(p["max_iter"]), log,
-                                                                   float(p["inner_tol"]), inner_folds, pool)
-                            ctrl_d = None if pl.y_ctrl is None else control_logp(
-                                design, pl.y_ctrl, lams, float(p["tol"]), int(p["max_iter"]), clog, pool)
-                        runs.append({"logp": _row_order(logp_d, design),
-                                     "null": null_nll_bits(enc.y, folds.fold, k)})
+                            logp_d, lams, curves = nested_cv_probe(
+                                design,
+                                LAMBDA_GRID,
+                                int(p["patience"]),
+                                float(p["tol"]),
+                                int(p["max_iter"]),
+                                log,
+                                float(p["inner_tol"]),
+                                inner_folds,
+                                pool,
+                            )
+                            ctrl_d = (
+                                None
+                                if pl.y_ctrl is None
+                                else control_logp(
+                                    design, pl.y_ctrl, lams, float(p["tol"]), int(p["max_iter"]), clog, pool
+                                )
+                            )
+                        runs.append({"logp": _row_order(logp_d, design), "null": null_nll_bits(enc.y, folds.fold, k)})
                         if ctrl_d is not None:
-                            ctrl_runs.append({"logp": _row_order(ctrl_d, design),
-                                              "null": null_nll_bits(pl.y_ctrl, folds.fold, k)})
+                            ctrl_runs.append(
+                                {"logp": _row_order(ctrl_d, design), "null": null_nll_bits(pl.y_ctrl, folds.fold, k)}
+                            )
                         lam_runs.append(lams)
                         curve_runs.append(curves)
                         del design
@@ -729,15 +861,23 @@ class Probe(Analysis):
                     pl.info["stages"][stage] = {
                         "lambda": lam_runs[0] if len(lam_runs) == 1 else lam_runs,
                         "inner_cv": curve_runs[0] if len(curve_runs) == 1 else curve_runs,
-                        "rank": basis.rank, "dim": basis.dim,
+                        "rank": basis.rank,
+                        "dim": basis.dim,
                         "null_cross_entropy_bits": pt["null_cross_entropy_bits"],
-                        "fits": log.n_fits, "converged": log.n_converged == log.n_fits,
-                        "n_unconverged": log.n_fits - log.n_converged, "max_evals": log.max_evals,
-                        "total_evals": log.n_evals, "max_gap_bound_nats": log.max_gap}
+                        "fits": log.n_fits,
+                        "converged": log.n_converged == log.n_fits,
+                        "n_unconverged": log.n_fits - log.n_converged,
+                        "max_evals": log.max_evals,
+                        "total_evals": log.n_evals,
+                        "max_gap_bound_nats": log.max_gap,
+                    }
                     if ctrl_runs:
                         pl.info["stages"][stage]["control_fits"] = {
-                            "fits": clog.n_fits, "converged": clog.n_converged == clog.n_fits,
-                            "total_evals": clog.n_evals, "max_gap_bound_nats": clog.max_gap}
+                            "fits": clog.n_fits,
+                            "converged": clog.n_converged == clog.n_fits,
+                            "total_evals": clog.n_evals,
+                            "max_gap_bound_nats": clog.max_gap,
+                        }
                     if log.n_converged < log.n_fits or clog.n_converged < clog.n_fits:
                         unconverged.append(f"{attr}@{stage}" + (" (control)" if log.n_converged == log.n_fits else ""))
                     advance(1)
@@ -752,20 +892,32 @@ class Probe(Analysis):
             lo, hi = _ci(rep) if ng >= 2 else (None, None)  # one group: nothing to resample
             return Metric(name, value, stage, attr, lo, hi, n, ng if lo is not None else None)
 
-        out.metrics += [m(key, pt[key], reps[key]) for key in
-                        ("accuracy", "balanced_accuracy", "macro_f1", "cross_entropy_bits", "i_probe_bits",
-                         "i_probe_prior_bits")]
+        out.metrics += [
+            m(key, pt[key], reps[key])
+            for key in (
+                "accuracy",
+                "balanced_accuracy",
+                "macro_f1",
+                "cross_entropy_bits",
+                "i_probe_bits",
+                "i_probe_prior_bits",
+            )
+        ]
         out.metrics.append(m("retention_ratio", _retention(pt["accuracy"], c), _retention(reps["accuracy"], c)))
         for key in ("accuracy", "i_probe_bits"):
             out.replicates[(key, stage, attr)] = reps[key]
         if ctrl_runs:
             cpt, creps = heldout_replicates(pl.y_ctrl, len(pl.enc.classes), pl.h, ctrl_runs, w)
-            out.metrics += [m("control_accuracy", cpt["accuracy"], creps["accuracy"]),
-                            m("control_i_probe_bits", cpt["i_probe_bits"], creps["i_probe_bits"]),
-                            m("selectivity", pt["accuracy"] - cpt["accuracy"], reps["accuracy"] - creps["accuracy"])]
+            out.metrics += [
+                m("control_accuracy", cpt["accuracy"], creps["accuracy"]),
+                m("control_i_probe_bits", cpt["i_probe_bits"], creps["i_probe_bits"]),
+                m("selectivity", pt["accuracy"] - cpt["accuracy"], reps["accuracy"] - creps["accuracy"]),
+            ]
             if pt["i_probe_bits"] <= cpt["i_probe_bits"]:
-                out.notes.append(f"{attr}@{stage}: I_probe {pt['i_probe_bits']:.3f} bits does not exceed its control "
-                                 f"task's {cpt['i_probe_bits']:.3f}: no evidence of information present")
+                out.notes.append(
+                    f"{attr}@{stage}: I_probe {pt['i_probe_bits']:.3f} bits does not exceed its control "
+                    f"task's {cpt['i_probe_bits']:.3f}: no evidence of information present"
+                )
 
     # ------------------------------------------------------------------ paper
     def _run_paper(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
@@ -779,8 +931,14 @@ class Probe(Analysis):
                 continue
             splits = paper_splits(enc.y, int(p["n_splits"]), float(p["train_size"]), int(p["random_state"]))
             k = len(enc.classes)
-            out.summary["attributes"][attr] = {"classes": enc.classes, "n": int(len(enc.rows)), "n_classes": k,
-                                               "dropped_classes": enc.dropped, "chance": 1.0 / k, "stages": {}}
+            out.summary["attributes"][attr] = {
+                "classes": enc.classes,
+                "n": int(len(enc.rows)),
+                "n_classes": k,
+                "dropped_classes": enc.dropped,
+                "chance": 1.0 / k,
+                "stages": {},
+            }
             out.metrics.append(Metric("chance_uniform", 1.0 / k, None, attr, n=len(enc.y)))
             out.notes.append(d_over_n_note(attr, len(enc.y), {s: int(np.shape(ctx.reps[s])[1]) for s in stages}))
             plan[attr] = (enc, splits)
@@ -799,17 +957,20 @@ class Probe(Analysis):
             if workers > 1:
                 stack.enter_context(one_blas_thread())
                 pool = stack.enter_context(ThreadPoolExecutor(workers))
-            advance = stack.enter_context(ctx.progress.task(
-                "probe (paper)", len(stages) * sum(len(sp) for _, sp in plan.values())))
+            advance = stack.enter_context(
+                ctx.progress.task("probe (paper)", len(stages) * sum(len(sp) for _, sp in plan.values()))
+            )
             for stage in stages:
                 self._paper_stage(ctx, p, stage, plan, accs, pool, wd, mi, out, advance)
         for attr, (enc, _) in plan.items():
             out.metrics += attribute_level(attr, 1.0 / len(enc.classes), accs[attr])
         if plan:
-            out.notes.append("paper: each CI averages the row-bootstrap replicates of the 5 splits' test rows as if "
-                             "the splits were independent; the 80/20 splits overlap (they share rows), so the "
-                             "intervals understate the estimator's spread (kept as a reference number; the default "
-                             "protocol's CIs resample groups, science.md §8)")
+            out.notes.append(
+                "paper: each CI averages the row-bootstrap replicates of the 5 splits' test rows as if "
+                "the splits were independent; the 80/20 splits overlap (they share rows), so the "
+                "intervals understate the estimator's spread (kept as a reference number; the default "
+                "protocol's CIs resample groups, science.md §8)"
+            )
         return out
 
     def _paper_stage(self, ctx, p, stage, plan, accs, pool, wd, mi, out, advance) -> None:
@@ -818,7 +979,7 @@ class Probe(Analysis):
         jobs = [(attr, tr, te) for attr, (_, splits) in plan.items() for tr, te in splits]
         fits = []
         fit = lambda j: paper_split(X, plan[j[0]][0].rows, plan[j[0]][0].y, j[1], j[2], wd, mi)  # noqa: E731
-        for f in (pool.map(fit, jobs) if pool is not None else map(fit, jobs)):  # in submission order
+        for f in pool.map(fit, jobs) if pool is not None else map(fit, jobs):  # in submission order
             fits.append(f)
             advance(1)
         for attr, (enc, splits) in plan.items():
@@ -831,8 +992,10 @@ class Probe(Analysis):
             ce = np.array([s["nll_bits"].mean() for s in per])
             h = entropy_bits(prior(enc.y, k))
             # extra: CIs from resampling each split's test rows (the reference has none)
-            reps = [bootstrap_classification(enc.y[te], s["pred"], s["nll_bits"], k, int(p["n_bootstrap"]),
-                                             ctx.seed + i) for i, ((_, te), s) in enumerate(zip(splits, per, strict=True))]
+            reps = [
+                bootstrap_classification(enc.y[te], s["pred"], s["nll_bits"], k, int(p["n_bootstrap"]), ctx.seed + i)
+                for i, ((_, te), s) in enumerate(zip(splits, per, strict=True))
+            ]
             acc_ci = percentile_ci(np.mean([r["accuracy"] for r in reps], axis=0))
             ce_rep = np.mean([r["cross_entropy_bits"] for r in reps], axis=0)
             n_test = per[0]["n_test"]
@@ -840,17 +1003,32 @@ class Probe(Analysis):
                 Metric("accuracy", float(a.mean()), stage, attr, *acc_ci, n_test),
                 Metric("std_accuracy", float(a.std(ddof=1)), stage, attr),
                 Metric("macro_f1", float(f1.mean()), stage, attr, n=n_test),
-                Metric("retention_ratio", float(ret.mean()), stage, attr,
-                       _retention(acc_ci[0], chance), _retention(acc_ci[1], chance), n_test),
+                Metric(
+                    "retention_ratio",
+                    float(ret.mean()),
+                    stage,
+                    attr,
+                    _retention(acc_ci[0], chance),
+                    _retention(acc_ci[1], chance),
+                    n_test,
+                ),
                 Metric("cross_entropy_bits", float(ce.mean()), stage, attr, *percentile_ci(ce_rep), n_test),
                 Metric("i_probe_bits", float(h - ce.mean()), stage, attr, *percentile_ci(h - ce_rep), n_test),
             ]
             accs[attr][stage] = float(a.mean())
             out.summary["attributes"][attr]["stages"][stage] = {
-                "accuracies": a.tolist(), "f1_macro": f1.tolist(), "retention": ret.tolist(),
-                "mean_accuracy": float(a.mean()), "std_accuracy": float(a.std(ddof=1)),
-                "mean_retention": float(ret.mean()), "std_retention": float(ret.std(ddof=1)),
-                "mean_f1": float(f1.mean()), "chance": chance, "n_classes": k,
-                "n_train": per[0]["n_train"], "n_test": n_test,
+                "accuracies": a.tolist(),
+                "f1_macro": f1.tolist(),
+                "retention": ret.tolist(),
+                "mean_accuracy": float(a.mean()),
+                "std_accuracy": float(a.std(ddof=1)),
+                "mean_retention": float(ret.mean()),
+                "std_retention": float(ret.std(ddof=1)),
+                "mean_f1": float(f1.mean()),
+                "chance": chance,
+                "n_classes": k,
+                "n_train": per[0]["n_train"],
+                "n_test": n_test,
                 "n_iter": [s["n_iter"] for s in per],
-                "converged": all(s["n_iter"] < int(p["max_iter"]) for s in per)}
+                "converged": all(s["n_iter"] < int(p["max_iter"]) for s in per),
+            }
