@@ -135,7 +135,7 @@ def test_audio_over_30s_is_truncated_like_the_processor(plugin):
 def _manual_logp(plugin, sample, prompt, cont_ids, view):
     if view == "modal":
         wav, sr = sample.media
-        from mch.plugins.models.qwen2audio import resample
+        from mch.plugins.models._hf_common import resample
 
         enc = plugin.processor(text=prompt, audio=resample(wav, sr, 16000), sampling_rate=16000, return_tensors="pt")
         ids = torch.cat([enc["input_ids"], torch.tensor([cont_ids])], 1)

@@ -423,3 +423,23 @@ def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
 
     g = gcd(int(sr), int(target))
     return resample_poly(wav, target // g, int(sr) // g).astype(np.float32)
+
+
+def mono_waveform(s: Any, model: str, target: int) -> np.ndarray:
+    """A sample's (waveform, sample_rate) media as a mono float32 waveform at `target` Hz; a
+    sample without one is a SampleError naming it (the audio plugins' one reader)."""
+    from mch.api import SampleError
+
+    media = s.media
+    if not (isinstance(media, tuple) and len(media) == 2):
+        raise SampleError(
+            f"sample {s.sample_id}: model {model!r} needs (waveform, sample_rate), got {type(media).__name__}",
+            sample_id=s.sample_id,
+        )
+    wav, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
+    if wav.ndim != 1 or wav.size == 0:
+        raise SampleError(
+            f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
+            sample_id=s.sample_id,
+        )
+    return resample(wav, sr, target)

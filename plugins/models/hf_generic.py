@@ -48,8 +48,8 @@ from ._hf_common import (
     decoder_call,
     load_pretrained,
     locate,
+    mono_waveform,
     require_text,
-    resample,
     text_span,
 )
 from .hf_families import FAMILIES, Family, family_for
@@ -317,20 +317,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
                     sample_id=s.sample_id,
                 )
             return s.media.convert("RGB")
-        media = s.media
-        if not (isinstance(media, tuple) and len(media) == 2):
-            raise SampleError(
-                f"sample {s.sample_id}: model {self.spec.name!r} needs (waveform, sample_rate), got "
-                f"{type(media).__name__}",
-                sample_id=s.sample_id,
-            )
-        wav, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
-        if wav.ndim != 1 or wav.size == 0:
-            raise SampleError(
-                f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
-                sample_id=s.sample_id,
-            )
-        return resample(wav, sr, self.sampling_rate)
+        return mono_waveform(s, self.spec.name, self.sampling_rate)
 
     def _prepare_inputs(
         self,

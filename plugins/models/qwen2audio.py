@@ -54,9 +54,9 @@ from ._hf_common import (
     load_pretrained,
     load_processor,
     locate,
+    mono_waveform,
     positions,
     require_text,
-    resample,
     right_pad,
     text_span,
 )
@@ -165,20 +165,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
 
     # ------------------------------------------------------------------ inputs
     def _waveform(self, s: Sample) -> np.ndarray:
-        media = s.media
-        if not (isinstance(media, tuple) and len(media) == 2):
-            raise SampleError(
-                f"sample {s.sample_id}: model {self.spec.name!r} needs (waveform, sample_rate), got "
-                f"{type(media).__name__}",
-                sample_id=s.sample_id,
-            )
-        wav, sr = np.asarray(media[0], dtype=np.float32), int(media[1])
-        if wav.ndim != 1 or wav.size == 0:
-            raise SampleError(
-                f"sample {s.sample_id}: expected a non-empty mono waveform, got shape {wav.shape}",
-                sample_id=s.sample_id,
-            )
-        return resample(wav, sr, self.sampling_rate)
+        return mono_waveform(s, self.spec.name, self.sampling_rate)
 
     def _prepare_inputs(
         self,
