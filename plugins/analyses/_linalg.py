@@ -282,28 +282,7 @@ def _gram(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
         if want_scores:  # X_c u_k = s_k w_k, in place: W is not needed any more
             W *= sv
             sc = W
-    total, boot_total = _traces(X, mx, counts)
-    ttotal, boot_ttotal = _traces(Y, my, counts)
-    del counts
-    out = Modes(
-        eigenvalues=lam,
-        eigenvectors=U,
-        alpha=tv / lam,
-        text_variance=tv,
-        mean=mx,
-        total_variance=total,
-        text_total_variance=ttotal,
-        rank=rank,
-        dim=d,
-        n_rows=N,
-        n_text_rows=NT,
-        protocol="default",
-        tau=tau,
-        scores=sc,
-    )
-    if n_boot:
-        out.boot = _boot_dict(boot_lam, boot_tv, boot_total, boot_ttotal)
-    return out
+    return _default_modes(X, Y, mx, my, counts, lam, U, tv, rank, tau, sc, boot_lam, boot_tv)
 
 
 def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
@@ -311,7 +290,6 @@ def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
     from scipy.linalg.blas import dsyrk
 
     N, d = X.shape
-    NT = Y.shape[0]
     mx, my = column_mean(X), column_mean(Y)
     S = np.zeros((d, d), order="F")
     for s in _blocks(N, 4 * BLOCK):
@@ -339,26 +317,32 @@ def _cov(X, Y, tau, rel_tol, n_boot, seed, vectors, want_scores) -> Modes:
             if counts is not None:
                 s1m += counts[:, s] @ PM
                 s2m += counts[:, s] @ (PM * PM)
+    boot_lam = (s2m - s1m * s1m / N) / (N - 1) if counts is not None else None
+    return _default_modes(X, Y, mx, my, counts, lam, U if vectors else None, tv, rank, tau, sc, boot_lam, boot_tv)
+
+
+def _default_modes(X, Y, mx, my, counts, lam, U, tv, rank, tau, sc, boot_lam, boot_tv) -> Modes:
+    """The default protocol's `Modes` from either solver's eigenpairs (`_gram`, `_cov`): the
+    traces of both laws and, with bootstrap counts, the replicates."""
     total, boot_total = _traces(X, mx, counts)
     ttotal, boot_ttotal = _traces(Y, my, counts)
     out = Modes(
         eigenvalues=lam,
-        eigenvectors=U if vectors else None,
+        eigenvectors=U,
         alpha=tv / lam,
         text_variance=tv,
         mean=mx,
         total_variance=total,
         text_total_variance=ttotal,
         rank=rank,
-        dim=d,
-        n_rows=N,
-        n_text_rows=NT,
+        dim=X.shape[1],
+        n_rows=X.shape[0],
+        n_text_rows=Y.shape[0],
         protocol="default",
         tau=tau,
         scores=sc,
     )
     if counts is not None:
-        boot_lam = (s2m - s1m * s1m / N) / (N - 1)
         out.boot = _boot_dict(boot_lam, boot_tv, boot_total, boot_ttotal)
     return out
 
