@@ -18,9 +18,46 @@ from typing import Any
 
 import numpy as np
 
-from mch.api import MchError, Sample
+from mch.api import MchError, Param, Sample
+
+from ._params import TEXT_STAGE
+from ._split import SPLIT_SPECS, check_split_params, split_defaults
 
 PAPER_SEED = 42  # the reference's numpy default_rng(42) (random modes, swap donors)
+
+
+# --------------------------------------------------------------------------- parameters
+
+RANDOM_SEED = Param(int, ge=0, le=2**32 - 1, nullable=True)  # None: the run seed (`random_seed`)
+
+
+def causal_specs(**own: Param) -> dict[str, Param]:
+    """An analysis's own parameter declarations beside those the causal tests share (which
+    samples, how many modes, the text stage, batching, the bootstrap and the run's split)."""
+    shared = {
+        "n_samples": Param(int, ge=1, nullable=True),
+        "n_modes": Param(int, ge=1, nullable=True),
+        "text_stage": TEXT_STAGE,
+        "batch_size": Param(int, ge=1),
+        "n_boot": Param(int, ge=1),
+    }
+    return {**shared, **own, **SPLIT_SPECS}
+
+
+def causal_defaults(protocol: str) -> dict[str, Any]:
+    """The defaults the causal tests share: 200 samples, batches of 8, 2000 resamples, the
+    protocol's text stage; paper: the top-100 modes at raw α < 0.5; default: the run's split."""
+    if protocol == "paper":
+        modes: dict[str, Any] = {"n_modes": 100, "threshold": 0.5, "alpha_scale": "none"}
+    else:
+        modes = {"n_modes": None, **split_defaults()}
+    return {"n_samples": 200, **modes, "text_stage": None, "batch_size": 8, "n_boot": 2000}
+
+
+def random_seed(ctx: Any) -> int:
+    """The seed of an analysis's random draws (directions, donors): `random_seed` or the run's."""
+    p = ctx.params
+    return int(p["random_seed"]) if p.get("random_seed") is not None else int(ctx.seed)
 
 
 # --------------------------------------------------------------------------- eigenmodes
@@ -180,6 +217,26 @@ def _split_modes(ctx: Any, Xs: Any, Ts: Any, text_stage: str, n_modes: int | Non
         threshold=float(sp.params["tau"]),
         alpha_scale=str(sp.params["alpha_scale"]),
         split=sp.record(),
+    )
+
+
+def modes_for(ctx: Any, analysis: str, quirk_final: bool = False) -> Modes:
+    """The modes `analysis` intervenes on, from its parameters (`ctx.params`): under default
+    the split's parameters checked first; the protocol's text stage unless `text_stage` names
+    one (`text_stage_for`); then `compute_modes`."""
+    p, protocol = ctx.params, ctx.protocol
+    if protocol != "paper":
+        check_split_params(p, analysis)
+    stage = text_stage_for(ctx, protocol, p.get("text_stage"), quirk_final)
+    return compute_modes(
+        ctx,
+        protocol,
+        stage,
+        p.get("n_modes"),
+        float(p.get("threshold", p.get("tau", 0.5))),
+        str(p["alpha_scale"]),
+        analysis=analysis,
+        params=p,
     )
 
 

@@ -39,22 +39,24 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._causal import (  # group bootstrap (science.md §8)
     PAPER_SEED,
+    RANDOM_SEED,
     Modes,
     batches,
-    compute_modes,
+    causal_defaults,
+    causal_specs,
     digest,
     edit_adapter,
     finite,
     grouped,
     ids_digest,
     mean_ci,
+    modes_for,
+    random_seed,
     ratio_of_means_pct,
     sample_groups,
     select_samples,
-    text_stage_for,
 )
 from ._params import as_list, check_params
-from ._split import check_split_params, split_defaults
 
 CONDITIONS = (
     "ms_all",
@@ -143,19 +145,10 @@ def make_edit(d: Directions, mean: np.ndarray, mean_preserving: bool, device: An
 
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
-from ._params import TEXT_STAGE, Param, declare  # noqa: E402
-from ._split import SPLIT_SPECS  # noqa: E402
+from ._params import Param, declare  # noqa: E402
 
 PARAM_SPECS = declare(
-    "ablation",
-    conditions=Param(list, items=str, choices=CONDITIONS),
-    n_samples=Param(int, ge=1, nullable=True),
-    n_modes=Param(int, ge=1, nullable=True),
-    text_stage=TEXT_STAGE,
-    batch_size=Param(int, ge=1),
-    random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True),
-    n_boot=Param(int, ge=1),
-    **SPLIT_SPECS,
+    "ablation", **causal_specs(conditions=Param(list, items=str, choices=CONDITIONS), random_seed=RANDOM_SEED)
 )
 
 
@@ -168,46 +161,23 @@ class Ablation(Analysis):
         if protocol == "paper":
             return {
                 "conditions": ["ms_all", "ta_matched", "random_matched"],
-                "n_samples": 200,
-                "n_modes": 100,
-                "threshold": 0.5,
-                "alpha_scale": "none",
+                **causal_defaults(protocol),
                 "mean_preserving": False,
-                "text_stage": None,
-                "batch_size": 8,
                 "random_seed": PAPER_SEED,
-                "n_boot": 2000,
             }
         return {
             "conditions": ["ms_all", "ms_variance_matched", "ta_variance_matched", "random_variance_matched"],
-            "n_samples": 200,
-            "n_modes": None,
-            **split_defaults(),
+            **causal_defaults(protocol),
             "mean_preserving": True,
-            "text_stage": None,
-            "batch_size": 8,
             "random_seed": None,
-            "n_boot": 2000,
         }
 
     def run(self, ctx: Any) -> AnalysisOutput:
         p, protocol = ctx.params, ctx.protocol
         check_params(self.name, p, self.default_params(protocol))
         conds = as_list(p["conditions"])
-        seed = int(p["random_seed"]) if p.get("random_seed") is not None else int(ctx.seed)
-        stage = text_stage_for(ctx, protocol, p.get("text_stage"))
-        if protocol != "paper":
-            check_split_params(p, self.name)
-        modes = compute_modes(
-            ctx,
-            protocol,
-            stage,
-            p.get("n_modes"),
-            float(p.get("threshold", p.get("tau", 0.5))),
-            str(p["alpha_scale"]),
-            analysis=self.name,
-            params=p,
-        )
+        seed = random_seed(ctx)
+        modes = modes_for(ctx, self.name)
         dirs = [directions(c, modes, seed) for c in conds]
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]

@@ -42,19 +42,19 @@ from ._causal import (  # group bootstrap (science.md §8)
     adapter_pool,
     batches,
     bootstrap,
-    compute_modes,
+    causal_defaults,
+    causal_specs,
     edit_adapter,
     finite,
     frozen,
     grouped,
     ids_digest,
+    modes_for,
     sample_groups,
     select_samples,
-    text_stage_for,
 )
 from ._linalg import ci
 from ._params import check_params
-from ._split import check_split_params, split_defaults
 
 
 def _stats(proj: np.ndarray, ms: np.ndarray, alpha: np.ndarray) -> tuple[float, float, float, float]:
@@ -91,19 +91,9 @@ def weighted_stats(dots: np.ndarray, lam: np.ndarray, ms: np.ndarray, alpha: np.
 
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
-from ._params import TEXT_STAGE, Param, declare  # noqa: E402
-from ._split import SPLIT_SPECS  # noqa: E402
+from ._params import Param, declare  # noqa: E402
 
-PARAM_SPECS = declare(
-    "gradient",
-    n_samples=Param(int, ge=1, nullable=True),
-    n_modes=Param(int, ge=1, nullable=True),
-    text_stage=TEXT_STAGE,
-    batch_size=Param(int, ge=1),
-    n_boot=Param(int, ge=1),
-    functional_mass=Param(float, gt=0, le=1),
-    **SPLIT_SPECS,
-)
+PARAM_SPECS = declare("gradient", **causal_specs(functional_mass=Param(float, gt=0, le=1)))
 
 
 class Gradient(Analysis):
@@ -113,26 +103,8 @@ class Gradient(Analysis):
 
     def default_params(self, protocol: str) -> dict[str, Any]:
         if protocol == "paper":
-            return {
-                "n_samples": 200,
-                "n_modes": 100,
-                "threshold": 0.5,
-                "alpha_scale": "none",
-                "text_stage": None,
-                "batch_size": 8,
-                "scale_by_sqrt_lambda": False,
-                "n_boot": 2000,
-            }
-        return {
-            "n_samples": 200,
-            "n_modes": None,
-            **split_defaults(),
-            "text_stage": None,
-            "batch_size": 8,
-            "scale_by_sqrt_lambda": True,
-            "n_boot": 2000,
-            "functional_mass": 0.9,
-        }
+            return {**causal_defaults(protocol), "scale_by_sqrt_lambda": False}
+        return {**causal_defaults(protocol), "scale_by_sqrt_lambda": True, "functional_mass": 0.9}
 
     def run(self, ctx: Any) -> AnalysisOutput:
         import torch
@@ -141,19 +113,7 @@ class Gradient(Analysis):
 
         p, protocol = ctx.params, ctx.protocol
         check_params(self.name, p, self.default_params(protocol))
-        if protocol != "paper":
-            check_split_params(p, self.name)
-        stage = text_stage_for(ctx, protocol, p.get("text_stage"), quirk_final=True)
-        modes = compute_modes(
-            ctx,
-            protocol,
-            stage,
-            p.get("n_modes"),
-            float(p.get("threshold", p.get("tau", 0.5))),
-            str(p["alpha_scale"]),
-            analysis=self.name,
-            params=p,
-        )
+        modes = modes_for(ctx, self.name, quirk_final=True)
         rows = select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
         samples = [ctx.samples[int(i)] for i in rows]
         token_sum = protocol != "paper"
@@ -249,9 +209,9 @@ class Gradient(Analysis):
             if f is None or c is None:
                 continue
             attrs[a] = {
-                "var_frac_unread": _finite(f["var_frac_unread"]),
-                "var_frac_read": _finite(f["var_frac_read"]),
-                "var_frac_MS_covariance": _finite(c.var_frac_MS),
+                "var_frac_unread": finite(f["var_frac_unread"]),
+                "var_frac_read": finite(f["var_frac_read"]),
+                "var_frac_MS_covariance": finite(c.var_frac_MS),
             }
             lo = hi = None
             if "boot_unread" in f and np.isfinite(f["boot_unread"]).sum() > 1 and np.isfinite(f["var_frac_unread"]):
@@ -296,7 +256,7 @@ class Gradient(Analysis):
                 {
                     "mode": int(k),
                     "eigenvalue": float(lam[k]),
-                    "alpha": _finite(alpha[k]),
+                    "alpha": finite(alpha[k]),
                     "g_k": float(g[k]),
                     "g_k_std": float(proj[:, k].std()),
                     "type": "MS" if ms[k] else "TA",
@@ -364,7 +324,3 @@ class Gradient(Analysis):
                 }
             )
         return grouped(AnalysisOutput(metrics=metrics, summary=summary, notes=notes), seed)
-
-
-def _finite(x: Any) -> float | None:
-    return float(x) if x is not None and np.isfinite(x) else None

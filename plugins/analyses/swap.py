@@ -27,23 +27,25 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric
 
 from ._causal import (  # group bootstrap (science.md §8)
     PAPER_SEED,
+    RANDOM_SEED,
     adapter_pool,
     batches,
     bootstrap,
-    compute_modes,
+    causal_defaults,
+    causal_specs,
     digest,
     edit_adapter,
     finite,
     grouped,
     ids_digest,
     mean_ci,
+    modes_for,
+    random_seed,
     ratio_of_means_pct,
     sample_groups,
     select_samples,
-    text_stage_for,
 )
 from ._params import check_params
-from ._split import check_split_params, split_defaults
 
 SUBSPACES = ("ms", "ta")
 
@@ -73,19 +75,9 @@ def kl_per_sample(base: Any, other: Any) -> np.ndarray:
 
 
 # Types and ranges beyond what each default says (`mch list params`; mch.api.Param).
-from ._params import TEXT_STAGE, Param, declare  # noqa: E402
-from ._split import SPLIT_SPECS  # noqa: E402
+from ._params import declare  # noqa: E402
 
-PARAM_SPECS = declare(
-    "swap",
-    n_samples=Param(int, ge=1, nullable=True),
-    n_modes=Param(int, ge=1, nullable=True),
-    text_stage=TEXT_STAGE,
-    batch_size=Param(int, ge=1),
-    random_seed=Param(int, ge=0, le=2**32 - 1, nullable=True),
-    n_boot=Param(int, ge=1),
-    **SPLIT_SPECS,
-)
+PARAM_SPECS = declare("swap", **causal_specs(random_seed=RANDOM_SEED))
 
 
 class Swap(Analysis):
@@ -94,28 +86,8 @@ class Swap(Analysis):
     param_specs = PARAM_SPECS
 
     def default_params(self, protocol: str) -> dict[str, Any]:
-        if protocol == "paper":
-            return {
-                "attribute": "speaker",
-                "n_samples": 200,
-                "n_modes": 100,
-                "threshold": 0.5,
-                "alpha_scale": "none",
-                "text_stage": None,
-                "batch_size": 8,
-                "random_seed": PAPER_SEED,
-                "n_boot": 2000,
-            }
-        return {
-            "attribute": "speaker",
-            "n_samples": 200,
-            "n_modes": None,
-            **split_defaults(),
-            "text_stage": None,
-            "batch_size": 8,
-            "random_seed": None,
-            "n_boot": 2000,
-        }
+        seed = PAPER_SEED if protocol == "paper" else None
+        return {"attribute": "speaker", **causal_defaults(protocol), "random_seed": seed}
 
     def run(self, ctx: Any) -> AnalysisOutput:
         import torch
@@ -129,19 +101,7 @@ class Swap(Analysis):
                 f"(it has {', '.join(ctx.labels) or 'none'}); pass --param swap.attribute=NAME"
             )
         labels = ctx.labels[attr]
-        stage = text_stage_for(ctx, protocol, p.get("text_stage"))
-        if protocol != "paper":
-            check_split_params(p, self.name)
-        modes = compute_modes(
-            ctx,
-            protocol,
-            stage,
-            p.get("n_modes"),
-            float(p.get("threshold", p.get("tau", 0.5))),
-            str(p["alpha_scale"]),
-            analysis=self.name,
-            params=p,
-        )
+        modes = modes_for(ctx, self.name)
         X = np.asarray(ctx.reps["adapter"], dtype=np.float64)
         speakers = sorted({str(x) for x in labels if x != ""})
         if len(speakers) < 2:
@@ -155,8 +115,7 @@ class Swap(Analysis):
             for i in select_samples(ctx, p.get("n_samples"), protocol, need_text=protocol != "paper")
             if labels[int(i)] != ""
         ]
-        seed = int(p["random_seed"]) if p.get("random_seed") is not None else int(ctx.seed)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(random_seed(ctx))
         donors = []
         for i in rows:  # the generator is consumed sample by sample, as the reference did
             others = [s for s in speakers if s != labels[i]]
