@@ -169,6 +169,24 @@ def gmi_context(model, logq, y, k, cache, previous=None, params=None, texts=None
     return g, ctx, loads
 
 
+def validate_record(ctx, out, n: int) -> None:
+    """The run's output as a result record, checked against the record schema."""
+    rec = build_record(
+        model={"name": "fake", "modality": "speech", "checkpoint": "x"},
+        dataset={"name": "d", "n": n, "sample_ids_sha256": None},
+        analysis={"name": "gmi", "params": ctx.params},
+        protocol="default",
+        extraction={},
+        seeds=[0],
+        config_hash="0",
+        duration_s=0.1,
+        metrics=[x.as_dict() for x in out.metrics],
+        summary=out.summary,
+        notes=out.notes,
+    )
+    validate(rec)
+
+
 def test_the_analysis_measures_the_closed_form_and_caches_scores():
     k, eps = 4, 0.3
     logq, y = channel(k, eps, per_class=90)
@@ -214,20 +232,7 @@ def test_text_reference_skips_samples_without_text_and_records_validate():
     out = g.run(ctx)
     text = [x for x in out.metrics if x.metric == "text_gmi_bits"][0]
     assert text.n == len(y) - 1 - 10
-    rec = build_record(
-        model={"name": "fake", "modality": "speech", "checkpoint": "x"},
-        dataset={"name": "d", "n": len(y), "sample_ids_sha256": None},
-        analysis={"name": "gmi", "params": ctx.params},
-        protocol="default",
-        extraction={},
-        seeds=[0],
-        config_hash="0",
-        duration_s=0.1,
-        metrics=[x.as_dict() for x in out.metrics],
-        summary=out.summary,
-        notes=out.notes,
-    )
-    validate(rec)
+    validate_record(ctx, out, len(y))
 
 
 def test_parameters_are_checked():
@@ -286,20 +291,7 @@ def test_lm_rate_permutation_p_and_accessibility_cis_from_the_probes_draws():
         assert (a.ci_low, a.ci_high) == pytest.approx(percentile_ci(g_reps / ip_reps[stage]))
         assert (al.ci_low, al.ci_high) == pytest.approx(percentile_ci(lm_reps / ip_reps[stage]))
     assert ("accessibility", "llm.3") not in m  # science.md §2: the two contexts only
-    rec = build_record(
-        model={"name": "fake", "modality": "speech", "checkpoint": "x"},
-        dataset={"name": "d", "n": len(y), "sample_ids_sha256": None},
-        analysis={"name": "gmi", "params": ctx.params},
-        protocol="default",
-        extraction={},
-        seeds=[0],
-        config_hash="0",
-        duration_s=0.1,
-        metrics=[x.as_dict() for x in out.metrics],
-        summary=out.summary,
-        notes=out.notes,
-    )
-    validate(rec)
+    validate_record(ctx, out, len(y))
     # another run's probe (other draws): the ratio keeps its value and loses its CI, and says so
     probe.replicates[("_groups", None, "emotion")] = {"seed": 1}
     g, ctx, _ = gmi_context(
