@@ -1,31 +1,16 @@
 """`ablation`: remove variance along chosen directions of the decoder input and measure the
-decoder loss (science.md §5; the reference's script 12, analyses-causal-lora-tables.md §3).
+decoder loss (science.md §5, where the edits and conditions are defined; the reference's
+script 12, analyses-causal-lora-tables.md §3).
 
-A forward hook on the adapter output edits every modality token z:
-    default  z <- z - (z - mu) U diag(c) U^T     mean-preserving (mu = mean pooled adapter output)
-    paper    z <- z - z U U^T                     uncentred, as the reference
-U holds the condition's orthonormal directions; c_k = 1 removes a direction's coordinate,
-c_k < 1 shrinks it (only the last direction of a variance-matched set, so that exactly the
-target variance goes). Conditions:
-    ms_all                   every MS mode (α ≤ τ; paper α < τ)
-    ta_all                   every TA mode
-    ta_matched               the K = min(K_MS, K_TA) largest TA modes (count-matched; paper)
-    random_matched           K of the top modes drawn by default_rng(42) (may hit MS; paper)
-    ms_variance_matched      MS modes, largest first, removing the variance v
-    ta_variance_matched      TA modes, largest first, removing the variance v
-    random_variance_matched  random orthonormal directions of R^d removing the variance v
-v = min(V_MS, V_TA), the largest variance both subspaces can give: ms_all's variance whenever
-the TA modes hold at least as much (then ms_variance_matched is ms_all), so the MS / TA /
-random conditions always compare equal variance removed.
-MS/TA: the modes of `_causal.compute_modes`; under default the run's one split (science.md
-§4, `_split`: scale-free α̃, cross-fitted, null threshold; its parameters are this analysis's
-split parameters and the record's summary field `split` names them), under paper the
-reference's raw α < τ on the top-100 modes.
-The variance a condition removes is that of the pooled adapter outputs: Σ_k (1-(1-c_k)^2) u_kᵀΣ_M u_k,
-reported over the kept modes' variance (paper: the top-100 eigenvalues, `*_var_fraction`) and over
-trace Σ_M. Loss: the model's `loss` (default: content tokens; paper: prompt tokens). Per-sample
-deltas; mean Δ with a bootstrap CI; pct change = 100·mean(Δ)/mean(base) (ratio of means) with a
-paired bootstrap CI.
+An `edit_adapter` edit of every modality token z removes (c_k = 1) or shrinks (c_k < 1) its
+coordinates along a condition's orthonormal directions U: default z ← z − (z − μ)U diag(c)Uᵀ
+(mean-preserving), paper z ← z − zUUᵀ. The modes are `_causal.modes_for`'s: under default the
+run's one split (its parameters are this analysis's split parameters, named in the summary's
+`split`), under paper the reference's raw α < τ on the top-100 modes. Reported: per-sample
+deltas of the model's `loss`, mean Δ and pct change = 100·mean(Δ)/mean(base) (a ratio of
+means) with paired bootstrap CIs, and the variance each condition removed,
+Σ_k (1−(1−c_k)²) u_kᵀΣ_M u_k, over the kept modes' variance (paper: `*_var_fraction`) and
+over tr Σ_M.
 """
 
 from __future__ import annotations
@@ -59,13 +44,13 @@ from ._causal import (  # group bootstrap (science.md §8)
 from ._params import as_list, check_params
 
 CONDITIONS = (
-    "ms_all",
-    "ta_all",
-    "ta_matched",
-    "random_matched",
-    "ms_variance_matched",
-    "ta_variance_matched",
-    "random_variance_matched",
+    "ms_all",  # every MS mode (α ≤ τ; paper α < τ)
+    "ta_all",  # every TA mode
+    "ta_matched",  # the K = min(K_MS, K_TA) largest TA modes (count-matched; paper)
+    "random_matched",  # K of the top modes drawn by default_rng(42) (may hit MS; paper)
+    "ms_variance_matched",  # MS modes, largest first, removing v = min(V_MS, V_TA)
+    "ta_variance_matched",  # TA modes, largest first, removing v
+    "random_variance_matched",  # random orthonormal directions of R^d removing v
 )
 
 

@@ -2,32 +2,14 @@
 (science.md §5; the reference's script 11, analyses-causal-lora-tables.md §2), and the
 functional split (science.md §7): the directions the decoder reads.
 
-A forward hook makes the adapter output a leaf z (float32); the model's log-likelihood
-ℓ = -loss (default: content tokens; paper: prompt tokens) is differentiated with respect to
-it, g = ∂ℓ/∂z (R, T, D), and reduced over each sample's modality tokens:
-    paper    ḡ = the token mean of g, proj_k = |ḡ · u_k|            (the reference)
-    default  ḡ = the token sum of g (the derivative for moving the sample's pooled vector,
-             i.e. every token, by one unit), proj_k = |ḡ · u_k| · √λ_k: the change of ℓ for a
-             typical (one standard deviation) displacement along mode k (W7)
-g_k = mean over samples of proj_k; correlation_g_alpha = Pearson r of (g_k, α_k).
-paper: g_MS / g_TA = unweighted means of g_k over MS / TA modes, g_ta_over_g_ms = g_TA /
-max(g_MS, 1e-10), top-100 modes, float64, Σ_T from the text baseline's llm.final (script
-11's quirk B3). default: the modes and labels of the run's split (`_split`), and TA vs MS
-compared as variance-weighted means, g_S = sqrt(Σ_{k∈S} λ_k m_k / Σ_{k∈S} λ_k) with
-m_k = mean_i (ḡ_i · u_k)²: the RMS change of ℓ per unit RMS displacement drawn from the modal
-law inside S (an unweighted mean over mode sets of very different size favours whichever set
-holds the large modes); `sensitivity_share_ms` = Σ_MS λ_k m_k / Σ_k λ_k m_k, the share of the
-natural variation's effect on ℓ that the MS modes carry, beside `variance_share_ms`.
-CIs: bootstrap over samples.
-
-Functional split (default): F = E[ḡ ḡᵀ] in the modal law's whitened coordinates (ḡ_w =
-Λ^{1/2} Uᵀ ḡ over all kept modes of Σ_M), whose top eigenvectors holding `functional_mass` of
-its trace, mapped back (U Λ^{1/2} v), span the directions the decoder reads; per attribute,
-`var_frac_unread` is the share of its noise-corrected class scatter outside them (the
-functional counterpart of var_frac_MS, which the summary gives beside it for the covariance
-split), and `known_truth` says which split put every attribute the paired text names below
-every hidden one. Whitened, because in raw coordinates F's top directions are ones the modal
-law barely moves along (on the toy they hold < 15% of any attribute's scatter).
+The adapter output is made a float32 leaf z (`edit_adapter`) and ℓ = −loss differentiated
+with respect to it; the per-sample reductions, the paper's unweighted and the default's
+variance-weighted TA/MS comparison (`g_ms`, `g_ta`, `sensitivity_share_ms`) are science.md §5's.
+Functional split (default): the top eigenvectors of F = E[ḡḡᵀ] in the modal law's whitened
+coordinates holding `functional_mass` of its trace; per attribute `var_frac_unread`, beside the
+covariance split's var_frac_MS, and `known_truth`: which split put every attribute the paired
+text names below every hidden one. Whitened, because in raw coordinates F's top directions are
+ones the modal law barely moves along (on the toy they hold < 15% of any attribute's scatter).
 """
 
 from __future__ import annotations

@@ -2,19 +2,13 @@
 subspace and measure what the decoder notices (science.md §5; the reference's script 13,
 analyses-causal-lora-tables.md §4).
 
-Speaker signatures from the pooled adapter outputs of every stored row: Sig_S(s) = P_S μ_s,
-P_S = U_S U_Sᵀ, μ_s the mean over speaker s's rows (uncentred, as the reference). For sample i
-of speaker A, a donor speaker B ≠ A is drawn (default_rng(42) under paper, the run seed
-otherwise, consumed in sample order) and a forward hook on the adapter output replaces every
-modality token of i by
-    z_t <- z_t - m_i + Sig_S(B),    m_i = mean over i's modality tokens of P_S z_t,
-so only the sample's "DC offset" inside the subspace changes. Three forward passes per sample
-(base, MS swap, TA swap): Δloss (the model's `loss`: content tokens by default, prompt tokens
-under paper) and KL(p_base ‖ p_swap), the full-vocabulary KL averaged over the positions the
-loss scores. The perturbation size: default ‖Sig_S(B) - P_S x̄_i‖ (x̄_i the sample's own pooled
-vector, what the hook really moves); paper ‖Sig_S(B) - Sig_S(A)‖ as the reference. TA = the
-TA modes kept (paper: the rest of the top-100 modes); under default the run's one split
-(science.md §4, `_split`), named in the record's summary field `split`.
+Signatures Sig_S(s) = P_S μ_s (P_S = U_S U_Sᵀ, μ_s the uncentred mean of speaker s's pooled
+adapter outputs). For sample i of speaker A a donor B ≠ A is drawn (`random_seed`, consumed in
+sample order, as the reference did) and an `edit_adapter` edit sets every modality token to
+z_t − m_i + Sig_S(B), m_i the mean of P_S z_t over i's modality tokens: only the sample's
+offset inside the subspace changes. Per sample, for the MS and the TA swap: Δloss and
+KL(p_base ‖ p_swap) over the positions the loss scores; the perturbation size is, under
+default, ‖Sig_S(B) − P_S x̄_i‖ (what the edit moves), under paper ‖Sig_S(B) − Sig_S(A)‖.
 """
 
 from __future__ import annotations
