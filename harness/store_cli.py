@@ -15,11 +15,10 @@ import typer
 from rich.console import Console
 
 from .api import MchError
+from .cli_options import STORE
 
 app = typer.Typer(help="The representation store: list its entries, remove some (see MCH_STORE).", no_args_is_help=True)
 console = Console()
-
-STORE = typer.Option(None, "--store", help="representation store (default ~/.cache/mch/store or $MCH_STORE)")
 
 
 def _size(n: int) -> str:
