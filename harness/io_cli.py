@@ -1,5 +1,5 @@
 """`mch export`, `mch export-store` and `mch import-reference`: mch's numbers and vectors in and
-out of other tools, and `--config` for bench/extract/analyze.
+out of other tools, and `--config` for bench/extract/analyze (`apply_config`).
 
 Light: typer only at import; numpy, h5py, pyarrow, safetensors when a command runs.
 """
@@ -14,16 +14,11 @@ import typer
 from rich.console import Console
 
 from .api import MchError
+from .cli_options import STORE
 
 console = Console()
 err_console = Console(stderr=True)
 
-CONFIG = typer.Option(
-    None,
-    "--config",
-    help="run config file (YAML or JSON, schemas/run.schema.json); flags given on the command line override it",
-)
-STORE = typer.Option(None, "--store", help="representation store (default ~/.cache/mch/store or $MCH_STORE)")
 
 # command-line parameter -> RunConfig field
 FLAG_FIELDS = {

@@ -56,16 +56,18 @@ app = typer.Typer(
     help="The per-model accessibility leaderboard: terminal table, static site, submissions.",
 )
 
-_RESULTS_HELP = "results directory (repeatable; default ./results or $MCH_RESULTS)"
 SMOKE = typer.Option(False, "--smoke", help="also show smoke runs (random-weight checkpoints), labelled 'smoke'")
+RESULTS = typer.Option(None, "--results", help="results directory (repeatable; default ./results or $MCH_RESULTS)")
+ENTRIES = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)")
+NO_ENTRIES = typer.Option(False, "--no-entries", help="leave out the committed entries")
 
 
 @app.callback(invoke_without_command=True)
 def table(
     ctx: typer.Context,
-    results: list[Path] | None = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Path | None = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
-    no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
+    results: list[Path] | None = RESULTS,
+    entries: Path | None = ENTRIES,
+    no_entries: bool = NO_ENTRIES,
     attribute: str | None = typer.Option(
         None, "--attribute", help="only this attribute (comma-separated: any of them)"
     ),
@@ -109,9 +111,9 @@ def table(
 @app.command()
 def build(
     out: Path = typer.Option(..., "--out", help="output directory; index.html is written there"),
-    results: list[Path] | None = typer.Option(None, "--results", help=_RESULTS_HELP),
-    entries: Path | None = typer.Option(None, "--entries", help="committed entries (default leaderboard/entries/)"),
-    no_entries: bool = typer.Option(False, "--no-entries", help="leave out the committed entries"),
+    results: list[Path] | None = RESULTS,
+    entries: Path | None = ENTRIES,
+    no_entries: bool = NO_ENTRIES,
     all_runs: bool = typer.Option(False, "--all-runs", help="every run, not only the latest"),
     smoke: bool = SMOKE,
 ) -> None:

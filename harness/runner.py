@@ -5,182 +5,38 @@ resolve model/dataset/analyses -> select samples -> store key
                              no:  load, prepare + capture chunk by chunk (resumable)
   -> each analysis reads the store (and the lazy model, if it needs one)
   -> one validated result record per analysis
+
+The plan is mch.run_plan's, the records mch.run_records'; this module extracts (one process or
+every rank of a launcher) and runs the analyses. Their public names are all found here.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .api import AnalysisOutput, Attribute, MchError, Sample, SampleError, load_entry
-from .checks import check_flags, check_model_and_dataset, check_params, check_results_dir
+from .api import AnalysisOutput, MchError, Sample, SampleError, load_entry
+from .checks import check_params, check_results_dir  # noqa: F401 - check_params: also mch.runner's
 from .configs import RunConfig  # also re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
-from .manager import get_registry
-from .results import build_record, config_hash, sample_ids_hash, write_record
-from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerprint, store_key
+from .results import write_record
 
-# What a run does, for whoever listens (the CLI shows it on stderr; a library caller configures
-# logging, or passes its own `log`). Plain text: styling is the listener's.
-_logger = logging.getLogger("mch.runner")
-Log = Callable[[str], None]
-
-
-@dataclass
-class Plan:
-    cfg: RunConfig
-    model_spec: Any
-    dataset_spec: Any
-    analysis_specs: list[Any]
-    dataset: Any
-    attributes: dict[str, Attribute]
-    samples: list[Sample]
-    plugin: Any  # the model plugin object (not loaded yet)
-    log: Log
-    progress: Progress
-    loaded: bool = False
-    text_plan: Plan | None = None  # paper protocol: the separate text-only model's plan (text_plan())
-    checkpoint_flag: str = "--checkpoint"  # the flag that sets this plan's checkpoint (for errors)
-
-    def ensure_loaded(self) -> Any:
-        if not self.loaded:
-            self.log(
-                f"loading model {self.model_spec.name} ({self.plugin.checkpoint}, "
-                f"{self.plugin.dtype_name}, {self.plugin.device})"
-            )
-            t = time.time()
-            try:
-                self.plugin.load()
-            except MchError as exc:
-                if self.checkpoint_flag == "--checkpoint":
-                    raise
-                # the text-only model of the paper protocol: its checkpoint has its own flag
-                why = str(exc).replace("--checkpoint", self.checkpoint_flag)
-                raise MchError(
-                    f"the paper protocol's text baseline: {why} (or run with --protocol default, "
-                    f"whose text baseline is the model's own)"
-                ) from None
-            self.loaded = True
-            self.log(f"model loaded in {time.time() - t:.1f}s")
-        return self.plugin
-
-    def release(self) -> None:
-        """Drop the loaded weights (a fresh, unloaded plugin object takes their place)."""
-        import gc
-
-        self.plugin = model_plugin(self.model_spec, self.cfg)
-        self.loaded = False
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
-
-
-def plan(cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None) -> Plan:
-    from .api import PROTOCOLS, SPANS
-
-    if cfg.protocol not in PROTOCOLS:
-        raise MchError(f"unknown protocol {cfg.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    if cfg.span is not None and cfg.span not in SPANS:
-        raise MchError(f"unknown span {cfg.span!r}; use one of {', '.join(SPANS)}")
-    if cfg.on_error not in ("stop", "skip"):
-        raise MchError("--on-error must be 'stop' or 'skip'")
-    if cfg.batch_size < 1:
-        raise MchError("--batch-size must be at least 1")
-    check_flags(cfg)
-    from .reference import with_imports
-
-    reg = with_imports(get_registry(), cfg)  # names brought in by `mch import-reference` (in this store)
-    mspec = reg.get("model", cfg.model)
-    aspecs = [reg.get("analysis", a) for a in cfg.analyses]
-    cfg.params = check_params(cfg.params, reg, [a.name for a in aspecs], cfg.protocol)
-    if (cfg.text_checkpoint or cfg.text_revision) and (cfg.protocol != "paper" or not mspec.text_baseline):
-        log(
-            f"--text-checkpoint/--text-revision unused: only the paper protocol of a model whose registry entry "
-            f"names a text_baseline reads them ({mspec.name}: {mspec.text_baseline or 'none'})"
-        )
-    dname = cfg.dataset or mspec.options.get("default_dataset")  # the registry's options: {default_dataset: ...}
-    if dname is None:
-        raise MchError(f"model {mspec.name!r} has no default dataset: pass --dataset (see `mch list datasets`)")
-    dspec = reg.get("dataset", dname)
-    check_model_and_dataset(mspec, dspec, cfg)
-    ds = load_entry(dspec.entry)(dspec, path=cfg.data_path, **cfg.dataset_options)  # checks its options
-    opts = getattr(ds, "options", {})
-    cfg.dataset_options = {k: opts.get(k, v) for k, v in cfg.dataset_options.items()}  # in their declared types
-    samples = ds.samples(cfg.split, cfg.limit, cfg.seed, cfg.protocol)
-    # attributes after samples: a dataset's classes may follow the split it listed
-    attrs = ds.attributes(cfg.protocol)
-    if cfg.attributes:
-        unknown = [a for a in cfg.attributes if a not in attrs]
-        if unknown:
-            raise MchError(f"dataset {dspec.name!r} has no attribute {unknown[0]!r}; it has {', '.join(attrs)}")
-        attrs = {a: attrs[a] for a in cfg.attributes}
-    if cfg.sample_ids is not None:
-        keep = set(cfg.sample_ids)
-        samples = [s for s in samples if s.sample_id in keep]
-    if not samples:
-        raise MchError(f"dataset {dspec.name!r} gave no samples for split {cfg.split or 'default'!r}")
-    ids = [s.sample_id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise MchError(f"dataset {dspec.name!r} has duplicate sample ids")
-    for s in samples:
-        for a, attr in attrs.items():
-            lab = s.labels.get(a, "")
-            if lab and lab not in attr.classes:
-                raise SampleError(
-                    f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes", sample_id=s.sample_id
-                )
-    plugin = model_plugin(mspec, cfg)
-    for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
-        analysis = load_entry(aspec.entry)(aspec)
-        analysis.preflight(analysis_params(analysis, aspec, cfg, plugin), cfg.protocol, samples, attrs)
-    return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
-
-
-def analysis_params(analysis: Any, aspec: Any, cfg: RunConfig, plugin: Any) -> dict[str, Any]:
-    """An analysis's parameters: its defaults for the protocol, the registry's `params`, the
-    model plugin's `analysis_defaults(protocol)` for the parameters the analysis takes (a
-    model whose vectors lack a stage the defaults assume, e.g. imported reference files), then
-    the user's `--param`."""
-    defaults = analysis.default_params(cfg.protocol)
-    own = getattr(plugin, "analysis_defaults", None)
-    from_model = {k: v for k, v in (own(cfg.protocol) if callable(own) else {}).items() if k in defaults}
-    return {**defaults, **aspec.options.get("params", {}), **from_model, **cfg.params.get(aspec.name, {})}
-
-
-def model_plugin(spec: Any, cfg: RunConfig) -> Any:
-    """The model plugin object of `spec` as `cfg` configures it (not loaded)."""
-    from . import dist, placement
-
-    cls = load_entry(spec.entry)
-    split = {}
-    if cfg.device_map is not None:
-        if not getattr(cls, "supports_device_map", False):
-            raise MchError(
-                f"model {spec.name!r} loads on one device and cannot be split by --device-map; "
-                f"drop --device-map (and --max-memory)"
-            )
-        split = {"device_map": cfg.device_map, "max_memory": placement.parse_max_memory(cfg.max_memory)}
-    return cls(
-        spec,
-        checkpoint=cfg.checkpoint,
-        revision=cfg.revision,
-        device=placement.rank_device(cfg.device, dist.ranks()),
-        dtype=cfg.dtype,
-        adapter=cfg.adapter,
-        trust_remote_code=cfg.trust_remote_code,
-        **split,
-        **cfg.model_options,
-    )
+# the plan and the records are their own modules; their names are still found here
+from .run_plan import (  # noqa: F401
+    RUN_LOG,
+    Log,
+    Plan,
+    analysis_params,
+    model_plugin,
+    plan,
+    text_plan,
+    text_source,
+)
+from .run_records import OnRecord, model_fidelity, record_for, record_written  # noqa: F401
+from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerprint, store_key  # noqa: F401
 
 
 def stored_entry(p: Plan, view: str) -> Any:
@@ -216,48 +72,6 @@ def stored_entry(p: Plan, view: str) -> Any:
         )
         return old
     return entry
-
-
-def text_plan(p: Plan) -> Plan:
-    """The plan whose model makes the text baseline (science.md, Text baseline): under the
-    paper protocol, the separate text-only checkpoint the model's registry entry names as
-    `text_baseline` (the reference's Llama-3.1-8B base or Vicuna-7B, raw text with BOS);
-    otherwise, and for a model that names none, the model's own text view."""
-    name = p.model_spec.text_baseline
-    if p.cfg.protocol != "paper" or not name:
-        return p
-    if p.text_plan is None:
-        import dataclasses
-
-        tspec = get_registry().get("model", name)
-        cfg = dataclasses.replace(
-            p.cfg,
-            model=tspec.name,
-            checkpoint=p.cfg.text_checkpoint,
-            revision=p.cfg.text_revision,
-            adapter=None,
-            model_options={},
-        )
-        p.text_plan = dataclasses.replace(
-            p,
-            cfg=cfg,
-            model_spec=tspec,
-            plugin=model_plugin(tspec, cfg),
-            loaded=False,
-            checkpoint_flag="--text-checkpoint",
-        )
-    return p.text_plan
-
-
-def text_source(p: Plan) -> str:
-    """Which model made the text baseline, in words (for the analyses' notes)."""
-    t = text_plan(p)
-    own = getattr(p.plugin, "text_view_source", None)
-    if t is p and callable(own):  # a plugin whose text view is not its own LLM (imported files)
-        return str(own())
-    if t is p:
-        return f"{p.model_spec.name}'s own text view"
-    return f"{t.model_spec.name} ({t.plugin.checkpoint}), the separate text-only model the paper protocol uses"
 
 
 def extract(p: Plan, view: str = "modal") -> Any:
@@ -595,115 +409,6 @@ def rerun(
     return {name: out for name, out, _, _ in outs}, written
 
 
-def record_for(
-    p: Plan, entry: Any, name: str, out: AnalysisOutput, params: dict[str, Any], duration: float, extract_s: float
-) -> dict[str, Any]:
-    cfg = p.cfg
-    man = entry.manifest()
-    config = {
-        "model": p.plugin.identity(),
-        "dataset": p.dataset_spec.name,
-        "split": cfg.split,
-        "limit": cfg.limit,
-        "seed": cfg.seed,
-        "protocol": cfg.protocol,
-        "span": cfg.effective_span,
-        "analysis": name,
-        "params": params,
-        "attributes": sorted(p.attributes),
-    }
-    if cfg.dataset_options:
-        config["dataset_options"] = cfg.dataset_options_record["options"]
-    tp = text_plan(p)
-    text_model = (
-        None
-        if tp is p
-        else {
-            "name": tp.model_spec.name,
-            "checkpoint": str(tp.plugin.checkpoint),
-            "revision": tp.plugin.revision,
-            "checkpoint_fingerprint": plugin_fingerprint(tp.plugin),
-        }
-    )
-    # fingerprints of the files the stored vectors came from, as the entry's key holds them
-    kmodel, kdata = entry.key.get("model", {}), entry.key.get("dataset", {})
-    fingerprints = {k: kmodel[k] for k in ("checkpoint_fingerprint", "adapter_fingerprint") if kmodel.get(k)}
-    media = {"media_fingerprint": kdata["media_fingerprint"]} if kdata.get("media_fingerprint") else {}
-    if text_model:
-        config["text_model"] = text_model
-    return build_record(
-        model={
-            "name": p.model_spec.name,
-            "modality": p.model_spec.modality,
-            "checkpoint": str(p.plugin.checkpoint),
-            "revision": p.plugin.revision,
-            "adapter": cfg.adapter,
-            "dtype": p.plugin.dtype_name,
-            "device": cfg.device,
-            **fingerprints,
-            **model_fidelity(p),
-            **({"smoke": True} if config["model"].get("smoke") else {}),
-        },
-        dataset={
-            "name": p.dataset_spec.name,
-            "split": cfg.split,
-            "path": str(cfg.data_path) if cfg.data_path else None,
-            "n": int(man.get("n_rows", len(p.samples))),
-            "sample_ids_sha256": sample_ids_hash(s.sample_id for s in p.samples),
-            "attributes": sorted(p.attributes),
-            "label_rules": {a: attr.label_rule.get(cfg.protocol, "") for a, attr in p.attributes.items()},
-            "skipped": man.get("skipped", []),
-            **cfg.dataset_options_record,
-            **media,
-        },
-        analysis={"name": name, "params": params},
-        protocol=cfg.protocol,
-        extraction={
-            "span": cfg.effective_span,
-            "stages": man.get("stages", []),
-            "store_key": entry.hash,
-            "batch_size": cfg.batch_size,
-            "model_loaded": p.loaded,
-            **_how_extracted(man),
-            **({"text_model": text_model} if text_model else {}),
-        },
-        seeds=[cfg.seed],
-        config_hash=config_hash(config),
-        duration_s=round(duration + extract_s, 3),
-        metrics=[m.as_dict() for m in out.metrics],
-        summary=out.summary,
-        notes=out.notes,
-        run_config=_resolved_config(p),
-    )
-
-
-def _how_extracted(man: dict[str, Any]) -> dict[str, Any]:
-    """From the entry's manifest: how many processes extracted it and, for a model split over
-    devices, where its modules were (the placement the stored vectors came from)."""
-    info = man.get("info") or {}
-    return {k: info[k] for k in ("world_size", "device_map") if info.get(k) is not None}
-
-
-def _resolved_config(p: Plan) -> dict[str, Any]:
-    """The run config that reproduces this run (the model and dataset as resolved)."""
-    import dataclasses
-
-    from .configs import resolved
-
-    return resolved(dataclasses.replace(p.cfg, model=p.model_spec.name, dataset=p.dataset_spec.name))
-
-
-def model_fidelity(p: Plan) -> dict[str, Any]:
-    """The model plugin's own notes on where its computation follows or departs from the
-    released model's code (optional `fidelity(protocol)` method), for the record's model."""
-    notes = getattr(p.plugin, "fidelity", None)
-    out = [str(n) for n in notes(p.cfg.protocol)] if callable(notes) else []
-    return {"fidelity": out} if out else {}
-
-
-OnRecord = Callable[[Path, dict[str, Any]], None]
-
-
 def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | None) -> list[tuple[Path, dict]]:
     """Run the analyses, writing each one's record as soon as it has finished: a failure or
     Ctrl-C in a later analysis keeps the earlier records."""
@@ -718,21 +423,8 @@ def _write_each(p: Plan, entry: Any, extract_s: float, on_record: OnRecord | Non
     return written
 
 
-def record_written(record: dict[str, Any], path: Path, log: Callable[[str], None] = lambda s: None) -> None:
-    """Call every plugin's `mch_record_written(record, path)` (hookspecs). The record is on disk
-    already: a plugin that fails is reported in the log and the run goes on."""
-    from .manager import get_manager
-
-    hook = get_manager().hook.mch_record_written
-    for impl in hook.get_hookimpls():
-        try:
-            impl.function(record=record, path=path)
-        except Exception as exc:  # noqa: BLE001 - a logging plugin must not cost the run
-            log(f"plugin {impl.plugin_name!r}: mch_record_written failed ({type(exc).__name__}: {exc})")
-
-
 def run_bench(
-    cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None, on_record: OnRecord | None = None
+    cfg: RunConfig, log: Log = RUN_LOG.info, progress: Progress | None = None, on_record: OnRecord | None = None
 ) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Extract (or reuse), then run the analyses; each record is written as its analysis ends
     (`on_record(path, record)` is called then). Returns the plan and [(path, record)]. Under a
@@ -751,7 +443,7 @@ def run_bench(
 
 
 def run_analyze(
-    cfg: RunConfig, log: Log = _logger.info, progress: Progress | None = None, on_record: OnRecord | None = None
+    cfg: RunConfig, log: Log = RUN_LOG.info, progress: Progress | None = None, on_record: OnRecord | None = None
 ) -> tuple[Plan, list[tuple[Path, dict[str, Any]]]]:
     """Like `run_bench`, on an extraction already complete in the store (never extracts)."""
     check_results_dir(cfg.out_dir)

@@ -15,11 +15,10 @@ import typer
 from rich.console import Console
 
 from .api import MchError
+from .cli_options import STORE
 
 app = typer.Typer(help="The representation store: list its entries, remove some (see MCH_STORE).", no_args_is_help=True)
 console = Console()
-
-STORE = typer.Option(None, "--store", help="representation store (default ~/.cache/mch/store or $MCH_STORE)")
 
 
 def _size(n: int) -> str:
@@ -133,15 +132,9 @@ def remove(
     else:
         chosen = []
         for k in keys or []:
-            hits = [d for d in dirs if d.name.startswith(k)] if k else []
-            if not hits:
-                raise MchError(f"the store {st.root} has no entry {k!r}; `mch store list` shows the keys")
-            if len(hits) > 1:
-                raise MchError(
-                    f"{k!r} is the start of {len(hits)} store entries ({', '.join(d.name for d in hits)}); "
-                    f"give more of the key"
-                )
-            chosen += [d for d in hits if d not in chosen]
+            d = st.find(k)  # one sentence for a key no entry or several entries start with
+            if d not in chosen:
+                chosen.append(d)
     if not chosen:
         _out(f"store {st.root}: nothing to remove")
         return
