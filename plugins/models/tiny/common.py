@@ -108,3 +108,13 @@ def release_processor_files(out: Path, key: str) -> None:
     sub.setdefault("processor_class", cfg.get("processor_class"))
     (out / "preprocessor_config.json").write_text(json.dumps(sub, indent=2) + "\n")
     pc.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def whisper_features() -> Any:
+    """The 128-bin Whisper feature extractor of the Qwen audio releases (16 kHz, 30 s windows,
+    with the attention mask of the real frames)."""
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400, return_attention_mask=True
+    )

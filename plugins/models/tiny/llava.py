@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .common import TEXT, bpe_tokenizer, mark_smoke, release_processor_files, token_config
+
+
+def llava_tokenizer() -> Any:
+    """LLaVA's Vicuna tokenizer: BOS `<s>`, `<image>` and `<pad>` tokens (LLaVA-1.5, LLaVA-NeXT)."""
+    return bpe_tokenizer(
+        ["<unk>", "<s>", "</s>", "<image>", "<pad>"],
+        bos="<s>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
 
 
 def make_tiny_llava(out_dir: str | Path, image_size: int = 42, seed: int = 0) -> Path:
@@ -24,15 +38,7 @@ def make_tiny_llava(out_dir: str | Path, image_size: int = 42, seed: int = 0) ->
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = bpe_tokenizer(
-        ["<unk>", "<s>", "</s>", "<image>", "<pad>"],
-        bos="<s>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    tok = llava_tokenizer()
     ip = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )

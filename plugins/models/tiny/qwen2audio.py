@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import TEXT, bpe_tokenizer, mark_smoke, release_processor_files, token_config
+from .common import TEXT, bpe_tokenizer, mark_smoke, release_processor_files, token_config, whisper_features
 
 
 def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
@@ -19,7 +19,6 @@ def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
         Qwen2AudioForConditionalGeneration,
         Qwen2AudioProcessor,
         Qwen2Config,
-        WhisperFeatureExtractor,
     )
 
     out = Path(out_dir)
@@ -35,9 +34,7 @@ def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
             "audio_eos_token": "<|audio_eos|>",
         },
     )
-    fe = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400, return_attention_mask=True
-    )
+    fe = whisper_features()
     proc = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok)  # no template given: the class's ChatML one
     audio = Qwen2AudioEncoderConfig(
         d_model=32,

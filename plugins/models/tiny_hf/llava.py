@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tiny.common import bpe_tokenizer
+from ..tiny.llava import llava_tokenizer
 from .common import TEXT, chatml, save, token_config
 
 VICUNA_TEMPLATE = (
@@ -26,15 +27,7 @@ def llava_next(out: Path, seed: int) -> Path:
     import transformers
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    tok = bpe_tokenizer(
-        ["<unk>", "<s>", "</s>", "<image>", "<pad>"],
-        bos="<s>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    tok = llava_tokenizer()
     ip = LlavaNextImageProcessorPil(
         size={"shortest_edge": 42}, crop_size={"height": 42, "width": 42}, image_grid_pinpoints=PINPOINTS
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..tiny.common import bpe_tokenizer
+from ..tiny.common import bpe_tokenizer, whisper_features
 from .common import TEXT, chatml, save, token_config, token_ids, video_config
 
 # the special tokens of the Qwen2-VL family's tokenizers, in their id order
@@ -111,7 +111,6 @@ def qwen2_5_omni(out: Path, seed: int) -> Path:
     here, Qwen2 decoder with time-aligned M-RoPE; 128-bin Whisper features, clips padded to 30 s."""
     import torch
     import transformers
-    from transformers import WhisperFeatureExtractor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     specials = [
@@ -140,9 +139,7 @@ def qwen2_5_omni(out: Path, seed: int) -> Path:
             "vision_eos_token": "<|vision_eos|>",
         },
     )
-    fe = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400, return_attention_mask=True
-    )
+    fe = whisper_features()
     ip = Qwen2VLImageProcessorPil(
         min_pixels=28 * 28, max_pixels=28 * 28 * 6, patch_size=14, merge_size=2, temporal_patch_size=2
     )
