@@ -13,7 +13,7 @@ from mch.api import MchError, Sample
 from mch.model import LossTerms, ModelPlugin, Pool, Prepared, ScoreParts, Scores
 from mch.scoring import left_pad, score_shared_prefix
 
-from .._hf_common import decoder_stage_paths
+from .._hf_common import decoder_stage_paths, token_pool
 from .modeling import EXTRACT_PROMPT, WEIGHTS_ROOT, ToyMLLM, WordTokenizer, pad_frames, pad_targets
 
 
@@ -105,7 +105,7 @@ class ToyModel(ModelPlugin):
             mod[i, : len(q)] = torch.tensor(c)
         real = att.bool()
         owner = torch.arange(B)
-        pools = {"llm": Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})}
+        pools = {"llm": token_pool(mod, real)}
         if view == "text":
             pools["adapter"] = pools["llm"]
             inputs = {"input_ids": ids, "attention_mask": att}
