@@ -6,6 +6,10 @@ from pathlib import Path
 
 from .common import TEXT, bpe_tokenizer, mark_smoke, release_processor_files, token_config, whisper_features
 
+# the special tokens of the Qwen audio tokenizers (Qwen2-Audio; Qwen2.5-Omni adds vision's), in id order
+QWEN_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+QWEN_AUDIO_TOKENS = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+
 
 def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
     """Qwen2-Audio layout (`Qwen/Qwen2-Audio-7B-Instruct`): Whisper-style encoder (2 layers x
@@ -23,16 +27,8 @@ def make_tiny_qwen2audio(out_dir: str | Path, seed: int = 0) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
     tok = bpe_tokenizer(
-        specials,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens={
-            "audio_token": "<|AUDIO|>",
-            "audio_bos_token": "<|audio_bos|>",
-            "audio_eos_token": "<|audio_eos|>",
-        },
+        QWEN_AUDIO_SPECIALS, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=QWEN_AUDIO_TOKENS
     )
     fe = whisper_features()
     proc = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok)  # no template given: the class's ChatML one

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tiny.common import bpe_tokenizer, whisper_features
+from ..tiny.qwen2audio import QWEN_AUDIO_SPECIALS, QWEN_AUDIO_TOKENS
 from .common import TEXT, chatml, save, token_config, token_ids, video_config
 
 # the special tokens of the Qwen2-VL family's tokenizers, in their id order
@@ -113,26 +114,13 @@ def qwen2_5_omni(out: Path, seed: int) -> Path:
     import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    specials = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|AUDIO|>",
-        "<|audio_bos|>",
-        "<|audio_eos|>",
-        "<|IMAGE|>",
-        "<|VIDEO|>",
-        "<|vision_bos|>",
-        "<|vision_eos|>",
-    ]
+    specials = [*QWEN_AUDIO_SPECIALS, "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"]
     tok = bpe_tokenizer(
         specials,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         extra_special_tokens={
-            "audio_token": "<|AUDIO|>",
-            "audio_bos_token": "<|audio_bos|>",
-            "audio_eos_token": "<|audio_eos|>",
+            **QWEN_AUDIO_TOKENS,
             "image_token": "<|IMAGE|>",
             "video_token": "<|VIDEO|>",
             "vision_bos_token": "<|vision_bos|>",
