@@ -265,7 +265,7 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
     import torch
 
     from mch.plugins.attributes import synth
-    from mch.plugins.models import llava as llava_mod, qwen2audio as q2a_mod
+    from mch.plugins.models import _hf_common
     from mch.runner import RunConfig, plan
 
     res: dict[str, Any] = {"model": kind, "geometry": args.size}
@@ -300,8 +300,7 @@ def check_model(kind: str, args: argparse.Namespace, root: Path, peak_tflops: fl
         )
     res["setup_s"] = round(time.perf_counter() - t0, 2)
     loader = random_init_loader(args.seed)
-    for mod in (llava_mod, q2a_mod):
-        mod.load_pretrained = loader
+    _hf_common.load_pretrained = loader  # the plugins load through HFPluginMixin._load_model
 
     p = plan(dataclasses.replace(base, store=root / "store-load"))
     t = time.perf_counter()

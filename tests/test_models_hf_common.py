@@ -19,18 +19,10 @@ def qwen2vl_release_files(out: Path) -> Path:
     from transformers import Qwen2VLImageProcessorPil
 
     from mch.plugins.models.tiny import bpe_tokenizer
+    from mch.plugins.models.tiny_hf.qwen import QWEN_VL_SPECIALS
 
-    specials = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
     tok = bpe_tokenizer(
-        specials,
+        QWEN_VL_SPECIALS,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},

@@ -267,7 +267,8 @@ def test_bench_stores_the_vectors_of_the_models_own_forward(
 ):
     """`mch bench` on the offline corpus; the stored rows (batches of 4, different lengths
     where the family's token counts vary) equal each sample alone through the HF model."""
-    from mch.cli import main
+    from bench_runs import bench_probe
+
     from mch.runner import RunConfig, extract, plan
 
     m = plugin_for(family, checkpoints)
@@ -275,29 +276,7 @@ def test_bench_stores_the_vectors_of_the_models_own_forward(
     dataset = "synth-coco" if m.modality == "vision" else "synth-librispeech"
     ckpt = str(checkpoints(family))
     name = REGISTRY_NAME[family]
-    main(
-        [
-            "bench",
-            "--model",
-            name,
-            "--checkpoint",
-            ckpt,
-            "--dataset",
-            dataset,
-            "--limit",
-            "5",
-            "--batch-size",
-            "4",
-            "--analysis",
-            "probe",
-            "--store",
-            str(tmp_path / "store"),
-            "--out",
-            str(tmp_path / "results"),
-            "--quiet",
-        ]
-    )
-    assert list((tmp_path / "results").rglob("*.json"))
+    assert bench_probe(name, ckpt, dataset, 5, tmp_path, "--batch-size", "4")
     p = plan(
         RunConfig(
             model=name,

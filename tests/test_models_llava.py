@@ -206,7 +206,8 @@ def test_lora_adapter_merges_and_a_mismatched_one_is_refused(ckpt, plugin, tmp_p
 def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     """`mch extract`/`mch bench` on the tiny checkpoint and the offline COCO-layout corpus."""
 
-    from mch.cli import main
+    from bench_runs import bench_probe
+
     from mch.runner import RunConfig, extract, plan
 
     monkeypatch.setenv("MCH_DATA", str(tmp_path / "data"))
@@ -225,24 +226,4 @@ def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
         assert len(rows) == 6 and set(reps) == set(p.plugin.stages(view))
         assert all(np.isfinite(np.asarray(v)).all() and v.shape[0] == 6 for v in reps.values())
     assert reps["llm.final"].shape == (6, 64)
-    main(
-        [
-            "bench",
-            "--model",
-            "llava",
-            "--checkpoint",
-            str(ckpt),
-            "--dataset",
-            "synth-coco",
-            "--limit",
-            "6",
-            "--analysis",
-            "probe",
-            "--store",
-            str(tmp_path / "store"),
-            "--out",
-            str(tmp_path / "results"),
-            "--quiet",
-        ]
-    )
-    assert list((tmp_path / "results").rglob("*.json"))
+    assert bench_probe("llava", ckpt, "synth-coco", 6, tmp_path)

@@ -219,7 +219,8 @@ def test_lora_adapter_merges_and_a_mismatched_one_is_refused(ckpt, plugin, tmp_p
 def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     """`mch extract`/`mch bench` on the tiny checkpoint and the offline CREMA-D-layout corpus."""
 
-    from mch.cli import main
+    from bench_runs import bench_probe
+
     from mch.runner import RunConfig, extract, plan
 
     monkeypatch.setenv("MCH_DATA", str(tmp_path / "data"))
@@ -236,24 +237,4 @@ def test_end_to_end_through_the_runner_and_cli(ckpt, tmp_path, monkeypatch):
     reps, rows = extract(p, "modal").read()
     assert len(rows) == 4 and reps["encoder"].shape == (4, 32) and reps["llm.final"].shape == (4, 64)
     assert np.isfinite(np.asarray(reps["adapter"])).all()
-    main(
-        [
-            "bench",
-            "--model",
-            "qwen2audio",
-            "--checkpoint",
-            str(ckpt),
-            "--dataset",
-            "synth-cremad",
-            "--limit",
-            "12",
-            "--analysis",
-            "probe",
-            "--store",
-            str(tmp_path / "store"),
-            "--out",
-            str(tmp_path / "results"),
-            "--quiet",
-        ]
-    )
-    assert list((tmp_path / "results").rglob("*.json"))
+    assert bench_probe("qwen2audio", ckpt, "synth-cremad", 12, tmp_path)

@@ -13,13 +13,6 @@ MAX_LINES = 500
 KNOWN = {
     "plugins/analyses/_split.py",  # i17-mem
     "plugins/analyses/probe.py",  # i18-main
-    "plugins/analyses/gmi.py",  # i15-analyses
-    "plugins/analyses/lora.py",  # i15-analyses
-    "plugins/analyses/distances.py",  # i15-analyses
-    "plugins/models/tiny_hf.py",  # i15-modelfiles
-    "plugins/models/tiny.py",  # i15-modelfiles
-    "plugins/models/toy.py",  # i15-modelfiles
-    "plugins/models/hf_generic.py",  # i15-modelfiles
 }
 
 

@@ -7,12 +7,12 @@ decides whether to stop or to skip it (`--on-error skip`).
 from __future__ import annotations
 
 import io
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from mch.api import SampleError
+from mch.plugins._audio import resample
 
 
 def sample_error(sample_id: str, path: str | os.PathLike | None, problem: str) -> SampleError:
@@ -50,17 +50,6 @@ def _check_wav_complete(path: str, sample_id: str) -> None:
                     )
                 return
             pos += 8 + clen + (clen & 1)
-
-
-def resample(wave: Any, rate: int, target: int) -> Any:
-    """Polyphase resampling (scipy.signal.resample_poly, its default Kaiser window)."""
-    import numpy as np
-    from scipy.signal import resample_poly
-
-    if rate == target:
-        return wave
-    g = math.gcd(int(rate), int(target))
-    return resample_poly(wave, int(target) // g, int(rate) // g).astype(np.float32)
 
 
 def read_audio(

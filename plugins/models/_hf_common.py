@@ -24,7 +24,8 @@ from mch.checkpoints import (
     resolve_checkpoint,
 )  # hf_generic imports them from here
 from mch.hooks import Trace
-from mch.model import ModelPlugin, Prepared, Scores, resolve_module
+from mch.model import ModelPlugin, Pool, Prepared, Scores, resolve_module
+from mch.plugins._audio import resample
 from mch.scoring import left_pad, score_shared_prefix
 
 if TYPE_CHECKING:
@@ -188,6 +189,27 @@ def positions(att: torch.Tensor) -> torch.Tensor:
     return (att.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def pad_id(tokenizer: Any, media_token_id: int | None = None) -> int:
+    """The tokenizer's pad id, or 0 where it has none or pads with the media token (a pad must
+    never be counted as a modality position)."""
+    pad = tokenizer.pad_token_id
+    return 0 if pad is None or pad == media_token_id else pad
+
+
+def span_mask(att: torch.Tensor, inside: Sequence[Sequence[bool]]) -> torch.Tensor:
+    """(B, L) mask of the positions `inside[i]` marks in row i (the text view's span)."""
+    mod = torch.zeros_like(att, dtype=torch.bool)
+    for i, m in enumerate(inside):
+        mod[i, : len(m)] = torch.tensor(m)
+    return mod
+
+
+def token_pool(mod: torch.Tensor, real: torch.Tensor) -> Pool:
+    """The decoder stages' pool of a batch: span `modality` = `mod`, `all` = the real tokens,
+    `text` = the real tokens outside the modality."""
+    return Pool(torch.arange(mod.shape[0]), {"modality": mod, "all": real, "text": real & ~mod})
+
+
 def text_span(tokenizer: Any, prompt: str, start: int, end: int, sample_id: str) -> tuple[list[int], list[bool]]:
     """Token ids of `prompt` (with the tokenizer's special tokens) and which tokens overlap the
     characters [start, end) (the paired text placed where the media would be)."""
@@ -271,6 +293,12 @@ class HFPluginMixin(abc.ABC):
     answer_sep = " "  # between the prompt and the content (loss) in the default protocol
     batch_size_default = 8
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._paths: dict[str, str] | None = None
+        self.processor: Any = None
+        self.tokenizer: Any = None
+
     @abc.abstractmethod
     def _prepare_inputs(
         self,
@@ -300,6 +328,38 @@ class HFPluginMixin(abc.ABC):
     @abc.abstractmethod
     def _build_paths(self, model: torch.nn.Module) -> dict[str, str]:
         """Stage and decoder paths, found in `model`'s module tree (meta device or loaded)."""
+
+    def _load_model(self, cls: Any, path: Path, what: str) -> torch.nn.Module:
+        """`cls` from `path` (load_pretrained), its stage paths found, `--adapter` merged into
+        its decoder, placed on the devices: `self.module`, `self.config`."""
+        model = load_pretrained(self, cls, path, what)  # type: ignore[arg-type]
+        self._paths = self._build_paths(model)
+        self.decoder_path = self._paths["decoder"]
+        apply_adapter(self, model, self.decoder_path)  # type: ignore[arg-type]
+        self.module = self.place(model).eval()  # type: ignore[attr-defined]
+        self.config = model.config
+        return model
+
+    def _stages(self, view: str, encoder: str = "encoder") -> dict[str, str]:
+        """The stage map of a model with a modal and a text view: decoder blocks and final norm;
+        modal: `encoder` = the path named `encoder` in `_build_paths`, `adapter`; text: `adapter` =
+        the token embeddings."""
+        p = self._ensure_paths()
+        stages = decoder_stage_paths(p["decoder"], self.n_layers)  # type: ignore[attr-defined]
+        if view == "text":
+            stages["adapter"] = p["embed"]
+        elif view == "modal":
+            stages.update(encoder=p[encoder], adapter=p["adapter"])
+        else:
+            raise MchError(f"model {self.spec.name!r} has no view {view!r}; use modal or text")  # type: ignore[attr-defined]
+        return stages
+
+    def _text_ids(self, sample: Sample, protocol: str, query: str = "") -> tuple[list[int], list[bool]]:
+        """The text view's prompt ids for `sample` (its paired text where the media would be)
+        and which of them are the text."""
+        prompt, span = self.render_prompt(protocol, "text", require_text(sample), query)
+        assert span is not None
+        return text_span(self.tokenizer, prompt, span[0], span[1], sample.sample_id)  # type: ignore[attr-defined]
 
     def decoder(self) -> torch.nn.Module:
         return resolve_module(self.module, self.decoder_path)  # type: ignore[attr-defined]
@@ -411,18 +471,6 @@ class HFPluginMixin(abc.ABC):
 
     def forward(self, prepared: Prepared) -> Any:
         return self.inner()(**prepared.inputs)
-
-
-def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
-    """`wav` at `target` Hz (polyphase, as the audio plugins' processors expect)."""
-    if sr == target:
-        return wav
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(int(sr), int(target))
-    return resample_poly(wav, target // g, int(sr) // g).astype(np.float32)
 
 
 def mono_waveform(s: Any, model: str, target: int) -> np.ndarray:

@@ -30,7 +30,6 @@ they differ in the span the runner pools (paper: `all`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,101 +42,25 @@ from mch.model import ModelPlugin, Pool, Prepared, Scores, resolve_module
 from ._hf_common import (
     HFPluginMixin,
     _one_line,
-    apply_adapter,
     checkpoint_dir,
     decoder_call,
-    load_pretrained,
     locate,
     mono_waveform,
-    require_text,
-    text_span,
+    pad_id,
+    right_pad,
+    span_mask,
+    token_pool,
 )
+from ._hf_processors import load_processor_any, torchvision_usable
 from .hf_families import FAMILIES, Family, family_for
 
 if TYPE_CHECKING:
     from mch.model import ScoreParts
 
+_torchvision_usable = torchvision_usable  # the name tests/test_models_hf_generic.py imports
+
 NO_CHECKPOINT = "(--checkpoint)"  # the registry's generic `hf` entry: the user names the checkpoint
 DEFAULT_INSTRUCTION = {"vision": "Describe this image.", "speech": "Describe this audio."}
-
-
-# --------------------------------------------------------------------------- processors without video
-
-
-def _no_video_types() -> tuple[type, type]:
-    from transformers.utils import PushToHubMixin
-
-    class NoVideoProcessor(PushToHubMixin):
-        """Stands in for a video processor, which needs torchvision (unusable here)."""
-
-        _auto_class = None
-
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            raise MchError(
-                "this checkpoint's video processor needs torchvision, which is not installed; "
-                "mch passes images and audio only"
-            )
-
-        def to_dict(self) -> dict[str, Any]:
-            return {}
-
-    return NoVideoProcessor, PushToHubMixin
-
-
-def _torchvision_usable() -> bool:
-    try:
-        from transformers.utils import is_torchvision_available
-
-        return bool(is_torchvision_available())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _named_processor_class(path: Path) -> str | None:
-    """The processor class the checkpoint's own files name (as AutoProcessor reads them)."""
-    import json
-
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        try:
-            cls = json.loads((path / name).read_text()).get("processor_class")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(cls, str):
-            return cls
-    return None
-
-
-def load_processor_any(name: str, path: Path, model_type: str, trust_remote_code: bool = False) -> Any:
-    """The checkpoint's processor, offline. A processor class with a video processor is built
-    without it when torchvision is missing (a stand-in raises if video is ever passed); image
-    processors fall back to their PIL variants by themselves."""
-    import transformers
-    from transformers import AutoProcessor
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    cls_name = _named_processor_class(path) or PROCESSOR_MAPPING_NAMES.get(model_type)
-    cls = getattr(transformers, cls_name, None) if isinstance(cls_name, str) else None
-    try:
-        if cls is not None and not _torchvision_usable() and any("video" in a for a in cls.get_attributes()):
-            NoVideo, _ = _no_video_types()
-
-            class WithoutVideo(cls):  # type: ignore[misc, valid-type]
-                def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-                    if isinstance(argument, NoVideo):
-                        return NoVideo
-                    return super().check_argument_for_proper_class(argument_name, argument)
-
-            WithoutVideo.__name__ = cls.__name__
-            stand_ins = {a: NoVideo() for a in cls.get_attributes() if "video" in a}
-            return WithoutVideo.from_pretrained(str(path), local_files_only=True, **stand_ins)
-        return AutoProcessor.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    except MchError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise MchError(
-            f"model {name!r}: cannot load the processor from {path} ({_one_line(exc)[:300]}); the "
-            f"checkpoint directory must hold the tokenizer and processor files of its release"
-        ) from None
 
 
 # --------------------------------------------------------------------------- the plugin
@@ -151,11 +74,8 @@ class HFModel(HFPluginMixin, ModelPlugin):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._paths: dict[str, str] | None = None
         self._family: Family | None = None
         self.modality = self.spec.modality  # until the checkpoint's family says
-        self.processor: Any = None
-        self.tokenizer: Any = None
 
     # ------------------------------------------------------------------ the table row
     def _read_config(self) -> Any:
@@ -217,7 +137,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         import importlib.util
 
         def usable(mod: str) -> bool:
-            return _torchvision_usable() if mod == "torchvision" else importlib.util.find_spec(mod) is not None
+            return torchvision_usable() if mod == "torchvision" else importlib.util.find_spec(mod) is not None
 
         return [mod for mod in self.family.requires if not usable(mod)]
 
@@ -236,13 +156,8 @@ class HFModel(HFPluginMixin, ModelPlugin):
         self.processor = load_processor_any(self.spec.name, path, cfg.model_type, self.trust_remote_code)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "right"
-        model = load_pretrained(self, getattr(transformers, self.hf_class), path, self.hf_class)
-        self._paths = self._build_paths(model)
-        self.decoder_path = self._paths["decoder"]
+        model = self._load_model(getattr(transformers, self.hf_class), path, self.hf_class)
         self.inner_path = fam.inner
-        apply_adapter(self, model, self.decoder_path)
-        self.module = self.place(model).eval()
-        self.config = model.config
         ids = [getattr(model.config, a, None) for a in fam.token_id]
         ids = [i for i in ids if isinstance(i, int)]
         if not ids:
@@ -256,16 +171,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         self.validate_stage_map("text")
 
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
-        p = self._ensure_paths()
-        stages = {f"llm.{i}": f"{p['decoder']}.layers.{i}" for i in range(self.n_layers)}
-        stages["llm.final"] = f"{p['decoder']}.norm"
-        if view == "text":
-            stages["adapter"] = p["embed"]
-        elif view == "modal":
-            stages.update(encoder=p["encoder"], adapter=p["adapter"])
-        else:
-            raise MchError(f"model {self.spec.name!r} has no view {view!r}; use modal or text")
-        return stages
+        return self._stages(view)
 
     # ------------------------------------------------------------------ prompts
     def _instruction(self, protocol: str) -> str:
@@ -348,8 +254,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         elif view == "text":
             seqs, inside = [], []
             for s in samples:
-                p, (a, b) = self.render_prompt(protocol, "text", require_text(s), query)
-                ids, mask = text_span(self.tokenizer, p, a, b, s.sample_id)
+                ids, mask = self._text_ids(s, protocol, query)
                 seqs.append(ids)
                 inside.append(mask)
             enc = self._collate(seqs)
@@ -362,9 +267,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         if view == "modal":
             mod = (ids == self.token_id) & att.bool()
         else:
-            mod = torch.zeros_like(att, dtype=torch.bool)
-            for i, m in enumerate(inside or []):
-                mod[i, : len(m)] = torch.tensor(m)
+            mod = span_mask(att, inside or [])
         inputs = {k: (v.to(self.input_device) if isinstance(v, torch.Tensor) else v) for k, v in enc.items()}
         for k in ("pixel_values", "input_features", "pixel_values_videos"):
             if isinstance(inputs.get(k), torch.Tensor) and inputs[k].is_floating_point():
@@ -373,14 +276,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         return inputs, {"modality_mask": mod, "attention_mask": att.cpu(), "encoding": enc}
 
     def _collate(self, seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        pad = self.tokenizer.pad_token_id
-        pad = 0 if pad is None else pad
-        L = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-        att = torch.zeros(len(seqs), L, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-            att[i, : len(s)] = 1
+        ids, att = right_pad(seqs, pad_id(self.tokenizer))
         return {"input_ids": ids, "attention_mask": att}
 
     def _append(self, enc: dict[str, Any], suffix: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -422,7 +318,7 @@ class HFModel(HFPluginMixin, ModelPlugin):
         inputs, info = self._prepare_inputs(samples, protocol, view)
         mod, real = info["modality_mask"], info["attention_mask"].bool()
         B = len(samples)
-        llm = Pool(torch.arange(B), {"modality": mod, "all": real, "text": real & ~mod})
+        llm = token_pool(mod, real)
         pools = {"llm": llm}
         if view == "text":
             pools["adapter"] = llm

@@ -48,16 +48,14 @@ from mch.model import ModelPlugin, Pool, Prepared, resolve_module
 
 from ._hf_common import (
     HFPluginMixin,
-    apply_adapter,
     checkpoint_dir,
-    decoder_stage_paths,
-    load_pretrained,
     load_processor,
     locate,
+    pad_id,
     positions,
-    require_text,
     right_pad,
-    text_span,
+    span_mask,
+    token_pool,
 )
 
 PAPER_INSTRUCTION = "Describe this image."
@@ -73,12 +71,6 @@ class Llava(HFPluginMixin, ModelPlugin):
     views = ("modal", "text")
     inner_path = "model"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._paths: dict[str, str] | None = None
-        self.processor: Any = None
-        self.tokenizer: Any = None
-
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -86,12 +78,7 @@ class Llava(HFPluginMixin, ModelPlugin):
         path = checkpoint_dir(self)
         self.processor = load_processor(self, AutoProcessor, path, "LLaVA processor")
         self.tokenizer = self.processor.tokenizer
-        model = load_pretrained(self, LlavaForConditionalGeneration, path, "LlavaForConditionalGeneration")
-        self._paths = self._build_paths(model)
-        self.decoder_path = self._paths["decoder"]
-        apply_adapter(self, model, self.decoder_path)
-        self.module = self.place(model).eval()
-        self.config = model.config
+        model = self._load_model(LlavaForConditionalGeneration, path, "LlavaForConditionalGeneration")
         self.image_token_id = int(model.config.image_token_id)
         self.validate_stage_map("modal")
         self.validate_stage_map("text")
@@ -127,16 +114,7 @@ class Llava(HFPluginMixin, ModelPlugin):
 
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         """The encoder stage depends on the protocol (module docstring)."""
-        p = self._ensure_paths()
-        stages = decoder_stage_paths(p["decoder"], self.n_layers)
-        if view == "text":
-            stages["adapter"] = p["embed"]
-        elif view == "modal":
-            stages["encoder"] = p["encoder_paper"] if protocol == "paper" else p["encoder"]
-            stages["adapter"] = p["adapter"]
-        else:
-            raise MchError(f"model {self.spec.name!r} has no view {view!r}; use modal or text")
-        return stages
+        return self._stages(view, "encoder_paper" if protocol == "paper" else "encoder")
 
     def stage_dims(self, view: str = "modal") -> dict[str, int]:
         d = self.config.text_config.hidden_size
@@ -187,13 +165,11 @@ class Llava(HFPluginMixin, ModelPlugin):
         query: str = "",
         suffix: Sequence[Sequence[int]] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        if self.module is None:
-            raise MchError(f"model {self.spec.name!r} is not loaded")
+        self._require_loaded()
         seqs, inside, pixels = [], [], []
         for s in samples:
             if view == "text":
-                prompt, (a, b) = self.render_prompt(protocol, "text", require_text(s), query)
-                ids, mask = text_span(self.tokenizer, prompt, a, b, s.sample_id)
+                ids, mask = self._text_ids(s, protocol, query)
                 seqs.append(ids)
                 inside.append(mask)
             else:
@@ -203,17 +179,13 @@ class Llava(HFPluginMixin, ModelPlugin):
                 pixels.append(enc["pixel_values"])
         if suffix is not None:  # e.g. the paired text as the answer, for losses
             seqs = [list(q) + list(x) for q, x in zip(seqs, suffix, strict=True)]
-        pad = self.tokenizer.pad_token_id
-        pad = 0 if pad is None or pad == self.image_token_id else pad
-        ids, att = right_pad(seqs, pad)
+        ids, att = right_pad(seqs, pad_id(self.tokenizer, self.image_token_id))
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": att, "position_ids": positions(att)}
         if view == "modal":
             inputs["pixel_values"] = torch.cat(pixels, 0).to(self.torch_dtype)
             mod = (ids == self.image_token_id) & att.bool()
         else:
-            mod = torch.zeros_like(att, dtype=torch.bool)
-            for i, m in enumerate(inside):
-                mod[i, : len(m)] = torch.tensor(m)
+            mod = span_mask(att, inside)
         inputs = {k: v.to(self.input_device) for k, v in inputs.items()}
         inputs["use_cache"] = False
         return inputs, {"modality_mask": mod, "attention_mask": att}
@@ -223,7 +195,7 @@ class Llava(HFPluginMixin, ModelPlugin):
         mod, real = info["modality_mask"], info["attention_mask"].bool()
         B = len(samples)
         owner = torch.arange(B)
-        llm = Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})
+        llm = token_pool(mod, real)
         pools = {"llm": llm}
         if view == "text":
             pools["adapter"] = llm

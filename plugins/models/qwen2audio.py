@@ -48,17 +48,15 @@ from mch.model import ModelPlugin, Pool, Prepared, resolve_module
 
 from ._hf_common import (
     HFPluginMixin,
-    apply_adapter,
     checkpoint_dir,
-    decoder_stage_paths,
-    load_pretrained,
     load_processor,
     locate,
     mono_waveform,
+    pad_id,
     positions,
-    require_text,
     right_pad,
-    text_span,
+    span_mask,
+    token_pool,
 )
 
 PAPER_INSTRUCTION = "Describe this audio."
@@ -81,12 +79,6 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
     inner_path = "model"
     answer_sep = ""  # the answer starts right after "<|im_start|>assistant\n"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._paths: dict[str, str] | None = None
-        self.processor: Any = None
-        self.tokenizer: Any = None
-
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
@@ -94,12 +86,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
         path = checkpoint_dir(self)
         self.processor = load_processor(self, AutoProcessor, path, "Qwen2-Audio processor")
         self.tokenizer = self.processor.tokenizer
-        model = load_pretrained(self, Qwen2AudioForConditionalGeneration, path, "Qwen2AudioForConditionalGeneration")
-        self._paths = self._build_paths(model)
-        self.decoder_path = self._paths["decoder"]
-        apply_adapter(self, model, self.decoder_path)
-        self.module = self.place(model).eval()
-        self.config = model.config
+        model = self._load_model(Qwen2AudioForConditionalGeneration, path, "Qwen2AudioForConditionalGeneration")
         self.audio_token_id = int(model.config.audio_token_id)
         self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
         self.validate_stage_map("modal")
@@ -117,15 +104,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
         }
 
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
-        p = self._ensure_paths()
-        stages = decoder_stage_paths(p["decoder"], self.n_layers)
-        if view == "text":
-            stages["adapter"] = p["embed"]
-        elif view == "modal":
-            stages.update(encoder=p["encoder"], adapter=p["adapter"])
-        else:
-            raise MchError(f"model {self.spec.name!r} has no view {view!r}; use modal or text")
-        return stages
+        return self._stages(view)
 
     def stage_dims(self, view: str = "modal") -> dict[str, int]:
         dims = {s: self.config.text_config.hidden_size for s in self.stage_map(view)}
@@ -175,13 +154,11 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
         query: str = "",
         suffix: Sequence[Sequence[int]] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        if self.module is None:
-            raise MchError(f"model {self.spec.name!r} is not loaded")
+        self._require_loaded()
         seqs, inside, feats, fmasks, n_audio = [], [], [], [], []
         for s in samples:
             if view == "text":
-                prompt, (a, b) = self.render_prompt(protocol, "text", require_text(s), query)
-                ids, mask = text_span(self.tokenizer, prompt, a, b, s.sample_id)
+                ids, mask = self._text_ids(s, protocol, query)
                 seqs.append(ids)
                 inside.append(mask)
                 continue
@@ -208,18 +185,14 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
             n_audio.append(n)
         if suffix is not None:  # e.g. the paired text as the answer, for losses
             seqs = [list(q) + list(x) for q, x in zip(seqs, suffix, strict=True)]
-        pad = self.tokenizer.pad_token_id
-        pad = 0 if pad is None or pad == getattr(self, "audio_token_id", -1) else pad
-        ids, att = right_pad(seqs, pad)
+        ids, att = right_pad(seqs, pad_id(self.tokenizer, getattr(self, "audio_token_id", None)))
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": att, "position_ids": positions(att)}
         if view == "modal":
             inputs["input_features"] = torch.cat(feats, 0).to(self.torch_dtype)
             inputs["feature_attention_mask"] = torch.cat(fmasks, 0).long()
             mod = (ids == self.audio_token_id) & att.bool()
         else:
-            mod = torch.zeros_like(att, dtype=torch.bool)
-            for i, m in enumerate(inside):
-                mod[i, : len(m)] = torch.tensor(m)
+            mod = span_mask(att, inside)
         inputs = {k: v.to(self.input_device) for k, v in inputs.items()}
         inputs["use_cache"] = False
         return inputs, {"modality_mask": mod, "attention_mask": att, "n_audio": n_audio}
@@ -229,7 +202,7 @@ class Qwen2Audio(HFPluginMixin, ModelPlugin):
         mod, real = info["modality_mask"], info["attention_mask"].bool()
         B = len(samples)
         owner = torch.arange(B)
-        llm = Pool(owner, {"modality": mod, "all": real, "text": real & ~mod})
+        llm = token_pool(mod, real)
         pools = {"llm": llm}
         if view == "text":
             pools["adapter"] = llm

@@ -25,21 +25,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mch.api import MchError, Sample
-from mch.model import ModelPlugin, Pool, Prepared, resolve_module
+from mch.model import ModelPlugin, Prepared, resolve_module
 
 from ._hf_common import (
     HF_OPTIONS,
     HFPluginMixin,
-    apply_adapter,
     checkpoint_dir,
     continuation_ids,
     decoder_stage_paths,
-    load_pretrained,
     load_processor,
     locate,
+    pad_id,
     positions,
     require_text,
     right_pad,
+    span_mask,
+    token_pool,
 )
 
 if TYPE_CHECKING:
@@ -53,22 +54,13 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
     option_specs = dict(HF_OPTIONS)
     views = ("text",)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._paths: dict[str, str] | None = None
-        self.tokenizer: Any = None
-
     def load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = checkpoint_dir(self)
         self.tokenizer = load_processor(self, AutoTokenizer, path, "tokenizer")
-        model = load_pretrained(self, AutoModelForCausalLM, path, "AutoModelForCausalLM")
-        self._paths = self._build_paths(model)
-        self.decoder_path = self.inner_path = self._paths["decoder"]
-        apply_adapter(self, model, self.decoder_path)
-        self.module = self.place(model).eval()
-        self.config = model.config
+        self._load_model(AutoModelForCausalLM, path, "AutoModelForCausalLM")
+        self.inner_path = self.decoder_path  # no LM-head-less wrapper: the decoder runs the inputs
         self.validate_stage_map("text")
 
     def _build_paths(self, model: torch.nn.Module) -> dict[str, str]:
@@ -113,8 +105,7 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         suffix: Sequence[Sequence[int]] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         self._check_view(view)
-        if self.module is None:
-            raise MchError(f"model {self.spec.name!r} is not loaded")
+        self._require_loaded()
         seqs, content = [], []
         for s in samples:
             text = require_text(s)
@@ -127,11 +118,8 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
                 ids, special = enc["input_ids"], enc["special_tokens_mask"]
             seqs.append(ids)
             content.append([not x for x in special])
-        pad = self.tokenizer.pad_token_id
-        ids, att = right_pad(seqs, 0 if pad is None else pad)
-        mod = torch.zeros_like(att, dtype=torch.bool)
-        for i, c in enumerate(content):
-            mod[i, : len(c)] = torch.tensor(c)
+        ids, att = right_pad(seqs, pad_id(self.tokenizer))
+        mod = span_mask(att, content)
         inputs = {"input_ids": ids, "attention_mask": att, "position_ids": positions(att)}
         inputs = {k: v.to(self.input_device) for k, v in inputs.items()}
         inputs["use_cache"] = False
@@ -140,7 +128,7 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
     def prepare(self, samples: Sequence[Sample], protocol: str, view: str = "text") -> Prepared:
         inputs, info = self._prepare_inputs(samples, protocol, view)
         mod, real = info["modality_mask"], info["attention_mask"].bool()
-        pool = Pool(torch.arange(len(samples)), {"modality": mod, "all": real, "text": real & ~mod})
+        pool = token_pool(mod, real)
         return Prepared(
             inputs=inputs,
             pools={"llm": pool, "adapter": pool},
@@ -153,8 +141,7 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         protocols agree for a text-only model)."""
         from mch.model import LossTerms
 
-        if self.module is None:
-            raise MchError(f"model {self.spec.name!r} is not loaded")
+        self._require_loaded()
         with torch.enable_grad() if grad else torch.inference_mode():
             inputs, _ = self._prepare_inputs(samples, protocol, "text")
             logits = self.module(**inputs).logits[:, :-1]
@@ -173,8 +160,7 @@ class TextBaseline(HFPluginMixin, ModelPlugin):
         from mch.model import ScoreParts
 
         self._check_view(view)
-        if self.module is None:
-            raise MchError(f"model {self.spec.name!r} is not loaded")
+        self._require_loaded()
         conts = continuation_ids(self.tokenizer, self._score_context(protocol, view, query), continuations)
         inputs, _ = self._prepare_inputs(samples, protocol, view, query)
         emb = resolve_module(self.module, self._paths["embed"])  # type: ignore[index]
