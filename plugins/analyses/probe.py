@@ -259,6 +259,7 @@ def inner_pairs(n_splits: int, inner_folds: int | None = None) -> list[tuple[int
     )
 
 
+EXTRAPOLATE = True  # False: the path before issue 18 (each lam starts at the last fit); the benchmark compares both
 CONTROL_START_TOL = 1e-3  # bound of the control task's all-rows starting fit (only a starting point)
 MAX_DEFAULT_JOBS = 4  # more threads than this rarely pays for the products' memory traffic
 
@@ -279,6 +280,25 @@ def n_workers(n_jobs: Any) -> int:
     ):
         raise MchError(f"probe parameter n_jobs must be a positive number of threads or null, not {n_jobs!r}")
     return int(n_jobs)
+
+
+def _next_start(
+    fit: SoftmaxFit, lam: float, before: tuple[np.ndarray, np.ndarray, float] | None, grid: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where a pair's fit at the next lam of the walk starts: the line through its last two
+    fits, in log lam, carried one step on (the path's own trend), or its last fit if it has one.
+    A start only: every fit still stops at its certified bound, and a start nearer the optimum
+    leaves less of the early stopping the bound allows at small lam (measured on LibriSpeech-
+    shaped vectors: the lam choices and held-out numbers of fits solved to 1e-8, at half the
+    evaluations of starting from the last fit)."""
+    if not EXTRAPOLATE or before is None:
+        return fit.W, fit.b
+    W0, b0, lam0 = before
+    i = grid.index(lam)
+    if i + 1 >= len(grid):
+        return fit.W, fit.b
+    t = np.log(grid[i + 1] / lam) / np.log(lam / lam0)
+    return fit.W + t * (fit.W - W0), fit.b + t * (fit.b - b0)
 
 
 def nested_cv_probe(
@@ -303,6 +323,7 @@ def nested_cv_probe(
     r = design.rank
     pairs = [p for p in inner_pairs(F, inner_folds) if design.present([j for j in range(F) if j not in p]).sum() >= 2]
     warm: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    last: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
     best = [np.inf] * F
     best_lam: list[float] = [grid[0]] * F
     best_init: list[tuple[np.ndarray, np.ndarray] | None] = [None] * F
@@ -329,7 +350,8 @@ def nested_cv_probe(
         csum = [np.zeros(k) for _ in range(F)]
         for p, fit, lp in zip(jobs, fits, logps, strict=True):  # in pair order: the sums do not depend on scheduling
             log.add(fit)
-            warm[p] = (fit.W, fit.b)
+            warm[p] = _next_start(fit, lam, last.get(p), grid)
+            last[p] = (fit.W, fit.b, lam)
             for o, v in ((p[0], p[1]), (p[1], p[0])):
                 if not active[o]:
                     continue
