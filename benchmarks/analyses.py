@@ -500,14 +500,16 @@ def _reference_probes(files: dict[str, Any]) -> dict[str, Any]:
         X = np.load(f).astype(np.float32)
         for attr, lab in labels.items():
             y = LabelEncoder().fit_transform(lab.astype(str))
+            ok = np.bincount(y)[y] >= 2  # run_probe drops classes with fewer than 2 members (none at N = 2620)
+            Xa, y = (X, y) if ok.all() else (X[ok], LabelEncoder().fit_transform(y[ok]))
             accs = []
-            for tr, te in StratifiedShuffleSplit(n_splits=5, train_size=0.8, random_state=42).split(X, y):
-                sc = StandardScaler().fit(X[tr])
+            for tr, te in StratifiedShuffleSplit(n_splits=5, train_size=0.8, random_state=42).split(Xa, y):
+                sc = StandardScaler().fit(Xa[tr])
                 clf = LogisticRegression(solver="lbfgs", C=1.0 / (1e-4 * len(tr)), max_iter=100)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    clf.fit(sc.transform(X[tr]), y[tr])
-                accs.append(float((clf.predict(sc.transform(X[te])) == y[te]).mean()))
+                    clf.fit(sc.transform(Xa[tr]), y[tr])
+                accs.append(float((clf.predict(sc.transform(Xa[te])) == y[te]).mean()))
                 iters.append(int(clf.n_iter_.max()))
             out[(stage, attr)] = accs
     return {"accuracies": out, "iters": iters}
@@ -778,12 +780,184 @@ def bench_probe_control(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- the default probe against script 03 (issue 18)
+
+
+def _solver(before: bool) -> None:
+    """The default probe's solver path as it was before issue 18 (`before`: intercepts from 0
+    and unscaled, each lam of the walk starting at the pair's last fit) or as it is now. Both
+    are the same procedure (nested CV, fixed grid, certified bound); they differ in the
+    iterates the bound accepts where it does not pin the held-out numbers."""
+    from mch.plugins.analyses import _softmax, probe
+
+    _softmax.PLAIN_INTERCEPTS = before
+    probe.EXTRAPOLATE = not before
+
+
+def _probe_result(out: Any, seconds: float, cpu: float) -> dict[str, Any]:
+    stages = [(a, st, v) for a, info in out.summary["attributes"].items() for st, v in info.get("stages", {}).items()]
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "metrics": {(m.metric, m.stage, m.attribute): (m.value, m.ci_low, m.ci_high) for m in out.metrics},
+        "evals": sum(v["total_evals"] + v.get("control_fits", {}).get("total_evals", 0) for _, _, v in stages),
+        "unconverged": sum(v["n_unconverged"] for _, _, v in stages),
+        "max_gap": max((v["max_gap_bound_nats"] for _, _, v in stages), default=0.0),
+        "lambda": {(a, st): v["lambda"] for a, st, v in stages},
+    }
+
+
+def mch_probe_default(
+    files: dict[str, Any], before: bool = False, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The default probe with its statistics (V-information, control task, group-bootstrap
+    CIs; default parameters) on the benchmark vectors; the call alone is timed."""
+    from mch.api import AnalysisSpec
+    from mch.plugins.analyses.probe import Probe
+
+    _solver(before)
+    probe = Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
+    ctx = _probe_context(files, "default", {**probe.default_params("default"), **(params or {})})
+    t, c = time.perf_counter(), time.process_time()
+    out = probe.run(ctx)
+    return _probe_result(out, time.perf_counter() - t, time.process_time() - c)
+
+
+def toy_probe_default(store: str, before: bool) -> dict[str, Any]:
+    """The default probe on the toy organism's stored vectors (the store filled beforehand)."""
+    from mch.runner import RunConfig, analyze, extract, plan
+
+    _solver(before)
+    p = plan(RunConfig(analyses=["probe"], store=Path(store)))
+    entry = extract(p, "modal")
+    t, c = time.perf_counter(), time.process_time()
+    ((_, out, _, _),) = analyze(p, entry)
+    return _probe_result(out, time.perf_counter() - t, time.process_time() - c)
+
+
+def reference_timed(files: dict[str, Any], blas_threads: int | None) -> dict[str, Any]:
+    """Script 03 (`reference_probes`) with its process's CPU time (every thread's)."""
+    t, c = time.perf_counter(), time.process_time()
+    res = reference_probes(files, blas_threads)
+    return {**res, "seconds": time.perf_counter() - t, "cpu": time.process_time() - c}
+
+
+def agreement(today: dict[tuple, tuple], new: dict[tuple, tuple]) -> tuple[int, list[str], float]:
+    """How the new procedure's numbers sit in today's CIs: (numbers with a CI, the ones outside
+    it, the largest shift in CI half-widths). Where a skewed statistic's percentile CI leaves out
+    its own point (macro-F1 under group resampling), the interval is widened to include it."""
+    n, outside, worst = 0, [], 0.0
+    for key, (v, lo, hi) in sorted(today.items(), key=lambda kv: str(kv[0])):
+        if lo is None or hi is None or key not in new or new[key][0] is None:
+            continue
+        n += 1
+        w = new[key][0]
+        lo, hi = min(lo, v), max(hi, v)
+        shift = (w - v) / max((hi - lo) / 2, 1e-12)
+        worst = shift if abs(shift) > abs(worst) else worst
+        if not lo <= w <= hi:
+            outside.append(f"{key[0]}@{key[1]}/{key[2]}: today {v:.3f} [{lo:.3f}, {hi:.3f}], now {w:.3f}")
+    return n, outside, worst
+
+
+def bench_probe_speed(args: argparse.Namespace) -> list[str]:
+    """Issue 18: the default probe with its statistics against script 03 on LibriSpeech-shaped
+    vectors (N x d, 4 stages, lexical and speaker), in one run: the script with its process's
+    BLAS threads and on one BLAS thread, mch default now and with the solver path before
+    issue 18 ("today's procedure"), in an ABBA order over `--rounds`, medians of wall and CPU
+    time; then the agreement of every number that has a CI with today's, on these vectors and
+    on the toy organism (both procedures in the same run), and the traced peak memory."""
+
+    class _Lines(list):
+        def append(self, line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+            super().append(line)
+
+    lines = _Lines()
+    load = lambda: f"load {os.getloadavg()[0]:.1f}"  # noqa: E731
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        files = probe_vectors(Path(tmp), args.n, args.d, libri=True)
+        n_st = len(files["stages"])
+        read = mb(n_st * args.n * args.d * 4)
+        lines.append(
+            f"probe_speed: N = {args.n}, d = {args.d}, {n_st} stages x lexical (50 Zipf classes, folds by "
+            f"chapter) and speaker (40, by utterance); the float32 vectors read: {read:.0f} MiB"
+        )
+        arms: dict[str, Callable[[], dict[str, Any]]] = {
+            "script 03 (process BLAS threads)": lambda: measured(reference_timed, files, None, trace=False),
+            "mch default": lambda: measured(mch_probe_default, files, False, trace=False),
+            "script 03 (one BLAS thread)": lambda: measured(reference_timed, files, 1, trace=False),
+            "mch default, solver before issue 18": lambda: measured(mch_probe_default, files, True, trace=False),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in arms}
+        order = list(arms)
+        for r in range(args.rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                res = arms[name]()["result"]
+                runs[name].append(res)
+                lines.append(f"    {name:<38s} {res['seconds']:7.1f} s wall  {res['cpu']:7.1f} s CPU   [{load()}]")
+        t = {k: med([x["seconds"] for x in v]) for k, v in runs.items()}
+        c = {k: med([x["cpu"] for x in v]) for k, v in runs.items()}
+        best_ref = min(("script 03 (process BLAS threads)", "script 03 (one BLAS thread)"), key=lambda k: t[k])
+        for name in arms:
+            extra = ""
+            if name.startswith("mch"):
+                r0 = runs[name][-1]
+                extra = (
+                    f"   speed-up vs the faster script: {t[best_ref] / t[name]:.2f}x wall; "
+                    f"{r0['evals']} evaluations, {r0['unconverged']} unconverged, max bound {r0['max_gap']:.0e}"
+                )
+            lines.append(
+                f"  {name:<38s}: {t[name]:7.1f} s wall, {c[name]:7.1f} s CPU (medians of {len(runs[name])})" + extra
+            )
+        new, old = runs["mch default"][-1], runs["mch default, solver before issue 18"][-1]
+        n, outside, worst = agreement(old["metrics"], new["metrics"])
+        lines.append(
+            f"  agreement on these vectors: {n} numbers with a CI, {len(outside)} outside today's CI, the "
+            f"largest shift {worst:+.2f} CI half-widths"
+        )
+        lines += [f"    outside: {o}" for o in outside]
+        changed = {k: (old["lambda"][k], v) for k, v in new["lambda"].items() if v != old["lambda"].get(k)}
+        for (a, st), (lo_, ln) in changed.items():
+            lines.append(
+                f"    lam chosen for {a}@{st}: today {' '.join(f'{x:.0e}' for x in lo_)}, now "
+                f"{' '.join(f'{x:.0e}' for x in ln)}"
+            )
+        mem = measured(mch_probe_default, files, False)
+        lines.append(
+            f"  memory: mch default traced peak {mem['traced_mb']:.0f} MiB = {mem['traced_mb'] / read:.2f}x "
+            f"the vectors read (target < 2x)"
+        )
+        speed = t[best_ref] / t["mch default"]
+        lines.append(
+            f"  target: mch default (statistics included) at least as fast as the script: {speed:.2f}x the "
+            f"faster script arm ({best_ref}) in wall time ({'met' if speed >= 1 else 'NOT met'}), "
+            f"{c[best_ref] / c['mch default']:.2f}x in CPU time; before issue 18: "
+            f"{t[best_ref] / t['mch default, solver before issue 18']:.2f}x"
+        )
+        store = str(Path(tmp) / "store")
+        measured(toy_probe_default, store, False, trace=False)  # fills the store
+        toy: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for before in ([False, True, True, False] * args.rounds)[: 2 * args.rounds]:
+            toy[before].append(measured(toy_probe_default, store, before, trace=False)["result"])
+        n, outside, worst = agreement(toy[True][-1]["metrics"], toy[False][-1]["metrics"])
+        tn, tb = med([x["seconds"] for x in toy[False]]), med([x["seconds"] for x in toy[True]])
+        lines.append(
+            f"  toy organism: now {tn:.1f} s, before {tb:.1f} s ({tb / tn:.2f}x); {n} numbers with a CI, "
+            f"{len(outside)} outside today's CI, the largest shift {worst:+.2f} CI half-widths"
+        )
+        lines += [f"    outside: {o}" for o in outside]
+    return lines
+
+
 # --------------------------------------------------------------------------- driver
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     "modes": bench_modes,
     "probe": bench_probe,
     "probe_control": bench_probe_control,
+    "probe_speed": bench_probe_speed,
     "split": bench_split,
 }
 
@@ -795,6 +969,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--d", type=int, default=4096)
     ap.add_argument("--quick", action="store_true", help="N = 400, d = 512")
     ap.add_argument("--trace-reference", action="store_true", help="also trace the reference's memory (slow)")
+    ap.add_argument("--rounds", type=int, default=2, help="probe_speed: ABBA rounds of its timed runs")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.d = 400, 512
