@@ -1,28 +1,13 @@
 """Penalised multinomial logistic regression, many fits at once (the probe's solver).
 
-Each fit minimises  mean CE over its training rows + lam/2 ||W||^2  over (W, b). The fits of
-one probe share the rows of one design matrix Z, grouped in blocks (the outer folds); a fit
-trains on a set of whole blocks. They run in lockstep: every round evaluates every pending
-fit, and the products are made per block over all the fits that train on it at once,
-Z_block @ [W_1 ... W_m]. That reads Z once per round instead of once per fit, and the wide
-product runs near the machine's peak where one fit's skinny product is memory-bound
-(measured on a 2-core machine at r = 2619: 17 GFlop/s for ten 6-class fits one at a time,
-67 batched; 81 and 134 for 40 classes).
-
-Solver per fit: L-BFGS with Armijo backtracking, written as a generator so that a driver can
-batch the evaluations of many fits; preconditioned in the variables u where W = (Sc * u) Q^T
-(Q the eigenvectors of the mean softmax Hessian over classes at the start, Sc from the
-column norms of Z: in principal-axis coordinates this makes the data Hessian's Kronecker
-approximation identity). Convergence: ||grad||^2 / (2 lam) <= tol, an upper bound in nats
-on how far the penalised objective is above its optimum by lam-strong convexity in W (the
-intercepts are unpenalised: for them the bound is a heuristic, their gradient being part
-of the norm). Products run on Z's
-dtype (float32) with float64 accumulation; a fit whose float32 line search stalls on
-rounding finishes in float64.
-
-Determinism: blocks are cut into chunks of about CHUNK_ROWS rows by their sizes alone; each
-chunk's products are one task, and the sums over chunks are taken in chunk order, so the
-result does not depend on how many worker threads run the tasks (each on one BLAS thread).
+Each fit minimises mean CE over its training rows + lam/2 ||W||^2 over (W, b). The fits of one
+probe share the rows of one design matrix Z, grouped in blocks (the outer folds); a fit trains
+on whole blocks. They run in lockstep: each round makes, per block, one product over every fit
+that trains on it, which reads Z once per round and keeps the product wide enough to run near
+the machine's peak. Per fit: preconditioned L-BFGS (compact form, Armijo backtracking) as a
+generator the driver batches, stopped at ||grad||^2 / (2 lam) <= tol, a bound in nats on the
+objective's distance to its optimum. Results do not depend on the number of worker threads:
+chunks are cut by block sizes alone and summed in chunk order. Details: docs/probe-solver.md.
 """
 
 from __future__ import annotations

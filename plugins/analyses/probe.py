@@ -1,87 +1,12 @@
 """Linear probes: the information present per (stage, attribute) (science.md §1).
 
-`default` protocol, per attribute and stage:
-  * rows: labelled samples of classes with >= 2 members (the reference drops singletons);
-  * features: the stage's pooled vectors z-scored over all samples of the run (mean and
-    std use no label, so they cannot leak one; a zero-variance feature keeps scale 1);
-  * splits: a 5-fold stratified k-fold whose folds keep the attribute's groups whole,
-    seeded by the run's seed (each sample is tested exactly once); a group key that cannot
-    give such folds falls back to a stratified k-fold, said in `summary` and `notes`;
-  * model: multinomial logistic regression, objective mean cross-entropy + lam/2 ||W||^2
-    (intercept free; sklearn's C = 1 / (lam n_train)), lam chosen per outer fold from
-    `LAMBDA_GRID` by nested cross-validation on that fold's training part only (each of its
-    other folds held out in turn from the rest of that part, so the inner CV is
-    group-disjoint whenever the outer folds are), minimising held-out cross-entropy;
-  * metrics from the pooled held-out predictions: `accuracy`, `balanced_accuracy`,
-    `macro_f1`, `cross_entropy_bits`, `i_probe_bits` = CE_null - CE (V-information: CE_null is
-    the held-out cross-entropy of the intercept-only model fitted on the same training folds,
-    each fold's own label prior; ~0 for vectors that carry nothing, even when grouped folds
-    shift the label mix), `i_probe_prior_bits` = H(Y) - CE (the old number, biased negative
-    there), `retention_ratio`; `chance_uniform` = 1/K and `chance_majority` (the majority
-    class rate) per attribute; and the attribute-level `retained_pct`, `final_over_chance`,
-    `delta_tau` (science.md §1) with the chance level of `retention_chance` (default:
-    majority; the paper's is 1/K), reported as `chance_retention`;
-  * control task (`control`, on by default; Hewitt & Liang 2019): the labels permuted across
-    the attribute's groups (group structure kept), the same folds, each outer fold fitted at
-    the lam the real labels chose there (no inner CV): `control_accuracy`,
-    `control_i_probe_bits`, `selectivity` = accuracy - control_accuracy;
-  * `n_repeats` grouped-CV seeds (default 1): points are means over the seeds, and bootstrap
-    replicate b reads seed b mod n_repeats, so their spread enters the CIs;
-  * CIs: percentile, over the attribute's shared group resamples (`_stats.attribute_groups`,
-    science.md §8) as row weights of the held-out predictions (no refit); every metric says
-    its `n_groups`; the replicates of accuracy and I_probe go to later analyses of the run
-    (`AnalysisOutput.replicates`: GMI's accessibility CIs, LoRA's paired changes), never to
-    the record; every record notes that I_probe is a lower bound loosening with d/N.
-
-How the default fit is made fast without changing the model it finds:
-  * Exact PCA form. The penalised optimum W lies in the span of the training rows
-    (representer theorem), so fitting in the coordinates of the stage's principal axes
-    (all axes with nonzero variance over the run's samples, which hold every training
-    row) gives the same model as fitting the D-dimensional z-scored vectors, at rank
-    <= min(N, D) instead of D. One eigendecomposition per stage serves every attribute,
-    fold and lam. (tests: the probabilities equal sklearn's on the raw z-scored vectors.)
-  * Preconditioning. In those axes the data Hessian is close to diag(s_j^2 / n) (x) H_c,
-    H_c the mean softmax Hessian over classes; L-BFGS runs in the variables that make
-    that block identity (a change of variables: the same optimum).
-  * Path and pairs. lam runs from strong to weak with warm starts; the inner fits of outer
-    folds i and j share one fit (trained on the folds other than i and j: with 5 folds that
-    is 10 fits per lam for all five 4-fold inner CVs; `inner_folds = 2` validates each outer
-    fold on its 2 neighbouring folds only, 5 fits per lam, faster but a noisier choice of
-    lam: on the toy world it picked lam = 1e-3 for one fold and a negative I_probe); the walk stops
-    for a fold once its inner CV cross-entropy has risen `patience` grid steps past its
-    best (the CV curve is U-shaped; `patience` large evaluates the whole grid).
-  * Lockstep batches (`_softmax.py`). The fits of one lam step (and the five outer fits)
-    train on unions of the same folds: they run in lockstep, and each round's products are
-    made per fold over every fit that trains on it at once, which reads the vectors once per
-    round and runs the wide product near the machine's peak (one fit's skinny product is
-    memory-bound). The rounds' tasks, fixed row chunks, run on `n_jobs` worker threads
-    (default: the usable cores, at most 4), each on one BLAS thread; chunk sums are taken in
-    chunk order, so every fit's arithmetic, and the result, is the same whatever `n_jobs` is
-    (tested). L-BFGS keeps its curvature pairs in float32, in compact form.
-  * Convergence is certified, not assumed: a fit stops when ||grad||^2 / (2 lam) <= `tol`,
-    an upper bound (nats) on how far its penalised objective is above the optimum
-    (lam-strong convexity in W; for the unpenalised intercepts it is a heuristic); the inner fits, which only rank lam, use `inner_tol`.
-    Work runs in float32 and finishes in float64 when float32 rounding stops the line
-    search. Every fit's evaluations and bound are reported.
-    What the bound does not pin down: where the training rows are nearly separable (N < D
-    and a small lam), fits within the bound can still differ a lot in held-out
-    cross-entropy. Measured on the benchmark's 40-class probe at lam = 1e-5 (one inner
-    fit): 0.27 nats at a bound of 1e-4, 0.36 at 1e-6, 0.45 at the optimum (1e-10). The held-out
-    numbers are genuine held-out measurements of the probe that was fitted, but at small lam
-    they are those of the certified-near-optimal iterate, not of the exact optimum, and
-    they move with `tol` / `inner_tol`.
-
-`paper` protocol: the reference's script 03 exactly (analyses-probes-geometry.md §1): the
-reference's label filters, classes coded in sorted order (rank order for `lexical`, whose
-classes the dataset lists in top-50 rank order), StratifiedShuffleSplit(n_splits=5,
-train_size=0.8, random_state=42), StandardScaler fitted on train, LogisticRegression(lbfgs,
-C = 1/(1e-4 n_train), max_iter=100) on float32, chance 1/K; its summary fields per
-(stage, attribute) and the four retention numbers under their own names. The same fits
-also give a held-out cross-entropy, so `i_probe_bits` is reported (the reference has none).
-`n_jobs` = 1 (default) runs the splits one after another with the process's BLAS threads,
-as the plain script does; more runs them concurrently, one BLAS thread each: faster, and
-identical to the script run on one BLAS thread (float32 BLAS rounding depends on the thread
-count, so accuracies may differ from a multi-threaded run in rare test rows).
+`default`: multinomial logistic regression on z-scored vectors in the stage's principal
+axes, lam chosen per outer fold of a grouped 5-fold split by nested CV over a harness-owned
+grid, each fit stopped at a certified bound; V-information I_probe against the held-out
+intercept-only model, a control task on labels permuted across groups, group-bootstrap CIs
+from the held-out predictions. `paper`: the reference's script 03 exactly. How each is
+computed, and why the default fit is fast without changing the model it finds:
+docs/probe-solver.md.
 """
 
 from __future__ import annotations
@@ -661,7 +586,7 @@ class AttrPlan:
 
 
 class Probe(Analysis):
-    """Linear probes per (stage, attribute); see the module docstring for both protocols."""
+    """Linear probes per (stage, attribute) under both protocols (docs/probe-solver.md)."""
 
     name = "probe"
     needs_model = False
