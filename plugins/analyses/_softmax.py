@@ -52,15 +52,29 @@ class Design:
     """The rows of Z (n, r) grouped by block: rows of block j are `Z[start[j]:stop[j]]` after
     a stable sort by `block`; `order` maps design rows to the caller's rows."""
 
-    def __init__(self, Z: np.ndarray, block: np.ndarray, y: np.ndarray, k: int, rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        Z: np.ndarray,
+        block: np.ndarray,
+        y: np.ndarray,
+        k: int,
+        rows: np.ndarray | None = None,
+        ordered: bool = False,
+    ) -> None:
         """Design row i is caller's row `order[i]`, i.e. `Z[rows[order[i]]]` (`rows`: the
-        caller's rows of Z, default all); one copy of Z's rows is made, in design order. `y`
-        (codes 0..k-1) and `block` are per caller row. A float64 finish reads these same
+        caller's rows of Z, default all); one copy of Z's rows is made, in design order, unless
+        `ordered` says Z's leading rows already are those rows (then they are used in place).
+        `y` (codes 0..k-1) and `block` are per caller row. A float64 finish reads these same
         values in float64: the problem solved is the one Z's values define."""
         block = np.asarray(block)
         self.n_blocks = int(block.max()) + 1
         self.order = np.argsort(block, kind="stable")
-        self.Z = np.ascontiguousarray(Z[self.order if rows is None else np.asarray(rows)[self.order]])
+        if ordered:
+            self.Z = Z[: len(block)]
+            if not self.Z.flags.c_contiguous:
+                raise ValueError("an ordered design needs C-contiguous rows")
+        else:
+            self.Z = np.ascontiguousarray(Z[self.order if rows is None else np.asarray(rows)[self.order]])
         self.y = np.asarray(y)[self.order]
         self.k = k
         sizes = np.bincount(block, minlength=self.n_blocks)

@@ -111,6 +111,33 @@ class Basis:
     Z32: np.ndarray
     dim: int  # D of the pooled vectors
     rank: int  # axes kept (nonzero variance)
+    perm: np.ndarray | None = None  # Z32[i] is the stage's row perm[i] (None: row i)
+
+    def arrange(self, rows: np.ndarray) -> np.ndarray:
+        """Z32's rows reordered in place so that its leading len(rows) rows are the stage's
+        `rows` in that order; returns them (a view). A design then reads them without its
+        own copy of the stage (issue 17: the probe's peak memory)."""
+        n = len(self.Z32)
+        perm = np.arange(n) if self.perm is None else self.perm
+        pos = np.empty(n, dtype=np.intp)
+        pos[perm] = np.arange(n)
+        rest = np.ones(n, dtype=bool)
+        rest[rows] = False
+        target = np.concatenate([np.asarray(rows, dtype=np.intp), np.flatnonzero(rest)])
+        src = pos[target]  # new row i is the current row src[i]
+        Z, done = self.Z32, src == np.arange(n)
+        for i in np.flatnonzero(~done):  # follow each cycle of the permutation with one row held
+            if done[i]:
+                continue
+            held, j = Z[i].copy(), i
+            while src[j] != i:
+                Z[j] = Z[src[j]]
+                done[j] = True
+                j = src[j]
+            Z[j] = held
+            done[j] = True
+        self.perm = target
+        return Z[: len(rows)]
 
 
 def stage_basis(X: np.ndarray) -> Basis:
@@ -122,28 +149,69 @@ def stage_basis(X: np.ndarray) -> Basis:
         return _stage_basis(X)
 
 
-def _stage_basis(X: np.ndarray) -> Basis:
-    X = np.asarray(X, dtype=np.float32)
+BASIS_ROWS = 1024  # rows z-scored (and taken to float64) at a time: the basis's memory is O(block d)
+
+
+def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and (ddof 0) standard deviation of the rows of X, in float64, in row blocks.
+    Each sum runs row by row in row order (the running sum leads each block's reduction), as
+    numpy's axis-0 sums of the whole array do: the same values, without its float64 copy."""
     n, d = X.shape
-    mu = X.mean(0, dtype=np.float64)
-    sd = X.std(0, dtype=np.float64)
+    s = np.zeros(d)
+    for lo in range(0, n, BASIS_ROWS):
+        s = np.add.reduce(np.vstack([s[None], np.asarray(X[lo : lo + BASIS_ROWS], dtype=np.float64)]), axis=0)
+    mu = s / n
+    q = np.zeros(d)
+    for lo in range(0, n, BASIS_ROWS):
+        dev = np.asarray(X[lo : lo + BASIS_ROWS], dtype=np.float64) - mu
+        q = np.add.reduce(np.vstack([q[None], np.multiply(dev, dev, out=dev)]), axis=0)
+    return mu, np.sqrt(q / n)
+
+
+def _first_kept(w: np.ndarray, rel: float) -> int:
+    """The first kept axis of ascending eigenvalues `w` (nonzero variance: above rel x the
+    largest): the kept axes are a tail, so they are a view, not a copy."""
+    keep = w > max(w[-1], 0) * rel
+    return int(np.argmax(keep)) if keep.any() else len(w)
+
+
+def _stage_basis(X: np.ndarray) -> Basis:
+    n, d = X.shape
+    mu, sd = _moments(X)
     sd[sd == 0] = 1.0  # StandardScaler's rule for a constant feature
-    Xz = ((X - mu.astype(np.float32)) / sd.astype(np.float32)).astype(np.float32)
+    mu32, sd32 = mu.astype(np.float32), sd.astype(np.float32)
+
+    def zscored(lo: int, hi: int) -> np.ndarray:  # float32 (x - mu) / sd, the caller's X untouched
+        b = np.subtract(np.asarray(X[lo:hi], dtype=np.float32), mu32)
+        return np.divide(b, sd32, out=b)
+
     if d <= n:
-        C = Xz.astype(np.float64).T @ Xz.astype(np.float64)
+        C = np.zeros((d, d))
+        for lo in range(0, n, BASIS_ROWS):
+            b = zscored(lo, min(lo + BASIS_ROWS, n)).astype(np.float64)
+            C += b.T @ b
         w, V = np.linalg.eigh(C)
-        keep = w > max(w[-1], 0) * 1e-10
-        Z = (Xz.astype(np.float64) @ V[:, keep][:, ::-1]).astype(np.float32)
-    else:
-        G = (Xz @ Xz.T).astype(np.float64)  # N x N Gram; float32 products, the vectors' precision
-        del Xz
-        w, U = np.linalg.eigh(G)
-        del G
-        keep = w > max(w[-1], 0) * 1e-9
-        U = U[:, keep][:, ::-1]
-        U *= np.sqrt(w[keep][::-1])
-        Z = U.astype(np.float32)
-    return Basis(Z, d, int(keep.sum()))
+        del C
+        first = _first_kept(w, 1e-10)
+        V = np.ascontiguousarray(V[:, first:][:, ::-1])
+        Z = np.empty((n, V.shape[1]), dtype=np.float32)
+        for lo in range(0, n, BASIS_ROWS):
+            hi = min(lo + BASIS_ROWS, n)
+            Z[lo:hi] = zscored(lo, hi).astype(np.float64) @ V
+        return Basis(Z, d, V.shape[1])
+    Xz = np.empty((n, d), dtype=np.float32)
+    for lo in range(0, n, BASIS_ROWS):
+        Xz[lo : lo + BASIS_ROWS] = zscored(lo, min(lo + BASIS_ROWS, n))
+    G32 = Xz @ Xz.T  # N x N Gram; float32 products, the vectors' precision
+    del Xz
+    G = G32.astype(np.float64)
+    del G32
+    w, U = np.linalg.eigh(G)
+    del G
+    first = _first_kept(w, 1e-9)
+    U = U[:, first:][:, ::-1]  # a view: no copy of the N x N eigenvectors
+    U *= np.sqrt(w[first:][::-1])
+    return Basis(np.ascontiguousarray(U, dtype=np.float32), d, U.shape[1])
 
 
 @dataclass
@@ -777,7 +845,8 @@ class Probe(Analysis):
                     log, clog = FitLog(), FitLog()
                     runs, ctrl_runs, lam_runs, curve_runs = [], [], [], []
                     for folds in pl.folds:
-                        design = Design(basis.Z32, folds.fold, enc.y, k, rows=enc.rows)
+                        order = np.argsort(folds.fold, kind="stable")  # the design's row order
+                        design = Design(basis.arrange(enc.rows[order]), folds.fold, enc.y, k, ordered=True)
                         with one_blas_thread():
                             logp_d, lams, curves = nested_cv_probe(
                                 design,
