@@ -278,14 +278,20 @@ def test_worker_threads_run_their_fits_on_one_blas_thread(monkeypatch):
     (its arithmetic then does not depend on n_jobs)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
+    from mch.plugins.analyses import _probe_cv, _probe_paper
+
     seen = []
-    fit, split = P.fit_many, P.paper_split
+    fit, split = _probe_cv.fit_many, _probe_paper.paper_split
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    monkeypatch.setattr(P, "fit_many", lambda *a, **k: (seen.append(("default", blas_threads())), fit(*a, **k))[1])
-    monkeypatch.setattr(P, "paper_split", lambda *a, **k: (seen.append(("paper", blas_threads())), split(*a, **k))[1])
+    monkeypatch.setattr(
+        _probe_cv, "fit_many", lambda *a, **k: (seen.append(("default", blas_threads())), fit(*a, **k))[1]
+    )
+    monkeypatch.setattr(
+        _probe_paper, "paper_split", lambda *a, **k: (seen.append(("paper", blas_threads())), split(*a, **k))[1]
+    )
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 120)
     X = (rng.standard_normal((120, 6)) + np.eye(3, 6)[y]).astype(np.float32)
@@ -514,12 +520,14 @@ def test_the_stage_basis_holds_no_float64_copy_of_the_stage(monkeypatch):
     the code before held float64 copies of the stage (3.0x and 5.6x on these shapes)."""
     import tracemalloc
 
-    monkeypatch.setattr(P, "BASIS_ROWS", 16)
+    from mch.plugins.analyses import _probe_cv
+
+    monkeypatch.setattr(_probe_cv, "BASIS_ROWS", 16)
     rng = np.random.default_rng(3)
     for n, d in ((100, 1000), (1000, 100)):
         X = (rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.5 + 3).astype(np.float32)
         X[:, 5] = 2.0  # a constant feature
-        mu, sd = P._moments(X)
+        mu, sd = _probe_cv._moments(X)
         assert np.array_equal(mu, X.mean(0, dtype=np.float64)) and np.array_equal(sd, X.std(0, dtype=np.float64))
         Xz = ((X - mu.astype(np.float32)) / np.where(sd == 0, 1.0, sd).astype(np.float32)).astype(np.float64)
         tracemalloc.start()
