@@ -81,6 +81,16 @@ def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, np.sqrt(q / n)
 
 
+def _eigh(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of the symmetric float64 `A`, ascending, overwriting it: LAPACK's MRRR driver
+    (syevr) needs O(n) workspace besides the eigenvectors, where numpy's divide and conquer
+    (syevd) holds a copy of A and 2 n^2 of workspace (at N = 2620 or d = 4096 that was most
+    of the probe's peak memory). The same eigenpairs to rounding (1e-14 relative)."""
+    from scipy.linalg import eigh
+
+    return eigh(A, overwrite_a=True, check_finite=False, driver="evr")
+
+
 def _first_kept(w: np.ndarray, rel: float) -> int:
     """The first kept axis of ascending eigenvalues `w` (nonzero variance: above rel x the
     largest): the kept axes are a tail, so they are a view, not a copy."""
@@ -103,7 +113,7 @@ def _stage_basis(X: np.ndarray) -> Basis:
         for lo in range(0, n, BASIS_ROWS):
             b = zscored(lo, min(lo + BASIS_ROWS, n)).astype(np.float64)
             C += b.T @ b
-        w, V = np.linalg.eigh(C)
+        w, V = _eigh(C)
         del C
         first = _first_kept(w, 1e-10)
         V = np.ascontiguousarray(V[:, first:][:, ::-1])
@@ -119,7 +129,7 @@ def _stage_basis(X: np.ndarray) -> Basis:
     del Xz
     G = G32.astype(np.float64)
     del G32
-    w, U = np.linalg.eigh(G)
+    w, U = _eigh(G)
     del G
     first = _first_kept(w, 1e-9)
     U = U[:, first:][:, ::-1]  # a view: no copy of the N x N eigenvectors
