@@ -1,28 +1,13 @@
 """Penalised multinomial logistic regression, many fits at once (the probe's solver).
 
-Each fit minimises  mean CE over its training rows + lam/2 ||W||^2  over (W, b). The fits of
-one probe share the rows of one design matrix Z, grouped in blocks (the outer folds); a fit
-trains on a set of whole blocks. They run in lockstep: every round evaluates every pending
-fit, and the products are made per block over all the fits that train on it at once,
-Z_block @ [W_1 ... W_m]. That reads Z once per round instead of once per fit, and the wide
-product runs near the machine's peak where one fit's skinny product is memory-bound
-(measured on a 2-core machine at r = 2619: 17 GFlop/s for ten 6-class fits one at a time,
-67 batched; 81 and 134 for 40 classes).
-
-Solver per fit: L-BFGS with Armijo backtracking, written as a generator so that a driver can
-batch the evaluations of many fits; preconditioned in the variables u where W = (Sc * u) Q^T
-(Q the eigenvectors of the mean softmax Hessian over classes at the start, Sc from the
-column norms of Z: in principal-axis coordinates this makes the data Hessian's Kronecker
-approximation identity). Convergence: ||grad||^2 / (2 lam) <= tol, an upper bound in nats
-on how far the penalised objective is above its optimum by lam-strong convexity in W (the
-intercepts are unpenalised: for them the bound is a heuristic, their gradient being part
-of the norm). Products run on Z's
-dtype (float32) with float64 accumulation; a fit whose float32 line search stalls on
-rounding finishes in float64.
-
-Determinism: blocks are cut into chunks of about CHUNK_ROWS rows by their sizes alone; each
-chunk's products are one task, and the sums over chunks are taken in chunk order, so the
-result does not depend on how many worker threads run the tasks (each on one BLAS thread).
+Each fit minimises mean CE over its training rows + lam/2 ||W||^2 over (W, b). The fits of one
+probe share the rows of one design matrix Z, grouped in blocks (the outer folds); a fit trains
+on whole blocks. They run in lockstep: each round makes, per block, one product over every fit
+that trains on it, which reads Z once per round and keeps the product wide enough to run near
+the machine's peak. Per fit: preconditioned L-BFGS (compact form, Armijo backtracking) as a
+generator the driver batches, stopped at ||grad||^2 / (2 lam) <= tol, a bound in nats on the
+objective's distance to its optimum. Results do not depend on the number of worker threads:
+chunks are cut by block sizes alone and summed in chunk order. Details: docs/probe-solver.md.
 """
 
 from __future__ import annotations
@@ -35,9 +20,11 @@ import numpy as np
 
 CHUNK_ROWS = 256  # rows per task: wide enough for near-peak products, enough tasks to share
 LBFGS_MEMORY = 10  # curvature pairs kept per fit (stored in float32: they only shape the direction)
-BATCH_BYTES = 256 << 20  # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
+BATCH_BYTES = 160 << 20  # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
 POOL_MIN_WORK = 1 << 25  # multiply-adds per round below which tasks run inline: handing them to
 # threads costs more (same arithmetic either way: results do not change)
+PLAIN_INTERCEPTS = False  # True: the solver before issue 18 (intercepts from 0, unscaled); the
+# benchmark sets it to compare both procedures in one run
 
 
 @dataclass
@@ -65,15 +52,29 @@ class Design:
     """The rows of Z (n, r) grouped by block: rows of block j are `Z[start[j]:stop[j]]` after
     a stable sort by `block`; `order` maps design rows to the caller's rows."""
 
-    def __init__(self, Z: np.ndarray, block: np.ndarray, y: np.ndarray, k: int, rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        Z: np.ndarray,
+        block: np.ndarray,
+        y: np.ndarray,
+        k: int,
+        rows: np.ndarray | None = None,
+        ordered: bool = False,
+    ) -> None:
         """Design row i is caller's row `order[i]`, i.e. `Z[rows[order[i]]]` (`rows`: the
-        caller's rows of Z, default all); one copy of Z's rows is made, in design order. `y`
-        (codes 0..k-1) and `block` are per caller row. A float64 finish reads these same
+        caller's rows of Z, default all); one copy of Z's rows is made, in design order, unless
+        `ordered` says Z's leading rows already are those rows (then they are used in place).
+        `y` (codes 0..k-1) and `block` are per caller row. A float64 finish reads these same
         values in float64: the problem solved is the one Z's values define."""
         block = np.asarray(block)
         self.n_blocks = int(block.max()) + 1
         self.order = np.argsort(block, kind="stable")
-        self.Z = np.ascontiguousarray(Z[self.order if rows is None else np.asarray(rows)[self.order]])
+        if ordered:
+            self.Z = Z[: len(block)]
+            if not self.Z.flags.c_contiguous:
+                raise ValueError("an ordered design needs C-contiguous rows")
+        else:
+            self.Z = np.ascontiguousarray(Z[self.order if rows is None else np.asarray(rows)[self.order]])
         self.y = np.asarray(y)[self.order]
         self.k = k
         sizes = np.bincount(block, minlength=self.n_blocks)
@@ -295,7 +296,12 @@ class _Fit:
         self.n = design.rows(p.blocks)
         self.max_iter = max_iter
         r, k = design.rank, design.k
-        W0, b0 = (np.zeros((r, k)), np.zeros(k)) if p.init is None else p.init
+        if p.init is not None:
+            W0, b0 = p.init
+        else:  # W = 0 with the intercepts at their optimum there: the training rows' log prior
+            counts = sum(design.counts[j] for j in p.blocks)
+            W0 = np.zeros((r, k))
+            b0 = np.zeros(k) if PLAIN_INTERCEPTS else np.log(np.maximum(counts, 1) / max(counts.sum(), 1))
         self.W, self.b = np.asarray(W0, dtype=np.float64), np.asarray(b0, dtype=np.float64).copy()
         self.b[~self.present] = 0.0
         self.dtype: Any = design.Z.dtype
@@ -332,7 +338,16 @@ class _Fit:
         L, self.Q = np.linalg.eigh(Hc)
         colsq = sum(design.colsq[j] for j in self.p.blocks)
         self.Sc = 1.0 / np.sqrt(colsq[:, None] * np.clip(L, 0, None)[None, :] / n + self.p.lam)
-        x0 = np.concatenate([((self.W @ self.Q) / self.Sc).ravel(), self.b])
+        # the intercepts in the same class directions, scaled to unit curvature there (b = Q (Sb v)):
+        # unscaled, a rare class's intercept (curvature ~ its rate) took most of the iterations of
+        # imbalanced probes. Sb = 0 on the directions without curvature: the constant shift of all
+        # intercepts (softmax ignores it) and absent classes; a curvature below 1e-6 of the largest
+        # is scaled as that floor (such a direction still moves, no faster than the rest)
+        top = max(float(L.max()), 1e-300)
+        self.Sb = np.where(L > 1e-12 * top, 1.0 / np.sqrt(np.maximum(L, 1e-6 * top)), 0.0)
+        if PLAIN_INTERCEPTS:
+            self.Sb = None
+        x0 = np.concatenate([((self.W @ self.Q) / self.Sc).ravel(), self._b_coords(self.b)])
         self.gen = lbfgs_steps(x0, self.target, self.max_iter)
         next(self.gen)
         self.advance(design, parts)
@@ -341,7 +356,7 @@ class _Fit:
         """Send the evaluation at the pending point; take the next point, or finish."""
         f, gW, gb = self._value(design, parts)
         gn = float(np.sqrt(_dot(gW, gW) + _dot(gb, gb)))
-        g = np.concatenate([((gW @ self.Q) * self.Sc).ravel(), gb])
+        g = np.concatenate([((gW @ self.Q) * self.Sc).ravel(), gb if self.Sb is None else (gb @ self.Q) * self.Sb])
         try:
             x = self.gen.send((f, g, gn))
         except StopIteration as stop:
@@ -363,7 +378,13 @@ class _Fit:
     def _set(self, x: np.ndarray) -> None:
         r, k = self.Sc.shape
         self.W = (self.Sc * x[: r * k].reshape(r, k)) @ self.Q.T
-        self.b = x[r * k :].copy()
+        self.b = x[r * k :].copy() if self.Sb is None else self.Q @ (self.Sb * x[r * k :])
+
+    def _b_coords(self, b: np.ndarray) -> np.ndarray:
+        """The solver's coordinates v of intercepts b = Q (Sb v) (0 where Sb is)."""
+        if self.Sb is None:
+            return b.copy()
+        return np.divide(b @ self.Q, self.Sb, out=np.zeros_like(b), where=self.Sb > 0)
 
 
 def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[list[tuple[int, int, tuple]]]:
@@ -386,7 +407,9 @@ def fit_many(design: Design, problems: Sequence[Problem], max_iter: int, pool: A
     """Fit every problem to its certified bound (or `max_iter` iterations), in lockstep
     batches that keep the solver state under BATCH_BYTES; `pool` runs the chunk tasks and
     the fits' steps on worker threads (callers hold BLAS at one thread)."""
-    per_fit = design.rank * design.k * (8 * LBFGS_MEMORY + 64)  # float32 pairs + float64 x, g, W, d, ...
+    # float32 pairs, ~12 float64 vectors (x, g, d, W, Sc, ... and a step's temporaries) and the
+    # round's stacked weights and chunk products: ~200 bytes per variable measured at 50 classes
+    per_fit = design.rank * design.k * (8 * LBFGS_MEMORY + 120)
     size = max(1, BATCH_BYTES // max(per_fit, 1))
     out: list[SoftmaxFit] = []
     for lo in range(0, len(problems), size):
@@ -418,6 +441,7 @@ def _fit_batch(design: Design, problems: Sequence[Problem], max_iter: int, pool:
             break
         for dtype in sorted({f.dtype for f in pending}, key=str):  # float32 first, float64 finishes apart
             group = [f for f in pending if f.dtype == dtype]
+            parts = None  # the last round's products go before this round's are made
             parts = _evaluate(design, group, pool, stats=False)
             _map(pool, lambda i: group[i].advance(design, parts[i]), range(len(group)))
     return [f.result for f in fits]

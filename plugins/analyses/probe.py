@@ -1,92 +1,16 @@
 """Linear probes: the information present per (stage, attribute) (science.md §1).
 
-`default` protocol, per attribute and stage:
-  * rows: labelled samples of classes with >= 2 members (the reference drops singletons);
-  * features: the stage's pooled vectors z-scored over all samples of the run (mean and
-    std use no label, so they cannot leak one; a zero-variance feature keeps scale 1);
-  * splits: a 5-fold stratified k-fold whose folds keep the attribute's groups whole,
-    seeded by the run's seed (each sample is tested exactly once); a group key that cannot
-    give such folds falls back to a stratified k-fold, said in `summary` and `notes`;
-  * model: multinomial logistic regression, objective mean cross-entropy + lam/2 ||W||^2
-    (intercept free; sklearn's C = 1 / (lam n_train)), lam chosen per outer fold from
-    `LAMBDA_GRID` by nested cross-validation on that fold's training part only (each of its
-    other folds held out in turn from the rest of that part, so the inner CV is
-    group-disjoint whenever the outer folds are), minimising held-out cross-entropy;
-  * metrics from the pooled held-out predictions: `accuracy`, `balanced_accuracy`,
-    `macro_f1`, `cross_entropy_bits`, `i_probe_bits` = CE_null - CE (V-information: CE_null is
-    the held-out cross-entropy of the intercept-only model fitted on the same training folds,
-    each fold's own label prior; ~0 for vectors that carry nothing, even when grouped folds
-    shift the label mix), `i_probe_prior_bits` = H(Y) - CE (the old number, biased negative
-    there), `retention_ratio`; `chance_uniform` = 1/K and `chance_majority` (the majority
-    class rate) per attribute; and the attribute-level `retained_pct`, `final_over_chance`,
-    `delta_tau` (science.md §1) with the chance level of `retention_chance` (default:
-    majority; the paper's is 1/K), reported as `chance_retention`;
-  * control task (`control`, on by default; Hewitt & Liang 2019): the labels permuted across
-    the attribute's groups (group structure kept), the same folds, each outer fold fitted at
-    the lam the real labels chose there (no inner CV): `control_accuracy`,
-    `control_i_probe_bits`, `selectivity` = accuracy - control_accuracy;
-  * `n_repeats` grouped-CV seeds (default 1): points are means over the seeds, and bootstrap
-    replicate b reads seed b mod n_repeats, so their spread enters the CIs;
-  * CIs: percentile, over the attribute's shared group resamples (`_stats.attribute_groups`,
-    science.md §8) as row weights of the held-out predictions (no refit); every metric says
-    its `n_groups`; the replicates of accuracy and I_probe go to later analyses of the run
-    (`AnalysisOutput.replicates`: GMI's accessibility CIs, LoRA's paired changes), never to
-    the record; every record notes that I_probe is a lower bound loosening with d/N.
-
-How the default fit is made fast without changing the model it finds:
-  * Exact PCA form. The penalised optimum W lies in the span of the training rows
-    (representer theorem), so fitting in the coordinates of the stage's principal axes
-    (all axes with nonzero variance over the run's samples, which hold every training
-    row) gives the same model as fitting the D-dimensional z-scored vectors, at rank
-    <= min(N, D) instead of D. One eigendecomposition per stage serves every attribute,
-    fold and lam. (tests: the probabilities equal sklearn's on the raw z-scored vectors.)
-  * Preconditioning. In those axes the data Hessian is close to diag(s_j^2 / n) (x) H_c,
-    H_c the mean softmax Hessian over classes; L-BFGS runs in the variables that make
-    that block identity (a change of variables: the same optimum).
-  * Path and pairs. lam runs from strong to weak with warm starts; the inner fits of outer
-    folds i and j share one fit (trained on the folds other than i and j: with 5 folds that
-    is 10 fits per lam for all five 4-fold inner CVs; `inner_folds = 2` validates each outer
-    fold on its 2 neighbouring folds only, 5 fits per lam, faster but a noisier choice of
-    lam: on the toy world it picked lam = 1e-3 for one fold and a negative I_probe); the walk stops
-    for a fold once its inner CV cross-entropy has risen `patience` grid steps past its
-    best (the CV curve is U-shaped; `patience` large evaluates the whole grid).
-  * Lockstep batches (`_softmax.py`). The fits of one lam step (and the five outer fits)
-    train on unions of the same folds: they run in lockstep, and each round's products are
-    made per fold over every fit that trains on it at once, which reads the vectors once per
-    round and runs the wide product near the machine's peak (one fit's skinny product is
-    memory-bound). The rounds' tasks, fixed row chunks, run on `n_jobs` worker threads
-    (default: the usable cores, at most 4), each on one BLAS thread; chunk sums are taken in
-    chunk order, so every fit's arithmetic, and the result, is the same whatever `n_jobs` is
-    (tested). L-BFGS keeps its curvature pairs in float32, in compact form.
-  * Convergence is certified, not assumed: a fit stops when ||grad||^2 / (2 lam) <= `tol`,
-    an upper bound (nats) on how far its penalised objective is above the optimum
-    (lam-strong convexity in W; for the unpenalised intercepts it is a heuristic); the inner fits, which only rank lam, use `inner_tol`.
-    Work runs in float32 and finishes in float64 when float32 rounding stops the line
-    search. Every fit's evaluations and bound are reported.
-    What the bound does not pin down: where the training rows are nearly separable (N < D
-    and a small lam), fits within the bound can still differ a lot in held-out
-    cross-entropy. Measured on the benchmark's 40-class probe at lam = 1e-5 (one inner
-    fit): 0.27 nats at a bound of 1e-4, 0.36 at 1e-6, 0.45 at the optimum (1e-10). The held-out
-    numbers are genuine held-out measurements of the probe that was fitted, but at small lam
-    they are those of the certified-near-optimal iterate, not of the exact optimum, and
-    they move with `tol` / `inner_tol`.
-
-`paper` protocol: the reference's script 03 exactly (analyses-probes-geometry.md §1): the
-reference's label filters, classes coded in sorted order (rank order for `lexical`, whose
-classes the dataset lists in top-50 rank order), StratifiedShuffleSplit(n_splits=5,
-train_size=0.8, random_state=42), StandardScaler fitted on train, LogisticRegression(lbfgs,
-C = 1/(1e-4 n_train), max_iter=100) on float32, chance 1/K; its summary fields per
-(stage, attribute) and the four retention numbers under their own names. The same fits
-also give a held-out cross-entropy, so `i_probe_bits` is reported (the reference has none).
-`n_jobs` = 1 (default) runs the splits one after another with the process's BLAS threads,
-as the plain script does; more runs them concurrently, one BLAS thread each: faster, and
-identical to the script run on one BLAS thread (float32 BLAS rounding depends on the thread
-count, so accuracies may differ from a multi-threaded run in rare test rows).
+`default`: multinomial logistic regression on z-scored vectors in the stage's principal
+axes, lam chosen per outer fold of a grouped 5-fold split by nested CV over a harness-owned
+grid, each fit stopped at a certified bound; V-information I_probe against the held-out
+intercept-only model, a control task on labels permuted across groups, group-bootstrap CIs
+from the held-out predictions. `paper`: the reference's script 03 exactly. How each is
+computed, and why the default fit is fast without changing the model it finds:
+docs/probe-solver.md.
 """
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -98,26 +22,36 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric, stage_sort_key
 
 from ._linalg import one_blas_thread
 from ._params import check_params
-from ._softmax import Design, Problem, SoftmaxFit, fit_many, heldout_logp
+from ._probe_cv import (
+    Basis,
+    FitLog,
+    control_labels,
+    control_logp,
+    heldout_replicates,
+    inner_pairs,
+    n_workers,
+    nested_cv_probe,
+    null_nll_bits,
+    row_order,
+    stage_basis,
+)
+from ._probe_paper import run_paper
+from ._probe_records import _ci, _retention, attribute_level, d_over_n_note
+from ._softmax import Design
 from ._stats import (
-    LN2,
     Folds,
     RowGroups,
     attribute_groups,
-    bootstrap_classification,
-    confusion,
     encode_labels,
     entropy_bits,
     group_codes,
     grouped_folds,
     groups_identity,
-    percentile_ci,
-    permute_labels_by_group,
     prior,
     resample_seed,
-    scores_from_confusion,
-    scores_from_counts,
 )
+
+__all__ = ["Basis", "Probe", "attribute_level", "inner_pairs", "stage_basis"]
 
 # The regularisation grid, owned by the harness (never by a model or dataset plugin, so
 # every model is probed alike: the SUPERB fairness rule). lam is the per-sample L2 weight on
@@ -175,446 +109,6 @@ PARAM_SPECS = declare(
 )
 
 
-# --------------------------------------------------------------------------- default protocol
-
-
-@dataclass
-class Basis:
-    """A stage's vectors z-scored over the run's samples, in principal-axis coordinates
-    (computed in float64, kept in float32: the vectors' own precision)."""
-
-    Z32: np.ndarray
-    dim: int  # D of the pooled vectors
-    rank: int  # axes kept (nonzero variance)
-
-
-def stage_basis(X: np.ndarray) -> Basis:
-    """z-score the (N, D) vectors over their rows and rotate them onto the principal axes
-    with nonzero variance: Z = X_z V (or U s when D > N), Z Z^T = X_z X_z^T."""
-    X = np.asarray(X, dtype=np.float32)
-    n, d = X.shape
-    mu = X.mean(0, dtype=np.float64)
-    sd = X.std(0, dtype=np.float64)
-    sd[sd == 0] = 1.0  # StandardScaler's rule for a constant feature
-    Xz = ((X - mu.astype(np.float32)) / sd.astype(np.float32)).astype(np.float32)
-    if d <= n:
-        C = Xz.astype(np.float64).T @ Xz.astype(np.float64)
-        w, V = np.linalg.eigh(C)
-        keep = w > max(w[-1], 0) * 1e-10
-        Z = (Xz.astype(np.float64) @ V[:, keep][:, ::-1]).astype(np.float32)
-    else:
-        G = (Xz @ Xz.T).astype(np.float64)  # N x N Gram; float32 products, the vectors' precision
-        del Xz
-        w, U = np.linalg.eigh(G)
-        del G
-        keep = w > max(w[-1], 0) * 1e-9
-        U = U[:, keep][:, ::-1]
-        U *= np.sqrt(w[keep][::-1])
-        Z = U.astype(np.float32)
-    return Basis(Z, d, int(keep.sum()))
-
-
-@dataclass
-class FitLog:
-    n_fits: int = 0
-    n_converged: int = 0
-    n_evals: int = 0
-    max_evals: int = 0
-    max_gap: float = 0.0
-
-    def add(self, fit: SoftmaxFit) -> None:
-        self.n_fits += 1
-        self.n_converged += fit.converged
-        self.n_evals += fit.n_evals
-        self.max_evals = max(self.max_evals, fit.n_evals)
-        self.max_gap = max(self.max_gap, fit.gap_bound)
-
-
-def inner_pairs(n_splits: int, inner_folds: int | None = None) -> list[tuple[int, int]]:
-    """Fold pairs (i, j) to fit on the folds other than i and j: outer fold i validates lam
-    on every other fold (None, or n_splits - 1) or on the `inner_folds` folds nearest to it
-    (i +- 1, i +- 2, ...); the fit without i and j serves both i (validated on j) and j
-    (validated on i)."""
-    if n_splits < 3:
-        raise MchError(
-            f"the default probe needs n_splits >= 3 (its inner CV fits on the folds other "
-            f"than the outer test fold and a validation fold), not {n_splits}"
-        )
-    if inner_folds is None or inner_folds == n_splits - 1:
-        return [(i, j) for i in range(n_splits) for j in range(i + 1, n_splits)]
-    if inner_folds % 2 or not 2 <= inner_folds <= n_splits - 1:
-        raise MchError(
-            f"probe parameter inner_folds must be even and between 2 and n_splits - 1 = "
-            f"{n_splits - 1}, not {inner_folds}"
-        )
-    return sorted(
-        {tuple(sorted((i, (i + d) % n_splits))) for i in range(n_splits) for d in range(1, inner_folds // 2 + 1)}
-    )
-
-
-CONTROL_START_TOL = 1e-3  # bound of the control task's all-rows starting fit (only a starting point)
-MAX_DEFAULT_JOBS = 4  # more threads than this rarely pays for the products' memory traffic
-
-
-def n_workers(n_jobs: Any) -> int:
-    """Worker threads for the probe's fits: `n_jobs`, or the usable cores (at most
-    MAX_DEFAULT_JOBS)."""
-    import os
-
-    if n_jobs is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(cores, MAX_DEFAULT_JOBS))
-    if (
-        isinstance(n_jobs, bool)
-        or not isinstance(n_jobs, (int, float, str))
-        or not str(n_jobs).isdigit()
-        or int(n_jobs) < 1
-    ):
-        raise MchError(f"probe parameter n_jobs must be a positive number of threads or null, not {n_jobs!r}")
-    return int(n_jobs)
-
-
-def nested_cv_probe(
-    design: Design,
-    grid: tuple[float, ...],
-    patience: int,
-    tol: float,
-    max_iter: int,
-    log: FitLog,
-    inner_tol: float | None = None,
-    inner_folds: int | None = None,
-    pool: Any = None,
-) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
-    """Held-out log-probabilities (n, k) of every row (in the design's row order) from its
-    outer fold's model, the lam each outer fold chose, and each fold's inner CV curve
-    [(lam, CE nats)]. The design's blocks are the outer folds.
-
-    The fits of one lam step (and the outer fits) run in one lockstep batch; with `pool` its
-    tasks run on worker threads (callers hold BLAS at one thread), and every fit's
-    arithmetic, and the result, is the same whatever the number of workers."""
-    F, k = design.n_blocks, design.k
-    r = design.rank
-    pairs = [p for p in inner_pairs(F, inner_folds) if design.present([j for j in range(F) if j not in p]).sum() >= 2]
-    warm: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-    best = [np.inf] * F
-    best_lam: list[float] = [grid[0]] * F
-    best_init: list[tuple[np.ndarray, np.ndarray] | None] = [None] * F
-    stale = [0] * F
-    active = [True] * F
-    curves: list[list[tuple[float, float]]] = [[] for _ in range(F)]
-    y = design.y
-
-    for lam in grid:
-        if not any(active):
-            break
-        jobs = [p for p in pairs if active[p[0]] or active[p[1]]]
-        fits = fit_many(
-            design,
-            [Problem(tuple(j for j in range(F) if j not in p), lam, inner_tol or tol, warm.get(p)) for p in jobs],
-            max_iter,
-            pool,
-        )
-        logps = heldout_logp(design, fits, jobs, pool)  # each pair's fit on its two held-out folds
-        nll = np.zeros(F)
-        cnt = np.zeros(F)
-        Wsum = [np.zeros((r, k)) for _ in range(F)]
-        bsum = [np.zeros(k) for _ in range(F)]
-        csum = [np.zeros(k) for _ in range(F)]
-        for p, fit, lp in zip(jobs, fits, logps, strict=True):  # in pair order: the sums do not depend on scheduling
-            log.add(fit)
-            warm[p] = (fit.W, fit.b)
-            for o, v in ((p[0], p[1]), (p[1], p[0])):
-                if not active[o]:
-                    continue
-                yv = y[design.start[v] : design.stop[v]]
-                seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
-                nll[o] -= lp[v][np.flatnonzero(seen), yv[seen]].sum()
-                cnt[o] += seen.sum()
-                Wsum[o] += fit.W
-                bsum[o] += np.where(fit.present, fit.b, 0.0)
-                csum[o] += fit.present
-        for o in range(F):
-            if not active[o] or cnt[o] == 0:
-                continue
-            ce = nll[o] / cnt[o]
-            curves[o].append((lam, float(ce)))
-            if ce < best[o]:
-                best[o], best_lam[o], stale[o] = ce, lam, 0
-                c = np.maximum(csum[o], 1)
-                best_init[o] = (Wsum[o] / c, bsum[o] / c)
-            else:
-                stale[o] += 1
-                if stale[o] >= patience:
-                    active[o] = False
-
-    outer = fit_many(
-        design,
-        [Problem(tuple(j for j in range(F) if j != o), best_lam[o], tol, best_init[o]) for o in range(F)],
-        max_iter,
-        pool,
-    )
-    logp = np.full((len(y), k), np.nan)
-    for o, (fit, lp) in enumerate(zip(outer, heldout_logp(design, outer, [(o,) for o in range(F)], pool), strict=True)):
-        log.add(fit)
-        logp[design.start[o] : design.stop[o]] = lp[o]
-    return logp, best_lam, curves
-
-
-def heldout_metrics(y: np.ndarray, logp: np.ndarray, k: int, h_bits: float, n_boot: int, seed: int) -> dict[str, Any]:
-    """Pooled held-out scores with row-bootstrap CIs (I_probe here is H(Y) - CE; the default
-    protocol uses `heldout_replicates`)."""
-    pred = logp.argmax(1)
-    nll_bits = -logp[np.arange(len(y)), y] / LN2
-    point = scores_from_confusion(confusion(y, pred, k))
-    point = {key: float(v) for key, v in point.items()}
-    point["cross_entropy_bits"] = float(nll_bits.mean())
-    point["i_probe_bits"] = h_bits - point["cross_entropy_bits"]
-    reps = bootstrap_classification(y, pred, nll_bits, k, n_boot, seed)
-    reps["i_probe_bits"] = h_bits - reps["cross_entropy_bits"]
-    cis = {key: percentile_ci(v) for key, v in reps.items()}
-    return {"point": point, "ci": cis}
-
-
-def _row_order(logp_d: np.ndarray, design: Design) -> np.ndarray:
-    logp = np.empty_like(logp_d)
-    logp[design.order] = logp_d
-    return logp
-
-
-def null_nll_bits(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarray:
-    """Each row's held-out cross-entropy (bits) under the intercept-only model fitted on its
-    outer fold's training rows: that fold's label prior (the null of V-information, science.md
-    §1). Folds keep every class in every training part; a class a part lacks would cost inf."""
-    out = np.empty(len(y))
-    for f in np.unique(fold):
-        te = fold == f
-        counts = np.bincount(y[~te], minlength=k).astype(np.float64)
-        with np.errstate(divide="ignore"):
-            out[te] = -np.log2(counts[y[te]] / counts.sum())
-    return out
-
-
-def heldout_replicates(
-    y: np.ndarray, k: int, h_bits: float, runs: list[dict[str, np.ndarray]], w: np.ndarray
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Point values and group-bootstrap replicates of the held-out scores.
-
-    `runs` holds one grouped CV per seed (`logp` (n, k), `null` (n,) bits); the point value is
-    the mean over seeds, and replicate b reads seed b mod R, so the seeds' spread enters the CI.
-    `w` (B, n): the shared group resamples as row weights. i_probe_bits = CE_null - CE
-    (V-information); i_probe_prior_bits = H(Y) - CE (the prior's entropy held fixed)."""
-    R, B = len(runs), w.shape[0]
-    keys = (
-        "accuracy",
-        "balanced_accuracy",
-        "macro_f1",
-        "cross_entropy_bits",
-        "null_cross_entropy_bits",
-        "i_probe_bits",
-        "i_probe_prior_bits",
-    )
-    points = {key: [] for key in keys}
-    reps = {key: np.full(B, np.nan) for key in keys}
-    for r, run in enumerate(runs):
-        pred = run["logp"].argmax(1)
-        nll = -run["logp"][np.arange(len(y)), y] / LN2
-        pt = {key: float(v) for key, v in scores_from_confusion(confusion(y, pred, k)).items()}
-        pt["cross_entropy_bits"], pt["null_cross_entropy_bits"] = float(nll.mean()), float(run["null"].mean())
-        sel = np.flatnonzero(np.arange(B) % R == r) if R > 1 else slice(None)
-        # every weighted count in one product: per-class hits, truths, predictions, and the two CEs
-        M = np.zeros((len(y), 3 * k + 2))
-        M[np.arange(len(y)), y] = y == pred
-        M[np.arange(len(y)), k + y] = 1.0
-        M[np.arange(len(y)), 2 * k + pred] = 1.0
-        M[:, 3 * k], M[:, 3 * k + 1] = nll, run["null"]
-        S = (w if R == 1 else w[sel]) @ M
-        rp = dict(scores_from_counts(S[:, :k], S[:, k : 2 * k], S[:, 2 * k : 3 * k]))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tot = S[:, k : 2 * k].sum(1)  # NaN where a resample drew none of these rows
-            rp["cross_entropy_bits"], rp["null_cross_entropy_bits"] = S[:, 3 * k] / tot, S[:, 3 * k + 1] / tot
-        for d in (pt, rp):
-            d["i_probe_bits"] = d["null_cross_entropy_bits"] - d["cross_entropy_bits"]
-            d["i_probe_prior_bits"] = h_bits - d["cross_entropy_bits"]
-        for key in keys:
-            points[key].append(pt[key])
-            reps[key][sel] = rp[key]
-    return {key: float(np.mean(v)) for key, v in points.items()}, reps
-
-
-def control_labels(
-    y: np.ndarray, codes: np.ndarray, folds: list[Folds], k: int, seed: int, tries: int = 100
-) -> np.ndarray | None:
-    """The control task's labels (Hewitt & Liang 2019, science.md §1): `y` permuted across
-    groups with the group structure kept, drawn until every outer training part holds every
-    class (the probe's own folds are used); None if no draw does."""
-    rng = np.random.default_rng(seed)
-    for _ in range(tries):
-        yc = permute_labels_by_group(y, codes, rng)
-        if all(len(np.unique(yc[f.fold != i])) == k for f in folds for i in range(f.n_splits)):
-            return yc
-    return None
-
-
-def control_logp(
-    design: Design, y_ctrl: np.ndarray, lams: list[float], tol: float, max_iter: int, log: FitLog, pool: Any = None
-) -> np.ndarray:
-    """Held-out log-probabilities (design row order) of the probe on the control labels
-    `y_ctrl` (caller's row order): the same folds, each outer fold fitted at the lam the real
-    labels chose there (no inner CV of its own). The design's vectors are shared."""
-    import copy
-
-    F, k = design.n_blocks, design.k
-    cd = copy.copy(design)
-    cd.y = np.asarray(y_ctrl)[design.order]
-    cd.counts = [np.bincount(cd.y[lo:hi], minlength=k) for lo, hi in zip(design.start, design.stop, strict=True)]
-    # the folds' fits start from one loose fit on all rows (a solver path, not a model: each fold's
-    # fit is still certified at `tol`). Permuted labels at a small lam are nearly interpolated, and
-    # from zeros they take ~10x the evaluations of the real labels' warm-started outer fits
-    # (measured on the benchmark's 40-class probe at lam 1e-5: 1513 evaluations cold, 280 so)
-    lam0 = float(np.exp(np.mean(np.log(lams))))
-    start = fit_many(cd, [Problem(tuple(range(F)), lam0, max(tol, CONTROL_START_TOL))], max_iter, pool)[0]
-    log.add(start)
-    fits = fit_many(
-        cd,
-        [Problem(tuple(j for j in range(F) if j != o), lams[o], tol, (start.W, start.b)) for o in range(F)],
-        max_iter,
-        pool,
-    )
-    logp = np.full((len(cd.y), k), np.nan)
-    for o, (fit, lp) in enumerate(zip(fits, heldout_logp(cd, fits, [(o,) for o in range(F)], pool), strict=True)):
-        log.add(fit)
-        logp[design.start[o] : design.stop[o]] = lp[o]
-    return logp
-
-
-# --------------------------------------------------------------------------- paper protocol
-
-
-def paper_split(
-    X: np.ndarray, rows: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, weight_decay: float, max_iter: int
-) -> dict[str, Any]:
-    """The reference's procedure on one split: scaler on train, lbfgs. `X` holds the stage's
-    float32 vectors, `rows` the probed rows (y[i] labels X[rows[i]]), `tr`/`te` index y. The
-    caller silences warnings (the reference does; `catch_warnings` is not thread-safe)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.preprocessing import StandardScaler
-
-    k = int(y.max()) + 1
-    xtr = X[rows[tr]]
-    scaler = StandardScaler().fit(xtr)
-    clf = LogisticRegression(solver="lbfgs", C=1.0 / (weight_decay * len(tr)), max_iter=max_iter)
-    clf.fit(scaler.transform(xtr), y[tr])
-    del xtr
-    xte = scaler.transform(X[rows[te]])
-    pred = clf.predict(xte)
-    proba = np.zeros((len(te), k))
-    proba[:, clf.classes_] = clf.predict_proba(xte)
-    with np.errstate(divide="ignore"):
-        nll_bits = -np.log2(proba[np.arange(len(te)), y[te]])
-    return {
-        "accuracy": float(accuracy_score(y[te], pred)),
-        "f1_macro": float(f1_score(y[te], pred, average="macro", zero_division=0)),
-        "n_iter": int(np.max(clf.n_iter_)),
-        "pred": pred,
-        "nll_bits": nll_bits,
-        "n_train": int(len(tr)),
-        "n_test": int(len(te)),
-    }
-
-
-def paper_splits(y: np.ndarray, n_splits: int, train_size: float, random_state: int):
-    from sklearn.model_selection import StratifiedShuffleSplit
-
-    sss = StratifiedShuffleSplit(n_splits=n_splits, train_size=train_size, random_state=random_state)
-    return list(sss.split(np.zeros((len(y), 1)), y))
-
-
-def paper_encode(labels: np.ndarray, attribute: Any, class_order: str):
-    """The reference's label filters (script 03): lexical needs >= 5 distinct words and >= 50
-    labelled rows; other types >= 20 labels; classes with < 2 members dropped; >= 20 rows
-    left. Returns (Encoded, reason skipped or None)."""
-    labels = np.asarray(labels).astype(str)
-    labelled = labels[labels != ""]
-    lexical = attribute.name == "lexical"
-    if lexical and (len(np.unique(labelled)) < 5 or len(labelled) < 50):
-        return None, f"{len(np.unique(labelled))} distinct words in {len(labelled)} labelled rows (needs 5 and 50)"
-    if not lexical and len(labelled) < 20:
-        return None, f"{len(labelled)} labelled rows (needs 20)"
-    if class_order == "declared" or (class_order == "auto" and lexical):
-        enc = encode_labels(labels, order=list(attribute.classes))
-    elif class_order in ("sorted", "auto"):
-        enc = encode_labels(labels)
-    else:
-        raise MchError(f"probe parameter class_order must be auto, sorted or declared, not {class_order!r}")
-    if len(enc.rows) < 20 or len(enc.classes) < 2:
-        return None, f"{len(enc.rows)} rows in {len(enc.classes)} classes after dropping singleton classes"
-    return enc, None
-
-
-# --------------------------------------------------------------------------- the analysis
-
-
-def _retention(acc: Any, c: float) -> Any:
-    return None if acc is None else (acc - c) / (1 - c)
-
-
-def _ci(reps: np.ndarray | None, level: float = 0.95) -> tuple[float | None, float | None]:
-    """Percentile CI of replicates, or none when more of them are undefined (NaN: a ratio whose
-    denominator a resample took to 0) than the interval's tails hold."""
-    if reps is None or len(reps) == 0 or np.mean(~np.isfinite(reps)) > (1 - level) / 2:
-        return None, None
-    return percentile_ci(reps, level)
-
-
-def attribute_level(
-    attr: str,
-    c: float,
-    acc: dict[str, float],
-    reps: dict[str, np.ndarray] | None = None,
-    n: int | None = None,
-    n_groups: int | None = None,
-) -> list[Metric]:
-    """The retention numbers across stages, each under its own name (science.md §1), and the
-    chance level c they use (`chance_retention`), so that a reader sees the c of each number.
-    With `reps` (stage -> accuracy replicates on the shared group resamples) each number gets
-    its CI from the same draws at every stage (c held at the probed rows' value)."""
-    out = [Metric("chance_retention", c, None, attr)]
-    a_en, a_ad, a_fi = acc.get("encoder"), acc.get("adapter"), acc.get("llm.final")
-    r = reps or {}
-    r_en, r_ad, r_fi = r.get("encoder"), r.get("adapter"), r.get("llm.final")
-
-    def metric(name: str, value: Any, rep: Any) -> Metric:
-        lo, hi = _ci(rep) if rep is not None and value is not None else (None, None)
-        return Metric(name, value, None, attr, lo, hi, n, n_groups if lo is not None else None)
-
-    if a_ad is not None and a_fi is not None:
-        # the reference returns NaN when the adapter is within 0.001 of chance
-        rep = None
-        if r_ad is not None and r_fi is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rep = np.where(r_ad - c > 1e-3, 100 * (r_fi - c) / (r_ad - c), np.nan)
-        out.append(metric("retained_pct", 100 * (a_fi - c) / (a_ad - c) if a_ad - c > 1e-3 else None, rep))
-    if a_fi is not None:
-        out.append(
-            metric("final_over_chance", a_fi / c if c > 0 else None, r_fi / c if r_fi is not None and c > 0 else None)
-        )
-    if a_en is not None and a_fi is not None:
-        rep = _retention(r_en, c) - _retention(r_fi, c) if r_en is not None and r_fi is not None else None
-        out.append(metric("delta_tau", _retention(a_en, c) - _retention(a_fi, c), rep))
-    return out
-
-
-def d_over_n_note(attr: str, n: int, dims: dict[str, int]) -> str:
-    """The note every default probe record carries (science.md §1)."""
-    ds = sorted(set(dims.values()))
-    d = str(ds[0]) if len(ds) == 1 else f"{ds[0]}-{ds[-1]} by stage"
-    return (
-        f"{attr}: I_probe is a lower bound on I(Y; h) whose looseness grows with d/N (d = {d}, N = {n} rows): "
-        f"a linear probe fitted on N rows of d dimensions leaves information unfound as d/N grows"
-    )
-
-
 @dataclass
 class AttrPlan:
     """One attribute's rows, folds (one per grouped-CV seed), control labels and shared resamples."""
@@ -632,7 +126,7 @@ class AttrPlan:
 
 
 class Probe(Analysis):
-    """Linear probes per (stage, attribute); see the module docstring for both protocols."""
+    """Linear probes per (stage, attribute) under both protocols (docs/probe-solver.md)."""
 
     name = "probe"
     needs_model = False
@@ -823,7 +317,8 @@ class Probe(Analysis):
                     log, clog = FitLog(), FitLog()
                     runs, ctrl_runs, lam_runs, curve_runs = [], [], [], []
                     for folds in pl.folds:
-                        design = Design(basis.Z32, folds.fold, enc.y, k, rows=enc.rows)
+                        order = np.argsort(folds.fold, kind="stable")  # the design's row order
+                        design = Design(basis.arrange(enc.rows[order]), folds.fold, enc.y, k, ordered=True)
                         with one_blas_thread():
                             logp_d, lams, curves = nested_cv_probe(
                                 design,
@@ -843,10 +338,10 @@ class Probe(Analysis):
                                     design, pl.y_ctrl, lams, float(p["tol"]), int(p["max_iter"]), clog, pool
                                 )
                             )
-                        runs.append({"logp": _row_order(logp_d, design), "null": null_nll_bits(enc.y, folds.fold, k)})
+                        runs.append({"logp": row_order(logp_d, design), "null": null_nll_bits(enc.y, folds.fold, k)})
                         if ctrl_d is not None:
                             ctrl_runs.append(
-                                {"logp": _row_order(ctrl_d, design), "null": null_nll_bits(pl.y_ctrl, folds.fold, k)}
+                                {"logp": row_order(ctrl_d, design), "null": null_nll_bits(pl.y_ctrl, folds.fold, k)}
                             )
                         lam_runs.append(lams)
                         curve_runs.append(curves)
@@ -919,116 +414,5 @@ class Probe(Analysis):
                     f"task's {cpt['i_probe_bits']:.3f}: no evidence of information present"
                 )
 
-    # ------------------------------------------------------------------ paper
     def _run_paper(self, ctx, p: dict[str, Any], stages: list[str]) -> AnalysisOutput:
-        out = AnalysisOutput(summary={"protocol": "paper", "attributes": {}})
-        plan = {}
-        for attr, spec in ctx.attributes.items():
-            enc, why = paper_encode(ctx.labels[attr], spec, p["class_order"])
-            if enc is None:
-                out.summary["attributes"][attr] = {"skipped": why}
-                out.notes.append(f"{attr}: skipped as the reference would ({why})")
-                continue
-            splits = paper_splits(enc.y, int(p["n_splits"]), float(p["train_size"]), int(p["random_state"]))
-            k = len(enc.classes)
-            out.summary["attributes"][attr] = {
-                "classes": enc.classes,
-                "n": int(len(enc.rows)),
-                "n_classes": k,
-                "dropped_classes": enc.dropped,
-                "chance": 1.0 / k,
-                "stages": {},
-            }
-            out.metrics.append(Metric("chance_uniform", 1.0 / k, None, attr, n=len(enc.y)))
-            out.notes.append(d_over_n_note(attr, len(enc.y), {s: int(np.shape(ctx.reps[s])[1]) for s in stages}))
-            plan[attr] = (enc, splits)
-        accs: dict[str, dict[str, float]] = {a: {} for a in plan}
-        # n_jobs = 1: the splits one after another with the process's BLAS threads, as a plain
-        # sklearn script runs them. n_jobs > 1: one stage's splits of every attribute run
-        # concurrently, each on one BLAS thread (faster for these skinny products; float32
-        # BLAS rounding then differs from a multi-threaded run in the coefficients' last bits)
-        workers = n_workers(p["n_jobs"])
-        out.summary["threads"] = workers
-        wd, mi = float(p["weight_decay"]), int(p["max_iter"])
-        with ExitStack() as stack:
-            stack.enter_context(warnings.catch_warnings())
-            warnings.simplefilter("ignore")  # the reference silences ConvergenceWarning
-            pool = None
-            if workers > 1:
-                stack.enter_context(one_blas_thread())
-                pool = stack.enter_context(ThreadPoolExecutor(workers))
-            advance = stack.enter_context(
-                ctx.progress.task("probe (paper)", len(stages) * sum(len(sp) for _, sp in plan.values()))
-            )
-            for stage in stages:
-                self._paper_stage(ctx, p, stage, plan, accs, pool, wd, mi, out, advance)
-        for attr, (enc, _) in plan.items():
-            out.metrics += attribute_level(attr, 1.0 / len(enc.classes), accs[attr])
-        if plan:
-            out.notes.append(
-                "paper: each CI averages the row-bootstrap replicates of the 5 splits' test rows as if "
-                "the splits were independent; the 80/20 splits overlap (they share rows), so the "
-                "intervals understate the estimator's spread (kept as a reference number; the default "
-                "protocol's CIs resample groups, science.md §8)"
-            )
-        return out
-
-    def _paper_stage(self, ctx, p, stage, plan, accs, pool, wd, mi, out, advance) -> None:
-        """The reference's probes of every attribute at one stage, into `out` and `accs`."""
-        X = np.asarray(ctx.reps[stage], dtype=np.float32)  # a float32 store is read in place, not copied
-        jobs = [(attr, tr, te) for attr, (_, splits) in plan.items() for tr, te in splits]
-        fits = []
-        fit = lambda j: paper_split(X, plan[j[0]][0].rows, plan[j[0]][0].y, j[1], j[2], wd, mi)  # noqa: E731
-        for f in pool.map(fit, jobs) if pool is not None else map(fit, jobs):  # in submission order
-            fits.append(f)
-            advance(1)
-        for attr, (enc, splits) in plan.items():
-            k = len(enc.classes)
-            chance = 1.0 / k
-            per = [f for (a, _, _), f in zip(jobs, fits, strict=True) if a == attr]
-            a = np.array([s["accuracy"] for s in per])
-            f1 = np.array([s["f1_macro"] for s in per])
-            ret = (a - chance) / (1 - chance)
-            ce = np.array([s["nll_bits"].mean() for s in per])
-            h = entropy_bits(prior(enc.y, k))
-            # extra: CIs from resampling each split's test rows (the reference has none)
-            reps = [
-                bootstrap_classification(enc.y[te], s["pred"], s["nll_bits"], k, int(p["n_bootstrap"]), ctx.seed + i)
-                for i, ((_, te), s) in enumerate(zip(splits, per, strict=True))
-            ]
-            acc_ci = percentile_ci(np.mean([r["accuracy"] for r in reps], axis=0))
-            ce_rep = np.mean([r["cross_entropy_bits"] for r in reps], axis=0)
-            n_test = per[0]["n_test"]
-            out.metrics += [
-                Metric("accuracy", float(a.mean()), stage, attr, *acc_ci, n_test),
-                Metric("std_accuracy", float(a.std(ddof=1)), stage, attr),
-                Metric("macro_f1", float(f1.mean()), stage, attr, n=n_test),
-                Metric(
-                    "retention_ratio",
-                    float(ret.mean()),
-                    stage,
-                    attr,
-                    _retention(acc_ci[0], chance),
-                    _retention(acc_ci[1], chance),
-                    n_test,
-                ),
-                Metric("cross_entropy_bits", float(ce.mean()), stage, attr, *percentile_ci(ce_rep), n_test),
-                Metric("i_probe_bits", float(h - ce.mean()), stage, attr, *percentile_ci(h - ce_rep), n_test),
-            ]
-            accs[attr][stage] = float(a.mean())
-            out.summary["attributes"][attr]["stages"][stage] = {
-                "accuracies": a.tolist(),
-                "f1_macro": f1.tolist(),
-                "retention": ret.tolist(),
-                "mean_accuracy": float(a.mean()),
-                "std_accuracy": float(a.std(ddof=1)),
-                "mean_retention": float(ret.mean()),
-                "std_retention": float(ret.std(ddof=1)),
-                "mean_f1": float(f1.mean()),
-                "chance": chance,
-                "n_classes": k,
-                "n_train": per[0]["n_train"],
-                "n_test": n_test,
-                "n_iter": [s["n_iter"] for s in per],
-                "converged": all(s["n_iter"] < int(p["max_iter"]) for s in per),
-            }
+        return run_paper(ctx, p, stages)
