@@ -40,6 +40,7 @@ import numpy as np
 from mch.api import MchError, Param
 
 BLOCK = 512
+ROWS = BLOCK  # rows per block of mode coordinates (float64: ROWS·m·8 bytes each, a few beside them)
 RULES = ("null", "tau")
 SCALES = ("trace", "none")
 
@@ -123,13 +124,35 @@ def _keep(lam: np.ndarray, n: int, d: int, rel_tol: float) -> tuple[int, int]:
     return int(((lam > rel_tol * lam[0]) & (np.arange(lam.size) < rank)).sum()), rank
 
 
-def _weighted_var(W: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """Column variances (ddof 1) of P under each row of frequency weights W: (b, m)."""
+def _weighted_var(W: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Column variances (ddof 1) under each row of frequency weights W (b, n), from the
+    column sums s1 = W P and s2 = W (P∘P) (`_col_sums`): (b, m)."""
     n = W.sum(1, keepdims=True)
-    s1 = W @ P
-    s2 = W @ (P * P)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (s2 - s1 * s1 / n) / (n - 1)
+
+
+def _col_sums(
+    blocks: Iterator[tuple[slice, np.ndarray]], m: int, weights: Sequence[np.ndarray | None], keep: np.ndarray | None
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]]:
+    """Σ_i p_i∘p_i and, per weight matrix W (b, n), (W P, W (P∘P)) of the coordinates P (n, m)
+    given in row blocks: all that α, the null and the bootstrap read of P, so P itself is
+    never held (unless `keep`, an (n, m) array to fill, asks for it)."""
+    sq = np.zeros(m)
+    acc = [None if W is None else (np.zeros((W.shape[0], m)), np.zeros((W.shape[0], m))) for W in weights]
+    for s, B in blocks:
+        if keep is not None:
+            keep[s] = B
+        B2 = B * B
+        sq += B2.sum(0)
+        for W, a in zip(weights, acc, strict=True):
+            if a is not None:
+                Ws = np.ascontiguousarray(W[:, s])
+                s1, s2 = a
+                s1 += Ws @ B
+                s2 += Ws @ B2
+        del B, B2
+    return sq, acc
 
 
 # --------------------------------------------------------------------------- one direction
@@ -432,8 +455,10 @@ def _fit_basis(X: Any, rows: np.ndarray, mu: np.ndarray, rel_tol: float) -> tupl
         return ("gram", W, np.sqrt(lam * (n - 1)), mu), lam, rank
     S = np.zeros((d, d), order="F")
     for s in _blocks(n, 4 * BLOCK):
-        R = np.array(X[rows[s]], dtype=np.float64) - mu
+        R = np.array(X[rows[s]], dtype=np.float64)
+        R -= mu  # in place, and R goes before the next block is read: S and one block
         S = dsyrk(1.0, R.T, beta=1.0, c=S, trans=0, overwrite_c=1)
+        del R
     ev, V = eigh(S, lower=False, overwrite_a=True, check_finite=False, driver="evr")
     del S
     lam = ev[::-1] / (n - 1)
@@ -455,21 +480,32 @@ def _basis_vectors(X: Any, fit: np.ndarray, basis: tuple[Any, ...]) -> np.ndarra
     return U
 
 
-def _project(Z: Any, rows: np.ndarray, mean: np.ndarray, X: Any, fit: np.ndarray, basis: tuple[Any, ...]) -> np.ndarray:
-    """(Z[rows] − mean) U: rows of Z (modal or text) in the mode coordinates of `basis`, the
-    eigenmodes of the modal rows X[fit]."""
-    d = Z.shape[1]
+def _coords(
+    Z: Any, rows: np.ndarray, mean: np.ndarray, X: Any, fit: np.ndarray, basis: tuple[Any, ...]
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(Z[rows] − mean) U in blocks of ROWS rows: rows of Z (modal or text) in the mode
+    coordinates of `basis`, the eigenmodes of the modal rows X[fit]."""
     if basis[0] == "cov":
         U = basis[1]
-        out = np.empty((len(rows), U.shape[1]))
-        for s in _blocks(len(rows), 4 * BLOCK):
-            out[s] = (np.array(Z[rows[s]], dtype=np.float64) - mean) @ U
-        return out
+        for s in _blocks(len(rows), ROWS):
+            R = np.array(Z[rows[s]], dtype=np.float64)
+            R -= mean
+            yield s, R @ U
+            del R
+        return
     _, W, sv, mu = basis
     C = np.zeros((len(rows), len(fit)))
-    for s in _blocks(d):
+    for s in _blocks(Z.shape[1]):
         C += (_cols(Z, s)[rows] - mean[s]) @ (_cols(X, s)[fit] - mu[s]).T
-    return (C @ W) / sv
+    yield from _gram_coords(C, W, sv)
+
+
+def _gram_coords(C: np.ndarray, W: np.ndarray, sv: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """C W / s in blocks of ROWS rows (C: the eval rows' cross-products with the fit rows)."""
+    for s in _blocks(C.shape[0], ROWS):
+        B = C[s] @ W
+        B /= sv
+        yield s, B
 
 
 def _null_weights(
@@ -507,17 +543,18 @@ def _cross_fit(
     nu_a, nu_b = _means(Y, [A, B])
     nulls = [_null_weights(codes, B, p, seed, 0), _null_weights(codes, A, p, seed, 1)]
     wb = [None, None] if boot is None else [boot[:, codes[B]].astype(np.float64), boot[:, codes[A]].astype(np.float64)]
+    rel_tol = float(p["rel_tol"])
     if len(A) <= d and len(B) <= d:
-        ing = _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, float(p["rel_tol"]))
-    else:
-        ing = [
-            _generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, float(p["rel_tol"]))
+        ing = _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, keep_scores)
+        dirs = [_label(fit, ev, p, **x) for (fit, ev), x in zip(((A, B), (B, A)), ing, strict=True)]
+    else:  # one direction at a time: only its basis is held while the other is computed
+        dirs = [
+            _label(fit, ev, p, **_generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, rel_tol, keep_scores))
             for fit, ev, mf, me, ne, nl, w in (
                 (A, B, mu_a, mu_b, nu_b, nulls[0], wb[0]),
                 (B, A, mu_b, mu_a, nu_a, nulls[1], wb[1]),
             )
         ]
-    dirs = [_label(fit, ev, p, keep_scores, **x) for (fit, ev), x in zip(((A, B), (B, A)), ing, strict=True)]
     # traces of all rows from the halves': Σ‖x − μ‖² = Σ_h (Σ_{i∈h}‖x_i − μ_h‖² + n_h‖μ_h − μ‖²)
     n_a, n_b = len(A), len(B)
     mu, nu = (n_a * mu_a + n_b * mu_b) / N, (n_a * nu_a + n_b * nu_b) / N
@@ -541,57 +578,61 @@ def _wtrace(sq: np.ndarray, quad: np.ndarray, W: np.ndarray) -> np.ndarray:
         return (W @ sq - quad / n) / (n - 1)
 
 
-def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) -> list[dict[str, Any]]:
-    """Both directions when each half has no more rows than dimensions, in one pass over the
-    vectors: the halves' Gram matrices (their eigenvectors give the modes; the same matrices
-    give every weighted modal trace, ‖Σ w_i x̃_i‖² = wᵀGw), the modal cross-product X̃_B X̃_Aᵀ
-    (both directions' modal coordinates) and the two text cross-products."""
+def _cross(Z: Any, ze: np.ndarray, mz: np.ndarray, X: Any, xf: np.ndarray, mx: np.ndarray, w: np.ndarray | None):
+    """One pass over the column blocks: C = Z̃[ze] X̃[xf]ᵀ (Fortran order), the squared norms of
+    the rows Z̃[ze] and, given frequency weights w (b, len(ze)), ‖Σ_i w_i z̃_i‖² per row of w."""
+    from scipy.linalg.blas import dgemm
+
+    C = np.zeros((len(ze), len(xf)), order="F")
+    sq = np.zeros(len(ze))
+    ws = None if w is None else np.zeros(w.shape[0])
+    for s in _blocks(X.shape[1]):
+        z = _cols(Z, s)[ze] - mz[s]
+        x = _cols(X, s)[xf] - mx[s]
+        C = dgemm(1.0, z.T, x.T, beta=1.0, c=C, trans_a=1, overwrite_c=1)  # += z xᵀ
+        sq += np.einsum("ij,ij->i", z, z)
+        if ws is not None:
+            S = w @ z
+            ws += np.einsum("ij,ij->i", S, S)
+        del z, x
+    return C, sq, ws
+
+
+def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, keep_scores) -> list[dict[str, Any]]:
+    """Both directions when each half has no more rows than dimensions. The halves' Gram
+    matrices give the modes (their eigenvectors) and every weighted modal trace (‖Σ w_i x̃_i‖²
+    = wᵀGw); the cross-products X̃_B X̃_Aᵀ (both directions' modal coordinates), Ỹ_B X̃_Aᵀ and
+    Ỹ_A X̃_Bᵀ (their text coordinates) follow in a pass each, so at most three n×n matrices
+    are held at once (the vectors are read four times instead of once)."""
     from scipy.linalg import eigh
-    from scipy.linalg.blas import dgemm, dsymm, dsyrk
+    from scipy.linalg.blas import dsymm, dsyrk
 
     d = X.shape[1]
     na, nb = len(A), len(B)
     # Fortran order throughout: BLAS accumulates into them in place, eigh overwrites them in place
     Ga, Gb = np.zeros((na, na), order="F"), np.zeros((nb, nb), order="F")
-    Cba, Dba, Dab = (np.zeros(shape, order="F") for shape in ((nb, na), (nb, na), (na, nb)))
-    sq = {k: np.zeros(n) for k, n in (("xa", na), ("xb", nb), ("ya", na), ("yb", nb))}
-    ysum = [None if w is None else np.zeros(w.shape[0]) for w in wb]  # ‖Σ w_i ỹ_i‖² of the eval rows
+    sqa, sqb = np.zeros(na), np.zeros(nb)
     for s in _blocks(d):
         Xb = _cols(X, s)
         xa, xb = Xb[A] - mu_a[s], Xb[B] - mu_b[s]
         del Xb
-        Yb = _cols(Y, s)
-        ya, yb = Yb[A] - nu_a[s], Yb[B] - nu_b[s]
-        del Yb
         Ga = dsyrk(1.0, xa.T, beta=1.0, c=Ga, trans=1, overwrite_c=1)  # upper triangle
         Gb = dsyrk(1.0, xb.T, beta=1.0, c=Gb, trans=1, overwrite_c=1)
-        Cba = dgemm(1.0, xb.T, xa.T, beta=1.0, c=Cba, trans_a=1, overwrite_c=1)  # += xb xaᵀ
-        Dba = dgemm(1.0, yb.T, xa.T, beta=1.0, c=Dba, trans_a=1, overwrite_c=1)
-        Dab = dgemm(1.0, ya.T, xb.T, beta=1.0, c=Dab, trans_a=1, overwrite_c=1)
-        for k, v in (("xa", xa), ("xb", xb), ("ya", ya), ("yb", yb)):
-            sq[k] += np.einsum("ij,ij->i", v, v)
-        for i, (w, y) in enumerate(((wb[0], yb), (wb[1], ya))):
-            if w is not None:
-                S = w @ y
-                ysum[i] += np.einsum("ij,ij->i", S, S)
-        del xa, xb, ya, yb
+        sqa += np.einsum("ij,ij->i", xa, xa)
+        sqb += np.einsum("ij,ij->i", xb, xb)
+        del xa, xb
 
     def quad(G: np.ndarray, W: np.ndarray) -> np.ndarray:
         """wᵀGw for every row w of W, from G's upper triangle."""
         return np.einsum("ij,ij->i", dsymm(1.0, G, W, side=1, lower=0), W)
 
     out = []
-    for Gq, sqx, sqy, nl, w, ys in (
-        (Gb, sq["xb"], sq["yb"], nulls[0], wb[0], ysum[0]),
-        (Ga, sq["xa"], sq["ya"], nulls[1], wb[1], ysum[1]),
-    ):
-        n_e = len(sqx)
-        ing: dict[str, Any] = {"total": float(sqx.sum() / (n_e - 1)), "text_total": float(sqy.sum() / (n_e - 1))}
+    for Gq, sqx, nl, w in ((Gb, sqb, nulls[0], wb[0]), (Ga, sqa, nulls[1], wb[1])):
+        ing: dict[str, Any] = {"total": float(sqx.sum() / (len(sqx) - 1)), "null_w": nl, "boot_w": w}
         if nl is not None:  # the null's modal traces, from the evaluation half's Gram matrix
             ing["null_traces"] = (_wtrace(sqx, quad(Gq, nl[0]), nl[0]), _wtrace(sqx, quad(Gq, nl[1]), nl[1]))
         if w is not None:
-            ing["boot_traces"] = (_wtrace(sqx, quad(Gq, w), w), _wtrace(sqy, ys, w))
-        ing["null_w"], ing["boot_w"] = nl, w
+            ing["boot_traces"] = (_wtrace(sqx, quad(Gq, w), w),)
         out.append(ing)
     bases = []
     grams = [Ga, Gb]
@@ -606,28 +647,35 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol) ->
         W = np.ascontiguousarray(W[:, ::-1][:, :m])
         bases.append((W, np.sqrt(lam[:m] * (n - 1)), lam[:m].copy(), rank))
     (Wa, sa, la, ra), (Wb, sb, lb, rb) = bases
-
-    def coords(M: np.ndarray, W: np.ndarray, sv: np.ndarray) -> np.ndarray:
-        out = M @ W
-        out /= sv
-        return out
-
-    out[0].update(P=coords(Cba, Wa, sa), fit_lam=la, rank=ra, basis=("gram", Wa, sa, mu_a))
-    out[1].update(P=coords(Cba.T, Wb, sb), fit_lam=lb, rank=rb, basis=("gram", Wb, sb, mu_b))
-    del Cba
-    out[0]["Q"] = coords(Dba, Wa, sa)
-    del Dba
-    out[1]["Q"] = coords(Dab, Wb, sb)
-    del Dab
+    out[0].update(fit_lam=la, rank=ra, basis=("gram", Wa, sa, mu_a))
+    out[1].update(fit_lam=lb, rank=rb, basis=("gram", Wb, sb, mu_b))
+    Cba = _cross(X, B, mu_b, X, A, mu_a, None)[0]
+    for ing, C, W, sv, n_e in ((out[0], Cba, Wa, sa, nb), (out[1], Cba.T, Wb, sb, na)):
+        ing["P"] = np.empty((n_e, len(sv))) if keep_scores else None
+        nl, w = ing["null_w"], ing["boot_w"]
+        ing["psums"] = _col_sums(_gram_coords(C, W, sv), len(sv), [*(nl or (None, None)), w], ing["P"])
+    del Cba, C
+    for ing, (ye, nu_e, xf, mu_f, W, sv) in zip(
+        out, ((B, nu_b, A, mu_a, Wa, sa), (A, nu_a, B, mu_b, Wb, sb)), strict=True
+    ):
+        D, sqy, ys = _cross(Y, ye, nu_e, X, xf, mu_f, ing["boot_w"])
+        ing["text_total"] = float(sqy.sum() / (len(sqy) - 1))
+        if ing["boot_w"] is not None:
+            ing["boot_traces"] += (_wtrace(sqy, ys, ing["boot_w"]),)
+        ing["qsums"] = _col_sums(_gram_coords(D, W, sv), len(sv), [ing["boot_w"]], None)
+        del D
     return out
 
 
-def _generic_ingredients(X, Y, fit, ev, mu_f, mu_e, nu_e, nulls, wb, rel_tol) -> dict[str, Any]:
+def _generic_ingredients(X, Y, fit, ev, mu_f, mu_e, nu_e, nulls, wb, rel_tol, keep_scores) -> dict[str, Any]:
     """One direction by the general route (a half with more rows than dimensions)."""
     basis, fit_lam, rank = _fit_basis(X, fit, mu_f, rel_tol)
+    m = len(fit_lam)
+    P = np.empty((len(ev), m)) if keep_scores else None
     ing: dict[str, Any] = {
-        "P": _project(X, ev, mu_e, X, fit, basis),
-        "Q": _project(Y, ev, nu_e, X, fit, basis),
+        "psums": _col_sums(_coords(X, ev, mu_e, X, fit, basis), m, [*(nulls or (None, None)), wb], P),
+        "qsums": _col_sums(_coords(Y, ev, nu_e, X, fit, basis), m, [wb], None),
+        "P": P,
         "total": _trace(X, ev, mu_e),
         "text_total": _trace(Y, ev, nu_e),
         "fit_lam": fit_lam,
@@ -647,10 +695,10 @@ def _label(
     fit: np.ndarray,
     ev: np.ndarray,
     p: Mapping[str, Any],
-    keep_scores: bool,
     *,
-    P: np.ndarray,
-    Q: np.ndarray,
+    psums: tuple[np.ndarray, list[Any]],
+    qsums: tuple[np.ndarray, list[Any]],
+    P: np.ndarray | None,
     total: float,
     text_total: float,
     fit_lam: np.ndarray,
@@ -662,10 +710,13 @@ def _label(
     boot_traces: Any = None,
 ) -> Direction:
     """α̃ of one direction's modes, their threshold (null quantile or τ) and labels, and the
-    group-bootstrap replicates of the evaluation rows (modes and thresholds held fixed)."""
-    n = P.shape[0]
-    lam = (P * P).sum(0) / (n - 1)  # P and Q are centred on the eval rows' mean
-    tv = (Q * Q).sum(0) / (n - 1)
+    group-bootstrap replicates of the evaluation rows (modes and thresholds held fixed), from
+    the column sums of its modal coordinates P and text coordinates Q (`_col_sums`: modal
+    with the null's two quarter weights and the bootstrap's, text with the bootstrap's)."""
+    n = len(ev)
+    (psq, (n1, n2, bp)), (qsq, (bq,)) = psums, qsums
+    lam = psq / (n - 1)  # P and Q are centred on the eval rows' mean
+    tv = qsq / (n - 1)
     trace_scaled = p["alpha_scale"] == "trace"
     with np.errstate(invalid="ignore", divide="ignore"):
         alpha = tv / lam
@@ -674,7 +725,7 @@ def _label(
     m = len(lam)
     if p["split_rule"] == "null":
         W1, W2 = null_w
-        l1, l2 = _weighted_var(W1, P), _weighted_var(W2, P)
+        l1, l2 = _weighted_var(W1, *n1), _weighted_var(W2, *n2)
         with np.errstate(invalid="ignore", divide="ignore"):
             a_null = l2 / l1
             if trace_scaled:
@@ -696,11 +747,11 @@ def _label(
         threshold=thr,
         ms=ms,
         rank=rank,
-        P=P if keep_scores else None,
+        P=P,
         _basis=basis,
     )
     if boot_w is not None:
-        bl, bt = _weighted_var(boot_w, P), _weighted_var(boot_w, Q)
+        bl, bt = _weighted_var(boot_w, *bp), _weighted_var(boot_w, *bq)
         btot, bttot = boot_traces
         with np.errstate(invalid="ignore", divide="ignore"):
             ba = bt / bl
