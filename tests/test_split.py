@@ -141,7 +141,7 @@ def test_coordinates_summed_in_row_blocks_give_the_definitions(n, d, route, monk
     17's memory): with blocks of 7 rows, λ, the text variance, the null's threshold, every
     bootstrap replicate and the kept coordinates equal their definitions on whole matrices,
     on both routes and on a split with one half on each (halves of 30 and 32 rows, d = 31)."""
-    from mch.plugins.analyses import _split as _split_basis
+    from mch.plugins.analyses import _split_basis
     from mch.plugins.analyses._stats import group_halves, group_resamples, resample_seed
 
     monkeypatch.setattr(_split_basis, "ROWS", 7)
