@@ -23,6 +23,14 @@ def _cols(X: Any, s: slice) -> np.ndarray:
     return np.array(X[:, s], dtype=np.float64)
 
 
+def _centred(X: Any, rows: np.ndarray, s: slice, mean: np.ndarray) -> np.ndarray:
+    """X[rows, s] − mean[s] in float64, converting only those rows (the same numbers as
+    `_cols(X, s)[rows] − mean[s]`, without the float64 copy of every row's block)."""
+    B = np.asarray(X[:, s])[rows].astype(np.float64)
+    B -= mean[s]
+    return B
+
+
 def _means(X: Any, halves: Sequence[np.ndarray]) -> list[np.ndarray]:
     d = X.shape[1]
     out = [np.empty(d) for _ in halves]

@@ -12,8 +12,8 @@ import numpy as np
 from ._split_basis import (
     _basis_vectors,
     _blocks,
+    _centred,
     _col_sums,
-    _cols,
     _coords,
     _fit_basis,
     _gram_coords,
@@ -118,13 +118,12 @@ def _cross_fit(
     nu_a, nu_b = _means(Y, [A, B])
     nulls = [_null_weights(codes, B, p, seed, 0), _null_weights(codes, A, p, seed, 1)]
     wb = [None, None] if boot is None else [boot[:, codes[B]].astype(np.float64), boot[:, codes[A]].astype(np.float64)]
-    rel_tol = float(p["rel_tol"])
     if len(A) <= d and len(B) <= d:
-        ing = _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, keep_scores)
+        ing = _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, p, keep_scores)
         dirs = [_label(fit, ev, p, **x) for (fit, ev), x in zip(((A, B), (B, A)), ing, strict=True)]
     else:  # one direction at a time: only its basis is held while the other is computed
         dirs = [
-            _label(fit, ev, p, **_generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, rel_tol, keep_scores))
+            _label(fit, ev, p, **_generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, p, keep_scores))
             for fit, ev, mf, me, ne, nl, w in (
                 (A, B, mu_a, mu_b, nu_b, nulls[0], wb[0]),
                 (B, A, mu_b, mu_a, nu_a, nulls[1], wb[1]),
@@ -162,8 +161,7 @@ def _cross(Z: Any, ze: np.ndarray, mz: np.ndarray, X: Any, xf: np.ndarray, mx: n
     sq = np.zeros(len(ze))
     ws = None if w is None else np.zeros(w.shape[0])
     for s in _blocks(X.shape[1]):
-        z = _cols(Z, s)[ze] - mz[s]
-        x = _cols(X, s)[xf] - mx[s]
+        z, x = _centred(Z, ze, s, mz), _centred(X, xf, s, mx)
         C = dgemm(1.0, z.T, x.T, beta=1.0, c=C, trans_a=1, overwrite_c=1)  # += z xᵀ
         sq += np.einsum("ij,ij->i", z, z)
         if ws is not None:
@@ -173,7 +171,7 @@ def _cross(Z: Any, ze: np.ndarray, mz: np.ndarray, X: Any, xf: np.ndarray, mx: n
     return C, sq, ws
 
 
-def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, keep_scores) -> list[dict[str, Any]]:
+def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, p, keep_scores) -> list[dict[str, Any]]:
     """Both directions when each half has no more rows than dimensions. The halves' Gram
     matrices give the modes (their eigenvectors) and every weighted modal trace (‖Σ w_i x̃_i‖²
     = wᵀGw); the cross-products X̃_B X̃_Aᵀ (both directions' modal coordinates), Ỹ_B X̃_Aᵀ and
@@ -182,15 +180,13 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, ke
     from scipy.linalg import eigh
     from scipy.linalg.blas import dsymm, dsyrk
 
-    d = X.shape[1]
+    d, rel_tol = X.shape[1], float(p["rel_tol"])
     na, nb = len(A), len(B)
     # Fortran order throughout: BLAS accumulates into them in place, eigh overwrites them in place
     Ga, Gb = np.zeros((na, na), order="F"), np.zeros((nb, nb), order="F")
     sqa, sqb = np.zeros(na), np.zeros(nb)
     for s in _blocks(d):
-        Xb = _cols(X, s)
-        xa, xb = Xb[A] - mu_a[s], Xb[B] - mu_b[s]
-        del Xb
+        xa, xb = _centred(X, A, s, mu_a), _centred(X, B, s, mu_b)
         Ga = dsyrk(1.0, xa.T, beta=1.0, c=Ga, trans=1, overwrite_c=1)  # upper triangle
         Gb = dsyrk(1.0, xb.T, beta=1.0, c=Gb, trans=1, overwrite_c=1)
         sqa += np.einsum("ij,ij->i", xa, xa)
@@ -209,6 +205,7 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, ke
         if w is not None:
             ing["boot_traces"] = (_wtrace(sqx, quad(Gq, w), w),)
         out.append(ing)
+    del Gq  # else the loop's name holds Ga after eigh has overwritten it
     bases = []
     grams = [Ga, Gb]
     del Ga, Gb
@@ -229,6 +226,7 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, ke
         ing["P"] = np.empty((n_e, len(sv))) if keep_scores else None
         nl, w = ing["null_w"], ing["boot_w"]
         ing["psums"] = _col_sums(_gram_coords(C, W, sv), len(sv), [*(nl or (None, None)), w], ing["P"])
+        _settle_null(ing, p)
     del Cba, C
     for ing, (ye, nu_e, xf, mu_f, W, sv) in zip(
         out, ((B, nu_b, A, mu_a, Wa, sa), (A, nu_a, B, mu_b, Wb, sb)), strict=True
@@ -242,9 +240,9 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, rel_tol, ke
     return out
 
 
-def _generic_ingredients(X, Y, fit, ev, mu_f, mu_e, nu_e, nulls, wb, rel_tol, keep_scores) -> dict[str, Any]:
+def _generic_ingredients(X, Y, fit, ev, mu_f, mu_e, nu_e, nulls, wb, p, keep_scores) -> dict[str, Any]:
     """One direction by the general route (a half with more rows than dimensions)."""
-    basis, fit_lam, rank = _fit_basis(X, fit, mu_f, rel_tol)
+    basis, fit_lam, rank = _fit_basis(X, fit, mu_f, float(p["rel_tol"]))
     m = len(fit_lam)
     P = np.empty((len(ev), m)) if keep_scores else None
     ing: dict[str, Any] = {
@@ -263,7 +261,26 @@ def _generic_ingredients(X, Y, fit, ev, mu_f, mu_e, nu_e, nulls, wb, rel_tol, ke
         ing["null_traces"] = (_weighted_traces(X, ev, mu_e, nulls[0]), _weighted_traces(X, ev, mu_e, nulls[1]))
     if wb is not None:
         ing["boot_traces"] = (_weighted_traces(X, ev, mu_e, wb), _weighted_traces(Y, ev, nu_e, wb))
+    _settle_null(ing, p)
     return ing
+
+
+def _settle_null(ing: dict[str, Any], p: Mapping[str, Any]) -> None:
+    """Reduce the null's column sums to its per-mode threshold as soon as they are complete
+    (and its two quarters' traces known): the `null_quantile` of modal α̃ between the two
+    quarters of each cut. Frees the sums (2 × 2 × n_null × m floats)."""
+    sq, (n1, n2, bp) = ing["psums"]
+    ing["psums"] = (sq, [None, None, bp])
+    if ing["null_w"] is None:
+        return
+    (W1, W2), (t1, t2) = ing["null_w"], ing.pop("null_traces")
+    l1, l2 = _weighted_var(W1, *n1), _weighted_var(W2, *n2)
+    del n1, n2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a_null = l2 / l1
+        if p["alpha_scale"] == "trace":
+            a_null *= (t1 / t2)[:, None]
+    ing["null_threshold"] = np.nanquantile(a_null, float(p["null_quantile"]), axis=0) if len(sq) else np.zeros(0)
 
 
 def _label(
@@ -281,15 +298,16 @@ def _label(
     basis: tuple[Any, ...],
     null_w: Any = None,
     boot_w: Any = None,
-    null_traces: Any = None,
+    null_threshold: np.ndarray | None = None,
     boot_traces: Any = None,
 ) -> Direction:
     """α̃ of one direction's modes, their threshold (null quantile or τ) and labels, and the
     group-bootstrap replicates of the evaluation rows (modes and thresholds held fixed), from
     the column sums of its modal coordinates P and text coordinates Q (`_col_sums`: modal
-    with the null's two quarter weights and the bootstrap's, text with the bootstrap's)."""
+    with the bootstrap's weights, text with the bootstrap's; the null's already reduced to
+    its threshold by `_settle_null`)."""
     n = len(ev)
-    (psq, (n1, n2, bp)), (qsq, (bq,)) = psums, qsums
+    (psq, (_, _, bp)), (qsq, (bq,)) = psums, qsums
     lam = psq / (n - 1)  # P and Q are centred on the eval rows' mean
     tv = qsq / (n - 1)
     trace_scaled = p["alpha_scale"] == "trace"
@@ -299,13 +317,7 @@ def _label(
             alpha = alpha * (total / text_total)
     m = len(lam)
     if p["split_rule"] == "null":
-        W1, W2 = null_w
-        l1, l2 = _weighted_var(W1, *n1), _weighted_var(W2, *n2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            a_null = l2 / l1
-            if trace_scaled:
-                a_null *= (null_traces[0] / null_traces[1])[:, None]
-        thr = np.nanquantile(a_null, float(p["null_quantile"]), axis=0) if m else np.zeros(0)
+        thr = null_threshold
         ms = alpha < thr
     else:
         thr = np.full(m, float(p["tau"]))
