@@ -116,12 +116,12 @@ def _cross_fit(
     N, d = X.shape
     mu_a, mu_b = _means(X, [A, B])
     nu_a, nu_b = _means(Y, [A, B])
-    nulls = [_null_weights(codes, B, p, seed, 0), _null_weights(codes, A, p, seed, 1)]
     wb = [None, None] if boot is None else [boot[:, codes[B]].astype(np.float64), boot[:, codes[A]].astype(np.float64)]
     if len(A) <= d and len(B) <= d:
-        ing = _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, p, keep_scores)
+        ing = _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, codes, seed, wb, p, keep_scores)
         dirs = [_label(fit, ev, p, **x) for (fit, ev), x in zip(((A, B), (B, A)), ing, strict=True)]
     else:  # one direction at a time: only its basis is held while the other is computed
+        nulls = [_null_weights(codes, B, p, seed, 0), _null_weights(codes, A, p, seed, 1)]
         dirs = [
             _label(fit, ev, p, **_generic_ingredients(X, Y, fit, ev, mf, me, ne, nl, w, p, keep_scores))
             for fit, ev, mf, me, ne, nl, w in (
@@ -171,7 +171,7 @@ def _cross(Z: Any, ze: np.ndarray, mz: np.ndarray, X: Any, xf: np.ndarray, mx: n
     return C, sq, ws
 
 
-def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, p, keep_scores) -> list[dict[str, Any]]:
+def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, codes, seed, wb, p, keep_scores) -> list[dict[str, Any]]:
     """Both directions when each half has no more rows than dimensions. The halves' Gram
     matrices give the modes (their eigenvectors) and every weighted modal trace (‖Σ w_i x̃_i‖²
     = wᵀGw); the cross-products X̃_B X̃_Aᵀ (both directions' modal coordinates), Ỹ_B X̃_Aᵀ and
@@ -198,6 +198,7 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, p, keep_sco
         return np.einsum("ij,ij->i", dsymm(1.0, G, W, side=1, lower=0), W)
 
     out = []
+    nulls = [_null_weights(codes, B, p, seed, 0), _null_weights(codes, A, p, seed, 1)]
     for Gq, sqx, nl, w in ((Gb, sqb, nulls[0], wb[0]), (Ga, sqa, nulls[1], wb[1])):
         ing: dict[str, Any] = {"total": float(sqx.sum() / (len(sqx) - 1)), "null_w": nl, "boot_w": w}
         if nl is not None:  # the null's modal traces, from the evaluation half's Gram matrix
@@ -205,7 +206,7 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, p, keep_sco
         if w is not None:
             ing["boot_traces"] = (_wtrace(sqx, quad(Gq, w), w),)
         out.append(ing)
-    del Gq  # else the loop's name holds Ga after eigh has overwritten it
+    del Gq, nl, nulls  # else Ga outlives its decomposition, and the null's weights their sums
     bases = []
     grams = [Ga, Gb]
     del Ga, Gb
@@ -224,8 +225,9 @@ def _gram_ingredients(X, Y, A, B, mu_a, mu_b, nu_a, nu_b, nulls, wb, p, keep_sco
     Cba = _cross(X, B, mu_b, X, A, mu_a, None)[0]
     for ing, C, W, sv, n_e in ((out[0], Cba, Wa, sa, nb), (out[1], Cba.T, Wb, sb, na)):
         ing["P"] = np.empty((n_e, len(sv))) if keep_scores else None
-        nl, w = ing["null_w"], ing["boot_w"]
-        ing["psums"] = _col_sums(_gram_coords(C, W, sv), len(sv), [*(nl or (None, None)), w], ing["P"])
+        weights = [*(ing["null_w"] or (None, None)), ing["boot_w"]]
+        ing["psums"] = _col_sums(_gram_coords(C, W, sv), len(sv), weights, ing["P"])
+        del weights
         _settle_null(ing, p)
     del Cba, C
     for ing, (ye, nu_e, xf, mu_f, W, sv) in zip(
@@ -273,7 +275,7 @@ def _settle_null(ing: dict[str, Any], p: Mapping[str, Any]) -> None:
     ing["psums"] = (sq, [None, None, bp])
     if ing["null_w"] is None:
         return
-    (W1, W2), (t1, t2) = ing["null_w"], ing.pop("null_traces")
+    (W1, W2), (t1, t2) = ing.pop("null_w"), ing.pop("null_traces")
     l1, l2 = _weighted_var(W1, *n1), _weighted_var(W2, *n2)
     del n1, n2
     with np.errstate(invalid="ignore", divide="ignore"):
