@@ -135,6 +135,45 @@ def test_each_direction_matches_the_definition(n, d):
     assert np.array_equal(sp.directions[1].fit, B) and np.array_equal(sp.directions[1].eval, A)
 
 
+@pytest.mark.parametrize("n,d,route", [(80, 30, "cov"), (60, 90, "gram"), (62, 31, "mixed")])
+def test_coordinates_summed_in_row_blocks_give_the_definitions(n, d, route, monkeypatch):
+    """The modes' coordinates are summed in blocks of ROWS rows and never held whole (issue
+    17's memory): with blocks of 7 rows, λ, the text variance, the null's threshold, every
+    bootstrap replicate and the kept coordinates equal their definitions on whole matrices,
+    on both routes and on a split with one half on each (halves of 30 and 32 rows, d = 31)."""
+    from mch.plugins.analyses import _split_basis
+    from mch.plugins.analyses._stats import group_halves, group_resamples, resample_seed
+
+    monkeypatch.setattr(_split_basis, "ROWS", 7)
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(n, d)) @ np.diag(np.linspace(3, 0.3, d)) + 5.0
+    Y = 0.3 * rng.normal(size=(n, d)) @ np.diag(np.linspace(0.2, 2, d)) - 1.0
+    codes = np.arange(n) // 2
+    n_null, n_boot = 25, 4
+    sp = covariance_split(X, Y, {"n_null": n_null}, seed=5, codes=codes, n_boot=n_boot, scores=True)
+    assert {dr._basis[0] for dr in sp.directions} == {"cov": {"cov"}, "gram": {"gram"}, "mixed": {"cov", "gram"}}[route]
+    counts = group_resamples(n // 2, n_boot, resample_seed(5, "split", "bootstrap")).counts
+    for which, dr in enumerate(sp.directions):
+        Xe, Ye = X[dr.eval], Y[dr.eval]
+        U = dr.vectors(X)
+        P, Q = (Xe - Xe.mean(0)) @ U, (Ye - Ye.mean(0)) @ U
+        assert len(dr.eval) > 3 * 7  # several blocks
+        np.testing.assert_allclose(dr.P, P, rtol=1e-9, atol=1e-12 * np.abs(P).max())
+        np.testing.assert_allclose(dr.lam, P.var(0, ddof=1), rtol=1e-9)
+        np.testing.assert_allclose(dr.tv, Q.var(0, ddof=1), rtol=1e-9)
+        ecodes = np.unique(codes[dr.eval], return_inverse=True)[1]
+        a_null = []
+        for r in range(n_null):  # modal α̃ between the two quarters of one cut of the eval rows
+            h1, h2 = group_halves(ecodes, resample_seed(5, "split", "null", which, r))
+            t1, t2 = np.trace(np.cov(Xe[h1].T)), np.trace(np.cov(Xe[h2].T))
+            a_null.append(P[h2].var(0, ddof=1) / P[h1].var(0, ddof=1) * (t1 / t2))
+        np.testing.assert_allclose(dr.threshold, np.quantile(a_null, 0.05, axis=0), rtol=1e-9)
+        for r in range(n_boot):  # replicate r: each eval row repeated as often as its group was drawn
+            rows = np.repeat(np.arange(len(dr.eval)), counts[r][codes[dr.eval]])
+            np.testing.assert_allclose(dr.boot["lam"][r], P[rows].var(0, ddof=1), rtol=1e-9)
+            np.testing.assert_allclose(dr.boot["tv"][r], Q[rows].var(0, ddof=1), rtol=1e-9)
+
+
 def test_null_threshold_is_a_low_quantile_of_modal_vs_modal_alpha_and_rules_differ():
     X, Y = identical(400, 50, 6)
     sp = covariance_split(X, Y, seed=6)
