@@ -75,7 +75,13 @@ def test_bench_extract_analyze_take_the_options_they_always_took():
     def names(func):
         return [n for n, _ in _params(func)]
 
-    run = [n for n in RUN_ORDER if n not in ("text", "quiet", "as_json", "as_csv", "config")]
+    # written out, not derived from RUN_ORDER: an option dropped from the table must fail here
+    run = [
+        "model", "dataset", "analysis", "attribute", "checkpoint", "revision", "adapter", "data_path",
+        "split", "limit", "seed", "device", "dtype", "protocol", "span", "stage", "batch_size", "out",
+        "store", "on_error", "param", "trust_remote_code", "model_option", "data_option",
+        "text_checkpoint", "text_revision", "device_map", "max_memory",
+    ]  # fmt: skip
     assert names(rc.bench) == [*run, "quiet", "as_json", "as_csv", "config"]
     assert names(rc.analyze) == [
         *[n for n in run if n not in ("on_error", "trust_remote_code")],
@@ -89,3 +95,18 @@ def test_bench_extract_analyze_take_the_options_they_always_took():
     assert names(rc.extract) == [*ext, "quiet", "config"]
     assert dict(_params(rc.bench))["analysis"] == ["probe,gmi"]
     assert dict(_params(rc.analyze))["analysis"] == ["probe"]
+
+
+def test_the_run_commands_defaults_are_the_documented_ones():
+    """Every default `mch bench` shows (and extract/analyze share), written out: a default
+    changed in the options' table changes what a run measures."""
+    import mch.run_cli as rc
+
+    expected = {"model": "toy", "analysis": ["probe,gmi"], "seed": 0, "device": "cpu", "protocol": "default"}
+    expected |= {"batch_size": 16, "on_error": "stop", "trust_remote_code": False, "quiet": False}
+    expected |= {"as_json": False, "as_csv": False}
+    bench = dict(_params(rc.bench))
+    assert {n: v for n, v in bench.items() if v is not None} == expected
+    for cmd in (rc.extract, rc.analyze):
+        own = dict(_params(cmd))
+        assert all(own[n] == v for n, v in bench.items() if n in own and n != "analysis"), cmd.__name__

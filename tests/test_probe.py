@@ -556,3 +556,23 @@ def test_an_arranged_basis_gives_the_designs_of_a_copied_one():
         assert np.array_equal(got.Z, ref.Z) and np.array_equal(got.y, ref.y) and np.array_equal(got.order, ref.order)
         assert np.shares_memory(got.Z, basis.Z32)
     assert sorted(basis.Z32.tolist()) == sorted(Z.tolist())  # a permutation of the stage's rows
+
+
+def test_attributes_with_unlabelled_rows_probe_their_own_rows_after_arrange():
+    """Each attribute is probed on its labelled rows only, in turn on one stage's basis
+    (`Basis.arrange` reorders it in place per attribute): attributes whose unlabelled rows
+    differ, each separable on its own rows, are each found (a design that read the stage's
+    leading rows instead of the attribute's, or the rows of the attribute arranged before,
+    puts them at chance)."""
+    rng = np.random.default_rng(7)
+    n = 180
+    ya, yb = rng.integers(0, 3, n), rng.integers(0, 3, n)
+    X = np.concatenate([4 * np.eye(3)[ya], 4 * np.eye(3)[yb]], 1) + rng.standard_normal((n, 6))
+    la = np.array([str(v) if i % 3 else "" for i, v in enumerate(ya)], dtype=object)  # rows 0, 3, ... unlabelled
+    lb = np.array([str(v) if i % 3 != 1 else "" for i, v in enumerate(yb)], dtype=object)
+    out = make_probe().run(
+        context({"s": X.astype(np.float32)}, {"a": la, "b": lb}, params={"n_bootstrap": 50, "control": False})
+    )
+    for attr in ("a", "b"):
+        assert out.summary["attributes"][attr]["n"] == 120
+        assert metric(out, "accuracy", "s", attr).value >= 0.95, attr
