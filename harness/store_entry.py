@@ -32,7 +32,7 @@ def key_hash(key: dict[str, Any]) -> str:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # numpy's stub lets the **kwds fill savez's allow_pickle: bool; ours are arrays named by stage
+    # numpy's type annotations let the **kwds fill savez's allow_pickle: bool; ours are arrays named by stage
     atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
