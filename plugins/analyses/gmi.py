@@ -35,11 +35,11 @@ from ._params import check_params
 from ._stats import (
     RowGroups,
     attribute_groups,
+    bias_corrected_ci,
     confusion,
     entropy_bits,
     group_codes,
     groups_identity,
-    bias_corrected_ci,
 )
 
 DEFAULT_PARAMS = {
