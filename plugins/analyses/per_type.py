@@ -43,6 +43,7 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric
 from ._linalg import ci, modes, one_blas_thread
 from ._params import as_list, check_params, load_pair
 from ._split import attribute_shares, check_split_params, known_truth, run_split, split_defaults
+from ._stats import attribute_groups
 from ._w1 import exact_w1
 
 FIELDS = (
@@ -301,9 +302,18 @@ class PerType(Analysis):
         table: dict[str, dict[str, Any]] = {}
         for a in _attributes(ctx):
             groups = ctx.groups.get(a)
+            # CIs resample the attribute's bootstrap key (its cluster key where declared, science.md §8)
+            boot_groups = attribute_groups(ctx, a).codes
             with ctx.progress.task(f"per_type: {a} (null, {n_perm} permutations)", None):
                 sh = attribute_shares(
-                    sp, ctx.labels[a], groups, n_perm=n_perm, n_boot=n_boot, seed=int(ctx.seed), names=(stage, a)
+                    sp,
+                    ctx.labels[a],
+                    groups,
+                    n_perm=n_perm,
+                    n_boot=n_boot,
+                    seed=int(ctx.seed),
+                    names=(stage, a),
+                    boot_groups=boot_groups,
                 )
             if sh is None:
                 table[a] = {"skipped": "fewer than 2 labelled classes"}
@@ -361,7 +371,16 @@ class PerType(Analysis):
                 if res.get(f) is not None:
                     lo, hi = cis.get(f, (None, None))
                     metrics.append(
-                        Metric(f, float(res[f]), stage=stage, attribute=a, ci_low=lo, ci_high=hi, n=sh.n_rows)
+                        Metric(
+                            f,
+                            float(res[f]),
+                            stage=stage,
+                            attribute=a,
+                            ci_low=lo,
+                            ci_high=hi,
+                            n=sh.n_rows,
+                            n_groups=sh.n_groups if lo is not None and f in sh.boot else None,
+                        )
                     )
         truth = known_truth(
             ctx.attributes, {a: r["var_frac_MS"] for a, r in table.items() if r.get("var_frac_MS") is not None}
