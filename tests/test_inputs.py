@@ -506,3 +506,23 @@ def test_an_external_analysis_parameters_are_checked_by_their_defaults(tmp_path)
         "parameter scale must be a number >= 0, not -1",
     )
     _no_work(tmp_path)
+
+
+def test_a_checkpoint_directory_that_is_not_one_is_one_sentence_before_its_files_are_read(tmp_path):
+    """`mch bench --checkpoint DIR` on a directory that is not a checkpoint (here holding a
+    socket, which opening raises on): the plugin's checkpoint shape is checked before the
+    fingerprint reads any file, so one sentence, no traceback, no work."""
+    import socket
+
+    d = tmp_path / "notckpt"
+    d.mkdir()
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d / "sock"))
+    try:
+        res = run_mch(
+            "bench", "--checkpoint", str(d), "--out", str(tmp_path / "r"), env={"MCH_STORE": str(tmp_path / "store")}
+        )
+    finally:
+        s.close()
+    _fails(res, f"model 'toy': --checkpoint {d} is not a toy checkpoint (no model.safetensors or organism.json)")
+    _no_work(tmp_path)

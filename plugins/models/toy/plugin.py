@@ -32,6 +32,16 @@ class ToyModel(ModelPlugin):
         base = json.loads((path / "organism.json").read_text()).get("base", "toy")
         return (WEIGHTS_ROOT / base) if (WEIGHTS_ROOT / base).is_dir() else (path / base)
 
+    def check_checkpoint(self, path: Any) -> None:
+        """A toy checkpoint is a directory with model.safetensors or an organism's organism.json."""
+        p = Path(str(path))
+        if p.is_dir() and not ((p / "model.safetensors").is_file() or (p / "organism.json").is_file()):
+            raise MchError(
+                f"model {self.spec.name!r}: --checkpoint {p} is not a toy checkpoint (no model.safetensors or "
+                f"organism.json); pass a directory written by `python -m mch.plugins.models.toy train --out DIR` "
+                f"(or `organism`)"
+            )
+
     def checkpoint_paths(self) -> list[Path]:
         path = self._weights_dir()  # an organism's own adapter and the base weights it runs on
         return [path, self._base_dir(path)] if (path / "organism.json").exists() else [path]
