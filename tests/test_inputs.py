@@ -261,6 +261,10 @@ BAD_INPUT = [
         ["--model", "llava", "--model-option", "batch_size=0"],
         ["model 'llava' option batch_size must be an integer >= 1"],
     ),
+    (  # the toy's stages are known without its weights: refused before it loads
+        ["--stage", "adapter,nonesuch"],
+        ["--stage nonesuch: model 'toy' has no such stage; it declares: encoder, adapter, llm.0, llm.1, llm.2, llm.3, llm.final"],
+    ),
     (
         ["--model", "llava", "--model-option", "prompt_text=hi"],
         ["model 'llava' has no option 'prompt_text'; it takes: batch_size, default_dataset, prompt"],

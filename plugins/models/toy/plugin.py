@@ -74,9 +74,23 @@ class ToyModel(ModelPlugin):
         self.validate_stage_map("modal")
         self.validate_stage_map("text")
 
+    def _layers(self) -> int:
+        """The decoder's depth: the loaded model's, before loading its checkpoint's config (so
+        the stage names are known without the weights; 4, the toy's, if it cannot be read)."""
+        n = getattr(self, "n_layers", None)
+        if n is None:
+            try:
+                path = self._weights_dir()
+                if (path / "organism.json").exists():
+                    path = self._base_dir(path)
+                n = int(json.loads((path / "config.json").read_text())["llm"]["num_hidden_layers"])
+            except (OSError, ValueError, KeyError, TypeError):
+                n = 4
+        return n
+
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         """The same hook points under both protocols."""
-        stages = decoder_stage_paths("llm.model", getattr(self, "n_layers", 4))
+        stages = decoder_stage_paths("llm.model", self._layers())
         if view == "text":
             stages["adapter"] = "llm.model.embed_tokens"
         else:
