@@ -166,16 +166,12 @@ def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float | 
     return float(np.percentile(r, a)), float(np.percentile(r, 100 - a))
 
 
-def bias_corrected_ci(
-    replicates: np.ndarray, point: float | None, level: float = 0.95
-) -> tuple[float | None, float | None]:
-    """Percentile CI of the bias-corrected replicates (science.md §8): each replicate minus the
-    bootstrap's bias estimate mean(replicates) - point, i.e. the replicates' distribution moved to
-    centre on the point. A plug-in bounded above (GMI, the LM rate and their ratios at H(Y): a
-    resample's label prior has a lower entropy) has replicates biased below the point, and the
-    plain percentile interval can then lie wholly below it; this one holds the point whenever the
-    replicates' mean lies inside their central `level` range, and is the plain percentile interval
-    where the replicates are unbiased."""
+def bias_corrected_ci(replicates: np.ndarray, point: float | None, level: float = 0.95) -> tuple[Any, Any]:
+    """Percentile CI of the bias-corrected replicates, each minus the bootstrap's bias estimate
+    mean(replicates) - point (science.md §8). A plug-in bounded by H(Y) (GMI, the LM rate, their
+    ratios) has replicates biased below the point at the ceiling, where the plain percentile
+    interval can lie wholly below it; this one holds the point whenever the replicates' mean is
+    inside their central range, and equals the plain interval where they are unbiased."""
     r = np.asarray(replicates, dtype=np.float64)
     r = r[np.isfinite(r)]
     if len(r) == 0 or point is None or not np.isfinite(point):

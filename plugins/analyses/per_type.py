@@ -302,19 +302,10 @@ class PerType(Analysis):
         table: dict[str, dict[str, Any]] = {}
         for a in _attributes(ctx):
             groups = ctx.groups.get(a)
-            # CIs resample the attribute's bootstrap key (its cluster key where declared, science.md §8)
-            boot_groups = attribute_groups(ctx, a).codes
+            bg = attribute_groups(ctx, a).codes  # CIs resample its cluster key where declared (science.md §8)
+            kw = {"n_perm": n_perm, "n_boot": n_boot, "seed": int(ctx.seed), "names": (stage, a), "boot_groups": bg}
             with ctx.progress.task(f"per_type: {a} (null, {n_perm} permutations)", None):
-                sh = attribute_shares(
-                    sp,
-                    ctx.labels[a],
-                    groups,
-                    n_perm=n_perm,
-                    n_boot=n_boot,
-                    seed=int(ctx.seed),
-                    names=(stage, a),
-                    boot_groups=boot_groups,
-                )
+                sh = attribute_shares(sp, ctx.labels[a], groups, **kw)
             if sh is None:
                 table[a] = {"skipped": "fewer than 2 labelled classes"}
                 continue
@@ -370,18 +361,8 @@ class PerType(Analysis):
             for f in (*FIELDS, "var_frac_MS_plugin", "var_frac_ms_p", "scatter_signal_fraction"):
                 if res.get(f) is not None:
                     lo, hi = cis.get(f, (None, None))
-                    metrics.append(
-                        Metric(
-                            f,
-                            float(res[f]),
-                            stage=stage,
-                            attribute=a,
-                            ci_low=lo,
-                            ci_high=hi,
-                            n=sh.n_rows,
-                            n_groups=sh.n_groups if lo is not None and f in sh.boot else None,
-                        )
-                    )
+                    ng = sh.n_groups if lo is not None and f in sh.boot else None
+                    metrics.append(Metric(f, float(res[f]), stage, a, lo, hi, sh.n_rows, ng))
         truth = known_truth(
             ctx.attributes, {a: r["var_frac_MS"] for a, r in table.items() if r.get("var_frac_MS") is not None}
         )
