@@ -153,7 +153,7 @@ def check_stage_names(plugin: Any, stages: Any) -> None:
     unknown = [s for s in stages if s not in known]
     if unknown:
         raise MchError(
-            f"--stage {unknown[0]}: model {plugin.spec.name!r} has no such stage; it declares: {', '.join(known)}"
+            f"model {plugin.spec.name!r} has no stage {unknown[0]!r} (--stage); it declares: {', '.join(known)}"
         )
 
 

@@ -264,7 +264,7 @@ BAD_INPUT = [
     (  # the toy's stages are known without its weights: refused before it loads
         ["--stage", "adapter,nonesuch"],
         [
-            "--stage nonesuch: model 'toy' has no such stage; it declares: encoder, adapter, llm.0, llm.1, llm.2, llm.3, llm.final"
+            "model 'toy' has no stage 'nonesuch' (--stage); it declares: encoder, adapter, llm.0, llm.1, llm.2, llm.3, llm.final"
         ],
     ),
     (

@@ -193,7 +193,7 @@ def test_an_unknown_stage_is_refused_from_the_config_before_the_weights_load(ckp
 
     p = Llava(SPEC, checkpoint=str(ckpt))
     check_stage_names(p, ["adapter", "llm.final"])
-    with pytest.raises(MchError, match=r"--stage llm\.99: model 'llava' has no such stage; it declares: encoder, "):
+    with pytest.raises(MchError, match=r"model 'llava' has no stage 'llm\.99' \(--stage\); it declares: encoder, "):
         check_stage_names(p, ["adapter", "llm.99"])
     assert p.module is None
 
