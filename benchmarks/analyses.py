@@ -49,12 +49,13 @@ Sections
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -552,12 +553,15 @@ def _probe_context(files: dict[str, Any], protocol: str, params: dict[str, Any])
     )
 
 
-def _time_calls(module: Any, names: dict[str, str], spent: dict[str, float]) -> None:
+@contextlib.contextmanager
+def _time_calls(module: Any, names: dict[str, str], spent: dict[str, float]) -> Iterator[None]:
     """Wrap module.<name> so that its calls' wall time adds up in spent[label] (a breakdown of
-    one measured run; a few thousand calls, so the wrappers cost nothing measurable)."""
+    one measured run; a few thousand calls, so the wrappers cost nothing measurable), and put
+    the functions back on leaving, so that later sections time the real ones."""
+    originals = {name: getattr(module, name) for name in names}
     for name, label in names.items():
 
-        def wrapped(*a: Any, _f: Callable = getattr(module, name), _l: str = label, **k: Any) -> Any:  # noqa: B008 - binds this iteration's function
+        def wrapped(*a: Any, _f: Callable = originals[name], _l: str = label, **k: Any) -> Any:
             t = time.perf_counter()
             try:
                 return _f(*a, **k)
@@ -565,6 +569,11 @@ def _time_calls(module: Any, names: dict[str, str], spent: dict[str, float]) -> 
                 spent[_l] = spent.get(_l, 0.0) + time.perf_counter() - t
 
         setattr(module, name, wrapped)
+    try:
+        yield
+    finally:
+        for name, f in originals.items():
+            setattr(module, name, f)
 
 
 def mch_probe(files: dict[str, Any], protocol: str, n_jobs: int | None = None) -> dict[str, Any]:
@@ -573,15 +582,18 @@ def mch_probe(files: dict[str, Any], protocol: str, n_jobs: int | None = None) -
     from mch.plugins.analyses.probe import Probe
 
     spent: dict[str, float] = {}
-    if protocol == "default":  # where the time goes: bases, the fits' products, the rest of the fits
-        _time_calls(probe_mod, {"stage_basis": "bases"}, spent)
-        _time_calls(_probe_cv, {"fit_many": "fits", "heldout_logp": "held-out products"}, spent)
-        _time_calls(_softmax, {"_evaluate": "fit products"}, spent)
     probe = Probe(AnalysisSpec(name="probe", entry="mch.plugins.analyses.probe:Probe"))
     params = probe.default_params(protocol)
     if n_jobs is not None:
         params["n_jobs"] = n_jobs
-    out = probe.run(_probe_context(files, protocol, params))
+    with contextlib.ExitStack() as timed:
+        if protocol == "default":  # where the time goes: bases, the fits' products, the rest of the fits
+            timed.enter_context(_time_calls(probe_mod, {"stage_basis": "bases"}, spent))
+            timed.enter_context(
+                _time_calls(_probe_cv, {"fit_many": "fits", "heldout_logp": "held-out products"}, spent)
+            )
+            timed.enter_context(_time_calls(_softmax, {"_evaluate": "fit products"}, spent))
+        out = probe.run(_probe_context(files, protocol, params))
     res0 = {"threads": out.summary.get("threads"), "spent": spent}
     acc = {(m.stage, m.attribute): m.value for m in out.metrics if m.metric == "accuracy"}
     res: dict[str, Any] = {"accuracy": acc, **res0}

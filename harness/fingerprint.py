@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -65,6 +66,17 @@ def _sha256_file(path: str, st: os.stat_result) -> str:
     if key not in _content:
         _content[key] = file_sha256(path)
     return _content[key]
+
+
+def _readable_sha256(path: str, st: os.stat_result) -> str:
+    """`_sha256_file` of a checkpoint file, an unreadable one being one MchError."""
+    try:
+        return _sha256_file(path, st)
+    except OSError as exc:
+        raise MchError(
+            f"checkpoint file {path} cannot be read ({exc.strerror or exc}); fix its permissions or pass "
+            f"--checkpoint with the model's own directory"
+        ) from None
 
 
 def _safetensors_header(path: str) -> str | None:
@@ -125,10 +137,12 @@ def checkpoint_fingerprint(paths: Sequence[Path | str]) -> str:
                 h.update(f"{i}\0{rel}\0absent\n".encode())
                 continue
             blob = _hf_blob(p)
-            if blob is not None:
+            if not stat.S_ISREG(st.st_mode):  # a socket, FIFO or device: never opened (a FIFO blocks)
+                ident = f"special:{stat.S_IFMT(st.st_mode):o}"
+            elif blob is not None:
                 ident = f"blob:{blob}"
             elif full or st.st_size <= SMALL_FILE:
-                ident = f"sha256:{_sha256_file(p, st)}"
+                ident = f"sha256:{_readable_sha256(p, st)}"
             else:
                 portable = False
                 ident = f"mtime:{st.st_mtime_ns}"
@@ -150,7 +164,7 @@ def media_fingerprint(samples: Iterable[tuple[str, Sequence[str]]]) -> str | Non
             any_file = True
             try:
                 st = os.stat(f)
-                ident = _sha256_file(f, st) if full else str(st.st_mtime_ns)
+                ident = _sha256_file(f, st) if full and stat.S_ISREG(st.st_mode) else str(st.st_mtime_ns)
                 h.update(f"{sid}\0{os.path.basename(f)}\0{st.st_size}\0{ident}\n".encode())
             except OSError:
                 h.update(f"{sid}\0{os.path.basename(f)}\0absent\n".encode())

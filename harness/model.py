@@ -278,6 +278,21 @@ class ModelPlugin(abc.ABC):
             ident["smoke"] = True
         return ident
 
+    def check_checkpoint(self, path: Any) -> None:
+        """Raise MchError when `path` (the resolved checkpoint, `checkpoint_paths()[0]`) does not
+        have the shape `load` needs. The runner calls it before anything reads the files (the
+        fingerprint hashes them), so `--checkpoint /tmp` is one sentence, not a walk of /tmp.
+        Default: a Hugging Face directory, with config.json at its top; override for others."""
+        from pathlib import Path
+
+        p = Path(str(path)).expanduser()
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise MchError(
+                f"model {self.spec.name!r}: --checkpoint {p} is not a checkpoint directory (no config.json "
+                f"at its top); pass --checkpoint with the model's own directory (config.json, weights, "
+                f"tokenizer) or an HF id in the local cache"
+            )
+
     def checkpoint_paths(self) -> list[Any]:
         """The local directories (or files) this plugin reads weights, configs and tokenizers
         from: the resolved `checkpoint` (a local directory or its Hugging Face cache snapshot).

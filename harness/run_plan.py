@@ -132,10 +132,29 @@ def plan(cfg: RunConfig, log: Log = RUN_LOG.info, progress: Progress | None = No
                     f"sample {s.sample_id}: {a} label {lab!r} is not one of the declared classes", sample_id=s.sample_id
                 )
     plugin = model_plugin(mspec, cfg)
+    check_stage_names(plugin, cfg.stages)
     for aspec in aspecs:  # parameters that cannot work on these samples, before any extraction
         analysis = load_entry(aspec.entry)(aspec)
         analysis.preflight(analysis_params(analysis, aspec, cfg, plugin), cfg.protocol, samples, attrs)
     return Plan(cfg, mspec, dspec, aspecs, ds, attrs, samples, plugin, log, progress or Progress())
+
+
+def check_stage_names(plugin: Any, stages: Any) -> None:
+    """`--stage` names the model does not declare, refused before it loads (one sentence listing
+    its stages). Where its stage map needs what is not here (the loaded model, a checkpoint
+    absent while the store holds its vectors) the names are checked later, by the capture or
+    against the stored stages."""
+    if not stages:
+        return
+    try:
+        known = list(plugin.stages("modal"))
+    except Exception:  # noqa: BLE001 - cannot know them yet: the later checks say it
+        return
+    unknown = [s for s in stages if s not in known]
+    if unknown:
+        raise MchError(
+            f"model {plugin.spec.name!r} has no stage {unknown[0]!r} (--stage); it declares: {', '.join(known)}"
+        )
 
 
 def analysis_params(analysis: Any, aspec: Any, cfg: RunConfig, plugin: Any) -> dict[str, Any]:

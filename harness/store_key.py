@@ -80,6 +80,8 @@ def plugin_fingerprint(plugin: Any) -> str:
         return MISSING
     if not paths or not Path(str(paths[0])).expanduser().exists():
         return MISSING
+    if hasattr(plugin, "check_checkpoint"):  # its shape before its files are read (a user error, not "missing")
+        plugin.check_checkpoint(paths[0])
     return checkpoint_fingerprint(paths)
 
 

@@ -134,3 +134,51 @@ def test_unknown_mode_is_one_sentence(monkeypatch, ckpt):
     monkeypatch.setenv("MCH_FINGERPRINT", "quick")
     with pytest.raises(MchError, match="MCH_FINGERPRINT='quick'.*fast.*full"):
         fp.checkpoint_fingerprint([ckpt])
+
+
+def test_sockets_and_fifos_are_never_opened(tmp_path, ckpt):
+    """`--checkpoint` on a directory holding a socket or a FIFO: opening the socket raised an
+    OSError traceback, opening the FIFO blocked forever; they are named by their type instead."""
+    import socket
+    import threading
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(ckpt / "sock"))
+    os.mkfifo(ckpt / "fifo")
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(fp.checkpoint_fingerprint([ckpt])), daemon=True)
+    t.start()
+    t.join(30)
+    if t.is_alive():  # unblock the reader so the thread ends, then fail
+        with open(ckpt / "fifo", "wb"):
+            pass
+        pytest.fail("the fingerprint opened a FIFO")
+    s.close()
+    assert got and got[0].startswith("sha256:")
+
+
+def test_an_unreadable_checkpoint_file_is_one_sentence(ckpt, monkeypatch):
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(fp, "file_sha256", denied)
+    fp._content.clear()
+    with pytest.raises(MchError, match=r"checkpoint file .*config.json cannot be read \(Permission denied\)"):
+        fp.checkpoint_fingerprint([ckpt])
+
+
+def test_a_directory_that_is_not_a_checkpoint_is_refused_before_its_files_are_read(tmp_path, monkeypatch):
+    """`--checkpoint /tmp`: the plugin's checkpoint shape is checked first (an HF model needs
+    config.json at the top), so no file of the directory is hashed."""
+    from mch.api import ModelSpec
+    from mch.plugins.models.llava import Llava
+    from mch.store_key import plugin_fingerprint
+
+    spec = ModelSpec(
+        name="llava", entry="mch.plugins.models.llava:Llava", modality="vision", checkpoint="llava-hf/llava-1.5-7b-hf"
+    )
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "a.bin").write_bytes(b"x" * 10)
+    monkeypatch.setattr(fp, "checkpoint_fingerprint", lambda paths: pytest.fail(f"hashed {paths}"))
+    with pytest.raises(MchError, match=r"--checkpoint .*big is not a checkpoint directory \(no config.json"):
+        plugin_fingerprint(Llava(spec, checkpoint=str(tmp_path / "big")))

@@ -261,6 +261,12 @@ BAD_INPUT = [
         ["--model", "llava", "--model-option", "batch_size=0"],
         ["model 'llava' option batch_size must be an integer >= 1"],
     ),
+    (  # the toy's stages are known without its weights: refused before it loads
+        ["--stage", "adapter,nonesuch"],
+        [
+            "model 'toy' has no stage 'nonesuch' (--stage); it declares: encoder, adapter, llm.0, llm.1, llm.2, llm.3, llm.final"
+        ],
+    ),
     (
         ["--model", "llava", "--model-option", "prompt_text=hi"],
         ["model 'llava' has no option 'prompt_text'; it takes: batch_size, default_dataset, prompt"],
@@ -505,4 +511,24 @@ def test_an_external_analysis_parameters_are_checked_by_their_defaults(tmp_path)
         run_mch("bench", "--analysis", "scaled", "--param", "scaled.scale=-1", "--out", str(tmp_path / "r"), env=env),
         "parameter scale must be a number >= 0, not -1",
     )
+    _no_work(tmp_path)
+
+
+def test_a_checkpoint_directory_that_is_not_one_is_one_sentence_before_its_files_are_read(tmp_path):
+    """`mch bench --checkpoint DIR` on a directory that is not a checkpoint (here holding a
+    socket, which opening raises on): the plugin's checkpoint shape is checked before the
+    fingerprint reads any file, so one sentence, no traceback, no work."""
+    import socket
+
+    d = tmp_path / "notckpt"
+    d.mkdir()
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d / "sock"))
+    try:
+        res = run_mch(
+            "bench", "--checkpoint", str(d), "--out", str(tmp_path / "r"), env={"MCH_STORE": str(tmp_path / "store")}
+        )
+    finally:
+        s.close()
+    _fails(res, f"model 'toy': --checkpoint {d} is not a toy checkpoint (no model.safetensors or organism.json)")
     _no_work(tmp_path)

@@ -186,6 +186,18 @@ def test_missing_checkpoint_is_one_clear_error(monkeypatch, tmp_path):
         Llava(SPEC, checkpoint=str(tmp_path / "broken")).load()
 
 
+def test_an_unknown_stage_is_refused_from_the_config_before_the_weights_load(ckpt):
+    """`--stage llm.99` on a 2-layer checkpoint: the stage names come from its config (the
+    module tree on the meta device), so the run stops before loading, listing the stages."""
+    from mch.run_plan import check_stage_names
+
+    p = Llava(SPEC, checkpoint=str(ckpt))
+    check_stage_names(p, ["adapter", "llm.final"])
+    with pytest.raises(MchError, match=r"model 'llava' has no stage 'llm\.99' \(--stage\); it declares: encoder, "):
+        check_stage_names(p, ["adapter", "llm.99"])
+    assert p.module is None
+
+
 def test_lora_adapter_merges_and_a_mismatched_one_is_refused(ckpt, plugin, tmp_path):
     adapter, expected = make_lora_adapter(plugin.module.model.language_model, tmp_path / "lora")
     tuned = Llava(SPEC, checkpoint=str(ckpt), adapter=str(adapter))

@@ -218,3 +218,32 @@ def test_on_the_toy_every_share_comes_with_its_null_and_the_run_s_split(tmp_path
         assert v["ci_low"] <= v["value"] <= v["ci_high"]
     truth = rec["summary"]["known_truth"]
     assert truth["text_describable"] == ["content"] and truth["recovered"] is False
+
+
+def test_cis_resample_the_declared_cluster_key_not_the_split_groups():
+    """science.md §8: an attribute that declares a cluster key (here 8 speakers, while the
+    split's groups are pairs of rows) gets CIs from resamples of the speakers: the same CIs as
+    a run whose group key is the speaker, other CIs than resampling the pairs."""
+    X, Y, labels = world(n=240, d=24, seed=1)
+    spk = np.array([f"spk{i % 8}" for i in range(len(X))], dtype=object)
+
+    def cis(cluster: bool, groups_are_speakers: bool):
+        analysis, ctx = context(X, Y, labels, n_boot=60, n_perm=0, w1_reps=1, max_pairs=1)
+        ctx.samples = [
+            Sample(sample_id=s.sample_id, text="", labels={}, groups={"spk": spk[i]}) for i, s in enumerate(ctx.samples)
+        ]
+        if cluster:
+            ctx.attributes = {
+                a: Attribute(a, at.classes, at.verbalizers, "q", group_key="g", cluster_key="spk")
+                for a, at in ctx.attributes.items()
+            }
+        if groups_are_speakers:
+            ctx.groups = {a: spk for a in labels}
+        m = metrics_of(analysis.run(ctx))
+        return {k: (v.ci_low, v.ci_high, v.n_groups) for k, v in m.items() if k[0] == "var_frac_MS"}
+
+    clustered, by_speaker, by_pair = cis(True, False), cis(False, True), cis(False, False)
+    assert clustered == by_speaker
+    for a in labels:
+        assert clustered[("var_frac_MS", a)][2] == 8 and by_pair[("var_frac_MS", a)][2] == 120
+        assert clustered[("var_frac_MS", a)][:2] != pytest.approx(by_pair[("var_frac_MS", a)][:2])

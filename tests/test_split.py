@@ -336,3 +336,23 @@ def test_the_five_analyses_of_a_run_share_one_split(tmp_path):
         )
     )
     assert other[0][1]["summary"]["split"]["split_rule"] == "tau" and other[0][1]["summary"]["split"] != first
+
+
+def test_functional_shares_resample_the_bootstrap_key_they_are_given():
+    """science.md §8: with `boot_groups` (an attribute's cluster key) the replicates are those of
+    resampling that key, whatever the split groups; n_groups counts its groups."""
+    from mch.plugins.analyses._split import functional_shares
+
+    rng = np.random.default_rng(1)
+    n, d = 120, 6
+    X = rng.normal(size=(n, d))
+    lam, U = np.linalg.eigh(np.cov(X.T))
+    fs = functional_split(rng.normal(size=(n, 1)) * rng.normal(size=d), U[:, ::-1], lam[::-1], mass=0.9)
+    labels = np.array([f"c{v}" for v in rng.integers(0, 3, n)])
+    X[:, 0] += labels == "c1"
+    pairs, spk = np.arange(n) // 2, np.arange(n) % 6
+    kw = dict(n_boot=40, seed=0, names=("adapter", "a"))
+    clustered = functional_shares(fs, X, labels, pairs, boot_groups=spk, **kw)
+    assert clustered["n_groups"] == 6
+    np.testing.assert_array_equal(clustered["boot_unread"], functional_shares(fs, X, labels, spk, **kw)["boot_unread"])
+    assert not np.allclose(clustered["boot_unread"], functional_shares(fs, X, labels, pairs, **kw)["boot_unread"])

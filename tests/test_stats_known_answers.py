@@ -21,7 +21,7 @@ from scipy.special import log_softmax, logsumexp
 from mch.api import AnalysisSpec, Attribute, Sample
 from mch.context import AnalysisContext
 from mch.plugins.analyses import gmi as G, probe as P
-from mch.plugins.analyses._stats import RowGroups
+from mch.plugins.analyses._stats import RowGroups, bias_corrected_ci
 
 pytestmark = pytest.mark.usefixtures("blas_one_thread")
 
@@ -312,6 +312,45 @@ def test_permutation_p_is_small_for_an_informative_decoder():
     g = RowGroups(np.repeat(np.arange(30), 10), 30, 0, "speaker")
     p, obs = G.permutation_p(0.3 * post, y, 4, g.codes, 200, 0, 1e4)
     assert p == pytest.approx(1 / 201) and obs > 0.1
+
+
+# --------------------------------------------------------------------------- GMI at its ceiling (science.md §8)
+#
+# An exact decoder's GMI (and LM rate) is the label entropy H(P): the population's truth is
+# H of the population prior. The plug-in H(P-hat) is biased low, and a resample's prior has a
+# lower entropy still, so the plain percentile interval lies below the point (and the truth).
+
+
+def exact_decoder(y: np.ndarray, k: int) -> np.ndarray:
+    return np.where(np.eye(k)[y] > 0, 0.0, -30.0)
+
+
+def test_exact_decoder_ci_holds_its_point():
+    """A perfect decoder on a balanced sample (GMI = H(Y) = 2 bits, n = 100): the CIs of gmi_bits
+    and gmi_lm_bits hold the point (the plain percentile interval: [1.940, 1.998])."""
+    y = np.repeat(np.arange(4), 25)
+    r = G.evaluate(exact_decoder(y, 4), y, 4, 400, 0, 1e4, groups=RowGroups(np.arange(100), 100, 0, "row"))
+    assert r["gmi_bits"] == pytest.approx(2.0) and r["gmi_lm_bits"] == pytest.approx(2.0)
+    assert r["ci"][0] < r["gmi_bits"] < r["ci"][1], r["ci"]
+    assert r["lm_ci"][0] < r["gmi_lm_bits"] < r["lm_ci"][1], r["lm_ci"]
+
+
+def test_exact_decoder_ci_covers_the_population_label_entropy():
+    """100 samples of 50 two-row groups from a uniform 4-class population, an exact decoder:
+    the GMI CI covers the population's GMI, H(Y) = 2 bits, in >= 90% of 100 replications and
+    holds its own point in all (the plain percentile interval: 0%)."""
+    rng = np.random.default_rng(5)
+    cover = inside = 0
+    for r in range(100):
+        y = rng.integers(0, 4, 100)
+        logq = exact_decoder(y, 4)
+        g = RowGroups(np.arange(100) // 2, 50, r, "pair")
+        point = G.maximise_gmi(logq, y, np.bincount(y, minlength=4) / 100)[0]
+        lo, hi = bias_corrected_ci(G.bootstrap_gmi(logq, y, 4, g.weights(400), 1e4), point)
+        cover += lo <= 2.0 <= hi
+        inside += lo <= point <= hi
+    assert inside == 100
+    assert cover >= 90, cover
 
 
 # --------------------------------------------------------------------------- clustered data (science.md §8)

@@ -81,11 +81,14 @@ def functional_shares(
     n_boot: int = 0,
     seed: int = 0,
     names: Sequence[str] = (),
+    boot_groups: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """The attribute's noise-corrected class scatter (all labelled rows, full space) inside the
     read subspace (`var_frac_read`) and outside it (`var_frac_unread`: the functional
     counterpart of MS), with group-bootstrap replicates of the rows (the read subspace held
-    fixed, as the covariance split's CIs hold its modes)."""
+    fixed, as the covariance split's CIs hold its modes); the bootstrap resamples `boot_groups`
+    (the attribute's bootstrap key, its declared cluster key where there is one; default
+    `groups`), `n_groups` says how many of them the labelled rows hold."""
     from ._stats import group_codes, group_resamples, resample_seed
 
     labels = np.asarray(labels).astype(str)
@@ -100,7 +103,8 @@ def functional_shares(
     R = Xr @ fs.read
     W = None
     if n_boot:
-        codes, G = group_codes(None if groups is None else np.asarray(groups)[rows], len(rows))
+        bg = groups if boot_groups is None else boot_groups
+        codes, G = group_codes(None if bg is None else np.asarray(bg)[rows], len(rows))
         if G >= 2:
             W = np.vstack(
                 [
@@ -121,4 +125,5 @@ def functional_shares(
     }
     if W is not None:
         out["boot_unread"] = 1 - share[1:]
+        out["n_groups"] = G
     return out

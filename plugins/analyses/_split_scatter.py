@@ -85,6 +85,7 @@ class AttributeShares:
     null_q: tuple[float, float] | None
     n_rows: int
     boot: dict[str, np.ndarray] = field(default_factory=dict)
+    n_groups: int | None = None  # the bootstrap's groups among the labelled rows (None: no replicates)
 
 
 def attribute_shares(
@@ -96,10 +97,13 @@ def attribute_shares(
     n_boot: int = 0,
     seed: int = 0,
     names: Sequence[str] = (),
+    boot_groups: np.ndarray | None = None,
 ) -> AttributeShares | None:
     """The attribute's scatter under `split` (rows: the run's rows; '' = unlabelled), with a
     label-permutation null (labels permuted across `groups`, `_stats.permute_labels_by_group`)
-    and group-bootstrap replicates (`_stats.group_resamples`, seeded by `names`)."""
+    and group-bootstrap replicates (`_stats.group_resamples`, seeded by `names`) of
+    `boot_groups` (the attribute's bootstrap key, `_stats.attribute_groups`: its declared
+    cluster key where the dataset gives one, science.md §8), default `groups`."""
     from ._stats import group_codes, group_resamples, permute_labels_by_group, resample_seed
 
     labels = np.asarray(labels).astype(str)
@@ -111,6 +115,7 @@ def attribute_shares(
     y_all = np.full(len(labels), -1)
     y_all[lab] = np.searchsorted(classes, labels[lab])
     gcodes = group_codes(groups, len(labels))[0] if groups is not None else np.arange(len(labels))
+    bcodes = gcodes if boot_groups is None else group_codes(np.asarray(boot_groups), len(labels))[0]
     sel = []  # per direction: (eval positions labelled, P rows)
     for d in split.directions:
         if d.P is None:
@@ -165,13 +170,14 @@ def attribute_shares(
         null_mean = float(ok.mean()) if len(ok) else None
         null_q = (float(np.quantile(ok, 0.025)), float(np.quantile(ok, 0.975))) if len(ok) else None
     boot: dict[str, np.ndarray] = {}
-    if n_boot and n_groups_l >= 2:
-        G = int(gcodes.max()) + 1
+    n_boot_groups = len(np.unique(bcodes[lab]))
+    if n_boot and n_boot_groups >= 2:
+        G = int(bcodes.max()) + 1
         counts = group_resamples(G, n_boot, resample_seed(seed, *names)).counts
         bms = np.empty(n_boot)
         bwa = np.empty(n_boot)
         for s in _blocks(n_boot, 64):
-            W_of = lambda rows, s=s: counts[s][:, gcodes[rows]].astype(np.float64)  # noqa: E731
+            W_of = lambda rows, s=s: counts[s][:, bcodes[rows]].astype(np.float64)  # noqa: E731
             a, b, _, _, w = pooled(y_all, W_of)
             with np.errstate(invalid="ignore", divide="ignore"):
                 bms[s] = np.where(b > 0, a / b, np.nan)
@@ -188,6 +194,7 @@ def attribute_shares(
         null_q=null_q,
         n_rows=int(lab.sum()),
         boot=boot,
+        n_groups=n_boot_groups if boot else None,
     )
 
 

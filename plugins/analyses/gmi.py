@@ -35,11 +35,11 @@ from ._params import check_params
 from ._stats import (
     RowGroups,
     attribute_groups,
+    bias_corrected_ci,
     confusion,
     entropy_bits,
     group_codes,
     groups_identity,
-    percentile_ci,
 )
 
 DEFAULT_PARAMS = {
@@ -98,12 +98,12 @@ def evaluate(
     pred = logq.argmax(1)
     return {
         "gmi_bits": g,
-        "ci": percentile_ci(reps),
+        "ci": bias_corrected_ci(reps, g),
         "s_star": s_star,
         "s_capped": capped,
         "n": int(len(y)),
         "gmi_lm_bits": lm["bits"],
-        "lm_ci": percentile_ci(lm_reps),
+        "lm_ci": bias_corrected_ci(lm_reps, lm["bits"]),
         "lm_s": lm["s"],
         "lm_offsets_nats": lm["offsets"].tolist(),
         "gmi_p": p,
@@ -191,7 +191,7 @@ class GMI(Analysis):
             summary={
                 "normalize": p["normalize"],
                 "stage": "llm.final",
-                "ci": f"percentile, {n_boot} group-bootstrap resamples shared with the run's "
+                "ci": f"bias-corrected percentile, {n_boot} group-bootstrap resamples shared with the run's "
                 f"other analyses (science.md §8)",
                 "gmi_p": f"{n_perm} label permutations across groups (group structure kept), cached scores reused",
                 "attributes": {},
@@ -311,7 +311,7 @@ class GMI(Analysis):
                     with np.errstate(divide="ignore", invalid="ignore"):
                         ratio = np.where(ip_reps[:b] > 0, g_reps[:b] / ip_reps[:b], np.nan)
                     if b and np.mean(~np.isfinite(ratio)) <= 0.025:
-                        lo, hi = percentile_ci(ratio)
+                        lo, hi = bias_corrected_ci(ratio, value)
                     else:
                         notes.append(f"{attr}: no CI for {name} at {stage} (I_probe's resamples reach 0 bits)")
                 out.append(

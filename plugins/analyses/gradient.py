@@ -161,6 +161,7 @@ class Gradient(Analysis):
             run_split,
             whitening_basis,
         )
+        from ._stats import attribute_groups
 
         p = ctx.params
         n, seed, n_boot = len(samples), int(ctx.seed), int(p["n_boot"])
@@ -185,7 +186,14 @@ class Gradient(Analysis):
         attrs: dict[str, Any] = {}
         for a in ctx.attributes:
             f = functional_shares(
-                fs, X, ctx.labels[a], ctx.groups.get(a), n_boot=min(n_boot, 500), seed=seed, names=("adapter", a)
+                fs,
+                X,
+                ctx.labels[a],
+                ctx.groups.get(a),
+                n_boot=min(n_boot, 500),
+                seed=seed,
+                names=("adapter", a),
+                boot_groups=attribute_groups(ctx, a).codes,  # its cluster key where declared (science.md §8)
             )
             c = attribute_shares(sp, ctx.labels[a], ctx.groups.get(a), seed=seed, names=("adapter", a))
             if f is None or c is None:
@@ -200,12 +208,7 @@ class Gradient(Analysis):
                 lo, hi = (float(x) for x in ci(f["var_frac_unread"], f["boot_unread"]))
             attrs[a].update(ci=[lo, hi])
             labelled = ctx.labels[a] != ""
-            ga = ctx.groups.get(a)  # functional_shares resamples the attribute's split groups
-            n_g = (
-                (len(np.unique(np.asarray(ga)[labelled])) if ga is not None else int(labelled.sum()))
-                if lo is not None
-                else None
-            )
+            n_g = f.get("n_groups") if lo is not None else None
             metrics.append(
                 Metric(
                     "var_frac_unread",

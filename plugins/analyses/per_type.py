@@ -43,6 +43,7 @@ from mch.api import Analysis, AnalysisOutput, MchError, Metric
 from ._linalg import ci, modes, one_blas_thread
 from ._params import as_list, check_params, load_pair
 from ._split import attribute_shares, check_split_params, known_truth, run_split, split_defaults
+from ._stats import attribute_groups
 from ._w1 import exact_w1
 
 FIELDS = (
@@ -301,10 +302,10 @@ class PerType(Analysis):
         table: dict[str, dict[str, Any]] = {}
         for a in _attributes(ctx):
             groups = ctx.groups.get(a)
+            bg = attribute_groups(ctx, a).codes  # CIs resample its cluster key where declared (science.md §8)
+            kw = {"n_perm": n_perm, "n_boot": n_boot, "seed": int(ctx.seed), "names": (stage, a), "boot_groups": bg}
             with ctx.progress.task(f"per_type: {a} (null, {n_perm} permutations)", None):
-                sh = attribute_shares(
-                    sp, ctx.labels[a], groups, n_perm=n_perm, n_boot=n_boot, seed=int(ctx.seed), names=(stage, a)
-                )
+                sh = attribute_shares(sp, ctx.labels[a], groups, **kw)
             if sh is None:
                 table[a] = {"skipped": "fewer than 2 labelled classes"}
                 continue
@@ -360,9 +361,8 @@ class PerType(Analysis):
             for f in (*FIELDS, "var_frac_MS_plugin", "var_frac_ms_p", "scatter_signal_fraction"):
                 if res.get(f) is not None:
                     lo, hi = cis.get(f, (None, None))
-                    metrics.append(
-                        Metric(f, float(res[f]), stage=stage, attribute=a, ci_low=lo, ci_high=hi, n=sh.n_rows)
-                    )
+                    ng = sh.n_groups if lo is not None and f in sh.boot else None
+                    metrics.append(Metric(f, float(res[f]), stage, a, lo, hi, sh.n_rows, ng))
         truth = known_truth(
             ctx.attributes, {a: r["var_frac_MS"] for a, r in table.items() if r.get("var_frac_MS") is not None}
         )

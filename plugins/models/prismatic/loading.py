@@ -170,6 +170,11 @@ class PrismaticLoader(ModelPlugin):
     def _name(self) -> str:
         return self.spec.name
 
+    def check_checkpoint(self, path: Any) -> None:
+        """A Prismatic checkpoint is a run directory (or a repository of them with a `variant`):
+        `_run_dir` says in one sentence when it is not."""
+        self._run_dir()
+
     def _run_dir(self) -> Path:
         from mch.checkpoints import resolve_checkpoint
 

@@ -32,6 +32,16 @@ class ToyModel(ModelPlugin):
         base = json.loads((path / "organism.json").read_text()).get("base", "toy")
         return (WEIGHTS_ROOT / base) if (WEIGHTS_ROOT / base).is_dir() else (path / base)
 
+    def check_checkpoint(self, path: Any) -> None:
+        """A toy checkpoint is a directory with model.safetensors or an organism's organism.json."""
+        p = Path(str(path))
+        if p.is_dir() and not ((p / "model.safetensors").is_file() or (p / "organism.json").is_file()):
+            raise MchError(
+                f"model {self.spec.name!r}: --checkpoint {p} is not a toy checkpoint (no model.safetensors or "
+                f"organism.json); pass a directory written by `python -m mch.plugins.models.toy train --out DIR` "
+                f"(or `organism`)"
+            )
+
     def checkpoint_paths(self) -> list[Path]:
         path = self._weights_dir()  # an organism's own adapter and the base weights it runs on
         return [path, self._base_dir(path)] if (path / "organism.json").exists() else [path]
@@ -64,9 +74,23 @@ class ToyModel(ModelPlugin):
         self.validate_stage_map("modal")
         self.validate_stage_map("text")
 
+    def _layers(self) -> int:
+        """The decoder's depth: the loaded model's, before loading its checkpoint's config (so
+        the stage names are known without the weights; 4, the toy's, if it cannot be read)."""
+        n = getattr(self, "n_layers", None)
+        if n is None:
+            try:
+                path = self._weights_dir()
+                if (path / "organism.json").exists():
+                    path = self._base_dir(path)
+                n = int(json.loads((path / "config.json").read_text())["llm"]["num_hidden_layers"])
+            except (OSError, ValueError, KeyError, TypeError):
+                n = 4
+        return n
+
     def stage_map(self, view: str = "modal", protocol: str = "default") -> dict[str, str]:
         """The same hook points under both protocols."""
-        stages = decoder_stage_paths("llm.model", getattr(self, "n_layers", 4))
+        stages = decoder_stage_paths("llm.model", self._layers())
         if view == "text":
             stages["adapter"] = "llm.model.embed_tokens"
         else:
