@@ -96,7 +96,9 @@ def test_default_fit_is_sklearns_model(n, d, k):
         assert fit.converged and fit.gap_bound <= 1e-11
         ours = objective(Z64[tr], y[tr], fit.W, fit.b, lam)
         theirs = objective(Xz[tr], y[tr], sk.coef_.T, sk.intercept_, lam)
-        assert ours <= theirs + 1e-9  # never worse than sklearn at its tightest
+        # never worse than sklearn at its tightest, but for the basis's float32 rounding (a few
+        # float32 ulps of the objective: its eigenpairs are float32, issue 17)
+        assert ours <= theirs * (1 + 1e-6)
         assert theirs - ours < 1e-6
         # same predictions: tolerance from the (tiny) objective slack, sqrt(2 gap / lam) per unit norm
         lp = log_softmax(Z64[te] @ fit.W + fit.b, axis=1)
