@@ -67,7 +67,7 @@ def objective(Z, y, W, b, lam):
     return float(np.mean(logsumexp(A, 1) - A[np.arange(len(y)), y]) + 0.5 * lam * np.sum(W * W))
 
 
-def test_a_lockstep_batch_gives_each_fit_its_own_optimum():
+def test_a_lockstep_batch_gives_each_fit_its_own_optimum(monkeypatch):
     """Three fits on different fold sets, in one batch, in batches of one, and alone
     (each reaching the same optimum as sklearn on its rows)."""
     from sklearn.linear_model import LogisticRegression
@@ -75,6 +75,7 @@ def test_a_lockstep_batch_gives_each_fit_its_own_optimum():
     Z, y, block = world()
     design = S.Design(Z, block, y, 4)
     problems = [S.Problem((0, 1, 2), 1e-2, 1e-12), S.Problem((1, 2, 3), 1e-1, 1e-12), S.Problem((0, 3), 3e-2, 1e-12)]
+    monkeypatch.setattr(S, "BATCH_SHARE", 1e9)  # one batch (this design's rows are a few KiB)
     together = S.fit_many(design, problems, 10000)
     for p, fit in zip(problems, together, strict=True):
         assert fit.converged and fit.gap_bound <= 1e-12
@@ -94,6 +95,32 @@ def test_a_lockstep_batch_gives_each_fit_its_own_optimum():
         S.BATCH_BYTES = saved
     for p, a, b_ in zip(problems, together, small, strict=True):
         np.testing.assert_allclose(a.W, b_.W, atol=2 * np.sqrt(2e-12 / p.lam))
+
+
+def test_lockstep_batches_are_sized_to_the_design(monkeypatch):
+    """Issue 17: a batch's solver state stays under BATCH_SHARE of the design's rows (at least
+    one fit), as well as under BATCH_BYTES; before, only BATCH_BYTES (160 MiB, 3.9x a stage of
+    2620 x 4096 float32) bounded it, so these 12 fits ran as one batch."""
+    rng = np.random.default_rng(5)
+    Z = rng.standard_normal((6000, 8)).astype(np.float32)
+    y, block = rng.integers(0, 2, 6000), np.arange(6000) % 4
+    design = S.Design(Z, block, y, 2)
+    per_fit = design.rank * design.k * (8 * S.LBFGS_MEMORY + 120)
+    sizes: list[int] = []
+    real = S._fit_batch
+    monkeypatch.setattr(S, "_fit_batch", lambda d, ps, *a: sizes.append(len(ps)) or real(d, ps, *a))
+    problems = [S.Problem((j % 4, (j + 1) % 4), 10.0 ** -(j % 3), 1e-6) for j in range(12)]
+    for share, size in ((0.1, 6), (0.05, 3), (1e-9, 1)):
+        monkeypatch.setattr(S, "BATCH_SHARE", share)
+        sizes.clear()
+        fits = S.fit_many(design, problems, 10000)
+        assert sum(sizes) == 12 and all(f.converged for f in fits)
+        assert max(1, int(share * Z.nbytes) // per_fit) == size and max(sizes) == size, (share, sizes)
+    monkeypatch.setattr(S, "BATCH_SHARE", 1e9)  # then BATCH_BYTES bounds it
+    monkeypatch.setattr(S, "BATCH_BYTES", 5 * per_fit)
+    sizes.clear()
+    S.fit_many(design, problems, 10000)
+    assert max(sizes) == 5
 
 
 def test_a_fit_missing_a_class_is_the_fit_on_the_classes_it_has():

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.linalg import eigh
+from scipy.linalg.blas import ssyrk
 
 from mch.api import MchError
 
@@ -19,7 +21,7 @@ from ._stats import LN2, Folds, confusion, permute_labels_by_group, scores_from_
 @dataclass
 class Basis:
     """A stage's vectors z-scored over the run's samples, in principal-axis coordinates
-    (computed in float64, kept in float32: the vectors' own precision)."""
+    (computed and kept in float32: the vectors' own precision)."""
 
     Z32: np.ndarray
     dim: int  # D of the pooled vectors
@@ -62,7 +64,8 @@ def stage_basis(X: np.ndarray) -> Basis:
         return _stage_basis(X)
 
 
-BASIS_ROWS = 1024  # rows z-scored (and taken to float64) at a time: the basis's memory is O(block d)
+BASIS_ROWS = 512  # rows z-scored at a time: the basis's memory is O(block d) besides its own arrays
+MOMENT_ROWS = 128  # rows taken to float64 at a time for the moments (two such copies live)
 
 
 def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,24 +74,22 @@ def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     numpy's axis-0 sums of the whole array do: the same values, without its float64 copy."""
     n, d = X.shape
     s = np.zeros(d)
-    for lo in range(0, n, BASIS_ROWS):
-        s = np.add.reduce(np.vstack([s[None], np.asarray(X[lo : lo + BASIS_ROWS], dtype=np.float64)]), axis=0)
+    for lo in range(0, n, MOMENT_ROWS):
+        s = np.add.reduce(np.vstack([s[None], np.asarray(X[lo : lo + MOMENT_ROWS], dtype=np.float64)]), axis=0)
     mu = s / n
     q = np.zeros(d)
-    for lo in range(0, n, BASIS_ROWS):
-        dev = np.asarray(X[lo : lo + BASIS_ROWS], dtype=np.float64) - mu
+    for lo in range(0, n, MOMENT_ROWS):
+        dev = np.asarray(X[lo : lo + MOMENT_ROWS], dtype=np.float64) - mu
         q = np.add.reduce(np.vstack([q[None], np.multiply(dev, dev, out=dev)]), axis=0)
     return mu, np.sqrt(q / n)
 
 
 def _eigh(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenpairs of the symmetric float64 `A`, ascending, overwriting it: LAPACK's MRRR driver
-    (syevr) needs O(n) workspace besides the eigenvectors, where numpy's divide and conquer
-    (syevd) holds a copy of A and 2 n^2 of workspace (at N = 2620 or d = 4096 that was most
-    of the probe's peak memory). The same eigenpairs to rounding (1e-14 relative)."""
-    from scipy.linalg import eigh
-
-    return eigh(A, overwrite_a=True, check_finite=False, driver="evr")
+    """Eigenpairs of the symmetric `A` (Fortran order, lower triangle read), ascending,
+    overwriting it: LAPACK's MRRR driver (syevr) needs O(n) workspace besides the eigenvectors,
+    where numpy's divide and conquer (syevd) holds a copy of A and 2 n^2 of workspace. In A's
+    own precision: float32 for the basis (see _stage_basis)."""
+    return eigh(A, lower=True, overwrite_a=True, check_finite=False, driver="evr")
 
 
 def _first_kept(w: np.ndarray, rel: float) -> int:
@@ -98,7 +99,23 @@ def _first_kept(w: np.ndarray, rel: float) -> int:
     return int(np.argmax(keep)) if keep.any() else len(w)
 
 
+def _reverse_columns(A: np.ndarray, block: int = 64) -> None:
+    """A's columns in reverse order, in place (numpy's overlapping A[:] = A[:, ::-1] copies A)."""
+    r = A.shape[1]
+    for lo in range(0, r // 2, block):
+        hi = min(lo + block, r // 2)
+        left = A[:, lo:hi].copy()
+        A[:, lo:hi] = A[:, r - hi : r - lo][:, ::-1]
+        A[:, r - hi : r - lo] = left[:, ::-1]
+
+
 def _stage_basis(X: np.ndarray) -> Basis:
+    """Float32 throughout (the vectors' precision): the Gram or covariance is a float32
+    product, so its entries already carry float32 rounding, O(eps32 |G|); a float32
+    eigendecomposition adds error of that same order, and halves the n x n pair that a float64
+    one holds (issue 17: at N = 2620, d = 4096 that pair alone was 2.6x the stage's vectors).
+    Axes kept as before (variance above 1e-10 / 1e-9 of the largest): one that is rounding has
+    coordinates of that size, and the solver's curvature floor (lam) keeps it harmless."""
     n, d = X.shape
     mu, sd = _moments(X)
     sd[sd == 0] = 1.0  # StandardScaler's rule for a constant feature
@@ -109,32 +126,39 @@ def _stage_basis(X: np.ndarray) -> Basis:
         return np.divide(b, sd32, out=b)
 
     if d <= n:
-        C = np.zeros((d, d))
+        C = np.zeros((d, d), dtype=np.float32, order="F")
         for lo in range(0, n, BASIS_ROWS):
-            b = zscored(lo, min(lo + BASIS_ROWS, n)).astype(np.float64)
-            C += b.T @ b
+            b = zscored(lo, min(lo + BASIS_ROWS, n))
+            C = ssyrk(1.0, b.T, beta=1.0, c=C, lower=1, overwrite_c=1)  # lower of C += b^T b, in place
         w, V = _eigh(C)
         del C
-        first = _first_kept(w, 1e-10)
-        V = np.ascontiguousarray(V[:, first:][:, ::-1])
+        V = V[:, _first_kept(w, 1e-10) :]  # a view (Fortran order: still contiguous)
+        _reverse_columns(V)
         Z = np.empty((n, V.shape[1]), dtype=np.float32)
         for lo in range(0, n, BASIS_ROWS):
             hi = min(lo + BASIS_ROWS, n)
-            Z[lo:hi] = zscored(lo, hi).astype(np.float64) @ V
+            np.matmul(zscored(lo, hi), V, out=Z[lo:hi])
         return Basis(Z, d, V.shape[1])
-    Xz = np.empty((n, d), dtype=np.float32)
+    # N < d: the N x N Gram of the z-scored rows, its lower triangle block by block (no z-scored
+    # copy of the stage: a row block is z-scored again for each block it meets)
+    G = np.empty((n, n), dtype=np.float32, order="F")
     for lo in range(0, n, BASIS_ROWS):
-        Xz[lo : lo + BASIS_ROWS] = zscored(lo, min(lo + BASIS_ROWS, n))
-    G32 = Xz @ Xz.T  # N x N Gram; float32 products, the vectors' precision
-    del Xz
-    G = G32.astype(np.float64)
-    del G32
+        hi = min(lo + BASIS_ROWS, n)
+        zj = zscored(lo, hi)
+        for lo2 in range(lo, n, BASIS_ROWS):
+            hi2 = min(lo2 + BASIS_ROWS, n)
+            G[lo2:hi2, lo:hi] = (zj if lo2 == lo else zscored(lo2, hi2)) @ zj.T
+        del zj
     w, U = _eigh(G)
     del G
     first = _first_kept(w, 1e-9)
-    U = U[:, first:][:, ::-1]  # a view: no copy of the N x N eigenvectors
+    U = U[:, first:]  # a view
+    _reverse_columns(U)
     U *= np.sqrt(w[first:][::-1])
-    return Basis(np.ascontiguousarray(U, dtype=np.float32), d, U.shape[1])
+    Z = np.empty(U.shape, dtype=np.float32)  # C order (the designs read row blocks); U goes after
+    for lo in range(0, n, BASIS_ROWS):
+        Z[lo : lo + BASIS_ROWS] = U[lo : lo + BASIS_ROWS]
+    return Basis(Z, d, Z.shape[1])
 
 
 @dataclass

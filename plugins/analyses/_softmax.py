@@ -21,6 +21,10 @@ import numpy as np
 CHUNK_ROWS = 256  # rows per task: wide enough for near-peak products, enough tasks to share
 LBFGS_MEMORY = 10  # curvature pairs kept per fit (stored in float32: they only shape the direction)
 BATCH_BYTES = 160 << 20  # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
+BATCH_SHARE = 0.5  # and at most this share of the bytes of the design's rows, at least one fit (issue 17:
+# the probe's peak memory is its stage's coordinates plus this state; 160 MiB was 3.9x a stage's vectors at
+# N = 2620). Batch sizes change which fits share a round's products: each fit's result moves by
+# rounding only (the products' widths differ); measured 1.09x the CPU time of 160 MiB batches at N = 2620
 POOL_MIN_WORK = 1 << 25  # multiply-adds per round below which tasks run inline: handing them to
 # threads costs more (same arithmetic either way: results do not change)
 PLAIN_INTERCEPTS = False  # True: the solver before issue 18 (intercepts from 0, unscaled); the
@@ -405,12 +409,14 @@ def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[
 
 def fit_many(design: Design, problems: Sequence[Problem], max_iter: int, pool: Any = None) -> list[SoftmaxFit]:
     """Fit every problem to its certified bound (or `max_iter` iterations), in lockstep
-    batches that keep the solver state under BATCH_BYTES; `pool` runs the chunk tasks and
+    batches that keep the solver state under BATCH_BYTES and BATCH_SHARE of the design's
+    rows; `pool` runs the chunk tasks and
     the fits' steps on worker threads (callers hold BLAS at one thread)."""
     # float32 pairs, ~12 float64 vectors (x, g, d, W, Sc, ... and a step's temporaries) and the
     # round's stacked weights and chunk products: ~200 bytes per variable measured at 50 classes
     per_fit = design.rank * design.k * (8 * LBFGS_MEMORY + 120)
-    size = max(1, BATCH_BYTES // max(per_fit, 1))
+    budget = min(BATCH_BYTES, int(BATCH_SHARE * design.Z.nbytes))
+    size = max(1, budget // max(per_fit, 1))
     out: list[SoftmaxFit] = []
     for lo in range(0, len(problems), size):
         out += _fit_batch(design, problems[lo : lo + size], max_iter, pool)
