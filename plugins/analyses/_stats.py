@@ -284,12 +284,15 @@ class GroupResamples:
             return (w @ v) / tot[:, None]
 
 
-def group_resamples(n_groups: int, n_boot: int, seed: int) -> GroupResamples:
-    """`n_boot` resamples of `n_groups` groups drawn with replacement (seeded)."""
-    rng = np.random.default_rng(seed)
-    counts = np.zeros((int(n_boot), int(n_groups)), dtype=np.int32)
+def group_resamples(n_groups: int, n_boot: int, seed: int, keep: np.ndarray | None = None) -> GroupResamples:
+    """`n_boot` resamples of `n_groups` groups drawn with replacement (seeded). `keep`: only those
+    groups' counts, in one byte each while they fit (the probe's memory, issue 17)."""
+    rng, cols = np.random.default_rng(seed), slice(None) if keep is None else np.asarray(keep)
+    counts = np.zeros((int(n_boot), n_groups if keep is None else len(cols)), np.int32 if keep is None else np.uint8)
     for b in range(int(n_boot)):
-        counts[b] = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
+        c = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)[cols]
+        counts = counts if c.max(initial=0) <= np.iinfo(counts.dtype).max else counts.astype(np.int32)
+        counts[b] = c
     return GroupResamples(counts)
 
 
@@ -334,12 +337,10 @@ def group_halves(codes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- shared resamples of a run (science.md §8)
-#
 # Every analysis of a run that puts a CI on numbers of an attribute's rows draws the same group
 # resamples: the groups are coded over *all* the run's samples (so a group has one code whatever
 # rows an analysis keeps) and drawn with `resample_seed(run seed, attribute)`. A ratio of two
-# analyses' numbers (GMI / I_probe) or a paired change (LoRA) then takes its CI replicate by
-# replicate.
+# analyses' numbers (GMI / I_probe) or a paired change (LoRA) takes its CI draw by draw.
 
 
 def bootstrap_key(spec: Any) -> str:
@@ -363,10 +364,10 @@ class RowGroups:
         """Distinct groups among these rows (what a record's `n_groups` says)."""
         return int(len(np.unique(self.codes)))
 
-    def resamples(self, n_boot: int) -> GroupResamples:
+    def resamples(self, n_boot: int, keep: np.ndarray | None = None) -> GroupResamples:
         """The run's resamples of this key: the same draws for every analysis and row subset
-        (and the first B of them for any n_boot >= B)."""
-        return group_resamples(self.n_total, n_boot, self.seed)
+        (and the first B of them for any n_boot >= B); `keep`: group_resamples'."""
+        return group_resamples(self.n_total, n_boot, self.seed, keep)
 
     def weights(self, n_boot: int) -> np.ndarray:
         """(n_boot, n) row weights: how often each row's group was drawn."""

@@ -32,6 +32,7 @@ from ._probe_cv import (
     n_workers,
     nested_cv_probe,
     null_nll_bits,
+    resample_counts,
     row_order,
     stage_basis,
 )
@@ -122,7 +123,7 @@ class AttrPlan:
     y_ctrl: np.ndarray | None  # control-task labels, or None (control off or impossible)
     accs: dict[str, float]
     acc_reps: dict[str, np.ndarray]
-    weights: np.ndarray | None = None  # (B, n) row weights of the shared resamples, made once
+    resamples: tuple[np.ndarray, np.ndarray] | None = None  # resample_counts of the rows' groups, made once
 
 
 class Probe(Analysis):
@@ -346,11 +347,11 @@ class Probe(Analysis):
                         lam_runs.append(lams)
                         curve_runs.append(curves)
                         del design
-                    if pl.weights is None:  # the attribute's resamples: the same at every stage
-                        pl.weights = pl.groups.weights(n_boot)
+                    if pl.resamples is None:  # the attribute's resamples: the same at every stage
+                        pl.resamples = resample_counts(pl.groups, n_boot)
                     with one_blas_thread():  # small products: a waiting BLAS thread costs more than it gives
-                        pt, reps = heldout_replicates(enc.y, k, pl.h, runs, pl.weights)
-                        self._stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, pl.weights)
+                        pt, reps = heldout_replicates(enc.y, k, pl.h, runs, pl.resamples)
+                        self._stage_metrics(out, stage, attr, pl, p, pt, reps, ctrl_runs, pl.resamples)
                     pl.accs[stage] = pt["accuracy"]
                     pl.acc_reps[stage] = reps["accuracy"]
                     pl.info["stages"][stage] = {
