@@ -95,7 +95,6 @@ class Design:
             for lo, hi in zip(self.start, self.stop, strict=True)
         ]
         self.counts = [np.bincount(self.y[lo:hi], minlength=k) for lo, hi in zip(self.start, self.stop, strict=True)]
-        self._Z64: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -106,13 +105,6 @@ class Design:
 
     def present(self, blocks: Sequence[int]) -> np.ndarray:
         return sum(self.counts[j] for j in blocks) > 0
-
-    def matrix(self, dtype: Any) -> np.ndarray:
-        if np.dtype(dtype) == self.Z.dtype:
-            return self.Z
-        if self._Z64 is None:
-            self._Z64 = self.Z.astype(np.float64)  # only once a fit needs it
-        return self._Z64
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -260,7 +252,6 @@ def _chunk_products(
     """The task for chunk c: logits of every fit training on the chunk's block, their loss
     sums, the softmax residuals' products (gradient parts) and, with `stats`, the sums of P
     and P^T P (the preconditioner's Hessian)."""
-    Z = design.matrix(dtype)
     k = design.k
 
     def task(c: int) -> tuple | None:
@@ -270,7 +261,8 @@ def _chunk_products(
             return None
         m, n_u = hi - lo, len(u)
         yc = design.y[lo:hi]
-        A = (Z[lo:hi] @ Ws[j]).reshape(m, n_u, k)
+        Zc = design.Z[lo:hi].astype(dtype, copy=False)  # a float64 finish widens one chunk, not the stage
+        A = (Zc @ Ws[j]).reshape(m, n_u, k)
         A += bias[u]
         pick = (np.arange(m)[:, None], np.arange(n_u)[None, :], yc[:, None])
         true = A[pick].astype(np.float64)
@@ -285,7 +277,7 @@ def _chunk_products(
             extra = (A.sum(0, dtype=np.float64), np.einsum("mui,muj->uij", A, A, dtype=np.float64))
         A[pick] -= 1  # P - Y
         gb = A.sum(0, dtype=np.float64)
-        GT = A.reshape(m, n_u * k).T @ Z[lo:hi]  # (n_u k, r): each fit's rows contiguous
+        GT = A.reshape(m, n_u * k).T @ Zc  # (n_u k, r): each fit's rows contiguous
         return loss, gb, GT, extra
 
     return task
