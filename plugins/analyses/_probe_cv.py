@@ -219,6 +219,25 @@ def _next_start(
     return fit.W + t * (fit.W - W0), fit.b + t * (fit.b - b0)
 
 
+def _fold_sums(
+    design: Design, jobs: list[tuple[int, int]], fits: list[SoftmaxFit], logps: list[dict[int, np.ndarray]], want: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each outer fold o's held-out NLL sum and row count over the pairs' fits that validate it
+    (pair (i, j)'s fit serves i on j and j on i), for the folds `want(o)` accepts; in pair order,
+    so the sums do not depend on scheduling."""
+    F, y = design.n_blocks, design.y
+    nll, cnt = np.zeros(F), np.zeros(F)
+    for p, fit, lp in zip(jobs, fits, logps, strict=True):
+        for o, v in ((p[0], p[1]), (p[1], p[0])):
+            if not want(o):
+                continue
+            yv = y[design.start[v] : design.stop[v]]
+            seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
+            nll[o] -= lp[v][np.flatnonzero(seen), yv[seen]].sum()
+            cnt[o] += seen.sum()
+    return nll, cnt
+
+
 def nested_cv_probe(
     design: Design,
     grid: tuple[float, ...],
@@ -229,28 +248,29 @@ def nested_cv_probe(
     inner_tol: float | None = None,
     inner_folds: int | None = None,
     pool: Any = None,
+    select_tol: float | None = None,
 ) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
     """Held-out log-probabilities (n, k) of every row (in the design's row order) from its
     outer fold's model, the lam each outer fold chose, and each fold's inner CV curve
     [(lam, CE nats)]. The design's blocks are the outer folds.
 
-    The fits of one lam step (and the outer fits) run in one lockstep batch; with `pool` its
-    tasks run on worker threads (callers hold BLAS at one thread), and every fit's
-    arithmetic, and the result, is the same whatever the number of workers."""
+    The walk solves the inner fits to `inner_tol`; each fold's choice is then settled on fits
+    re-solved to `select_tol` (None: no re-solve) at the walk's best lam and its grid
+    neighbours (`_select`). The fits of one lam step (and the outer fits) run in one lockstep
+    batch; with `pool` its tasks run on worker threads (callers hold BLAS at one thread), and
+    every fit's arithmetic, and the result, is the same whatever the number of workers."""
     F, k = design.n_blocks, design.k
-    r = design.rank
     pairs = [p for p in inner_pairs(F, inner_folds) if design.present([j for j in range(F) if j not in p]).sum() >= 2]
     warm: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     last: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
+    kept: dict[tuple[int, int], dict[int, SoftmaxFit]] = {p: {} for p in pairs}  # grid index -> walk fit
     best = [np.inf] * F
-    best_lam: list[float] = [grid[0]] * F
-    best_init: list[tuple[np.ndarray, np.ndarray] | None] = [None] * F
+    best_i = [0] * F
     stale = [0] * F
     active = [True] * F
     curves: list[list[tuple[float, float]]] = [[] for _ in range(F)]
-    y = design.y
 
-    for lam in grid:
+    for i, lam in enumerate(grid):
         if not any(active):
             break
         jobs = [p for p in pairs if active[p[0]] or active[p[1]]]
@@ -261,38 +281,41 @@ def nested_cv_probe(
             pool,
         )
         logps = heldout_logp(design, fits, jobs, pool)  # each pair's fit on its two held-out folds
-        nll = np.zeros(F)
-        cnt = np.zeros(F)
-        Wsum = [np.zeros((r, k)) for _ in range(F)]
-        bsum = [np.zeros(k) for _ in range(F)]
-        csum = [np.zeros(k) for _ in range(F)]
-        for p, fit, lp in zip(jobs, fits, logps, strict=True):  # in pair order: the sums do not depend on scheduling
+        nll, cnt = _fold_sums(design, jobs, fits, logps, lambda o: active[o])
+        for p, fit in zip(jobs, fits, strict=True):
             log.add(fit)
             warm[p] = _next_start(fit, lam, last.get(p), grid)
             last[p] = (fit.W, fit.b, lam)
-            for o, v in ((p[0], p[1]), (p[1], p[0])):
-                if not active[o]:
-                    continue
-                yv = y[design.start[v] : design.stop[v]]
-                seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
-                nll[o] -= lp[v][np.flatnonzero(seen), yv[seen]].sum()
-                cnt[o] += seen.sum()
-                Wsum[o] += fit.W
-                bsum[o] += np.where(fit.present, fit.b, 0.0)
-                csum[o] += fit.present
+            kept[p][i] = fit
         for o in range(F):
             if not active[o] or cnt[o] == 0:
                 continue
             ce = nll[o] / cnt[o]
             curves[o].append((lam, float(ce)))
             if ce < best[o]:
-                best[o], best_lam[o], stale[o] = ce, lam, 0
-                c = np.maximum(csum[o], 1)
-                best_init[o] = (Wsum[o] / c, bsum[o] / c)
+                best[o], best_i[o], stale[o] = ce, i, 0
             else:
                 stale[o] += 1
                 if stale[o] >= patience:
                     active[o] = False
+        for p in jobs:  # keep only what the selection step may start from: each fold's best and its neighbours
+            kept[p] = {j: f for j, f in kept[p].items() if any(abs(j - best_i[o]) <= 1 for o in p)}
+
+    tight = (
+        _select(design, grid, pairs, kept, best_i, curves, inner_tol or tol, select_tol, max_iter, log, pool)
+        if select_tol
+        else None
+    )
+    best_init: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for o in range(F):  # the outer fit starts from the mean of its inner fits at the chosen lam
+        fs = [(tight or kept)[p].get(best_i[o]) for p in pairs if o in p]
+        fs = [f for f in fs if f is not None]
+        if not fs:
+            best_init.append(None)
+            continue
+        c = np.maximum(sum(f.present.astype(float) for f in fs), 1)
+        best_init.append((sum(f.W for f in fs) / c, sum(np.where(f.present, f.b, 0.0) for f in fs) / c))
+    best_lam = [grid[i] for i in best_i]
 
     outer = fit_many(
         design,
@@ -300,11 +323,102 @@ def nested_cv_probe(
         max_iter,
         pool,
     )
-    logp = np.full((len(y), k), np.nan)
+    logp = np.full((len(design.y), k), np.nan)
     for o, (fit, lp) in enumerate(zip(outer, heldout_logp(design, outer, [(o,) for o in range(F)], pool), strict=True)):
         log.add(fit)
         logp[design.start[o] : design.stop[o]] = lp[o]
     return logp, best_lam, curves
+
+
+SELECT_STEP = 10.0  # each level of the selection solves its fits to the previous level's bound / SELECT_STEP
+
+
+def _select(
+    design: Design,
+    grid: tuple[float, ...],
+    pairs: list[tuple[int, int]],
+    kept: dict[tuple[int, int], dict[int, SoftmaxFit]],
+    best_i: list[int],
+    curves: list[list[tuple[float, float]]],
+    inner_tol: float,
+    select_tol: float,
+    max_iter: int,
+    log: FitLog,
+    pool: Any,
+) -> dict[tuple[int, int], dict[int, SoftmaxFit]]:
+    """Settle each fold's lam on inner CV curves of fits solved ever more tightly: at each level
+    (bounds inner_tol / 10, / 100, ... down to `select_tol`) the fold's best lam and its grid
+    neighbours are re-solved (warm from the previous level's fits), and while the argmin sits
+    on the edge of what was solved, the next grid lam past that edge is added. A fold is
+    settled once every neighbour's CE exceeds the best's by more than the two points moved
+    since the previous level (with a 10x tighter bound each level, what is left to move is
+    about half that); otherwise it goes on, and at `select_tol` the argmin is taken. Updates
+    `best_i` and `curves` in place (the tightest points replace the walk's); returns each
+    pair's most tightly solved fits.
+
+    Why: the walk's inner bound leaves each point's held-out CE uncertain where the fits are
+    nearly separable, and a near-tie between neighbours can then pick a too-small lam, which
+    the control task (nearly interpolated there) magnifies (docs/probe-solver.md)."""
+    F, n = design.n_blocks, len(grid)
+    mine = [[p for p in pairs if o in p] for o in range(F)]
+    prev = [{grid.index(lam): c for lam, c in curves[o]} for o in range(F)]  # the walk's curve: level 0
+    tightest = [dict(c) for c in prev]
+    latest = {p: dict(kept[p]) for p in pairs}  # each pair's most tightly solved fit per grid index
+    want = [{j for j in (b - 1, b, b + 1) if 0 <= j < n} for b in best_i]
+    open_ = [o for o in range(F) if mine[o] and prev[o]]
+    tol = inner_tol
+    while open_ and tol > select_tol:
+        tol = max(tol / SELECT_STEP, select_tol)
+        level: dict[tuple[tuple[int, int], int], tuple[SoftmaxFit, dict[int, np.ndarray]]] = {}
+        cur: list[dict[int, float]] = [{} for _ in range(F)]
+        while True:
+            todo = sorted({(p, j) for o in open_ for j in want[o] for p in mine[o]} - level.keys())
+            if todo:
+                starts = []
+                for p, j in todo:
+                    near = latest[p]
+                    src = near.get(j) or (near[min(near, key=lambda m: (abs(m - j), m))] if near else None)
+                    starts.append(None if src is None else (src.W, src.b))
+                fits = fit_many(
+                    design,
+                    [
+                        Problem(tuple(b for b in range(F) if b not in p), grid[j], tol, s)
+                        for (p, j), s in zip(todo, starts, strict=True)
+                    ],
+                    max_iter,
+                    pool,
+                )
+                lps = heldout_logp(design, fits, [p for p, _ in todo], pool)
+                for (p, j), fit, lp in zip(todo, fits, lps, strict=True):
+                    log.add(fit)
+                    level[p, j] = (fit, lp)
+                    latest[p][j] = fit
+            moved = False
+            for o in open_:
+                for j in sorted(want[o] - cur[o].keys()):
+                    got = [level[p, j] for p in mine[o]]
+                    nll, cnt = _fold_sums(design, mine[o], [g[0] for g in got], [g[1] for g in got], lambda f: f == o)
+                    cur[o][j] = float(nll[o] / cnt[o]) if cnt[o] else np.inf
+                b = min(cur[o], key=lambda j: (cur[o][j], j))
+                for edge, step in ((min(want[o]), -1), (max(want[o]), 1)):
+                    if b == edge and 0 <= edge + step < n:
+                        want[o].add(edge + step)
+                        moved = True
+            if not moved:
+                break
+        still = []
+        for o in open_:
+            c, b = cur[o], min(cur[o], key=lambda j: (cur[o][j], j))
+            best_i[o] = b
+            tightest[o].update(c)
+            moved_by = {j: abs(c[j] - prev[o][j]) if j in prev[o] else np.inf for j in c}
+            if not all(c[j] - c[b] > moved_by[j] + moved_by[b] for j in c if j != b):
+                still.append(o)
+            prev[o] = c
+        open_ = still
+    for o in range(F):
+        curves[o][:] = [(grid[j], tightest[o][j]) for j in sorted(tightest[o])]
+    return latest
 
 
 def row_order(logp_d: np.ndarray, design: Design) -> np.ndarray:
