@@ -331,6 +331,7 @@ def nested_cv_probe(
 
 
 SELECT_STEP = 10.0  # each level of the selection solves its fits to the previous level's bound / SELECT_STEP
+SETTLE = 2.0  # a gap must exceed twice its last move to rule a lam out (1 let a toy near-tie through at inner_tol 1e-5)
 
 
 def _select(
@@ -349,10 +350,11 @@ def _select(
     """Settle each fold's lam on inner CV curves of fits solved ever more tightly: at each level
     (bounds inner_tol / 10, / 100, ... down to `select_tol`) the fold's best lam and its grid
     neighbours are re-solved (warm from the previous level's fits), and while the argmin sits
-    on the edge of what was solved, the next grid lam past that edge is added. A fold is
-    settled once every neighbour's CE exceeds the best's by more than the two points moved
-    since the previous level (with a 10x tighter bound each level, what is left to move is
-    about half that); otherwise it goes on, and at `select_tol` the argmin is taken. Updates
+    on the edge of what was solved, the next grid lam past that edge is added. A lam is ruled
+    out (re-solved no more) once its CE gap over the best is positive at two successive levels
+    and larger than it moved between them: if each 10x tighter bound at least halves what the
+    gap has left to move, its sign is then final. A fold is settled when only its best is
+    left, else it goes on, and at `select_tol` its argmin is taken. Updates
     `best_i` and `curves` in place (the tightest points replace the walk's); returns each
     pair's most tightly solved fits.
 
@@ -365,6 +367,7 @@ def _select(
     tightest = [dict(c) for c in prev]
     latest = {p: dict(kept[p]) for p in pairs}  # each pair's most tightly solved fit per grid index
     want = [{j for j in (b - 1, b, b + 1) if 0 <= j < n} for b in best_i]
+    cleared: list[set[int]] = [set() for _ in range(F)]  # lams ruled out for the fold
     open_ = [o for o in range(F) if mine[o] and prev[o]]
     tol = inner_tol
     while open_ and tol > select_tol:
@@ -400,9 +403,9 @@ def _select(
                     nll, cnt = _fold_sums(design, mine[o], [g[0] for g in got], [g[1] for g in got], lambda f: f == o)
                     cur[o][j] = float(nll[o] / cnt[o]) if cnt[o] else np.inf
                 b = min(cur[o], key=lambda j: (cur[o][j], j))
-                for edge, step in ((min(want[o]), -1), (max(want[o]), 1)):
-                    if b == edge and 0 <= edge + step < n:
-                        want[o].add(edge + step)
+                for j in (b - 1, b + 1):  # the best's grid neighbours, unless already ruled out
+                    if 0 <= j < n and j not in want[o] and j not in cleared[o]:
+                        want[o].add(j)
                         moved = True
             if not moved:
                 break
@@ -411,10 +414,14 @@ def _select(
             c, b = cur[o], min(cur[o], key=lambda j: (cur[o][j], j))
             best_i[o] = b
             tightest[o].update(c)
-            moved_by = {j: abs(c[j] - prev[o][j]) if j in prev[o] else np.inf for j in c}
-            if not all(c[j] - c[b] > moved_by[j] + moved_by[b] for j in c if j != b):
+            for j in [j for j in c if j != b and j in prev[o] and b in prev[o]]:
+                gap, before = c[j] - c[b], prev[o][j] - prev[o][b]
+                if gap > 0 and before > 0 and gap > SETTLE * abs(gap - before):  # ruled out: re-solved no more
+                    want[o].discard(j)
+                    cleared[o].add(j)
+            if want[o] != {b}:
                 still.append(o)
-            prev[o] = c
+            prev[o] = {**prev[o], **c}
         open_ = still
     for o in range(F):
         curves[o][:] = [(grid[j], tightest[o][j]) for j in sorted(tightest[o])]

@@ -65,7 +65,7 @@ DEFAULT_PARAMS = {
     "patience": 1,  # grid steps past the best inner CV cross-entropy before the walk stops
     "tol": 1e-5,  # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
     "inner_tol": 1e-6,  # the same bound for the inner fits: at 1e-4 loose fits ranked too small a lam (toy, n = 100)
-    "select_tol": 1e-9,  # each fold's best lam and its neighbours re-solved to this before the choice (null: not)
+    "select_tol": 1e-7,  # each fold's best lam and its neighbours re-solved to this before the choice (null: not)
     "max_iter": 10000,  # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
     "n_bootstrap": 1000,  # group resamples of the held-out predictions for the CIs (science.md §8)
     "control": True,  # the control task: labels permuted across groups, same folds and lam (science.md §1)
