@@ -14,6 +14,7 @@ from scipy.linalg.blas import ssyrk
 from mch.api import MchError
 
 from ._linalg import one_blas_thread
+from ._probe_select import fold_sums, select
 from ._softmax import Design, Problem, SoftmaxFit, fit_many, heldout_logp
 from ._stats import LN2, Folds, confusion, permute_labels_by_group, scores_from_confusion, scores_from_counts
 
@@ -253,28 +254,29 @@ def nested_cv_probe(
     inner_tol: float | None = None,
     inner_folds: int | None = None,
     pool: Any = None,
+    select_tol: float | None = None,
 ) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
     """Held-out log-probabilities (n, k) of every row (in the design's row order) from its
     outer fold's model, the lam each outer fold chose, and each fold's inner CV curve
     [(lam, CE nats)]. The design's blocks are the outer folds.
 
-    The fits of one lam step (and the outer fits) run in one lockstep batch; with `pool` its
-    tasks run on worker threads (callers hold BLAS at one thread), and every fit's
-    arithmetic, and the result, is the same whatever the number of workers."""
+    The walk solves the inner fits to `inner_tol`; each fold's choice is then settled on fits
+    re-solved to `select_tol` (None: no re-solve) at the walk's best lam and its grid
+    neighbours (`_probe_select.select`). The fits of one lam step (and the outer fits) run in one lockstep
+    batch; with `pool` its tasks run on worker threads (callers hold BLAS at one thread), and
+    every fit's arithmetic, and the result, is the same whatever the number of workers."""
     F, k = design.n_blocks, design.k
-    r = design.rank
     pairs = [p for p in inner_pairs(F, inner_folds) if design.present([j for j in range(F) if j not in p]).sum() >= 2]
     warm: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     last: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
+    kept: dict[tuple[int, int], dict[int, SoftmaxFit]] = {p: {} for p in pairs}  # grid index -> walk fit
     best = [np.inf] * F
-    best_lam: list[float] = [grid[0]] * F
-    best_init: list[tuple[np.ndarray, np.ndarray] | None] = [None] * F
+    best_i = [0] * F
     stale = [0] * F
     active = [True] * F
     curves: list[list[tuple[float, float]]] = [[] for _ in range(F)]
-    y = design.y
 
-    for lam in grid:
+    for i, lam in enumerate(grid):
         if not any(active):
             break
         jobs = [p for p in pairs if active[p[0]] or active[p[1]]]
@@ -285,38 +287,41 @@ def nested_cv_probe(
             pool,
         )
         logps = heldout_logp(design, fits, jobs, pool)  # each pair's fit on its two held-out folds
-        nll = np.zeros(F)
-        cnt = np.zeros(F)
-        Wsum = [np.zeros((r, k)) for _ in range(F)]
-        bsum = [np.zeros(k) for _ in range(F)]
-        csum = [np.zeros(k) for _ in range(F)]
-        for p, fit, lp in zip(jobs, fits, logps, strict=True):  # in pair order: the sums do not depend on scheduling
+        nll, cnt = fold_sums(design, jobs, fits, logps, lambda o: active[o])
+        for p, fit in zip(jobs, fits, strict=True):
             log.add(fit)
             warm[p] = _next_start(fit, lam, last.get(p), grid)
             last[p] = (fit.W, fit.b, lam)
-            for o, v in ((p[0], p[1]), (p[1], p[0])):
-                if not active[o]:
-                    continue
-                yv = y[design.start[v] : design.stop[v]]
-                seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
-                nll[o] -= lp[v][np.flatnonzero(seen), yv[seen]].sum()
-                cnt[o] += seen.sum()
-                Wsum[o] += fit.W
-                bsum[o] += np.where(fit.present, fit.b, 0.0)
-                csum[o] += fit.present
+            kept[p][i] = fit
         for o in range(F):
             if not active[o] or cnt[o] == 0:
                 continue
             ce = nll[o] / cnt[o]
             curves[o].append((lam, float(ce)))
             if ce < best[o]:
-                best[o], best_lam[o], stale[o] = ce, lam, 0
-                c = np.maximum(csum[o], 1)
-                best_init[o] = (Wsum[o] / c, bsum[o] / c)
+                best[o], best_i[o], stale[o] = ce, i, 0
             else:
                 stale[o] += 1
                 if stale[o] >= patience:
                     active[o] = False
+        for p in jobs:  # keep only what the selection step may start from: each fold's best and its neighbours
+            kept[p] = {j: f for j, f in kept[p].items() if any(abs(j - best_i[o]) <= 1 for o in p)}
+
+    tight = (
+        select(design, grid, pairs, kept, best_i, curves, inner_tol or tol, select_tol, max_iter, log, pool)
+        if select_tol
+        else None
+    )
+    best_init: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for o in range(F):  # the outer fit starts from the mean of its inner fits at the chosen lam
+        fs = [(tight or kept)[p].get(best_i[o]) for p in pairs if o in p]
+        fs = [f for f in fs if f is not None]
+        if not fs:
+            best_init.append(None)
+            continue
+        c = np.maximum(sum(f.present.astype(float) for f in fs), 1)
+        best_init.append((sum(f.W for f in fs) / c, sum(np.where(f.present, f.b, 0.0) for f in fs) / c))
+    best_lam = [grid[i] for i in best_i]
 
     outer = fit_many(
         design,
@@ -324,7 +329,7 @@ def nested_cv_probe(
         max_iter,
         pool,
     )
-    logp = np.full((len(y), k), np.nan)
+    logp = np.full((len(design.y), k), np.nan)
     for o, (fit, lp) in enumerate(zip(outer, heldout_logp(design, outer, [(o,) for o in range(F)], pool), strict=True)):
         log.add(fit)
         logp[design.start[o] : design.stop[o]] = lp[o]

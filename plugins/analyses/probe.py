@@ -66,6 +66,7 @@ DEFAULT_PARAMS = {
     "patience": 1,  # grid steps past the best inner CV cross-entropy before the walk stops
     "tol": 1e-5,  # convergence of the outer fits: ||grad||^2 / (2 lam) <= tol (nats above the optimum)
     "inner_tol": 1e-6,  # the same bound for the inner fits: at 1e-4 loose fits ranked too small a lam (toy, n = 100)
+    "select_tol": 1e-7,  # each fold's best lam and its neighbours re-solved to this before the choice (null: not)
     "max_iter": 10000,  # L-BFGS iterations per fit (a fit that hits it is reported unconverged)
     "n_bootstrap": 1000,  # group resamples of the held-out predictions for the CIs (science.md §8)
     "control": True,  # the control task: labels permuted across groups, same folds and lam (science.md §1)
@@ -96,6 +97,7 @@ PARAM_SPECS = declare(
     inner_folds=Param(int, ge=2, nullable=True),
     tol=Param(float, gt=0),
     inner_tol=Param(float, gt=0),
+    select_tol=Param(float, gt=0, nullable=True),
     max_iter=Param(int, ge=1),
     n_bootstrap=Param(int, ge=1),
     retention_chance=Param(str, choices=("majority", "uniform")),
@@ -331,6 +333,7 @@ class Probe(Analysis):
                                 float(p["inner_tol"]),
                                 inner_folds,
                                 pool,
+                                None if p["select_tol"] is None else float(p["select_tol"]),
                             )
                             ctrl_d = (
                                 None

@@ -1,0 +1,128 @@
+"""The default probe's lam selection on re-solved fits (docs/probe-solver.md): the walk's
+best lam per outer fold and its grid neighbours solved ever more tightly until the choice is
+settled. Split from `_probe_cv` (module size)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._softmax import Design, Problem, SoftmaxFit, fit_many, heldout_logp
+
+
+def fold_sums(
+    design: Design, jobs: list[tuple[int, int]], fits: list[SoftmaxFit], logps: list[dict[int, np.ndarray]], want: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each outer fold o's held-out NLL sum and row count over the pairs' fits that validate it
+    (pair (i, j)'s fit serves i on j and j on i), for the folds `want(o)` accepts; in pair order,
+    so the sums do not depend on scheduling."""
+    F, y = design.n_blocks, design.y
+    nll, cnt = np.zeros(F), np.zeros(F)
+    for p, fit, lp in zip(jobs, fits, logps, strict=True):
+        for o, v in ((p[0], p[1]), (p[1], p[0])):
+            if not want(o):
+                continue
+            yv = y[design.start[v] : design.stop[v]]
+            seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
+            nll[o] -= lp[v][np.flatnonzero(seen), yv[seen]].sum()
+            cnt[o] += seen.sum()
+    return nll, cnt
+
+
+SELECT_STEP = 10.0  # each level of the selection solves its fits to the previous level's bound / SELECT_STEP
+SETTLE = 2.0  # a gap must exceed twice its last move to rule a lam out (1 let a toy near-tie through at inner_tol 1e-5)
+
+
+def select(
+    design: Design,
+    grid: tuple[float, ...],
+    pairs: list[tuple[int, int]],
+    kept: dict[tuple[int, int], dict[int, SoftmaxFit]],
+    best_i: list[int],
+    curves: list[list[tuple[float, float]]],
+    inner_tol: float,
+    select_tol: float,
+    max_iter: int,
+    log: Any,
+    pool: Any,
+) -> dict[tuple[int, int], dict[int, SoftmaxFit]]:
+    """Settle each fold's lam on inner CV curves of fits solved ever more tightly: at each level
+    (bounds inner_tol / 10, / 100, ... down to `select_tol`) the fold's best lam and its grid
+    neighbours are re-solved (warm from the previous level's fits), and while the argmin sits
+    on the edge of what was solved, the next grid lam past that edge is added. A lam is ruled
+    out (re-solved no more) once its CE gap over the best is positive at two successive levels
+    and larger than it moved between them: if each 10x tighter bound at least halves what the
+    gap has left to move, its sign is then final. A fold is settled when only its best is
+    left, else it goes on, and at `select_tol` its argmin is taken. Updates
+    `best_i` and `curves` in place (the tightest points replace the walk's); returns each
+    pair's most tightly solved fits.
+
+    Why: the walk's inner bound leaves each point's held-out CE uncertain where the fits are
+    nearly separable, and a near-tie between neighbours can then pick a too-small lam, which
+    the control task (nearly interpolated there) magnifies (docs/probe-solver.md)."""
+    F, n = design.n_blocks, len(grid)
+    mine = [[p for p in pairs if o in p] for o in range(F)]
+    prev = [{grid.index(lam): c for lam, c in curves[o]} for o in range(F)]  # the walk's curve: level 0
+    tightest = [dict(c) for c in prev]
+    latest = {p: dict(kept[p]) for p in pairs}  # each pair's most tightly solved fit per grid index
+    want = [{j for j in (b - 1, b, b + 1) if 0 <= j < n} for b in best_i]
+    cleared: list[set[int]] = [set() for _ in range(F)]  # lams ruled out for the fold
+    open_ = [o for o in range(F) if mine[o] and prev[o]]
+    tol = inner_tol
+    while open_ and tol > select_tol:
+        tol = max(tol / SELECT_STEP, select_tol)
+        level: dict[tuple[tuple[int, int], int], tuple[SoftmaxFit, dict[int, np.ndarray]]] = {}
+        cur: list[dict[int, float]] = [{} for _ in range(F)]
+        while True:
+            todo = sorted({(p, j) for o in open_ for j in want[o] for p in mine[o]} - level.keys())
+            if todo:
+                starts = []
+                for p, j in todo:
+                    near = latest[p]
+                    src = near.get(j) or (near[min(near, key=lambda m: (abs(m - j), m))] if near else None)
+                    starts.append(None if src is None else (src.W, src.b))
+                fits = fit_many(
+                    design,
+                    [
+                        Problem(tuple(b for b in range(F) if b not in p), grid[j], tol, s)
+                        for (p, j), s in zip(todo, starts, strict=True)
+                    ],
+                    max_iter,
+                    pool,
+                )
+                lps = heldout_logp(design, fits, [p for p, _ in todo], pool)
+                for (p, j), fit, lp in zip(todo, fits, lps, strict=True):
+                    log.add(fit)
+                    level[p, j] = (fit, lp)
+                    latest[p][j] = fit
+            moved = False
+            for o in open_:
+                for j in sorted(want[o] - cur[o].keys()):
+                    got = [level[p, j] for p in mine[o]]
+                    nll, cnt = fold_sums(design, mine[o], [g[0] for g in got], [g[1] for g in got], lambda f: f == o)
+                    cur[o][j] = float(nll[o] / cnt[o]) if cnt[o] else np.inf
+                b = min(cur[o], key=lambda j: (cur[o][j], j))
+                for j in (b - 1, b + 1):  # the best's grid neighbours, unless already ruled out
+                    if 0 <= j < n and j not in want[o] and j not in cleared[o]:
+                        want[o].add(j)
+                        moved = True
+            if not moved:
+                break
+        still = []
+        for o in open_:
+            c, b = cur[o], min(cur[o], key=lambda j: (cur[o][j], j))
+            best_i[o] = b
+            tightest[o].update(c)
+            for j in [j for j in c if j != b and j in prev[o] and b in prev[o]]:
+                gap, before = c[j] - c[b], prev[o][j] - prev[o][b]
+                if gap > 0 and before > 0 and gap > SETTLE * abs(gap - before):  # ruled out: re-solved no more
+                    want[o].discard(j)
+                    cleared[o].add(j)
+            if want[o] != {b}:
+                still.append(o)
+            prev[o] = {**prev[o], **c}
+        open_ = still
+    for o in range(F):
+        curves[o][:] = [(grid[j], tightest[o][j]) for j in sorted(tightest[o])]
+    return latest
