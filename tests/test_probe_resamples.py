@@ -13,7 +13,9 @@ def test_resampled_sums_equal_the_row_weight_product():
     for codes, total in ((rng.integers(2, 9, 300), 11), (np.arange(400), 400)):
         groups = RowGroups(codes, total, 5, "g")
         M = rng.normal(size=(len(codes), 7))
-        np.testing.assert_allclose(resampled_sums(*resample_counts(groups, 150), M), groups.weights(150) @ M, rtol=1e-12)
+        np.testing.assert_allclose(
+            resampled_sums(*resample_counts(groups, 150), M), groups.weights(150) @ M, rtol=1e-12
+        )
 
 
 def test_heldout_replicates_hold_no_row_weights():
