@@ -385,6 +385,9 @@ def test_paper_protocol_matches_the_reference_procedure_exactly():
         "lexical": words[w].astype(object),
         "emotion": emo,
     }
+    import scipy.special  # noqa: F401 - modules that install filters on import do it before the snapshot
+    import sklearn.linear_model  # noqa: F401
+
     filters = list(warnings.filters)
     out = make_probe().run(context(reps, labels, protocol="paper", classes={"lexical": lex_order}))
     # concurrent splits (one BLAS thread each, as the reference runs under this file's fixture)
@@ -487,31 +490,9 @@ def test_the_default_walk_reports_the_exact_optimums_numbers_on_the_toy(tmp_path
     task, nearly interpolated there, reported control_i_probe_bits -15.4 at `adapter` against
     the exact -8.0 [-11.0, -5.2] (and -9.0 against -7.0 [-8.8, -5.0] at `llm.0`; measured: this
     test fails with inner_tol = 1e-4). Every number with a CI must sit in the exact one's."""
-    from pathlib import Path
-
-    from mch.runner import RunConfig, analyze, extract, plan
-
-    def run(params):
-        p = plan(
-            RunConfig(
-                analyses=["probe"],
-                store=Path(tmp_path),
-                attributes=["emotion", "speaker"],
-                stages=["adapter", "llm.0"],
-                limit=100,
-                params={"probe": params},
-            )
-        )
-        ((_, out, _, _),) = analyze(p, extract(p, "modal"))
-        return {(m.metric, m.attribute, m.stage): (m.value, m.ci_low, m.ci_high) for m in out.metrics}
-
-    exact, walk = run({"tol": 1e-9, "inner_tol": 1e-9}), run({})
-    checked = 0
-    for key, (value, lo, hi) in exact.items():
-        if lo is None:
-            continue
-        assert lo <= walk[key][0] <= hi, (key, walk[key][0], (value, lo, hi))
-        checked += 1
+    exact, _ = _toy_probe(tmp_path, ["emotion", "speaker"], ["adapter", "llm.0"], 100, {"tol": 1e-9, "inner_tol": 1e-9})
+    walk, _ = _toy_probe(tmp_path, ["emotion", "speaker"], ["adapter", "llm.0"], 100, {})
+    checked = _inside_the_exact_cis(exact, walk)
     assert checked >= 40 and ("control_i_probe_bits", "emotion", "adapter") in exact
 
 
@@ -658,31 +639,35 @@ def test_the_default_probe_matches_the_exact_procedure_where_the_walk_met_a_near
     against the exact procedure's -1.38 [-1.55, -1.18] before the selection step. Fold 5 must
     choose the exact lam, and every number with a CI sit in the exact procedure's CI (fold 2's
     lam, 3e-5 against the exact 1e-5 at the default select_tol, moves no number outside)."""
+    exact, ex_info = _toy_probe(
+        tmp_path, ["content"], ["llm.0"], 600, {"n_bootstrap": 300, "tol": 1e-9, "inner_tol": 1e-9, "select_tol": None}
+    )
+    walk, info = _toy_probe(tmp_path, ["content"], ["llm.0"], 600, {"n_bootstrap": 300})
+    lams, ex_lams = (i["content"]["stages"]["llm.0"]["lambda"] for i in (info, ex_info))
+    assert lams[4] == ex_lams[4] == 10**-3.5
+    checked = _inside_the_exact_cis(exact, walk)
+    assert checked >= 10 and ("control_i_probe_bits", "content", "llm.0") in exact
+
+
+def _toy_probe(tmp_path, attributes, stages, limit, params):
+    """The default probe's numbers {(metric, attribute, stage): (value, lo, hi)} and summary on the toy."""
     from pathlib import Path
 
     from mch.runner import RunConfig, analyze, extract, plan
 
-    def run(params):
-        p = plan(
-            RunConfig(
-                analyses=["probe"],
-                store=Path(tmp_path),
-                attributes=["content"],
-                stages=["llm.0"],
-                limit=600,
-                params={"probe": {"n_bootstrap": 300, **params}},
-            )
-        )
-        ((_, out, _, _),) = analyze(p, extract(p, "modal"))
-        got = {(m.metric, m.attribute, m.stage): (m.value, m.ci_low, m.ci_high) for m in out.metrics}
-        return got, out.summary["attributes"]["content"]["stages"]["llm.0"]["lambda"]
+    cfg = dict(analyses=["probe"], attributes=attributes, stages=stages, limit=limit, params={"probe": params})
+    p = plan(RunConfig(store=Path(tmp_path), **cfg))
+    ((_, out, _, _),) = analyze(p, extract(p, "modal"))
+    got = {(m.metric, m.attribute, m.stage): (m.value, m.ci_low, m.ci_high) for m in out.metrics}
+    return got, out.summary["attributes"]
 
-    (exact, ex_lams), (walk, lams) = run({"tol": 1e-9, "inner_tol": 1e-9, "select_tol": None}), run({})
-    assert lams[4] == ex_lams[4] == 10**-3.5
+
+def _inside_the_exact_cis(exact, walk) -> int:
+    """Assert every number with a CI in `exact` has `walk`'s value inside it; how many were checked."""
     checked = 0
     for key, (value, lo, hi) in exact.items():
         if lo is None:
             continue
         assert lo <= walk[key][0] <= hi, (key, walk[key][0], (value, lo, hi))
         checked += 1
-    assert checked >= 10 and ("control_i_probe_bits", "content", "llm.0") in exact
+    return checked
