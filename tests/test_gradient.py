@@ -133,3 +133,11 @@ def test_paper_fields(runs):
     assert s["text_stage"] == "llm.final"  # script 11's Σ_T quirk (B3)
     assert s["reduction"] == "token mean" and s["n_samples"] == 8 and s["n_modes"] == 64
     assert s["g_ta_over_g_ms"] == pytest.approx(s["g_ta_mean"] / max(s["g_ms_mean"], 1e-10))
+
+
+def test_unread_share_cis_resample_the_declared_cluster_key(runs):
+    """science.md §8: the toy's content and emotion split on speakers (6) but declare the sample
+    as their cluster key, so var_frac_unread's CI resamples the 300 samples, not the speakers."""
+    _, _, scaled, _ = runs
+    ng = {m["attribute"]: m["n_groups"] for m in scaled["metrics"] if m["metric"] == "var_frac_unread"}
+    assert ng == {"content": 300, "speaker": 300, "emotion": 300}, ng
