@@ -110,6 +110,9 @@ def test_lockstep_batches_are_sized_to_the_design(monkeypatch):
     real = S._fit_batch
     monkeypatch.setattr(S, "_fit_batch", lambda d, ps, *a: sizes.append(len(ps)) or real(d, ps, *a))
     problems = [S.Problem((j % 4, (j + 1) % 4), 10.0 ** -(j % 3), 1e-6) for j in range(12)]
+    S.fit_many(design, problems, 10000)  # a small design: BATCH_FLOOR keeps its fits in one batch
+    assert sizes == [12], sizes
+    monkeypatch.setattr(S, "BATCH_FLOOR", 0)
     for share, size in ((0.1, 6), (0.05, 3), (1e-9, 1)):
         monkeypatch.setattr(S, "BATCH_SHARE", share)
         sizes.clear()

@@ -25,6 +25,8 @@ BATCH_SHARE = 0.5  # and at most this share of the bytes of the design's rows, a
 # the probe's peak memory is its stage's coordinates plus this state; 160 MiB was 3.9x a stage's vectors at
 # N = 2620). Batch sizes change which fits share a round's products: each fit's result moves by
 # rounding only (the products' widths differ); measured 1.09x the CPU time of 160 MiB batches at N = 2620
+BATCH_FLOOR = 8 << 20  # but never below this: a small design (the toy's 600 x 64) would otherwise run its fits one
+# at a time (review: the toy's probe 1.5x slower), for memory that is small anyway
 POOL_MIN_WORK = 1 << 25  # multiply-adds per round below which tasks run inline: handing them to
 # threads costs more (same arithmetic either way: results do not change)
 PLAIN_INTERCEPTS = False  # True: the solver before issue 18 (intercepts from 0, unscaled); the
@@ -407,7 +409,7 @@ def fit_many(design: Design, problems: Sequence[Problem], max_iter: int, pool: A
     # float32 pairs, ~12 float64 vectors (x, g, d, W, Sc, ... and a step's temporaries) and the
     # round's stacked weights and chunk products: ~200 bytes per variable measured at 50 classes
     per_fit = design.rank * design.k * (8 * LBFGS_MEMORY + 120)
-    budget = min(BATCH_BYTES, int(BATCH_SHARE * design.Z.nbytes))
+    budget = min(BATCH_BYTES, max(BATCH_FLOOR, int(BATCH_SHARE * design.Z.nbytes)))
     size = max(1, budget // max(per_fit, 1))
     out: list[SoftmaxFit] = []
     for lo in range(0, len(problems), size):
