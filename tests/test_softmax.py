@@ -110,8 +110,11 @@ def test_lockstep_batches_are_sized_to_the_design(monkeypatch):
     real = S._fit_batch
     monkeypatch.setattr(S, "_fit_batch", lambda d, ps, *a: sizes.append(len(ps)) or real(d, ps, *a))
     problems = [S.Problem((j % 4, (j + 1) % 4), 10.0 ** -(j % 3), 1e-6) for j in range(12)]
-    S.fit_many(design, problems, 10000)  # a small design: BATCH_FLOOR keeps its fits in one batch
+    small = S.Design(Z[:400], block[:400], rng.integers(0, 10, 400), 10)  # state per fit > half its rows' bytes
+    assert small.rank * small.k * (8 * S.LBFGS_MEMORY + 120) > S.BATCH_SHARE * small.Z.nbytes
+    S.fit_many(small, problems, 10000)  # BATCH_FLOOR keeps a small design's fits in one batch
     assert sizes == [12], sizes
+    sizes.clear()
     monkeypatch.setattr(S, "BATCH_FLOOR", 0)
     for share, size in ((0.1, 6), (0.05, 3), (1e-9, 1)):
         monkeypatch.setattr(S, "BATCH_SHARE", share)
