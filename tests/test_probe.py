@@ -560,6 +560,23 @@ def test_the_stage_basis_is_float32_and_holds_one_min_n_d_squared_pair(monkeypat
         assert basis.Z32.dtype == np.float32 and basis.Z32.flags.c_contiguous
 
 
+@pytest.mark.parametrize("n,d,r", [(600, 64, 32), (150, 1200, 60), (1200, 400, 100)])
+def test_the_stage_basis_rank_counts_variance_not_float32_rounding(n, d, r):
+    """A stage of true rank r (an adapter's image of an r-dimensional code, as the toy's): the
+    basis keeps exactly r axes, the smallest real one included (its variance 1e-5 of the
+    largest, ~80 float32 eps), and none of the null axes that the float32 eigendecomposition
+    puts at up to ~eps32 of the largest (the cut before, 1e-10 / 1e-9, kept 23 to 137 of them
+    here: the toy's adapter reported rank 49 for its 32)."""
+    rng = np.random.default_rng(11)
+    scale = np.geomspace(1.0, 10**-2.5, r)  # standard deviations: variances 1 down to 1e-5
+    code = rng.standard_normal((n, r)) * scale
+    code -= code.mean(0)
+    Q = np.linalg.qr(rng.standard_normal((d, r)))[0]
+    X = (code @ Q.T * 3 + 5 * rng.standard_normal(d)).astype(np.float32)
+    basis = P.stage_basis(X)
+    assert basis.rank == r, (basis.rank, r)
+
+
 def test_an_arranged_basis_gives_the_designs_of_a_copied_one():
     """Designs read the basis's rows in place after `arrange` (no copy per attribute): the same
     rows, labels and order as a design that copies them, for attributes in turn."""

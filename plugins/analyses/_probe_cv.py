@@ -65,6 +65,7 @@ def stage_basis(X: np.ndarray) -> Basis:
         return _stage_basis(X)
 
 
+RANK_TOL = 8 * float(np.finfo(np.float32).eps)  # an axis's variance / the largest below which it is rounding
 BASIS_ROWS = 512  # rows z-scored at a time: the basis's memory is O(block d) besides its own arrays
 MOMENT_ROWS = 128  # rows taken to float64 at a time for the moments (two such copies live)
 
@@ -115,8 +116,10 @@ def _stage_basis(X: np.ndarray) -> Basis:
     product, so its entries already carry float32 rounding, O(eps32 |G|); a float32
     eigendecomposition adds error of that same order, and halves the n x n pair that a float64
     one holds (issue 17: at N = 2620, d = 4096 that pair alone was 2.6x the stage's vectors).
-    Axes kept as before (variance above 1e-10 / 1e-9 of the largest): one that is rounding has
-    coordinates of that size, and the solver's curvature floor (lam) keeps it harmless."""
+    Axes kept: variance above RANK_TOL of the largest. Below that a float32 eigenvalue is
+    rounding, not variance: on rank-deficient stages the null axes come out at up to ~1.2 eps32
+    of the largest (measured, N 600-3000, D 64-4096), so the float64 route's 1e-10 kept them
+    and the record's `rank` counted them (the toy's adapter: 49 for its true 32)."""
     n, d = X.shape
     mu, sd = _moments(X)
     sd[sd == 0] = 1.0  # StandardScaler's rule for a constant feature
@@ -133,7 +136,7 @@ def _stage_basis(X: np.ndarray) -> Basis:
             C = ssyrk(1.0, b.T, beta=1.0, c=C, lower=1, overwrite_c=1)  # lower of C += b^T b, in place
         w, V = _eigh(C)
         del C
-        V = V[:, _first_kept(w, 1e-10) :]  # a view (Fortran order: still contiguous)
+        V = V[:, _first_kept(w, RANK_TOL) :]  # a view (Fortran order: still contiguous)
         _reverse_columns(V)
         Z = np.empty((n, V.shape[1]), dtype=np.float32)
         for lo in range(0, n, BASIS_ROWS):
@@ -152,7 +155,7 @@ def _stage_basis(X: np.ndarray) -> Basis:
         del zj
     w, U = _eigh(G)
     del G
-    first = _first_kept(w, 1e-9)
+    first = _first_kept(w, RANK_TOL)
     U = U[:, first:]  # a view
     _reverse_columns(U)
     U *= np.sqrt(w[first:][::-1])
