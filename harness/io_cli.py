@@ -97,7 +97,7 @@ def export(
     all_records: bool = typer.Option(
         False,
         "--all",
-        help="every record's rows (default: the newest record of each model/checkpoint/dataset/analysis/protocol)",
+        help="every record's rows (default: the newest record of each measurement: model, weights, samples, analysis, protocol)",
     ),
 ):
     """Result records as one table (csv, parquet or jsonl).

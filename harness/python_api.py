@@ -190,16 +190,20 @@ def load_results(*paths: str | os.PathLike) -> Results:
 
 def metric_rows(items: Iterable[tuple[Any, dict]], latest: bool = True) -> list[dict[str, Any]]:
     """The records' metrics as table rows (COLUMNS). With `latest`, only the newest record of
-    each (model, checkpoint, dataset, analysis, protocol) is kept, so each key appears once
-    when a results directory holds repeated runs."""
+    each measurement is kept, so repeated runs appear once: a measurement is (model, the
+    weights measured, dataset, the samples, analysis, protocol), the leaderboard's identity,
+    so a run of other samples (--limit, a split) or of another adapter never hides one."""
+    from .entries import checkpoint_identity
+
     items = list(items)
     if latest:
         newest: dict[tuple, tuple[Any, dict]] = {}
         for path, rec in items:
             k = (
                 rec["model"]["name"],
-                rec["model"].get("checkpoint"),
+                checkpoint_identity(rec),
                 rec["dataset"]["name"],
+                rec["dataset"].get("sample_ids_sha256") or rec["dataset"].get("n"),
                 rec["analysis"]["name"],
                 rec["protocol"],
             )

@@ -343,3 +343,38 @@ def test_the_python_api_page_runs_end_to_end(tmp_path, monkeypatch):
     ref = ns["ref"]
     assert [r["analysis"]["name"] for r in ref] == ["probe", "modes", "per_type", "distances"]
     assert {r["protocol"] for r in ref} == {"paper"}
+
+
+def test_newest_record_per_measurement_never_hides_another_sample_set(toy_run, tmp_path):
+    """`to_frame()` keeps the newest record of each measurement: a rerun replaces its older
+    record, but a run on other samples (`--limit`) or with an adapter is another measurement
+    (the leaderboard shows both) and must not disappear from the table."""
+    import mch
+
+    res, root = toy_run
+    src = sorted((root / "results").glob("*probe*.json"))[0]
+    rec = json.loads(src.read_text())
+    d = tmp_path / "results"
+    d.mkdir()
+
+    def write(name: str, created: str, **dataset: object) -> None:
+        r = json.loads(json.dumps(rec))
+        r["created_at"] = created
+        r["dataset"].update(dataset)
+        (d / name).write_text(json.dumps(r))
+
+    write("full.json", "2026-01-01T00:00:00+00:00")
+    write("rerun.json", "2026-01-02T00:00:00+00:00")  # the same measurement again: replaces full
+    write("limit.json", "2026-01-03T00:00:00+00:00", n=60, sample_ids_sha256="0" * 64)
+    rows = mch.load_results(d).rows()
+    assert {Path(r["record"]).name for r in rows} == {"rerun.json", "limit.json"}
+    # an adapter on the same base checkpoint is other weights
+    r = json.loads(json.dumps(rec))
+    r["created_at"] = "2026-01-04T00:00:00+00:00"
+    r["model"]["adapter"] = str(tmp_path / "lora")
+    (d / "adapter.json").write_text(json.dumps(r))
+    rows = mch.load_results(d).rows()
+    assert {Path(r["record"]).name for r in rows} == {"rerun.json", "limit.json", "adapter.json"}
+    out = tmp_path / "m.csv"
+    run_mch("export", str(d), "--format", "csv", "--out", str(out), check=True)
+    assert len(out.read_text().splitlines()) == 1 + len(rows)
