@@ -84,6 +84,16 @@ def ensure_writable_dir(path: Path | str, what: str, fix: str) -> Path:
     return path
 
 
+def ensure_writable_file(path: Path | str, flag: str = "--out") -> Path:
+    """Check, before any work, that file `path` can be written: not a directory, and its
+    directory creatable and writable. A failure is one sentence naming `flag`."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise MchError(f"{flag} {path} is a directory; pass the path of the file to write (in it or elsewhere)")
+    ensure_writable_dir(path.parent, f"directory of {flag}", f"pass {flag} with a file in a writable directory")
+    return path
+
+
 def _why(exc: OSError) -> str:
     if exc.errno == errno.EROFS:
         return "read-only file system"

@@ -105,10 +105,12 @@ def export(
     One row per (model, checkpoint, dataset, analysis, protocol, stage, attribute, metric)
     with value, ci_low, ci_high, n (then smoke, created_at, record): what
     `mch.load_results(...).to_frame()` gives."""
+    from .fsio import ensure_writable_file
     from .python_api import load_results, write_table
 
     if fmt not in ("csv", "parquet", "jsonl"):
         raise MchError(f"unknown --format {fmt!r}; use csv, parquet or jsonl")
+    ensure_writable_file(out)
     res = load_results(*paths)
     if not len(res):
         raise MchError(f"no valid result records under {', '.join(map(str, paths))}")
@@ -140,13 +142,14 @@ def export_store(
     metadata (`sample_ids`, `labels`, `groups`, `columns`, `texts`, `key`); hdf5: the
     reference's layout (encoder_output, adapter_output, llm_hidden_N, llm_final, sample_ids,
     label columns speaker_id, emotion, sound_class, transcript ...)."""
+    from .fsio import ensure_writable_file
     from .store import load
 
     if fmt not in ("npz", "safetensors", "hdf5"):
         raise MchError(f"unknown --format {fmt!r}; use npz, safetensors or hdf5")
     vec = load(key, store)
     ext = {"npz": "npz", "safetensors": "safetensors", "hdf5": "h5"}[fmt]
-    path = Path(out) if out is not None else Path(f"{vec.hash}.{ext}")
+    path = ensure_writable_file(Path(out) if out is not None else Path(f"{vec.hash}.{ext}"))
     {"npz": _npz, "safetensors": _safetensors, "hdf5": _hdf5}[fmt](vec, path)
     err_console.print(
         f"wrote {len(vec)} samples x {len(vec.stages)} stages ({', '.join(vec.stages)}) to {path}",

@@ -378,3 +378,22 @@ def test_newest_record_per_measurement_never_hides_another_sample_set(toy_run, t
     out = tmp_path / "m.csv"
     run_mch("export", str(d), "--format", "csv", "--out", str(out), check=True)
     assert len(out.read_text().splitlines()) == 1 + len(rows)
+
+
+def test_export_out_that_is_a_directory_or_under_a_file_is_one_sentence(toy_run, tmp_path):
+    """`--out DIR` or `--out FILE/x` for `mch export` and `mch export-store` is one sentence
+    naming --out (it was an IsADirectoryError / FileExistsError traceback)."""
+    res, root = toy_run
+    key = res["probe"]["extraction"]["store_key"]
+    env = {"MCH_STORE": str(root / "store")}
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out, says in ((tmp_path, "is a directory"), (a_file / "x.csv", "is a file")):
+        for cmd in (
+            ["export", str(root / "results"), "--format", "csv"],
+            ["export", str(root / "results"), "--format", "parquet"],
+            ["export-store", key, "--format", "npz"],
+        ):
+            r = run_mch(*cmd, "--out", str(out), env=env)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, (cmd, r.stderr)
+            assert r.stderr.startswith("error: ") and "--out" in r.stderr and says in r.stderr, (cmd, r.stderr)
