@@ -435,3 +435,25 @@ def test_probe_group_bootstrap_covers_the_across_world_mean():
     vals, lo, hi = probe_worlds(100)
     target = vals.mean()
     assert np.mean((lo <= target) & (target <= hi)) >= 0.85
+
+
+def test_lm_rate_replicates_that_drew_no_row_of_a_class_warn_nothing():
+    """A replicate that drew no row of a class: its rows weigh 0 (no NaN reaches the value) and
+    numpy prints no 'invalid value encountered in multiply' on the user's terminal (a smoke
+    LLaVA bench did), while the replicate still equals an exact fit on its weights."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    n, k = 60, 4
+    y = np.r_[np.zeros(2, int), rng.integers(1, k, n - 2)]
+    z = rng.normal(size=(n, k)) + 3.0 * np.eye(k)[y]
+    logq = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+    w = np.ones((3, n))
+    w[0, :2], w[0, 2:10] = 0, 2  # class 0 not drawn
+    w[1, 5:9] = 3
+    fit = G.lm_rate(logq, y, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reps = G.lm_rate_replicates(logq, y, k, w, fit)
+    exact = np.array([G.lm_rate(logq, y, k, w=wb)["bits"] for wb in w])
+    np.testing.assert_allclose(reps, exact, atol=1e-6)

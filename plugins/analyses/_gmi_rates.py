@@ -372,9 +372,9 @@ def lm_rate_replicates(
             np.exp(Z, out=Z)
             S = Z.sum(0)
             if it == n_steps:
-                with np.errstate(invalid="ignore"):
+                with np.errstate(invalid="ignore"):  # 0 * inf of an undrawn class's rows: weighed 0 below
                     term = mx + np.log(S) - (s[:, None] * lq_y[None] + A[:, y])
-                ce = np.where(W > 0, W * term, 0.0).sum(1) / tot  # a row of an undrawn class weighs 0
+                    ce = np.where(W > 0, W * term, 0.0).sum(1) / tot  # a row of an undrawn class weighs 0
                 with np.errstate(divide="ignore", invalid="ignore"):
                     h = -np.where(present, P * np.log(np.where(present, P, 1.0)), 0.0).sum(1)
                 out[c0 : c0 + b] = np.maximum(h - ce, 0.0) / LN2
