@@ -231,7 +231,11 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
         "checkpoint_id": hashlib.sha256(json.dumps(group[4], default=str).encode()).hexdigest()[:12],
         "smoke": smoke,
         "split": ", ".join(_uniq(r["dataset"].get("split") for r in recs)) or None,
-        "n": max((r["dataset"].get("n", 0) for r in recs), default=None),
+        # the samples this attribute's numbers rest on (its labelled ones), not the run's
+        "n": max(
+            (m["n"] for m in metrics if isinstance(m.get("n"), int)),
+            default=max((r["dataset"].get("n", 0) for r in recs), default=None),
+        ),
         "analyses": sorted(_uniq(r["analysis"]["name"] for r in recs)),
         "mch_version": ", ".join(_uniq(r.get("mch_version") for r in recs)),
         "git_hash": ", ".join(_uniq(r["provenance"].get("git_hash") for r in recs)) or None,

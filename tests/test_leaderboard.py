@@ -25,7 +25,7 @@ STAGES = ["encoder", "adapter", "llm.0", "llm.1", "llm.2", "llm.3", "llm.final"]
 ENTRIES = Path(__file__).resolve().parent.parent / "leaderboard" / "entries"
 
 
-def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float) -> list[dict]:
+def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float, n: int = 200) -> list[dict]:
     out = []
     for st, a, b in zip(STAGES, accs, bits, strict=True):
         out.append(
@@ -36,7 +36,7 @@ def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float
                 "attribute": attr,
                 "ci_low": a - 0.03,
                 "ci_high": a + 0.03,
-                "n": 200,
+                "n": n,
             }
         )
         out.append(
@@ -47,7 +47,7 @@ def probe_metrics(attr: str, accs: list[float], bits: list[float], chance: float
                 "attribute": attr,
                 "ci_low": b - 0.1,
                 "ci_high": b + 0.1,
-                "n": 200,
+                "n": n,
             }
         )
     out.append({"metric": "chance_uniform", "value": chance, "stage": None, "attribute": attr})
@@ -156,11 +156,11 @@ def test_a_run_on_fewer_samples_is_its_own_row_with_its_n(tmp_path):
     """A later --limit run (another sample selection) never replaces or merges into the row of
     the full selection: two rows, each with its own N, in the table too."""
     full = make_record(
-        created="2026-11-01T10:00:00+00:00", metrics=probe_metrics("speaker", [0.9] * 7, [1.1] * 7, 0.25)
+        created="2026-11-01T10:00:00+00:00", metrics=probe_metrics("speaker", [0.9] * 7, [1.1] * 7, 0.25, n=400)
     )
     small = make_record(
         created="2026-11-02T10:00:00+00:00",
-        metrics=probe_metrics("speaker", [0.5] * 7, [0.1] * 7, 0.25),
+        metrics=probe_metrics("speaker", [0.5] * 7, [0.1] * 7, 0.25, n=100),
         n=100,
         ids_sha="cd" * 32,
     )
@@ -544,3 +544,11 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_n_is_the_samples_an_attributes_numbers_rest_on(tmp_path):
+    """A run of 400 samples of which 250 carry the attribute (COCO's spatial_spread needs two
+    objects): the row's N is 250, the n of its numbers, not the run's 400."""
+    write(tmp_path, make_record(metrics=probe_metrics("spread", [0.6] * 7, [0.5] * 7, 0.33, n=250), n=400))
+    (row,) = rows_of(tmp_path)
+    assert row["n"] == 250 and row["values"]["acc_final"]["n"] == 250
