@@ -38,7 +38,11 @@ TEXT_COLUMNS = [
         "#hash tells apart checkpoints that would read the same",
     ),
     Column("dataset", "Dataset"),
-    Column("n", "N", help="samples the row's numbers rest on (the attribute's labelled ones; rows of different selections are never merged)"),
+    Column(
+        "n",
+        "N",
+        help="samples the row's numbers rest on (the attribute's labelled ones; rows of different selections are never merged)",
+    ),
     Column("attribute", "Attribute"),
     Column("protocol", "Protocol"),
 ]
