@@ -60,3 +60,26 @@ def test_a_processor_that_needs_torchvision_is_one_sentence_with_the_way_out(tmp
     assert type(ip).__name__ == "Qwen2VLImageProcessorPil"
     x = ip(images=[Image.fromarray(np.zeros((60, 90, 3), np.uint8))], return_tensors="pt")
     assert x["image_grid_thw"].tolist() == [[1, 4, 6]]
+
+
+def test_a_checkpoint_of_another_architecture_is_one_sentence_before_loading(tmp_path):
+    """`--model llava --checkpoint <a Qwen2-Audio checkpoint>` (and the reverse) is one sentence
+    naming both architectures, raised where the store key is formed (before anything loads);
+    it was an AttributeError from deep in the processor ('Qwen2AudioProcessor' object has no
+    attribute 'image_token'). A checkpoint of the right architecture passes."""
+    from mch.api import load_entry
+    from mch.manager import get_registry
+    from mch.plugins.models import tiny
+    from mch.store_key import plugin_fingerprint
+
+    ck = {"llava": tiny.make_tiny_llava(tmp_path / "llava"), "qwen2audio": tiny.make_tiny_qwen2audio(tmp_path / "q2a")}
+    reg = get_registry()
+    for model, other in (("llava", "qwen2audio"), ("qwen2audio", "llava")):
+        spec = reg.get("model", model)
+        plugin = load_entry(spec.entry)(spec, checkpoint=str(ck[other]))
+        with pytest.raises(MchError, match=rf"model '{model}': --checkpoint .* is a \w+ checkpoint, not \w+") as err:
+            plugin_fingerprint(plugin)
+        assert "\n" not in str(err.value)
+        assert plugin.module is None  # refused before loading
+        ok = load_entry(spec.entry)(spec, checkpoint=str(ck[model]))
+        assert plugin_fingerprint(ok).startswith("sha256:")

@@ -299,6 +299,26 @@ class HFPluginMixin(abc.ABC):
         self.processor: Any = None
         self.tokenizer: Any = None
 
+    def check_checkpoint(self, path: Any) -> None:
+        """Also: a checkpoint whose config.json names other architectures than `hf_class` is
+        another model's (an AttributeError deep in the processor otherwise)."""
+        import json
+
+        super().check_checkpoint(path)  # ModelPlugin's, next in the MRO
+        cfg = Path(str(path)).expanduser() / "config.json"
+        if self.hf_class.startswith("Auto") or not cfg.is_file():
+            return
+        try:
+            archs = json.loads(cfg.read_text()).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            return  # transformers says what is wrong with it when it loads
+        if isinstance(archs, list) and archs and self.hf_class not in archs:
+            raise MchError(
+                f"model {self.spec.name!r}: --checkpoint {path} is a {', '.join(map(str, archs))} checkpoint, "
+                f"not {self.hf_class}; pass a {self.spec.name} checkpoint, or the --model of that architecture "
+                f"(`mch list models`)"
+            )
+
     @abc.abstractmethod
     def _prepare_inputs(
         self,
