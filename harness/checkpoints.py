@@ -111,3 +111,19 @@ def is_smoke_checkpoint(checkpoint: Any) -> bool:
         return cfg.is_file() and bool(json.loads(cfg.read_text()).get(SMOKE_KEY))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def check_architecture(model: str, path: Any, hf_class: str) -> None:
+    """Raise MchError when the checkpoint directory `path` has a config.json naming other
+    architectures than `hf_class` (another model's checkpoint; without this, an AttributeError
+    deep in the processor). No config or no `architectures`: nothing to say here."""
+    cfg = Path(str(path)).expanduser() / "config.json"
+    try:
+        archs = (json.loads(cfg.read_text()).get("architectures") or []) if cfg.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        return  # transformers says what is wrong with it when it loads
+    if isinstance(archs, list) and archs and hf_class not in archs:
+        raise MchError(
+            f"model {model!r}: --checkpoint {path} is a {', '.join(map(str, archs))} checkpoint, not {hf_class}; "
+            f"pass a {model} checkpoint, or the --model of that architecture (`mch list models`)"
+        )

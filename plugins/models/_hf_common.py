@@ -19,6 +19,7 @@ import torch
 
 from mch.api import MchError, Sample, SampleError
 from mch.checkpoints import (
+    check_architecture,
     load_lora_adapter,
     one_line as _one_line,
     resolve_checkpoint,
@@ -300,24 +301,9 @@ class HFPluginMixin(abc.ABC):
         self.tokenizer: Any = None
 
     def check_checkpoint(self, path: Any) -> None:
-        """Also: a checkpoint whose config.json names other architectures than `hf_class` is
-        another model's (an AttributeError deep in the processor otherwise)."""
-        import json
-
         super().check_checkpoint(path)  # ModelPlugin's, next in the MRO
-        cfg = Path(str(path)).expanduser() / "config.json"
-        if self.hf_class.startswith("Auto") or not cfg.is_file():
-            return
-        try:
-            archs = json.loads(cfg.read_text()).get("architectures") or []
-        except (OSError, ValueError, AttributeError):
-            return  # transformers says what is wrong with it when it loads
-        if isinstance(archs, list) and archs and self.hf_class not in archs:
-            raise MchError(
-                f"model {self.spec.name!r}: --checkpoint {path} is a {', '.join(map(str, archs))} checkpoint, "
-                f"not {self.hf_class}; pass a {self.spec.name} checkpoint, or the --model of that architecture "
-                f"(`mch list models`)"
-            )
+        if not self.hf_class.startswith("Auto"):  # another model's checkpoint: one sentence, not a traceback
+            check_architecture(self.spec.name, path, self.hf_class)
 
     @abc.abstractmethod
     def _prepare_inputs(
