@@ -376,8 +376,8 @@ def _coerce(value: Any, t: Any, items: Any = None) -> tuple[bool, Any]:
                 value = float(value.strip())
             except ValueError:
                 return False, None
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            return True, float(value)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return True, float(value)  # not inf: a record stores it as null, so it would not say what ran
         return False, None
     if t is str:
         if isinstance(value, str):

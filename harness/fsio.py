@@ -27,9 +27,12 @@ class LockBusy(MchError):
     """Another process holds the lock and we were asked not to wait."""
 
 
-def atomic_write(path: Path | str, write: Callable[[IO[bytes]], object]) -> None:
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], object], replace: bool = True) -> None:
     """Write `path` atomically: `write(f)` fills a temporary binary file beside it, which is
-    synced and renamed over `path`. The directory must exist or is created."""
+    synced and renamed over `path`. The directory must exist or is created. With
+    `replace=False` an existing `path` is never overwritten (FileExistsError), even by a
+    process racing for the same name: the file is hard-linked into place, which fails if the
+    name is taken (where the filesystem has no hard links: checked, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -44,16 +47,32 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], object]) -> None
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def atomic_write_json(path: Path | str, obj: Any) -> None:
+def _link_new(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)  # FileExistsError when another writer took the name first
+    except FileExistsError:
+        raise
+    except OSError:
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def atomic_write_json(path: Path | str, obj: Any, replace: bool = True) -> None:
     data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), replace)
 
 
 def _under_a_file(path: Path) -> Path | None:

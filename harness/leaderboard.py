@@ -47,7 +47,7 @@ from .leaderboard_columns import (  # noqa: F401 - the columns and cell text, fo
     text_value,
     visible_metric_columns,
 )
-from .results import SCHEMA_VERSION
+from .results import SCHEMA_VERSION, recency
 
 
 def stage_order(stage: str | None) -> tuple[int, int, str]:
@@ -88,8 +88,8 @@ def _uniq(xs: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _recency(item: Loaded) -> tuple[str, str]:
-    return (item.record["created_at"], item.path.name)
+def _recency(item: Loaded) -> tuple[str, int, str]:
+    return recency(item.record, item.path)
 
 
 def short_checkpoint(

@@ -194,6 +194,7 @@ def metric_rows(items: Iterable[tuple[Any, dict]], latest: bool = True) -> list[
     weights measured, dataset, the samples, analysis, protocol), the leaderboard's identity,
     so a run of other samples (--limit, a split) or of another adapter never hides one."""
     from .entries import checkpoint_identity
+    from .results import recency
 
     items = list(items)
     if latest:
@@ -208,7 +209,7 @@ def metric_rows(items: Iterable[tuple[Any, dict]], latest: bool = True) -> list[
                 rec["protocol"],
             )
             old = newest.get(k)
-            if old is None or (rec.get("created_at") or "", str(path)) >= (old[1].get("created_at") or "", str(old[0])):
+            if old is None or recency(rec, path or "") >= recency(old[1], old[0] or ""):
                 newest[k] = (path, rec)
         keep = {id(r) for _, r in newest.values()}
         items = [(p, r) for p, r in items if id(r) in keep]

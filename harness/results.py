@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import math
 import platform
+import re
 import subprocess
 from collections.abc import Iterable
 from functools import cache
@@ -146,13 +148,25 @@ def write_record(record: dict, out_dir: Path) -> Path:
             stamp,
         )
     )
-    path = Path(out_dir) / f"{name}.json"
-    k = 1
-    while path.exists():
-        path = Path(out_dir) / f"{name}-{k}.json"
-        k += 1
-    atomic_write_json(path, record)
-    return path
+    for k in itertools.count():  # records of one second: name, name-1, ...; never over another's
+        path = Path(out_dir) / (f"{name}.json" if k == 0 else f"{name}-{k}.json")
+        if path.exists():
+            continue
+        try:
+            atomic_write_json(path, record, replace=False)
+        except FileExistsError:  # another process took this name between the check and the link
+            continue
+        return path
+    raise AssertionError("unreachable")
+
+
+def recency(record: dict, path: Path | str) -> tuple[str, int, str]:
+    """The order of records by age: `created_at` (whole seconds), then the writing order within
+    a second (name.json before name-1.json, name-2.json, ...: the names' own sort says the
+    opposite), then the name."""
+    stem = Path(path).stem
+    m = re.fullmatch(r".*__\d{8}T\d{6}-(\d+)", stem)
+    return (record.get("created_at") or "", int(m.group(1)) if m else 0, Path(path).name)
 
 
 def read_records(paths: Iterable[Path]) -> list[tuple[Path, dict]]:

@@ -147,6 +147,19 @@ def test_a_parameter_declared_only_by_its_default_is_still_checked(monkeypatch):
             check_params("probe", {**defaults, key: bad}, defaults)
 
 
+def test_a_number_parameter_refuses_inf_and_nan():
+    """A record stores a non-finite number as null, so `--param gmi.s_max=1e999` ran with inf
+    while the record said s_max: null (review): refused as not a number, string or float."""
+    from mch.plugins.analyses import gmi
+    from mch.plugins.analyses._params import check_params
+
+    defaults = gmi.DEFAULT_PARAMS
+    check_params("gmi", {**defaults, "s_max": "1e3"}, defaults)
+    for bad in ("1e999", "inf", "-inf", "nan", float("inf"), float("nan")):
+        with pytest.raises(MchError, match="s_max must be a number"):
+            check_params("gmi", {**defaults, "s_max": bad}, defaults)
+
+
 def test_parameters_of_an_analysis_outside_the_run():
     """lora re-runs probe and gmi with their --param values: those are checked up front too,
     except keys of the other protocol, which the analysis checks when it runs."""

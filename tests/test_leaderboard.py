@@ -152,6 +152,39 @@ def test_latest_run_wins_and_all_runs_keeps_every_run(tmp_path):
     assert {r["run"] for r in all_rows} == {old["created_at"], new["created_at"]}
 
 
+def test_records_of_one_second_keep_their_writing_order_and_never_overwrite(tmp_path, monkeypatch):
+    """Two runs of one measurement within a second go to name.json then name-1.json, and the
+    later one wins in the leaderboard and the Python API (the names sort the other way). A
+    process that takes a name between the check and the write never loses its record (the
+    check-then-rename before overwrote it: review)."""
+    import os
+
+    import mch
+    from mch import fsio
+
+    t = "2026-11-01T10:00:00+00:00"
+    first = write(tmp_path, make_record(created=t, metrics=probe_metrics("speaker", [0.5] * 7, [0.1] * 7, 0.25)))
+    second = write(tmp_path, make_record(created=t, metrics=probe_metrics("speaker", [0.9] * 7, [1.1] * 7, 0.25)))
+    assert second.name == first.name.replace(".json", "-1.json")
+    assert rows_of(tmp_path)[0]["values"]["acc_final"]["value"] == 0.9
+    api_rows = mch.load_results(tmp_path).rows()
+    assert {r["value"] for r in api_rows if r["metric"] == "accuracy" and r["stage"] == "llm.final"} == {0.9}
+
+    # a racing writer takes name-2.json after this process saw it free
+    racer = tmp_path / first.name.replace(".json", "-2.json")
+    real_link = os.link
+
+    def link(src, dst):
+        if Path(dst) == racer and not racer.exists():
+            racer.write_text('{"racer": true}')
+        return real_link(src, dst)
+
+    monkeypatch.setattr(fsio.os, "link", link)
+    third = write(tmp_path, make_record(created=t, metrics=probe_metrics("speaker", [0.7] * 7, [0.5] * 7, 0.25)))
+    assert racer.read_text() == '{"racer": true}' and third.name.endswith("-3.json")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_a_run_on_fewer_samples_is_its_own_row_with_its_n(tmp_path):
     """A later --limit run (another sample selection) never replaces or merges into the row of
     the full selection: two rows, each with its own N, in the table too."""

@@ -353,6 +353,26 @@ def test_exact_decoder_ci_covers_the_population_label_entropy():
     assert cover >= 90, cover
 
 
+def test_gmi_cis_stay_inside_zero_to_log2_k():
+    """GMI and the LM rate lie in [0, log2 K]; the bias shift must not carry a CI end outside.
+    An uninformative decoder (GMI near 0, replicates biased up) put the lower end below 0 in
+    most of these runs before the ends were clipped (the toy's speaker: [-0.0004, 0.0051]),
+    and an exact decoder at the ceiling its upper end above log2 K."""
+    rng = np.random.default_rng(2)
+    below = above = 0
+    for r in range(20):
+        y = rng.integers(0, 4, 200)
+        r_null = G.evaluate(rng.standard_normal((200, 4)), y, 4, 200, r, 1e4)
+        r_top = G.evaluate(exact_decoder(y, 4), y, 4, 200, r, 1e4)
+        for res in (r_null, r_top):
+            for lo, hi in (res["ci"], res["lm_ci"]):
+                below += lo < 0
+                above += hi > 2.0
+                assert 0.0 <= lo <= hi <= 2.0
+        assert r_null["ci"][0] <= r_null["gmi_bits"] <= r_null["ci"][1]
+    assert below == above == 0
+
+
 # --------------------------------------------------------------------------- clustered data (science.md §8)
 
 

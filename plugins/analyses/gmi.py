@@ -99,12 +99,12 @@ def evaluate(
     pred = logq.argmax(1)
     return {
         "gmi_bits": g,
-        "ci": bias_corrected_ci(reps, g),
+        "ci": bias_corrected_ci(reps, g, bounds=(0.0, float(np.log2(k)))),  # 0 <= GMI <= H(Y) <= log2 K
         "s_star": s_star,
         "s_capped": capped,
         "n": int(len(y)),
         "gmi_lm_bits": lm["bits"],
-        "lm_ci": bias_corrected_ci(lm_reps, lm["bits"]),
+        "lm_ci": bias_corrected_ci(lm_reps, lm["bits"], bounds=(0.0, float(np.log2(k)))),
         "lm_s": lm["s"],
         "lm_offsets_nats": lm["offsets"].tolist(),
         "gmi_p": p,
