@@ -185,17 +185,22 @@ def _extract_ranks(p: Plan, view: str) -> Any:
 
 def save_labels(p: Plan, entry: Any) -> None:
     """Keep the samples' labels, groups and texts beside their vectors (`mch.store.load`,
-    `mch export-store`), once per entry and attribute set; a read-only store goes without."""
+    `mch export-store`), rewritten whenever they differ from what the entry holds (annotations
+    edited in place change no media fingerprint, so the entry is reused); a read-only store
+    goes without."""
     if callable(getattr(p.plugin, "stored_key", None)):  # imported: the file's own columns are kept
-        return
-    have = entry.read_labels() or {}
-    if set(p.attributes) <= set(have.get("labels") or {}) and have.get("texts") is not None:
         return
     if len(p.samples) != len(entry.sample_ids):  # not this plan's samples (never expected)
         return
     try:
         labels, groups = _labels(p, p.samples)
     except MchError:
+        return
+    have = entry.read_labels() or {}
+    held_l, held_g = have.get("labels") or {}, have.get("groups") or {}
+    if have.get("texts") == [s.text for s in p.samples] and all(
+        held_l.get(a) == labels[a].tolist() and held_g.get(a) == groups[a].tolist() for a in p.attributes
+    ):
         return
     try:
         entry.write_labels(

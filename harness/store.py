@@ -52,6 +52,8 @@ def default_root() -> Path:
 class Store:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root).expanduser() if root else default_root()
+        if self.root.exists() and not self.root.is_dir():  # else list/rm/analyze say "no entries"
+            raise MchError(f"the representation store {self.root} is a file, not a directory; {STORE_FIX}")
 
     def find(self, key: str) -> Path:
         """The entry directory whose key hash is `key` or starts with it (as `mch store list`

@@ -397,3 +397,27 @@ def test_export_out_that_is_a_directory_or_under_a_file_is_one_sentence(toy_run,
             r = run_mch(*cmd, "--out", str(out), env=env)
             assert r.returncode == 2 and "Traceback" not in r.stderr, (cmd, r.stderr)
             assert r.stderr.startswith("error: ") and "--out" in r.stderr and says in r.stderr, (cmd, r.stderr)
+
+
+def test_stored_labels_follow_annotations_edited_in_place(tmp_path, monkeypatch):
+    """Labels live beside the vectors (mch.store.load, export-store). An annotation edited in
+    place changes no media fingerprint, so the entry's vectors are reused, but its labels must
+    follow (they were written once per entry and stayed stale: review)."""
+    import mch
+    from mch.plugins.attributes import toy as world
+
+    store = tmp_path / "store"
+    first = mch.extract("toy", store=store, limit=40)
+    real = world.make_sample
+
+    def relabelled(split, i, emotion_captions=0.0):
+        s = real(split, i, emotion_captions)
+        s.labels["emotion"] = "angry" if i % 2 else "calm"
+        return s
+
+    monkeypatch.setattr(world, "make_sample", relabelled)
+    second = mch.extract("toy", store=store, limit=40)
+    assert second.dir == first.dir  # the same entry, not extracted again
+    want = ["angry" if int(sid.rsplit("-", 1)[1]) % 2 else "calm" for sid in second.sample_ids]
+    assert list(second.labels["emotion"]) == want != list(first.labels["emotion"])
+    assert list(second.labels["speaker"]) == list(first.labels["speaker"])

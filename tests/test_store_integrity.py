@@ -586,3 +586,15 @@ def test_makefile_clean_store_has_a_recipe():
     lines = (ROOT / "Makefile").read_text().splitlines()
     i = next(k for k, ln in enumerate(lines) if ln.startswith("clean-store:"))
     assert lines[i + 1].startswith("\t") and "store rm --all" in lines[i + 1]
+
+
+def test_a_store_path_that_is_a_file_is_one_sentence_everywhere(tmp_path):
+    """`mch store list` / `store rm` / `analyze` with a store that is a file said "no entries"
+    or "no complete extraction" (rc 0 for list: review); `bench` named it already."""
+    f = tmp_path / "store"
+    f.write_text("not a store")
+    for args in (["store", "list"], ["store", "rm", "--all"], ["analyze"]):
+        proc = run_mch(*args, env={"MCH_STORE": str(f), "MCH_RESULTS": str(tmp_path / "r")})
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert f"the representation store {f} is a file, not a directory" in proc.stderr, args
+        assert "Traceback" not in proc.stderr
