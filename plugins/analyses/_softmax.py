@@ -13,7 +13,7 @@ chunks are cut by block sizes alone and summed in chunk order. Details: docs/pro
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -230,27 +230,16 @@ def lbfgs_steps(x: np.ndarray, target: float, max_iter: int, memory: int = LBFGS
 IN_FLIGHT = 8  # chunk tasks submitted ahead of the one being summed (issue 17: their products are the memory)
 
 
-def _imap(pool: Any, fn: Callable, items: Sequence) -> Iterator:
-    """fn over `items`, results in order, with at most IN_FLIGHT tasks ahead of the consumer:
-    a round's chunk products are summed as they come instead of all held at once."""
-    if pool is None:
-        yield from map(fn, items)
-        return
+def _imap(pool: Any, fn: Callable, items: Iterable) -> Iterator:
+    """fn over `items`, results in order, at most IN_FLIGHT tasks ahead of the consumer (on `pool`)."""
     it = iter(items)
-    ahead = deque(pool.submit(fn, i) for i in islice(it, IN_FLIGHT))
+    if pool is None:
+        yield from map(fn, it)
+    ahead = deque(pool.submit(fn, i) for i in islice(it, IN_FLIGHT)) if pool is not None else ()
     while ahead:
         res = ahead.popleft().result()
         ahead.extend(pool.submit(fn, i) for i in islice(it, 1))
         yield res
-
-
-def _stack(
-    design: Design, Ws: Sequence[np.ndarray], blocks: Sequence[Sequence[int]], dtype: Any
-) -> tuple[list[list[int]], list[np.ndarray | None]]:
-    """Per block: the fits that read it (`blocks[i]` are fit i's) and their weights side by
-    side, (r, users * k) on `dtype`: the right operand of the block's one product."""
-    users = [[i for i, b in enumerate(blocks) if j in b] for j in range(design.n_blocks)]
-    return users, [np.concatenate([Ws[i] for i in u], axis=1).astype(dtype) if u else None for u in users]
 
 
 def _masked(b: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -413,8 +402,9 @@ class _Sums:
 def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[_Sums]:
     """One round: the products of every chunk for `fits` (all of one dtype), each summed into
     its fits' sums as it comes (issue 17: a round's products are not all held at once)."""
-    dtype = fits[0].dtype
-    users, Ws = _stack(design, [f.W for f in fits], [f.p.blocks for f in fits], dtype)
+    dtype = fits[0].dtype  # per block: the fits that train on it and their weights side by side (its one product)
+    users = [[i for i, f in enumerate(fits) if j in f.p.blocks] for j in range(design.n_blocks)]
+    Ws = [np.concatenate([fits[i].W for i in u], axis=1).astype(dtype) if u else None for u in users]
     bias = np.stack([_masked(f.b, f.present) for f in fits]).astype(dtype)
     sums = [_Sums(design.k) for _ in fits]
     task = _chunk_products(design, dtype, users, Ws, bias, stats)
@@ -478,23 +468,33 @@ def heldout_logp(
 ) -> list[dict[int, np.ndarray]]:
     """Log-probabilities (float64, absent classes -inf) of each fit on the rows of its
     `blocks`: per fit, {block: (rows of the block, k)}."""
-    k = design.k
-    users, Ws = _stack(design, [f.W for f in fits], blocks, design.Z.dtype)
+    k, nb = design.k, design.n_blocks
+    users = [[i for i, b in enumerate(blocks) if j in b] for j in range(nb)]
     bias = np.stack([_masked(f.b, f.present) for f in fits])
     # each fit's rows of each block, written in place by the chunk tasks (disjoint rows: no order to keep)
     size = design.stop - design.start
-    out = [{j: np.empty((size[j], k)) for j in range(design.n_blocks) if i in users[j]} for i in range(len(fits))]
+    out = [{j: np.empty((size[j], k)) for j in range(nb) if i in users[j]} for i in range(len(fits))]
+    Ws: dict[int, np.ndarray] = {}  # a block's users' weights side by side, from its first chunk to its last only
+    last = {j: c for c, (j, _, _) in enumerate(design.chunks)}  # (issue 17: 30 fits' stacks were the peak)
 
-    def task(c: int) -> None:
+    def handed_out() -> Iterator[int]:
+        for c, (j, _, _) in enumerate(design.chunks):
+            if users[j] and j not in Ws:
+                Ws[j] = np.concatenate([fits[i].W for i in users[j]], axis=1).astype(design.Z.dtype)
+            yield c
+
+    def task(c: int) -> int:
         j, lo, hi = design.chunks[c]
-        if not users[j]:
-            return
-        A = (design.Z[lo:hi] @ Ws[j]).astype(np.float64).reshape(hi - lo, len(users[j]), k)
-        A += bias[users[j]]
-        A -= A.max(2, keepdims=True)
-        A -= np.log(np.exp(A).sum(2, keepdims=True))
-        for slot, i in enumerate(users[j]):
-            out[i][j][lo - design.start[j] : hi - design.start[j]] = A[:, slot]
+        if users[j]:
+            A = (design.Z[lo:hi] @ Ws[j]).astype(np.float64).reshape(hi - lo, len(users[j]), k)
+            A += bias[users[j]]
+            A -= A.max(2, keepdims=True)
+            A -= np.log(np.exp(A).sum(2, keepdims=True))
+            for slot, i in enumerate(users[j]):
+                out[i][j][lo - design.start[j] : hi - design.start[j]] = A[:, slot]
+        return c
 
-    list(_imap(_worth(pool, design, len(fits)), task, range(len(design.chunks))))
+    for c in _imap(_worth(pool, design, len(fits)), task, handed_out()):
+        if last[design.chunks[c][0]] == c:
+            Ws.pop(design.chunks[c][0], None)
     return out
