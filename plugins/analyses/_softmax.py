@@ -23,10 +23,9 @@ import numpy as np
 CHUNK_ROWS = 256  # rows per task: wide enough for near-peak products, enough tasks to share
 LBFGS_MEMORY = 10  # curvature pairs kept per fit (stored in float32: they only shape the direction)
 BATCH_BYTES = 160 << 20  # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
-BATCH_SHARE = 0.5  # and at most this share of the bytes of the design's rows, at least one fit (issue 17:
-# the probe's peak memory is its stage's coordinates plus this state; 160 MiB was 3.9x a stage's vectors at
-# N = 2620). Batch sizes change which fits share a round's products: each fit's result moves by
-# rounding only (the products' widths differ); measured 1.09x the CPU time of 160 MiB batches at N = 2620
+BATCH_SHARE = 0.3  # and at most this share of the design's rows' bytes, at least one fit (issue 17: the peak is
+# the stage's coordinates, its vectors' bytes when N >= d, plus this state; 0.5 left too little for the rest at
+# N = 10000). Batch sizes move each fit's result by rounding only (the products' widths differ)
 BATCH_FLOOR = 8 << 20  # but never below this: a small design (the toy's 600 x 64) would otherwise run its fits one
 # at a time (review: the toy's probe 1.5x slower), for memory that is small anyway
 POOL_MIN_WORK = 1 << 25  # multiply-adds per round below which tasks run inline: handing them to
@@ -222,6 +221,7 @@ def lbfgs_steps(x: np.ndarray, target: float, max_iter: int, memory: int = LBFGS
         sy, yy = _dot(s_, y_), _dot(y_, y_)
         if sy > 1e-12 * yy:
             pairs.push(s_, y_, sy, yy)
+        del s_, y_  # stored in float32 by the pairs: not held through the next evaluation (issue 17)
         x, f, g, gn = xn, fn, gn_vec, gnn
         it += 1
     return x, it, evals, gn
