@@ -293,9 +293,10 @@ def nested_cv_probe(
         nll, cnt = fold_sums(design, jobs, fits, logps, lambda o: active[o])
         for p, fit in zip(jobs, fits, strict=True):
             log.add(fit)
-            warm[p] = _next_start(fit, lam, last.get(p), grid)
+            warm[p] = _next_start(fit, lam, last.get(p), grid)  # in the fit's (the design's) precision
             last[p] = (fit.W, fit.b, lam)
             kept[p][i] = fit
+        del fits, logps  # the walk's state is what it keeps below, not this step's fits (issue 17)
         for o in range(F):
             if not active[o] or cnt[o] == 0:
                 continue
@@ -310,6 +311,8 @@ def nested_cv_probe(
         for p in jobs:  # keep only what the selection step may start from: each fold's best and its neighbours
             kept[p] = {j: f for j, f in kept[p].items() if any(abs(j - best_i[o]) <= 1 for o in p)}
 
+    warm.clear()
+    last.clear()
     tight = (
         select(design, grid, pairs, kept, best_i, curves, inner_tol or tol, select_tol, max_iter, log, pool)
         if select_tol
@@ -325,6 +328,7 @@ def nested_cv_probe(
         c = np.maximum(sum(f.present.astype(float) for f in fs), 1)
         best_init.append((sum(f.W for f in fs) / c, sum(np.where(f.present, f.b, 0.0) for f in fs) / c))
     best_lam = [grid[i] for i in best_i]
+    del tight, kept  # the outer fits need only their starts
 
     outer = fit_many(
         design,

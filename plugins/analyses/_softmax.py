@@ -12,8 +12,10 @@ chunks are cut by block sizes alone and summed in chunk order. Details: docs/pro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -21,10 +23,9 @@ import numpy as np
 CHUNK_ROWS = 256  # rows per task: wide enough for near-peak products, enough tasks to share
 LBFGS_MEMORY = 10  # curvature pairs kept per fit (stored in float32: they only shape the direction)
 BATCH_BYTES = 160 << 20  # solver state of the fits in one lockstep batch (L-BFGS pairs dominate)
-BATCH_SHARE = 0.5  # and at most this share of the bytes of the design's rows, at least one fit (issue 17:
-# the probe's peak memory is its stage's coordinates plus this state; 160 MiB was 3.9x a stage's vectors at
-# N = 2620). Batch sizes change which fits share a round's products: each fit's result moves by
-# rounding only (the products' widths differ); measured 1.09x the CPU time of 160 MiB batches at N = 2620
+BATCH_SHARE = 0.3  # and at most this share of the design's rows' bytes, at least one fit (issue 17: the peak is
+# the stage's coordinates, its vectors' bytes when N >= d, plus this state; 0.5 left too little for the rest at
+# N = 10000). Batch sizes move each fit's result by rounding only (the products' widths differ)
 BATCH_FLOOR = 8 << 20  # but never below this: a small design (the toy's 600 x 64) would otherwise run its fits one
 # at a time (review: the toy's probe 1.5x slower), for memory that is small anyway
 POOL_MIN_WORK = 1 << 25  # multiply-adds per round below which tasks run inline: handing them to
@@ -35,7 +36,7 @@ PLAIN_INTERCEPTS = False  # True: the solver before issue 18 (intercepts from 0,
 
 @dataclass
 class SoftmaxFit:
-    W: np.ndarray  # (r, k) weights in the design's coordinates (zero for absent classes)
+    W: np.ndarray  # (r, k) weights in the design's coordinates and precision (zero for absent classes)
     b: np.ndarray  # (k,) intercepts (absent classes: masked out, -inf in use)
     present: np.ndarray  # (k,) bool: the classes in the fit's training rows
     n_evals: int
@@ -220,22 +221,25 @@ def lbfgs_steps(x: np.ndarray, target: float, max_iter: int, memory: int = LBFGS
         sy, yy = _dot(s_, y_), _dot(y_, y_)
         if sy > 1e-12 * yy:
             pairs.push(s_, y_, sy, yy)
+        del s_, y_  # stored in float32 by the pairs: not held through the next evaluation (issue 17)
         x, f, g, gn = xn, fn, gn_vec, gnn
         it += 1
     return x, it, evals, gn
 
 
-def _map(pool: Any, fn: Callable, items: Sequence) -> list:
-    return list(pool.map(fn, items)) if pool is not None else [fn(i) for i in items]
+IN_FLIGHT = 8  # chunk tasks submitted ahead of the one being summed (issue 17: their products are the memory)
 
 
-def _stack(
-    design: Design, Ws: Sequence[np.ndarray], blocks: Sequence[Sequence[int]], dtype: Any
-) -> tuple[list[list[int]], list[np.ndarray | None]]:
-    """Per block: the fits that read it (`blocks[i]` are fit i's) and their weights side by
-    side, (r, users * k) on `dtype`: the right operand of the block's one product."""
-    users = [[i for i, b in enumerate(blocks) if j in b] for j in range(design.n_blocks)]
-    return users, [np.concatenate([Ws[i] for i in u], axis=1).astype(dtype) if u else None for u in users]
+def _imap(pool: Any, fn: Callable, items: Iterable) -> Iterator:
+    """fn over `items`, results in order, at most IN_FLIGHT tasks ahead of the consumer (on `pool`)."""
+    it = iter(items)
+    if pool is None:
+        yield from map(fn, it)
+    ahead = deque(pool.submit(fn, i) for i in islice(it, IN_FLIGHT)) if pool is not None else ()
+    while ahead:
+        res = ahead.popleft().result()
+        ahead.extend(pool.submit(fn, i) for i in islice(it, 1))
+        yield res
 
 
 def _masked(b: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -308,30 +312,20 @@ class _Fit:
         self.result: SoftmaxFit | None = None
         self.target = float(np.sqrt(2.0 * p.lam * p.tol))
 
-    def _value(self, design: Design, parts: list[tuple[int, int, tuple]]) -> tuple[float, np.ndarray, np.ndarray]:
-        """Objective and gradient in (W, b) from the chunk results, summed in chunk order."""
-        k, lam = design.k, self.p.lam
-        loss, gb, gT = 0.0, np.zeros(k), None
-        for _, slot, (l_, gb_, GT, _) in parts:
-            loss += l_[slot]
-            gb += gb_[slot]
-            part = GT[slot * k : (slot + 1) * k]  # (k, r), contiguous
-            if gT is None:
-                gT = part.copy()
-            else:
-                gT += part  # on Z's dtype, as one product over all rows would be
-        f = loss / self.n + 0.5 * lam * _dot(self.W, self.W)
-        gW = gT.T.astype(np.float64)
+    def _value(self, design: Design, sums: _Sums) -> tuple[float, np.ndarray, np.ndarray]:
+        """Objective and gradient in (W, b) from the chunk results' sums (in chunk order)."""
+        lam = self.p.lam
+        f = sums.loss / self.n + 0.5 * lam * _dot(self.W, self.W)
+        gW = sums.gT.T.astype(np.float64)
         gW /= self.n
         gW += lam * self.W
-        return f, gW, gb / self.n
+        return f, gW, sums.gb / self.n
 
-    def start(self, design: Design, parts: list[tuple[int, int, tuple]]) -> None:
+    def start(self, design: Design, sums: _Sums) -> None:
         """From the evaluation at the initial point (with P statistics): the preconditioner,
         then the first step."""
         n = self.n
-        psum = sum(ex[0][slot] for _, slot, (_, _, _, ex) in parts)
-        ptp = sum(ex[1][slot] for _, slot, (_, _, _, ex) in parts)
+        psum, ptp = sums.psum, sums.ptp
         Hc = np.diag(psum / n) - ptp / n  # mean softmax Hessian over classes
         L, self.Q = np.linalg.eigh(Hc)
         colsq = sum(design.colsq[j] for j in self.p.blocks)
@@ -348,11 +342,11 @@ class _Fit:
         x0 = np.concatenate([((self.W @ self.Q) / self.Sc).ravel(), self._b_coords(self.b)])
         self.gen = lbfgs_steps(x0, self.target, self.max_iter)
         next(self.gen)
-        self.advance(design, parts)
+        self.advance(design, sums)
 
-    def advance(self, design: Design, parts: list[tuple[int, int, tuple]]) -> None:
+    def advance(self, design: Design, sums: _Sums) -> None:
         """Send the evaluation at the pending point; take the next point, or finish."""
-        f, gW, gb = self._value(design, parts)
+        f, gW, gb = self._value(design, sums)
         gn = float(np.sqrt(_dot(gW, gW) + _dot(gb, gb)))
         g = np.concatenate([((gW @ self.Q) * self.Sc).ravel(), gb if self.Sb is None else (gb @ self.Q) * self.Sb])
         try:
@@ -367,8 +361,11 @@ class _Fit:
                 next(self.gen)
                 return
             self.gen = None
+            # W in the design's precision (issue 17: float32 for the probe's stage, half the walk's state):
+            # every product that reads it (held-out log-probabilities) reads it so; elsewhere it is a start
+            W = self.W.astype(design.Z.dtype, copy=False)
             self.result = SoftmaxFit(
-                self.W, self.b, self.present, self.evals, gn, gn * gn / (2 * self.p.lam), bool(gn <= self.target)
+                W, self.b, self.present, self.evals, gn, gn * gn / (2 * self.p.lam), gn <= self.target
             )
             return
         self._set(x)
@@ -385,27 +382,42 @@ class _Fit:
         return np.divide(b @ self.Q, self.Sb, out=np.zeros_like(b), where=self.Sb > 0)
 
 
-def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[list[tuple[int, int, tuple]]]:
-    """One round: the products of every chunk for `fits` (all of one dtype). Returns, per fit,
-    its chunk results [(chunk, slot, result)] in chunk order."""
-    dtype = fits[0].dtype
-    users, Ws = _stack(design, [f.W for f in fits], [f.p.blocks for f in fits], dtype)
+class _Sums:
+    """One fit's chunk results summed in chunk order (the order alone fixes the rounding, whatever
+    the threads): loss, intercept and weight gradients, and with statistics the sums of P, P^T P."""
+
+    def __init__(self, k: int) -> None:
+        self.loss, self.gb, self.gT, self.psum, self.ptp = 0.0, np.zeros(k), None, 0, 0
+
+    def add(self, out: tuple, slot: int, k: int) -> None:
+        l_, gb_, GT, extra = out
+        self.loss += l_[slot]
+        self.gb += gb_[slot]
+        part = GT[slot * k : (slot + 1) * k]  # (k, r), contiguous; summed on Z's dtype, as one product would be
+        self.gT = part.copy() if self.gT is None else np.add(self.gT, part, out=self.gT)
+        if extra is not None:
+            self.psum, self.ptp = self.psum + extra[0][slot], self.ptp + extra[1][slot]
+
+
+def _evaluate(design: Design, fits: list[_Fit], pool: Any, stats: bool) -> list[_Sums]:
+    """One round: the products of every chunk for `fits` (all of one dtype), each summed into
+    its fits' sums as it comes (issue 17: a round's products are not all held at once)."""
+    dtype = fits[0].dtype  # per block: the fits that train on it and their weights side by side (its one product)
+    users = [[i for i, f in enumerate(fits) if j in f.p.blocks] for j in range(design.n_blocks)]
+    Ws = [np.concatenate([fits[i].W for i in u], axis=1).astype(dtype) if u else None for u in users]
     bias = np.stack([_masked(f.b, f.present) for f in fits]).astype(dtype)
-    res = _map(pool, _chunk_products(design, dtype, users, Ws, bias, stats), range(len(design.chunks)))
-    parts: list[list[tuple[int, int, tuple]]] = [[] for _ in fits]
-    for c, out in enumerate(res):
-        if out is None:
-            continue
-        for slot, i in enumerate(users[design.chunks[c][0]]):
-            parts[i].append((c, slot, out))
-    return parts
+    sums = [_Sums(design.k) for _ in fits]
+    task = _chunk_products(design, dtype, users, Ws, bias, stats)
+    for c, out in enumerate(_imap(pool, task, range(len(design.chunks)))):
+        for slot, i in enumerate(users[design.chunks[c][0]] if out is not None else ()):
+            sums[i].add(out, slot, design.k)
+    return sums
 
 
 def fit_many(design: Design, problems: Sequence[Problem], max_iter: int, pool: Any = None) -> list[SoftmaxFit]:
     """Fit every problem to its certified bound (or `max_iter` iterations), in lockstep
     batches that keep the solver state under BATCH_BYTES and BATCH_SHARE of the design's
-    rows; `pool` runs the chunk tasks and
-    the fits' steps on worker threads (callers hold BLAS at one thread)."""
+    rows; `pool` runs the chunk tasks on worker threads (callers hold BLAS at one thread)."""
     # float32 pairs, ~12 float64 vectors (x, g, d, W, Sc, ... and a step's temporaries) and the
     # round's stacked weights and chunk products: ~200 bytes per variable measured at 50 classes
     per_fit = design.rank * design.k * (8 * LBFGS_MEMORY + 120)
@@ -433,17 +445,21 @@ def fit_one(
 def _fit_batch(design: Design, problems: Sequence[Problem], max_iter: int, pool: Any) -> list[SoftmaxFit]:
     fits = [_Fit(design, p, max_iter) for p in problems]
     pool = _worth(pool, design, len(fits))
-    parts = _evaluate(design, fits, pool, stats=True)
-    _map(pool, lambda i: fits[i].start(design, parts[i]), range(len(fits)))
+    sums = _evaluate(design, fits, pool, stats=True)
+    # the fits' steps (~1% of a round's work at N = 2620) run on this thread, so their state lives in one malloc
+    # arena; on the workers each one's arena kept its fits' freed state (issue 17: 112 against 79 MiB at N = 2620)
+    for f, s in zip(fits, sums, strict=True):
+        f.start(design, s)
     while True:
         pending = [f for f in fits if f.result is None]
         if not pending:
             break
         for dtype in sorted({f.dtype for f in pending}, key=str):  # float32 first, float64 finishes apart
             group = [f for f in pending if f.dtype == dtype]
-            parts = None  # the last round's products go before this round's are made
-            parts = _evaluate(design, group, pool, stats=False)
-            _map(pool, lambda i: group[i].advance(design, parts[i]), range(len(group)))
+            sums = None  # the last round's sums go before this round's are made
+            sums = _evaluate(design, group, pool, stats=False)
+            for f, s in zip(group, sums, strict=True):
+                f.advance(design, s)
     return [f.result for f in fits]
 
 
@@ -452,24 +468,33 @@ def heldout_logp(
 ) -> list[dict[int, np.ndarray]]:
     """Log-probabilities (float64, absent classes -inf) of each fit on the rows of its
     `blocks`: per fit, {block: (rows of the block, k)}."""
-    k = design.k
-    users, Ws = _stack(design, [f.W for f in fits], blocks, design.Z.dtype)
+    k, nb = design.k, design.n_blocks
+    users = [[i for i, b in enumerate(blocks) if j in b] for j in range(nb)]
     bias = np.stack([_masked(f.b, f.present) for f in fits])
+    # each fit's rows of each block, written in place by the chunk tasks (disjoint rows: no order to keep)
+    size = design.stop - design.start
+    out = [{j: np.empty((size[j], k)) for j in range(nb) if i in users[j]} for i in range(len(fits))]
+    Ws: dict[int, np.ndarray] = {}  # a block's users' weights side by side, from its first chunk to its last only
+    last = {j: c for c, (j, _, _) in enumerate(design.chunks)}  # (issue 17: 30 fits' stacks were the peak)
 
-    def task(c: int) -> np.ndarray | None:
+    def handed_out() -> Iterator[int]:
+        for c, (j, _, _) in enumerate(design.chunks):
+            if users[j] and j not in Ws:
+                Ws[j] = np.concatenate([fits[i].W for i in users[j]], axis=1).astype(design.Z.dtype)
+            yield c
+
+    def task(c: int) -> int:
         j, lo, hi = design.chunks[c]
-        if not users[j]:
-            return None
-        A = (design.Z[lo:hi] @ Ws[j]).astype(np.float64).reshape(hi - lo, len(users[j]), k)
-        A += bias[users[j]]
-        A -= A.max(2, keepdims=True)
-        A -= np.log(np.exp(A).sum(2, keepdims=True))
-        return A
+        if users[j]:
+            A = (design.Z[lo:hi] @ Ws[j]).astype(np.float64).reshape(hi - lo, len(users[j]), k)
+            A += bias[users[j]]
+            A -= A.max(2, keepdims=True)
+            A -= np.log(np.exp(A).sum(2, keepdims=True))
+            for slot, i in enumerate(users[j]):
+                out[i][j][lo - design.start[j] : hi - design.start[j]] = A[:, slot]
+        return c
 
-    res = _map(_worth(pool, design, len(fits)), task, range(len(design.chunks)))
-    out: list[dict[int, np.ndarray]] = [{} for _ in fits]
-    for j in range(design.n_blocks):
-        cs = [c for c, ch in enumerate(design.chunks) if ch[0] == j]
-        for slot, i in enumerate(users[j]):
-            out[i][j] = np.concatenate([res[c][:, slot] for c in cs])
+    for c in _imap(_worth(pool, design, len(fits)), task, handed_out()):
+        if last[design.chunks[c][0]] == c:
+            Ws.pop(design.chunks[c][0], None)
     return out
