@@ -31,6 +31,10 @@ def fold_sums(
 
 
 SELECT_STEP = 10.0  # each level of the selection solves its fits to the previous level's bound / SELECT_STEP
+SETTLE_MOVE = 10.0  # best first: a neighbour is ruled out unsolved when its gap over the re-solved best exceeds
+# this many times the best's move from the walk (scaled by lam_best / lam_j for a smaller lam, whose fits move
+# more). On the benchmark vectors a neighbour moved at most 5.6x the best's move, scaled 1.8x (speaker, llm.16)
+SETTLE_FLOOR = 1e-3  # nats: and never a gap below this (a best that hardly moved says little about its neighbours)
 SETTLE = 2.0  # a gap must exceed twice its last move to rule a lam out (1 let a toy near-tie through at inner_tol 1e-5)
 
 
@@ -49,7 +53,9 @@ def select(
 ) -> dict[tuple[int, int], dict[int, SoftmaxFit]]:
     """Settle each fold's lam on inner CV curves of fits solved ever more tightly: at each level
     (bounds inner_tol / 10, / 100, ... down to `select_tol`) the fold's best lam and its grid
-    neighbours are re-solved (warm from the previous level's fits), and while the argmin sits
+    neighbours are re-solved (warm from the previous level's fits; the best first, and a
+    neighbour whose gap over the re-solved best exceeds SETTLE_MOVE times the best's move from
+    the walk, scaled up for a smaller lam, and SETTLE_FLOOR, is ruled out unsolved), and while the argmin sits
     on the edge of what was solved, the next grid lam past that edge is added. A lam is ruled
     out (re-solved no more) once its CE gap over the best is positive at two successive levels
     and larger than it moved between them: if each 10x tighter bound at least halves what the
@@ -64,6 +70,7 @@ def select(
     F, n = design.n_blocks, len(grid)
     mine = [[p for p in pairs if o in p] for o in range(F)]
     prev = [{grid.index(lam): c for lam, c in curves[o]} for o in range(F)]  # the walk's curve: level 0
+    walk = [dict(c) for c in prev]
     tightest = [dict(c) for c in prev]
     latest = kept  # each pair's most tightly solved fit per grid index (in place: a superseded fit goes, issue 17)
     want = [{j for j in (b - 1, b, b + 1) if 0 <= j < n} for b in best_i]
@@ -74,34 +81,54 @@ def select(
         tol = max(tol / SELECT_STEP, select_tol)
         level: dict[tuple[tuple[int, int], int], tuple[SoftmaxFit, dict[int, np.ndarray]]] = {}
         cur: list[dict[int, float]] = [{} for _ in range(F)]
+
+        def solve(todo: list[tuple[tuple[int, int], int]]) -> None:
+            if not todo:
+                return
+            starts = []
+            for p, j in todo:
+                near = latest[p]
+                src = near.get(j) or (near[min(near, key=lambda m: (abs(m - j), m))] if near else None)
+                starts.append(None if src is None else (src.W, src.b))
+            fits = fit_many(
+                design,
+                [
+                    Problem(tuple(b for b in range(F) if b not in p), grid[j], tol, s)
+                    for (p, j), s in zip(todo, starts, strict=True)
+                ],
+                max_iter,
+                pool,
+            )
+            lps = heldout_logp(design, fits, [p for p, _ in todo], pool)
+            for (p, j), fit, lp in zip(todo, fits, lps, strict=True):
+                log.add(fit)
+                level[p, j] = (fit, lp)
+                latest[p][j] = fit
+
+        def point(o: int, j: int) -> None:
+            got = [level[p, j] for p in mine[o]]
+            nll, cnt = fold_sums(design, mine[o], [g[0] for g in got], [g[1] for g in got], lambda f: f == o)
+            cur[o][j] = float(nll[o] / cnt[o]) if cnt[o] else np.inf
+
+        # best first: each fold's best re-solved alone; a neighbour whose gap over it is far beyond how far
+        # the best moved from the walk is ruled out unsolved (on the benchmark most re-solves were such)
+        solve(sorted({(p, best_i[o]) for o in open_ for p in mine[o]} - level.keys()))
+        for o in open_:
+            b = best_i[o]
+            point(o, b)
+            moved_b = abs(cur[o][b] - walk[o][b]) if b in walk[o] else np.inf
+            for j in sorted(want[o] - {b}):
+                if j in prev[o] and prev[o][j] - cur[o][b] > max(
+                    SETTLE_FLOOR, SETTLE_MOVE * moved_b * max(1.0, grid[b] / grid[j])
+                ):
+                    want[o].discard(j)
+                    cleared[o].add(j)
         while True:
-            todo = sorted({(p, j) for o in open_ for j in want[o] for p in mine[o]} - level.keys())
-            if todo:
-                starts = []
-                for p, j in todo:
-                    near = latest[p]
-                    src = near.get(j) or (near[min(near, key=lambda m: (abs(m - j), m))] if near else None)
-                    starts.append(None if src is None else (src.W, src.b))
-                fits = fit_many(
-                    design,
-                    [
-                        Problem(tuple(b for b in range(F) if b not in p), grid[j], tol, s)
-                        for (p, j), s in zip(todo, starts, strict=True)
-                    ],
-                    max_iter,
-                    pool,
-                )
-                lps = heldout_logp(design, fits, [p for p, _ in todo], pool)
-                for (p, j), fit, lp in zip(todo, fits, lps, strict=True):
-                    log.add(fit)
-                    level[p, j] = (fit, lp)
-                    latest[p][j] = fit
+            solve(sorted({(p, j) for o in open_ for j in want[o] for p in mine[o]} - level.keys()))
             moved = False
             for o in open_:
                 for j in sorted(want[o] - cur[o].keys()):
-                    got = [level[p, j] for p in mine[o]]
-                    nll, cnt = fold_sums(design, mine[o], [g[0] for g in got], [g[1] for g in got], lambda f: f == o)
-                    cur[o][j] = float(nll[o] / cnt[o]) if cnt[o] else np.inf
+                    point(o, j)
                 b = min(cur[o], key=lambda j: (cur[o][j], j))
                 for j in (b - 1, b + 1):  # the best's grid neighbours, unless already ruled out
                     if 0 <= j < n and j not in want[o] and j not in cleared[o]:

@@ -128,6 +128,22 @@ class AttrPlan:
     resamples: tuple[np.ndarray, np.ndarray] | None = None  # resample_counts of the rows' groups, made once
 
 
+def _bases_ahead(ctx: Any, stages: list[str], stack: ExitStack) -> Any:
+    """(stage, basis) in order, each next stage's basis computed on a thread of its own while
+    the caller fits this one's: the eigendecomposition runs on one core, and the fits leave the
+    other idle part of each round (at N = 2620 a lockstep batch holds one fit, whose step between
+    rounds is serial). Costs one more stage's basis held at a time."""
+    if not stages:
+        return
+    ex = stack.enter_context(ThreadPoolExecutor(1))
+    nxt = ex.submit(stage_basis, ctx.reps[stages[0]])
+    for i, stage in enumerate(stages):
+        basis = nxt.result()
+        nxt = ex.submit(stage_basis, ctx.reps[stages[i + 1]]) if i + 1 < len(stages) else None
+        yield stage, basis
+        basis = None  # the caller's reference is the only one left
+
+
 class Probe(Analysis):
     """Linear probes per (stage, attribute) under both protocols (docs/probe-solver.md)."""
 
@@ -310,11 +326,9 @@ class Probe(Analysis):
         """The nested-CV probes (and control probes) of every (stage, attribute) in `plan`,
         into `out` and the plans."""
         n_boot = int(p["n_bootstrap"])
-        with ctx.progress.task("probe", len(stages) * len(plan)) as advance:
-            for stage in stages:
-                if not plan:
-                    break
-                basis = stage_basis(ctx.reps[stage])
+        with ctx.progress.task("probe", len(stages) * len(plan)) as advance, ExitStack() as bases:
+            bases.enter_context(one_blas_thread())  # held until the basis thread below has stopped
+            for stage, basis in _bases_ahead(ctx, stages if plan else [], bases):
                 for attr, pl in plan.items():
                     enc, k = pl.enc, len(pl.enc.classes)
                     log, clog = FitLog(), FitLog()
