@@ -166,24 +166,17 @@ def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float | 
     return float(np.percentile(r, a)), float(np.percentile(r, 100 - a))
 
 
-def bias_corrected_ci(
-    replicates: np.ndarray, point: float | None, level: float = 0.95, bounds: tuple[float, float] | None = None
-) -> tuple[Any, Any]:
-    """Percentile CI of the bias-corrected replicates, each minus the bootstrap's bias estimate
-    mean(replicates) - point (science.md §8). A plug-in bounded by H(Y) (GMI, the LM rate, their
-    ratios) has replicates biased below the point at the ceiling, where the plain percentile
-    interval can lie wholly below it; this one holds the point whenever the replicates' mean is
-    inside their central range, and equals the plain interval where they are unbiased. The shift
-    can carry an end past the quantity's own range (`bounds`, e.g. GMI's [0, log2 K]): the ends
-    are clipped to it, which drops only values the quantity cannot take (coverage unchanged)."""
+def bias_corrected_ci(replicates: np.ndarray, point: float | None, level: float = 0.95, bounds: Any = None) -> Any:
+    """Percentile CI of the replicates minus the bootstrap's bias estimate mean - point (science.md
+    §8): at H(Y)'s ceiling GMI's replicates lie below the point and the plain interval can miss
+    it; this one holds it whenever the mean is inside their central range. The ends are clipped
+    to the quantity's range `bounds` (GMI: [0, log2 K]), which the shift can pass."""
     r = np.asarray(replicates, dtype=np.float64)
     r = r[np.isfinite(r)]
     if len(r) == 0 or point is None or not np.isfinite(point):
         return None, None
-    lo, hi = percentile_ci(r - (r.mean() - float(point)), level)
-    if bounds is not None and lo is not None:
-        lo, hi = min(max(lo, bounds[0]), bounds[1]), min(max(hi, bounds[0]), bounds[1])
-    return lo, hi
+    lo, hi = np.clip(percentile_ci(r - (r.mean() - float(point)), level), *(bounds or (-np.inf, np.inf)))
+    return float(lo), float(hi)
 
 
 def bootstrap_rows(n: int, n_boot: int, seed: int, chunk: int = 128):
