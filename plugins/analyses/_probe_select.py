@@ -17,17 +17,27 @@ def fold_sums(
     """Each outer fold o's held-out NLL sum and row count over the pairs' fits that validate it
     (pair (i, j)'s fit serves i on j and j on i), for the folds `want(o)` accepts; in pair order,
     so the sums do not depend on scheduling."""
-    F, y = design.n_blocks, design.y
+    F = design.n_blocks
     nll, cnt = np.zeros(F), np.zeros(F)
     for p, fit, lp in zip(jobs, fits, logps, strict=True):
-        for o, v in ((p[0], p[1]), (p[1], p[0])):
-            if not want(o):
-                continue
-            yv = y[design.start[v] : design.stop[v]]
-            seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
-            nll[o] -= lp[v][np.flatnonzero(seen), yv[seen]].sum()
-            cnt[o] += seen.sum()
+        for o, (part, m) in pair_parts(design, p, fit, lp).items():
+            if want(o):
+                nll[o] -= part
+                cnt[o] += m
     return nll, cnt
+
+
+def pair_parts(
+    design: Design, p: tuple[int, int], fit: SoftmaxFit, lp: dict[int, np.ndarray]
+) -> dict[int, tuple[float, int]]:
+    """Pair p's fit's held-out NLL sum and row count for each outer fold it validates (i on j,
+    j on i): all that the curves read of its held-out log-probabilities."""
+    y, out = design.y, {}
+    for o, v in ((p[0], p[1]), (p[1], p[0])):
+        yv = y[design.start[v] : design.stop[v]]
+        seen = fit.present[yv]  # rows of a class this fit never saw carry no lam signal
+        out[o] = (float(lp[v][np.flatnonzero(seen), yv[seen]].sum()), int(seen.sum()))
+    return out
 
 
 SELECT_STEP = 10.0  # each level of the selection solves its fits to the previous level's bound / SELECT_STEP
@@ -79,7 +89,7 @@ def select(
     tol = inner_tol
     while open_ and tol > select_tol:
         tol = max(tol / SELECT_STEP, select_tol)
-        level: dict[tuple[tuple[int, int], int], tuple[SoftmaxFit, dict[int, np.ndarray]]] = {}
+        level: dict[tuple[tuple[int, int], int], dict[int, tuple[float, int]]] = {}  # (pair, lam): its parts
         cur: list[dict[int, float]] = [{} for _ in range(F)]
 
         def solve(todo: list[tuple[tuple[int, int], int]]) -> None:
@@ -102,13 +112,15 @@ def select(
             lps = heldout_logp(design, fits, [p for p, _ in todo], pool)
             for (p, j), fit, lp in zip(todo, fits, lps, strict=True):
                 log.add(fit)
-                level[p, j] = (fit, lp)
+                level[p, j] = pair_parts(design, p, fit, lp)  # not lp itself (issue 17: the peak at N = 2620)
                 latest[p][j] = fit
 
-        def point(o: int, j: int) -> None:
-            got = [level[p, j] for p in mine[o]]
-            nll, cnt = fold_sums(design, mine[o], [g[0] for g in got], [g[1] for g in got], lambda f: f == o)
-            cur[o][j] = float(nll[o] / cnt[o]) if cnt[o] else np.inf
+        def point(o: int, j: int) -> None:  # fold_sums's arithmetic, in its order
+            nll, cnt = 0.0, 0
+            for p in mine[o]:
+                nll -= level[p, j][o][0]
+                cnt += level[p, j][o][1]
+            cur[o][j] = float(nll / cnt) if cnt else np.inf
 
         # best first: each fold's best re-solved alone; a neighbour whose gap over it is far beyond how far
         # the best moved from the walk is ruled out unsolved (on the benchmark most re-solves were such)
