@@ -206,3 +206,35 @@ def test_paper_protocol_converts_only_the_rows_it_samples_with_the_reference_s_n
         ref = paper_hook(eager(X), eager(Y), np.random.default_rng(42), n_sub, 4, 5, 42)
         assert lazy == ref
         assert len(NonzeroRows(Xm)) == len(eager(X))
+
+
+def test_compare_frees_each_metrics_state_before_the_next(monkeypatch):
+    """Issue 17 (distances at N = 2620 was 2.1x the vectors read): MMD's (P, n) replicate masks,
+    CKA's centred grams and the pooled Gram are dropped once their metric is done, and sliced
+    W1 weighs its masks in place. At sliced W1's first call only its own mask pair (and small
+    arrays) may be alive: before, MMD's last masks or their weighted copies and the Gram were
+    too (2.4x one pair here)."""
+    import tracemalloc
+
+    from mch.plugins.analyses import _distances as D
+
+    rng = np.random.default_rng(0)
+    n, d, P = 300, 64, 2000
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    Y = (X + rng.standard_normal((n, d))).astype(np.float32)
+    alive: list[int] = []
+    real = D.sliced_w1_many
+
+    def spy(*a, **k):
+        alive.append(tracemalloc.get_traced_memory()[0])
+        return real(*a, **k)
+
+    D.compare(X[:20], Y[:20], paired=True, seed=0, n_perm=5, n_boot=5, w1_max_n=10, w1_n_perm=2, w1_n_boot=2, pca_dim=4)
+    monkeypatch.setattr(D, "sliced_w1_many", spy)  # (after a first call: its imports are not the compare's memory)
+    tracemalloc.start()
+    try:
+        D.compare(X, Y, paired=True, seed=0, n_perm=P, n_boot=P, w1_max_n=100, w1_n_perm=5, w1_n_boot=5, pca_dim=16)
+    finally:
+        tracemalloc.stop()
+    pair = 2 * P * (2 * n) * 8  # one (P, 2n) float64 mask pair
+    assert len(alive) == 3 and alive[1] < 1.3 * pair, (alive[1] / pair, alive)

@@ -204,6 +204,7 @@ def compare(
         null = np.concatenate([mmd2_many(K, A[i : i + 50], B[i : i + 50]) for i in range(0, n_perm, 50)])
         A, B = sub_masks(n_boot, rng)
         reps = np.concatenate([mmd2_many(K, A[i : i + 50], B[i : i + 50]) for i in range(0, n_boot, 50)])
+        del A, B  # the masks of every replicate: held into the later metrics, they set the peak (issue 17)
         lo, hi = _subsample_ci(point, reps, frac)
         out["MMD2"] = {
             "value": point,
@@ -233,6 +234,7 @@ def compare(
             "p_value": _p_value(null, point),
             "null_mean": float(null.mean()),
         }
+        del Kx, Ky
     if "W1" in metrics:
         # W1 on at most w1_max_n rows per side (exact EMD is the costly part)
         kx = np.sort(rng.choice(nx, min(nx, w1_max_n), replace=False))
@@ -270,6 +272,8 @@ def compare(
             "n_per_side": int(len(kx)),
             "pca_dim": int(S.shape[1]),
         }
+        del Gs, S, D
+    del G  # sliced W1 projects the rows themselves
     if "sliced_W1" in metrics:
         d = X.shape[1]
         R = rng.standard_normal((d, n_directions))
@@ -281,9 +285,13 @@ def compare(
         wb = (1 - own[0]) / ny
         point = float(sliced_w1_many(proj, wa[None], wb[None])[0])
         A, B = null_masks(n_perm, rng)
-        null = sliced_w1_many(proj, A / A.sum(1, keepdims=True), B / B.sum(1, keepdims=True))
+        A /= A.sum(1, keepdims=True)  # weights in place: no second pair of (P, n) masks
+        B /= B.sum(1, keepdims=True)
+        null = sliced_w1_many(proj, A, B)
         A, B = sub_masks(n_boot, rng)
-        reps = sliced_w1_many(proj, A / A.sum(1, keepdims=True), B / B.sum(1, keepdims=True))
+        A /= A.sum(1, keepdims=True)
+        B /= B.sum(1, keepdims=True)
+        reps = sliced_w1_many(proj, A, B)
         lo, hi = _subsample_ci(point, reps, frac)
         out["sliced_W1"] = {
             "value": point,
