@@ -326,11 +326,13 @@ class Results:
 
     def __getitem__(self, analysis: str) -> dict:
         """The newest record of `analysis` ('probe', 'gmi', ...)."""
-        hits = [r for r in self.records if r["analysis"]["name"] == analysis]
+        from .results import recency
+
+        hits = [(p, r) for p, r in self._items if r["analysis"]["name"] == analysis]
         if not hits:
             have = sorted({r["analysis"]["name"] for r in self.records})
             raise KeyError(f"no {analysis!r} record; these results hold {', '.join(have) or 'none'}")
-        return max(hits, key=lambda r: r.get("created_at") or "")
+        return max(hits, key=lambda pr: recency(pr[1], pr[0] or ""))[1]  # rows()'s order: name-2 after name-1
 
     def __repr__(self) -> str:
         runs = sorted({f"{r['model']['name']} on {r['dataset']['name']} ({r['protocol']})" for r in self.records})

@@ -185,6 +185,22 @@ def test_records_of_one_second_keep_their_writing_order_and_never_overwrite(tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_results_item_is_the_newest_of_one_seconds_records(tmp_path):
+    """`Results["probe"]` is the newest record by the same order as the leaderboard and rows():
+    of name.json, name-1.json, name-2.json written in one second, name-2.json (the files sort
+    name-1, name-2, name, and `created_at` alone ties: it returned name-1.json)."""
+    import mch
+
+    t = "2026-11-01T10:00:00+00:00"
+    paths = [
+        write(tmp_path, make_record(created=t, metrics=probe_metrics("speaker", [a] * 7, [0.1] * 7, 0.25)))
+        for a in (0.5, 0.6, 0.7)
+    ]
+    assert [p.name for p in sorted(paths)] == [paths[1].name, paths[2].name, paths[0].name]
+    rec = mch.load_results(tmp_path)["probe"]
+    assert {m["value"] for m in rec["metrics"] if m["metric"] == "accuracy"} == {0.7}
+
+
 def test_a_run_on_fewer_samples_is_its_own_row_with_its_n(tmp_path):
     """A later --limit run (another sample selection) never replaces or merges into the row of
     the full selection: two rows, each with its own N, in the table too."""
