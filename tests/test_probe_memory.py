@@ -85,3 +85,31 @@ def test_the_walks_state_between_steps_is_a_few_float32_fits_per_pair(monkeypatc
     bound = pairs * 6 * r * k * 4
     assert len(held) >= 4  # walk steps and the outer fits
     assert max(held) - base <= bound, ((max(held) - base) / (pairs * r * k * 4), "float32 matrices per pair")
+
+
+def test_the_next_stages_basis_is_computed_ahead_only_where_it_is_smaller_than_its_stage(monkeypatch):
+    """Issue 17 (review): for N >= D a basis is as large as its stage, so none is computed ahead
+    (two held at once put 3 stages of 3000 x 512 at 2.19x the vectors read); for N < D (the
+    N x N Gram route) the next one is, beside this stage's fits (issue 18's speed)."""
+    import threading
+    from contextlib import ExitStack
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mch.plugins.analyses import probe
+
+    calls: list[tuple[int, bool]] = []
+
+    def basis(X):
+        calls.append((X.shape[0], threading.current_thread() is threading.main_thread()))
+        return X.shape
+
+    monkeypatch.setattr(probe, "stage_basis", basis)
+    for n, d in ((60, 10), (10, 60)):
+        calls.clear()
+        ctx = SimpleNamespace(reps={s: np.zeros((n, d), np.float32) for s in ("a", "b", "c")})
+        with ExitStack() as stack:
+            got = [stage for stage, _ in probe._bases_ahead(ctx, ["a", "b", "c"], stack)]
+        assert got == ["a", "b", "c"] and len(calls) == 3
+        assert all(main for _, main in calls) == (n >= d)  # in turn on the caller's thread, or ahead on its own
