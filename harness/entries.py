@@ -120,6 +120,14 @@ def checkpoint_identity(rec: dict) -> tuple:
     return (m.get("checkpoint"), m.get("revision"), m.get("adapter"), fp, bool(m.get("smoke")))
 
 
+def measurement_key(rec: dict) -> tuple:
+    """(model, dataset, protocol, weights, samples): records with the same key measure the same
+    thing, so the newest one stands for it (the leaderboard's rows, the Python API's table). The
+    samples are part of it: a --limit run or another split is another measurement."""
+    samples = rec["dataset"].get("sample_ids_sha256") or rec["dataset"].get("n")
+    return (rec["model"]["name"], rec["dataset"]["name"], rec["protocol"], checkpoint_identity(rec), samples)
+
+
 # --------------------------------------------------------------------------- submit
 
 

@@ -32,6 +32,7 @@ from .entries import (  # noqa: F401
     check_entry,
     checkpoint_identity,
     load_records,
+    measurement_key,
     relpath,
     submit,
 )
@@ -88,10 +89,6 @@ def _uniq(xs: Iterable[Any]) -> list[Any]:
     return out
 
 
-def _recency(item: Loaded) -> tuple[str, int, str]:
-    return recency(item.record, item.path)
-
-
 def short_checkpoint(
     checkpoint: str | None, revision: str | None = None, adapter: str | None = None, max_len: int = 36
 ) -> str:
@@ -133,16 +130,7 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             by_attr.setdefault(m.get("attribute"), []).append({**m, "analysis": r["analysis"]["name"]})
         if not by_attr:
             by_attr[None] = []
-        group: tuple[Any, ...] = (
-            r["kind"],
-            r["model"]["name"],
-            r["dataset"]["name"],
-            r["protocol"],
-            checkpoint_identity(r),
-            # the samples measured: a --limit run is another measurement, never merged into
-            # (or replacing) a row of the full selection
-            r["dataset"].get("sample_ids_sha256") or r["dataset"].get("n"),
-        )
+        group: tuple[Any, ...] = (r["kind"], *measurement_key(r))
         if all_runs:
             group = group + (relpath(item.path),)
             for attr, ms in by_attr.items():
@@ -150,7 +138,7 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             continue
         for attr, ms in by_attr.items():
             key = group + (attr, r["analysis"]["name"])
-            if key not in latest or _recency(item) > _recency(latest[key][0]):
+            if key not in latest or recency(r, item.path) > recency(latest[key][0].record, latest[key][0].path):
                 latest[key] = (item, ms)
     for key, val in latest.items():
         parts.setdefault(key[:6], {}).setdefault(key[6], []).append(val)

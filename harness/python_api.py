@@ -193,21 +193,14 @@ def metric_rows(items: Iterable[tuple[Any, dict]], latest: bool = True) -> list[
     each measurement is kept, so repeated runs appear once: a measurement is (model, the
     weights measured, dataset, the samples, analysis, protocol), the leaderboard's identity,
     so a run of other samples (--limit, a split) or of another adapter never hides one."""
-    from .entries import checkpoint_identity
+    from .entries import measurement_key
     from .results import recency
 
     items = list(items)
     if latest:
         newest: dict[tuple, tuple[Any, dict]] = {}
         for path, rec in items:
-            k = (
-                rec["model"]["name"],
-                checkpoint_identity(rec),
-                rec["dataset"]["name"],
-                rec["dataset"].get("sample_ids_sha256") or rec["dataset"].get("n"),
-                rec["analysis"]["name"],
-                rec["protocol"],
-            )
+            k = (*measurement_key(rec), rec["analysis"]["name"])
             old = newest.get(k)
             if old is None or recency(rec, path or "") >= recency(old[1], old[0] or ""):
                 newest[k] = (path, rec)
