@@ -15,6 +15,13 @@ it is gloo on every device: NCCL's object collectives need a CUDA device per ran
 watchdog aborts a rank that waits longer than its timeout, which waiting for the slowest
 rank's extraction is. Waits last up to $MCH_DIST_TIMEOUT seconds (default 86400). When a
 rank dies, the launcher stops the others; the ones still waiting get an error from gloo.
+
+The group is mch's own, never torch's default group: torch and transformers keep a
+reference to a default group made before they are imported (a default argument,
+`process_group=dist.group.WORLD`, in torch.distributed.fsdp), so destroy_process_group
+could not free it, and its gloo threads, still running as the interpreter shut down,
+aborted a rank at exit now and then (SIGABRT, and the launcher then killed rank 0 in the
+middle of its analyses). A group no one else sees is freed, its threads joined, in `finish`.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ def _group() -> Any:
         timeout = datetime.timedelta(seconds=_timeout_s())
         if dist.is_initialized():  # the launcher's script made one (perhaps NCCL): a gloo group beside it
             _state["group"] = dist.new_group(backend="gloo", timeout=timeout)
-            _state["own"] = False
+            _state["own"] = "subgroup"
         else:
             for var in ("MASTER_ADDR", "MASTER_PORT"):
                 if not os.environ.get(var):
@@ -114,28 +121,35 @@ def _group() -> Any:
                     "MASTER_PORT=0: the ranks cannot meet on port 0; give torchrun --standalone (one node) "
                     "or a free --master-port"
                 )
-            dist.init_process_group(backend="gloo", timeout=timeout, rank=ranks().rank, world_size=ranks().world)
-            _state["group"] = dist.group.WORLD
-            _state["own"] = True
+            r = ranks()
+            # the launcher's store (torchrun's agent holds it; else rank 0 serves it), keys under "mch/"
+            store, _, _ = next(dist.rendezvous("env://", rank=r.rank, world_size=r.world, timeout=timeout))
+            _state["group"] = dist.ProcessGroupGloo(dist.PrefixStore("mch", store), r.rank, r.world, timeout)
+            _state["own"] = "private"
     return _state["group"]
 
 
 def gather(value: Any) -> list[Any]:
     """Every rank's `value` (a small picklable object), in rank order; a barrier."""
-    import torch.distributed as dist
+    import pickle
 
-    out: list[Any] = [None] * ranks().world
-    dist.all_gather_object(out, value, group=_group())
-    return out
+    import torch
+
+    group, world = _group(), ranks().world
+    data = torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    group.allgather([sizes], [torch.tensor([data.numel()], dtype=torch.int64)]).wait()
+    n = max(int(s) for s in sizes)
+    padded = torch.zeros(n, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    got = [torch.empty(n, dtype=torch.uint8) for _ in range(world)]
+    group.allgather([got], [padded]).wait()
+    return [pickle.loads(g[: int(s)].numpy().tobytes()) for g, s in zip(got, sizes, strict=True)]
 
 
 def broadcast(value: Any) -> Any:
     """Rank 0's `value` on every rank; a barrier."""
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=_group())
-    return box[0]
+    return gather(value if is_main() else None)[0]
 
 
 def agree(step: Callable[[], T], what: str) -> T:
@@ -164,34 +178,38 @@ def host() -> str:
     return socket.gethostname()
 
 
+def _release(group: Any, meet: bool) -> None:
+    """Free mch's group (its gloo threads joined now, not at interpreter exit); with `meet`,
+    after every rank has reached this point."""
+    import torch.distributed as dist
+
+    try:
+        if meet:
+            gather(None)
+        if _state.get("own") == "subgroup":
+            dist.destroy_process_group(group)
+    except Exception:  # noqa: BLE001 - a peer already gone: nothing left to coordinate
+        pass
+
+
 def finish() -> None:
     """End the distributed phase: later work (rank 0's analyses, a text baseline an analysis
     asks for) runs in this process alone."""
     if _state["finished"]:
         return
-    _state["finished"] = True
-    if _state["group"] is not None and _state.get("own"):
-        import torch.distributed as dist
-
-        try:
-            dist.barrier(group=_state["group"])
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - a peer already gone: nothing left to coordinate
-            pass
-    _state["group"] = None
+    group = _state["group"]
+    if group is not None:
+        _release(group, meet=True)
+    _state["finished"], _state["group"] = True, None
+    del group  # the last reference to a private group: its threads are joined here
 
 
 def shutdown() -> None:
     """Close this process's group without waiting for the others (on the way out after an error)."""
     group, _state["group"] = _state["group"], None
     _state["finished"] = True
-    if group is not None and _state.get("own"):
-        import torch.distributed as dist
-
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001
-            pass
+    if group is not None:
+        _release(group, meet=False)
 
 
 def shard(items: list[T], r: Ranks | None = None) -> list[T]:

@@ -197,6 +197,49 @@ def test_tiny_llava_two_ranks_write_the_one_process_store_both_views(tmp_path):
 # --------------------------------------------------------------------------- rank logic in one process
 
 
+RANK_SCRIPT = """
+import json, os, sys
+import torch.distributed as td
+if sys.argv[1] == "user-group":  # a launcher script that made torch's default group itself
+    import torch.distributed.fsdp.sharded_grad_scaler  # before: so that the script can free its group
+    td.init_process_group("gloo")
+from mch import dist
+dist.agree(lambda: 1, "meeting")
+import torch.distributed.fsdp.sharded_grad_scaler  # what loading a transformers model imports
+got = dist.gather("x" * (3000 * int(os.environ["RANK"])))
+dist.finish()
+threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+groups = None
+if td.is_initialized():
+    td.barrier()  # the script's own group still works
+    groups = len(td.distributed_c10d._world.pg_map)  # and mch's gloo group beside it is gone
+    td.destroy_process_group()
+print(json.dumps({"rank": os.environ["RANK"], "got": [len(g) for g in got], "threads": threads, "groups": groups}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+@pytest.mark.parametrize("mode", ["mch-group", "user-group"])
+def test_finish_frees_the_group_and_its_threads_even_when_torch_keeps_the_default_group(tmp_path, mode):
+    """torch.distributed.fsdp keeps a reference to a default group made before it is imported
+    (a default argument), so a rank that had made the default group exited with its gloo
+    threads still running, and now and then aborted at exit (SIGABRT: the launcher then killed
+    rank 0 during its analyses). After `finish` no gloo thread is left, and a launcher script's
+    own group is left working."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    res = _run(_torchrun(2) + [str(script), mode], {**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    reports = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in reports) == ["0", "1"], res.stdout + res.stderr
+    for r in reports:
+        assert r["got"] == [0, 3000], r  # each rank's value, in rank order
+        if mode == "mch-group":
+            assert not [t for t in r["threads"] if "gloo" in t] and r["groups"] is None, r
+        else:  # the script's group alone: one transport thread
+            assert r["threads"].count("gloo_tcp_loop") == 1 and r["groups"] == 1, r
+
+
 SAME = object()
 
 
