@@ -66,8 +66,7 @@ def stored_entry(p: Plan, view: str, reuse: bool = True) -> Any:
     missing = key["model"]["checkpoint_fingerprint"] == MISSING
     if missing:
         found = _complete_holding(store, key, _without_stages_and_fingerprint)
-        prints = sorted({str(json.loads((d / "manifest.json").read_text())["key"]["model"].get(
-            "checkpoint_fingerprint")) for d in found})
+        prints = {str(_key_of(d)["model"].get("checkpoint_fingerprint")) for d in found}
         if len(prints) > 1:
             raise MchError(
                 f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
@@ -76,13 +75,14 @@ def stored_entry(p: Plan, view: str, reuse: bool = True) -> Any:
             )
         if not found:
             return entry
-        same = [d for d in found if _stages_of(d) == key["stages"]]  # its own stages first
+        same = [d for d in found if _key_of(d)["stages"] == key["stages"]]  # its own stages first
         old = _open(store, (same or found)[0], entry)
         if not same:
             old.reused_for = entry.hash
         p.log(
             f"checkpoint {p.plugin.checkpoint} is not on this machine: using store entry {old.hash}, extracted "
             f"from its files with fingerprint {old.key['model'].get('checkpoint_fingerprint')}"
+            + ("" if same else f" (it holds more stages than {', '.join(key['stages'])}: those are read)")
         )
         return old
     sup = superset_entry(p, view, entry) if reuse else None
@@ -129,8 +129,8 @@ def _complete_holding(store: Any, key: dict[str, Any], ignore: Any) -> list[Path
     return out
 
 
-def _stages_of(d: Path) -> Any:
-    return json.loads((d / "manifest.json").read_text())["key"].get("stages")
+def _key_of(d: Path) -> dict[str, Any]:
+    return json.loads((d / "manifest.json").read_text())["key"]
 
 
 def _open(store: Any, d: Path, like: Any) -> Any:

@@ -22,6 +22,7 @@ from .checks import check_params, check_results_dir  # noqa: F401 - check_params
 from .configs import RunConfig  # also re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .results import write_record
+from .run_entry import reused_entry, stored_entry, superset_entry  # which entry a plan reads
 
 # the plan and the records are their own modules; their names are still found here
 from .run_plan import (  # noqa: F401
@@ -36,7 +37,6 @@ from .run_plan import (  # noqa: F401
 )
 from .run_records import OnRecord, model_fidelity, record_for, record_written  # noqa: F401
 from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerprint, store_key  # noqa: F401
-from .run_entry import reused_entry, stored_entry, superset_entry  # which entry a plan reads
 
 
 def extract(p: Plan, view: str = "modal") -> Any:

@@ -171,6 +171,20 @@ def test_an_incomplete_entry_or_one_lacking_a_stage_is_not_read(tmp_path, full_s
     assert not stored_entry(p, "modal").complete
 
 
+def test_a_subset_of_a_checkpoint_not_on_this_machine_reads_its_full_entry(tmp_path, monkeypatch):
+    from mch.plugins.models.toy import WEIGHTS
+
+    ckpt = Path(shutil.copytree(WEIGHTS, tmp_path / "ck"))
+    cfg = _cfg(tmp_path, checkpoint=str(ckpt))
+    full = extract(plan(cfg)).dir
+    shutil.rmtree(ckpt)
+    _no_load(monkeypatch)
+    said: list[str] = []
+    got = extract(plan(dataclasses.replace(cfg, stages=SUBSET), log=said.append))
+    assert got.dir == full and got.reused_for and _manifests(tmp_path / "s") == [full / "manifest.json"]
+    assert any("not on this machine" in s and "holds more stages" in s for s in said), said
+
+
 def test_cli_extract_bench_and_analyze_read_the_full_entry(tmp_path, full_store):
     store = _store_copy(full_store, tmp_path)
     env = {"MCH_STORE": str(store), "MCH_RESULTS": str(tmp_path / "r")}
@@ -257,12 +271,31 @@ def test_data_path_for_a_dataset_that_reads_no_path_is_one_sentence(tmp_path):
 
 
 def test_reads_path_is_declared_where_samples_are_made_in_code():
-    from mch.api import DatasetPlugin
+    from mch.api import DatasetPlugin, load_entry
     from mch.manager import get_registry
-    from mch.api import load_entry
 
     assert DatasetPlugin.reads_path is True  # a plugin that says nothing keeps taking --data-path
     reg = get_registry()
     reads = {name: load_entry(spec.entry).reads_path for name, spec in reg.datasets.items()}
     assert reads["toy"] is False
     assert all(reads[n] for n in ("librispeech", "coco", "synth-coco", "synth-librispeech"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_read_the_full_entry_for_a_subset(tmp_path, full_store):
+    """The in-process rank tests above, on a real launcher (gloo on the CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    store = _store_copy(full_store, tmp_path)
+    full = _manifests(store)[0].parent
+    env = {**os.environ, "MCH_STORE": str(store), "MCH_CHUNK_SIZE": "8", "COLUMNS": "250"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = [*launch, "-m", "mch", "extract", "--limit", "24", "--batch-size", "4", "--stage", ",".join(SUBSET)]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"store entry: {full}" in " ".join(res.stdout.split())
+    assert "loading model" not in res.stderr and _manifests(store) == [full / "manifest.json"]
