@@ -157,6 +157,8 @@ class DatasetPlugin(abc.ABC):
     option_specs: ClassVar[dict[str, Param] | None] = None
     # the only models that can read these samples (None: any model of the dataset's modality)
     models: ClassVar[tuple[str, ...] | None] = None
+    # whether it reads --data-path; False (samples made in code): the flag is refused, not ignored
+    reads_path: ClassVar[bool] = True
 
     def __init__(self, spec: DatasetSpec, path: str | None = None, **options: Any) -> None:
         self.spec = spec

@@ -111,6 +111,11 @@ def check_model_and_dataset(mspec: Any, dspec: Any, cfg: Any) -> None:
             f"model {mspec.name!r} loads on one device and cannot be split by --device-map; "
             f"drop --device-map (and --max-memory)"
         )
+    if cfg.data_path and not getattr(dcls, "reads_path", True):  # else it would only enter the store key
+        raise MchError(
+            f"dataset {dspec.name!r} reads no path (its samples are made in code): --data-path does not "
+            f"apply to it; drop --data-path (data_path in a --config file)"
+        )
     only = getattr(mcls, "datasets", None)
     if only is not None and dspec.name not in only:
         raise MchError(

@@ -164,9 +164,10 @@ def extract(
     modal = do_extract(p, "modal")
     texts = do_extract(text_plan(p), "text") if text else None
     dist.finish()  # under a launcher: every rank returns the complete entries
+    stages = p.cfg.stages  # an entry read for a stage subset holds more: return those asked
     if texts is None:
-        return StoredVectors(modal)
-    return StoredVectors(modal), StoredVectors(texts)
+        return StoredVectors(modal, stages)
+    return StoredVectors(modal, stages), StoredVectors(texts, stages)
 
 
 def load_results(*paths: str | os.PathLike) -> Results:

@@ -81,8 +81,9 @@ def record_for(
         protocol=cfg.protocol,
         extraction={
             "span": cfg.effective_span,
-            "stages": man.get("stages", []),
+            "stages": [s for s in man.get("stages", []) if not cfg.stages or s in cfg.stages],  # those analysed
             "store_key": entry.hash,
+            **({"reused_from": entry.hash} if getattr(entry, "reused_for", None) else {}),
             "batch_size": cfg.batch_size,
             "model_loaded": p.loaded,
             **_how_extracted(man),

@@ -12,7 +12,6 @@ every rank of a launcher) and runs the analyses. Their public names are all foun
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from .checks import check_params, check_results_dir  # noqa: F401 - check_params
 from .configs import RunConfig  # also re-exported: mch.runner.RunConfig
 from .context import AnalysisContext, Progress
 from .results import write_record
+from .run_entry import reused_entry, stored_entry, superset_entry  # which entry a plan reads
 
 # the plan and the records are their own modules; their names are still found here
 from .run_plan import (  # noqa: F401
@@ -39,41 +39,6 @@ from .run_records import OnRecord, model_fidelity, record_for, record_written  #
 from .store_key import MISSING, _without_checkpoint_fingerprint, plugin_fingerprint, store_key  # noqa: F401
 
 
-def stored_entry(p: Plan, view: str) -> Any:
-    """This plan's store entry for `view` (complete or not). When the checkpoint is not on this
-    machine, its fingerprint cannot be taken: a complete entry extracted from the same
-    checkpoint name is used if there is exactly one, and the log says so."""
-    from .store import Store
-
-    cfg = p.cfg
-    want = cfg.chunk_size or int(os.environ.get("MCH_CHUNK_SIZE", "256"))
-    chunk = cfg.batch_size * max(1, want // cfg.batch_size)  # whole batches: resumed runs batch alike
-    store = Store(cfg.store)
-    key = store_key(p, view)
-    entry = store.entry(key, [s.sample_id for s in p.samples], chunk_size=chunk)
-    entry.log = p.log
-    if entry.complete or key["model"]["checkpoint_fingerprint"] != MISSING:
-        return entry
-    found = store.complete_like(key, _without_checkpoint_fingerprint)
-    if len(found) > 1:
-        raise MchError(
-            f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
-            f"{len(found)} extractions of it from different files ({', '.join(d.name for d in found)}); "
-            f"make the checkpoint available, or remove the ones not wanted with `mch store rm KEY`"
-        )
-    if found:
-        import json
-
-        old = store.entry(json.loads((found[0] / "manifest.json").read_text())["key"], entry.sample_ids, chunk)
-        old.log = p.log
-        p.log(
-            f"checkpoint {p.plugin.checkpoint} is not on this machine: using store entry {old.hash}, extracted "
-            f"from its files with fingerprint {old.key['model'].get('checkpoint_fingerprint')}"
-        )
-        return old
-    return entry
-
-
 def extract(p: Plan, view: str = "modal") -> Any:
     """Make sure the store entry for this plan and view is complete; return it. The entry's
     lock is taken before the model is loaded: a second process on the same key waits, then
@@ -88,7 +53,8 @@ def extract(p: Plan, view: str = "modal") -> Any:
         return entry
     entry = stored_entry(p, view)
     if entry.complete:
-        p.log(f"{view} representations: cached in the store ({entry.dir})")
+        if not entry.reused_for:  # a stage subset read from a fuller entry says so itself
+            p.log(f"{view} representations: cached in the store ({entry.dir})")
         save_labels(p, entry)
         return entry
     if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
@@ -117,7 +83,7 @@ def _extract_ranks(p: Plan, view: str) -> Any:
     from . import dist
 
     r = dist.ranks()
-    entry = dist.agree(lambda: stored_entry(p, view), "finding the store entry")
+    entry = dist.agree(lambda: stored_entry(p, view, reuse=False), "finding the store entry")
     keys = dist.gather((entry.hash, entry.chunk_size, len(entry.sample_ids), dist.host()))
     if any(k[:3] != keys[0][:3] for k in keys):
         bad = next(i for i, k in enumerate(keys) if k[:3] != keys[0][:3])
@@ -127,12 +93,16 @@ def _extract_ranks(p: Plan, view: str) -> Any:
             f"options (on several nodes: one shared copy, or MCH_FINGERPRINT=full for identical copies)"
         )
     with contextlib.ExitStack() as held:
+        fuller: list[Any] = []  # rank 0's choice of a complete entry holding more stages
 
         def decide() -> tuple[str, list[int]]:
             if not r.rank == 0:
                 return "", []
             if entry.complete:
                 return "cached", []
+            fuller.append(superset_entry(p, view, entry))
+            if fuller[0] is not None:  # a stage subset: rank 0 decides, every rank reads the same entry
+                return "reuse", []
             if entry.key["model"]["checkpoint_fingerprint"] == MISSING:
                 p.ensure_loaded()
             held.enter_context(entry.writing())  # released when this rank leaves the block
@@ -144,6 +114,12 @@ def _extract_ranks(p: Plan, view: str) -> Any:
         if state == "cached":
             p.log(f"{view} representations: cached in the store ({entry.dir})")
             return entry
+        if state == "reuse":
+            h = dist.broadcast(fuller[0].hash if r.rank == 0 else None)
+            return dist.agree(
+                lambda: fuller[0] if r.rank == 0 else reused_entry(p, view, entry.dir.parent / h, entry),
+                f"reading store entry {h}",
+            )
         if state == "meanwhile":
             p.log(f"{view} representations: written by another mch process meanwhile ({entry.dir})")
             return entry

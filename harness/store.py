@@ -195,8 +195,10 @@ class StoredVectors:
     `key` describes what the vectors depend on (model, checkpoint, dataset, view, span,
     protocol)."""
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry, stages: Iterable[str] | None = None) -> None:
         reps, rows = entry.read()
+        if stages:  # a stage subset read from an entry that holds more (mch.run_entry)
+            reps = {s: reps[s] for s in stages if s in reps}
         man = entry.manifest()
         self.entry = entry
         self.hash: str = entry.hash

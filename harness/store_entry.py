@@ -58,6 +58,7 @@ class Entry:
         self.manifest_path = self.dir / "manifest.json"
         self.lock_path = self.dir / "lock"
         self.log: Callable[[str], None] = lambda s: None  # where "waiting for pid N" goes
+        self.reused_for: str | None = None  # the key hash of a stage subset read from this entry (mch.run_entry)
         self.chunk_size = int(chunk_size)
         if self.manifest_path.exists():
             self._adopt(self.manifest())

@@ -303,9 +303,12 @@ def test_data_path_spelling_is_one_store_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _key_path("data") == _key_path("data/") == _key_path("./data") == _key_path(str(d) + "/.") == str(d)
     assert _key_path("org/hf-dataset-id") == "org/hf-dataset-id"
-    # the store finds one entry whatever the spelling (a second spelling never re-extracts)
+    # the store finds one entry whatever the spelling (a second spelling never re-extracts);
+    # the toy world reads no path (--data-path refused): here it stands for one that does
     import mch
+    from mch.plugins.attributes.toy import ToyWorld
 
+    monkeypatch.setattr(ToyWorld, "reads_path", True)
     a = mch.extract(model="toy", limit=20, data_path="data/")
     b = mch.extract(model="toy", limit=20, data_path="./data")
     assert a.hash == b.hash and len(mch.store.entries()) == 1

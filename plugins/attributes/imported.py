@@ -36,6 +36,7 @@ class ImportedDataset(DatasetPlugin):
         "entry": Param(str, help="the store entry the import wrote (set by mch, not by hand)"),
         "groups": Param(dict, help='group key per attribute: {attribute: column or "sample"}'),
     }
+    reads_path = False  # its samples are the store entry the import wrote
 
     def __init__(self, spec: Any, path: str | None = None, **options: Any) -> None:
         super().__init__(spec, path, **options)

@@ -131,6 +131,7 @@ class ToyWorld(DatasetPlugin):
         "emotion_captions": Param(float, ge=0.0, le=1.0, help="the fraction of captions that also name the emotion"),
     }
     models = ("mch.plugins.models.toy:ToyModel",)  # frames of 16 channels, which only the toy organisms read
+    reads_path = False  # the world is made in code
 
     def _emotion_captions(self) -> float:
         f = self.options.get("emotion_captions", 0.0)
