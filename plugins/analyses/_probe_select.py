@@ -102,7 +102,9 @@ def select(
     open_ = [o for o in range(F) if mine[o] and prev[o]]
     tol = inner_tol
     while open_ and tol > select_tol:
-        tol = max(tol / SELECT_STEP, select_tol)
+        # rounded: 1e-8 / 10 is 1.0000000000000002e-09 in floats, which is above 1e-9 and cost a
+        # repeated last level; the record's curves show these bounds
+        tol = max(float(f"{tol / SELECT_STEP:.6g}"), select_tol)
         final = tol <= select_tol
         level: dict[tuple[tuple[int, int], int], dict[int, tuple[float, int]]] = {}  # (pair, lam): its parts
         cur: list[dict[int, float]] = [{} for _ in range(F)]
