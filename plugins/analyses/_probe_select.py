@@ -41,7 +41,7 @@ def pair_parts(
 
 
 SELECT_STEP = 10.0  # each level of the selection solves its fits to the previous level's bound / SELECT_STEP
-SETTLE_MOVE = 10.0  # best first: a neighbour is ruled out unsolved when its gap over the re-solved best exceeds
+SETTLE_MOVE = 10.0  # best first: a neighbour is set aside unsolved when its gap over the re-solved best exceeds
 # this many times the best's move from the walk (scaled by lam_best / lam_j for a smaller lam, whose fits move
 # more). On the benchmark vectors a neighbour moved at most 5.6x the best's move, scaled 1.8x (speaker, llm.16)
 SETTLE_FLOOR = 1e-3  # nats: and never a gap below this (a best that hardly moved says little about its neighbours)
@@ -140,7 +140,7 @@ def select(
             cur[o][j] = float(nll / cnt) if cnt else np.inf
 
         # best first: each fold's best re-solved alone; a neighbour whose gap over it is far beyond how far
-        # the best moved from the walk is ruled out unsolved (on the benchmark most re-solves were such)
+        # the best moved from the walk is set aside unsolved at this level (re-solved before the fold settles)
         solve(sorted({(p, best_i[o]) for o in open_ for p in mine[o]} - level.keys()))
         for o in open_:
             b = best_i[o]
