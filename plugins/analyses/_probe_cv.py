@@ -258,10 +258,11 @@ def nested_cv_probe(
     inner_folds: int | None = None,
     pool: Any = None,
     select_tol: float | None = None,
-) -> tuple[np.ndarray, list[float], list[list[tuple[float, float]]]]:
+) -> tuple[np.ndarray, list[float], list[list[tuple[float, float, float]]]]:
     """Held-out log-probabilities (n, k) of every row (in the design's row order) from its
     outer fold's model, the lam each outer fold chose, and each fold's inner CV curve
-    [(lam, CE nats)]. The design's blocks are the outer folds.
+    [(lam, CE nats, the bound in nats its fits were solved to: `inner_tol` for the walk's points,
+    tighter for those the selection re-solved)]. The design's blocks are the outer folds.
 
     The walk solves the inner fits to `inner_tol`; each fold's choice is then settled on fits
     re-solved to `select_tol` (None: no re-solve) at the walk's best lam and its grid
@@ -277,7 +278,7 @@ def nested_cv_probe(
     best_i = [0] * F
     stale = [0] * F
     active = [True] * F
-    curves: list[list[tuple[float, float]]] = [[] for _ in range(F)]
+    curves: list[list[tuple[float, float, float]]] = [[] for _ in range(F)]
 
     for i, lam in enumerate(grid):
         if not any(active):
@@ -301,7 +302,7 @@ def nested_cv_probe(
             if not active[o] or cnt[o] == 0:
                 continue
             ce = nll[o] / cnt[o]
-            curves[o].append((lam, float(ce)))
+            curves[o].append((lam, float(ce), inner_tol or tol))
             if ce < best[o]:
                 best[o], best_i[o], stale[o] = ce, i, 0
             else:

@@ -41,11 +41,20 @@ def pair_parts(
 
 
 SELECT_STEP = 10.0  # each level of the selection solves its fits to the previous level's bound / SELECT_STEP
-SETTLE_MOVE = 10.0  # best first: a neighbour is ruled out unsolved when its gap over the re-solved best exceeds
+SETTLE_MOVE = 10.0  # best first: a neighbour is set aside unsolved when its gap over the re-solved best exceeds
 # this many times the best's move from the walk (scaled by lam_best / lam_j for a smaller lam, whose fits move
 # more). On the benchmark vectors a neighbour moved at most 5.6x the best's move, scaled 1.8x (speaker, llm.16)
 SETTLE_FLOOR = 1e-3  # nats: and never a gap below this (a best that hardly moved says little about its neighbours)
 SETTLE = 2.0  # a gap must exceed twice its last move to rule a lam out (1 let a toy near-tie through at inner_tol 1e-5)
+
+
+def _settled(c: dict[int, float], prev: dict[int, float], j: int, b: int) -> bool:
+    """lam j ruled out against the best b for good: its gap is positive at this level and the one
+    before, and more than SETTLE times what it moved between them."""
+    if j not in c or j not in prev or b not in prev:
+        return False
+    gap, before = c[j] - c[b], prev[j] - prev[b]
+    return gap > 0 and before > 0 and gap > SETTLE * abs(gap - before)
 
 
 def select(
@@ -54,7 +63,7 @@ def select(
     pairs: list[tuple[int, int]],
     kept: dict[tuple[int, int], dict[int, SoftmaxFit]],
     best_i: list[int],
-    curves: list[list[tuple[float, float]]],
+    curves: list[list[tuple[float, float, float]]],
     inner_tol: float,
     select_tol: float,
     max_iter: int,
@@ -65,30 +74,38 @@ def select(
     (bounds inner_tol / 10, / 100, ... down to `select_tol`) the fold's best lam and its grid
     neighbours are re-solved (warm from the previous level's fits; the best first, and a
     neighbour whose gap over the re-solved best exceeds SETTLE_MOVE times the best's move from
-    the walk, scaled up for a smaller lam, and SETTLE_FLOOR, is ruled out unsolved), and while the argmin sits
-    on the edge of what was solved, the next grid lam past that edge is added. A lam is ruled
-    out (re-solved no more) once its CE gap over the best is positive at two successive levels
-    and larger than it moved between them: if each 10x tighter bound at least halves what the
-    gap has left to move, its sign is then final. A fold is settled when only its best is
-    left, else it goes on, and at `select_tol` its argmin is taken. Updates
-    `best_i` and `curves` in place (the tightest points replace the walk's); returns each
-    pair's most tightly solved fits.
+    the walk, scaled up for a smaller lam, and SETTLE_FLOOR, is ruled out unsolved at that level), and
+    while the argmin sits on the edge of what was solved, the next grid lam past that edge is
+    added. A lam is ruled out (re-solved no more) once its CE gap over the best is positive at
+    two successive levels and larger than it moved between them: if each 10x tighter bound at
+    least halves what the gap has left to move, its sign is then final. A fold is settled when
+    only its best is left, else it goes on, and at `select_tol` its argmin is taken; before
+    either, the best's grid neighbours that best first ruled out unsolved are re-solved at that
+    level, and one that beats the best moves the search there, so the rule only orders the work:
+    the choice is a lam whose neighbours were all solved at its fold's last level (then beaten
+    or ruled out as above), whatever SETTLE_MOVE is. Updates `best_i` and `curves` in place
+    (the tightest points, with the bound they were solved to, replace the walk's); returns
+    each pair's most tightly solved fits.
 
     Why: the walk's inner bound leaves each point's held-out CE uncertain where the fits are
     nearly separable, and a near-tie between neighbours can then pick a too-small lam, which
     the control task (nearly interpolated there) magnifies (docs/probe-solver.md)."""
     F, n = design.n_blocks, len(grid)
     mine = [[p for p in pairs if o in p] for o in range(F)]
-    prev = [{grid.index(lam): c for lam, c in curves[o]} for o in range(F)]  # the walk's curve: level 0
+    prev = [{grid.index(lam): c for lam, c, _ in curves[o]} for o in range(F)]  # the walk's curve: level 0
     walk = [dict(c) for c in prev]
-    tightest = [dict(c) for c in prev]
+    tightest = [{grid.index(lam): (c, t) for lam, c, t in curves[o]} for o in range(F)]  # (CE, the bound it was solved to)
     latest = kept  # each pair's most tightly solved fit per grid index (in place: a superseded fit goes, issue 17)
     want = [{j for j in (b - 1, b, b + 1) if 0 <= j < n} for b in best_i]
     cleared: list[set[int]] = [set() for _ in range(F)]  # lams ruled out for the fold
+    unsolved: list[set[int]] = [set() for _ in range(F)]  # of those, the ones best first ruled out unsolved
     open_ = [o for o in range(F) if mine[o] and prev[o]]
     tol = inner_tol
     while open_ and tol > select_tol:
-        tol = max(tol / SELECT_STEP, select_tol)
+        # rounded: 1e-8 / 10 is 1.0000000000000002e-09 in floats, which is above 1e-9 and cost a
+        # repeated last level; the record's curves show these bounds
+        tol = max(float(f"{tol / SELECT_STEP:.6g}"), select_tol)
+        final = tol <= select_tol
         level: dict[tuple[tuple[int, int], int], dict[int, tuple[float, int]]] = {}  # (pair, lam): its parts
         cur: list[dict[int, float]] = [{} for _ in range(F)]
 
@@ -123,7 +140,7 @@ def select(
             cur[o][j] = float(nll / cnt) if cnt else np.inf
 
         # best first: each fold's best re-solved alone; a neighbour whose gap over it is far beyond how far
-        # the best moved from the walk is ruled out unsolved (on the benchmark most re-solves were such)
+        # the best moved from the walk is set aside unsolved at this level (re-solved before the fold settles)
         solve(sorted({(p, best_i[o]) for o in open_ for p in mine[o]} - level.keys()))
         for o in open_:
             b = best_i[o]
@@ -135,6 +152,7 @@ def select(
                 ):
                     want[o].discard(j)
                     cleared[o].add(j)
+                    unsolved[o].add(j)
         while True:
             solve(sorted({(p, j) for o in open_ for j in want[o] for p in mine[o]} - level.keys()))
             moved = False
@@ -146,22 +164,32 @@ def select(
                     if 0 <= j < n and j not in want[o] and j not in cleared[o]:
                         want[o].add(j)
                         moved = True
+            if moved:
+                continue
+            # safe by construction: before a fold settles (and at the last level) its best's grid neighbours
+            # that best first ruled out unsolved are re-solved at this level; one that beats the best moves it
+            for o in open_:
+                b = min(cur[o], key=lambda j: (cur[o][j], j))
+                if final or all(_settled(cur[o], prev[o], j, b) for j in want[o] - {b}):
+                    for j in sorted({b - 1, b + 1} & unsolved[o]):
+                        unsolved[o].discard(j)
+                        cleared[o].discard(j)
+                        want[o].add(j)
+                        moved = True
             if not moved:
                 break
         still = []
         for o in open_:
             c, b = cur[o], min(cur[o], key=lambda j: (cur[o][j], j))
             best_i[o] = b
-            tightest[o].update(c)
-            for j in [j for j in c if j != b and j in prev[o] and b in prev[o]]:
-                gap, before = c[j] - c[b], prev[o][j] - prev[o][b]
-                if gap > 0 and before > 0 and gap > SETTLE * abs(gap - before):  # ruled out: re-solved no more
-                    want[o].discard(j)
-                    cleared[o].add(j)
+            tightest[o].update({j: (v, tol) for j, v in c.items()})
+            for j in [j for j in c if j != b and _settled(c, prev[o], j, b)]:  # ruled out: re-solved no more
+                want[o].discard(j)
+                cleared[o].add(j)
             if want[o] != {b}:
                 still.append(o)
             prev[o] = {**prev[o], **c}
         open_ = still
     for o in range(F):
-        curves[o][:] = [(grid[j], tightest[o][j]) for j in sorted(tightest[o])]
+        curves[o][:] = [(grid[j], *tightest[o][j]) for j in sorted(tightest[o])]
     return latest
