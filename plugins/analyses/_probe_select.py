@@ -94,7 +94,9 @@ def select(
     mine = [[p for p in pairs if o in p] for o in range(F)]
     prev = [{grid.index(lam): c for lam, c, _ in curves[o]} for o in range(F)]  # the walk's curve: level 0
     walk = [dict(c) for c in prev]
-    tightest = [{grid.index(lam): (c, t) for lam, c, t in curves[o]} for o in range(F)]  # (CE, the bound it was solved to)
+    tightest = [
+        {grid.index(lam): (c, t) for lam, c, t in curves[o]} for o in range(F)
+    ]  # (CE, the bound it was solved to)
     latest = kept  # each pair's most tightly solved fit per grid index (in place: a superseded fit goes, issue 17)
     want = [{j for j in (b - 1, b, b + 1) if 0 <= j < n} for b in best_i]
     cleared: list[set[int]] = [set() for _ in range(F)]  # lams ruled out for the fold
