@@ -214,7 +214,7 @@ if td.is_initialized():
     td.barrier()  # the script's own group still works
     groups = len(td.distributed_c10d._world.pg_map)  # and mch's gloo group beside it is gone
     td.destroy_process_group()
-print(json.dumps({"rank": os.environ["RANK"], "got": [len(g) for g in got], "threads": threads, "groups": groups}))
+os.write(1, (json.dumps({"rank": os.environ["RANK"], "got": [len(g) for g in got], "threads": threads, "groups": groups}) + "\\n").encode())  # one write: the ranks share stdout
 """
 
 
