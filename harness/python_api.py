@@ -138,9 +138,18 @@ def _keeping(run: Any, cfg: Any, progress: bool) -> Any:
     try:
         return run(cfg, _log, _progress(progress), on_record=lambda path, rec: written.append(path))
     except BaseException:
+        _close_group()
         if written:
             logger.warning("records written before the stop: %s", ", ".join(map(str, written)))
         raise
+
+
+def _close_group() -> None:
+    """After an error under a launcher, mch's group is closed as the CLI closes it (cli.main):
+    left open, its gloo threads outlive the interpreter and can abort the rank at exit."""
+    from . import dist
+
+    dist.shutdown()
 
 
 def extract(
@@ -160,9 +169,13 @@ def extract(
     from .store import StoredVectors
 
     cfg = _run_config(model, dataset, [], config, options)
-    p = plan(cfg, _log, _progress(progress))
-    modal = do_extract(p, "modal")
-    texts = do_extract(text_plan(p), "text") if text else None
+    try:
+        p = plan(cfg, _log, _progress(progress))
+        modal = do_extract(p, "modal")
+        texts = do_extract(text_plan(p), "text") if text else None
+    except BaseException:
+        _close_group()
+        raise
     dist.finish()  # under a launcher: every rank returns the complete entries
     stages = p.cfg.stages  # an entry read for a stage subset holds more: return those asked
     if texts is None:

@@ -214,7 +214,7 @@ if td.is_initialized():
     td.barrier()  # the script's own group still works
     groups = len(td.distributed_c10d._world.pg_map)  # and mch's gloo group beside it is gone
     td.destroy_process_group()
-print(json.dumps({"rank": os.environ["RANK"], "got": [len(g) for g in got], "threads": threads, "groups": groups}))
+os.write(1, (json.dumps({"rank": os.environ["RANK"], "got": [len(g) for g in got], "threads": threads, "groups": groups}) + "\\n").encode())  # one write: the ranks share stdout
 """
 
 
@@ -238,6 +238,39 @@ def test_finish_frees_the_group_and_its_threads_even_when_torch_keeps_the_defaul
             assert not [t for t in r["threads"] if "gloo" in t] and r["groups"] is None, r
         else:  # the script's group alone: one transport thread
             assert r["threads"].count("gloo_tcp_loop") == 1 and r["groups"] == 1, r
+
+
+API_ERROR_SCRIPT = """
+import json, os
+import mch
+from mch import dist, runner
+def failing_extract(p, view="modal"):  # rank 1 fails after the group is made: every rank stops
+    return dist.agree(lambda: 1 / int(os.environ["RANK"] == "0"), "extracting")
+runner.extract = failing_extract
+try:
+    mch.extract("toy", "toy", limit=8)
+except Exception as exc:  # rank 1: its own ZeroDivisionError; rank 0: one sentence naming rank 1
+    err = f"{type(exc).__name__}: {exc}"
+threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+os.write(1, (json.dumps({"rank": os.environ["RANK"], "err": err, "threads": threads}) + "\\n").encode())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_a_python_api_error_under_a_launcher_closes_the_group(tmp_path):
+    """mch.extract failing on a rank: every rank gets the error and mch's group is closed, as
+    the CLI closes it; left open, its gloo threads outlived the interpreter and aborted a rank
+    at exit now and then (SIGABRT after the error)."""
+    script = tmp_path / "api_error.py"
+    script.write_text(API_ERROR_SCRIPT)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MCH_STORE": str(tmp_path / "s")}
+    res = _run(_torchrun(2) + [str(script)], env, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    reports = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in reports) == ["0", "1"], res.stdout + res.stderr
+    for r in reports:
+        assert "ZeroDivisionError" in r["err"] or "rank 1" in r["err"], r
+        assert not [t for t in r["threads"] if "gloo" in t], r
 
 
 SAME = object()
