@@ -121,11 +121,22 @@ def checkpoint_identity(rec: dict) -> tuple:
 
 
 def measurement_key(rec: dict) -> tuple:
-    """(model, dataset, protocol, weights, samples): records with the same key measure the same
-    thing, so the newest one stands for it (the leaderboard's rows, the Python API's table). The
-    samples are part of it: a --limit run or another split is another measurement."""
+    """(model, dataset, protocol, weights, samples, stages and span asked): records with the
+    same key measure the same thing, so the newest one stands for it (the leaderboard's rows,
+    the Python API's table). The samples are part of it: a --limit run or another split is
+    another measurement; so are a --stage subset (it must not hide a run of every stage) and
+    a --span (other tokens pooled). A run that asked neither has None there."""
     samples = rec["dataset"].get("sample_ids_sha256") or rec["dataset"].get("n")
-    return (rec["model"]["name"], rec["dataset"]["name"], rec["protocol"], checkpoint_identity(rec), samples)
+    run = rec.get("run_config") or {}
+    stages, span = run.get("stages"), run.get("span")  # --stage, --span as asked (None: not asked)
+    return (
+        rec["model"]["name"],
+        rec["dataset"]["name"],
+        rec["protocol"],
+        checkpoint_identity(rec),
+        samples,
+        (tuple(sorted(stages)) if stages else None, span) if stages or span else None,
+    )
 
 
 # --------------------------------------------------------------------------- submit

@@ -51,6 +51,12 @@ from .leaderboard_columns import (  # noqa: F401 - the columns and cell text, fo
 from .results import SCHEMA_VERSION, recency
 
 
+def _id_part(group: tuple) -> list:
+    """The row group in its id; a run that asked no stages or span (element 6 None) keeps the
+    id it had before they joined the group."""
+    return list(group[:6] + group[7:]) if group[6] is None else list(group)
+
+
 def stage_order(stage: str | None) -> tuple[int, int, str]:
     """encoder < adapter < llm.0 < … < llm.{L-1} < llm.final < anything else (by name)."""
     return (*stage_sort_key(stage or ""), str(stage))
@@ -116,7 +122,7 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
     """Rows of one (kind, model, checkpoint, dataset, sample selection, attribute, protocol).
 
     By default only the latest record (by `created_at`) per (kind, model, checkpoint, dataset,
-    sample selection, attribute, analysis, protocol) counts, and the analyses of one row merge (probe + gmi +
+    sample selection, stages and span asked, attribute, analysis, protocol) counts, and the analyses of one row merge (probe + gmi +
     …). With `all_runs` every record gives its own rows. Metrics of no attribute (ablation,
     swap, …) form a model-level row (attribute None) of their own, never mixed into an
     attribute's."""
@@ -141,7 +147,7 @@ def aggregate(records: list[Loaded], all_runs: bool = False) -> list[dict]:
             if key not in latest or recency(r, item.path) > recency(latest[key][0].record, latest[key][0].path):
                 latest[key] = (item, ms)
     for key, val in latest.items():
-        parts.setdefault(key[:6], {}).setdefault(key[6], []).append(val)
+        parts.setdefault(key[:-2], {}).setdefault(key[-2], []).append(val)
 
     rows = []
     for group, attrs in parts.items():
@@ -205,7 +211,7 @@ def _make_row(group: tuple, attr: str | None, pieces: list[tuple[Loaded, list[di
     }
     ckpt, revision, adapter, fingerprint, smoke = group[4]
     row = {
-        "id": hashlib.sha256(json.dumps([group, attr], default=str).encode()).hexdigest()[:12],
+        "id": hashlib.sha256(json.dumps([_id_part(group), attr], default=str).encode()).hexdigest()[:12],
         "kind": group[0],
         "model": group[1],
         "dataset": group[2],

@@ -66,17 +66,18 @@ def stored_entry(p: Plan, view: str, reuse: bool = True) -> Any:
     missing = key["model"]["checkpoint_fingerprint"] == MISSING
     if missing:
         found = _complete_holding(store, key, _without_stages_and_fingerprint)
-        prints = {str(_key_of(d)["model"].get("checkpoint_fingerprint")) for d in found}
+        same = [d for d in found if _key_of(d)["stages"] == key["stages"]]  # its own stages first
+        found = same or found
+        prints = {str(_key_of(d)["model"].get("checkpoint_fingerprint")): d.name for d in found}
         if len(prints) > 1:
             raise MchError(
                 f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
-                f"{len(prints)} extractions of it from different files ({', '.join(d.name for d in found)}); "
+                f"{len(prints)} extractions of it from different files ({', '.join(prints.values())}); "
                 f"make the checkpoint available, or remove the ones not wanted with `mch store rm KEY`"
             )
         if not found:
             return entry
-        same = [d for d in found if _key_of(d)["stages"] == key["stages"]]  # its own stages first
-        old = _open(store, (same or found)[0], entry)
+        old = _open(store, found[0], entry)
         if not same:
             old.reused_for = entry.hash
         p.log(

@@ -601,3 +601,29 @@ def test_n_is_the_samples_an_attributes_numbers_rest_on(tmp_path):
     write(tmp_path, make_record(metrics=probe_metrics("spread", [0.6] * 7, [0.5] * 7, 0.33, n=250), n=400))
     (row,) = rows_of(tmp_path)
     assert row["n"] == 250 and row["values"]["acc_final"]["n"] == 250
+
+
+def test_a_stage_or_span_run_never_hides_the_run_of_every_stage(tmp_path):
+    """A --stage subset (which now reads the full run's store entry) or a --span run is
+    another measurement: the newer subset record replaced the full run's row, and its curve
+    shrank to the one stage asked (review5). The full run's row keeps its id."""
+    import mch
+
+    full = make_record(created="2026-11-01T10:00:00+00:00")
+    write(tmp_path, full)
+    [alone] = [r for r in rows_of(tmp_path) if r["attribute"] == "speaker"]
+    sub = make_record(created="2026-11-02T10:00:00+00:00")
+    sub["metrics"] = [m for m in sub["metrics"] if m["stage"] in (None, "llm.1")]
+    sub["run_config"] = {"stages": ["llm.1"], "span": None}
+    span = make_record(created="2026-11-03T10:00:00+00:00")
+    span["run_config"] = {"stages": None, "span": "all"}
+    write(tmp_path, sub)
+    write(tmp_path, span)
+    rows = [r for r in rows_of(tmp_path) if r["attribute"] == "speaker"]
+    assert len(rows) == 3
+    curves = sorted(len(r["curves"]) for r in rows)
+    assert curves == [1, 7, 7]
+    assert alone["id"] in {r["id"] for r in rows}  # the full run's row, unchanged
+    # the Python API's table keeps all three records too
+    got = {Path(r["record"]).name for r in mch.load_results(tmp_path).rows()}
+    assert len(got) == 3
