@@ -134,22 +134,16 @@ def analyze(
 def _keeping(run: Any, cfg: Any, progress: bool) -> Any:
     """`run` (run_bench or run_analyze); when it stops early, the records written before the
     stop are named in the log (they are on disk: `mch.load_results` reads them)."""
+    from . import dist
+
     written: list[Path] = []
     try:
         return run(cfg, _log, _progress(progress), on_record=lambda path, rec: written.append(path))
     except BaseException:
-        _close_group()
+        dist.shutdown()  # as cli.main: a group left open outlives the interpreter and can abort the rank
         if written:
             logger.warning("records written before the stop: %s", ", ".join(map(str, written)))
         raise
-
-
-def _close_group() -> None:
-    """After an error under a launcher, mch's group is closed as the CLI closes it (cli.main):
-    left open, its gloo threads outlive the interpreter and can abort the rank at exit."""
-    from . import dist
-
-    dist.shutdown()
 
 
 def extract(
@@ -174,7 +168,7 @@ def extract(
         modal = do_extract(p, "modal")
         texts = do_extract(text_plan(p), "text") if text else None
     except BaseException:
-        _close_group()
+        dist.shutdown()  # as in _keeping
         raise
     dist.finish()  # under a launcher: every rank returns the complete entries
     stages = p.cfg.stages  # an entry read for a stage subset holds more: return those asked

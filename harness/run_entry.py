@@ -66,9 +66,9 @@ def stored_entry(p: Plan, view: str, reuse: bool = True) -> Any:
     missing = key["model"]["checkpoint_fingerprint"] == MISSING
     if missing:
         found = _complete_holding(store, key, _without_stages_and_fingerprint)
-        same = [d for d in found if _key_of(d)["stages"] == key["stages"]]  # its own stages first
+        same = [(d, k) for d, k in found if k["stages"] == key["stages"]]  # its own stages first
         found = same or found
-        prints = {str(_key_of(d)["model"].get("checkpoint_fingerprint")): d.name for d in found}
+        prints = {str(k["model"].get("checkpoint_fingerprint")): d.name for d, k in found}
         if len(prints) > 1:
             raise MchError(
                 f"checkpoint {p.plugin.checkpoint} is not on this machine and the store holds "
@@ -77,7 +77,7 @@ def stored_entry(p: Plan, view: str, reuse: bool = True) -> Any:
             )
         if not found:
             return entry
-        old = _open(store, found[0], entry)
+        old = _open(store, found[0][1], entry)
         if not same:
             old.reused_for = entry.hash
         p.log(
@@ -99,14 +99,15 @@ def superset_entry(p: Plan, view: str, entry: Any) -> Any:
         return None
     store = Store(p.cfg.store)
     found = _complete_holding(store, entry.key, _without_stages)
-    return reused_entry(p, view, found[0], entry) if found else None
+    return reused_entry(p, view, found[0][0], entry) if found else None
 
 
 def reused_entry(p: Plan, view: str, d: Path, entry: Any) -> Any:
     """The complete entry in directory `d`, read for `entry`'s stages (a stage subset of it)."""
     from .store import Store
 
-    sup = _open(Store(p.cfg.store), d, entry)  # refuses an entry of other samples
+    key = json.loads((d / "manifest.json").read_text())["key"]
+    sup = _open(Store(p.cfg.store), key, entry)  # refuses an entry of other samples
     if not sup.complete:  # rank 0 found it complete: a store that is not shared, or removed since
         raise MchError(
             f"store entry {sup.hash} ({sup.dir}) was complete and is not here (removed meanwhile, or a "
@@ -118,23 +119,21 @@ def reused_entry(p: Plan, view: str, d: Path, entry: Any) -> Any:
     return sup
 
 
-def _complete_holding(store: Any, key: dict[str, Any], ignore: Any) -> list[Path]:
-    """Complete entries equal to `key` once `ignore` drops fields, holding every stage it asks."""
+def _complete_holding(store: Any, key: dict[str, Any], ignore: Any) -> list[tuple[Path, dict[str, Any]]]:
+    """[(directory, key)] of the complete entries equal to `key` once `ignore` drops fields,
+    holding every stage it asks."""
     out = []
     for d in store.complete_like(key, ignore):
         try:
-            if _holds(json.loads((d / "manifest.json").read_text()), key["stages"]):
-                out.append(d)
+            man = json.loads((d / "manifest.json").read_text())
+            if _holds(man, key["stages"]):
+                out.append((d, man["key"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
 
 
-def _key_of(d: Path) -> dict[str, Any]:
-    return json.loads((d / "manifest.json").read_text())["key"]
-
-
-def _open(store: Any, d: Path, like: Any) -> Any:
-    old = store.entry(json.loads((d / "manifest.json").read_text())["key"], like.sample_ids, like.chunk_size)
+def _open(store: Any, key: dict[str, Any], like: Any) -> Any:
+    old = store.entry(key, like.sample_ids, like.chunk_size)
     old.log = like.log
     return old

@@ -48,6 +48,11 @@ SETTLE_FLOOR = 1e-3  # nats: and never a gap below this (a best that hardly move
 SETTLE = 2.0  # a gap must exceed twice its last move to rule a lam out (1 let a toy near-tie through at inner_tol 1e-5)
 
 
+def _best(c: dict[int, float]) -> int:
+    """The grid index of the lowest CE in `c` (the smaller lam on a tie)."""
+    return min(c, key=lambda j: (c[j], j))
+
+
 def _settled(c: dict[int, float], prev: dict[int, float], j: int, b: int) -> bool:
     """lam j ruled out against the best b for good: its gap is positive at this level and the one
     before, and more than SETTLE times what it moved between them."""
@@ -161,7 +166,7 @@ def select(
             for o in open_:
                 for j in sorted(want[o] - cur[o].keys()):
                     point(o, j)
-                b = min(cur[o], key=lambda j: (cur[o][j], j))
+                b = _best(cur[o])
                 for j in (b - 1, b + 1):  # the best's grid neighbours, unless already ruled out
                     if 0 <= j < n and j not in want[o] and j not in cleared[o]:
                         want[o].add(j)
@@ -171,7 +176,7 @@ def select(
             # safe by construction: before a fold settles (and at the last level) its best's grid neighbours
             # that best first ruled out unsolved are re-solved at this level; one that beats the best moves it
             for o in open_:
-                b = min(cur[o], key=lambda j: (cur[o][j], j))
+                b = _best(cur[o])
                 if final or all(_settled(cur[o], prev[o], j, b) for j in want[o] - {b}):
                     for j in sorted({b - 1, b + 1} & unsolved[o]):
                         unsolved[o].discard(j)
@@ -182,7 +187,7 @@ def select(
                 break
         still = []
         for o in open_:
-            c, b = cur[o], min(cur[o], key=lambda j: (cur[o][j], j))
+            c, b = cur[o], _best(cur[o])
             best_i[o] = b
             tightest[o].update({j: (v, tol) for j, v in c.items()})
             for j in [j for j in c if j != b and _settled(c, prev[o], j, b)]:  # ruled out: re-solved no more
